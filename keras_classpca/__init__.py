@@ -1,0 +1,11 @@
+"""keras-classpca: compute the lower layers of a Keras network from data.
+
+Class-based PCA weights (Dehmamy, Rohani & Katsaggelos, arXiv 1703.04757): solve the
+bottom layers from a fraction of the data, freeze them, train the rest with `fit()`.
+"""
+
+from keras_classpca.class_pca import ClassPCA
+
+__version__ = "0.1.0"
+from keras_classpca.layers import ClassPCAConv2D, ClassPCADense
+from keras_classpca.class_pca_initializer import ClassPCAInitializer

@@ -1,0 +1,154 @@
+"""`ClassPCAInitializer`: a Keras initializer whose values come from `(x, y)` data."""
+
+import keras
+import numpy as np
+
+from keras_classpca.class_pca import ClassPCA, labels_to_int
+from keras_classpca.data_adapter import iter_batches
+from keras_classpca.patches import extract_patches
+
+PARTS = ("kernel", "bias")
+
+
+@keras.saving.register_keras_serializable(package="keras_classpca")
+class ClassPCAInitializer(keras.initializers.Initializer):
+    """Initializes a Dense or Conv2D kernel (or bias) with class-PCA weights.
+
+    Build it from a fitted `ClassPCA`, or from data with `from_data`. Called with a
+    Dense kernel shape `(d, units)` or a Conv2D kernel shape `(kh, kw, c, filters)`, it
+    solves for `shape[-1]` components over the `d = prod(shape[:-1])` features the
+    statistics were gathered on (for Conv2D: `kh*kw*c`-dimensional patches).
+    `bias_initializer()` gives the matching bias initializer.
+
+    Only hyperparameters go into `get_config()`. When Keras rebuilds a saved model it
+    calls the initializer without data; a restored initializer then returns zeros,
+    which the saved weights overwrite. A freshly constructed initializer without
+    statistics raises instead, so a forgotten fit never goes unnoticed.
+
+    Args:
+        class_pca: a fitted `ClassPCA`.
+        part: `"kernel"` or `"bias"`.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> x = np.random.default_rng(0).normal(size=(200, 10)).astype("float32")
+    >>> y = np.arange(200) % 4
+    >>> init = ClassPCAInitializer.from_data(x, y)
+    >>> layer = keras.layers.Dense(8, kernel_initializer=init,
+    ...                            bias_initializer=init.bias_initializer())
+    >>> layer.build((None, 10)); tuple(layer.kernel.shape)
+    (10, 8)
+    """
+
+    def __init__(self, class_pca=None, *, part="kernel"):
+        if class_pca is not None and not isinstance(class_pca, ClassPCA):
+            raise TypeError(
+                f"`class_pca` must be a fitted ClassPCA or None; received {type(class_pca).__name__}."
+            )
+        if part not in PARTS:
+            raise ValueError(f"`part` must be one of {PARTS}; received {part!r}.")
+        self.class_pca = class_pca
+        self.part = part
+        self._params = class_pca.get_params() if class_pca is not None else {}
+        self._restored = False
+
+    @classmethod
+    def from_data(
+        cls,
+        x,
+        y=None,
+        *,
+        kernel_size=None,
+        strides=1,
+        padding="valid",
+        dilation_rate=1,
+        batch_size=None,
+        **class_pca_options,
+    ):
+        """Fit class-PCA statistics on data and return the kernel initializer.
+
+        Args:
+            x: inputs (`y` given separately), or any data `ClassPCA.fit` accepts.
+            y: labels (integers or one-hot).
+            kernel_size, strides, padding, dilation_rate: for a Conv2D initializer,
+                the statistics are over the images' patches with this geometry;
+                leave `kernel_size=None` for a Dense initializer (samples flattened).
+            batch_size: batch size when slicing arrays.
+            **class_pca_options: `ClassPCA` arguments (`center`, `allocation`, ...).
+        """
+        class_pca = ClassPCA(**class_pca_options)
+        seen = False
+        for x_batch, y_batch in iter_batches(x, y, batch_size=batch_size):
+            labels = labels_to_int(y_batch, class_pca.n_classes)
+            if kernel_size is not None:
+                if x_batch.ndim != 4:
+                    raise ValueError(
+                        "`x` must be 4-D images (batch, height, width, channels) when "
+                        f"`kernel_size` is given; received shape {x_batch.shape}."
+                    )
+                patches = extract_patches(x_batch, kernel_size, strides, padding, dilation_rate)
+                rows = patches.reshape(-1, patches.shape[-1])
+                labels = np.repeat(labels, patches.shape[1] * patches.shape[2])
+            else:
+                rows = x_batch.reshape(len(x_batch), -1)
+            class_pca.partial_fit(rows, labels)
+            seen = True
+        if not seen:
+            raise ValueError("`x` is empty: no samples to compute the initializer from.")
+        return cls(class_pca)
+
+    def bias_initializer(self):
+        """The initializer of the matching bias (same statistics)."""
+        twin = ClassPCAInitializer(self.class_pca, part="bias")
+        twin._params, twin._restored = self._params, self._restored
+        return twin
+
+    def __call__(self, shape, dtype=None):
+        shape = tuple(int(s) for s in shape)
+        if self.class_pca is None or not self.class_pca.is_fitted:
+            if self._restored:
+                # Rebuilding a saved model: the weight file overwrites these values.
+                return keras.ops.zeros(shape, dtype=dtype)
+            raise ValueError(
+                "This ClassPCAInitializer has no statistics: build it from a fitted "
+                "ClassPCA (`ClassPCAInitializer(ClassPCA(...).fit(x, y))`) or with "
+                "`ClassPCAInitializer.from_data(x, y)`."
+            )
+        if self.part == "bias":
+            if len(shape) != 1:
+                raise ValueError(f"A bias initializer needs a 1-D shape; received {shape}.")
+            return keras.ops.convert_to_tensor(self._solve(shape[0]).bias, dtype=dtype)
+        if len(shape) not in (2, 4):
+            raise ValueError(
+                "ClassPCAInitializer handles Dense kernels (d, units) and Conv2D kernels "
+                f"(kh, kw, channels, filters); received shape {shape}."
+            )
+        n_features = int(np.prod(shape[:-1]))
+        if n_features != self.class_pca.n_features_in_:
+            raise ValueError(
+                f"Kernel shape {shape} needs statistics over {n_features} features, but "
+                f"the class-PCA statistics have {self.class_pca.n_features_in_} "
+                "(for Conv2D: kernel_height * kernel_width * channels)."
+            )
+        kernel = self._solve(shape[-1]).kernel.reshape(shape)
+        return keras.ops.convert_to_tensor(kernel, dtype=dtype)
+
+    def _solve(self, n_components):
+        expected = self.class_pca.n_components
+        if expected is not None and expected != n_components:
+            raise ValueError(
+                f"The ClassPCA was configured for {expected} components but the layer "
+                f"asks for {n_components}."
+            )
+        return self.class_pca.solve(n_components)
+
+    def get_config(self):
+        return {"part": self.part, "class_pca_params": dict(self._params)}
+
+    @classmethod
+    def from_config(cls, config):
+        initializer = cls(part=config.get("part", "kernel"))
+        initializer._params = dict(config.get("class_pca_params", {}))
+        initializer._restored = True
+        return initializer

@@ -1,0 +1,184 @@
+"""Turn the data users hand to `fit`/`adapt`/`hybridize` into a stream of numpy batches.
+
+Accepted, in the spirit of `keras.layers.Normalization.adapt`:
+
+- a pair of arrays or tensors ``(x, y)`` (or ``x`` with a separate ``y``), sliced into
+  batches of ``batch_size``;
+- a `tf.data.Dataset` whose elements are ``(x, y)`` or ``(x, y, sample_weight)``
+  (TFDS with ``as_supervised=True``); unbatched datasets (scalar labels) are batched;
+- a `keras.utils.PyDataset`;
+- any other iterable of ``(x, y)`` batches, e.g. a generator.
+
+Only one batch is ever held in memory, so statistics can stream over data sets that do
+not fit in memory. No Keras layer lives here: this module only moves data.
+"""
+
+import numpy as np
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+def _is_array_like(obj):
+    return hasattr(obj, "shape") and hasattr(obj, "dtype")
+
+
+def _to_numpy(value, name):
+    if isinstance(value, np.ndarray):
+        return value
+    if _is_array_like(value) or isinstance(value, (list, tuple)):
+        try:
+            return np.asarray(value)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"`{name}` could not be converted to a numpy array: {error}")
+    raise TypeError(
+        f"`{name}` must be an array or tensor; received {type(value).__name__}."
+    )
+
+
+def _is_tf_dataset(data):
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover - non-TF backends without TF installed
+        return False
+    return isinstance(data, tf.data.Dataset)
+
+
+def _is_py_dataset(data):
+    try:
+        from keras.utils import PyDataset
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(data, PyDataset)
+
+
+def _split_element(element, where):
+    """`(x, y)` or `(x, y, sample_weight)` -> `(x, y)`, with clear errors otherwise."""
+    if isinstance(element, dict):
+        raise ValueError(
+            f"{where} yields dicts with keys {sorted(element)}; class-PCA needs "
+            "`(x, y)` pairs. For TFDS use `tfds.load(..., as_supervised=True)`, or map "
+            "the dataset to `(x, y)` tuples."
+        )
+    if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
+        raise ValueError(
+            f"{where} must yield `(x, y)` pairs (labels are required for class-PCA); "
+            f"received an element of type {type(element).__name__}"
+            + (f" with {len(element)} parts" if isinstance(element, (tuple, list)) else "")
+            + "."
+        )
+    return element[0], element[1]
+
+
+def _slice_arrays(x, y, batch_size):
+    x = _to_numpy(x, "x")
+    y = _to_numpy(y, "y")
+    if x.ndim == 0:
+        raise ValueError(f"`x` must have a batch dimension; received a scalar.")
+    if y.ndim == 0 or len(x) != len(y):
+        raise ValueError(
+            f"`x` and `y` must have the same number of samples; received x with shape "
+            f"{x.shape} and y with shape {y.shape}."
+        )
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def _dataset_batches(dataset, batch_size):
+    spec = dataset.element_spec
+    if isinstance(spec, dict):
+        _split_element(spec, "The dataset")
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise ValueError(
+            "The dataset must yield `(x, y)` pairs (labels are required for "
+            f"class-PCA); its element_spec is {spec}."
+        )
+    label_rank = spec[1].shape.rank
+    if label_rank == 0:  # one sample per element: batch it ourselves
+        dataset = dataset.batch(batch_size)
+    for element in dataset.as_numpy_iterator():
+        yield _split_element(element, "The dataset")
+
+
+def _py_dataset_batches(py_dataset):
+    num_batches = py_dataset.num_batches
+    index = 0
+    while num_batches is None or index < num_batches:
+        try:
+            element = py_dataset[index]
+        except IndexError:
+            break
+        yield _split_element(element, "The PyDataset")
+        index += 1
+
+
+def iter_batches(data, y=None, *, batch_size=None, steps=None, max_samples=None):
+    """Yield `(x, y)` numpy batches from any supported data source.
+
+    Args:
+        data: `(x, y)` arrays, `x` alone with `y` given, a `tf.data.Dataset`, a
+            `keras.utils.PyDataset` or an iterable of `(x, y)` batches.
+        y: labels, when `data` is the array `x`.
+        batch_size: batch size for slicing arrays and for unbatched datasets.
+        steps: stop after this many batches.
+        max_samples: stop after this many samples (the last batch is cut).
+
+    Example:
+
+    >>> import numpy as np
+    >>> x, y = np.zeros((5, 3)), np.arange(5) % 2
+    >>> [b[0].shape for b in iter_batches((x, y), batch_size=2)]
+    [(2, 3), (2, 3), (1, 3)]
+    """
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive integer; received {batch_size!r}.")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"`steps` must be a positive integer; received {steps!r}.")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise ValueError(
+            f"`max_samples` must be a positive integer; received {max_samples!r}."
+        )
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+
+    if y is not None:
+        batches = _slice_arrays(data, y, batch_size)
+    elif isinstance(data, (tuple, list)) and len(data) in (2, 3) and all(
+        _is_array_like(part) for part in data[:2]
+    ):
+        batches = _slice_arrays(data[0], data[1], batch_size)
+    elif _is_tf_dataset(data):
+        batches = _dataset_batches(data, batch_size)
+    elif _is_py_dataset(data):
+        batches = _py_dataset_batches(data)
+    elif _is_array_like(data):
+        raise ValueError(
+            "Class-PCA needs labels: pass `(x, y)` (or `x` and `y=`), a dataset of "
+            f"`(x, y)` batches, or a generator of them; received only x with shape "
+            f"{tuple(data.shape)}."
+        )
+    elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes, dict)):
+        batches = (_split_element(element, "The data iterable") for element in data)
+    else:
+        raise TypeError(
+            "`data` must be `(x, y)` arrays, a tf.data.Dataset, a keras PyDataset or an "
+            f"iterable of `(x, y)` batches; received {type(data).__name__}."
+        )
+
+    seen = 0
+    for step, (x_batch, y_batch) in enumerate(batches):
+        if steps is not None and step >= steps:
+            return
+        x_batch = _to_numpy(x_batch, "x")
+        y_batch = _to_numpy(y_batch, "y")
+        if x_batch.ndim == 0 or y_batch.ndim == 0 or len(x_batch) != len(y_batch):
+            raise ValueError(
+                f"Each batch must hold `x` and `y` with the same number of samples; "
+                f"batch {step} has x with shape {x_batch.shape} and y with shape "
+                f"{y_batch.shape}."
+            )
+        if max_samples is not None:
+            x_batch, y_batch = x_batch[: max_samples - seen], y_batch[: max_samples - seen]
+        if len(x_batch):
+            yield x_batch, y_batch
+        seen += len(x_batch)
+        if max_samples is not None and seen >= max_samples:
+            return

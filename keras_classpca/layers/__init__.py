@@ -1,0 +1,4 @@
+"""Keras layers of keras-classpca."""
+
+from keras_classpca.layers.class_pca_conv2d import ClassPCAConv2D
+from keras_classpca.layers.class_pca_dense import ClassPCADense

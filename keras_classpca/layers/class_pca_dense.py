@@ -1,0 +1,44 @@
+"""`ClassPCADense`: a Dense layer whose weights `adapt` computes from labelled data."""
+
+import keras
+
+from keras_classpca.layers.adapt_mixin import CLASS_PCA_DEFAULTS, ClassPCAAdaptMixin
+
+
+@keras.saving.register_keras_serializable(package="keras_classpca")
+class ClassPCADense(ClassPCAAdaptMixin, keras.layers.Dense):
+    """Densely-connected layer solved by class-based PCA of its input.
+
+    `adapt((x, y))` sets the kernel to the class-PCA components of `x` (the leading
+    eigenvectors of each class's covariance, `units // n_classes` per class) and the
+    bias so the outputs are centred and standardised. The layer is created frozen
+    (`trainable=False`): pass `trainable=True` to fine-tune it with `fit()` after
+    adapting.
+
+    Args:
+        units: number of output units (= class-PCA components).
+        n_classes, center, allocation, scaling, offset, variance_share,
+            dedup_threshold: see `keras_classpca.ClassPCA`.
+        **kwargs: any `keras.layers.Dense` argument (activation, use_bias, name, ...).
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(300, 16)).astype("float32")
+    >>> y = np.arange(300) % 3
+    >>> layer = ClassPCADense(6, activation="relu")
+    >>> layer.adapt((x, y))
+    >>> layer(x).shape, layer.is_adapted, layer.trainable
+    ((300, 6), True, False)
+    """
+
+    def __init__(self, units, **kwargs):
+        options = {name: kwargs.pop(name) for name in CLASS_PCA_DEFAULTS if name in kwargs}
+        kwargs.setdefault("trainable", False)
+        super().__init__(units, **kwargs)
+        self._set_class_pca_options(options)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._class_pca_config())
+        return config
