@@ -1,0 +1,549 @@
+"""Export a (hybrid) Keras model for TensorFlow Serving, and talk to the export.
+
+A hybrid model, whose lower layers were solved with class-based PCA and whose top was
+trained with `fit()`, is an ordinary Keras model: it saves to `.keras` and reloads with
+`keras.saving.load_model(path)` once `keras_classpca` is imported. This module covers the
+other half of production, the TF Serving artifact:
+
+- `export_for_serving(model, base_dir)` writes `base_dir/<version>/saved_model.pb` and
+  `variables/`, the layout `tensorflow_model_server --model_base_path=base_dir` watches.
+  It writes into a hidden temporary directory inside `base_dir` and renames it into place,
+  so the server never sees (and a failure never leaves) a half-written version.
+- `signature_info(export_path)` reads a signature's input/output keys, dtypes and shapes
+  back from the SavedModel (what `saved_model_cli show --all` prints).
+- `predict_request_body(export_path, x)` builds the JSON body of a REST
+  `POST /v1/models/<name>:predict` request from those input keys.
+- `artifact_sizes(export_path, keras_path)` measures the export against the `.keras`
+  file (keras issue #23553: an export may store variables more than once).
+
+Example:
+
+```python
+import keras_classpca.export as kx
+
+path = kx.export_for_serving(model, "/srv/models/digits")  # -> /srv/models/digits/1
+kx.signature_info(path)["inputs"]
+# {'image': {'name': 'serving_default_image:0', 'dtype': 'float32',
+#            'shape': [None, 8, 8, 1]}}
+body = kx.predict_request_body(path, x[:2])  # json.dumps(body) is the POST body
+```
+"""
+
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+__all__ = [
+    "export_for_serving",
+    "signature_info",
+    "predict_request_body",
+    "artifact_sizes",
+]
+
+DEFAULT_SIGNATURE = "serving_default"
+SERVE_TAG = "serve"
+_TMP_PREFIX = ".tmp-export-"
+# TF Serving (and `tf.saved_model.save`) need signature and tensor keys that are valid
+# identifiers in a SignatureDef: letters, digits, '_', '.', '-', not starting with '-'.
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.\-/]*$")
+_SIGNATURE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _check_model(model):
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "`model` must be a `keras.Model` (Sequential, functional or subclassed); "
+            f"received {type(model).__name__}."
+        )
+    if not model.built:
+        raise ValueError(
+            f"`model` ({model.name!r}) is not built, so it has no input shape to export. "
+            "Build it first: give it a `keras.Input(shape)`, call `model.build(input_shape)` "
+            "or call it on a batch of data."
+        )
+
+
+def _check_version(version):
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
+        raise TypeError(
+            "`version` must be a non-negative int or None (next free version); "
+            f"received {version!r} of type {type(version).__name__}."
+        )
+    version = int(version)
+    if version < 0:
+        raise ValueError(f"`version` must be >= 0 (TF Serving versions are int64); got {version}.")
+    return version
+
+
+def _check_signature_name(signature_name):
+    if not isinstance(signature_name, str):
+        raise TypeError(
+            f"`signature_name` must be a str; received {type(signature_name).__name__}."
+        )
+    if not _SIGNATURE_RE.match(signature_name):
+        raise ValueError(
+            "`signature_name` must be a Python identifier (letters, digits, '_', not "
+            f"starting with a digit); got {signature_name!r}."
+        )
+    return signature_name
+
+
+def _unique(names):
+    """Make `names` unique and valid as SignatureDef keys, keeping order."""
+    out, seen = [], set()
+    for i, name in enumerate(names):
+        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name)) or f"key_{i}"
+        if not _KEY_RE.match(name):
+            name = f"key_{name}"
+        candidate, k = name, 1
+        while candidate in seen:
+            candidate, k = f"{name}_{k}", k + 1
+        seen.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _input_layout(model):
+    """(flat input specs, names, pack) where pack(flat tensors) -> model's input structure."""
+    import keras
+
+    tf = _tf()
+    inputs = None
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs:
+        struct = inputs[0] if isinstance(model, keras.Sequential) else model.input
+        if isinstance(struct, dict):
+            keys = list(struct.keys())
+            tensors = [struct[k] for k in keys]
+            names = _unique(keys)
+
+            def pack(flat):
+                return dict(zip(keys, flat))
+
+        else:
+            tensors = keras.tree.flatten(struct)
+            names = _unique([t.name for t in tensors])
+
+            def pack(flat):
+                return keras.tree.pack_sequence_as(struct, list(flat))
+
+        specs = [
+            tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=n)
+            for t, n in zip(tensors, names)
+        ]
+        return specs, names, pack
+
+    # Subclassed model: the shapes recorded when it was built or first called.
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    flat_shapes = list(shapes.values())
+    if len(flat_shapes) != 1 or not all(
+        isinstance(d, (int, type(None))) for d in tuple(flat_shapes[0])
+    ):
+        raise ValueError(
+            f"`model` ({model.name!r}) is a subclassed model whose input structure is not a "
+            "single tensor; wrap it in a functional model with named `keras.Input`s first."
+        )
+    shape = (None,) + tuple(flat_shapes[0])[1:]
+    dtype = getattr(model, "input_dtype", None) or "float32"
+    names = ["inputs"]
+    return [tf.TensorSpec(shape, dtype, name="inputs")], names, lambda flat: flat[0]
+
+
+def _output_names(model, n_outputs):
+    names = None
+    try:
+        names = list(model.output_names)
+    except (AttributeError, ValueError, TypeError):
+        names = None
+    if not names or len(names) != n_outputs:
+        try:
+            names = [t._keras_history.operation.name for t in model.outputs]
+        except (AttributeError, TypeError):
+            names = None
+    if not names or len(names) != n_outputs:
+        names = ["output_0"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
+    return _unique(names)
+
+
+def _existing_versions(base_dir):
+    found = []
+    for entry in os.listdir(base_dir):
+        if entry.isdigit() and os.path.isdir(os.path.join(base_dir, entry)):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def _permission_error(path, what, err):
+    return PermissionError(
+        f"`base_dir` is not writable: cannot {what} {path!r} ({err.strerror or err}). "
+        "Choose a directory you can write to, or fix its permissions."
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_SIGNATURE):
+    """Write `model` as a TF Serving version directory `base_dir/<version>/`.
+
+    The artifact is a TensorFlow SavedModel written with `keras.export.ExportArchive`
+    (what `model.export(path, format="tf_saved_model")` uses): one endpoint, registered
+    as `signature_name` (and also as `serving_default`, which TF Serving requires), that
+    runs the model in inference mode. Its inputs are named after the model's inputs (the
+    `keras.Input(name=...)` names, or the keys of a dict-input model), its outputs after
+    the model's output layers, and every batch dimension is `None`.
+
+    `base_dir` is one model's directory, the `--model_base_path` of
+    `tensorflow_model_server` (conventionally `<models>/<model_name>`); it is created if
+    missing. The version is written to a hidden temporary directory inside `base_dir`
+    and renamed into place, so a crash never leaves a half-written version behind.
+
+    Args:
+        model: a built `keras.Model` (Sequential, functional, or subclassed with one
+            input tensor).
+        base_dir: `str` or path-like, the model's directory.
+        version: non-negative int, or None for one more than the largest existing
+            integer version (1 in an empty directory). An existing version is never
+            overwritten.
+        signature_name: the SignatureDef key of the endpoint (a Python identifier).
+
+    Returns:
+        The path (`str`) of the written version directory.
+
+    Raises:
+        TypeError: `model` is not a `keras.Model`; `version`, `signature_name` or
+            `base_dir` has the wrong type.
+        ValueError: `model` is not built; `version` < 0; bad `signature_name`.
+        FileExistsError: `base_dir/<version>` already exists, or `base_dir` is a file.
+        PermissionError: `base_dir` cannot be created or written to.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([keras.Input((8, 8, 1), name="image"),
+                              keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax", name="probs")])
+    path = export_for_serving(model, "/srv/models/digits")   # '/srv/models/digits/1'
+    export_for_serving(model, "/srv/models/digits")          # '/srv/models/digits/2'
+    export_for_serving(model, "/srv/models/digits", version=1)  # FileExistsError
+    ```
+    """
+    _check_model(model)
+    version = _check_version(version)
+    signature_name = _check_signature_name(signature_name)
+    if not isinstance(base_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"`base_dir` must be a str or os.PathLike; received {type(base_dir).__name__}."
+        )
+    base_dir = os.path.abspath(os.fspath(base_dir))
+
+    if os.path.exists(base_dir) and not os.path.isdir(base_dir):
+        raise FileExistsError(f"`base_dir` {base_dir!r} exists and is not a directory.")
+    try:
+        os.makedirs(base_dir, exist_ok=True)
+    except PermissionError as err:
+        raise _permission_error(base_dir, "create", err) from err
+    except OSError as err:  # read-only file system, a file in the middle of the path, ...
+        raise PermissionError(
+            f"`base_dir` {base_dir!r} cannot be created: {err.strerror or err}."
+        ) from err
+
+    if version is None:
+        existing = _existing_versions(base_dir)
+        version = existing[-1] + 1 if existing else 1
+    final = os.path.join(base_dir, str(version))
+    if os.path.lexists(final):
+        raise FileExistsError(
+            f"`version` {version} already exists at {final!r}; exported versions are never "
+            "overwritten. Pass version=None for the next free version, or remove it first."
+        )
+
+    # Trace before touching the disk: a model that cannot be traced leaves nothing behind.
+    archive = _build_archive(model, signature_name)
+
+    try:
+        tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base_dir)
+    except OSError as err:
+        raise _permission_error(base_dir, "write a temporary directory in", err) from err
+    try:
+        archive.write_out(tmp, verbose=False)
+        if os.path.lexists(final):  # Someone wrote this version while we were exporting.
+            raise FileExistsError(
+                f"`version` {version} appeared at {final!r} during the export; not "
+                "overwriting it."
+            )
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # mkdtemp creates 0700; a server running as another user must be able to read it.
+    _make_readable(final)
+    return final
+
+
+def _make_readable(path):
+    umask = os.umask(0)
+    os.umask(umask)
+    dir_mode = 0o777 & ~umask
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, dir_mode)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
+
+
+def _build_archive(model, signature_name):
+    import keras
+
+    tf = _tf()
+    specs, _, pack = _input_layout(model)
+
+    # Trace once to learn the outputs' structure, then name them.
+    def call(flat):
+        return keras.tree.flatten(model(pack(flat), training=False))
+
+    probe = tf.function(lambda *flat: call(flat)).get_concrete_function(*specs)
+    n_outputs = len(probe.structured_outputs)
+    out_names = _output_names(model, n_outputs)
+
+    def serve(*flat):
+        return dict(zip(out_names, call(flat)))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name=signature_name, fn=tf.function(serve, autograph=False), input_signature=specs
+    )
+    return archive
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _load_meta_graph(export_path, signature_name):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    if not isinstance(export_path, (str, os.PathLike)):
+        raise TypeError(
+            f"`export_path` must be a str or os.PathLike; received {type(export_path).__name__}."
+        )
+    export_path = os.fspath(export_path)
+    pb_path = os.path.join(export_path, "saved_model.pb")
+    if not os.path.isfile(pb_path):
+        raise FileNotFoundError(
+            f"`export_path` {export_path!r} is not a SavedModel directory (no saved_model.pb)."
+        )
+    saved = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as fh:
+        saved.ParseFromString(fh.read())
+    for meta in saved.meta_graphs:
+        if SERVE_TAG in meta.meta_info_def.tags:
+            break
+    else:
+        raise ValueError(f"`export_path` {export_path!r} has no MetaGraph tagged 'serve'.")
+    if signature_name not in meta.signature_def:
+        known = sorted(k for k in meta.signature_def if not k.startswith("__"))
+        raise ValueError(
+            f"`signature_name` {signature_name!r} is not in {export_path!r}; "
+            f"its signatures are {known}."
+        )
+    return meta.signature_def[signature_name]
+
+
+def _tensor_info(info):
+    tf = _tf()
+    if info.tensor_shape.unknown_rank:
+        shape = None
+    else:
+        shape = [None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim]
+    return {"name": info.name, "dtype": tf.dtypes.as_dtype(info.dtype).name, "shape": shape}
+
+
+def signature_info(export_path, signature_name=DEFAULT_SIGNATURE):
+    """Inputs and outputs of one signature of a SavedModel, read from `saved_model.pb`.
+
+    The same facts `saved_model_cli show --dir PATH --tag_set serve --signature_def NAME`
+    prints, as a dict, so clients never hard-code the keys:
+
+    ```python
+    signature_info("/srv/models/digits/1")
+    # {'signature_name': 'serving_default',
+    #  'method_name': 'tensorflow/serving/predict',
+    #  'inputs':  {'image': {'name': 'serving_default_image:0', 'dtype': 'float32',
+    #                        'shape': [None, 8, 8, 1]}},
+    #  'outputs': {'probs': {'name': 'StatefulPartitionedCall:0', 'dtype': 'float32',
+    #                        'shape': [None, 10]}}}
+    ```
+
+    Keys of `inputs`/`outputs` are the signature's keys (sorted, as TF stores them);
+    `name` is the graph tensor; unknown dimensions are `None`.
+    """
+    sig = _load_meta_graph(export_path, signature_name)
+    return {
+        "signature_name": signature_name,
+        "method_name": sig.method_name,
+        "inputs": {k: _tensor_info(sig.inputs[k]) for k in sorted(sig.inputs)},
+        "outputs": {k: _tensor_info(sig.outputs[k]) for k in sorted(sig.outputs)},
+    }
+
+
+def _json_ready(value, key, dtype):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"`x` for input {key!r} must be numeric; received dtype {arr.dtype}.")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError(
+            f"`x` for input {key!r} holds NaN or infinite values, which JSON cannot carry."
+        )
+    if dtype.startswith("int") or dtype.startswith("uint") or dtype == "bool":
+        if arr.dtype.kind == "f" and np.any(arr != np.round(arr)):
+            raise ValueError(f"`x` for input {key!r} must hold integers (signature dtype {dtype}).")
+        return arr.astype(np.int64 if dtype != "bool" else bool)
+    # Cast to the signature's float type first so the JSON numbers are exactly the values
+    # the server will compute with (float32 -> Python float is exact).
+    return arr.astype(np.dtype(dtype) if dtype in ("float16", "float32", "float64") else np.float64)
+
+
+def predict_request_body(export_path, x, signature_name=DEFAULT_SIGNATURE):
+    """The JSON body of a TF Serving REST `:predict` request for inputs `x`.
+
+    Uses the row ("instances") format of TF Serving's REST API, one object per example
+    keyed by the signature's input names read from `export_path`:
+
+    ```python
+    body = predict_request_body("/srv/models/digits/1", x[:2])
+    # {'signature_name': 'serving_default',
+    #  'instances': [{'image': [[[0.0], ...]]}, {'image': [[[0.0], ...]]}]}
+    requests.post("http://localhost:8501/v1/models/digits:predict", json=body)
+    ```
+
+    Args:
+        export_path: a SavedModel directory (what `export_for_serving` returned).
+        x: one array (batch first) for a single-input signature; a dict
+            `{input_name: array}` or a list/tuple of arrays in the order of
+            `signature_info(export_path)["inputs"]` for several inputs.
+        signature_name: which signature to address.
+
+    Returns:
+        A dict ready for `json.dumps`: `{"signature_name": ..., "instances": [...]}`.
+    """
+    info = signature_info(export_path, signature_name)
+    inputs = info["inputs"]
+    keys = list(inputs)
+    if isinstance(x, dict):
+        missing, extra = set(keys) - set(x), set(x) - set(keys)
+        if missing or extra:
+            raise ValueError(
+                f"`x` keys {sorted(x)} do not match the signature's inputs {keys} "
+                f"(missing {sorted(missing)}, unexpected {sorted(extra)})."
+            )
+        arrays = {k: x[k] for k in keys}
+    elif isinstance(x, (list, tuple)) and len(keys) > 1:
+        if len(x) != len(keys):
+            raise ValueError(
+                f"`x` has {len(x)} arrays but the signature has {len(keys)} inputs {keys}."
+            )
+        arrays = dict(zip(keys, x))
+    else:
+        if len(keys) != 1:
+            raise ValueError(
+                f"The signature has {len(keys)} inputs {keys}: pass `x` as a dict keyed by "
+                "them (or a list in that order)."
+            )
+        arrays = {keys[0]: x}
+
+    batch = None
+    rows = {}
+    for key, value in arrays.items():
+        spec = inputs[key]
+        arr = _json_ready(value, key, spec["dtype"])
+        shape = spec["shape"]
+        if shape is not None:
+            if arr.ndim != len(shape):
+                raise ValueError(
+                    f"`x` for input {key!r} has shape {arr.shape}; the signature expects "
+                    f"{tuple(shape)} (batch first)."
+                )
+            for got, want in zip(arr.shape, shape):
+                if want is not None and got != want:
+                    raise ValueError(
+                        f"`x` for input {key!r} has shape {arr.shape}; the signature expects "
+                        f"{tuple(shape)}."
+                    )
+        if arr.ndim == 0:
+            raise ValueError(f"`x` for input {key!r} must have a batch dimension.")
+        if batch is None:
+            batch = arr.shape[0]
+        elif arr.shape[0] != batch:
+            raise ValueError(
+                f"`x` inputs have different batch sizes ({batch} and {arr.shape[0]} for {key!r})."
+            )
+        rows[key] = arr.tolist()
+    instances = [{k: rows[k][i] for k in keys} for i in range(batch or 0)]
+    return {"signature_name": signature_name, "instances": instances}
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def _tree_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+def artifact_sizes(export_path, keras_path=None, model=None):
+    """Bytes on disk of a SavedModel export, next to the `.keras` file and raw weights.
+
+    Keras issue #23553: an exported SavedModel can store each variable more than once.
+    This measures it:
+
+    ```python
+    artifact_sizes(path, "digits.keras", model)
+    # {'saved_model_bytes': ..., 'saved_model_pb_bytes': ..., 'variables_bytes': ...,
+    #  'keras_bytes': ..., 'weights_bytes': ..., 'export_over_keras': 1.9,
+    #  'variables_over_weights': 2.0}
+    ```
+
+    `weights_bytes` is the sum of `nbytes` of the model's weights (needs `model`);
+    ratios are present when both sides are known.
+    """
+    if not os.path.isdir(export_path):
+        raise FileNotFoundError(f"`export_path` {export_path!r} is not a directory.")
+    sizes = {
+        "saved_model_bytes": _tree_bytes(export_path),
+        "saved_model_pb_bytes": os.path.getsize(os.path.join(export_path, "saved_model.pb")),
+        "variables_bytes": _tree_bytes(os.path.join(export_path, "variables")),
+    }
+    if keras_path is not None:
+        if not os.path.isfile(keras_path):
+            raise FileNotFoundError(f"`keras_path` {keras_path!r} is not a file.")
+        sizes["keras_bytes"] = os.path.getsize(keras_path)
+        sizes["export_over_keras"] = round(sizes["saved_model_bytes"] / sizes["keras_bytes"], 3)
+    if model is not None:
+        weights = int(sum(np.asarray(w).nbytes for w in model.get_weights()))
+        sizes["weights_bytes"] = weights
+        if weights:
+            sizes["variables_over_weights"] = round(sizes["variables_bytes"] / weights, 3)
+    return sizes
+
