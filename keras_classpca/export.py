@@ -327,8 +327,11 @@ def _build_archive(model, signature_name):
     def serve(*flat):
         return dict(zip(out_names, call(flat)))
 
+    # No `archive.track(model)`: the endpoint already tracks every variable it uses, and
+    # tracking the model too stores each variable twice (keras issue #23553; measured in
+    # docs/serving.md). Lookup tables of Keras preprocessing layers are tracked by
+    # `add_endpoint` itself.
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint(
         name=signature_name, fn=tf.function(serve, autograph=False), input_signature=specs
     )

@@ -1,0 +1,380 @@
+"""Save / reload / export for TF Serving (issue 6).
+
+One module-scoped export (plus the two `saved_model_cli` runs on it, launched in
+parallel) keeps this file fast; every numeric check is exact (max |delta| == 0 on CPU).
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+import keras_classpca
+import keras_classpca.export as kx
+
+SHAPE = (8, 8, 1)
+CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+def _data(n=96, n_classes=2, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    x = rng.normal(size=(n,) + SHAPE).astype("float32")
+    x[y == 1, :4] += 1.5  # class 1 is brighter in the top half: something to find.
+    return x, y.astype("int64")
+
+
+def _plain_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input(SHAPE, name="image"),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax", name="probs"),
+        ],
+        name="plain",
+    )
+
+
+def _max_abs(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _serve(path, x, signature_name="serving_default"):
+    """Run a reloaded SavedModel signature, keys read from the SavedModel itself."""
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures[signature_name]
+    (in_key,) = fn.structured_input_signature[1].keys()
+    return {k: v.numpy() for k, v in fn(**{in_key: tf.constant(x)}).items()}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A briefly trained plain model, exported once; saved_model_cli show/run started."""
+    root = tmp_path_factory.mktemp("export")
+    x, y = _data()
+    model = _plain_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    base = str(root / "digits")
+    path = kx.export_for_serving(model, base)
+
+    x_cli = x[:5]
+    np.save(root / "x.npy", x_cli)
+    outdir = root / "cli_out"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    show = subprocess.Popen(
+        [CLI, "show", "--dir", path, "--all"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    run = subprocess.Popen(
+        [CLI, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
+         "serving_default", "--inputs", f"image={root / 'x.npy'}", "--outdir", str(outdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    ns = SimpleNamespace(root=root, base=base, path=path, model=model, x=x, y=y,
+                         x_cli=x_cli, outdir=outdir, _procs={"show": show, "run": run})
+
+    def cli(name):
+        proc = ns._procs[name]
+        out, err = proc.communicate(timeout=120)
+        ns._procs[name] = SimpleNamespace(returncode=proc.returncode, stdout=out, stderr=err,
+                                          communicate=lambda timeout=None: (out, err))
+        assert proc.returncode == 0, f"saved_model_cli {name} failed:\n{err[-3000:]}"
+        return out
+
+    ns.cli = cli
+    yield ns
+    for proc in ns._procs.values():
+        if isinstance(proc, subprocess.Popen) and proc.poll() is None:
+            proc.kill()
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_export_writes_tf_serving_layout(exported):
+    assert exported.path == os.path.join(os.path.abspath(exported.base), "1")
+    assert os.path.isfile(os.path.join(exported.path, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(exported.path, "variables", "variables.index"))
+    # Only the version directory: the temporary directory was renamed, not copied.
+    assert sorted(os.listdir(exported.base)) == ["1"]
+
+
+def test_versions_increment_and_are_never_overwritten(exported, tmp_path):
+    model = exported.model
+    base = tmp_path / "m"
+    assert kx.export_for_serving(model, base) == str(base / "1")
+    assert kx.export_for_serving(model, base, version=7) == str(base / "7")
+    assert kx.export_for_serving(model, base) == str(base / "8")
+    (base / "notes").mkdir()  # non-integer entries are not versions
+    before = {p: os.path.getmtime(base / p / "saved_model.pb") for p in ("1", "7", "8")}
+    with pytest.raises(FileExistsError, match=r"`version` 7 already exists"):
+        kx.export_for_serving(model, base, version=7)
+    assert sorted(os.listdir(base)) == ["1", "7", "8", "notes"]
+    assert before == {p: os.path.getmtime(base / p / "saved_model.pb") for p in before}
+
+
+def test_signature_info_names_shapes_dtypes(exported):
+    info = kx.signature_info(exported.path)
+    assert info["signature_name"] == "serving_default"
+    assert info["method_name"] == "tensorflow/serving/predict"
+    assert {k: (v["dtype"], v["shape"]) for k, v in info["inputs"].items()} == {
+        "image": ("float32", [None, 8, 8, 1])
+    }
+    assert {k: (v["dtype"], v["shape"]) for k, v in info["outputs"].items()} == {
+        "probs": ("float32", [None, 10])
+    }
+    with pytest.raises(ValueError, match="`signature_name` 'nope' is not in"):
+        kx.signature_info(exported.path, "nope")
+    with pytest.raises(FileNotFoundError, match="`export_path`"):
+        kx.signature_info(exported.base)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("batch", [1, 7, 96])
+def test_reloaded_saved_model_predicts_identically(exported, batch):
+    x = exported.x[:batch]
+    expected = exported.model.predict(x, verbose=0)
+    got = _serve(exported.path, x)
+    assert list(got) == ["probs"]
+    assert got["probs"].shape == (batch, 10)
+    assert _max_abs(got["probs"], expected) == 0.0
+
+
+def test_saved_model_cli_show_lists_signature(exported):
+    out = exported.cli("show")
+    block = out.split("signature_def['serving_default']:", 1)[1].split("signature_def[", 1)[0]
+    assert re.search(
+        r"inputs\['image'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 8, 8, 1\)", block
+    ), block
+    assert re.search(
+        r"outputs\['probs'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 10\)", block
+    ), block
+    assert "Method name is: tensorflow/serving/predict" in block
+
+
+def test_saved_model_cli_run_returns_same_values(exported):
+    exported.cli("run")
+    got = np.load(exported.outdir / "probs.npy")
+    expected = exported.model.predict(exported.x_cli, verbose=0)
+    assert got.shape == (5, 10)
+    assert _max_abs(got, expected) == 0.0
+
+
+def test_predict_request_body_round_trips_through_json(exported):
+    x = exported.x[:3]
+    body = kx.predict_request_body(exported.path, x)
+    assert set(body) == {"signature_name", "instances"}
+    assert body["signature_name"] == "serving_default"
+    assert [list(inst) for inst in body["instances"]] == [["image"]] * 3
+    # What a server would parse: the JSON numbers are exactly the float32 inputs...
+    parsed = json.loads(json.dumps(body))
+    batch = np.array([inst["image"] for inst in parsed["instances"]], dtype="float32")
+    assert batch.shape == (3, 8, 8, 1)
+    assert _max_abs(batch, x) == 0.0
+    # ...so serving them gives exactly the Keras predictions.
+    assert _max_abs(_serve(exported.path, batch)["probs"],
+                    exported.model.predict(x, verbose=0)) == 0.0
+
+
+def test_predict_request_body_rejects_bad_x(exported):
+    with pytest.raises(ValueError, match=r"`x` for input 'image' has shape \(3, 8, 8\)"):
+        kx.predict_request_body(exported.path, exported.x[:3, ..., 0])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        kx.predict_request_body(exported.path, np.full((1, 8, 8, 1), np.nan, "float32"))
+    with pytest.raises(ValueError, match=r"do not match the signature's inputs \['image'\]"):
+        kx.predict_request_body(exported.path, {"pixels": exported.x[:1]})
+
+
+def test_artifact_sizes_against_keras_file(exported):
+    keras_path = str(exported.root / "plain.keras")
+    exported.model.save(keras_path)
+    sizes = kx.artifact_sizes(exported.path, keras_path, exported.model)
+    weights = sum(w.nbytes for w in exported.model.get_weights())
+    assert sizes["weights_bytes"] == weights
+    assert sizes["keras_bytes"] == os.path.getsize(keras_path)
+    # Each variable is stored once (no `archive.track(model)`, keras issue #23553):
+    # the checkpoint is the raw weights plus a small per-variable overhead.
+    assert weights <= sizes["variables_bytes"] < 1.5 * weights + 2048
+    assert sizes["saved_model_bytes"] > sizes["variables_bytes"]
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def test_custom_signature_name_and_dict_inputs(tmp_path):
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    h = keras.layers.Concatenate()([a, b])
+    model = keras.Model(
+        {"a": a, "b": b},
+        [keras.layers.Dense(1, name="score")(h), keras.layers.Dense(2, name="logits")(a)],
+    )
+    path = kx.export_for_serving(model, tmp_path / "two", signature_name="predict")
+    for name in ("predict", "serving_default"):
+        info = kx.signature_info(path, name)
+        assert {k: v["shape"] for k, v in info["inputs"].items()} == {
+            "a": [None, 3], "b": [None, 2]}
+        assert {k: v["shape"] for k, v in info["outputs"].items()} == {
+            "logits": [None, 2], "score": [None, 1]}
+    rng = np.random.default_rng(1)
+    xa, xb = rng.normal(size=(4, 3)).astype("f4"), rng.normal(size=(4, 2)).astype("f4")
+    body = kx.predict_request_body(path, {"a": xa, "b": xb}, signature_name="predict")
+    assert body["signature_name"] == "predict" and len(body["instances"]) == 4
+    assert set(body["instances"][0]) == {"a", "b"}
+    out = tf.saved_model.load(path).signatures["predict"](a=tf.constant(xa), b=tf.constant(xb))
+    score, logits = model.predict({"a": xa, "b": xb}, verbose=0)
+    assert _max_abs(out["score"], score) == 0.0
+    assert _max_abs(out["logits"], logits) == 0.0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_arguments_raise_clear_errors(exported, tmp_path):
+    base = tmp_path / "m"
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"`model` \('.*'\) is not built"):
+        kx.export_for_serving(unbuilt, base)
+    with pytest.raises(TypeError, match="`model` must be a `keras.Model`"):
+        kx.export_for_serving(keras.layers.Dense(2), base)
+    with pytest.raises(TypeError, match="`version` must be a non-negative int"):
+        kx.export_for_serving(exported.model, base, version="1")
+    with pytest.raises(TypeError, match="`version`"):
+        kx.export_for_serving(exported.model, base, version=True)
+    with pytest.raises(ValueError, match="`version` must be >= 0"):
+        kx.export_for_serving(exported.model, base, version=-1)
+    with pytest.raises(ValueError, match="`signature_name`"):
+        kx.export_for_serving(exported.model, base, signature_name="serving default")
+    with pytest.raises(TypeError, match="`base_dir` must be a str"):
+        kx.export_for_serving(exported.model, 3)
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(FileExistsError, match="`base_dir` .* is not a directory"):
+        kx.export_for_serving(exported.model, afile)
+    with pytest.raises(PermissionError, match="`base_dir`"):
+        kx.export_for_serving(exported.model, afile / "sub")
+    # Rejected before anything was written.
+    assert not base.exists()
+
+
+def test_non_writable_base_dir_leaves_nothing(exported):
+    # World-traversable, owner-only-writable directory; as root, drop to `nobody`.
+    base = tempfile.mkdtemp(prefix="kcp-ro-")
+    try:
+        os.chmod(base, 0o555)
+        euid = os.geteuid()
+        if euid == 0:
+            os.seteuid(65534)
+        try:
+            with pytest.raises(PermissionError, match="`base_dir` is not writable"):
+                kx.export_for_serving(exported.model, base)
+            with pytest.raises(PermissionError, match="`base_dir`"):
+                kx.export_for_serving(exported.model, os.path.join(base, "sub"))
+        finally:
+            if euid == 0:
+                os.seteuid(0)
+        assert os.listdir(base) == []
+    finally:
+        os.chmod(base, 0o755)
+        shutil.rmtree(base)
+
+
+def test_failed_write_leaves_no_partial_version(exported, tmp_path, monkeypatch):
+    base = tmp_path / "m"
+    real_build = kx._build_archive
+
+    class Exploding:
+        def __init__(self, archive):
+            self.archive = archive
+
+        def write_out(self, path, verbose=False):
+            self.archive.write_out(path, verbose=verbose)  # a complete SavedModel...
+            raise OSError("disk full")  # ...then the failure before the rename
+
+    monkeypatch.setattr(kx, "_build_archive", lambda m, s: Exploding(real_build(m, s)))
+    with pytest.raises(OSError, match="disk full"):
+        kx.export_for_serving(exported.model, base)
+    assert os.listdir(base) == []  # neither "1" nor the temporary directory
+
+
+# --------------------------------------------------------------------------- .keras
+
+
+def _adapted_classpca_model(x, y):
+    keras.utils.set_random_seed(0)
+    conv = keras_classpca.ClassPCAConv2D(4, 3, activation="relu", name="pca_conv")
+    conv.adapt((x, y))
+    features = keras.layers.Flatten()(conv(x))
+    dense = keras_classpca.ClassPCADense(6, activation="relu", name="pca_dense",
+                                         trainable=True)
+    dense.adapt((keras.ops.convert_to_numpy(features), y))
+    init = keras_classpca.ClassPCAInitializer.from_data(x, y, kernel_size=3)
+    return keras.Sequential(
+        [
+            keras.Input(SHAPE, name="image"),
+            conv,
+            keras.layers.Flatten(),
+            dense,
+            keras.layers.Dense(2, activation="softmax", name="probs"),
+        ],
+        name="classpca",
+    ), keras.Sequential(
+        [
+            keras.Input(SHAPE, name="image"),
+            keras.layers.Conv2D(4, 3, kernel_initializer=init,
+                                bias_initializer=init.bias_initializer(), name="init_conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, activation="softmax", name="probs"),
+        ],
+        name="initialized",
+    )
+
+
+def test_keras_round_trip_of_classpca_models(exported, tmp_path):
+    x, y = exported.x, exported.y
+    layered, initialized = _adapted_classpca_model(x, y)
+    assert layered.get_layer("pca_conv").is_adapted
+    for model in (layered, initialized, exported.model):
+        path = str(tmp_path / f"{model.name}.keras")
+        model.save(path)
+        reloaded = keras.saving.load_model(path)  # safe_mode on, no custom_objects
+        assert type(reloaded) is type(model)
+        assert [type(a) for a in reloaded.layers] == [type(b) for b in model.layers]
+        assert [w.trainable for w in reloaded.weights] == [w.trainable for w in model.weights]
+        assert [la.trainable for la in reloaded.layers] == [la.trainable for la in model.layers]
+        assert _max_abs(reloaded.predict(x, verbose=0), model.predict(x, verbose=0)) == 0.0
+
+    reloaded = keras.saving.load_model(str(tmp_path / "classpca.keras"))
+    conv, dense = reloaded.get_layer("pca_conv"), reloaded.get_layer("pca_dense")
+    assert isinstance(conv, keras_classpca.ClassPCAConv2D) and conv.is_adapted
+    assert isinstance(dense, keras_classpca.ClassPCADense) and dense.is_adapted
+    assert conv.trainable is False and dense.trainable is True
+    assert conv.get_config() == layered.get_layer("pca_conv").get_config()
+
+    # A reloaded model goes on training: frozen weights stay bit-identical.
+    frozen = [w.numpy().copy() for w in conv.weights]
+    head = reloaded.get_layer("probs").kernel.numpy().copy()
+    reloaded.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = reloaded.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert all(_max_abs(a, w.numpy()) == 0.0 for a, w in zip(frozen, conv.weights))
+    assert _max_abs(head, reloaded.get_layer("probs").kernel.numpy()) > 0.0
+
+    # And it exports: the SavedModel predicts exactly what Keras predicts.
+    path = kx.export_for_serving(reloaded, tmp_path / "classpca")
+    assert _max_abs(_serve(path, x)["probs"], reloaded.predict(x, verbose=0)) == 0.0
