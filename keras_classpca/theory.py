@@ -433,8 +433,8 @@ def marchenko_pastur_density(x, ratio, scale=1.0):
     Example:
         >>> import numpy as np
         >>> from keras_classpca.theory import marchenko_pastur_density
-        >>> x = np.linspace(0, 4, 4001)
-        >>> round(float(np.trapezoid(marchenko_pastur_density(x, 1.0), x)), 2)
+        >>> x = np.linspace(0, 3, 3001)
+        >>> round(float(np.trapezoid(marchenko_pastur_density(x, 0.25), x)), 3)
         1.0
     """
     ratio = _check_positive("ratio", ratio)

@@ -1,0 +1,1 @@
+from keras_classpca.diagnostics.alignment_monitor import AlignmentMonitor
