@@ -65,12 +65,10 @@ def main(argv=None):
     (x_train, y_train), (x_test, y_test) = load_data()
     model = build_model()
 
-    hybridize = getattr(keras_classpca, "hybridize", None)
-    if hybridize is not None:
-        report = hybridize(model, (x_train, y_train), cutoff=1)
-        print(f"hybridize: {report}")
-    else:  # keras_classpca without hybridize (older checkout): plain training only.
-        print("keras_classpca.hybridize not available: training the whole model.")
+    # Solve the bottom Conv2D from the training data with class-PCA and freeze it;
+    # `fit()` then trains only the Dense layers above it.
+    report = keras_classpca.hybridize(model, (x_train, y_train), cutoff=1, verbose=0)
+    print(report)
 
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])

@@ -378,3 +378,31 @@ def test_keras_round_trip_of_classpca_models(exported, tmp_path):
     # And it exports: the SavedModel predicts exactly what Keras predicts.
     path = kx.export_for_serving(reloaded, tmp_path / "classpca")
     assert _max_abs(_serve(path, x)["probs"], reloaded.predict(x, verbose=0)) == 0.0
+
+
+@pytest.mark.skipif(not hasattr(keras_classpca, "hybridize"),
+                    reason="keras_classpca.hybridize is not in this checkout")
+def test_hybridized_model_saves_reloads_and_exports(exported, tmp_path):
+    x, y = exported.x, exported.y
+    model = _plain_model()
+    model.build((None,) + SHAPE)
+    keras_classpca.hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert model.get_layer("conv").trainable is False
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    expected = model.predict(x, verbose=0)
+
+    keras_path = str(tmp_path / "hybrid.keras")
+    model.save(keras_path)
+    reloaded = keras.saving.load_model(keras_path)
+    assert [la.trainable for la in reloaded.layers] == [la.trainable for la in model.layers]
+    assert _max_abs(reloaded.predict(x, verbose=0), expected) == 0.0
+
+    frozen = reloaded.get_layer("conv").kernel.numpy().copy()
+    reloaded.fit(x, y, epochs=1, batch_size=32, verbose=0)  # compiled state came back too
+    assert _max_abs(frozen, reloaded.get_layer("conv").kernel.numpy()) == 0.0
+
+    path = kx.export_for_serving(model, tmp_path / "hybrid")
+    assert _max_abs(_serve(path, x)["probs"], expected) == 0.0
+    sizes = kx.artifact_sizes(path, keras_path, model)
+    assert sizes["variables_bytes"] < 1.5 * sizes["weights_bytes"] + 2048
