@@ -1,0 +1,90 @@
+"""Shared fixtures: a fixed seed, and synthetic classes drawn from known subspaces."""
+
+import keras
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same Keras / NumPy / TF seed."""
+    keras.utils.set_random_seed(1234)
+
+
+def make_subspace_classes(
+    dims,
+    n_features=12,
+    n_per_class=200,
+    *,
+    class_mean_scale=0.0,
+    shared_mean_scale=0.0,
+    noise=0.0,
+    seed=0,
+):
+    """Classes whose samples lie in known, mutually orthogonal low-dimensional subspaces.
+
+    Class `c` draws `n_per_class` samples `mean_c + B_c z` with `B_c` an orthonormal
+    `(n_features, dims[c])` basis and `z` Gaussian with decreasing, well-separated
+    standard deviations (3, 2, 1.5, ...). `mean_c` is a random class offset of norm
+    `class_mean_scale` plus a mean shared by all classes, of norm `shared_mean_scale`,
+    along `shared_direction` (orthogonal to every `B_c`). `noise` adds isotropic
+    Gaussian noise of that standard deviation.
+
+    Returns a namespace with `x` (float64), `y` (int64), `bases` (list of `B_c`) and
+    `shared_direction` (unit vector).
+    """
+    rng = np.random.default_rng(seed)
+    if 1 + sum(dims) > n_features:
+        raise ValueError("n_features too small for orthogonal subspaces")
+    q, _ = np.linalg.qr(rng.normal(size=(n_features, n_features)))
+    shared_direction = q[:, 0]
+    xs, ys, bases = [], [], []
+    column = 1
+    for label, dim in enumerate(dims):
+        basis = q[:, column : column + dim]
+        column += dim
+        scales = 3.0 / (1.0 + 0.5 * np.arange(dim))
+        z = rng.normal(size=(n_per_class, dim)) * scales
+        offset = rng.normal(size=n_features)
+        offset *= class_mean_scale / np.linalg.norm(offset)
+        samples = z @ basis.T + offset + shared_mean_scale * shared_direction
+        samples += noise * rng.normal(size=samples.shape)
+        xs.append(samples)
+        ys.append(np.full(n_per_class, label, dtype=np.int64))
+        bases.append(basis)
+    x = np.concatenate(xs)
+    y = np.concatenate(ys)
+    order = rng.permutation(len(x))
+    return _Namespace(x=x[order], y=y[order], bases=bases, shared_direction=shared_direction)
+
+
+class _Namespace(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _principal_cosines(a, b):
+    qa, _ = np.linalg.qr(a)
+    qb, _ = np.linalg.qr(b)
+    return np.linalg.svd(qa.T @ qb, compute_uv=False)
+
+
+@pytest.fixture
+def principal_cosines():
+    """`f(a, b)`: cosines of the principal angles between the column spans of a and b."""
+    return _principal_cosines
+
+
+@pytest.fixture
+def subspace_classes():
+    """The factory `make_subspace_classes(dims, n_features, n_per_class, ...)`."""
+    return make_subspace_classes
+
+
+@pytest.fixture
+def blobs():
+    """Small generic labelled data: `(x, y)` with 3 classes, 8 features, float32."""
+    rng = np.random.default_rng(7)
+    y = np.arange(240) % 3
+    x = rng.normal(size=(240, 8)) + 2.0 * np.eye(3, 8)[y]
+    x[:, 3] *= 3.0
+    return x.astype("float32"), y.astype("int64")

@@ -1,0 +1,497 @@
+"""`ClassPCA`: subspace recovery, allocation, scaling, streaming, determinism, errors."""
+
+import numpy as np
+import pytest
+
+from keras_classpca.class_pca import ClassPCA, labels_to_int
+
+COS_MIN = 0.99
+
+
+def _class_blocks(pca):
+    return {int(c): pca.components_[:, pca.component_classes_ == c] for c in pca.classes_}
+
+
+def _reference_class_matrix(x, y, label, center):
+    rows = x[y == label]
+    if center:
+        rows = rows - rows.mean(axis=0)
+    return rows.T @ rows / len(rows)
+
+
+def _state(pca):
+    """Everything observable about a ClassPCA's statistics (to check nothing changed)."""
+    if not pca.is_fitted:
+        return None
+    return (
+        pca.n_samples_seen_.copy(),
+        pca.mean_.copy(),
+        pca.covariance_.copy(),
+        pca.kernel_.copy() if (pca.n_components or pca.allocation == "adaptive") else None,
+    )
+
+
+def _assert_state_equal(before, after):
+    if before is None:
+        assert after is None
+        return
+    for a, b in zip(before, after):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- subspace recovery
+@pytest.mark.parametrize("center", [True, False])
+def test_equal_allocation_spans_true_subspaces(subspace_classes, principal_cosines, center):
+    # Class means are distinct but zero in the uncentered case (there the second
+    # moment is the covariance and must give the same subspaces).
+    data = subspace_classes([2, 2, 2], n_features=12, class_mean_scale=4.0 if center else 0.0)
+    pca = ClassPCA(6, center=center, allocation="equal").fit(data.x, data.y)
+    blocks = _class_blocks(pca)
+    for label, basis in enumerate(data.bases):
+        assert blocks[label].shape == (12, 2)
+        cosines = principal_cosines(blocks[label], basis)
+        assert cosines.min() >= COS_MIN, (label, cosines)
+
+
+def test_centering_matters_for_offset_classes(subspace_classes, principal_cosines):
+    # Sanity check that the subspace test can fail: uncentered statistics of classes
+    # with large offsets put the offset direction first, off the true subspace.
+    data = subspace_classes([2, 2, 2], n_features=12, class_mean_scale=20.0)
+    pca = ClassPCA(6, center=False).fit(data.x, data.y)
+    blocks = _class_blocks(pca)
+    assert min(principal_cosines(blocks[c], data.bases[c]).min() for c in range(3)) < 0.5
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_adaptive_finds_each_class_dimension(subspace_classes, principal_cosines, center):
+    dims = [1, 2, 3]
+    data = subspace_classes(dims, n_features=12, class_mean_scale=3.0 if center else 0.0, noise=1e-7)
+    pca = ClassPCA(None, center=center, allocation="adaptive", variance_share=1.0).fit(data.x, data.y)
+    blocks = _class_blocks(pca)
+    assert [blocks[c].shape[1] for c in range(3)] == dims
+    for label, basis in enumerate(data.bases):
+        assert principal_cosines(blocks[label], basis).min() >= COS_MIN
+
+
+def test_adaptive_drops_shared_mean_direction_when_uncentered(subspace_classes, principal_cosines):
+    dims = [1, 2, 3]
+    data = subspace_classes(dims, n_features=12, shared_mean_scale=6.0, noise=1e-7)
+    pca = ClassPCA(None, center=False, allocation="adaptive", variance_share=1.0).fit(data.x, data.y)
+    dc = np.abs(data.shared_direction @ pca.components_)
+    # Exactly one component is the shared DC/mean direction; every class found it.
+    assert np.sum(dc > 0.9) == 1
+    assert pca.n_components_ == 1 + sum(dims)
+    blocks = _class_blocks(pca)
+    for label, basis in enumerate(data.bases):
+        block = blocks[label]
+        not_dc = block[:, np.abs(data.shared_direction @ block) < 0.9]
+        assert not_dc.shape[1] == dims[label]
+        assert principal_cosines(not_dc, basis).min() >= COS_MIN
+    # Without deduplication every class keeps its own copy of the DC direction.
+    plain = ClassPCA(
+        None, center=False, allocation="adaptive", variance_share=1.0, dedup_threshold=None
+    ).fit(data.x, data.y)
+    assert np.sum(np.abs(data.shared_direction @ plain.components_) > 0.9) == 3
+
+
+def test_adaptive_rule_matches_documented_cumulative_share(subspace_classes):
+    # Documented rule: keep the leading vectors whose cumulative share stays within
+    # variance_share (at least one). Reference computed here with numpy's eigvalsh.
+    data = subspace_classes([3, 3, 3], n_features=12, noise=0.3)
+    for share in (0.5, 0.8, 0.95):
+        pca = ClassPCA(None, allocation="adaptive", variance_share=share, dedup_threshold=None)
+        pca.fit(data.x, data.y)
+        for label in range(3):
+            values = np.linalg.eigvalsh(_reference_class_matrix(data.x, data.y, label, True))[::-1]
+            expected = max(1, int(np.sum(np.cumsum(values) / values.sum() <= share)))
+            assert np.sum(pca.component_classes_ == label) == expected, (share, label)
+
+
+def test_equal_allocation_remainder_goes_to_largest_next_share(subspace_classes):
+    data = subspace_classes([3, 3, 3], n_features=12, noise=0.05)
+    # Class 1 gets a much stronger second direction.
+    x = data.x.copy()
+    ones = data.y == 1
+    x[ones] += 4.0 * np.outer(np.random.default_rng(1).normal(size=ones.sum()), data.bases[1][:, 1])
+    pca = ClassPCA(4, dedup_threshold=None).fit(x, data.y)
+    shares = []
+    for label in range(3):
+        values = np.linalg.eigvalsh(_reference_class_matrix(x, data.y, label, True))[::-1]
+        shares.append(values[1] / values.sum())
+    counts = [int(np.sum(pca.component_classes_ == c)) for c in range(3)]
+    assert sum(counts) == 4
+    expected = [1, 1, 1]
+    expected[int(np.argmax(shares))] += 1
+    assert counts == expected
+
+
+def test_exhausted_class_hands_slots_to_others(subspace_classes):
+    data = subspace_classes([1, 3, 3], n_features=12, noise=0.0)
+    pca = ClassPCA(6).fit(data.x, data.y)  # 2 per class, but class 0 has rank 1
+    counts = [int(np.sum(pca.component_classes_ == c)) for c in range(3)]
+    assert counts[0] == 1 and sum(counts) == 6
+    # No null-space direction was used: every component carries variance.
+    assert np.all(pca.explained_variance_ > 1e-3)
+
+
+def test_dedup_equal_allocation_skips_shared_direction(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, shared_mean_scale=8.0)
+    with_dedup = ClassPCA(6, center=False).fit(data.x, data.y)
+    without = ClassPCA(6, center=False, dedup_threshold=None).fit(data.x, data.y)
+    assert np.sum(np.abs(data.shared_direction @ without.components_) > 0.9) == 3
+    assert np.sum(np.abs(data.shared_direction @ with_dedup.components_) > 0.9) == 1
+    gram = np.abs(with_dedup.components_.T @ with_dedup.components_ - np.eye(6))
+    other_class = with_dedup.component_classes_[:, None] != with_dedup.component_classes_[None]
+    assert gram[other_class].max() <= 0.9
+
+
+# ---------------------------------------------------------------- statistics and scaling
+@pytest.mark.parametrize("center", [True, False])
+def test_statistics_equal_numpy(blobs, center):
+    x, y = blobs
+    x = x.astype(np.float64)
+    pca = ClassPCA(6, center=center, dedup_threshold=None).fit(x, y, batch_size=50)
+    np.testing.assert_array_equal(pca.classes_, [0, 1, 2])
+    np.testing.assert_array_equal(pca.n_samples_seen_, np.bincount(y))
+    np.testing.assert_allclose(pca.mean_, x.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pca.covariance_, np.cov(x.T, bias=True), rtol=1e-10, atol=1e-12)
+    for label in range(3):
+        np.testing.assert_allclose(
+            pca.class_matrix(label), _reference_class_matrix(x, y, label, center), rtol=1e-10, atol=1e-12
+        )
+        values, vectors = np.linalg.eigh(_reference_class_matrix(x, y, label, center))
+        block = pca.components_[:, pca.component_classes_ == label]
+        np.testing.assert_allclose(pca.explained_variance_[pca.component_classes_ == label], values[::-1][:2], rtol=1e-9)
+        # Each component is an eigenvector of its class's matrix.
+        matrix = _reference_class_matrix(x, y, label, center)
+        np.testing.assert_allclose(matrix @ block, block * values[::-1][:2], atol=1e-9)
+
+
+def test_standardize_gives_zero_mean_unit_variance(blobs):
+    x, y = blobs
+    pca = ClassPCA(6).fit(x, y)
+    out = pca.transform(x)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(out.var(axis=0), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ pca.kernel_ + pca.bias_, rtol=1e-12)
+
+
+def test_unit_scaling_orthonormal_within_class_and_zero_offset(blobs):
+    x, y = blobs
+    pca = ClassPCA(6, scaling="unit", offset="zero").fit(x, y)
+    np.testing.assert_array_equal(pca.kernel_, pca.components_)
+    np.testing.assert_array_equal(pca.bias_, np.zeros(6))
+    for label in range(3):
+        block = pca.kernel_[:, pca.component_classes_ == label]
+        np.testing.assert_allclose(block.T @ block, np.eye(block.shape[1]), atol=1e-12)
+
+
+def test_whiten_gives_unit_variance_within_own_class(blobs):
+    x, y = blobs
+    pca = ClassPCA(6, scaling="whiten").fit(x, y)
+    out = pca.transform(x)
+    for label in range(3):
+        own = pca.component_classes_ == label
+        np.testing.assert_allclose(out[y == label][:, own].var(axis=0), 1.0, rtol=1e-9)
+
+
+def test_fit_accepts_one_hot_labels(blobs):
+    x, y = blobs
+    a = ClassPCA(6).fit(x, y)
+    b = ClassPCA(6).fit(x, np.eye(3)[y])
+    np.testing.assert_array_equal(a.kernel_, b.kernel_)
+
+
+# ---------------------------------------------------------------- streaming, determinism
+def test_partial_fit_equals_fit(blobs):
+    x, y = blobs
+    one_shot = ClassPCA(6).fit(x, y)
+    streamed = ClassPCA(6)
+    for start in range(0, len(x), 37):
+        assert streamed.partial_fit(x[start : start + 37], y[start : start + 37]) is streamed
+    for name in ("components_", "kernel_", "bias_", "explained_variance_", "covariance_", "mean_"):
+        np.testing.assert_allclose(getattr(streamed, name), getattr(one_shot, name), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(streamed.component_classes_, one_shot.component_classes_)
+
+
+def test_merge_of_shards_equals_one_pass(blobs):
+    x, y = blobs
+    one_pass = ClassPCA(6).fit(x, y)
+    shards = [ClassPCA(6).fit(x[i::3], y[i::3]) for i in range(3)]
+    merged = ClassPCA(6)
+    for shard in shards:
+        assert merged.merge(shard) is merged
+    np.testing.assert_array_equal(merged.n_samples_seen_, one_pass.n_samples_seen_)
+    for name in ("components_", "kernel_", "bias_", "covariance_"):
+        np.testing.assert_allclose(getattr(merged, name), getattr(one_pass, name), rtol=1e-10, atol=1e-12)
+
+
+def test_merge_shard_holding_only_some_classes(blobs):
+    x, y = blobs
+    merged = ClassPCA(6)
+    merged.partial_fit(x[y < 2], y[y < 2])
+    merged.merge(ClassPCA(6))  # an empty shard is a no-op
+    other = ClassPCA(6)
+    other.partial_fit(x[y == 2], y[y == 2])
+    merged.merge(other)
+    np.testing.assert_allclose(merged.kernel_, ClassPCA(6).fit(x, y).kernel_, rtol=1e-10, atol=1e-12)
+
+
+def test_repeated_runs_bit_identical(blobs):
+    x, y = blobs
+    a = ClassPCA(6).fit(x, y, batch_size=64)
+    b = ClassPCA(6).fit(x, y, batch_size=64)
+    for name in ("components_", "kernel_", "bias_", "explained_variance_"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    # A second solve of the same statistics is also bit-identical.
+    first = a.solve(5)
+    a._solutions = {}
+    np.testing.assert_array_equal(a.solve(5).kernel, first.kernel)
+
+
+def test_sign_rule_largest_entry_positive_and_order_free(blobs):
+    x, y = blobs
+    pca = ClassPCA(6, scaling="unit").fit(x, y)
+    comps = pca.components_
+    largest = comps[np.argmax(np.abs(comps), axis=0), np.arange(comps.shape[1])]
+    assert np.all(largest > 0)
+    # The same samples in another order give slightly different float sums; with a
+    # deterministic sign rule the components agree to round-off, never up to sign.
+    order = np.random.default_rng(3).permutation(len(x))
+    shuffled = ClassPCA(6, scaling="unit").fit(x[order], y[order], batch_size=17)
+    np.testing.assert_allclose(shuffled.components_, comps, atol=1e-9)
+    # Negating the data leaves the class matrices (and so the components) unchanged.
+    negated = ClassPCA(6, scaling="unit").fit(-x, y)
+    np.testing.assert_allclose(negated.components_, comps, atol=1e-12)
+
+
+def test_copy_is_independent(blobs):
+    x, y = blobs
+    pca = ClassPCA(6).fit(x, y)
+    twin = pca.copy()
+    twin.partial_fit(x[:30], y[:30])
+    np.testing.assert_array_equal(pca.n_samples_seen_, np.bincount(y))
+    assert twin.n_samples_seen_.sum() == len(x) + 30
+
+
+def test_fit_restarts_from_scratch(blobs):
+    x, y = blobs
+    pca = ClassPCA(6).fit(x[:100], y[:100])
+    pca.fit(x, y)
+    np.testing.assert_array_equal(pca.n_samples_seen_, np.bincount(y))
+
+
+# ---------------------------------------------------------------- errors change nothing
+def _fitted(blobs):
+    x, y = blobs
+    return ClassPCA(6, n_classes=3).fit(x, y)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_nonfinite_x_rejected_without_state_change(blobs, bad, method):
+    x, y = blobs
+    pca = _fitted(blobs)
+    before = _state(pca)
+    x_bad = x.copy()
+    x_bad[5, 2] = bad
+    with pytest.raises(ValueError, match=r"`x` contains 1 NaN or infinite"):
+        getattr(pca, method)(x_bad, y)
+    _assert_state_equal(before, _state(pca))
+
+
+def test_nonfinite_in_later_batch_keeps_previous_fit(blobs):
+    x, y = blobs
+    pca = _fitted(blobs)
+    before = _state(pca)
+    x_bad = x.copy()
+    x_bad[-1, 0] = np.nan
+    with pytest.raises(ValueError, match="`x`"):
+        pca.fit(x_bad, y, batch_size=16)
+    _assert_state_equal(before, _state(pca))
+
+
+def test_overflowing_x_rejected(blobs):
+    x, y = blobs
+    pca = _fitted(blobs)
+    before = _state(pca)
+    with pytest.raises(ValueError, match="`x` holds values too large"):
+        pca.partial_fit(np.full((3, 8), 1e200), [0, 1, 2])
+    _assert_state_equal(before, _state(pca))
+
+
+@pytest.mark.parametrize(
+    "x_shape, match",
+    [((10, 2, 4), "`x` must be 2-D"), ((10, 5), "`x` has 5 features but this ClassPCA was fitted on 8")],
+)
+def test_wrong_x_shape_rejected(blobs, x_shape, match):
+    pca = _fitted(blobs)
+    before = _state(pca)
+    with pytest.raises(ValueError, match=match):
+        pca.partial_fit(np.ones(x_shape), np.zeros(10, dtype=int))
+    _assert_state_equal(before, _state(pca))
+
+
+def test_non_numeric_x_rejected(blobs):
+    pca = _fitted(blobs)
+    before = _state(pca)
+    with pytest.raises(TypeError, match="`x` must be numeric"):
+        pca.partial_fit(np.full((3, 8), "a"), [0, 1, 2])
+    _assert_state_equal(before, _state(pca))
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_length_mismatch_rejected(blobs, method):
+    x, y = blobs
+    pca = _fitted(blobs)
+    before = _state(pca)
+    with pytest.raises(ValueError, match="`x` and `y` must have the same number of samples"):
+        getattr(pca, method)(x, y[:-1])
+    _assert_state_equal(before, _state(pca))
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (lambda y: y - 1, r"`y` holds negative labels"),
+        (lambda y: y + 0.5, r"`y` must hold integer class labels; received non-integer"),
+        (lambda y: np.where(y == 2, 3, y), r"`y` holds label 3, out of range for n_classes=3"),
+        (lambda y: y.astype(str), r"`y` must hold integer class labels; received dtype"),
+        (lambda y: np.eye(4)[y], r"`y` is one-hot with 4 columns but n_classes=3"),
+        (lambda y: 0.5 * np.eye(3)[y], r"`y` has 2 dimensions but is not one-hot"),
+        (lambda y: np.zeros((len(y), 1, 1), dtype=int), r"`y` must be a vector"),
+    ],
+    ids=["negative", "non-integer", "out-of-range", "strings", "one-hot-width", "soft", "3-D"],
+)
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_bad_labels_rejected(blobs, labels, match, method):
+    x, y = blobs
+    pca = _fitted(blobs)
+    before = _state(pca)
+    bad = labels(y.copy())
+    with pytest.raises(ValueError, match=match):
+        getattr(pca, method)(x[: len(bad)], bad)
+    _assert_state_equal(before, _state(pca))
+
+
+def test_labels_to_int_accepts_integer_valued_floats_and_column():
+    np.testing.assert_array_equal(labels_to_int(np.array([[0.0], [2.0], [1.0]])), [0, 2, 1])
+
+
+def test_empty_data_rejected(blobs):
+    pca = _fitted(blobs)
+    before = _state(pca)
+    with pytest.raises(ValueError, match="`data` is empty"):
+        pca.fit(np.zeros((0, 8)), np.zeros(0, dtype=int))
+    with pytest.raises(ValueError, match="`data` is empty"):
+        pca.fit(iter([]))
+    _assert_state_equal(before, _state(pca))
+
+
+def test_data_without_labels_rejected(blobs):
+    x, _ = blobs
+    pca = _fitted(blobs)
+    before = _state(pca)
+    with pytest.raises(ValueError, match="needs labels"):
+        pca.fit(x)
+    _assert_state_equal(before, _state(pca))
+
+
+@pytest.mark.parametrize("center, n_samples", [(True, 2), (False, 1)])
+def test_class_with_too_few_samples_rejected(blobs, center, n_samples):
+    x, y = blobs
+    pca = ClassPCA(6, center=center).fit(x, y)  # 2 components per class
+    before = _state(pca)
+    keep = np.concatenate([np.flatnonzero(y != 1), np.flatnonzero(y == 1)[:n_samples]])
+    with pytest.raises(ValueError, match=rf"Class 1 has {n_samples} sample\(s\) but must supply 2"):
+        pca.fit(x[keep], y[keep])
+    _assert_state_equal(before, _state(pca))
+
+
+def test_adaptive_class_with_one_sample_rejected(blobs):
+    x, y = blobs
+    keep = np.concatenate([np.flatnonzero(y != 1), np.flatnonzero(y == 1)[:1]])
+    with pytest.raises(ValueError, match=r"Class 1 has 1 sample\(s\); with center=True"):
+        ClassPCA(allocation="adaptive").fit(x[keep], y[keep])
+
+
+def test_declared_class_without_samples_rejected(blobs):
+    x, y = blobs
+    with pytest.raises(ValueError, match=r"Class 3 \(of n_classes=4\) has no samples"):
+        ClassPCA(8, n_classes=4).fit(x, y)
+
+
+def test_too_many_components_rejected(blobs, subspace_classes):
+    x, y = blobs
+    pca = _fitted(blobs)
+    before = _state(pca)
+    with pytest.raises(ValueError, match=r"n_components=25 exceeds what 3 classes x 8 features can give \(24\)"):
+        pca.solve(25)
+    with pytest.raises(ValueError, match="n_components=25 exceeds"):
+        ClassPCA(25).fit(x, y)
+    _assert_state_equal(before, _state(pca))
+    # Rank-limited data: three classes of rank 1 and 2 give at most 1 + 2 + 2 vectors.
+    data = subspace_classes([1, 2, 2], n_features=12)
+    with pytest.raises(ValueError, match=r"can give only 5 distinct non-degenerate component\(s\); n_components=6"):
+        ClassPCA(6).fit(data.x, data.y)
+
+
+def test_unfitted_estimator_rejected():
+    pca = ClassPCA(4)
+    for name in ("components_", "kernel_", "mean_", "classes_"):
+        with pytest.raises(ValueError, match="has no statistics yet"):
+            getattr(pca, name)
+    assert not pca.is_fitted
+
+
+def test_equal_allocation_needs_n_components(blobs):
+    x, y = blobs
+    pca = ClassPCA().fit(x, y)  # statistics only, no solve
+    with pytest.raises(ValueError, match="`n_components` is required with allocation='equal'"):
+        pca.solve()
+    with pytest.raises(ValueError, match="`n_components` must be a positive integer"):
+        pca.solve(0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"n_components": 0}, ValueError, "`n_components`"),
+        ({"n_components": 2.5}, ValueError, "`n_components`"),
+        ({"allocation": "greedy"}, ValueError, "`allocation`"),
+        ({"scaling": "l2"}, ValueError, "`scaling`"),
+        ({"offset": "mean"}, ValueError, "`offset`"),
+        ({"center": "yes"}, TypeError, "`center`"),
+        ({"variance_share": 0.0}, ValueError, "`variance_share`"),
+        ({"variance_share": 1.5}, ValueError, "`variance_share`"),
+        ({"dedup_threshold": 0.0}, ValueError, "`dedup_threshold`"),
+        ({"n_classes": 0}, ValueError, "`n_classes`"),
+    ],
+)
+def test_bad_constructor_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ClassPCA(**kwargs)
+
+
+def test_bad_merge_rejected(blobs):
+    x, y = blobs
+    pca = _fitted(blobs)
+    before = _state(pca)
+    with pytest.raises(TypeError, match="`other` must be a ClassPCA"):
+        pca.merge(np.zeros(3))
+    with pytest.raises(ValueError, match="Cannot merge statistics over 5 features into 8"):
+        pca.merge(ClassPCA().fit(x[:, :5], y))
+    other = ClassPCA(2)
+    other.partial_fit(x[:8], np.full(8, 5))
+    with pytest.raises(ValueError, match="`other` holds label 5, out of range for n_classes=3"):
+        pca.merge(other)
+    _assert_state_equal(before, _state(pca))
+
+
+def test_transform_shape_checked(blobs):
+    pca = _fitted(blobs)
+    with pytest.raises(ValueError, match=r"`x` must have shape \(n_samples, 8\)"):
+        pca.transform(np.ones((3, 7)))
