@@ -301,13 +301,15 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
 
 
 def _make_readable(path):
-    umask = os.umask(0)
-    os.umask(umask)
-    dir_mode = 0o777 & ~umask
-    for root, dirs, files in os.walk(path):
-        os.chmod(root, dir_mode)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o666 & ~umask)
+    """Give the version directory the mode its subdirectories got from the umask.
+
+    `mkdtemp` creates it 0700; a server running as another user must be able to read
+    it. TF created `variables/` with the process umask applied, so copy that mode
+    (no `os.umask` round trip, which would briefly change it for every thread).
+    """
+    variables = os.path.join(path, "variables")
+    mode = os.stat(variables).st_mode & 0o777 if os.path.isdir(variables) else 0o755
+    os.chmod(path, mode)
 
 
 def _build_archive(model, signature_name):

@@ -406,3 +406,25 @@ def test_hybridized_model_saves_reloads_and_exports(exported, tmp_path):
     assert _max_abs(_serve(path, x)["probs"], expected) == 0.0
     sizes = kx.artifact_sizes(path, keras_path, model)
     assert sizes["variables_bytes"] < 1.5 * sizes["weights_bytes"] + 2048
+
+
+def test_subclassed_model_exports(tmp_path):
+    class Scorer(keras.Model):
+        def __init__(self):
+            super().__init__(name="scorer")
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Scorer()
+    x = np.random.default_rng(2).normal(size=(4, 5)).astype("float32")
+    model(x)
+    path = kx.export_for_serving(model, tmp_path / "sub")
+    info = kx.signature_info(path)
+    assert {k: v["shape"] for k, v in info["inputs"].items()} == {"inputs": [None, 5]}
+    assert {k: v["shape"] for k, v in info["outputs"].items()} == {"output_0": [None, 3]}
+    assert oct(os.stat(path).st_mode & 0o777) == oct(
+        os.stat(os.path.join(path, "variables")).st_mode & 0o777)
+    out = _serve(path, x)
+    assert _max_abs(out["output_0"], model.predict(x, verbose=0)) == 0.0
