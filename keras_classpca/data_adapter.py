@@ -13,6 +13,8 @@ Only one batch is ever held in memory, so statistics can stream over data sets t
 not fit in memory. No Keras layer lives here: this module only moves data.
 """
 
+import itertools
+
 import numpy as np
 
 DEFAULT_BATCH_SIZE = 1024
@@ -163,10 +165,11 @@ def iter_batches(data, y=None, *, batch_size=None, steps=None, max_samples=None)
             f"iterable of `(x, y)` batches; received {type(data).__name__}."
         )
 
+    if steps is not None:
+        # Stop before pulling batch `steps + 1`: a caller's generator keeps it.
+        batches = itertools.islice(batches, steps)
     seen = 0
     for step, (x_batch, y_batch) in enumerate(batches):
-        if steps is not None and step >= steps:
-            return
         x_batch = _to_numpy(x_batch, "x")
         y_batch = _to_numpy(y_batch, "y")
         if x_batch.ndim == 0 or y_batch.ndim == 0 or len(x_batch) != len(y_batch):
