@@ -9,3 +9,5 @@ from keras_classpca.class_pca import ClassPCA
 __version__ = "0.1.0"
 from keras_classpca.layers import ClassPCAConv2D, ClassPCADense
 from keras_classpca.class_pca_initializer import ClassPCAInitializer
+from keras_classpca.hybrid import hybridize
+from keras_classpca.hybrid_report import HybridReport

@@ -1,0 +1,368 @@
+"""`hybridize`: compute the bottom layers of an ordinary Keras model from data.
+
+The model is walked from its input (`model_chain.read_chain`). Each solved layer gets
+the class-PCA of *its own input*: the data is streamed batch by batch through the
+already-solved prefix (never all activations in memory); BatchNormalization layers
+after a solved layer get their moving statistics from its solved output. Solved
+layers are then frozen, and the user compiles and fits the model as usual.
+"""
+
+import inspect
+import time
+
+import keras
+import numpy as np
+
+from keras_classpca.class_pca import ClassPCA, labels_to_int
+from keras_classpca.data_adapter import iter_batches
+from keras_classpca.hybrid_report import HybridReport, SolvedLayer
+from keras_classpca.layer_inputs import assign_solution, iter_rows, output_size
+from keras_classpca.linear_probe import RidgeProbe, reduce_features
+from keras_classpca.model_chain import ensure_built, read_chain
+
+CLASS_PCA_OPTIONS = tuple(
+    name for name in inspect.signature(ClassPCA).parameters if name != "n_components"
+)
+# `cutoff="auto"`: another solved layer is kept while the probe accuracy on its
+# features stays within this much of the previous layer's (see docs/cutoff.md).
+AUTO_TOLERANCE = 0.005
+PROBE_HOLDOUT_EVERY = 5  # every 5th streamed sample is held out to score the probe
+PROBE_MAX_SAMPLES = 10_000
+
+
+class _DataPasses:
+    """Re-iterable `(x, labels)` batches of the (sub-sampled) training data."""
+
+    def __init__(self, data, samples, batch_size, seed, n_classes):
+        self.n_classes = n_classes
+        self.batch_size = batch_size
+        self.samples = samples
+        self.passes = 0
+        arrays = None
+        if isinstance(data, (tuple, list)) and len(data) in (2, 3) and all(
+            hasattr(part, "shape") for part in data[:2]
+        ):
+            arrays = (np.asarray(data[0]), np.asarray(data[1]))
+        if arrays is not None and samples is not None and samples < len(arrays[0]):
+            if len(arrays[0]) != len(arrays[1]):
+                raise ValueError(
+                    f"`data` must hold x and y with the same number of samples; received "
+                    f"{len(arrays[0])} and {len(arrays[1])}."
+                )
+            # A random subset, not the first rows: data sets are often sorted by class.
+            keep = np.sort(np.random.default_rng(seed).choice(len(arrays[0]), samples, replace=False))
+            arrays = (arrays[0][keep], arrays[1][keep])
+        self.data = arrays if arrays is not None else data
+        self.total = len(arrays[0]) if arrays is not None else samples
+        self.one_shot = arrays is None and iter(data) is data if hasattr(data, "__iter__") else False
+
+    def __iter__(self):
+        if self.passes and self.one_shot:
+            raise TypeError(
+                "`data` is a one-shot iterator but hybridize needs one pass per solved "
+                "layer: pass arrays, a tf.data.Dataset, a keras PyDataset, or a callable "
+                "returning a fresh generator."
+            )
+        self.passes += 1
+        source = self.data() if callable(self.data) else self.data
+        for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
+            yield x, labels_to_int(y, self.n_classes)
+
+
+def _check_cutoff(cutoff):
+    if cutoff == "auto":
+        return
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)) or cutoff < 0:
+        raise ValueError(
+            f"`cutoff` must be 'auto' or a non-negative integer (layers to solve); received {cutoff!r}."
+        )
+
+
+def _stream(passes, feature_model, consumers, progress_label, verbose):
+    """One pass: features of every batch go to every consumer `(h, labels, offset)`."""
+    progress = keras.utils.Progbar(passes.total, verbose=verbose, unit_name="sample") if verbose else None
+    if progress is not None:
+        print(progress_label)
+    offset = 0
+    for x, labels in passes:
+        h = keras.ops.convert_to_numpy(feature_model.predict_on_batch(x))
+        for consume in consumers:
+            consume(h, labels, offset)
+        offset += len(x)
+        if progress is not None:
+            progress.add(len(x))
+    if offset == 0:
+        raise ValueError("`data` is empty: no samples to solve the layers on.")
+    return offset
+
+
+class _StatisticsConsumer:
+    """Feeds a layer's input rows to a ClassPCA."""
+
+    def __init__(self, layer, options, seed, row_options):
+        self.layer = layer
+        self.class_pca = ClassPCA(output_size(layer), **options)
+        self.rng = np.random.default_rng(seed)
+        self.row_options = row_options
+        self.rows = 0
+
+    def __call__(self, h, labels, offset):
+        for rows, row_labels in iter_rows(self.layer, h, labels, rng=self.rng, **self.row_options):
+            self.class_pca.partial_fit(rows, row_labels)
+            self.rows += len(rows)
+
+
+class _ProbeConsumer:
+    """Fits a ridge probe on 4/5 of the samples and scores it on the rest."""
+
+    def __init__(self):
+        self.train = []
+        self.held_out = []
+
+    def __call__(self, h, labels, offset):
+        if offset >= PROBE_MAX_SAMPLES:
+            return
+        h, labels = h[: PROBE_MAX_SAMPLES - offset], labels[: PROBE_MAX_SAMPLES - offset]
+        features = reduce_features(h)
+        held_out = (offset + np.arange(len(h))) % PROBE_HOLDOUT_EVERY == 0
+        self.train.append((features[~held_out], labels[~held_out]))
+        self.held_out.append((features[held_out], labels[held_out]))
+
+    def accuracy(self):
+        labels = np.concatenate([y for _, y in self.train])
+        probe = RidgeProbe(int(labels.max()) + 1 if labels.size else 1)
+        for features, y in self.train:
+            if len(y):
+                probe.partial_fit(features, y)
+        correct = sum(probe.score(f, y) * len(y) for f, y in self.held_out if len(y))
+        total = sum(len(y) for _, y in self.held_out)
+        return correct / max(total, 1)
+
+
+class _MomentsConsumer:
+    """Per-channel mean and variance of a BatchNormalization layer's input."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.count = 0
+        self.total = None
+        self.squares = None
+
+    def __call__(self, h, labels, offset):
+        axes = self.layer.axis if isinstance(self.layer.axis, (list, tuple)) else [self.layer.axis]
+        axes = [a % h.ndim for a in axes]
+        reduce = tuple(a for a in range(h.ndim) if a not in axes)
+        h = h.astype(np.float64)
+        if self.total is None:
+            self.total = np.zeros(h.sum(axis=reduce).shape)
+            self.squares = np.zeros_like(self.total)
+        self.total += h.sum(axis=reduce)
+        self.squares += (h * h).sum(axis=reduce)
+        self.count += int(np.prod([h.shape[a] for a in reduce]))
+
+    def assign(self):
+        mean = self.total / self.count
+        variance = np.maximum(self.squares / self.count - mean**2, 0.0)
+        self.layer.moving_mean.assign(mean.reshape(self.layer.moving_mean.shape))
+        self.layer.moving_variance.assign(variance.reshape(self.layer.moving_variance.shape))
+
+
+def _captured_variance(class_pca):
+    """Share of the pooled input variance captured by the span of the components."""
+    basis, _ = np.linalg.qr(class_pca.components_)
+    covariance = class_pca.covariance_
+    total = np.trace(covariance)
+    return float(np.trace(basis.T @ covariance @ basis) / total) if total > 0 else 0.0
+
+
+def hybridize(
+    model,
+    data,
+    cutoff="auto",
+    *,
+    samples=None,
+    freeze=True,
+    verbose=1,
+    batch_size=256,
+    seed=0,
+    patches_per_image=None,
+    **class_pca_options,
+):
+    """Solve the bottom layers of `model` with class-PCA and freeze them.
+
+    Works on ordinary `Sequential` and functional models built from standard layers:
+    Dense and Conv2D layers are solved, activations, pooling, Flatten, Reshape and
+    Dropout (inference mode) are passed through, BatchNormalization layers following
+    a solved layer get their moving mean and variance from its solved output. The walk
+    stops at the first layer it cannot pass and never solves the model's last layer
+    with weights; `report.stopped_because` says why it stopped.
+
+    Call it before `compile()`: Keras fixes the trainable variables at compile time.
+
+    Args:
+        model: a built single-input, single-output Keras model (an unbuilt Sequential
+            is built from the data).
+        data: `(x, y)` arrays, a `tf.data.Dataset` of `(x, y)` batches, a keras
+            `PyDataset`, or a callable returning a fresh iterable of `(x, y)` batches
+            (one pass is made per solved layer).
+        cutoff: the number of Dense/Conv2D layers to solve from the bottom (0 leaves
+            the model untouched), or `"auto"`: solve layer after layer while a ridge
+            probe on the solved features stays within 0.5 points of the previous
+            cutoff's accuracy (docs/cutoff.md).
+        samples: use at most this many training samples (a random subset of arrays;
+            the first `samples` of a dataset). The paper: a fraction suffices.
+        freeze: set solved layers (and BatchNormalization between them) to
+            `trainable=False`.
+        verbose: 1 shows a progress bar per pass over the data.
+        batch_size: batch size for arrays.
+        seed: seed for the sub-sampling of `samples` and of patches.
+        patches_per_image: for Conv2D layers, use this many random patches of each
+            image instead of all of them (fewer rows, faster solves).
+        **class_pca_options: `ClassPCA` options for every solved layer (`center`,
+            `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
+            `n_classes`).
+
+    Returns:
+        A `HybridReport`.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> x = np.random.default_rng(0).normal(size=(512, 16)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int64")
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, activation="relu"),
+    ...                           keras.layers.Dense(2, activation="softmax")])
+    >>> report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    >>> report.cutoff, model.layers[0].trainable
+    (1, False)
+    """
+    start = time.perf_counter()
+    _check_cutoff(cutoff)
+    unknown = sorted(set(class_pca_options) - set(CLASS_PCA_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"Unknown option(s) {unknown} for hybridize; ClassPCA options are {list(CLASS_PCA_OPTIONS)}."
+        )
+    ClassPCA(1, **class_pca_options)  # validates option values up front
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ValueError(f"`samples` must be a positive integer or None; received {samples!r}.")
+    if patches_per_image is not None and (
+        isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
+    ):
+        raise ValueError(
+            f"`patches_per_image` must be a positive integer or None; received {patches_per_image!r}."
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+
+    passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
+    if not model.built or not getattr(model, "inputs", None):
+        first_x, _ = next(iter(passes))
+        passes.passes = 0  # peeking for the shape is not a pass
+        ensure_built(model, first_x.shape[1:])
+    chain = read_chain(model)
+    report = HybridReport(
+        cutoff=0,
+        cutoff_mode="auto" if cutoff == "auto" else "fixed",
+        candidates=[chain.layers[i].name for i in chain.candidates],
+        stopped_because=chain.stop_reason,
+    )
+    if cutoff != "auto" and cutoff > len(chain.candidates):
+        raise ValueError(
+            f"cutoff={cutoff} but only {len(chain.candidates)} layer(s) of this model can be "
+            f"solved ({', '.join(report.candidates) or 'none'}); the prefix ends because "
+            f"{chain.stop_reason}"
+        )
+    if cutoff == 0 or not chain.candidates:
+        report.seconds = time.perf_counter() - start
+        return report
+
+    auto = cutoff == "auto"
+    target = len(chain.candidates) if auto else cutoff
+    row_options = {"patches_per_image": patches_per_image}
+    probe_accuracy = []
+    ends = chain.candidates[1:] + [len(chain.layers)]
+    saved = {}  # weights before the latest solve, to undo it if the probe rejects it
+
+    def probe_rejects_last():
+        return auto and len(probe_accuracy) > 1 and (
+            probe_accuracy[-1] < probe_accuracy[-2] - AUTO_TOLERANCE
+        )
+
+    def undo_last():
+        for l in chain.layers[chain.candidates[len(report.layers) - 1] : len(chain.layers)]:
+            if l.name in saved:
+                l.set_weights(saved[l.name])
+        report.layers.pop()
+
+    for j in range(target):
+        position = chain.candidates[j]
+        layer = chain.layers[position]
+        layer_start = time.perf_counter()
+        # One pass feeds this layer's statistics and, for "auto", the probe of the
+        # features the previous solved layer produced (they are this layer's input).
+        statistics = _StatisticsConsumer(layer, class_pca_options, seed, row_options)
+        probe = _ProbeConsumer() if auto else None
+        seen = _stream(
+            passes,
+            chain.feature_model(chain.inputs[position]),
+            [statistics] + ([probe] if probe else []),
+            f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{target})",
+            verbose,
+        )
+        if probe is not None:
+            probe_accuracy.append(probe.accuracy())
+            if probe_rejects_last():
+                undo_last()
+                break
+        saved = {l.name: l.get_weights() for l in chain.layers[position : ends[j]]}
+        solution = statistics.class_pca.solve()
+        assign_solution(layer, solution.kernel, solution.bias)
+        solved = SolvedLayer(
+            name=layer.name,
+            kind=type(layer).__name__,
+            samples=seen,
+            rows=statistics.rows,
+            seconds=0.0,
+            explained_variance=_captured_variance(statistics.class_pca),
+            n_components=solution.kernel.shape[1],
+        )
+        # BatchNormalization up to the next candidate follows this layer's output.
+        for i in range(position + 1, ends[j]):
+            if isinstance(chain.layers[i], keras.layers.BatchNormalization):
+                moments = _MomentsConsumer(chain.layers[i])
+                _stream(passes, chain.feature_model(chain.inputs[i]), [moments],
+                        f"Adapting BatchNormalization '{chain.layers[i].name}'", verbose)
+                moments.assign()
+                solved.adapted_batchnorms.append(chain.layers[i].name)
+        solved.seconds = time.perf_counter() - layer_start
+        report.layers.append(solved)
+    else:
+        if auto:
+            # The features after the last candidate: what the trained top would see.
+            probe = _ProbeConsumer()
+            _stream(passes, chain.feature_model(chain.outputs[-1]), [probe],
+                    "Probing the features of the solved prefix", verbose)
+            probe_accuracy.append(probe.accuracy())
+            if probe_rejects_last():
+                undo_last()
+
+    if freeze:
+        for index, solved in enumerate(report.layers):
+            # A solved layer, and the BatchNormalization layers feeding the next solved one.
+            between = solved.adapted_batchnorms if index + 1 < len(report.layers) else []
+            for name in [solved.name] + between:
+                model.get_layer(name).trainable = False
+                report.frozen.append(name)
+    report.cutoff = len(report.layers)
+    if cutoff == "auto":
+        report.evidence = {
+            "probe_accuracy": probe_accuracy,
+            "rule": (
+                "solve the next layer while the held-out accuracy of a ridge probe on its "
+                f"features stays within {AUTO_TOLERANCE:.3f} of the previous cutoff's"
+            ),
+            "probe_samples": min(PROBE_MAX_SAMPLES, passes.samples or PROBE_MAX_SAMPLES),
+        }
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,89 @@
+"""`HybridReport`: what `hybridize` did, readable by people and by code."""
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class SolvedLayer:
+    """One layer computed by class-PCA.
+
+    Attributes:
+        name: the layer's name.
+        kind: its class name (`Dense`, `Conv2D`, ...).
+        samples: training samples streamed to solve it.
+        rows: rows of statistics (samples for Dense, patches for Conv2D).
+        seconds: wall time of its pass over the data and its eigen-solve.
+        explained_variance: share of the total variance of the layer's input that the
+            span of its solved filters captures (0..1).
+        n_components: filters / units solved.
+        adapted_batchnorms: BatchNormalization layers after it whose moving statistics
+            were set from its solved output.
+    """
+
+    name: str
+    kind: str
+    samples: int
+    rows: int
+    seconds: float
+    explained_variance: float
+    n_components: int
+    adapted_batchnorms: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class HybridReport:
+    """The result of `hybridize`.
+
+    Attributes:
+        cutoff: the number of layers solved.
+        cutoff_mode: `"auto"` or `"fixed"`.
+        layers: a `SolvedLayer` per solved layer, bottom first.
+        evidence: for `cutoff="auto"`, the probe accuracy after 0, 1, ... solved layers
+            and the rule that chose the cutoff.
+        candidates: names of all layers that could have been solved.
+        stopped_because: why the solvable prefix ends where it does.
+        frozen: names of the layers set to `trainable=False`.
+        seconds: total wall time.
+    """
+
+    cutoff: int
+    cutoff_mode: str
+    layers: list = dataclasses.field(default_factory=list)
+    evidence: dict = dataclasses.field(default_factory=dict)
+    candidates: list = dataclasses.field(default_factory=list)
+    stopped_because: str = None
+    frozen: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self):
+        """Plain-Python dict (JSON-serializable)."""
+        return dataclasses.asdict(self)
+
+    def __str__(self):
+        lines = [
+            f"HybridReport: {self.cutoff} of {len(self.candidates)} solvable layer(s) "
+            f"solved (cutoff={self.cutoff_mode}), {self.seconds:.1f} s",
+        ]
+        if self.layers:
+            header = f"  {'layer':<24}{'kind':<10}{'filters':>8}{'samples':>9}{'rows':>11}{'expl.var':>9}{'sec':>7}"
+            lines.append(header)
+            for layer in self.layers:
+                lines.append(
+                    f"  {layer.name:<24}{layer.kind:<10}{layer.n_components:>8}{layer.samples:>9}"
+                    f"{layer.rows:>11}{layer.explained_variance:>9.3f}{layer.seconds:>7.1f}"
+                )
+                for bn in layer.adapted_batchnorms:
+                    lines.append(f"    + adapted {bn}")
+        if self.evidence:
+            accuracies = self.evidence.get("probe_accuracy", [])
+            lines.append(
+                "  probe accuracy by solved layers: "
+                + ", ".join(f"{k}: {a:.3f}" for k, a in enumerate(accuracies))
+            )
+            if self.evidence.get("rule"):
+                lines.append(f"  rule: {self.evidence['rule']}")
+        if self.frozen:
+            lines.append(f"  frozen: {', '.join(self.frozen)}")
+        if self.stopped_because:
+            lines.append(f"  prefix ends: {self.stopped_because}")
+        return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Read an ordinary Keras model as the chain of layers that `hybridize` can walk.
+
+The walk starts at the model's input and follows single-input, single-output layers in
+topological order. Dense and Conv2D layers are candidates for solving; parameter-free
+layers (activations, pooling, Flatten, Reshape, Dropout, ...) and BatchNormalization
+are passed through; the walk stops, with a one-sentence reason, at the first layer it
+cannot pass (a branch, a layer with weights it cannot solve) and before the model's
+last layer with weights, which is always trained.
+"""
+
+import dataclasses
+
+import keras
+from keras.src.ops.function import make_node_key
+
+from keras_classpca.layer_inputs import unsolvable_reason
+
+# Layers whose training-time behaviour is random: the prefix stops being
+# deterministic there (matters for caching the prefix's output).
+RANDOM_IN_TRAINING = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+)
+
+
+@dataclasses.dataclass
+class ModelChain:
+    """The walkable prefix of a model.
+
+    Attributes:
+        model_input: the model's symbolic input.
+        layers: the chain's layers in order (no InputLayer).
+        inputs: the symbolic input tensor of each chain layer in this model.
+        outputs: the symbolic output tensor of each chain layer in this model.
+        candidates: indices into `layers` of the Dense/Conv2D layers that can be solved.
+        stop_reason: why the walk ended where it did (None if it reached the end).
+    """
+
+    model_input: object
+    layers: list
+    inputs: list
+    outputs: list
+    candidates: list
+    stop_reason: str = None
+
+    def feature_model(self, tensor):
+        """A Keras model from the model's input to a symbolic `tensor` of the chain."""
+        return keras.Model(self.model_input, tensor)
+
+
+def ensure_built(model, sample_shape):
+    """Build an unbuilt Sequential model for inputs of `sample_shape` (no batch)."""
+    if not model.built or not getattr(model, "inputs", None):
+        if not isinstance(model, keras.Sequential):
+            raise ValueError(
+                "`model` must be built: give it a `keras.Input` or call it once on data."
+            )
+        model.build((None,) + tuple(sample_shape))
+
+
+def _has_weights(layer):
+    return bool(layer.weights)
+
+
+def _graph(model):
+    # A Sequential model keeps its layer graph in an inner Functional.
+    return getattr(model, "_functional", None) or model
+
+
+def _node_in(graph, layer):
+    """The node of `layer` that belongs to `graph` (a layer may be shared by models)."""
+    nodes = [
+        node
+        for index, node in enumerate(layer._inbound_nodes)
+        if make_node_key(layer, index) in graph._nodes
+    ]
+    return nodes[0] if len(nodes) == 1 else None
+
+
+def read_chain(model):
+    """Walk `model` from its input; see the module docstring."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            "`hybridize` needs a model with one input and one output; this model has "
+            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs."
+        )
+    graph = _graph(model)
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    weighted = [i for i, layer in enumerate(layers) if _has_weights(layer)]
+    last_weighted = weighted[-1] if weighted else None
+    chain = ModelChain(model.inputs[0], [], [], [], [])
+    previous_output = model.inputs[0]
+    for i, layer in enumerate(layers):
+        name = f"{type(layer).__name__} '{layer.name}'"
+        node = _node_in(graph, layer)
+        if node is None or len(node.input_tensors) != 1 or len(node.output_tensors) != 1 or (
+            node.input_tensors[0] is not previous_output
+        ):
+            chain.stop_reason = (
+                f"the model branches or merges at {name}; hybridize solves the linear "
+                "chain of layers from the input."
+            )
+            return chain
+        if i == last_weighted:
+            chain.stop_reason = f"{name} is the model's last layer with weights (always trained)."
+            return chain
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+            reason = unsolvable_reason(layer)
+            if reason:
+                chain.stop_reason = reason
+                return chain
+            chain.candidates.append(len(chain.layers))
+        elif _has_weights(layer) and not isinstance(layer, keras.layers.BatchNormalization):
+            if any(w.trainable for w in layer.weights):
+                chain.stop_reason = unsolvable_reason(layer)
+                return chain
+        chain.layers.append(layer)
+        chain.inputs.append(node.input_tensors[0])
+        chain.outputs.append(node.output_tensors[0])
+        previous_output = node.output_tensors[0]
+    return chain
