@@ -29,6 +29,7 @@ body = kx.predict_request_body(path, x[:2])  # json.dumps(body) is the POST body
 ```
 """
 
+import errno
 import os
 import re
 import shutil
@@ -141,7 +142,7 @@ def _input_layout(model):
 
         else:
             tensors = keras.tree.flatten(struct)
-            names = _unique([t.name for t in tensors])
+            names = _unique([_input_name(t.name, i, len(tensors)) for i, t in enumerate(tensors)])
 
             def pack(flat):
                 return keras.tree.pack_sequence_as(struct, list(flat))
@@ -168,19 +169,39 @@ def _input_layout(model):
     return [tf.TensorSpec(shape, dtype, name="inputs")], names, lambda flat: flat[0]
 
 
+def _snake(name):
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+# Names Keras generates from a per-process counter ("keras_tensor_12", "dense_3") would
+# change from one training run to the next and silently break clients: they are
+# replaced by positional names. Name your `keras.Input`s and output layers instead.
+_AUTO_INPUT_RE = re.compile(r"^(keras_tensor|input_layer)(_\d+)?$")
+
+
+def _input_name(name, i, n):
+    if _AUTO_INPUT_RE.match(name):
+        return "inputs" if n == 1 else f"input_{i}"
+    return name
+
+
 def _output_names(model, n_outputs):
-    names = None
+    layers = None
     try:
-        names = list(model.output_names)
-    except (AttributeError, ValueError, TypeError):
-        names = None
-    if not names or len(names) != n_outputs:
-        try:
-            names = [t._keras_history.operation.name for t in model.outputs]
-        except (AttributeError, TypeError):
-            names = None
-    if not names or len(names) != n_outputs:
-        names = ["output_0"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
+        layers = [t._keras_history.operation for t in model.outputs]
+    except (AttributeError, TypeError, ValueError):
+        layers = None
+    if not layers or len(layers) != n_outputs:
+        layers = [None] * n_outputs
+    names = []
+    for i, layer in enumerate(layers):
+        auto = f"output_{i}"
+        if layer is None:
+            names.append(auto)
+            continue
+        pattern = rf"^{re.escape(_snake(type(layer).__name__))}(_\d+)?$"
+        names.append(auto if re.match(pattern, layer.name) else layer.name)
     return _unique(names)
 
 
@@ -192,11 +213,16 @@ def _existing_versions(base_dir):
     return sorted(found)
 
 
-def _permission_error(path, what, err):
-    return PermissionError(
-        f"`base_dir` is not writable: cannot {what} {path!r} ({err.strerror or err}). "
-        "Choose a directory you can write to, or fix its permissions."
-    )
+def _os_error(path, what, err):
+    """Re-raise an OSError about `base_dir` with a message naming the argument."""
+    if isinstance(err, PermissionError) or err.errno == errno.EROFS:
+        return PermissionError(
+            err.errno,
+            f"`base_dir` is not writable: cannot {what} {path!r} ({err.strerror or err}). "
+            "Choose a directory you can write to, or fix its permissions.",
+        )
+    # OSError(errno, msg) comes back as the matching subclass (NotADirectoryError, ...).
+    return OSError(err.errno, f"`base_dir` {path!r}: cannot {what} it ({err.strerror or err}).")
 
 
 # --------------------------------------------------------------------------- export
@@ -210,7 +236,9 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     as `signature_name` (and also as `serving_default`, which TF Serving requires), that
     runs the model in inference mode. Its inputs are named after the model's inputs (the
     `keras.Input(name=...)` names, or the keys of a dict-input model), its outputs after
-    the model's output layers, and every batch dimension is `None`.
+    the model's output layers, and every batch dimension is `None`. Names Keras made up
+    from a counter (`keras_tensor_3`, `dense_2`) would change between runs, so those
+    become `inputs` / `input_<i>` and `output_<i>`: name what clients will see.
 
     `base_dir` is one model's directory, the `--model_base_path` of
     `tensorflow_model_server` (conventionally `<models>/<model_name>`); it is created if
@@ -235,6 +263,8 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
         ValueError: `model` is not built; `version` < 0; bad `signature_name`.
         FileExistsError: `base_dir/<version>` already exists, or `base_dir` is a file.
         PermissionError: `base_dir` cannot be created or written to.
+        OSError: any other failure to create `base_dir` (e.g. `NotADirectoryError` when
+            a parent is a file), with a message naming `base_dir`.
 
     Example:
 
@@ -260,12 +290,8 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
         raise FileExistsError(f"`base_dir` {base_dir!r} exists and is not a directory.")
     try:
         os.makedirs(base_dir, exist_ok=True)
-    except PermissionError as err:
-        raise _permission_error(base_dir, "create", err) from err
-    except OSError as err:  # read-only file system, a file in the middle of the path, ...
-        raise PermissionError(
-            f"`base_dir` {base_dir!r} cannot be created: {err.strerror or err}."
-        ) from err
+    except OSError as err:
+        raise _os_error(base_dir, "create", err) from err
 
     if version is None:
         existing = _existing_versions(base_dir)
@@ -283,15 +309,22 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     try:
         tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base_dir)
     except OSError as err:
-        raise _permission_error(base_dir, "write a temporary directory in", err) from err
+        raise _os_error(base_dir, "write a temporary directory in", err) from err
     try:
         archive.write_out(tmp, verbose=False)
-        if os.path.lexists(final):  # Someone wrote this version while we were exporting.
-            raise FileExistsError(
-                f"`version` {version} appeared at {final!r} during the export; not "
-                "overwriting it."
-            )
-        os.rename(tmp, final)
+        raced = FileExistsError(
+            f"`version` {version} appeared at {final!r} during the export (another "
+            "exporter?); not overwriting it."
+        )
+        if os.path.lexists(final):
+            raise raced
+        try:
+            # POSIX rename replaces an *empty* directory but fails on a non-empty one.
+            os.rename(tmp, final)
+        except OSError as err:
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise raced from err
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -493,8 +526,11 @@ def predict_request_body(export_path, x, signature_name=DEFAULT_SIGNATURE):
                         f"`x` for input {key!r} has shape {arr.shape}; the signature expects "
                         f"{tuple(shape)}."
                     )
-        if arr.ndim == 0:
-            raise ValueError(f"`x` for input {key!r} must have a batch dimension.")
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            raise ValueError(
+                f"`x` for input {key!r} must have a batch dimension with at least one example; "
+                f"received shape {arr.shape}."
+            )
         if batch is None:
             batch = arr.shape[0]
         elif arr.shape[0] != batch:

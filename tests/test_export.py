@@ -266,7 +266,7 @@ def test_bad_arguments_raise_clear_errors(exported, tmp_path):
     afile.write_text("x")
     with pytest.raises(FileExistsError, match="`base_dir` .* is not a directory"):
         kx.export_for_serving(exported.model, afile)
-    with pytest.raises(PermissionError, match="`base_dir`"):
+    with pytest.raises(NotADirectoryError, match="`base_dir` .*: cannot create it"):
         kx.export_for_serving(exported.model, afile / "sub")
     # Rejected before anything was written.
     assert not base.exists()
@@ -428,3 +428,16 @@ def test_subclassed_model_exports(tmp_path):
         os.stat(os.path.join(path, "variables")).st_mode & 0o777)
     out = _serve(path, x)
     assert _max_abs(out["output_0"], model.predict(x, verbose=0)) == 0.0
+
+
+def test_counter_generated_names_become_stable_positional_names(tmp_path):
+    x = np.zeros((2, 4), "float32")
+    keys = []
+    for run in range(2):  # the second model's layers get names like "dense_3"
+        model = keras.Sequential([keras.layers.Dense(3), keras.layers.Dense(2)])
+        model(x)
+        info = kx.signature_info(kx.export_for_serving(model, tmp_path / f"run{run}"))
+        keys.append((list(info["inputs"]), list(info["outputs"])))
+    assert keys == [(["inputs"], ["output_0"])] * 2
+    with pytest.raises(ValueError, match="at least one example"):
+        kx.predict_request_body(str(tmp_path / "run0" / "1"), np.zeros((0, 4), "float32"))
