@@ -1,0 +1,452 @@
+"""`ClassPCADense` / `ClassPCAConv2D`: adapt over every input type, equality with
+`ClassPCA` on the layer's own inputs, scaling, saving, configs and bad input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_classpca import ClassPCA, ClassPCAConv2D, ClassPCADense, ClassPCAInitializer
+from keras_classpca.patches import extract_patches
+
+
+def _np(tensor):
+    return keras.ops.convert_to_numpy(tensor)
+
+
+def _images(n=48, hw=(8, 8), channels=1, n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    x = rng.normal(size=(n,) + hw + (channels,))
+    x[y == 1, : hw[0] // 2] += 1.5
+    x[y == 2, :, : hw[1] // 2] -= 1.0
+    return x.astype("float32"), y.astype("int64")
+
+
+class _PyData(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index):
+        s = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[s], self.y[s]
+
+
+# ---------------------------------------------------------------- equality with ClassPCA
+def test_dense_adapt_equals_class_pca(blobs):
+    x, y = blobs
+    layer = ClassPCADense(6)
+    assert not layer.is_adapted
+    layer.adapt((x, y), batch_size=50)
+    reference = ClassPCA(6).fit(x, y, batch_size=50)
+    np.testing.assert_array_equal(_np(layer.kernel), reference.kernel_.astype("float32"))
+    np.testing.assert_array_equal(_np(layer.bias), reference.bias_.astype("float32"))
+    assert layer.is_adapted and not layer.trainable
+    np.testing.assert_allclose(_np(layer(x)), reference.transform(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_on_sequence_input_uses_every_position(blobs):
+    # A Dense on (batch, steps, features) sees every step as a row, labelled by sample.
+    rng = np.random.default_rng(5)
+    y = np.arange(60) % 3
+    x = (rng.normal(size=(60, 4, 5)) + y[:, None, None] * np.eye(5)[None, :4]).astype("float32")
+    layer = ClassPCADense(6, n_classes=3)
+    layer.adapt((x, y))
+    reference = ClassPCA(6, n_classes=3).fit(x.reshape(-1, 5), np.repeat(y, 4))
+    np.testing.assert_array_equal(_np(layer.kernel), reference.kernel_.astype("float32"))
+    np.testing.assert_allclose(
+        _np(layer(x)), reference.transform(x.reshape(-1, 5)).reshape(60, 4, 6), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_conv_adapt_equals_class_pca_on_patches():
+    x, y = _images(channels=2)
+    layer = ClassPCAConv2D(6, 3, padding="same", strides=2, activation="relu")
+    layer.adapt((x, y), batch_size=16)
+    patches = extract_patches(x, 3, 2, "same")
+    reference = ClassPCA(6).fit(patches.reshape(-1, 18), np.repeat(y, 16))
+    np.testing.assert_allclose(_np(layer.kernel).reshape(18, 6), reference.kernel_, rtol=1e-5, atol=1e-6)
+    expected = np.maximum(reference.transform(patches.reshape(-1, 18)), 0).reshape(48, 4, 4, 6)
+    np.testing.assert_allclose(_np(layer(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_inside_a_model_adapts_on_its_actual_inputs():
+    # The second solved layer is adapted on the first one's outputs, as in the recipe.
+    x, y = _images()
+    conv = ClassPCAConv2D(6, 3)
+    conv.adapt((x, y))
+    features = _np(keras.layers.Flatten()(conv(x)))
+    dense = ClassPCADense(6)
+    dense.adapt((features, y))
+    reference = ClassPCA(6).fit(features, y)
+    np.testing.assert_array_equal(_np(dense.kernel), reference.kernel_.astype("float32"))
+
+
+# ---------------------------------------------------------------- input types
+def _sources(x, y, batch):
+    batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]
+    return {
+        "numpy": (x, y),
+        "tensors": (tf.constant(x), tf.constant(y)),
+        "one-hot": (x, np.eye(3, dtype="float32")[y]),
+        "dataset-batched": tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
+        "dataset-unbatched": tf.data.Dataset.from_tensor_slices((x, y)),
+        "dataset-one-hot": tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y])).batch(batch),
+        "pydataset": _PyData(x, y, batch),
+        "generator": (b for b in batches),
+        "list": batches,
+    }
+
+
+@pytest.mark.parametrize("source", list(_sources(np.zeros((3, 1)), np.zeros(3, int), 1)))
+@pytest.mark.parametrize("layer_type", ["dense", "conv"])
+def test_adapt_input_types_give_equal_weights(source, layer_type, blobs):
+    if layer_type == "dense":
+        x, y = blobs
+        make = lambda: ClassPCADense(6)  # noqa: E731
+    else:
+        x, y = _images()
+        make = lambda: ClassPCAConv2D(6, 3)  # noqa: E731
+    reference = make()
+    reference.adapt((x, y), batch_size=32)
+    layer = make()
+    layer.adapt(_sources(x, y, 32)[source], batch_size=32)
+    assert layer.is_adapted
+    np.testing.assert_array_equal(layer.class_pca_.n_samples_seen_, reference.class_pca_.n_samples_seen_)
+    np.testing.assert_array_equal(_np(layer.kernel), _np(reference.kernel))
+    np.testing.assert_array_equal(_np(layer.bias), _np(reference.bias))
+
+
+@pytest.fixture(scope="module")
+def mock_mnist():
+    """The real TFDS `mnist` pipeline on mock examples (no download, works offline)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=40):
+        yield tfds
+
+
+def test_adapt_on_tfds_mnist(mock_mnist):
+    ds = mock_mnist.load("mnist", split="train", as_supervised=True)
+    assert ds.element_spec[0].shape == (28, 28, 1) and ds.element_spec[1].shape == ()
+    images, labels = (np.stack(a) for a in zip(*ds.as_numpy_iterator()))
+    assert images.dtype == np.uint8 and len(images) == 40
+
+    from_tfds = ClassPCAConv2D(10, 3, patches_per_image=50)
+    from_tfds.adapt(ds, batch_size=16)
+    batched = ClassPCAConv2D(10, 3, patches_per_image=50)
+    batched.adapt(ds.batch(16))
+    from_numpy = ClassPCAConv2D(10, 3, patches_per_image=50)
+    from_numpy.adapt((images, labels), batch_size=16)
+    assert from_tfds.is_adapted
+    np.testing.assert_array_equal(
+        from_tfds.class_pca_.n_samples_seen_, np.bincount(labels)[np.unique(labels)] * 50
+    )
+    for other in (batched, from_numpy):
+        np.testing.assert_array_equal(_np(from_tfds.kernel), _np(other.kernel))
+    # steps on an unbatched TFDS split counts batches of `batch_size`.
+    two = ClassPCAConv2D(10, 3, patches_per_image=50)
+    two.adapt(ds, batch_size=16, steps=2)
+    assert two.class_pca_.n_samples_seen_.sum() == 32 * 50
+
+
+def test_steps_and_batch_size_honoured(blobs):
+    x, y = blobs
+    limited = ClassPCADense(6)
+    limited.adapt((x, y), batch_size=30, steps=3)
+    np.testing.assert_array_equal(limited.class_pca_.n_samples_seen_, np.bincount(y[:90]))
+    first_90 = ClassPCADense(6)
+    first_90.adapt((x[:90], y[:90]), batch_size=30)
+    np.testing.assert_array_equal(_np(limited.kernel), _np(first_90.kernel))
+
+    pulled = []
+
+    def generator():
+        for i in range(0, len(x), 40):
+            pulled.append(i)
+            yield x[i : i + 40], y[i : i + 40]
+
+    from_generator = ClassPCADense(6)
+    from_generator.adapt(generator(), steps=2)
+    assert pulled == [0, 40]
+    assert from_generator.class_pca_.n_samples_seen_.sum() == 80
+
+
+# ---------------------------------------------------------------- scaling
+@pytest.mark.parametrize("layer_type", ["dense", "conv"])
+def test_standardize_outputs_zero_mean_unit_variance(blobs, layer_type):
+    if layer_type == "dense":
+        x, y = blobs
+        layer = ClassPCADense(6)
+    else:
+        x, y = _images(channels=2)
+        layer = ClassPCAConv2D(6, 3)
+    layer.adapt((x, y))
+    out = _np(layer(x)).reshape(-1, 6).astype(np.float64)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.var(axis=0), 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer_type", ["dense", "conv"])
+def test_unit_scaling_orthonormal_within_each_class_block(blobs, layer_type):
+    if layer_type == "dense":
+        x, y = blobs
+        layer = ClassPCADense(6, scaling="unit", offset="zero")
+    else:
+        x, y = _images(channels=2)
+        layer = ClassPCAConv2D(6, 3, scaling="unit", offset="zero")
+    layer.adapt((x, y))
+    kernel = _np(layer.kernel).reshape(-1, 6).astype(np.float64)
+    classes = layer.class_pca_.component_classes_
+    for label in range(3):
+        block = kernel[:, classes == label]
+        assert block.shape[1] == 2
+        np.testing.assert_allclose(block.T @ block, np.eye(2), atol=1e-6)
+    np.testing.assert_array_equal(_np(layer.bias), np.zeros(6))
+
+
+def test_readapt_replaces_weights(blobs):
+    x, y = blobs
+    layer = ClassPCADense(6)
+    layer.adapt((x, y))
+    layer.adapt((x[:120], y[:120]))
+    reference = ClassPCA(6).fit(x[:120], y[:120])
+    np.testing.assert_array_equal(_np(layer.kernel), reference.kernel_.astype("float32"))
+
+
+# ---------------------------------------------------------------- saving and configs
+def _solved_model(x, y):
+    conv = ClassPCAConv2D(6, 3, n_classes=3, activation="relu", name="pca_conv")
+    conv.adapt((x, y))
+    features = _np(keras.layers.Flatten()(conv(x)))
+    dense = ClassPCADense(6, activation="relu", trainable=True, center=False, name="pca_dense")
+    dense.adapt((features, y))
+    hidden = _np(dense(features))
+    init = ClassPCAInitializer.from_data(hidden, y, n_components=3, scaling="unit")
+    head = keras.layers.Dense(
+        3, kernel_initializer=init, bias_initializer=init.bias_initializer(), name="head"
+    )
+    unadapted = ClassPCADense(3, name="unadapted")
+    inputs = keras.Input(x.shape[1:])
+    flat = keras.layers.Flatten()(conv(inputs))
+    hidden = dense(flat)
+    outputs = keras.layers.Softmax()(keras.layers.Add()([head(hidden), unadapted(hidden)]))
+    return keras.Model(inputs, outputs)
+
+
+def test_keras_round_trip_and_continue_fit(tmp_path):
+    x, y = _images()
+    model = _solved_model(x, y)
+    before = model.predict(x, verbose=0)
+    path = tmp_path / "solved.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # safe_mode=True, no custom_objects
+    after = loaded.predict(x, verbose=0)
+    assert float(np.max(np.abs(after - before))) == 0.0
+    for name, adapted, trainable in [
+        ("pca_conv", True, False), ("pca_dense", True, True), ("unadapted", False, False)
+    ]:
+        layer = loaded.get_layer(name)
+        assert type(layer) is type(model.get_layer(name))
+        assert layer.is_adapted is adapted and layer.trainable is trainable
+        assert layer.get_config() == model.get_layer(name).get_config()
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(_np(a), _np(b))
+    assert isinstance(loaded.get_layer("head").kernel_initializer, ClassPCAInitializer)
+
+    # The reloaded model trains: frozen layers stay put, the rest moves.
+    conv_kernel = _np(loaded.get_layer("pca_conv").kernel).copy()
+    head_kernel = _np(loaded.get_layer("head").kernel).copy()
+    loaded.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    history = loaded.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    np.testing.assert_array_equal(_np(loaded.get_layer("pca_conv").kernel), conv_kernel)
+    assert not np.array_equal(_np(loaded.get_layer("head").kernel), head_kernel)
+
+
+@pytest.mark.parametrize("layer_type", ["dense", "conv"])
+def test_layer_config_round_trip(layer_type):
+    options = dict(
+        n_classes=4, center=False, allocation="adaptive", scaling="whiten", offset="zero",
+        variance_share=0.9, dedup_threshold=None, activation="relu", trainable=True, name="l",
+    )
+    if layer_type == "dense":
+        layer = ClassPCADense(8, **options)
+    else:
+        layer = ClassPCAConv2D(8, (3, 2), strides=2, padding="same", patches_per_image=7, seed=3,
+                               data_format="channels_first", **options)
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    for name in ("n_classes", "center", "allocation", "scaling", "offset", "variance_share",
+                 "dedup_threshold"):
+        assert getattr(clone, name) == options[name]
+    assert clone.trainable is True and not clone.is_adapted
+    serialized = keras.saving.serialize_keras_object(layer)
+    assert serialized["registered_name"] == f"keras_classpca>{type(layer).__name__}"
+    revived = keras.saving.deserialize_keras_object(serialized)
+    assert type(revived) is type(layer) and revived.get_config() == config
+
+
+def test_adapted_flag_survives_weight_file_round_trip(tmp_path, blobs):
+    x, y = blobs
+    layer = ClassPCADense(6)
+    layer.adapt((x, y))
+    model = keras.Sequential([keras.Input((8,)), layer])
+    model.save_weights(tmp_path / "w.weights.h5")
+    twin = keras.Sequential([keras.Input((8,)), ClassPCADense(6)])
+    assert not twin.layers[0].is_adapted
+    twin.load_weights(tmp_path / "w.weights.h5")
+    assert twin.layers[0].is_adapted
+    np.testing.assert_array_equal(_np(twin.layers[0].kernel), _np(layer.kernel))
+
+
+# ---------------------------------------------------------------- bad input changes nothing
+def _snapshot(layer):
+    return (
+        layer.is_adapted,
+        layer.class_pca_,
+        None if layer.class_pca_ is None else layer.class_pca_.n_samples_seen_.copy(),
+        [_np(w).copy() for w in layer.weights],
+    )
+
+
+def _assert_unchanged(layer, snapshot):
+    adapted, class_pca, seen, weights = snapshot
+    assert layer.is_adapted == adapted
+    assert layer.class_pca_ is class_pca
+    if seen is not None:
+        np.testing.assert_array_equal(layer.class_pca_.n_samples_seen_, seen)
+    for before, after in zip(weights, layer.weights):
+        np.testing.assert_array_equal(before, _np(after))
+
+
+@pytest.fixture(params=["fresh", "adapted"])
+def dense_layer(request, blobs):
+    layer = ClassPCADense(6, n_classes=3)
+    if request.param == "adapted":
+        layer.adapt(blobs)
+    return layer
+
+
+def _nan_x(x, y):
+    x = x.copy()
+    x[3, 1] = np.nan
+    return x, y
+
+
+def _inf_in_last_batch(x, y):
+    x = x.copy()
+    x[-1, 0] = np.inf
+    return iter([(x[i : i + 50], y[i : i + 50]) for i in range(0, len(x), 50)])
+
+
+def _too_few_in_class_1(x, y):
+    keep = np.concatenate([np.flatnonzero(y != 1), np.flatnonzero(y == 1)[:2]])
+    return x[keep], y[keep]
+
+
+BAD_DENSE_DATA = {
+    "nan": (_nan_x, ValueError, r"`x` contains 1 NaN or infinite"),
+    "inf-later-batch": (_inf_in_last_batch, ValueError, r"`x` contains 1 NaN or infinite"),
+    "rank-1": (lambda x, y: (x[:, 0], y), ValueError, r"`x` for ClassPCADense .* must be at least 2-D"),
+    "length": (lambda x, y: (x, y[:-1]), ValueError, r"`x` and `y` must have the same number"),
+    "negative-label": (lambda x, y: (x, y - 1), ValueError, r"`y` holds negative labels"),
+    "non-integer-label": (lambda x, y: (x, y + 0.25), ValueError, r"`y` must hold integer"),
+    "label-out-of-range": (lambda x, y: (x, y * 2), ValueError, r"`y` holds label 4, out of range for n_classes=3"),
+    "string-x": (lambda x, y: (x.astype(str), y), TypeError, r"`x` must be numeric"),
+    "empty-arrays": (lambda x, y: (x[:0], y[:0]), ValueError, r"`data` is empty"),
+    "empty-generator": (lambda x, y: iter([]), ValueError, r"`data` is empty"),
+    "too-few-in-class": (_too_few_in_class_1, ValueError, r"Class 1 has 2 sample\(s\) but must supply 2"),
+    "no-labels": (lambda x, y: x, ValueError, r"needs labels"),
+    "dataset-no-labels": (
+        lambda x, y: tf.data.Dataset.from_tensor_slices(x).batch(8), ValueError, r"`\(x, y\)` pairs"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DENSE_DATA))
+def test_dense_bad_data_rejected_without_state_change(dense_layer, blobs, case):
+    make, error, match = BAD_DENSE_DATA[case]
+    snapshot = _snapshot(dense_layer)
+    with pytest.raises(error, match=match):
+        dense_layer.adapt(make(*blobs))
+    _assert_unchanged(dense_layer, snapshot)
+
+
+def test_dense_wrong_feature_count_rejected(blobs):
+    x, y = blobs
+    layer = ClassPCADense(6)
+    layer.adapt((x, y))
+    snapshot = _snapshot(layer)
+    with pytest.raises(ValueError, match=r"`x` has 5 features but ClassPCADense .* expects 8"):
+        layer.adapt((x[:, :5], y))
+    _assert_unchanged(layer, snapshot)
+
+
+def test_too_many_units_for_the_data_rejected(blobs):
+    x, y = blobs
+    layer = ClassPCADense(25)
+    with pytest.raises(ValueError, match=r"n_components=25 exceeds what 3 classes x 8 features can give"):
+        layer.adapt((x, y))
+    assert not layer.is_adapted
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda x, y: (x[..., 0], y), r"`x` for ClassPCAConv2D .* must be 4-D"),
+        (lambda x, y: (np.concatenate([x, x], axis=-1), y), r"`x` has 2 channels but ClassPCAConv2D .* expects 1"),
+        (lambda x, y: (x, y[:10]), r"`x` and `y` must have the same number"),
+    ],
+    ids=["rank", "channels", "length"],
+)
+def test_conv_bad_input_rejected_without_state_change(bad, match):
+    x, y = _images()
+    layer = ClassPCAConv2D(6, 3)
+    layer.adapt((x, y))
+    snapshot = _snapshot(layer)
+    with pytest.raises(ValueError, match=match):
+        layer.adapt(bad(x, y))
+    _assert_unchanged(layer, snapshot)
+
+
+def test_conv_image_smaller_than_kernel_rejected():
+    x, y = _images(hw=(2, 2))
+    layer = ClassPCAConv2D(3, 3)
+    # Keras's own build check fires first.
+    with pytest.raises(ValueError, match="output size would be zero or negative"):
+        layer.adapt((x, y))
+    assert not layer.is_adapted
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: ClassPCADense(4, allocation="greedy"), ValueError, "`allocation`"),
+        (lambda: ClassPCADense(4, scaling="l2"), ValueError, "`scaling`"),
+        (lambda: ClassPCADense(4, offset="mean"), ValueError, "`offset`"),
+        (lambda: ClassPCADense(4, center=1), TypeError, "`center`"),
+        (lambda: ClassPCADense(4, variance_share=2.0), ValueError, "`variance_share`"),
+        (lambda: ClassPCADense(4, n_classes=-1), ValueError, "`n_classes`"),
+        (lambda: ClassPCAConv2D(4, 3, dedup_threshold=1.5), ValueError, "`dedup_threshold`"),
+        (lambda: ClassPCAConv2D(4, 3, patches_per_image=0), ValueError, "`patches_per_image`"),
+        (lambda: ClassPCAConv2D(4, 3, patches_per_image=2.5), ValueError, "`patches_per_image`"),
+    ],
+)
+def test_bad_layer_options(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+@pytest.mark.parametrize("kwargs, match", [({"batch_size": 0}, "`batch_size`"), ({"steps": -1}, "`steps`")])
+def test_bad_adapt_options(blobs, kwargs, match):
+    layer = ClassPCADense(6)
+    layer.adapt(blobs)
+    snapshot = _snapshot(layer)
+    with pytest.raises(ValueError, match=match):
+        layer.adapt(blobs, **kwargs)
+    _assert_unchanged(layer, snapshot)
