@@ -155,26 +155,6 @@ def test_reloaded_saved_model_predicts_identically(exported, batch):
     assert _max_abs(got["probs"], expected) == 0.0
 
 
-def test_saved_model_cli_show_lists_signature(exported):
-    out = exported.cli("show")
-    block = out.split("signature_def['serving_default']:", 1)[1].split("signature_def[", 1)[0]
-    assert re.search(
-        r"inputs\['image'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 8, 8, 1\)", block
-    ), block
-    assert re.search(
-        r"outputs\['probs'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 10\)", block
-    ), block
-    assert "Method name is: tensorflow/serving/predict" in block
-
-
-def test_saved_model_cli_run_returns_same_values(exported):
-    exported.cli("run")
-    got = np.load(exported.outdir / "probs.npy")
-    expected = exported.model.predict(exported.x_cli, verbose=0)
-    assert got.shape == (5, 10)
-    assert _max_abs(got, expected) == 0.0
-
-
 def test_predict_request_body_round_trips_through_json(exported):
     x = exported.x[:3]
     body = kx.predict_request_body(exported.path, x)
@@ -441,3 +421,27 @@ def test_counter_generated_names_become_stable_positional_names(tmp_path):
     assert keys == [(["inputs"], ["output_0"])] * 2
     with pytest.raises(ValueError, match="at least one example"):
         kx.predict_request_body(str(tmp_path / "run0" / "1"), np.zeros((0, 4), "float32"))
+
+
+# --------------------------------------------------------------------------- saved_model_cli
+# Last in the file: the two CLI processes started by the fixture run meanwhile.
+
+
+def test_saved_model_cli_show_lists_signature(exported):
+    out = exported.cli("show")
+    block = out.split("signature_def['serving_default']:", 1)[1].split("signature_def[", 1)[0]
+    assert re.search(
+        r"inputs\['image'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 8, 8, 1\)", block
+    ), block
+    assert re.search(
+        r"outputs\['probs'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 10\)", block
+    ), block
+    assert "Method name is: tensorflow/serving/predict" in block
+
+
+def test_saved_model_cli_run_returns_same_values(exported):
+    exported.cli("run")
+    got = np.load(exported.outdir / "probs.npy")
+    expected = exported.model.predict(exported.x_cli, verbose=0)
+    assert got.shape == (5, 10)
+    assert _max_abs(got, expected) == 0.0
