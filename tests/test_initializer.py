@@ -1,0 +1,243 @@
+"""`ClassPCAInitializer`: values equal `ClassPCA`, Dense and Conv2D, configs, errors."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_classpca import ClassPCA, ClassPCAInitializer
+from keras_classpca.patches import extract_patches
+
+
+def _np(tensor):
+    return keras.ops.convert_to_numpy(tensor)
+
+
+def _images(n=36, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, 7, 7, 2))
+    x[y == 1, :3] += 1.0
+    return x.astype("float32"), y
+
+
+def _stats(init):
+    pca = init.class_pca
+    return pca.n_samples_seen_.copy(), pca.covariance_.copy()
+
+
+def _assert_stats_unchanged(init, before):
+    after = _stats(init)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dense_kernel_and_bias_equal_class_pca(blobs):
+    x, y = blobs
+    pca = ClassPCA(center=False, scaling="whiten").fit(x, y)
+    init = ClassPCAInitializer(pca)
+    layer = keras.layers.Dense(6, kernel_initializer=init, bias_initializer=init.bias_initializer())
+    layer.build((None, 8))
+    solution = ClassPCA(6, center=False, scaling="whiten").fit(x, y)
+    np.testing.assert_array_equal(_np(layer.kernel), solution.kernel_.astype("float32"))
+    np.testing.assert_array_equal(_np(layer.bias), solution.bias_.astype("float32"))
+    np.testing.assert_allclose(_np(layer(x)), solution.transform(x), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_call_dtype_and_shape(blobs):
+    init = ClassPCAInitializer.from_data(*blobs)
+    value = init((8, 5), dtype="float64")
+    assert tuple(value.shape) == (8, 5) and keras.backend.standardize_dtype(value.dtype) == "float64"
+    np.testing.assert_array_equal(_np(value), ClassPCA(5).fit(*blobs).kernel_)
+
+
+def test_from_data_flattens_samples_for_dense():
+    x, y = _images()
+    init = ClassPCAInitializer.from_data(x, y, batch_size=10)
+    reference = ClassPCA(6).fit(x.reshape(len(x), -1), y)
+    np.testing.assert_allclose(_np(init((98, 6))), reference.kernel_, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "strides, padding, dilation", [(1, "valid", 1), (2, "same", 1), (1, "same", 2)]
+)
+def test_conv2d_from_data_equals_class_pca_on_patches(strides, padding, dilation):
+    x, y = _images()
+    init = ClassPCAInitializer.from_data(
+        x, y, kernel_size=3, strides=strides, padding=padding, dilation_rate=dilation
+    )
+    conv = keras.layers.Conv2D(
+        6, 3, strides=strides, padding=padding, dilation_rate=dilation,
+        kernel_initializer=init, bias_initializer=init.bias_initializer(),
+    )
+    out = _np(conv(x))
+    patches = extract_patches(x, 3, strides, padding, dilation)
+    reference = ClassPCA(6).fit(patches.reshape(-1, 18), np.repeat(y, patches.shape[1] * patches.shape[2]))
+    np.testing.assert_allclose(_np(conv.kernel).reshape(18, 6), reference.kernel_, rtol=1e-5, atol=1e-6)
+    expected = reference.transform(patches.reshape(-1, 18)).reshape(out.shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    # Standardised and centred outputs over the images' patches.
+    np.testing.assert_allclose(out.reshape(-1, 6).mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.reshape(-1, 6).var(axis=0), 1.0, rtol=1e-4)
+
+
+def test_from_data_accepts_one_hot_and_options(blobs):
+    x, y = blobs
+    a = ClassPCAInitializer.from_data(x, np.eye(3)[y], allocation="adaptive", center=False)
+    b = ClassPCA(allocation="adaptive", center=False).fit(x, y)
+    assert a.class_pca.allocation == "adaptive" and a.class_pca.center is False
+    np.testing.assert_array_equal(_np(a((8, 4))), b.solve(4).kernel)
+
+
+# ---------------------------------------------------------------- configs and saving
+def test_config_round_trip_and_restored_zeros(blobs):
+    init = ClassPCAInitializer.from_data(*blobs, center=False, scaling="unit", n_classes=3)
+    config = init.get_config()
+    json.dumps(config)  # JSON-serializable, no arrays
+    assert config["part"] == "kernel"
+    assert config["class_pca_params"]["center"] is False
+    assert config["class_pca_params"]["scaling"] == "unit"
+    restored = ClassPCAInitializer.from_config(config)
+    assert restored.get_config() == config
+    # Rebuilding a saved model: zeros, later overwritten by the weight file.
+    np.testing.assert_array_equal(_np(restored((8, 6))), np.zeros((8, 6)))
+    np.testing.assert_array_equal(_np(restored.bias_initializer()((6,))), np.zeros(6))
+    bias_config = init.bias_initializer().get_config()
+    assert bias_config["part"] == "bias"
+    assert ClassPCAInitializer.from_config(bias_config).get_config() == bias_config
+
+
+def test_keras_serialization_uses_registered_name(blobs):
+    init = ClassPCAInitializer.from_data(*blobs)
+    serialized = keras.initializers.serialize(init)
+    assert serialized["registered_name"] == "keras_classpca>ClassPCAInitializer"
+    revived = keras.initializers.deserialize(json.loads(json.dumps(serialized)))
+    assert isinstance(revived, ClassPCAInitializer)
+    assert revived.get_config() == init.get_config()
+
+
+def test_saved_model_with_initializer_round_trip(tmp_path):
+    x, y = _images()
+    init = ClassPCAInitializer.from_data(x, y, kernel_size=3)
+    model = keras.Sequential(
+        [
+            keras.Input((7, 7, 2)),
+            keras.layers.Conv2D(6, 3, kernel_initializer=init, bias_initializer=init.bias_initializer(),
+                                trainable=False, name="conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax", name="head"),
+        ]
+    )
+    before = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert float(np.max(np.abs(loaded.predict(x, verbose=0) - before))) == 0.0
+    assert loaded.get_layer("conv").trainable is False
+    np.testing.assert_array_equal(_np(loaded.get_layer("conv").kernel), _np(model.get_layer("conv").kernel))
+    loaded.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    loaded.fit(x, y, epochs=1, batch_size=12, verbose=0)
+    np.testing.assert_array_equal(_np(loaded.get_layer("conv").kernel), _np(model.get_layer("conv").kernel))
+
+
+# ---------------------------------------------------------------- errors change nothing
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((5, 6), r"Kernel shape \(5, 6\) needs statistics over 5 features, but the class-PCA statistics have 8"),
+        ((3, 3, 2, 6), r"needs statistics over 18 features, but the class-PCA statistics have 8"),
+        ((8, 2, 6), r"handles Dense kernels \(d, units\) and Conv2D kernels"),
+        ((8, 25), r"n_components=25 exceeds what 3 classes x 8 features can give"),
+    ],
+)
+def test_incompatible_kernel_shape_rejected(blobs, shape, match):
+    init = ClassPCAInitializer.from_data(*blobs)
+    before = _stats(init)
+    with pytest.raises(ValueError, match=match):
+        init(shape)
+    _assert_stats_unchanged(init, before)
+
+
+def test_incompatible_layer_rejected_at_build(blobs):
+    init = ClassPCAInitializer.from_data(*blobs)
+    layer = keras.layers.Dense(6, kernel_initializer=init)
+    with pytest.raises(ValueError, match="needs statistics over 5 features"):
+        layer.build((None, 5))
+
+
+def test_bias_shape_and_component_count_rejected(blobs):
+    x, y = blobs
+    init = ClassPCAInitializer(ClassPCA(4).fit(x, y))
+    before = _stats(init)
+    with pytest.raises(ValueError, match=r"configured for 4 components but the layer asks for 6"):
+        init((8, 6))
+    with pytest.raises(ValueError, match=r"A bias initializer needs a 1-D shape; received \(8, 4\)"):
+        init.bias_initializer()((8, 4))
+    _assert_stats_unchanged(init, before)
+
+
+def test_class_with_too_few_samples_rejected_at_call(blobs):
+    x, y = blobs
+    keep = np.concatenate([np.flatnonzero(y != 1), np.flatnonzero(y == 1)[:2]])
+    init = ClassPCAInitializer.from_data(x[keep], y[keep])
+    before = _stats(init)
+    with pytest.raises(ValueError, match=r"Class 1 has 2 sample\(s\) but must supply 2"):
+        init((8, 6))
+    _assert_stats_unchanged(init, before)
+    assert tuple(init((8, 3)).shape) == (8, 3)  # one per class is fine
+
+
+@pytest.mark.parametrize(
+    "init",
+    [lambda: ClassPCAInitializer(), lambda: ClassPCAInitializer(ClassPCA(6))],
+    ids=["no-class-pca", "unfitted-class-pca"],
+)
+def test_unfitted_initializer_rejected(init):
+    initializer = init()
+    with pytest.raises(ValueError, match="This ClassPCAInitializer has no statistics"):
+        initializer((8, 6))
+    with pytest.raises(ValueError, match="This ClassPCAInitializer has no statistics"):
+        initializer.bias_initializer()((6,))
+    layer = keras.layers.Dense(6, kernel_initializer=initializer)
+    with pytest.raises(ValueError, match="has no statistics"):
+        layer.build((None, 8))
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: ClassPCAInitializer(np.zeros((8, 6))), TypeError, "`class_pca` must be a fitted ClassPCA"),
+        (lambda: ClassPCAInitializer(part="weights"), ValueError, "`part` must be one of"),
+        (lambda: ClassPCAInitializer.from_data(np.zeros((6, 3)), np.arange(6) % 3, allocation="x"),
+         ValueError, "`allocation`"),
+    ],
+)
+def test_bad_constructor_options(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def _nan(x, y):
+    x = x.copy()
+    x[0, 0] = np.nan
+    return x, y
+
+
+@pytest.mark.parametrize(
+    "data, kwargs, match",
+    [
+        (_nan, {}, r"`x` contains 1 NaN or infinite"),
+        (lambda x, y: (x, y[:-1]), {}, r"`x` and `y` must have the same number of samples"),
+        (lambda x, y: (x, y - 1), {}, r"`y` holds negative labels"),
+        (lambda x, y: (x, y / 2), {}, r"`y` must hold integer class labels"),
+        (lambda x, y: (x, y + 1), {"n_classes": 3}, r"`y` holds label 3, out of range for n_classes=3"),
+        (lambda x, y: (x[:0], y[:0]), {}, r"`x` is empty"),
+        (lambda x, y: (x, None), {}, r"needs labels"),
+        (lambda x, y: (x, y), {"kernel_size": 3}, r"`x` must be 4-D images"),
+    ],
+    ids=["nan", "length", "negative", "non-integer", "out-of-range", "empty", "no-labels", "rank"],
+)
+def test_from_data_bad_input(blobs, data, kwargs, match):
+    x, y = data(*blobs)
+    with pytest.raises(ValueError, match=match):
+        ClassPCAInitializer.from_data(x, y, **kwargs)
