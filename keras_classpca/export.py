@@ -213,6 +213,40 @@ def _existing_versions(base_dir):
     return sorted(found)
 
 
+def _check_free(final, version):
+    if os.path.lexists(final):
+        raise FileExistsError(
+            f"`version` {version} already exists at {final!r}; exported versions are never "
+            "overwritten. Pass version=None for the next free version, or remove it first."
+        )
+
+
+def _first_missing(path):
+    """The top-most directory of `path` that does not exist yet (None if it exists)."""
+    missing = None
+    while not os.path.lexists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_empty(top, leaf):
+    """Undo `os.makedirs(leaf)` down to `top` (which it created), where still empty."""
+    if top is None:
+        return
+    path = leaf
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == top:
+            return
+        path = os.path.dirname(path)
+
+
 def _os_error(path, what, err):
     """Re-raise an OSError about `base_dir` with a message naming the argument."""
     if isinstance(err, PermissionError) or err.errno == errno.EROFS:
@@ -288,29 +322,30 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
 
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
         raise FileExistsError(f"`base_dir` {base_dir!r} exists and is not a directory.")
-    try:
-        os.makedirs(base_dir, exist_ok=True)
-    except OSError as err:
-        raise _os_error(base_dir, "create", err) from err
-
-    if version is None:
-        existing = _existing_versions(base_dir)
-        version = existing[-1] + 1 if existing else 1
-    final = os.path.join(base_dir, str(version))
-    if os.path.lexists(final):
-        raise FileExistsError(
-            f"`version` {version} already exists at {final!r}; exported versions are never "
-            "overwritten. Pass version=None for the next free version, or remove it first."
-        )
+    if version is not None:
+        _check_free(os.path.join(base_dir, str(version)), version)
 
     # Trace before touching the disk: a model that cannot be traced leaves nothing behind.
     archive = _build_archive(model, signature_name)
 
+    created = _first_missing(base_dir)  # the top directory makedirs will create, if any
     try:
-        tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base_dir)
+        os.makedirs(base_dir, exist_ok=True)
     except OSError as err:
-        raise _os_error(base_dir, "write a temporary directory in", err) from err
+        _remove_empty(created, base_dir)
+        raise _os_error(base_dir, "create", err) from err
+
+    tmp = None
     try:
+        if version is None:
+            existing = _existing_versions(base_dir)
+            version = existing[-1] + 1 if existing else 1
+        final = os.path.join(base_dir, str(version))
+        _check_free(final, version)
+        try:
+            tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base_dir)
+        except OSError as err:
+            raise _os_error(base_dir, "write a temporary directory in", err) from err
         archive.write_out(tmp, verbose=False)
         raced = FileExistsError(
             f"`version` {version} appeared at {final!r} during the export (another "
@@ -326,7 +361,9 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
                 raise raced from err
             raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created, base_dir)
         raise
     # mkdtemp creates 0700; a server running as another user must be able to read it.
     _make_readable(final)

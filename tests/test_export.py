@@ -288,8 +288,31 @@ def test_failed_write_leaves_no_partial_version(exported, tmp_path, monkeypatch)
 
     monkeypatch.setattr(kx, "_build_archive", lambda m, s: Exploding(real_build(m, s)))
     with pytest.raises(OSError, match="disk full"):
+        kx.export_for_serving(exported.model, base / "digits")
+    assert not base.exists()  # the directories this call created are gone too
+    base.mkdir()
+    (base / "3").mkdir()
+    with pytest.raises(OSError, match="disk full"):
         kx.export_for_serving(exported.model, base)
-    assert os.listdir(base) == []  # neither "1" nor the temporary directory
+    assert os.listdir(base) == ["3"]  # neither "4" nor the temporary directory
+
+
+def test_model_that_cannot_be_traced_writes_nothing(tmp_path):
+    class NeedsFixedBatch(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            if x.shape[0] is None:
+                raise RuntimeError("this model needs a static batch size")
+            return self.dense(x)
+
+    model = NeedsFixedBatch()
+    model(np.zeros((3, 4), "float32"))
+    with pytest.raises(RuntimeError, match="static batch size"):
+        kx.export_for_serving(model, tmp_path / "models" / "m")
+    assert os.listdir(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- .keras
