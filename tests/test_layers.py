@@ -267,6 +267,27 @@ def test_keras_round_trip_and_continue_fit(tmp_path):
     assert not np.array_equal(_np(loaded.get_layer("head").kernel), head_kernel)
 
 
+@pytest.mark.parametrize(
+    "make, data",
+    [
+        (lambda: ClassPCADense(6, use_bias=False), lambda x: x.reshape(len(x), -1)),
+        (lambda: ClassPCAConv2D(6, 3, data_format="channels_first", padding="same"),
+         lambda x: np.moveaxis(x, -1, 1)),
+    ],
+    ids=["dense-no-bias", "conv-channels-first"],
+)
+def test_keras_round_trip_variants(tmp_path, make, data):
+    x, y = _images(channels=2)
+    x = data(x)
+    layer = make()
+    layer.adapt((x, y))
+    model = keras.Sequential([keras.Input(x.shape[1:]), layer])
+    model.save(tmp_path / "v.keras")
+    loaded = keras.saving.load_model(tmp_path / "v.keras")
+    assert loaded.layers[0].is_adapted and not loaded.layers[0].trainable
+    assert float(np.max(np.abs(loaded.predict(x, verbose=0) - model.predict(x, verbose=0)))) == 0.0
+
+
 @pytest.mark.parametrize("layer_type", ["dense", "conv"])
 def test_layer_config_round_trip(layer_type):
     options = dict(
@@ -435,6 +456,7 @@ def test_conv_image_smaller_than_kernel_rejected():
         (lambda: ClassPCAConv2D(4, 3, dedup_threshold=1.5), ValueError, "`dedup_threshold`"),
         (lambda: ClassPCAConv2D(4, 3, patches_per_image=0), ValueError, "`patches_per_image`"),
         (lambda: ClassPCAConv2D(4, 3, patches_per_image=2.5), ValueError, "`patches_per_image`"),
+        (lambda: ClassPCAConv2D(4, 3, groups=2), ValueError, "`groups` must be 1"),
     ],
 )
 def test_bad_layer_options(make, error, match):

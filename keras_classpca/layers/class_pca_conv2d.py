@@ -40,6 +40,11 @@ class ClassPCAConv2D(ClassPCAAdaptMixin, keras.layers.Conv2D):
         options = {name: kwargs.pop(name) for name in CLASS_PCA_DEFAULTS if name in kwargs}
         kwargs.setdefault("trainable", False)
         super().__init__(filters, kernel_size, **kwargs)
+        if self.groups != 1:
+            raise ValueError(
+                f"`groups` must be 1 for ClassPCAConv2D (class-PCA solves full kernels); "
+                f"received {self.groups}."
+            )
         if patches_per_image is not None and (
             not isinstance(patches_per_image, int) or patches_per_image < 1
         ):
