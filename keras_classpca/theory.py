@@ -232,7 +232,7 @@ def _check_ratios(phi, psi):
     return _check_positive("phi", phi), _check_positive("psi", psi)
 
 
-def stieltjes_transform(z, eta, zeta, phi, psi, *, num_steps=48):
+def stieltjes_transform(z, eta, zeta, phi, psi, *, num_steps=40):
     """Limiting Stieltjes transform ``G(z) = E[1 / (z - lambda)]`` of ``M``.
 
     Solves the Pennington--Worah quartic for every ``z`` (``Im z > 0``) and
@@ -394,7 +394,7 @@ def gram_spectrum(
         return np.maximum(-(g - atom / zz).imag / np.pi, 0.0)
 
     if x is None:
-        coarse = np.linspace(0.0, scale, 1200)[1:]
+        coarse = np.linspace(0.0, scale, 600)[1:]
         rho = density_on(coarse)
         support = coarse[rho > 1e-7 * rho.max()]
         lo, hi = support.min(), support.max()
@@ -521,7 +521,7 @@ def compare_gram_spectrum(
     eig[eig <= 1e-9 * max(eig[-1], 1e-300)] = 0.0
     # Use the realised ratios so that rounding of n1, m does not bias the test.
     pred = gram_spectrum(
-        activation, n0 / m, n0 / n1, sigma_w=sigma_w, sigma_x=sigma_x, num_points=1500
+        activation, n0 / m, n0 / n1, sigma_w=sigma_w, sigma_x=sigma_x, num_points=1000
     )
     hi = pred.x[pred.density > 0].max() if np.any(pred.density > 0) else pred.x.max()
     outliers = eig[eig > 1.5 * hi]
@@ -700,7 +700,7 @@ def gram_condition_number(features):
     return float(ev[-1] / ev[0])
 
 
-def _dual_correlation_map(f, num_grid=2001, num_nodes=96):
+def _dual_correlation_map(f, num_grid=1001, num_nodes=96):
     """Tabulate c -> E[f(u) f(v)] / E[f(u)^2] for standard (u, v) with correlation c."""
     z, w = hermegauss(num_nodes)
     w = w / w.sum()

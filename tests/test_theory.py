@@ -1,0 +1,261 @@
+"""Tests of keras_classpca.theory: Pennington-Worah spectra, layer spectra, conditioning."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from scipy import integrate
+
+from keras_classpca import theory
+from keras_classpca.normalized_relu import NormalizedReLU
+
+
+def gaussian_expectation(g):
+    """E[g(z)] for z ~ N(0, 1) by adaptive quadrature (independent of Gauss-Hermite)."""
+    val, _ = integrate.quad(lambda z: g(z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+                            -np.inf, np.inf, limit=200)
+    return val
+
+
+# -------------------------------------------------------------- constants
+def test_relu_constants_closed_form():
+    raw = theory.activation_constants("relu", center=False)
+    assert raw.eta == pytest.approx(0.5, abs=1e-10)
+    assert raw.zeta == pytest.approx(0.25, abs=1e-10)
+    centred = theory.activation_constants("relu")
+    assert centred.eta == pytest.approx(0.5 - 1 / (2 * math.pi), abs=2e-3)
+    assert centred.zeta == pytest.approx(0.25, abs=1e-10)
+
+
+def test_relu_constants_scale_with_sigmas():
+    # relu is positively homogeneous: s = sigma_w sigma_x = 3 multiplies eta and zeta by 9.
+    c = theory.activation_constants("relu", sigma_w=1.5, sigma_x=2.0, center=False)
+    assert c.eta == pytest.approx(9 * 0.5, rel=1e-9)
+    assert c.zeta == pytest.approx(9 * 0.25, rel=1e-9)
+
+
+@pytest.mark.parametrize("s", [0.5, 1.0, 2.0])
+def test_linear_constants(s):
+    c = theory.activation_constants("linear", sigma_w=s)
+    assert c.eta == pytest.approx(s**2, rel=1e-9)
+    assert c.zeta == pytest.approx(s**2, rel=1e-9)
+
+
+@pytest.mark.parametrize("s", [0.5, 1.0, 3.0])
+def test_tanh_constants_match_numerical_integration(s):
+    c = theory.activation_constants("tanh", sigma_w=s, center=False)
+    eta = gaussian_expectation(lambda z: math.tanh(s * z) ** 2)
+    # zeta from the derivative directly (the implementation uses Stein's lemma instead)
+    zeta = (s * gaussian_expectation(lambda z: 1 - math.tanh(s * z) ** 2)) ** 2
+    # tanh(3z) is nearly a step: 256 Gauss-Hermite nodes give ~1e-6 there
+    assert c.eta == pytest.approx(eta, rel=1e-5)
+    assert c.zeta == pytest.approx(zeta, rel=1e-5)
+
+
+def test_callable_and_zeta_zero_activation():
+    # f(x) = x^2 - 1 is the second Hermite polynomial: E f = 0, E f^2 = 2, E f' = 0.
+    c = theory.activation_constants(lambda x: x**2 - 1)
+    assert c.eta == pytest.approx(2.0, rel=1e-9)
+    assert c.zeta == pytest.approx(0.0, abs=1e-12)
+
+
+def test_normalized_relu_by_name_has_unit_constants():
+    c = theory.activation_constants("normalized_relu", center=False)
+    assert c.eta == pytest.approx(1.0, abs=2e-3)
+
+
+def test_constants_bad_arguments():
+    with pytest.raises(ValueError, match="activation"):
+        theory.activation_constants("not_an_activation")
+    with pytest.raises(TypeError, match="activation"):
+        theory.activation_constants(3)
+    with pytest.raises(ValueError, match="sigma_w"):
+        theory.activation_constants("relu", sigma_w=0)
+    with pytest.raises(ValueError, match="sigma_x"):
+        theory.activation_constants("relu", sigma_x=-1)
+
+
+# -------------------------------------------------------------- spectrum
+def test_spectrum_integrates_to_one():
+    spec = theory.gram_spectrum("tanh", phi=0.5, psi=1.0)
+    assert spec.atom == 0.0
+    assert np.all(spec.density >= 0)
+    assert np.trapezoid(spec.density, spec.x) == pytest.approx(1.0, abs=5e-3)
+    # first moment: E[lambda] = tr(M)/n1 -> eta
+    assert np.trapezoid(spec.x * spec.density, spec.x) == pytest.approx(spec.eta, rel=5e-3)
+
+
+def test_spectrum_atom_when_more_rows_than_samples():
+    # n1 = n0, m = n0/2: M (n1 x n1) has rank m, so half the mass sits at 0.
+    spec = theory.gram_spectrum("tanh", phi=2.0, psi=1.0)
+    assert spec.atom == pytest.approx(0.5)
+    assert np.trapezoid(spec.density, spec.x) == pytest.approx(0.5, abs=5e-3)
+
+
+def test_zeta_zero_reduces_to_marchenko_pastur():
+    phi, psi, eta = 0.5, 2.0, 2.0
+    x = np.linspace(0.01, 6, 600)
+    spec = theory.gram_spectrum(None, phi, psi, eta=eta, zeta=0.0, x=x)
+    mp = theory.marchenko_pastur_density(x, ratio=phi / psi, scale=eta)
+    assert np.max(np.abs(spec.density - mp)) < 1e-3 * mp.max()
+    # and a different ratio would not match
+    other = theory.marchenko_pastur_density(x, ratio=phi, scale=eta)
+    assert np.max(np.abs(spec.density - other)) > 0.1 * mp.max()
+
+
+def test_linear_case_is_product_wishart_moments():
+    # M = W X X^T W^T / (m n0): E[lambda] = 1, E[lambda^2] = 1 + (1 + phi) / psi
+    # (Wick pairings of two Gaussian matrices), whereas MP of ratio phi/psi would give
+    # 1 + phi / psi.
+    phi, psi = 0.5, 2.0
+    spec = theory.gram_spectrum("linear", phi, psi, num_points=3000)
+    m1 = np.trapezoid(spec.x * spec.density, spec.x)
+    m2 = np.trapezoid(spec.x**2 * spec.density, spec.x)
+    assert m1 == pytest.approx(1.0, rel=5e-3)
+    assert m2 == pytest.approx(1 + (1 + phi) / psi, rel=5e-3)
+
+
+def test_linear_case_rank_deficiency():
+    # n1 = 2 n0 > m = 1.5 n0 > n0: rank n0, atom 1 - n0/n1 = 1/2 (nonlinear would be 1/4).
+    grid = np.linspace(0.5, 1.0, 3)
+    assert theory.gram_spectrum("linear", 1 / 1.5, 0.5, x=grid).atom == pytest.approx(0.5)
+    assert theory.gram_spectrum("tanh", 1 / 1.5, 0.5, x=grid).atom == pytest.approx(0.25)
+
+
+def test_stieltjes_asymptote_and_sign():
+    z = np.array([50j, 10 + 1j, 1 + 0.5j])
+    g = theory.stieltjes_transform(z, 0.5, 0.2, 0.7, 1.3)
+    assert abs(g[0] * z[0] - 1) < 0.05
+    assert np.all(g.imag < 0)  # G(z) = E[1/(z - lambda)] maps the upper half-plane down
+    with pytest.raises(ValueError, match="imaginary"):
+        theory.stieltjes_transform(np.array([1.0 + 0j]), 0.5, 0.2, 1, 1)
+    with pytest.raises(ValueError, match="zeta"):
+        theory.stieltjes_transform(np.array([1j]), 0.5, 0.7, 1, 1)
+
+
+@pytest.mark.parametrize("name,value", [("phi", 0), ("psi", -1.0)])
+def test_spectrum_bad_ratios(name, value):
+    kwargs = {"phi": 1.0, "psi": 1.0, name: value}
+    with pytest.raises(ValueError, match=name):
+        theory.gram_spectrum("relu", **kwargs)
+
+
+@pytest.mark.parametrize("activation,phi,psi,n_outliers", [
+    ("relu", 0.5, 1.0, 1),   # non-centred: one outlier from the mean, bulk as predicted
+    ("tanh", 1.0, 2.0, 0),
+    ("linear", 2.0, 1.0, 0),  # rank m = n0 / 2: atom of mass 1/2
+])
+def test_prediction_matches_simulation(activation, phi, psi, n_outliers):
+    res = theory.compare_gram_spectrum(activation, phi, psi, n0=300, seed=1)
+    assert res.ks < 0.02
+    assert res.l1 < 0.12
+    assert len(res.outliers) == n_outliers
+
+
+def test_simulation_distinguishes_activations():
+    # The comparison must be able to fail: relu eigenvalues vs the linear prediction.
+    res = theory.compare_gram_spectrum("relu", 0.5, 1.0, n0=300, seed=1)
+    wrong = theory.gram_spectrum("linear", 0.5, 1.0)
+    ks_wrong = np.max(np.abs(np.searchsorted(res.eigenvalues, wrong.x, side="right")
+                             / res.eigenvalues.size - wrong.cdf(wrong.x)))
+    assert ks_wrong > 0.2
+
+
+# -------------------------------------------------------------- layer spectra
+def test_layer_input_spectra_dense_matches_covariance():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 6)) * [3, 2, 1, 1, 0.5, 0.1]).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="a"),
+                              keras.layers.Dense(3, name="b")])
+    spectra = theory.layer_input_spectra(model, x, max_samples=1000)
+    assert list(spectra) == ["a", "b"]
+    expected = np.sort(np.linalg.eigvalsh(np.cov(x.astype(np.float64).T)))[::-1]
+    np.testing.assert_allclose(spectra["a"], expected, rtol=1e-4, atol=1e-6)
+    # second layer input = x @ K_a + b_a
+    k, b = (np.asarray(v, dtype=np.float64) for v in model.get_layer("a").get_weights())
+    h = x.astype(np.float64) @ k + b
+    np.testing.assert_allclose(spectra["b"], np.sort(np.linalg.eigvalsh(np.cov(h.T)))[::-1],
+                               rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding,strides", [("valid", 1), ("same", 2)])
+def test_layer_input_spectra_conv_patches(padding, strides):
+    # A Conv2D whose kernel is the identity on (kh, kw, c) outputs exactly the patches:
+    # the covariance of its output channels must equal the im2col covariance.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 9, 9, 2)).astype("float32")
+    x[..., 1] += 0.5 * x[..., 0]  # correlated channels
+    conv = keras.layers.Conv2D(4, 3, strides=strides, padding=padding, name="conv")
+    model = keras.Sequential([keras.Input((9, 9, 2)), conv])
+    spectra = theory.layer_input_spectra(model, x, max_samples=100000)
+    probe = keras.layers.Conv2D(18, 3, strides=strides, padding=padding, use_bias=False)
+    probe.build((None, 9, 9, 2))
+    probe.set_weights([np.eye(18, dtype="float32").reshape(3, 3, 2, 18)])
+    patches = np.asarray(probe(x), dtype=np.float64).reshape(-1, 18)
+    expected = np.sort(np.linalg.eigvalsh(np.cov(patches.T)))[::-1]
+    assert spectra["conv"].shape == (18,)
+    np.testing.assert_allclose(spectra["conv"], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_layer_input_spectra_errors():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Activation("relu")])
+    with pytest.raises(ValueError, match="Dense or Conv2D"):
+        theory.layer_input_spectra(model, np.zeros((5, 4)))
+    with pytest.raises(TypeError, match="model"):
+        theory.layer_input_spectra("model", np.zeros((5, 4)))
+
+
+# -------------------------------------------------------------- conditioning
+def test_orthogonal_features_have_condition_number_one():
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(30, 30)))
+    feats = q[:10] * np.arange(1, 11)[:, None]  # orthogonal rows of different norms
+    assert theory.gram_condition_number(feats) == pytest.approx(1.0, abs=1e-9)
+    assert theory.kernel_condition_number(0, feats)[0] == pytest.approx(1.0, abs=1e-9)
+    # correlated rows are worse conditioned
+    assert theory.gram_condition_number(feats + 1.0) > 2.0
+
+
+def test_depth_improves_conditioning_with_normalized_relu():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 30)) + 1.5  # strongly correlated points
+    norm = theory.kernel_condition_number(20, x, activation="normalized_relu", width=None)
+    relu = theory.kernel_condition_number(20, x, activation="relu", width=None)
+    assert norm[0] == pytest.approx(relu[0])
+    assert norm[0] > 100
+    assert norm[-1] < 1.3
+    assert np.all(np.diff(norm) < 0)  # monotone improvement with depth
+    # plain ReLU: after a first drop the points collapse together again
+    assert relu[-1] > relu[5] > 100
+    finite = theory.kernel_condition_number(12, x, activation="normalized_relu", width=1000)
+    assert finite[-1] < finite[0] / 50
+
+
+def test_kernel_condition_number_keras_model():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(16, 20)) + 1.0).astype("float32")
+    init = keras.initializers.RandomNormal(stddev=1 / np.sqrt(20), seed=0)
+    blocks = [keras.Input((20,))]
+    for _ in range(3):
+        blocks += [keras.layers.Dense(20 if not blocks[1:] else 512, use_bias=False,
+                                      kernel_initializer=init), NormalizedReLU()]
+    model = keras.Sequential(blocks)
+    conds = theory.kernel_condition_number(model, x)
+    assert conds.shape == (4,)
+    assert conds[0] == pytest.approx(theory.gram_condition_number(x), rel=1e-6)
+    assert np.all(np.isfinite(conds))
+
+
+def test_kernel_condition_number_errors():
+    x = np.ones((4, 3))
+    with pytest.raises(TypeError, match="model_or_depth"):
+        theory.kernel_condition_number("deep", x)
+    with pytest.raises(ValueError, match="depth"):
+        theory.kernel_condition_number(-1, x)
+    with pytest.raises(ValueError, match="x"):
+        theory.kernel_condition_number(2, np.ones(3))
+    with pytest.raises(ValueError, match="batchnorm"):
+        theory.kernel_condition_number(2, x + np.eye(4, 3), width=None, batchnorm=True)
+    no_dense = keras.Sequential([keras.Input((3,)), keras.layers.Activation("relu")])
+    with pytest.raises(ValueError, match="Dense"):
+        theory.kernel_condition_number(no_dense, x)
