@@ -468,3 +468,23 @@ def test_saved_model_cli_run_returns_same_values(exported):
     expected = exported.model.predict(exported.x_cli, verbose=0)
     assert got.shape == (5, 10)
     assert _max_abs(got, expected) == 0.0
+
+
+def test_example_export_serving_runs(tmp_path, capsys):
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "export_serving_example", os.path.join(here, "..", "examples", "export_serving.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    path = example.main(["--base-dir", str(tmp_path / "serving" / "digits"), "--epochs", "1"])
+    assert path == str(tmp_path / "serving" / "digits" / "1")
+    out = capsys.readouterr().out
+    assert f"exported: {path}" in out
+    assert "input  'image': float32 [None, 8, 8, 1]" in out
+    assert "output 'probs': float32 [None, 10]" in out
+    body = json.loads((tmp_path / "serving" / "body.json").read_text())
+    assert len(body["instances"]) == 2 and list(body["instances"][0]) == ["image"]
+    reloaded = keras.saving.load_model(str(tmp_path / "serving" / "digits.keras"))
+    assert reloaded.get_layer("conv").trainable is False  # hybridize froze it
