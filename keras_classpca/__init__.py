@@ -11,3 +11,4 @@ from keras_classpca.layers import ClassPCAConv2D, ClassPCADense
 from keras_classpca.class_pca_initializer import ClassPCAInitializer
 from keras_classpca.hybrid import hybridize
 from keras_classpca.hybrid_report import HybridReport
+from keras_classpca.fit_top import fit_top

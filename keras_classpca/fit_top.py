@@ -1,0 +1,224 @@
+"""`fit_top`: train what `hybridize` left trainable, computing the frozen prefix once.
+
+A frozen, deterministic prefix (solved layers, frozen BatchNorm, pooling, ...) gives
+the same output every epoch, so its forward pass need not be paid every epoch. Here
+its output is computed once, streamed into a cache (memory up to `memory_limit`,
+spilled to a temporary file beyond it), and a Keras model that *shares* the user's
+top layers is trained on it — the trained weights land in the user's model object, so
+saving and export see one ordinary model.
+
+Whether that pays depends on how much of the forward pass the prefix is. With
+`cache="auto"` both options are timed on a few batches and the cheaper one is used
+(measurements behind that choice: docs/benchmarks.md).
+"""
+
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from keras_classpca.data_adapter import iter_batches
+from keras_classpca.model_chain import RANDOM_IN_TRAINING, read_chain
+
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+TIMING_BATCHES = 3
+# Caching is chosen when its predicted time is below this share of the plain fit's.
+CACHE_IF_BELOW = 0.9
+
+
+def _frozen_prefix_end(chain):
+    """Index of the first chain layer that must run during training."""
+    for index, layer in enumerate(chain.layers):
+        trainable_weights = layer.trainable and any(w.trainable for w in layer.weights)
+        if trainable_weights or isinstance(layer, RANDOM_IN_TRAINING):
+            return index
+    return len(chain.layers)
+
+
+def cache_point(model):
+    """The symbolic tensor where the frozen deterministic prefix ends, or None.
+
+    None when no layer with weights is frozen at the bottom (nothing worth caching).
+    """
+    chain = read_chain(model)
+    end = _frozen_prefix_end(chain)
+    if not any(layer.weights for layer in chain.layers[:end]):
+        return None
+    return chain.inputs[end] if end < len(chain.layers) else chain.outputs[-1]
+
+
+class _Cache:
+    """Append-only array store: memory up to `memory_limit` bytes, then a temp file."""
+
+    def __init__(self, memory_limit, directory):
+        self.memory_limit = memory_limit
+        self.directory = directory
+        self.chunks, self.bytes, self.file, self.path = [], 0, None, None
+        self.rows, self.row_shape, self.dtype = 0, None, None
+
+    def append(self, values):
+        values = np.ascontiguousarray(values)
+        self.row_shape, self.dtype = values.shape[1:], values.dtype
+        self.rows += len(values)
+        self.bytes += values.nbytes
+        if self.file is None and self.bytes > self.memory_limit:
+            handle, self.path = tempfile.mkstemp(suffix=".cache", dir=self.directory)
+            self.file = os.fdopen(handle, "wb")
+            for chunk in self.chunks:
+                self.file.write(chunk.tobytes())
+            self.chunks = []
+        if self.file is not None:
+            self.file.write(values.tobytes())
+        else:
+            self.chunks.append(values)
+
+    @property
+    def spilled(self):
+        return self.path is not None
+
+    def array(self):
+        if self.file is None:
+            return np.concatenate(self.chunks) if self.chunks else None
+        self.file.close()
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.rows,) + self.row_shape)
+
+    def close(self):
+        if self.path is not None and os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def _prefix_outputs(prefix, data, batch_size, memory_limit, directory):
+    cache, labels = _Cache(memory_limit, directory), []
+    for x, y in iter_batches(data, batch_size=batch_size):
+        cache.append(keras.ops.convert_to_numpy(prefix.predict_on_batch(x)))
+        labels.append(np.asarray(y))
+    if not labels:
+        cache.close()
+        raise ValueError("`x` is empty: no samples to train on.")
+    return cache, np.concatenate(labels)
+
+
+def _seconds_per_batch(fn, batch):
+    fn(batch)  # warm-up: tracing and compilation are not what we compare
+    start = time.perf_counter()
+    for _ in range(TIMING_BATCHES):
+        fn(batch)
+    return (time.perf_counter() - start) / TIMING_BATCHES
+
+
+def predict_cache_speedup(model, prefix, x_batch, epochs):
+    """Predicted time ratio cached / plain for `epochs`, from timed forward passes.
+
+    A training step costs about one forward pass of the frozen prefix plus three of
+    the top (forward and backward); caching pays the prefix once instead of every
+    epoch.
+    """
+    prefix_seconds = _seconds_per_batch(prefix.predict_on_batch, x_batch)
+    full_seconds = _seconds_per_batch(model.predict_on_batch, x_batch)
+    top_step = 3.0 * max(full_seconds - prefix_seconds, 1e-9)
+    plain = epochs * (prefix_seconds + top_step)
+    cached = prefix_seconds + epochs * top_step
+    return cached / plain
+
+
+def fit_top(
+    model,
+    x=None,
+    y=None,
+    *,
+    batch_size=128,
+    epochs=1,
+    validation_data=None,
+    cache="auto",
+    memory_limit=DEFAULT_MEMORY_LIMIT,
+    cache_dir=None,
+    verbose="auto",
+    **fit_kwargs,
+):
+    """`model.fit` for a hybrid model, computing the frozen prefix only once.
+
+    Call after `hybridize(...)` and `model.compile(...)`. With a frozen prefix and
+    `cache` on, the prefix output is computed once and a model sharing the top layers
+    (and the same optimizer) is fitted on it; otherwise this is `model.fit`.
+
+    Args:
+        model: a compiled Keras model whose bottom layers are frozen.
+        x, y: training data: arrays (with `y`), or `x` a `tf.data.Dataset` /
+            iterable of `(x, y)` batches with `y=None`.
+        batch_size, epochs, validation_data, verbose, **fit_kwargs: as in `Model.fit`.
+        cache: `"auto"` (time both ways on a few batches, take the faster), `True` or
+            `False`.
+        memory_limit: bytes of prefix output kept in memory; beyond it the cache
+            spills to a temporary file in `cache_dir`, removed after training.
+        cache_dir: where that file goes (default: the system temp dir).
+
+    Returns:
+        The `keras.callbacks.History` of the training run, with
+        `history.cache_used` telling whether the prefix was cached.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from keras_classpca import hybridize
+    >>> x = np.random.default_rng(0).normal(size=(256, 12)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int64")
+    >>> model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu"),
+    ...                           keras.layers.Dense(2, activation="softmax")])
+    >>> _ = hybridize(model, (x, y), cutoff=1, verbose=0)
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> history = fit_top(model, x, y, epochs=2, cache=True, verbose=0)
+    >>> history.cache_used
+    True
+    """
+    if cache not in ("auto", True, False):
+        raise ValueError(f"`cache` must be 'auto', True or False; received {cache!r}.")
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
+        raise ValueError("`model` must be compiled before `fit_top` (hybridize, compile, then fit).")
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
+        raise ValueError(f"`memory_limit` must be a non-negative integer (bytes); received {memory_limit!r}.")
+    fit_args = dict(batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
+
+    def plain_fit():
+        history = model.fit(x, y, validation_data=validation_data, **fit_args)
+        history.cache_used = False
+        return history
+
+    point = cache_point(model) if cache is not False else None
+    if point is None:
+        if cache is True:
+            raise ValueError(
+                "`cache=True` but the model has no frozen layers with weights at the "
+                "bottom: hybridize (with freeze=True) before fit_top."
+            )
+        return plain_fit()
+    prefix = keras.Model(model.inputs[0], point)
+    if cache == "auto":
+        x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
+        if predict_cache_speedup(model, prefix, x_batch, epochs) >= CACHE_IF_BELOW:
+            return plain_fit()
+
+    top = keras.Model(point, model.outputs[0])
+    compile_args = dict(model._compile_config.config)
+    compile_args["optimizer"] = model.optimizer  # keep the user's optimizer state
+    top.compile(**compile_args)
+    caches = []
+    try:
+        train_cache, labels = _prefix_outputs(prefix, (x, y) if y is not None else x, batch_size,
+                                              memory_limit, cache_dir)
+        caches.append(train_cache)
+        features = train_cache.array()
+        if validation_data is not None:
+            val_cache, val_labels = _prefix_outputs(prefix, validation_data, batch_size,
+                                                    memory_limit, cache_dir)
+            caches.append(val_cache)
+            validation_data = (val_cache.array(), val_labels)
+        if train_cache.spilled and fit_kwargs.get("shuffle", True) is True:
+            fit_args["shuffle"] = "batch"  # random rows of a file-backed array are slow
+        history = top.fit(features, labels, validation_data=validation_data, **fit_args)
+    finally:
+        for c in caches:
+            c.close()
+    history.cache_used = True
+    return history
