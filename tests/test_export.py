@@ -383,8 +383,6 @@ def test_keras_round_trip_of_classpca_models(exported, tmp_path):
     assert _max_abs(_serve(path, x)["probs"], reloaded.predict(x, verbose=0)) == 0.0
 
 
-@pytest.mark.skipif(not hasattr(keras_classpca, "hybridize"),
-                    reason="keras_classpca.hybridize is not in this checkout")
 def test_hybridized_model_saves_reloads_and_exports(exported, tmp_path):
     x, y = exported.x, exported.y
     model = _plain_model()
