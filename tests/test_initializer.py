@@ -241,3 +241,12 @@ def test_from_data_bad_input(blobs, data, kwargs, match):
     x, y = data(*blobs)
     with pytest.raises(ValueError, match=match):
         ClassPCAInitializer.from_data(x, y, **kwargs)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import keras_classpca.class_pca_initializer as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

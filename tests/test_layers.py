@@ -472,3 +472,13 @@ def test_bad_adapt_options(blobs, kwargs, match):
     with pytest.raises(ValueError, match=match):
         layer.adapt(blobs, **kwargs)
     _assert_unchanged(layer, snapshot)
+
+
+@pytest.mark.parametrize("module_name", ["class_pca_dense", "class_pca_conv2d"])
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"keras_classpca.layers.{module_name}")
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

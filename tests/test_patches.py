@@ -165,3 +165,12 @@ def test_patches_per_image_subsamples_reproducibly():
     c = ClassPCAConv2D(6, 3, patches_per_image=5, seed=4)
     c.adapt((images, y))
     assert not np.array_equal(a.class_pca_.covariance_, c.class_pca_.covariance_)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import keras_classpca.patches as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -32,7 +32,7 @@ class ClassPCAConv2D(ClassPCAAdaptMixin, keras.layers.Conv2D):
     >>> labels = np.arange(40) % 4
     >>> conv = ClassPCAConv2D(8, 3, activation="relu")
     >>> conv.adapt((images, labels))
-    >>> conv(images).shape
+    >>> tuple(conv(images).shape)
     (40, 10, 10, 8)
     """
 

@@ -28,7 +28,7 @@ class ClassPCADense(ClassPCAAdaptMixin, keras.layers.Dense):
     >>> y = np.arange(300) % 3
     >>> layer = ClassPCADense(6, activation="relu")
     >>> layer.adapt((x, y))
-    >>> layer(x).shape, layer.is_adapted, layer.trainable
+    >>> tuple(layer(x).shape), layer.is_adapted, layer.trainable
     ((300, 6), True, False)
     """
 
