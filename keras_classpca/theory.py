@@ -641,10 +641,16 @@ def layer_input_spectra(model, x, max_samples=2000, *, seed=0, batch_size=256):
     rng = np.random.default_rng(seed)
     if x.shape[0] > max_samples:
         x = x[np.sort(rng.choice(x.shape[0], int(max_samples), replace=False))]
-    probe = keras.Model(inputs, [layer.input for layer in layers])
-    outputs = probe.predict(x, batch_size=batch_size, verbose=0)
-    if len(layers) == 1 and not isinstance(outputs, (list, tuple)):
-        outputs = [outputs]
+    if len(inputs) != 1:
+        raise ValueError(f"model must have a single input, got {len(inputs)}.")
+    probe = keras.Model(inputs[0], [layer.input for layer in layers])
+    # Direct calls (inference mode) in batches: no tf.function retracing per call.
+    chunks = []
+    for i in range(0, x.shape[0], int(batch_size)):
+        outs = probe(x[i : i + batch_size])
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        chunks.append([np.asarray(keras.ops.convert_to_numpy(o)) for o in outs])
+    outputs = [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
     spectra = {}
     for layer, h in zip(layers, outputs):
         h = np.asarray(h, dtype=np.float64)

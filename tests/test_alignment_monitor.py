@@ -49,10 +49,11 @@ def test_ratio_of_full_rank_matrices():
 
 
 def linear_net(depth, width, d, std, seed=0):
-    init = keras.initializers.RandomNormal(stddev=std, seed=seed)
     layers = [keras.Input((d,))]
     for i in range(depth):
         units = width if i < depth - 1 else 1
+        # a fresh seeded initializer per layer (a shared one repeats the same matrix)
+        init = keras.initializers.RandomNormal(stddev=std, seed=seed + i)
         layers.append(keras.layers.Dense(units, use_bias=False, kernel_initializer=init,
                                          name=f"W{i + 1}"))
     return keras.Sequential(layers)
