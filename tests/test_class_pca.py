@@ -517,3 +517,19 @@ def test_fit_accepts_batches_and_steps(blobs):
     first_100 = ClassPCA(6).fit((x, y), batch_size=50, steps=2)
     np.testing.assert_array_equal(first_100.n_samples_seen_, np.bincount(y[:100]))
     np.testing.assert_allclose(first_100.kernel_, ClassPCA(6).fit(x[:100], y[:100]).kernel_, rtol=1e-10, atol=1e-12)
+
+
+def test_adaptive_with_fixed_count_keeps_largest_shares(subspace_classes):
+    data = subspace_classes([1, 2, 3], n_features=12, class_mean_scale=2.0, noise=1e-7)
+    shares = []
+    for label, dim in enumerate([1, 2, 3]):
+        values = np.linalg.eigvalsh(_reference_class_matrix(data.x, data.y, label, True))[::-1]
+        shares.extend(values[:dim] / values.sum())
+    pca = ClassPCA(4, allocation="adaptive", variance_share=1.0).fit(data.x, data.y)
+    assert pca.n_components_ == 4
+    np.testing.assert_allclose(
+        np.sort(pca.explained_variance_ratio_), np.sort(shares)[-4:], rtol=1e-9
+    )
+    # More than the six non-degenerate directions cannot be had.
+    with pytest.raises(ValueError, match=r"can give only 6 distinct non-degenerate"):
+        ClassPCA(7, allocation="adaptive", variance_share=1.0).fit(data.x, data.y)

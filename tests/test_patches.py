@@ -174,3 +174,17 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("patches_per_image", [None, 4])
+def test_chunked_patch_extraction_gives_the_same_statistics(monkeypatch, patches_per_image):
+    import keras_classpca.layer_inputs as layer_inputs
+
+    images, y = _labelled_images(n=15)
+    whole = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image)
+    whole.adapt((images, y))
+    monkeypatch.setattr(layer_inputs, "MAX_CHUNK_VALUES", 1)  # one image per chunk
+    chunked = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image)
+    chunked.adapt((images, y))
+    np.testing.assert_array_equal(chunked.class_pca_.n_samples_seen_, whole.class_pca_.n_samples_seen_)
+    np.testing.assert_allclose(chunked.class_pca_.covariance_, whole.class_pca_.covariance_, rtol=1e-10, atol=1e-12)
