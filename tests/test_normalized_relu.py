@@ -63,3 +63,12 @@ def test_gradient_is_relu_gradient_over_std():
         y = keras.ops.sum(NormalizedReLU()(x))
     grad = np.asarray(tape.gradient(y, x))
     np.testing.assert_allclose(grad, [0.0, 1 / STD], rtol=1e-6)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import keras_classpca.normalized_relu as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

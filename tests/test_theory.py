@@ -259,3 +259,12 @@ def test_kernel_condition_number_errors():
     no_dense = keras.Sequential([keras.Input((3,)), keras.layers.Activation("relu")])
     with pytest.raises(ValueError, match="Dense"):
         theory.kernel_condition_number(no_dense, x)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import keras_classpca.theory as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
