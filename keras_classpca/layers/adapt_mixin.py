@@ -71,18 +71,19 @@ class ClassPCAAdaptMixin:
         """
         class_pca = self._new_class_pca()
         row_options = self._row_options()
-        seen = False
+        input_shape = None
         for x, y in iter_batches(data, batch_size=batch_size, steps=steps):
             check_input(self, x)
-            if not self.built:
-                self.build((None,) + tuple(x.shape[1:]))
+            if input_shape is None:
+                input_shape = (None,) + tuple(x.shape[1:])
             labels = class_pca_labels(class_pca, y, len(x))
             for rows, row_labels in iter_rows(self, x, labels, **row_options):
                 class_pca.partial_fit(rows, row_labels)
-            seen = True
-        if not seen:
+        if input_shape is None:
             raise ValueError("`data` is empty: no samples to adapt the layer on.")
         solution = class_pca.solve()
+        if not self.built:  # only now: a failed adapt leaves an unbuilt layer unbuilt
+            self.build(input_shape)
         assign_solution(self, solution.kernel, solution.bias)
         self._adapted.assign(1)
         self.class_pca_ = class_pca
