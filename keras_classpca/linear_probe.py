@@ -90,12 +90,14 @@ class RidgeProbe:
         correlation = covariance / np.outer(scale, scale)
         ridge = self.alpha * np.eye(len(scale))
         weights = np.linalg.solve(correlation + ridge, cross / scale[:, None])
-        self._weights = (weights / scale[:, None], mean)
+        # The intercept: the class frequencies (targets were centred above).
+        self._weights = (weights / scale[:, None], mean, self._target_sum / n)
 
     def score(self, features, labels):
         """Accuracy of the ridge classifier on held-out `(features, labels)`."""
         if self._weights is None:
             self._solve()
-        weights, mean = self._weights
-        predictions = np.argmax((np.asarray(features, dtype=np.float64) - mean) @ weights, axis=1)
+        weights, mean, intercept = self._weights
+        scores = (np.asarray(features, dtype=np.float64) - mean) @ weights + intercept
+        predictions = np.argmax(scores, axis=1)
         return float(np.mean(predictions == np.asarray(labels)))
