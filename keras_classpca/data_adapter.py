@@ -85,6 +85,27 @@ def _slice_arrays(x, y, batch_size):
         yield x[start : start + batch_size], y[start : start + batch_size]
 
 
+def _is_unbatched(x_spec, y_spec):
+    """Scalar labels, or one-hot labels `(K,)` whose length is not x's leading axis.
+
+    A batched dataset has labels `(batch,)` or `(batch, K)` with the same leading
+    (often unknown) size as `x`; an unbatched one with one-hot labels has a static
+    `(K,)` that differs from x's first axis (e.g. `(28, 28, 1)` images, `(10,)` labels).
+    """
+    y_shape = y_spec.shape
+    if y_shape.rank == 0:
+        return True
+    x_shape = getattr(x_spec, "shape", None)
+    return (
+        y_shape.rank == 1
+        and y_shape[0] is not None
+        and x_shape is not None
+        and x_shape.rank is not None
+        and x_shape.rank >= 1
+        and x_shape[0] != y_shape[0]
+    )
+
+
 def _dataset_batches(dataset, batch_size):
     spec = dataset.element_spec
     if isinstance(spec, dict):
@@ -94,8 +115,7 @@ def _dataset_batches(dataset, batch_size):
             "The dataset must yield `(x, y)` pairs (labels are required for "
             f"class-PCA); its element_spec is {spec}."
         )
-    label_rank = spec[1].shape.rank
-    if label_rank == 0:  # one sample per element: batch it ourselves
+    if _is_unbatched(spec[0], spec[1]):  # one sample per element: batch it ourselves
         dataset = dataset.batch(batch_size)
     for element in dataset.as_numpy_iterator():
         yield _split_element(element, "The dataset")

@@ -107,6 +107,20 @@ def test_unbatched_tfds_style_dataset_batched_by_batch_size(xy):
     assert [len(b[0]) for b in iter_batches(ds, batch_size=8)] == [8, 8, 7]
 
 
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_one_hot_datasets_batched_and_unbatched(xy, drop_remainder):
+    x, y = xy
+    one_hot = np.eye(3, dtype="float32")[y]
+    unbatched = tf.data.Dataset.from_tensor_slices((x, one_hot))
+    batches = list(iter_batches(unbatched, batch_size=10))
+    assert [b[1].shape for b in batches] == [(10, 3), (10, 3), (3, 3)]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
+    # Already batched (also with a static batch size that is not x's first axis).
+    batched = unbatched.batch(4, drop_remainder=drop_remainder)
+    sizes = [len(b[0]) for b in iter_batches(batched, batch_size=10)]
+    assert sizes == [4] * 5 + ([] if drop_remainder else [3])
+
+
 def test_one_hot_labels_pass_through(xy):
     x, y = xy
     (bx, by), = list(iter_batches((x, np.eye(3)[y])))

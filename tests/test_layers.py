@@ -96,6 +96,7 @@ def _sources(x, y, batch):
         "dataset-batched": tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
         "dataset-unbatched": tf.data.Dataset.from_tensor_slices((x, y)),
         "dataset-one-hot": tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y])).batch(batch),
+        "dataset-unbatched-one-hot": tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y])),
         "pydataset": _PyData(x, y, batch),
         "generator": (b for b in batches),
         "list": batches,
@@ -145,7 +146,9 @@ def test_adapt_on_tfds_mnist(mock_mnist):
     np.testing.assert_array_equal(
         from_tfds.class_pca_.n_samples_seen_, np.bincount(labels)[np.unique(labels)] * 50
     )
-    for other in (batched, from_numpy):
+    one_hot = ClassPCAConv2D(10, 3, patches_per_image=50)
+    one_hot.adapt(ds.map(lambda image, label: (image, tf.one_hot(label, 10))), batch_size=16)
+    for other in (batched, from_numpy, one_hot):
         np.testing.assert_array_equal(_np(from_tfds.kernel), _np(other.kernel))
     # steps on an unbatched TFDS split counts batches of `batch_size`.
     two = ClassPCAConv2D(10, 3, patches_per_image=50)
