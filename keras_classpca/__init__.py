@@ -12,3 +12,5 @@ from keras_classpca.class_pca_initializer import ClassPCAInitializer
 from keras_classpca.hybrid import hybridize
 from keras_classpca.hybrid_report import HybridReport
 from keras_classpca.fit_top import fit_top
+from keras_classpca.solve_cache import SolveCache
+from keras_classpca.export import artifact_sizes, export_for_serving, predict_request_body, signature_info

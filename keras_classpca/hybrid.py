@@ -7,6 +7,7 @@ after a solved layer get their moving statistics from its solved output. Solved
 layers are then frozen, and the user compiles and fits the model as usual.
 """
 
+import dataclasses
 import inspect
 import time
 
@@ -19,13 +20,14 @@ from keras_classpca.hybrid_report import HybridReport, SolvedLayer
 from keras_classpca.layer_inputs import assign_solution, iter_rows, output_size
 from keras_classpca.linear_probe import RidgeProbe, reduce_features
 from keras_classpca.model_chain import ensure_built, read_chain
+from keras_classpca.solve_cache import data_fingerprint, layer_signature, prefix_key
 
 CLASS_PCA_OPTIONS = tuple(
     name for name in inspect.signature(ClassPCA).parameters if name != "n_components"
 )
-# `cutoff="auto"`: another solved layer is kept while the probe accuracy on its
-# features stays within this much of the previous layer's (see docs/cutoff.md).
-AUTO_TOLERANCE = 0.005
+# `cutoff="auto"`: another layer is solved only if a linear probe on the features
+# after it beats the features before it by this much (measured: docs/cutoff.md).
+AUTO_MIN_GAIN = 0.02
 PROBE_HOLDOUT_EVERY = 5  # every 5th streamed sample is held out to score the probe
 PROBE_MAX_SAMPLES = 10_000
 
@@ -167,6 +169,47 @@ class _MomentsConsumer:
         self.layer.moving_variance.assign(variance.reshape(self.layer.moving_variance.shape))
 
 
+class _CacheKeys:
+    """Keys of `solve_cache` entries: one per candidate prefix (see SolveCache)."""
+
+    def __init__(self, cache, fingerprint, passes, model, chain, ends, settings):
+        self.cache = cache
+        if cache is None:
+            return
+        if fingerprint is None:
+            if not isinstance(passes.data, tuple):
+                raise ValueError(
+                    "`data_fingerprint` is required with `solve_cache` when `data` is not "
+                    "arrays (a string that changes whenever the data changes)."
+                )
+            fingerprint = data_fingerprint(*passes.data)
+        self.base = dict(settings, fingerprint=fingerprint,
+                         input_shape=list(model.inputs[0].shape[1:]))
+        self.chain, self.ends = chain, ends
+
+    def _key(self, j):
+        end = self.ends[j] if j < len(self.ends) else len(self.chain.layers)
+        layers = [layer_signature(layer) for layer in self.chain.layers[:end]]
+        return prefix_key(layers=layers, probe_only=j >= len(self.ends), **self.base)
+
+    def lookup(self, j, need_probe):
+        if self.cache is None:
+            return None
+        entry = self.cache.get(self._key(j))
+        if entry is None or (need_probe and entry["record"].get("probe_accuracy") is None):
+            return None
+        if entry["record"].get("solved") is None and j < len(self.ends):
+            return None  # only the probe was stored: the layer itself was never solved
+        return entry
+
+    def store(self, j, weights, solved, probe_accuracy):
+        if self.cache is None:
+            return
+        record = {"solved": None if solved is None else dataclasses.asdict(solved),
+                  "probe_accuracy": probe_accuracy}
+        self.cache.put(self._key(j), {"weights": weights, "record": record})
+
+
 def _captured_variance(class_pca):
     """Share of the pooled input variance captured by the span of the components."""
     basis, _ = np.linalg.qr(class_pca.components_)
@@ -186,6 +229,8 @@ def hybridize(
     batch_size=256,
     seed=0,
     patches_per_image=None,
+    solve_cache=None,
+    data_fingerprint=None,
     **class_pca_options,
 ):
     """Solve the bottom layers of `model` with class-PCA and freeze them.
@@ -207,8 +252,8 @@ def hybridize(
             (one pass is made per solved layer).
         cutoff: the number of Dense/Conv2D layers to solve from the bottom (0 leaves
             the model untouched), or `"auto"`: solve layer after layer while a ridge
-            probe on the solved features stays within 0.5 points of the previous
-            cutoff's accuracy (docs/cutoff.md).
+            probe on the features after the new layer gains at least 2 points of
+            held-out accuracy over the features before it (docs/cutoff.md).
         samples: use at most this many training samples (a random subset of arrays;
             the first `samples` of a dataset). The paper: a fraction suffices.
         freeze: set solved layers (and BatchNormalization between them) to
@@ -218,6 +263,10 @@ def hybridize(
         seed: seed for the sub-sampling of `samples` and of patches.
         patches_per_image: for Conv2D layers, use this many random patches of each
             image instead of all of them (fewer rows, faster solves).
+        solve_cache: a `SolveCache`: solved layers are looked up there first and
+            stored after solving, keyed by data, prefix architecture and options.
+        data_fingerprint: a string identifying the data for `solve_cache` (computed
+            from arrays when omitted; required for datasets and generators).
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`).
@@ -283,10 +332,14 @@ def hybridize(
     probe_accuracy = []
     ends = chain.candidates[1:] + [len(chain.layers)]
     saved = {}  # weights before the latest solve, to undo it if the probe rejects it
+    keys = _CacheKeys(solve_cache, data_fingerprint, passes, model, chain, ends, {
+        "samples": samples, "seed": seed, "batch_size": batch_size,
+        "patches_per_image": patches_per_image, "options": class_pca_options,
+    })
 
     def probe_rejects_last():
         return auto and len(probe_accuracy) > 1 and (
-            probe_accuracy[-1] < probe_accuracy[-2] - AUTO_TOLERANCE
+            probe_accuracy[-1] < probe_accuracy[-2] + AUTO_MIN_GAIN
         )
 
     def undo_last():
@@ -298,6 +351,22 @@ def hybridize(
     for j in range(target):
         position = chain.candidates[j]
         layer = chain.layers[position]
+        block = chain.layers[position : ends[j]]  # the layer and what follows it
+        cached = keys.lookup(j, need_probe=auto)
+        if cached is not None:
+            if auto:
+                probe_accuracy.append(cached["record"]["probe_accuracy"])
+                if probe_rejects_last():
+                    undo_last()
+                    break
+            saved = {l.name: l.get_weights() for l in block}
+            for l, weights in zip(block, cached["weights"]):
+                l.set_weights(weights)
+            # Same architecture, possibly other layer names (a new model per trial).
+            batchnorms = [l.name for l in block[1:] if isinstance(l, keras.layers.BatchNormalization)]
+            record = dict(cached["record"]["solved"], name=layer.name, adapted_batchnorms=batchnorms)
+            report.layers.append(SolvedLayer(**record))
+            continue
         layer_start = time.perf_counter()
         # One pass feeds this layer's statistics and, for "auto", the probe of the
         # features the previous solved layer produced (they are this layer's input).
@@ -315,7 +384,7 @@ def hybridize(
             if probe_rejects_last():
                 undo_last()
                 break
-        saved = {l.name: l.get_weights() for l in chain.layers[position : ends[j]]}
+        saved = {l.name: l.get_weights() for l in block}
         solution = statistics.class_pca.solve()
         assign_solution(layer, solution.kernel, solution.bias)
         solved = SolvedLayer(
@@ -337,13 +406,19 @@ def hybridize(
                 solved.adapted_batchnorms.append(chain.layers[i].name)
         solved.seconds = time.perf_counter() - layer_start
         report.layers.append(solved)
+        keys.store(j, [l.get_weights() for l in block], solved, probe_accuracy[-1] if auto else None)
     else:
         if auto:
             # The features after the last candidate: what the trained top would see.
-            probe = _ProbeConsumer()
-            _stream(passes, chain.feature_model(chain.outputs[-1]), [probe],
-                    "Probing the features of the solved prefix", verbose)
-            probe_accuracy.append(probe.accuracy())
+            cached = keys.lookup(target, need_probe=True)
+            if cached is not None:
+                probe_accuracy.append(cached["record"]["probe_accuracy"])
+            else:
+                probe = _ProbeConsumer()
+                _stream(passes, chain.feature_model(chain.outputs[-1]), [probe],
+                        "Probing the features of the solved prefix", verbose)
+                probe_accuracy.append(probe.accuracy())
+                keys.store(target, [], None, probe_accuracy[-1])
             if probe_rejects_last():
                 undo_last()
 
@@ -359,8 +434,8 @@ def hybridize(
         report.evidence = {
             "probe_accuracy": probe_accuracy,
             "rule": (
-                "solve the next layer while the held-out accuracy of a ridge probe on its "
-                f"features stays within {AUTO_TOLERANCE:.3f} of the previous cutoff's"
+                "solve the next layer only if a ridge probe on the features after it "
+                f"gains at least {AUTO_MIN_GAIN:.3f} held-out accuracy over the features before it"
             ),
             "probe_samples": min(PROBE_MAX_SAMPLES, passes.samples or PROBE_MAX_SAMPLES),
         }

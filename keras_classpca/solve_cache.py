@@ -1,0 +1,117 @@
+"""`SolveCache`: reuse solved prefixes across `hybridize` calls (e.g. tuner trials).
+
+Solving is deterministic given the data, the architecture of the prefix, the class-PCA
+options and the sampling settings, so `hybridize` keys every solved layer by a hash of
+exactly those and stores its weights as **numpy arrays** (never Keras variables): in
+memory, and as `.npz` files in `directory` when one is given. A prefix of k layers
+extends the cached prefix of k-1 layers: only the new layer is solved.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+# Constructor arguments that cannot change what class-PCA computes for a layer.
+_IRRELEVANT_CONFIG = {
+    "name", "trainable", "kernel_initializer", "bias_initializer", "kernel_regularizer",
+    "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint",
+    "beta_initializer", "gamma_initializer", "moving_mean_initializer",
+    "moving_variance_initializer", "beta_regularizer", "gamma_regularizer",
+    "beta_constraint", "gamma_constraint", "seed",
+}
+
+
+def data_fingerprint(x, y):
+    """A hash of arrays' shapes, dtypes and bytes (BLAKE2b, fast on large arrays)."""
+    digest = hashlib.blake2b(digest_size=20)
+    for array in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def layer_signature(layer):
+    """What about a layer can change a solve: its class and relevant config."""
+    config = {k: v for k, v in layer.get_config().items() if k not in _IRRELEVANT_CONFIG}
+    return {"class": type(layer).__name__, "config": config}
+
+
+def prefix_key(**parts):
+    """A stable hash of JSON-able parts (data fingerprint, layers, options, ...)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class SolveCache:
+    """Solved-layer weights by key, in memory and optionally on disk.
+
+    Args:
+        directory: where `.npz` entries persist across processes (e.g. a tuner's
+            `directory/project_name/solve_cache`); `None` keeps them in memory only.
+
+    Attributes:
+        hits, misses: lookups that found / did not find an entry.
+
+    Example:
+
+    >>> import numpy as np
+    >>> cache = SolveCache()
+    >>> cache.put("k", {"weights": [[np.ones(2)]], "record": {"name": "dense"}})
+    >>> cache.get("k")["record"], cache.hits
+    ({'name': 'dense'}, 1)
+    """
+
+    def __init__(self, directory=None):
+        self.directory = directory
+        self._memory = {}
+        self.hits = 0
+        self.misses = 0
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+
+    def _path(self, key):
+        return os.path.join(self.directory, f"{key}.npz")
+
+    def get(self, key):
+        """The entry `{"weights": [[array, ...] per layer], "record": dict}` or None."""
+        entry = self._memory.get(key)
+        if entry is None and self.directory is not None and os.path.exists(self._path(key)):
+            with np.load(self._path(key), allow_pickle=False) as stored:
+                record = json.loads(str(stored["record"]))
+                weights = [
+                    [stored[f"layer{i}_weight{j}"] for j in range(count)]
+                    for i, count in enumerate(record.pop("_weight_counts"))
+                ]
+            entry = {"weights": weights, "record": record}
+            self._memory[key] = entry
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    def put(self, key, entry):
+        """Store an entry (written atomically when on disk)."""
+        entry = {
+            "weights": [[np.array(w) for w in layer] for layer in entry["weights"]],
+            "record": dict(entry["record"]),
+        }
+        self._memory[key] = entry
+        if self.directory is None:
+            return
+        record = dict(entry["record"], _weight_counts=[len(layer) for layer in entry["weights"]])
+        arrays = {
+            f"layer{i}_weight{j}": weight
+            for i, layer in enumerate(entry["weights"])
+            for j, weight in enumerate(layer)
+        }
+        handle, temporary = tempfile.mkstemp(suffix=".npz.tmp", dir=self.directory)
+        with os.fdopen(handle, "wb") as f:
+            np.savez(f, record=np.array(json.dumps(record)), **arrays)
+        os.replace(temporary, self._path(key))
+
+    def __len__(self):
+        return len(self._memory)
