@@ -170,9 +170,10 @@ def test_statistics_equal_numpy(blobs, center):
         np.testing.assert_allclose(matrix @ block, block * values[::-1][:2], atol=1e-9)
 
 
-def test_standardize_gives_zero_mean_unit_variance(blobs):
+@pytest.mark.parametrize("center", [True, False])
+def test_standardize_gives_zero_mean_unit_variance(blobs, center):
     x, y = blobs
-    pca = ClassPCA(6).fit(x, y)
+    pca = ClassPCA(6, center=center).fit(x, y)
     out = pca.transform(x)
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-9)
     np.testing.assert_allclose(out.var(axis=0), 1.0, rtol=1e-9)

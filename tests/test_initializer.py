@@ -82,6 +82,20 @@ def test_conv2d_from_data_equals_class_pca_on_patches(strides, padding, dilation
     np.testing.assert_allclose(out.reshape(-1, 6).var(axis=0), 1.0, rtol=1e-4)
 
 
+def test_from_data_accepts_datasets_and_generators():
+    import tensorflow as tf
+
+    x, y = _images()
+    reference = ClassPCAInitializer.from_data(x, y, kernel_size=3, batch_size=12)
+    sources = [
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(12),
+        ((x[i : i + 12], y[i : i + 12]) for i in range(0, len(x), 12)),
+    ]
+    for source in sources:
+        init = ClassPCAInitializer.from_data(source, kernel_size=3)
+        np.testing.assert_array_equal(_np(init((3, 3, 2, 6))), _np(reference((3, 3, 2, 6))))
+
+
 def test_from_data_accepts_one_hot_and_options(blobs):
     x, y = blobs
     a = ClassPCAInitializer.from_data(x, np.eye(3)[y], allocation="adaptive", center=False)
