@@ -76,9 +76,10 @@ def test_adaptive_finds_each_class_dimension(subspace_classes, principal_cosines
         assert principal_cosines(blocks[label], basis).min() >= COS_MIN
 
 
-def test_adaptive_drops_shared_mean_direction_when_uncentered(subspace_classes, principal_cosines):
+@pytest.mark.parametrize("mean_scale", [6.0, 50.0])
+def test_adaptive_drops_shared_mean_direction_when_uncentered(subspace_classes, principal_cosines, mean_scale):
     dims = [1, 2, 3]
-    data = subspace_classes(dims, n_features=12, shared_mean_scale=6.0, noise=1e-7)
+    data = subspace_classes(dims, n_features=12, shared_mean_scale=mean_scale, noise=1e-7)
     pca = ClassPCA(None, center=False, allocation="adaptive", variance_share=1.0).fit(data.x, data.y)
     dc = np.abs(data.shared_direction @ pca.components_)
     # Exactly one component is the shared DC/mean direction; every class found it.
