@@ -68,8 +68,12 @@ def test_centering_matters_for_offset_classes(subspace_classes, principal_cosine
 @pytest.mark.parametrize("center", [True, False])
 def test_adaptive_finds_each_class_dimension(subspace_classes, principal_cosines, center):
     dims = [1, 2, 3]
-    data = subspace_classes(dims, n_features=12, class_mean_scale=3.0 if center else 0.0, noise=1e-7)
-    pca = ClassPCA(None, center=center, allocation="adaptive", variance_share=1.0).fit(data.x, data.y)
+    data = subspace_classes(
+        dims, n_features=12, class_mean_scale=3.0 if center else 0.0, noise=1e-7
+    )
+    pca = ClassPCA(None, center=center, allocation="adaptive", variance_share=1.0).fit(
+        data.x, data.y
+    )
     blocks = _class_blocks(pca)
     assert [blocks[c].shape[1] for c in range(3)] == dims
     for label, basis in enumerate(data.bases):
@@ -77,10 +81,14 @@ def test_adaptive_finds_each_class_dimension(subspace_classes, principal_cosines
 
 
 @pytest.mark.parametrize("mean_scale", [6.0, 50.0])
-def test_adaptive_drops_shared_mean_direction_when_uncentered(subspace_classes, principal_cosines, mean_scale):
+def test_adaptive_drops_shared_mean_direction_when_uncentered(
+    subspace_classes, principal_cosines, mean_scale
+):
     dims = [1, 2, 3]
     data = subspace_classes(dims, n_features=12, shared_mean_scale=mean_scale, noise=1e-7)
-    pca = ClassPCA(None, center=False, allocation="adaptive", variance_share=1.0).fit(data.x, data.y)
+    pca = ClassPCA(None, center=False, allocation="adaptive", variance_share=1.0).fit(
+        data.x, data.y
+    )
     dc = np.abs(data.shared_direction @ pca.components_)
     # Exactly one component is the shared DC/mean direction; every class found it.
     assert np.sum(dc > 0.9) == 1
@@ -161,11 +169,16 @@ def test_statistics_equal_numpy(blobs, center):
     np.testing.assert_allclose(pca.covariance_, np.cov(x.T, bias=True), rtol=1e-10, atol=1e-12)
     for label in range(3):
         np.testing.assert_allclose(
-            pca.class_matrix(label), _reference_class_matrix(x, y, label, center), rtol=1e-10, atol=1e-12
+            pca.class_matrix(label),
+            _reference_class_matrix(x, y, label, center),
+            rtol=1e-10,
+            atol=1e-12,
         )
         values, vectors = np.linalg.eigh(_reference_class_matrix(x, y, label, center))
         block = pca.components_[:, pca.component_classes_ == label]
-        np.testing.assert_allclose(pca.explained_variance_[pca.component_classes_ == label], values[::-1][:2], rtol=1e-9)
+        np.testing.assert_allclose(
+            pca.explained_variance_[pca.component_classes_ == label], values[::-1][:2], rtol=1e-9
+        )
         # Each component is an eigenvector of its class's matrix.
         matrix = _reference_class_matrix(x, y, label, center)
         np.testing.assert_allclose(matrix @ block, block * values[::-1][:2], atol=1e-9)
@@ -215,7 +228,9 @@ def test_partial_fit_equals_fit(blobs):
     for start in range(0, len(x), 37):
         assert streamed.partial_fit(x[start : start + 37], y[start : start + 37]) is streamed
     for name in ("components_", "kernel_", "bias_", "explained_variance_", "covariance_", "mean_"):
-        np.testing.assert_allclose(getattr(streamed, name), getattr(one_shot, name), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            getattr(streamed, name), getattr(one_shot, name), rtol=1e-10, atol=1e-12
+        )
     np.testing.assert_array_equal(streamed.component_classes_, one_shot.component_classes_)
 
 
@@ -228,7 +243,9 @@ def test_merge_of_shards_equals_one_pass(blobs):
         assert merged.merge(shard) is merged
     np.testing.assert_array_equal(merged.n_samples_seen_, one_pass.n_samples_seen_)
     for name in ("components_", "kernel_", "bias_", "covariance_"):
-        np.testing.assert_allclose(getattr(merged, name), getattr(one_pass, name), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            getattr(merged, name), getattr(one_pass, name), rtol=1e-10, atol=1e-12
+        )
 
 
 def test_merge_shard_holding_only_some_classes(blobs):
@@ -239,7 +256,9 @@ def test_merge_shard_holding_only_some_classes(blobs):
     other = ClassPCA(6)
     other.partial_fit(x[y == 2], y[y == 2])
     merged.merge(other)
-    np.testing.assert_allclose(merged.kernel_, ClassPCA(6).fit(x, y).kernel_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        merged.kernel_, ClassPCA(6).fit(x, y).kernel_, rtol=1e-10, atol=1e-12
+    )
 
 
 def test_repeated_runs_bit_identical(blobs):
@@ -330,7 +349,10 @@ def test_overflowing_x_rejected(blobs):
 
 @pytest.mark.parametrize(
     "x_shape, match",
-    [((10, 2, 4), "`x` must be 2-D"), ((10, 5), "`x` has 5 features but this ClassPCA was fitted on 8")],
+    [
+        ((10, 2, 4), "`x` must be 2-D"),
+        ((10, 5), "`x` has 5 features but this ClassPCA was fitted on 8"),
+    ],
 )
 def test_wrong_x_shape_rejected(blobs, x_shape, match):
     pca = _fitted(blobs)
@@ -433,14 +455,18 @@ def test_too_many_components_rejected(blobs, subspace_classes):
     x, y = blobs
     pca = _fitted(blobs)
     before = _state(pca)
-    with pytest.raises(ValueError, match=r"n_components=25 exceeds what 3 classes x 8 features can give \(24\)"):
+    with pytest.raises(
+        ValueError, match=r"n_components=25 exceeds what 3 classes x 8 features can give \(24\)"
+    ):
         pca.solve(25)
     with pytest.raises(ValueError, match="n_components=25 exceeds"):
         ClassPCA(25).fit(x, y)
     _assert_state_equal(before, _state(pca))
     # Rank-limited data: three classes of rank 1 and 2 give at most 1 + 2 + 2 vectors.
     data = subspace_classes([1, 2, 2], n_features=12)
-    with pytest.raises(ValueError, match=r"can give only 5 distinct non-degenerate component\(s\); n_components=6"):
+    with pytest.raises(
+        ValueError, match=r"can give only 5 distinct non-degenerate component\(s\); n_components=6"
+    ):
         ClassPCA(6).fit(data.x, data.y)
 
 
@@ -518,7 +544,9 @@ def test_fit_accepts_batches_and_steps(blobs):
     np.testing.assert_array_equal(from_generator.kernel_, from_arrays.kernel_)
     first_100 = ClassPCA(6).fit((x, y), batch_size=50, steps=2)
     np.testing.assert_array_equal(first_100.n_samples_seen_, np.bincount(y[:100]))
-    np.testing.assert_allclose(first_100.kernel_, ClassPCA(6).fit(x[:100], y[:100]).kernel_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        first_100.kernel_, ClassPCA(6).fit(x[:100], y[:100]).kernel_, rtol=1e-10, atol=1e-12
+    )
 
 
 def test_adaptive_with_fixed_count_keeps_largest_shares(subspace_classes):

@@ -39,7 +39,10 @@ def _sources(x, y):
         "tensors": ((tf.constant(x), tf.constant(y)), {"batch_size": 5}),
         "dataset-batched": (tf.data.Dataset.from_tensor_slices((x, y)).batch(5), {}),
         "dataset-unbatched": (tf.data.Dataset.from_tensor_slices((x, y)), {"batch_size": 5}),
-        "dataset-with-weights": (tf.data.Dataset.from_tensor_slices((x, y, np.ones(N))).batch(5), {}),
+        "dataset-with-weights": (
+            tf.data.Dataset.from_tensor_slices((x, y, np.ones(N))).batch(5),
+            {},
+        ),
         "pydataset": (_PyData(x, y, 5), {}),
         "generator": ((b for b in batched), {}),
         "list-of-batches": (batched, {}),
@@ -123,7 +126,7 @@ def test_one_hot_datasets_batched_and_unbatched(xy, drop_remainder):
 
 def test_one_hot_labels_pass_through(xy):
     x, y = xy
-    (bx, by), = list(iter_batches((x, np.eye(3)[y])))
+    ((bx, by),) = list(iter_batches((x, np.eye(3)[y])))
     np.testing.assert_array_equal(by, np.eye(3)[y])
 
 
@@ -191,7 +194,9 @@ def test_length_mismatch_in_a_batch():
     batches = [(np.zeros((4, 2)), np.zeros(4)), (np.zeros((4, 2)), np.zeros(3))]
     stream = iter_batches(batches)
     next(stream)
-    with pytest.raises(ValueError, match=r"batch 1 has x with shape \(4, 2\) and y with shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"batch 1 has x with shape \(4, 2\) and y with shape \(3,\)"
+    ):
         next(stream)
 
 

@@ -48,7 +48,9 @@ def test_dense_kernel_and_bias_equal_class_pca(blobs):
 def test_direct_call_dtype_and_shape(blobs):
     init = ClassPCAInitializer.from_data(*blobs)
     value = init((8, 5), dtype="float64")
-    assert tuple(value.shape) == (8, 5) and keras.backend.standardize_dtype(value.dtype) == "float64"
+    assert (
+        tuple(value.shape) == (8, 5) and keras.backend.standardize_dtype(value.dtype) == "float64"
+    )
     np.testing.assert_array_equal(_np(value), ClassPCA(5).fit(*blobs).kernel_)
 
 
@@ -68,13 +70,22 @@ def test_conv2d_from_data_equals_class_pca_on_patches(strides, padding, dilation
         x, y, kernel_size=3, strides=strides, padding=padding, dilation_rate=dilation
     )
     conv = keras.layers.Conv2D(
-        6, 3, strides=strides, padding=padding, dilation_rate=dilation,
-        kernel_initializer=init, bias_initializer=init.bias_initializer(),
+        6,
+        3,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation,
+        kernel_initializer=init,
+        bias_initializer=init.bias_initializer(),
     )
     out = _np(conv(x))
     patches = extract_patches(x, 3, strides, padding, dilation)
-    reference = ClassPCA(6).fit(patches.reshape(-1, 18), np.repeat(y, patches.shape[1] * patches.shape[2]))
-    np.testing.assert_allclose(_np(conv.kernel).reshape(18, 6), reference.kernel_, rtol=1e-5, atol=1e-6)
+    reference = ClassPCA(6).fit(
+        patches.reshape(-1, 18), np.repeat(y, patches.shape[1] * patches.shape[2])
+    )
+    np.testing.assert_allclose(
+        _np(conv.kernel).reshape(18, 6), reference.kernel_, rtol=1e-5, atol=1e-6
+    )
     expected = reference.transform(patches.reshape(-1, 18)).reshape(out.shape)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     # Standardised and centred outputs over the images' patches.
@@ -137,8 +148,14 @@ def test_saved_model_with_initializer_round_trip(tmp_path):
     model = keras.Sequential(
         [
             keras.Input((7, 7, 2)),
-            keras.layers.Conv2D(6, 3, kernel_initializer=init, bias_initializer=init.bias_initializer(),
-                                trainable=False, name="conv"),
+            keras.layers.Conv2D(
+                6,
+                3,
+                kernel_initializer=init,
+                bias_initializer=init.bias_initializer(),
+                trainable=False,
+                name="conv",
+            ),
             keras.layers.GlobalAveragePooling2D(),
             keras.layers.Dense(3, activation="softmax", name="head"),
         ]
@@ -148,17 +165,24 @@ def test_saved_model_with_initializer_round_trip(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert float(np.max(np.abs(loaded.predict(x, verbose=0) - before))) == 0.0
     assert loaded.get_layer("conv").trainable is False
-    np.testing.assert_array_equal(_np(loaded.get_layer("conv").kernel), _np(model.get_layer("conv").kernel))
+    np.testing.assert_array_equal(
+        _np(loaded.get_layer("conv").kernel), _np(model.get_layer("conv").kernel)
+    )
     loaded.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     loaded.fit(x, y, epochs=1, batch_size=12, verbose=0)
-    np.testing.assert_array_equal(_np(loaded.get_layer("conv").kernel), _np(model.get_layer("conv").kernel))
+    np.testing.assert_array_equal(
+        _np(loaded.get_layer("conv").kernel), _np(model.get_layer("conv").kernel)
+    )
 
 
 # ---------------------------------------------------------------- errors change nothing
 @pytest.mark.parametrize(
     "shape, match",
     [
-        ((5, 6), r"Kernel shape \(5, 6\) needs statistics over 5 features, but the class-PCA statistics have 8"),
+        (
+            (5, 6),
+            r"Kernel shape \(5, 6\) needs statistics over 5 features, but the class-PCA statistics have 8",
+        ),
         ((3, 3, 2, 6), r"needs statistics over 18 features, but the class-PCA statistics have 8"),
         ((8, 2, 6), r"handles Dense kernels \(d, units\) and Conv2D kernels"),
         ((8, 25), r"n_components=25 exceeds what 3 classes x 8 features can give"),
@@ -185,7 +209,9 @@ def test_bias_shape_and_component_count_rejected(blobs):
     before = _stats(init)
     with pytest.raises(ValueError, match=r"configured for 4 components but the layer asks for 6"):
         init((8, 6))
-    with pytest.raises(ValueError, match=r"A bias initializer needs a 1-D shape; received \(8, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"A bias initializer needs a 1-D shape; received \(8, 4\)"
+    ):
         init.bias_initializer()((8, 4))
     _assert_stats_unchanged(init, before)
 
@@ -220,10 +246,19 @@ def test_unfitted_initializer_rejected(init):
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda: ClassPCAInitializer(np.zeros((8, 6))), TypeError, "`class_pca` must be a fitted ClassPCA"),
+        (
+            lambda: ClassPCAInitializer(np.zeros((8, 6))),
+            TypeError,
+            "`class_pca` must be a fitted ClassPCA",
+        ),
         (lambda: ClassPCAInitializer(part="weights"), ValueError, "`part` must be one of"),
-        (lambda: ClassPCAInitializer.from_data(np.zeros((6, 3)), np.arange(6) % 3, allocation="x"),
-         ValueError, "`allocation`"),
+        (
+            lambda: ClassPCAInitializer.from_data(
+                np.zeros((6, 3)), np.arange(6) % 3, allocation="x"
+            ),
+            ValueError,
+            "`allocation`",
+        ),
     ],
 )
 def test_bad_constructor_options(make, error, match):
@@ -244,7 +279,11 @@ def _nan(x, y):
         (lambda x, y: (x, y[:-1]), {}, r"`x` and `y` must have the same number of samples"),
         (lambda x, y: (x, y - 1), {}, r"`y` holds negative labels"),
         (lambda x, y: (x, y / 2), {}, r"`y` must hold integer class labels"),
-        (lambda x, y: (x, y + 1), {"n_classes": 3}, r"`y` holds label 3, out of range for n_classes=3"),
+        (
+            lambda x, y: (x, y + 1),
+            {"n_classes": 3},
+            r"`y` holds label 3, out of range for n_classes=3",
+        ),
         (lambda x, y: (x[:0], y[:0]), {}, r"`x` is empty"),
         (lambda x, y: (x, None), {}, r"needs labels"),
         (lambda x, y: (x, y), {"kernel_size": 3}, r"`x` must be 4-D images"),

@@ -69,7 +69,9 @@ def test_conv_adapt_equals_class_pca_on_patches():
     layer.adapt((x, y), batch_size=16)
     patches = extract_patches(x, 3, 2, "same")
     reference = ClassPCA(6).fit(patches.reshape(-1, 18), np.repeat(y, 16))
-    np.testing.assert_allclose(_np(layer.kernel).reshape(18, 6), reference.kernel_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _np(layer.kernel).reshape(18, 6), reference.kernel_, rtol=1e-5, atol=1e-6
+    )
     expected = np.maximum(reference.transform(patches.reshape(-1, 18)), 0).reshape(48, 4, 4, 6)
     np.testing.assert_allclose(_np(layer(x)), expected, rtol=1e-4, atol=1e-4)
 
@@ -117,7 +119,9 @@ def test_adapt_input_types_give_equal_weights(source, layer_type, blobs):
     layer = make()
     layer.adapt(_sources(x, y, 32)[source], batch_size=32)
     assert layer.is_adapted
-    np.testing.assert_array_equal(layer.class_pca_.n_samples_seen_, reference.class_pca_.n_samples_seen_)
+    np.testing.assert_array_equal(
+        layer.class_pca_.n_samples_seen_, reference.class_pca_.n_samples_seen_
+    )
     np.testing.assert_array_equal(_np(layer.kernel), _np(reference.kernel))
     np.testing.assert_array_equal(_np(layer.bias), _np(reference.bias))
 
@@ -250,7 +254,9 @@ def test_keras_round_trip_and_continue_fit(tmp_path):
     after = loaded.predict(x, verbose=0)
     assert float(np.max(np.abs(after - before))) == 0.0
     for name, adapted, trainable in [
-        ("pca_conv", True, False), ("pca_dense", True, True), ("unadapted", False, False)
+        ("pca_conv", True, False),
+        ("pca_dense", True, True),
+        ("unadapted", False, False),
     ]:
         layer = loaded.get_layer(name)
         assert type(layer) is type(model.get_layer(name))
@@ -274,8 +280,10 @@ def test_keras_round_trip_and_continue_fit(tmp_path):
     "make, data",
     [
         (lambda: ClassPCADense(6, use_bias=False), lambda x: x.reshape(len(x), -1)),
-        (lambda: ClassPCAConv2D(6, 3, data_format="channels_first", padding="same"),
-         lambda x: np.moveaxis(x, -1, 1)),
+        (
+            lambda: ClassPCAConv2D(6, 3, data_format="channels_first", padding="same"),
+            lambda x: np.moveaxis(x, -1, 1),
+        ),
     ],
     ids=["dense-no-bias", "conv-channels-first"],
 )
@@ -294,19 +302,42 @@ def test_keras_round_trip_variants(tmp_path, make, data):
 @pytest.mark.parametrize("layer_type", ["dense", "conv"])
 def test_layer_config_round_trip(layer_type):
     options = dict(
-        n_classes=4, center=False, allocation="adaptive", scaling="whiten", offset="zero",
-        variance_share=0.9, dedup_threshold=None, activation="relu", trainable=True, name="l",
+        n_classes=4,
+        center=False,
+        allocation="adaptive",
+        scaling="whiten",
+        offset="zero",
+        variance_share=0.9,
+        dedup_threshold=None,
+        activation="relu",
+        trainable=True,
+        name="l",
     )
     if layer_type == "dense":
         layer = ClassPCADense(8, **options)
     else:
-        layer = ClassPCAConv2D(8, (3, 2), strides=2, padding="same", patches_per_image=7, seed=3,
-                               data_format="channels_first", **options)
+        layer = ClassPCAConv2D(
+            8,
+            (3, 2),
+            strides=2,
+            padding="same",
+            patches_per_image=7,
+            seed=3,
+            data_format="channels_first",
+            **options,
+        )
     config = layer.get_config()
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
-    for name in ("n_classes", "center", "allocation", "scaling", "offset", "variance_share",
-                 "dedup_threshold"):
+    for name in (
+        "n_classes",
+        "center",
+        "allocation",
+        "scaling",
+        "offset",
+        "variance_share",
+        "dedup_threshold",
+    ):
         assert getattr(clone, name) == options[name]
     assert clone.trainable is True and not clone.is_adapted
     serialized = keras.saving.serialize_keras_object(layer)
@@ -378,18 +409,32 @@ def _too_few_in_class_1(x, y):
 BAD_DENSE_DATA = {
     "nan": (_nan_x, ValueError, r"`x` contains 1 NaN or infinite"),
     "inf-later-batch": (_inf_in_last_batch, ValueError, r"`x` contains 1 NaN or infinite"),
-    "rank-1": (lambda x, y: (x[:, 0], y), ValueError, r"`x` for ClassPCADense .* must be at least 2-D"),
+    "rank-1": (
+        lambda x, y: (x[:, 0], y),
+        ValueError,
+        r"`x` for ClassPCADense .* must be at least 2-D",
+    ),
     "length": (lambda x, y: (x, y[:-1]), ValueError, r"`x` and `y` must have the same number"),
     "negative-label": (lambda x, y: (x, y - 1), ValueError, r"`y` holds negative labels"),
     "non-integer-label": (lambda x, y: (x, y + 0.25), ValueError, r"`y` must hold integer"),
-    "label-out-of-range": (lambda x, y: (x, y * 2), ValueError, r"`y` holds label 4, out of range for n_classes=3"),
+    "label-out-of-range": (
+        lambda x, y: (x, y * 2),
+        ValueError,
+        r"`y` holds label 4, out of range for n_classes=3",
+    ),
     "string-x": (lambda x, y: (x.astype(str), y), TypeError, r"`x` must be numeric"),
     "empty-arrays": (lambda x, y: (x[:0], y[:0]), ValueError, r"`data` is empty"),
     "empty-generator": (lambda x, y: iter([]), ValueError, r"`data` is empty"),
-    "too-few-in-class": (_too_few_in_class_1, ValueError, r"Class 1 has 2 sample\(s\) but must supply 2"),
+    "too-few-in-class": (
+        _too_few_in_class_1,
+        ValueError,
+        r"Class 1 has 2 sample\(s\) but must supply 2",
+    ),
     "no-labels": (lambda x, y: x, ValueError, r"needs labels"),
     "dataset-no-labels": (
-        lambda x, y: tf.data.Dataset.from_tensor_slices(x).batch(8), ValueError, r"`\(x, y\)` pairs"
+        lambda x, y: tf.data.Dataset.from_tensor_slices(x).batch(8),
+        ValueError,
+        r"`\(x, y\)` pairs",
     ),
 }
 
@@ -416,7 +461,9 @@ def test_dense_wrong_feature_count_rejected(blobs):
 def test_too_many_units_for_the_data_rejected(blobs):
     x, y = blobs
     layer = ClassPCADense(25)
-    with pytest.raises(ValueError, match=r"n_components=25 exceeds what 3 classes x 8 features can give"):
+    with pytest.raises(
+        ValueError, match=r"n_components=25 exceeds what 3 classes x 8 features can give"
+    ):
         layer.adapt((x, y))
     assert not layer.is_adapted
 
@@ -425,7 +472,10 @@ def test_too_many_units_for_the_data_rejected(blobs):
     "bad, match",
     [
         (lambda x, y: (x[..., 0], y), r"`x` for ClassPCAConv2D .* must be 4-D"),
-        (lambda x, y: (np.concatenate([x, x], axis=-1), y), r"`x` has 2 channels but ClassPCAConv2D .* expects 1"),
+        (
+            lambda x, y: (np.concatenate([x, x], axis=-1), y),
+            r"`x` has 2 channels but ClassPCAConv2D .* expects 1",
+        ),
         (lambda x, y: (x, y[:10]), r"`x` and `y` must have the same number"),
     ],
     ids=["rank", "channels", "length"],
@@ -443,7 +493,9 @@ def test_conv_bad_input_rejected_without_state_change(bad, match):
 def test_conv_image_smaller_than_kernel_rejected():
     x, y = _images(hw=(2, 2))
     layer = ClassPCAConv2D(3, 3)
-    with pytest.raises(ValueError, match=r"Images of spatial size \(2, 2\) are smaller than the dilated kernel"):
+    with pytest.raises(
+        ValueError, match=r"Images of spatial size \(2, 2\) are smaller than the dilated kernel"
+    ):
         layer.adapt((x, y))
     assert not layer.is_adapted and not layer.built
 
@@ -468,7 +520,9 @@ def test_bad_layer_options(make, error, match):
         make()
 
 
-@pytest.mark.parametrize("kwargs, match", [({"batch_size": 0}, "`batch_size`"), ({"steps": -1}, "`steps`")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"batch_size": 0}, "`batch_size`"), ({"steps": -1}, "`steps`")]
+)
 def test_bad_adapt_options(blobs, kwargs, match):
     layer = ClassPCADense(6)
     layer.adapt(blobs)

@@ -87,7 +87,10 @@ def test_patches_times_kernel_equals_keras_conv2d(padding, stride, dilation):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"images": np.zeros((4, 4, 1))}, r"`images` must have shape \(n, height, width, channels\)"),
+        (
+            {"images": np.zeros((4, 4, 1))},
+            r"`images` must have shape \(n, height, width, channels\)",
+        ),
         ({"kernel_size": 0}, "`kernel_size` must be a positive int"),
         ({"kernel_size": (3, 3, 3)}, "`kernel_size` must be a positive int"),
         ({"strides": (1, 0)}, "`strides` must be a positive int"),
@@ -121,14 +124,21 @@ def _labelled_images(n=24, hw=(8, 7), channels=2, n_classes=3, seed=2):
 def test_conv_adapt_statistics_equal_brute_force(strides, padding, dilation, data_format):
     images, y = _labelled_images()
     pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
-    patches = brute_force_patches(images.astype(np.float64), (3, 3), pair(strides), padding, pair(dilation))
+    patches = brute_force_patches(
+        images.astype(np.float64), (3, 3), pair(strides), padding, pair(dilation)
+    )
     rows = patches.reshape(-1, patches.shape[-1])
     row_labels = np.repeat(y, patches.shape[1] * patches.shape[2])
     reference = ClassPCA(6, dedup_threshold=None).fit(rows, row_labels)
 
     layer = ClassPCAConv2D(
-        6, 3, strides=strides, padding=padding, dilation_rate=dilation,
-        data_format=data_format, dedup_threshold=None,
+        6,
+        3,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation,
+        data_format=data_format,
+        dedup_threshold=None,
     )
     x = images if data_format == "channels_last" else np.moveaxis(images, -1, 1)
     layer.adapt((x, y), batch_size=7)
@@ -161,7 +171,9 @@ def test_patches_per_image_subsamples_reproducibly():
     np.testing.assert_array_equal(a.class_pca_.n_samples_seen_, np.bincount(y) * 5)
     b = ClassPCAConv2D(6, 3, patches_per_image=5, seed=3)
     b.adapt((images, y))
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.kernel), keras.ops.convert_to_numpy(b.kernel))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(a.kernel), keras.ops.convert_to_numpy(b.kernel)
+    )
     c = ClassPCAConv2D(6, 3, patches_per_image=5, seed=4)
     c.adapt((images, y))
     assert not np.array_equal(a.class_pca_.covariance_, c.class_pca_.covariance_)
@@ -186,5 +198,9 @@ def test_chunked_patch_extraction_gives_the_same_statistics(monkeypatch, patches
     monkeypatch.setattr(layer_inputs, "MAX_CHUNK_VALUES", 1)  # one image per chunk
     chunked = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image)
     chunked.adapt((images, y))
-    np.testing.assert_array_equal(chunked.class_pca_.n_samples_seen_, whole.class_pca_.n_samples_seen_)
-    np.testing.assert_allclose(chunked.class_pca_.covariance_, whole.class_pca_.covariance_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(
+        chunked.class_pca_.n_samples_seen_, whole.class_pca_.n_samples_seen_
+    )
+    np.testing.assert_allclose(
+        chunked.class_pca_.covariance_, whole.class_pca_.covariance_, rtol=1e-10, atol=1e-12
+    )
