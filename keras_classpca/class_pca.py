@@ -90,9 +90,15 @@ class _Moments:
         self.total = {}
         self.outer = {}
 
-    # Rows per step of `add`: bounds the temporary copies (sorted, float64) to a few
-    # MB and keeps them in cache, which measured faster than sorting whole batches.
+    # Rows per step of `add`: at least CHUNK_ROWS, or as many as fit in CHUNK_BYTES of
+    # float64. The step bounds the temporary sorted float64 copy; BLAS syrk is faster
+    # on longer class blocks, so a step is made as long as that bound allows.
     CHUNK_ROWS = 8192
+    CHUNK_BYTES = 64 << 20
+    # Labels already grouped in runs this long on average (a one-class batch, data
+    # sorted by class, the patches of one image) are used in place: no sort, and no
+    # copy for float64 input. Shorter runs are sorted into one block per class.
+    MIN_RUN_ROWS = 512
 
     def _slot(self, label):
         if label not in self.count:
@@ -101,15 +107,21 @@ class _Moments:
             self.outer[label] = np.zeros((self.n_features, self.n_features))
 
     def add(self, x, labels):
-        for start in range(0, len(x), self.CHUNK_ROWS):
-            chunk_labels = labels[start : start + self.CHUNK_ROWS]
-            order = np.argsort(chunk_labels, kind="stable")
-            chunk = np.take(x[start : start + self.CHUNK_ROWS], order, axis=0)
+        step = max(self.CHUNK_ROWS, self.CHUNK_BYTES // (8 * max(1, self.n_features)))
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step]
+            chunk_labels = labels[start : start + step]
+            run_starts = np.flatnonzero(chunk_labels[1:] != chunk_labels[:-1]) + 1
+            if len(chunk_labels) >= self.MIN_RUN_ROWS * (len(run_starts) + 1):
+                starts = np.concatenate([[0], run_starts])
+                block_labels = chunk_labels[starts]
+            else:
+                order = np.argsort(chunk_labels, kind="stable")
+                chunk = np.take(chunk, order, axis=0)
+                block_labels, starts = np.unique(chunk_labels[order], return_index=True)
             chunk = chunk.astype(np.float64, copy=False)
-            chunk_labels = chunk_labels[order]
-            classes, starts = np.unique(chunk_labels, return_index=True)
-            bounds = list(starts) + [len(chunk_labels)]
-            for i, label in enumerate(classes.tolist()):
+            bounds = starts.tolist() + [len(chunk)]
+            for i, label in enumerate(block_labels.tolist()):
                 block = chunk[bounds[i] : bounds[i + 1]]
                 self._slot(label)
                 self.count[label] += len(block)
