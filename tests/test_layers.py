@@ -49,7 +49,7 @@ def test_dense_adapt_equals_class_pca(blobs):
     np.testing.assert_allclose(_np(layer(x)), reference.transform(x), rtol=1e-5, atol=1e-5)
 
 
-def test_dense_on_sequence_input_uses_every_position(blobs):
+def test_dense_on_sequence_input_uses_every_position():
     # A Dense on (batch, steps, features) sees every step as a row, labelled by sample.
     rng = np.random.default_rng(5)
     y = np.arange(60) % 3
