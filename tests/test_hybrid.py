@@ -1,0 +1,459 @@
+"""hybridize: solved layers equal ClassPCA of their actual inputs, BatchNorm adaptation,
+streaming, cutoff handling (fixed, auto, errors), unsupported layers, HybridReport."""
+
+import json
+import tracemalloc
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_classpca.hybrid as hybrid_module
+from keras_classpca import ClassPCA, HybridReport, hybridize
+from keras_classpca.model_chain import read_chain
+
+L = keras.layers
+
+
+# ----------------------------------------------------------------------------- helpers
+def _layer_input(model, layer, x):
+    """The actual input of `layer` in `model` (inference mode), computed by Keras."""
+    return np.asarray(keras.Model(model.inputs[0], layer.input).predict(x, verbose=0, batch_size=512))
+
+
+def _im2col(images, k):
+    """'valid', stride-1 k×k patches flattened in (row, col, channel) order, by hand."""
+    n, h, w, c = images.shape
+    rows = []
+    for i in range(h - k + 1):
+        for j in range(w - k + 1):
+            rows.append(images[:, i : i + k, j : j + k, :].reshape(n, -1))
+    return np.stack(rows, axis=1)  # (n, positions, k*k*c)
+
+
+def _snapshot(model):
+    return [w.copy() for w in model.get_weights()], [l.trainable for l in model.layers]
+
+
+def _assert_unchanged(model, snapshot):
+    weights, flags = snapshot
+    after = model.get_weights()
+    assert len(after) == len(weights)
+    assert all(np.array_equal(a, b) for a, b in zip(after, weights))
+    assert [l.trainable for l in model.layers] == flags
+
+
+def _subspace_data(subspace_classes, n_per_class=100, seed=0):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=n_per_class,
+                            class_mean_scale=1.5, noise=0.3, seed=seed)
+    return data.x.astype("float32"), data.y
+
+
+def _mlp(hidden=(8, 8), n_in=12, k=3, bn=False, dropout=False, name="m"):
+    layers = [keras.Input((n_in,))]
+    for i, units in enumerate(hidden):
+        layers.append(L.Dense(units, activation="relu", name=f"{name}_d{i}"))
+        if dropout:
+            layers.append(L.Dropout(0.5, name=f"{name}_drop{i}"))
+        if bn:
+            layers.append(L.BatchNormalization(name=f"{name}_bn{i}"))
+    layers.append(L.Dense(k, activation="softmax", name=f"{name}_out"))
+    return keras.Sequential(layers)
+
+
+def _images(n=240, k=3, seed=0):
+    """8×8×2 images whose class sets the orientation of a stripe pattern, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    grid = np.arange(8)
+    rows, cols = np.meshgrid(grid, grid, indexing="ij")
+    patterns = np.stack([np.sin(rows * 1.3), np.sin(cols * 1.3), np.sin((rows + cols) * 0.9)])[:k]
+    x = rng.normal(size=(n, 8, 8, 2)) * 0.5
+    x[..., 0] += patterns[y] * rng.uniform(0.5, 1.5, size=(n, 1, 1))
+    x[..., 1] += 0.3 * x[..., 0] + 0.2  # correlated channel with a nonzero mean
+    return x.astype("float32"), y
+
+
+# ------------------------------------------------------ solved layers equal ClassPCA
+def test_sequential_mlp_with_dropout_and_batchnorm(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    model = _mlp(hidden=(8, 8), bn=True, dropout=True)
+    report = hybridize(model, (x, y), cutoff=2, verbose=0, batch_size=64)
+    d0, d1 = model.get_layer("m_d0"), model.get_layer("m_d1")
+    for layer in (d0, d1):
+        h = _layer_input(model, layer, x)
+        reference = ClassPCA(layer.units).fit(h, y)
+        np.testing.assert_allclose(np.asarray(layer.kernel), reference.kernel_, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(layer.bias), reference.bias_, rtol=1e-4, atol=1e-5)
+    # d1's input passes Dropout (identity at inference) and the adapted BatchNorm.
+    for index, bn in enumerate([model.get_layer("m_bn0"), model.get_layer("m_bn1")]):
+        h = _layer_input(model, bn, x).astype(np.float64)
+        np.testing.assert_allclose(np.asarray(bn.moving_mean), h.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(bn.moving_variance), h.var(axis=0), rtol=1e-4, atol=1e-6)
+        # relu of standardised outputs: far from the initial (0, 1)
+        assert np.all(np.asarray(bn.moving_mean) > 0.1) and np.all(np.asarray(bn.moving_variance) < 0.9)
+    # Solved layers and the BatchNorm between them are frozen; the top is not.
+    trainable = {l.name: l.trainable for l in model.layers}
+    assert trainable == {"m_d0": False, "m_drop0": True, "m_bn0": False, "m_d1": False,
+                         "m_drop1": True, "m_bn1": True, "m_out": True}
+    assert report.frozen == ["m_d0", "m_bn0", "m_d1"]
+    assert [s.name for s in report.layers] == ["m_d0", "m_d1"]
+    assert report.layers[0].adapted_batchnorms == ["m_bn0"]
+    assert report.layers[1].adapted_batchnorms == ["m_bn1"]
+    assert [s.samples for s in report.layers] == [len(x), len(x)]
+    assert [s.rows for s in report.layers] == [len(x), len(x)]
+    assert [s.n_components for s in report.layers] == [8, 8]
+    assert report.cutoff == 2 and report.cutoff_mode == "fixed" and report.evidence == {}
+    assert report.candidates == ["m_d0", "m_d1"]
+    assert "m_out" in report.stopped_because
+
+
+def test_functional_cnn_with_batchnorm_and_class_pca_options():
+    x, y = _images()
+    inputs = keras.Input((8, 8, 2))
+    h = L.Conv2D(4, 3, name="c1")(inputs)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.ReLU()(h)
+    h = L.MaxPooling2D()(h)
+    h = L.Conv2D(5, 2, name="c2")(h)
+    h = L.BatchNormalization(name="bn2")(h)
+    h = L.Flatten()(h)
+    outputs = L.Dense(3, activation="softmax", name="out")(h)
+    model = keras.Model(inputs, outputs)
+    # unit vectors and no bias (the authors' recipe): BN statistics are not trivially (0, 1)
+    options = dict(scaling="unit", offset="zero", center=False)
+    report = hybridize(model, (x, y), cutoff=2, verbose=0, batch_size=100, **options)
+    for name, k in (("c1", 3), ("c2", 2)):
+        layer = model.get_layer(name)
+        patches = _im2col(_layer_input(model, layer, x), k)
+        rows = patches.reshape(-1, patches.shape[-1])
+        reference = ClassPCA(layer.filters, **options).fit(rows, np.repeat(y, patches.shape[1]))
+        kernel = np.asarray(layer.kernel)
+        np.testing.assert_allclose(kernel.reshape(-1, layer.filters), reference.kernel_, rtol=1e-4, atol=1e-5)
+        assert np.array_equal(np.asarray(layer.bias), np.zeros(layer.filters))
+        assert report.layers[["c1", "c2"].index(name)].rows == len(rows)
+    for name in ("bn1", "bn2"):
+        bn = model.get_layer(name)
+        h = _layer_input(model, bn, x).astype(np.float64)
+        np.testing.assert_allclose(np.asarray(bn.moving_mean), h.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(bn.moving_variance), h.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+        assert np.abs(np.asarray(bn.moving_mean)).max() > 0.2  # not the initial zeros
+    assert report.frozen == ["c1", "bn1", "c2"]
+    assert not model.get_layer("c1").trainable and not model.get_layer("c2").trainable
+    assert model.get_layer("bn2").trainable and model.get_layer("out").trainable
+    # The conv kernel computes what Keras computes: solved output == patches @ kernel.
+    c1 = model.get_layer("c1")
+    keras_out = np.asarray(keras.Model(inputs, c1.output)(x[:5]))
+    by_hand = _im2col(x[:5], 3) @ np.asarray(c1.kernel).reshape(-1, 4)
+    np.testing.assert_allclose(keras_out.reshape(5, -1, 4), by_hand, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_on_sequences_then_lstm_stops_the_prefix():
+    rng = np.random.default_rng(1)
+    y = np.arange(200) % 2
+    x = (rng.normal(size=(200, 5, 3)) * np.where(y[:, None, None] == 0, [1.0, 0.3, 0.3], [0.3, 1.0, 0.3])).astype("float32")
+    model = keras.Sequential([keras.Input((5, 3)), L.Dense(4, name="d"), L.LSTM(4, name="rnn"), L.Dense(2, name="out")])
+    with pytest.raises(ValueError, match=r"cutoff=2 .*only 1 layer.*LSTM 'rnn'"):
+        hybridize(model, (x, y), cutoff=2, verbose=0)
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert "LSTM 'rnn'" in report.stopped_because and "not a Dense or Conv2D" in report.stopped_because
+    # a Dense on (batch, time, features): every time step is a row of its sample's class
+    reference = ClassPCA(4).fit(x.reshape(-1, 3), np.repeat(y, 5))
+    np.testing.assert_allclose(np.asarray(model.get_layer("d").kernel), reference.kernel_, rtol=1e-4, atol=1e-5)
+    assert report.layers[0].rows == 5 * len(x) and report.layers[0].samples == len(x)
+
+
+# ------------------------------------------------------------------- streaming
+def test_generator_source_is_consumed_lazily_one_batch_at_a_time(monkeypatch, subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    produced = []
+
+    def batches():  # a callable returning a fresh generator: one per pass
+        for start in range(0, len(x), 50):
+            produced.append(start)
+            yield x[start : start + 50], y[start : start + 50]
+
+    seen_at_fit = []
+    original = ClassPCA.partial_fit
+
+    def spy(self, rows, labels):
+        seen_at_fit.append(len(produced))
+        return original(self, rows, labels)
+
+    monkeypatch.setattr(ClassPCA, "partial_fit", spy)
+    model = _mlp(hidden=(8, 8))
+    report = hybridize(model, batches, cutoff=2, verbose=0)
+    per_pass = len(range(0, len(x), 50))
+    assert len(produced) == 2 * per_pass  # one pass per solved layer
+    # The k-th statistics update happens right after the k-th batch was produced.
+    assert seen_at_fit == list(range(1, 2 * per_pass + 1))
+    assert [s.samples for s in report.layers] == [len(x), len(x)]
+    # Same solution as from arrays: streaming changes nothing.
+    twin = _mlp(hidden=(8, 8), name="twin")
+    hybridize(twin, (x, y), cutoff=2, verbose=0, batch_size=37)
+    for a, b in zip(model.get_weights()[:4], twin.get_weights()[:4]):  # the solved layers
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_streaming_memory_stays_far_below_the_data_size():
+    # 12.6 MB of inputs (and as much of first-layer activations), generated per batch.
+    n_batches, batch, d = 96, 256, 128
+    y_pattern = np.arange(batch) % 2
+
+    def batches():
+        rng = np.random.default_rng(0)
+        for _ in range(n_batches):
+            x = rng.normal(size=(batch, d)).astype("float32")
+            x[:, 0] += 2.0 * y_pattern
+            yield x, y_pattern
+
+    data_bytes = n_batches * batch * d * 4
+    model = keras.Sequential([keras.Input((d,)), L.Dense(d, activation="relu"), L.Dense(8), L.Dense(2)])
+    hybridize(model, batches, cutoff=1, verbose=0, samples=batch)  # trace once, tiny
+    tracemalloc.start()
+    try:
+        report = hybridize(model, batches, cutoff=2, verbose=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [s.samples for s in report.layers] == [n_batches * batch] * 2
+    assert peak < data_bytes / 4, f"peak {peak / 1e6:.1f} MB for {data_bytes / 1e6:.1f} MB of data"
+
+
+def test_tf_data_source_with_samples_uses_the_first_samples():
+    x, y = _images(n=300)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+    model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(), L.Dense(3)])
+    report = hybridize(model, dataset, cutoff=1, samples=100, verbose=0)
+    assert report.layers[0].samples == 100 and report.layers[0].rows == 100 * 36
+    patches = _im2col(x[:100], 3)
+    reference = ClassPCA(4).fit(patches.reshape(-1, 18), np.repeat(y[:100], 36))
+    np.testing.assert_allclose(np.asarray(model.get_layer("c").kernel).reshape(18, 4), reference.kernel_,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_samples_caps_arrays_and_patches_per_image_caps_rows():
+    x, y = _images(n=300)
+    model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(), L.Dense(3)])
+    report = hybridize(model, (x, y), cutoff=1, samples=120, patches_per_image=5, verbose=0)
+    assert report.layers[0].samples == 120 and report.layers[0].rows == 120 * 5
+    full = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c2"), L.Flatten(), L.Dense(3)])
+    hybridize(full, (x, y), cutoff=1, verbose=0)
+    # the cap reaches the solve: fewer rows give another kernel
+    assert not np.allclose(np.asarray(model.layers[0].kernel), np.asarray(full.layers[0].kernel), atol=1e-3)
+    # same seed, same subset: reproducible bit for bit
+    again = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c3"), L.Flatten(), L.Dense(3)])
+    hybridize(again, (x, y), cutoff=1, samples=120, patches_per_image=5, verbose=0)
+    assert np.array_equal(np.asarray(model.layers[0].kernel), np.asarray(again.layers[0].kernel))
+
+
+def test_one_shot_iterator_is_rejected_when_a_second_pass_is_needed(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    generator = ((x[s : s + 60], y[s : s + 60]) for s in range(0, len(x), 60))
+    model = _mlp(hidden=(8, 8))
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        hybridize(model, generator, cutoff=2, verbose=0)
+
+
+def test_unbuilt_sequential_is_built_from_the_data(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    model = keras.Sequential([L.Dense(6, activation="relu"), L.Dense(3)])
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert model.built and model.layers[0].kernel.shape == (12, 6)
+    assert report.layers[0].samples == len(x)
+
+
+# --------------------------------------------------------------- cutoff handling
+def test_cutoff_zero_leaves_the_model_bit_identical(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    model = _mlp(hidden=(8, 8), bn=True)
+    snapshot = _snapshot(model)
+    report = hybridize(model, (x, y), cutoff=0, verbose=0)
+    _assert_unchanged(model, snapshot)
+    assert report.cutoff == 0 and report.layers == [] and report.frozen == []
+    assert report.candidates == ["m_d0", "m_d1"]
+
+
+def test_freeze_false_solves_without_freezing(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    model = _mlp(hidden=(8, 8))
+    before = np.asarray(model.layers[0].kernel).copy()
+    report = hybridize(model, (x, y), cutoff=1, freeze=False, verbose=0)
+    assert all(l.trainable for l in model.layers) and report.frozen == []
+    assert not np.allclose(np.asarray(model.layers[0].kernel), before)
+
+
+@pytest.mark.parametrize("cutoff", [-1, 1.5, True, False, "all", None, "AUTO"])
+def test_bad_cutoff_values_are_rejected_before_any_change(cutoff, blobs):
+    model = _mlp(hidden=(4,), n_in=8)
+    snapshot = _snapshot(model)
+    with pytest.raises(ValueError, match="`cutoff` must be 'auto' or a non-negative integer"):
+        hybridize(model, blobs, cutoff=cutoff, verbose=0)
+    _assert_unchanged(model, snapshot)
+
+
+def test_cutoff_numpy_integer_is_accepted(blobs):
+    model = _mlp(hidden=(4,), n_in=8)
+    assert hybridize(model, blobs, cutoff=np.int64(1), verbose=0).cutoff == 1
+
+
+def test_cutoff_beyond_the_solvable_prefix_names_it(blobs):
+    model = _mlp(hidden=(4, 4), n_in=8)
+    snapshot = _snapshot(model)
+    with pytest.raises(ValueError, match=r"cutoff=3 but only 2 layer\(s\).*m_d0, m_d1.*m_out"):
+        hybridize(model, blobs, cutoff=3, verbose=0)
+    _assert_unchanged(model, snapshot)
+
+
+def test_unknown_and_invalid_class_pca_options(blobs):
+    model = _mlp(hidden=(4,), n_in=8)
+    snapshot = _snapshot(model)
+    with pytest.raises(TypeError, match=r"Unknown option\(s\) \['centre'\]"):
+        hybridize(model, blobs, cutoff=1, verbose=0, centre=True)
+    with pytest.raises(TypeError, match="Unknown option"):
+        hybridize(model, blobs, cutoff=1, verbose=0, n_components=3)  # set by the layer
+    with pytest.raises(ValueError, match="allocation"):
+        hybridize(model, blobs, cutoff=1, verbose=0, allocation="bogus")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="`samples` must be a positive integer"):
+            hybridize(model, blobs, cutoff=1, verbose=0, samples=bad)
+    with pytest.raises(ValueError, match="patches_per_image"):
+        hybridize(model, blobs, cutoff=1, verbose=0, patches_per_image=0)
+    with pytest.raises(TypeError, match="keras.Model"):
+        hybridize(L.Dense(3), blobs, cutoff=1, verbose=0)
+    _assert_unchanged(model, snapshot)
+
+
+@pytest.mark.parametrize(
+    "stop_layer, message",
+    [
+        (lambda: L.DepthwiseConv2D(3, name="stop"), "DepthwiseConv2D 'stop' is not a Dense or Conv2D"),
+        (lambda: L.Conv2D(4, 3, groups=2, name="stop"), "grouped convolution (groups=2)"),
+    ],
+)
+def test_unsupported_conv_stops_the_prefix(stop_layer, message):
+    x, y = _images(n=120)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 2)), L.Conv2D(4, 2, name="c"), stop_layer(), L.Flatten(), L.Dense(8), L.Dense(3)]
+    )
+    with pytest.raises(ValueError, match=r"cutoff=2 but only 1 layer\(s\)") as error:
+        hybridize(model, (x, y), cutoff=2, verbose=0)
+    assert message in str(error.value)
+    report = hybridize(model, (x, y), cutoff="auto", verbose=0)
+    assert message in report.stopped_because
+    assert report.candidates == ["c"] and report.cutoff <= 1
+
+
+def test_embedding_first_means_nothing_to_solve():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 20, size=(100, 6)), rng.integers(0, 2, 100)
+    model = keras.Sequential([keras.Input((6,), dtype="int32"), L.Embedding(20, 4, name="emb"),
+                              L.Flatten(), L.Dense(8), L.Dense(2)])
+    snapshot = _snapshot(model)
+    report = hybridize(model, (x, y), cutoff="auto", verbose=0)
+    assert report.cutoff == 0 and report.candidates == []
+    assert "Embedding 'emb'" in report.stopped_because
+    _assert_unchanged(model, snapshot)
+    with pytest.raises(ValueError, match=r"cutoff=1 but only 0 layer\(s\).*none.*Embedding 'emb'"):
+        hybridize(model, (x, y), cutoff=1, verbose=0)
+
+
+def test_branching_functional_model_solves_up_to_the_branch(blobs):
+    x, y = blobs
+    inputs = keras.Input((8,))
+    a = L.Dense(6, activation="relu", name="a")(inputs)
+    b = L.Dense(6, name="b")(a)
+    c = L.Dense(6, name="c")(a)
+    outputs = L.Dense(3, name="out")(L.Concatenate()([b, c]))
+    model = keras.Model(inputs, outputs)
+    c_before = np.asarray(model.get_layer("c").kernel).copy()
+    report = hybridize(model, (x, y), cutoff=2, verbose=0)
+    assert "branches or merges" in report.stopped_because and "'c'" in report.stopped_because
+    assert report.frozen == ["a", "b"]
+    assert np.array_equal(np.asarray(model.get_layer("c").kernel), c_before)
+    h = _layer_input(model, model.get_layer("b"), x)
+    np.testing.assert_allclose(np.asarray(model.get_layer("b").kernel), ClassPCA(6).fit(h, y).kernel_,
+                               rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------- cutoff="auto"
+def _check_auto_evidence(report):
+    """The choice follows the evidence: one probe per cutoff tried, bottom first."""
+    accuracy = report.evidence["probe_accuracy"]
+    n = len(report.candidates)
+    assert all(0.0 <= a <= 1.0 for a in accuracy)
+    if report.cutoff == n:
+        assert len(accuracy) == n + 1  # every layer was tried and kept
+    else:
+        assert len(accuracy) == report.cutoff + 2  # the next layer was tried and undone
+    assert isinstance(report.evidence["rule"], str) and report.evidence["probe_samples"] > 0
+
+
+def test_auto_solves_when_classes_differ_only_by_covariance(subspace_classes):
+    # Zero-mean classes on orthogonal planes: not linearly separable in x, but the energy
+    # in each class's plane (class-PCA filters + relu) separates them.
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=200, noise=0.3, seed=3)
+    x, y = data.x.astype("float32"), data.y
+    model = _mlp(hidden=(16, 16))
+    report = hybridize(model, (x, y), cutoff="auto", verbose=0)
+    accuracy = report.evidence["probe_accuracy"]
+    assert accuracy[0] < 0.5  # chance is 1/3: raw inputs carry no linear signal
+    assert accuracy[1] > 0.8  # after one solved layer they do
+    assert report.cutoff >= 1 and report.cutoff_mode == "auto"
+    _check_auto_evidence(report)
+    assert not model.get_layer("m_d0").trainable
+    assert len(report.layers) == report.cutoff
+
+
+def test_auto_keeps_nothing_when_class_pca_discards_the_signal():
+    # The classes differ by a mean shift along the lowest-variance direction; class-PCA's
+    # leading components span the high-variance noise, so solving destroys the signal.
+    rng = np.random.default_rng(5)
+    n, d = 600, 24
+    y = np.arange(n) % 2
+    basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    z = rng.normal(size=(n, d)) * np.concatenate([[0.1], np.linspace(1.0, 3.0, d - 1)])
+    z[:, 0] += np.where(y == 1, 0.5, -0.5)
+    x = (z @ basis.T).astype("float32")
+    model = _mlp(hidden=(8, 8), n_in=d, k=2)
+    snapshot = _snapshot(model)
+    report = hybridize(model, (x, y), cutoff="auto", verbose=0)
+    accuracy = report.evidence["probe_accuracy"]
+    assert accuracy[0] > 0.95 and accuracy[1] < 0.7
+    assert report.cutoff == 0 and report.layers == [] and report.frozen == []
+    _check_auto_evidence(report)
+    _assert_unchanged(model, snapshot)  # the tried layer was undone exactly
+
+
+# -------------------------------------------------------------------------- report
+def test_report_is_readable_and_json_serializable(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=200, noise=0.3, seed=3)
+    x, y = data.x.astype("float32"), data.y
+    model = _mlp(hidden=(16, 16), bn=True)
+    report = hybridize(model, (x, y), cutoff="auto", verbose=0)
+    assert isinstance(report, HybridReport)
+    text = str(report)
+    assert f"{report.cutoff} of 2 solvable layer(s)" in text and "cutoff=auto" in text
+    for solved in report.layers:
+        assert solved.name in text
+    assert "probe accuracy" in text and report.stopped_because in text
+    as_dict = json.loads(json.dumps(report.to_dict()))
+    assert as_dict["cutoff"] == report.cutoff
+    assert as_dict["evidence"]["probe_accuracy"] == report.evidence["probe_accuracy"]
+    assert [l["name"] for l in as_dict["layers"]] == [l.name for l in report.layers]
+    assert 0.0 < as_dict["layers"][0]["explained_variance"] <= 1.0 + 1e-9
+
+    fixed = hybridize(_mlp(hidden=(8, 8), name="f"), (x, y), cutoff=2, verbose=0)
+    text = str(fixed)
+    assert "2 of 2 solvable layer(s)" in text and "cutoff=fixed" in text
+    assert "f_d0" in text and "f_d1" in text and "frozen: f_d0, f_d1" in text
+    json.dumps(fixed.to_dict())
+    assert str(HybridReport(cutoff=0, cutoff_mode="fixed")).startswith("HybridReport: 0 of 0")
+
+
+def test_verbose_prints_progress(subspace_classes, capsys):
+    x, y = _subspace_data(subspace_classes)
+    hybridize(_mlp(hidden=(8, 8)), (x, y), cutoff=1, verbose=1)
+    out = capsys.readouterr().out
+    assert "Solving Dense 'm_d0' (1/1)" in out
