@@ -1,0 +1,102 @@
+"""Evidence for `cutoff="auto"`: probe accuracy vs the accuracy a trained model reaches.
+
+For each model and data set, `hybridize(cutoff="auto")` records the held-out accuracy
+of a ridge probe on the features after 0, 1, 2, ... solved layers. Then the model is
+trained with every fixed cutoff k (solve k layers, train the rest) and tested. The
+auto rule is good if the k it picks is the one with the best trained accuracy, or a
+larger k that costs little accuracy (more solved layers = cheaper training).
+
+    python benchmarks/bench_cutoff.py [--quick] [--seeds 2]
+
+Writes the `bench_cutoff` section of docs/benchmarks.md.
+"""
+
+import argparse
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from _report import machine_line, markdown_table, write_section
+from keras_classpca import fit_top, hybridize
+from keras_classpca.datasets import load_dataset
+from keras_classpca.demo import benchmark_cnn
+
+
+def mlp(input_shape, n_classes):
+    return keras.Sequential([
+        keras.Input(input_shape), keras.layers.Flatten(),
+        keras.layers.Dense(256, activation="relu"), keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ])
+
+
+def build(kind, x, n_classes):
+    if kind == "cnn":
+        return benchmark_cnn(x.shape[1:], n_classes, 5 if x.shape[1] >= 16 else 3)
+    return mlp(x.shape[1:], n_classes)
+
+
+def run_case(kind, dataset, fraction, epochs, seed):
+    (x, y), (x_test, y_test) = load_dataset(dataset)
+    n_classes = int(y.max()) + 1
+    rng = np.random.default_rng(seed)
+    keep = rng.choice(len(x), int(fraction * len(x)), replace=False)
+    x, y = x[keep], y[keep]
+    keras.utils.set_random_seed(seed)
+    model = build(kind, x, n_classes)
+    report = hybridize(model, (x, y), cutoff="auto", seed=seed, verbose=0)
+    probe = report.evidence["probe_accuracy"]
+    n_candidates = len(report.candidates)
+    trained = []
+    for k in range(n_candidates + 1):
+        keras.utils.set_random_seed(seed)
+        model = build(kind, x, n_classes)
+        start = time.perf_counter()
+        hybridize(model, (x, y), cutoff=k, seed=seed, verbose=0)
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        fit_top(model, x, y, epochs=epochs, batch_size=128, verbose=0)
+        seconds = time.perf_counter() - start
+        trained.append((model.evaluate(x_test, y_test, verbose=0)[1], seconds))
+    return report.cutoff, probe, trained
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits only, one seed")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    cases = [("cnn", "digits", 1.0), ("mlp", "digits", 1.0)]
+    if not args.quick:
+        cases += [("cnn", "fashion_mnist", 0.1), ("mlp", "fashion_mnist", 0.1)]
+    seeds = range(1 if args.quick else args.seeds)
+    rows = []
+    for kind, dataset, fraction in cases:
+        results = [run_case(kind, dataset, fraction, args.epochs, seed) for seed in seeds]
+        picks = [r[0] for r in results]
+        for k in range(len(results[0][2])):
+            probe = statistics.median(r[1][k] for r in results if k < len(r[1]))
+            accuracy = statistics.median(r[2][k][0] for r in results)
+            seconds = statistics.median(r[2][k][1] for r in results)
+            rows.append([f"{kind} / {dataset} {fraction:.0%}", k, f"{probe:.3f}",
+                         f"{accuracy:.4f}", f"{seconds:.1f}",
+                         ", ".join(str(p) for p in picks) if k == 0 else ""])
+            print(rows[-1], flush=True)
+    table = markdown_table(
+        ["model / data", "solved layers k", "probe acc. (features after k)",
+         f"test acc. after {args.epochs} epochs", "solve+fit s", "auto picked (per seed)"],
+        rows,
+    )
+    body = (
+        "## Choosing the cutoff: probe vs trained accuracy (`benchmarks/bench_cutoff.py`)\n\n"
+        f"{machine_line()}\n\nMedians over {len(seeds)} seed(s). The probe is a ridge "
+        "classifier on the features after k solved layers (held-out fifth of the solve "
+        "samples); the test accuracy is the model trained with cutoff k.\n\n" + table
+    )
+    write_section("bench_cutoff", body)
+
+
+if __name__ == "__main__":
+    main()
