@@ -14,13 +14,15 @@ import tempfile
 
 import numpy as np
 
-# Constructor arguments that cannot change what class-PCA computes for a layer.
+# Constructor arguments that cannot change what class-PCA computes: solved kernels and
+# biases and adapted moving statistics overwrite their initial values, and regularizers
+# and constraints act only in training. (BatchNormalization's gamma/beta initializers
+# do matter: their initial values shape the features the next layer is solved on.)
 _IRRELEVANT_CONFIG = {
     "name", "trainable", "kernel_initializer", "bias_initializer", "kernel_regularizer",
     "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint",
-    "beta_initializer", "gamma_initializer", "moving_mean_initializer",
-    "moving_variance_initializer", "beta_regularizer", "gamma_regularizer",
-    "beta_constraint", "gamma_constraint", "seed",
+    "moving_mean_initializer", "moving_variance_initializer", "beta_regularizer",
+    "gamma_regularizer", "beta_constraint", "gamma_constraint",
 }
 
 
