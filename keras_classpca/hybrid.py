@@ -57,8 +57,27 @@ class _DataPasses:
         self.data = arrays if arrays is not None else data
         self.total = len(arrays[0]) if arrays is not None else samples
         self.one_shot = arrays is None and iter(data) is data if hasattr(data, "__iter__") else False
+        self._peeked = None  # (first batch, rest of the pass) of a one-shot iterator
+
+    def peek(self):
+        """The first batch, without spending a pass: a one-shot iterator keeps it."""
+        batches = iter(self)
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("`data` is empty: no samples to solve the layers on.")
+        self.passes = 0
+        if self.one_shot:
+            self._peeked = (first, batches)
+        return first
 
     def __iter__(self):
+        if self._peeked is not None:
+            first, rest = self._peeked
+            self._peeked = None
+            self.passes = 1
+            yield first
+            yield from rest
+            return
         if self.passes and self.one_shot:
             raise TypeError(
                 "`data` is a one-shot iterator but hybridize needs one pass per solved "
@@ -306,8 +325,7 @@ def hybridize(
 
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
     if not model.built or not getattr(model, "inputs", None):
-        first_x, _ = next(iter(passes))
-        passes.passes = 0  # peeking for the shape is not a pass
+        first_x, _ = passes.peek()
         ensure_built(model, first_x.shape[1:])
     chain = read_chain(model)
     report = HybridReport(

@@ -262,6 +262,21 @@ def test_unbuilt_sequential_is_built_from_the_data(subspace_classes):
     report = hybridize(model, (x, y), cutoff=1, verbose=0)
     assert model.built and model.layers[0].kernel.shape == (12, 6)
     assert report.layers[0].samples == len(x)
+    # A one-shot generator: the batch read to build the model still counts.
+    generator = ((x[s : s + 70], y[s : s + 70]) for s in range(0, len(x), 70))
+    model = keras.Sequential([L.Dense(6, activation="relu"), L.Dense(3)])
+    report = hybridize(model, generator, cutoff=1, verbose=0)
+    assert report.layers[0].samples == len(x)
+    np.testing.assert_allclose(np.asarray(model.layers[0].kernel), ClassPCA(6).fit(x, y).kernel_,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_empty_data_is_rejected(subspace_classes):
+    empty = (np.zeros((0, 12), "float32"), np.zeros((0,), "int64"))
+    with pytest.raises(ValueError, match="`data` is empty"):
+        hybridize(keras.Sequential([L.Dense(6), L.Dense(3)]), empty, cutoff=1, verbose=0)
+    with pytest.raises(ValueError, match="`data` is empty"):
+        hybridize(_mlp(hidden=(8,)), empty, cutoff=1, verbose=0)
 
 
 # --------------------------------------------------------------- cutoff handling
