@@ -305,7 +305,9 @@ def write_report(records, args_line, paragraph):
         "",
         machine_line(),
         "",
-        f"Run: `{args_line}`; seeds finished: {seeds}. Medians over seeds; Δ and time ratios "
+        f"Run: `{args_line}`; seeds finished: {seeds}; "
+        f"{'/'.join(str(e) for e in sorted({r['epochs'] for r in records}))} epochs, Adam, "
+        "batch 128. Medians over seeds; Δ and time ratios "
         "are medians of per-seed paired values (each seed's SGD run is the reference). "
         "Test accuracy on the full 10,000-image test set. Wall time = `hybridize` + compile + "
         "fit (for cutoff 1/2: the fit `cache=\"auto\"` would pick, plus the cost of that "
@@ -361,6 +363,8 @@ def main():
     args_line = "benchmarks/bench_hybrid.py " + " ".join(sys.argv[1:])
 
     if args.report_only:
+        if args.no_write:
+            globals()["write_section"] = lambda name, body: print(body)
         write_report(load_records(args.results), args_line, paragraph)
         return
 
