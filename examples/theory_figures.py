@@ -138,11 +138,11 @@ def separable_data(n=200, d=10, seed=0):
     return x[keep].astype("float32"), (margin[keep] > 0).astype("float32")
 
 
-def alignment(total_steps):
-    print(f"\n[2] Ji-Telgarsky alignment: deep linear net 10-10-10-10-1, logistic loss, "
-          f"{total_steps} full-batch GD steps")
+def alignment(total_steps, glorot_steps):
+    print("\n[2] Ji-Telgarsky alignment: deep linear net 10-10-10-10-1, logistic loss, "
+          "full-batch GD, lr 0.1")
     x, y = separable_data()
-    per_epoch = max(total_steps // 80, 1)
+    budget = {"N(0, 0.05^2) init": total_steps, "Glorot-uniform init": glorot_steps}
     # one initializer object per layer: a seeded Keras initializer reused across layers
     # would give every layer the same matrix
     inits = {
@@ -153,6 +153,8 @@ def alignment(total_steps):
     out = {}
     for col, (label, init) in enumerate(inits.items()):
         keras.utils.set_random_seed(0)
+        steps_total = budget[label]
+        per_epoch = max(steps_total // 800, 1)  # 800 records per run
         layers = [keras.Input((10,))]
         for i in range(4):
             layers.append(keras.layers.Dense(10 if i < 3 else 1, use_bias=False,
@@ -162,12 +164,13 @@ def alignment(total_steps):
         monitor = AlignmentMonitor()
         t0 = time.time()
         hist = model.fit(np.tile(x, (per_epoch, 1)), np.tile(y, per_epoch), batch_size=len(x),
-                         shuffle=False, epochs=total_steps // per_epoch, verbose=0,
+                         shuffle=False, epochs=steps_total // per_epoch, verbose=0,
                          callbacks=[monitor])
         steps = (np.array(monitor.epochs) + 1) * per_epoch
         steps[0] = 1  # before training, drawn at step 1 on the log axis
         loss = hist.history["loss"][-1]
-        print(f"  {label}: final loss {loss:.2e} ({time.time() - t0:.0f} s)")
+        print(f"  {label}: {steps_total} steps, final loss {loss:.2e} "
+              f"({time.time() - t0:.0f} s)")
         for name, vals in monitor.ratios.items():
             axes[0, col].semilogx(steps, vals, label=name)
             print(f"    ||{name}||_2/||{name}||_F : {vals[0]:.3f} -> {vals[-1]:.4f}")
@@ -238,7 +241,8 @@ def main():
     t0 = time.time()
     spectra(n0=300 if args.quick else 1000)
     layer_spectra(epochs=5 if args.quick else 40)
-    alignment(total_steps=2000 if args.quick else 20000)
+    alignment(total_steps=2000 if args.quick else 20000,
+              glorot_steps=2000 if args.quick else 100000)
     conditioning(depth=10 if args.quick else 30, width=512 if args.quick else 4096,
                  n_points=48)
     print(f"\ntotal {time.time() - t0:.0f} s")
