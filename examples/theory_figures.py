@@ -105,7 +105,8 @@ def layer_spectra(epochs):
     results = {}
     fig, ax = plt.subplots(figsize=(6.5, 4))
     data = theory.layer_input_spectra(variants["random (Glorot)"], x)["first"]
-    ax.semilogy(np.arange(1, data.size + 1), data / data.sum(), "k:", label="raw pixels (input of first)")
+    ax.semilogy(np.arange(1, data.size + 1), data / data.sum(), "k:",
+                label="raw pixels (input of first)")
     print(f"  {'first layer':22s} {'eff. rank':>9s} {'top-5 share':>11s} {'cond':>9s}")
     for (name, model), style in zip(variants.items(), ["C0", "C1", "C3"]):
         ev = theory.layer_input_spectra(model, x)["head"]

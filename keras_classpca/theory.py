@@ -570,14 +570,19 @@ def _im2col(x, layer):
     return windows.reshape(-1, kh * kw * x.shape[-1])
 
 
+def _iter_layers(model):
+    """All layers of a model in order, descending into nested models."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _iter_layers(layer)
+
+
 def _target_layers(model):
     import keras
 
-    out = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
-            out.append(layer)
-    return out
+    kinds = (keras.layers.Dense, keras.layers.Conv2D)
+    return [layer for layer in _iter_layers(model) if isinstance(layer, kinds)]
 
 
 def _covariance_eigenvalues(rows):

@@ -82,6 +82,14 @@ def layer_alignment(kernel, next_kernel):
     return float(abs(vt1[0] @ u2[:, 0]))
 
 
+def _iter_layers(model):
+    """All layers of a model in order, descending into nested models."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _iter_layers(layer)
+
+
 class AlignmentMonitor(keras.callbacks.Callback):
     """Record rank-one-ness and alignment of Dense layers during training.
 
@@ -138,11 +146,7 @@ class AlignmentMonitor(keras.callbacks.Callback):
     # -- helpers -----------------------------------------------------------
     def _resolve_layers(self):
         model = self.model
-        dense = [
-            l
-            for l in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(l, keras.layers.Dense)
-        ]
+        dense = [l for l in _iter_layers(model) if isinstance(l, keras.layers.Dense)]
         if self.layer_spec is None:
             chosen = dense
         else:
