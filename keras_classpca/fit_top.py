@@ -85,18 +85,23 @@ class _Cache:
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.rows,) + self.row_shape)
 
     def close(self):
+        if self.file is not None and not self.file.closed:
+            self.file.close()
         if self.path is not None and os.path.exists(self.path):
             os.remove(self.path)
 
 
 def _prefix_outputs(prefix, data, batch_size, memory_limit, directory):
     cache, labels = _Cache(memory_limit, directory), []
-    for x, y in iter_batches(data, batch_size=batch_size):
-        cache.append(keras.ops.convert_to_numpy(prefix.predict_on_batch(x)))
-        labels.append(np.asarray(y))
-    if not labels:
-        cache.close()
-        raise ValueError("`x` is empty: no samples to train on.")
+    try:
+        for x, y in iter_batches(data, batch_size=batch_size):
+            cache.append(keras.ops.convert_to_numpy(prefix.predict_on_batch(x)))
+            labels.append(np.asarray(y))
+        if not labels:
+            raise ValueError("`x` is empty: no samples to train on.")
+    except BaseException:
+        cache.close()  # a failure while caching must not leave a spill file behind
+        raise
     return cache, np.concatenate(labels)
 
 

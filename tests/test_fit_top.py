@@ -1,0 +1,188 @@
+"""fit_top: training the top of a hybrid model on the cached output of its frozen prefix."""
+
+import importlib
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_classpca import fit_top, hybridize
+from keras_classpca.fit_top import cache_point
+
+L = keras.layers
+# `keras_classpca.fit_top` is the function (re-exported by the package), not the module.
+fit_top_module = importlib.import_module("keras_classpca.fit_top")
+
+
+def _data(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, 8, 8, 1)) + 0.6 * y[:, None, None, None] * np.linspace(-1, 1, 8)[None, :, None, None]
+    return x.astype("float32"), y
+
+
+def _model(cutoff=1, dropout=False, seed=3, compile=True):
+    """Conv -> BN -> pool -> Dense(16) [-> Dropout] -> Dense(3), hybridized and compiled."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu", name="conv"),
+              L.BatchNormalization(name="bn"), L.MaxPooling2D(), L.Flatten(),
+              L.Dense(16, activation="relu", name="hidden")]
+    if dropout:
+        layers.append(L.Dropout(0.3, name="drop"))
+    layers.append(L.Dense(3, activation="softmax", name="out"))
+    model = keras.Sequential(layers)
+    x, y = _data()
+    if cutoff:
+        hybridize(model, (x, y), cutoff=cutoff, verbose=0)
+    if compile:
+        model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"], jit_compile=False)
+    return model
+
+
+class _ListDir(keras.callbacks.Callback):
+    """Records the files in `directory` at the end of every epoch."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory, self.seen = directory, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(sorted(os.listdir(self.directory)))
+
+
+@pytest.mark.parametrize("cutoff, dropout, spill", [(1, False, True), (2, True, False)])
+def test_cached_training_equals_plain_fit(cutoff, dropout, spill, tmp_path):
+    # cutoff=1: the BatchNorm after the solved conv stays trainable (part of the top);
+    # cutoff=2 with Dropout above the frozen prefix: the same dropout masks are drawn.
+    x, y = _data()
+    xv, yv = _data(90, seed=1)
+    plain, cached = _model(cutoff, dropout), _model(cutoff, dropout)
+    assert all(np.array_equal(a, b) for a, b in zip(plain.get_weights(), cached.get_weights()))
+    initial = {l.name: [w.copy() for w in l.get_weights()] for l in cached.layers}
+    args = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, validation_data=(xv, yv))
+
+    keras.utils.set_random_seed(5)
+    plain_history = plain.fit(x, y, **args)
+    keras.utils.set_random_seed(5)
+    spy = _ListDir(tmp_path)
+    history = fit_top(cached, x, y, cache=True, memory_limit=0 if spill else 2**30,
+                      cache_dir=str(tmp_path), callbacks=[spy], **args)
+
+    assert history.cache_used is True
+    # Same ops on the same batches in the same order: bit-identical weights and logs.
+    for a, b in zip(plain.get_weights(), cached.get_weights()):
+        assert np.array_equal(a, b)
+    assert history.history == plain_history.history
+    # The training happened in the user's model object: the top moved, the prefix did not.
+    for layer in cached.layers:
+        moved = any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), initial[layer.name]))
+        assert moved == (layer.trainable and bool(layer.weights)), layer.name
+    # validation ran on the cached validation features; the last value matches evaluate()
+    val_loss = cached.evaluate(xv, yv, verbose=0, batch_size=32)[0]
+    assert history.history["val_loss"][-1] == pytest.approx(val_loss, rel=1e-5)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    # the spill file existed during training (train + validation caches) and is gone
+    assert [len(files) for files in spy.seen] == [2 if spill else 0] * 2
+    assert os.listdir(tmp_path) == []
+
+
+def test_spilled_cache_with_default_shuffle_trains_and_cleans_up(tmp_path):
+    x, y = _data()
+    model = _model(cutoff=2)
+    before = model.evaluate(x, y, verbose=0)[0]
+    history = fit_top(model, x, y, batch_size=32, epochs=2, cache=True, memory_limit=0,
+                      cache_dir=str(tmp_path), verbose=0)
+    assert history.cache_used and os.listdir(tmp_path) == []
+    assert model.evaluate(x, y, verbose=0)[0] < before - 0.1
+
+
+def test_dataset_input_equals_plain_fit_on_the_dataset():
+    x, y = _data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(25)
+    plain, cached = _model(2), _model(2)
+    keras.utils.set_random_seed(5)
+    plain.fit(dataset, epochs=1, verbose=0)
+    keras.utils.set_random_seed(5)
+    history = fit_top(cached, dataset, batch_size=25, epochs=1, cache=True, shuffle=False, verbose=0)
+    assert history.cache_used
+    for a, b in zip(plain.get_weights(), cached.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_failed_caching_removes_its_spill_file(tmp_path):
+    x, y = _data()
+    model = _model(cutoff=2)
+
+    def failing():
+        for start in range(0, 200, 50):
+            if start == 150:
+                raise RuntimeError("disk on fire")
+            yield x[start : start + 50], y[start : start + 50]
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        fit_top(model, failing(), cache=True, memory_limit=0, cache_dir=str(tmp_path), verbose=0)
+    assert os.listdir(tmp_path) == []
+    # the same for a failure while caching the validation data
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        fit_top(model, x, y, validation_data=failing(), cache=True, memory_limit=0,
+                cache_dir=str(tmp_path), verbose=0)
+    assert os.listdir(tmp_path) == []
+
+
+def test_errors():
+    x, y = _data()
+    with pytest.raises(ValueError, match="must be compiled"):
+        fit_top(_model(1, compile=False), x, y, verbose=0)
+    unsolved = _model(cutoff=0)
+    with pytest.raises(ValueError, match="no frozen layers with weights"):
+        fit_top(unsolved, x, y, cache=True, verbose=0)
+    model = _model(1)
+    for bad in ("yes", "always", None):
+        with pytest.raises(ValueError, match="`cache` must be"):
+            fit_top(model, x, y, cache=bad, verbose=0)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="memory_limit"):
+            fit_top(model, x, y, cache=True, memory_limit=bad, verbose=0)
+
+
+def test_unfrozen_solve_has_no_cache_point():
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3), L.Flatten(), L.Dense(3)])
+    x, y = _data()
+    hybridize(model, (x, y), cutoff=1, freeze=False, verbose=0)
+    assert cache_point(model) is None
+    model.layers[0].trainable = False
+    # frozen conv, then Flatten (no weights, deterministic): the cache is Flatten's output
+    assert cache_point(model) is model.layers[1].output
+
+
+def test_cache_auto_follows_the_timing_prediction(monkeypatch):
+    x, y = _data()
+    # no frozen prefix: plain fit, whatever the timing
+    history = fit_top(_model(cutoff=0), x, y, epochs=1, cache="auto", verbose=0)
+    assert history.cache_used is False and isinstance(history, keras.callbacks.History)
+    # with one epoch the prefix is computed once either way: caching cannot pay
+    history = fit_top(_model(2), x, y, epochs=1, cache="auto", verbose=0)
+    assert history.cache_used is False
+    # the decision follows the predicted ratio
+    for ratio, expected in ((0.2, True), (5.0, False)):
+        monkeypatch.setattr(fit_top_module, "predict_cache_speedup", lambda *a, ratio=ratio: ratio)
+        history = fit_top(_model(2), x, y, epochs=1, cache="auto", verbose=0)
+        assert history.cache_used is expected
+        assert len(history.history["loss"]) == 1
+
+
+def test_predicted_speedup_favours_caching_a_heavy_prefix():
+    keras.utils.set_random_seed(0)
+    heavy = keras.Sequential([keras.Input((32, 32, 3)), L.Conv2D(64, 5, padding="same"),
+                              L.Conv2D(64, 5, padding="same"), L.GlobalAveragePooling2D(), L.Dense(2)])
+    for layer in heavy.layers[:2]:
+        layer.trainable = False
+    prefix = keras.Model(heavy.inputs[0], cache_point(heavy))
+    batch = np.zeros((16, 32, 32, 3), "float32")
+    ratio = fit_top_module.predict_cache_speedup(heavy, prefix, batch, epochs=10)
+    # plain pays the prefix 10 times, caching once: close to 1/10 of the time
+    assert ratio < 0.5
+    assert fit_top_module.predict_cache_speedup(heavy, prefix, batch, epochs=1) == pytest.approx(1.0)
