@@ -194,6 +194,32 @@ def alignment(total_steps, glorot_steps):
     return out
 
 
+def alignment_residual(checkpoints):
+    """Why the rank-one ratio is slow from Glorot: top singular value vs the rest."""
+    print("\n[2b] Glorot init, layer W1: top singular value s1 and Frobenius norm r of the rest")
+    x, y = separable_data()
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((10,))]
+    for i in range(4):
+        init = keras.initializers.GlorotUniform(seed=i)
+        layers.append(keras.layers.Dense(10 if i < 3 else 1, use_bias=False,
+                                         kernel_initializer=init, name=f"W{i + 1}"))
+    model = keras.Sequential(layers)
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.BinaryCrossentropy(from_logits=True))
+    rows, done = [], 0
+    for target in [0] + list(checkpoints):
+        if target > done:
+            k = target - done
+            model.fit(np.tile(x, (k, 1)), np.tile(y, k), batch_size=len(x), shuffle=False,
+                      epochs=1, verbose=0)
+            done = target
+        s = np.linalg.svd(model.get_layer("W1").get_weights()[0], compute_uv=False)
+        rows.append((done, s[0], np.sqrt(np.sum(s[1:] ** 2))))
+        print(f"  steps {done:6d}: s1 = {s[0]:.3f}, r = {rows[-1][2]:.3f}, "
+              f"ratio = {s[0] / np.sqrt(np.sum(s ** 2)):.4f}")
+    return rows
+
+
 # ---------------------------------------------------------------- 3. conditioning
 def conditioning(depth, width, n_points):
     from keras_classpca.datasets import load_digits
@@ -244,6 +270,7 @@ def main():
     layer_spectra(epochs=5 if args.quick else 40)
     alignment(total_steps=2000 if args.quick else 20000,
               glorot_steps=2000 if args.quick else 100000)
+    alignment_residual([100, 1000] if args.quick else [100, 1000, 10000, 30000])
     conditioning(depth=10 if args.quick else 30, width=512 if args.quick else 4096,
                  n_points=48)
     print(f"\ntotal {time.time() - t0:.0f} s")

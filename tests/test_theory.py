@@ -268,3 +268,19 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_kernel_condition_number_keras_batchnorm_uses_batch_statistics():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(12, 8)) + 2.0).astype("float32")
+    dense = keras.layers.Dense(64, use_bias=False, name="d1")
+    model = keras.Sequential([keras.Input((8,)), dense, keras.layers.BatchNormalization(),
+                              keras.layers.Activation("relu"), keras.layers.Dense(3)])
+    conds = theory.kernel_condition_number(model, x)
+    # by hand: batch-normalized pre-activations (training mode), then relu
+    h = x.astype(np.float64) @ np.asarray(dense.get_weights()[0], dtype=np.float64)
+    h = np.maximum((h - h.mean(0)) / np.sqrt(h.var(0) + 1e-3), 0)
+    assert conds[1] == pytest.approx(theory.gram_condition_number(h), rel=1e-3)
+    # inference-mode BatchNorm (moving statistics 0/1) would be a no-op: a different value
+    h_inf = np.maximum(x.astype(np.float64) @ np.asarray(dense.get_weights()[0]), 0)
+    assert abs(conds[1] / theory.gram_condition_number(h_inf) - 1) > 0.05
