@@ -191,7 +191,7 @@ def activation_constants(
 def _quartic_coefficients(t, eta, zeta, phi, psi):
     """Ascending coefficients (N, 5) of the quartic in ``u = P - 1``.
 
-    The paper's equations (10)-(12)::
+    The paper's self-consistent equation for the Stieltjes transform::
 
         G(z) = psi / z * P(1 / (z psi)) + (1 - psi) / z
         P    = 1 + (eta - zeta) t P_phi P_psi
