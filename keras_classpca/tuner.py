@@ -1,0 +1,317 @@
+"""`HybridHyperModel`: search the cutoff (and class-PCA options) with KerasTuner.
+
+Every trial builds the user's model, solves its bottom `cutoff` layers with
+`hybridize` and trains the rest with `model.fit`. Trials that share a solved prefix
+(same data, same prefix architecture, same class-PCA options and sampling settings)
+reuse it from a `SolveCache`: a trial with cutoff 2 after one with cutoff 1 solves
+only the second layer, a trial that changes only the learning rate or the top layers
+solves nothing. The cache holds numpy arrays in memory and as `.npz` files under the
+tuner's `directory/project_name/solve_cache`, so a search resumed with
+`overwrite=False` keeps it (docs/tuner.md).
+"""
+
+import os
+import time
+
+import keras
+import keras_tuner
+import numpy as np
+
+from keras_classpca.class_pca import ALLOCATIONS, SCALINGS
+from keras_classpca.hybrid import CLASS_PCA_OPTIONS, hybridize
+from keras_classpca.model_chain import ensure_built, read_chain
+from keras_classpca.solve_cache import SolveCache, data_fingerprint
+
+CUTOFF = "cutoff"
+# Searched class-PCA options with `search_options=True`; the first value of each is
+# the library default, so KerasTuner's default trial is `hybridize`'s default.
+DEFAULT_SEARCH_SPACE = {
+    "center": [True, False],
+    "scaling": list(SCALINGS),
+    "allocation": list(ALLOCATIONS),
+}
+HYBRIDIZE_SETTINGS = ("samples", "batch_size", "seed", "patches_per_image", "verbose")
+CACHE_SUBDIR = "solve_cache"
+# Extra metrics added to every trial's History (one value per epoch).
+SOLVE_SECONDS = "solve_seconds"
+TRIAL_SECONDS = "trial_seconds"
+
+
+def _is_arrays(data):
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) in (2, 3)
+        and all(hasattr(part, "shape") for part in data[:2])
+    )
+
+
+def _declared(value, values):
+    """The declared choice equal to `value`: some oracles hand back `True` as `1`."""
+    return next((v for v in values if v == value and isinstance(v, bool) == isinstance(value, bool)),
+                next((v for v in values if v == value), value))
+
+
+def solved_layers(model, cutoff):
+    """Names of the layers `hybridize(model, ..., cutoff)` solves and freezes.
+
+    The first `cutoff` Dense/Conv2D layers of the chain, and the BatchNormalization
+    layers between two solved layers (a BatchNormalization after the last solved layer
+    belongs to the trained top).
+    """
+    chain = read_chain(model)
+    candidates = chain.candidates[:cutoff]
+    ends = chain.candidates[1:] + [len(chain.layers)]
+    names = []
+    for j, position in enumerate(candidates):
+        names.append(chain.layers[position].name)
+        if j + 1 < len(candidates):
+            names += [
+                layer.name
+                for layer in chain.layers[position + 1 : ends[j]]
+                if isinstance(layer, keras.layers.BatchNormalization)
+            ]
+    return names
+
+
+def _recompile(model):
+    """Compile `model` again with its own compile arguments and optimizer object.
+
+    Keras fixes the trainable variables at `compile()`; `hybridize` changes them.
+    """
+    if not getattr(model, "compiled", False) or not hasattr(model, "_compile_config"):
+        raise ValueError(
+            "`build_model(hp)` must return a compiled model (or the tuner must be given "
+            "`optimizer`/`loss` to compile it): HybridHyperModel recompiles it with the "
+            "same arguments after freezing the solved layers."
+        )
+    arguments = dict(model._compile_config.config)
+    arguments["optimizer"] = model.optimizer  # same object: learning rate, schedule, ...
+    model.compile(**arguments)
+
+
+class HybridHyperModel(keras_tuner.HyperModel):
+    """A KerasTuner `HyperModel` whose trials solve the bottom layers by class-PCA.
+
+    `build(hp)` calls `build_model(hp)` (the user's hyperparameters keep working; it
+    must compile the model) and registers `hp.Int("cutoff", 0, max_cutoff)` plus, for
+    `cutoff >= 1`, `hp.Choice`s for the searched class-PCA options. `fit(hp, model,
+    ...)` solves the bottom `cutoff` layers with `hybridize` on `data`, recompiles the
+    model (same arguments and optimizer object: trainable variables are fixed at
+    compile time) and runs `model.fit(...)` with the arguments given to
+    `tuner.search(...)`. The History gets two extra metrics per epoch,
+    `solve_seconds` and `trial_seconds` (solve + training); the tuner's objective
+    (e.g. `val_accuracy`) still drives the search.
+
+    Solved prefixes are cached (`SolveCache`) and shared by trials: keys hold a data
+    fingerprint, the prefix architecture (layer classes and configs, without names
+    and initializers), the class-PCA options and the sampling settings. A Hyperband
+    trial that continues an earlier one (`"tuner/trial_id"` in `hp`) solves nothing:
+    its weights, solved and trained, come from the checkpoint; only the solved layers
+    are frozen again.
+
+    Args:
+        build_model: `build_model(hp) -> keras.Model`, compiled, built (give it a
+            `keras.Input`), cheap and data-free: tuners call it at construction time.
+        data: the data the layers are solved on, as `hybridize` takes it: `(x, y)`
+            arrays, a `tf.data.Dataset`, a `PyDataset` or a callable returning a
+            fresh iterable of `(x, y)` batches.
+        max_cutoff: the largest cutoff searched; `None` means every solvable layer
+            of the model `build_model` returns first.
+        search_options: `True` searches `center`, `scaling` and `allocation`
+            (`DEFAULT_SEARCH_SPACE`); `False` searches none; a dict
+            `{option: [values]}` searches those `ClassPCA` options. Options also
+            given as fixed keyword arguments are not searched.
+        cache: reuse solved prefixes across trials (`False`: solve every trial).
+        cache_dir: `"auto"` (default) keeps the cache in
+            `<tuner directory>/<project_name>/solve_cache`, found through the tuner's
+            callback in `fit`; a path puts it there; `None` keeps it in memory only.
+        data_fingerprint: a string that changes whenever `data` changes; computed from
+            arrays when omitted, required with a cache for other data.
+        name, tunable: as in `keras_tuner.HyperModel`.
+        **hybridize_options: fixed `hybridize` settings (`samples`, `batch_size`,
+            `seed`, `patches_per_image`, `verbose`; default `verbose=0`) and fixed
+            class-PCA options (`center`, `variance_share`, ...).
+
+    Attributes:
+        solve_cache: the `SolveCache` of the latest trial (`hits`, `misses`), or None.
+        last_report: the `HybridReport` of the latest solving trial.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_tuner
+    >>> x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int64")
+    >>> def build_model(hp):
+    ...     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"),
+    ...                               keras.layers.Dense(2, activation="softmax")])
+    ...     model.compile(keras.optimizers.Adam(hp.Float("lr", 1e-3, 1e-2, sampling="log")),
+    ...                   "sparse_categorical_crossentropy", metrics=["accuracy"])
+    ...     return model
+    >>> hypermodel = HybridHyperModel(build_model, (x, y), search_options=False)
+    >>> tuner = keras_tuner.RandomSearch(hypermodel, objective="val_accuracy", max_trials=2,
+    ...                                  directory="/tmp/doctest_tuner", overwrite=True)  # doctest: +SKIP
+    >>> tuner.search(x, y, validation_split=0.25, epochs=1, verbose=0)  # doctest: +SKIP
+    >>> tuner.get_best_hyperparameters()[0].get("cutoff") in (0, 1)  # doctest: +SKIP
+    True
+    """
+
+    def __init__(
+        self,
+        build_model,
+        data,
+        *,
+        max_cutoff=None,
+        search_options=True,
+        cache=True,
+        cache_dir="auto",
+        data_fingerprint=None,
+        name=None,
+        tunable=True,
+        **hybridize_options,
+    ):
+        super().__init__(name=name, tunable=tunable)
+        if not callable(build_model):
+            raise TypeError(f"`build_model` must be callable as build_model(hp); received {build_model!r}.")
+        if max_cutoff is not None and (
+            isinstance(max_cutoff, bool) or not isinstance(max_cutoff, (int, np.integer)) or max_cutoff < 0
+        ):
+            raise ValueError(f"`max_cutoff` must be a non-negative integer or None; received {max_cutoff!r}.")
+        unknown = sorted(set(hybridize_options) - set(HYBRIDIZE_SETTINGS) - set(CLASS_PCA_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"Unknown option(s) {unknown}; HybridHyperModel takes the hybridize settings "
+                f"{list(HYBRIDIZE_SETTINGS)} and the ClassPCA options {list(CLASS_PCA_OPTIONS)}."
+            )
+        if search_options is True:
+            space = dict(DEFAULT_SEARCH_SPACE)
+        elif search_options in (False, None):
+            space = {}
+        elif isinstance(search_options, dict):
+            space = {name: list(values) for name, values in search_options.items()}
+        else:
+            raise TypeError(
+                f"`search_options` must be True, False or a dict {{option: [values]}}; "
+                f"received {search_options!r}."
+            )
+        for option, values in space.items():
+            if option not in CLASS_PCA_OPTIONS or option == "n_classes":
+                raise ValueError(
+                    f"Cannot search {option!r}: searchable ClassPCA options are "
+                    f"{[o for o in CLASS_PCA_OPTIONS if o != 'n_classes']}."
+                )
+            if not values:
+                raise ValueError(f"`search_options[{option!r}]` must list at least one value.")
+        if cache_dir != "auto" and cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+            raise TypeError(f"`cache_dir` must be 'auto', a path or None; received {cache_dir!r}.")
+        self.build_model = build_model
+        self.data = data
+        self.max_cutoff = None if max_cutoff is None else int(max_cutoff)
+        self.search_space = {k: v for k, v in space.items() if k not in hybridize_options}
+        self.cache = bool(cache)
+        self.cache_dir = cache_dir
+        self.hybridize_options = dict({"verbose": 0}, **hybridize_options)
+        if self.cache and data_fingerprint is None and not _is_arrays(data):
+            raise ValueError(
+                "`data_fingerprint` is required with `cache=True` when `data` is not "
+                "(x, y) arrays: a string that changes whenever the data changes."
+            )
+        self._fingerprint = data_fingerprint
+        self._caches = {}
+        self.solve_cache = None
+        self.last_report = None
+
+    # ------------------------------------------------------------------ build
+    def _solvable_layers(self, model):
+        if not model.built or not getattr(model, "inputs", None):
+            if not _is_arrays(self.data):
+                raise ValueError(
+                    "The model `build_model(hp)` returns is not built: give it a "
+                    "`keras.Input(...)`, or pass `max_cutoff`."
+                )
+            ensure_built(model, np.asarray(self.data[0]).shape[1:])
+        return len(read_chain(model).candidates)
+
+    def build(self, hp):
+        """The user's model, with `cutoff` and the class-PCA options registered in `hp`."""
+        model = self.build_model(hp)
+        if not isinstance(model, keras.Model):
+            return model  # the tuner reports a build function that returns no model
+        max_cutoff = self.max_cutoff
+        if max_cutoff is None:
+            max_cutoff = self._solvable_layers(model)
+        hp.Int(CUTOFF, 0, max_cutoff)
+        if self.search_space and max_cutoff >= 1:
+            # The options only matter when something is solved.
+            with hp.conditional_scope(CUTOFF, list(range(1, max_cutoff + 1))):
+                for option, values in self.search_space.items():
+                    if sorted(values) == [False, True] and all(isinstance(v, bool) for v in values):
+                        hp.Boolean(option, default=values[0])
+                    else:
+                        hp.Choice(option, values)
+        return model
+
+    # ------------------------------------------------------------------ fit
+    def _cache_directory(self, callbacks):
+        if self.cache_dir != "auto":
+            return None if self.cache_dir is None else os.fspath(self.cache_dir)
+        for callback in callbacks or []:
+            # KerasTuner passes a callback holding the tuner to every trial's fit.
+            project_dir = getattr(getattr(callback, "tuner", None), "project_dir", None)
+            if project_dir is not None:
+                return os.path.join(str(project_dir), CACHE_SUBDIR)
+        return None
+
+    def _get_cache(self, callbacks):
+        if not self.cache:
+            return None
+        directory = self._cache_directory(callbacks)
+        if directory is not None:
+            # The tuner may have removed its project directory (overwrite=True).
+            os.makedirs(directory, exist_ok=True)
+        if directory not in self._caches:
+            self._caches[directory] = SolveCache(directory)
+        return self._caches[directory]
+
+    def _data_fingerprint(self):
+        if self._fingerprint is None and self.cache:
+            self._fingerprint = data_fingerprint(np.asarray(self.data[0]), np.asarray(self.data[1]))
+        return self._fingerprint
+
+    def fit(self, hp, model, *args, **kwargs):
+        """Solve the bottom `hp["cutoff"]` layers, recompile, `model.fit(*args, **kwargs)`."""
+        start = time.perf_counter()
+        solvable = len(read_chain(model).candidates)
+        # `max_cutoff` comes from the first model built; a model with fewer solvable
+        # layers (another user hyperparameter) solves all it has.
+        cutoff = min(int(hp.get(CUTOFF)) if CUTOFF in hp else 0, solvable)
+        solve_seconds = 0.0
+        if cutoff > 0:
+            if "tuner/trial_id" in hp.values:
+                # Hyperband continues a trial: its checkpoint (solved prefix and trained
+                # top) is already loaded. Solving again would overwrite the trained
+                # BatchNormalization statistics after the prefix; only freeze.
+                for layer_name in solved_layers(model, cutoff):
+                    model.get_layer(layer_name).trainable = False
+            else:
+                options = {
+                    o: _declared(hp.get(o), self.search_space[o]) for o in self.search_space if o in hp
+                }
+                self.solve_cache = self._get_cache(kwargs.get("callbacks"))
+                self.last_report = hybridize(
+                    model,
+                    self.data,
+                    cutoff,
+                    solve_cache=self.solve_cache,
+                    data_fingerprint=self._data_fingerprint(),
+                    **self.hybridize_options,
+                    **options,
+                )
+                solve_seconds = time.perf_counter() - start
+            _recompile(model)
+        history = model.fit(*args, **kwargs)
+        if isinstance(history, keras.callbacks.History):
+            epochs = max((len(v) for v in history.history.values()), default=1)
+            trial_seconds = time.perf_counter() - start
+            history.history[SOLVE_SECONDS] = [solve_seconds] * epochs
+            history.history[TRIAL_SECONDS] = [trial_seconds] * epochs
+        return history
