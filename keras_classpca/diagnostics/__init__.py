@@ -1,1 +1,2 @@
 from keras_classpca.diagnostics.alignment_monitor import AlignmentMonitor
+from keras_classpca.diagnostics.timescale_monitor import TimescaleMonitor

@@ -1,0 +1,412 @@
+"""`TimescaleMonitor`: watch the separation of time scales while a model trains.
+
+Dehmamy, Rohani & Katsaggelos (arXiv 1703.04757) claim that under SGD the lowest layers
+of a network converge first, and that a settled layer spans about the same subspace as
+the class-based PCA of its own input. This callback measures both during an ordinary
+`model.fit()`, for every Dense and Conv2D layer, at the end of every `every` epochs
+(and once before training):
+
+* **weight change** — ``‖W_t − W_prev‖_F / ‖W_t‖_F`` of the kernel (bias excluded)
+  since the previous check, divided by the epochs between the two checks;
+* **overlap** — the mean squared cosine of the principal angles between the layer's
+  filter subspace and the subspace of ``ClassPCA(r).components_`` of the layer's
+  *current* input (computed on a fixed small sample pushed through the current lower
+  layers; conv layers use `patches_per_image` random patches per image). 0 means
+  orthogonal, 1 identical; `chance_overlap` is what two random subspaces of the same
+  sizes would give. The filter subspace is the span of the kernel's columns, kernel
+  flattened to ``(d, n)`` with ``d = kh·kw·C`` for a conv; when a layer has as many
+  filters as input dimensions or more (``n ≥ d``, e.g. 32 filters of 5×5×1) that span
+  is all of ``R^d`` and the overlap would be 1 trivially, so both sides are cut to
+  ``r = min(n, ⌊max_rank_fraction·d⌋)`` dimensions: the kernel's ``r`` leading left
+  singular vectors against ``ClassPCA(r)``. With ``n ≤ d/2`` (the default fraction)
+  ``r = n`` and the comparison is exactly span(kernel) vs span(ClassPCA(n)).
+* **settling** — a layer *settles* at the first epoch from which its per-epoch weight
+  change stays below `settle_threshold` (default 0.05, i.e. the kernel moves by less
+  than 5 % of its norm per epoch) at every later check; `None` while it has not.
+
+It only reads weights and runs inference on its own sample, so training is unchanged
+(same seed, same weights with and without it).
+
+Cost: one forward pass of `samples` inputs and one class-PCA per layer per check.
+Measured on the Fashion-MNIST benchmark CNN: see `docs/timescales.md`.
+"""
+
+import json
+import math
+import time
+
+import keras
+import numpy as np
+
+from keras_classpca.class_pca import ClassPCA, labels_to_int
+from keras_classpca.diagnostics.subspace import chance_overlap, leading_subspace, subspace_overlap
+from keras_classpca.layer_inputs import iter_rows, output_size, unsolvable_reason
+
+__all__ = ["TimescaleMonitor", "settled_epoch"]
+
+DEFAULT_SETTLE_THRESHOLD = 0.05
+
+
+def settled_epoch(epochs, changes, threshold=DEFAULT_SETTLE_THRESHOLD):
+    """The first epoch from which every later change is below `threshold`, else None.
+
+    `epochs` and `changes` are parallel lists; entries whose change is None (the check
+    before training) are skipped.
+
+    >>> settled_epoch([0, 1, 2, 3, 4], [None, 0.3, 0.04, 0.06, 0.02], 0.05)
+    4
+    >>> settled_epoch([0, 1, 2], [None, 0.3, 0.2], 0.05) is None
+    True
+    """
+    settled = None
+    for epoch, change in zip(epochs, changes):
+        if change is None or (isinstance(change, float) and math.isnan(change)):
+            continue
+        if change < threshold:
+            if settled is None:
+                settled = epoch
+        else:
+            settled = None
+    return settled
+
+
+def _iter_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _iter_layers(layer)
+
+
+def _json_float(value):
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+class TimescaleMonitor(keras.callbacks.Callback):
+    """Record per-layer weight change, class-PCA overlap and settling epochs in `fit()`.
+
+    See the module docstring for the definitions.
+
+    Args:
+        data: `(x, y)` training arrays (numpy or anything `np.asarray` takes; `y` integer
+            labels or one-hot). A fixed random subset of `samples` of them is used.
+        layers: names or layer objects to monitor; default every Dense and Conv2D
+            layer of the model (nested models included), bottom first.
+        every: check every `every` epochs (and after the last epoch).
+        samples: size of the fixed sample the overlap is computed on.
+        patches_per_image: random patches per image for conv layers (fixed seed).
+        settle_threshold: per-epoch relative weight change below which a layer counts
+            as settled.
+        max_rank_fraction: compare at most `⌊max_rank_fraction·d⌋` dimensions (see the
+            module docstring); must lie in (0, 1].
+        seed: seed of the sample and patch selection.
+        path: write the history as JSON there at the end of training.
+        batch_size: batch size of the monitor's own forward pass.
+        verbose: 1 prints one line per check.
+        **class_pca_options: options for the `ClassPCA` of each layer's input
+            (defaults: those of `ClassPCA`).
+
+    Attributes:
+        history: dict with `epochs` (0 = before training), per-layer `overlap`,
+            `weight_change` (None at the first check), `chance_overlap`, `rank`,
+            `input_dim`, `filters`, the `settled_epoch` of each layer, and the seconds
+            each check took.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from keras_classpca.diagnostics import TimescaleMonitor
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(200, 12)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
+    >>> model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4, activation="relu"),
+    ...                           keras.layers.Dense(2, activation="softmax")])
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> monitor = TimescaleMonitor((x, y), samples=100)
+    >>> _ = model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
+    >>> monitor.history["epochs"], sorted(monitor.history["layers"])
+    ([0, 1, 2], ['dense', 'dense_1'])
+    """
+
+    def __init__(
+        self,
+        data,
+        layers=None,
+        every=1,
+        *,
+        samples=512,
+        patches_per_image=8,
+        settle_threshold=DEFAULT_SETTLE_THRESHOLD,
+        max_rank_fraction=0.5,
+        seed=0,
+        path=None,
+        batch_size=256,
+        verbose=0,
+        **class_pca_options,
+    ):
+        super().__init__()
+        if isinstance(every, bool) or int(every) != every or every < 1:
+            raise ValueError(f"`every` must be a positive integer; received {every!r}.")
+        if isinstance(samples, bool) or int(samples) != samples or samples < 2:
+            raise ValueError(f"`samples` must be an integer >= 2; received {samples!r}.")
+        if patches_per_image is not None and (int(patches_per_image) != patches_per_image or patches_per_image < 1):
+            raise ValueError(f"`patches_per_image` must be a positive integer or None; received {patches_per_image!r}.")
+        if not 0.0 < float(settle_threshold):
+            raise ValueError(f"`settle_threshold` must be positive; received {settle_threshold!r}.")
+        if not 0.0 < float(max_rank_fraction) <= 1.0:
+            raise ValueError(f"`max_rank_fraction` must lie in (0, 1]; received {max_rank_fraction!r}.")
+        ClassPCA(1, **class_pca_options)  # validates the options now
+        x, y = self._split(data)
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(x), min(int(samples), len(x)), replace=False))
+        self._x = np.asarray(x)[keep]
+        self._y = labels_to_int(np.asarray(y)[keep])
+        if isinstance(layers, (str, keras.layers.Layer)):
+            layers = [layers]
+        self.layer_spec = None if layers is None else list(layers)
+        self.every = int(every)
+        self.samples = len(self._x)
+        self.patches_per_image = None if patches_per_image is None else int(patches_per_image)
+        self.settle_threshold = float(settle_threshold)
+        self.max_rank_fraction = float(max_rank_fraction)
+        self.seed = int(seed)
+        self.path = path
+        self.batch_size = int(batch_size)
+        self.verbose = verbose
+        self.class_pca_options = dict(class_pca_options)
+        self._layers = None
+        self._feature_model = None
+        self._previous = {}
+        self._last_epoch = 0
+        self.history = self._empty_history()
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _split(data):
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            x, y = data
+        else:
+            raise TypeError(
+                "`data` must be an `(x, y)` pair of arrays (a fixed sample is drawn from it); "
+                f"received {type(data).__name__}."
+            )
+        x, y = np.asarray(x), np.asarray(y)
+        if len(x) != len(y):
+            raise ValueError(f"`x` and `y` must have the same length; received {len(x)} and {len(y)}.")
+        if len(x) < 2:
+            raise ValueError("`data` needs at least 2 samples.")
+        return x, y
+
+    def _empty_history(self):
+        return {
+            "epochs": [],
+            "check_seconds": [],
+            "layers": {},
+            "settled_epoch": {},
+            "settings": {
+                "samples": self.samples,
+                "patches_per_image": self.patches_per_image,
+                "every": self.every,
+                "settle_threshold": self.settle_threshold,
+                "max_rank_fraction": self.max_rank_fraction,
+                "seed": self.seed,
+                "class_pca_options": self.class_pca_options,
+            },
+        }
+
+    def _resolve_layers(self):
+        candidates = [
+            layer
+            for layer in _iter_layers(self.model)
+            if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) and unsolvable_reason(layer) is None
+        ]
+        if self.layer_spec is None:
+            chosen = candidates
+        else:
+            by_name = {layer.name: layer for layer in candidates}
+            chosen = []
+            for item in self.layer_spec:
+                name = item if isinstance(item, str) else getattr(item, "name", None)
+                if name not in by_name:
+                    raise ValueError(
+                        f"`layers`: no monitorable Dense/Conv2D layer {item!r} in the model "
+                        f"(candidates: {sorted(by_name)})."
+                    )
+                chosen.append(by_name[name])
+        if not chosen:
+            raise ValueError("TimescaleMonitor: the model has no Dense or Conv2D layer to monitor.")
+        return chosen
+
+    def _build(self):
+        self._layers = self._resolve_layers()
+        try:
+            inputs = self.model.inputs
+            inputs = inputs[0] if len(inputs) == 1 else inputs
+            self._feature_model = keras.Model(inputs, [layer.input for layer in self._layers])
+        except Exception as error:  # layers not on the model's graph (nested / subclassed)
+            raise ValueError(
+                "TimescaleMonitor needs a functional or Sequential model whose monitored "
+                f"layers' inputs are reachable from `model.inputs` ({error})."
+            ) from error
+        self._ranks = {}
+
+    def _layer_inputs(self):
+        outputs = [[] for _ in self._layers]
+        for start in range(0, len(self._x), self.batch_size):
+            values = self._feature_model(self._x[start : start + self.batch_size], training=False)
+            if not isinstance(values, (list, tuple)):
+                values = [values]
+            for out, value in zip(outputs, values):
+                out.append(np.asarray(keras.ops.convert_to_numpy(value)))
+        return [np.concatenate(out) for out in outputs]
+
+    def _rank(self, layer, rows, labels):
+        """Dimensions compared for `layer`: min(n, ⌊fraction·d⌋, what the sample gives)."""
+        d, n = rows.shape[1], output_size(layer)
+        counts = np.bincount(labels)
+        centered = self.class_pca_options.get("center", True)
+        capacity = int(sum(min(d, c - (1 if centered else 0)) for c in counts if c > 0))
+        return max(1, min(n, int(self.max_rank_fraction * d), capacity))
+
+    def _class_pca_subspace(self, rows, labels, rank):
+        rows = rows.astype(np.float64)
+        basis = None
+        if len(rows) < rows.shape[1]:
+            # Every class covariance / second moment lives in the span of the rows:
+            # solving in that span is exact and much cheaper than in R^d.
+            u, s, vt = np.linalg.svd(rows, full_matrices=False)
+            basis = vt[s > 1e-10 * s[0]].T
+            rows = rows @ basis
+        try:
+            components = ClassPCA(rank, **self.class_pca_options).fit(rows, labels).components_
+        except ValueError:
+            options = dict(self.class_pca_options, dedup_threshold=None)
+            components = ClassPCA(rank, **options).fit(rows, labels).components_
+        return components if basis is None else basis @ components
+
+    # ------------------------------------------------------------------ measuring
+    def measure(self):
+        """Current `{layer name: (overlap, kernel as (d, n) numpy)}`."""
+        if self._layers is None:
+            self._build()
+        inputs = self._layer_inputs()
+        rng = np.random.default_rng(self.seed)
+        result = {}
+        for layer, x in zip(self._layers, inputs):
+            chunks = list(iter_rows(layer, x, self._y, patches_per_image=self.patches_per_image, rng=rng))
+            rows = np.concatenate([c[0] for c in chunks])
+            labels = np.concatenate([c[1] for c in chunks])
+            kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+            kernel = kernel.reshape(-1, kernel.shape[-1])
+            if layer.name not in self._ranks:
+                self._ranks[layer.name] = self._rank(layer, rows, labels)
+            rank = self._ranks[layer.name]
+            try:
+                reference = self._class_pca_subspace(rows, labels, rank)
+                overlap = subspace_overlap(leading_subspace(kernel, rank), reference)
+            except ValueError:
+                overlap = float("nan")
+            result[layer.name] = (overlap, kernel, rows.shape[1], rank)
+        return result
+
+    def _record(self, epoch):
+        start = time.perf_counter()
+        measured = self.measure()
+        history = self.history
+        epochs_since = max(1, epoch - self._last_epoch)
+        for layer in self._layers:
+            overlap, kernel, d, rank = measured[layer.name]
+            entry = history["layers"].setdefault(
+                layer.name,
+                {
+                    "kind": type(layer).__name__,
+                    "input_dim": int(d),
+                    "filters": int(kernel.shape[1]),
+                    "rank": int(rank),
+                    "chance_overlap": chance_overlap(rank, rank, d),
+                    "overlap": [],
+                    "weight_change": [],
+                },
+            )
+            previous = self._previous.get(layer.name)
+            if previous is None:
+                change = None
+            else:
+                norm = float(np.linalg.norm(kernel))
+                change = float(np.linalg.norm(kernel - previous)) / norm / epochs_since if norm else float("nan")
+            self._previous[layer.name] = kernel
+            entry["overlap"].append(_json_float(overlap))
+            entry["weight_change"].append(_json_float(change) if change is not None else None)
+        history["epochs"].append(int(epoch))
+        history["check_seconds"].append(time.perf_counter() - start)
+        self._last_epoch = epoch
+        history["settled_epoch"] = {
+            name: settled_epoch(history["epochs"], entry["weight_change"], self.settle_threshold)
+            for name, entry in history["layers"].items()
+        }
+        if self.verbose:
+            parts = []
+            for name, entry in history["layers"].items():
+                change = entry["weight_change"][-1]
+                parts.append(
+                    f"{name}: overlap {entry['overlap'][-1] or float('nan'):.3f}"
+                    + ("" if change is None else f" dW {change:.3f}")
+                )
+            print(f"TimescaleMonitor epoch {epoch}: " + " | ".join(parts))
+
+    # ------------------------------------------------------------------ callback hooks
+    def on_train_begin(self, logs=None):
+        self._build()
+        if not self.history["epochs"]:
+            self._record(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        last = self.params.get("epochs") if self.params else None
+        if done % self.every == 0 or (last is not None and done == last):
+            self._record(done)
+
+    def on_train_end(self, logs=None):
+        if self.path is not None:
+            self.save(self.path)
+
+    # ------------------------------------------------------------------ output
+    def table(self):
+        """The history as plain rows: one dict per (epoch, layer)."""
+        rows = []
+        for i, epoch in enumerate(self.history["epochs"]):
+            for name, entry in self.history["layers"].items():
+                rows.append(
+                    {
+                        "epoch": epoch,
+                        "layer": name,
+                        "overlap": entry["overlap"][i],
+                        "chance_overlap": entry["chance_overlap"],
+                        "weight_change": entry["weight_change"][i],
+                    }
+                )
+        return rows
+
+    def format_table(self):
+        """A fixed-width text table of the history, plus the settling epochs."""
+        lines = [f"{'epoch':>5}  {'layer':<16}{'overlap':>9}{'chance':>8}{'dW/W':>9}"]
+        for row in self.table():
+            overlap = "nan" if row["overlap"] is None else f"{row['overlap']:.3f}"
+            change = "-" if row["weight_change"] is None else f"{row['weight_change']:.4f}"
+            lines.append(
+                f"{row['epoch']:>5}  {row['layer']:<16}{overlap:>9}{row['chance_overlap']:>8.3f}{change:>9}"
+            )
+        lines.append(f"settled (per-epoch dW/W < {self.settle_threshold:g} from then on):")
+        for name, epoch in self.history["settled_epoch"].items():
+            lines.append(f"  {name:<16}{'not yet' if epoch is None else f'epoch {epoch}'}")
+        return "\n".join(lines)
+
+    def to_json(self):
+        return json.dumps(self.history, indent=1)
+
+    def save(self, path):
+        """Write the history to `path` as JSON; returns the path."""
+        with open(path, "w") as handle:
+            handle.write(self.to_json())
+        return path
