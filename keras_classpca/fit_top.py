@@ -105,6 +105,12 @@ def _prefix_outputs(prefix, data, batch_size, memory_limit, directory):
     return cache, np.concatenate(labels)
 
 
+def _replay(first, rest):
+    """A generator (what `Model.fit` accepts) yielding `first`, then the rest."""
+    yield first
+    yield from rest
+
+
 def _seconds_per_batch(fn, batch):
     fn(batch)  # warm-up: tracing and compilation are not what we compare
     start = time.perf_counter()
@@ -200,7 +206,13 @@ def fit_top(
         return plain_fit()
     prefix = keras.Model(model.inputs[0], point)
     if cache == "auto":
-        x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
+        if y is None and hasattr(x, "__next__"):
+            # A one-shot iterator: the batch read for timing must still be trained on.
+            first = next(x)
+            x = _replay(first, x)
+            x_batch = np.asarray(first[0])
+        else:
+            x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
         if predict_cache_speedup(model, prefix, x_batch, epochs) >= CACHE_IF_BELOW:
             return plain_fit()
 
