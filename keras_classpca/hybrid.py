@@ -58,6 +58,7 @@ class _DataPasses:
         self.total = len(arrays[0]) if arrays is not None else samples
         self.one_shot = arrays is None and iter(data) is data if hasattr(data, "__iter__") else False
         self._peeked = None  # (first batch, rest of the pass) of a one-shot iterator
+        self.seen = None  # samples in the last complete pass
 
     def peek(self):
         """The first batch, without spending a pass: a one-shot iterator keeps it."""
@@ -114,6 +115,7 @@ def _stream(passes, feature_model, consumers, progress_label, verbose):
             progress.add(len(x))
     if offset == 0:
         raise ValueError("`data` is empty: no samples to solve the layers on.")
+    passes.seen = offset
     return offset
 
 
@@ -455,7 +457,7 @@ def hybridize(
                 "solve the next layer only if a ridge probe on the features after it "
                 f"gains at least {AUTO_MIN_GAIN:.3f} held-out accuracy over the features before it"
             ),
-            "probe_samples": min(PROBE_MAX_SAMPLES, passes.samples or PROBE_MAX_SAMPLES),
+            "probe_samples": min(PROBE_MAX_SAMPLES, passes.seen or passes.samples or PROBE_MAX_SAMPLES),
         }
     report.seconds = time.perf_counter() - start
     return report

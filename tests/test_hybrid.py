@@ -415,6 +415,7 @@ def test_auto_solves_when_classes_differ_only_by_covariance(subspace_classes):
     accuracy = report.evidence["probe_accuracy"]
     assert accuracy[0] < 0.5  # chance is 1/3: raw inputs carry no linear signal
     assert accuracy[1] > 0.8  # after one solved layer they do
+    assert report.evidence["probe_samples"] == len(x)  # all 600 samples fed the probe
     assert report.cutoff >= 1 and report.cutoff_mode == "auto"
     _check_auto_evidence(report)
     assert not model.get_layer("m_d0").trainable
@@ -472,3 +473,13 @@ def test_verbose_prints_progress(subspace_classes, capsys):
     hybridize(_mlp(hidden=(8, 8)), (x, y), cutoff=1, verbose=1)
     out = capsys.readouterr().out
     assert "Solving Dense 'm_d0' (1/1)" in out
+
+
+def test_one_hot_labels_solve_like_integer_labels(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    by_int, by_one_hot = _mlp(hidden=(8,), name="i"), _mlp(hidden=(8,), name="o")
+    hybridize(by_int, (x, y), cutoff=1, verbose=0)
+    hybridize(by_one_hot, (x, np.eye(3, dtype="float32")[y]), cutoff=1, verbose=0)
+    assert np.array_equal(np.asarray(by_int.layers[0].kernel), np.asarray(by_one_hot.layers[0].kernel))
+    with pytest.raises(ValueError, match="`y` holds label 3, out of range for n_classes=3"):
+        hybridize(_mlp(hidden=(8,)), (x, np.where(y == 2, 3, y)), cutoff=1, verbose=0, n_classes=3)
