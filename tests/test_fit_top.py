@@ -90,6 +90,14 @@ def test_cached_training_equals_plain_fit(cutoff, dropout, spill, tmp_path):
     # the spill files existed during training (train + validation caches) and are gone
     assert [len(files) for files in spy.seen] == [2 if spill else 0] * 2
     assert os.listdir(tmp_path) == []
+    if not spill:
+        # The user's optimizer did the cached training: a further plain epoch continues
+        # from the same Adam state as in the plain run.
+        assert int(cached.optimizer.iterations) == int(plain.optimizer.iterations)
+        plain.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        cached.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        for a, b in zip(plain.get_weights(), cached.get_weights()):
+            assert np.array_equal(a, b)
 
 
 def test_spilled_cache_with_default_shuffle_trains_and_cleans_up(tmp_path):

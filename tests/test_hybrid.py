@@ -442,6 +442,29 @@ def test_auto_keeps_nothing_when_class_pca_discards_the_signal():
     _assert_unchanged(model, snapshot)  # the tried layer was undone exactly
 
 
+@pytest.mark.parametrize("scripted, expected", [([0.5, 0.9, 0.3], 1), ([0.5, 0.9, 0.95], 2)])
+def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(monkeypatch, subspace_classes,
+                                                                scripted, expected):
+    # Scripted probe results: a clear gain for layer 1, then a clear loss (or gain) for layer 2.
+    x, y = _subspace_data(subspace_classes)
+    results = iter(scripted)
+    monkeypatch.setattr(hybrid_module._ProbeConsumer, "accuracy", lambda self: next(results))
+    model = _mlp(hidden=(8, 8), bn=True)
+    before = {l.name: [w.copy() for w in l.get_weights()] for l in model.layers}
+    report = hybridize(model, (x, y), cutoff="auto", verbose=0)
+    assert report.cutoff == expected and report.evidence["probe_accuracy"] == scripted
+    _check_auto_evidence(report)
+    changed = {name for name, weights in before.items()
+               if any(not np.array_equal(a, b) for a, b in zip(model.get_layer(name).get_weights(), weights))}
+    if expected == 1:
+        assert changed == {"m_d0", "m_bn0"}  # m_d1 and m_bn1 were solved, then restored bit for bit
+        assert report.frozen == ["m_d0"] and [l.name for l in report.layers] == ["m_d0"]
+    else:
+        assert changed == {"m_d0", "m_bn0", "m_d1", "m_bn1"}
+        assert report.frozen == ["m_d0", "m_bn0", "m_d1"]
+    assert {l.name for l in model.layers if not l.trainable} == set(report.frozen)
+
+
 # -------------------------------------------------------------------------- report
 def test_report_is_readable_and_json_serializable(subspace_classes):
     data = subspace_classes([2, 2, 2], n_features=12, n_per_class=200, noise=0.3, seed=3)
