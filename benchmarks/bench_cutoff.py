@@ -34,7 +34,7 @@ def mlp(input_shape, n_classes):
 
 def build(kind, x, n_classes):
     if kind == "cnn":
-        return benchmark_cnn(x.shape[1:], n_classes, 5 if x.shape[1] >= 16 else 3)
+        return benchmark_cnn(x.shape[1:], n_classes)
     return mlp(x.shape[1:], n_classes)
 
 

@@ -14,14 +14,21 @@ from keras_classpca.fit_top import fit_top
 from keras_classpca.hybrid import hybridize
 
 
-def benchmark_cnn(input_shape, n_classes, kernel_size=5):
-    """Conv(32)–MaxPool–Conv(64)–MaxPool–Flatten–Dense(128)–Dense(n_classes)."""
+def benchmark_cnn(input_shape, n_classes, kernel_size=None):
+    """Conv(32)–MaxPool–Conv(64)–MaxPool–Flatten–Dense(128)–Dense(n_classes).
+
+    The benchmark's 5×5 'valid' convolutions for images of 16 pixels and more; for
+    smaller images (8×8 digits) 3×3 'same' convolutions, so both poolings fit.
+    """
+    small = min(input_shape[:2]) < 16
+    kernel_size = kernel_size or (3 if small else 5)
+    padding = "same" if small else "valid"
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(32, kernel_size, activation="relu"),
+            keras.layers.Conv2D(32, kernel_size, padding=padding, activation="relu"),
             keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, kernel_size, activation="relu"),
+            keras.layers.Conv2D(64, kernel_size, padding=padding, activation="relu"),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
             keras.layers.Dense(128, activation="relu"),
@@ -38,8 +45,7 @@ def run_demo(dataset="fashion_mnist", cutoff="auto", fraction=0.1, epochs=3,
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = load_dataset(dataset)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
-    kernel_size = 5 if min(x_train.shape[1:3]) >= 16 else 3
-    model = benchmark_cnn(x_train.shape[1:], n_classes, kernel_size)
+    model = benchmark_cnn(x_train.shape[1:], n_classes)
     samples = max(n_classes * 10, int(fraction * len(x_train)))
     print(f"{dataset}: {len(x_train)} training / {len(x_test)} test images; solving from "
           f"{samples} of them ({fraction:.0%}), cutoff={cutoff!r}")
