@@ -1,0 +1,211 @@
+"""TimescaleMonitor and the subspace-overlap math: hand-computed cases."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_classpca.class_pca import ClassPCA
+from keras_classpca.diagnostics import TimescaleMonitor
+from keras_classpca.diagnostics.subspace import (
+    chance_overlap,
+    leading_subspace,
+    principal_cosines,
+    subspace_overlap,
+)
+from keras_classpca.diagnostics.timescale_monitor import settled_epoch
+from keras_classpca.layer_inputs import iter_rows
+
+
+def _rotated(basis, theta, seed=0):
+    """`basis` (orthonormal, d x k) rotated by `theta` towards an orthogonal k-frame."""
+    d, k = basis.shape
+    rng = np.random.default_rng(seed)
+    other = rng.normal(size=(d, k))
+    other -= basis @ (basis.T @ other)
+    other, _ = np.linalg.qr(other)
+    return np.cos(theta) * basis + np.sin(theta) * other, other
+
+
+# ---------------------------------------------------------------------- overlap math
+def test_identical_subspaces_overlap_one_whatever_the_basis():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 3))
+    mix = rng.normal(size=(3, 3)) + 3 * np.eye(3)
+    assert subspace_overlap(a, a @ mix) == pytest.approx(1.0, abs=1e-12)
+    assert subspace_overlap(a, 5 * a) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_orthogonal_subspaces_overlap_zero():
+    e = np.eye(6)
+    assert subspace_overlap(e[:, :2], e[:, 2:5]) == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("theta", [0.0, np.pi / 7, np.pi / 4, np.pi / 3, np.pi / 2])
+def test_rotation_by_theta_gives_cos_squared(theta):
+    basis, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(9, 3)))
+    rotated, _ = _rotated(basis, theta)
+    assert subspace_overlap(basis, rotated) == pytest.approx(np.cos(theta) ** 2, abs=1e-12)
+    np.testing.assert_allclose(principal_cosines(basis, rotated), [abs(np.cos(theta))] * 3, atol=1e-12)
+
+
+def test_mixed_angles_average_their_squared_cosines():
+    e = np.eye(4)
+    # Plane 1 = e0, e1; plane 2 = e0 and e1 rotated by 60 degrees towards e2.
+    b = np.column_stack([e[:, 0], 0.5 * e[:, 1] + np.sqrt(0.75) * e[:, 2]])
+    assert subspace_overlap(e[:, :2], b) == pytest.approx((1.0 + 0.25) / 2, abs=1e-12)
+
+
+def test_contained_subspace_counts_as_identical_over_the_smaller_rank():
+    e = np.eye(5)
+    assert subspace_overlap(e[:, :1], e[:, :3]) == pytest.approx(1.0)
+    assert subspace_overlap(e[:, 3:4], e[:, :3]) == pytest.approx(0.0)
+
+
+def test_chance_overlap_matches_random_subspaces():
+    rng = np.random.default_rng(2)
+    values = [subspace_overlap(rng.normal(size=(40, 4)), rng.normal(size=(40, 4))) for _ in range(400)]
+    assert np.mean(values) == pytest.approx(chance_overlap(4, 4, 40), abs=0.01)
+    assert chance_overlap(4, 4, 40) == 0.1
+
+
+def test_leading_subspace_picks_heaviest_directions():
+    e = np.eye(5)
+    kernel = np.column_stack([10 * e[:, 0], e[:, 1], 5 * e[:, 2]])
+    lead = leading_subspace(kernel, 2)
+    assert subspace_overlap(lead, e[:, [0, 2]]) == pytest.approx(1.0)
+
+
+def test_overlap_rejects_mismatched_or_empty_spans():
+    with pytest.raises(ValueError, match="same space"):
+        subspace_overlap(np.ones((3, 1)), np.ones((4, 1)))
+    with pytest.raises(ValueError, match="non-empty"):
+        subspace_overlap(np.zeros((3, 1)), np.ones((3, 1)))
+
+
+def test_settled_epoch():
+    assert settled_epoch([0, 1, 2, 3, 4], [None, 0.3, 0.04, 0.06, 0.02], 0.05) == 4
+    assert settled_epoch([0, 1, 2, 3], [None, 0.3, 0.04, 0.03], 0.05) == 2
+    assert settled_epoch([0, 1, 2], [None, 0.3, 0.2], 0.05) is None
+
+
+# ---------------------------------------------------------------------- the monitor
+def _dense_setup(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=8, n_per_class=120, class_mean_scale=1.0)
+    x, y = data.x.astype("float32"), data.y
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(3, name="a"), keras.layers.Dense(3, name="b")]
+    )
+    monitor = TimescaleMonitor((x, y), layers=["a"], samples=len(x))
+    monitor.set_model(model)
+    reference = ClassPCA(3).fit(x.astype(np.float64), y).components_
+    return model, monitor, reference
+
+
+def test_monitor_overlap_one_zero_and_cos_squared_on_a_dense_layer(subspace_classes):
+    model, monitor, reference = _dense_setup(subspace_classes)
+    layer = model.get_layer("a")
+    basis, _ = np.linalg.qr(reference)
+    layer.kernel.assign((basis @ np.diag([2.0, 1.0, 0.5])).astype("float32"))
+    overlap, _, d, rank = monitor.measure()["a"]
+    assert (d, rank) == (8, 3)
+    assert overlap == pytest.approx(1.0, abs=1e-5)
+    theta = 0.6
+    rotated, other = _rotated(basis, theta)
+    layer.kernel.assign(other.astype("float32"))
+    assert monitor.measure()["a"][0] == pytest.approx(0.0, abs=1e-5)
+    layer.kernel.assign(rotated.astype("float32"))
+    assert monitor.measure()["a"][0] == pytest.approx(np.cos(theta) ** 2, abs=1e-5)
+
+
+def test_monitor_compares_conv_kernel_with_class_pca_of_its_patches():
+    rng = np.random.default_rng(3)
+    y = np.arange(60) % 3
+    x = rng.normal(size=(60, 6, 6, 2)).astype("float32") + y[:, None, None, None]
+    x[..., 1] *= 1 + y[:, None, None]
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 2, name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    layer = model.get_layer("conv")
+    rows, labels = next(iter_rows(layer, x, y))
+    components = ClassPCA(4).fit(rows.astype(np.float64), labels).components_  # (8, 4)
+    layer.kernel.assign(components.reshape(2, 2, 2, 4).astype("float32"))
+    monitor = TimescaleMonitor((x, y), layers=["conv"], samples=60, patches_per_image=None)
+    monitor.set_model(model)
+    overlap, _, d, rank = monitor.measure()["conv"]
+    assert (d, rank) == (8, 4)
+    assert overlap == pytest.approx(1.0, abs=1e-5)
+    # The kernel's (kh, kw, C) axes transposed: same numbers, wrong patch order.
+    layer.kernel.assign(np.transpose(components.reshape(2, 2, 2, 4), (2, 1, 0, 3)).astype("float32"))
+    assert monitor.measure()["conv"][0] < 0.95
+
+
+def test_weight_change_and_history(subspace_classes, tmp_path):
+    model, monitor, _ = _dense_setup(subspace_classes)
+    layer = model.get_layer("a")
+    w = layer.kernel.numpy()
+    monitor.set_params({"epochs": 4})
+    monitor.every = 2
+    monitor.on_train_begin()
+    layer.kernel.assign(2 * w)
+    monitor.on_epoch_end(0)  # epoch 1: not a check (every=2)
+    monitor.on_epoch_end(1)  # epoch 2: ‖2W - W‖ / ‖2W‖ = 0.5 over 2 epochs
+    layer.kernel.assign(2 * w + 0.01 * w)
+    monitor.on_epoch_end(2)
+    monitor.on_epoch_end(3)  # epoch 4: 0.01 / 2.01 / 2
+    history = monitor.history
+    assert history["epochs"] == [0, 2, 4]
+    changes = history["layers"]["a"]["weight_change"]
+    assert changes[0] is None
+    assert changes[1] == pytest.approx(0.25, rel=1e-5)
+    assert changes[2] == pytest.approx(0.01 / 2.01 / 2, rel=1e-4)
+    assert history["settled_epoch"] == {"a": 4}
+    assert len(monitor.table()) == 3
+    path = monitor.save(tmp_path / "h.json")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(history))
+    assert "epoch 4" in monitor.format_table()
+
+
+def test_callback_does_not_change_training():
+    rng = np.random.default_rng(4)
+    y = np.arange(192) % 4
+    x = (rng.normal(size=(192, 8, 8, 1)) + y[:, None, None, None] * 0.5).astype("float32")
+
+    def train(with_monitor):
+        keras.utils.set_random_seed(7)
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                                  keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                                  keras.layers.Dropout(0.3), keras.layers.Dense(4, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy")
+        callbacks = [TimescaleMonitor((x, y), samples=64)] if with_monitor else []
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=callbacks)
+        return model.get_weights(), callbacks
+
+    plain, _ = train(False)
+    monitored, (monitor,) = train(True)
+    for a, b in zip(plain, monitored):
+        np.testing.assert_array_equal(a, b)
+    history = monitor.history
+    assert history["epochs"] == [0, 1, 2]
+    assert list(history["layers"]) == [layer for layer in history["layers"]]
+    assert len(history["layers"]) == 2
+    for entry in history["layers"].values():
+        assert all(0.0 <= v <= 1.0 for v in entry["overlap"])
+        assert all(v > 0 for v in entry["weight_change"][1:])
+
+
+def test_invalid_arguments():
+    x, y = np.zeros((10, 3)), np.arange(10) % 2
+    with pytest.raises(ValueError, match="every"):
+        TimescaleMonitor((x, y), every=0)
+    with pytest.raises(ValueError, match="max_rank_fraction"):
+        TimescaleMonitor((x, y), max_rank_fraction=1.5)
+    with pytest.raises(TypeError, match=r"\(x, y\)"):
+        TimescaleMonitor(x)
+    with pytest.raises(ValueError, match="allocation"):
+        TimescaleMonitor((x, y), allocation="nope")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+    monitor = TimescaleMonitor((x, y), layers=["nope"])
+    monitor.set_model(model)
+    with pytest.raises(ValueError, match="no monitorable"):
+        monitor.measure()
