@@ -9,7 +9,7 @@
    a random network vs depth for ReLU, NormalizedReLU and ReLU + BatchNorm.
 
 Run:  TF_CPP_MIN_LOG_LEVEL=2 python examples/theory_figures.py [--quick]
-(about 3-4 minutes on 2 CPU cores; --quick runs smaller versions).
+(10-15 minutes on 2 CPU cores; --quick runs smaller versions in about 1 minute).
 """
 
 import argparse
