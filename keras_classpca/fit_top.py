@@ -197,12 +197,22 @@ def fit_top(
         return history
 
     point = cache_point(model) if cache is not False else None
+    reason = (
+        "the model has no frozen layers with weights at the bottom: hybridize (with "
+        "freeze=True) before fit_top."
+    )
+    if point is not None:
+        try:
+            top = keras.Model(point, model.outputs[0])
+        except ValueError:
+            point = None  # the top also reads tensors from below the cache point
+            reason = (
+                "the layers above the frozen prefix also read tensors from below its end "
+                "(e.g. a skip connection from the input): its output alone cannot feed them."
+            )
     if point is None:
         if cache is True:
-            raise ValueError(
-                "`cache=True` but the model has no frozen layers with weights at the "
-                "bottom: hybridize (with freeze=True) before fit_top."
-            )
+            raise ValueError(f"`cache=True` but {reason}")
         return plain_fit()
     prefix = keras.Model(model.inputs[0], point)
     if cache == "auto":
@@ -216,7 +226,6 @@ def fit_top(
         if predict_cache_speedup(model, prefix, x_batch, epochs) >= CACHE_IF_BELOW:
             return plain_fit()
 
-    top = keras.Model(point, model.outputs[0])
     compile_args = dict(model._compile_config.config)
     compile_args["optimizer"] = model.optimizer  # keep the user's optimizer state
     top.compile(**compile_args)

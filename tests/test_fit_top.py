@@ -217,3 +217,22 @@ def test_predicted_speedup_is_bounded_by_the_epochs():
         ratio = fit_top_module.predict_cache_speedup(heavy, prefix, batch, epochs=epochs)
         assert 1.0 / epochs <= ratio < 1.0
     assert fit_top_module.predict_cache_speedup(heavy, prefix, batch, epochs=1) == pytest.approx(1.0)
+
+
+def test_skip_connection_around_the_prefix_falls_back_to_plain_fit():
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 2
+    x = (rng.normal(size=(200, 8)) + y[:, None]).astype("float32")
+    inputs = keras.Input((8,))
+    a = L.Dense(8, name="a")(inputs)
+    b = L.Dense(8, name="b")(a)
+    outputs = L.Dense(2, activation="softmax")(L.Add()([inputs, b]))  # reads the input again
+    model = keras.Model(inputs, outputs)
+    hybridize(model, (x, y), cutoff=1, verbose=0)
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=False)
+    with pytest.raises(ValueError, match="`cache=True` but the layers above the frozen prefix also read"):
+        fit_top(model, x, y, cache=True, verbose=0)
+    before = model.get_layer("b").get_weights()[0].copy()
+    history = fit_top(model, x, y, epochs=2, cache="auto", verbose=0)
+    assert history.cache_used is False and len(history.history["loss"]) == 2
+    assert not np.array_equal(model.get_layer("b").get_weights()[0], before)
