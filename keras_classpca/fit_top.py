@@ -201,6 +201,15 @@ def fit_top(
         "the model has no frozen layers with weights at the bottom: hybridize (with "
         "freeze=True) before fit_top."
     )
+    if point is not None and any(
+        isinstance(getattr(d, "element_spec", None), tuple) and len(d.element_spec) == 3
+        for d in (x, validation_data)
+    ):
+        point = None  # the cache keeps (features, labels): sample weights would be lost
+        reason = (
+            "the dataset yields sample weights, which the cached training would drop; "
+            "pass arrays with `sample_weight=` instead."
+        )
     if point is not None:
         try:
             top = keras.Model(point, model.outputs[0])
