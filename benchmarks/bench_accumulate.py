@@ -330,7 +330,8 @@ def main():
         ]
         memory_sizes = [20_000, 200_000, 2_000_000]
     machine = machine_line()
-    print(machine, flush=True)
+    load_start = os.getloadavg()[0]
+    print(machine, f"(load average {load_start:.1f})", flush=True)
 
     table, shapes, results = [], {}, {}
     for name, make in workloads:
@@ -387,6 +388,23 @@ def main():
         f"{'met' if abs(growth) < 0.1 * data_mb[-1] and abs(growth) < 100 else 'not met'}."
     )
 
+    load_end = os.getloadavg()[0]
+    notes = [
+        "",
+        "Where the time goes: `solve()` eigendecomposes every class's full d x d matrix "
+        "(one `eigh` per class) and computes the output scaling, which at d = 400 and 800 "
+        "costs as much as or more than the GEMM; scikit-learn's randomized solver computes "
+        "only the few components asked for. The accumulation's overhead over the GEMM is "
+        "the per-class sort of each batch (a float64 copy of every row), the per-batch "
+        "merge of K d x d matrices, and validation. Labels that already come in long runs "
+        "(the patches of one image, 576 rows here) skip the sort.",
+        "",
+        f"Load average of the shared machine: {load_start:.1f} at the start, {load_end:.1f} "
+        "at the end of the run (2 cores). With the cores oversubscribed, multithreaded "
+        "OpenBLAS stalls (on 2026-11-23 an `eigh` of 400 x 400 took 0.2-1.0 s with 2 "
+        "threads vs 0.035 s with one), so the default run uses one BLAS thread for every contender; "
+        "`--blas-threads 0` uses the library default.",
+    ]
     body = [
         "## Accumulation speed and memory (`benchmarks/bench_accumulate.py`, issue 3)",
         "",
@@ -413,6 +431,7 @@ def main():
         "Targets:",
         "",
         *verdicts,
+        *notes,
     ]
     text = "\n".join(body)
     print()
