@@ -1,0 +1,157 @@
+"""Issue 5: a KerasTuner search of the cutoff with and without the prefix solve cache.
+
+The same search twice in one run: `GridSearch` over `cutoff` in {0, 1, 2} (`--max-cutoff`)
+and the learning rate in {1e-3, 3e-3} (6 trials) of the Fashion-MNIST benchmark CNN
+(`demo.benchmark_cnn`), 10 % of the training data (solved on all of it,
+`patches_per_image=16`), 2 epochs per trial, 2,000 validation images.
+
+- "cache": `HybridHyperModel(...)` (the default: a `SolveCache` under the tuner's
+  `directory/project_name`); a trial with cutoff k reuses the layers solved by
+  earlier trials and solves only what no trial has solved yet.
+- "no cache": `HybridHyperModel(..., cache=False)`: every trial solves its prefix.
+
+The machine is shared, so the two searches are interleaved trial by trial (the
+tuners' `max_trials` is raised one at a time and `search` resumed; the arm that goes
+first alternates). Search time of an arm = the wall time of its `search` calls.
+
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_tuner.py
+    ... --quick          # 2 epochs on 2 % of the data, 4 trials (smoke test)
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import keras  # noqa: E402
+import keras_tuner  # noqa: E402
+import numpy as np  # noqa: E402
+
+from _report import machine_line, markdown_table, write_section  # noqa: E402
+from keras_classpca.datasets import load_dataset  # noqa: E402
+from keras_classpca.demo import benchmark_cnn  # noqa: E402
+from keras_classpca.tuner import HybridHyperModel  # noqa: E402
+
+LEARNING_RATES = [1e-3, 3e-3]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-cutoff", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.fraction = 0.02
+        args.max_cutoff = 1
+
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), (x_test, y_test) = load_dataset("fashion_mnist")
+    keep = np.random.default_rng(0).choice(len(x_train), int(args.fraction * len(x_train)),
+                                           replace=False)
+    x, y = x_train[keep], y_train[keep]
+    x_val, y_val = x_test[:2000], y_test[:2000]
+    n_trials = (args.max_cutoff + 1) * len(LEARNING_RATES)
+
+    def build_model(hp):
+        model = benchmark_cnn(x.shape[1:], 10)
+        model.compile(keras.optimizers.Adam(hp.Choice("learning_rate", LEARNING_RATES)),
+                      "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    workdir = tempfile.mkdtemp(prefix="bench_tuner_")
+    arms = {}
+    for arm, cache in (("cache", True), ("no cache", False)):
+        hypermodel = HybridHyperModel(build_model, (x, y), max_cutoff=args.max_cutoff,
+                                      search_options=False, cache=cache,
+                                      patches_per_image=16, seed=0)
+        tuner = keras_tuner.GridSearch(hypermodel, objective="val_accuracy", max_trials=0,
+                                       directory=workdir, project_name=arm.replace(" ", "_"),
+                                       overwrite=True)
+        arms[arm] = {"hypermodel": hypermodel, "tuner": tuner, "seconds": 0.0}
+
+    load_before = os.getloadavg()
+    print(f"{len(x)} training images, {n_trials} trials per search, {args.epochs} epoch(s); "
+          f"load average {load_before[0]:.1f}")
+    for k in range(1, n_trials + 1):
+        order = list(arms) if k % 2 else list(reversed(arms))
+        for arm in order:
+            entry = arms[arm]
+            entry["tuner"].oracle.max_trials = k
+            start = time.perf_counter()
+            entry["tuner"].search(x, y, validation_data=(x_val, y_val), epochs=args.epochs,
+                                  batch_size=128, verbose=0)
+            entry["seconds"] += time.perf_counter() - start
+            print(f"  trial {k}/{n_trials} {arm:>8}: search time so far {entry['seconds']:.1f} s")
+    load_after = os.getloadavg()
+
+    rows, summary = [], {}
+    for arm, entry in arms.items():
+        trials = [t for t in entry["tuner"].oracle.trials.values() if t.status == "COMPLETED"]
+        solve = sum(t.metrics.get_best_value("solve_seconds") for t in trials)
+        trial_total = sum(t.metrics.get_best_value("trial_seconds") for t in trials)
+        best = entry["tuner"].oracle.get_best_trials(1)[0]
+        cache = entry["hypermodel"].solve_cache
+        summary[arm] = {"seconds": entry["seconds"], "solve": solve}
+        rows.append([
+            arm, len(trials), f"{entry['seconds']:.1f}", f"{solve:.1f}",
+            f"{trial_total - solve:.1f}",
+            f"{cache.misses} solved / {cache.hits} reused" if cache is not None else "—",
+            f"cutoff {best.hyperparameters.get('cutoff')}, lr {best.hyperparameters.get('learning_rate'):g}: "
+            f"{best.score:.4f}",
+        ])
+        print(f"{arm}: search {entry['seconds']:.1f} s, solve {solve:.1f} s, best {rows[-1][-1]}")
+    per_cutoff = []
+    for cutoff in range(args.max_cutoff + 1):
+        cells = [str(cutoff)]
+        for arm, entry in arms.items():
+            trials = [t for t in entry["tuner"].oracle.trials.values()
+                      if t.status == "COMPLETED" and t.hyperparameters.get("cutoff") == cutoff]
+            cells.append(" / ".join(
+                f"{t.metrics.get_best_value('solve_seconds'):.1f} s, {t.score:.3f}"
+                for t in sorted(trials, key=lambda t: t.trial_id)))
+        per_cutoff.append(cells)
+    ratio = summary["no cache"]["seconds"] / summary["cache"]["seconds"]
+    solve_ratio = summary["no cache"]["solve"] / max(summary["cache"]["solve"], 1e-9)
+    print(f"speed-up of the search with the cache: {ratio:.2f}x (solving alone: {solve_ratio:.1f}x)")
+
+    body = "\n".join([
+        "## KerasTuner: searching the cutoff with and without the prefix cache (issue 5)",
+        "",
+        f"Machine: {machine_line()}. Load average {load_before[0]:.1f} before, "
+        f"{load_after[0]:.1f} after (shared machine).",
+        "",
+        f"`benchmarks/bench_tuner.py`{' --quick' if args.quick else ''}: GridSearch over "
+        f"cutoff 0–{args.max_cutoff} × learning rate {LEARNING_RATES} ({n_trials} trials) of "
+        f"the benchmark CNN on {len(x)} Fashion-MNIST training images "
+        f"({args.fraction:.0%}, all used for solving, 16 patches per image), {args.epochs} "
+        "epoch(s) per trial, 2,000 validation images; the two searches interleaved trial "
+        "by trial.",
+        "",
+        markdown_table(["search", "trials", "search time (s)", "solving (s)",
+                        "training + rest (s)", "layer solves", "best trial (val accuracy)"],
+                       rows),
+        "",
+        f"**Search {ratio:.2f}× faster with the cache** (solving alone {solve_ratio:.1f}× "
+        "faster). The cache removes repeated solves; training the top is unchanged, so the "
+        "whole search gains only as much as solving weighs in a trial.",
+        "",
+        "Per cutoff — solve time and val accuracy of each trial (lr 1e-3 / 3e-3):",
+        "",
+        markdown_table(["cutoff"] + [f"{arm}" for arm in arms], per_cutoff),
+    ])
+    if not args.no_write:
+        write_section("bench_tuner", body)
+    else:
+        print(body)
+
+
+if __name__ == "__main__":
+    main()

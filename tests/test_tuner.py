@@ -1,0 +1,275 @@
+"""HybridHyperModel: search space, every KerasTuner tuner, prefix cache hits and
+invalidation, resume after an interrupt, Hyperband continuation, a known best cutoff."""
+
+import os
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from keras_classpca import hybridize
+from keras_classpca.tuner import SOLVE_SECONDS, TRIAL_SECONDS, HybridHyperModel, solved_layers
+
+L = keras.layers
+FIT = dict(epochs=1, batch_size=64, verbose=0)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _data(n=240, d=12, classes=3, seed=0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(size=(n, d)) + 2.0 * np.eye(classes, d)[y] + shift
+    return x.astype("float32"), y.astype("int64")
+
+
+def _builder(first=8, second=8, batchnorm=False, lr_choices=None):
+    """build_model(hp): Dense(first) [BN] – Dense(second) – Dense(3), 2 solvable layers."""
+
+    def build_model(hp):
+        layers = [keras.Input((12,)), L.Dense(first, activation="relu")]
+        if batchnorm:
+            layers.append(L.BatchNormalization())
+        layers += [L.Dense(second, activation="relu"), L.Dense(3, activation="softmax")]
+        model = keras.Sequential(layers)
+        lr = hp.Choice("lr", lr_choices) if lr_choices else 1e-2
+        # Eager steps: tiny data, no tf.function tracing per trial (keeps the tests fast).
+        model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"], run_eagerly=True)
+        return model
+
+    return build_model
+
+
+def _hp(**values):
+    hp = keras_tuner.HyperParameters()
+    for name, value in values.items():
+        hp.values[name] = value
+    return hp
+
+
+def _completed(tuner):
+    return [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
+
+
+# ----------------------------------------------------------------------------- search space
+def test_build_registers_cutoff_and_options_next_to_user_hyperparameters():
+    hypermodel = HybridHyperModel(_builder(lr_choices=[1e-2, 1e-3]), _data())
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    assert isinstance(model, keras.Model)
+    assert [p.name for p in hp.space] == ["lr", "cutoff", "center", "scaling", "allocation"]
+    cutoff = hp.space[1]
+    assert (cutoff.min_value, cutoff.max_value) == (0, 2)  # two solvable Dense layers
+    # The options are conditional on cutoff >= 1 and default to hybridize's defaults.
+    hp.values["cutoff"] = 0
+    assert not hp.is_active("scaling")
+    hp.values["cutoff"] = 2
+    assert hp.is_active("scaling")
+    assert [p.default for p in hp.space[2:]] == [True, "standardize", "equal"]
+
+    fixed = HybridHyperModel(_builder(), _data(), max_cutoff=1,
+                             search_options={"variance_share": [0.9, 0.99]}, center=False)
+    hp = keras_tuner.HyperParameters()
+    fixed.build(hp)
+    assert [p.name for p in hp.space] == ["cutoff", "variance_share"]
+    assert hp.space[0].max_value == 1
+    assert fixed.hybridize_options["center"] is False
+
+
+def test_constructor_errors():
+    with pytest.raises(TypeError, match="Unknown option"):
+        HybridHyperModel(_builder(), _data(), centre=True)
+    with pytest.raises(ValueError, match="Cannot search"):
+        HybridHyperModel(_builder(), _data(), search_options={"n_classes": [3]})
+    with pytest.raises(ValueError, match="max_cutoff"):
+        HybridHyperModel(_builder(), _data(), max_cutoff=-1)
+    with pytest.raises(ValueError, match="data_fingerprint"):
+        HybridHyperModel(_builder(), lambda: iter([_data()]))
+    HybridHyperModel(_builder(), lambda: iter([_data()]), data_fingerprint="v1")
+    HybridHyperModel(_builder(), lambda: iter([_data()]), cache=False)
+
+
+# ----------------------------------------------------------------------------- tuners
+def test_grid_search_shares_prefixes_through_the_cache_on_disk(tmp_path):
+    hypermodel = HybridHyperModel(_builder(), _data(), search_options=False)
+    tuner = keras_tuner.GridSearch(hypermodel, objective="val_accuracy", max_trials=3,
+                                   directory=tmp_path, project_name="grid")
+    tuner.search(*_data(), validation_data=_data(seed=1), **FIT)
+    trials = sorted(_completed(tuner), key=lambda t: t.hyperparameters.get("cutoff"))
+    assert [t.hyperparameters.get("cutoff") for t in trials] == [0, 1, 2]
+    # cutoff 1 solves layer 1; cutoff 2 reuses it and solves layer 2 only.
+    cache = hypermodel.solve_cache
+    assert (cache.hits, cache.misses) == (1, 2)
+    assert cache.directory == os.path.join(str(tmp_path), "grid", "solve_cache")
+    assert len([f for f in os.listdir(cache.directory) if f.endswith(".npz")]) == 2
+    assert trials[0].metrics.get_best_value(SOLVE_SECONDS) == 0.0
+    for trial in trials:
+        assert trial.metrics.get_best_value(TRIAL_SECONDS) >= trial.metrics.get_best_value(SOLVE_SECONDS)
+        assert 0.0 <= trial.score <= 1.0  # val_accuracy still drives the search
+
+
+def test_random_and_bayesian_search_with_options(tmp_path):
+    for tuner_class in (keras_tuner.RandomSearch, keras_tuner.BayesianOptimization):
+        hypermodel = HybridHyperModel(_builder(lr_choices=[1e-2, 3e-3]), _data())
+        tuner = tuner_class(hypermodel, objective="accuracy", max_trials=2, seed=3,
+                            directory=tmp_path, project_name=tuner_class.__name__)
+        tuner.search(*_data(), **FIT)
+        trials = _completed(tuner)
+        assert len(trials) == 2
+        for trial in trials:
+            values = trial.hyperparameters.values
+            assert "lr" in values and "cutoff" in values
+            if values["cutoff"] >= 1:
+                assert values["scaling"] in ("standardize", "unit", "whiten")
+        best = tuner.get_best_models(1)[0]
+        assert isinstance(best, keras.Model)
+
+
+def test_hyperband_continues_trials_without_solving_again(tmp_path):
+    hypermodel = HybridHyperModel(_builder(batchnorm=True), _data(), search_options=False)
+    tuner = keras_tuner.Hyperband(hypermodel, objective="accuracy", max_epochs=2, factor=2,
+                                  hyperband_iterations=1, seed=1, directory=tmp_path)
+    tuner.search(*_data(), batch_size=64, verbose=0)
+    trials = _completed(tuner)
+    continued = [t for t in trials if "tuner/trial_id" in t.hyperparameters.values]
+    assert continued and len(trials) >= 3
+    for trial in continued:
+        assert trial.metrics.get_best_value(SOLVE_SECONDS) == 0.0
+
+
+def test_hyperband_continuation_keeps_the_checkpoint_and_refreezes(tmp_path):
+    x, y = _data()
+    hypermodel = HybridHyperModel(_builder(batchnorm=True), (x, y), search_options=False,
+                                  cache_dir=tmp_path / "cache")
+    hp = keras_tuner.HyperParameters()
+    first = hypermodel.build(hp)
+    hp.values["cutoff"] = 1
+    hypermodel.fit(hp, first, x, y, **FIT)
+    assert [l.trainable for l in first.layers] == [False, True, True, True]
+    checkpoint = str(tmp_path / "trial.weights.h5")
+    first.save_weights(checkpoint)
+    counts = (hypermodel.solve_cache.hits, hypermodel.solve_cache.misses)
+
+    keras.backend.clear_session()
+    continued_hp = hp.copy()
+    continued_hp.values.update({"tuner/trial_id": "0000", "tuner/initial_epoch": 1})
+    model = hypermodel.build(continued_hp)
+    model.load_weights(checkpoint)
+    loaded = [w.copy() for w in model.get_weights()]
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["weights"] = [w.copy() for w in self.model.get_weights()]
+
+    history = hypermodel.fit(continued_hp, model, x, y, callbacks=[Capture()], **FIT)
+    # Nothing solved again: the trained BatchNormalization statistics after the solved
+    # layer and the top start from the checkpoint.
+    for before, start in zip(loaded, seen["weights"]):
+        np.testing.assert_array_equal(before, start)
+    assert (hypermodel.solve_cache.hits, hypermodel.solve_cache.misses) == counts
+    assert [l.trainable for l in model.layers] == [False, True, True, True]
+    np.testing.assert_array_equal(model.layers[0].get_weights()[0], loaded[0])
+    assert history.history[SOLVE_SECONDS] == [0.0]
+
+
+def test_solved_layers_match_what_hybridize_freezes():
+    x, y = _data()
+    for cutoff in (1, 2):
+        model = _builder(batchnorm=True)(keras_tuner.HyperParameters())
+        report = hybridize(model, (x, y), cutoff, verbose=0)
+        assert solved_layers(model, cutoff) == report.frozen
+
+
+class _Interrupt(keras.callbacks.Callback):
+    calls = 0  # class-level: KerasTuner deep-copies callbacks for every trial
+
+    def on_train_begin(self, logs=None):
+        type(self).calls += 1
+        if type(self).calls == 2:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interrupt_keeps_trials_and_cache(tmp_path):
+    # (RandomSearch: KerasTuner 1.4.8's GridSearchOracle does not persist its grid
+    # position and cannot resume after an interrupted trial.)
+    def make_tuner(overwrite):
+        hypermodel = HybridHyperModel(_builder(lr_choices=[1e-2, 3e-3, 1e-3]), _data(),
+                                      search_options=False)
+        fixed = keras_tuner.HyperParameters()
+        fixed.Fixed("cutoff", 1)  # the tuner's own override of our hyperparameter
+        tuner = keras_tuner.RandomSearch(hypermodel, objective="accuracy", max_trials=3,
+                                         seed=0, hyperparameters=fixed, directory=tmp_path,
+                                         project_name="resume", overwrite=overwrite)
+        return hypermodel, tuner
+
+    hypermodel, tuner = make_tuner(overwrite=True)
+    _Interrupt.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        tuner.search(*_data(), callbacks=[_Interrupt()], **FIT)
+    finished = {t.trial_id: t.score for t in _completed(tuner)}
+    assert len(finished) == 1
+    # The interrupted trial had solved (a hit) before its training was interrupted.
+    assert (hypermodel.solve_cache.hits, hypermodel.solve_cache.misses) == (1, 1)
+
+    hypermodel, tuner = make_tuner(overwrite=False)
+    tuner.search(*_data(), **FIT)
+    trials = _completed(tuner)
+    assert len(trials) == 3  # the finished trial kept, the interrupted one rerun
+    assert {t.trial_id: t.score for t in trials if t.trial_id in finished} == finished
+    assert sorted(t.hyperparameters.get("lr") for t in trials) == [1e-3, 3e-3, 1e-2]
+    assert all(t.hyperparameters.get("cutoff") == 1 for t in trials)
+    # A new HybridHyperModel (as in a new process): the solved layer comes from disk.
+    assert (hypermodel.solve_cache.hits, hypermodel.solve_cache.misses) == (2, 0)
+
+
+# ----------------------------------------------------------------------------- invalidation
+def test_cache_is_invalidated_by_data_options_and_architecture(tmp_path):
+    x, y = _data()
+    hp = _hp(cutoff=1)
+
+    def run(build_model=_builder(), data=(x, y), **options):
+        # A new HybridHyperModel each time: lookups go to the files on disk.
+        hypermodel = HybridHyperModel(build_model, data, search_options=False,
+                                      cache_dir=tmp_path / "cache", **options)
+        model = build_model(hp)
+        hypermodel.fit(hp, model, x, y, epochs=0, verbose=0)
+        return hypermodel.solve_cache.hits, hypermodel.solve_cache.misses
+
+    assert run() == (0, 1)
+    assert run() == (1, 0)  # same data, options and prefix
+    assert run(data=(x + 1e-3, y)) == (0, 1)  # other data
+    assert run(data=(x, (y + 1) % 3)) == (0, 1)  # other labels
+    assert run(center=False) == (0, 1)  # other class-PCA option
+    assert run(samples=200) == (0, 1)  # other sampling
+    assert run(build_model=_builder(first=6)) == (0, 1)  # other prefix architecture
+    assert run(build_model=_builder(second=16)) == (1, 0)  # only the trained top differs
+    assert run(build_model=_builder(lr_choices=[3e-3])) == (1, 0)  # only the optimizer
+
+
+# ----------------------------------------------------------------------------- known answer
+def test_grid_search_finds_the_cutoff_known_by_construction(tmp_path):
+    """The class signal lies in a low-variance direction: class-PCA of the 2-unit
+    bottleneck keeps the high-variance nuisance directions (cutoff 1 is at chance),
+    while a trained bottleneck finds the signal (cutoff 0 is near perfect)."""
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 2, n)
+    x = np.zeros((n, 6), "float32")
+    x[:, 0] = np.where(y == 1, 1.0, -1.0) + 0.1 * rng.normal(size=n)
+    x[:, 1:] = rng.normal(size=(n, 5)) * np.array([3, 2.5, 2, 1.5, 1.2])
+
+    def build_model(hp):
+        model = keras.Sequential([keras.Input((6,)), L.Dense(2), L.Dense(2, activation="softmax")])
+        model.compile(keras.optimizers.Adam(0.03), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"], run_eagerly=True)
+        return model
+
+    hypermodel = HybridHyperModel(build_model, (x[:300], y[:300]), search_options=False)
+    tuner = keras_tuner.GridSearch(hypermodel, objective="val_accuracy", directory=tmp_path)
+    tuner.search(x[:300], y[:300], validation_data=(x[300:], y[300:]), epochs=5,
+                 batch_size=32, verbose=0)
+    scores = {t.hyperparameters.get("cutoff"): t.score for t in _completed(tuner)}
+    assert scores[1] < 0.7 < 0.9 < scores[0]
+    assert tuner.get_best_hyperparameters(1)[0].get("cutoff") == 0
