@@ -402,6 +402,13 @@ def _check_auto_evidence(report):
         assert len(accuracy) == n + 1  # every layer was tried and kept
     else:
         assert len(accuracy) == report.cutoff + 2  # the next layer was tried and undone
+    # The documented rule: a layer is kept only if it gains AUTO_MIN_GAIN probe accuracy.
+    gain = hybrid_module.AUTO_MIN_GAIN
+    assert f"{gain:.3f}" in report.evidence["rule"]
+    for k in range(1, report.cutoff + 1):
+        assert accuracy[k] >= accuracy[k - 1] + gain
+    if report.cutoff < n:
+        assert accuracy[report.cutoff + 1] < accuracy[report.cutoff] + gain
     assert isinstance(report.evidence["rule"], str) and report.evidence["probe_samples"] > 0
 
 
