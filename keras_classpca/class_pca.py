@@ -196,8 +196,11 @@ class ClassPCA:
     When a class's spectrum is exhausted (its remaining eigenvalues are below
     `1e-10` of its trace, so the vectors would be arbitrary null-space directions), its
     remaining slots go to the other classes' next vectors in order of eigenvalue share.
-    If all classes are exhausted before `n_components` distinct vectors are found, a
-    `ValueError` says how many the data can give.
+    Deduplication is a preference, not a limit: when no distinct vector is left (a
+    layer with more filters than its patches have dimensions), the skipped
+    near-duplicates fill the remaining slots, largest share first. Only when fewer
+    than `n_components` non-degenerate vectors exist at all does a `ValueError` say
+    how many the data can give.
 
     The fitted layer weights (`kernel_`, `bias_`) are the components with two more
     choices applied:
@@ -567,8 +570,8 @@ class ClassPCA:
             # Adaptive rule kept more than asked: keep those of largest share.
             by_share = sorted(range(len(kept)), key=lambda j: (-spectra[kept[j][0]][2][kept[j][1]], j))
             kept = [kept[j] for j in sorted(by_share[:n_components])]
+        # Exhausted or deduplicated classes hand their slots to the best next vectors.
         while n_components is not None and len(kept) < n_components:
-            # Exhausted or deduplicated classes hand their slots to the best next vectors.
             best = None
             for ci in range(len(classes)):
                 while cursor[ci] < d and spectra[ci][2][cursor[ci]] > EXHAUSTED_SHARE:
@@ -580,14 +583,31 @@ class ClassPCA:
                     if best is None or share > best[0]:
                         best = (share, ci)
             if best is None:
-                raise ValueError(
-                    f"The data can give only {len(kept)} distinct non-degenerate "
-                    f"component(s); n_components={n_components} were requested. Use "
-                    "fewer components, more varied data, or dedup_threshold=None."
-                )
+                break
             ci = best[1]
             take(ci, cursor[ci])
             cursor[ci] += 1
+        if n_components is not None and len(kept) < n_components:
+            # No distinct vector is left (e.g. 32 filters over 9-dimensional 3x3
+            # patches): the layer still needs its filters, so near-duplicates skipped
+            # above are used after all, largest eigenvalue share first.
+            taken = set(kept)
+            spare = sorted(
+                (
+                    (-spectra[ci][2][vi], ci, vi)
+                    for ci in range(len(classes))
+                    for vi in range(d)
+                    if (ci, vi) not in taken and spectra[ci][2][vi] > EXHAUSTED_SHARE
+                ),
+            )
+            if len(kept) + len(spare) < n_components:
+                raise ValueError(
+                    f"The data can give only {len(kept) + len(spare)} distinct "
+                    f"non-degenerate component(s); n_components={n_components} were "
+                    "requested. Use fewer components or more varied data."
+                )
+            for _, ci, vi in spare[: n_components - len(kept)]:
+                take(ci, vi)
 
         kept.sort()  # group by class, descending share within a class
         components = np.column_stack([spectra[ci][1][:, vi] for ci, vi in kept])

@@ -563,3 +563,24 @@ def test_adaptive_with_fixed_count_keeps_largest_shares(subspace_classes):
     # More than the six non-degenerate directions cannot be had.
     with pytest.raises(ValueError, match=r"can give only 6 distinct non-degenerate"):
         ClassPCA(7, allocation="adaptive", variance_share=1.0).fit(data.x, data.y)
+
+
+def test_near_duplicates_fill_slots_only_when_no_distinct_vector_is_left():
+    # Every class has the same anisotropic covariance: per class the eigenvectors are
+    # (nearly) the same 9 directions, so only 9 distinct components exist across classes.
+    rng = np.random.default_rng(3)
+    scales = np.linspace(3.0, 1.0, 9)
+    x = rng.normal(size=(20_000, 9)) * scales
+    y = rng.integers(0, 10, len(x))
+
+    def cross_class_duplicates(pca):
+        cosines = np.abs(pca.components_.T @ pca.components_)
+        other = pca.component_classes_[:, None] != pca.component_classes_[None, :]
+        return int(np.sum(np.triu(cosines > 0.9, 1) & np.triu(other, 1)))
+
+    distinct = ClassPCA(9).fit(x, y)
+    assert cross_class_duplicates(distinct) == 0
+    full = ClassPCA(32).fit(x, y)  # a 3x3 conv with 32 filters on one channel
+    assert full.n_components_ == 32
+    assert cross_class_duplicates(full) > 0
+    assert np.linalg.matrix_rank(distinct.components_, tol=1e-6) == 9
