@@ -9,7 +9,7 @@
    a random network vs depth for ReLU, NormalizedReLU and ReLU + BatchNorm.
 
 Run:  TF_CPP_MIN_LOG_LEVEL=2 python examples/theory_figures.py [--quick]
-(10-15 minutes on 2 CPU cores; --quick runs smaller versions in about 1 minute).
+(10-15 minutes on 2 CPU cores; --quick runs smaller versions in 1-6 minutes).
 """
 
 import argparse
