@@ -196,7 +196,8 @@ def cmd_timescales(args):
     model = _compiled_model(x_train.shape[1:], n_classes, args.seed)
     monitor = TimescaleMonitor((x_train, y_train), every=args.every, samples=args.monitor_samples,
                                patches_per_image=args.patches_per_image,
-                               settle_threshold=args.settle_threshold, seed=args.seed)
+                               settle_threshold=args.settle_threshold, seed=args.seed,
+                               noise_ceiling=args.noise_ceiling)
     start = time.perf_counter()
     model.fit(x_train, y_train, callbacks=[monitor], **fit_kwargs)
     result["monitored_fit_seconds"] = time.perf_counter() - start
@@ -314,7 +315,7 @@ def cmd_filters(args):
     monitor = TimescaleMonitor((x_train, y_train), layers=[layer.name], samples=samples,
                                patches_per_image=args.patches_per_image, seed=args.seed)
     monitor.set_model(model)
-    overlap, sgd_kernel, d, rank = monitor.measure()[layer.name]
+    overlap, sgd_kernel, d, rank, _ = monitor.measure()[layer.name]
 
     from keras_classpca.class_pca import ClassPCA
     from keras_classpca.layer_inputs import iter_rows
@@ -332,8 +333,10 @@ def cmd_filters(args):
     png = os.path.join(out, f"filters_layer{args.layer}.png")
     plot_filter_grid(components.reshape(shape), sgd_kernel.reshape(shape), png,
                      suptitle=(f"{args.dataset}, conv layer {args.layer} ('{layer.name}'): class-PCA of its "
-                               f"input ({samples} images) vs Adam after {args.epochs} epoch(s); "
-                               f"subspace overlap {overlap:.2f} (rank {rank} of {d})"))
+                               f"input ({samples} images)\nvs Adam after {args.epochs} epoch(s); "
+                               f"subspace overlap {overlap:.2f} (rank {rank} of {d}, chance {rank / d:.2f})"))
+    np.savez(os.path.join(out, f"filters_layer{args.layer}.npz"), class_pca=components.reshape(shape),
+             sgd=sgd_kernel.reshape(shape))
     summary = {"dataset": args.dataset, "layer": args.layer, "layer_name": layer.name, "epochs": args.epochs,
                "samples": samples, "overlap": overlap, "rank": rank, "input_dim": d,
                "chance_overlap": rank / d}
@@ -391,6 +394,9 @@ def build_parser():
                    help="random conv patches per image for the overlap (1)")
     p.add_argument("--settle-threshold", type=_positive_float, default=0.05,
                    help="per-epoch relative weight change below which a layer has settled (0.05)")
+    p.add_argument("--noise-ceiling", action="store_true",
+                   help="also record the overlap of class-PCA subspaces of two halves of the "
+                        "monitor's sample (how precisely the sample fixes the subspace)")
     p.add_argument("--measure-overhead", action="store_true",
                    help="also train without the monitor (same seed) and report the time ratio")
     p.set_defaults(func=cmd_timescales)

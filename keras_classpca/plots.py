@@ -10,12 +10,12 @@ import numpy as np
 __all__ = ["plot_timescales", "plot_filter_grid", "plot_cutoff_sweep", "match_filters"]
 
 
-def _figure(width, height):
+def _figure(width, height, layout="constrained"):
     try:
         from matplotlib.figure import Figure
     except ImportError as error:  # pragma: no cover - optional dependency
         raise ImportError("Plots need matplotlib: `pip install keras-classpca[plots]`.") from error
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout=layout)
 
 
 def _save(figure, path, dpi):
@@ -52,17 +52,22 @@ def plot_timescales(history, path=None, *, dpi=90, title=None):
     colors = [f"C{i}" for i in range(10)]
     for i, (name, entry) in enumerate(history["layers"].items()):
         color = colors[i % len(colors)]
-        left.plot(epochs, _nan(entry["overlap"]), "o-", color=color, label=name, ms=3)
+        label = f"{i + 1}. {name}"
+        left.plot(epochs, _nan(entry["overlap"]), "o-", color=color, label=label, ms=3)
         left.axhline(entry["chance_overlap"], color=color, ls=":", lw=1)
+        if "noise_ceiling" in entry:
+            left.plot(epochs, _nan(entry["noise_ceiling"]), "--", color=color, lw=1)
         change = _nan(entry["weight_change"])
-        right.plot(epochs, change, "o-", color=color, label=name, ms=3)
+        right.plot(epochs, change, "o-", color=color, label=label, ms=3)
         settled = history.get("settled_epoch", {}).get(name)
         if settled is not None:
             right.axvline(settled, color=color, ls="--", lw=1)
     left.set_xlabel("epoch")
     left.set_ylabel("overlap with class-PCA subspace")
     left.set_ylim(0, 1.02)
-    left.set_title("filters vs class-PCA of current input (dotted: chance)", fontsize=9)
+    ceiling = any("noise_ceiling" in entry for entry in history["layers"].values())
+    left.set_title("filters vs class-PCA of current input (dotted: chance"
+                   + (", dashed: half-sample agreement)" if ceiling else ")"), fontsize=9)
     left.legend(fontsize=8)
     right.set_xlabel("epoch")
     right.set_ylabel("‖ΔW‖/‖W‖ per epoch")
@@ -181,8 +186,10 @@ def plot_filter_grid(class_pca_kernel, sgd_kernel, path=None, *, columns=8, dpi=
     tiles_b, _ = _tiles(b)
     n = max(len(tiles_a), len(tiles_b))
     rows = int(np.ceil(n / columns))
-    figure = _figure(2 * 0.55 * columns + 0.6, 0.6 * rows + 0.9)
-    spec = figure.add_gridspec(1, 2, wspace=0.08)
+    height = 0.6 * rows + 0.9
+    figure = _figure(2 * 0.55 * columns + 0.6, height, layout=None)
+    spec = figure.add_gridspec(1, 2, wspace=0.08, left=0.02, right=0.98, bottom=0.03,
+                               top=1.0 - (0.4 + 0.2 * (suptitle.count("\n") + 1) if suptitle else 0.4) / height)
     _grid(figure, spec[0, 0], tiles_a, titles[0] + note, columns)
     second = titles[1] + note
     if cosines is not None and np.any(np.isfinite(cosines)):

@@ -37,7 +37,7 @@ def test_plot_timescales(tmp_path):
     figure = plot_timescales(_history(), tmp_path / "t.png", title="test")
     _check_png(tmp_path / "t.png")
     left, right = figure.axes[:2]
-    assert [line.get_label() for line in left.get_lines() if not line.get_label().startswith("_")] == ["conv1", "conv2"]
+    assert [line.get_label() for line in left.get_lines() if not line.get_label().startswith("_")] == ["1. conv1", "2. conv2"]
     assert right.get_yscale() == "log"
     np.testing.assert_allclose(left.get_lines()[0].get_ydata(), [0.5, 0.6, 0.7, 0.72])
     assert np.isnan(left.get_lines()[2].get_ydata()[2])  # None -> gap, not zero

@@ -108,7 +108,7 @@ def test_monitor_overlap_one_zero_and_cos_squared_on_a_dense_layer(subspace_clas
     layer = model.get_layer("a")
     basis, _ = np.linalg.qr(reference)
     layer.kernel.assign((basis @ np.diag([2.0, 1.0, 0.5])).astype("float32"))
-    overlap, _, d, rank = monitor.measure()["a"]
+    overlap, _, d, rank, _ = monitor.measure()["a"]
     assert (d, rank) == (8, 3)
     assert overlap == pytest.approx(1.0, abs=1e-5)
     theta = 0.6
@@ -132,7 +132,7 @@ def test_monitor_compares_conv_kernel_with_class_pca_of_its_patches():
     layer.kernel.assign(components.reshape(2, 2, 2, 4).astype("float32"))
     monitor = TimescaleMonitor((x, y), layers=["conv"], samples=60, patches_per_image=None)
     monitor.set_model(model)
-    overlap, _, d, rank = monitor.measure()["conv"]
+    overlap, _, d, rank, _ = monitor.measure()["conv"]
     assert (d, rank) == (8, 4)
     assert overlap == pytest.approx(1.0, abs=1e-5)
     # The kernel's (kh, kw, C) axes transposed: same numbers, wrong patch order.
@@ -209,3 +209,16 @@ def test_invalid_arguments():
     monitor.set_model(model)
     with pytest.raises(ValueError, match="no monitorable"):
         monitor.measure()
+
+
+def test_noise_ceiling_high_for_clean_structure_low_for_noise(subspace_classes):
+    # Each class varies along one line only: any sample pins the 3 lines down exactly.
+    data = subspace_classes([1, 1, 1], n_features=8, n_per_class=120, class_mean_scale=1.0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, name="a")])
+    clean = TimescaleMonitor((data.x, data.y), samples=len(data.x), noise_ceiling=True)
+    clean.set_model(model)
+    assert clean.measure()["a"][4] == pytest.approx(1.0, abs=1e-3)
+    rng = np.random.default_rng(5)
+    noise = TimescaleMonitor((rng.normal(size=(60, 8)), np.arange(60) % 3), noise_ceiling=True)
+    noise.set_model(model)
+    assert noise.measure()["a"][4] < 0.9

@@ -91,7 +91,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
 
     Args:
         data: `(x, y)` training arrays (numpy or anything `np.asarray` takes; `y` integer
-            labels or one-hot). A fixed random subset of `samples` of them is used.
+            labels or one-hot). A fixed random subset of `samples` of them is used,
+            balanced over the classes as far as the data allows.
         layers: names or layer objects to monitor; default every Dense and Conv2D
             layer of the model (nested models included), bottom first.
         every: check every `every` epochs (and after the last epoch).
@@ -110,6 +111,11 @@ class TimescaleMonitor(keras.callbacks.Callback):
         blas_threads: BLAS threads for the monitor's eigen-solves (via `threadpoolctl`
             when installed; None leaves them alone). One thread is 10-20x faster than
             OpenBLAS' default on a machine already busy with training.
+        noise_ceiling: also record, per layer and check, the overlap between the
+            class-PCA subspaces of two disjoint halves of the sample (`noise_ceiling`
+            in the history): how well the sample can pin down the class-PCA subspace
+            at all. A filter overlap near it is as close as this measurement can tell.
+            Triples the class-PCA work of a check.
         verbose: 1 prints one line per check.
         **class_pca_options: options for the `ClassPCA` of each layer's input
             (defaults: those of `ClassPCA`).
@@ -117,8 +123,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
     Attributes:
         history: dict with `epochs` (0 = before training), per-layer `overlap`,
             `weight_change` (None at the first check), `chance_overlap`, `rank`,
-            `input_dim`, `filters`, the `settled_epoch` of each layer, and the seconds
-            each check took.
+            `input_dim`, `filters`, `noise_ceiling` (with `noise_ceiling=True`), the
+            `settled_epoch` of each layer, and the seconds each check took.
 
     Example:
 
@@ -149,6 +155,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
         path=None,
         batch_size=256,
         blas_threads=1,
+        noise_ceiling=False,
         verbose=0,
         **class_pca_options,
     ):
@@ -165,10 +172,10 @@ class TimescaleMonitor(keras.callbacks.Callback):
             raise ValueError(f"`max_rank_fraction` must lie in (0, 1]; received {max_rank_fraction!r}.")
         ClassPCA(1, **class_pca_options)  # validates the options now
         x, y = self._split(data)
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(len(x), min(int(samples), len(x)), replace=False))
+        labels = labels_to_int(y)
+        keep = self._balanced_sample(labels, int(samples), np.random.default_rng(seed))
         self._x = np.asarray(x)[keep]
-        self._y = labels_to_int(np.asarray(y)[keep])
+        self._y = labels[keep]
         if isinstance(layers, (str, keras.layers.Layer)):
             layers = [layers]
         self.layer_spec = None if layers is None else list(layers)
@@ -181,6 +188,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
         self.path = path
         self.batch_size = int(batch_size)
         self.blas_threads = blas_threads
+        self.noise_ceiling = bool(noise_ceiling)
         self.verbose = verbose
         self.class_pca_options = dict(class_pca_options)
         self._layers = None
@@ -205,6 +213,20 @@ class TimescaleMonitor(keras.callbacks.Callback):
         if len(x) < 2:
             raise ValueError("`data` needs at least 2 samples.")
         return x, y
+
+    @staticmethod
+    def _balanced_sample(labels, samples, rng):
+        """`samples` indices, as many per class as possible (equal allocation needs
+        every class to supply its share of components), sorted."""
+        if samples >= len(labels):
+            return np.arange(len(labels))
+        order = rng.permutation(len(labels))
+        classes = np.unique(labels)
+        per_class = samples // len(classes)
+        chosen = np.concatenate([order[labels[order] == c][:per_class] for c in classes])
+        rest = np.setdiff1d(order, chosen, assume_unique=True)
+        rest = order[np.isin(order, rest)][: samples - len(chosen)]
+        return np.sort(np.concatenate([chosen, rest]))
 
     def _empty_history(self):
         return {
@@ -273,8 +295,11 @@ class TimescaleMonitor(keras.callbacks.Callback):
         """Dimensions compared for `layer`: min(n, ⌊fraction·d⌋, what the sample gives)."""
         d, n = rows.shape[1], output_size(layer)
         counts = np.bincount(labels)
+        counts = counts[counts > 0]
         centered = self.class_pca_options.get("center", True)
-        capacity = int(sum(min(d, c - (1 if centered else 0)) for c in counts if c > 0))
+        # Equal allocation asks every class for r / K components.
+        smallest = int(counts.min()) // (2 if self.noise_ceiling else 1)  # halves for the ceiling
+        capacity = len(counts) * max(1, min(d, smallest - (1 if centered else 0)))
         return max(1, min(n, int(self.max_rank_fraction * d), capacity))
 
     def _class_pca_subspace(self, rows, labels, rank):
@@ -295,7 +320,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ measuring
     def measure(self):
-        """Current `{layer name: (overlap, kernel (d, n), d, rank)}`."""
+        """Current `{layer name: (overlap, kernel (d, n), d, rank, noise ceiling or None)}`."""
         limiter = None
         if self.blas_threads is not None:
             try:
@@ -320,6 +345,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
             chunks = list(iter_rows(layer, x, self._y, patches_per_image=self.patches_per_image, rng=rng))
             rows = np.concatenate([c[0] for c in chunks])
             labels = np.concatenate([c[1] for c in chunks])
+            per_sample = len(rows) // len(x)
+            sample_of_row = np.repeat(np.arange(len(x)), per_sample)
             kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
             kernel = kernel.reshape(-1, kernel.shape[-1])
             if layer.name not in self._ranks:
@@ -330,7 +357,16 @@ class TimescaleMonitor(keras.callbacks.Callback):
                 overlap = subspace_overlap(leading_subspace(kernel, rank), reference)
             except ValueError:
                 overlap = float("nan")
-            result[layer.name] = (overlap, kernel, rows.shape[1], rank)
+            ceiling = None
+            if self.noise_ceiling:
+                halves = [sample_of_row % 2 == k for k in (0, 1)]
+                try:
+                    ceiling = subspace_overlap(
+                        *[self._class_pca_subspace(rows[h], labels[h], rank) for h in halves]
+                    )
+                except ValueError:
+                    ceiling = float("nan")
+            result[layer.name] = (overlap, kernel, rows.shape[1], rank, ceiling)
         return result
 
     def _record(self, epoch):
@@ -339,7 +375,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
         history = self.history
         epochs_since = max(1, epoch - self._last_epoch)
         for layer in self._layers:
-            overlap, kernel, d, rank = measured[layer.name]
+            overlap, kernel, d, rank, ceiling = measured[layer.name]
             entry = history["layers"].setdefault(
                 layer.name,
                 {
@@ -360,6 +396,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
                 change = float(np.linalg.norm(kernel - previous)) / norm / epochs_since if norm else float("nan")
             self._previous[layer.name] = kernel
             entry["overlap"].append(_json_float(overlap))
+            if ceiling is not None:
+                entry.setdefault("noise_ceiling", []).append(_json_float(ceiling))
             entry["weight_change"].append(_json_float(change) if change is not None else None)
         history["epochs"].append(int(epoch))
         history["check_seconds"].append(time.perf_counter() - start)
