@@ -229,7 +229,7 @@ def ratio_stats(times):
     stats = {}
     for c, values in times.items():
         ratios = [v / g for v, g in zip(values, gemm)]
-        stats[c] = (statistics.median(values), statistics.median(ratios))
+        stats[c] = (statistics.median(values), statistics.median(ratios), min(ratios), max(ratios))
     return stats
 
 
@@ -355,8 +355,8 @@ def main():
                 label = "IncrementalPCA per class"
                 if w["ipca_share"] < 1:
                     label += f" (timed on the first {w['ipca_share']:.0%} of rows, scaled)"
-            seconds, ratio = stats[c]
-            table.append([name, label, fmt_s(seconds), f"{ratio:.2f}x"])
+            seconds, ratio, low, high = stats[c]
+            table.append([name, label, fmt_s(seconds), f"{ratio:.2f}x", f"{low:.2f}-{high:.2f}x"])
         del w, info
 
     print("memory:", flush=True)
@@ -412,11 +412,12 @@ def main():
         "",
         f"{rounds} interleaved rounds{' (--quick)' if args.quick else ''}, BLAS threads: "
         f"{'library default' if BLAS_THREADS == '0' else BLAS_THREADS}; median time and "
-        "median per-round ratio to that round's GEMM. " + "; ".join(
+        "median per-round ratio to that round's GEMM (the range of the per-round ratios shows "
+        "how much the shared machine's load moved them). " + "; ".join(
             f"{k}: {n:,} x {d} {dt}, batches of {b:,} rows" for k, (n, d, dt, b) in shapes.items()
         ) + ". `ClassPCA` = `partial_fit` per batch + `solve()`.",
         "",
-        markdown_table(["workload", "contender", "median time", "vs GEMM"], table),
+        markdown_table(["workload", "contender", "median time", "vs GEMM", "per-round range"], table),
         "",
         "Peak RSS of a fresh process streaming dense d = 400 batches of 10,000 rows "
         "from a generator into `ClassPCA.fit` (the process imports Keras/TensorFlow, "
