@@ -104,8 +104,8 @@ def main():
             arm, len(trials), f"{entry['seconds']:.1f}", f"{solve:.1f}",
             f"{trial_total - solve:.1f}",
             f"{cache.misses} solved / {cache.hits} reused" if cache is not None else "—",
-            f"cutoff {best.hyperparameters.get('cutoff')}, lr {best.hyperparameters.get('learning_rate'):g}: "
-            f"{best.score:.4f}",
+            f"cutoff {best.hyperparameters.get('cutoff')}, "
+            f"lr {best.hyperparameters.get('learning_rate'):g}: {best.score:.4f}",
         ])
         print(f"{arm}: search {entry['seconds']:.1f} s, solve {solve:.1f} s, best {rows[-1][-1]}")
     per_cutoff = []
@@ -120,7 +120,8 @@ def main():
         per_cutoff.append(cells)
     ratio = summary["no cache"]["seconds"] / summary["cache"]["seconds"]
     solve_ratio = summary["no cache"]["solve"] / max(summary["cache"]["solve"], 1e-9)
-    print(f"speed-up of the search with the cache: {ratio:.2f}x (solving alone: {solve_ratio:.1f}x)")
+    print(f"speed-up of the search with the cache: {ratio:.2f}x "
+          f"(solving alone: {solve_ratio:.1f}x)")
 
     body = "\n".join([
         "## KerasTuner: searching the cutoff with and without the prefix cache (issue 5)",

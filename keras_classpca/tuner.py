@@ -47,8 +47,8 @@ def _is_arrays(data):
 
 def _declared(value, values):
     """The declared choice equal to `value`: some oracles hand back `True` as `1`."""
-    return next((v for v in values if v == value and isinstance(v, bool) == isinstance(value, bool)),
-                next((v for v in values if v == value), value))
+    same_kind = (v for v in values if v == value and isinstance(v, bool) == isinstance(value, bool))
+    return next(same_kind, next((v for v in values if v == value), value))
 
 
 def solved_layers(model, cutoff):
@@ -148,8 +148,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
     ...                   "sparse_categorical_crossentropy", metrics=["accuracy"])
     ...     return model
     >>> hypermodel = HybridHyperModel(build_model, (x, y), search_options=False)
-    >>> tuner = keras_tuner.RandomSearch(hypermodel, objective="val_accuracy", max_trials=2,
-    ...                                  directory="/tmp/doctest_tuner", overwrite=True)  # doctest: +SKIP
+    >>> tuner = keras_tuner.RandomSearch(hypermodel, objective="val_accuracy",
+    ...     max_trials=2, directory="/tmp/doctest_tuner", overwrite=True)  # doctest: +SKIP
     >>> tuner.search(x, y, validation_split=0.25, epochs=1, verbose=0)  # doctest: +SKIP
     >>> tuner.get_best_hyperparameters()[0].get("cutoff") in (0, 1)  # doctest: +SKIP
     True
@@ -171,11 +171,17 @@ class HybridHyperModel(keras_tuner.HyperModel):
     ):
         super().__init__(name=name, tunable=tunable)
         if not callable(build_model):
-            raise TypeError(f"`build_model` must be callable as build_model(hp); received {build_model!r}.")
+            raise TypeError(
+                f"`build_model` must be callable as build_model(hp); received {build_model!r}."
+            )
         if max_cutoff is not None and (
-            isinstance(max_cutoff, bool) or not isinstance(max_cutoff, (int, np.integer)) or max_cutoff < 0
+            isinstance(max_cutoff, bool)
+            or not isinstance(max_cutoff, (int, np.integer))
+            or max_cutoff < 0
         ):
-            raise ValueError(f"`max_cutoff` must be a non-negative integer or None; received {max_cutoff!r}.")
+            raise ValueError(
+                f"`max_cutoff` must be a non-negative integer or None; received {max_cutoff!r}."
+            )
         unknown = sorted(set(hybridize_options) - set(HYBRIDIZE_SETTINGS) - set(CLASS_PCA_OPTIONS))
         if unknown:
             raise TypeError(
@@ -201,7 +207,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 )
             if not values:
                 raise ValueError(f"`search_options[{option!r}]` must list at least one value.")
-        if cache_dir != "auto" and cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        if cache_dir not in ("auto", None) and not isinstance(cache_dir, (str, os.PathLike)):
             raise TypeError(f"`cache_dir` must be 'auto', a path or None; received {cache_dir!r}.")
         self.build_model = build_model
         self.data = data
@@ -294,7 +300,9 @@ class HybridHyperModel(keras_tuner.HyperModel):
                     model.get_layer(layer_name).trainable = False
             else:
                 options = {
-                    o: _declared(hp.get(o), self.search_space[o]) for o in self.search_space if o in hp
+                    option: _declared(hp.get(option), values)
+                    for option, values in self.search_space.items()
+                    if option in hp
                 }
                 self.solve_cache = self._get_cache(kwargs.get("callbacks"))
                 self.last_report = hybridize(
