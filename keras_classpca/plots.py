@@ -66,8 +66,8 @@ def plot_timescales(history, path=None, *, dpi=90, title=None):
     left.set_ylabel("overlap with class-PCA subspace")
     left.set_ylim(0, 1.02)
     ceiling = any("noise_ceiling" in entry for entry in history["layers"].values())
-    left.set_title("filters vs class-PCA of current input (dotted: chance"
-                   + (", dashed: half-sample agreement)" if ceiling else ")"), fontsize=9)
+    left.set_title("filters vs class-PCA of the layer's current input\n(dotted: chance"
+                   + ("; dashed: half-sample agreement)" if ceiling else ")"), fontsize=9)
     left.legend(fontsize=8)
     right.set_xlabel("epoch")
     right.set_ylabel("‖ΔW‖/‖W‖ per epoch")
@@ -75,7 +75,7 @@ def plot_timescales(history, path=None, *, dpi=90, title=None):
         right.set_yscale("log")
     if threshold:
         right.axhline(threshold, color="k", ls=":", lw=1, label=f"settle threshold {threshold:g}")
-    right.set_title("relative weight change (dashed: settled)", fontsize=9)
+    right.set_title("relative weight change per epoch\n(dashed: settled)", fontsize=9)
     right.legend(fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
