@@ -87,7 +87,7 @@ def main():
     )
     print(f"search {seconds:.1f} s; solve cache: "
           + (f"{cache.hits} hit(s), {cache.misses} miss(es), {len(cache)} entries"
-             if cache is not None else "not used (no trial solved a layer)"))
+             if cache is not None else "not used in this run (no trial solved a layer)"))
 
 
 if __name__ == "__main__":
