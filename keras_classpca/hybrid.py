@@ -363,15 +363,31 @@ def hybridize(
         )
 
     def undo_last():
-        for l in chain.layers[chain.candidates[len(report.layers) - 1] : len(chain.layers)]:
+        for l in chain.layers:
             if l.name in saved:
                 l.set_weights(saved[l.name])
         report.layers.pop()
 
+    def adapt_batchnorms(indices):
+        names = []
+        for i in indices:
+            if isinstance(chain.layers[i], keras.layers.BatchNormalization):
+                moments = _MomentsConsumer(chain.layers[i])
+                _stream(passes, chain.feature_model(chain.inputs[i]), [moments],
+                        f"Adapting BatchNormalization '{chain.layers[i].name}'", verbose)
+                moments.assign()
+                names.append(chain.layers[i].name)
+        return names
+
     for j in range(target):
         position = chain.candidates[j]
         layer = chain.layers[position]
-        block = chain.layers[position : ends[j]]  # the layer and what follows it
+        # The block of layers this solve sets: the layer, what follows it up to the next
+        # candidate, and for the first one also what precedes it (a BatchNormalization
+        # on the raw input is adapted to the data like the ones after solved layers).
+        block_start = 0 if j == 0 else position
+        block = chain.layers[block_start : ends[j]]
+        batchnorms = [l.name for l in block if isinstance(l, keras.layers.BatchNormalization)]
         cached = keys.lookup(j, need_probe=auto)
         if cached is not None:
             if auto:
@@ -383,11 +399,12 @@ def hybridize(
             for l, weights in zip(block, cached["weights"]):
                 l.set_weights(weights)
             # Same architecture, possibly other layer names (a new model per trial).
-            batchnorms = [l.name for l in block[1:] if isinstance(l, keras.layers.BatchNormalization)]
             record = dict(cached["record"]["solved"], name=layer.name, adapted_batchnorms=batchnorms)
             report.layers.append(SolvedLayer(**record))
             continue
         layer_start = time.perf_counter()
+        pending_saved = {l.name: l.get_weights() for l in block}
+        leading = adapt_batchnorms(range(block_start, position))
         # One pass feeds this layer's statistics and, for "auto", the probe of the
         # features the previous solved layer produced (they are this layer's input).
         statistics = _StatisticsConsumer(layer, class_pca_options, seed, row_options)
@@ -404,7 +421,7 @@ def hybridize(
             if probe_rejects_last():
                 undo_last()
                 break
-        saved = {l.name: l.get_weights() for l in block}
+        saved = pending_saved
         solution = statistics.class_pca.solve()
         assign_solution(layer, solution.kernel, solution.bias)
         solved = SolvedLayer(
@@ -416,14 +433,7 @@ def hybridize(
             explained_variance=_captured_variance(statistics.class_pca),
             n_components=solution.kernel.shape[1],
         )
-        # BatchNormalization up to the next candidate follows this layer's output.
-        for i in range(position + 1, ends[j]):
-            if isinstance(chain.layers[i], keras.layers.BatchNormalization):
-                moments = _MomentsConsumer(chain.layers[i])
-                _stream(passes, chain.feature_model(chain.inputs[i]), [moments],
-                        f"Adapting BatchNormalization '{chain.layers[i].name}'", verbose)
-                moments.assign()
-                solved.adapted_batchnorms.append(chain.layers[i].name)
+        solved.adapted_batchnorms = leading + adapt_batchnorms(range(position + 1, ends[j]))
         solved.seconds = time.perf_counter() - layer_start
         report.layers.append(solved)
         keys.store(j, [l.get_weights() for l in block], solved, probe_accuracy[-1] if auto else None)
@@ -442,13 +452,14 @@ def hybridize(
             if probe_rejects_last():
                 undo_last()
 
-    if freeze:
-        for index, solved in enumerate(report.layers):
-            # A solved layer, and the BatchNormalization layers feeding the next solved one.
-            between = solved.adapted_batchnorms if index + 1 < len(report.layers) else []
-            for name in [solved.name] + between:
-                model.get_layer(name).trainable = False
-                report.frozen.append(name)
+    if freeze and report.layers:
+        # The solved layers and every BatchNormalization below the last of them: they
+        # feed solved layers, so they must not move. Later BatchNorms stay trainable.
+        last = chain.candidates[len(report.layers) - 1]
+        for i, l in enumerate(chain.layers[: last + 1]):
+            if i in chain.candidates or isinstance(l, keras.layers.BatchNormalization):
+                l.trainable = False
+                report.frozen.append(l.name)
     report.cutoff = len(report.layers)
     if cutoff == "auto":
         report.evidence = {

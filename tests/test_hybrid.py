@@ -515,8 +515,6 @@ def test_one_hot_labels_solve_like_integer_labels(subspace_classes):
         hybridize(_mlp(hidden=(8,)), (x, np.where(y == 2, 3, y)), cutoff=1, verbose=0, n_classes=3)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: BatchNormalization before the first solved "
-                   "layer is neither adapted nor frozen (see the tests' report)")
 def test_batchnorm_before_the_first_solved_layer_is_adapted_and_frozen():
     # The solved Dense is fitted to what this BatchNorm outputs at solve time; if the
     # BatchNorm then trains (batch statistics), the solved layer's input changes.
