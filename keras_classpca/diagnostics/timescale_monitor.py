@@ -176,6 +176,10 @@ class TimescaleMonitor(keras.callbacks.Callback):
         keep = self._balanced_sample(labels, int(samples), np.random.default_rng(seed))
         self._x = np.asarray(x)[keep]
         self._y = labels[keep]
+        # Halves for the noise ceiling: alternate samples within each class.
+        self._half = np.zeros(len(self._y), dtype=np.int64)
+        for label in np.unique(self._y):
+            self._half[np.flatnonzero(self._y == label)[1::2]] = 1
         if isinstance(layers, (str, keras.layers.Layer)):
             layers = [layers]
         self.layer_spec = None if layers is None else list(layers)
@@ -359,7 +363,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
                 overlap = float("nan")
             ceiling = None
             if self.noise_ceiling:
-                halves = [sample_of_row % 2 == k for k in (0, 1)]
+                halves = [self._half[sample_of_row] == k for k in (0, 1)]
                 try:
                     ceiling = subspace_overlap(
                         *[self._class_pca_subspace(rows[h], labels[h], rank) for h in halves]
