@@ -231,6 +231,23 @@ class _CacheKeys:
         self.cache.put(self._key(j), {"weights": weights, "record": record})
 
 
+def frozen_layer_names(chain, cutoff):
+    """Names of the layers `hybridize(..., cutoff)` freezes in a model's chain.
+
+    The `cutoff` solved layers and every BatchNormalization below the last of them
+    (they feed solved layers, so they must not move); BatchNormalization after the
+    last solved layer belongs to the trained top.
+    """
+    if cutoff == 0:
+        return []
+    last = chain.candidates[cutoff - 1]
+    return [
+        layer.name
+        for i, layer in enumerate(chain.layers[: last + 1])
+        if i in chain.candidates or isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
 def _captured_variance(class_pca):
     """Share of the pooled input variance captured by the span of the components."""
     basis, _ = np.linalg.qr(class_pca.components_)
@@ -452,14 +469,10 @@ def hybridize(
             if probe_rejects_last():
                 undo_last()
 
-    if freeze and report.layers:
-        # The solved layers and every BatchNormalization below the last of them: they
-        # feed solved layers, so they must not move. Later BatchNorms stay trainable.
-        last = chain.candidates[len(report.layers) - 1]
-        for i, l in enumerate(chain.layers[: last + 1]):
-            if i in chain.candidates or isinstance(l, keras.layers.BatchNormalization):
-                l.trainable = False
-                report.frozen.append(l.name)
+    if freeze:
+        for name in frozen_layer_names(chain, len(report.layers)):
+            model.get_layer(name).trainable = False
+            report.frozen.append(name)
     report.cutoff = len(report.layers)
     if cutoff == "auto":
         report.evidence = {
