@@ -54,23 +54,19 @@ def _declared(value, values):
 def solved_layers(model, cutoff):
     """Names of the layers `hybridize(model, ..., cutoff)` solves and freezes.
 
-    The first `cutoff` Dense/Conv2D layers of the chain, and the BatchNormalization
-    layers between two solved layers (a BatchNormalization after the last solved layer
-    belongs to the trained top).
+    The first `cutoff` Dense/Conv2D layers of the chain and every BatchNormalization
+    below the last of them, in chain order (a BatchNormalization after the last solved
+    layer belongs to the trained top).
     """
     chain = read_chain(model)
-    candidates = chain.candidates[:cutoff]
-    ends = chain.candidates[1:] + [len(chain.layers)]
-    names = []
-    for j, position in enumerate(candidates):
-        names.append(chain.layers[position].name)
-        if j + 1 < len(candidates):
-            names += [
-                layer.name
-                for layer in chain.layers[position + 1 : ends[j]]
-                if isinstance(layer, keras.layers.BatchNormalization)
-            ]
-    return names
+    if cutoff < 1 or not chain.candidates:
+        return []
+    last = chain.candidates[min(cutoff, len(chain.candidates)) - 1]
+    return [
+        layer.name
+        for i, layer in enumerate(chain.layers[: last + 1])
+        if i in chain.candidates or isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 def _recompile(model):
@@ -107,7 +103,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
     and initializers), the class-PCA options and the sampling settings. A Hyperband
     trial that continues an earlier one (`"tuner/trial_id"` in `hp`) solves nothing:
     its weights, solved and trained, come from the checkpoint; only the solved layers
-    are frozen again.
+    (and the BatchNormalization below them) are frozen again.
 
     Args:
         build_model: `build_model(hp) -> keras.Model`, compiled, built (give it a

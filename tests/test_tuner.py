@@ -23,11 +23,12 @@ def _data(n=240, d=12, classes=3, seed=0, shift=0.0):
     return x.astype("float32"), y.astype("int64")
 
 
-def _builder(first=8, second=8, batchnorm=False, lr_choices=None):
-    """build_model(hp): Dense(first) [BN] – Dense(second) – Dense(3), 2 solvable layers."""
+def _builder(first=8, second=8, batchnorm=False, lr_choices=None, input_batchnorm=False):
+    """build_model(hp): [BN] Dense(first) [BN] Dense(second) Dense(3); 2 solvable layers."""
 
     def build_model(hp):
-        layers = [keras.Input((12,)), L.Dense(first, activation="relu")]
+        layers = [keras.Input((12,))] + ([L.BatchNormalization()] if input_batchnorm else [])
+        layers.append(L.Dense(first, activation="relu"))
         if batchnorm:
             layers.append(L.BatchNormalization())
         layers += [L.Dense(second, activation="relu"), L.Dense(3, activation="softmax")]
@@ -179,10 +180,12 @@ def test_hyperband_continuation_keeps_the_checkpoint_and_refreezes(tmp_path):
 
 def test_solved_layers_match_what_hybridize_freezes():
     x, y = _data()
-    for cutoff in (1, 2):
-        model = _builder(batchnorm=True)(keras_tuner.HyperParameters())
-        report = hybridize(model, (x, y), cutoff, verbose=0)
-        assert solved_layers(model, cutoff) == report.frozen
+    for input_batchnorm in (False, True):
+        for cutoff in (0, 1, 2):
+            build_model = _builder(batchnorm=True, input_batchnorm=input_batchnorm)
+            model = build_model(keras_tuner.HyperParameters())
+            report = hybridize(model, (x, y), cutoff, verbose=0)
+            assert solved_layers(model, cutoff) == report.frozen
 
 
 class _Interrupt(keras.callbacks.Callback):
