@@ -10,7 +10,7 @@ bottom layers from a fraction of the data, freeze them, train the rest with `fit
 
 __version__ = "0.1.0"
 
-from keras_classpca import datasets, diagnostics, theory
+from keras_classpca import datasets, diagnostics, theory, tuner
 from keras_classpca.class_pca import ClassPCA
 from keras_classpca.class_pca_initializer import ClassPCAInitializer
 from keras_classpca.diagnostics import AlignmentMonitor, TimescaleMonitor
@@ -25,3 +25,4 @@ from keras_classpca.hybrid import hybridize
 from keras_classpca.hybrid_report import HybridReport, SolvedLayer
 from keras_classpca.layers import ClassPCAConv2D, ClassPCADense, NormalizedReLU
 from keras_classpca.solve_cache import SolveCache
+from keras_classpca.tuner import HybridHyperModel
