@@ -67,7 +67,9 @@ def _cutoff(text):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a non-negative integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a non-negative integer, got {text!r}"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a non-negative integer, got {text!r}")
     return value
@@ -96,7 +98,10 @@ def _load(args):
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise _UsageError(f"--dataset {args.dataset!r}: {error}") from None
     if x_train.ndim != 4:
-        raise _UsageError(f"--dataset {args.dataset!r}: expected images, got training data of shape {x_train.shape}.")
+        raise _UsageError(
+            f"--dataset {args.dataset!r}: expected images, got training data of shape "
+            f"{x_train.shape}."
+        )
     y_train, y_test = np.asarray(y_train).astype("int64"), np.asarray(y_test).astype("int64")
     limit = getattr(args, "train_samples", None)
     if limit is not None and limit < len(x_train):
@@ -142,7 +147,9 @@ def _out_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
-        raise _UsageError(f"--out {path!r}: cannot create the directory ({error.strerror}).") from None
+        raise _UsageError(
+            f"--out {path!r}: cannot create the directory ({error.strerror})."
+        ) from None
     return path
 
 
@@ -166,8 +173,15 @@ def cmd_demo(args):
     from keras_classpca.demo import run_demo
 
     try:
-        run_demo(dataset=args.dataset, cutoff=args.cutoff, fraction=args.fraction, epochs=args.epochs,
-                 batch_size=args.batch_size, seed=args.seed, verbose=args.verbose)
+        run_demo(
+            dataset=args.dataset,
+            cutoff=args.cutoff,
+            fraction=args.fraction,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            verbose=args.verbose,
+        )
     except (FileNotFoundError,) as error:
         raise _UsageError(f"--dataset {args.dataset!r}: {error}") from None
     return 0
@@ -180,8 +194,13 @@ def cmd_timescales(args):
     out = _out_dir(args.out)
     (x_train, y_train), (x_test, y_test), n_classes = _load(args)
     fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
-    result = {"dataset": args.dataset, "train_samples": len(x_train), "epochs": args.epochs,
-              "batch_size": args.batch_size, "seed": args.seed}
+    result = {
+        "dataset": args.dataset,
+        "train_samples": len(x_train),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
 
     plain_model = None
     if args.measure_overhead:
@@ -191,13 +210,20 @@ def cmd_timescales(args):
         plain_model.fit(x_train, y_train, **fit_kwargs)
         result["plain_fit_seconds"] = time.perf_counter() - start
 
-    print(f"{'[2/2] ' if args.measure_overhead else ''}fit() with TimescaleMonitor: "
-          f"{args.epochs} epoch(s) on {len(x_train)} images")
+    print(
+        f"{'[2/2] ' if args.measure_overhead else ''}fit() with TimescaleMonitor: "
+        f"{args.epochs} epoch(s) on {len(x_train)} images"
+    )
     model = _compiled_model(x_train.shape[1:], n_classes, args.seed)
-    monitor = TimescaleMonitor((x_train, y_train), every=args.every, samples=args.monitor_samples,
-                               patches_per_image=args.patches_per_image,
-                               settle_threshold=args.settle_threshold, seed=args.seed,
-                               noise_ceiling=args.noise_ceiling)
+    monitor = TimescaleMonitor(
+        (x_train, y_train),
+        every=args.every,
+        samples=args.monitor_samples,
+        patches_per_image=args.patches_per_image,
+        settle_threshold=args.settle_threshold,
+        seed=args.seed,
+        noise_ceiling=args.noise_ceiling,
+    )
     start = time.perf_counter()
     model.fit(x_train, y_train, callbacks=[monitor], **fit_kwargs)
     result["monitored_fit_seconds"] = time.perf_counter() - start
@@ -206,23 +232,33 @@ def cmd_timescales(args):
     result["test_accuracy"] = float(accuracy)
     if plain_model is not None:
         result["overhead_ratio"] = result["monitored_fit_seconds"] / result["plain_fit_seconds"]
-        result["max_weight_difference_vs_plain"] = float(max(
-            np.max(np.abs(np.asarray(a) - np.asarray(b)))
-            for a, b in zip(plain_model.get_weights(), model.get_weights())
-        ))
+        result["max_weight_difference_vs_plain"] = float(
+            max(
+                np.max(np.abs(np.asarray(a) - np.asarray(b)))
+                for a, b in zip(plain_model.get_weights(), model.get_weights())
+            )
+        )
     result["history"] = monitor.history
     json_path = os.path.join(out, "timescales.json")
     _write_json(json_path, result)
     png_path = os.path.join(out, "timescales_curves.png")
-    plot_timescales(monitor.history, png_path,
-                    title=f"{args.dataset}, {len(x_train)} training images, batch {args.batch_size}, Adam")
+    plot_timescales(
+        monitor.history,
+        png_path,
+        title=f"{args.dataset}, {len(x_train)} training images, batch {args.batch_size}, Adam",
+    )
     print(monitor.format_table())
-    print(f"test accuracy {accuracy:.4f}; monitor checks took {result['monitor_seconds']:.1f} s "
-          f"of {result['monitored_fit_seconds']:.1f} s")
+    print(
+        f"test accuracy {accuracy:.4f}; monitor checks took {result['monitor_seconds']:.1f} s "
+        f"of {result['monitored_fit_seconds']:.1f} s"
+    )
     if plain_model is not None:
-        print(f"overhead: {result['monitored_fit_seconds']:.1f} s / {result['plain_fit_seconds']:.1f} s "
-              f"= {result['overhead_ratio']:.3f}x plain fit(); max |weight difference| "
-              f"{result['max_weight_difference_vs_plain']:.3g}")
+        print(
+            f"overhead: {result['monitored_fit_seconds']:.1f} s / "
+            f"{result['plain_fit_seconds']:.1f} s "
+            f"= {result['overhead_ratio']:.3f}x plain fit(); max |weight difference| "
+            f"{result['max_weight_difference_vs_plain']:.3g}"
+        )
     print(f"wrote {json_path} and {png_path}")
     return 0
 
@@ -245,8 +281,13 @@ def cmd_sweep(args):
         model = build_model(x_train.shape[1:], n_classes)
         solved, note = [], ""
         if cutoff:
-            solve = dict(cutoff=cutoff, samples=samples, patches_per_image=args.patches_per_image,
-                         seed=args.seed, verbose=1 if args.verbose > 1 else 0)
+            solve = dict(
+                cutoff=cutoff,
+                samples=samples,
+                patches_per_image=args.patches_per_image,
+                seed=args.seed,
+                verbose=1 if args.verbose > 1 else 0,
+            )
             try:
                 report = hybridize(model, (x_train, y_train), **solve)
             except ValueError as error:
@@ -264,35 +305,65 @@ def cmd_sweep(args):
                     raise _UsageError(f"--cutoffs: cutoff {cutoff}: {error2}") from None
             solved = [layer.name for layer in report.layers]
         solve_seconds = time.perf_counter() - start
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         fit_start = time.perf_counter()
-        fit_top(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                verbose=2 if args.verbose > 1 else 0)
+        fit_top(
+            model,
+            x_train,
+            y_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            verbose=2 if args.verbose > 1 else 0,
+        )
         fit_seconds = time.perf_counter() - fit_start
         _, accuracy = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
-        rows.append({"cutoff": cutoff, "solved_layers": solved, "note": note, "test_accuracy": float(accuracy),
-                     "solve_seconds": solve_seconds, "fit_seconds": fit_seconds,
-                     "total_seconds": time.perf_counter() - start})
+        rows.append(
+            {
+                "cutoff": cutoff,
+                "solved_layers": solved,
+                "note": note,
+                "test_accuracy": float(accuracy),
+                "solve_seconds": solve_seconds,
+                "fit_seconds": fit_seconds,
+                "total_seconds": time.perf_counter() - start,
+            }
+        )
         if progress is not None:
-            progress.update(i + 1, values=[("accuracy", float(accuracy))], finalize=i + 1 == len(args.cutoffs))
+            progress.update(
+                i + 1, values=[("accuracy", float(accuracy))], finalize=i + 1 == len(args.cutoffs)
+            )
 
-    header = (f"{args.dataset}: {len(x_train)} training images, statistics from {samples} "
-              f"({args.fraction:.0%}), {args.epochs} epoch(s), batch {args.batch_size}, seed {args.seed}")
-    table = ["| cutoff | solved layers | test accuracy | solve s | fit s | total s |",
-             "|---:|---|---:|---:|---:|---:|"]
+    header = (
+        f"{args.dataset}: {len(x_train)} training images, statistics from {samples} "
+        f"({args.fraction:.0%}), {args.epochs} epoch(s), batch {args.batch_size}, seed {args.seed}"
+    )
+    table = [
+        "| cutoff | solved layers | test accuracy | solve s | fit s | total s |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for row in rows:
         solved = ", ".join(row["solved_layers"]) or "— (plain SGD)"
-        table.append(f"| {row['cutoff']} | {solved}{' (' + row['note'] + ')' if row['note'] else ''} | "
-                     f"{row['test_accuracy']:.4f} | {row['solve_seconds']:.1f} | {row['fit_seconds']:.1f} | "
-                     f"{row['total_seconds']:.1f} |")
+        table.append(
+            f"| {row['cutoff']} | {solved}{' (' + row['note'] + ')' if row['note'] else ''} | "
+            f"{row['test_accuracy']:.4f} | {row['solve_seconds']:.1f} | {row['fit_seconds']:.1f} | "
+            f"{row['total_seconds']:.1f} |"
+        )
     text = header + "\n\n" + "\n".join(table) + "\n"
     print(text)
     with open(os.path.join(out, "sweep.md"), "w") as handle:
         handle.write(text)
-    _write_json(os.path.join(out, "sweep.json"), {"settings": _settings(args) | {"samples": samples,
-                                                                               "train_samples": len(x_train)},
-                                                   "rows": rows})
-    plot_cutoff_sweep(rows, os.path.join(out, "sweep.png"), title=f"{args.dataset}: accuracy vs cutoff")
+    _write_json(
+        os.path.join(out, "sweep.json"),
+        {
+            "settings": _settings(args) | {"samples": samples, "train_samples": len(x_train)},
+            "rows": rows,
+        },
+    )
+    plot_cutoff_sweep(
+        rows, os.path.join(out, "sweep.png"), title=f"{args.dataset}: accuracy vs cutoff"
+    )
     print(f"wrote {os.path.join(out, 'sweep.md')}, sweep.json and sweep.png")
     return 0
 
@@ -306,14 +377,24 @@ def cmd_filters(args):
     model = _compiled_model(x_train.shape[1:], n_classes, args.seed)
     convs = _conv_layers(model)
     if not 1 <= args.layer <= len(convs):
-        raise _UsageError(f"--layer {args.layer}: the model has {len(convs)} Conv2D layer(s); use 1..{len(convs)}.")
+        raise _UsageError(
+            f"--layer {args.layer}: the model has {len(convs)} Conv2D layer(s); "
+            f"use 1..{len(convs)}."
+        )
     layer = convs[args.layer - 1]
     print(f"training the CNN with SGD (Adam) for {args.epochs} epoch(s) on {len(x_train)} images")
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
+    model.fit(
+        x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose
+    )
 
     samples = max(10 * n_classes, int(args.fraction * len(x_train)))
-    monitor = TimescaleMonitor((x_train, y_train), layers=[layer.name], samples=samples,
-                               patches_per_image=args.patches_per_image, seed=args.seed)
+    monitor = TimescaleMonitor(
+        (x_train, y_train),
+        layers=[layer.name],
+        samples=samples,
+        patches_per_image=args.patches_per_image,
+        seed=args.seed,
+    )
     monitor.set_model(model)
     overlap, sgd_kernel, d, rank, _ = monitor.measure()[layer.name]
 
@@ -323,26 +404,51 @@ def cmd_filters(args):
     import keras
 
     inputs = keras.Model(model.inputs[0], layer.input)(monitor._x, training=False)
-    rows_labels = list(iter_rows(layer, np.asarray(inputs), monitor._y,
-                                 patches_per_image=args.patches_per_image,
-                                 rng=np.random.default_rng(args.seed)))
+    rows_labels = list(
+        iter_rows(
+            layer,
+            np.asarray(inputs),
+            monitor._y,
+            patches_per_image=args.patches_per_image,
+            rng=np.random.default_rng(args.seed),
+        )
+    )
     rows = np.concatenate([r for r, _ in rows_labels])
     labels = np.concatenate([lab for _, lab in rows_labels])
     components = ClassPCA(layer.filters).fit(rows, labels).components_
     shape = tuple(layer.kernel.shape)
     png = os.path.join(out, f"filters_layer{args.layer}.png")
-    plot_filter_grid(components.reshape(shape), sgd_kernel.reshape(shape), png,
-                     suptitle=(f"{args.dataset}, conv layer {args.layer} ('{layer.name}'): class-PCA of its "
-                               f"input ({samples} images)\nvs Adam after {args.epochs} epoch(s); "
-                               f"subspace overlap {overlap:.2f} (rank {rank} of {d}, chance {rank / d:.2f})"))
-    np.savez(os.path.join(out, f"filters_layer{args.layer}.npz"), class_pca=components.reshape(shape),
-             sgd=sgd_kernel.reshape(shape))
-    summary = {"dataset": args.dataset, "layer": args.layer, "layer_name": layer.name, "epochs": args.epochs,
-               "samples": samples, "overlap": overlap, "rank": rank, "input_dim": d,
-               "chance_overlap": rank / d}
+    plot_filter_grid(
+        components.reshape(shape),
+        sgd_kernel.reshape(shape),
+        png,
+        suptitle=(
+            f"{args.dataset}, conv layer {args.layer} ('{layer.name}'): class-PCA of its "
+            f"input ({samples} images)\nvs Adam after {args.epochs} epoch(s); "
+            f"subspace overlap {overlap:.2f} (rank {rank} of {d}, chance {rank / d:.2f})"
+        ),
+    )
+    np.savez(
+        os.path.join(out, f"filters_layer{args.layer}.npz"),
+        class_pca=components.reshape(shape),
+        sgd=sgd_kernel.reshape(shape),
+    )
+    summary = {
+        "dataset": args.dataset,
+        "layer": args.layer,
+        "layer_name": layer.name,
+        "epochs": args.epochs,
+        "samples": samples,
+        "overlap": overlap,
+        "rank": rank,
+        "input_dim": d,
+        "chance_overlap": rank / d,
+    }
     _write_json(os.path.join(out, f"filters_layer{args.layer}.json"), summary)
-    print(f"conv layer {args.layer} ('{layer.name}'): overlap of the SGD filters with the class-PCA "
-          f"subspace {overlap:.3f} (rank {rank} of {d}; chance {rank / d:.3f})")
+    print(
+        f"conv layer {args.layer} ('{layer.name}'): overlap of the SGD filters with the class-PCA "
+        f"subspace {overlap:.3f} (rank {rank} of {d}; chance {rank / d:.3f})"
+    )
     print(f"wrote {png}")
     return 0
 
@@ -353,79 +459,152 @@ def build_parser():
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Class-based PCA weights for Keras: demo, time-scale monitor, cutoff sweep, filters.",
+        description="Class-based PCA weights for Keras: demo, time-scale monitor, cutoff "
+        "sweep, filters.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p, train_samples=True):
-        p.add_argument("--dataset", default="fashion_mnist",
-                       help="fashion_mnist (default), digits (scikit-learn's 8x8 set) or a TFDS "
-                            "data set prepared locally")
-        p.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size (128)")
+        p.add_argument(
+            "--dataset",
+            default="fashion_mnist",
+            help="fashion_mnist (default), digits (scikit-learn's 8x8 set) or a TFDS "
+            "data set prepared locally",
+        )
+        p.add_argument(
+            "--batch-size", type=_positive_int, default=128, help="training batch size (128)"
+        )
         p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-        p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                       help="0 silent, 1 progress bars (default), 2 one line per epoch")
+        p.add_argument(
+            "--verbose",
+            type=int,
+            choices=(0, 1, 2),
+            default=1,
+            help="0 silent, 1 progress bars (default), 2 one line per epoch",
+        )
         if train_samples:
-            p.add_argument("--train-samples", type=_positive_int, default=None,
-                           help="train on a random subset of this many training images (default: all)")
+            p.add_argument(
+                "--train-samples",
+                type=_positive_int,
+                default=None,
+                help="train on a random subset of this many training images (default: all)",
+            )
 
-    p = sub.add_parser("demo", help="solve the bottom layers, train the rest, print the report",
-                       description="Run keras_classpca.demo.run_demo: hybridize the benchmark CNN "
-                                   "from a fraction of the data and train the rest.")
+    p = sub.add_parser(
+        "demo",
+        help="solve the bottom layers, train the rest, print the report",
+        description="Run keras_classpca.demo.run_demo: hybridize the benchmark CNN "
+        "from a fraction of the data and train the rest.",
+    )
     common(p, train_samples=False)
-    p.add_argument("--cutoff", type=_cutoff, default="auto", help="layers to solve: 'auto' (default) or N")
-    p.add_argument("--fraction", type=_fraction, default=0.1,
-                   help="share of the training images the statistics use (0.1)")
-    p.add_argument("--epochs", type=_positive_int, default=3, help="epochs for the layers above (3)")
+    p.add_argument(
+        "--cutoff", type=_cutoff, default="auto", help="layers to solve: 'auto' (default) or N"
+    )
+    p.add_argument(
+        "--fraction",
+        type=_fraction,
+        default=0.1,
+        help="share of the training images the statistics use (0.1)",
+    )
+    p.add_argument(
+        "--epochs", type=_positive_int, default=3, help="epochs for the layers above (3)"
+    )
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("timescales", help="train the CNN with TimescaleMonitor; JSON history + PNG",
-                       description="Train the benchmark CNN with SGD (Adam) and TimescaleMonitor: "
-                                   "per-layer weight change, overlap with the class-PCA subspace "
-                                   "of the layer's current input, settling epochs.")
+    p = sub.add_parser(
+        "timescales",
+        help="train the CNN with TimescaleMonitor; JSON history + PNG",
+        description="Train the benchmark CNN with SGD (Adam) and TimescaleMonitor: "
+        "per-layer weight change, overlap with the class-PCA subspace "
+        "of the layer's current input, settling epochs.",
+    )
     common(p)
     p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs (8)")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--every", type=_positive_int, default=1, help="check every N epochs (1)")
-    p.add_argument("--monitor-samples", type=_positive_int, default=512,
-                   help="images the overlap is computed on (512)")
-    p.add_argument("--patches-per-image", type=_positive_int, default=1,
-                   help="random conv patches per image for the overlap (1)")
-    p.add_argument("--settle-threshold", type=_positive_float, default=0.05,
-                   help="per-epoch relative weight change below which a layer has settled (0.05)")
-    p.add_argument("--noise-ceiling", action="store_true",
-                   help="also record the overlap of class-PCA subspaces of two halves of the "
-                        "monitor's sample (how precisely the sample fixes the subspace)")
-    p.add_argument("--measure-overhead", action="store_true",
-                   help="also train without the monitor (same seed) and report the time ratio")
+    p.add_argument(
+        "--monitor-samples",
+        type=_positive_int,
+        default=512,
+        help="images the overlap is computed on (512)",
+    )
+    p.add_argument(
+        "--patches-per-image",
+        type=_positive_int,
+        default=1,
+        help="random conv patches per image for the overlap (1)",
+    )
+    p.add_argument(
+        "--settle-threshold",
+        type=_positive_float,
+        default=0.05,
+        help="per-epoch relative weight change below which a layer has settled (0.05)",
+    )
+    p.add_argument(
+        "--noise-ceiling",
+        action="store_true",
+        help="also record the overlap of class-PCA subspaces of two halves of the "
+        "monitor's sample (how precisely the sample fixes the subspace)",
+    )
+    p.add_argument(
+        "--measure-overhead",
+        action="store_true",
+        help="also train without the monitor (same seed) and report the time ratio",
+    )
     p.set_defaults(func=cmd_timescales)
 
-    p = sub.add_parser("sweep", help="hybrid accuracy and time vs cutoff: table + PNG",
-                       description="For each cutoff, solve that many bottom layers with class-PCA "
-                                   "(hybridize), train the rest (fit_top), evaluate; cutoff 0 is "
-                                   "plain SGD. Writes sweep.md, sweep.json and sweep.png.")
+    p = sub.add_parser(
+        "sweep",
+        help="hybrid accuracy and time vs cutoff: table + PNG",
+        description="For each cutoff, solve that many bottom layers with class-PCA "
+        "(hybridize), train the rest (fit_top), evaluate; cutoff 0 is "
+        "plain SGD. Writes sweep.md, sweep.json and sweep.png.",
+    )
     common(p)
-    p.add_argument("--cutoffs", type=_cutoff_list, default=[0, 1, 2], help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--fraction", type=_fraction, default=0.1,
-                   help="share of the training images the statistics use (0.1)")
+    p.add_argument(
+        "--cutoffs", type=_cutoff_list, default=[0, 1, 2], help="comma-separated, e.g. 0,1,2"
+    )
+    p.add_argument(
+        "--fraction",
+        type=_fraction,
+        default=0.1,
+        help="share of the training images the statistics use (0.1)",
+    )
     p.add_argument("--epochs", type=_positive_int, default=3, help="training epochs per cutoff (3)")
-    p.add_argument("--patches-per-image", type=_positive_int, default=16,
-                   help="random conv patches per image for the solve (16)")
+    p.add_argument(
+        "--patches-per-image",
+        type=_positive_int,
+        default=16,
+        help="random conv patches per image for the solve (16)",
+    )
     p.add_argument("--out", required=True, help="output directory (created)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("filters", help="class-PCA filters of conv layer N next to SGD-trained ones",
-                       description="Train the CNN briefly with SGD (Adam), then compute class-PCA "
-                                   "of conv layer N's input and plot both filter sets as a grid "
-                                   "(SGD filters matched to their closest class-PCA filter).")
+    p = sub.add_parser(
+        "filters",
+        help="class-PCA filters of conv layer N next to SGD-trained ones",
+        description="Train the CNN briefly with SGD (Adam), then compute class-PCA "
+        "of conv layer N's input and plot both filter sets as a grid "
+        "(SGD filters matched to their closest class-PCA filter).",
+    )
     common(p)
     p.add_argument("--layer", type=_positive_int, default=1, help="conv layer, counted from 1 (1)")
-    p.add_argument("--epochs", type=_positive_int, default=1, help="SGD epochs before comparing (1)")
-    p.add_argument("--fraction", type=_fraction, default=0.05,
-                   help="share of the training images the class-PCA uses (0.05)")
-    p.add_argument("--patches-per-image", type=_positive_int, default=16,
-                   help="random conv patches per image (16)")
+    p.add_argument(
+        "--epochs", type=_positive_int, default=1, help="SGD epochs before comparing (1)"
+    )
+    p.add_argument(
+        "--fraction",
+        type=_fraction,
+        default=0.05,
+        help="share of the training images the class-PCA uses (0.05)",
+    )
+    p.add_argument(
+        "--patches-per-image",
+        type=_positive_int,
+        default=16,
+        help="random conv patches per image (16)",
+    )
     p.add_argument("--out", required=True, help="output directory (created)")
     p.set_defaults(func=cmd_filters)
     return parser

@@ -66,12 +66,17 @@ def plot_timescales(history, path=None, *, dpi=90, title=None):
     left.set_ylabel("overlap with class-PCA subspace")
     left.set_ylim(0, 1.02)
     ceiling = any("noise_ceiling" in entry for entry in history["layers"].values())
-    left.set_title("filters vs class-PCA of the layer's current input\n(dotted: chance"
-                   + ("; dashed: half-sample agreement)" if ceiling else ")"), fontsize=9)
+    left.set_title(
+        "filters vs class-PCA of the layer's current input\n(dotted: chance"
+        + ("; dashed: half-sample agreement)" if ceiling else ")"),
+        fontsize=9,
+    )
     left.legend(fontsize=8)
     right.set_xlabel("epoch")
     right.set_ylabel("‖ΔW‖/‖W‖ per epoch")
-    if np.any(np.isfinite(np.concatenate([_nan(e["weight_change"]) for e in history["layers"].values()]))):
+    if np.any(
+        np.isfinite(np.concatenate([_nan(e["weight_change"]) for e in history["layers"].values()]))
+    ):
         right.set_yscale("log")
     if threshold:
         right.axhline(threshold, color="k", ls=":", lw=1, label=f"settle threshold {threshold:g}")
@@ -121,7 +126,9 @@ def _tiles(kernel):
     """(kh, kw, C, n) kernel -> list of n images to show, and a note on channels."""
     kernel = np.asarray(kernel, dtype=float)
     if kernel.ndim != 4:
-        raise ValueError(f"`kernel` must be a Conv2D kernel (kh, kw, C, n); received shape {kernel.shape}.")
+        raise ValueError(
+            f"`kernel` must be a Conv2D kernel (kh, kw, C, n); received shape {kernel.shape}."
+        )
     channels = kernel.shape[2]
     if channels in (1, 3):
         tiles = [kernel[:, :, :, j] for j in range(kernel.shape[3])]
@@ -155,8 +162,17 @@ def _grid(figure, spec, tiles, title, columns):
             ax.set_title(title, fontsize=9, loc="left")
 
 
-def plot_filter_grid(class_pca_kernel, sgd_kernel, path=None, *, columns=8, dpi=80,
-                     titles=("class-PCA filters", "SGD-trained filters"), match=True, suptitle=None):
+def plot_filter_grid(
+    class_pca_kernel,
+    sgd_kernel,
+    path=None,
+    *,
+    columns=8,
+    dpi=80,
+    titles=("class-PCA filters", "SGD-trained filters"),
+    match=True,
+    suptitle=None,
+):
     """Class-PCA filters of a conv layer as an image grid next to SGD-trained filters.
 
     Args:
@@ -177,7 +193,10 @@ def plot_filter_grid(class_pca_kernel, sgd_kernel, path=None, *, columns=8, dpi=
     a = np.asarray(class_pca_kernel, dtype=float)
     b = np.asarray(sgd_kernel, dtype=float)
     if a.ndim != 4 or b.ndim != 4 or a.shape[:3] != b.shape[:3]:
-        raise ValueError(f"Kernels must be (kh, kw, C, n) with the same (kh, kw, C); received {a.shape} and {b.shape}.")
+        raise ValueError(
+            "Kernels must be (kh, kw, C, n) with the same (kh, kw, C); "
+            f"received {a.shape} and {b.shape}."
+        )
     cosines = None
     if match:
         flat, cosines = match_filters(a.reshape(-1, a.shape[3]), b.reshape(-1, b.shape[3]))
@@ -188,8 +207,15 @@ def plot_filter_grid(class_pca_kernel, sgd_kernel, path=None, *, columns=8, dpi=
     rows = int(np.ceil(n / columns))
     height = 0.6 * rows + 0.9
     figure = _figure(2 * 0.55 * columns + 0.6, height, layout=None)
-    spec = figure.add_gridspec(1, 2, wspace=0.08, left=0.02, right=0.98, bottom=0.03,
-                               top=1.0 - (0.4 + 0.2 * (suptitle.count("\n") + 1) if suptitle else 0.4) / height)
+    spec = figure.add_gridspec(
+        1,
+        2,
+        wspace=0.08,
+        left=0.02,
+        right=0.98,
+        bottom=0.03,
+        top=1.0 - (0.4 + 0.2 * (suptitle.count("\n") + 1) if suptitle else 0.4) / height,
+    )
     _grid(figure, spec[0, 0], tiles_a, titles[0] + note, columns)
     second = titles[1] + note
     if cosines is not None and np.any(np.isfinite(cosines)):
@@ -220,13 +246,17 @@ def plot_cutoff_sweep(rows, path=None, *, dpi=90, title=None):
     ax = figure.subplots()
     if all("total_seconds" in r for r in rows):
         twin = ax.twinx()
-        twin.bar(cutoffs, [r["total_seconds"] for r in rows], width=0.4, color="0.85", label="total time")
+        twin.bar(
+            cutoffs, [r["total_seconds"] for r in rows], width=0.4, color="0.85", label="total time"
+        )
         twin.set_ylabel("seconds (bars)")
         ax.set_zorder(twin.get_zorder() + 1)
         ax.patch.set_visible(False)
     ax.plot(cutoffs, accuracy, "o-", color="C0")
     for c, a in zip(cutoffs, accuracy):
-        ax.annotate(f"{a:.3f}", (c, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.annotate(
+            f"{a:.3f}", (c, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8
+        )
     ax.set_xticks(cutoffs)
     ax.set_xlabel("cutoff (bottom layers solved by class-PCA; 0 = plain SGD)")
     ax.set_ylabel("test accuracy")

@@ -20,8 +20,24 @@ def _run_bad(argv, capsys):
 
 def test_timescales_end_to_end(tmp_path, capsys):
     out = tmp_path / "ts"
-    code = cli.main(["timescales", "--dataset", "digits", "--epochs", "2", "--train-samples", "300",
-                     "--monitor-samples", "100", "--out", str(out), "--verbose", "0", "--noise-ceiling"])
+    code = cli.main(
+        [
+            "timescales",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "2",
+            "--train-samples",
+            "300",
+            "--monitor-samples",
+            "100",
+            "--out",
+            str(out),
+            "--verbose",
+            "0",
+            "--noise-ceiling",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "timescales.json").read_text())
     history = result["history"]
@@ -30,7 +46,9 @@ def test_timescales_end_to_end(tmp_path, capsys):
     for entry in history["layers"].values():
         assert len(entry["overlap"]) == 3 and all(0.0 <= v <= 1.0 for v in entry["overlap"])
         assert entry["weight_change"][0] is None and all(v > 0 for v in entry["weight_change"][1:])
-        assert len(entry["noise_ceiling"]) == 3 and all(0.0 <= v <= 1.0 for v in entry["noise_ceiling"])
+        assert len(entry["noise_ceiling"]) == 3 and all(
+            0.0 <= v <= 1.0 for v in entry["noise_ceiling"]
+        )
     assert 0.0 <= result["test_accuracy"] <= 1.0
     assert matplotlib.image.imread(out / "timescales_curves.png").shape[0] > 100
     assert "settled" in capsys.readouterr().out
@@ -38,8 +56,28 @@ def test_timescales_end_to_end(tmp_path, capsys):
 
 def test_sweep_end_to_end(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert cli.main(["sweep", "--dataset", "digits", "--cutoffs", "0,1", "--fraction", "0.5", "--epochs", "3",
-                     "--train-samples", "600", "--out", str(out), "--verbose", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "sweep",
+                "--dataset",
+                "digits",
+                "--cutoffs",
+                "0,1",
+                "--fraction",
+                "0.5",
+                "--epochs",
+                "3",
+                "--train-samples",
+                "600",
+                "--out",
+                str(out),
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["cutoff"] for r in rows] == [0, 1]
     assert rows[0]["solved_layers"] == [] and len(rows[1]["solved_layers"]) == 1
@@ -53,8 +91,28 @@ def test_sweep_end_to_end(tmp_path, capsys):
 
 def test_filters_end_to_end(tmp_path):
     out = tmp_path / "filters"
-    assert cli.main(["filters", "--dataset", "digits", "--layer", "1", "--epochs", "1", "--fraction", "0.2",
-                     "--train-samples", "300", "--out", str(out), "--verbose", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "filters",
+                "--dataset",
+                "digits",
+                "--layer",
+                "1",
+                "--epochs",
+                "1",
+                "--fraction",
+                "0.2",
+                "--train-samples",
+                "300",
+                "--out",
+                str(out),
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "filters_layer1.json").read_text())
     assert summary["input_dim"] == 9 and summary["rank"] == 4
     assert 0.0 <= summary["overlap"] <= 1.0
@@ -66,15 +124,28 @@ def test_filters_end_to_end(tmp_path):
 def test_demo_passes_its_options(monkeypatch):
     seen = {}
     monkeypatch.setattr("keras_classpca.demo.run_demo", lambda **kwargs: seen.update(kwargs))
-    assert cli.main(["demo", "--dataset", "digits", "--cutoff", "1", "--fraction", "0.2", "--epochs", "2"]) == 0
-    assert (seen["dataset"], seen["cutoff"], seen["fraction"], seen["epochs"]) == ("digits", 1, 0.2, 2)
+    assert (
+        cli.main(
+            ["demo", "--dataset", "digits", "--cutoff", "1", "--fraction", "0.2", "--epochs", "2"]
+        )
+        == 0
+    )
+    assert (seen["dataset"], seen["cutoff"], seen["fraction"], seen["epochs"]) == (
+        "digits",
+        1,
+        0.2,
+        2,
+    )
     cli.main(["demo", "--cutoff", "auto"])
     assert seen["cutoff"] == "auto" and seen["dataset"] == "fashion_mnist"
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="demo.run_demo builds benchmark_cnn with kernel 3 and 'valid' padding: "
-                          "8x8 digits shrink to 1x1 before the second pooling")
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="demo.run_demo builds benchmark_cnn with kernel 3 and 'valid' padding: "
+    "8x8 digits shrink to 1x1 before the second pooling",
+)
 def test_demo_on_digits_end_to_end():
     cli.main(["demo", "--dataset", "digits", "--epochs", "1", "--verbose", "0"])
 
@@ -99,9 +170,37 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
 def test_bad_values_found_after_parsing_exit_2(tmp_path, capsys):
     err = _run_bad(["filters", "--dataset", "no_such_data", "--out", str(tmp_path)], capsys)
     assert "keras-classpca filters: error: --dataset 'no_such_data'" in err
-    err = _run_bad(["filters", "--dataset", "digits", "--layer", "3", "--train-samples", "50",
-                    "--out", str(tmp_path), "--verbose", "0"], capsys)
+    err = _run_bad(
+        [
+            "filters",
+            "--dataset",
+            "digits",
+            "--layer",
+            "3",
+            "--train-samples",
+            "50",
+            "--out",
+            str(tmp_path),
+            "--verbose",
+            "0",
+        ],
+        capsys,
+    )
     assert "--layer 3: the model has 2 Conv2D layer(s); use 1..2" in err
-    err = _run_bad(["sweep", "--dataset", "digits", "--cutoffs", "9", "--train-samples", "100",
-                    "--out", str(tmp_path), "--verbose", "0"], capsys)
+    err = _run_bad(
+        [
+            "sweep",
+            "--dataset",
+            "digits",
+            "--cutoffs",
+            "9",
+            "--train-samples",
+            "100",
+            "--out",
+            str(tmp_path),
+            "--verbose",
+            "0",
+        ],
+        capsys,
+    )
     assert "keras-classpca sweep: error: --cutoffs: cutoff 9" in err

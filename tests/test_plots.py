@@ -8,17 +8,28 @@ import matplotlib.image  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from keras_classpca.plots import match_filters, plot_cutoff_sweep, plot_filter_grid, plot_timescales  # noqa: E402
+from keras_classpca.plots import (
+    match_filters,
+    plot_cutoff_sweep,
+    plot_filter_grid,
+    plot_timescales,
+)  # noqa: E402
 
 
 def _history():
     return {
         "epochs": [0, 1, 2, 3],
         "layers": {
-            "conv1": {"overlap": [0.5, 0.6, 0.7, 0.72], "weight_change": [None, 0.3, 0.05, 0.02],
-                      "chance_overlap": 0.48},
-            "conv2": {"overlap": [0.1, 0.2, None, 0.4], "weight_change": [None, 0.5, 0.2, 0.1],
-                      "chance_overlap": 0.08},
+            "conv1": {
+                "overlap": [0.5, 0.6, 0.7, 0.72],
+                "weight_change": [None, 0.3, 0.05, 0.02],
+                "chance_overlap": 0.48,
+            },
+            "conv2": {
+                "overlap": [0.1, 0.2, None, 0.4],
+                "weight_change": [None, 0.5, 0.2, 0.1],
+                "chance_overlap": 0.08,
+            },
         },
         "settled_epoch": {"conv1": 2, "conv2": None},
         "settings": {"settle_threshold": 0.06},
@@ -37,7 +48,9 @@ def test_plot_timescales(tmp_path):
     figure = plot_timescales(_history(), tmp_path / "t.png", title="test")
     _check_png(tmp_path / "t.png")
     left, right = figure.axes[:2]
-    assert [line.get_label() for line in left.get_lines() if not line.get_label().startswith("_")] == ["1. conv1", "2. conv2"]
+    assert [
+        line.get_label() for line in left.get_lines() if not line.get_label().startswith("_")
+    ] == ["1. conv1", "2. conv2"]
     assert right.get_yscale() == "log"
     np.testing.assert_allclose(left.get_lines()[0].get_ydata(), [0.5, 0.6, 0.7, 0.72])
     assert np.isnan(left.get_lines()[2].get_ydata()[2])  # None -> gap, not zero
@@ -72,9 +85,11 @@ def test_match_filters_recovers_permutation_and_sign():
 
 
 def test_plot_cutoff_sweep(tmp_path):
-    rows = [{"cutoff": 2, "test_accuracy": 0.84, "total_seconds": 20.0},
-            {"cutoff": 0, "test_accuracy": 0.89, "total_seconds": 30.0},
-            {"cutoff": 1, "test_accuracy": 0.88, "total_seconds": 22.0}]
+    rows = [
+        {"cutoff": 2, "test_accuracy": 0.84, "total_seconds": 20.0},
+        {"cutoff": 0, "test_accuracy": 0.89, "total_seconds": 30.0},
+        {"cutoff": 1, "test_accuracy": 0.88, "total_seconds": 22.0},
+    ]
     figure = plot_cutoff_sweep(rows, tmp_path / "s.png")
     _check_png(tmp_path / "s.png")
     line = figure.axes[0].get_lines()[0]

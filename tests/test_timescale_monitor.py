@@ -47,7 +47,9 @@ def test_rotation_by_theta_gives_cos_squared(theta):
     basis, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(9, 3)))
     rotated, _ = _rotated(basis, theta)
     assert subspace_overlap(basis, rotated) == pytest.approx(np.cos(theta) ** 2, abs=1e-12)
-    np.testing.assert_allclose(principal_cosines(basis, rotated), [abs(np.cos(theta))] * 3, atol=1e-12)
+    np.testing.assert_allclose(
+        principal_cosines(basis, rotated), [abs(np.cos(theta))] * 3, atol=1e-12
+    )
 
 
 def test_mixed_angles_average_their_squared_cosines():
@@ -65,7 +67,9 @@ def test_contained_subspace_counts_as_identical_over_the_smaller_rank():
 
 def test_chance_overlap_matches_random_subspaces():
     rng = np.random.default_rng(2)
-    values = [subspace_overlap(rng.normal(size=(40, 4)), rng.normal(size=(40, 4))) for _ in range(400)]
+    values = [
+        subspace_overlap(rng.normal(size=(40, 4)), rng.normal(size=(40, 4))) for _ in range(400)
+    ]
     assert np.mean(values) == pytest.approx(chance_overlap(4, 4, 40), abs=0.01)
     assert chance_overlap(4, 4, 40) == 0.1
 
@@ -124,8 +128,14 @@ def test_monitor_compares_conv_kernel_with_class_pca_of_its_patches():
     y = np.arange(60) % 3
     x = rng.normal(size=(60, 6, 6, 2)).astype("float32") + y[:, None, None, None]
     x[..., 1] *= 1 + y[:, None, None]
-    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 2, name="conv"),
-                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 2, name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
     layer = model.get_layer("conv")
     rows, labels = next(iter_rows(layer, x, y))
     components = ClassPCA(4).fit(rows.astype(np.float64), labels).components_  # (8, 4)
@@ -136,7 +146,9 @@ def test_monitor_compares_conv_kernel_with_class_pca_of_its_patches():
     assert (d, rank) == (8, 4)
     assert overlap == pytest.approx(1.0, abs=1e-5)
     # The kernel's (kh, kw, C) axes transposed: same numbers, wrong patch order.
-    layer.kernel.assign(np.transpose(components.reshape(2, 2, 2, 4), (2, 1, 0, 3)).astype("float32"))
+    layer.kernel.assign(
+        np.transpose(components.reshape(2, 2, 2, 4), (2, 1, 0, 3)).astype("float32")
+    )
     assert monitor.measure()["conv"][0] < 0.95
 
 
@@ -173,9 +185,16 @@ def test_callback_does_not_change_training():
 
     def train(with_monitor):
         keras.utils.set_random_seed(7)
-        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                                  keras.layers.MaxPooling2D(), keras.layers.Flatten(),
-                                  keras.layers.Dropout(0.3), keras.layers.Dense(4, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Conv2D(4, 3, activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Flatten(),
+                keras.layers.Dropout(0.3),
+                keras.layers.Dense(4, activation="softmax"),
+            ]
+        )
         model.compile("adam", "sparse_categorical_crossentropy")
         callbacks = [TimescaleMonitor((x, y), samples=64)] if with_monitor else []
         model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=callbacks)

@@ -23,7 +23,9 @@ def _as_columns(a, name):
     if a.ndim == 1:
         a = a[:, None]
     if a.ndim != 2:
-        raise ValueError(f"`{name}` must be a (d, k) matrix of column vectors; received shape {a.shape}.")
+        raise ValueError(
+            f"`{name}` must be a (d, k) matrix of column vectors; received shape {a.shape}."
+        )
     if not np.all(np.isfinite(a)):
         raise ValueError(f"`{name}` contains NaN or infinite values.")
     return a
@@ -60,7 +62,9 @@ def principal_cosines(a, b):
     """
     a, b = _as_columns(a, "a"), _as_columns(b, "b")
     if a.shape[0] != b.shape[0]:
-        raise ValueError(f"`a` and `b` must live in the same space; received {a.shape[0]} and {b.shape[0]} rows.")
+        raise ValueError(
+            f"`a` and `b` must live in the same space; received {a.shape[0]} and {b.shape[0]} rows."
+        )
     qa, qb = orthonormal_basis(a), orthonormal_basis(b)
     if not qa.shape[1] or not qb.shape[1]:
         raise ValueError("Both spans must be non-empty (a matrix of zeros spans nothing).")

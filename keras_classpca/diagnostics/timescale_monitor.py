@@ -132,13 +132,14 @@ class TimescaleMonitor(keras.callbacks.Callback):
     >>> from keras_classpca.diagnostics import TimescaleMonitor
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(200, 12)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
-    >>> model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4, activation="relu"),
-    ...                           keras.layers.Dense(2, activation="softmax")])
+    >>> model = keras.Sequential([keras.Input((12,)),
+    ...                           keras.layers.Dense(4, activation="relu", name="hidden"),
+    ...                           keras.layers.Dense(2, activation="softmax", name="out")])
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     >>> monitor = TimescaleMonitor((x, y), samples=100)
     >>> _ = model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
     >>> monitor.history["epochs"], sorted(monitor.history["layers"])
-    ([0, 1, 2], ['dense', 'dense_1'])
+    ([0, 1, 2], ['hidden', 'out'])
     """
 
     def __init__(
@@ -164,12 +165,19 @@ class TimescaleMonitor(keras.callbacks.Callback):
             raise ValueError(f"`every` must be a positive integer; received {every!r}.")
         if isinstance(samples, bool) or int(samples) != samples or samples < 2:
             raise ValueError(f"`samples` must be an integer >= 2; received {samples!r}.")
-        if patches_per_image is not None and (int(patches_per_image) != patches_per_image or patches_per_image < 1):
-            raise ValueError(f"`patches_per_image` must be a positive integer or None; received {patches_per_image!r}.")
+        if patches_per_image is not None and (
+            int(patches_per_image) != patches_per_image or patches_per_image < 1
+        ):
+            raise ValueError(
+                "`patches_per_image` must be a positive integer or None; "
+                f"received {patches_per_image!r}."
+            )
         if not 0.0 < float(settle_threshold):
             raise ValueError(f"`settle_threshold` must be positive; received {settle_threshold!r}.")
         if not 0.0 < float(max_rank_fraction) <= 1.0:
-            raise ValueError(f"`max_rank_fraction` must lie in (0, 1]; received {max_rank_fraction!r}.")
+            raise ValueError(
+                f"`max_rank_fraction` must lie in (0, 1]; received {max_rank_fraction!r}."
+            )
         ClassPCA(1, **class_pca_options)  # validates the options now
         x, y = self._split(data)
         labels = labels_to_int(y)
@@ -213,7 +221,9 @@ class TimescaleMonitor(keras.callbacks.Callback):
             )
         x, y = np.asarray(x), np.asarray(y)
         if len(x) != len(y):
-            raise ValueError(f"`x` and `y` must have the same length; received {len(x)} and {len(y)}.")
+            raise ValueError(
+                f"`x` and `y` must have the same length; received {len(x)} and {len(y)}."
+            )
         if len(x) < 2:
             raise ValueError("`data` needs at least 2 samples.")
         return x, y
@@ -253,7 +263,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
         candidates = [
             layer
             for layer in _iter_layers(self.model)
-            if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) and unsolvable_reason(layer) is None
+            if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+            and unsolvable_reason(layer) is None
         ]
         if self.layer_spec is None:
             chosen = candidates
@@ -346,7 +357,9 @@ class TimescaleMonitor(keras.callbacks.Callback):
         rng = np.random.default_rng(self.seed)
         result = {}
         for layer, x in zip(self._layers, inputs):
-            chunks = list(iter_rows(layer, x, self._y, patches_per_image=self.patches_per_image, rng=rng))
+            chunks = list(
+                iter_rows(layer, x, self._y, patches_per_image=self.patches_per_image, rng=rng)
+            )
             rows = np.concatenate([c[0] for c in chunks])
             labels = np.concatenate([c[1] for c in chunks])
             per_sample = len(rows) // len(x)
@@ -397,7 +410,11 @@ class TimescaleMonitor(keras.callbacks.Callback):
                 change = None
             else:
                 norm = float(np.linalg.norm(kernel))
-                change = float(np.linalg.norm(kernel - previous)) / norm / epochs_since if norm else float("nan")
+                change = (
+                    float(np.linalg.norm(kernel - previous)) / norm / epochs_since
+                    if norm
+                    else float("nan")
+                )
             self._previous[layer.name] = kernel
             entry["overlap"].append(_json_float(overlap))
             if ceiling is not None:
@@ -460,7 +477,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
             overlap = "nan" if row["overlap"] is None else f"{row['overlap']:.3f}"
             change = "-" if row["weight_change"] is None else f"{row['weight_change']:.4f}"
             lines.append(
-                f"{row['epoch']:>5}  {row['layer']:<16}{overlap:>9}{row['chance_overlap']:>8.3f}{change:>9}"
+                f"{row['epoch']:>5}  {row['layer']:<16}{overlap:>9}"
+                f"{row['chance_overlap']:>8.3f}{change:>9}"
             )
         lines.append(f"settled (per-epoch dW/W < {self.settle_threshold:g} from then on):")
         for name, epoch in self.history["settled_epoch"].items():
