@@ -182,7 +182,11 @@ def cmd_demo(args):
             seed=args.seed,
             verbose=args.verbose,
         )
-    except (FileNotFoundError,) as error:
+    except FileNotFoundError as error:
+        raise _UsageError(f"--dataset {args.dataset!r}: {error}") from None
+    except ValueError as error:
+        if "data set" not in str(error):  # load_dataset's "Unknown or unavailable data set"
+            raise
         raise _UsageError(f"--dataset {args.dataset!r}: {error}") from None
     return 0
 

@@ -170,6 +170,8 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
 def test_bad_values_found_after_parsing_exit_2(tmp_path, capsys):
     err = _run_bad(["filters", "--dataset", "no_such_data", "--out", str(tmp_path)], capsys)
     assert "keras-classpca filters: error: --dataset 'no_such_data'" in err
+    err = _run_bad(["demo", "--dataset", "no_such_data"], capsys)
+    assert "keras-classpca demo: error: --dataset 'no_such_data': Unknown or unavailable" in err
     err = _run_bad(
         [
             "filters",
