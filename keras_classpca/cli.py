@@ -2,7 +2,7 @@
 
 Examples::
 
-    keras-classpca demo --dataset digits --epochs 2
+    keras-classpca demo --epochs 2
     keras-classpca timescales --epochs 8 --out runs/ts
     keras-classpca sweep --cutoffs 0,1,2 --fraction 0.1 --out runs/sweep
     keras-classpca filters --layer 1 --out runs/filters
