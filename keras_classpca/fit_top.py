@@ -28,6 +28,23 @@ TIMING_BATCHES = 3
 CACHE_IF_BELOW = 0.9
 
 
+def compile_like(target, model):
+    """Compile `target` with `model`'s compile arguments and the same optimizer object.
+
+    Keras fixes the trainable variables at `compile()`, so a model whose layers were
+    frozen after compiling (or a model sharing its layers) is compiled again this way;
+    the same optimizer object keeps its learning rate, schedule and step count.
+    """
+    if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
+        raise ValueError(
+            "`model` must be compiled: its compile arguments are reused after the "
+            "bottom layers are frozen."
+        )
+    arguments = dict(model._compile_config.config)
+    arguments["optimizer"] = model.optimizer
+    target.compile(**arguments)
+
+
 def _frozen_prefix_end(chain):
     """Index of the first chain layer that must run during training."""
     for index, layer in enumerate(chain.layers):
@@ -235,9 +252,7 @@ def fit_top(
         if predict_cache_speedup(model, prefix, x_batch, epochs) >= CACHE_IF_BELOW:
             return plain_fit()
 
-    compile_args = dict(model._compile_config.config)
-    compile_args["optimizer"] = model.optimizer  # keep the user's optimizer state
-    top.compile(**compile_args)
+    compile_like(top, model)
     caches = []
     try:
         train_cache, labels = _prefix_outputs(prefix, (x, y) if y is not None else x, batch_size,

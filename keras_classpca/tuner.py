@@ -18,7 +18,8 @@ import keras_tuner
 import numpy as np
 
 from keras_classpca.class_pca import ALLOCATIONS, SCALINGS
-from keras_classpca.hybrid import CLASS_PCA_OPTIONS, hybridize
+from keras_classpca.fit_top import compile_like
+from keras_classpca.hybrid import CLASS_PCA_OPTIONS, frozen_layer_names, hybridize
 from keras_classpca.model_chain import ensure_built, read_chain
 from keras_classpca.solve_cache import SolveCache, data_fingerprint
 
@@ -52,37 +53,21 @@ def _declared(value, values):
 
 
 def solved_layers(model, cutoff):
-    """Names of the layers `hybridize(model, ..., cutoff)` solves and freezes.
-
-    The first `cutoff` Dense/Conv2D layers of the chain and every BatchNormalization
-    below the last of them, in chain order (a BatchNormalization after the last solved
-    layer belongs to the trained top).
-    """
+    """Names of the layers `hybridize(model, ..., cutoff)` solves and freezes."""
     chain = read_chain(model)
-    if cutoff < 1 or not chain.candidates:
-        return []
-    last = chain.candidates[min(cutoff, len(chain.candidates)) - 1]
-    return [
-        layer.name
-        for i, layer in enumerate(chain.layers[: last + 1])
-        if i in chain.candidates or isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    return frozen_layer_names(chain, min(cutoff, len(chain.candidates)))
 
 
 def _recompile(model):
-    """Compile `model` again with its own compile arguments and optimizer object.
-
-    Keras fixes the trainable variables at `compile()`; `hybridize` changes them.
-    """
-    if not getattr(model, "compiled", False) or not hasattr(model, "_compile_config"):
+    """Compile `model` again after freezing (see `fit_top.compile_like`)."""
+    try:
+        compile_like(model, model)
+    except ValueError as error:
         raise ValueError(
             "`build_model(hp)` must return a compiled model (or the tuner must be given "
             "`optimizer`/`loss` to compile it): HybridHyperModel recompiles it with the "
             "same arguments after freezing the solved layers."
-        )
-    arguments = dict(model._compile_config.config)
-    arguments["optimizer"] = model.optimizer  # same object: learning rate, schedule, ...
-    model.compile(**arguments)
+        ) from error
 
 
 class HybridHyperModel(keras_tuner.HyperModel):
