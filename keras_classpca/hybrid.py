@@ -438,8 +438,18 @@ def hybridize(
             if probe_rejects_last():
                 undo_last()
                 break
+        try:
+            solution = statistics.class_pca.solve()
+        except ValueError as error:
+            if not auto:
+                raise
+            # "auto" stops below a layer the data cannot solve (e.g. too few samples
+            # per class for its units) instead of failing the whole call.
+            report.stopped_because = f"{type(layer).__name__} '{layer.name}' cannot be solved from this data: {error}"
+            for l in block:
+                l.set_weights(pending_saved[l.name])
+            break
         saved = pending_saved
-        solution = statistics.class_pca.solve()
         assign_solution(layer, solution.kernel, solution.bias)
         solved = SolvedLayer(
             name=layer.name,

@@ -140,12 +140,6 @@ def test_demo_passes_its_options(monkeypatch):
     assert seen["cutoff"] == "auto" and seen["dataset"] == "fashion_mnist"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="demo.run_demo builds benchmark_cnn with kernel 3 and 'valid' padding: "
-    "8x8 digits shrink to 1x1 before the second pooling",
-)
 def test_demo_on_digits_end_to_end():
     cli.main(["demo", "--dataset", "digits", "--epochs", "1", "--verbose", "0"])
 

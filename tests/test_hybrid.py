@@ -1,6 +1,7 @@
 """hybridize: solved layers equal ClassPCA of their actual inputs, BatchNorm adaptation,
 streaming, cutoff handling (fixed, auto, errors), unsupported layers, HybridReport."""
 
+import importlib
 import json
 import tracemalloc
 
@@ -527,3 +528,28 @@ def test_batchnorm_before_the_first_solved_layer_is_adapted_and_frozen():
     bn = model.get_layer("bn")
     np.testing.assert_allclose(np.asarray(bn.moving_mean), x.mean(axis=0), rtol=1e-4)
     assert not bn.trainable
+
+
+def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
+    # 12 samples per class cannot give a 36-unit Dense its 12 centered components per
+    # class: auto must stop below it and say why; a fixed cutoff asking for it raises.
+    rng = np.random.default_rng(0)
+    y = np.arange(36) % 3
+    x = (rng.normal(size=(36, 6)) + 2.0 * np.eye(6)[y]).astype("float32")
+
+    def model():
+        return keras.Sequential([keras.Input((6,)), L.Dense(12, activation="relu"),
+                                 L.Dense(36, activation="relu"), L.Dense(3)])
+
+    # Accept every layer the probe sees, so that auto reaches the unsolvable one.
+    monkeypatch.setattr(importlib.import_module("keras_classpca.hybrid"), "AUTO_MIN_GAIN", -1.0)
+    auto = model()
+    before = [np.array(w) for w in auto.layers[1].get_weights()]
+    report = hybridize(auto, (x, y), cutoff="auto", verbose=0)
+    assert report.cutoff == 1
+    assert "cannot be solved from this data" in report.stopped_because
+    assert "has 12 sample(s) but must supply 12" in report.stopped_because
+    for w, w0 in zip(auto.layers[1].get_weights(), before):
+        assert np.array_equal(w, w0)
+    with pytest.raises(ValueError, match="has 12 sample"):
+        hybridize(model(), (x, y), cutoff=2, verbose=0)
