@@ -88,3 +88,19 @@ def blobs():
     x = rng.normal(size=(240, 8)) + 2.0 * np.eye(3, 8)[y]
     x[:, 3] *= 3.0
     return x.astype("float32"), y.astype("int64")
+
+
+class ArrayPyDataset(keras.utils.PyDataset):
+    """`(x, y)` arrays served as a `keras.utils.PyDataset` of fixed-size batches."""
+
+    def __init__(self, x, y, batch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index):
+        s = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[s], self.y[s]
+

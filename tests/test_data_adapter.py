@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ArrayPyDataset
 
 from keras_classpca.data_adapter import iter_batches
 
@@ -14,19 +15,6 @@ N = 23
 def xy():
     rng = np.random.default_rng(0)
     return rng.normal(size=(N, 4, 3)).astype("float32"), (np.arange(N) % 3).astype("int64")
-
-
-class _PyData(keras.utils.PyDataset):
-    def __init__(self, x, y, batch_size, **kwargs):
-        super().__init__(**kwargs)
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __len__(self):
-        return -(-len(self.x) // self.batch_size)
-
-    def __getitem__(self, index):
-        s = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self.x[s], self.y[s]
 
 
 def _sources(x, y):
@@ -43,7 +31,7 @@ def _sources(x, y):
             tf.data.Dataset.from_tensor_slices((x, y, np.ones(N))).batch(5),
             {},
         ),
-        "pydataset": (_PyData(x, y, 5), {}),
+        "pydataset": (ArrayPyDataset(x, y, 5), {}),
         "generator": ((b for b in batched), {}),
         "list-of-batches": (batched, {}),
     }

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ArrayPyDataset
 
 from keras_classpca import ClassPCA, ClassPCAConv2D, ClassPCADense, ClassPCAInitializer
 from keras_classpca.patches import extract_patches
@@ -21,19 +22,6 @@ def _images(n=48, hw=(8, 8), channels=1, n_classes=3, seed=0):
     x[y == 1, : hw[0] // 2] += 1.5
     x[y == 2, :, : hw[1] // 2] -= 1.0
     return x.astype("float32"), y.astype("int64")
-
-
-class _PyData(keras.utils.PyDataset):
-    def __init__(self, x, y, batch_size, **kwargs):
-        super().__init__(**kwargs)
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __len__(self):
-        return -(-len(self.x) // self.batch_size)
-
-    def __getitem__(self, index):
-        s = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self.x[s], self.y[s]
 
 
 # ---------------------------------------------------------------- equality with ClassPCA
@@ -99,7 +87,7 @@ def _sources(x, y, batch):
         "dataset-unbatched": tf.data.Dataset.from_tensor_slices((x, y)),
         "dataset-one-hot": tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y])).batch(batch),
         "dataset-unbatched-one-hot": tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y])),
-        "pydataset": _PyData(x, y, batch),
+        "pydataset": ArrayPyDataset(x, y, batch),
         "generator": (b for b in batches),
         "list": batches,
     }
