@@ -1,6 +1,5 @@
 """`iter_batches`: every accepted input type yields the same samples; limits; errors."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
