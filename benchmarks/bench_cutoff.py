@@ -77,10 +77,12 @@ def main():
         results = [run_case(kind, dataset, fraction, args.epochs, seed) for seed in seeds]
         picks = [r[0] for r in results]
         for k in range(len(results[0][2])):
-            probe = statistics.median(r[1][k] for r in results if k < len(r[1]))
+            # auto stops probing at the first rejected layer: deeper k have no probe.
+            probes = [r[1][k] for r in results if k < len(r[1])]
+            probe = f"{statistics.median(probes):.3f}" if probes else "—"
             accuracy = statistics.median(r[2][k][0] for r in results)
             seconds = statistics.median(r[2][k][1] for r in results)
-            rows.append([f"{kind} / {dataset} {fraction:.0%}", k, f"{probe:.3f}",
+            rows.append([f"{kind} / {dataset} {fraction:.0%}", k, probe,
                          f"{accuracy:.4f}", f"{seconds:.1f}",
                          ", ".join(str(p) for p in picks) if k == 0 else ""])
             print(rows[-1], flush=True)
