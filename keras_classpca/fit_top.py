@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from keras_classpca.data_adapter import iter_batches
-from keras_classpca.model_chain import RANDOM_IN_TRAINING, read_chain
+from keras_classpca.model_chain import RANDOM_IN_TRAINING, predict_batch, read_chain
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 TIMING_BATCHES = 3
@@ -111,8 +111,10 @@ class _Cache:
 def _prefix_outputs(prefix, data, batch_size, memory_limit, directory):
     cache, labels = _Cache(memory_limit, directory), []
     try:
+        first_size = None
         for x, y in iter_batches(data, batch_size=batch_size):
-            cache.append(keras.ops.convert_to_numpy(prefix.predict_on_batch(x)))
+            first_size = first_size or len(x)
+            cache.append(predict_batch(prefix, np.asarray(x), first_size))
             labels.append(np.asarray(y))
         if not labels:
             raise ValueError("`x` is empty: no samples to train on.")

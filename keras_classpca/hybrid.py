@@ -19,7 +19,7 @@ from keras_classpca.data_adapter import iter_batches
 from keras_classpca.hybrid_report import HybridReport, SolvedLayer
 from keras_classpca.layer_inputs import assign_solution, iter_rows, output_size
 from keras_classpca.linear_probe import RidgeProbe, reduce_features
-from keras_classpca.model_chain import ensure_built, read_chain
+from keras_classpca.model_chain import ensure_built, predict_batch, read_chain
 from keras_classpca.solve_cache import data_fingerprint, layer_signature, prefix_key
 
 CLASS_PCA_OPTIONS = tuple(
@@ -105,9 +105,10 @@ def _stream(passes, feature_model, consumers, progress_label, verbose):
     progress = keras.utils.Progbar(passes.total, verbose=verbose, unit_name="sample") if verbose else None
     if progress is not None:
         print(progress_label)
-    offset = 0
+    offset, first_size = 0, None
     for x, labels in passes:
-        h = keras.ops.convert_to_numpy(feature_model.predict_on_batch(x))
+        first_size = first_size or len(x)
+        h = predict_batch(feature_model, x, first_size)
         for consume in consumers:
             consume(h, labels, offset)
         offset += len(x)

@@ -11,6 +11,7 @@ last layer with weights, which is always trained.
 import dataclasses
 
 import keras
+import numpy as np
 from keras.src.ops.function import make_node_key
 
 from keras_classpca.layer_inputs import unsolvable_reason
@@ -126,3 +127,16 @@ def read_chain(model):
         chain.outputs.append(node.output_tensors[0])
         previous_output = node.output_tensors[0]
     return chain
+
+
+def predict_batch(model, x, pad_to):
+    """`model.predict_on_batch(x)` as numpy, padding a shorter batch to `pad_to` rows.
+
+    A compiled predict function is traced again for every new input shape; padding
+    the last, shorter batch of a pass to the pass's first batch size keeps one trace
+    per model.
+    """
+    n = len(x)
+    if n < pad_to:
+        x = np.concatenate([x, np.zeros((pad_to - n,) + x.shape[1:], dtype=x.dtype)])
+    return keras.ops.convert_to_numpy(model.predict_on_batch(x))[:n]
