@@ -25,7 +25,12 @@ from keras_classpca.model_chain import RANDOM_IN_TRAINING, predict_batch, read_c
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 TIMING_BATCHES = 3
 # Caching is chosen when its predicted time is below this share of the plain fit's.
-CACHE_IF_BELOW = 0.9
+# The prediction counts forward/backward passes only, not the cost of feeding a large
+# cached array back every epoch; measured (docs/benchmarks.md, bench_hybrid) on the
+# benchmark CNN and MLP, cached training was faster in the cases predicted below 0.6
+# and slower in most of those predicted between 0.6 and 0.9 (e.g. conv1 solved on all
+# of Fashion-MNIST: predicted 0.87, measured 1.70x).
+CACHE_IF_BELOW = 0.6
 
 
 def compile_like(target, model):
