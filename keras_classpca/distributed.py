@@ -1,0 +1,320 @@
+"""Class statistics across replicas and workers with `tf.distribute` (issue 9, part 1).
+
+Class-PCA needs, per class `c`, only three sums over the data: the count `n_c`, the
+sum `s_c = Σ x` and the second moment `M_c = Σ x xᵀ`. Sums of shards are the sums of
+the whole, so a data-parallel pass is exact: each replica accumulates the statistics
+of its shard in float64 with TF ops inside `strategy.run`, one all-reduce
+(`strategy.reduce(SUM)`) adds them up, and the eigen-solve runs once on the reduced
+arrays. Every replica and every worker ends with the same statistics, hence the same
+weights. What crosses the network is `K·(1 + d + d²)` float64 values per layer
+(O(K·d²)), independent of the number of samples.
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()   # or MirroredStrategy()
+    pca = fit_distributed(dataset, 64, n_classes=10, strategy=strategy)
+    pca.kernel_, pca.bias_                                    # same on every worker
+
+`dataset` is a batched `tf.data.Dataset` of `(x, y)`; it is distributed with
+`strategy.experimental_distribute_dataset` (each global batch is split across the
+replicas; across workers it is sharded by the dataset's `AutoShardPolicy`, DATA
+recommended, see docs/distributed.md).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_classpca.class_pca import ClassPCA, _Moments
+
+__all__ = [
+    "class_statistics",
+    "class_pca_from_statistics",
+    "fit_distributed",
+    "layer_row_fn",
+]
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+# ---------------------------------------------------------------------- helpers
+def class_pca_from_statistics(count, total, outer, n_components=None, **params):
+    """A `ClassPCA` whose statistics are the given per-class arrays.
+
+    Args:
+        count: `(K,)` samples per class.
+        total: `(K, d)` per-class sums.
+        outer: `(K, d, d)` per-class second moments `Σ x xᵀ`.
+        n_components, **params: `ClassPCA` constructor arguments.
+
+    Classes with no samples are left out of the statistics, exactly as `ClassPCA.fit`
+    never creates them; with `n_classes=K` such classes make `solve` raise, as there.
+    """
+    count = np.asarray(count, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    outer = np.asarray(outer, dtype=np.float64)
+    if count.ndim != 1 or total.ndim != 2 or outer.ndim != 3:
+        raise ValueError(
+            "Statistics must have shapes (K,), (K, d) and (K, d, d); received "
+            f"{count.shape}, {total.shape} and {outer.shape}."
+        )
+    k, d = total.shape
+    if count.shape != (k,) or outer.shape != (k, d, d):
+        raise ValueError(
+            "Statistics must have shapes (K,), (K, d) and (K, d, d); received "
+            f"{count.shape}, {total.shape} and {outer.shape}."
+        )
+    if np.any(count < 0) or np.any(count != np.round(count)):
+        raise ValueError("`count` must hold non-negative integers.")
+    if not (np.all(np.isfinite(total)) and np.all(np.isfinite(outer))):
+        raise ValueError(
+            "The statistics contain NaN or infinite values: `x` holds NaN/inf or values "
+            "too large to square in float64."
+        )
+    pca = ClassPCA(n_components, **params)
+    if pca.n_classes is not None and k > pca.n_classes:
+        raise ValueError(f"Statistics for {k} classes but n_classes={pca.n_classes}.")
+    moments = _Moments(d)
+    for label in np.flatnonzero(count).tolist():
+        moments.count[label] = int(count[label])
+        moments.total[label] = total[label].copy()
+        moments.outer[label] = outer[label].copy()
+    if not moments.count:
+        raise ValueError("`data` is empty: no samples to fit ClassPCA on.")
+    pca._moments = moments
+    pca._solutions = {}
+    return pca
+
+
+def _labels_tensor(y, n_classes):
+    """Integer labels `(n,)` from integer labels or one-hot rows (TF ops)."""
+    y = tf.convert_to_tensor(y)
+    if y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] == n_classes and n_classes > 1:
+        return tf.argmax(y, axis=-1, output_type=tf.int64)
+    if y.dtype.is_floating:
+        return tf.cast(tf.reshape(y, [-1]), tf.int64)
+    return tf.reshape(tf.cast(y, tf.int64), [-1])
+
+
+def layer_row_fn(layer):
+    """`(x, y) -> (rows, row_labels)` in TF ops for a Dense or Conv2D `layer`.
+
+    The TF counterpart of `layer_inputs.iter_rows` (without `patches_per_image`
+    sub-sampling): a Dense layer's rows are its input vectors (leading axes
+    flattened), a Conv2D layer's rows its patches in `(kernel_row, kernel_col,
+    channel)` order, matching `patches.extract_patches` and the kernel layout.
+    """
+    import keras
+
+    if isinstance(layer, keras.layers.Dense):
+
+        def dense_rows(x, labels):
+            x = tf.convert_to_tensor(x)
+            d = x.shape[-1]
+            per_sample = tf.math.reduce_prod(tf.shape(x)[1:-1])
+            return tf.reshape(x, [-1, d]), tf.repeat(labels, per_sample)
+
+        return dense_rows
+    if isinstance(layer, keras.layers.Conv2D):
+        if layer.groups != 1:
+            raise ValueError(f"Conv2D '{layer.name}' has groups={layer.groups}; only groups=1 is solvable.")
+        kh, kw = layer.kernel_size
+        sh, sw = layer.strides
+        dh, dw = layer.dilation_rate
+        padding = layer.padding.upper()
+        channels_first = layer.data_format == "channels_first"
+
+        def conv_rows(x, labels):
+            x = tf.convert_to_tensor(x)
+            if channels_first:
+                x = tf.transpose(x, [0, 2, 3, 1])
+            patches = tf.image.extract_patches(
+                x,
+                sizes=[1, kh, kw, 1],
+                strides=[1, sh, sw, 1],
+                rates=[1, dh, dw, 1],
+                padding=padding,
+            )
+            d = kh * kw * x.shape[-1]
+            per_image = tf.shape(patches)[1] * tf.shape(patches)[2]
+            return tf.reshape(patches, [-1, d]), tf.repeat(labels, per_image)
+
+        return conv_rows
+    raise ValueError(
+        f"{type(layer).__name__} '{layer.name}' is not a Dense or Conv2D layer; class-PCA "
+        "solves only those."
+    )
+
+
+def _as_dataset(data, y, batch_size):
+    """A batched `tf.data.Dataset` of `(x, y)` from a dataset or `(x, y)` arrays."""
+    from keras_classpca.data_adapter import _is_unbatched
+
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    if y is not None:
+        data = (data, y)
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        x_arr, y_arr = np.asarray(data[0]), np.asarray(data[1])
+        if len(x_arr) != len(y_arr):
+            raise ValueError(
+                f"`x` and `y` must have the same number of samples; received {len(x_arr)} "
+                f"and {len(y_arr)}."
+            )
+        return tf.data.Dataset.from_tensor_slices((x_arr, y_arr)).batch(batch_size)
+    if not isinstance(data, tf.data.Dataset):
+        raise TypeError(
+            "With a tf.distribute strategy, `data` must be a tf.data.Dataset of `(x, y)` "
+            f"batches or `(x, y)` arrays; received {type(data).__name__}."
+        )
+    spec = data.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise ValueError(
+            "The dataset must yield `(x, y)` pairs (labels are required for class-PCA); "
+            f"its element_spec is {spec}."
+        )
+    if len(spec) == 3:
+        data = data.map(lambda x, y, w: (x, y))
+        spec = data.element_spec
+    if _is_unbatched(spec[0], spec[1]):
+        data = data.batch(batch_size)
+    return data
+
+
+# ---------------------------------------------------------------------- the pass
+def class_statistics(
+    data,
+    n_classes,
+    *,
+    strategy=None,
+    n_features=None,
+    row_fn=None,
+    y=None,
+    batch_size=None,
+):
+    """Per-class count, sum and second moment of `data`, summed over all replicas.
+
+    Each replica accumulates its shard's statistics in float64 inside `strategy.run`;
+    a single `strategy.reduce(SUM)` of one packed vector combines them. The result is
+    the same on every worker.
+
+    Args:
+        data: a batched `tf.data.Dataset` of `(x, y)` (or `(x, y, w)`; weights are
+            ignored), or `x` arrays with `y=`, or an `(x, y)` pair of arrays.
+        n_classes: number of classes `K`; labels must lie in `[0, K)`.
+        strategy: a `tf.distribute.Strategy`; `None` uses the one in scope
+            (`tf.distribute.get_strategy()`, the default strategy outside any scope).
+        n_features: row dimension `d`; inferred from the dataset when `row_fn` is None.
+        row_fn: `(x, labels) -> (rows, row_labels)` in TF ops, e.g. `layer_row_fn(layer)`
+            for conv patches, or a feature model followed by it. `labels` are int64.
+        y: labels when `data` is the array `x`.
+        batch_size: batch size for arrays and unbatched datasets (the global batch).
+
+    Returns:
+        `(count, total, outer)`: float64 numpy arrays `(K,)`, `(K, d)`, `(K, d, d)`.
+    """
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+        raise ValueError(f"`n_classes` must be a positive integer; received {n_classes!r}.")
+    n_classes = int(n_classes)
+    if strategy is None:
+        strategy = tf.distribute.get_strategy()
+    dataset = _as_dataset(data, y, batch_size)
+    if n_features is None:
+        if row_fn is not None:
+            raise ValueError("`n_features` (the row dimension) is required with `row_fn`.")
+        n_features = dataset.element_spec[0].shape[-1]
+        if n_features is None:
+            raise ValueError("`n_features` could not be inferred from the dataset; pass it.")
+    per_replica = _per_replica_statistics(strategy, dataset, n_classes, int(n_features), row_fn)
+    # The one collective of the pass: a sum of one packed float64 vector.
+    reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    return _unpack(np.asarray(reduced.numpy(), dtype=np.float64), n_classes, int(n_features))
+
+
+def _per_replica_statistics(strategy, dataset, k, d, row_fn):
+    """Each replica's packed statistics of its shard (a `PerReplica` vector)."""
+    size = k + k * d + k * d * d + 2  # counts, sums, second moments, rows, bad labels
+
+    def zeros():
+        return tf.zeros([size], tf.float64)
+
+    def step(acc, x, y_batch):
+        labels = _labels_tensor(y_batch, k)
+        if row_fn is not None:
+            x, labels = row_fn(x, labels)
+            labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+        rows = tf.cast(tf.reshape(x, [-1, d]), tf.float64)
+        n_rows = tf.cast(tf.shape(rows)[0], tf.float64)
+        valid = tf.logical_and(labels >= 0, labels < k)
+        n_bad = tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.float64))
+        # Rows with out-of-range labels go to an extra partition that is dropped.
+        part = tf.cast(tf.where(valid, labels, k), tf.int32)
+        blocks = tf.dynamic_partition(rows, part, k + 1)[:k]
+        counts = tf.stack([tf.cast(tf.shape(b)[0], tf.float64) for b in blocks])
+        sums = tf.stack([tf.reduce_sum(b, axis=0) for b in blocks])
+        outers = tf.stack([tf.matmul(b, b, transpose_a=True) for b in blocks])
+        packed = tf.concat(
+            [counts, tf.reshape(sums, [-1]), tf.reshape(outers, [-1]), [n_rows, n_bad]],
+            axis=0,
+        )
+        return acc + packed
+
+    @tf.function
+    def accumulate(distributed):
+        acc = strategy.run(zeros)
+        for x, y_batch in distributed:
+            acc = strategy.run(step, args=(acc, x, y_batch))
+        return acc
+
+    return accumulate(strategy.experimental_distribute_dataset(dataset))
+
+
+def _unpack(reduced, k, d):
+    """`(count, total, outer)` from a packed vector; raises for bad labels / no data."""
+    count = reduced[:k]
+    total = reduced[k : k + k * d].reshape(k, d)
+    outer = reduced[k + k * d : k + k * d + k * d * d].reshape(k, d, d)
+    n_rows, n_bad = reduced[-2], reduced[-1]
+    if n_bad:
+        raise ValueError(
+            f"`y` holds {int(n_bad)} label(s) out of range for n_classes={k} "
+            f"(labels must lie in [0, {k - 1}])."
+        )
+    if n_rows == 0:
+        raise ValueError("`data` is empty: no samples to fit ClassPCA on.")
+    return count, total, outer
+
+
+def fit_distributed(
+    data,
+    n_components=None,
+    *,
+    n_classes,
+    strategy=None,
+    n_features=None,
+    row_fn=None,
+    y=None,
+    batch_size=None,
+    **class_pca_params,
+):
+    """`ClassPCA(n_components, ...).fit(data)` with the pass spread over a strategy.
+
+    The statistics are accumulated per replica and all-reduced once
+    (`class_statistics`); the returned `ClassPCA` holds the reduced statistics and is
+    solved once on the caller (on every worker, identically). `n_classes` is also
+    passed to `ClassPCA` (every class must have samples). Other arguments as in
+    `class_statistics` and `ClassPCA`.
+    """
+    ClassPCA(n_components, n_classes=n_classes, **class_pca_params)  # validate first
+    count, total, outer = class_statistics(
+        data,
+        n_classes,
+        strategy=strategy,
+        n_features=n_features,
+        row_fn=row_fn,
+        y=y,
+        batch_size=batch_size,
+    )
+    pca = class_pca_from_statistics(
+        count, total, outer, n_components, n_classes=n_classes, **class_pca_params
+    )
+    if n_components is not None or pca.allocation == "adaptive":
+        pca.solve()  # surface errors (too few samples, ...) now, as `fit` does
+    return pca
+

@@ -1,0 +1,295 @@
+"""Class statistics over `tf.distribute` replicas and workers equal one local pass.
+
+Multi-device runs happen in subprocesses: logical CPU devices must be configured before
+TensorFlow initialises its devices, which this pytest process has already done (and a
+`MultiWorkerMirroredStrategy` needs its own processes anyway). Every subprocess is
+bounded in time; a failure to start is a test failure with the workers' output, never a
+skip.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_classpca import ClassPCA
+from keras_classpca.distributed import (
+    class_pca_from_statistics,
+    class_statistics,
+    fit_distributed,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 120
+# Float64 round-off only: the distributed sums run in another order than NumPy's.
+TIGHT = {"rtol": 1e-10, "atol": 1e-11}
+
+
+def _data(n=1037, d=12, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + rng.normal(size=d)
+    y = rng.integers(0, k, n)
+    return x, y
+
+
+def _subprocess_env(**extra):
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _run_python(code, *args, env=None):
+    """Run `code` in a fresh interpreter; return the JSON its last stdout line holds."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env or _subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, (
+        f"subprocess failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n"
+        f"{result.stderr[-5000:]}"
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------- in process
+def test_from_statistics_equals_fit():
+    x, y = _data()
+    ref = ClassPCA(6, n_classes=3).fit(x, y)
+    count = np.array([np.sum(y == c) for c in range(3)], dtype=float)
+    total = np.stack([x[y == c].sum(axis=0) for c in range(3)])
+    outer = np.stack([x[y == c].T @ x[y == c] for c in range(3)])
+    pca = class_pca_from_statistics(count, total, outer, 6, n_classes=3)
+    np.testing.assert_array_equal(pca.n_samples_seen_, ref.n_samples_seen_)
+    np.testing.assert_allclose(pca.components_, ref.components_, **TIGHT)
+    np.testing.assert_allclose(pca.kernel_, ref.kernel_, **TIGHT)
+    np.testing.assert_allclose(pca.bias_, ref.bias_, **TIGHT)
+
+
+def test_from_statistics_validates():
+    with pytest.raises(ValueError, match="shapes"):
+        class_pca_from_statistics(np.ones(2), np.ones((3, 4)), np.ones((3, 4, 4)), 2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        class_pca_from_statistics(np.ones(1), np.full((1, 2), np.nan), np.ones((1, 2, 2)), 1)
+    with pytest.raises(ValueError, match="empty"):
+        class_pca_from_statistics(np.zeros(2), np.zeros((2, 3)), np.zeros((2, 3, 3)), 1)
+    # A class without samples is left out, as in `fit`; n_classes then makes solve raise.
+    pca = class_pca_from_statistics(
+        [2, 0], np.ones((2, 3)), np.stack([np.eye(3)] * 2), 1, n_classes=2
+    )
+    assert sorted(pca._moments.count) == [0]
+    with pytest.raises(ValueError, match="no samples"):
+        pca.solve()
+
+
+def test_default_strategy_equals_fit_for_all_input_forms():
+    x, y = _data()
+    ref = ClassPCA(6, n_classes=3).fit(x, y)
+    onehot = np.eye(3)[y]
+    forms = {
+        "arrays": dict(data=x, y=y, batch_size=100),
+        "pair": dict(data=(x, onehot), batch_size=100),
+        "batched": dict(data=tf.data.Dataset.from_tensor_slices((x, y)).batch(128)),
+        "unbatched": dict(data=tf.data.Dataset.from_tensor_slices((x, y))),
+        "weighted": dict(
+            data=tf.data.Dataset.from_tensor_slices((x, y[:, None], np.ones(len(y)))).batch(50)
+        ),
+        "float32": dict(data=tf.data.Dataset.from_tensor_slices((x.astype("float32"), y)).batch(64)),
+    }
+    for name, kwargs in forms.items():
+        pca = fit_distributed(n_components=6, n_classes=3, **kwargs)
+        np.testing.assert_array_equal(pca.n_samples_seen_, ref.n_samples_seen_, err_msg=name)
+        if name == "float32":  # same rows as fit sees after its own float32 cast
+            ref32 = ClassPCA(6, n_classes=3).fit(x.astype("float32"), y)
+            np.testing.assert_allclose(pca.kernel_, ref32.kernel_, **TIGHT, err_msg=name)
+            continue
+        np.testing.assert_allclose(pca.components_, ref.components_, **TIGHT, err_msg=name)
+        np.testing.assert_allclose(pca.kernel_, ref.kernel_, **TIGHT, err_msg=name)
+        np.testing.assert_allclose(pca.bias_, ref.bias_, **TIGHT, err_msg=name)
+
+
+def test_statistics_errors():
+    x, y = _data(n=50)
+    with pytest.raises(ValueError, match=r"2 label\(s\) out of range for n_classes=3"):
+        class_statistics((x, np.concatenate([y[:-2], [3, -1]])), 3)
+    with pytest.raises(ValueError, match="empty"):
+        class_statistics(tf.data.Dataset.from_tensor_slices((x[:0], y[:0])).batch(8), 3)
+    with pytest.raises(ValueError, match="n_features"):
+        class_statistics((x, y), 3, row_fn=lambda a, b: (a, b))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit_distributed((np.where(np.arange(50)[:, None] == 7, np.inf, x), y), 3, n_classes=3)
+    with pytest.raises(TypeError, match="tf.data.Dataset"):
+        class_statistics(iter([(x, y)]), 3)
+    with pytest.raises(ValueError, match="n_components"):
+        fit_distributed((x, y), 0, n_classes=3)
+
+
+# ---------------------------------------------------------------------- two CPU replicas
+MIRRORED = """
+import json
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+from keras_classpca import ClassPCA, ClassPCAConv2D
+from keras_classpca.distributed import (
+    _as_dataset, _per_replica_statistics, fit_distributed, layer_row_fn,
+)
+
+def max_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(1037, 12)) @ rng.normal(size=(12, 12)) + rng.normal(size=12)
+y = rng.integers(0, 3, 1037)
+ref = ClassPCA(6, n_classes=3).fit(x, y)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(128)
+out = {"replicas": strategy.num_replicas_in_sync}
+
+pca = fit_distributed(dataset, 6, n_classes=3, strategy=strategy)
+out["dense"] = [max_diff(pca.components_, ref.components_), max_diff(pca.kernel_, ref.kernel_),
+                max_diff(pca.bias_, ref.bias_)]
+out["counts"] = [pca.n_samples_seen_.tolist(), ref.n_samples_seen_.tolist()]
+local = _per_replica_statistics(strategy, dataset, 3, 12, None)
+out["local_rows"] = [float(v.numpy()[-2]) for v in strategy.experimental_local_results(local)]
+
+with strategy.scope():  # strategy=None: the one in scope
+    in_scope = fit_distributed(dataset, 6, n_classes=3)
+out["in_scope"] = max_diff(in_scope.kernel_, ref.kernel_)
+
+# Conv2D patches in TF ops (same padding, strides, dilation) vs the layer's own adapt.
+images = rng.normal(size=(60, 9, 9, 2)).astype("float32")
+labels = rng.integers(0, 3, 60)
+conv = ClassPCAConv2D(8, 3, strides=2, padding="same", dilation_rate=1, n_classes=3)
+conv.adapt((images, labels), batch_size=16)
+conv_ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+conv_pca = fit_distributed(conv_ds, 8, n_classes=3, strategy=strategy,
+                           row_fn=layer_row_fn(conv), n_features=3 * 3 * 2)
+out["conv"] = [max_diff(conv_pca.kernel_, conv.class_pca_.kernel_),
+               max_diff(conv_pca.bias_, conv.class_pca_.bias_)]
+dil = keras.layers.Conv2D(4, 3, dilation_rate=2, padding="valid")
+dil.build((None, 9, 9, 2))
+dil_pca = fit_distributed(conv_ds, 4, n_classes=3, strategy=strategy,
+                          row_fn=layer_row_fn(dil), n_features=18)
+from keras_classpca.layer_inputs import iter_rows
+dil_ref = ClassPCA(4, n_classes=3)
+for rows, row_labels in iter_rows(dil, images, labels):
+    dil_ref.partial_fit(rows, row_labels)
+out["dilated"] = max_diff(dil_pca.kernel_, dil_ref.kernel_)
+print(json.dumps(out))
+"""
+
+
+def test_mirrored_strategy_two_cpus_equals_fit():
+    out = _run_python(MIRRORED)
+    assert out["replicas"] == 2
+    # Each replica got half of every global batch of 128 (the last, 13 rows: 7 + 6).
+    assert sorted(out["local_rows"]) == [518.0, 519.0], out["local_rows"]
+    assert out["counts"][0] == out["counts"][1]
+    assert max(out["dense"]) < 1e-11, out["dense"]
+    assert out["in_scope"] < 1e-11, out["in_scope"]
+    assert max(out["conv"]) < 1e-9, out["conv"]
+    assert out["dilated"] < 1e-9, out["dilated"]
+
+
+# ---------------------------------------------------------------------- two workers
+WORKER = """
+import json, sys, time
+import numpy as np
+import tensorflow as tf
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+from keras_classpca.distributed import _per_replica_statistics, fit_distributed
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(1037, 12)) @ rng.normal(size=(12, 12)) + rng.normal(size=12)
+y = rng.integers(0, 3, 1037)
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(100).with_options(options)
+start = time.perf_counter()
+pca = fit_distributed(dataset, 6, n_classes=3, strategy=strategy)
+seconds = time.perf_counter() - start
+local = _per_replica_statistics(strategy, dataset, 3, 12, None)
+np.savez(sys.argv[1], components=pca.components_, kernel=pca.kernel_, bias=pca.bias_,
+         counts=pca.n_samples_seen_,
+         local_rows=[float(v.numpy()[-2]) for v in strategy.experimental_local_results(local)])
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "seconds": seconds}))
+"""
+
+
+def _free_ports(n):
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _run_workers(script, n_workers, tmp_path):
+    ports = _free_ports(n_workers)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    procs = []
+    for index in range(n_workers):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(script), str(tmp_path / f"w{index}.npz")],
+                env=_subprocess_env(TF_CONFIG=tf_config),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            outputs.append((proc.returncode, stdout, stderr))
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        logs = [proc.communicate()[1][-3000:] for proc in procs]
+        pytest.fail(f"multi-worker run exceeded {TIMEOUT} s (cluster {cluster}); stderr:\n" + "\n---\n".join(logs))
+    for index, (code, stdout, stderr) in enumerate(outputs):
+        assert code == 0, (
+            f"worker {index} of cluster {cluster} failed (exit {code}):\n{stdout[-2000:]}\n{stderr[-5000:]}"
+        )
+    return [json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in outputs]
+
+
+def test_multi_worker_two_processes_equals_fit(tmp_path):
+    x, y = _data()
+    ref = ClassPCA(6, n_classes=3).fit(x, y)
+    infos = _run_workers(WORKER, 2, tmp_path)
+    assert [info["replicas"] for info in infos] == [2, 2]
+    results = [np.load(tmp_path / f"w{i}.npz") for i in range(2)]
+    # Each worker saw only its DATA shard; together all 1037 rows, once.
+    local_rows = [float(r["local_rows"].sum()) for r in results]
+    assert sum(local_rows) == len(x) and min(local_rows) > 0, local_rows
+    for r in results:
+        np.testing.assert_array_equal(r["counts"], ref.n_samples_seen_)
+        np.testing.assert_allclose(r["components"], ref.components_, **TIGHT)
+        np.testing.assert_allclose(r["kernel"], ref.kernel_, **TIGHT)
+        np.testing.assert_allclose(r["bias"], ref.bias_, **TIGHT)
+    # Every worker holds the very same weights (one reduce, one solve each).
+    np.testing.assert_array_equal(results[0]["kernel"], results[1]["kernel"])
+    np.testing.assert_array_equal(results[0]["bias"], results[1]["bias"])
