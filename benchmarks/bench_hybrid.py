@@ -353,6 +353,8 @@ def main():
                         help="rebuild the doc section from --results, run nothing")
     parser.add_argument("--paragraph", default="",
                         help="text (or @file) for the closing paragraph of the section")
+    parser.add_argument("--as-run", default=None,
+                        help="with --report-only: the command line(s) that produced --results")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     args = parser.parse_args()
     if args.quick:
@@ -360,7 +362,7 @@ def main():
     paragraph = args.paragraph
     if paragraph.startswith("@"):
         paragraph = Path(paragraph[1:]).read_text()
-    args_line = "benchmarks/bench_hybrid.py " + " ".join(sys.argv[1:])
+    args_line = args.as_run or ("benchmarks/bench_hybrid.py " + " ".join(sys.argv[1:]))
 
     if args.report_only:
         if args.no_write:

@@ -158,6 +158,8 @@ def main():
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--paragraph", default="")
+    parser.add_argument("--as-run", default=None,
+                        help="with --report-only: the command line(s) that produced --results")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -165,7 +167,7 @@ def main():
     paragraph = args.paragraph
     if paragraph.startswith("@"):
         paragraph = Path(paragraph[1:]).read_text()
-    args_line = "benchmarks/bench_options.py " + " ".join(sys.argv[1:])
+    args_line = args.as_run or ("benchmarks/bench_options.py " + " ".join(sys.argv[1:]))
     if args.report_only:
         if args.no_write:
             globals()["write_section"] = lambda name, body: print(body)
