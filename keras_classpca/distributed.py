@@ -196,7 +196,12 @@ def class_statistics(
 
     Args:
         data: a batched `tf.data.Dataset` of `(x, y)` (or `(x, y, w)`; weights are
-            ignored), or `x` arrays with `y=`, or an `(x, y)` pair of arrays.
+            ignored), distributed with `strategy.experimental_distribute_dataset`
+            (global batches); or `x` arrays with `y=`, or an `(x, y)` pair of arrays;
+            or a function `input_context -> dataset` (per-replica batches), passed to
+            `strategy.distribute_datasets_from_function` so that each worker reads
+            only its own shard (`dataset.shard(input_context.num_input_pipelines,
+            input_context.input_pipeline_id)`).
         n_classes: number of classes `K`; labels must lie in `[0, K)`.
         strategy: a `tf.distribute.Strategy`; `None` uses the one in scope
             (`tf.distribute.get_strategy()`, the default strategy outside any scope).
@@ -214,21 +219,33 @@ def class_statistics(
     n_classes = int(n_classes)
     if strategy is None:
         strategy = tf.distribute.get_strategy()
-    dataset = _as_dataset(data, y, batch_size)
+    if callable(data) and not isinstance(data, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("`y` cannot be given with a dataset function.")
+        dataset_fn = data
+
+        def replica_dataset(input_context):
+            return _as_dataset(dataset_fn(input_context), None, batch_size)
+
+        spec_dataset = replica_dataset(tf.distribute.InputContext())
+        distributed = strategy.distribute_datasets_from_function(replica_dataset)
+    else:
+        spec_dataset = _as_dataset(data, y, batch_size)
+        distributed = strategy.experimental_distribute_dataset(spec_dataset)
     if n_features is None:
         if row_fn is not None:
             raise ValueError("`n_features` (the row dimension) is required with `row_fn`.")
-        n_features = dataset.element_spec[0].shape[-1]
+        n_features = spec_dataset.element_spec[0].shape[-1]
         if n_features is None:
             raise ValueError("`n_features` could not be inferred from the dataset; pass it.")
-    per_replica = _per_replica_statistics(strategy, dataset, n_classes, int(n_features), row_fn)
+    per_replica = _per_replica_statistics(strategy, distributed, n_classes, int(n_features), row_fn)
     # The one collective of the pass: a sum of one packed float64 vector.
     reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
     return _unpack(np.asarray(reduced.numpy(), dtype=np.float64), n_classes, int(n_features))
 
 
-def _per_replica_statistics(strategy, dataset, k, d, row_fn):
-    """Each replica's packed statistics of its shard (a `PerReplica` vector)."""
+def _per_replica_statistics(strategy, distributed, k, d, row_fn):
+    """Each replica's packed statistics of its shard of `distributed` (`PerReplica`)."""
     size = k + k * d + k * d * d + 2  # counts, sums, second moments, rows, bad labels
 
     def zeros():
@@ -262,7 +279,7 @@ def _per_replica_statistics(strategy, dataset, k, d, row_fn):
             acc = strategy.run(step, args=(acc, x, y_batch))
         return acc
 
-    return accumulate(strategy.experimental_distribute_dataset(dataset))
+    return accumulate(distributed)
 
 
 def _unpack(reduced, k, d):

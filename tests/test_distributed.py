@@ -135,6 +135,18 @@ def test_statistics_errors():
         fit_distributed((x, y), 0, n_classes=3)
 
 
+def test_dataset_function_default_strategy():
+    x, y = _data()
+    ref = ClassPCA(6, n_classes=3).fit(x, y)
+
+    def dataset_fn(context):
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(context.get_per_replica_batch_size(64))
+
+    pca = fit_distributed(dataset_fn, 6, n_classes=3)
+    np.testing.assert_allclose(pca.kernel_, ref.kernel_, **TIGHT)
+    np.testing.assert_allclose(pca.bias_, ref.bias_, **TIGHT)
+
+
 # ---------------------------------------------------------------------- two CPU replicas
 MIRRORED = """
 import json
@@ -165,7 +177,7 @@ pca = fit_distributed(dataset, 6, n_classes=3, strategy=strategy)
 out["dense"] = [max_diff(pca.components_, ref.components_), max_diff(pca.kernel_, ref.kernel_),
                 max_diff(pca.bias_, ref.bias_)]
 out["counts"] = [pca.n_samples_seen_.tolist(), ref.n_samples_seen_.tolist()]
-local = _per_replica_statistics(strategy, dataset, 3, 12, None)
+local = _per_replica_statistics(strategy, strategy.experimental_distribute_dataset(dataset), 3, 12, None)
 out["local_rows"] = [float(v.numpy()[-2]) for v in strategy.experimental_local_results(local)]
 
 with strategy.scope():  # strategy=None: the one in scope
@@ -225,8 +237,17 @@ dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(100).with_options(opt
 start = time.perf_counter()
 pca = fit_distributed(dataset, 6, n_classes=3, strategy=strategy)
 seconds = time.perf_counter() - start
-local = _per_replica_statistics(strategy, dataset, 3, 12, None)
+local = _per_replica_statistics(strategy, strategy.experimental_distribute_dataset(dataset), 3, 12, None)
+
+def shard_fn(context):  # each worker reads only its own rows
+    rows = tf.data.Dataset.from_tensor_slices((x, y))
+    rows = rows.shard(context.num_input_pipelines, context.input_pipeline_id)
+    return rows.batch(context.get_per_replica_batch_size(100))
+
+sharded = fit_distributed(shard_fn, 6, n_classes=3, strategy=strategy)
 np.savez(sys.argv[1], components=pca.components_, kernel=pca.kernel_, bias=pca.bias_,
+         sharded_kernel=sharded.kernel_, sharded_bias=sharded.bias_,
+         sharded_counts=sharded.n_samples_seen_,
          counts=pca.n_samples_seen_,
          local_rows=[float(v.numpy()[-2]) for v in strategy.experimental_local_results(local)])
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "seconds": seconds}))
@@ -290,6 +311,11 @@ def test_multi_worker_two_processes_equals_fit(tmp_path):
         np.testing.assert_allclose(r["components"], ref.components_, **TIGHT)
         np.testing.assert_allclose(r["kernel"], ref.kernel_, **TIGHT)
         np.testing.assert_allclose(r["bias"], ref.bias_, **TIGHT)
+        # Rows read once across workers (a kernel alone cannot tell: duplicating every
+        # row leaves means and covariances unchanged).
+        np.testing.assert_array_equal(r["sharded_counts"], ref.n_samples_seen_)
+        np.testing.assert_allclose(r["sharded_kernel"], ref.kernel_, **TIGHT)
+        np.testing.assert_allclose(r["sharded_bias"], ref.bias_, **TIGHT)
     # Every worker holds the very same weights (one reduce, one solve each).
     np.testing.assert_array_equal(results[0]["kernel"], results[1]["kernel"])
     np.testing.assert_array_equal(results[0]["bias"], results[1]["bias"])
