@@ -19,15 +19,21 @@ replicas; across workers it is sharded by the dataset's `AutoShardPolicy`, DATA
 recommended, see docs/distributed.md).
 """
 
+import collections
+
 import numpy as np
 import tensorflow as tf
 
 from keras_classpca.class_pca import ClassPCA, _Moments
 
 __all__ = [
+    "adapt_with_strategy",
     "class_statistics",
     "class_pca_from_statistics",
     "fit_distributed",
+    "fit_with_strategy",
+    "layer_class_pca",
+    "hybridize_layer_pass",
     "layer_row_fn",
 ]
 
@@ -187,6 +193,8 @@ def class_statistics(
     row_fn=None,
     y=None,
     batch_size=None,
+    steps=None,
+    _samples_out=None,
 ):
     """Per-class count, sum and second moment of `data`, summed over all replicas.
 
@@ -210,6 +218,7 @@ def class_statistics(
             for conv patches, or a feature model followed by it. `labels` are int64.
         y: labels when `data` is the array `x`.
         batch_size: batch size for arrays and unbatched datasets (the global batch).
+        steps: use at most this many global batches (not with a dataset function).
 
     Returns:
         `(count, total, outer)`: float64 numpy arrays `(K,)`, `(K, d)`, `(K, d, d)`.
@@ -220,8 +229,8 @@ def class_statistics(
     if strategy is None:
         strategy = tf.distribute.get_strategy()
     if callable(data) and not isinstance(data, tf.data.Dataset):
-        if y is not None:
-            raise ValueError("`y` cannot be given with a dataset function.")
+        if y is not None or steps is not None:
+            raise ValueError("`y` and `steps` cannot be given with a dataset function.")
         dataset_fn = data
 
         def replica_dataset(input_context):
@@ -231,6 +240,10 @@ def class_statistics(
         distributed = strategy.distribute_datasets_from_function(replica_dataset)
     else:
         spec_dataset = _as_dataset(data, y, batch_size)
+        if steps is not None:
+            if not isinstance(steps, (int, np.integer)) or steps < 1:
+                raise ValueError(f"`steps` must be a positive integer; received {steps!r}.")
+            spec_dataset = spec_dataset.take(int(steps))
         distributed = strategy.experimental_distribute_dataset(spec_dataset)
     if n_features is None:
         if row_fn is not None:
@@ -241,18 +254,22 @@ def class_statistics(
     per_replica = _per_replica_statistics(strategy, distributed, n_classes, int(n_features), row_fn)
     # The one collective of the pass: a sum of one packed float64 vector.
     reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-    return _unpack(np.asarray(reduced.numpy(), dtype=np.float64), n_classes, int(n_features))
+    reduced = np.asarray(reduced.numpy(), dtype=np.float64)
+    if _samples_out is not None:
+        _samples_out.append(int(reduced[-1]))
+    return _unpack(reduced, n_classes, int(n_features))
 
 
 def _per_replica_statistics(strategy, distributed, k, d, row_fn):
     """Each replica's packed statistics of its shard of `distributed` (`PerReplica`)."""
-    size = k + k * d + k * d * d + 2  # counts, sums, second moments, rows, bad labels
+    size = k + k * d + k * d * d + 3  # counts, sums, second moments, rows, bad labels, samples
 
     def zeros():
         return tf.zeros([size], tf.float64)
 
     def step(acc, x, y_batch):
         labels = _labels_tensor(y_batch, k)
+        n_samples = tf.cast(tf.shape(labels)[0], tf.float64)
         if row_fn is not None:
             x, labels = row_fn(x, labels)
             labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
@@ -267,7 +284,7 @@ def _per_replica_statistics(strategy, distributed, k, d, row_fn):
         sums = tf.stack([tf.reduce_sum(b, axis=0) for b in blocks])
         outers = tf.stack([tf.matmul(b, b, transpose_a=True) for b in blocks])
         packed = tf.concat(
-            [counts, tf.reshape(sums, [-1]), tf.reshape(outers, [-1]), [n_rows, n_bad]],
+            [counts, tf.reshape(sums, [-1]), tf.reshape(outers, [-1]), [n_rows, n_bad, n_samples]],
             axis=0,
         )
         return acc + packed
@@ -287,7 +304,7 @@ def _unpack(reduced, k, d):
     count = reduced[:k]
     total = reduced[k : k + k * d].reshape(k, d)
     outer = reduced[k + k * d : k + k * d + k * d * d].reshape(k, d, d)
-    n_rows, n_bad = reduced[-2], reduced[-1]
+    n_rows, n_bad = reduced[-3], reduced[-2]
     if n_bad:
         raise ValueError(
             f"`y` holds {int(n_bad)} label(s) out of range for n_classes={k} "
@@ -335,3 +352,163 @@ def fit_distributed(
         pca.solve()  # surface errors (too few samples, ...) now, as `fit` does
     return pca
 
+
+
+# ---------------------------------------------------------------------- wiring helpers
+# What `ClassPCA.fit(..., strategy=)`, `ClassPCA*.adapt(..., strategy=)` and
+# `hybridize(..., strategy=)` delegate to (see docs/distributed.md).
+def fit_with_strategy(
+    class_pca,
+    data,
+    y=None,
+    *,
+    strategy,
+    batch_size=None,
+    steps=None,
+    row_fn=None,
+    n_features=None,
+    _samples_out=None,
+):
+    """Refit `class_pca` from scratch on `data` over `strategy`; return it.
+
+    Same contract as `ClassPCA.fit`: on any error the previous state is kept. Needs
+    `class_pca.n_classes` (the statistics have one slot per class).
+    """
+    if class_pca.n_classes is None:
+        raise ValueError(
+            "`n_classes` is required to accumulate class statistics over a tf.distribute "
+            "strategy (one slot per class on every replica)."
+        )
+    count, total, outer = class_statistics(
+        data,
+        class_pca.n_classes,
+        strategy=strategy,
+        n_features=n_features,
+        row_fn=row_fn,
+        y=y,
+        batch_size=batch_size,
+        steps=steps,
+        _samples_out=_samples_out,
+    )
+    fitted = class_pca_from_statistics(count, total, outer, **class_pca.get_params())
+    if fitted.n_components is not None or fitted.allocation == "adaptive":
+        fitted.solve()  # surface errors (too few samples, ...) before touching class_pca
+    class_pca._moments, class_pca._solutions = fitted._moments, fitted._solutions
+    return class_pca
+
+
+def _input_spec(data, y, batch_size):
+    if callable(data) and not isinstance(data, tf.data.Dataset):
+        return _as_dataset(data(tf.distribute.InputContext()), None, batch_size).element_spec[0]
+    return _as_dataset(data, y, batch_size).element_spec[0]
+
+
+def _row_dimension(layer, input_shape):
+    """Features of one row of `layer` for inputs of `input_shape` (batch axis first)."""
+    import keras
+
+    if isinstance(layer, keras.layers.Conv2D):
+        channels = input_shape[1] if layer.data_format == "channels_first" else input_shape[-1]
+        return int(np.prod(layer.kernel_size)) * int(channels)
+    return int(input_shape[-1])
+
+
+LayerPass = collections.namedtuple("LayerPass", ["class_pca", "samples", "rows"])
+
+
+def layer_class_pca(
+    layer, data, *, strategy, feature_model=None, batch_size=None, steps=None, **class_pca_options
+):
+    """Class statistics of `layer`'s input rows over `strategy` -> `LayerPass`.
+
+    `data` feeds `feature_model` (or `layer` directly when it is None); `feature_model`
+    runs inside `strategy.run` on each replica. The `ClassPCA` has `n_components` =
+    the layer's units / filters and is solved once the statistics are reduced;
+    `samples` and `rows` are the totals over all replicas.
+    """
+    from keras_classpca.layer_inputs import output_size
+
+    rows_of = layer_row_fn(layer)
+    if feature_model is None:
+        input_shape = tuple(_input_spec(data, None, batch_size).shape)
+        row_fn = rows_of
+    else:
+        input_shape = tuple(feature_model.outputs[0].shape)
+
+        def row_fn(x, labels):
+            return rows_of(feature_model(x, training=False), labels)
+
+    class_pca = ClassPCA(output_size(layer), **class_pca_options)
+    samples = []
+    fit_with_strategy(
+        class_pca,
+        data,
+        strategy=strategy,
+        batch_size=batch_size,
+        steps=steps,
+        row_fn=row_fn,
+        n_features=_row_dimension(layer, input_shape),
+        _samples_out=samples,
+    )
+    return LayerPass(class_pca, samples[0], int(class_pca.n_samples_seen_.sum()))
+
+
+def hybridize_layer_pass(passes, layer, feature_model, *, strategy, batch_size, class_pca_options):
+    """The statistics pass `hybridize(..., strategy=)` makes for one layer -> `LayerPass`.
+
+    `passes` is hybridize's `_DataPasses`: arrays (already sub-sampled to `samples`)
+    or a `tf.data.Dataset`; other sources cannot be distributed.
+    """
+    data = passes.data
+    if isinstance(data, tf.data.Dataset):
+        if passes.samples is not None:
+            data = data.unbatch().take(passes.samples) if _is_batched(data) else data.take(passes.samples)
+    elif not isinstance(data, tuple):
+        raise TypeError(
+            "With a tf.distribute `strategy`, hybridize needs `(x, y)` arrays or a "
+            f"tf.data.Dataset; received {type(data).__name__}."
+        )
+    return layer_class_pca(
+        layer,
+        data,
+        strategy=strategy,
+        feature_model=feature_model,
+        batch_size=batch_size,
+        **class_pca_options,
+    )
+
+
+def _is_batched(dataset):
+    from keras_classpca.data_adapter import _is_unbatched
+
+    spec = dataset.element_spec
+    return isinstance(spec, tuple) and len(spec) >= 2 and not _is_unbatched(spec[0], spec[1])
+
+
+def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
+    """`layer.adapt(data)` for a `ClassPCADense` / `ClassPCAConv2D` over `strategy`."""
+    from keras_classpca.layer_inputs import assign_solution
+
+    if getattr(layer, "patches_per_image", None) is not None:
+        raise NotImplementedError(
+            "`patches_per_image` sub-sampling is not available with a tf.distribute strategy."
+        )
+    class_pca = layer._new_class_pca()
+    input_shape = (None,) + tuple(_input_spec(data, None, batch_size).shape[1:])
+    rows = layer_row_fn(layer)
+    fit_with_strategy(
+        class_pca,
+        data,
+        strategy=strategy,
+        batch_size=batch_size,
+        steps=steps,
+        row_fn=rows,
+        n_features=_row_dimension(layer, input_shape),
+    )
+    solution = class_pca.solve()
+    if not layer.built:
+        layer.build(input_shape)
+    assign_solution(layer, solution.kernel, solution.bias)
+    layer._adapted.assign(1)
+    layer.class_pca_ = class_pca
+    return layer
