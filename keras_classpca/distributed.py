@@ -245,6 +245,12 @@ def class_statistics(
                 raise ValueError(f"`steps` must be a positive integer; received {steps!r}.")
             spec_dataset = spec_dataset.take(int(steps))
         distributed = strategy.experimental_distribute_dataset(spec_dataset)
+    x_rank = spec_dataset.element_spec[0].shape.rank
+    if row_fn is None and x_rank is not None and x_rank != 2:
+        raise ValueError(
+            f"`x` batches must be 2-D (batch, n_features); the dataset yields rank {x_rank}. "
+            "Flatten samples, or pass `row_fn` (e.g. `layer_row_fn(layer)` for conv patches)."
+        )
     if n_features is None:
         if row_fn is not None:
             raise ValueError("`n_features` (the row dimension) is required with `row_fn`.")

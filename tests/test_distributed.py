@@ -132,6 +132,8 @@ def test_statistics_errors():
         class_statistics((x, y), 3, row_fn=lambda a, b: (a, b))
     with pytest.raises(ValueError, match="NaN or infinite"):
         fit_distributed((np.where(np.arange(50)[:, None] == 7, np.inf, x), y), 3, n_classes=3)
+    with pytest.raises(ValueError, match="2-D"):
+        class_statistics((x.reshape(50, 3, 4), y), 3)
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         class_statistics(iter([(x, y)]), 3)
     with pytest.raises(ValueError, match="n_components"):
