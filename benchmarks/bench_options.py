@@ -41,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 
 from _report import machine_line, markdown_table, write_section  # noqa: E402
-from bench_hybrid import BATCH, build, compile_model, evaluate, run_sgd, subset  # noqa: E402
+from bench_hybrid import (  # noqa: E402
+    BATCH, build, compile_model, evaluate, load_records, med, run_sgd, subset,
+)
 from keras_classpca.datasets import load_dataset  # noqa: E402
 from keras_classpca.fit_top import fit_top  # noqa: E402
 from keras_classpca.hybrid import hybridize  # noqa: E402
@@ -86,10 +88,6 @@ def run_variant(name, cutoff, seed, x, y, x_test, y_test, epochs):
         captured=[round(layer.explained_variance, 4) for layer in report.layers],
         layer_s=[round(layer.seconds, 2) for layer in report.layers],
     )
-
-
-def med(values):
-    return statistics.median(values) if values else None
 
 
 def write_report(records, args_line, paragraph):
@@ -138,13 +136,6 @@ def write_report(records, args_line, paragraph):
         paragraph.strip(),
     ])
     write_section(SECTION, body)
-
-
-def load_records(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def main():
