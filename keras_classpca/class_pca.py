@@ -341,7 +341,7 @@ class ClassPCA:
         self._solutions = {}
         return self
 
-    def fit(self, data, y=None, *, batch_size=None, steps=None):
+    def fit(self, data, y=None, *, batch_size=None, steps=None, strategy=None):
         """Fit from scratch on `(x, y)` arrays, a `tf.data.Dataset`, or batches.
 
         Args:
@@ -351,10 +351,20 @@ class ClassPCA:
             y: labels when `data` is `x`: integers or one-hot rows.
             batch_size: rows per batch when slicing arrays.
             steps: use at most this many batches.
+            strategy: a `tf.distribute.Strategy`: each replica accumulates the
+                statistics of its shard, one all-reduce combines them (TensorFlow
+                backend; needs `n_classes`; `data` a `tf.data.Dataset`, a dataset
+                function or `(x, y)` arrays). See docs/distributed.md.
 
         Returns:
             `self`. On any error the previous state is kept.
         """
+        if strategy is not None:
+            from keras_classpca.distributed import fit_with_strategy
+
+            return fit_with_strategy(
+                self, data, y, strategy=strategy, batch_size=batch_size, steps=steps
+            )
         moments = None
         for x_batch, y_batch in iter_batches(data, y, batch_size=batch_size, steps=steps):
             n_features = None if moments is None else moments.n_features

@@ -270,6 +270,7 @@ def hybridize(
     patches_per_image=None,
     solve_cache=None,
     data_fingerprint=None,
+    strategy=None,
     **class_pca_options,
 ):
     """Solve the bottom layers of `model` with class-PCA and freeze them.
@@ -306,6 +307,12 @@ def hybridize(
             stored after solving, keyed by data, prefix architecture and options.
         data_fingerprint: a string identifying the data for `solve_cache` (computed
             from arrays when omitted; required for datasets and generators).
+        strategy: a `tf.distribute.Strategy`: each solved layer's class statistics
+            are accumulated per replica (the solved prefix runs inside
+            `strategy.run`) and all-reduced once (needs `n_classes`; no
+            `patches_per_image`). BatchNormalization moments and the `"auto"` probe
+            still come from this process's `data`, so every worker must pass the
+            same `data` (see docs/distributed.md).
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`).
@@ -342,6 +349,8 @@ def hybridize(
         )
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    if strategy is not None and patches_per_image is not None:
+        raise ValueError("`patches_per_image` is not available with a tf.distribute `strategy`.")
 
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
     if not model.built or not getattr(model, "inputs", None):
@@ -427,13 +436,26 @@ def hybridize(
         # features the previous solved layer produced (they are this layer's input).
         statistics = _StatisticsConsumer(layer, class_pca_options, seed, row_options)
         probe = _ProbeConsumer() if auto else None
-        seen = _stream(
-            passes,
-            chain.feature_model(chain.inputs[position]),
-            [statistics] + ([probe] if probe else []),
-            f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{target})",
-            verbose,
-        )
+        consumers = [statistics] + ([probe] if probe else [])
+        if strategy is not None:
+            from keras_classpca.distributed import hybridize_layer_pass
+
+            distributed = hybridize_layer_pass(
+                passes, layer, chain.feature_model(chain.inputs[position]),
+                strategy=strategy, batch_size=batch_size, class_pca_options=class_pca_options,
+            )
+            statistics.class_pca, statistics.rows = distributed.class_pca, distributed.rows
+            consumers = consumers[1:]  # the probe, if any, still streams locally
+        if consumers:
+            seen = _stream(
+                passes,
+                chain.feature_model(chain.inputs[position]),
+                consumers,
+                f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{target})",
+                verbose,
+            )
+        else:  # the distributed pass already streamed every sample
+            seen = distributed.samples
         if probe is not None:
             probe_accuracy.append(probe.accuracy())
             if probe_rejects_last():

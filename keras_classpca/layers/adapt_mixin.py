@@ -55,7 +55,7 @@ class ClassPCAAdaptMixin:
     def _row_options(self):
         return {}
 
-    def adapt(self, data, batch_size=None, steps=None):
+    def adapt(self, data, batch_size=None, steps=None, strategy=None):
         """Compute the kernel and bias from labelled data with class-PCA.
 
         Statistics are accumulated batch by batch in float64; the data set is never
@@ -68,7 +68,14 @@ class ClassPCAAdaptMixin:
                 input; `y` holds integer labels or one-hot rows.
             batch_size: batch size used when `data` is arrays (default 1024).
             steps: use at most this many batches.
+            strategy: a `tf.distribute.Strategy` to spread the statistics pass over
+                (needs `n_classes`; see docs/distributed.md).
         """
+        if strategy is not None:
+            from keras_classpca.distributed import adapt_with_strategy
+
+            adapt_with_strategy(self, data, strategy=strategy, batch_size=batch_size, steps=steps)
+            return
         class_pca = self._new_class_pca()
         row_options = self._row_options()
         input_shape = None
