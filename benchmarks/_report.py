@@ -78,3 +78,14 @@ def write_section(name, body):
         text = text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(text)
     print(f"wrote section '{name}' of {BENCHMARKS_MD}")
+
+
+def report_arguments(args, script):
+    """The closing paragraph (`--paragraph` text or `@file`) and the command line a
+    report cites (`--as-run`, or this run's own arguments)."""
+    import sys
+
+    paragraph = args.paragraph
+    if paragraph.startswith("@"):
+        paragraph = Path(paragraph[1:]).read_text()
+    return paragraph, args.as_run or f"benchmarks/{script} " + " ".join(sys.argv[1:])

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _report import machine_line, markdown_table, write_section  # noqa: E402
+from _report import machine_line, markdown_table, report_arguments, write_section  # noqa: E402
 from keras_classpca.data_adapter import iter_batches  # noqa: E402
 from keras_classpca.datasets import load_dataset  # noqa: E402
 from keras_classpca.fit_top import fit_top  # noqa: E402
@@ -359,10 +359,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.fractions, args.epochs = args.seeds[:1], [0.1], 1
-    paragraph = args.paragraph
-    if paragraph.startswith("@"):
-        paragraph = Path(paragraph[1:]).read_text()
-    args_line = args.as_run or ("benchmarks/bench_hybrid.py " + " ".join(sys.argv[1:]))
+    paragraph, args_line = report_arguments(args, "bench_hybrid.py")
 
     if args.report_only:
         if args.no_write:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 
-from _report import machine_line, markdown_table, write_section  # noqa: E402
+from _report import machine_line, markdown_table, report_arguments, write_section  # noqa: E402
 from bench_hybrid import (  # noqa: E402
     BATCH, build, compile_model, evaluate, load_records, med, run_sgd, subset,
 )
@@ -155,10 +155,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], 1
-    paragraph = args.paragraph
-    if paragraph.startswith("@"):
-        paragraph = Path(paragraph[1:]).read_text()
-    args_line = args.as_run or ("benchmarks/bench_options.py " + " ".join(sys.argv[1:]))
+    paragraph, args_line = report_arguments(args, "bench_options.py")
     if args.report_only:
         if args.no_write:
             globals()["write_section"] = lambda name, body: print(body)
