@@ -65,8 +65,14 @@ def markdown_table(headers, rows):
     return "\n".join(lines)
 
 
-def write_section(name, body):
-    """Replace (or append) the section ``name`` of docs/benchmarks.md with ``body``."""
+def write_section(name, body, print_only=False):
+    """Replace (or append) the section ``name`` of docs/benchmarks.md with ``body``.
+
+    With ``print_only`` the section is printed and the file left alone.
+    """
+    if print_only:
+        print(body)
+        return
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"

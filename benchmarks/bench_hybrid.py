@@ -297,7 +297,7 @@ def target_lines(summary):
     return lines
 
 
-def write_report(records, args_line, paragraph):
+def write_report(records, args_line, paragraph, print_only=False):
     table, cache_table, summary = build_report(records, args_line)
     seeds = sorted({r["seed"] for r in records})
     body = "\n".join([
@@ -328,7 +328,7 @@ def write_report(records, args_line, paragraph):
         "",
         paragraph.strip(),
     ])
-    write_section(SECTION, body)
+    write_section(SECTION, body, print_only=print_only)
 
 
 def load_records(path):
@@ -362,9 +362,7 @@ def main():
     paragraph, args_line = report_arguments(args, "bench_hybrid.py")
 
     if args.report_only:
-        if args.no_write:
-            globals()["write_section"] = lambda name, body: print(body)
-        write_report(load_records(args.results), args_line, paragraph)
+        write_report(load_records(args.results), args_line, paragraph, print_only=args.no_write)
         return
 
     if args.fresh and os.path.exists(args.results):

@@ -90,7 +90,7 @@ def run_variant(name, cutoff, seed, x, y, x_test, y_test, epochs):
     )
 
 
-def write_report(records, args_line, paragraph):
+def write_report(records, args_line, paragraph, print_only=False):
     seeds = sorted({r["seed"] for r in records})
     sgd = {r["seed"]: r for r in records if r["variant"] == "sgd"}
     rows = []
@@ -135,7 +135,7 @@ def write_report(records, args_line, paragraph):
         "",
         paragraph.strip(),
     ])
-    write_section(SECTION, body)
+    write_section(SECTION, body, print_only=print_only)
 
 
 def main():
@@ -157,9 +157,7 @@ def main():
         args.seeds, args.epochs = args.seeds[:1], 1
     paragraph, args_line = report_arguments(args, "bench_options.py")
     if args.report_only:
-        if args.no_write:
-            globals()["write_section"] = lambda name, body: print(body)
-        write_report(load_records(args.results), args_line, paragraph)
+        write_report(load_records(args.results), args_line, paragraph, print_only=args.no_write)
         return
     if args.fresh and os.path.exists(args.results):
         os.remove(args.results)
