@@ -26,12 +26,10 @@ overhead of the cluster (start-up excluded, one collective) more than a speed-up
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,17 +88,6 @@ print(json.dumps(out))
 """
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _env(**extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -118,10 +105,13 @@ def run(n_workers, args, timeout=900):
         procs = [subprocess.Popen([sys.executable, "-c", code, *argv, "single"], env=_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     else:
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(n_workers)]}
+        # Imported only for multi-worker runs: the package loads TensorFlow, which
+        # the parent otherwise does not need.
+        sys.path.insert(0, str(ROOT))
+        from keras_classpca.distributed import local_tf_configs
+
         procs = []
-        for index in range(n_workers):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        for tf_config in local_tf_configs(n_workers):
             procs.append(subprocess.Popen([sys.executable, "-c", code, *argv, "multi"],
                                           env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))

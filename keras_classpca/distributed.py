@@ -518,3 +518,28 @@ def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
     layer._adapted.assign(1)
     layer.class_pca_ = class_pca
     return layer
+
+
+def local_tf_configs(n_workers):
+    """`TF_CONFIG` values for a cluster of `n_workers` processes on this machine.
+
+    Each worker gets a free port on 127.0.0.1 (asked of the OS, then released), so a
+    `MultiWorkerMirroredStrategy` can be tried locally before a real cluster: start
+    one process per returned value with it in its `TF_CONFIG` environment variable.
+    """
+    import json
+    import socket
+
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n_workers)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    return [
+        json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        for index in range(n_workers)
+    ]

@@ -9,7 +9,6 @@ skip.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from keras_classpca.distributed import (
     fit_distributed,
     fit_with_strategy,
     layer_class_pca,
+    local_tf_configs,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -395,23 +395,11 @@ print(json.dumps({"replicas": strategy.num_replicas_in_sync, "seconds": seconds}
 """
 
 
-def _free_ports(n):
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _run_workers(script, n_workers, tmp_path):
-    ports = _free_ports(n_workers)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     procs = []
-    for index in range(n_workers):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+    tf_configs = local_tf_configs(n_workers)
+    cluster = json.loads(tf_configs[0])["cluster"]
+    for index, tf_config in enumerate(tf_configs):
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", textwrap.dedent(script), str(tmp_path / f"w{index}.npz")],
