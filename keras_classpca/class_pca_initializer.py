@@ -105,6 +105,9 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         return twin
 
     def __call__(self, shape, dtype=None):
+        # As Keras' own initializers: `None` means `keras.config.floatx()`, on every
+        # backend (JAX without x64 has no float64 and would silently give float32).
+        dtype = keras.backend.standardize_dtype(dtype)
         shape = tuple(int(s) for s in shape)
         if self.class_pca is None or not self.class_pca.is_fitted:
             if self._restored:

@@ -1,4 +1,4 @@
-"""`keras-classpca`: the command-line tool (demo, time scales, cutoff sweep, filters).
+"""`keras-classpca`: the command-line tool (demo, time scales, cutoff sweep, filters, export).
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     keras-classpca timescales --epochs 8 --out runs/ts
     keras-classpca sweep --cutoffs 0,1,2 --fraction 0.1 --out runs/sweep
     keras-classpca filters --layer 1 --out runs/filters
+    keras-classpca export model.keras models/digits
 
 Every subcommand takes `--dataset fashion_mnist|digits|<local TFDS name>`. The model is
 the benchmark CNN of `keras_classpca.demo.benchmark_cnn` (kernel 5); for images smaller
@@ -38,6 +39,16 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -457,6 +468,30 @@ def cmd_filters(args):
     return 0
 
 
+def cmd_export(args):
+    """Load a `.keras` file and write it as a TF Serving version directory."""
+    import keras
+
+    import keras_classpca  # noqa: F401  (registers the package's layers for loading)
+    from keras_classpca.export import export_for_serving, signature_info
+
+    if not os.path.isfile(args.model):
+        raise _UsageError(f"{args.model}: no such file (expected a .keras model file)")
+    if not args.model.endswith(".keras"):
+        raise _UsageError(f"{args.model}: expected a .keras model file")
+    model = keras.saving.load_model(args.model)
+    try:
+        path = export_for_serving(
+            model, args.base_dir, version=args.version, signature_name=args.signature_name
+        )
+    except (ValueError, TypeError, OSError) as error:
+        raise _UsageError(str(error)) from None
+    info = signature_info(path, args.signature_name)
+    print(f"wrote {path} (backend {keras.backend.backend()})")
+    print(json.dumps({"signature": args.signature_name, **info}, indent=1))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser():
     from keras_classpca import __version__
@@ -464,7 +499,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Class-based PCA weights for Keras: demo, time-scale monitor, cutoff "
-        "sweep, filters.",
+        "sweep, filters, export for TF Serving.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -611,6 +646,29 @@ def build_parser():
     )
     p.add_argument("--out", required=True, help="output directory (created)")
     p.set_defaults(func=cmd_filters)
+
+    p = sub.add_parser(
+        "export",
+        help="write a .keras model as a TF Serving version directory",
+        description="Load MODEL (a .keras file) and write BASE_DIR/<version>/, a "
+        "SavedModel with a serving_default signature (keras_classpca.export_for_serving). "
+        "Runs under KERAS_BACKEND=tensorflow (default) or jax; a model trained under "
+        "torch exports from its .keras file under either.",
+    )
+    p.add_argument("model", help="the .keras file")
+    p.add_argument("base_dir", help="the model's directory, TF Serving's --model_base_path")
+    p.add_argument(
+        "--version",
+        type=_non_negative_int,
+        default=None,
+        help="version number (default: one more than the largest existing)",
+    )
+    p.add_argument(
+        "--signature-name",
+        default="serving_default",
+        help="SignatureDef key of the endpoint (serving_default)",
+    )
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -620,7 +678,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        parser.exit(2, f"{PROG}: error: a command is required (demo, timescales, sweep, filters)\n")
+        parser.exit(2, f"{PROG}: error: a command is required (demo, timescales, sweep, filters, export)\n")
     try:
         return args.func(args)
     except _UsageError as error:

@@ -41,6 +41,25 @@ DEFAULT_BATCH_SIZE = 1024
 
 
 # ---------------------------------------------------------------------- helpers
+def require_tensorflow_backend(what):
+    """Raise unless Keras runs on TensorFlow: `what` runs Keras layers inside `strategy.run`.
+
+    The statistics pass itself is TF ops on the input data and works under any Keras
+    backend (`ClassPCA.fit(strategy=)`, `layer.adapt(strategy=)`); a Keras model can
+    only run inside a `tf.distribute` replica function on the TensorFlow backend.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            f"{what} with a tf.distribute `strategy` runs Keras layers inside "
+            f"`strategy.run`, which needs KERAS_BACKEND=tensorflow (now {backend!r}). "
+            "Without `strategy` it works on every backend; or compute the statistics "
+            "on each host and combine them with `ClassPCA.merge`."
+        )
+
+
 def class_pca_from_statistics(count, total, outer, n_components=None, **params):
     """A `ClassPCA` whose statistics are the given per-class arrays.
 
@@ -434,6 +453,8 @@ def layer_class_pca(
     """
     from keras_classpca.layer_inputs import output_size
 
+    if feature_model is not None:
+        require_tensorflow_backend("A feature model")
     rows_of = layer_row_fn(layer)
     if feature_model is None:
         input_shape = tuple(_input_spec(data, None, batch_size).shape)

@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 DEFAULT_SIGNATURE = "serving_default"
+EXPORT_BACKENDS = ("tensorflow", "jax")
 SERVE_TAG = "serve"
 _TMP_PREFIX = ".tmp-export-"
 # TF Serving (and `tf.saved_model.save`) need signature and tensor keys that are valid
@@ -311,6 +312,7 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     export_for_serving(model, "/srv/models/digits", version=1)  # FileExistsError
     ```
     """
+    _check_backend()
     _check_model(model)
     version = _check_version(version)
     signature_name = _check_signature_name(signature_name)
@@ -382,31 +384,58 @@ def _make_readable(path):
     os.chmod(path, mode)
 
 
+def _check_backend():
+    """The Keras backends `ExportArchive` can write a SavedModel from here."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend not in EXPORT_BACKENDS:
+        raise ValueError(
+            f"Exporting a SavedModel needs KERAS_BACKEND=tensorflow or jax (now {backend!r}: "
+            "Keras exports torch models through torch_xla, which has no CPU wheel for "
+            "this torch). The `.keras` file is backend-independent: `model.save(path)` "
+            "here, then load and export it under TensorFlow, e.g. "
+            "`KERAS_BACKEND=tensorflow keras-classpca export model.keras models/name`."
+        )
+    return backend
+
+
 def _build_archive(model, signature_name):
     import keras
 
     tf = _tf()
+    backend = _check_backend()
     specs, _, pack = _input_layout(model)
 
-    # Trace once to learn the outputs' structure, then name them.
     def call(flat):
         return keras.tree.flatten(model(pack(flat), training=False))
 
-    probe = tf.function(lambda *flat: call(flat)).get_concrete_function(*specs)
-    n_outputs = len(probe.structured_outputs)
+    # Trace once to learn the outputs' structure, then name them.
+    if backend == "tensorflow":
+        probe = tf.function(lambda *flat: call(flat)).get_concrete_function(*specs)
+        n_outputs = len(probe.structured_outputs)
+    else:
+        symbolic = [keras.KerasTensor(spec.shape, spec.dtype.name) for spec in specs]
+        n_outputs = len(call(symbolic))
     out_names = _output_names(model, n_outputs)
 
     def serve(*flat):
         return dict(zip(out_names, call(flat)))
 
-    # No `archive.track(model)`: the endpoint already tracks every variable it uses, and
-    # tracking the model too stores each variable twice (keras issue #23553; measured in
-    # docs/serving.md). Lookup tables of Keras preprocessing layers are tracked by
-    # `add_endpoint` itself.
     archive = keras.export.ExportArchive()
-    archive.add_endpoint(
-        name=signature_name, fn=tf.function(serve, autograph=False), input_signature=specs
-    )
+    if backend == "tensorflow":
+        # No `archive.track(model)`: the endpoint already tracks every variable it uses,
+        # and tracking the model too stores each variable twice (keras issue #23553;
+        # measured in docs/serving.md). Lookup tables of Keras preprocessing layers are
+        # tracked by `add_endpoint` itself.
+        archive.add_endpoint(
+            name=signature_name, fn=tf.function(serve, autograph=False), input_signature=specs
+        )
+    else:
+        # JAX: `track` turns the variables into tf.Variables (stored once) and
+        # `add_endpoint` converts `serve` with jax2tf (an XlaCallModule op).
+        archive.track(model)
+        archive.add_endpoint(name=signature_name, fn=serve, input_signature=specs)
     return archive
 
 

@@ -312,7 +312,7 @@ def hybridize(
             `strategy.run`) and all-reduced once (needs `n_classes`; no
             `patches_per_image`). BatchNormalization moments and the `"auto"` probe
             still come from this process's `data`, so every worker must pass the
-            same `data` (see docs/distributed.md).
+            same `data` (see docs/distributed.md). TensorFlow backend only.
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`).
@@ -349,8 +349,12 @@ def hybridize(
         )
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
-    if strategy is not None and patches_per_image is not None:
-        raise ValueError("`patches_per_image` is not available with a tf.distribute `strategy`.")
+    if strategy is not None:
+        from keras_classpca.distributed import require_tensorflow_backend
+
+        require_tensorflow_backend("`hybridize`")
+        if patches_per_image is not None:
+            raise ValueError("`patches_per_image` is not available with a tf.distribute `strategy`.")
 
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
     if not model.built or not getattr(model, "inputs", None):

@@ -28,6 +28,7 @@ is then ``N(0, (sigma_w * sigma_x)**2)``.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -60,14 +61,45 @@ def _normalized_relu_np(x):
     return (np.maximum(x, 0.0) - _NORMALIZED_RELU_MEAN) / _NORMALIZED_RELU_STD
 
 
+def _softplus_np(x):
+    return np.logaddexp(0.0, x)
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+# Keras activations (with Keras' default arguments) written in float64 NumPy: the
+# quadratures stay float64 on every backend (JAX computes in float32 unless x64 is on).
+# Any other name falls back to `keras.activations.get`, in the backend's precision.
+_NUMPY_ACTIVATIONS = {
+    "normalized_relu": _normalized_relu_np,
+    "normalizedrelu": _normalized_relu_np,
+    "linear": lambda x: x,
+    "identity": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "leaky_relu": lambda x: np.where(x > 0, x, 0.2 * x),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    "selu": lambda x: _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0.0))),
+    "sigmoid": lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
+    "tanh": np.tanh,
+    "softplus": _softplus_np,
+    "softsign": lambda x: x / (1.0 + np.abs(x)),
+    "silu": lambda x: x * 0.5 * (1.0 + np.tanh(0.5 * x)),
+    "swish": lambda x: x * 0.5 * (1.0 + np.tanh(0.5 * x)),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "mish": lambda x: x * np.tanh(_softplus_np(x)),
+    "exponential": np.exp,
+}
+
+
 def _resolve_activation(activation, argname="activation") -> Callable[[np.ndarray], np.ndarray]:
     """Return a float64 NumPy function for a Keras activation name or a callable."""
     if isinstance(activation, str):
         key = activation.lower()
-        if key in ("normalized_relu", "normalizedrelu"):
-            return _normalized_relu_np
-        if key in ("linear", "identity"):
-            return lambda x: np.asarray(x, dtype=np.float64)
+        if key in _NUMPY_ACTIVATIONS:
+            fn = _NUMPY_ACTIVATIONS[key]
+            return lambda x: np.asarray(fn(np.asarray(x, dtype=np.float64)), dtype=np.float64)
         import keras
 
         try:

@@ -1,8 +1,36 @@
 """Shared fixtures: a fixed seed, and synthetic classes drawn from known subspaces."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
+
+
+BACKEND = keras.backend.backend()
+
+
+def pytest_report_header(config):
+    return f"keras {keras.__version__}, backend: {BACKEND}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `tensorflow_backend` need TF under Keras; elsewhere they are skipped
+    with that reason (reported by `-ra`), never dropped."""
+    if BACKEND == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"needs KERAS_BACKEND=tensorflow (running {BACKEND})")
+    for item in items:
+        if item.get_closest_marker("tensorflow_backend"):
+            item.add_marker(skip)
+
+
+def backend_has_float64():
+    """Whether tensors of this backend can hold float64 (JAX only with x64 enabled)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensor = keras.ops.convert_to_tensor(np.zeros(1), "float64")
+    return keras.backend.standardize_dtype(tensor.dtype) == "float64"
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,13 @@ def _run_bad(argv, capsys):
     return err
 
 
+def _export_backend():
+    from keras_classpca.export import EXPORT_BACKENDS
+    from conftest import BACKEND
+
+    return BACKEND in EXPORT_BACKENDS
+
+
 def test_timescales_end_to_end(tmp_path, capsys):
     out = tmp_path / "ts"
     code = cli.main(
@@ -200,3 +207,51 @@ def test_bad_values_found_after_parsing_exit_2(tmp_path, capsys):
         capsys,
     )
     assert "keras-classpca sweep: error: --cutoffs: cutoff 9" in err
+
+
+# ---------------------------------------------------------------------- export
+def _saved_classpca_model(path):
+    import keras
+
+    from keras_classpca import ClassPCADense
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6)).astype("float32")
+    y = np.arange(60) % 3
+    solved = ClassPCADense(4, name="solved")
+    solved.adapt((x, y))
+    inputs = keras.Input((6,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(3, name="probs")(solved(inputs)))
+    model.save(path)
+    return model, x
+
+
+@pytest.mark.skipif(not _export_backend(), reason="SavedModel export runs under tensorflow or jax")
+def test_export_writes_versions_from_a_keras_file(tmp_path, capsys):
+    import tensorflow as tf
+
+    model, x = _saved_classpca_model(tmp_path / "m.keras")
+    base = tmp_path / "models" / "m"
+    assert cli.main(["export", str(tmp_path / "m.keras"), str(base)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {base / '1'}" in out
+    assert '"features"' in out and '"probs"' in out
+    served = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    np.testing.assert_allclose(served(features=tf.constant(x))["probs"].numpy(),
+                               np.asarray(model.predict(x, verbose=0)), rtol=1e-5, atol=1e-5)
+    assert cli.main(["export", str(tmp_path / "m.keras"), str(base), "--version", "7"]) == 0
+    assert sorted(p.name for p in base.iterdir()) == ["1", "7"]
+    err = _run_bad(["export", str(tmp_path / "m.keras"), str(base), "--version", "7"], capsys)
+    assert "keras-classpca export: error:" in err and "already exists" in err
+
+
+def test_export_bad_arguments_exit_2(tmp_path, capsys):
+    assert "no such file" in _run_bad(["export", str(tmp_path / "none.keras"), "out"], capsys)
+    (tmp_path / "model.h5").write_text("")
+    assert "expected a .keras model file" in _run_bad(["export", str(tmp_path / "model.h5"), "o"], capsys)
+    assert "integer >= 0" in _run_bad(["export", "m.keras", "o", "--version", "-1"], capsys)
+    if not _export_backend():
+        _saved_classpca_model(tmp_path / "m.keras")
+        err = _run_bad(["export", str(tmp_path / "m.keras"), str(tmp_path / "o")], capsys)
+        assert "KERAS_BACKEND=tensorflow or jax" in err
+        assert not (tmp_path / "o").exists()

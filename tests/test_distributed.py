@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import BACKEND
 
 from keras_classpca import ClassPCA
 from keras_classpca.distributed import (
@@ -167,11 +168,8 @@ def test_fit_with_strategy_keeps_state_on_error_and_needs_n_classes():
     np.testing.assert_array_equal(steps.n_samples_seen_, ClassPCA(6, n_classes=3).fit(x[:400], y[:400]).n_samples_seen_)
 
 
-def test_adapt_and_layer_class_pca_with_default_strategy():
-    import keras
-
+def test_adapt_with_default_strategy():
     from keras_classpca import ClassPCAConv2D, ClassPCADense
-    from keras_classpca.layer_inputs import iter_rows
 
     rng = np.random.default_rng(1)
     images = rng.normal(size=(40, 8, 8, 3)).astype("float32")
@@ -190,6 +188,16 @@ def test_adapt_and_layer_class_pca_with_default_strategy():
     adapt_with_strategy(dense, (images.reshape(40, -1), labels), strategy=None)
     assert dense.is_adapted and dense.kernel.shape == (192, 4)
 
+
+@pytest.mark.tensorflow_backend
+def test_layer_class_pca_above_a_feature_model_with_default_strategy():
+    import keras
+
+    from keras_classpca.layer_inputs import iter_rows
+
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(40, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 2, 40)
     # A layer above a feature model: rows of the model's output, as hybridize streams them.
     inputs = keras.Input((8, 8, 3))
     features = keras.layers.Conv2D(5, 3, activation="relu")(inputs)
@@ -208,15 +216,20 @@ def test_adapt_and_layer_class_pca_with_default_strategy():
 
 
 # ---------------------------------------------------------------------- two CPU replicas
-MIRRORED = """
+# Two logical CPUs, configured before TensorFlow initialises its devices.
+TWO_CPUS = """
 import json
 import numpy as np
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 import keras
+"""
+
+MIRRORED = TWO_CPUS + """
 from keras_classpca import ClassPCA, ClassPCAConv2D
 from keras_classpca.distributed import (
     _as_dataset, _per_replica_statistics, fit_distributed, layer_row_fn,
@@ -229,7 +242,6 @@ rng = np.random.default_rng(0)
 x = rng.normal(size=(1037, 12)) @ rng.normal(size=(12, 12)) + rng.normal(size=12)
 y = rng.integers(0, 3, 1037)
 ref = ClassPCA(6, n_classes=3).fit(x, y)
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(128)
 out = {"replicas": strategy.num_replicas_in_sync}
 
@@ -263,9 +275,19 @@ dil_ref = ClassPCA(4, n_classes=3)
 for rows, row_labels in iter_rows(dil, images, labels):
     dil_ref.partial_fit(rows, row_labels)
 out["dilated"] = max_diff(dil_pca.kernel_, dil_ref.kernel_)
+print(json.dumps(out))
+"""
+
+MIRRORED_FEATURE_MODEL = TWO_CPUS + """
+from keras_classpca import ClassPCA
+from keras_classpca.distributed import layer_class_pca
+from keras_classpca.layer_inputs import iter_rows
 
 # A feature model run inside strategy.run on both replicas (hybridize's case).
-from keras_classpca.distributed import layer_class_pca
+rng = np.random.default_rng(0)
+images = rng.normal(size=(60, 9, 9, 2)).astype("float32")
+labels = rng.integers(0, 3, 60)
+conv_ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
 inputs = keras.Input((9, 9, 2))
 feature_model = keras.Model(inputs, keras.layers.Conv2D(5, 3, activation="relu")(inputs))
 top = keras.layers.Dense(4)
@@ -274,8 +296,8 @@ pca = layer_class_pca(top, conv_ds, strategy=strategy, feature_model=feature_mod
 ref_top = ClassPCA(4, n_classes=3)
 for rows, row_labels in iter_rows(top, feature_model.predict(images, verbose=0), labels):
     ref_top.partial_fit(rows, row_labels)
-out["feature_model"] = max_diff(pca.kernel_, ref_top.kernel_) / float(np.max(np.abs(ref_top.kernel_)))
-print(json.dumps(out))
+relative = np.max(np.abs(pca.kernel_ - ref_top.kernel_)) / np.max(np.abs(ref_top.kernel_))
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "feature_model": float(relative)}))
 """
 
 
@@ -289,35 +311,20 @@ def test_mirrored_strategy_two_cpus_equals_fit():
     assert out["in_scope"] < 1e-11, out["in_scope"]
     assert max(out["conv"]) < 1e-9, out["conv"]
     assert out["dilated"] < 1e-9, out["dilated"]
+
+
+@pytest.mark.tensorflow_backend
+def test_mirrored_strategy_two_cpus_runs_the_feature_model_per_replica():
+    out = _run_python(MIRRORED_FEATURE_MODEL)
+    assert out["replicas"] == 2
     # float32 features computed by TF in another batching than predict: float32 round-off.
     assert out["feature_model"] < 1e-5, out["feature_model"]
 
 
 # ---------------------------------------------------------------------- wired entry points
-def _wired():
-    import inspect
+WIRED = TWO_CPUS + """
+from keras_classpca import ClassPCA, ClassPCAConv2D
 
-    from keras_classpca import hybridize
-    from keras_classpca.layers.adapt_mixin import ClassPCAAdaptMixin
-
-    return all(
-        "strategy" in inspect.signature(f).parameters
-        for f in (ClassPCA.fit, ClassPCAAdaptMixin.adapt, hybridize)
-    )
-
-
-WIRED = """
-import json
-import numpy as np
-import tensorflow as tf
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
-import keras
-from keras_classpca import ClassPCA, ClassPCAConv2D, hybridize
-
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 rng = np.random.default_rng(0)
 out = {}
 x = rng.normal(size=(600, 10))
@@ -331,7 +338,16 @@ plain = ClassPCAConv2D(6, 3, n_classes=3)
 plain.adapt((images, labels))
 spread = ClassPCAConv2D(6, 3, n_classes=3)
 spread.adapt((images, labels), strategy=strategy)
-out["adapt"] = float(np.abs(plain.kernel.numpy() - spread.kernel.numpy()).max())
+out["adapt"] = float(np.abs(keras.ops.convert_to_numpy(plain.kernel - spread.kernel)).max())
+print(json.dumps(out))
+"""
+
+WIRED_HYBRIDIZE = TWO_CPUS + """
+from keras_classpca import hybridize
+
+rng = np.random.default_rng(0)
+images = rng.normal(size=(64, 10, 10, 2)).astype("float32")
+labels = rng.integers(0, 3, 64)
 
 def model():
     keras.utils.set_random_seed(0)
@@ -343,21 +359,45 @@ def model():
 m1, m2 = model(), model()
 r1 = hybridize(m1, (images, labels), cutoff=2, verbose=0, n_classes=3)
 r2 = hybridize(m2, (images, labels), cutoff=2, verbose=0, n_classes=3, strategy=strategy)
-out["hybridize"] = max(
+out = {"hybridize": max(
     float(np.abs(w1 - w2).max() / max(1e-12, np.abs(w1).max()))
-    for w1, w2 in zip(m1.get_weights(), m2.get_weights()))
+    for w1, w2 in zip(m1.get_weights(), m2.get_weights()))}
 out["report"] = [[(l.samples, l.rows) for l in r.layers] for r in (r1, r2)]
 print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not _wired(), reason="strategy= is not wired into ClassPCA.fit / adapt / hybridize yet (issue 9 wiring patch pending)")
-def test_wired_strategy_argument_mirrored():
+def test_fit_and_adapt_strategy_argument_mirrored():
     out = _run_python(WIRED)
     assert out["fit"] < 1e-11, out
     assert out["adapt"] < 1e-6, out
+
+
+@pytest.mark.tensorflow_backend
+def test_hybridize_strategy_argument_mirrored():
+    out = _run_python(WIRED_HYBRIDIZE)
     assert out["hybridize"] < 1e-5, out
     assert out["report"][0] == out["report"][1], out
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="checks the error other backends give")
+def test_keras_layers_inside_strategy_need_the_tensorflow_backend():
+    import keras
+
+    from keras_classpca import hybridize
+
+    x, y = _data(n=60)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4), keras.layers.Dense(3)])
+    strategy = tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match=f"KERAS_BACKEND=tensorflow .now '{BACKEND}'"):
+        hybridize(model, (x, y), cutoff=1, n_classes=3, strategy=strategy, verbose=0)
+    feature_model = keras.Model(model.inputs[0], model.layers[0].output)
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
+        layer_class_pca(model.layers[1], (x, y), strategy=strategy, feature_model=feature_model,
+                        n_classes=3)
+    # Raw statistics are TF ops on the data: the same on every backend.
+    np.testing.assert_allclose(ClassPCA(4, n_classes=3).fit(x, y, strategy=strategy).kernel_,
+                               ClassPCA(4, n_classes=3).fit(x, y).kernel_, **TIGHT)
 
 
 # ---------------------------------------------------------------------- two workers

@@ -1,7 +1,11 @@
 """Save / reload / export for TF Serving (issue 6).
 
 One module-scoped export (plus the two `saved_model_cli` runs on it, launched in
-parallel) keeps this file fast; every numeric check is exact (max |delta| == 0 on CPU).
+parallel) keeps this file fast. Under TensorFlow every numeric check is exact (max
+|delta| == 0 on CPU): the SavedModel runs the graph Keras ran. Under JAX the SavedModel
+runs the jax2tf-converted XLA program, which may round float32 differently: served
+values are compared within `SERVED_ATOL`. Torch cannot write a SavedModel here (see
+test_backends.py for its error and the `.keras` route).
 """
 
 import json
@@ -21,6 +25,12 @@ import tensorflow as tf
 
 import keras_classpca
 import keras_classpca.export as kx
+from conftest import BACKEND
+
+pytestmark = pytest.mark.skipif(
+    BACKEND not in kx.EXPORT_BACKENDS, reason=f"no SavedModel export under {BACKEND}"
+)
+SERVED_ATOL = 0.0 if BACKEND == "tensorflow" else 1e-6
 
 SHAPE = (8, 8, 1)
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -152,7 +162,7 @@ def test_reloaded_saved_model_predicts_identically(exported, batch):
     got = _serve(exported.path, x)
     assert list(got) == ["probs"]
     assert got["probs"].shape == (batch, 10)
-    assert _max_abs(got["probs"], expected) == 0.0
+    assert _max_abs(got["probs"], expected) <= SERVED_ATOL
 
 
 def test_predict_request_body_round_trips_through_json(exported):
@@ -168,7 +178,7 @@ def test_predict_request_body_round_trips_through_json(exported):
     assert _max_abs(batch, x) == 0.0
     # ...so serving them gives exactly the Keras predictions.
     assert _max_abs(_serve(exported.path, batch)["probs"],
-                    exported.model.predict(x, verbose=0)) == 0.0
+                    exported.model.predict(x, verbose=0)) <= SERVED_ATOL
 
 
 def test_predict_request_body_rejects_bad_x(exported):
@@ -218,8 +228,8 @@ def test_custom_signature_name_and_dict_inputs(tmp_path):
     assert set(body["instances"][0]) == {"a", "b"}
     out = tf.saved_model.load(path).signatures["predict"](a=tf.constant(xa), b=tf.constant(xb))
     score, logits = model.predict({"a": xa, "b": xb}, verbose=0)
-    assert _max_abs(out["score"], score) == 0.0
-    assert _max_abs(out["logits"], logits) == 0.0
+    assert _max_abs(out["score"], score) <= SERVED_ATOL
+    assert _max_abs(out["logits"], logits) <= SERVED_ATOL
 
 
 # --------------------------------------------------------------------------- bad input
@@ -298,19 +308,21 @@ def test_failed_write_leaves_no_partial_version(exported, tmp_path, monkeypatch)
 
 
 def test_model_that_cannot_be_traced_writes_nothing(tmp_path):
-    class NeedsFixedBatch(keras.Model):
+    class BreaksWhenTraced(keras.Model):
         def __init__(self):
             super().__init__()
             self.dense = keras.layers.Dense(2)
+            self.broken = False
 
         def call(self, x):
-            if x.shape[0] is None:
-                raise RuntimeError("this model needs a static batch size")
+            if self.broken:
+                raise RuntimeError("this model cannot be traced")
             return self.dense(x)
 
-    model = NeedsFixedBatch()
+    model = BreaksWhenTraced()
     model(np.zeros((3, 4), "float32"))
-    with pytest.raises(RuntimeError, match="static batch size"):
+    model.broken = True
+    with pytest.raises(RuntimeError, match="cannot be traced"):
         kx.export_for_serving(model, tmp_path / "models" / "m")
     assert os.listdir(tmp_path) == []
 
@@ -380,7 +392,7 @@ def test_keras_round_trip_of_classpca_models(exported, tmp_path):
 
     # And it exports: the SavedModel predicts exactly what Keras predicts.
     path = kx.export_for_serving(reloaded, tmp_path / "classpca")
-    assert _max_abs(_serve(path, x)["probs"], reloaded.predict(x, verbose=0)) == 0.0
+    assert _max_abs(_serve(path, x)["probs"], reloaded.predict(x, verbose=0)) <= SERVED_ATOL
 
 
 def test_hybridized_model_saves_reloads_and_exports(exported, tmp_path):
@@ -404,7 +416,7 @@ def test_hybridized_model_saves_reloads_and_exports(exported, tmp_path):
     assert _max_abs(frozen, reloaded.get_layer("conv").kernel.numpy()) == 0.0
 
     path = kx.export_for_serving(model, tmp_path / "hybrid")
-    assert _max_abs(_serve(path, x)["probs"], expected) == 0.0
+    assert _max_abs(_serve(path, x)["probs"], expected) <= SERVED_ATOL
     sizes = kx.artifact_sizes(path, keras_path, model)
     assert sizes["variables_bytes"] < 1.5 * sizes["weights_bytes"] + 2048
 
@@ -428,7 +440,7 @@ def test_subclassed_model_exports(tmp_path):
     assert oct(os.stat(path).st_mode & 0o777) == oct(
         os.stat(os.path.join(path, "variables")).st_mode & 0o777)
     out = _serve(path, x)
-    assert _max_abs(out["output_0"], model.predict(x, verbose=0)) == 0.0
+    assert _max_abs(out["output_0"], model.predict(x, verbose=0)) <= SERVED_ATOL
 
 
 def test_counter_generated_names_become_stable_positional_names(tmp_path):
@@ -465,7 +477,7 @@ def test_saved_model_cli_run_returns_same_values(exported):
     got = np.load(exported.outdir / "probs.npy")
     expected = exported.model.predict(exported.x_cli, verbose=0)
     assert got.shape == (5, 10)
-    assert _max_abs(got, expected) == 0.0
+    assert _max_abs(got, expected) <= SERVED_ATOL
 
 
 def test_example_export_serving_runs(tmp_path, capsys):

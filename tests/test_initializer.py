@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import backend_has_float64
 
 from keras_classpca import ClassPCA, ClassPCAInitializer
 from keras_classpca.patches import extract_patches
@@ -47,18 +48,23 @@ def test_dense_kernel_and_bias_equal_class_pca(blobs):
 
 def test_direct_call_dtype_and_shape(blobs):
     init = ClassPCAInitializer.from_data(*blobs)
-    value = init((8, 5), dtype="float64")
-    assert (
-        tuple(value.shape) == (8, 5) and keras.backend.standardize_dtype(value.dtype) == "float64"
-    )
-    np.testing.assert_array_equal(_np(value), ClassPCA(5).fit(*blobs).kernel_)
+    expected = ClassPCA(5).fit(*blobs).kernel_
+    # No dtype: floatx, as Keras' own initializers, on every backend.
+    value = init((8, 5))
+    assert tuple(value.shape) == (8, 5)
+    assert keras.backend.standardize_dtype(value.dtype) == keras.config.floatx()
+    np.testing.assert_array_equal(_np(value), expected.astype(keras.config.floatx()))
+    if backend_has_float64():  # JAX without x64 has no float64 tensors
+        value = init((8, 5), dtype="float64")
+        assert keras.backend.standardize_dtype(value.dtype) == "float64"
+        np.testing.assert_array_equal(_np(value), expected)
 
 
 def test_from_data_flattens_samples_for_dense():
     x, y = _images()
     init = ClassPCAInitializer.from_data(x, y, batch_size=10)
     reference = ClassPCA(6).fit(x.reshape(len(x), -1), y)
-    np.testing.assert_allclose(_np(init((98, 6))), reference.kernel_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(_np(init((98, 6))), reference.kernel_.astype("float32"))
 
 
 @pytest.mark.parametrize(
@@ -112,7 +118,7 @@ def test_from_data_accepts_one_hot_and_options(blobs):
     a = ClassPCAInitializer.from_data(x, np.eye(3)[y], allocation="adaptive", center=False)
     b = ClassPCA(allocation="adaptive", center=False).fit(x, y)
     assert a.class_pca.allocation == "adaptive" and a.class_pca.center is False
-    np.testing.assert_array_equal(_np(a((8, 4))), b.solve(4).kernel)
+    np.testing.assert_array_equal(_np(a((8, 4))), b.solve(4).kernel.astype("float32"))
 
 
 # ---------------------------------------------------------------- configs and saving

@@ -41,7 +41,7 @@ def test_sequential_cnn_candidates_pass_through_and_stop_before_last_weighted_la
     x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype("float32")
     features = chain.feature_model(chain.outputs[2])(x)
     expected = keras.Model(model.inputs[0], model.get_layer("pool").output)(x)
-    np.testing.assert_array_equal(np.asarray(features), np.asarray(expected))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(features), keras.ops.convert_to_numpy(expected))
 
 
 def test_functional_chain_matches_sequential_reading():

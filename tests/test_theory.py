@@ -35,6 +35,20 @@ def test_relu_constants_scale_with_sigmas():
     assert c.zeta == pytest.approx(9 * 0.25, rel=1e-9)
 
 
+@pytest.mark.parametrize("name", sorted(theory._NUMPY_ACTIVATIONS))
+def test_numpy_activations_match_keras(name):
+    # The float64 NumPy table must be the very function Keras applies under that name.
+    grid = np.linspace(-6.0, 6.0, 241)
+    ours = theory._resolve_activation(name)(grid)
+    if name in ("normalized_relu", "normalizedrelu"):
+        keras_fn = NormalizedReLU()
+    else:
+        keras_fn = keras.activations.get("linear" if name == "identity" else name)
+    expected = keras.ops.convert_to_numpy(keras_fn(keras.ops.convert_to_tensor(grid, "float32")))
+    assert ours.dtype == np.float64
+    np.testing.assert_allclose(ours, expected, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("s", [0.5, 1.0, 2.0])
 def test_linear_constants(s):
     c = theory.activation_constants("linear", sigma_w=s)
@@ -192,7 +206,7 @@ def test_layer_input_spectra_conv_patches(padding, strides):
     probe = keras.layers.Conv2D(18, 3, strides=strides, padding=padding, use_bias=False)
     probe.build((None, 9, 9, 2))
     probe.set_weights([np.eye(18, dtype="float32").reshape(3, 3, 2, 18)])
-    patches = np.asarray(probe(x), dtype=np.float64).reshape(-1, 18)
+    patches = keras.ops.convert_to_numpy(probe(x)).astype(np.float64).reshape(-1, 18)
     expected = np.sort(np.linalg.eigvalsh(np.cov(patches.T)))[::-1]
     assert spectra["conv"].shape == (18,)
     np.testing.assert_allclose(spectra["conv"], expected, rtol=1e-4, atol=1e-6)
