@@ -6,10 +6,20 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test data bench clean
 
+# The Keras backends the tests run under, in this order (`make test BACKENDS=jax`).
+BACKENDS ?= tensorflow jax torch
+# torch's CPU build: a bare `torch` from PyPI brings several GB of CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# JAX and torch, for the test runs under KERAS_BACKEND=jax / torch.
+$(VENV)/.backends: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[jax]' '$(TORCH_SPEC)'
 	touch $@
 
 # Debian's dataset-fashion-mnist: the offline copy of Fashion-MNIST. Installed when
@@ -22,8 +32,13 @@ data:
 demo: $(VENV)/.installed data
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) examples/quickstart.py
 
-test: $(VENV)/.installed data
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest
+# The whole suite once per backend; tests that need TensorFlow under Keras (Keras
+# layers inside tf.distribute) report themselves skipped under the others.
+test: $(VENV)/.installed $(VENV)/.backends data
+	@set -e; for backend in $(BACKENDS); do \
+		echo "=== pytest, KERAS_BACKEND=$$backend"; \
+		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest; \
+	done
 
 bench: $(VENV)/.installed data
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/bench_accumulate.py

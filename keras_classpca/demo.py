@@ -48,7 +48,8 @@ def run_demo(dataset="fashion_mnist", cutoff="auto", fraction=0.1, epochs=3,
     model = benchmark_cnn(x_train.shape[1:], n_classes)
     samples = max(n_classes * 10, int(fraction * len(x_train)))
     print(f"{dataset}: {len(x_train)} training / {len(x_test)} test images; solving from "
-          f"{samples} of them ({fraction:.0%}), cutoff={cutoff!r}")
+          f"{samples} of them ({fraction:.0%}), cutoff={cutoff!r}; Keras {keras.__version__} "
+          f"on {keras.backend.backend()}")
 
     solve_start = time.perf_counter()
     report = hybridize(model, (x_train, y_train), cutoff=cutoff, samples=samples,
@@ -64,6 +65,7 @@ def run_demo(dataset="fashion_mnist", cutoff="auto", fraction=0.1, epochs=3,
     _, accuracy = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
     result = {
         "dataset": dataset,
+        "backend": keras.backend.backend(),
         "cutoff": report.cutoff,
         "test_accuracy": float(accuracy),
         "solve_seconds": solve_seconds,
