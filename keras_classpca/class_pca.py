@@ -8,8 +8,10 @@ learned state ends in `_`); the Keras layers sit on top of it.
 """
 
 import collections
+import contextlib
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from keras_classpca.data_adapter import iter_batches
 
@@ -20,6 +22,10 @@ OFFSETS = ("center", "zero")
 # Eigenvalues below this share of a class's trace count as zero: the class's spectrum
 # is exhausted there and its eigenvectors are arbitrary directions of the null space.
 EXHAUSTED_SHARE = 1e-10
+# Class matrices up to this size are eigen-decomposed with one BLAS thread: at these
+# sizes a second thread gains little, and on a busy machine OpenBLAS' spinning threads
+# make `eigh` many times slower (benchmarks/bench_solve_threads.py).
+SINGLE_THREAD_EIGH_MAX_DIM = 1024
 
 Solution = collections.namedtuple(
     "Solution",
@@ -160,6 +166,16 @@ def _batch_moments(x, labels):
             _check_finite(x, "x")  # names how many entries are bad
             raise ValueError("`x` holds values too large to square in float64.")
     return moments
+
+
+def _spectrum(matrix):
+    """(eigenvalues, eigenvectors, variance shares) of a symmetric matrix, largest first."""
+    values, vectors = np.linalg.eigh(matrix)
+    values = np.clip(values[::-1], 0.0, None)
+    vectors = _fix_signs(vectors[:, ::-1])
+    trace = values.sum()
+    shares = values / trace if trace > 0 else np.zeros_like(values)
+    return values, vectors, shares
 
 
 def _fix_signs(vectors):
@@ -473,13 +489,10 @@ class ClassPCA:
 
     def _class_spectra(self):
         spectra = []
-        for label in self.classes_.tolist():
-            values, vectors = np.linalg.eigh(self.class_matrix(label))
-            values = np.clip(values[::-1], 0.0, None)
-            vectors = _fix_signs(vectors[:, ::-1])
-            trace = values.sum()
-            shares = values / trace if trace > 0 else np.zeros_like(values)
-            spectra.append((values, vectors, shares))
+        small = self.n_features_in_ <= SINGLE_THREAD_EIGH_MAX_DIM
+        with threadpool_limits(1, user_api="blas") if small else contextlib.nullcontext():
+            for label in self.classes_.tolist():
+                spectra.append(_spectrum(self.class_matrix(label)))
         return spectra
 
     def _quotas(self, n_components, spectra):

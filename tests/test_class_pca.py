@@ -584,3 +584,34 @@ def test_near_duplicates_fill_slots_only_when_no_distinct_vector_is_left():
     assert full.n_components_ == 32
     assert cross_class_duplicates(full) > 0
     assert np.linalg.matrix_rank(distinct.components_, tol=1e-6) == 9
+
+
+def test_eigen_solves_of_small_matrices_use_one_blas_thread(blobs, monkeypatch):
+    # On a busy machine multithreaded OpenBLAS makes small `eigh` calls many times
+    # slower; the solve runs them with one thread and restores the setting afterwards.
+    from threadpoolctl import threadpool_info
+
+    import keras_classpca.class_pca as module
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = []
+    real_eigh = np.linalg.eigh
+
+    def spying_eigh(matrix):
+        seen.append(blas_threads())
+        return real_eigh(matrix)
+
+    monkeypatch.setattr(module.np.linalg, "eigh", spying_eigh)
+    x, y = blobs
+    reference = ClassPCA(6).fit(x, y)
+    assert len(seen) == 3 and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before
+    # Above the size limit the library's own thread count is left alone.
+    seen.clear()
+    monkeypatch.setattr(module, "SINGLE_THREAD_EIGH_MAX_DIM", x.shape[1] - 1)
+    large = ClassPCA(6).fit(x, y)
+    assert seen == [before] * 3
+    np.testing.assert_allclose(large.kernel_, reference.kernel_, rtol=1e-10, atol=1e-12)
