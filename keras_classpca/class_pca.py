@@ -11,7 +11,7 @@ import collections
 import contextlib
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from keras_classpca.data_adapter import iter_batches
 
@@ -166,6 +166,17 @@ def _batch_moments(x, labels):
             _check_finite(x, "x")  # names how many entries are bad
             raise ValueError("`x` holds values too large to square in float64.")
     return moments
+
+
+_blas_controller = None
+
+
+def _one_blas_thread():
+    """Context manager: BLAS libraries limited to one thread, restored on exit."""
+    global _blas_controller
+    if _blas_controller is None:  # scanning the loaded libraries costs milliseconds: once
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 def _spectrum(matrix):
@@ -490,7 +501,7 @@ class ClassPCA:
     def _class_spectra(self):
         spectra = []
         small = self.n_features_in_ <= SINGLE_THREAD_EIGH_MAX_DIM
-        with threadpool_limits(1, user_api="blas") if small else contextlib.nullcontext():
+        with _one_blas_thread() if small else contextlib.nullcontext():
             for label in self.classes_.tolist():
                 spectra.append(_spectrum(self.class_matrix(label)))
         return spectra
