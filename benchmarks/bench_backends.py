@@ -299,6 +299,7 @@ def main():
     from _report import report_arguments
 
     paragraph, args_line = report_arguments(args, "bench_backends.py")
+    args_line = args_line.strip()
     if args.report_only:
         records = load_records(args.results)
         write_report(records, args_line, paragraph, print_only=args.no_write)
