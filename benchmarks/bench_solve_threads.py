@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 import keras_classpca.class_pca as class_pca_module  # noqa: E402
-from _report import machine_line, markdown_table, write_section  # noqa: E402
+from _report import machine_line, markdown_table, report_arguments, write_section  # noqa: E402
 from keras_classpca import ClassPCA  # noqa: E402
 
 SECTION = "bench_solve_threads"
@@ -100,7 +100,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-write", action="store_true", help="print, leave docs alone")
+    parser.add_argument("--paragraph", default="", help="closing text (or @file)")
+    parser.add_argument("--as-run", default=None, help="the command line the report cites")
     args = parser.parse_args()
+    paragraph, command = report_arguments(args, "bench_solve_threads.py")
     dims = (25, 288) if args.quick else (25, 288, 800, 1600)
     rounds = 2 if args.quick else args.rounds
     blas = [(p["internal_api"], p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"]
@@ -122,13 +125,15 @@ def main():
         machine_line(),
         f"BLAS: {blas}; load average at start {load:.2f}; {rounds} rounds, medians.",
         "",
-        f"Command: `benchmarks/bench_solve_threads.py {' '.join(sys.argv[1:])}`".rstrip() + "",
+        f"Command: `{command.strip()}`",
         "",
         f"`solve()` of {N_CLASSES} classes (one `eigh` of d x d each), in ms. The library "
         f"uses one thread up to d = {limit}.",
         "",
         markdown_table(["condition", "d", "default threads ms", "1 thread ms",
                         "default / 1 thread"], table),
+        "",
+        paragraph.strip(),
     ])
     write_section(SECTION, body, print_only=args.no_write)
     if not args.no_write:
