@@ -6,6 +6,7 @@ time without clobbering each other's results.
 """
 
 import datetime
+import json
 import os
 import platform
 import resource
@@ -95,3 +96,19 @@ def report_arguments(args, script):
     if paragraph.startswith("@"):
         paragraph = Path(paragraph[1:]).read_text()
     return paragraph, args.as_run or f"benchmarks/{script} " + " ".join(sys.argv[1:])
+
+
+def load_records(path):
+    """The JSON-lines results a benchmark has appended to `path` (none yet: [])."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_record(path, record, echo=True):
+    """Append one result to the JSON-lines file `path` (and print it with `echo`)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if echo:
+        print(json.dumps(record), flush=True)

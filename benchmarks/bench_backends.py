@@ -256,13 +256,6 @@ def write_report(records, args_line, paragraph, print_only=False):
     write_section(SECTION, body, print_only=print_only)
 
 
-def load_records(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -296,7 +289,7 @@ def main():
     args.solve = min(args.solve, args.train)
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _report import report_arguments
+    from _report import append_record, load_records, report_arguments
 
     paragraph, args_line = report_arguments(args, "bench_backends.py")
     args_line = args_line.strip()
@@ -312,8 +305,7 @@ def main():
             record.update(round=round_index, seed=round_index, epochs=args.epochs,
                           train=args.train, solve=args.solve,
                           finished=time.strftime("%H:%M:%S"))
-            with open(args.results, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(args.results, record, echo=False)
             if "error" in record:
                 print(f"round {round_index + 1}, {backend} FAILED: {record['error']}", flush=True)
             else:

@@ -31,7 +31,6 @@ is rewritten after every seed, so a partial run still leaves its numbers.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -44,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _report import machine_line, markdown_table, report_arguments, write_section  # noqa: E402
+from _report import (  # noqa: E402
+    append_record, load_records, machine_line, markdown_table, report_arguments, write_section,
+)
 from keras_classpca.data_adapter import iter_batches  # noqa: E402
 from keras_classpca.datasets import load_dataset  # noqa: E402
 from keras_classpca.fit_top import fit_top  # noqa: E402
@@ -331,13 +332,6 @@ def write_report(records, args_line, paragraph, print_only=False):
     write_section(SECTION, body, print_only=print_only)
 
 
-def load_records(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -385,9 +379,7 @@ def main():
                     record.update(model=model_kind, fraction=fraction, seed=seed,
                                   n_train=len(x), epochs=args.epochs,
                                   finished=time.strftime("%H:%M:%S"))
-                    with open(args.results, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    print(json.dumps(record), flush=True)
+                    append_record(args.results, record)
         if not args.no_write:
             write_report(load_records(args.results), args_line, paragraph)
 

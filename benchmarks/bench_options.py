@@ -28,7 +28,6 @@ plus full SGD on the same subset as the reference. The top is trained with
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -39,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 
-from _report import machine_line, markdown_table, report_arguments, write_section  # noqa: E402
+from _report import (  # noqa: E402
+    append_record, load_records, machine_line, markdown_table, report_arguments, write_section,
+)
 from bench_hybrid import (  # noqa: E402
-    BATCH, build, compile_model, evaluate, load_records, med, run_sgd, subset,
+    BATCH, build, compile_model, evaluate, med, run_sgd, subset,
 )
 from keras_classpca.datasets import load_dataset  # noqa: E402
 from keras_classpca.fit_top import fit_top  # noqa: E402
@@ -174,9 +175,7 @@ def main():
                 record = run_variant(name, cutoff, seed, x, y, x_test, y_test, args.epochs)
             record.update(seed=seed, n_train=len(x), epochs=args.epochs,
                           finished=time.strftime("%H:%M:%S"))
-            with open(args.results, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(json.dumps(record), flush=True)
+            append_record(args.results, record)
         if not args.no_write:
             write_report(load_records(args.results), args_line, paragraph)
 

@@ -520,18 +520,11 @@ def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
         raise NotImplementedError(
             "`patches_per_image` sub-sampling is not available with a tf.distribute strategy."
         )
-    class_pca = layer._new_class_pca()
+    class_pca = layer_class_pca(
+        layer, data, strategy=strategy, batch_size=batch_size, steps=steps,
+        **layer._class_pca_config(),
+    ).class_pca
     input_shape = (None,) + tuple(_input_spec(data, None, batch_size).shape[1:])
-    rows = layer_row_fn(layer)
-    fit_with_strategy(
-        class_pca,
-        data,
-        strategy=strategy,
-        batch_size=batch_size,
-        steps=steps,
-        row_fn=rows,
-        n_features=_row_dimension(layer, input_shape),
-    )
     solution = class_pca.solve()
     if not layer.built:
         layer.build(input_shape)
