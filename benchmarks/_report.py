@@ -87,6 +87,25 @@ def write_section(name, body, print_only=False):
     print(f"wrote section '{name}' of {BENCHMARKS_MD}")
 
 
+def add_report_options(parser, results=None, appends=True):
+    """The options every benchmark's report takes; with `results` (a default path) also
+    the JSON-lines results file and rebuilding the report from it. A benchmark that
+    `appends` to the file across runs also gets `--fresh` (truncate it first)."""
+    if results is not None:
+        parser.add_argument("--results", default=results,
+                            help="JSON-lines file the runs are written to")
+        if appends:
+            parser.add_argument("--fresh", action="store_true", help="truncate --results first")
+        parser.add_argument("--report-only", action="store_true",
+                            help="rebuild the doc section from --results, run nothing")
+    parser.add_argument("--paragraph", default="",
+                        help="text (or @file) for the closing paragraph of the section")
+    parser.add_argument("--as-run", default=None,
+                        help="the command line(s) the report cites (default: this one)")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section, do not touch the docs")
+
+
 def report_arguments(args, script):
     """The closing paragraph (`--paragraph` text or `@file`) and the command line a
     report cites (`--as-run`, or this run's own arguments)."""

@@ -44,6 +44,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _report import (  # noqa: E402
+    add_report_options, append_record, load_records, machine_line, markdown_table,
+    report_arguments, write_section,
+)
+
 SECTION = "bench_backends"
 BACKENDS = ("tensorflow", "jax", "torch")
 LIBRARY_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
@@ -180,7 +187,6 @@ def spread(values, spec, suffix=""):
 
 
 def build_table(records, backends):
-    from _report import markdown_table
 
     rows, notes = [], []
     for backend in backends:
@@ -216,7 +222,6 @@ def build_table(records, backends):
 
 
 def write_report(records, args_line, paragraph, print_only=False):
-    from _report import machine_line, write_section
 
     backends = [b for b in BACKENDS if any(r["backend"] == b for r in records)]
     versions = {r["backend"]: r["backend_version"] for r in records if "error" not in r}
@@ -269,15 +274,7 @@ def main():
                         help="hybridize's patches_per_image (default: all patches)")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
-    parser.add_argument("--results", default=DEFAULT_RESULTS,
-                        help="JSON-lines file the runs are written to (fresh per run)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rebuild the doc section from --results, run nothing")
-    parser.add_argument("--paragraph", default="",
-                        help="text (or @file) for the closing paragraph of the section")
-    parser.add_argument("--as-run", default=None,
-                        help="with --report-only: the command line that produced --results")
-    parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
+    add_report_options(parser, DEFAULT_RESULTS, appends=False)
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -287,9 +284,6 @@ def main():
     if args.quick:
         args.rounds, args.epochs, args.train, args.solve = 1, 1, 2_000, 1_000
     args.solve = min(args.solve, args.train)
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _report import append_record, load_records, report_arguments
 
     paragraph, args_line = report_arguments(args, "bench_backends.py")
     args_line = args_line.strip()

@@ -44,7 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from _report import (  # noqa: E402
-    append_record, load_records, machine_line, markdown_table, report_arguments, write_section,
+    add_report_options, append_record, load_records, machine_line, markdown_table, report_arguments, write_section,
 )
 from keras_classpca.data_adapter import iter_batches  # noqa: E402
 from keras_classpca.datasets import load_dataset  # noqa: E402
@@ -340,16 +340,7 @@ def main():
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--results", default=DEFAULT_RESULTS,
-                        help="JSON-lines file the runs are appended to")
-    parser.add_argument("--fresh", action="store_true", help="truncate --results first")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rebuild the doc section from --results, run nothing")
-    parser.add_argument("--paragraph", default="",
-                        help="text (or @file) for the closing paragraph of the section")
-    parser.add_argument("--as-run", default=None,
-                        help="with --report-only: the command line(s) that produced --results")
-    parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
+    add_report_options(parser, DEFAULT_RESULTS)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.fractions, args.epochs = args.seeds[:1], [0.1], 1

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 
 from _report import (  # noqa: E402
-    append_record, load_records, machine_line, markdown_table, report_arguments, write_section,
+    add_report_options, append_record, load_records, machine_line, markdown_table, report_arguments, write_section,
 )
 from bench_hybrid import (  # noqa: E402
     BATCH, build, compile_model, evaluate, med, run_sgd, subset,
@@ -145,13 +145,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--cutoffs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    parser.add_argument("--results", default=DEFAULT_RESULTS)
-    parser.add_argument("--fresh", action="store_true")
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--paragraph", default="")
-    parser.add_argument("--as-run", default=None,
-                        help="with --report-only: the command line(s) that produced --results")
-    parser.add_argument("--no-write", action="store_true")
+    add_report_options(parser, DEFAULT_RESULTS)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], 1

@@ -31,7 +31,9 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 import keras_classpca.class_pca as class_pca_module  # noqa: E402
-from _report import machine_line, markdown_table, report_arguments, write_section  # noqa: E402
+from _report import (  # noqa: E402
+    add_report_options, machine_line, markdown_table, report_arguments, write_section,
+)
 from keras_classpca import ClassPCA  # noqa: E402
 
 SECTION = "bench_solve_threads"
@@ -99,9 +101,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--no-write", action="store_true", help="print, leave docs alone")
-    parser.add_argument("--paragraph", default="", help="closing text (or @file)")
-    parser.add_argument("--as-run", default=None, help="the command line the report cites")
+    add_report_options(parser)
     args = parser.parse_args()
     paragraph, command = report_arguments(args, "bench_solve_threads.py")
     dims = (25, 288) if args.quick else (25, 288, 800, 1600)
