@@ -229,6 +229,11 @@ class ClassPCA:
     than `n_components` non-degenerate vectors exist at all does a `ValueError` say
     how many the data can give.
 
+    Each class matrix is eigen-decomposed with `np.linalg.eigh`; up to
+    `d = SINGLE_THREAD_EIGH_MAX_DIM` (1024) with one BLAS thread, which avoids the
+    10-100x stalls of multithreaded OpenBLAS on a busy machine at the price of up to
+    ~1.4x on an idle one (measured in docs/benchmarks.md, bench_solve_threads).
+
     The fitted layer weights (`kernel_`, `bias_`) are the components with two more
     choices applied:
 
