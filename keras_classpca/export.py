@@ -267,7 +267,8 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     """Write `model` as a TF Serving version directory `base_dir/<version>/`.
 
     The artifact is a TensorFlow SavedModel written with `keras.export.ExportArchive`
-    (what `model.export(path, format="tf_saved_model")` uses): one endpoint, registered
+    (what `model.export(path, format="tf_saved_model")` uses; under the JAX backend the
+    model is converted with `jax2tf`): one endpoint, registered
     as `signature_name` (and also as `serving_default`, which TF Serving requires), that
     runs the model in inference mode. Its inputs are named after the model's inputs (the
     `keras.Input(name=...)` names, or the keys of a dict-input model), its outputs after
@@ -295,7 +296,8 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     Raises:
         TypeError: `model` is not a `keras.Model`; `version`, `signature_name` or
             `base_dir` has the wrong type.
-        ValueError: `model` is not built; `version` < 0; bad `signature_name`.
+        ValueError: `model` is not built; `version` < 0; bad `signature_name`; the
+            Keras backend is torch (TensorFlow and JAX export; see docs/backends.md).
         FileExistsError: `base_dir/<version>` already exists, or `base_dir` is a file.
         PermissionError: `base_dir` cannot be created or written to.
         OSError: any other failure to create `base_dir` (e.g. `NotADirectoryError` when
