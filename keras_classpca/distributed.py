@@ -1,4 +1,4 @@
-"""Class statistics across replicas and workers with `tf.distribute` (issue 9, part 1).
+"""Class statistics across replicas and workers with `tf.distribute`.
 
 Class-PCA needs, per class `c`, only three sums over the data: the count `n_c`, the
 sum `s_c = Σ x` and the second moment `M_c = Σ x xᵀ`. Sums of shards are the sums of
@@ -17,6 +17,10 @@ weights. What crosses the network is `K·(1 + d + d²)` float64 values per layer
 `strategy.experimental_distribute_dataset` (each global batch is split across the
 replicas; across workers it is sharded by the dataset's `AutoShardPolicy`, DATA
 recommended, see docs/distributed.md).
+
+The passes over raw data are TF ops and run under any Keras backend; running Keras
+layers inside `strategy.run` (a solved prefix, as `hybridize(strategy=)` does) needs
+`KERAS_BACKEND=tensorflow` (`require_tensorflow_backend`).
 """
 
 import collections
