@@ -12,7 +12,6 @@ import tensorflow as tf
 
 import keras_classpca.hybrid as hybrid_module
 from keras_classpca import ClassPCA, HybridReport, hybridize
-from keras_classpca.model_chain import read_chain
 
 L = keras.layers
 
