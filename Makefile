@@ -37,7 +37,7 @@ demo: $(VENV)/.installed data
 test: $(VENV)/.installed $(VENV)/.backends data
 	@set -e; for backend in $(BACKENDS); do \
 		echo "=== pytest, KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest; \
+		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest --durations=10; \
 	done
 
 bench: $(VENV)/.installed data
