@@ -9,7 +9,8 @@ bottom layers from a fraction of the data, freeze them, train the rest with `fit
 
 Public names load on first use (PEP 562), so `import keras_classpca` costs no Keras
 backend, KerasTuner, TFDS or matplotlib import. The Keras-serializable classes
-(`ClassPCADense`, `ClassPCAConv2D`, `ClassPCAInitializer`, `NormalizedReLU`) are
+(`ClassPCADense`, the `ClassPCAConv*`, `ClassPCADepthwiseConv*` and
+`ClassPCASeparableConv*` layers, `ClassPCAInitializer`, `NormalizedReLU`) are
 registered as soon as Keras itself is imported, so `keras.saving.load_model` finds
 them after `import keras_classpca` with no `custom_objects`.
 """
@@ -25,7 +26,13 @@ _EXPORTS = {
     "ClassPCA": "keras_classpca.core.class_pca",
     "ClassPCAInitializer": "keras_classpca.layers.class_pca_initializer",
     "ClassPCADense": "keras_classpca.layers.class_pca_dense",
+    "ClassPCAConv1D": "keras_classpca.layers.class_pca_conv1d",
     "ClassPCAConv2D": "keras_classpca.layers.class_pca_conv2d",
+    "ClassPCAConv3D": "keras_classpca.layers.class_pca_conv3d",
+    "ClassPCADepthwiseConv1D": "keras_classpca.layers.class_pca_depthwise_conv",
+    "ClassPCADepthwiseConv2D": "keras_classpca.layers.class_pca_depthwise_conv",
+    "ClassPCASeparableConv1D": "keras_classpca.layers.class_pca_separable_conv",
+    "ClassPCASeparableConv2D": "keras_classpca.layers.class_pca_separable_conv",
     "NormalizedReLU": "keras_classpca.layers.normalized_relu",
     "hybridize": "keras_classpca.hybrid.builder",
     "fit_top": "keras_classpca.hybrid.training",

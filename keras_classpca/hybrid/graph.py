@@ -68,6 +68,19 @@ def _has_weights(layer):
     return bool(layer.weights)
 
 
+def _chain_reason(layer):
+    """Why the linear chain cannot solve `layer` (it solves Dense and ungrouped Conv2D)."""
+    name = f"{type(layer).__name__} '{layer.name}'"
+    if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
+        return f"{name} is a grouped convolution (groups={layer.groups}); only groups=1 is solvable."
+    if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+        return (
+            f"{name} is not a Dense or Conv2D layer; class-PCA solves only those "
+            "(other layers with weights end the solved prefix)."
+        )
+    return unsolvable_reason(layer)
+
+
 def _graph(model):
     # A Sequential model keeps its layer graph in an inner Functional.
     return getattr(model, "_functional", None) or model
@@ -113,14 +126,14 @@ def read_chain(model):
             chain.stop_reason = f"{name} is the model's last layer with weights (always trained)."
             return chain
         if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
-            reason = unsolvable_reason(layer)
+            reason = _chain_reason(layer)
             if reason:
                 chain.stop_reason = reason
                 return chain
             chain.candidates.append(len(chain.layers))
         elif _has_weights(layer) and not isinstance(layer, keras.layers.BatchNormalization):
             if any(w.trainable for w in layer.weights):
-                chain.stop_reason = unsolvable_reason(layer)
+                chain.stop_reason = _chain_reason(layer)
                 return chain
         chain.layers.append(layer)
         chain.inputs.append(node.input_tensors[0])

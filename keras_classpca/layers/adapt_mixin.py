@@ -1,10 +1,21 @@
-"""The part `ClassPCADense` and `ClassPCAConv2D` share: options, `adapt`, saved state."""
+"""The part every `ClassPCA*` layer shares: options, `adapt`, saved state."""
 
+import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.core.data_adapter import iter_batches
-from keras_classpca.layers.geometry import assign_solution, check_input, iter_rows, output_size
+from keras_classpca.layers.geometry import (
+    CONVOLUTIONS,
+    LayerStatistics,
+    check_input,
+    groups_and_components,
+    n_stages,
+    output_size,
+)
+
+# Kinds the tf.distribute pass can adapt (one class-PCA per layer).
+ONE_GROUP_KINDS = (keras.layers.Dense,) + CONVOLUTIONS
 
 CLASS_PCA_DEFAULTS = {
     "n_classes": None,
@@ -18,7 +29,9 @@ CLASS_PCA_DEFAULTS = {
 
 
 class ClassPCAAdaptMixin:
-    """Adds `adapt(data)` to a Dense/Conv2D subclass, in the style of `Normalization`.
+    """Adds `adapt(data)` to a subclass of a solvable Keras layer, in the style of
+    `Normalization` (Dense, ConvND, depthwise and separable convolutions: see
+    `keras_classpca.layers.geometry`).
 
     The layer's kernel and bias are computed by `ClassPCA` from `(x, y)` data; a
     non-trainable `adapted` flag is saved with the weights so that `is_adapted`
@@ -32,10 +45,14 @@ class ClassPCAAdaptMixin:
         self._new_class_pca()
         self._adapted = None
         self.class_pca_ = None
+        self.statistics_ = None
 
     def _new_class_pca(self):
         options = {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS}
-        return ClassPCA(output_size(self), **options)
+        n_components = output_size(self)
+        if n_components is None:  # depthwise, unbuilt: components per input channel
+            n_components = groups_and_components(self, 1)[1]
+        return ClassPCA(n_components, **options)
 
     def _class_pca_config(self):
         return {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS}
@@ -72,28 +89,41 @@ class ClassPCAAdaptMixin:
                 (needs `n_classes`; see docs/distributed.md).
         """
         if strategy is not None:
+            if not isinstance(self, ONE_GROUP_KINDS) or getattr(self, "groups", 1) != 1:
+                raise NotImplementedError(
+                    f"{type(self).__name__}.adapt(strategy=...) covers one-group layers "
+                    "(Dense, ConvND with groups=1) only."
+                )
             from keras_classpca.distributed import adapt_with_strategy
 
             adapt_with_strategy(self, data, strategy=strategy, batch_size=batch_size, steps=steps)
             return
-        class_pca = self._new_class_pca()
-        row_options = self._row_options()
+        options = {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS}
+        statistics = LayerStatistics(self, options, **self._row_options())
         input_shape = None
-        for x, y in iter_batches(data, batch_size=batch_size, steps=steps):
-            check_input(self, x)
+        while True:
+            if statistics.stage and iter(data) is data:
+                raise TypeError(
+                    f"{type(self).__name__}.adapt needs {n_stages(self)} passes over `data` "
+                    "(the pointwise kernel is solved on the solved depthwise output), but "
+                    "`data` is a one-shot iterator: pass arrays, a tf.data.Dataset, a keras "
+                    "PyDataset or another re-iterable source."
+                )
+            for x, y in iter_batches(data, batch_size=batch_size, steps=steps):
+                check_input(self, x)
+                if input_shape is None:
+                    input_shape = (None,) + tuple(x.shape[1:])
+                statistics.update(x, class_pca_labels(self.n_classes, y, len(x)))
             if input_shape is None:
-                input_shape = (None,) + tuple(x.shape[1:])
-            labels = class_pca_labels(class_pca, y, len(x))
-            for rows, row_labels in iter_rows(self, x, labels, **row_options):
-                class_pca.partial_fit(rows, row_labels)
-        if input_shape is None:
-            raise ValueError("`data` is empty: no samples to adapt the layer on.")
-        solution = class_pca.solve()
+                raise ValueError("`data` is empty: no samples to adapt the layer on.")
+            if not statistics.end_pass():
+                break
         if not self.built:  # only now: a failed adapt leaves an unbuilt layer unbuilt
             self.build(input_shape)
-        assign_solution(self, solution.kernel, solution.bias)
+        statistics.assign()
         self._adapted.assign(1)
-        self.class_pca_ = class_pca
+        self.class_pca_ = statistics.class_pca
+        self.statistics_ = statistics
 
     # The parent saves its kernel and bias under "0", "1"; the flag goes last.
     def save_own_variables(self, store):
@@ -107,13 +137,52 @@ class ClassPCAAdaptMixin:
             self._adapted.assign(store[str(len(store.keys()) - 1)])
 
 
-def class_pca_labels(class_pca, y, n_samples):
+def class_pca_labels(n_classes, y, n_samples):
     """Validated int labels for one batch (errors name `y`)."""
     from keras_classpca.core.class_pca import labels_to_int
 
-    labels = labels_to_int(y, class_pca.n_classes)
+    labels = labels_to_int(y, n_classes)
     if len(labels) != n_samples:
         raise ValueError(
             f"`x` and `y` must have the same number of samples; received {n_samples} and {len(labels)}."
         )
     return labels
+
+
+class ClassPCAConvMixin(ClassPCAAdaptMixin):
+    """`ClassPCAAdaptMixin` for convolutions: options and config of patch sampling.
+
+    Args (keyword-only, besides the Keras layer's own and the `ClassPCA` options):
+        patches_per_image: if set, use this many random patches (positions) of each
+            sample (fewer rows, faster adapt on large inputs); `None` uses them all.
+        seed: seed of that sub-sampling (the same seed gives the same filters).
+    """
+
+    def __init__(self, *args, patches_per_image=None, seed=0, **kwargs):
+        options = {name: kwargs.pop(name) for name in CLASS_PCA_DEFAULTS if name in kwargs}
+        kwargs.setdefault("trainable", False)
+        super().__init__(*args, **kwargs)
+        if patches_per_image is not None and (
+            isinstance(patches_per_image, bool)
+            or not isinstance(patches_per_image, int)
+            or patches_per_image < 1
+        ):
+            raise ValueError(
+                "`patches_per_image` must be a positive integer or None; received "
+                f"{patches_per_image!r}."
+            )
+        self.patches_per_image = patches_per_image
+        self.seed = seed
+        self._set_class_pca_options(options)
+
+    def _row_options(self):
+        return {
+            "patches_per_image": self.patches_per_image,
+            "rng": np.random.default_rng(self.seed),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._class_pca_config())
+        config.update({"patches_per_image": self.patches_per_image, "seed": self.seed})
+        return config
