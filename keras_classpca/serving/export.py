@@ -37,6 +37,8 @@ import tempfile
 
 import numpy as np
 
+from keras_classpca._optional import import_optional
+
 __all__ = [
     "export_for_serving",
     "signature_info",
@@ -58,9 +60,7 @@ _SIGNATURE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _tf():
-    import tensorflow as tf
-
-    return tf
+    return import_optional("tensorflow", "Export for TF Serving")
 
 
 def _check_model(model):
