@@ -187,12 +187,20 @@ def _input_name(name, i, n):
     return name
 
 
-def _output_names(model, n_outputs):
-    layers = None
-    try:
-        layers = [t._keras_history.operation for t in model.outputs]
+def _output_layers(model):
+    """The layers producing the model's outputs (public API), or None if unknown."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1:] or None
+    try:  # a functional model names its output layers
+        return [model.get_layer(name) for name in model.output_names]
     except (AttributeError, TypeError, ValueError):
-        layers = None
+        return None
+
+
+def _output_names(model, n_outputs):
+    layers = _output_layers(model)
     if not layers or len(layers) != n_outputs:
         layers = [None] * n_outputs
     names = []
