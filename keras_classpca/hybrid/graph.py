@@ -72,7 +72,10 @@ def _chain_reason(layer):
     """Why the linear chain cannot solve `layer` (it solves Dense and ungrouped Conv2D)."""
     name = f"{type(layer).__name__} '{layer.name}'"
     if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
-        return f"{name} is a grouped convolution (groups={layer.groups}); only groups=1 is solvable."
+        return (
+            f"{name} is a grouped convolution (groups={layer.groups}); only groups=1 is "
+            "solvable."
+        )
     if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
         return (
             f"{name} is not a Dense or Conv2D layer; class-PCA solves only those "

@@ -125,15 +125,21 @@ class ClassPCAAdaptMixin:
         self.class_pca_ = statistics.class_pca
         self.statistics_ = statistics
 
-    # The parent saves its kernel and bias under "0", "1"; the flag goes last.
+    # Dense and ConvND save only their kernel and bias ("0", "1"): the flag goes last.
+    # Layers on Keras' default (depthwise, separable) save every variable, the flag
+    # included, and load them back in the same order.
+    def _parent_saves_all_variables(self):
+        parent = super(ClassPCAAdaptMixin, self).save_own_variables
+        return getattr(parent, "__func__", None) is keras.layers.Layer.save_own_variables
+
     def save_own_variables(self, store):
         super().save_own_variables(store)
-        if self.built:
+        if self.built and not self._parent_saves_all_variables():
             store[str(len(store.keys()))] = np.asarray(self._adapted.numpy())
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
-        if self.built:
+        if self.built and not self._parent_saves_all_variables():
             self._adapted.assign(store[str(len(store.keys()) - 1)])
 
 
@@ -144,7 +150,8 @@ def class_pca_labels(n_classes, y, n_samples):
     labels = labels_to_int(y, n_classes)
     if len(labels) != n_samples:
         raise ValueError(
-            f"`x` and `y` must have the same number of samples; received {n_samples} and {len(labels)}."
+            "`x` and `y` must have the same number of samples; received "
+            f"{n_samples} and {len(labels)}."
         )
     return labels
 
