@@ -62,7 +62,9 @@ def test_residual_cnn_plan_order_dependencies_and_batchnorms():
                              "(always trained).")]
     # cutoff: the first k steps; the reason names the next layer
     assert [s.name for s in plan.cut(2)] == names[:2]
-    assert plan.reason_after(2).startswith(f"cutoff=2: the next solvable layer, Conv2D '{names[2]}'")
+    assert plan.reason_after(2).startswith(
+        f"cutoff=2: the next solvable layer, Conv2D '{names[2]}'"
+    )
     assert plan.reason_after(6) == plan.blocked[0][1]
     assert plan.frozen_names(2) == names[:2] + ["stem_bn"]
 
@@ -74,7 +76,7 @@ def test_feature_model_gives_the_layer_input():
     step = plan.steps[plan.names.index("b2_proj")]
     got = _np(plan.feature_model(step.input, step.scope).predict_on_batch(x))
     # brute force: b2_proj's input is the ReLU after b1_add
-    expected = keras.Model(model.inputs, model.get_layer("b1_add").output)(x)
+    expected = keras.Model(model.inputs[0], model.get_layer("b1_add").output)(x)
     np.testing.assert_allclose(got, np.maximum(_np(expected), 0), rtol=1e-5, atol=1e-5)
 
 
@@ -108,7 +110,7 @@ def test_nested_backbone_is_flattened():
     x = np.random.default_rng(1).normal(size=(3, 10, 10, 3)).astype("float32")
     predictor = plan.feature_model(step.input, step.scope)
     assert isinstance(predictor, FeatureModel)
-    inner = keras.Model(backbone.inputs, backbone.get_layer("bb_c2").input)
+    inner = keras.Model(backbone.inputs[0], backbone.get_layer("bb_c2").input)
     np.testing.assert_allclose(predictor.predict_on_batch(x), _np(inner(x / 2.0)),
                                rtol=1e-5, atol=1e-5)
 

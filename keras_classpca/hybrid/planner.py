@@ -198,11 +198,17 @@ class Plan:
         """
         models, source = [], tensor
         for nested in reversed(scope):
-            models.append(keras.Model(nested.inputs, source))
+            models.append(keras.Model(_single(nested.inputs), source))
             source = outer_call_tensors(nested)[0][0]
-        models.append(keras.Model(self.model.inputs, source))
+        models.append(keras.Model(_single(self.model.inputs), source))
         models.reverse()
         return models[0] if len(models) == 1 else FeatureModel(models)
+
+
+def _single(inputs):
+    """One input as a tensor, not a list of one (what a model is then called with)."""
+    inputs = keras.tree.flatten(inputs)
+    return inputs[0] if len(inputs) == 1 else inputs
 
 
 class FeatureModel:
