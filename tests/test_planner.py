@@ -207,6 +207,16 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+# Building these models under JAX costs 20-40 s each (every weight's initializer is
+# compiled); the graph the planner reads is the same on every backend.
+needs_cheap_model_building = pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="keras.applications construction takes 20-40 s per model under JAX",
+)
+
+
+@pytest.mark.slow
+@needs_cheap_model_building
 @pytest.mark.parametrize("name", ["ResNet50V2", "MobileNetV2", "EfficientNetB0"])
 def test_keras_applications_plan_at_least_eight_layers(name, no_network):
     model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=4)
