@@ -132,3 +132,64 @@ def test_new_layers_are_exported():
         assert keras.saving.get_registered_object(f"keras_classpca>{name}") is getattr(
             keras_classpca, name
         )
+
+
+# ------------------------------------------------------------------ ClassPCAInitializer
+INITIALIZER_CASES = {
+    "conv1d_causal": (dict(kernel_size=3, padding="causal"),
+                      lambda init: L.Conv1D(6, 3, padding="causal", kernel_initializer=init,
+                                            bias_initializer=init.bias_initializer()),
+                      lambda: ClassPCAConv1D(6, 3, padding="causal"), (12, 3)),
+    "conv3d": (dict(kernel_size=2, strides=(1, 2, 2)),
+               lambda init: L.Conv3D(4, 2, strides=(1, 2, 2), kernel_initializer=init,
+                                     bias_initializer=init.bias_initializer()),
+               lambda: ClassPCAConv3D(4, 2, strides=(1, 2, 2)), (4, 5, 5, 2)),
+    "conv1d_groups": (dict(kernel_size=3, groups=3),
+                      lambda init: L.Conv1D(6, 3, groups=3, kernel_initializer=init,
+                                            bias_initializer=init.bias_initializer()),
+                      lambda: ClassPCAConv1D(6, 3, groups=3), (12, 3)),
+    "depthwise2d": (dict(kernel_size=3, padding="same", depthwise=True),
+                    lambda init: L.DepthwiseConv2D(3, padding="same", depth_multiplier=2,
+                                                   depthwise_initializer=init,
+                                                   bias_initializer=init.bias_initializer()),
+                    lambda: ClassPCADepthwiseConv2D(3, padding="same", depth_multiplier=2),
+                    (6, 6, 3)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INITIALIZER_CASES))
+def test_initializer_equals_adapt_for_new_kinds(kind):
+    from keras_classpca import ClassPCAInitializer
+
+    geometry, make_plain, make_adapted, shape = INITIALIZER_CASES[kind]
+    x, y = _data(shape)
+    init = ClassPCAInitializer.from_data(x, y, **geometry)
+    plain = make_plain(init)
+    adapted = make_adapted()
+    adapted.adapt((x, y))
+    np.testing.assert_allclose(_np(plain(x)), _np(adapted(x)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_separable_initializers_equal_adapt(rank):
+    from keras_classpca import ClassPCAInitializer
+
+    shape = (10, 2) if rank == 1 else (7, 7, 2)
+    x, y = _data(shape)
+    inits = ClassPCAInitializer.separable_from_data(x, y, kernel_size=3, depth_multiplier=2)
+    kind = L.SeparableConv1D if rank == 1 else L.SeparableConv2D
+    plain = kind(4, 3, depth_multiplier=2, **inits)
+    adapted = (ClassPCASeparableConv1D if rank == 1 else ClassPCASeparableConv2D)(
+        4, 3, depth_multiplier=2
+    )
+    adapted.adapt((x, y))
+    np.testing.assert_allclose(_np(plain(x)), _np(adapted(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_initializer_rejects_a_kernel_shape_that_does_not_fit_its_groups():
+    from keras_classpca import ClassPCAInitializer
+
+    x, y = _data((12, 3))
+    init = ClassPCAInitializer.from_data(x, y, kernel_size=3, depthwise=True)
+    with pytest.raises(ValueError, match="does not fit statistics of 3 groups over 3 features"):
+        init((5, 3, 2))

@@ -226,7 +226,7 @@ def iter_rows(layer, x, labels, *, patches_per_image=None, rng=None):
         yield rows[0], row_labels
 
 
-def _grouped_kernel(parts, shape):
+def grouped_kernel(parts, shape):
     """Per-group kernels `(prod(k) * c_g, f_g)` -> one kernel of `shape`.
 
     `shape` is `(*k, c_g, groups * f_g)` for a convolution or `(*k, c, m)` for a
@@ -246,7 +246,7 @@ def solution_weights(layer, solutions, depthwise_solutions=None):
     `depthwise_solutions` are the first stage's (one per input channel).
     """
     if isinstance(layer, SEPARABLE):
-        depthwise = _depthwise_kernel(layer, depthwise_solutions)
+        depthwise = depthwise_kernel(layer, depthwise_solutions)
         weights = {
             "depthwise_kernel": depthwise,
             "pointwise_kernel": np.asarray(solutions[0].kernel).reshape(
@@ -256,17 +256,17 @@ def solution_weights(layer, solutions, depthwise_solutions=None):
     elif isinstance(layer, keras.layers.Dense):
         weights = {"kernel": np.asarray(solutions[0].kernel).reshape(tuple(layer.kernel.shape))}
     else:
-        weights = {"kernel": _grouped_kernel([s.kernel for s in solutions],
+        weights = {"kernel": grouped_kernel([s.kernel for s in solutions],
                                              tuple(layer.kernel.shape))}
     if layer.use_bias:
         weights["bias"] = np.concatenate([np.asarray(s.bias) for s in solutions])
     return weights
 
 
-def _depthwise_kernel(layer, solutions):
+def depthwise_kernel(layer, solutions):
     """A depthwise kernel `(*k, c, m)` from one solution `(prod(k), m)` per channel."""
     m = np.asarray(solutions[0].kernel).shape[1]
-    return _grouped_kernel([s.kernel for s in solutions],
+    return grouped_kernel([s.kernel for s in solutions],
                            tuple(layer.kernel_size) + (len(solutions), m))
 
 
@@ -333,7 +333,7 @@ class LayerStatistics:
         """Accumulate one batch `x` of the layer's input with its int `labels`."""
         depthwise = None
         if self.stage == 1:
-            depthwise = _depthwise_kernel(self.layer, self.solved_stages[0][1])
+            depthwise = depthwise_kernel(self.layer, self.solved_stages[0][1])
         channels = np.shape(x)[_channels_axis(self.layer)]
         for rows, row_labels in iter_group_rows(
             self.layer, x, labels, stage=self.stage, depthwise_kernel=depthwise,
