@@ -46,13 +46,12 @@ import time
 from benchmarks._report import (
     ROOT,
     add_report_options,
-    append_record,
     default_results,
     machine_line,
     markdown_table,
     write_section,
 )
-from benchmarks.common import BATCH, run_benchmark
+from benchmarks.common import BATCH, run_benchmark, save_run
 
 SECTION = "bench_backends"
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -279,10 +278,8 @@ def main():
         for round_index in range(args.rounds):
             for backend in args.backends:
                 record = run_backend(backend, round_index, args)
-                record.update(round=round_index, seed=round_index, epochs=args.epochs,
-                              train=args.train, solve=args.solve,
-                              finished=time.strftime("%H:%M:%S"))
-                append_record(args.results, record, echo=False)
+                save_run(args.results, record, echo=False, round=round_index, seed=round_index,
+                         epochs=args.epochs, train=args.train, solve=args.solve)
                 if "error" in record:
                     print(f"round {round_index + 1}, {backend} FAILED: {record['error']}",
                           flush=True)

@@ -34,7 +34,6 @@ import keras
 
 from benchmarks._report import (
     add_report_options,
-    append_record,
     default_results,
     machine_line,
     markdown_table,
@@ -48,8 +47,10 @@ from benchmarks.common import (
     evaluate,
     fmt,
     med,
+    rotated,
     run_benchmark,
     run_sgd,
+    save_run,
     subset,
 )
 from keras_classpca.core.data_adapter import iter_batches
@@ -328,18 +329,15 @@ def main():
                 x, y = subset(x_train, y_train, fraction, seed)
                 solve_samples = min(SOLVE_MAX_SAMPLES, len(x))
                 for model_kind in args.models:
-                    shift = seed % len(contenders)
-                    for contender in contenders[shift:] + contenders[:shift]:
+                    for contender in rotated(contenders, seed):
                         if contender == "sgd":
                             record = run_sgd(model_kind, seed, x, y, x_test, y_test, args.epochs)
                         else:
                             record = run_hybrid(model_kind, contender, seed, x, y, x_test,
                                                 y_test, args.epochs, solve_samples,
                                                 order_flip=seed % 2 == 1)
-                        record.update(model=model_kind, fraction=fraction, seed=seed,
-                                      n_train=len(x), epochs=args.epochs,
-                                      finished=time.strftime("%H:%M:%S"))
-                        append_record(args.results, record)
+                        save_run(args.results, record, model=model_kind, fraction=fraction,
+                                 seed=seed, n_train=len(x), epochs=args.epochs)
             checkpoint()
 
     run_benchmark(args, SECTION, write_report, run)

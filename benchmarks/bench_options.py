@@ -34,7 +34,6 @@ import keras
 
 from benchmarks._report import (
     add_report_options,
-    append_record,
     default_results,
     machine_line,
     markdown_table,
@@ -46,8 +45,10 @@ from benchmarks.common import (
     compile_model,
     evaluate,
     med,
+    rotated,
     run_benchmark,
     run_sgd,
+    save_run,
     subset,
 )
 from keras_classpca.datasets import load_dataset
@@ -167,16 +168,13 @@ def main():
         jobs = [("sgd", None)] + [(v, c) for c in args.cutoffs for v in args.variants]
         for seed in args.seeds:
             x, y = subset(x_train, y_train, 0.1, seed)
-            shift = (seed * 5) % len(jobs)
-            for name, cutoff in jobs[shift:] + jobs[:shift]:
+            for name, cutoff in rotated(jobs, seed * 5):
                 if name == "sgd":
-                    record = run_sgd("cnn", seed, x, y, x_test, y_test, args.epochs)
-                    record.update(variant="sgd", cutoff=None)
+                    record = dict(run_sgd("cnn", seed, x, y, x_test, y_test, args.epochs),
+                                  variant="sgd", cutoff=None)
                 else:
                     record = run_variant(name, cutoff, seed, x, y, x_test, y_test, args.epochs)
-                record.update(seed=seed, n_train=len(x), epochs=args.epochs,
-                              finished=time.strftime("%H:%M:%S"))
-                append_record(args.results, record)
+                save_run(args.results, record, seed=seed, n_train=len(x), epochs=args.epochs)
             checkpoint()
 
     run_benchmark(args, SECTION, write_report, run)

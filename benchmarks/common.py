@@ -16,7 +16,7 @@ import time
 import keras
 import numpy as np
 
-from benchmarks._report import load_records, report_arguments
+from benchmarks._report import append_record, load_records, report_arguments
 from keras_classpca.demo import benchmark_cnn
 
 BATCH = 128
@@ -73,6 +73,19 @@ def subset(x, y, fraction, seed):
     n = int(round(fraction * len(x)))
     keep = np.sort(np.random.default_rng(1000 + seed).choice(len(x), n, replace=False))
     return x[keep], y[keep]
+
+
+def rotated(items, shift):
+    """`items` rotated left by `shift`: the order of the contenders changes per seed or
+    round, because the machine is shared."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def save_run(path, record, echo=True, **fields):
+    """Append `record`, with `fields` and the time it finished, to the results `path`."""
+    record.update(fields, finished=time.strftime("%H:%M:%S"))
+    append_record(path, record, echo=echo)
 
 
 def med(values):
