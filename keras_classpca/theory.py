@@ -29,6 +29,7 @@ is then ``N(0, (sigma_w * sigma_x)**2)``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "GramSpectrum",
     "GramSpectrumComparison",
     "activation_constants",
+    "gaussian_expectations",
     "stieltjes_transform",
     "gram_spectrum",
     "marchenko_pastur_density",
@@ -71,10 +73,12 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 # Keras activations (with Keras' default arguments) written in float64 NumPy: the
 # quadratures stay float64 on every backend (JAX computes in float32 unless x64 is on).
 # Any other name falls back to `keras.activations.get`, in the backend's precision.
+# "abs" and "normalized_relu" are this module's own names (no Keras activation).
 _NUMPY_ACTIVATIONS = {
     "normalized_relu": _normalized_relu_np,
     "normalizedrelu": _normalized_relu_np,
     "linear": lambda x: x,
+    "abs": np.abs,
     "identity": lambda x: x,
     "relu": lambda x: np.maximum(x, 0.0),
     "relu6": lambda x: np.clip(x, 0.0, 6.0),
@@ -154,8 +158,61 @@ class ActivationConstants(NamedTuple):
     zeta: float
 
 
+# Points (in pre-activation units x) where a named activation or one of its first two
+# derivatives jumps; the quadrature splits its intervals there.
+_KINKS = {
+    "relu": (0.0,),
+    "relu6": (0.0, 6.0),
+    "leaky_relu": (0.0,),
+    "elu": (0.0,),
+    "selu": (0.0,),
+    "celu": (0.0,),
+    "softsign": (0.0,),
+    "abs": (0.0,),
+    "normalized_relu": (0.0,),
+    "normalizedrelu": (0.0,),
+    "hard_sigmoid": (-3.0, 3.0),
+    "hard_silu": (-3.0, 3.0),
+    "hard_swish": (-3.0, 3.0),
+    "hard_tanh": (-1.0, 1.0),
+    "hard_shrink": (-0.5, 0.5),
+    "soft_shrink": (-0.5, 0.5),
+    "sparse_plus": (-1.0, 1.0),
+    "sparse_sigmoid": (-1.0, 1.0),
+}
+
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+
+
+def _relu_moments(s):
+    """``(E f, E f**2, E z f)`` of ``f(x) = max(x, 0)`` at ``x = s z``, ``z ~ N(0, 1)``."""
+    return s / _SQRT_2PI, s * s / 2.0, s / 2.0
+
+
+def _closed_form_moments(key, s):
+    """Exact ``(E f, E f**2, E z f)`` for the activations that have one, else None."""
+    if key in ("linear", "identity"):
+        return 0.0, s * s, s
+    if key == "relu":
+        return _relu_moments(s)
+    if key == "abs":  # |s z|: even, so E z f = 0
+        return s * math.sqrt(2.0 / math.pi), s * s, 0.0
+    if key == "leaky_relu":  # a x + (1 - a) relu(x), Keras' default slope a = 0.2
+        a = 0.2
+        return (1.0 - a) * s / _SQRT_2PI, (1.0 + a * a) * s * s / 2.0, (1.0 + a) * s / 2.0
+    if key in ("normalized_relu", "normalizedrelu"):  # (relu - mu) / sd
+        mu, sd = _NORMALIZED_RELU_MEAN, _NORMALIZED_RELU_STD
+        mean, second, zf = _relu_moments(s)
+        return (
+            (mean - mu) / sd,
+            (second - 2.0 * mu * mean + mu * mu) / sd**2,
+            zf / sd,
+        )
+    return None
+
+
 def activation_constants(
-    activation, sigma_w=1.0, sigma_x=1.0, *, center=True, num_nodes=256
+    activation, sigma_w=1.0, sigma_x=1.0, *, center=True, kinks=None, rtol=1e-12
 ) -> ActivationConstants:
     """Gaussian constants ``eta`` and ``zeta`` of an activation.
 
@@ -164,12 +221,15 @@ def activation_constants(
         eta  = E[f(s z)**2]
         zeta = (s * E[f'(s z)])**2 = (E[z f(s z)])**2      (Stein's lemma)
 
-    Both are computed by Gauss--Hermite quadrature with ``num_nodes`` nodes
-    (weight ``exp(-z**2 / 2)``).  ``zeta`` is evaluated through Stein's lemma,
-    so no derivative of ``f`` is needed and kinks (ReLU) are handled exactly
-    when they sit at 0 (the even rule is symmetric).  For activations with a
-    kink away from the quadrature symmetry the error decays like
-    ``1 / num_nodes`` (about 1e-3 for the mean of ReLU at 256 nodes).
+    ``zeta`` is evaluated through Stein's lemma, so no derivative of ``f`` is
+    needed.  Linear, ReLU, leaky ReLU, ``"abs"`` and ``"normalized_relu"`` use
+    closed forms (ReLU: ``E f = s / sqrt(2 pi)``, ``E f**2 = s**2 / 2``,
+    ``E z f = s / 2``).  Every other activation is integrated by
+    :func:`gaussian_expectations`: adaptive Gauss--Legendre quadrature,
+    with the intervals split at the activation's kinks (known for the named
+    Keras activations; pass ``kinks`` for a callable), to a relative error
+    estimate of ``rtol``.  A kink the quadrature is not told about is still
+    handled, by bisecting down to it, at a higher cost.
 
     The paper assumes a centred activation, ``E[f(s z)] = 0``.  A non-zero mean
     only adds a rank-one term ``E f * 1 1^T`` to ``Y``, which moves a single
@@ -181,40 +241,166 @@ def activation_constants(
 
     Args:
         activation: Keras activation name (``"relu"``, ``"tanh"``...),
-            ``"normalized_relu"``, or any callable mapping arrays to arrays.
+            ``"normalized_relu"``, ``"abs"``, or any callable mapping arrays to
+            arrays.
         sigma_w, sigma_x: standard deviations of the weights and of the data.
         center: subtract the Gaussian mean of ``f`` before computing ``eta``.
-        num_nodes: number of quadrature nodes (even, >= 8).
+        kinks: points ``x`` (pre-activation units) where ``f`` or one of its
+            first derivatives jumps, added to those known for a named activation.
+        rtol: relative error target of the quadrature (relative to
+            ``E|f|``, ``E f**2`` and ``E|z f|``).
 
     Returns:
         ``ActivationConstants(eta, zeta)`` (a named tuple).
 
     Example:
+        >>> import math
         >>> from keras_classpca.theory import activation_constants
         >>> eta, zeta = activation_constants("linear")
         >>> round(eta, 6), round(zeta, 6)
         (1.0, 1.0)
-        >>> c = activation_constants("relu", center=False)
-        >>> round(c.eta, 6), round(c.zeta, 6)   # 1/2 and (1/2)**2
-        (0.5, 0.25)
+        >>> c = activation_constants("relu")
+        >>> abs(c.eta - (1 / 2 - 1 / (2 * math.pi))) < 1e-15, c.zeta
+        (True, 0.25)
+        >>> c = activation_constants(lambda x: abs(x - 1.0), kinks=[1.0])
+        >>> round(c.zeta, 10)                      # (E[z |z - 1|])**2 = (2 P(z < 1) - 1)**2
+        0.4660649427
     """
     sigma_w = _check_positive("sigma_w", sigma_w)
     sigma_x = _check_positive("sigma_x", sigma_x)
-    if int(num_nodes) != num_nodes or num_nodes < 8:
-        raise ValueError(f"num_nodes must be an integer >= 8, got {num_nodes!r}.")
-    num_nodes = int(num_nodes) + (int(num_nodes) % 2)  # even: no node at the kink 0
-    f = _resolve_activation(activation)
-    z, w = hermegauss(num_nodes)
-    w = w / w.sum()
+    rtol = _check_positive("rtol", rtol)
     s = sigma_w * sigma_x
-    fz = f(s * z)
-    if not np.all(np.isfinite(fz)):
-        raise ValueError("activation returned non-finite values on the quadrature nodes.")
-    mean = float(np.sum(w * fz))
-    second = float(np.sum(w * fz**2))
+    key = activation.lower() if isinstance(activation, str) else None
+    moments = _closed_form_moments(key, s) if kinks is None else None
+    if moments is None:
+        f = _resolve_activation(activation)
+        points = list(_KINKS.get(key, ())) + list(kinks if kinks is not None else ())
+        try:
+            points = [float(p) / s for p in points]
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"kinks must be a sequence of numbers, got {kinks!r}.") from exc
+
+        def integrands(z):
+            fz = f(s * z)
+            if not np.all(np.isfinite(fz)):
+                raise ValueError("activation returned non-finite values on the quadrature nodes.")
+            return np.stack([fz, fz * fz, z * fz])
+
+        moments = gaussian_expectations(integrands, breakpoints=points, rtol=rtol)
+    mean, second, zf = (float(m) for m in moments)
     eta = second - mean**2 if center else second
-    zeta = float(np.sum(w * z * fz)) ** 2
-    return ActivationConstants(float(eta), float(zeta))
+    return ActivationConstants(float(max(eta, 0.0)), float(zf**2))
+
+
+# --------------------------------------------------------------------------
+# Adaptive Gauss--Legendre quadrature against the standard Gaussian
+# --------------------------------------------------------------------------
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(10)
+# exp(-z**2 / 2) underflows to exactly 0.0 in float64 beyond |z| = 38.6.
+_Z_MAX = 40.0
+_INITIAL_EDGES = (-_Z_MAX, -16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0, _Z_MAX)
+
+
+def _gauss_legendre(fn, a, b):
+    """10-point Gauss--Legendre of the weighted integrands on every ``[a_i, b_i]``.
+
+    Returns ``(integral, integral of |g|)``, each of shape ``(k, len(a))``.
+    """
+    half = 0.5 * (b - a)
+    z = (0.5 * (a + b))[:, None] + half[:, None] * _GL_NODES[None, :]
+    weight = np.exp(-0.5 * z * z) / _SQRT_2PI
+    flat = z.ravel()
+    values = np.asarray(fn(flat), dtype=np.float64).reshape(-1, flat.size)
+    values = values.reshape(values.shape[0], *z.shape)
+    weighted = np.where(weight > 0.0, values * weight, 0.0)
+    integral = np.einsum("knq,q->kn", weighted, _GL_WEIGHTS) * half
+    absolute = np.einsum("knq,q->kn", np.abs(weighted), _GL_WEIGHTS) * half
+    return integral, absolute
+
+
+def gaussian_expectations(fn, *, breakpoints=(), rtol=1e-12, max_rounds=100):
+    """``E[g_k(z)]`` for ``z ~ N(0, 1)`` by globally adaptive Gauss--Legendre quadrature.
+
+    ``fn(z)`` maps a 1-D array of points to an array ``(k, len(z))`` (or
+    ``(len(z),)`` for one integrand).  The line is cut to ``|z| <= 40``, where
+    the Gaussian weight is still above float64's underflow, at fixed edges and
+    at ``breakpoints`` (where an integrand or a low derivative jumps).  Every
+    interval is integrated whole and as two halves (10 nodes each); the
+    difference is its error estimate.  While the summed estimates exceed
+    ``rtol`` times ``E|g_k|`` for some ``k``, the intervals carrying the largest
+    errors are bisected.  An unannounced kink is located by bisection, so it
+    costs rounds, not accuracy.
+
+    Args:
+        fn: vectorized integrand(s), called with float64 arrays.
+        breakpoints: points of ``(-40, 40)`` where intervals must end.
+        rtol: target of the summed error estimate, relative to ``E|g_k|``.
+        max_rounds: bisection rounds before giving up with a ``RuntimeWarning``.
+
+    Returns:
+        float64 array ``(k,)`` (a scalar for a single integrand).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_classpca.theory import gaussian_expectations
+        >>> m = gaussian_expectations(lambda z: np.stack([z**2, np.abs(z)]))
+        >>> bool(abs(m[0] - 1) < 1e-14), bool(abs(m[1] - np.sqrt(2 / np.pi)) < 1e-14)
+        (True, True)
+    """
+    edges = np.unique(
+        np.concatenate(
+            [
+                _INITIAL_EDGES,
+                [p for p in np.asarray(breakpoints, dtype=np.float64).ravel() if abs(p) < _Z_MAX],
+            ]
+        )
+    )
+    a, b = edges[:-1], edges[1:]
+    whole, _ = _gauss_legendre(fn, a, b)
+    scalar = np.ndim(fn(edges[:1])) == 1
+    # Each interval: its bounds, the one-piece estimate and the two-halves estimate.
+    done_fine = np.zeros(whole.shape[0])
+    done_abs = np.zeros(whole.shape[0])
+    done_err = np.zeros(whole.shape[0])
+    for _ in range(max_rounds):
+        mid = 0.5 * (a + b)
+        left, left_abs = _gauss_legendre(fn, a, mid)
+        right, right_abs = _gauss_legendre(fn, mid, b)
+        fine = left + right
+        err = np.abs(fine - whole)
+        total = done_fine + fine.sum(axis=1)
+        scale = np.maximum(done_abs + (left_abs + right_abs).sum(axis=1), 1e-300)
+        tol = rtol * scale
+        # Normalised error of each interval: its worst integrand's share of the budget.
+        share = np.max(err / tol[:, None], axis=0)
+        spent = float(np.max(done_err / tol))
+        if spent + share.sum() <= 1.0:
+            return float(total[0]) if scalar else total
+        # Keep the intervals with the smallest errors while they fit in half the budget
+        # that is left; bisect the others (the halves become the new intervals).
+        order = np.argsort(share)
+        keep = np.zeros(share.size, dtype=bool)
+        keep[order[np.cumsum(share[order]) <= 0.5 * max(1.0 - spent, 0.0)]] = True
+        # An interval too narrow to split any further is kept as it is.
+        keep |= (b - a) <= 8 * np.finfo(np.float64).eps * np.maximum(np.abs(a), np.abs(b))
+        done_fine += fine[:, keep].sum(axis=1)
+        done_abs += (left_abs + right_abs)[:, keep].sum(axis=1)
+        done_err += err[:, keep].sum(axis=1)
+        split = ~keep
+        if not np.any(split):
+            total = done_fine
+            break
+        a = np.concatenate([a[split], mid[split]])
+        b = np.concatenate([mid[split], b[split]])
+        whole = np.concatenate([left[:, split], right[:, split]], axis=1)
+        total = done_fine + whole.sum(axis=1)
+    warnings.warn(
+        f"gaussian_expectations: error estimate above rtol={rtol:g} after "
+        f"{max_rounds} rounds (integrand with a jump or a singularity?).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return float(total[0]) if scalar else total
 
 
 # --------------------------------------------------------------------------

@@ -11,21 +11,60 @@ from keras_classpca import theory
 from keras_classpca.normalized_relu import NormalizedReLU
 
 
-def gaussian_expectation(g):
-    """E[g(z)] for z ~ N(0, 1) by adaptive quadrature (independent of Gauss-Hermite)."""
-    val, _ = integrate.quad(lambda z: g(z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi),
-                            -np.inf, np.inf, limit=200)
-    return val
+def gaussian_expectation(g, points=()):
+    """E[g(z)] for z ~ N(0, 1) by QUADPACK (scipy), split at `points` (independent of ours)."""
+    edges = [-np.inf, *sorted(points), np.inf]
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        val, _ = integrate.quad(
+            lambda z: g(z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+            lo, hi, epsabs=1e-14, epsrel=1e-13, limit=500,
+        )
+        total += val
+    return total
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+# Scalar reference activations written from their definitions with `math` (not the
+# package's NumPy table), and the points where they have a kink.
+REFERENCE = {
+    "relu": (lambda x: max(x, 0.0), [0.0]),
+    "tanh": (math.tanh, []),
+    "gelu": (lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))), []),
+    "swish": (lambda x: x * _sigmoid(x), []),
+    "sigmoid": (_sigmoid, []),
+    "leaky_relu": (lambda x: x if x > 0 else 0.2 * x, [0.0]),
+    "abs": (abs, [0.0]),
+    "elu": (lambda x: x if x > 0 else math.expm1(x), [0.0]),
+    "relu6": (lambda x: min(max(x, 0.0), 6.0), [0.0, 6.0]),
+    "normalized_relu": (
+        lambda x: (max(x, 0.0) - 1 / math.sqrt(2 * math.pi)) / math.sqrt(0.5 - 1 / (2 * math.pi)),
+        [0.0],
+    ),
+}
+
+
+def reference_constants(name, s):
+    """(E f, E f^2, (E z f)^2) at x = s z, and zeta again from E f' (no Stein's lemma)."""
+    f, kinks = REFERENCE[name]
+    points = [k / s for k in kinks]
+    mean = gaussian_expectation(lambda z: f(s * z), points)
+    second = gaussian_expectation(lambda z: f(s * z) ** 2, points)
+    zf = gaussian_expectation(lambda z: z * f(s * z), points)
+    return mean, second, zf**2
 
 
 # -------------------------------------------------------------- constants
 def test_relu_constants_closed_form():
     raw = theory.activation_constants("relu", center=False)
-    assert raw.eta == pytest.approx(0.5, abs=1e-10)
-    assert raw.zeta == pytest.approx(0.25, abs=1e-10)
+    assert raw.eta == pytest.approx(0.5, abs=1e-15)
+    assert raw.zeta == pytest.approx(0.25, abs=1e-15)
     centred = theory.activation_constants("relu")
-    assert centred.eta == pytest.approx(0.5 - 1 / (2 * math.pi), abs=2e-3)
-    assert centred.zeta == pytest.approx(0.25, abs=1e-10)
+    assert centred.eta == pytest.approx(0.5 - 1 / (2 * math.pi), abs=1e-15)
+    assert centred.zeta == pytest.approx(0.25, abs=1e-15)
 
 
 def test_relu_constants_scale_with_sigmas():
@@ -35,6 +74,90 @@ def test_relu_constants_scale_with_sigmas():
     assert c.zeta == pytest.approx(9 * 0.25, rel=1e-9)
 
 
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "swish", "sigmoid", "leaky_relu",
+                                  "abs", "elu", "relu6", "normalized_relu"])
+@pytest.mark.parametrize("s", [0.3, 1.0, 3.0])
+def test_constants_match_independent_integration(name, s):
+    # Error bound 1e-8 on eta (raw and centred) and zeta against scipy's QUADPACK.
+    mean, second, zeta = reference_constants(name, s)
+    raw = theory.activation_constants(name, sigma_w=s, center=False)
+    centred = theory.activation_constants(name, sigma_x=s)
+    assert abs(raw.eta - second) <= 1e-8
+    assert abs(centred.eta - (second - mean**2)) <= 1e-8
+    assert abs(raw.zeta - zeta) <= 1e-8
+    assert centred.zeta == raw.zeta
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "swish", "sigmoid"])
+def test_zeta_matches_derivative_definition(name):
+    # zeta = (s E[f'(s z)])^2 by the paper's definition; the implementation uses Stein's
+    # lemma E[z f(s z)] instead.  Derivatives by hand.
+    s = 1.7
+    derivative = {
+        "relu": lambda x: float(x > 0),
+        "tanh": lambda x: 1 - math.tanh(x) ** 2,
+        "gelu": lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))
+        + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi),
+        "swish": lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
+        "sigmoid": lambda x: _sigmoid(x) * (1 - _sigmoid(x)),
+    }[name]
+    expected = (s * gaussian_expectation(lambda z: derivative(s * z), [0.0])) ** 2
+    assert abs(theory.activation_constants(name, sigma_w=s).zeta - expected) <= 1e-8
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "abs", "normalized_relu", "linear"])
+def test_closed_forms_agree_with_the_quadrature(name):
+    # The closed forms are bypassed when `kinks` is given: both paths must agree.
+    for s in (0.4, 1.0, 3.0):
+        closed = theory.activation_constants(name, sigma_w=s, center=False)
+        integrated = theory.activation_constants(name, sigma_w=s, center=False, kinks=[0.0])
+        assert closed.eta == pytest.approx(integrated.eta, rel=1e-12, abs=1e-14)
+        assert closed.zeta == pytest.approx(integrated.zeta, rel=1e-12, abs=1e-14)
+
+
+def _normal_pdf_cdf_tail(a):
+    return math.exp(-a * a / 2) / math.sqrt(2 * math.pi), 0.5 * math.erfc(a / math.sqrt(2))
+
+
+@pytest.mark.parametrize("a", [-1.3, 0.37, 2.2])
+def test_unannounced_kink_off_zero_is_exact(a):
+    # f(x) = relu(x - a), a callable whose kink the quadrature is not told about:
+    # E f = p(a) - a Q(a), E f^2 = (1 + a^2) Q(a) - a p(a), E z f = Q(a)
+    # (p the normal density, Q the upper tail).
+    p, q = _normal_pdf_cdf_tail(a)
+    mean, second = p - a * q, (1 + a * a) * q - a * p
+    c = theory.activation_constants(lambda x: np.maximum(x - a, 0.0), center=False)
+    assert abs(c.eta - second) <= 1e-10
+    assert abs(c.zeta - q**2) <= 1e-10
+    centred = theory.activation_constants(lambda x: np.maximum(x - a, 0.0), kinks=[a])
+    assert abs(centred.eta - (second - mean**2)) <= 1e-12
+
+
+def test_jump_discontinuity():
+    # A step at 0.3: E f = Q(0.3), var = Q (1 - Q), E z f = p(0.3).
+    p, q = _normal_pdf_cdf_tail(0.3)
+    c = theory.activation_constants(lambda x: (x > 0.3).astype(float))
+    assert abs(c.eta - q * (1 - q)) <= 1e-10
+    assert abs(c.zeta - p**2) <= 1e-10
+
+
+def test_gaussian_expectations_moments():
+    z_moments = theory.gaussian_expectations(lambda z: np.stack([z**k for k in range(9)]))
+    np.testing.assert_allclose(z_moments, [1, 0, 1, 0, 3, 0, 15, 0, 105], rtol=1e-13, atol=1e-14)
+    # a single integrand returns a float
+    assert theory.gaussian_expectations(np.cos) == pytest.approx(math.exp(-0.5), abs=1e-15)
+
+
+def test_spectrum_uses_the_exact_constants():
+    spec = theory.gram_spectrum("relu", phi=0.5, psi=1.0)
+    assert spec.eta == pytest.approx(0.5 - 1 / (2 * math.pi), abs=1e-15)
+    assert spec.zeta == pytest.approx(0.25, abs=1e-15)
+    res = theory.compare_gram_spectrum("gelu", 1.0, 1.0, n0=50)
+    mean, second, zeta = reference_constants("gelu", 1.0)
+    assert abs(res.prediction.eta - (second - mean**2)) <= 1e-8
+    assert abs(res.prediction.zeta - zeta) <= 1e-8
+
+
 @pytest.mark.parametrize("name", sorted(theory._NUMPY_ACTIVATIONS))
 def test_numpy_activations_match_keras(name):
     # The float64 NumPy table must be the very function Keras applies under that name.
@@ -42,6 +165,8 @@ def test_numpy_activations_match_keras(name):
     ours = theory._resolve_activation(name)(grid)
     if name in ("normalized_relu", "normalizedrelu"):
         keras_fn = NormalizedReLU()
+    elif name == "abs":
+        keras_fn = keras.ops.abs
     else:
         keras_fn = keras.activations.get("linear" if name == "identity" else name)
     expected = keras.ops.convert_to_numpy(keras_fn(keras.ops.convert_to_tensor(grid, "float32")))
@@ -56,17 +181,6 @@ def test_linear_constants(s):
     assert c.zeta == pytest.approx(s**2, rel=1e-9)
 
 
-@pytest.mark.parametrize("s", [0.5, 1.0, 3.0])
-def test_tanh_constants_match_numerical_integration(s):
-    c = theory.activation_constants("tanh", sigma_w=s, center=False)
-    eta = gaussian_expectation(lambda z: math.tanh(s * z) ** 2)
-    # zeta from the derivative directly (the implementation uses Stein's lemma instead)
-    zeta = (s * gaussian_expectation(lambda z: 1 - math.tanh(s * z) ** 2)) ** 2
-    # tanh(3z) is nearly a step: 256 Gauss-Hermite nodes give ~1e-6 there
-    assert c.eta == pytest.approx(eta, rel=1e-5)
-    assert c.zeta == pytest.approx(zeta, rel=1e-5)
-
-
 def test_callable_and_zeta_zero_activation():
     # f(x) = x^2 - 1 is the second Hermite polynomial: E f = 0, E f^2 = 2, E f' = 0.
     c = theory.activation_constants(lambda x: x**2 - 1)
@@ -76,7 +190,8 @@ def test_callable_and_zeta_zero_activation():
 
 def test_normalized_relu_by_name_has_unit_constants():
     c = theory.activation_constants("normalized_relu", center=False)
-    assert c.eta == pytest.approx(1.0, abs=2e-3)
+    assert c.eta == pytest.approx(1.0, abs=1e-14)
+    assert c.zeta == pytest.approx(0.25 / (0.5 - 1 / (2 * math.pi)), abs=1e-14)
 
 
 def test_constants_bad_arguments():
@@ -88,6 +203,12 @@ def test_constants_bad_arguments():
         theory.activation_constants("relu", sigma_w=0)
     with pytest.raises(ValueError, match="sigma_x"):
         theory.activation_constants("relu", sigma_x=-1)
+    with pytest.raises(ValueError, match="rtol"):
+        theory.activation_constants("tanh", rtol=0)
+    with pytest.raises(TypeError, match="kinks"):
+        theory.activation_constants("tanh", kinks=["a"])
+    with pytest.raises(ValueError, match="non-finite"):
+        theory.activation_constants(lambda x: np.where(x > 1.0, np.inf, x))
 
 
 # -------------------------------------------------------------- spectrum
