@@ -8,6 +8,7 @@ import pytest
 from scipy import integrate
 
 from keras_classpca import theory
+from keras_classpca.theory import activations
 from keras_classpca.normalized_relu import NormalizedReLU
 
 
@@ -158,11 +159,11 @@ def test_spectrum_uses_the_exact_constants():
     assert abs(res.prediction.zeta - zeta) <= 1e-8
 
 
-@pytest.mark.parametrize("name", sorted(theory._NUMPY_ACTIVATIONS))
+@pytest.mark.parametrize("name", sorted(activations.NUMPY_ACTIVATIONS))
 def test_numpy_activations_match_keras(name):
     # The float64 NumPy table must be the very function Keras applies under that name.
     grid = np.linspace(-6.0, 6.0, 241)
-    ours = theory._resolve_activation(name)(grid)
+    ours = activations.resolve_activation(name)(grid)
     if name in ("normalized_relu", "normalizedrelu"):
         keras_fn = NormalizedReLU()
     elif name == "abs":
@@ -396,13 +397,52 @@ def test_kernel_condition_number_errors():
         theory.kernel_condition_number(no_dense, x)
 
 
-def test_docstring_examples_run():
+@pytest.mark.parametrize("name", ["constants", "quadrature", "random_matrix", "layer_spectra",
+                                  "conditioning"])
+def test_docstring_examples_run(name):
     import doctest
+    import importlib
 
-    import keras_classpca.theory as module
-
+    module = importlib.import_module(f"keras_classpca.theory.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_public_names():
+    # Every public name is exported at keras_classpca.theory and documented in a module.
+    for name in theory.__all__:
+        obj = getattr(theory, name)
+        assert obj.__doc__, name
+        assert obj.__module__.startswith("keras_classpca.theory."), name
+
+
+def test_theory_modules_do_not_import_keras():
+    # The NumPy math must not pull in Keras: import the theory package in a fresh
+    # interpreter with `keras` made unimportable.  keras_classpca/__init__ imports Keras,
+    # so the theory modules are loaded from their files without the parent package.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(theory.__file__).parent
+    code = f"""
+import importlib.util, sys, types
+sys.modules["keras"] = None
+root = types.ModuleType("keras_classpca"); root.__path__ = [{str(package.parent)!r}]
+sys.modules["keras_classpca"] = root
+patches = importlib.util.spec_from_file_location(
+    "keras_classpca.patches", {str(package.parent / "patches.py")!r})
+module = importlib.util.module_from_spec(patches); sys.modules[patches.name] = module
+patches.loader.exec_module(module)
+import keras_classpca.theory as theory
+c = theory.activation_constants("gelu")
+theory.gram_spectrum("tanh", 0.5, 1.0)
+theory.kernel_condition_number(3, [[1.0, 0.0], [1.0, 1.0]], width=None)
+print("ok", round(c.eta, 6))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
 
 
 def test_kernel_condition_number_keras_batchnorm_uses_batch_statistics():
