@@ -17,11 +17,11 @@ import keras
 import keras_tuner
 import numpy as np
 
-from keras_classpca.class_pca import ALLOCATIONS, SCALINGS
-from keras_classpca.fit_top import compile_like
-from keras_classpca.hybrid import CLASS_PCA_OPTIONS, frozen_layer_names, hybridize
-from keras_classpca.model_chain import ensure_built, read_chain
-from keras_classpca.solve_cache import SolveCache, data_fingerprint
+from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS
+from keras_classpca.hybrid.builder import CLASS_PCA_OPTIONS, frozen_layer_names, hybridize
+from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
+from keras_classpca.hybrid.graph import ensure_built, read_chain
+from keras_classpca.hybrid.training import compile_like
 
 CUTOFF = "cutoff"
 # Searched class-PCA options with `search_options=True`; the first value of each is

@@ -21,8 +21,8 @@ live in the ``out_i == in_{i+1}`` dimensional space between the two layers.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 
 from keras_classpca.diagnostics.tensorboard import ScalarWriter
 

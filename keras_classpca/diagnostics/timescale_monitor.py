@@ -38,10 +38,10 @@ import time
 import keras
 import numpy as np
 
-from keras_classpca.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.diagnostics.subspace import chance_overlap, leading_subspace, subspace_overlap
 from keras_classpca.diagnostics.tensorboard import ScalarWriter
-from keras_classpca.layer_inputs import iter_rows, output_size, unsolvable_reason
+from keras_classpca.layers.geometry import iter_rows, output_size, unsolvable_reason
 
 __all__ = ["TimescaleMonitor", "settled_epoch"]
 

@@ -17,7 +17,7 @@ checked on your own networks, one module per paper:
    treatment of neural networks", 2020): :func:`normalized_gram`,
    :func:`gram_condition_number`, :func:`kernel_condition_number`
    (:mod:`.conditioning`), with the activation
-   :class:`keras_classpca.normalized_relu.NormalizedReLU`.
+   :class:`keras_classpca.layers.normalized_relu.NormalizedReLU`.
 
 All the mathematics is plain NumPy; Keras is imported only to evaluate a Keras
 activation missing from the NumPy table (:mod:`.activations`) or to run a Keras model.

@@ -2,7 +2,7 @@
 
 "A deep conditioning treatment of neural networks": with an activation normalized to
 mean 0 and variance 1 under a standard Gaussian
-(:class:`keras_classpca.normalized_relu.NormalizedReLU`), the cosine Gram matrix of a
+(:class:`keras_classpca.layers.normalized_relu.NormalizedReLU`), the cosine Gram matrix of a
 random network's representations becomes better conditioned with depth.  NumPy only;
 Keras is imported only to measure a Keras model.
 """

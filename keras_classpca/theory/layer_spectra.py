@@ -7,7 +7,7 @@ Dense / Conv2D layer of a model receives.  Imports Keras when called.
 
 import numpy as np
 
-from keras_classpca.patches import extract_patches
+from keras_classpca.core.patches import extract_patches
 
 __all__ = ["layer_input_spectra"]
 

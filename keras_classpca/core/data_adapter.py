@@ -75,7 +75,7 @@ def _slice_arrays(x, y, batch_size):
     x = _to_numpy(x, "x")
     y = _to_numpy(y, "y")
     if x.ndim == 0:
-        raise ValueError(f"`x` must have a batch dimension; received a scalar.")
+        raise ValueError("`x` must have a batch dimension; received a scalar.")
     if y.ndim == 0 or len(x) != len(y):
         raise ValueError(
             f"`x` and `y` must have the same number of samples; received x with shape "

@@ -19,7 +19,7 @@ other half of production, the TF Serving artifact:
 Example:
 
 ```python
-import keras_classpca.export as kx
+import keras_classpca.serving.export as kx
 
 path = kx.export_for_serving(model, "/srv/models/digits")  # -> /srv/models/digits/1
 kx.signature_info(path)["inputs"]

@@ -19,8 +19,8 @@ import time
 import keras
 import numpy as np
 
-from keras_classpca.data_adapter import iter_batches
-from keras_classpca.model_chain import RANDOM_IN_TRAINING, predict_batch, read_chain
+from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.hybrid.graph import RANDOM_IN_TRAINING, predict_batch, read_chain
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 TIMING_BATCHES = 3
