@@ -11,6 +11,9 @@ from keras_classpca import theory
 from keras_classpca.layers.normalized_relu import NormalizedReLU
 from keras_classpca.theory import activations
 
+# The NumPy math runs once, not once per Keras backend (see conftest.py).
+numpy_only = pytest.mark.backend_independent
+
 
 def gaussian_expectation(g, points=()):
     """E[g(z)] for z ~ N(0, 1) by QUADPACK (scipy), split at `points` (independent of ours)."""
@@ -59,6 +62,7 @@ def reference_constants(name, s):
 
 
 # -------------------------------------------------------------- constants
+@numpy_only
 def test_relu_constants_closed_form():
     raw = theory.activation_constants("relu", center=False)
     assert raw.eta == pytest.approx(0.5, abs=1e-15)
@@ -68,6 +72,7 @@ def test_relu_constants_closed_form():
     assert centred.zeta == pytest.approx(0.25, abs=1e-15)
 
 
+@numpy_only
 def test_relu_constants_scale_with_sigmas():
     # relu is positively homogeneous: s = sigma_w sigma_x = 3 multiplies eta and zeta by 9.
     c = theory.activation_constants("relu", sigma_w=1.5, sigma_x=2.0, center=False)
@@ -75,6 +80,7 @@ def test_relu_constants_scale_with_sigmas():
     assert c.zeta == pytest.approx(9 * 0.25, rel=1e-9)
 
 
+@numpy_only
 @pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "swish", "sigmoid", "leaky_relu",
                                   "abs", "elu", "relu6", "normalized_relu"])
 @pytest.mark.parametrize("s", [0.3, 1.0, 3.0])
@@ -89,6 +95,7 @@ def test_constants_match_independent_integration(name, s):
     assert centred.zeta == raw.zeta
 
 
+@numpy_only
 @pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "swish", "sigmoid"])
 def test_zeta_matches_derivative_definition(name):
     # zeta = (s E[f'(s z)])^2 by the paper's definition; the implementation uses Stein's
@@ -106,6 +113,7 @@ def test_zeta_matches_derivative_definition(name):
     assert abs(theory.activation_constants(name, sigma_w=s).zeta - expected) <= 1e-8
 
 
+@numpy_only
 @pytest.mark.parametrize("name", ["relu", "leaky_relu", "abs", "normalized_relu", "linear"])
 def test_closed_forms_agree_with_the_quadrature(name):
     # The closed forms are bypassed when `kinks` is given: both paths must agree.
@@ -120,6 +128,7 @@ def _normal_pdf_cdf_tail(a):
     return math.exp(-a * a / 2) / math.sqrt(2 * math.pi), 0.5 * math.erfc(a / math.sqrt(2))
 
 
+@numpy_only
 @pytest.mark.parametrize("a", [-1.3, 0.37, 2.2])
 def test_unannounced_kink_off_zero_is_exact(a):
     # f(x) = relu(x - a), a callable whose kink the quadrature is not told about:
@@ -134,6 +143,7 @@ def test_unannounced_kink_off_zero_is_exact(a):
     assert abs(centred.eta - (second - mean**2)) <= 1e-12
 
 
+@numpy_only
 def test_jump_discontinuity():
     # A step at 0.3: E f = Q(0.3), var = Q (1 - Q), E z f = p(0.3).
     p, q = _normal_pdf_cdf_tail(0.3)
@@ -142,6 +152,7 @@ def test_jump_discontinuity():
     assert abs(c.zeta - p**2) <= 1e-10
 
 
+@numpy_only
 def test_gaussian_expectations_moments():
     z_moments = theory.gaussian_expectations(lambda z: np.stack([z**k for k in range(9)]))
     np.testing.assert_allclose(z_moments, [1, 0, 1, 0, 3, 0, 15, 0, 105], rtol=1e-13, atol=1e-14)
@@ -149,6 +160,7 @@ def test_gaussian_expectations_moments():
     assert theory.gaussian_expectations(np.cos) == pytest.approx(math.exp(-0.5), abs=1e-15)
 
 
+@numpy_only
 def test_spectrum_uses_the_exact_constants():
     spec = theory.gram_spectrum("relu", phi=0.5, psi=1.0)
     assert spec.eta == pytest.approx(0.5 - 1 / (2 * math.pi), abs=1e-15)
@@ -175,6 +187,7 @@ def test_numpy_activations_match_keras(name):
     np.testing.assert_allclose(ours, expected, rtol=2e-5, atol=2e-5)
 
 
+@numpy_only
 @pytest.mark.parametrize("s", [0.5, 1.0, 2.0])
 def test_linear_constants(s):
     c = theory.activation_constants("linear", sigma_w=s)
@@ -182,6 +195,7 @@ def test_linear_constants(s):
     assert c.zeta == pytest.approx(s**2, rel=1e-9)
 
 
+@numpy_only
 def test_callable_and_zeta_zero_activation():
     # f(x) = x^2 - 1 is the second Hermite polynomial: E f = 0, E f^2 = 2, E f' = 0.
     c = theory.activation_constants(lambda x: x**2 - 1)
@@ -189,6 +203,7 @@ def test_callable_and_zeta_zero_activation():
     assert c.zeta == pytest.approx(0.0, abs=1e-12)
 
 
+@numpy_only
 def test_normalized_relu_by_name_has_unit_constants():
     c = theory.activation_constants("normalized_relu", center=False)
     assert c.eta == pytest.approx(1.0, abs=1e-14)
@@ -213,6 +228,7 @@ def test_constants_bad_arguments():
 
 
 # -------------------------------------------------------------- spectrum
+@numpy_only
 def test_spectrum_integrates_to_one():
     spec = theory.gram_spectrum("tanh", phi=0.5, psi=1.0)
     assert spec.atom == 0.0
@@ -222,6 +238,7 @@ def test_spectrum_integrates_to_one():
     assert np.trapezoid(spec.x * spec.density, spec.x) == pytest.approx(spec.eta, rel=5e-3)
 
 
+@numpy_only
 def test_spectrum_atom_when_more_rows_than_samples():
     # n1 = n0, m = n0/2: M (n1 x n1) has rank m, so half the mass sits at 0.
     spec = theory.gram_spectrum("tanh", phi=2.0, psi=1.0)
@@ -229,6 +246,7 @@ def test_spectrum_atom_when_more_rows_than_samples():
     assert np.trapezoid(spec.density, spec.x) == pytest.approx(0.5, abs=5e-3)
 
 
+@numpy_only
 def test_zeta_zero_reduces_to_marchenko_pastur():
     phi, psi, eta = 0.5, 2.0, 2.0
     x = np.linspace(0.01, 6, 600)
@@ -240,6 +258,7 @@ def test_zeta_zero_reduces_to_marchenko_pastur():
     assert np.max(np.abs(spec.density - other)) > 0.1 * mp.max()
 
 
+@numpy_only
 def test_linear_case_is_product_wishart_moments():
     # M = W X X^T W^T / (m n0): E[lambda] = 1, E[lambda^2] = 1 + (1 + phi) / psi
     # (Wick pairings of two Gaussian matrices), whereas MP of ratio phi/psi would give
@@ -252,6 +271,7 @@ def test_linear_case_is_product_wishart_moments():
     assert m2 == pytest.approx(1 + (1 + phi) / psi, rel=5e-3)
 
 
+@numpy_only
 def test_linear_case_rank_deficiency():
     # n1 = 2 n0 > m = 1.5 n0 > n0: rank n0, atom 1 - n0/n1 = 1/2 (nonlinear would be 1/4).
     grid = np.linspace(0.5, 1.0, 3)
@@ -259,6 +279,7 @@ def test_linear_case_rank_deficiency():
     assert theory.gram_spectrum("tanh", 1 / 1.5, 0.5, x=grid).atom == pytest.approx(0.25)
 
 
+@numpy_only
 def test_stieltjes_asymptote_and_sign():
     z = np.array([50j, 10 + 1j, 1 + 0.5j])
     g = theory.stieltjes_transform(z, 0.5, 0.2, 0.7, 1.3)
@@ -270,6 +291,7 @@ def test_stieltjes_asymptote_and_sign():
         theory.stieltjes_transform(np.array([1j]), 0.5, 0.7, 1, 1)
 
 
+@numpy_only
 @pytest.mark.parametrize("name,value", [("phi", 0), ("psi", -1.0)])
 def test_spectrum_bad_ratios(name, value):
     kwargs = {"phi": 1.0, "psi": 1.0, name: value}
@@ -282,6 +304,7 @@ def test_spectrum_bad_ratios(name, value):
     ("tanh", 1.0, 2.0, 0),
     ("linear", 2.0, 1.0, 0),  # rank m = n0 / 2: atom of mass 1/2
 ])
+@numpy_only
 def test_prediction_matches_simulation(activation, phi, psi, n_outliers):
     res = theory.compare_gram_spectrum(activation, phi, psi, n0=300, seed=1)
     assert res.ks < 0.02
@@ -289,6 +312,7 @@ def test_prediction_matches_simulation(activation, phi, psi, n_outliers):
     assert len(res.outliers) == n_outliers
 
 
+@numpy_only
 def test_simulation_distinguishes_activations():
     # The comparison must be able to fail: relu eigenvalues vs the linear prediction.
     res = theory.compare_gram_spectrum("relu", 0.5, 1.0, n0=300, seed=1)
@@ -343,6 +367,7 @@ def test_layer_input_spectra_errors():
 
 
 # -------------------------------------------------------------- conditioning
+@numpy_only
 def test_orthogonal_features_have_condition_number_one():
     q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(30, 30)))
     feats = q[:10] * np.arange(1, 11)[:, None]  # orthogonal rows of different norms
@@ -352,6 +377,7 @@ def test_orthogonal_features_have_condition_number_one():
     assert theory.gram_condition_number(feats + 1.0) > 2.0
 
 
+@numpy_only
 def test_depth_improves_conditioning_with_normalized_relu():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 30)) + 1.5  # strongly correlated points
@@ -397,6 +423,7 @@ def test_kernel_condition_number_errors():
         theory.kernel_condition_number(no_dense, x)
 
 
+@numpy_only
 def test_public_names():
     # Every public name is exported at keras_classpca.theory and documented in a module.
     for name in theory.__all__:
@@ -405,6 +432,7 @@ def test_public_names():
         assert obj.__module__.startswith("keras_classpca.theory."), name
 
 
+@numpy_only
 def test_theory_modules_do_not_import_keras():
     # The NumPy math must not pull in Keras (nor a backend): run it in a fresh interpreter
     # and look at what got imported.

@@ -92,7 +92,8 @@ def activation_constants(
         sigma_w, sigma_x: standard deviations of the weights and of the data.
         center: subtract the Gaussian mean of ``f`` before computing ``eta``.
         kinks: points ``x`` (pre-activation units) where ``f`` or one of its
-            first derivatives jumps, added to those known for a named activation.
+            first derivatives jumps, added to those known for a named activation
+            (given, they also bypass the closed forms: the quadrature is used).
         rtol: relative error target of the quadrature (relative to
             ``E|f|``, ``E f**2`` and ``E|z f|``).
 
