@@ -13,21 +13,11 @@ callback does); it is imported only when a ``log_dir`` is given.
 import math
 import os
 
+from keras_classpca._optional import import_optional
+
 __all__ = ["ScalarWriter"]
 
 TRAIN_RUN = "train"
-
-
-def _import_tensorflow():
-    try:
-        import tensorflow as tf
-    except ImportError as error:
-        raise ImportError(
-            "Writing to TensorBoard (`log_dir=`) needs TensorFlow (tf.summary), which cannot "
-            "be imported here. Install the extra: pip install 'keras-classpca[tensorflow]' "
-            "(or 'keras-classpca[tensorflow-cpu]'), or leave `log_dir=None`."
-        ) from error
-    return tf
 
 
 class ScalarWriter:
@@ -44,7 +34,7 @@ class ScalarWriter:
     def __init__(self, log_dir):
         if log_dir is None or not str(log_dir):
             raise ValueError(f"`log_dir` must be a directory path; received {log_dir!r}.")
-        self._tf = _import_tensorflow()
+        self._tf = import_optional("tensorflow", "Writing to TensorBoard (`log_dir=`)")
         self.log_dir = os.fspath(log_dir)
         self.path = os.path.join(self.log_dir, TRAIN_RUN)
         self._writer = None

@@ -12,19 +12,13 @@ from keras_classpca.core.patches import extract_patches
 __all__ = ["layer_input_spectra"]
 
 
-def _iter_layers(model):
-    """All layers of a model in order, descending into nested models."""
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _iter_layers(layer)
-
-
 def _target_layers(model):
     import keras
 
+    from keras_classpca.layers.geometry import iter_layers
+
     kinds = (keras.layers.Dense, keras.layers.Conv2D)
-    return [layer for layer in _iter_layers(model) if isinstance(layer, kinds)]
+    return [layer for layer in iter_layers(model) if isinstance(layer, kinds)]
 
 
 def _covariance_eigenvalues(rows):
