@@ -161,6 +161,19 @@ def test_gaussian_expectations_moments():
 
 
 @numpy_only
+def test_gaussian_expectations_warns_when_out_of_rounds():
+    # A jump at an unannounced point needs many bisections; with 2 rounds the estimate
+    # is rough, and the caller is told.
+    p, q = _normal_pdf_cdf_tail(0.3)
+    with pytest.warns(RuntimeWarning, match="rounds"):
+        rough = theory.gaussian_expectations(lambda z: (z > 0.3).astype(float), max_rounds=2)
+    assert abs(rough - q) < 0.05
+    assert theory.gaussian_expectations(lambda z: (z > 0.3).astype(float)) == pytest.approx(
+        q, abs=1e-12
+    )
+
+
+@numpy_only
 def test_spectrum_uses_the_exact_constants():
     spec = theory.gram_spectrum("relu", phi=0.5, psi=1.0)
     assert spec.eta == pytest.approx(0.5 - 1 / (2 * math.pi), abs=1e-15)

@@ -20,6 +20,7 @@ from keras_classpca.theory.quadrature import gaussian_expectations
 
 __all__ = ["ActivationConstants", "activation_constants"]
 
+
 class ActivationConstants(NamedTuple):
     """The two Gaussian integrals of an activation (Pennington & Worah, eq. 5)."""
 
