@@ -371,6 +371,36 @@ def test_layer_input_spectra_conv_patches(padding, strides):
     np.testing.assert_allclose(spectra["conv"], expected, rtol=1e-4, atol=1e-6)
 
 
+def test_layer_input_spectra_descends_into_nested_sequential():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 6)).astype("float32")
+    inner = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="inner_a"),
+                              keras.layers.Dense(3, name="inner_b")], name="inner")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="outer"), inner,
+                              keras.layers.Dense(2, name="head")])
+    spectra = theory.layer_input_spectra(model, x)
+    assert list(spectra) == ["outer", "inner_a", "inner_b", "head"]
+    # inner_b's input computed by hand from the weights
+    h = x.astype(np.float64)
+    for layer in (model.get_layer("outer"), inner.get_layer("inner_a")):
+        kernel, bias = (np.asarray(v, np.float64) for v in layer.get_weights())
+        h = h @ kernel + bias
+    expected = np.sort(np.linalg.eigvalsh(np.cov(h.T)))[::-1]
+    np.testing.assert_allclose(spectra["inner_b"], expected, rtol=1e-3, atol=1e-5)
+    assert spectra["head"].shape == (3,)
+
+
+def test_layer_input_spectra_nested_functional_is_a_clear_error():
+    i = keras.Input((5,))
+    inner = keras.Model(i, keras.layers.Dense(3, name="f")(i), name="inner_functional")
+    x = keras.Input((6,))
+    model = keras.Model(x, inner(keras.layers.Dense(5, name="outer")(x)))
+    with pytest.raises(ValueError, match="inner_functional"):
+        theory.layer_input_spectra(model, np.zeros((4, 6), "float32"))
+    # measured on its own input it works
+    assert list(theory.layer_input_spectra(inner, np.eye(5, dtype="float32"))) == ["f"]
+
+
 def test_layer_input_spectra_errors():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Activation("relu")])
     with pytest.raises(ValueError, match="Dense or Conv2D"):

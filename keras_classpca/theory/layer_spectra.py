@@ -12,13 +12,60 @@ from keras_classpca.core.patches import extract_patches
 __all__ = ["layer_input_spectra"]
 
 
-def _target_layers(model):
+def _model_input(model):
+    """The single symbolic input of a Sequential-with-Input or functional model."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        raise ValueError(
+            f"model {model.name!r} must be built on keras.Input (Sequential with an Input or "
+            "functional) so that layer inputs can be read."
+        )
+    if len(inputs) != 1:
+        raise ValueError(f"model {model.name!r} must have a single input, got {len(inputs)}.")
+    return inputs[0]
+
+
+def _layer_inputs(model, x, batch_size):
+    """``[(layer, its input on x)]`` for every Dense / Conv2D layer, nested models included.
+
+    Each model level is probed once (``keras.Model(model.input, [layer.input ...])``);
+    a nested model's own input on ``x`` then feeds the probe of its layers.
+    """
     import keras
 
-    from keras_classpca.layers.geometry import iter_layers
-
     kinds = (keras.layers.Dense, keras.layers.Conv2D)
-    return [layer for layer in iter_layers(model) if isinstance(layer, kinds)]
+    top = [layer for layer in model.layers if isinstance(layer, (*kinds, keras.Model))]
+    if not top:
+        return []
+    try:
+        probe = keras.Model(_model_input(model), [layer.input for layer in top])
+    except ValueError as error:
+        nested = [layer.name for layer in top if isinstance(layer, keras.Model)]
+        if not nested:
+            raise
+        raise ValueError(
+            f"cannot read the input of the nested model(s) {nested} inside {model.name!r} "
+            "through `layer.input` (Keras exposes it for a nested Sequential, not for a "
+            "nested functional model): call layer_input_spectra on the nested model with "
+            f"its own input ({error})"
+        ) from error
+    # Direct calls (inference mode) in batches: no tf.function retracing per call.
+    chunks = []
+    for i in range(0, x.shape[0], int(batch_size)):
+        outs = probe(x[i : i + batch_size])
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        chunks.append([np.asarray(keras.ops.convert_to_numpy(o)) for o in outs])
+    pairs = []
+    for layer, parts in zip(top, zip(*chunks)):
+        h = np.concatenate(parts, axis=0)
+        if isinstance(layer, keras.Model):
+            pairs += _layer_inputs(layer, h, batch_size)
+        else:
+            pairs.append((layer, h))
+    return pairs
 
 
 def _covariance_eigenvalues(rows):
@@ -39,8 +86,10 @@ def layer_input_spectra(model, x, max_samples=2000, *, seed=0, batch_size=256):
     to see how a solved class-PCA layer reshapes what the next layer receives.
 
     Args:
-        model: a built Keras model (Sequential or functional; nested models
-            are searched) containing at least one Dense or Conv2D layer.
+        model: a built Keras model (Sequential or functional) containing at
+            least one Dense or Conv2D layer; the layers of nested Sequential
+            models are measured too (a nested functional model raises a
+            ``ValueError``: measure it on its own input).
         x: input data (array) accepted by ``model``.
         max_samples: at most this many rows (samples or patches, chosen at
             random) enter each covariance.
@@ -66,34 +115,16 @@ def layer_input_spectra(model, x, max_samples=2000, *, seed=0, batch_size=256):
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
     if int(max_samples) != max_samples or max_samples < 2:
         raise ValueError(f"max_samples must be an integer >= 2, got {max_samples!r}.")
-    layers = _target_layers(model)
-    if not layers:
-        raise ValueError("model has no Dense or Conv2D layers; nothing to measure.")
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        inputs = None
-    if not inputs:
-        raise ValueError(
-            "model must be built on keras.Input (Sequential with an Input or functional) "
-            "so that layer inputs can be read."
-        )
+    _model_input(model)
     x = np.asarray(x)
     rng = np.random.default_rng(seed)
     if x.shape[0] > max_samples:
         x = x[np.sort(rng.choice(x.shape[0], int(max_samples), replace=False))]
-    if len(inputs) != 1:
-        raise ValueError(f"model must have a single input, got {len(inputs)}.")
-    probe = keras.Model(inputs[0], [layer.input for layer in layers])
-    # Direct calls (inference mode) in batches: no tf.function retracing per call.
-    chunks = []
-    for i in range(0, x.shape[0], int(batch_size)):
-        outs = probe(x[i : i + batch_size])
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        chunks.append([np.asarray(keras.ops.convert_to_numpy(o)) for o in outs])
-    outputs = [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
+    pairs = _layer_inputs(model, x, batch_size)
+    if not pairs:
+        raise ValueError("model has no Dense or Conv2D layers; nothing to measure.")
     spectra = {}
-    for layer, h in zip(layers, outputs):
+    for layer, h in pairs:
         h = np.asarray(h, dtype=np.float64)
         if isinstance(layer, keras.layers.Conv2D):
             if layer.data_format == "channels_first":
