@@ -421,6 +421,29 @@ def test_orthogonal_features_have_condition_number_one():
 
 
 @numpy_only
+@pytest.mark.parametrize("name", ["relu", "normalized_relu"])
+@pytest.mark.parametrize("c", [-0.9, -0.3, 0.0, 0.5, 0.99, 0.99999])
+def test_dual_activation_closed_form(name, c):
+    # E[relu(u) relu(v)], v = c u + s w: integrate over u the known Gaussian mean
+    # E_w relu(a + s w) = a Phi(a/s) + s phi(a/s) (scipy QUADPACK, independent of the
+    # arc-cosine formula).
+    from keras_classpca.theory.conditioning import _dual_correlation_map
+
+    s = math.sqrt(1 - c * c)
+
+    def inner(u):
+        a = c * u
+        return a * 0.5 * math.erfc(-a / (s * math.sqrt(2))) + s * math.exp(
+            -a * a / (2 * s * s)) / math.sqrt(2 * math.pi)
+
+    product = gaussian_expectation(lambda u: max(u, 0.0) * inner(u), [0.0])
+    mu, var = 1 / math.sqrt(2 * math.pi), 0.5 - 1 / (2 * math.pi)
+    expected = product / 0.5 if name == "relu" else (product - mu**2) / var
+    dual = _dual_correlation_map(name, activations.resolve_activation(name))
+    assert float(dual(np.float64(c))) == pytest.approx(expected, abs=1e-9)
+
+
+@numpy_only
 def test_depth_improves_conditioning_with_normalized_relu():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 30)) + 1.5  # strongly correlated points
