@@ -1,0 +1,197 @@
+"""Solve the layers of a `Plan`: stream each layer's input through the solved prefix,
+accumulate its class statistics, solve, assign; adapt BatchNormalization on the way.
+
+`passes` is any re-iterable of `(x, int labels)` batches (one iteration = one pass over
+the data), with optional `total` (samples, for the progress bar) and `seen` (set to
+the samples of the last complete pass) attributes; `ArrayPasses` wraps arrays.
+"""
+
+import time
+
+import keras
+import numpy as np
+
+from keras_classpca.hybrid.planner import plan_model
+from keras_classpca.hybrid.report import SolvedLayer
+from keras_classpca.layers.geometry import LayerStatistics, n_stages
+
+
+class ArrayPasses:
+    """`(x, y)` arrays as re-iterable passes of `(x, labels)` batches."""
+
+    def __init__(self, x, y, batch_size=256):
+        self.x, self.y, self.batch_size = x, np.asarray(y), batch_size
+        self.total = len(x)
+        self.seen = None
+
+    def __iter__(self):
+        for start in range(0, len(self.x), self.batch_size):
+            yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+
+
+def predict_batch(model, x, pad_to):
+    """`model.predict_on_batch(x)` as numpy, padding a shorter batch to `pad_to` rows
+    (one trace per model instead of one per batch size)."""
+    n = len(x)
+    if n < pad_to:
+        x = np.concatenate([x, np.zeros((pad_to - n,) + x.shape[1:], dtype=x.dtype)])
+    return keras.ops.convert_to_numpy(model.predict_on_batch(x))[:n]
+
+
+def stream(passes, feature_model, consumers, progress_label=None, verbose=0):
+    """One pass: features of every batch go to every consumer `(h, labels, offset)`."""
+    total = getattr(passes, "total", None)
+    progress = keras.utils.Progbar(total, verbose=verbose, unit_name="sample") if verbose else None
+    if progress is not None and progress_label:
+        print(progress_label)
+    offset, first_size = 0, None
+    for x, labels in passes:
+        first_size = first_size or len(x)
+        h = predict_batch(feature_model, x, first_size)
+        for consume in consumers:
+            consume(h, labels, offset)
+        offset += len(x)
+        if progress is not None:
+            progress.add(len(x))
+    if offset == 0:
+        raise ValueError("`data` is empty: no samples to solve the layers on.")
+    if hasattr(passes, "seen"):
+        passes.seen = offset
+    return offset
+
+
+class MomentsConsumer:
+    """Per-channel mean and variance of a BatchNormalization layer's input."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.count = 0
+        self.total = None
+        self.squares = None
+
+    def __call__(self, h, labels, offset):
+        axes = self.layer.axis if isinstance(self.layer.axis, (list, tuple)) else [self.layer.axis]
+        axes = [a % h.ndim for a in axes]
+        reduce = tuple(a for a in range(h.ndim) if a not in axes)
+        h = h.astype(np.float64)
+        if self.total is None:
+            self.total = np.zeros(h.sum(axis=reduce).shape)
+            self.squares = np.zeros_like(self.total)
+        self.total += h.sum(axis=reduce)
+        self.squares += (h * h).sum(axis=reduce)
+        self.count += int(np.prod([h.shape[a] for a in reduce]))
+
+    def assign(self):
+        mean = self.total / self.count
+        variance = np.maximum(self.squares / self.count - mean**2, 0.0)
+        self.layer.moving_mean.assign(mean.reshape(self.layer.moving_mean.shape))
+        self.layer.moving_variance.assign(variance.reshape(self.layer.moving_variance.shape))
+
+
+class StatisticsConsumer:
+    """Feeds a layer's input to its `LayerStatistics` (every kind, every stage)."""
+
+    def __init__(self, layer, options, seed=0, patches_per_image=None):
+        self.statistics = LayerStatistics(
+            layer, options, patches_per_image=patches_per_image, rng=np.random.default_rng(seed)
+        )
+
+    def __call__(self, h, labels, offset):
+        self.statistics.update(h, labels)
+
+    @property
+    def rows(self):
+        return self.statistics.rows
+
+
+def adapt_batchnorm(passes, feature_model, layer, verbose=0):
+    """Set a BatchNormalization layer's moving statistics from its streamed input."""
+    moments = MomentsConsumer(layer)
+    stream(passes, feature_model, [moments], f"Adapting BatchNormalization '{layer.name}'",
+           verbose)
+    moments.assign()
+
+
+def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_image=None,
+                verbose=0, label=None, consumers=()):
+    """Stream `layer`'s input (`feature_model`) and solve it: one pass per stage (two
+    for separable convolutions); `consumers` (e.g. a probe) ride the first pass.
+
+    Returns `(statistics, samples)`; the weights are not assigned yet (`assign()`).
+    """
+    statistics = StatisticsConsumer(layer, options, seed, patches_per_image)
+    extra = list(consumers)
+    label = label or f"Solving {type(layer).__name__} '{layer.name}'"
+    for stage in range(n_stages(layer)):
+        seen = stream(passes, feature_model, [statistics] + extra,
+                      label + (f" (pass {stage + 1})" if stage else ""), verbose)
+        extra = []
+        statistics.statistics.end_pass()
+    return statistics.statistics, seen
+
+
+def solve_plan(model, passes, cutoff, *, plan=None, seed=0, patches_per_image=None, freeze=True,
+               verbose=0, **class_pca_options):
+    """Solve the first `cutoff` layers of `model`'s plan (and the BatchNormalization
+    layers they enable), freeze them, return one `SolvedLayer` per solved layer.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.normal(size=(90, 8, 8, 2)).astype("float32"), np.arange(90) % 3
+    >>> inputs = keras.Input((8, 8, 2))
+    >>> a = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    >>> b = keras.layers.Conv2D(4, 1)(inputs)
+    >>> merged = keras.layers.Add()([a, b])
+    >>> out = keras.layers.Dense(3)(keras.layers.Flatten()(merged))
+    >>> model = keras.Model(inputs, out)
+    >>> [r.kind for r in solve_plan(model, ArrayPasses(x, y, 30), 2)]
+    ['Conv2D', 'Conv2D']
+    """
+    plan = plan or plan_model(model)
+    if cutoff > len(plan.steps):
+        raise ValueError(
+            f"cutoff={cutoff} but only {len(plan.steps)} layer(s) of this model can be solved; "
+            f"{plan.reason_after(len(plan.steps))}"
+        )
+    records = []
+    if cutoff:
+        for layer, tensor, scope in plan.leading_batchnorms:
+            adapt_batchnorm(passes, plan.feature_model(tensor, scope), layer, verbose)
+    for j, step in enumerate(plan.cut(cutoff)):
+        start = time.perf_counter()
+        statistics, seen = solve_layer(
+            passes, plan.feature_model(step.input, step.scope), step.layer, class_pca_options,
+            seed=seed, patches_per_image=patches_per_image, verbose=verbose,
+            label=f"Solving {type(step.layer).__name__} '{step.name}' ({j + 1}/{cutoff})",
+        )
+        statistics.assign()
+        adapted = []
+        for layer, tensor, scope in step.batchnorms:
+            adapt_batchnorm(passes, plan.feature_model(tensor, scope), layer, verbose)
+            adapted.append(layer.name)
+        records.append(SolvedLayer(
+            name=step.name,
+            kind=type(step.layer).__name__,
+            samples=seen,
+            rows=statistics.rows,
+            seconds=time.perf_counter() - start,
+            explained_variance=statistics.explained_variance(),
+            n_components=statistics.n_components,
+            adapted_batchnorms=adapted,
+        ))
+    if freeze:
+        for name in plan.frozen_names(cutoff):
+            _find(plan, name).trainable = False
+    return records
+
+
+def _find(plan, name):
+    for step in plan.steps:
+        if step.name == name:
+            return step.layer
+    for layer, _, _ in plan.batchnorms_until(len(plan.steps)):
+        if layer.name == name:
+            return layer
+    raise KeyError(name)
