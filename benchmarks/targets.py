@@ -62,7 +62,7 @@ TARGETS = [
            "its time"),
     Target("reach_residual_10", None,
            "Residual CNN, 10 % Fashion-MNIST: better than SGD"),
-    Target("reach_applications", None,
+    Target("reach_applications", "bench_reach",
            "ResNet50V2, MobileNetV2, EfficientNetB0: each solves ≥ 8 layers with `cutoff=8` "
            "and reloads from `.keras` with predictions unchanged (max. abs. difference 0)"),
     Target("reach_conv1d", None,
