@@ -230,3 +230,15 @@ def test_keras_applications_plan_at_least_eight_layers(name, no_network):
     # every BatchNormalization of the model is adapted somewhere
     adapted = {bn.name for bn, _, _ in plan.batchnorms_until(len(plan.steps))}
     assert adapted == {l.name for l in model.layers if isinstance(l, L.BatchNormalization)}
+
+
+def test_a_layer_called_twice_blocks_what_reads_its_second_output():
+    shared = L.Dense(6, name="shared")
+    inputs = keras.Input((6,))
+    first = shared(inputs)
+    second = shared(L.ReLU()(first))  # the second call's output has no listed producer
+    x = L.Dense(4, name="after_second")(second)
+    outputs = L.Dense(2, name="out")(L.Concatenate()([x, L.Dense(4, name="side")(first)]))
+    plan = plan_model(keras.Model(inputs, outputs))
+    assert "after_second" not in plan.names and "side" in plan.names
+    assert "no layer of the graph produces once" in dict(plan.blocked)["after_second"]

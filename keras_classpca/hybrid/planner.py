@@ -19,6 +19,10 @@ sub-graph that computes a tensor — and returns a `Plan`:
   kind class-PCA does not solve, a head of the model (a layer that feeds no other
   layer with weights is always trained), or a layer depending on such a layer.
 
+A layer called more than once (shared) is seen through public API at its first call
+only: it is solved on that call's input, and the layers reading its later outputs are
+blocked (their input has no producer in the graph).
+
 `plan.cut(k)` gives the first `k` steps and `plan.reason_after(k)` says why the next
 layer was not taken. A subclassed model has no layer graph: `plan_model` raises a
 `ValueError` that names the two ways out.

@@ -11,6 +11,7 @@ import time
 import keras
 import numpy as np
 
+from keras_classpca.hybrid.graph import predict_batch
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.report import SolvedLayer
 from keras_classpca.layers.geometry import LayerStatistics, n_stages
@@ -27,15 +28,6 @@ class ArrayPasses:
     def __iter__(self):
         for start in range(0, len(self.x), self.batch_size):
             yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
-
-
-def predict_batch(model, x, pad_to):
-    """`model.predict_on_batch(x)` as numpy, padding a shorter batch to `pad_to` rows
-    (one trace per model instead of one per batch size)."""
-    n = len(x)
-    if n < pad_to:
-        x = np.concatenate([x, np.zeros((pad_to - n,) + x.shape[1:], dtype=x.dtype)])
-    return keras.ops.convert_to_numpy(model.predict_on_batch(x))[:n]
 
 
 def stream(passes, feature_model, consumers, progress_label=None, verbose=0):
