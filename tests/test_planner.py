@@ -67,6 +67,8 @@ def test_residual_cnn_plan_order_dependencies_and_batchnorms():
     )
     assert plan.reason_after(6) == plan.blocked[0][1]
     assert plan.frozen_names(2) == names[:2] + ["stem_bn"]
+    assert all(plan.layers[step.position] is step.layer for step in plan.steps)
+    assert plan.top_input == (plan.model.get_layer("head").input, ())
 
 
 def test_feature_model_gives_the_layer_input():

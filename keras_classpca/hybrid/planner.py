@@ -129,6 +129,7 @@ class PlanStep:
         depends_on: names of the solved layers it depends on (its weighted ancestors).
         batchnorms: BatchNormalization layers to adapt right after it is solved, in
             order, as `(layer, input tensor, scope)`.
+        position: index of the layer in `Plan.layers` (the flattened graph).
     """
 
     layer: object
@@ -136,6 +137,7 @@ class PlanStep:
     scope: tuple
     depends_on: list
     batchnorms: list = dataclasses.field(default_factory=list)
+    position: int = 0  # index of the layer in `Plan.layers`
 
     @property
     def name(self):
@@ -151,6 +153,8 @@ class Plan:
     blocked: list  # (layer name, reason), in topological order
     leading_batchnorms: list  # adapted before the first step: (layer, input, scope)
     passed: list  # names of layers without trainable weights the data passes through
+    layers: list = dataclasses.field(default_factory=list)  # flattened, topological
+    top_input: tuple = None  # (tensor, scope): the input of the first blocked layer
 
     @property
     def names(self):
@@ -328,10 +332,8 @@ def plan_model(model):
             blocked.append((layer.name, reason))
             continue
         taken[i] = len(steps)
-        steps.append(
-            PlanStep(layer, node.inputs[0], node.scope, [nodes[j].layer.name for j in
-                                                           sorted(depends[i])])
-        )
+        steps.append(PlanStep(layer, node.inputs[0], node.scope,
+                              [nodes[j].layer.name for j in sorted(depends[i])], position=i))
 
     # BatchNormalization: adapted once every weighted layer it depends on is solved.
     leading = []
@@ -349,4 +351,7 @@ def plan_model(model):
             steps[taken[i]].depends_on.extend(nodes[j].layer.name for j in sorted(bn_parents[i]))
 
     passed = [n.layer.name for i, n in enumerate(nodes) if not weighted[i]]
-    return Plan(model, steps, blocked, leading, passed)
+    first_blocked = next((n for n in nodes if n.layer.name in dict(blocked)), None)
+    top = (first_blocked.inputs[0], first_blocked.scope) if first_blocked else (
+        _single(model.outputs), ())
+    return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes], top)
