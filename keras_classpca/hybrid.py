@@ -15,11 +15,18 @@ import keras
 import numpy as np
 
 from keras_classpca.class_pca import ClassPCA, labels_to_int
-from keras_classpca.data_adapter import iter_batches
+from keras_classpca.data_adapter import is_infinite, iter_batches
+from keras_classpca.fit_top import compile_like
 from keras_classpca.hybrid_report import HybridReport, SolvedLayer
 from keras_classpca.layer_inputs import assign_solution, iter_rows, output_size
 from keras_classpca.linear_probe import RidgeProbe, reduce_features
-from keras_classpca.model_chain import ensure_built, predict_batch, read_chain
+from keras_classpca.model_chain import (
+    ensure_built,
+    has_layer_graph,
+    no_graph_error,
+    predict_batch,
+    read_chain,
+)
 from keras_classpca.solve_cache import data_fingerprint, layer_signature, prefix_key
 
 CLASS_PCA_OPTIONS = tuple(
@@ -87,17 +94,87 @@ class _DataPasses:
             )
         self.passes += 1
         source = self.data() if callable(self.data) else self.data
+        if self.samples is None and is_infinite(source):
+            raise infinite_data_error()
         for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
             yield x, labels_to_int(y, self.n_classes)
 
 
 def _check_cutoff(cutoff):
-    if cutoff == "auto":
+    if isinstance(cutoff, str) and cutoff == "auto":
         return
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)) or cutoff < 0:
         raise ValueError(
             f"`cutoff` must be 'auto' or a non-negative integer (layers to solve); received {cutoff!r}."
         )
+
+
+def _positive_int(value, name):
+    """`value` as an int if it is a positive integer (NumPy integers too) or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer or None; received {value!r}.")
+    return int(value)
+
+
+def check_settings(samples=None, batch_size=None, seed=0, patches_per_image=None, verbose=1,
+                   **class_pca_options):
+    """Validate `hybridize`'s settings and class-PCA options before any work.
+
+    Returns `(samples, batch_size, patches_per_image)` as Python ints (or None).
+    Shared by `hybridize` and `HybridHyperModel`, which checks its fixed settings
+    at construction.
+    """
+    unknown = sorted(set(class_pca_options) - set(CLASS_PCA_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"Unknown option(s) {unknown} for hybridize; ClassPCA options are {list(CLASS_PCA_OPTIONS)}."
+        )
+    ClassPCA(1, **class_pca_options)  # validates option values up front
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
+    return (
+        _positive_int(samples, "samples"),
+        _positive_int(batch_size, "batch_size"),
+        _positive_int(patches_per_image, "patches_per_image"),
+    )
+
+
+def infinite_data_error():
+    return ValueError(
+        "`data` never ends (a tf.data.Dataset repeated without a count): pass "
+        "`samples=` (how many samples to solve the layers on), or a finite dataset."
+    )
+
+
+def _planned_passes(chain, target, auto):
+    """Passes over the data a solve of `target` layers makes (without cache hits)."""
+    ends = chain.candidates[1:] + [len(chain.layers)]
+
+    def batchnorms(indices):
+        return sum(isinstance(chain.layers[i], keras.layers.BatchNormalization) for i in indices)
+
+    count = batchnorms(range(chain.candidates[0]))
+    for j in range(target):
+        count += 1 + batchnorms(range(chain.candidates[j] + 1, ends[j]))
+    return count + (1 if auto else 0)
+
+
+class _ModelState:
+    """Weights and `trainable` flags of a model's layers, to put back after a failure."""
+
+    def __init__(self, model):
+        self.layers = [(layer, layer.get_weights(), layer.trainable) for layer in model.layers]
+
+    def restore(self):
+        for layer, weights, trainable in self.layers:
+            if weights:
+                layer.set_weights(weights)
+            if layer.trainable != trainable:
+                layer.trainable = trainable
 
 
 def _stream(passes, feature_model, consumers, progress_label, verbose):
@@ -283,6 +360,12 @@ def hybridize(
     with weights; `report.stopped_because` says why it stopped.
 
     Call it before `compile()`: Keras fixes the trainable variables at compile time.
+    A model that was already compiled (or fitted) is compiled again after the freeze,
+    with its own compile arguments and the same optimizer object (`report.recompiled`),
+    so the solved layers do not go on training.
+
+    Either it completes, or it raises and leaves the model as it was: weights,
+    BatchNormalization statistics and `trainable` flags are put back on any error.
 
     Args:
         model: a built single-input, single-output Keras model (an unbuilt Sequential
@@ -296,6 +379,7 @@ def hybridize(
             held-out accuracy over the features before it (docs/cutoff.md).
         samples: use at most this many training samples (a random subset of arrays;
             the first `samples` of a dataset). The paper: a fraction suffices.
+            Required for a dataset that never ends (`ds.repeat()`).
         freeze: set solved layers (and BatchNormalization between them) to
             `trainable=False`.
         verbose: 1 shows a progress bar per pass over the data.
@@ -333,22 +417,15 @@ def hybridize(
     """
     start = time.perf_counter()
     _check_cutoff(cutoff)
-    unknown = sorted(set(class_pca_options) - set(CLASS_PCA_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"Unknown option(s) {unknown} for hybridize; ClassPCA options are {list(CLASS_PCA_OPTIONS)}."
-        )
-    ClassPCA(1, **class_pca_options)  # validates option values up front
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-        raise ValueError(f"`samples` must be a positive integer or None; received {samples!r}.")
-    if patches_per_image is not None and (
-        isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
-    ):
-        raise ValueError(
-            f"`patches_per_image` must be a positive integer or None; received {patches_per_image!r}."
-        )
+    samples, batch_size, patches_per_image = check_settings(
+        samples, batch_size, seed, patches_per_image, verbose, **class_pca_options
+    )
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    if not has_layer_graph(model):
+        raise no_graph_error(model)
+    if samples is None and is_infinite(data):
+        raise infinite_data_error()
     if strategy is not None:
         from keras_classpca.distributed import require_tensorflow_backend
 
@@ -376,149 +453,176 @@ def hybridize(
     if cutoff == 0 or not chain.candidates:
         report.seconds = time.perf_counter() - start
         return report
-
     auto = cutoff == "auto"
-    target = len(chain.candidates) if auto else cutoff
-    row_options = {"patches_per_image": patches_per_image}
-    probe_accuracy = []
-    ends = chain.candidates[1:] + [len(chain.layers)]
-    saved = {}  # weights before the latest solve, to undo it if the probe rejects it
-    keys = _CacheKeys(solve_cache, data_fingerprint, passes, model, chain, ends, {
-        "samples": samples, "seed": seed, "batch_size": batch_size,
-        "patches_per_image": patches_per_image, "options": class_pca_options,
-    })
-
-    def probe_rejects_last():
-        return auto and len(probe_accuracy) > 1 and (
-            probe_accuracy[-1] < probe_accuracy[-2] + AUTO_MIN_GAIN
+    needed = _planned_passes(chain, len(chain.candidates) if auto else cutoff, auto)
+    if passes.one_shot and needed > 1:
+        raise TypeError(
+            f"`data` is a one-shot iterator but hybridize needs {needed} passes over it here "
+            "(one per solved layer and per BatchNormalization to adapt"
+            + (", one for the 'auto' probe" if auto else "")
+            + "): pass arrays, a tf.data.Dataset, a keras PyDataset, or a callable "
+            "returning a fresh generator."
         )
 
-    def undo_last():
-        for l in chain.layers:
-            if l.name in saved:
-                l.set_weights(saved[l.name])
-        report.layers.pop()
+    state = _ModelState(model)
+    try:
+        target = len(chain.candidates) if auto else cutoff
+        row_options = {"patches_per_image": patches_per_image}
+        probe_accuracy = []
+        ends = chain.candidates[1:] + [len(chain.layers)]
+        saved = {}  # weights before the latest solve, to undo it if the probe rejects it
+        keys = _CacheKeys(solve_cache, data_fingerprint, passes, model, chain, ends, {
+            "samples": samples, "seed": seed, "batch_size": batch_size,
+            "patches_per_image": patches_per_image, "options": class_pca_options,
+        })
 
-    def adapt_batchnorms(indices):
-        names = []
-        for i in indices:
-            if isinstance(chain.layers[i], keras.layers.BatchNormalization):
-                moments = _MomentsConsumer(chain.layers[i])
-                _stream(passes, chain.feature_model(chain.inputs[i]), [moments],
-                        f"Adapting BatchNormalization '{chain.layers[i].name}'", verbose)
-                moments.assign()
-                names.append(chain.layers[i].name)
-        return names
+        def probe_rejects_last():
+            return auto and len(probe_accuracy) > 1 and (
+                probe_accuracy[-1] < probe_accuracy[-2] + AUTO_MIN_GAIN
+            )
 
-    for j in range(target):
-        position = chain.candidates[j]
-        layer = chain.layers[position]
-        # The block of layers this solve sets: the layer, what follows it up to the next
-        # candidate, and for the first one also what precedes it (a BatchNormalization
-        # on the raw input is adapted to the data like the ones after solved layers).
-        block_start = 0 if j == 0 else position
-        block = chain.layers[block_start : ends[j]]
-        batchnorms = [l.name for l in block if isinstance(l, keras.layers.BatchNormalization)]
-        cached = keys.lookup(j, need_probe=auto)
-        if cached is not None:
-            if auto:
-                probe_accuracy.append(cached["record"]["probe_accuracy"])
+        def undo_last():
+            for l in chain.layers:
+                if l.name in saved:
+                    l.set_weights(saved[l.name])
+            report.layers.pop()
+
+        def adapt_batchnorms(indices):
+            names = []
+            for i in indices:
+                if isinstance(chain.layers[i], keras.layers.BatchNormalization):
+                    moments = _MomentsConsumer(chain.layers[i])
+                    _stream(passes, chain.feature_model(chain.inputs[i]), [moments],
+                            f"Adapting BatchNormalization '{chain.layers[i].name}'", verbose)
+                    moments.assign()
+                    names.append(chain.layers[i].name)
+            return names
+
+        for j in range(target):
+            position = chain.candidates[j]
+            layer = chain.layers[position]
+            # The block of layers this solve sets: the layer, what follows it up to the next
+            # candidate, and for the first one also what precedes it (a BatchNormalization
+            # on the raw input is adapted to the data like the ones after solved layers).
+            block_start = 0 if j == 0 else position
+            block = chain.layers[block_start : ends[j]]
+            batchnorms = [l.name for l in block if isinstance(l, keras.layers.BatchNormalization)]
+            cached = keys.lookup(j, need_probe=auto)
+            if cached is not None:
+                if auto:
+                    probe_accuracy.append(cached["record"]["probe_accuracy"])
+                    if probe_rejects_last():
+                        undo_last()
+                        break
+                saved = {l.name: l.get_weights() for l in block}
+                for l, weights in zip(block, cached["weights"]):
+                    l.set_weights(weights)
+                # Same architecture, possibly other layer names (a new model per trial).
+                record = dict(cached["record"]["solved"], name=layer.name, adapted_batchnorms=batchnorms)
+                report.layers.append(SolvedLayer(**record))
+                continue
+            layer_start = time.perf_counter()
+            pending_saved = {l.name: l.get_weights() for l in block}
+            leading = adapt_batchnorms(range(block_start, position))
+            # One pass feeds this layer's statistics and, for "auto", the probe of the
+            # features the previous solved layer produced (they are this layer's input).
+            statistics = _StatisticsConsumer(layer, class_pca_options, seed, row_options)
+            probe = _ProbeConsumer() if auto else None
+            consumers = [statistics] + ([probe] if probe else [])
+            if strategy is not None:
+                from keras_classpca.distributed import hybridize_layer_pass
+
+                distributed = hybridize_layer_pass(
+                    passes, layer, chain.feature_model(chain.inputs[position]),
+                    strategy=strategy, batch_size=batch_size, class_pca_options=class_pca_options,
+                )
+                statistics.class_pca, statistics.rows = distributed.class_pca, distributed.rows
+                consumers = consumers[1:]  # the probe, if any, still streams locally
+            if consumers:
+                seen = _stream(
+                    passes,
+                    chain.feature_model(chain.inputs[position]),
+                    consumers,
+                    f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{target})",
+                    verbose,
+                )
+            else:  # the distributed pass already streamed every sample
+                seen = distributed.samples
+            if probe is not None:
+                probe_accuracy.append(probe.accuracy())
                 if probe_rejects_last():
                     undo_last()
                     break
-            saved = {l.name: l.get_weights() for l in block}
-            for l, weights in zip(block, cached["weights"]):
-                l.set_weights(weights)
-            # Same architecture, possibly other layer names (a new model per trial).
-            record = dict(cached["record"]["solved"], name=layer.name, adapted_batchnorms=batchnorms)
-            report.layers.append(SolvedLayer(**record))
-            continue
-        layer_start = time.perf_counter()
-        pending_saved = {l.name: l.get_weights() for l in block}
-        leading = adapt_batchnorms(range(block_start, position))
-        # One pass feeds this layer's statistics and, for "auto", the probe of the
-        # features the previous solved layer produced (they are this layer's input).
-        statistics = _StatisticsConsumer(layer, class_pca_options, seed, row_options)
-        probe = _ProbeConsumer() if auto else None
-        consumers = [statistics] + ([probe] if probe else [])
-        if strategy is not None:
-            from keras_classpca.distributed import hybridize_layer_pass
-
-            distributed = hybridize_layer_pass(
-                passes, layer, chain.feature_model(chain.inputs[position]),
-                strategy=strategy, batch_size=batch_size, class_pca_options=class_pca_options,
-            )
-            statistics.class_pca, statistics.rows = distributed.class_pca, distributed.rows
-            consumers = consumers[1:]  # the probe, if any, still streams locally
-        if consumers:
-            seen = _stream(
-                passes,
-                chain.feature_model(chain.inputs[position]),
-                consumers,
-                f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{target})",
-                verbose,
-            )
-        else:  # the distributed pass already streamed every sample
-            seen = distributed.samples
-        if probe is not None:
-            probe_accuracy.append(probe.accuracy())
-            if probe_rejects_last():
-                undo_last()
+            try:
+                solution = statistics.class_pca.solve()
+            except ValueError as error:
+                if not auto:
+                    raise
+                # "auto" stops below a layer the data cannot solve (e.g. too few samples
+                # per class for its units) instead of failing the whole call.
+                report.stopped_because = f"{type(layer).__name__} '{layer.name}' cannot be solved from this data: {error}"
+                for l in block:
+                    l.set_weights(pending_saved[l.name])
                 break
-        try:
-            solution = statistics.class_pca.solve()
-        except ValueError as error:
-            if not auto:
-                raise
-            # "auto" stops below a layer the data cannot solve (e.g. too few samples
-            # per class for its units) instead of failing the whole call.
-            report.stopped_because = f"{type(layer).__name__} '{layer.name}' cannot be solved from this data: {error}"
-            for l in block:
-                l.set_weights(pending_saved[l.name])
-            break
-        saved = pending_saved
-        assign_solution(layer, solution.kernel, solution.bias)
-        solved = SolvedLayer(
-            name=layer.name,
-            kind=type(layer).__name__,
-            samples=seen,
-            rows=statistics.rows,
-            seconds=0.0,
-            explained_variance=_captured_variance(statistics.class_pca),
-            n_components=solution.kernel.shape[1],
-        )
-        solved.adapted_batchnorms = leading + adapt_batchnorms(range(position + 1, ends[j]))
-        solved.seconds = time.perf_counter() - layer_start
-        report.layers.append(solved)
-        keys.store(j, [l.get_weights() for l in block], solved, probe_accuracy[-1] if auto else None)
-    else:
-        if auto:
-            # The features after the last candidate: what the trained top would see.
-            cached = keys.lookup(target, need_probe=True)
-            if cached is not None:
-                probe_accuracy.append(cached["record"]["probe_accuracy"])
-            else:
-                probe = _ProbeConsumer()
-                _stream(passes, chain.feature_model(chain.outputs[-1]), [probe],
-                        "Probing the features of the solved prefix", verbose)
-                probe_accuracy.append(probe.accuracy())
-                keys.store(target, [], None, probe_accuracy[-1])
-            if probe_rejects_last():
-                undo_last()
+            saved = pending_saved
+            assign_solution(layer, solution.kernel, solution.bias)
+            solved = SolvedLayer(
+                name=layer.name,
+                kind=type(layer).__name__,
+                samples=seen,
+                rows=statistics.rows,
+                seconds=0.0,
+                explained_variance=_captured_variance(statistics.class_pca),
+                n_components=solution.kernel.shape[1],
+            )
+            solved.adapted_batchnorms = leading + adapt_batchnorms(range(position + 1, ends[j]))
+            solved.seconds = time.perf_counter() - layer_start
+            report.layers.append(solved)
+            keys.store(j, [l.get_weights() for l in block], solved, probe_accuracy[-1] if auto else None)
+        else:
+            if auto:
+                # The features after the last candidate: what the trained top would see.
+                cached = keys.lookup(target, need_probe=True)
+                if cached is not None:
+                    probe_accuracy.append(cached["record"]["probe_accuracy"])
+                else:
+                    probe = _ProbeConsumer()
+                    _stream(passes, chain.feature_model(chain.outputs[-1]), [probe],
+                            "Probing the features of the solved prefix", verbose)
+                    probe_accuracy.append(probe.accuracy())
+                    keys.store(target, [], None, probe_accuracy[-1])
+                if probe_rejects_last():
+                    undo_last()
 
-    if freeze:
-        for name in frozen_layer_names(chain, len(report.layers)):
-            model.get_layer(name).trainable = False
-            report.frozen.append(name)
-    report.cutoff = len(report.layers)
-    if cutoff == "auto":
-        report.evidence = {
-            "probe_accuracy": probe_accuracy,
-            "rule": (
-                "solve the next layer only if a ridge probe on the features after it "
-                f"gains at least {AUTO_MIN_GAIN:.3f} held-out accuracy over the features before it"
-            ),
-            "probe_samples": min(PROBE_MAX_SAMPLES, passes.seen or passes.samples or PROBE_MAX_SAMPLES),
-        }
+        if freeze:
+            for name in frozen_layer_names(chain, len(report.layers)):
+                model.get_layer(name).trainable = False
+                report.frozen.append(name)
+        if report.frozen and getattr(model, "compiled", False):
+            # Keras fixes the trainable variables at compile(): a model compiled (or
+            # fitted) before would go on training the "frozen" layers.
+            try:
+                compile_like(model, model)
+            except ValueError:
+                raise ValueError(
+                    "`model` was compiled before hybridize but its compile arguments are "
+                    "unknown, so it cannot be compiled again to make the freeze hold: call "
+                    "hybridize before compile()."
+                ) from None
+            report.recompiled = True
+        report.cutoff = len(report.layers)
+        if cutoff == "auto":
+            report.evidence = {
+                "probe_accuracy": probe_accuracy,
+                "rule": (
+                    "solve the next layer only if a ridge probe on the features after it "
+                    f"gains at least {AUTO_MIN_GAIN:.3f} held-out accuracy over the features before it"
+                ),
+                "probe_samples": min(PROBE_MAX_SAMPLES, passes.seen or passes.samples or PROBE_MAX_SAMPLES),
+            }
+    except BaseException:
+        # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
+        state.restore()
+        raise
     report.seconds = time.perf_counter() - start
     return report
