@@ -30,7 +30,14 @@ def as_standard_float(array):
     NumPy has no arithmetic of its own for these types (what `mixed_bfloat16` layers
     output); statistics are computed in float32/float64 anyway. Other arrays unchanged.
     """
-    array = np.asarray(array)
+    try:
+        array = np.asarray(array)
+    except TypeError:
+        if not _is_array_like(array):
+            raise
+        import keras  # NumPy cannot take torch's bfloat16 tensors; Keras converts them
+
+        array = keras.ops.convert_to_numpy(array)
     if array.dtype.kind == "V" and array.dtype.name.startswith(("bfloat", "float")):
         return array.astype(np.float32)
     return array
