@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[tensorflow-cpu,tuner,tfds,plots,test]'
 	touch $@
 
 # JAX and torch, for the test runs under KERAS_BACKEND=jax / torch.
@@ -32,12 +32,16 @@ data:
 demo: $(VENV)/.installed data
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) examples/quickstart.py
 
-# The whole suite once per backend; tests that need TensorFlow under Keras (Keras
+# Lint, then the backend-independent tests (NumPy math, docstring examples) once, then
+# the Keras-facing tests once per backend; tests that need TensorFlow under Keras (Keras
 # layers inside tf.distribute) report themselves skipped under the others.
 test: $(VENV)/.installed $(VENV)/.backends data
-	@set -e; for backend in $(BACKENDS); do \
+	$(PY) -m ruff check keras_classpca tests benchmarks examples
+	@set -e; echo "=== pytest, backend-independent"; \
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -m "not keras" --doctest-modules keras_classpca tests --durations=5; \
+	for backend in $(BACKENDS); do \
 		echo "=== pytest, KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest --durations=10; \
+		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -m keras --durations=10; \
 	done
 
 bench: $(VENV)/.installed data

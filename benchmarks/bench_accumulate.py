@@ -43,7 +43,6 @@ import sys
 import time
 from pathlib import Path
 
-
 DEFAULT_BLAS_THREADS = "1"
 
 
@@ -65,7 +64,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from _report import (  # noqa: E402
     machine_line,
     markdown_table,
@@ -102,8 +100,8 @@ def dense_workload(n, d=400, batch=10_000, seed=0, ipca_share=0.25):
 
 
 def fmnist_workload(n_images=None, images_per_batch=100, ipca_share=0.1):
+    from keras_classpca.core.patches import extract_patches
     from keras_classpca.datasets import load_dataset
-    from keras_classpca.patches import extract_patches
 
     (x_train, y_train), _ = load_dataset("fashion_mnist")
     if n_images is not None:
@@ -117,7 +115,7 @@ def fmnist_workload(n_images=None, images_per_batch=100, ipca_share=0.1):
 
 
 def conv2_workload(n_images=1_000, images_per_batch=100, seed=0, ipca_share=0.2):
-    from keras_classpca.patches import extract_patches
+    from keras_classpca.core.patches import extract_patches
 
     rng = np.random.default_rng(seed)
     y_images = rng.integers(0, N_CLASSES, n_images)

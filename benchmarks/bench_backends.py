@@ -47,8 +47,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _report import (  # noqa: E402
-    add_report_options, append_record, load_records, machine_line, markdown_table,
-    report_arguments, write_section,
+    add_report_options,
+    append_record,
+    load_records,
+    machine_line,
+    markdown_table,
+    report_arguments,
+    write_section,
 )
 
 SECTION = "bench_backends"
@@ -82,8 +87,8 @@ def worker(args):
 
     from keras_classpca.datasets import load_fashion_mnist
     from keras_classpca.demo import benchmark_cnn
-    from keras_classpca.fit_top import fit_top
-    from keras_classpca.hybrid import hybridize
+    from keras_classpca.hybrid.builder import hybridize
+    from keras_classpca.hybrid.training import fit_top
 
     backend = keras.backend.backend()
     if backend != args.worker:

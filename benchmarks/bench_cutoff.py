@@ -17,8 +17,8 @@ import time
 
 import keras
 import numpy as np
-
 from _report import machine_line, markdown_table, write_section
+
 from keras_classpca import fit_top, hybridize
 from keras_classpca.datasets import load_dataset
 from keras_classpca.demo import benchmark_cnn

@@ -42,17 +42,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
 from _report import (  # noqa: E402
-    add_report_options, append_record, load_records, machine_line, markdown_table, report_arguments, write_section,
+    add_report_options,
+    append_record,
+    load_records,
+    machine_line,
+    markdown_table,
+    report_arguments,
+    write_section,
 )
-from keras_classpca.data_adapter import iter_batches  # noqa: E402
-from keras_classpca.datasets import load_dataset  # noqa: E402
-from keras_classpca.fit_top import fit_top  # noqa: E402
-from keras_classpca.hybrid import hybridize  # noqa: E402
 
-# `keras_classpca.fit_top` the attribute is the function; the module is in sys.modules.
-fit_top_module = sys.modules["keras_classpca.fit_top"]
+from keras_classpca.core.data_adapter import iter_batches  # noqa: E402
+from keras_classpca.datasets import load_dataset  # noqa: E402
+from keras_classpca.hybrid.builder import hybridize  # noqa: E402
+from keras_classpca.hybrid.training import fit_top  # noqa: E402
+
+# `keras_classpca.hybrid.training` the attribute is the function; the module is in sys.modules.
+fit_top_module = sys.modules["keras_classpca.hybrid.training"]
 
 SECTION = "bench_hybrid"
 BATCH = 128

@@ -37,16 +37,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
-
 from _report import (  # noqa: E402
-    add_report_options, append_record, load_records, machine_line, markdown_table, report_arguments, write_section,
+    add_report_options,
+    append_record,
+    load_records,
+    machine_line,
+    markdown_table,
+    report_arguments,
+    write_section,
 )
 from bench_hybrid import (  # noqa: E402
-    BATCH, build, compile_model, evaluate, med, run_sgd, subset,
+    BATCH,
+    build,
+    compile_model,
+    evaluate,
+    med,
+    run_sgd,
+    subset,
 )
+
 from keras_classpca.datasets import load_dataset  # noqa: E402
-from keras_classpca.fit_top import fit_top  # noqa: E402
-from keras_classpca.hybrid import hybridize  # noqa: E402
+from keras_classpca.hybrid.builder import hybridize  # noqa: E402
+from keras_classpca.hybrid.training import fit_top  # noqa: E402
 
 SECTION = "bench_options"
 DEFAULT_RESULTS = "/tmp/bench_options.jsonl"

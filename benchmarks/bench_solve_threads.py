@@ -28,12 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from _report import (  # noqa: E402
+    add_report_options,
+    machine_line,
+    markdown_table,
+    report_arguments,
+    write_section,
+)
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-import keras_classpca.class_pca as class_pca_module  # noqa: E402
-from _report import (  # noqa: E402
-    add_report_options, machine_line, markdown_table, report_arguments, write_section,
-)
+import keras_classpca.core.class_pca as class_pca_module  # noqa: E402
 from keras_classpca import ClassPCA  # noqa: E402
 
 SECTION = "bench_solve_threads"

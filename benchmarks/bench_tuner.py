@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
-
 from _report import machine_line, markdown_table, write_section  # noqa: E402
+
 from keras_classpca.datasets import load_dataset  # noqa: E402
 from keras_classpca.demo import benchmark_cnn  # noqa: E402
 from keras_classpca.tuner import HybridHyperModel  # noqa: E402

@@ -19,9 +19,9 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import keras  # noqa: E402
 
 from keras_classpca import theory  # noqa: E402
 from keras_classpca.diagnostics import AlignmentMonitor  # noqa: E402

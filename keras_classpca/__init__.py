@@ -3,26 +3,73 @@
 Class-based PCA weights (Dehmamy, Rohani & Katsaggelos, arXiv 1703.04757): solve the
 bottom layers from a fraction of the data, freeze them, train the rest with `fit()`.
 
-    report = keras_classpca.hybridize(model, (x, y), cutoff="auto", samples=6000)
+    report = keras_classpca.hybridize(model, (x, y))
     model.compile(...)
     keras_classpca.fit_top(model, x, y, epochs=3)
+
+Public names load on first use (PEP 562), so `import keras_classpca` costs no Keras
+backend, KerasTuner, TFDS or matplotlib import. The Keras-serializable classes
+(`ClassPCADense`, `ClassPCAConv2D`, `ClassPCAInitializer`, `NormalizedReLU`) are
+registered as soon as Keras itself is imported, so `keras.saving.load_model` finds
+them after `import keras_classpca` with no `custom_objects`.
 """
+
+import importlib
+
+from keras_classpca._registration import register_when_keras_loads
 
 __version__ = "0.1.0"
 
-from keras_classpca import datasets, diagnostics, theory, tuner
-from keras_classpca.class_pca import ClassPCA
-from keras_classpca.class_pca_initializer import ClassPCAInitializer
-from keras_classpca.diagnostics import AlignmentMonitor, TimescaleMonitor
-from keras_classpca.export import (
-    artifact_sizes,
-    export_for_serving,
-    predict_request_body,
-    signature_info,
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "ClassPCA": "keras_classpca.core.class_pca",
+    "ClassPCAInitializer": "keras_classpca.layers.class_pca_initializer",
+    "ClassPCADense": "keras_classpca.layers.class_pca_dense",
+    "ClassPCAConv2D": "keras_classpca.layers.class_pca_conv2d",
+    "NormalizedReLU": "keras_classpca.layers.normalized_relu",
+    "hybridize": "keras_classpca.hybrid.builder",
+    "fit_top": "keras_classpca.hybrid.training",
+    "HybridReport": "keras_classpca.hybrid.report",
+    "SolvedLayer": "keras_classpca.hybrid.report",
+    "SolveCache": "keras_classpca.hybrid.cache",
+    "export_for_serving": "keras_classpca.serving.export",
+    "artifact_sizes": "keras_classpca.serving.export",
+    "signature_info": "keras_classpca.serving.export",
+    "predict_request_body": "keras_classpca.serving.export",
+    "TimescaleMonitor": "keras_classpca.diagnostics.timescale_monitor",
+    "AlignmentMonitor": "keras_classpca.diagnostics.alignment_monitor",
+    "HybridHyperModel": "keras_classpca.tuner",
+}
+# Subpackages reachable as attributes (`keras_classpca.theory.gram_spectrum`).
+_SUBMODULES = (
+    "cli",
+    "core",
+    "datasets",
+    "diagnostics",
+    "distributed",
+    "hybrid",
+    "layers",
+    "serving",
+    "theory",
+    "tuner",
 )
-from keras_classpca.fit_top import fit_top
-from keras_classpca.hybrid import hybridize
-from keras_classpca.hybrid_report import HybridReport, SolvedLayer
-from keras_classpca.layers import ClassPCAConv2D, ClassPCADense, NormalizedReLU
-from keras_classpca.solve_cache import SolveCache
-from keras_classpca.tuner import HybridHyperModel
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+register_when_keras_loads()

@@ -184,7 +184,7 @@ def cmd_demo(args):
 
 def cmd_timescales(args):
     from keras_classpca.diagnostics import TimescaleMonitor
-    from keras_classpca.plots import plot_timescales
+    from keras_classpca.diagnostics.plots import plot_timescales
 
     out = _out_dir(args.out)
     (x_train, y_train), (x_test, y_test), n_classes = _load(args)
@@ -261,9 +261,9 @@ def cmd_timescales(args):
 def cmd_sweep(args):
     import keras
 
-    from keras_classpca.fit_top import fit_top
-    from keras_classpca.hybrid import hybridize
-    from keras_classpca.plots import plot_cutoff_sweep
+    from keras_classpca.diagnostics.plots import plot_cutoff_sweep
+    from keras_classpca.hybrid.builder import hybridize
+    from keras_classpca.hybrid.training import fit_top
 
     out = _out_dir(args.out)
     (x_train, y_train), (x_test, y_test), n_classes = _load(args)
@@ -365,7 +365,7 @@ def cmd_sweep(args):
 
 def cmd_filters(args):
     from keras_classpca.diagnostics import TimescaleMonitor
-    from keras_classpca.plots import plot_filter_grid
+    from keras_classpca.diagnostics.plots import plot_filter_grid
 
     out = _out_dir(args.out)
     (x_train, y_train), (x_test, y_test), n_classes = _load(args)
@@ -393,10 +393,10 @@ def cmd_filters(args):
     monitor.set_model(model)
     overlap, sgd_kernel, d, rank, _ = monitor.measure()[layer.name]
 
-    from keras_classpca.class_pca import ClassPCA
-    from keras_classpca.layer_inputs import iter_rows
-
     import keras
+
+    from keras_classpca.core.class_pca import ClassPCA
+    from keras_classpca.layers.geometry import iter_rows
 
     inputs = keras.Model(model.inputs[0], layer.input)(monitor._x, training=False)
     rows_labels = list(
@@ -453,7 +453,7 @@ def cmd_export(args):
     import keras
 
     import keras_classpca  # noqa: F401  (registers the package's layers for loading)
-    from keras_classpca.export import export_for_serving, signature_info
+    from keras_classpca.serving.export import export_for_serving, signature_info
 
     if not os.path.isfile(args.model):
         raise _UsageError(f"{args.model}: no such file (expected a .keras model file)")

@@ -10,8 +10,8 @@ import time
 import keras
 
 from keras_classpca.datasets import load_dataset
-from keras_classpca.fit_top import fit_top
-from keras_classpca.hybrid import hybridize
+from keras_classpca.hybrid.builder import hybridize
+from keras_classpca.hybrid.training import fit_top
 
 
 def benchmark_cnn(input_shape, n_classes, kernel_size=None):

@@ -26,9 +26,11 @@ layers inside `strategy.run` (a solved prefix, as `hybridize(strategy=)` does) n
 import collections
 
 import numpy as np
-import tensorflow as tf
 
-from keras_classpca.class_pca import ClassPCA, _Moments
+from keras_classpca._optional import import_optional
+from keras_classpca.core.class_pca import ClassPCA, _Moments
+
+tf = import_optional("tensorflow", "keras_classpca.distributed (tf.distribute)")
 
 __all__ = [
     "adapt_with_strategy",
@@ -174,7 +176,7 @@ def layer_row_fn(layer):
 
 def _as_dataset(data, y, batch_size):
     """A batched `tf.data.Dataset` of `(x, y)` from a dataset or `(x, y)` arrays."""
-    from keras_classpca.data_adapter import _is_unbatched
+    from keras_classpca.core.data_adapter import _is_unbatched
 
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if y is not None:
@@ -455,7 +457,7 @@ def layer_class_pca(
     the layer's units / filters and is solved once the statistics are reduced;
     `samples` and `rows` are the totals over all replicas.
     """
-    from keras_classpca.layer_inputs import output_size
+    from keras_classpca.layers.geometry import output_size
 
     if feature_model is not None:
         require_tensorflow_backend("A feature model")
@@ -510,7 +512,7 @@ def hybridize_layer_pass(passes, layer, feature_model, *, strategy, batch_size, 
 
 
 def _is_batched(dataset):
-    from keras_classpca.data_adapter import _is_unbatched
+    from keras_classpca.core.data_adapter import _is_unbatched
 
     spec = dataset.element_spec
     return isinstance(spec, tuple) and len(spec) >= 2 and not _is_unbatched(spec[0], spec[1])
@@ -518,7 +520,7 @@ def _is_batched(dataset):
 
 def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
     """`layer.adapt(data)` for a `ClassPCADense` / `ClassPCAConv2D` over `strategy`."""
-    from keras_classpca.layer_inputs import assign_solution
+    from keras_classpca.layers.geometry import assign_solution
 
     if getattr(layer, "patches_per_image", None) is not None:
         raise NotImplementedError(

@@ -13,7 +13,7 @@ checked on your own networks:
 3. **Conditioning with depth** (Agarwal, Awasthi & Kale, "A deep conditioning
    treatment of neural networks", 2020): :func:`normalized_gram`,
    :func:`gram_condition_number`, :func:`kernel_condition_number`, with the
-   activation :class:`keras_classpca.normalized_relu.NormalizedReLU`.
+   activation :class:`keras_classpca.layers.normalized_relu.NormalizedReLU`.
 
 All the mathematics is plain NumPy; Keras is only used to evaluate a Keras
 activation given by name or to run a Keras model.

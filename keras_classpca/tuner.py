@@ -14,14 +14,21 @@ import os
 import time
 
 import keras
-import keras_tuner
 import numpy as np
 
-from keras_classpca.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
-from keras_classpca.fit_top import compile_like
-from keras_classpca.hybrid import CLASS_PCA_OPTIONS, check_settings, frozen_layer_names, hybridize
-from keras_classpca.model_chain import ensure_built, has_layer_graph, no_graph_error, read_chain
-from keras_classpca.solve_cache import SolveCache, data_fingerprint
+from keras_classpca._optional import import_optional
+from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
+from keras_classpca.hybrid.builder import (
+    CLASS_PCA_OPTIONS,
+    check_settings,
+    frozen_layer_names,
+    hybridize,
+)
+from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
+from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error, read_chain
+from keras_classpca.hybrid.training import compile_like
+
+keras_tuner = import_optional("keras_tuner", "keras_classpca.tuner (HybridHyperModel)")
 
 CUTOFF = "cutoff"
 # Searched class-PCA options with `search_options=True`; the first value of each is

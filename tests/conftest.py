@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 
-
 BACKEND = keras.backend.backend()
 
 
@@ -15,13 +14,18 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `tensorflow_backend` need TF under Keras; elsewhere they are skipped
+    """Every test not marked `backend_independent` (NumPy only) is Keras-facing: it gets
+    the `keras` marker, and `make test` runs it once per backend (`-m keras`), the others
+    and the docstring examples once (`-m "not keras"`).
+
+    Tests marked `tensorflow_backend` need TF under Keras; elsewhere they are skipped
     with that reason (reported by `-ra`), never dropped."""
-    if BACKEND == "tensorflow":
-        return
     skip = pytest.mark.skip(reason=f"needs KERAS_BACKEND=tensorflow (running {BACKEND})")
     for item in items:
-        if item.get_closest_marker("tensorflow_backend"):
+        if isinstance(item, pytest.DoctestItem) or item.get_closest_marker("backend_independent"):
+            continue
+        item.add_marker(pytest.mark.keras)
+        if BACKEND != "tensorflow" and item.get_closest_marker("tensorflow_backend"):
             item.add_marker(skip)
 
 

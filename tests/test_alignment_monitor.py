@@ -117,12 +117,3 @@ def test_gradient_descent_aligns_deep_linear_network():
     for pair, values in monitor.alignments.items():
         assert values[0] < 0.9, pair
         assert values[-1] > 0.99, pair
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import keras_classpca.diagnostics.alignment_monitor as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

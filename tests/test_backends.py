@@ -18,7 +18,7 @@ import pytest
 from conftest import BACKEND
 
 import keras_classpca
-import keras_classpca.export as kx
+import keras_classpca.serving.export as kx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The other backend a saved model is loaded under: TensorFlow (the serving route) from

@@ -33,7 +33,7 @@ from keras_classpca import (
     fit_top,
     hybridize,
 )
-from keras_classpca import export as kx
+from keras_classpca.serving import export as kx
 
 L = keras.layers
 EXPORTS = BACKEND in kx.EXPORT_BACKENDS

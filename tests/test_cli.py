@@ -19,8 +19,9 @@ def _run_bad(argv, capsys):
 
 
 def _export_backend():
-    from keras_classpca.export import EXPORT_BACKENDS
     from conftest import BACKEND
+
+    from keras_classpca.serving.export import EXPORT_BACKENDS
 
     return BACKEND in EXPORT_BACKENDS
 

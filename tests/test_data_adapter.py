@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from conftest import ArrayPyDataset
 
-from keras_classpca.data_adapter import iter_batches
+from keras_classpca.core.data_adapter import iter_batches
 
 N = 23
 
@@ -196,12 +196,3 @@ def test_unsupported_types(data):
 def test_non_array_batch_part():
     with pytest.raises(TypeError, match="`x` must be an array or tensor; received object"):
         next(iter_batches([(object(), np.zeros(2))]))
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import keras_classpca.data_adapter as module
-
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0

@@ -193,7 +193,7 @@ def test_adapt_with_default_strategy():
 def test_layer_class_pca_above_a_feature_model_with_default_strategy():
     import keras
 
-    from keras_classpca.layer_inputs import iter_rows
+    from keras_classpca.layers.geometry import iter_rows
 
     rng = np.random.default_rng(1)
     images = rng.normal(size=(40, 8, 8, 3)).astype("float32")
@@ -270,7 +270,7 @@ dil = keras.layers.Conv2D(4, 3, dilation_rate=2, padding="valid")
 dil.build((None, 9, 9, 2))
 dil_pca = fit_distributed(conv_ds, 4, n_classes=3, strategy=strategy,
                           row_fn=layer_row_fn(dil), n_features=18)
-from keras_classpca.layer_inputs import iter_rows
+from keras_classpca.layers.geometry import iter_rows
 dil_ref = ClassPCA(4, n_classes=3)
 for rows, row_labels in iter_rows(dil, images, labels):
     dil_ref.partial_fit(rows, row_labels)
@@ -281,7 +281,7 @@ print(json.dumps(out))
 MIRRORED_FEATURE_MODEL = TWO_CPUS + """
 from keras_classpca import ClassPCA
 from keras_classpca.distributed import layer_class_pca
-from keras_classpca.layer_inputs import iter_rows
+from keras_classpca.layers.geometry import iter_rows
 
 # A feature model run inside strategy.run on both replicas (hybridize's case).
 rng = np.random.default_rng(0)

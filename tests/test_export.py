@@ -17,15 +17,14 @@ import sys
 import tempfile
 from types import SimpleNamespace
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
+from conftest import BACKEND
 
 import keras_classpca
-import keras_classpca.export as kx
-from conftest import BACKEND
+import keras_classpca.serving.export as kx
 
 pytestmark = pytest.mark.skipif(
     BACKEND not in kx.EXPORT_BACKENDS, reason=f"no SavedModel export under {BACKEND}"

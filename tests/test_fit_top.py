@@ -1,6 +1,5 @@
 """fit_top: training the top of a hybrid model on the cached output of its frozen prefix."""
 
-import importlib
 import os
 
 import keras
@@ -9,11 +8,10 @@ import pytest
 import tensorflow as tf
 
 from keras_classpca import fit_top, hybridize
-from keras_classpca.fit_top import cache_point
+from keras_classpca.hybrid import training as fit_top_module
+from keras_classpca.hybrid.training import cache_point
 
 L = keras.layers
-# `keras_classpca.fit_top` is the function (re-exported by the package), not the module.
-fit_top_module = importlib.import_module("keras_classpca.fit_top")
 
 
 def _data(n=300, seed=0):

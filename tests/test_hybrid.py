@@ -1,7 +1,6 @@
 """hybridize: solved layers equal ClassPCA of their actual inputs, BatchNorm adaptation,
 streaming, cutoff handling (fixed, auto, errors), unsupported layers, HybridReport."""
 
-import importlib
 import json
 import tracemalloc
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_classpca.hybrid as hybrid_module
+import keras_classpca.hybrid.builder as hybrid_module
 from keras_classpca import ClassPCA, HybridReport, hybridize
 
 L = keras.layers
@@ -549,7 +548,7 @@ def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
                                  L.Dense(36, activation="relu"), L.Dense(3)])
 
     # Accept every layer the probe sees, so that auto reaches the unsolvable one.
-    monkeypatch.setattr(importlib.import_module("keras_classpca.hybrid"), "AUTO_MIN_GAIN", -1.0)
+    monkeypatch.setattr(hybrid_module, "AUTO_MIN_GAIN", -1.0)
     auto = model()
     before = [np.array(w) for w in auto.layers[1].get_weights()]
     report = hybridize(auto, (x, y), cutoff="auto", verbose=0)

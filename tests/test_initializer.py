@@ -9,7 +9,7 @@ import pytest
 from conftest import backend_has_float64
 
 from keras_classpca import ClassPCA, ClassPCAInitializer
-from keras_classpca.patches import extract_patches
+from keras_classpca.core.patches import extract_patches
 
 
 def _np(tensor):
@@ -320,12 +320,3 @@ def test_from_data_bad_input(blobs, data, kwargs, match):
     x, y = data(*blobs)
     with pytest.raises(ValueError, match=match):
         ClassPCAInitializer.from_data(x, y, **kwargs)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import keras_classpca.class_pca_initializer as module
-
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0

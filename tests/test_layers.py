@@ -8,7 +8,7 @@ import tensorflow as tf
 from conftest import ArrayPyDataset
 
 from keras_classpca import ClassPCA, ClassPCAConv2D, ClassPCADense, ClassPCAInitializer
-from keras_classpca.patches import extract_patches
+from keras_classpca.core.patches import extract_patches
 
 
 def _np(tensor):
@@ -518,13 +518,3 @@ def test_bad_adapt_options(blobs, kwargs, match):
     with pytest.raises(ValueError, match=match):
         layer.adapt(blobs, **kwargs)
     _assert_unchanged(layer, snapshot)
-
-
-@pytest.mark.parametrize("module_name", ["class_pca_dense", "class_pca_conv2d"])
-def test_docstring_examples_run(module_name):
-    import doctest
-    import importlib
-
-    module = importlib.import_module(f"keras_classpca.layers.{module_name}")
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0

@@ -5,7 +5,9 @@ import pytest
 from sklearn.linear_model import RidgeClassifier
 from sklearn.preprocessing import StandardScaler
 
-from keras_classpca.linear_probe import RidgeProbe, reduce_features
+from keras_classpca.hybrid.probe import RidgeProbe, reduce_features
+
+pytestmark = pytest.mark.backend_independent
 
 
 def _mixture(n, d, k, seed, shift=1.0):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_classpca.model_chain import ensure_built, read_chain
+from keras_classpca.hybrid.graph import ensure_built, read_chain
 
 L = keras.layers
 

@@ -1,4 +1,4 @@
-"""Tests of keras_classpca.normalized_relu.NormalizedReLU."""
+"""Tests of keras_classpca.layers.normalized_relu.NormalizedReLU."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from keras_classpca.normalized_relu import MEAN, STD, NormalizedReLU
+from keras_classpca.layers.normalized_relu import MEAN, STD, NormalizedReLU
 
 
 def test_constants_are_the_gaussian_moments_of_relu():
@@ -81,12 +81,3 @@ def _gradient_of_sum(fn, x):
 def test_gradient_is_relu_gradient_over_std():
     grad = _gradient_of_sum(NormalizedReLU(), np.array([-1.0, 2.0], dtype="float32"))
     np.testing.assert_allclose(grad, [0.0, 1 / STD], rtol=1e-6)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import keras_classpca.normalized_relu as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

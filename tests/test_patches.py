@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_classpca import ClassPCA, ClassPCAConv2D
-from keras_classpca.patches import extract_patches
+from keras_classpca.core.patches import extract_patches
 
 
 def brute_force_patches(images, kernel_size, strides, padding, dilation):
@@ -52,6 +52,7 @@ GEOMETRIES = [
 ]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("kernel, strides, padding, dilation, hw", GEOMETRIES)
 def test_extract_patches_equals_brute_force(kernel, strides, padding, dilation, hw):
     images = np.random.default_rng(0).normal(size=(2,) + hw + (3,))
@@ -84,6 +85,7 @@ def test_patches_times_kernel_equals_keras_conv2d(padding, stride, dilation):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -179,18 +181,9 @@ def test_patches_per_image_subsamples_reproducibly():
     assert not np.array_equal(a.class_pca_.covariance_, c.class_pca_.covariance_)
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    import keras_classpca.patches as module
-
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0
-
-
 @pytest.mark.parametrize("patches_per_image", [None, 4])
 def test_chunked_patch_extraction_gives_the_same_statistics(monkeypatch, patches_per_image):
-    import keras_classpca.layer_inputs as layer_inputs
+    import keras_classpca.layers.geometry as layer_inputs
 
     images, y = _labelled_images(n=15)
     whole = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image)

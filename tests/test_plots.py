@@ -8,7 +8,7 @@ import matplotlib.image  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from keras_classpca.plots import (
+from keras_classpca.diagnostics.plots import (
     match_filters,
     plot_cutoff_sweep,
     plot_filter_grid,

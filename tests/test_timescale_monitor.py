@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_classpca.class_pca import ClassPCA
+from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.diagnostics import TimescaleMonitor
 from keras_classpca.diagnostics.subspace import (
     chance_overlap,
@@ -15,7 +15,7 @@ from keras_classpca.diagnostics.subspace import (
     subspace_overlap,
 )
 from keras_classpca.diagnostics.timescale_monitor import settled_epoch
-from keras_classpca.layer_inputs import iter_rows
+from keras_classpca.layers.geometry import iter_rows
 
 
 def _rotated(basis, theta, seed=0):

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from keras_classpca.class_pca import ClassPCA
-from keras_classpca.data_adapter import is_infinite, iter_batches
-from keras_classpca.layer_inputs import assign_solution, check_input, iter_rows, output_size
+from keras_classpca.core.class_pca import ClassPCA
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.layers.geometry import assign_solution, check_input, iter_rows, output_size
 
 CLASS_PCA_DEFAULTS = {
     "n_classes": None,
@@ -115,7 +115,7 @@ class ClassPCAAdaptMixin:
 
 def class_pca_labels(class_pca, y, n_samples):
     """Validated int labels for one batch (errors name `y`)."""
-    from keras_classpca.class_pca import labels_to_int
+    from keras_classpca.core.class_pca import labels_to_int
 
     labels = labels_to_int(y, class_pca.n_classes)
     if len(labels) != n_samples:

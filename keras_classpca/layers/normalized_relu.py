@@ -38,7 +38,7 @@ class NormalizedReLU(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
-    >>> from keras_classpca.normalized_relu import NormalizedReLU
+    >>> from keras_classpca.layers.normalized_relu import NormalizedReLU
     >>> z = np.random.default_rng(0).standard_normal(200_000).astype("float32")
     >>> y = np.asarray(NormalizedReLU()(z))
     >>> bool(abs(y.mean()) < 0.01), bool(abs(y.var() - 1) < 0.01)

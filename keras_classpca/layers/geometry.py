@@ -10,10 +10,18 @@ configured), produced a bounded chunk of images at a time.
 import keras
 import numpy as np
 
-from keras_classpca.patches import extract_patches
+from keras_classpca.core.patches import extract_patches
 
 # Patch rows materialised at once for a Conv2D: bounds memory to ~32 MB of float64.
 MAX_CHUNK_VALUES = 1 << 22
+
+
+def iter_layers(model):
+    """All layers of `model` in order, descending into nested models."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from iter_layers(layer)
 
 
 def unsolvable_reason(layer):

@@ -5,9 +5,9 @@ import warnings
 import keras
 import numpy as np
 
-from keras_classpca.class_pca import ClassPCA, labels_to_int
-from keras_classpca.data_adapter import iter_batches
-from keras_classpca.patches import extract_patches
+from keras_classpca.core.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.core.patches import extract_patches
 
 PARTS = ("kernel", "bias")
 

@@ -20,8 +20,8 @@ import warnings
 import keras
 import numpy as np
 
-from keras_classpca.data_adapter import is_infinite, iter_batches
-from keras_classpca.model_chain import (
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.hybrid.graph import (
     RANDOM_IN_TRAINING,
     has_layer_graph,
     predict_batch,

@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from keras_classpca.data_adapter import as_standard_float, iter_batches
+from keras_classpca.core.data_adapter import as_standard_float, iter_batches
 
 ALLOCATIONS = ("equal", "adaptive")
 SCALINGS = ("standardize", "unit", "whiten")

@@ -14,20 +14,20 @@ import time
 import keras
 import numpy as np
 
-from keras_classpca.class_pca import ClassPCA, labels_to_int
-from keras_classpca.data_adapter import is_infinite, iter_batches
-from keras_classpca.fit_top import compile_like
-from keras_classpca.hybrid_report import HybridReport, SolvedLayer
-from keras_classpca.layer_inputs import assign_solution, iter_rows, output_size
-from keras_classpca.linear_probe import RidgeProbe, reduce_features
-from keras_classpca.model_chain import (
+from keras_classpca.core.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
+from keras_classpca.hybrid.graph import (
     ensure_built,
     has_layer_graph,
     no_graph_error,
     predict_batch,
     read_chain,
 )
-from keras_classpca.solve_cache import data_fingerprint, layer_signature, prefix_key
+from keras_classpca.hybrid.probe import RidgeProbe, reduce_features
+from keras_classpca.hybrid.report import HybridReport, SolvedLayer
+from keras_classpca.hybrid.training import compile_like
+from keras_classpca.layers.geometry import assign_solution, iter_rows, output_size
 
 CLASS_PCA_OPTIONS = tuple(
     name for name in inspect.signature(ClassPCA).parameters if name != "n_components"

@@ -14,8 +14,8 @@ import keras
 import numpy as np
 from keras.src.ops.function import make_node_key
 
-from keras_classpca.data_adapter import as_standard_float
-from keras_classpca.layer_inputs import unsolvable_reason
+from keras_classpca.core.data_adapter import as_standard_float
+from keras_classpca.layers.geometry import unsolvable_reason
 
 # Layers whose training-time behaviour is random: the prefix stops being
 # deterministic there (matters for caching the prefix's output).

@@ -14,6 +14,7 @@ not fit in memory. No Keras layer lives here: this module only moves data.
 """
 
 import itertools
+import sys
 
 import numpy as np
 
@@ -57,11 +58,9 @@ def _to_numpy(value, name):
 
 
 def _is_tf_dataset(data):
-    try:
-        import tensorflow as tf
-    except ImportError:  # pragma: no cover - non-TF backends without TF installed
-        return False
-    return isinstance(data, tf.data.Dataset)
+    # A tf.data.Dataset exists only once TensorFlow is imported: don't import it here.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
 
 
 def _is_py_dataset(data):
@@ -80,8 +79,7 @@ def is_infinite(data):
     """
     if not _is_tf_dataset(data):
         return False
-    import tensorflow as tf
-
+    tf = sys.modules["tensorflow"]
     return int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
 
 
@@ -107,7 +105,7 @@ def _slice_arrays(x, y, batch_size):
     x = _to_numpy(x, "x")
     y = _to_numpy(y, "y")
     if x.ndim == 0:
-        raise ValueError(f"`x` must have a batch dimension; received a scalar.")
+        raise ValueError("`x` must have a batch dimension; received a scalar.")
     if y.ndim == 0 or len(x) != len(y):
         raise ValueError(
             f"`x` and `y` must have the same number of samples; received x with shape "

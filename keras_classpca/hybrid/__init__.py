@@ -1,0 +1,8 @@
+"""The hybrid builder: solve the bottom layers of a model, freeze them, train the rest."""
+
+from keras_classpca.hybrid.builder import hybridize
+from keras_classpca.hybrid.cache import SolveCache
+from keras_classpca.hybrid.report import HybridReport, SolvedLayer
+from keras_classpca.hybrid.training import fit_top
+
+__all__ = ["HybridReport", "SolveCache", "SolvedLayer", "fit_top", "hybridize"]
