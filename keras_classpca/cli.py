@@ -461,7 +461,9 @@ def cmd_export(args):
         raise _UsageError(f"{args.model}: expected a .keras model file")
     if not zipfile.is_zipfile(args.model):
         # (Keras would report such a file as "File not found".)
-        raise _UsageError(f"{args.model}: not a .keras archive (not a zip file; truncated or corrupt?)")
+        raise _UsageError(
+            f"{args.model}: not a .keras archive (not a zip file; truncated or corrupt?)"
+        )
     try:
         model = keras.saving.load_model(args.model)
     except Exception as error:  # whatever a damaged archive raises: one line, exit 2

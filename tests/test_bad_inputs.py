@@ -186,152 +186,386 @@ def _exported_path(tmp_path):
 
 CASES = [
     # ---- ClassPCA
-    Case("class_pca-float-labels", _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(X, Y + 0.5)),
-         ValueError, "integer class labels"),
-    Case("class_pca-wrong-features", _on(lambda t: _fitted_class_pca(), lambda p, t: p.partial_fit(X[:, :5], Y)),
-         ValueError, "5 features but this ClassPCA was fitted on 8"),
-    Case("class_pca-length-mismatch", _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(X, Y[:-1])),
-         ValueError, "same number of samples"),
-    Case("class_pca-nan", _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(np.where(X > 3, np.nan, X), Y)),
-         ValueError, "NaN"),
-    Case("class_pca-strings", _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(X.astype(str), Y)),
-         TypeError, "must be numeric"),
-    Case("class_pca-empty", _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(X[:0], Y[:0])),
-         ValueError, "empty"),
-    Case("class_pca-merge-not-class-pca", _on(lambda t: _fitted_class_pca(), lambda p, t: p.merge(X)),
-         TypeError, "must be a ClassPCA"),
-    Case("class_pca-zero-components", _on(_nothing, lambda p, t: ClassPCA(0)),
-         ValueError, "`n_components` must be a positive integer"),
+    Case(
+        "class_pca-float-labels",
+        _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(X, Y + 0.5)),
+        ValueError,
+        "integer class labels",
+    ),
+    Case(
+        "class_pca-wrong-features",
+        _on(lambda t: _fitted_class_pca(), lambda p, t: p.partial_fit(X[:, :5], Y)),
+        ValueError,
+        "5 features but this ClassPCA was fitted on 8",
+    ),
+    Case(
+        "class_pca-length-mismatch",
+        _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(X, Y[:-1])),
+        ValueError,
+        "same number of samples",
+    ),
+    Case(
+        "class_pca-nan",
+        _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(np.where(X > 3, np.nan, X), Y)),
+        ValueError,
+        "NaN",
+    ),
+    Case(
+        "class_pca-strings",
+        _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(X.astype(str), Y)),
+        TypeError,
+        "must be numeric",
+    ),
+    Case(
+        "class_pca-empty",
+        _on(lambda t: _fitted_class_pca(), lambda p, t: p.fit(X[:0], Y[:0])),
+        ValueError,
+        "empty",
+    ),
+    Case(
+        "class_pca-merge-not-class-pca",
+        _on(lambda t: _fitted_class_pca(), lambda p, t: p.merge(X)),
+        TypeError,
+        "must be a ClassPCA",
+    ),
+    Case(
+        "class_pca-zero-components",
+        _on(_nothing, lambda p, t: ClassPCA(0)),
+        ValueError,
+        "`n_components` must be a positive integer",
+    ),
     # ---- layers
-    Case("dense-adapt-repeated-dataset", _on(lambda t: _adapted_dense(), lambda l, t: l.adapt(_repeated(X, Y))),
-         ValueError, "never ends.*`steps=`"),
-    Case("dense-adapt-wrong-features", _on(lambda t: _adapted_dense(), lambda l, t: l.adapt((X[:, :5], Y))),
-         ValueError, "5 features but ClassPCADense"),
-    Case("dense-adapt-no-labels", _on(lambda t: _adapted_dense(), lambda l, t: l.adapt(X)),
-         ValueError, "needs labels"),
-    Case("dense-adapt-empty", _on(lambda t: _adapted_dense(), lambda l, t: l.adapt((X[:0], Y[:0]))),
-         ValueError, "empty"),
-    Case("dense-adapt-negative-label", _on(lambda t: _adapted_dense(), lambda l, t: l.adapt((X, Y - 1))),
-         ValueError, "negative"),
-    Case("conv-adapt-2d-input", _on(lambda t: ClassPCAConv2D(2, 3), lambda l, t: l.adapt((X, Y))),
-         ValueError, "must be 4-D"),
-    Case("dense-bad-allocation", _on(_nothing, lambda l, t: ClassPCADense(2, allocation="bogus")),
-         ValueError, "`allocation` must be one of"),
+    Case(
+        "dense-adapt-repeated-dataset",
+        _on(lambda t: _adapted_dense(), lambda l, t: l.adapt(_repeated(X, Y))),
+        ValueError,
+        "never ends.*`steps=`",
+    ),
+    Case(
+        "dense-adapt-wrong-features",
+        _on(lambda t: _adapted_dense(), lambda l, t: l.adapt((X[:, :5], Y))),
+        ValueError,
+        "5 features but ClassPCADense",
+    ),
+    Case(
+        "dense-adapt-no-labels",
+        _on(lambda t: _adapted_dense(), lambda l, t: l.adapt(X)),
+        ValueError,
+        "needs labels",
+    ),
+    Case(
+        "dense-adapt-empty",
+        _on(lambda t: _adapted_dense(), lambda l, t: l.adapt((X[:0], Y[:0]))),
+        ValueError,
+        "empty",
+    ),
+    Case(
+        "dense-adapt-negative-label",
+        _on(lambda t: _adapted_dense(), lambda l, t: l.adapt((X, Y - 1))),
+        ValueError,
+        "negative",
+    ),
+    Case(
+        "conv-adapt-2d-input",
+        _on(lambda t: ClassPCAConv2D(2, 3), lambda l, t: l.adapt((X, Y))),
+        ValueError,
+        "must be 4-D",
+    ),
+    Case(
+        "dense-bad-allocation",
+        _on(_nothing, lambda l, t: ClassPCADense(2, allocation="bogus")),
+        ValueError,
+        "`allocation` must be one of",
+    ),
     # ---- ClassPCAInitializer
-    Case("initializer-without-statistics", _on(_nothing, lambda i, t: ClassPCAInitializer()((8, 4))),
-         ValueError, "no statistics.*from_data"),
-    Case("initializer-wrong-kernel-shape",
-         _on(lambda t: ClassPCAInitializer.from_data(X, Y), lambda i, t: i((5, 4))),
-         ValueError, "needs statistics over 5 features"),
-    Case("initializer-bad-part", _on(_nothing, lambda i, t: ClassPCAInitializer(part="weights")),
-         ValueError, "`part` must be one of"),
-    Case("initializer-kernel-size-on-vectors",
-         _on(_nothing, lambda i, t: ClassPCAInitializer.from_data(X, Y, kernel_size=3)),
-         ValueError, "must be 4-D images"),
-    Case("initializer-2d-bias", _on(lambda t: ClassPCAInitializer.from_data(X, Y).bias_initializer(),
-                                    lambda i, t: i((4, 2))),
-         ValueError, "1-D shape"),
+    Case(
+        "initializer-without-statistics",
+        _on(_nothing, lambda i, t: ClassPCAInitializer()((8, 4))),
+        ValueError,
+        "no statistics.*from_data",
+    ),
+    Case(
+        "initializer-wrong-kernel-shape",
+        _on(lambda t: ClassPCAInitializer.from_data(X, Y), lambda i, t: i((5, 4))),
+        ValueError,
+        "needs statistics over 5 features",
+    ),
+    Case(
+        "initializer-bad-part",
+        _on(_nothing, lambda i, t: ClassPCAInitializer(part="weights")),
+        ValueError,
+        "`part` must be one of",
+    ),
+    Case(
+        "initializer-kernel-size-on-vectors",
+        _on(_nothing, lambda i, t: ClassPCAInitializer.from_data(X, Y, kernel_size=3)),
+        ValueError,
+        "must be 4-D images",
+    ),
+    Case(
+        "initializer-2d-bias",
+        _on(
+            lambda t: ClassPCAInitializer.from_data(X, Y).bias_initializer(), lambda i, t: i((4, 2))
+        ),
+        ValueError,
+        "1-D shape",
+    ),
     # ---- hybridize (the model must come back as it was: weights, flags, BN statistics)
-    Case("hybridize-second-layer-unsolvable",
-         _on(lambda t: _mlp(hidden=(4, 200), bn=True), lambda m, t: hybridize(m, (X, Y), cutoff=2, verbose=0)),
-         ValueError, "n_components=200 exceeds"),
-    Case("hybridize-one-shot-cutoff-2",
-         _on(lambda t: _mlp(hidden=(4, 4)), lambda m, t: hybridize(m, _one_shot(X, Y), cutoff=2, verbose=0)),
-         TypeError, "one-shot iterator.*2 passes"),
-    Case("hybridize-one-shot-auto",
-         _on(lambda t: _mlp(hidden=(4, 4)), lambda m, t: hybridize(m, _one_shot(X, Y), cutoff="auto", verbose=0)),
-         TypeError, "one-shot iterator.*'auto' probe"),
-    Case("hybridize-one-shot-batchnorm",
-         _on(lambda t: _mlp(hidden=(4, 4), bn=True), lambda m, t: hybridize(m, _one_shot(X, Y), cutoff=1, verbose=0)),
-         TypeError, "one-shot iterator.*BatchNormalization"),
-    Case("hybridize-repeated-dataset",
-         _on(lambda t: _mlp(), lambda m, t: hybridize(m, _repeated(X, Y), cutoff=1, verbose=0)),
-         ValueError, "never ends.*`samples=`"),
-    Case("hybridize-repeated-dataset-callable",
-         _on(lambda t: _mlp(), lambda m, t: hybridize(m, lambda: _repeated(X, Y), cutoff=1, verbose=0)),
-         ValueError, "never ends.*`samples=`"),
-    Case("hybridize-subclassed-model",
-         _on(lambda t: _called_subclassed(), lambda m, t: hybridize(m, (X, Y), cutoff=1, verbose=0)),
-         ValueError, "no layer graph.*build it functionally.*ClassPCAInitializer.*adapt"),
-    Case("hybridize-labels-out-of-range",
-         _on(lambda t: _mlp(hidden=(4, 4), bn=True),
-             lambda m, t: hybridize(m, (X, Y), cutoff=2, n_classes=1, verbose=0)),
-         ValueError, "n_classes=1"),
-    Case("hybridize-samples-zero", _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, samples=0)),
-         ValueError, "`samples` must be a positive integer"),
-    Case("hybridize-negative-cutoff", _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), cutoff=-1)),
-         ValueError, "`cutoff` must be 'auto' or a non-negative integer"),
-    Case("hybridize-cutoff-beyond-model", _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), cutoff=5)),
-         ValueError, r"cutoff=5 but only 1 layer\(s\)"),
-    Case("hybridize-unknown-option", _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, centre=True)),
-         TypeError, r"Unknown option\(s\) \['centre'\]"),
-    Case("hybridize-negative-seed", _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, seed=-1)),
-         ValueError, "`seed` must be a non-negative integer"),
-    Case("hybridize-zero-batch-size", _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, batch_size=0)),
-         ValueError, "`batch_size` must be a positive integer"),
+    Case(
+        "hybridize-second-layer-unsolvable",
+        _on(
+            lambda t: _mlp(hidden=(4, 200), bn=True),
+            lambda m, t: hybridize(m, (X, Y), cutoff=2, verbose=0),
+        ),
+        ValueError,
+        "n_components=200 exceeds",
+    ),
+    Case(
+        "hybridize-one-shot-cutoff-2",
+        _on(
+            lambda t: _mlp(hidden=(4, 4)),
+            lambda m, t: hybridize(m, _one_shot(X, Y), cutoff=2, verbose=0),
+        ),
+        TypeError,
+        "one-shot iterator.*2 passes",
+    ),
+    Case(
+        "hybridize-one-shot-auto",
+        _on(
+            lambda t: _mlp(hidden=(4, 4)),
+            lambda m, t: hybridize(m, _one_shot(X, Y), cutoff="auto", verbose=0),
+        ),
+        TypeError,
+        "one-shot iterator.*'auto' probe",
+    ),
+    Case(
+        "hybridize-one-shot-batchnorm",
+        _on(
+            lambda t: _mlp(hidden=(4, 4), bn=True),
+            lambda m, t: hybridize(m, _one_shot(X, Y), cutoff=1, verbose=0),
+        ),
+        TypeError,
+        "one-shot iterator.*BatchNormalization",
+    ),
+    Case(
+        "hybridize-repeated-dataset",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, _repeated(X, Y), cutoff=1, verbose=0)),
+        ValueError,
+        "never ends.*`samples=`",
+    ),
+    Case(
+        "hybridize-repeated-dataset-callable",
+        _on(
+            lambda t: _mlp(),
+            lambda m, t: hybridize(m, lambda: _repeated(X, Y), cutoff=1, verbose=0),
+        ),
+        ValueError,
+        "never ends.*`samples=`",
+    ),
+    Case(
+        "hybridize-subclassed-model",
+        _on(lambda t: _called_subclassed(), lambda m, t: hybridize(m, (X, Y), cutoff=1, verbose=0)),
+        ValueError,
+        "no layer graph.*build it functionally.*ClassPCAInitializer.*adapt",
+    ),
+    Case(
+        "hybridize-labels-out-of-range",
+        _on(
+            lambda t: _mlp(hidden=(4, 4), bn=True),
+            lambda m, t: hybridize(m, (X, Y), cutoff=2, n_classes=1, verbose=0),
+        ),
+        ValueError,
+        "n_classes=1",
+    ),
+    Case(
+        "hybridize-samples-zero",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, samples=0)),
+        ValueError,
+        "`samples` must be a positive integer",
+    ),
+    Case(
+        "hybridize-negative-cutoff",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), cutoff=-1)),
+        ValueError,
+        "`cutoff` must be 'auto' or a non-negative integer",
+    ),
+    Case(
+        "hybridize-cutoff-beyond-model",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), cutoff=5)),
+        ValueError,
+        r"cutoff=5 but only 1 layer\(s\)",
+    ),
+    Case(
+        "hybridize-unknown-option",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, centre=True)),
+        TypeError,
+        r"Unknown option\(s\) \['centre'\]",
+    ),
+    Case(
+        "hybridize-negative-seed",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, seed=-1)),
+        ValueError,
+        "`seed` must be a non-negative integer",
+    ),
+    Case(
+        "hybridize-zero-batch-size",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, batch_size=0)),
+        ValueError,
+        "`batch_size` must be a positive integer",
+    ),
     # ---- fit_top
-    Case("fit_top-uncompiled", _on(lambda t: _mlp(), lambda m, t: fit_top(m, X, Y, verbose=0)),
-         ValueError, "must be compiled before `fit_top`"),
-    Case("fit_top-bad-cache", _on(lambda t: _compiled(_mlp()), lambda m, t: fit_top(m, X, Y, cache="yes")),
-         ValueError, "`cache` must be 'auto', True or False"),
-    Case("fit_top-negative-memory-limit",
-         _on(lambda t: _compiled(_mlp()), lambda m, t: fit_top(m, X, Y, memory_limit=-1)),
-         ValueError, "`memory_limit` must be a non-negative integer"),
-    Case("fit_top-cache-nothing-frozen",
-         _on(lambda t: _compiled(_mlp()), lambda m, t: fit_top(m, X, Y, cache=True, verbose=0)),
-         ValueError, "no frozen layers.*hybridize"),
-    Case("fit_top-cache-subclassed",
-         _on(lambda t: _compiled(_called_subclassed()), lambda m, t: fit_top(m, X, Y, cache=True, verbose=0)),
-         ValueError, "subclassed: it has no layer graph"),
-    Case("fit_top-cache-repeated-dataset",
-         _on(lambda t: _compiled(_mlp()),
-             lambda m, t: fit_top(m, _repeated(X, Y), cache=True, steps_per_epoch=2, verbose=0)),
-         ValueError, "never ends.*cache=False"),
+    Case(
+        "fit_top-uncompiled",
+        _on(lambda t: _mlp(), lambda m, t: fit_top(m, X, Y, verbose=0)),
+        ValueError,
+        "must be compiled before `fit_top`",
+    ),
+    Case(
+        "fit_top-bad-cache",
+        _on(lambda t: _compiled(_mlp()), lambda m, t: fit_top(m, X, Y, cache="yes")),
+        ValueError,
+        "`cache` must be 'auto', True or False",
+    ),
+    Case(
+        "fit_top-negative-memory-limit",
+        _on(lambda t: _compiled(_mlp()), lambda m, t: fit_top(m, X, Y, memory_limit=-1)),
+        ValueError,
+        "`memory_limit` must be a non-negative integer",
+    ),
+    Case(
+        "fit_top-cache-nothing-frozen",
+        _on(lambda t: _compiled(_mlp()), lambda m, t: fit_top(m, X, Y, cache=True, verbose=0)),
+        ValueError,
+        "no frozen layers.*hybridize",
+    ),
+    Case(
+        "fit_top-cache-subclassed",
+        _on(
+            lambda t: _compiled(_called_subclassed()),
+            lambda m, t: fit_top(m, X, Y, cache=True, verbose=0),
+        ),
+        ValueError,
+        "subclassed: it has no layer graph",
+    ),
+    Case(
+        "fit_top-cache-repeated-dataset",
+        _on(
+            lambda t: _compiled(_mlp()),
+            lambda m, t: fit_top(m, _repeated(X, Y), cache=True, steps_per_epoch=2, verbose=0),
+        ),
+        ValueError,
+        "never ends.*cache=False",
+    ),
     # ---- HybridHyperModel: fixed settings and searched values checked at construction
-    Case("tuner-samples-zero", _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), samples=0)),
-         ValueError, "`samples` must be a positive integer"),
-    Case("tuner-bad-search-value",
-         _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y),
-                                                    search_options={"scaling": ["unit", "bogus"]})),
-         ValueError, r"search_options\['scaling'\]` holds an invalid value 'bogus'"),
-    Case("tuner-search-n-classes",
-         _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), search_options={"n_classes": [2]})),
-         ValueError, "Cannot search 'n_classes'"),
-    Case("tuner-unknown-option", _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), cutof=1)),
-         TypeError, r"Unknown option\(s\) \['cutof'\]"),
-    Case("tuner-bad-fixed-option",
-         _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), variance_share=2.0)),
-         ValueError, "`variance_share` must lie in"),
-    Case("tuner-patches-negative",
-         _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), patches_per_image=-1)),
-         ValueError, "`patches_per_image` must be a positive integer"),
-    Case("tuner-build-model-not-callable", _on(_nothing, lambda _, t: HybridHyperModel("model", (X, Y))),
-         TypeError, "`build_model` must be callable"),
+    Case(
+        "tuner-samples-zero",
+        _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), samples=0)),
+        ValueError,
+        "`samples` must be a positive integer",
+    ),
+    Case(
+        "tuner-bad-search-value",
+        _on(
+            _nothing,
+            lambda _, t: HybridHyperModel(
+                _build_model, (X, Y), search_options={"scaling": ["unit", "bogus"]}
+            ),
+        ),
+        ValueError,
+        r"search_options\['scaling'\]` holds an invalid value 'bogus'",
+    ),
+    Case(
+        "tuner-search-n-classes",
+        _on(
+            _nothing,
+            lambda _, t: HybridHyperModel(_build_model, (X, Y), search_options={"n_classes": [2]}),
+        ),
+        ValueError,
+        "Cannot search 'n_classes'",
+    ),
+    Case(
+        "tuner-unknown-option",
+        _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), cutof=1)),
+        TypeError,
+        r"Unknown option\(s\) \['cutof'\]",
+    ),
+    Case(
+        "tuner-bad-fixed-option",
+        _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), variance_share=2.0)),
+        ValueError,
+        "`variance_share` must lie in",
+    ),
+    Case(
+        "tuner-patches-negative",
+        _on(_nothing, lambda _, t: HybridHyperModel(_build_model, (X, Y), patches_per_image=-1)),
+        ValueError,
+        "`patches_per_image` must be a positive integer",
+    ),
+    Case(
+        "tuner-build-model-not-callable",
+        _on(_nothing, lambda _, t: HybridHyperModel("model", (X, Y))),
+        TypeError,
+        "`build_model` must be callable",
+    ),
     # ---- export (the directory must hold exactly what it held)
-    Case("export-version-beyond-int64",
-         _on(lambda t: t, lambda d, t: kx.export_for_serving(_mlp(), d / "m", version=2**63)),
-         ValueError, r"`version` must lie in 0\.\.9223372036854775807", (needs_export,)),
-    Case("export-negative-version",
-         _on(lambda t: t, lambda d, t: kx.export_for_serving(_mlp(), d / "m", version=-1)),
-         ValueError, "`version` must lie in 0", (needs_export,)),
-    Case("export-empty-base-dir",
-         _on(lambda t: t, lambda d, t: kx.export_for_serving(_mlp(), "")),
-         ValueError, "`base_dir` is empty", (needs_export,)),
-    Case("export-bad-signature-name",
-         _on(lambda t: t, lambda d, t: kx.export_for_serving(_mlp(), d / "m", signature_name="a b")),
-         ValueError, "`signature_name` must be a Python identifier", (needs_export,)),
-    Case("export-version-exists",
-         _on(lambda t: (_exported_path(t), t)[1],
-             lambda d, t: kx.export_for_serving(_mlp(), d / "served", version=1)),
-         FileExistsError, "already exists.*version=None", (needs_export,)),
-    Case("request-body-overflows-float32",
-         _on(lambda t: (_exported_path(t), t)[1],
-             lambda d, t: kx.predict_request_body(d / "served" / "1", np.full((1, 3), 1e39))),
-         ValueError, "too large for the signature's float32", (needs_export,)),
-    Case("request-body-nan",
-         _on(lambda t: (_exported_path(t), t)[1],
-             lambda d, t: kx.predict_request_body(d / "served" / "1", np.full((1, 3), np.nan))),
-         ValueError, "NaN or infinite", (needs_export,)),
+    Case(
+        "export-version-beyond-int64",
+        _on(lambda t: t, lambda d, t: kx.export_for_serving(_mlp(), d / "m", version=2**63)),
+        ValueError,
+        r"`version` must lie in 0\.\.9223372036854775807",
+        (needs_export,),
+    ),
+    Case(
+        "export-negative-version",
+        _on(lambda t: t, lambda d, t: kx.export_for_serving(_mlp(), d / "m", version=-1)),
+        ValueError,
+        "`version` must lie in 0",
+        (needs_export,),
+    ),
+    Case(
+        "export-empty-base-dir",
+        _on(lambda t: t, lambda d, t: kx.export_for_serving(_mlp(), "")),
+        ValueError,
+        "`base_dir` is empty",
+        (needs_export,),
+    ),
+    Case(
+        "export-bad-signature-name",
+        _on(lambda t: t, lambda d, t: kx.export_for_serving(_mlp(), d / "m", signature_name="a b")),
+        ValueError,
+        "`signature_name` must be a Python identifier",
+        (needs_export,),
+    ),
+    Case(
+        "export-version-exists",
+        _on(
+            lambda t: (_exported_path(t), t)[1],
+            lambda d, t: kx.export_for_serving(_mlp(), d / "served", version=1),
+        ),
+        FileExistsError,
+        "already exists.*version=None",
+        (needs_export,),
+    ),
+    Case(
+        "request-body-overflows-float32",
+        _on(
+            lambda t: (_exported_path(t), t)[1],
+            lambda d, t: kx.predict_request_body(d / "served" / "1", np.full((1, 3), 1e39)),
+        ),
+        ValueError,
+        "too large for the signature's float32",
+        (needs_export,),
+    ),
+    Case(
+        "request-body-nan",
+        _on(
+            lambda t: (_exported_path(t), t)[1],
+            lambda d, t: kx.predict_request_body(d / "served" / "1", np.full((1, 3), np.nan)),
+        ),
+        ValueError,
+        "NaN or infinite",
+        (needs_export,),
+    ),
 ]
 
 
@@ -352,23 +586,50 @@ def _zip_without_model(tmp_path):
 
 
 CLI_CASES = [
-    Case("cli-unknown-dataset", _on(lambda t: t, lambda d, t: _cli(["demo", "--dataset", "nope"], t)),
-         SystemExit, "Unknown or unavailable data set 'nope': use one of"),
-    Case("cli-negative-seed", _on(lambda t: t, lambda d, t: _cli(["demo", "--seed", "-1"], t)),
-         SystemExit, "--seed: expected an integer in 0..4294967295"),
-    Case("cli-cutoff-beyond-model",
-         _on(lambda t: t, lambda d, t: _cli(["demo", "--dataset", "digits", "--cutoff", "9", "--verbose", "0"], t)),
-         SystemExit, r"--cutoff 9: cutoff=9 but only 3 layer\(s\)"),
-    Case("cli-export-garbage",
-         _on(lambda t: _garbage(t, "garbage.keras", b"not a zip"),
-             lambda d, t: _cli(["export", "{tmp}/garbage.keras", "{tmp}/out"], t)),
-         SystemExit, r"garbage.keras: not a .keras archive \(not a zip file; truncated or corrupt\?\)"),
-    Case("cli-export-zip-without-model",
-         _on(_zip_without_model, lambda d, t: _cli(["export", "{tmp}/empty.keras", "{tmp}/out"], t)),
-         SystemExit, "empty.keras: cannot load it as a Keras model"),
-    Case("cli-export-missing-file",
-         _on(lambda t: t, lambda d, t: _cli(["export", "{tmp}/missing.keras", "{tmp}/out"], t)),
-         SystemExit, "missing.keras: no such file"),
+    Case(
+        "cli-unknown-dataset",
+        _on(lambda t: t, lambda d, t: _cli(["demo", "--dataset", "nope"], t)),
+        SystemExit,
+        "Unknown or unavailable data set 'nope': use one of",
+    ),
+    Case(
+        "cli-negative-seed",
+        _on(lambda t: t, lambda d, t: _cli(["demo", "--seed", "-1"], t)),
+        SystemExit,
+        "--seed: expected an integer in 0..4294967295",
+    ),
+    Case(
+        "cli-cutoff-beyond-model",
+        _on(
+            lambda t: t,
+            lambda d, t: _cli(
+                ["demo", "--dataset", "digits", "--cutoff", "9", "--verbose", "0"], t
+            ),
+        ),
+        SystemExit,
+        r"--cutoff 9: cutoff=9 but only 3 layer\(s\)",
+    ),
+    Case(
+        "cli-export-garbage",
+        _on(
+            lambda t: _garbage(t, "garbage.keras", b"not a zip"),
+            lambda d, t: _cli(["export", "{tmp}/garbage.keras", "{tmp}/out"], t),
+        ),
+        SystemExit,
+        r"garbage.keras: not a .keras archive \(not a zip file; truncated or corrupt\?\)",
+    ),
+    Case(
+        "cli-export-zip-without-model",
+        _on(_zip_without_model, lambda d, t: _cli(["export", "{tmp}/empty.keras", "{tmp}/out"], t)),
+        SystemExit,
+        "empty.keras: cannot load it as a Keras model",
+    ),
+    Case(
+        "cli-export-missing-file",
+        _on(lambda t: t, lambda d, t: _cli(["export", "{tmp}/missing.keras", "{tmp}/out"], t)),
+        SystemExit,
+        "missing.keras: no such file",
+    ),
 ]
 
 
@@ -404,8 +665,18 @@ def test_bad_command_line_exits_2_with_one_line(case, tmp_path, capsys):
 def test_the_table_covers_every_entry_point():
     ids = [case.id for case in CASES + CLI_CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 40
-    for prefix in ("class_pca", "dense", "conv", "initializer", "hybridize", "fit_top", "tuner",
-                   "export", "request-body", "cli"):
+    for prefix in (
+        "class_pca",
+        "dense",
+        "conv",
+        "initializer",
+        "hybridize",
+        "fit_top",
+        "tuner",
+        "export",
+        "request-body",
+        "cli",
+    ):
         assert any(i.startswith(prefix) for i in ids), prefix
 
 
@@ -445,11 +716,14 @@ def test_repeated_dataset_with_samples_or_steps_equals_the_finite_one():
     finite, repeated = _mlp(), _mlp()
     hybridize(finite, (x, y), cutoff=1, batch_size=40, verbose=0)
     hybridize(repeated, _repeated(x, y), cutoff=1, samples=len(x), verbose=0)
-    np.testing.assert_allclose(np.array(repeated.layers[0].kernel), np.array(finite.layers[0].kernel),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.array(repeated.layers[0].kernel), np.array(finite.layers[0].kernel), rtol=1e-5, atol=1e-6
+    )
     layer = ClassPCADense(2)
     layer.adapt(_repeated(x, y), steps=3)
-    np.testing.assert_allclose(np.array(layer.kernel), ClassPCA(2).fit(x, y).kernel_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(layer.kernel), ClassPCA(2).fit(x, y).kernel_, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_fit_top_trains_a_repeated_dataset_without_caching():
@@ -504,8 +778,9 @@ def test_bfloat16_policies_are_solved_in_float32(policy):
     assert layer.is_adapted and np.all(np.isfinite(kernel))
     bf16 = keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(x, "bfloat16"))
     # ClassPCA itself: bfloat16 values are statistics over their float32 values.
-    np.testing.assert_array_equal(ClassPCA(2).fit(bf16, y).kernel_,
-                                  ClassPCA(2).fit(bf16.astype("float32"), y).kernel_)
+    np.testing.assert_array_equal(
+        ClassPCA(2).fit(bf16, y).kernel_, ClassPCA(2).fit(bf16.astype("float32"), y).kernel_
+    )
 
 
 # ------------------------------------------------------------------ item 6: damaged cache
@@ -554,4 +829,3 @@ def test_export_removes_stale_temporary_directories_only(tmp_path):
     assert os.path.basename(path) == "1"
     assert not stale.exists() and busy.exists() and fresh.exists()
     assert sorted(p.name for p in base.iterdir()) == sorted(["1", busy.name, fresh.name])
-

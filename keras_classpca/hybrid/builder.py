@@ -118,8 +118,9 @@ def _positive_int(value, name):
     return int(value)
 
 
-def check_settings(samples=None, batch_size=None, seed=0, patches_per_image=None, verbose=1,
-                   **class_pca_options):
+def check_settings(
+    samples=None, batch_size=None, seed=0, patches_per_image=None, verbose=1, **class_pca_options
+):
     """Validate `hybridize`'s settings and class-PCA options before any work.
 
     Returns `(samples, batch_size, patches_per_image)` as Python ints (or None).
@@ -129,10 +130,13 @@ def check_settings(samples=None, batch_size=None, seed=0, patches_per_image=None
     unknown = sorted(set(class_pca_options) - set(CLASS_PCA_OPTIONS))
     if unknown:
         raise TypeError(
-            f"Unknown option(s) {unknown} for hybridize; ClassPCA options are {list(CLASS_PCA_OPTIONS)}."
+            f"Unknown option(s) {unknown} for hybridize; ClassPCA options are "
+            f"{list(CLASS_PCA_OPTIONS)}."
         )
     ClassPCA(1, **class_pca_options)  # validates option values up front
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
         raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
     if isinstance(verbose, bool) or verbose not in (0, 1, 2):
         raise ValueError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
@@ -433,6 +437,24 @@ def hybridize(
         if patches_per_image is not None:
             raise ValueError("`patches_per_image` is not available with a tf.distribute `strategy`.")
 
+    state = _ModelState(model)  # an unbuilt model has no weights yet: flags only
+    try:
+        return _solve_and_freeze(
+            model, data, cutoff, start=start, samples=samples, freeze=freeze, verbose=verbose,
+            batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
+            solve_cache=solve_cache, data_fingerprint=data_fingerprint, strategy=strategy,
+            class_pca_options=class_pca_options,
+        )
+    except BaseException:
+        # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
+        state.restore()
+        raise
+
+
+def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
+                      patches_per_image, solve_cache, data_fingerprint, strategy,
+                      class_pca_options):
+    """`hybridize` after its arguments were checked; may leave the model half-done."""
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
     if not model.built or not getattr(model, "inputs", None):
         first_x, _ = passes.peek()
@@ -464,165 +486,159 @@ def hybridize(
             "returning a fresh generator."
         )
 
-    state = _ModelState(model)
-    try:
-        target = len(chain.candidates) if auto else cutoff
-        row_options = {"patches_per_image": patches_per_image}
-        probe_accuracy = []
-        ends = chain.candidates[1:] + [len(chain.layers)]
-        saved = {}  # weights before the latest solve, to undo it if the probe rejects it
-        keys = _CacheKeys(solve_cache, data_fingerprint, passes, model, chain, ends, {
-            "samples": samples, "seed": seed, "batch_size": batch_size,
-            "patches_per_image": patches_per_image, "options": class_pca_options,
-        })
+    target = len(chain.candidates) if auto else cutoff
+    row_options = {"patches_per_image": patches_per_image}
+    probe_accuracy = []
+    ends = chain.candidates[1:] + [len(chain.layers)]
+    saved = {}  # weights before the latest solve, to undo it if the probe rejects it
+    keys = _CacheKeys(solve_cache, data_fingerprint, passes, model, chain, ends, {
+        "samples": samples, "seed": seed, "batch_size": batch_size,
+        "patches_per_image": patches_per_image, "options": class_pca_options,
+    })
 
-        def probe_rejects_last():
-            return auto and len(probe_accuracy) > 1 and (
-                probe_accuracy[-1] < probe_accuracy[-2] + AUTO_MIN_GAIN
-            )
+    def probe_rejects_last():
+        return auto and len(probe_accuracy) > 1 and (
+            probe_accuracy[-1] < probe_accuracy[-2] + AUTO_MIN_GAIN
+        )
 
-        def undo_last():
-            for l in chain.layers:
-                if l.name in saved:
-                    l.set_weights(saved[l.name])
-            report.layers.pop()
+    def undo_last():
+        for l in chain.layers:
+            if l.name in saved:
+                l.set_weights(saved[l.name])
+        report.layers.pop()
 
-        def adapt_batchnorms(indices):
-            names = []
-            for i in indices:
-                if isinstance(chain.layers[i], keras.layers.BatchNormalization):
-                    moments = _MomentsConsumer(chain.layers[i])
-                    _stream(passes, chain.feature_model(chain.inputs[i]), [moments],
-                            f"Adapting BatchNormalization '{chain.layers[i].name}'", verbose)
-                    moments.assign()
-                    names.append(chain.layers[i].name)
-            return names
+    def adapt_batchnorms(indices):
+        names = []
+        for i in indices:
+            if isinstance(chain.layers[i], keras.layers.BatchNormalization):
+                moments = _MomentsConsumer(chain.layers[i])
+                _stream(passes, chain.feature_model(chain.inputs[i]), [moments],
+                        f"Adapting BatchNormalization '{chain.layers[i].name}'", verbose)
+                moments.assign()
+                names.append(chain.layers[i].name)
+        return names
 
-        for j in range(target):
-            position = chain.candidates[j]
-            layer = chain.layers[position]
-            # The block of layers this solve sets: the layer, what follows it up to the next
-            # candidate, and for the first one also what precedes it (a BatchNormalization
-            # on the raw input is adapted to the data like the ones after solved layers).
-            block_start = 0 if j == 0 else position
-            block = chain.layers[block_start : ends[j]]
-            batchnorms = [l.name for l in block if isinstance(l, keras.layers.BatchNormalization)]
-            cached = keys.lookup(j, need_probe=auto)
-            if cached is not None:
-                if auto:
-                    probe_accuracy.append(cached["record"]["probe_accuracy"])
-                    if probe_rejects_last():
-                        undo_last()
-                        break
-                saved = {l.name: l.get_weights() for l in block}
-                for l, weights in zip(block, cached["weights"]):
-                    l.set_weights(weights)
-                # Same architecture, possibly other layer names (a new model per trial).
-                record = dict(cached["record"]["solved"], name=layer.name, adapted_batchnorms=batchnorms)
-                report.layers.append(SolvedLayer(**record))
-                continue
-            layer_start = time.perf_counter()
-            pending_saved = {l.name: l.get_weights() for l in block}
-            leading = adapt_batchnorms(range(block_start, position))
-            # One pass feeds this layer's statistics and, for "auto", the probe of the
-            # features the previous solved layer produced (they are this layer's input).
-            statistics = _StatisticsConsumer(layer, class_pca_options, seed, row_options)
-            probe = _ProbeConsumer() if auto else None
-            consumers = [statistics] + ([probe] if probe else [])
-            if strategy is not None:
-                from keras_classpca.distributed import hybridize_layer_pass
-
-                distributed = hybridize_layer_pass(
-                    passes, layer, chain.feature_model(chain.inputs[position]),
-                    strategy=strategy, batch_size=batch_size, class_pca_options=class_pca_options,
-                )
-                statistics.class_pca, statistics.rows = distributed.class_pca, distributed.rows
-                consumers = consumers[1:]  # the probe, if any, still streams locally
-            if consumers:
-                seen = _stream(
-                    passes,
-                    chain.feature_model(chain.inputs[position]),
-                    consumers,
-                    f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{target})",
-                    verbose,
-                )
-            else:  # the distributed pass already streamed every sample
-                seen = distributed.samples
-            if probe is not None:
-                probe_accuracy.append(probe.accuracy())
+    for j in range(target):
+        position = chain.candidates[j]
+        layer = chain.layers[position]
+        # The block of layers this solve sets: the layer, what follows it up to the next
+        # candidate, and for the first one also what precedes it (a BatchNormalization
+        # on the raw input is adapted to the data like the ones after solved layers).
+        block_start = 0 if j == 0 else position
+        block = chain.layers[block_start : ends[j]]
+        batchnorms = [l.name for l in block if isinstance(l, keras.layers.BatchNormalization)]
+        cached = keys.lookup(j, need_probe=auto)
+        if cached is not None:
+            if auto:
+                probe_accuracy.append(cached["record"]["probe_accuracy"])
                 if probe_rejects_last():
                     undo_last()
                     break
-            try:
-                solution = statistics.class_pca.solve()
-            except ValueError as error:
-                if not auto:
-                    raise
-                # "auto" stops below a layer the data cannot solve (e.g. too few samples
-                # per class for its units) instead of failing the whole call.
-                report.stopped_because = f"{type(layer).__name__} '{layer.name}' cannot be solved from this data: {error}"
-                for l in block:
-                    l.set_weights(pending_saved[l.name])
-                break
-            saved = pending_saved
-            assign_solution(layer, solution.kernel, solution.bias)
-            solved = SolvedLayer(
-                name=layer.name,
-                kind=type(layer).__name__,
-                samples=seen,
-                rows=statistics.rows,
-                seconds=0.0,
-                explained_variance=_captured_variance(statistics.class_pca),
-                n_components=solution.kernel.shape[1],
-            )
-            solved.adapted_batchnorms = leading + adapt_batchnorms(range(position + 1, ends[j]))
-            solved.seconds = time.perf_counter() - layer_start
-            report.layers.append(solved)
-            keys.store(j, [l.get_weights() for l in block], solved, probe_accuracy[-1] if auto else None)
-        else:
-            if auto:
-                # The features after the last candidate: what the trained top would see.
-                cached = keys.lookup(target, need_probe=True)
-                if cached is not None:
-                    probe_accuracy.append(cached["record"]["probe_accuracy"])
-                else:
-                    probe = _ProbeConsumer()
-                    _stream(passes, chain.feature_model(chain.outputs[-1]), [probe],
-                            "Probing the features of the solved prefix", verbose)
-                    probe_accuracy.append(probe.accuracy())
-                    keys.store(target, [], None, probe_accuracy[-1])
-                if probe_rejects_last():
-                    undo_last()
+            saved = {l.name: l.get_weights() for l in block}
+            for l, weights in zip(block, cached["weights"]):
+                l.set_weights(weights)
+            # Same architecture, possibly other layer names (a new model per trial).
+            record = dict(cached["record"]["solved"], name=layer.name, adapted_batchnorms=batchnorms)
+            report.layers.append(SolvedLayer(**record))
+            continue
+        layer_start = time.perf_counter()
+        pending_saved = {l.name: l.get_weights() for l in block}
+        leading = adapt_batchnorms(range(block_start, position))
+        # One pass feeds this layer's statistics and, for "auto", the probe of the
+        # features the previous solved layer produced (they are this layer's input).
+        statistics = _StatisticsConsumer(layer, class_pca_options, seed, row_options)
+        probe = _ProbeConsumer() if auto else None
+        consumers = [statistics] + ([probe] if probe else [])
+        if strategy is not None:
+            from keras_classpca.distributed import hybridize_layer_pass
 
-        if freeze:
-            for name in frozen_layer_names(chain, len(report.layers)):
-                model.get_layer(name).trainable = False
-                report.frozen.append(name)
-        if report.frozen and getattr(model, "compiled", False):
-            # Keras fixes the trainable variables at compile(): a model compiled (or
-            # fitted) before would go on training the "frozen" layers.
-            try:
-                compile_like(model, model)
-            except ValueError:
-                raise ValueError(
-                    "`model` was compiled before hybridize but its compile arguments are "
-                    "unknown, so it cannot be compiled again to make the freeze hold: call "
-                    "hybridize before compile()."
-                ) from None
-            report.recompiled = True
-        report.cutoff = len(report.layers)
-        if cutoff == "auto":
-            report.evidence = {
-                "probe_accuracy": probe_accuracy,
-                "rule": (
-                    "solve the next layer only if a ridge probe on the features after it "
-                    f"gains at least {AUTO_MIN_GAIN:.3f} held-out accuracy over the features before it"
-                ),
-                "probe_samples": min(PROBE_MAX_SAMPLES, passes.seen or passes.samples or PROBE_MAX_SAMPLES),
-            }
-    except BaseException:
-        # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
-        state.restore()
-        raise
+            distributed = hybridize_layer_pass(
+                passes, layer, chain.feature_model(chain.inputs[position]),
+                strategy=strategy, batch_size=batch_size, class_pca_options=class_pca_options,
+            )
+            statistics.class_pca, statistics.rows = distributed.class_pca, distributed.rows
+            consumers = consumers[1:]  # the probe, if any, still streams locally
+        if consumers:
+            seen = _stream(
+                passes,
+                chain.feature_model(chain.inputs[position]),
+                consumers,
+                f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{target})",
+                verbose,
+            )
+        else:  # the distributed pass already streamed every sample
+            seen = distributed.samples
+        if probe is not None:
+            probe_accuracy.append(probe.accuracy())
+            if probe_rejects_last():
+                undo_last()
+                break
+        try:
+            solution = statistics.class_pca.solve()
+        except ValueError as error:
+            if not auto:
+                raise
+            # "auto" stops below a layer the data cannot solve (e.g. too few samples
+            # per class for its units) instead of failing the whole call.
+            report.stopped_because = f"{type(layer).__name__} '{layer.name}' cannot be solved from this data: {error}"
+            for l in block:
+                l.set_weights(pending_saved[l.name])
+            break
+        saved = pending_saved
+        assign_solution(layer, solution.kernel, solution.bias)
+        solved = SolvedLayer(
+            name=layer.name,
+            kind=type(layer).__name__,
+            samples=seen,
+            rows=statistics.rows,
+            seconds=0.0,
+            explained_variance=_captured_variance(statistics.class_pca),
+            n_components=solution.kernel.shape[1],
+        )
+        solved.adapted_batchnorms = leading + adapt_batchnorms(range(position + 1, ends[j]))
+        solved.seconds = time.perf_counter() - layer_start
+        report.layers.append(solved)
+        keys.store(j, [l.get_weights() for l in block], solved, probe_accuracy[-1] if auto else None)
+    else:
+        if auto:
+            # The features after the last candidate: what the trained top would see.
+            cached = keys.lookup(target, need_probe=True)
+            if cached is not None:
+                probe_accuracy.append(cached["record"]["probe_accuracy"])
+            else:
+                probe = _ProbeConsumer()
+                _stream(passes, chain.feature_model(chain.outputs[-1]), [probe],
+                        "Probing the features of the solved prefix", verbose)
+                probe_accuracy.append(probe.accuracy())
+                keys.store(target, [], None, probe_accuracy[-1])
+            if probe_rejects_last():
+                undo_last()
+
+    if freeze:
+        for name in frozen_layer_names(chain, len(report.layers)):
+            model.get_layer(name).trainable = False
+            report.frozen.append(name)
+    if report.frozen and getattr(model, "compiled", False):
+        # Keras fixes the trainable variables at compile(): a model compiled (or
+        # fitted) before would go on training the "frozen" layers.
+        try:
+            compile_like(model, model)
+        except ValueError:
+            raise ValueError(
+                "`model` was compiled before hybridize but its compile arguments are "
+                "unknown, so it cannot be compiled again to make the freeze hold: call "
+                "hybridize before compile()."
+            ) from None
+        report.recompiled = True
+    report.cutoff = len(report.layers)
+    if cutoff == "auto":
+        report.evidence = {
+            "probe_accuracy": probe_accuracy,
+            "rule": (
+                "solve the next layer only if a ridge probe on the features after it "
+                f"gains at least {AUTO_MIN_GAIN:.3f} held-out accuracy over the features before it"
+            ),
+            "probe_samples": min(PROBE_MAX_SAMPLES, passes.seen or passes.samples or PROBE_MAX_SAMPLES),
+        }
     report.seconds = time.perf_counter() - start
     return report

@@ -106,7 +106,7 @@ class SolveCache:
                     [stored[f"layer{i}_weight{j}"] for j in range(count)]
                     for i, count in enumerate(record.pop("_weight_counts"))
                 ]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as error:
             warnings.warn(
                 f"SolveCache: cannot read {path} ({type(error).__name__}: {error}); treating "
                 "it as a miss: the layer is solved again and the file overwritten.",

@@ -83,7 +83,7 @@ def _recompile_if_trainable_changed(model):
     is never reached in Keras 3.15), so a layer frozen after compile() would train.
     """
     compiled_state = getattr(model, "_compiled_trainable_state", None) or {}
-    changed = [layer.name for layer, trainable in compiled_state.items() if layer.trainable != trainable]
+    changed = [layer.name for layer, was in compiled_state.items() if layer.trainable != was]
     if not changed:
         return
     warnings.warn(

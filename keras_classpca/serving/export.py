@@ -96,7 +96,8 @@ def _check_version(version):
     version = int(version)
     if not 0 <= version <= MAX_VERSION:
         raise ValueError(
-            f"`version` must lie in 0..{MAX_VERSION} (TF Serving versions are int64); got {version}."
+            f"`version` must lie in 0..{MAX_VERSION} (TF Serving versions are int64); "
+            f"got {version}."
         )
     return version
 
@@ -619,7 +620,8 @@ def _json_ready(value, key, dtype):
     # Cast to the signature's float type first so the JSON numbers are exactly the values
     # the server will compute with (float32 -> Python float is exact).
     with np.errstate(over="ignore"):
-        cast = arr.astype(np.dtype(dtype) if dtype in ("float16", "float32", "float64") else np.float64)
+        target = np.dtype(dtype) if dtype in ("float16", "float32", "float64") else np.float64
+        cast = arr.astype(target)
     if not np.all(np.isfinite(cast)):
         raise ValueError(
             f"`x` for input {key!r} holds values too large for the signature's {dtype} "
