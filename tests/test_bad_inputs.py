@@ -303,6 +303,12 @@ CASES = [
         "must be 4-D images",
     ),
     Case(
+        "initializer-repeated-dataset",
+        _on(_nothing, lambda i, t: ClassPCAInitializer.from_data(_repeated(X, Y))),
+        ValueError,
+        r"never ends.*ds\.take",
+    ),
+    Case(
         "initializer-2d-bias",
         _on(
             lambda t: ClassPCAInitializer.from_data(X, Y).bias_initializer(), lambda i, t: i((4, 2))
@@ -406,6 +412,12 @@ CASES = [
         _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, seed=-1)),
         ValueError,
         "`seed` must be a non-negative integer",
+    ),
+    Case(
+        "hybridize-verbose-3",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, verbose=3)),
+        ValueError,
+        "`verbose` must be 0, 1 or 2",
     ),
     Case(
         "hybridize-zero-batch-size",

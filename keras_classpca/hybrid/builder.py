@@ -138,7 +138,7 @@ def check_settings(
         isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
     ):
         raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
-    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+    if verbose not in (0, 1, 2):  # True and False too
         raise ValueError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
     return (
         _positive_int(samples, "samples"),

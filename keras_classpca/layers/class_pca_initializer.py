@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
-from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.core.patches import extract_patches
 
 PARTS = ("kernel", "bias")
@@ -97,6 +97,11 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             **class_pca_options: `ClassPCA` arguments (`center`, `allocation`, ...).
         """
         class_pca = ClassPCA(**class_pca_options)
+        if is_infinite(x):
+            raise ValueError(
+                "`x` never ends (a tf.data.Dataset repeated without a count): pass a finite "
+                "dataset, e.g. `ds.take(n_batches)`."
+            )
         seen = False
         for x_batch, y_batch in iter_batches(x, y, batch_size=batch_size):
             labels = labels_to_int(y_batch, class_pca.n_classes)
