@@ -10,7 +10,6 @@ directories.
 """
 
 import dataclasses
-import fcntl
 import os
 import pickle
 import re
@@ -107,6 +106,12 @@ def _adapted_dense():
     return layer
 
 
+def _adapted_conv():
+    layer = ClassPCAConv2D(2, 3)
+    layer.adapt(_images())
+    return layer
+
+
 def _build_model(hp):
     return _compiled(_mlp())
 
@@ -165,10 +170,6 @@ def _on(make_target, call):
         return target, lambda: call(target, tmp_path)
 
     return setup
-
-
-def _model(make):
-    return lambda tmp_path: make()
 
 
 def _nothing(tmp_path):
@@ -270,6 +271,15 @@ CASES = [
         _on(lambda t: ClassPCAConv2D(2, 3), lambda l, t: l.adapt((X, Y))),
         ValueError,
         "must be 4-D",
+    ),
+    Case(
+        "conv-adapt-wrong-channels",
+        _on(
+            lambda t: _adapted_conv(),
+            lambda l, t: l.adapt((np.repeat(IMAGES, 2, -1), IMAGE_LABELS)),
+        ),
+        ValueError,
+        "2 channels but ClassPCAConv2D",
     ),
     Case(
         "dense-bad-allocation",
@@ -743,7 +753,9 @@ def test_fit_top_trains_a_repeated_dataset_without_caching():
     model = _mlp(hidden=(4, 4))
     hybridize(model, (x, y), cutoff=1, verbose=0)
     model.compile("adam", "sparse_categorical_crossentropy")
-    history = fit_top(model, _repeated(x, y), steps_per_epoch=2, epochs=1, verbose=0)
+    history = fit_top(
+        model, _repeated(x, y), steps_per_epoch=2, epochs=1, shuffle=False, verbose=0
+    )
     assert history.cache_used is False
 
 
@@ -832,6 +844,8 @@ def test_export_removes_stale_temporary_directories_only(tmp_path):
     old = time.time() - 10 * kx.STALE_TMP_SECONDS
     for directory in (stale, busy):
         os.utime(directory, (old, old))
+    import fcntl
+
     held = os.open(busy, os.O_RDONLY)  # an export still writing: it holds the lock
     fcntl.flock(held, fcntl.LOCK_EX)
     try:
