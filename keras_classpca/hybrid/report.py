@@ -44,7 +44,7 @@ class HybridReport:
         stopped_because: why the solvable prefix ends where it does.
         frozen: names of the layers set to `trainable=False`.
         recompiled: the model was compiled before `hybridize`, and was compiled again
-            (its own arguments, the same optimizer) so that the freeze holds.
+            (its own arguments and optimizer) so that the freeze holds.
         seconds: total wall time.
     """
 

@@ -409,7 +409,10 @@ def _lock(path):
         import fcntl
     except ImportError:  # pragma: no cover - Windows: stale directories go by age only
         return None
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a file system that cannot open directories: no lock, no harm
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
