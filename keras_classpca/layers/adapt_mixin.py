@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA
-from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     LayerStatistics,
@@ -84,10 +84,16 @@ class ClassPCAAdaptMixin:
                 iterable (e.g. a generator) of `(x, y)` batches. `x` is this layer's
                 input; `y` holds integer labels or one-hot rows.
             batch_size: batch size used when `data` is arrays (default 1024).
-            steps: use at most this many batches.
+            steps: use at most this many batches (required for a dataset that
+                never ends, `ds.repeat()`).
             strategy: a `tf.distribute.Strategy` to spread the statistics pass over
                 (needs `n_classes`; see docs/distributed.md).
         """
+        if steps is None and is_infinite(data):
+            raise ValueError(
+                "`data` never ends (a tf.data.Dataset repeated without a count): pass "
+                "`steps=` (how many batches to adapt on), or a finite dataset."
+            )
         if strategy is not None:
             if not isinstance(self, ONE_GROUP_KINDS) or getattr(self, "groups", 1) != 1:
                 raise NotImplementedError(
