@@ -67,8 +67,9 @@ def no_graph_error(model, what="hybridize"):
         f"graph (no `model.inputs`, even after it was called), so {what} cannot see which "
         "layer feeds which. Either build it functionally (`keras.Input` -> layers -> "
         "`keras.Model(inputs, outputs)`), or solve its layers one by one: "
-        "`ClassPCAInitializer.from_data(...)` as a layer's kernel initializer, or "
-        "`ClassPCADense`/`ClassPCAConv2D` layers and their `adapt((x, y))`."
+        "`ClassPCAInitializer.from_data(...)` as a layer's kernel initializer, or the "
+        "`ClassPCA*` layers (`ClassPCADense`, `ClassPCAConv2D`, ...) and their "
+        "`adapt((x, y))`."
     )
 
 

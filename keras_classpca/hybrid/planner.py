@@ -32,40 +32,12 @@ import dataclasses
 
 import keras
 
+from keras_classpca.hybrid.graph import has_layer_graph, no_graph_error
 from keras_classpca.layers.geometry import is_solvable_kind, unsolvable_reason
-
-# Layers whose training-time behaviour is random (identity in inference mode).
-RANDOM_IN_TRAINING = (
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
-)
 
 
 def _name(layer):
     return f"{type(layer).__name__} '{layer.name}'"
-
-
-def has_layer_graph(model):
-    """Whether `model` is Sequential or functional (a subclassed model has no graph)."""
-    return isinstance(model, keras.Sequential) or getattr(model, "inputs", None) is not None
-
-
-def no_graph_error(model, what="hybridize"):
-    """The error for a subclassed model: it has no layer graph to walk."""
-    return ValueError(
-        f"`model` ({type(model).__name__}) is a subclassed keras.Model: it has no layer "
-        f"graph (no `model.inputs`, even after it was called), so {what} cannot see which "
-        "layer feeds which. Either build it functionally (`keras.Input` -> layers -> "
-        "`keras.Model(inputs, outputs)`), or solve its layers one by one: "
-        "`ClassPCAInitializer.from_data(...)` as a layer's kernel initializer, or the "
-        "`ClassPCA*` layers (`ClassPCADense`, `ClassPCAConv2D`, ...) and their "
-        "`adapt((x, y))`."
-    )
 
 
 def outer_call_tensors(nested):
@@ -91,10 +63,13 @@ def _operations(model):
     return list(ops) if ops is not None else list(model.layers)
 
 
-def _trainable_weights(operation):
-    return isinstance(operation, keras.layers.Layer) and any(
-        w.trainable for w in operation.weights
-    )
+def _weighted(operation):
+    """A layer the plan must solve or train: a solvable kind with weights (trainable
+    or frozen: hybridize solves it again), or any layer with trainable weights.
+    Frozen layers of other kinds are fixed functions, like parameter-free ones."""
+    if not isinstance(operation, keras.layers.Layer) or not operation.weights:
+        return False
+    return is_solvable_kind(operation) or any(w.trainable for w in operation.weights)
 
 
 @dataclasses.dataclass
@@ -154,6 +129,7 @@ class Plan:
     leading_batchnorms: list  # adapted before the first step: (layer, input, scope)
     passed: list  # names of layers without trainable weights the data passes through
     layers: list = dataclasses.field(default_factory=list)  # flattened, topological
+    parents: list = dataclasses.field(default_factory=list)  # per layer: parent indices
     top_input: tuple = None  # (tensor, scope): the input of the first blocked layer
 
     @property
@@ -186,17 +162,17 @@ class Plan:
         return found
 
     def frozen_names(self, cutoff):
-        """Layers to freeze after solving `cutoff` steps: the solved layers and the
-        BatchNormalization layers any solved layer depends on (they must not move)."""
+        """Layers to freeze after solving `cutoff` steps, in graph order: the solved
+        layers and the BatchNormalization layers any solved layer depends on (they
+        must not move)."""
         steps = self.steps[:cutoff]
         needed = set()
         for step in steps:
             needed.update(step.depends_on)
-        names = [step.name for step in steps]
-        for layer, _, _ in self.batchnorms_until(cutoff):
-            if layer.name in needed:
-                names.append(layer.name)
-        return names
+        names = {step.name for step in steps}
+        names.update(layer.name for layer, _, _ in self.batchnorms_until(cutoff)
+                     if layer.name in needed)
+        return [layer.name for layer in self.layers if layer.name in names]
 
     def feature_model(self, tensor, scope=()):
         """A predictor from the model's input to `tensor` of the graph of `scope`.
@@ -280,7 +256,7 @@ def plan_model(model):
     nodes, _ = _flatten(model)
 
     # Forward: ancestors with trainable weights (solvable or not) and blockers.
-    weighted = [_trainable_weights(n.layer) for n in nodes]
+    weighted = [_weighted(n.layer) for n in nodes]
     is_bn = [isinstance(n.layer, keras.layers.BatchNormalization) for n in nodes]
     depends = []  # names of weighted non-BN ancestors of each node
     bn_parents = []  # BN ancestors
@@ -354,4 +330,5 @@ def plan_model(model):
     first_blocked = next((n for n in nodes if n.layer.name in dict(blocked)), None)
     top = (first_blocked.inputs[0], first_blocked.scope) if first_blocked else (
         _single(model.outputs), ())
-    return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes], top)
+    return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes],
+                [list(n.parents) for n in nodes], top)

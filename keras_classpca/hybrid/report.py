@@ -41,7 +41,10 @@ class HybridReport:
         evidence: for `cutoff="auto"`, the probe accuracy after 0, 1, ... solved layers
             and the rule that chose the cutoff.
         candidates: names of all layers that could have been solved.
-        stopped_because: why the solvable prefix ends where it does.
+        stopped_because: why no further layer can be solved (the first layer with
+            weights the plan cannot take, and why).
+        next_not_taken: why the next solvable layer was not solved (the cutoff, or the
+            "auto" rule); None when every solvable layer was solved.
         frozen: names of the layers set to `trainable=False`.
         recompiled: the model was compiled before `hybridize`, and was compiled again
             (its own arguments and optimizer) so that the freeze holds.
@@ -54,6 +57,7 @@ class HybridReport:
     evidence: dict = dataclasses.field(default_factory=dict)
     candidates: list = dataclasses.field(default_factory=list)
     stopped_because: str = None
+    next_not_taken: str = None
     frozen: list = dataclasses.field(default_factory=list)
     recompiled: bool = False
     seconds: float = 0.0
@@ -89,6 +93,8 @@ class HybridReport:
             lines.append(f"  frozen: {', '.join(self.frozen)}")
         if self.recompiled:
             lines.append("  recompiled with its own compile arguments, so the freeze holds")
+        if self.next_not_taken:
+            lines.append(f"  next layer not taken: {self.next_not_taken}")
         if self.stopped_because:
             lines.append(f"  prefix ends: {self.stopped_because}")
         return "\n".join(lines)

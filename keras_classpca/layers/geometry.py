@@ -37,6 +37,11 @@ SOLVABLE = (keras.layers.Dense,) + CONVOLUTIONS + DEPTHWISE + SEPARABLE
 SOLVABLE_NAMES = ", ".join(kind.__name__ for kind in SOLVABLE)
 
 
+class UnsolvableDataError(ValueError):
+    """The data cannot give a layer its components (too few samples per class, too
+    few distinct directions for its filters): raised by `LayerStatistics.end_pass`."""
+
+
 def is_solvable_kind(layer):
     """Whether `layer` is of a kind class-PCA solves (see `unsolvable_reason`)."""
     return isinstance(layer, SOLVABLE)
@@ -353,7 +358,10 @@ class LayerStatistics:
         """Solve the current stage; True if the layer needs another pass."""
         if self.class_pcas is None:
             raise ValueError("`data` is empty: no samples to solve the layer on.")
-        solutions = [class_pca.solve() for class_pca in self.class_pcas]
+        try:
+            solutions = [class_pca.solve() for class_pca in self.class_pcas]
+        except ValueError as error:
+            raise UnsolvableDataError(str(error)) from error
         self.solved_stages.append((self.class_pcas, solutions))
         self.class_pcas = None
         self.stage += 1
