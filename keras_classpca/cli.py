@@ -309,7 +309,7 @@ def cmd_export(args):
     import keras
 
     import keras_classpca  # noqa: F401  (registers the package's layers for loading)
-    from keras_classpca.serving.export import export_for_serving, signature_info
+    from keras_classpca.serving import export_for_serving, signature_info
 
     if not os.path.isfile(args.model):
         raise _UsageError(f"{args.model}: no such file (expected a .keras model file)")
