@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 
+import keras_classpca
 from keras_classpca import (
     ClassPCA,
     ClassPCAConv2D,
@@ -572,7 +573,7 @@ CASES = [
         "request-body-overflows-float32",
         _on(
             lambda t: (_exported_path(t), t)[1],
-            lambda d, t: kx.predict_request_body(d / "served" / "1", np.full((1, 3), 1e39)),
+            lambda d, t: keras_classpca.predict_request_body(d / "served" / "1", np.full((1, 3), 1e39)),
         ),
         ValueError,
         "too large for the signature's float32",
@@ -582,7 +583,7 @@ CASES = [
         "request-body-nan",
         _on(
             lambda t: (_exported_path(t), t)[1],
-            lambda d, t: kx.predict_request_body(d / "served" / "1", np.full((1, 3), np.nan)),
+            lambda d, t: keras_classpca.predict_request_body(d / "served" / "1", np.full((1, 3), np.nan)),
         ),
         ValueError,
         "NaN or infinite",
