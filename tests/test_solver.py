@@ -111,3 +111,36 @@ def test_mobilenet_v2_cutoff_8_solves_and_reloads_exactly(tmp_path):
     model.save(tmp_path / "m.keras")
     after = _np(keras.saving.load_model(tmp_path / "m.keras").predict(x, verbose=0))
     assert np.max(np.abs(after - before)) == 0.0
+
+
+def test_hybridize_residual_cnn_with_the_solve_cache_keys_on_the_wiring():
+    from test_planner import residual_cnn
+
+    from keras_classpca import SolveCache, hybridize
+
+    x, y = _images(n=90)
+    cache = SolveCache()
+    first = residual_cnn()
+    report = hybridize(first, (x, y), cutoff=4, verbose=0, solve_cache=cache)
+    assert report.cutoff == 4 and cache.misses == 4
+    assert report.frozen == ["stem", "stem_bn", "b1_c1", "b1_bn1", "b1_c2", "b2_c1"]
+    second = residual_cnn()  # same architecture, other layer objects: every step a hit
+    hybridize(second, (x, y), cutoff=4, verbose=0, solve_cache=cache)
+    assert cache.hits == 4
+    for name in report.frozen:
+        for a, b in zip(first.get_layer(name).weights, second.get_layer(name).weights):
+            np.testing.assert_array_equal(_np(a), _np(b))
+    # Same layers, wired differently (block 1 without its shortcut): no stale hit
+    # beyond the steps whose sub-graph is unchanged.
+    inputs = keras.Input((12, 12, 3))
+    h = L.ReLU()(L.BatchNormalization(name="stem_bn")(
+        L.Conv2D(8, 3, padding="same", name="stem")(inputs)))
+    z = L.ReLU()(L.BatchNormalization(name="b1_bn1")(
+        L.Conv2D(8, 3, padding="same", name="b1_c1")(h)))
+    z = L.ReLU()(L.Conv2D(8, 3, padding="same", name="b1_c2")(z))
+    z = L.Conv2D(16, 3, strides=2, padding="same", name="b2_c1")(z)
+    outputs = L.Dense(3, name="head")(L.GlobalAveragePooling2D()(z))
+    plain = keras.Model(inputs, outputs)
+    hits = cache.hits
+    hybridize(plain, (x, y), cutoff=4, verbose=0, solve_cache=cache)
+    assert cache.hits - hits < 4

@@ -258,12 +258,17 @@ def hybridize(
 ):
     """Solve the bottom layers of `model` with class-PCA and freeze them.
 
-    Works on ordinary `Sequential` and functional models built from standard layers:
-    Dense and Conv2D layers are solved, activations, pooling, Flatten, Reshape and
-    Dropout (inference mode) are passed through, BatchNormalization layers following
-    a solved layer get their moving mean and variance from its solved output. The walk
-    stops at the first layer it cannot pass and never solves the model's last layer
-    with weights; `report.stopped_because` says why it stopped.
+    Works on ordinary `Sequential` and functional models, residual and branching graphs
+    and nested models (a backbone used as a layer) included. The layers class-PCA
+    solves — Dense (on inputs of any rank), Conv1D/2D/3D (grouped too), depthwise and
+    separable convolutions — are taken in topological order of the graph, each once
+    every layer with weights it depends on is solved; merges, activations, pooling,
+    reshapes, dropout, preprocessing and augmentation layers (inference mode) are
+    passed through; BatchNormalization layers get their moving mean and variance from
+    the data once what they depend on is solved. A layer with weights of another kind,
+    the layers depending on it, and the model's heads (layers feeding no other layer
+    with weights) are never solved; `report.stopped_because` names the first of them
+    and `report.next_not_taken` why the next solvable layer was not solved.
 
     Call it before `compile()`: Keras fixes the trainable variables at compile time.
     A model that was already compiled (or fitted) is compiled again after the freeze,
@@ -279,21 +284,22 @@ def hybridize(
             is built from the data).
         data: `(x, y)` arrays, a `tf.data.Dataset` of `(x, y)` batches, a keras
             `PyDataset`, or a callable returning a fresh iterable of `(x, y)` batches
-            (one pass is made per solved layer).
-        cutoff: the number of Dense/Conv2D layers to solve from the bottom (0 leaves
-            the model untouched), or `"auto"`: solve layer after layer while a ridge
-            probe on the features after the new layer gains at least 2 points of
-            held-out accuracy over the features before it (docs/cutoff.md).
+            (one pass is made per solved layer, two for a separable convolution, one
+            per BatchNormalization layer to adapt).
+        cutoff: the number of solvable layers to solve, in the planner's order (0
+            leaves the model untouched), or `"auto"`: solve layer after layer while a
+            ridge probe on the features after the new layer gains at least 2 points
+            of held-out accuracy over the features before it (docs/cutoff.md).
         samples: use at most this many training samples (a random subset of arrays;
             the first `samples` of a dataset). The paper: a fraction suffices.
             Required for a dataset that never ends (`ds.repeat()`).
-        freeze: set solved layers (and BatchNormalization between them) to
-            `trainable=False`.
+        freeze: set solved layers (and the BatchNormalization layers they depend on)
+            to `trainable=False`.
         verbose: 1 shows a progress bar per pass over the data.
         batch_size: batch size for arrays.
         seed: seed for the sub-sampling of `samples` and of patches.
-        patches_per_image: for Conv2D layers, use this many random patches of each
-            image instead of all of them (fewer rows, faster solves).
+        patches_per_image: for convolutions, use this many random patches of each
+            sample instead of all of them (fewer rows, faster solves).
         solve_cache: a `SolveCache`: solved layers are looked up there first and
             stored after solving, keyed by data, prefix architecture and options.
         data_fingerprint: a string identifying the data for `solve_cache` (computed
@@ -303,7 +309,8 @@ def hybridize(
             `strategy.run`) and all-reduced once (needs `n_classes`; no
             `patches_per_image`). BatchNormalization moments and the `"auto"` probe
             still come from this process's `data`, so every worker must pass the
-            same `data` (see docs/distributed.md). TensorFlow backend only.
+            same `data` (see docs/distributed.md). TensorFlow backend only; Dense and
+            ungrouped ConvND layers of the top model.
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`).
