@@ -1,9 +1,10 @@
 """Model reach: how far class-PCA solves into keras.applications models.
 
 For ResNet50V2, MobileNetV2 and EfficientNetB0 (`weights=None`: nothing is downloaded;
-32 x 32 x 3 inputs, 10 classes), the graph planner lists the solvable layers; the first
-8 are solved (`cutoff=8`) from a few Fashion-MNIST training images (zero-padded to
-32 x 32, grey repeated on 3 channels), BatchNormalization layers adapted on the way.
+32 x 32 x 3 inputs, 10 classes), the graph planner lists the solvable layers;
+`hybridize(model, (x, y), cutoff=8)` solves the first 8 from a few Fashion-MNIST
+training images (zero-padded to 32 x 32, grey repeated on 3 channels), adapting
+BatchNormalization layers on the way.
 Reported per model: solvable layers, layers solved, the kinds solved, solve time per
 layer, and the `.keras` round trip (max. abs. difference of the predictions).
 
@@ -27,9 +28,8 @@ from benchmarks._report import (
     write_section,
 )
 from benchmarks.targets import MET, MISSED
+from keras_classpca import hybridize
 from keras_classpca.datasets import load_fashion_mnist
-from keras_classpca.hybrid.planner import plan_model
-from keras_classpca.hybrid.solver import ArrayPasses, solve_plan
 
 SECTION = "bench_reach"
 MODELS = ("ResNet50V2", "MobileNetV2", "EfficientNetB0")
@@ -51,11 +51,11 @@ def measure(name, x, y, patches_per_image):
     model = getattr(keras.applications, name)(weights=None, input_shape=x.shape[1:],
                                               classes=10)
     build = time.perf_counter() - start
-    plan = plan_model(model)
     start = time.perf_counter()
-    records = solve_plan(model, ArrayPasses(x, y, batch_size=len(x)), min(CUTOFF, len(plan.steps)),
-                         plan=plan, patches_per_image=patches_per_image, verbose=0)
+    report = hybridize(model, (x, y), cutoff=CUTOFF, batch_size=len(x),
+                       patches_per_image=patches_per_image, verbose=0)
     solve = time.perf_counter() - start
+    records = report.layers
     before = keras.ops.convert_to_numpy(model.predict(x, verbose=0))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.keras"
@@ -67,7 +67,7 @@ def measure(name, x, y, patches_per_image):
         kinds[record.kind] = kinds.get(record.kind, 0) + 1
     return {
         "model": name,
-        "solvable": len(plan.steps),
+        "solvable": len(report.candidates),
         "solved": len(records),
         "kinds": ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
         "batchnorms": sum(len(r.adapted_batchnorms) for r in records),
@@ -76,7 +76,7 @@ def measure(name, x, y, patches_per_image):
         "solve_s": solve,
         "build_s": build,
         "round_trip": float(np.max(np.abs(after - before))),
-        "stop": plan.stop_reason,
+        "stop": report.stopped_because,
     }
 
 
@@ -108,9 +108,10 @@ def main():
         f"Command: `{command.strip()}`. {len(x)} Fashion-MNIST training images "
         f"({len(x) // 10} per class, zero-padded to 32 x 32, grey on 3 channels); models "
         "with `weights=None`, 32 x 32 x 3 inputs, 10 classes. The graph planner "
-        f"(`hybrid/planner.py`) lists the solvable layers in topological order; the first "
-        f"{CUTOFF} are solved by `solve_plan` (`hybrid/solver.py`), "
-        "BatchNormalization layers adapted once what they depend on is solved.",
+        f"(`hybrid/planner.py`) lists the solvable layers in topological order; "
+        f"`hybridize(model, (x, y), cutoff={CUTOFF})` solves the first {CUTOFF} and adapts "
+        "the BatchNormalization layers once what they depend on is solved. Times per "
+        "layer include its pass over the images and its BatchNormalization passes.",
         "",
         markdown_table(
             ["model", "solvable layers", f"solved (cutoff={CUTOFF})", "kinds solved",
