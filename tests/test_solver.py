@@ -1,14 +1,14 @@
-"""Solving a plan: every solved layer of a residual CNN is the class-PCA of its actual
-input, BatchNormalization statistics are those of their actual input, a nested backbone
-of depthwise and separable convolutions solves, keras.applications reload exactly."""
+"""hybridize on graphs: every solved layer of a residual CNN is the class-PCA of its
+actual input, BatchNormalization statistics are those of their actual input, a nested
+backbone of depthwise and separable convolutions solves, keras.applications reload
+exactly, the solve cache keys on the wiring."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_classpca import ClassPCA
+from keras_classpca import ClassPCA, SolveCache, hybridize
 from keras_classpca.hybrid.planner import plan_model
-from keras_classpca.hybrid.solver import ArrayPasses, solve_plan
 from keras_classpca.layers.geometry import sample_rows
 
 L = keras.layers
@@ -37,9 +37,9 @@ def test_residual_cnn_every_layer_is_class_pca_of_its_actual_input():
     model = residual_cnn()
     x, y = _images()
     plan = plan_model(model)
-    records = solve_plan(model, ArrayPasses(x, y, batch_size=50), len(plan.steps),
-                         dedup_threshold=None)
-    assert [r.name for r in records] == plan.names
+    report = hybridize(model, (x, y), len(plan.steps), batch_size=50, verbose=0,
+                       dedup_threshold=None)
+    assert [r.name for r in report.layers] == plan.names
     for step in plan.steps:
         layer = step.layer
         h = _actual_input(model, layer, x)
@@ -65,7 +65,7 @@ def test_cutoff_beyond_the_plan_names_the_blocking_layer():
 
     x, y = _images(n=30)
     with pytest.raises(ValueError, match=r"cutoff=7 but only 6 .*Dense 'head' is the model's last"):
-        solve_plan(residual_cnn(), ArrayPasses(x, y), 7)
+        hybridize(residual_cnn(), (x, y), 7, verbose=0)
 
 
 def test_nested_mobile_backbone_with_depthwise_and_separable_layers():
@@ -82,7 +82,7 @@ def test_nested_mobile_backbone_with_depthwise_and_separable_layers():
     x_ = L.Dense(6, name="fc")(x_)
     model = keras.Model(inputs, L.Dense(3, name="out")(x_))
     x, y = _images()
-    records = solve_plan(model, ArrayPasses(x, y, batch_size=64), 4)
+    records = hybridize(model, (x, y), 4, batch_size=64, verbose=0).layers
     assert [(r.name, r.kind) for r in records] == [
         ("expand", "Conv2D"), ("dw", "DepthwiseConv2D"), ("sep", "SeparableConv2D"),
         ("fc", "Dense")]
@@ -103,7 +103,7 @@ def test_mobilenet_v2_cutoff_8_solves_and_reloads_exactly(tmp_path):
     model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
     # 10 classes: a 1x1 expansion (16 -> 96 filters) needs n_classes * 16 >= 96 components
     x, y = _images(n=40, hw=32, n_classes=10)
-    records = solve_plan(model, ArrayPasses(x, y, batch_size=40), 8, patches_per_image=64)
+    records = hybridize(model, (x, y), 8, batch_size=40, patches_per_image=64, verbose=0).layers
     assert len(records) == 8
     assert {"DepthwiseConv2D", "Conv2D"} <= {r.kind for r in records}
     before = _np(model.predict(x, verbose=0))
@@ -115,8 +115,6 @@ def test_mobilenet_v2_cutoff_8_solves_and_reloads_exactly(tmp_path):
 
 def test_hybridize_residual_cnn_with_the_solve_cache_keys_on_the_wiring():
     from test_planner import residual_cnn
-
-    from keras_classpca import SolveCache, hybridize
 
     x, y = _images(n=90)
     cache = SolveCache()

@@ -1,33 +1,16 @@
-"""Solve the layers of a `Plan`: stream each layer's input through the solved prefix,
-accumulate its class statistics, solve, assign; adapt BatchNormalization on the way.
+"""The one-layer solver of `hybridize`: stream a layer's input through the solved
+part of the model, accumulate its class statistics, solve; adapt BatchNormalization.
 
 `passes` is any re-iterable of `(x, int labels)` batches (one iteration = one pass over
 the data), with optional `total` (samples, for the progress bar) and `seen` (set to
-the samples of the last complete pass) attributes; `ArrayPasses` wraps arrays.
+the samples of the last complete pass) attributes, as `hybridize`'s `_DataPasses`.
 """
-
-import time
 
 import keras
 import numpy as np
 
 from keras_classpca.hybrid.graph import predict_batch
-from keras_classpca.hybrid.planner import plan_model
-from keras_classpca.hybrid.report import SolvedLayer
 from keras_classpca.layers.geometry import LayerStatistics, n_stages
-
-
-class ArrayPasses:
-    """`(x, y)` arrays as re-iterable passes of `(x, labels)` batches."""
-
-    def __init__(self, x, y, batch_size=256):
-        self.x, self.y, self.batch_size = x, np.asarray(y), batch_size
-        self.total = len(x)
-        self.seen = None
-
-    def __iter__(self):
-        for start in range(0, len(self.x), self.batch_size):
-            yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
 
 
 def stream(passes, feature_model, consumers, progress_label=None, verbose=0):
@@ -120,70 +103,3 @@ def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_im
         extra = []
         statistics.statistics.end_pass()
     return statistics.statistics, seen
-
-
-def solve_plan(model, passes, cutoff, *, plan=None, seed=0, patches_per_image=None, freeze=True,
-               verbose=0, **class_pca_options):
-    """Solve the first `cutoff` layers of `model`'s plan (and the BatchNormalization
-    layers they enable), freeze them, return one `SolvedLayer` per solved layer.
-
-    Example:
-
-    >>> import numpy as np, keras
-    >>> rng = np.random.default_rng(0)
-    >>> x, y = rng.normal(size=(90, 8, 8, 2)).astype("float32"), np.arange(90) % 3
-    >>> inputs = keras.Input((8, 8, 2))
-    >>> a = keras.layers.Conv2D(4, 3, padding="same")(inputs)
-    >>> b = keras.layers.Conv2D(4, 1)(inputs)
-    >>> merged = keras.layers.Add()([a, b])
-    >>> out = keras.layers.Dense(3)(keras.layers.Flatten()(merged))
-    >>> model = keras.Model(inputs, out)
-    >>> [r.kind for r in solve_plan(model, ArrayPasses(x, y, 30), 2)]
-    ['Conv2D', 'Conv2D']
-    """
-    plan = plan or plan_model(model)
-    if cutoff > len(plan.steps):
-        raise ValueError(
-            f"cutoff={cutoff} but only {len(plan.steps)} layer(s) of this model can be solved; "
-            f"{plan.reason_after(len(plan.steps))}"
-        )
-    records = []
-    if cutoff:
-        for layer, tensor, scope in plan.leading_batchnorms:
-            adapt_batchnorm(passes, plan.feature_model(tensor, scope), layer, verbose)
-    for j, step in enumerate(plan.cut(cutoff)):
-        start = time.perf_counter()
-        statistics, seen = solve_layer(
-            passes, plan.feature_model(step.input, step.scope), step.layer, class_pca_options,
-            seed=seed, patches_per_image=patches_per_image, verbose=verbose,
-            label=f"Solving {type(step.layer).__name__} '{step.name}' ({j + 1}/{cutoff})",
-        )
-        statistics.assign()
-        adapted = []
-        for layer, tensor, scope in step.batchnorms:
-            adapt_batchnorm(passes, plan.feature_model(tensor, scope), layer, verbose)
-            adapted.append(layer.name)
-        records.append(SolvedLayer(
-            name=step.name,
-            kind=type(step.layer).__name__,
-            samples=seen,
-            rows=statistics.rows,
-            seconds=time.perf_counter() - start,
-            explained_variance=statistics.explained_variance(),
-            n_components=statistics.n_components,
-            adapted_batchnorms=adapted,
-        ))
-    if freeze:
-        for name in plan.frozen_names(cutoff):
-            _find(plan, name).trainable = False
-    return records
-
-
-def _find(plan, name):
-    for step in plan.steps:
-        if step.name == name:
-            return step.layer
-    for layer, _, _ in plan.batchnorms_until(len(plan.steps)):
-        if layer.name == name:
-            return layer
-    raise KeyError(name)
