@@ -248,7 +248,22 @@ def _flatten(model, scope=(), outer_inputs=None, nodes=None, producer=None):
 
 
 def plan_model(model):
-    """The `Plan` of a built Sequential or functional `model` (see the module docstring)."""
+    """The `Plan` of a built Sequential or functional `model` (see the module docstring):
+    what `hybridize` would solve, in which order, and why the rest is not solved.
+
+    Example:
+
+    >>> import keras
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, name="a")(inputs)
+    >>> y = keras.layers.Conv2D(4, 1, name="b")(x)
+    >>> z = keras.layers.Conv2D(4, 1, name="c")(x)
+    >>> merged = keras.layers.Add()([y, z])
+    >>> out = keras.layers.Dense(2, name="out")(keras.layers.Flatten()(merged))
+    >>> plan = plan_model(keras.Model(inputs, out))
+    >>> plan.names, plan.stop_reason
+    (['a', 'b', 'c'], "Dense 'out' is the model's last layer with weights (always trained).")
+    """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not has_layer_graph(model):
