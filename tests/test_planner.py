@@ -239,7 +239,7 @@ def test_a_layer_called_twice_blocks_what_reads_its_second_output():
     inputs = keras.Input((6,))
     first = shared(inputs)
     second = shared(L.ReLU()(first))  # the second call's output has no listed producer
-    x = L.Dense(4, name="after_second")(second)
+    x = L.Dense(4, name="after_second")(L.ReLU()(second))  # through a parameter-free layer
     outputs = L.Dense(2, name="out")(L.Concatenate()([x, L.Dense(4, name="side")(first)]))
     plan = plan_model(keras.Model(inputs, outputs))
     assert "after_second" not in plan.names and "side" in plan.names

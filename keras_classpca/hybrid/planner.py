@@ -273,8 +273,9 @@ def plan_model(model):
     # Forward: ancestors with trainable weights (solvable or not) and blockers.
     weighted = [_weighted(n.layer) for n in nodes]
     is_bn = [isinstance(n.layer, keras.layers.BatchNormalization) for n in nodes]
-    depends = []  # names of weighted non-BN ancestors of each node
-    bn_parents = []  # BN ancestors
+    depends = []  # indices of the weighted non-BN ancestors of each node
+    bn_parents = []  # indices of its BN ancestors
+    tainted = []  # an ancestor (or itself) reads a tensor no node produces
     for node in nodes:
         deps, bns = set(), set()
         for p in node.parents:
@@ -286,6 +287,7 @@ def plan_model(model):
                 deps.add(p)
         depends.append(deps)
         bn_parents.append(bns)
+        tainted.append(node.orphan or any(tainted[p] for p in node.parents))
 
     # Backward: does a node feed a layer with trainable weights (BN aside)?
     feeds_weighted = [False] * len(nodes)
@@ -301,7 +303,7 @@ def plan_model(model):
         if not weighted[i] or is_bn[i]:
             continue
         reason = None
-        if node.orphan or any(nodes[j].orphan for j in depends[i]):
+        if tainted[i]:
             reason = (
                 f"{_name(layer)} is fed by a tensor no layer of the graph produces once "
                 "(a layer called more than once, or an input the model does not list)."
@@ -329,7 +331,7 @@ def plan_model(model):
     # BatchNormalization: adapted once every weighted layer it depends on is solved.
     leading = []
     for i, node in enumerate(nodes):
-        if not is_bn[i] or node.orphan or any(j not in taken for j in depends[i]):
+        if not is_bn[i] or tainted[i] or any(j not in taken for j in depends[i]):
             continue
         entry = (node.layer, node.inputs[0], node.scope)
         if not depends[i]:
