@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from keras_classpca.core.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.class_pca import (
+    ClassPCA,
+    InvalidParameterError,
+    NotFittedError,
+    labels_to_int,
+)
 
 pytestmark = pytest.mark.backend_independent
 
@@ -189,7 +194,8 @@ def test_statistics_equal_numpy(blobs, center):
 @pytest.mark.parametrize("center", [True, False])
 def test_standardize_gives_zero_mean_unit_variance(blobs, center):
     x, y = blobs
-    pca = ClassPCA(6, center=center).fit(x, y)
+    # Exact algebra: float64 products (float32 ones: test_float32_products_*).
+    pca = ClassPCA(6, center=center, compute_dtype="float64").fit(x, y)
     out = pca.transform(x)
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-9)
     np.testing.assert_allclose(out.var(axis=0), 1.0, rtol=1e-9)
@@ -208,7 +214,7 @@ def test_unit_scaling_orthonormal_within_class_and_zero_offset(blobs):
 
 def test_whiten_gives_unit_variance_within_own_class(blobs):
     x, y = blobs
-    pca = ClassPCA(6, scaling="whiten").fit(x, y)
+    pca = ClassPCA(6, scaling="whiten", compute_dtype="float64").fit(x, y)
     out = pca.transform(x)
     for label in range(3):
         own = pca.component_classes_ == label
@@ -225,8 +231,8 @@ def test_fit_accepts_one_hot_labels(blobs):
 # ---------------------------------------------------------------- streaming, determinism
 def test_partial_fit_equals_fit(blobs):
     x, y = blobs
-    one_shot = ClassPCA(6).fit(x, y)
-    streamed = ClassPCA(6)
+    one_shot = ClassPCA(6, compute_dtype="float64").fit(x, y)
+    streamed = ClassPCA(6, compute_dtype="float64")
     for start in range(0, len(x), 37):
         assert streamed.partial_fit(x[start : start + 37], y[start : start + 37]) is streamed
     for name in ("components_", "kernel_", "bias_", "explained_variance_", "covariance_", "mean_"):
@@ -277,19 +283,21 @@ def test_repeated_runs_bit_identical(blobs):
 
 def test_sign_rule_largest_entry_positive_and_order_free(blobs):
     x, y = blobs
-    pca = ClassPCA(6, scaling="unit").fit(x, y)
+    pca = ClassPCA(6, scaling="unit", compute_dtype="float64").fit(x, y)
     comps = pca.components_
     largest = comps[np.argmax(np.abs(comps), axis=0), np.arange(comps.shape[1])]
     assert np.all(largest > 0)
     # The same samples in another order give slightly different float sums; with a
     # deterministic sign rule the components agree to round-off, never up to sign.
     order = np.random.default_rng(3).permutation(len(x))
-    shuffled = ClassPCA(6, scaling="unit").fit(x[order], y[order], batch_size=17)
+    shuffled = ClassPCA(6, scaling="unit", compute_dtype="float64").fit(
+        x[order], y[order], batch_size=17
+    )
     np.testing.assert_allclose(shuffled.components_, comps, atol=1e-9)
     # The rule is equivariant under a permutation of the features, whatever signs the
     # eigen-solver happens to return for the permuted matrices.
     features = np.random.default_rng(4).permutation(x.shape[1])
-    permuted = ClassPCA(6, scaling="unit").fit(x[:, features], y)
+    permuted = ClassPCA(6, scaling="unit", compute_dtype="float64").fit(x[:, features], y)
     np.testing.assert_allclose(permuted.components_, comps[features], atol=1e-9)
 
 
@@ -353,7 +361,7 @@ def test_overflowing_x_rejected(blobs):
     "x_shape, match",
     [
         ((10, 2, 4), "`x` must be 2-D"),
-        ((10, 5), "`x` has 5 features but this ClassPCA was fitted on 8"),
+        ((10, 5), "`x` has 5 features, but ClassPCA is expecting 8 features"),
     ],
 )
 def test_wrong_x_shape_rejected(blobs, x_shape, match):
@@ -474,9 +482,16 @@ def test_too_many_components_rejected(blobs, subspace_classes):
 
 def test_unfitted_estimator_rejected():
     pca = ClassPCA(4)
-    for name in ("components_", "kernel_", "mean_", "classes_"):
-        with pytest.raises(ValueError, match="has no statistics yet"):
+    for name in ("components_", "kernel_", "mean_", "classes_", "statistics_"):
+        with pytest.raises(ValueError, match="not fitted yet"):
             getattr(pca, name)
+        with pytest.raises(AttributeError):
+            getattr(pca, name)
+        assert not hasattr(pca, name)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        pca.transform(np.zeros((2, 3)))
+    with pytest.raises(NotFittedError):
+        pca.solve()
     assert not pca.is_fitted
 
 
@@ -502,11 +517,33 @@ def test_equal_allocation_needs_n_components(blobs):
         ({"variance_share": 1.5}, ValueError, "`variance_share`"),
         ({"dedup_threshold": 0.0}, ValueError, "`dedup_threshold`"),
         ({"n_classes": 0}, ValueError, "`n_classes`"),
+        ({"n_components": True}, ValueError, "`n_components`"),
+        ({"n_components": np.True_}, ValueError, "`n_components`"),
+        ({"n_classes": True}, ValueError, "`n_classes`"),
+        ({"variance_share": True}, ValueError, "`variance_share`"),
+        ({"compute_dtype": "float16"}, ValueError, "`compute_dtype`"),
+        ({"memory_limit": -1}, ValueError, "`memory_limit`"),
     ],
 )
-def test_bad_constructor_options(kwargs, error, match):
+def test_bad_constructor_options(blobs, kwargs, error, match):
+    # scikit-learn style: __init__ only stores, fit validates (and changes nothing).
+    x, y = blobs
+    pca = ClassPCA(**kwargs)
+    assert all(getattr(pca, name) is value for name, value in kwargs.items())
     with pytest.raises(error, match=match):
-        ClassPCA(**kwargs)
+        pca.fit(x, y)
+    with pytest.raises(InvalidParameterError, match=match):
+        pca.partial_fit(x, y)
+    assert not pca.is_fitted and not hasattr(pca, "statistics_")
+    fitted = ClassPCA(6).fit(x, y)
+    kernel = fitted.kernel_.copy()
+    fitted.set_params(**kwargs)
+    with pytest.raises(InvalidParameterError, match=match):
+        fitted.fit(x, y)
+    with pytest.raises(InvalidParameterError, match=match):
+        fitted.solve()
+    fitted.set_params(**{name: ClassPCA().get_params()[name] for name in kwargs})
+    np.testing.assert_array_equal(fitted.set_params(n_components=6).kernel_, kernel)
 
 
 def test_bad_merge_rejected(blobs):
@@ -535,10 +572,13 @@ def test_fit_accepts_batches_and_steps(blobs):
     from_arrays = ClassPCA(6).fit(x, y, batch_size=40)
     from_generator = ClassPCA(6).fit((x[i : i + 40], y[i : i + 40]) for i in range(0, len(x), 40))
     np.testing.assert_array_equal(from_generator.kernel_, from_arrays.kernel_)
-    first_100 = ClassPCA(6).fit((x, y), batch_size=50, steps=2)
+    first_100 = ClassPCA(6, compute_dtype="float64").fit((x, y), batch_size=50, steps=2)
     np.testing.assert_array_equal(first_100.n_samples_seen_, np.bincount(y[:100]))
     np.testing.assert_allclose(
-        first_100.kernel_, ClassPCA(6).fit(x[:100], y[:100]).kernel_, rtol=1e-10, atol=1e-12
+        first_100.kernel_,
+        ClassPCA(6, compute_dtype="float64").fit(x[:100], y[:100]).kernel_,
+        rtol=1e-10,
+        atol=1e-12,
     )
 
 
@@ -573,7 +613,8 @@ def test_near_duplicates_fill_slots_only_when_no_distinct_vector_is_left():
 
     distinct = ClassPCA(9).fit(x, y)
     assert cross_class_duplicates(distinct) == 0
-    full = ClassPCA(32).fit(x, y)  # a 3x3 conv with 32 filters on one channel
+    with pytest.warns(UserWarning, match="rank at most 9"):
+        full = ClassPCA(32).fit(x, y)  # a 3x3 conv with 32 filters on one channel
     assert full.n_components_ == 32
     assert cross_class_duplicates(full) > 0
     assert np.linalg.matrix_rank(distinct.components_, tol=1e-6) == 9
