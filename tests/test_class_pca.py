@@ -195,7 +195,7 @@ def test_statistics_equal_numpy(blobs, center):
 def test_standardize_gives_zero_mean_unit_variance(blobs, center):
     x, y = blobs
     # Exact algebra: float64 products (float32 ones: test_float32_products_*).
-    pca = ClassPCA(6, center=center, compute_dtype="float64").fit(x, y)
+    pca = ClassPCA(6, center=center, product_dtype="float64").fit(x, y)
     out = pca.transform(x)
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-9)
     np.testing.assert_allclose(out.var(axis=0), 1.0, rtol=1e-9)
@@ -214,7 +214,7 @@ def test_unit_scaling_orthonormal_within_class_and_zero_offset(blobs):
 
 def test_whiten_gives_unit_variance_within_own_class(blobs):
     x, y = blobs
-    pca = ClassPCA(6, scaling="whiten", compute_dtype="float64").fit(x, y)
+    pca = ClassPCA(6, scaling="whiten", product_dtype="float64").fit(x, y)
     out = pca.transform(x)
     for label in range(3):
         own = pca.component_classes_ == label
@@ -231,8 +231,8 @@ def test_fit_accepts_one_hot_labels(blobs):
 # ---------------------------------------------------------------- streaming, determinism
 def test_partial_fit_equals_fit(blobs):
     x, y = blobs
-    one_shot = ClassPCA(6, compute_dtype="float64").fit(x, y)
-    streamed = ClassPCA(6, compute_dtype="float64")
+    one_shot = ClassPCA(6, product_dtype="float64").fit(x, y)
+    streamed = ClassPCA(6, product_dtype="float64")
     for start in range(0, len(x), 37):
         assert streamed.partial_fit(x[start : start + 37], y[start : start + 37]) is streamed
     for name in ("components_", "kernel_", "bias_", "explained_variance_", "covariance_", "mean_"):
@@ -283,21 +283,21 @@ def test_repeated_runs_bit_identical(blobs):
 
 def test_sign_rule_largest_entry_positive_and_order_free(blobs):
     x, y = blobs
-    pca = ClassPCA(6, scaling="unit", compute_dtype="float64").fit(x, y)
+    pca = ClassPCA(6, scaling="unit", product_dtype="float64").fit(x, y)
     comps = pca.components_
     largest = comps[np.argmax(np.abs(comps), axis=0), np.arange(comps.shape[1])]
     assert np.all(largest > 0)
     # The same samples in another order give slightly different float sums; with a
     # deterministic sign rule the components agree to round-off, never up to sign.
     order = np.random.default_rng(3).permutation(len(x))
-    shuffled = ClassPCA(6, scaling="unit", compute_dtype="float64").fit(
+    shuffled = ClassPCA(6, scaling="unit", product_dtype="float64").fit(
         x[order], y[order], batch_size=17
     )
     np.testing.assert_allclose(shuffled.components_, comps, atol=1e-9)
     # The rule is equivariant under a permutation of the features, whatever signs the
     # eigen-solver happens to return for the permuted matrices.
     features = np.random.default_rng(4).permutation(x.shape[1])
-    permuted = ClassPCA(6, scaling="unit", compute_dtype="float64").fit(x[:, features], y)
+    permuted = ClassPCA(6, scaling="unit", product_dtype="float64").fit(x[:, features], y)
     np.testing.assert_allclose(permuted.components_, comps[features], atol=1e-9)
 
 
@@ -521,7 +521,7 @@ def test_equal_allocation_needs_n_components(blobs):
         ({"n_components": np.True_}, ValueError, "`n_components`"),
         ({"n_classes": True}, ValueError, "`n_classes`"),
         ({"variance_share": True}, ValueError, "`variance_share`"),
-        ({"compute_dtype": "float16"}, ValueError, "`compute_dtype`"),
+        ({"product_dtype": "float16"}, ValueError, "`product_dtype`"),
         ({"memory_limit": -1}, ValueError, "`memory_limit`"),
     ],
 )
@@ -572,11 +572,11 @@ def test_fit_accepts_batches_and_steps(blobs):
     from_arrays = ClassPCA(6).fit(x, y, batch_size=40)
     from_generator = ClassPCA(6).fit((x[i : i + 40], y[i : i + 40]) for i in range(0, len(x), 40))
     np.testing.assert_array_equal(from_generator.kernel_, from_arrays.kernel_)
-    first_100 = ClassPCA(6, compute_dtype="float64").fit((x, y), batch_size=50, steps=2)
+    first_100 = ClassPCA(6, product_dtype="float64").fit((x, y), batch_size=50, steps=2)
     np.testing.assert_array_equal(first_100.n_samples_seen_, np.bincount(y[:100]))
     np.testing.assert_allclose(
         first_100.kernel_,
-        ClassPCA(6, compute_dtype="float64").fit(x[:100], y[:100]).kernel_,
+        ClassPCA(6, product_dtype="float64").fit(x[:100], y[:100]).kernel_,
         rtol=1e-10,
         atol=1e-12,
     )

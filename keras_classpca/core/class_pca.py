@@ -19,7 +19,7 @@ from threadpoolctl import ThreadpoolController
 
 from keras_classpca.core.data_adapter import as_arrays, iter_batches
 from keras_classpca.core.statistics import (
-    COMPUTE_DTYPES,
+    PRODUCT_DTYPES,
     ClassStatistics,
     _is_backend_tensor,
     check_memory,
@@ -96,9 +96,9 @@ _PARAMETER_CONSTRAINTS = {
         lambda v: v is None or (_is_real(v) and 0.0 < float(v) <= 1.0),
     ),
     "n_classes": ("a positive integer or None", lambda v: v is None or (_is_int(v) and v >= 1)),
-    "compute_dtype": (
-        f"one of {COMPUTE_DTYPES} or None",
-        lambda v: v is None or (isinstance(v, str) and v in COMPUTE_DTYPES),
+    "product_dtype": (
+        f"one of {PRODUCT_DTYPES} or None",
+        lambda v: v is None or (isinstance(v, str) and v in PRODUCT_DTYPES),
     ),
     "memory_limit": (
         "a positive number of bytes or None",
@@ -266,13 +266,13 @@ class ClassPCA:
     up to `d = SINGLE_THREAD_EIGH_MAX_DIM` (1024) with one BLAS thread, which avoids the
     10-100x stalls of multithreaded OpenBLAS on a busy machine (docs/benchmarks.md).
 
-    Precision (`compute_dtype=`): the products of each chunk of rows are computed in
+    Precision (`product_dtype=`): the products of each chunk of rows are computed in
     float32 for data of float32 precision or less and in float64 for float64 data, and
     always summed across chunks in float64, about a per-class reference point so that
     data far from the origin lose nothing to the shift. Float32 products carry a
     relative error of about 1e-7 of each class's largest eigenvalue: components whose
     eigenvalues are within ~1e-5 of that (ill-conditioned data) or closer to each other
-    than that are only as good as float32 allows; `compute_dtype="float64"` costs about
+    than that are only as good as float32 allows; `product_dtype="float64"` costs about
     twice the time.
 
     The fitted layer weights (`kernel_`, `bias_`) are the components with two more
@@ -301,7 +301,7 @@ class ClassPCA:
             from another class; `None` disables deduplication.
         n_classes: the number of classes, if known; labels must then lie in
             `[0, n_classes)` and every class must have samples.
-        compute_dtype: `"float32"` or `"float64"` products; None picks by the data's
+        product_dtype: `"float32"` or `"float64"` products; None picks by the data's
             dtype (see above).
         memory_limit: bytes the class statistics may take (`K·(d² + 2d + 1)` float64);
             None = the memory the system reports available. Exceeding it raises a
@@ -344,7 +344,7 @@ class ClassPCA:
         variance_share=0.95,
         dedup_threshold=0.9,
         n_classes=None,
-        compute_dtype=None,
+        product_dtype=None,
         memory_limit=None,
     ):
         self.n_components = n_components
@@ -355,7 +355,7 @@ class ClassPCA:
         self.variance_share = variance_share
         self.dedup_threshold = dedup_threshold
         self.n_classes = n_classes
-        self.compute_dtype = compute_dtype
+        self.product_dtype = product_dtype
         self.memory_limit = memory_limit
 
     # ------------------------------------------------------------------ parameters
@@ -391,7 +391,11 @@ class ClassPCA:
                     f"`{name}` must be {allowed}; received {value!r}."
                 )
 
-    def _check_params(self):  # the name the layers used before validation moved to fit
+    def check_params(self):
+        """Raise `InvalidParameterError` for an invalid parameter (what `fit` does first).
+
+        For wrappers that validate early, e.g. a Keras layer at construction.
+        """
         self._validate_params()
 
     def __sklearn_tags__(self):
@@ -447,7 +451,7 @@ class ClassPCA:
         if self.n_classes is not None:  # every slot will be needed: check before any work
             check_memory(self.n_classes, n_features, self.memory_limit)
         return ClassStatistics(
-            n_features, compute_dtype=self.compute_dtype, memory_limit=self.memory_limit
+            n_features, product_dtype=self.product_dtype, memory_limit=self.memory_limit
         )
 
     def partial_fit(self, x, y):
@@ -486,7 +490,7 @@ class ClassPCA:
             statistics_pass: a callable that computes the statistics elsewhere, e.g.
                 `keras_classpca.distributed.StrategyPass(strategy)` for a
                 `tf.distribute` strategy: called as `statistics_pass(data, y,
-                n_classes=..., batch_size=..., steps=..., compute_dtype=...)`, it returns
+                n_classes=..., batch_size=..., steps=..., product_dtype=...)`, it returns
                 a `ClassStatistics`. See docs/distributed.md.
 
         Returns:
@@ -506,7 +510,7 @@ class ClassPCA:
                 n_classes=self.n_classes,
                 batch_size=batch_size,
                 steps=steps,
-                compute_dtype=self.compute_dtype,
+                product_dtype=self.product_dtype,
             )
             if not isinstance(statistics, ClassStatistics):
                 raise TypeError(
@@ -541,14 +545,15 @@ class ClassPCA:
                 f"The statistics hold class {statistics.classes.max()}, out of range for "
                 f"n_classes={self.n_classes}."
             )
-        previous = {k: self.__dict__[k] for k in ("_statistics", "_solutions") if k in self.__dict__}
+        keys = ("_statistics", "_solutions")
+        previous = {k: self.__dict__[k] for k in keys if k in self.__dict__}
         self._statistics = statistics
         self._solutions = {}
         if self.n_components is not None or self.allocation == "adaptive":
             try:
                 self.solve()  # surface errors (too few samples, ...) at fit time
             except ValueError:
-                for key in ("_statistics", "_solutions"):
+                for key in keys:
                     self.__dict__.pop(key, None)
                 self.__dict__.update(previous)
                 raise
@@ -581,6 +586,7 @@ class ClassPCA:
 
         The sum of shards' statistics equals one pass over all the data.
         """
+        self._validate_params()
         if isinstance(other, ClassPCA):
             other = other.__dict__.get("_statistics")
             if other is None:

@@ -8,10 +8,10 @@ all-reduce of a `tf.distribute` pass.
 
 How a batch is accumulated (`accumulate`):
 
-- The products are computed in `compute_dtype` (float32 for float32-or-narrower data,
+- The products are computed in `product_dtype` (float32 for float32-or-narrower data,
   float64 for float64 data; either can be forced) and added to float64 accumulators,
   a bounded chunk of rows at a time (the products of one chunk are summed by BLAS in
-  `compute_dtype`; chunks are added in float64).
+  `product_dtype`; chunks are added in float64).
 - Rows are grouped by class with one stable `argsort` of the labels (skipped when the
   labels are already sorted) and gathered a cache-sized chunk at a time into a reusable
   buffer; each class chunk is multiplied by itself (`Bᵀ B`, BLAS `syrk`).
@@ -34,8 +34,8 @@ a `MemoryError` that says how much is needed, before anything is allocated.
 
 import numpy as np
 
-COMPUTE_DTYPES = ("float32", "float64")
-# Rows of one class multiplied at once: a chunk of about CHUNK_BYTES (in compute_dtype)
+PRODUCT_DTYPES = ("float32", "float64")
+# Rows of one class multiplied at once: a chunk of about CHUNK_BYTES (in product_dtype)
 # stays in cache between the gather and the product; at least MIN_CHUNK_ROWS rows so
 # that BLAS runs at full speed (measured: 1,024-row blocks of d = 400 lose ~20 % to
 # 4,096-row blocks; below that the loss grows).
@@ -119,7 +119,7 @@ def _is_backend_tensor(x):
 _NARROW_DTYPES = {"float16", "bfloat16", "float32", "uint8", "int8", "uint16", "int16", "bool"}
 
 
-def default_compute_dtype(dtype):
+def default_product_dtype(dtype):
     """float32 products for data of float32 precision or less, float64 otherwise."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
     return "float32" if name in _NARROW_DTYPES else "float64"
@@ -130,7 +130,7 @@ class ClassStatistics:
 
     Args:
         n_features: the row dimension `d`.
-        compute_dtype: dtype of the per-chunk products, `"float32"` or `"float64"`;
+        product_dtype: dtype of the per-chunk products, `"float32"` or `"float64"`;
             None (default) picks float32 for float32-or-narrower data (float16,
             bfloat16, uint8, ...) and float64 for float64 or wide integer data. The
             accumulators are float64 either way.
@@ -159,17 +159,18 @@ class ClassStatistics:
     ([12.0, 15.0], [56.0, 68.0])
     """
 
-    def __init__(self, n_features, *, compute_dtype=None, memory_limit=None):
+    def __init__(self, n_features, *, product_dtype=None, memory_limit=None):
         if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)):
             raise TypeError(f"`n_features` must be a positive integer; received {n_features!r}.")
         if n_features < 1:
             raise ValueError(f"`n_features` must be a positive integer; received {n_features!r}.")
-        if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
+        if product_dtype is not None and product_dtype not in PRODUCT_DTYPES:
             raise ValueError(
-                f"`compute_dtype` must be one of {COMPUTE_DTYPES} or None; received {compute_dtype!r}."
+                f"`product_dtype` must be one of {PRODUCT_DTYPES} or None; received "
+                f"{product_dtype!r}."
             )
         self.n_features = int(n_features)
-        self.compute_dtype = compute_dtype
+        self.product_dtype = product_dtype
         self.memory_limit = memory_limit
         self._count = {}
         self._sum = {}
@@ -323,7 +324,7 @@ class ClassStatistics:
     def copy(self):
         """An independent copy."""
         twin = ClassStatistics(
-            self.n_features, compute_dtype=self.compute_dtype, memory_limit=self.memory_limit
+            self.n_features, product_dtype=self.product_dtype, memory_limit=self.memory_limit
         )
         twin._count = dict(self._count)
         twin._sum = {k: v.copy() for k, v in self._sum.items()}
@@ -348,7 +349,9 @@ class ClassStatistics:
         """
         labels = np.asarray(labels)
         if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
-            raise ValueError(f"`labels` must be a vector of integers; received shape {labels.shape}.")
+            raise ValueError(
+                f"`labels` must be a vector of integers; received shape {labels.shape}."
+            )
         if _is_backend_tensor(x):
             return self._accumulate_tensor(x, labels)
         x = np.asarray(x)
@@ -367,7 +370,7 @@ class ClassStatistics:
         labels = labels.astype(np.int64, copy=False)
         if labels.min() < 0:
             raise ValueError(f"`labels` must be non-negative; received {labels.min()}.")
-        dtype = np.dtype(self.compute_dtype or default_compute_dtype(x.dtype))
+        dtype = np.dtype(self.product_dtype or default_product_dtype(x.dtype))
         dtype = self._checked_dtype(x, dtype)
         if np.all(labels[1:] >= labels[:-1]):
             order = None
@@ -394,7 +397,8 @@ class ClassStatistics:
                 else:
                     chunk[...] = np.take(x, order[start:stop], axis=0)
                 if self._shift.get(label) is None:
-                    self._shift[label] = (ones[: len(chunk)] @ chunk / len(chunk)).astype(np.float64)
+                    first_mean = ones[: len(chunk)] @ chunk / len(chunk)
+                    self._shift[label] = first_mean.astype(np.float64)
                 # The reference point as used (rounded to `dtype`) enters the correction.
                 shift = self._shift[label].astype(dtype)
                 chunk -= shift
@@ -441,14 +445,15 @@ class ClassStatistics:
             )
         if len(labels) != x.shape[0]:
             raise ValueError(
-                f"`x` and `labels` must have the same length; received {x.shape[0]} and {len(labels)}."
+                "`x` and `labels` must have the same length; received "
+                f"{x.shape[0]} and {len(labels)}."
             )
         if not len(labels):
             return
         labels = labels.astype(np.int64, copy=False)
         if labels.min() < 0:
             raise ValueError(f"`labels` must be non-negative; received {labels.min()}.")
-        dtype = self.compute_dtype or default_compute_dtype(
+        dtype = self.product_dtype or default_product_dtype(
             keras.backend.standardize_dtype(x.dtype)
         )
         x = ops.cast(x, dtype)

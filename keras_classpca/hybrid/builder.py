@@ -338,7 +338,7 @@ def hybridize(
         raise TypeError(
             f"Unknown option(s) {unknown} for hybridize; ClassPCA options are {list(CLASS_PCA_OPTIONS)}."
         )
-    ClassPCA(1, **class_pca_options)  # validates option values up front
+    ClassPCA(1, **class_pca_options).check_params()  # validates option values up front
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
         raise ValueError(f"`samples` must be a positive integer or None; received {samples!r}.")
     if patches_per_image is not None and (
