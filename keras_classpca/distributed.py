@@ -26,10 +26,12 @@ layers inside `strategy.run` (a solved prefix, as `hybridize(strategy=)` does) n
 import collections
 
 import numpy as np
-import tensorflow as tf
 
+from keras_classpca._optional import import_optional
 from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.core.statistics import ClassStatistics
+
+tf = import_optional("tensorflow", "keras_classpca.distributed (tf.distribute)")
 
 __all__ = [
     "StrategyPass",
