@@ -138,7 +138,9 @@ def labels_to_int(y, n_classes=None):
             f"`y` must be a vector of integer labels or one-hot rows; received shape {y.shape}."
         )
     if y.dtype.kind not in "biuf":
-        raise ValueError(f"`y` must hold integer class labels; received dtype {y.dtype}.")
+        raise ValueError(
+            f"Unknown label type: `y` must hold integer class labels; received dtype {y.dtype}."
+        )
     if y.dtype.kind == "f":
         _check_finite(y, "y")
         if np.any(y != np.round(y)):
@@ -226,6 +228,27 @@ class _Spectrum:
     def alive(self, i):
         """Whether pair `i` exists and is not in the exhausted (null) part."""
         return i < self.d and self.share(i) > EXHAUSTED_SHARE
+
+
+def _as_dense(x):
+    """`x` as a real NumPy array (or a backend tensor, kept); clear errors otherwise."""
+    if _is_backend_tensor(x):
+        return x
+    if type(x).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            "Sparse input is not supported by ClassPCA: pass a dense array (x.toarray())."
+        )
+    x = np.asarray(x)
+    if x.dtype.kind == "c":
+        raise ValueError("Complex data not supported: `x` must be real.")
+    if x.dtype.kind == "O":
+        try:
+            x = x.astype(np.float64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"`x` must be numeric; {error}") from None
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"`x` must be numeric; received dtype {x.dtype}.")
+    return x
 
 
 class ClassPCA:
@@ -416,9 +439,7 @@ class ClassPCA:
 
     # ------------------------------------------------------------------ accumulation
     def _validated_batch(self, x, y, n_features):
-        tensor = _is_backend_tensor(x)
-        if not tensor:
-            x = np.asarray(x)
+        x = _as_dense(x)
         shape = tuple(x.shape)
         if len(shape) != 2:
             raise ValueError(
@@ -427,13 +448,13 @@ class ClassPCA:
             )
         if n_features is not None and shape[1] != n_features:
             raise ValueError(
-                f"`x` has {shape[1]} features, but ClassPCA is expecting {n_features} "
-                "features as input (the number it was fitted on)."
+                f"X has {shape[1]} features, but ClassPCA is expecting {n_features} "
+                "features as input (`x` must have the features it was fitted on)."
             )
-        if not tensor and x.dtype.kind not in "biuf":
-            raise TypeError(f"`x` must be numeric; received dtype {x.dtype}.")
         if shape[1] == 0:
-            raise ValueError("`x` has 0 features; ClassPCA needs at least one.")
+            raise ValueError(
+                f"`x` has 0 feature(s) (shape={shape}) while a minimum of 1 is required."
+            )
         if y is None:
             raise ValueError(
                 "ClassPCA requires y to be passed, but the target y is None: class-PCA "
@@ -518,6 +539,11 @@ class ClassPCA:
                     f"{type(statistics).__name__}."
                 )
             return self._set_statistics(statistics)
+        if y is None and hasattr(data, "__array__") and not isinstance(data, (tuple, list)):
+            raise ValueError(
+                "ClassPCA requires y to be passed, but the target y is None: class-PCA needs "
+                "labels; pass `fit(x, y)`, `fit((x, y))`, or batches of `(x, y)`."
+            )
         statistics = None
         arrays = as_arrays(data, y) if batch_size is None and steps is None else None
         if arrays is not None:
@@ -925,16 +951,19 @@ class ClassPCA:
     def transform(self, x):
         """`x @ kernel_ + bias_`: what the solved linear layer computes."""
         solution = self._solution()
-        x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise TypeError(f"`x` must be numeric; received dtype {x.dtype}.")
-        x = x.astype(np.float64, copy=False)
+        x = _as_dense(x)
+        if x.ndim == 1:
+            raise ValueError(
+                f"`x` must be 2-D (n_samples, {self.n_features_in_}); received shape "
+                f"{x.shape}. Reshape your data: x.reshape(1, -1) for one sample."
+            )
         if x.ndim != 2 or x.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"`x` must have shape (n_samples, {self.n_features_in_}); received "
-                f"{x.shape}: X has {x.shape[-1] if x.ndim else 0} features, but ClassPCA "
-                f"is expecting {self.n_features_in_} features as input."
+                f"X has {x.shape[-1] if x.ndim else 0} features, but ClassPCA is expecting "
+                f"{self.n_features_in_} features as input (`x` must have shape (n_samples, "
+                f"{self.n_features_in_}); received {x.shape})."
             )
+        x = x.astype(np.float64, copy=False)
         _check_finite(x, "x")
         return x @ solution.kernel + solution.bias
 

@@ -51,6 +51,8 @@ def as_arrays(data, y=None):
     """
     if y is not None and _is_array_like(data):
         return data, y
+    if y is not None and hasattr(data, "__array__"):  # e.g. a pandas DataFrame
+        return data, y
     if (
         y is None
         and isinstance(data, (tuple, list))
@@ -69,7 +71,11 @@ def is_infinite(data):
     if isinstance(data, (itertools.count, itertools.cycle)):
         return True
     if isinstance(data, itertools.repeat):
-        return "," not in repr(data)  # repeat(obj) vs repeat(obj, times)
+        try:
+            data.__length_hint__()  # repeat(obj, times) knows what is left
+        except TypeError:  # repeat(obj): "len() of unsized object"
+            return True
+        return False
     if _is_tf_dataset(data):
         import tensorflow as tf
 
