@@ -89,17 +89,16 @@ def is_infinite(data):
 
 
 def _is_tf_dataset(data):
-    # A tf.data.Dataset exists only once TensorFlow is imported: don't import it here.
+    # Only a loaded TensorFlow can have made a Dataset: never import it just to check.
     tf = sys.modules.get("tensorflow")
-    return tf is not None and isinstance(data, tf.data.Dataset)
+    data_module = getattr(tf, "data", None) if tf is not None else None
+    return data_module is not None and isinstance(data, data_module.Dataset)
 
 
 def _is_py_dataset(data):
-    try:
-        from keras.utils import PyDataset
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(data, PyDataset)
+    keras = sys.modules.get("keras")
+    utils = getattr(keras, "utils", None) if keras is not None else None
+    return utils is not None and isinstance(data, utils.PyDataset)
 
 
 def _split_element(element, where):

@@ -40,6 +40,8 @@ PRODUCT_DTYPES = ("float32", "float64")
 # that BLAS runs at full speed (measured: 1,024-row blocks of d = 400 lose ~20 % to
 # 4,096-row blocks; below that the loss grows).
 CHUNK_BYTES = 8 << 20
+# Rows of the input grouped by class at a time (see `accumulate`).
+BLOCK_BYTES = 16 << 20
 MIN_CHUNK_ROWS = 1024
 # Largest float32 sum of squares of a batch accepted for float32 products: below this
 # no product entry, shifted or not, can overflow (Cauchy-Schwarz, with margin).
@@ -372,6 +374,14 @@ class ClassStatistics:
             raise ValueError(f"`labels` must be non-negative; received {labels.min()}.")
         dtype = np.dtype(self.product_dtype or default_product_dtype(x.dtype))
         dtype = self._checked_dtype(x, dtype)
+        self._reserve(np.unique(labels).tolist())
+        # Rows are grouped by class a block at a time: gathering from a block that stays
+        # in cache is several times faster than from the whole array in memory.
+        rows = max(MIN_CHUNK_ROWS, BLOCK_BYTES // (x.itemsize * self.n_features))
+        for begin in range(0, len(x), rows):
+            self._accumulate_block(x[begin : begin + rows], labels[begin : begin + rows], dtype)
+
+    def _accumulate_block(self, x, labels, dtype):
         if np.all(labels[1:] >= labels[:-1]):
             order = None
             sorted_labels = labels
@@ -381,7 +391,6 @@ class ClassStatistics:
         starts = np.flatnonzero(np.diff(sorted_labels)) + 1
         bounds = np.concatenate([[0], starts, [len(x)]]).tolist()
         block_labels = sorted_labels[bounds[:-1]].tolist()
-        self._reserve(block_labels)
         d = self.n_features
         step = max(MIN_CHUNK_ROWS, CHUNK_BYTES // (dtype.itemsize * d))
         buffer = np.empty((min(step, len(x)), d), dtype=dtype)
