@@ -357,21 +357,11 @@ class ClassStatistics:
         if _is_backend_tensor(x):
             return self._accumulate_tensor(x, labels)
         x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise ValueError(
-                f"`x` must have shape (n_samples, {self.n_features}); received {x.shape}."
-            )
         if x.dtype.kind not in "biuf":
             raise TypeError(f"`x` must be numeric; received dtype {x.dtype}.")
-        if len(labels) != len(x):
-            raise ValueError(
-                f"`x` and `labels` must have the same length; received {len(x)} and {len(labels)}."
-            )
-        if not len(x):
+        labels = self._checked_labels(x.shape, labels)
+        if labels is None:
             return
-        labels = labels.astype(np.int64, copy=False)
-        if labels.min() < 0:
-            raise ValueError(f"`labels` must be non-negative; received {labels.min()}.")
         dtype = np.dtype(self.product_dtype or default_product_dtype(x.dtype))
         dtype = self._checked_dtype(x, dtype)
         self._reserve(np.unique(labels).tolist())
@@ -422,6 +412,24 @@ class ClassStatistics:
                     product.astype(np.float64, copy=False),
                 )
 
+    def _checked_labels(self, shape, labels):
+        """int64 `labels` for rows of `shape` (None for no rows); raises for mismatches."""
+        if len(shape) != 2 or shape[1] != self.n_features:
+            raise ValueError(
+                f"`x` must have shape (n_samples, {self.n_features}); received {tuple(shape)}."
+            )
+        if len(labels) != shape[0]:
+            raise ValueError(
+                f"`x` and `labels` must have the same length; received {shape[0]} and "
+                f"{len(labels)}."
+            )
+        if not len(labels):
+            return None
+        labels = labels.astype(np.int64, copy=False)
+        if labels.min() < 0:
+            raise ValueError(f"`labels` must be non-negative; received {labels.min()}.")
+        return labels
+
     @staticmethod
     def _checked_dtype(x, dtype):
         """Raise for NaN/inf; float64 products if float32 ones could overflow."""
@@ -448,20 +456,9 @@ class ClassStatistics:
         import keras
         from keras import ops
 
-        if len(x.shape) != 2 or x.shape[1] != self.n_features:
-            raise ValueError(
-                f"`x` must have shape (n_samples, {self.n_features}); received {tuple(x.shape)}."
-            )
-        if len(labels) != x.shape[0]:
-            raise ValueError(
-                "`x` and `labels` must have the same length; received "
-                f"{x.shape[0]} and {len(labels)}."
-            )
-        if not len(labels):
+        labels = self._checked_labels(tuple(x.shape), labels)
+        if labels is None:
             return
-        labels = labels.astype(np.int64, copy=False)
-        if labels.min() < 0:
-            raise ValueError(f"`labels` must be non-negative; received {labels.min()}.")
         dtype = self.product_dtype or default_product_dtype(
             keras.backend.standardize_dtype(x.dtype)
         )
