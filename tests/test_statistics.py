@@ -64,7 +64,7 @@ def test_merge_copy_from_arrays_and_reading():
     assert whole.nbytes == 4 * (49 + 14 + 1) * 8
     with pytest.raises(KeyError, match="Class 9 has no samples"):
         whole.second_moment(9)
-    with pytest.raises(ValueError, match="7 features into 3"):
+    with pytest.raises(ValueError, match="3 features into 7"):
         whole.merge(ClassStatistics(3))
     whole.clear()
     assert len(whole) == 0 and whole.n_samples == 0

@@ -42,6 +42,7 @@ PRODUCT_DTYPES = ("float32", "float64")
 CHUNK_BYTES = 8 << 20
 # Rows of the input grouped by class at a time (see `accumulate`).
 BLOCK_BYTES = 16 << 20
+MAX_BLOCK_BYTES = 128 << 20
 MIN_CHUNK_ROWS = 1024
 # Largest float32 sum of squares of a batch accepted for float32 products: below this
 # no product entry, shifted or not, can overflow (Cauchy-Schwarz, with margin).
@@ -253,15 +254,26 @@ class ClassStatistics:
             self._sum[label] = np.zeros(d)
             self._outer[label] = np.zeros((d, d))
 
-    def _add(self, label, n, shift, shifted_sum, shifted_product):
-        """Add one class chunk's shifted statistics (float64 views) to the raw ones."""
-        w = shifted_sum + (0.5 * n) * shift
-        outer = self._outer[label]
-        outer += shifted_product
-        outer += np.multiply.outer(shift, w)
-        outer += np.multiply.outer(w, shift)
+    def _add(self, pending, label, n, shift, shifted_sum, shifted_product):
+        """Add one class chunk's shifted statistics (float64) to the raw ones.
+
+        The rank-2 correction `r wᵀ + w rᵀ` is linear in `w` for a fixed reference point
+        `r`, so it is summed in `pending` and applied once per class by `_flush`.
+        """
+        self._outer[label] += shifted_product
         self._sum[label] += shifted_sum + n * shift
         self._count[label] += int(n)
+        w = shifted_sum + (0.5 * n) * shift
+        if label in pending:
+            pending[label][1] += w
+        else:
+            pending[label] = [shift, w]
+
+    def _flush(self, pending):
+        for label, (shift, w) in pending.items():
+            outer = self._outer[label]
+            outer += np.multiply.outer(shift, w)
+            outer += np.multiply.outer(w, shift)
 
     @classmethod
     def from_arrays(cls, counts, sums, second_moments, *, classes=None, **kwargs):
@@ -364,14 +376,22 @@ class ClassStatistics:
             return
         dtype = np.dtype(self.product_dtype or default_product_dtype(x.dtype))
         dtype = self._checked_dtype(x, dtype)
-        self._reserve(np.unique(labels).tolist())
-        # Rows are grouped by class a block at a time: gathering from a block that stays
-        # in cache is several times faster than from the whole array in memory.
-        rows = max(MIN_CHUNK_ROWS, BLOCK_BYTES // (x.itemsize * self.n_features))
+        present = np.unique(labels)
+        self._reserve(present.tolist())
+        # Rows are grouped by class a block at a time: gathering from a block of ~16 MB
+        # is several times faster than from the whole array in memory; a block holds
+        # about MIN_CHUNK_ROWS rows per class (up to MAX_BLOCK_BYTES) so that each
+        # class's product is one long BLAS call.
+        row_bytes = x.itemsize * self.n_features
+        rows = max(BLOCK_BYTES // row_bytes, MIN_CHUNK_ROWS * len(present))
+        rows = max(MIN_CHUNK_ROWS, min(rows, MAX_BLOCK_BYTES // row_bytes))
+        pending = {}
         for begin in range(0, len(x), rows):
-            self._accumulate_block(x[begin : begin + rows], labels[begin : begin + rows], dtype)
+            block = slice(begin, begin + rows)
+            self._accumulate_block(x[block], labels[block], dtype, pending)
+        self._flush(pending)
 
-    def _accumulate_block(self, x, labels, dtype):
+    def _accumulate_block(self, x, labels, dtype, pending):
         if np.all(labels[1:] >= labels[:-1]):
             order = None
             sorted_labels = labels
@@ -405,6 +425,7 @@ class ClassStatistics:
                 product = chunk.T @ chunk
                 shifted_sum = ones[: len(chunk)] @ chunk
                 self._add(
+                    pending,
                     label,
                     len(chunk),
                     shift.astype(np.float64),
@@ -474,6 +495,7 @@ class ClassStatistics:
         block_labels = sorted_labels[bounds[:-1]].tolist()
         self._reserve(block_labels)
         grouped = ops.take(x, ops.convert_to_tensor(order.astype(np.int32)), axis=0)
+        pending = {}
         for label, begin, end in zip(block_labels, bounds[:-1], bounds[1:]):
             block = grouped[begin:end]
             if self._shift.get(label) is None:
@@ -485,9 +507,11 @@ class ClassStatistics:
             product = ops.matmul(ops.transpose(block), block)
             shifted_sum = ops.sum(block, axis=0)
             self._add(
+                pending,
                 label,
                 end - begin,
                 shift.astype(np.float64),
                 np.asarray(ops.convert_to_numpy(shifted_sum), dtype=np.float64),
                 np.asarray(ops.convert_to_numpy(product), dtype=np.float64),
             )
+        self._flush(pending)
