@@ -140,3 +140,23 @@ def test_class_pca_fit_of_backend_tensors_equals_numpy():
         a = host.components_[:, host.component_classes_ == c]
         b = device.components_[:, device.component_classes_ == c]
         assert np.linalg.norm(b - a @ (a.T @ b), 2) < 1e-5
+
+
+@pytest.mark.backend_independent
+def test_small_batches_are_staged_and_give_the_same_sums():
+    x, y = _data(n=5000)
+    one = ClassStatistics(7, product_dtype="float64")
+    one.accumulate(x, y)
+    many = ClassStatistics(7, product_dtype="float64")
+    for start in range(0, len(x), 37):
+        many.accumulate(x[start : start + 37], y[start : start + 37])
+    assert many._staged  # still waiting: 5,000 rows of 7 features are far below the stage
+    twin = many.copy()  # reading multiplies what is staged
+    assert not many._staged
+    for stats in (many, twin):
+        np.testing.assert_array_equal(stats.counts, one.counts)
+        np.testing.assert_allclose(stats.second_moments, one.second_moments, rtol=1e-12)
+    mixed = ClassStatistics(7)  # float32 and float64 batches staged side by side
+    mixed.accumulate(x[:100].astype(np.float32), y[:100])
+    mixed.accumulate(x[100:], y[100:])
+    np.testing.assert_allclose(mixed.sums, one.sums, rtol=1e-5)

@@ -43,6 +43,8 @@ CHUNK_BYTES = 8 << 20
 # Rows of the input grouped by class at a time (see `accumulate`).
 BLOCK_BYTES = 16 << 20
 MAX_BLOCK_BYTES = 128 << 20
+# Batches smaller than this are staged (copied) and multiplied together.
+STAGE_BYTES = 64 << 20
 MIN_CHUNK_ROWS = 1024
 # Largest float32 sum of squares of a batch accepted for float32 products: below this
 # no product entry, shifted or not, can overflow (Cauchy-Schwarz, with margin).
@@ -179,30 +181,37 @@ class ClassStatistics:
         self._sum = {}
         self._outer = {}
         self._shift = {}  # per-class reference point of the shifted products
+        self._staged = []  # small batches waiting to be multiplied together: (x, labels)
+        self._staged_rows = 0
 
     # ------------------------------------------------------------------ reading
     @property
     def classes(self):
+        self._process_staged()
         return np.array(sorted(self._count), dtype=np.int64)
 
     @property
     def counts(self):
+        self._process_staged()
         return np.array([self._count[c] for c in sorted(self._count)], dtype=np.int64)
 
     @property
     def sums(self):
+        self._process_staged()
         if not self._count:
             return np.zeros((0, self.n_features))
         return np.stack([self._sum[c] for c in sorted(self._count)])
 
     @property
     def second_moments(self):
+        self._process_staged()
         if not self._count:
             return np.zeros((0, self.n_features, self.n_features))
         return np.stack([self._outer[c] for c in sorted(self._count)])
 
     @property
     def n_samples(self):
+        self._process_staged()
         return int(sum(self._count.values()))
 
     @property
@@ -217,14 +226,17 @@ class ClassStatistics:
 
     def count(self, label):
         """Samples of class `label` (0 if none)."""
+        self._process_staged()
         return self._count.get(int(label), 0)
 
     def sum(self, label):
         """`Σ x` over class `label` (float64, a view: do not modify)."""
+        self._process_staged()
         return self._sum[self._known(label)]
 
     def second_moment(self, label):
         """`Σ x xᵀ` over class `label` (float64, a view: do not modify)."""
+        self._process_staged()
         return self._outer[self._known(label)]
 
     def _known(self, label):
@@ -327,6 +339,8 @@ class ClassStatistics:
                 f"Cannot merge statistics over {other.n_features} features into "
                 f"{self.n_features} features."
             )
+        self._process_staged()
+        other._process_staged()
         self._reserve(sorted(other._count))
         for label in other._count:
             self._count[label] += other._count[label]
@@ -337,6 +351,7 @@ class ClassStatistics:
 
     def copy(self):
         """An independent copy."""
+        self._process_staged()
         twin = ClassStatistics(
             self.n_features, product_dtype=self.product_dtype, memory_limit=self.memory_limit
         )
@@ -349,6 +364,7 @@ class ClassStatistics:
     def clear(self):
         """Forget all samples (keeps `n_features` and the options)."""
         self._count, self._sum, self._outer, self._shift = {}, {}, {}, {}
+        self._staged, self._staged_rows = [], 0
 
     # ------------------------------------------------------------------ accumulate
     def accumulate(self, x, labels):
@@ -378,12 +394,45 @@ class ClassStatistics:
         dtype = self._checked_dtype(x, dtype)
         present = np.unique(labels)
         self._reserve(present.tolist())
+        row_bytes = np.dtype(dtype).itemsize * self.n_features
+        # Small batches (a layer's patches a few thousand rows at a time) are staged and
+        # multiplied together: every product of a class costs K·d² float64 additions,
+        # which would otherwise dominate.
+        stage_rows = min(
+            max(STAGE_BYTES // row_bytes, MIN_CHUNK_ROWS * len(self._count)),
+            MAX_BLOCK_BYTES // row_bytes,
+        )
+        if len(x) < stage_rows:
+            self._staged.append((x.astype(dtype, copy=True), labels.copy()))
+            self._staged_rows += len(x)
+            if self._staged_rows >= stage_rows:
+                self._process_staged()
+            return
+        self._process_staged()
+        self._process(x, labels, dtype)
+
+    def _process_staged(self):
+        """Multiply the staged batches (grouped by product dtype) into the sums."""
+        if not self._staged:
+            return
+        staged, self._staged, self._staged_rows = self._staged, [], 0
+        for dtype in sorted({x.dtype.str for x, _ in staged}):
+            parts = [(x, labels) for x, labels in staged if x.dtype.str == dtype]
+            self._process(
+                np.concatenate([x for x, _ in parts]),
+                np.concatenate([labels for _, labels in parts]),
+                np.dtype(dtype),
+            )
+
+    def _process(self, x, labels, dtype):
+        """Products of validated rows: a block of rows at a time."""
         # Rows are grouped by class a block at a time: gathering from a block of ~16 MB
         # is several times faster than from the whole array in memory; a block holds
         # about MIN_CHUNK_ROWS rows per class (up to MAX_BLOCK_BYTES) so that each
         # class's product is one long BLAS call.
+        present = len(np.unique(labels)) if len(labels) < 1 << 20 else len(self._count)
         row_bytes = x.itemsize * self.n_features
-        rows = max(BLOCK_BYTES // row_bytes, MIN_CHUNK_ROWS * len(present))
+        rows = max(BLOCK_BYTES // row_bytes, MIN_CHUNK_ROWS * present)
         rows = max(MIN_CHUNK_ROWS, min(rows, MAX_BLOCK_BYTES // row_bytes))
         pending = {}
         for begin in range(0, len(x), rows):
