@@ -398,10 +398,12 @@ class ClassStatistics:
         # Small batches (a layer's patches a few thousand rows at a time) are staged and
         # multiplied together: every product of a class costs K·d² float64 additions,
         # which would otherwise dominate.
-        stage_rows = min(
-            max(STAGE_BYTES // row_bytes, MIN_CHUNK_ROWS * len(self._count)),
-            MAX_BLOCK_BYTES // row_bytes,
+        # Staged rows stay within a few times the statistics' own memory (and
+        # STAGE_BYTES), so that memory is still bounded by the statistics, not the data.
+        stage_bytes = min(
+            STAGE_BYTES, max(4 * self.nbytes, MIN_CHUNK_ROWS * len(self._count) * row_bytes)
         )
+        stage_rows = stage_bytes // row_bytes
         if len(x) < stage_rows:
             self._staged.append((x.astype(dtype, copy=True), labels.copy()))
             self._staged_rows += len(x)
