@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from keras_classpca.core.data_adapter import as_arrays, iter_batches
+from keras_classpca.core.data_adapter import as_arrays, as_standard_float, iter_batches
 from keras_classpca.core.statistics import (
     PRODUCT_DTYPES,
     ClassStatistics,
@@ -238,7 +238,7 @@ def _as_dense(x):
         raise TypeError(
             "Sparse input is not supported by ClassPCA: pass a dense array (x.toarray())."
         )
-    x = np.asarray(x)
+    x = as_standard_float(x)  # bfloat16 (mixed precision) -> float32
     if x.dtype.kind == "c":
         raise ValueError("Complex data not supported: `x` must be real.")
     if x.dtype.kind == "O":
