@@ -404,7 +404,7 @@ class ClassStatistics:
             STAGE_BYTES, max(4 * self.nbytes, MIN_CHUNK_ROWS * len(self._count) * row_bytes)
         )
         stage_rows = stage_bytes // row_bytes
-        if len(x) < stage_rows:
+        if len(x) < (MIN_CHUNK_ROWS // 2) * len(present) and len(x) < stage_rows:
             self._staged.append((x.astype(dtype, copy=True), labels.copy()))
             self._staged_rows += len(x)
             if self._staged_rows >= stage_rows:
