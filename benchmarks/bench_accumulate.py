@@ -408,7 +408,8 @@ def main():
         f"- dense, d = 400: in-memory `fit` {dense_in:.2f}× and streamed `fit` "
         f"{dense_stream:.2f}× one float32 XᵀX (target ≤ {TARGET_DENSE}×: "
         f"{summary['stats_dense'][1]}); "
-        + (f"{vs_sklearn:.1f}× faster than" if vs_sklearn >= 1 else f"{1 / vs_sklearn:.1f}× slower than")
+        + (f"{vs_sklearn:.1f}× faster than" if vs_sklearn >= 1
+           else f"{1 / vs_sklearn:.1f}× slower than")
         + f" scikit-learn PCA per class (target ≥ {TARGET_SKLEARN:.0f}× faster) and "
         f"{vs_ipca:.0f}× faster than "
         f"IncrementalPCA (target ≥ {TARGET_IPCA:.0f}×): {summary['stats_dense_sklearn'][1]}.",

@@ -148,8 +148,8 @@ def test_small_batches_are_staged_and_give_the_same_sums():
     one = ClassStatistics(7, product_dtype="float64")
     one.accumulate(x, y)
     many = ClassStatistics(7, product_dtype="float64")
-    for start in range(0, len(x), 37):
-        many.accumulate(x[start : start + 37], y[start : start + 37])
+    for start in range(0, len(x), 11):  # 11 rows < 4 classes x 7 features: staged
+        many.accumulate(x[start : start + 11], y[start : start + 11])
     assert many._staged  # still waiting: 5,000 rows of 7 features are far below the stage
     twin = many.copy()  # reading multiplies what is staged
     assert not many._staged

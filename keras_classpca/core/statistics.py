@@ -396,15 +396,16 @@ class ClassStatistics:
         self._reserve(present.tolist())
         row_bytes = np.dtype(dtype).itemsize * self.n_features
         # Small batches (a layer's patches a few thousand rows at a time) are staged and
-        # multiplied together: every product of a class costs K·d² float64 additions,
-        # which would otherwise dominate.
+        # multiplied together: every call costs K·d² float64 additions.
         # Staged rows stay within a few times the statistics' own memory (and
         # STAGE_BYTES), so that memory is still bounded by the statistics, not the data.
         stage_bytes = min(
             STAGE_BYTES, max(4 * self.nbytes, MIN_CHUNK_ROWS * len(self._count) * row_bytes)
         )
         stage_rows = stage_bytes // row_bytes
-        if len(x) < (MIN_CHUNK_ROWS // 2) * len(present) and len(x) < stage_rows:
+        # Staging pays when a call's K·d² float64 additions outweigh copying its n·d
+        # values: n < K·d (hybridize's conv2 pass, 5,242 rows x 800 features, 10 classes).
+        if len(x) < len(present) * self.n_features and len(x) < stage_rows:
             self._staged.append((x.astype(dtype, copy=True), labels.copy()))
             self._staged_rows += len(x)
             if self._staged_rows >= stage_rows:
