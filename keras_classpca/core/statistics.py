@@ -161,7 +161,7 @@ class ClassStatistics:
     >>> stats.classes.tolist(), stats.counts.tolist()
     ([0, 1], [3, 3])
     >>> stats.sums[0].tolist(), stats.second_moment(0)[0].tolist()
-    ([12.0, 15.0], [56.0, 68.0])
+    ([12.0, 15.0], [80.0, 92.0])
     """
 
     def __init__(self, n_features, *, product_dtype=None, memory_limit=None):
