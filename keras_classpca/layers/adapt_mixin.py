@@ -1,19 +1,18 @@
 """The part `ClassPCADense` and `ClassPCAConv2D` share: options, `adapt`, saved state."""
 
+import inspect
+
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.layers.geometry import assign_solution, check_input, iter_rows, output_size
 
+# Every `ClassPCA` option but `n_components` (the layer's units / filters), with its default.
 CLASS_PCA_DEFAULTS = {
-    "n_classes": None,
-    "center": True,
-    "allocation": "equal",
-    "scaling": "standardize",
-    "offset": "center",
-    "variance_share": 0.95,
-    "dedup_threshold": 0.9,
+    name: parameter.default
+    for name, parameter in inspect.signature(ClassPCA).parameters.items()
+    if name != "n_components"
 }
 
 
@@ -29,7 +28,7 @@ class ClassPCAAdaptMixin:
         for name, default in CLASS_PCA_DEFAULTS.items():
             setattr(self, name, options.get(name, default))
         # Validate now, at construction, not at the first adapt.
-        self._new_class_pca()
+        self._new_class_pca().check_params()
         self._adapted = None
         self.class_pca_ = None
 
@@ -94,6 +93,15 @@ class ClassPCAAdaptMixin:
                 class_pca.partial_fit(rows, row_labels)
         if input_shape is None:
             raise ValueError("`data` is empty: no samples to adapt the layer on.")
+        self.set_class_pca(class_pca, input_shape)
+
+    def set_class_pca(self, class_pca, input_shape):
+        """Take the kernel and bias from a fitted `ClassPCA`'s solution; mark adapted.
+
+        What `adapt` does once the statistics are in (also used by the distributed
+        pass). `input_shape` builds the layer if it is not built yet. Raises, leaving the
+        layer unchanged, if `class_pca` cannot be solved.
+        """
         solution = class_pca.solve()
         if not self.built:  # only now: a failed adapt leaves an unbuilt layer unbuilt
             self.build(input_shape)
