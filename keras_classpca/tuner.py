@@ -207,7 +207,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 continue  # fixed: not searched
             for value in values:
                 try:
-                    ClassPCA(1, **dict(fixed_options, **{option: value}))
+                    ClassPCA(1, **dict(fixed_options, **{option: value})).check_params()
                 except (TypeError, ValueError) as error:
                     raise ValueError(
                         f"`search_options[{option!r}]` holds an invalid value {value!r}: {error}"

@@ -199,7 +199,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
             raise ValueError(
                 f"`max_rank_fraction` must lie in (0, 1]; received {max_rank_fraction!r}."
             )
-        ClassPCA(1, **class_pca_options)  # validates the options now
+        ClassPCA(1, **class_pca_options).check_params()  # validates the options now
         x, y = self._split(data)
         labels = labels_to_int(y)
         keep = self._balanced_sample(labels, int(samples), np.random.default_rng(seed))

@@ -140,7 +140,7 @@ def check_settings(
             f"Unknown option(s) {unknown} for hybridize; ClassPCA options are "
             f"{list(CLASS_PCA_OPTIONS)}."
         )
-    ClassPCA(1, **class_pca_options)  # validates option values up front
+    ClassPCA(1, **class_pca_options).check_params()  # validates option values up front
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
     ):

@@ -1,5 +1,7 @@
 """The part every `ClassPCA*` layer shares: options, `adapt`, saved state."""
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -17,14 +19,11 @@ from keras_classpca.layers.geometry import (
 # Kinds the tf.distribute pass can adapt (one class-PCA per layer).
 ONE_GROUP_KINDS = (keras.layers.Dense,) + CONVOLUTIONS
 
+# Every `ClassPCA` option but `n_components` (the layer's units / filters), with its default.
 CLASS_PCA_DEFAULTS = {
-    "n_classes": None,
-    "center": True,
-    "allocation": "equal",
-    "scaling": "standardize",
-    "offset": "center",
-    "variance_share": 0.95,
-    "dedup_threshold": 0.9,
+    name: parameter.default
+    for name, parameter in inspect.signature(ClassPCA).parameters.items()
+    if name != "n_components"
 }
 
 
@@ -42,7 +41,7 @@ class ClassPCAAdaptMixin:
         for name, default in CLASS_PCA_DEFAULTS.items():
             setattr(self, name, options.get(name, default))
         # Validate now, at construction, not at the first adapt.
-        self._new_class_pca()
+        self._new_class_pca().check_params()
         self._adapted = None
         self.class_pca_ = None
         self.statistics_ = None
@@ -124,6 +123,22 @@ class ClassPCAAdaptMixin:
                 raise ValueError("`data` is empty: no samples to adapt the layer on.")
             if not statistics.end_pass():
                 break
+        self._take_statistics(statistics, input_shape)
+
+    def set_class_pca(self, class_pca, input_shape):
+        """Take the kernel and bias from a fitted `ClassPCA`'s solution; mark adapted.
+
+        What `adapt` does once the statistics are in, for a one-group layer (Dense,
+        ConvND with `groups=1`; also used by the distributed pass). `input_shape`
+        builds the layer if it is not built yet. Raises, leaving the layer unchanged,
+        if `class_pca` cannot be solved.
+        """
+        statistics = LayerStatistics(self)
+        statistics.class_pcas = [class_pca]
+        statistics.end_pass()  # solves; raises before anything changes
+        self._take_statistics(statistics, input_shape)
+
+    def _take_statistics(self, statistics, input_shape):
         if not self.built:  # only now: a failed adapt leaves an unbuilt layer unbuilt
             self.build(input_shape)
         statistics.assign()
