@@ -74,7 +74,8 @@ def test_adapt_equals_geometry_solve_and_round_trips(kind, tmp_path):
     theirs = {w.name: _np(w) for w in plain.weights}
     assert sorted(ours) == sorted(theirs)
     for name in ours:
-        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-6, atol=1e-6)
+        # float32 data: products in float32 (ClassPCA), batch order changes the last bits
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=2e-5)
 
     # standardize + centred bias: every output has zero mean and unit variance.
     out = _np(layer(x)).reshape(-1, _np(layer(x)).shape[-1]).astype(np.float64)
