@@ -661,7 +661,8 @@ def test_clone_get_params_set_params():
     assert pca.get_params(deep=True) == pca.get_params(deep=False)
     assert set(pca.get_params()) == {
         "n_components", "center", "allocation", "scaling", "offset", "variance_share",
-        "dedup_threshold", "n_classes", "product_dtype", "memory_limit",
+        "dedup_threshold", "n_classes", "discriminant", "sign_pairs", "product_dtype",
+        "memory_limit",
     }
     assert pca.set_params(n_components=6, scaling="unit") is pca
     assert (pca.n_components, pca.scaling) == (6, "unit")
@@ -885,3 +886,55 @@ def test_from_statistics_and_merge_of_statistics(blobs):
     with pytest.raises(ValueError, match="needs at least"):
         ClassPCA.from_statistics(ClassStatistics.from_arrays([1, 1], np.ones((2, 3)),
                                                              np.ones((2, 3, 3))), 2)
+
+
+def test_discriminant_directions_join_the_class_pca_components():
+    # Classes whose means differ along one low-variance axis: class-PCA with few
+    # components misses it, the Fisher direction is it.
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    y = np.repeat([0, 1], 400)
+    z = rng.normal(size=(800, 8)) * np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.5, 1.2, 0.2])
+    z[:, 7] += np.where(y == 0, -1.0, 1.0)
+    x = z @ q.T
+    plain = ClassPCA(4).fit(x, y)
+    mixed = ClassPCA(4, discriminant=1).fit(x, y)
+    assert np.max(np.abs(plain.components_.T @ q[:, 7])) < 0.1
+    assert abs(mixed.components_[:, -1] @ q[:, 7]) > 0.99
+    assert mixed.component_classes_.tolist()[-1] == -1 and mixed.components_.shape == (8, 4)
+    # The first three are the class-PCA solution for three components.
+    np.testing.assert_allclose(mixed.components_[:, :3], ClassPCA(3).fit(x, y).components_)
+    # Standardised outputs and centred bias, as for the class-PCA components.
+    out = mixed.transform(x)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-8)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, rtol=1e-6)
+    assert ClassPCA(4, discriminant="auto").fit(x, y).component_classes_.tolist().count(-1) == 1
+
+
+def test_sign_pairs_keep_both_halves_of_every_projection(blobs):
+    x, y = blobs
+    paired = ClassPCA(6, sign_pairs=True).fit(x, y)
+    reference = ClassPCA(3).fit(x, y)
+    np.testing.assert_allclose(paired.kernel_[:, 0::2], reference.kernel_)
+    np.testing.assert_allclose(paired.kernel_[:, 1::2], -reference.kernel_)
+    np.testing.assert_allclose(paired.bias_[1::2], -reference.bias_)
+    h = np.maximum(paired.transform(x), 0.0)
+    np.testing.assert_allclose(h[:, 0::2] - h[:, 1::2], reference.transform(x), atol=1e-9)
+    odd = ClassPCA(5, sign_pairs=True, discriminant="auto").fit(x, y)
+    assert odd.kernel_.shape == (8, 5)  # three directions, the last one unpaired
+    np.testing.assert_allclose(odd.kernel_[:, 1], -odd.kernel_[:, 0])
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"discriminant": -1}, "`discriminant` must be a non-negative integer or 'auto'"),
+        ({"discriminant": "most"}, "`discriminant` must be a non-negative integer or 'auto'"),
+        ({"sign_pairs": 1}, "`sign_pairs` must be True or False"),
+        ({"discriminant": 2, "n_components": 2}, "leaves no class-PCA component"),
+    ],
+)
+def test_bad_direction_options(blobs, params, match):
+    x, y = blobs
+    with pytest.raises(ValueError, match=match):
+        ClassPCA(**{"n_components": 4, **params}).fit(x, y)

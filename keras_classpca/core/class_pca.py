@@ -18,6 +18,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from keras_classpca.core.data_adapter import as_arrays, as_standard_float, iter_batches
+from keras_classpca.core.directions import discriminant_directions, sign_paired
 from keras_classpca.core.statistics import (
     PRODUCT_DTYPES,
     ClassStatistics,
@@ -96,6 +97,11 @@ _PARAMETER_CONSTRAINTS = {
         lambda v: v is None or (_is_real(v) and 0.0 < float(v) <= 1.0),
     ),
     "n_classes": ("a positive integer or None", lambda v: v is None or (_is_int(v) and v >= 1)),
+    "discriminant": (
+        "a non-negative integer or 'auto'",
+        lambda v: (isinstance(v, str) and v == "auto") or (_is_int(v) and v >= 0),
+    ),
+    "sign_pairs": ("True or False", lambda v: isinstance(v, (bool, np.bool_))),
     "product_dtype": (
         f"one of {PRODUCT_DTYPES} or None",
         lambda v: v is None or (isinstance(v, str) and v in PRODUCT_DTYPES),
@@ -307,6 +313,16 @@ class ClassPCA:
     - `offset`: `"center"` (default) sets `bias_ = -kernel_ᵀ mean_` so that the output
       has zero mean over the data; `"zero"` leaves no bias (the authors' code).
 
+    Two remedies for what a frozen solved layer loses (`core/directions.py`):
+
+    - `discriminant`: that many of the directions are the Fisher discriminant
+      directions of the class means against the pooled within-class covariance (at most
+      K - 1), computed from the same statistics; class-PCA keeps each class's
+      high-variance directions, these separate the classes. `"auto"` takes K - 1 but at
+      most half of the directions. Their `component_classes_` entry is -1.
+    - `sign_pairs`: `n_components / 2` directions, each followed by its negative (the
+      Saak transform), so a ReLU after the layer discards nothing.
+
     Defaults (`center=True`, `scaling="standardize"`, `offset="center"`) follow the
     measurements in `docs/benchmarks.md`: centering and standardised outputs are what
     keep solved layers within reach of SGD.
@@ -324,6 +340,9 @@ class ClassPCA:
             from another class; `None` disables deduplication.
         n_classes: the number of classes, if known; labels must then lie in
             `[0, n_classes)` and every class must have samples.
+        discriminant: number of Fisher discriminant directions among the components,
+            or `"auto"` (see above); 0 for class-PCA only.
+        sign_pairs: each direction followed by its negative (see above).
         product_dtype: `"float32"` or `"float64"` products; None picks by the data's
             dtype (see above).
         memory_limit: bytes the class statistics may take (`K·(d² + 2d + 1)` float64);
@@ -367,6 +386,8 @@ class ClassPCA:
         variance_share=0.95,
         dedup_threshold=0.9,
         n_classes=None,
+        discriminant=0,
+        sign_pairs=False,
         product_dtype=None,
         memory_limit=None,
     ):
@@ -378,6 +399,8 @@ class ClassPCA:
         self.variance_share = variance_share
         self.dedup_threshold = dedup_threshold
         self.n_classes = n_classes
+        self.discriminant = discriminant
+        self.sign_pairs = sign_pairs
         self.product_dtype = product_dtype
         self.memory_limit = memory_limit
 
@@ -785,6 +808,68 @@ class ClassPCA:
         return solutions[key]
 
     def _solve(self, n_components):
+        """Class-PCA directions, Fisher directions mixed in, then sign pairs."""
+        if not self.sign_pairs and self.discriminant == 0:
+            return self._solve_class_pca(n_components)
+        directions = n_components
+        if self.sign_pairs and n_components is not None:
+            directions = -(-n_components // 2)  # an odd count leaves the last unpaired
+        n_fisher = self._n_discriminant(directions)
+        if directions is not None and n_fisher >= directions:
+            raise ValueError(
+                f"discriminant={self.discriminant!r} leaves no class-PCA component of the "
+                f"{directions} direction(s); use fewer discriminant directions."
+            )
+        solution = self._solve_class_pca(None if directions is None else directions - n_fisher)
+        components = solution.components
+        classes = solution.component_classes
+        n_pca = components.shape[1]
+        if n_fisher:
+            fisher = self._discriminant_directions(n_fisher)
+            components = np.column_stack([components, fisher])
+            classes = np.concatenate([classes, np.full(n_fisher, -1, dtype=classes.dtype)])
+        # Variance of every direction over all the data (a Fisher direction has no class
+        # eigenvalue); the class-PCA ones keep their class eigenvalues.
+        pooled = np.sum(components * (self.covariance_ @ components), axis=0)
+        variance = np.concatenate([solution.explained_variance, pooled[n_pca:]])
+        total = np.trace(self.covariance_)
+        ratio = np.concatenate([
+            solution.explained_variance_ratio,
+            pooled[n_pca:] / total if total > 0 else np.zeros(n_fisher),
+        ])
+        kernel = components * self._scales(components, variance)
+        bias = -(self.mean_ @ kernel) if self.offset == "center" else np.zeros(kernel.shape[1])
+        if self.sign_pairs:
+            kernel, bias = sign_paired(kernel, bias)
+            components, _ = sign_paired(components, np.zeros(components.shape[1]))
+            classes, variance, ratio = (np.repeat(a, 2) for a in (classes, variance, ratio))
+            if n_components is not None:
+                keep = slice(0, n_components)
+                kernel, bias, components = kernel[:, keep], bias[keep], components[:, keep]
+                classes, variance, ratio = classes[keep], variance[keep], ratio[keep]
+        return Solution(components, classes, variance, ratio, kernel, bias)
+
+    def _n_discriminant(self, directions):
+        """How many Fisher directions: at most K - 1 (and the features); `"auto"` takes
+        K - 1 but at most half of the `directions`."""
+        limit = min(len(self.classes_) - 1, self.n_features_in_)
+        if self.discriminant == "auto":
+            return max(0, min(limit, (directions or 2 * limit) // 2))
+        return min(int(self.discriminant), limit)
+
+    def _discriminant_directions(self, n):
+        statistics = self._fitted_statistics()
+        labels = self.classes_.tolist()
+        counts = np.array([statistics.count(c) for c in labels], dtype=np.float64)
+        means = np.stack([statistics.sum(c) / statistics.count(c) for c in labels])
+        covariances = (
+            statistics.second_moment(c) / statistics.count(c) - np.outer(m, m)
+            for c, m in zip(labels, means)
+        )
+        directions, _ = discriminant_directions(counts, means, covariances, n)
+        return directions
+
+    def _solve_class_pca(self, n_components):
         classes = self.classes_
         d = self.n_features_in_
         if n_components is not None and n_components > len(classes) * d:
