@@ -148,6 +148,7 @@ def test_conv_adapt_statistics_equal_brute_force(strides, padding, dilation, dat
         dilation_rate=dilation,
         data_format=data_format,
         dedup_threshold=None,
+        product_dtype="float64",  # exact statistics: this test is about the patches
     )
     x = images if data_format == "channels_last" else np.moveaxis(images, -1, 1)
     layer.adapt((x, y), batch_size=7)
@@ -193,10 +194,11 @@ def test_chunked_patch_extraction_gives_the_same_statistics(monkeypatch, patches
     import keras_classpca.layers.geometry as layer_inputs
 
     images, y = _labelled_images(n=15)
-    whole = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image)
+    exact = {"product_dtype": "float64"}  # float32 products depend on the chunking
+    whole = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image, **exact)
     whole.adapt((images, y))
     monkeypatch.setattr(layer_inputs, "MAX_CHUNK_VALUES", 1)  # one image per chunk
-    chunked = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image)
+    chunked = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image, **exact)
     chunked.adapt((images, y))
     np.testing.assert_array_equal(
         chunked.class_pca_.n_samples_seen_, whole.class_pca_.n_samples_seen_
