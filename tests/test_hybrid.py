@@ -585,3 +585,24 @@ def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
         assert np.array_equal(w, w0)
     with pytest.raises(ValueError, match="has 12 sample"):
         hybridize(model(), (x, y), cutoff=2, verbose=0)
+
+
+def test_freeze_kernel_trains_only_the_solved_biases():
+    x, y = _images(n=240)
+    model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(),
+                              L.Dense(8, activation="relu", name="d"), L.Dense(3, name="out")])
+    report = hybridize(model, (x, y), cutoff=2, freeze="kernel", verbose=0)
+    assert report.frozen == ["c", "d"]
+    kernels = {n: np.array(model.get_layer(n).kernel) for n in ("c", "d")}
+    biases = {n: np.array(model.get_layer(n).bias) for n in ("c", "d")}
+    trainable = {id(v) for v in model.trainable_variables}
+    for name in ("c", "d"):
+        layer = model.get_layer(name)
+        assert layer.trainable and id(layer.bias) in trainable and id(layer.kernel) not in trainable
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    for name in ("c", "d"):
+        assert np.array_equal(np.array(model.get_layer(name).kernel), kernels[name])
+        assert not np.array_equal(np.array(model.get_layer(name).bias), biases[name])
+    with pytest.raises(ValueError, match="`freeze` must be True, False or 'kernel'"):
+        hybridize(model, (x, y), cutoff=1, freeze="bias", verbose=0)

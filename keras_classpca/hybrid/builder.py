@@ -126,7 +126,8 @@ def _positive_int(value, name):
 
 
 def check_settings(
-    samples=None, batch_size=None, seed=0, patches_per_image=None, verbose=1, **class_pca_options
+    samples=None, batch_size=None, seed=0, patches_per_image=None, verbose=1, freeze=True,
+    **class_pca_options
 ):
     """Validate `hybridize`'s settings and class-PCA options before any work.
 
@@ -147,6 +148,8 @@ def check_settings(
         raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
     if verbose not in (0, 1, 2):  # True and False too
         raise ValueError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
+    if not (isinstance(freeze, (bool, np.bool_)) or freeze == "kernel"):
+        raise ValueError(f"`freeze` must be True, False or 'kernel'; received {freeze!r}.")
     return (
         _positive_int(samples, "samples"),
         _positive_int(batch_size, "batch_size"),
@@ -174,15 +177,19 @@ class _ModelState:
     """Weights and `trainable` flags of a model's layers, to put back after a failure."""
 
     def __init__(self, model):
-        self.layers = [(layer, layer.get_weights(), layer.trainable)
+        self.layers = [(layer, layer.get_weights(), layer.trainable,
+                        [variable.trainable for variable in layer.weights])
                        for layer in iter_layers(model)]  # nested models' layers too
 
     def restore(self):
-        for layer, weights, trainable in self.layers:
+        for layer, weights, trainable, variables in self.layers:
             if weights:
                 layer.set_weights(weights)
             if layer.trainable != trainable:
                 layer.trainable = trainable
+            for variable, flag in zip(layer.weights, variables):
+                if variable.trainable != flag:
+                    variable.trainable = flag
 
 
 class _CacheKeys:
@@ -294,7 +301,11 @@ def hybridize(
             the first `samples` of a dataset). The paper: a fraction suffices.
             Required for a dataset that never ends (`ds.repeat()`).
         freeze: set solved layers (and the BatchNormalization layers they depend on)
-            to `trainable=False`.
+            to `trainable=False`; `"kernel"` freezes only the solved kernels (their
+            biases train; back-propagation then reaches the solved layers' outputs but
+            computes no kernel gradient); False leaves everything trainable (the
+            solved weights are an initialisation). Variable-level flags are not part
+            of a layer's config: after `.keras` reloading, freeze the kernels again.
         verbose: 1 shows a progress bar per pass over the data.
         batch_size: batch size for arrays.
         seed: seed for the sub-sampling of `samples` and of patches.
@@ -332,7 +343,7 @@ def hybridize(
     start = time.perf_counter()
     check_cutoff(cutoff)
     samples, batch_size, patches_per_image = check_settings(
-        samples, batch_size, seed, patches_per_image, verbose, **class_pca_options
+        samples, batch_size, seed, patches_per_image, verbose, freeze, **class_pca_options
     )
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
@@ -512,8 +523,16 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             f"rule, or the data cannot solve it)."
         )
     if freeze:
+        solved = {layer.name for layer in report.layers}
         for name in plan.frozen_names(len(report.layers)):
-            _layer_named(plan, name).trainable = False
+            layer = _layer_named(plan, name)
+            if freeze == "kernel" and name in solved and getattr(layer, "bias", None) is not None:
+                # The solved directions stay; the bias (where each unit cuts) trains.
+                for variable in layer.weights:
+                    if variable is not layer.bias:
+                        variable.trainable = False
+            else:
+                layer.trainable = False
             report.frozen.append(name)
     if report.frozen and getattr(model, "compiled", False):
         # Keras fixes the trainable variables at compile(): a model compiled (or
