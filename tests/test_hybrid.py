@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import keras_classpca.hybrid.builder as hybrid_module
-from keras_classpca import ClassPCA, HybridReport, hybridize
+from keras_classpca import ClassPCA, ClassPCADense, HybridReport, hybridize
 
 L = keras.layers
 
@@ -606,3 +606,26 @@ def test_freeze_kernel_trains_only_the_solved_biases():
         assert not np.array_equal(np.array(model.get_layer(name).bias), biases[name])
     with pytest.raises(ValueError, match="`freeze` must be True, False or 'kernel'"):
         hybridize(model, (x, y), cutoff=1, freeze="bias", verbose=0)
+
+
+def test_label_free_mode_solves_each_layer_from_the_pca_of_its_input():
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(400, 10)) * np.linspace(3.0, 0.5, 10)).astype("float32")
+    model = keras.Sequential([keras.Input((10,)), L.Dense(4, activation="relu", name="a"),
+                              L.Dense(3, name="b"), L.Dense(2, name="out")])
+    report = hybridize(model, x, cutoff=2, verbose=0)
+    assert report.label_free and report.cutoff == 2 and "label-free" in str(report)
+    # Layer a: the 4 leading covariance eigenvectors of x, i.e. ClassPCA of one class.
+    expected = ClassPCA(4).fit(x.astype(np.float64), np.zeros(len(x), dtype=int))
+    np.testing.assert_allclose(np.asarray(model.get_layer("a").kernel), expected.kernel_,
+                               rtol=1e-4, atol=1e-5)
+    # Layer b: the PCA of a's (solved) output.
+    h = np.asarray(keras.Model(model.inputs[0], model.get_layer("a").output)(x))
+    expected_b = ClassPCA(3).fit(h.astype(np.float64), np.zeros(len(x), dtype=int))
+    np.testing.assert_allclose(np.asarray(model.get_layer("b").kernel), expected_b.kernel_,
+                               rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="`data` has no labels, and cutoff='auto'"):
+        hybridize(model, x, verbose=0)
+    layer = ClassPCADense(4)
+    layer.adapt(x)
+    np.testing.assert_allclose(np.asarray(layer.kernel), expected.kernel_, rtol=1e-4, atol=1e-5)

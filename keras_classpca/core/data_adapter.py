@@ -27,6 +27,26 @@ def _is_array_like(obj):
     return hasattr(obj, "shape") and hasattr(obj, "dtype")
 
 
+def is_unlabeled(data):
+    """Whether `data` is inputs alone (one array or tensor), not `(x, y)` or batches."""
+    return _is_array_like(data) and not isinstance(data, (tuple, list))
+
+
+def as_one_class(x):
+    """Label-free inputs as `(x, zeros)`: class-PCA of a single class is the PCA of the
+    data (the covariance eigenvectors of the first seed's label-free mode).
+
+    >>> import numpy as np
+    >>> x, y = as_one_class(np.ones((3, 2)))
+    >>> y.tolist()
+    [0, 0, 0]
+    """
+    x = _to_numpy(x, "x")
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"`x` must hold at least one sample; received shape {x.shape}.")
+    return x, np.zeros(len(x), dtype=np.int64)
+
+
 def as_standard_float(array):
     """`array` with bfloat16/float8 values (`ml_dtypes`, NumPy kind "V") cast to float32.
 

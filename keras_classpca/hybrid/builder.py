@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
-from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.core.data_adapter import as_one_class, is_infinite, is_unlabeled, iter_batches
 from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
 from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
 from keras_classpca.hybrid.planner import plan_model
@@ -292,7 +292,10 @@ def hybridize(
         data: `(x, y)` arrays, a `tf.data.Dataset` of `(x, y)` batches, a keras
             `PyDataset`, or a callable returning a fresh iterable of `(x, y)` batches
             (one pass is made per solved layer, two for a separable convolution, one
-            per BatchNormalization layer to adapt).
+            per BatchNormalization layer to adapt). An array `x` alone (no labels)
+            solves label-free: each layer gets the leading covariance eigenvectors of
+            its own input, layer after layer (the first seed's mode, like PCANet);
+            `cutoff` must then be an integer.
         cutoff: the number of solvable layers to solve, in the planner's order (0
             leaves the model untouched), or `"auto"`: solve layer after layer while a
             ridge probe on the features after the new layer gains at least 2 points
@@ -342,6 +345,16 @@ def hybridize(
     """
     start = time.perf_counter()
     check_cutoff(cutoff)
+    label_free = is_unlabeled(data)
+    if label_free:
+        if cutoff == "auto":
+            raise ValueError(
+                "`data` has no labels, and cutoff='auto' decides with a classifier probe: "
+                "pass an integer cutoff (the layers to solve) for label-free data, or "
+                "`(x, y)`."
+            )
+        data = as_one_class(data)
+        class_pca_options = {k: v for k, v in class_pca_options.items() if k != "n_classes"}
     samples, batch_size, patches_per_image = check_settings(
         samples, batch_size, seed, patches_per_image, verbose, freeze, **class_pca_options
     )
@@ -366,7 +379,7 @@ def hybridize(
             model, data, cutoff, start=start, samples=samples, freeze=freeze, verbose=verbose,
             batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
             solve_cache=solve_cache, data_fingerprint=data_fingerprint, strategy=strategy,
-            class_pca_options=class_pca_options,
+            class_pca_options=class_pca_options, label_free=label_free,
         )
     except BaseException:
         # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
@@ -376,7 +389,7 @@ def hybridize(
 
 def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
                       patches_per_image, solve_cache, data_fingerprint, strategy,
-                      class_pca_options):
+                      class_pca_options, label_free=False):
     """`hybridize` after its arguments were checked; may leave the model half-done."""
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
     if not model.built or not getattr(model, "inputs", None):
@@ -389,6 +402,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         cutoff_mode="auto" if policy.auto else "fixed",
         candidates=plan.names,
         stopped_because=plan.stop_reason,
+        label_free=label_free,
     )
     if not policy.auto and cutoff > len(plan.steps):
         raise ValueError(

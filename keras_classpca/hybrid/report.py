@@ -46,6 +46,8 @@ class HybridReport:
         next_not_taken: why the next solvable layer was not solved (the cutoff, or the
             "auto" rule); None when every solvable layer was solved.
         frozen: names of the layers set to `trainable=False`.
+        label_free: the data had no labels: every layer was solved from the
+            covariance eigenvectors of its input (one class).
         recompiled: the model was compiled before `hybridize`, and was compiled again
             (its own arguments and optimizer) so that the freeze holds.
         seconds: total wall time.
@@ -60,6 +62,7 @@ class HybridReport:
     next_not_taken: str = None
     frozen: list = dataclasses.field(default_factory=list)
     recompiled: bool = False
+    label_free: bool = False
     seconds: float = 0.0
 
     def to_dict(self):
@@ -69,7 +72,8 @@ class HybridReport:
     def __str__(self):
         lines = [
             f"HybridReport: {self.cutoff} of {len(self.candidates)} solvable layer(s) "
-            f"solved (cutoff={self.cutoff_mode}), {self.seconds:.1f} s",
+            f"solved (cutoff={self.cutoff_mode}), {self.seconds:.1f} s"
+            + (", label-free (PCA of each layer's input)" if self.label_free else ""),
         ]
         if self.layers:
             header = f"  {'layer':<24}{'kind':<10}{'filters':>8}{'samples':>9}{'rows':>11}{'expl.var':>9}{'sec':>7}"

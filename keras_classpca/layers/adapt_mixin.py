@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA
-from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.core.data_adapter import as_one_class, is_infinite, is_unlabeled, iter_batches
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     LayerStatistics,
@@ -81,13 +81,17 @@ class ClassPCAAdaptMixin:
             data: `(x, y)` arrays or tensors, a `tf.data.Dataset` of `(x, y)` batches
                 (TFDS with `as_supervised=True`), a `keras.utils.PyDataset`, or any
                 iterable (e.g. a generator) of `(x, y)` batches. `x` is this layer's
-                input; `y` holds integer labels or one-hot rows.
+                input; `y` holds integer labels or one-hot rows. An array `x` alone
+                (no labels) solves the layer label-free: the leading covariance
+                eigenvectors of its input (one class).
             batch_size: batch size used when `data` is arrays (default 1024).
             steps: use at most this many batches (required for a dataset that
                 never ends, `ds.repeat()`).
             strategy: a `tf.distribute.Strategy` to spread the statistics pass over
                 (needs `n_classes`; see docs/distributed.md).
         """
+        if is_unlabeled(data):  # label-free: the PCA of the input (one class)
+            data = as_one_class(data)
         if steps is None and is_infinite(data):
             raise ValueError(
                 "`data` never ends (a tf.data.Dataset repeated without a count): pass "
