@@ -38,8 +38,16 @@ def benchmark_cnn(input_shape, n_classes, kernel_size=None):
     )
 
 
-def run_demo(dataset="fashion_mnist", cutoff="auto", fraction=0.1, epochs=3,
-             batch_size=128, patches_per_image=16, seed=0, verbose=1):
+def run_demo(
+    dataset="fashion_mnist",
+    cutoff="auto",
+    fraction=0.1,
+    epochs=3,
+    batch_size=128,
+    patches_per_image=16,
+    seed=0,
+    verbose=1,
+):
     """Solve + hybrid-train on `dataset`; returns a dict of the numbers printed."""
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
@@ -47,20 +55,30 @@ def run_demo(dataset="fashion_mnist", cutoff="auto", fraction=0.1, epochs=3,
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     model = benchmark_cnn(x_train.shape[1:], n_classes)
     samples = max(n_classes * 10, int(fraction * len(x_train)))
-    print(f"{dataset}: {len(x_train)} training / {len(x_test)} test images; solving from "
-          f"{samples} of them ({fraction:.0%}), cutoff={cutoff!r}; Keras {keras.__version__} "
-          f"on {keras.backend.backend()}")
+    print(
+        f"{dataset}: {len(x_train)} training / {len(x_test)} test images; solving from "
+        f"{samples} of them ({fraction:.0%}), cutoff={cutoff!r}; Keras {keras.__version__} "
+        f"on {keras.backend.backend()}"
+    )
 
     solve_start = time.perf_counter()
-    report = hybridize(model, (x_train, y_train), cutoff=cutoff, samples=samples,
-                       patches_per_image=patches_per_image, seed=seed, verbose=verbose)
+    report = hybridize(
+        model,
+        (x_train, y_train),
+        cutoff=cutoff,
+        samples=samples,
+        patches_per_image=patches_per_image,
+        seed=seed,
+        verbose=verbose,
+    )
     solve_seconds = time.perf_counter() - solve_start
     print(report)
 
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     fit_start = time.perf_counter()
-    history = fit_top(model, x_train, y_train, epochs=epochs, batch_size=batch_size,
-                      verbose=2 if verbose else 0)
+    history = fit_top(
+        model, x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=2 if verbose else 0
+    )
     fit_seconds = time.perf_counter() - fit_start
     _, accuracy = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
     result = {
@@ -74,7 +92,8 @@ def run_demo(dataset="fashion_mnist", cutoff="auto", fraction=0.1, epochs=3,
         "total_seconds": time.perf_counter() - start,
     }
     print(
-        f"\ntest accuracy {accuracy:.4f} | solved {report.cutoff} layer(s) in {solve_seconds:.1f} s "
+        f"\ntest accuracy {accuracy:.4f} | solved {report.cutoff} layer(s) in "
+        f"{solve_seconds:.1f} s "
         f"| trained the rest for {epochs} epoch(s) in {fit_seconds:.1f} s "
         f"({'prefix cached' if history.cache_used else 'prefix run every step'}) "
         f"| total {result['total_seconds']:.1f} s"

@@ -96,7 +96,12 @@ def class_pca_from_statistics(count, total, outer, n_components=None, **params):
 def _labels_tensor(y, n_classes):
     """Integer labels `(n,)` from integer labels or one-hot rows (TF ops)."""
     y = tf.convert_to_tensor(y)
-    if y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] == n_classes and n_classes > 1:
+    if (
+        y.shape.rank is not None
+        and y.shape.rank >= 2
+        and y.shape[-1] == n_classes
+        and n_classes > 1
+    ):
         return tf.argmax(y, axis=-1, output_type=tf.int64)
     if y.dtype.is_floating:
         return tf.cast(tf.reshape(y, [-1]), tf.int64)
@@ -124,7 +129,9 @@ def layer_row_fn(layer):
         return dense_rows
     if isinstance(layer, keras.layers.Conv2D):
         if layer.groups != 1:
-            raise ValueError(f"Conv2D '{layer.name}' has groups={layer.groups}; only groups=1 is solvable.")
+            raise ValueError(
+                f"Conv2D '{layer.name}' has groups={layer.groups}; only groups=1 is solvable."
+            )
         kh, kw = layer.kernel_size
         sh, sw = layer.strides
         dh, dw = layer.dilation_rate
@@ -363,7 +370,6 @@ def fit_distributed(
     return pca
 
 
-
 # ---------------------------------------------------------------------- wiring helpers
 # What `ClassPCA.fit(..., strategy=)`, `ClassPCA*.adapt(..., strategy=)` and
 # `hybridize(..., strategy=)` delegate to (see docs/distributed.md).
@@ -501,7 +507,11 @@ def hybridize_layer_pass(passes, layer, feature_model, *, strategy, batch_size, 
     data = passes.data
     if isinstance(data, tf.data.Dataset):
         if passes.samples is not None:
-            data = data.unbatch().take(passes.samples) if _is_batched(data) else data.take(passes.samples)
+            data = (
+                data.unbatch().take(passes.samples)
+                if _is_batched(data)
+                else data.take(passes.samples)
+            )
     elif not isinstance(data, tuple):
         raise TypeError(
             "With a tf.distribute `strategy`, hybridize needs `(x, y)` arrays or a "
@@ -531,7 +541,11 @@ def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
             "`patches_per_image` sub-sampling is not available with a tf.distribute strategy."
         )
     class_pca = layer_class_pca(
-        layer, data, strategy=strategy, batch_size=batch_size, steps=steps,
+        layer,
+        data,
+        strategy=strategy,
+        batch_size=batch_size,
+        steps=steps,
         **layer._class_pca_config(),
     ).class_pca
     input_shape = (None,) + tuple(_input_spec(data, None, batch_size).shape[1:])

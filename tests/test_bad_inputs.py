@@ -249,11 +249,11 @@ CASES = [
         ValueError,
         "5 features but ClassPCADense",
     ),
-    Case(
-        "dense-adapt-no-labels",
-        _on(lambda t: _adapted_dense(), lambda l, t: l.adapt(X)),
+    Case(  # x alone is the label-free mode; with no sample at all it is an error
+        "dense-adapt-label-free-empty",
+        _on(lambda t: _adapted_dense(), lambda l, t: l.adapt(X[:0])),
         ValueError,
-        "needs labels",
+        "`x` must hold at least one sample",
     ),
     Case(
         "dense-adapt-empty",
@@ -573,7 +573,9 @@ CASES = [
         "request-body-overflows-float32",
         _on(
             lambda t: (_exported_path(t), t)[1],
-            lambda d, t: keras_classpca.predict_request_body(d / "served" / "1", np.full((1, 3), 1e39)),
+            lambda d, t: keras_classpca.predict_request_body(
+                d / "served" / "1", np.full((1, 3), 1e39)
+            ),
         ),
         ValueError,
         "too large for the signature's float32",
@@ -583,7 +585,9 @@ CASES = [
         "request-body-nan",
         _on(
             lambda t: (_exported_path(t), t)[1],
-            lambda d, t: keras_classpca.predict_request_body(d / "served" / "1", np.full((1, 3), np.nan)),
+            lambda d, t: keras_classpca.predict_request_body(
+                d / "served" / "1", np.full((1, 3), np.nan)
+            ),
         ),
         ValueError,
         "NaN or infinite",
@@ -754,9 +758,7 @@ def test_fit_top_trains_a_repeated_dataset_without_caching():
     model = _mlp(hidden=(4, 4))
     hybridize(model, (x, y), cutoff=1, verbose=0)
     model.compile("adam", "sparse_categorical_crossentropy")
-    history = fit_top(
-        model, _repeated(x, y), steps_per_epoch=2, epochs=1, shuffle=False, verbose=0
-    )
+    history = fit_top(model, _repeated(x, y), steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)
     assert history.cache_used is False
 
 

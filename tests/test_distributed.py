@@ -109,7 +109,9 @@ def test_default_strategy_equals_fit_for_all_input_forms():
         "weighted": dict(
             data=tf.data.Dataset.from_tensor_slices((x, y[:, None], np.ones(len(y)))).batch(50)
         ),
-        "float32": dict(data=tf.data.Dataset.from_tensor_slices((x.astype("float32"), y)).batch(64)),
+        "float32": dict(
+            data=tf.data.Dataset.from_tensor_slices((x.astype("float32"), y)).batch(64)
+        ),
     }
     for name, kwargs in forms.items():
         pca = fit_distributed(n_components=6, n_classes=3, **kwargs)
@@ -146,7 +148,9 @@ def test_dataset_function_default_strategy():
     ref = ClassPCA(6, n_classes=3).fit(x, y)
 
     def dataset_fn(context):
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(context.get_per_replica_batch_size(64))
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(
+            context.get_per_replica_batch_size(64)
+        )
 
     pca = fit_distributed(dataset_fn, 6, n_classes=3)
     np.testing.assert_allclose(pca.kernel_, ref.kernel_, **TIGHT)
@@ -164,8 +168,12 @@ def test_fit_with_strategy_keeps_state_on_error_and_needs_n_classes():
     np.testing.assert_array_equal(pca.kernel_, before)
     with pytest.raises(ValueError, match="n_classes"):
         fit_with_strategy(ClassPCA(6), x, y, strategy=None)
-    steps = fit_with_strategy(ClassPCA(6, n_classes=3), x, y, strategy=None, batch_size=200, steps=2)
-    np.testing.assert_array_equal(steps.n_samples_seen_, ClassPCA(6, n_classes=3).fit(x[:400], y[:400]).n_samples_seen_)
+    steps = fit_with_strategy(
+        ClassPCA(6, n_classes=3), x, y, strategy=None, batch_size=200, steps=2
+    )
+    np.testing.assert_array_equal(
+        steps.n_samples_seen_, ClassPCA(6, n_classes=3).fit(x[:400], y[:400]).n_samples_seen_
+    )
 
 
 def test_adapt_with_default_strategy():
@@ -205,8 +213,14 @@ def test_layer_class_pca_above_a_feature_model_with_default_strategy():
     feature_model = keras.Model(inputs, features)
     top = keras.layers.Conv2D(4, 2, strides=2)
     top.build((None, 6, 6, 5))
-    result = layer_class_pca(top, (images, labels), strategy=None, feature_model=feature_model,
-                             batch_size=16, n_classes=2)
+    result = layer_class_pca(
+        top,
+        (images, labels),
+        strategy=None,
+        feature_model=feature_model,
+        batch_size=16,
+        n_classes=2,
+    )
     assert (result.samples, result.rows) == (40, 40 * 9)
     pca = result.class_pca
     ref = ClassPCA(4, n_classes=2, product_dtype="float64")  # float64 as the TF pass
@@ -230,7 +244,9 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 import keras
 """
 
-MIRRORED = TWO_CPUS + """
+MIRRORED = (
+    TWO_CPUS
+    + """
 from keras_classpca import ClassPCA, ClassPCAConv2D
 from keras_classpca.distributed import (
     _as_dataset, _per_replica_statistics, fit_distributed, layer_row_fn,
@@ -250,7 +266,9 @@ pca = fit_distributed(dataset, 6, n_classes=3, strategy=strategy)
 out["dense"] = [max_diff(pca.components_, ref.components_), max_diff(pca.kernel_, ref.kernel_),
                 max_diff(pca.bias_, ref.bias_)]
 out["counts"] = [pca.n_samples_seen_.tolist(), ref.n_samples_seen_.tolist()]
-local = _per_replica_statistics(strategy, strategy.experimental_distribute_dataset(dataset), 3, 12, None)
+local = _per_replica_statistics(
+    strategy, strategy.experimental_distribute_dataset(dataset), 3, 12, None
+)
 out["local_rows"] = [float(v.numpy()[-3]) for v in strategy.experimental_local_results(local)]
 
 with strategy.scope():  # strategy=None: the one in scope
@@ -279,8 +297,11 @@ for rows, row_labels in iter_rows(dil, images, labels):
 out["dilated"] = max_diff(dil_pca.kernel_, dil_ref.kernel_)
 print(json.dumps(out))
 """
+)
 
-MIRRORED_FEATURE_MODEL = TWO_CPUS + """
+MIRRORED_FEATURE_MODEL = (
+    TWO_CPUS
+    + """
 from keras_classpca import ClassPCA
 from keras_classpca.distributed import layer_class_pca
 from keras_classpca.layers.geometry import iter_rows
@@ -294,13 +315,16 @@ inputs = keras.Input((9, 9, 2))
 feature_model = keras.Model(inputs, keras.layers.Conv2D(5, 3, activation="relu")(inputs))
 top = keras.layers.Dense(4)
 top.build((None, 7, 7, 5))
-pca = layer_class_pca(top, conv_ds, strategy=strategy, feature_model=feature_model, n_classes=3).class_pca
+pca = layer_class_pca(
+    top, conv_ds, strategy=strategy, feature_model=feature_model, n_classes=3
+).class_pca
 ref_top = ClassPCA(4, n_classes=3, product_dtype="float64")
 for rows, row_labels in iter_rows(top, feature_model.predict(images, verbose=0), labels):
     ref_top.partial_fit(rows, row_labels)
 relative = np.max(np.abs(pca.kernel_ - ref_top.kernel_)) / np.max(np.abs(ref_top.kernel_))
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "feature_model": float(relative)}))
 """
+)
 
 
 def test_mirrored_strategy_two_cpus_equals_fit():
@@ -324,7 +348,9 @@ def test_mirrored_strategy_two_cpus_runs_the_feature_model_per_replica():
 
 
 # ---------------------------------------------------------------------- wired entry points
-WIRED = TWO_CPUS + """
+WIRED = (
+    TWO_CPUS
+    + """
 from keras_classpca import ClassPCA, ClassPCAConv2D
 from keras_classpca.distributed import StrategyPass
 
@@ -345,8 +371,11 @@ spread.adapt((images, labels), strategy=strategy)
 out["adapt"] = float(np.abs(keras.ops.convert_to_numpy(plain.kernel - spread.kernel)).max())
 print(json.dumps(out))
 """
+)
 
-WIRED_HYBRIDIZE = TWO_CPUS + """
+WIRED_HYBRIDIZE = (
+    TWO_CPUS
+    + """
 from keras_classpca import hybridize
 
 rng = np.random.default_rng(0)
@@ -369,6 +398,7 @@ out = {"hybridize": max(
 out["report"] = [[(l.samples, l.rows) for l in r.layers] for r in (r1, r2)]
 print(json.dumps(out))
 """
+)
 
 
 def test_fit_and_adapt_strategy_argument_mirrored():
@@ -397,11 +427,15 @@ def test_keras_layers_inside_strategy_need_the_tensorflow_backend():
         hybridize(model, (x, y), cutoff=1, n_classes=3, strategy=strategy, verbose=0)
     feature_model = keras.Model(model.inputs[0], model.layers[0].output)
     with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
-        layer_class_pca(model.layers[1], (x, y), strategy=strategy, feature_model=feature_model,
-                        n_classes=3)
+        layer_class_pca(
+            model.layers[1], (x, y), strategy=strategy, feature_model=feature_model, n_classes=3
+        )
     # Raw statistics are TF ops on the data: the same on every backend.
-    np.testing.assert_allclose(ClassPCA(4, n_classes=3).fit(x, y, strategy=strategy).kernel_,
-                               ClassPCA(4, n_classes=3).fit(x, y).kernel_, **TIGHT)
+    np.testing.assert_allclose(
+        ClassPCA(4, n_classes=3).fit(x, y, strategy=strategy).kernel_,
+        ClassPCA(4, n_classes=3).fit(x, y).kernel_,
+        **TIGHT,
+    )
 
 
 # ---------------------------------------------------------------------- two workers
@@ -422,7 +456,9 @@ dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(100).with_options(opt
 start = time.perf_counter()
 pca = fit_distributed(dataset, 6, n_classes=3, strategy=strategy)
 seconds = time.perf_counter() - start
-local = _per_replica_statistics(strategy, strategy.experimental_distribute_dataset(dataset), 3, 12, None)
+local = _per_replica_statistics(
+    strategy, strategy.experimental_distribute_dataset(dataset), 3, 12, None
+)
 
 def shard_fn(context):  # each worker reads only its own rows
     rows = tf.data.Dataset.from_tensor_slices((x, y))
@@ -462,10 +498,14 @@ def _run_workers(script, n_workers, tmp_path):
         for proc in procs:
             proc.kill()
         logs = [proc.communicate()[1][-3000:] for proc in procs]
-        pytest.fail(f"multi-worker run exceeded {TIMEOUT} s (cluster {cluster}); stderr:\n" + "\n---\n".join(logs))
+        pytest.fail(
+            f"multi-worker run exceeded {TIMEOUT} s (cluster {cluster}); stderr:\n"
+            + "\n---\n".join(logs)
+        )
     for index, (code, stdout, stderr) in enumerate(outputs):
         assert code == 0, (
-            f"worker {index} of cluster {cluster} failed (exit {code}):\n{stdout[-2000:]}\n{stderr[-5000:]}"
+            f"worker {index} of cluster {cluster} failed (exit {code}):\n{stdout[-2000:]}\n"
+            f"{stderr[-5000:]}"
         )
     return [json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in outputs]
 

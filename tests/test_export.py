@@ -85,21 +85,52 @@ def exported(tmp_path_factory):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     show = subprocess.Popen(
         [CLI, "show", "--dir", path, "--all"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     run = subprocess.Popen(
-        [CLI, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
-         "serving_default", "--inputs", f"image={root / 'x.npy'}", "--outdir", str(outdir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            CLI,
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"image={root / 'x.npy'}",
+            "--outdir",
+            str(outdir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
-    ns = SimpleNamespace(root=root, base=base, path=path, model=model, x=x, y=y,
-                         x_cli=x_cli, outdir=outdir, _procs={"show": show, "run": run})
+    ns = SimpleNamespace(
+        root=root,
+        base=base,
+        path=path,
+        model=model,
+        x=x,
+        y=y,
+        x_cli=x_cli,
+        outdir=outdir,
+        _procs={"show": show, "run": run},
+    )
 
     def cli(name):
         proc = ns._procs[name]
         out, err = proc.communicate(timeout=120)
-        ns._procs[name] = SimpleNamespace(returncode=proc.returncode, stdout=out, stderr=err,
-                                          communicate=lambda timeout=None: (out, err))
+        ns._procs[name] = SimpleNamespace(
+            returncode=proc.returncode,
+            stdout=out,
+            stderr=err,
+            communicate=lambda timeout=None: (out, err),
+        )
         assert proc.returncode == 0, f"saved_model_cli {name} failed:\n{err[-3000:]}"
         return out
 
@@ -176,8 +207,10 @@ def test_predict_request_body_round_trips_through_json(exported):
     assert batch.shape == (3, 8, 8, 1)
     assert _max_abs(batch, x) == 0.0
     # ...so serving them gives exactly the Keras predictions.
-    assert _max_abs(_serve(exported.path, batch)["probs"],
-                    exported.model.predict(x, verbose=0)) <= SERVED_ATOL
+    assert (
+        _max_abs(_serve(exported.path, batch)["probs"], exported.model.predict(x, verbose=0))
+        <= SERVED_ATOL
+    )
 
 
 def test_predict_request_body_rejects_bad_x(exported):
@@ -217,9 +250,13 @@ def test_custom_signature_name_and_dict_inputs(tmp_path):
     for name in ("predict", "serving_default"):
         info = keras_classpca.signature_info(path, name)
         assert {k: v["shape"] for k, v in info["inputs"].items()} == {
-            "a": [None, 3], "b": [None, 2]}
+            "a": [None, 3],
+            "b": [None, 2],
+        }
         assert {k: v["shape"] for k, v in info["outputs"].items()} == {
-            "logits": [None, 2], "score": [None, 1]}
+            "logits": [None, 2],
+            "score": [None, 1],
+        }
     rng = np.random.default_rng(1)
     xa, xb = rng.normal(size=(4, 3)).astype("f4"), rng.normal(size=(4, 2)).astype("f4")
     body = keras_classpca.predict_request_body(path, {"a": xa, "b": xb}, signature_name="predict")
@@ -334,8 +371,7 @@ def _adapted_classpca_model(x, y):
     conv = keras_classpca.ClassPCAConv2D(4, 3, activation="relu", name="pca_conv")
     conv.adapt((x, y))
     features = keras.layers.Flatten()(conv(x))
-    dense = keras_classpca.ClassPCADense(6, activation="relu", name="pca_dense",
-                                         trainable=True)
+    dense = keras_classpca.ClassPCADense(6, activation="relu", name="pca_dense", trainable=True)
     dense.adapt((keras.ops.convert_to_numpy(features), y))
     init = keras_classpca.ClassPCAInitializer.from_data(x, y, kernel_size=3)
     return keras.Sequential(
@@ -350,8 +386,13 @@ def _adapted_classpca_model(x, y):
     ), keras.Sequential(
         [
             keras.Input(SHAPE, name="image"),
-            keras.layers.Conv2D(4, 3, kernel_initializer=init,
-                                bias_initializer=init.bias_initializer(), name="init_conv"),
+            keras.layers.Conv2D(
+                4,
+                3,
+                kernel_initializer=init,
+                bias_initializer=init.bias_initializer(),
+                name="init_conv",
+            ),
             keras.layers.GlobalAveragePooling2D(),
             keras.layers.Dense(2, activation="softmax", name="probs"),
         ],
@@ -437,7 +478,8 @@ def test_subclassed_model_exports(tmp_path):
     assert {k: v["shape"] for k, v in info["inputs"].items()} == {"inputs": [None, 5]}
     assert {k: v["shape"] for k, v in info["outputs"].items()} == {"output_0": [None, 3]}
     assert oct(os.stat(path).st_mode & 0o777) == oct(
-        os.stat(os.path.join(path, "variables")).st_mode & 0o777)
+        os.stat(os.path.join(path, "variables")).st_mode & 0o777
+    )
     out = _serve(path, x)
     assert _max_abs(out["output_0"], model.predict(x, verbose=0)) <= SERVED_ATOL
 
@@ -452,7 +494,9 @@ def test_counter_generated_names_become_stable_positional_names(tmp_path):
         keys.append((list(info["inputs"]), list(info["outputs"])))
     assert keys == [(["inputs"], ["output_0"])] * 2
     with pytest.raises(ValueError, match="at least one example"):
-        keras_classpca.predict_request_body(str(tmp_path / "run0" / "1"), np.zeros((0, 4), "float32"))
+        keras_classpca.predict_request_body(
+            str(tmp_path / "run0" / "1"), np.zeros((0, 4), "float32")
+        )
 
 
 # --------------------------------------------------------------------------- saved_model_cli
@@ -484,7 +528,8 @@ def test_example_export_serving_runs(tmp_path, capsys):
 
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.spec_from_file_location(
-        "export_serving_example", os.path.join(here, "..", "examples", "export_serving.py"))
+        "export_serving_example", os.path.join(here, "..", "examples", "export_serving.py")
+    )
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     path = example.main(["--base-dir", str(tmp_path / "serving" / "digits"), "--epochs", "1"])

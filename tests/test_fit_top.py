@@ -17,16 +17,24 @@ L = keras.layers
 def _data(n=300, seed=0):
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 3
-    x = rng.normal(size=(n, 8, 8, 1)) + 0.6 * y[:, None, None, None] * np.linspace(-1, 1, 8)[None, :, None, None]
+    x = (
+        rng.normal(size=(n, 8, 8, 1))
+        + 0.6 * y[:, None, None, None] * np.linspace(-1, 1, 8)[None, :, None, None]
+    )
     return x.astype("float32"), y
 
 
 def _model(cutoff=1, dropout=False, seed=3, compile=True):
     """Conv -> BN -> pool -> Dense(16) [-> Dropout] -> Dense(3), hybridized and compiled."""
     keras.utils.set_random_seed(seed)
-    layers = [keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu", name="conv"),
-              L.BatchNormalization(name="bn"), L.MaxPooling2D(), L.Flatten(),
-              L.Dense(16, activation="relu", name="hidden")]
+    layers = [
+        keras.Input((8, 8, 1)),
+        L.Conv2D(4, 3, activation="relu", name="conv"),
+        L.BatchNormalization(name="bn"),
+        L.MaxPooling2D(),
+        L.Flatten(),
+        L.Dense(16, activation="relu", name="hidden"),
+    ]
     if dropout:
         layers.append(L.Dropout(0.3, seed=11, name="drop"))
     layers.append(L.Dense(3, activation="softmax", name="out"))
@@ -35,8 +43,12 @@ def _model(cutoff=1, dropout=False, seed=3, compile=True):
     if cutoff:
         hybridize(model, (x, y), cutoff=cutoff, verbose=0)
     if compile:
-        model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"], jit_compile=False)
+        model.compile(
+            keras.optimizers.Adam(1e-2),
+            "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=False,
+        )
     return model
 
 
@@ -68,8 +80,16 @@ def test_cached_training_equals_plain_fit(cutoff, dropout, spill, tmp_path):
     plain_history = plain.fit(x, y, **args)
     keras.utils.set_random_seed(5)
     spy = _ListDir(tmp_path)
-    history = fit_top(cached, x, y, cache=True, memory_limit=0 if spill else 2**30,
-                      cache_dir=str(tmp_path), callbacks=[spy], **args)
+    history = fit_top(
+        cached,
+        x,
+        y,
+        cache=True,
+        memory_limit=0 if spill else 2**30,
+        cache_dir=str(tmp_path),
+        callbacks=[spy],
+        **args,
+    )
 
     assert history.cache_used is True
     # Same ops on the same batches in the same order: bit-identical weights and logs.
@@ -78,7 +98,9 @@ def test_cached_training_equals_plain_fit(cutoff, dropout, spill, tmp_path):
     assert history.history == plain_history.history
     # The training happened in the user's model object: the top moved, the prefix did not.
     for layer in cached.layers:
-        moved = any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), initial[layer.name]))
+        moved = any(
+            not np.array_equal(a, b) for a, b in zip(layer.get_weights(), initial[layer.name])
+        )
         assert moved == (layer.trainable and bool(layer.weights)), layer.name
     assert history.history["loss"][-1] < history.history["loss"][0]
     if spill:
@@ -104,8 +126,17 @@ def test_spilled_cache_with_default_shuffle_trains_and_cleans_up(tmp_path):
     x, y = _data()
     model = _model(cutoff=2)
     before = model.evaluate(x, y, verbose=0)[0]
-    history = fit_top(model, x, y, batch_size=32, epochs=2, cache=True, memory_limit=0,
-                      cache_dir=str(tmp_path), verbose=0)
+    history = fit_top(
+        model,
+        x,
+        y,
+        batch_size=32,
+        epochs=2,
+        cache=True,
+        memory_limit=0,
+        cache_dir=str(tmp_path),
+        verbose=0,
+    )
     assert history.cache_used and os.listdir(tmp_path) == []
     assert model.evaluate(x, y, verbose=0)[0] < before - 0.1
 
@@ -117,7 +148,9 @@ def test_dataset_input_equals_plain_fit_on_the_dataset():
     keras.utils.set_random_seed(5)
     plain.fit(dataset, epochs=1, verbose=0)
     keras.utils.set_random_seed(5)
-    history = fit_top(cached, dataset, batch_size=25, epochs=1, cache=True, shuffle=False, verbose=0)
+    history = fit_top(
+        cached, dataset, batch_size=25, epochs=1, cache=True, shuffle=False, verbose=0
+    )
     assert history.cache_used
     for a, b in zip(plain.get_weights(), cached.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -138,8 +171,16 @@ def test_failed_caching_removes_its_spill_file(tmp_path):
     assert os.listdir(tmp_path) == []
     # the same for a failure while caching the validation data
     with pytest.raises(RuntimeError, match="disk on fire"):
-        fit_top(model, x, y, validation_data=failing(), cache=True, memory_limit=0,
-                cache_dir=str(tmp_path), verbose=0)
+        fit_top(
+            model,
+            x,
+            y,
+            validation_data=failing(),
+            cache=True,
+            memory_limit=0,
+            cache_dir=str(tmp_path),
+            verbose=0,
+        )
     assert os.listdir(tmp_path) == []
 
 
@@ -197,16 +238,31 @@ def test_cache_auto_trains_on_every_batch_of_a_one_shot_generator(monkeypatch, r
     model = _model(2)
     counter = _CountSteps()
     generator = ((x[s : s + 50], y[s : s + 50]) for s in range(0, 200, 50))
-    history = fit_top(model, generator, batch_size=50, epochs=1, cache="auto", shuffle=False,
-                      verbose=0, callbacks=[counter])
+    history = fit_top(
+        model,
+        generator,
+        batch_size=50,
+        epochs=1,
+        cache="auto",
+        shuffle=False,
+        verbose=0,
+        callbacks=[counter],
+    )
     assert history.cache_used is (ratio < 1)
     assert counter.steps == 4  # the batch read to time the prefix is trained on too
 
 
 def test_predicted_speedup_is_bounded_by_the_epochs():
     keras.utils.set_random_seed(0)
-    heavy = keras.Sequential([keras.Input((32, 32, 3)), L.Conv2D(64, 5, padding="same"),
-                              L.Conv2D(64, 5, padding="same"), L.GlobalAveragePooling2D(), L.Dense(2)])
+    heavy = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            L.Conv2D(64, 5, padding="same"),
+            L.Conv2D(64, 5, padding="same"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(2),
+        ]
+    )
     for layer in heavy.layers[:2]:
         layer.trainable = False
     prefix = keras.Model(heavy.inputs[0], cache_point(heavy))
@@ -216,7 +272,9 @@ def test_predicted_speedup_is_bounded_by_the_epochs():
     for epochs in (2, 10):
         ratio = fit_top_module.predict_cache_speedup(heavy, prefix, batch, epochs=epochs)
         assert 1.0 / epochs <= ratio < 1.0
-    assert fit_top_module.predict_cache_speedup(heavy, prefix, batch, epochs=1) == pytest.approx(1.0)
+    assert fit_top_module.predict_cache_speedup(heavy, prefix, batch, epochs=1) == pytest.approx(
+        1.0
+    )
 
 
 def test_skip_connection_around_the_prefix_falls_back_to_plain_fit():
@@ -230,7 +288,9 @@ def test_skip_connection_around_the_prefix_falls_back_to_plain_fit():
     model = keras.Model(inputs, outputs)
     hybridize(model, (x, y), cutoff=1, verbose=0)
     model.compile("adam", "sparse_categorical_crossentropy", jit_compile=False)
-    with pytest.raises(ValueError, match="`cache=True` but the layers above the frozen prefix also read"):
+    with pytest.raises(
+        ValueError, match="`cache=True` but the layers above the frozen prefix also read"
+    ):
         fit_top(model, x, y, cache=True, verbose=0)
     before = model.get_layer("b").get_weights()[0].copy()
     history = fit_top(model, x, y, epochs=2, cache="auto", verbose=0)

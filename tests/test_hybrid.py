@@ -18,7 +18,9 @@ L = keras.layers
 # ----------------------------------------------------------------------------- helpers
 def _layer_input(model, layer, x):
     """The actual input of `layer` in `model` (inference mode), computed by Keras."""
-    return np.asarray(keras.Model(model.inputs[0], layer.input).predict(x, verbose=0, batch_size=512))
+    return np.asarray(
+        keras.Model(model.inputs[0], layer.input).predict(x, verbose=0, batch_size=512)
+    )
 
 
 def _im2col(images, k):
@@ -44,8 +46,14 @@ def _assert_unchanged(model, snapshot):
 
 
 def _subspace_data(subspace_classes, n_per_class=100, seed=0):
-    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=n_per_class,
-                            class_mean_scale=1.5, noise=0.3, seed=seed)
+    data = subspace_classes(
+        [2, 2, 2],
+        n_features=12,
+        n_per_class=n_per_class,
+        class_mean_scale=1.5,
+        noise=0.3,
+        seed=seed,
+    )
     return data.x.astype("float32"), data.y
 
 
@@ -83,19 +91,32 @@ def test_sequential_mlp_with_dropout_and_batchnorm(subspace_classes):
     for layer in (d0, d1):
         h = _layer_input(model, layer, x)
         reference = ClassPCA(layer.units).fit(h, y)
-        np.testing.assert_allclose(np.asarray(layer.kernel), reference.kernel_, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(layer.kernel), reference.kernel_, rtol=1e-4, atol=1e-5
+        )
         np.testing.assert_allclose(np.asarray(layer.bias), reference.bias_, rtol=1e-4, atol=1e-5)
     # d1's input passes Dropout (identity at inference) and the adapted BatchNorm.
     for index, bn in enumerate([model.get_layer("m_bn0"), model.get_layer("m_bn1")]):
         h = _layer_input(model, bn, x).astype(np.float64)
         np.testing.assert_allclose(np.asarray(bn.moving_mean), h.mean(axis=0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(bn.moving_variance), h.var(axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(bn.moving_variance), h.var(axis=0), rtol=1e-4, atol=1e-6
+        )
         # relu of standardised outputs: far from the initial (0, 1)
-        assert np.all(np.asarray(bn.moving_mean) > 0.1) and np.all(np.asarray(bn.moving_variance) < 0.9)
+        assert np.all(np.asarray(bn.moving_mean) > 0.1) and np.all(
+            np.asarray(bn.moving_variance) < 0.9
+        )
     # Solved layers and the BatchNorm between them are frozen; the top is not.
     trainable = {l.name: l.trainable for l in model.layers}
-    assert trainable == {"m_d0": False, "m_drop0": True, "m_bn0": False, "m_d1": False,
-                         "m_drop1": True, "m_bn1": True, "m_out": True}
+    assert trainable == {
+        "m_d0": False,
+        "m_drop0": True,
+        "m_bn0": False,
+        "m_d1": False,
+        "m_drop1": True,
+        "m_bn1": True,
+        "m_out": True,
+    }
     assert report.frozen == ["m_d0", "m_bn0", "m_d1"]
     assert [s.name for s in report.layers] == ["m_d0", "m_d1"]
     assert report.layers[0].adapted_batchnorms == ["m_bn0"]
@@ -129,14 +150,20 @@ def test_functional_cnn_with_batchnorm_and_class_pca_options():
         rows = patches.reshape(-1, patches.shape[-1])
         reference = ClassPCA(layer.filters, **options).fit(rows, np.repeat(y, patches.shape[1]))
         kernel = np.asarray(layer.kernel)
-        np.testing.assert_allclose(kernel.reshape(-1, layer.filters), reference.kernel_, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            kernel.reshape(-1, layer.filters), reference.kernel_, rtol=1e-4, atol=1e-5
+        )
         assert np.array_equal(np.asarray(layer.bias), np.zeros(layer.filters))
         assert report.layers[["c1", "c2"].index(name)].rows == len(rows)
     for name in ("bn1", "bn2"):
         bn = model.get_layer(name)
         h = _layer_input(model, bn, x).astype(np.float64)
-        np.testing.assert_allclose(np.asarray(bn.moving_mean), h.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(np.asarray(bn.moving_variance), h.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(bn.moving_mean), h.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            np.asarray(bn.moving_variance), h.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5
+        )
         assert np.abs(np.asarray(bn.moving_mean)).max() > 0.2  # not the initial zeros
     assert report.frozen == ["c1", "bn1", "c2"]
     assert not model.get_layer("c1").trainable and not model.get_layer("c2").trainable
@@ -151,8 +178,13 @@ def test_functional_cnn_with_batchnorm_and_class_pca_options():
 def test_dense_on_sequences_then_lstm_stops_the_prefix():
     rng = np.random.default_rng(1)
     y = np.arange(200) % 2
-    x = (rng.normal(size=(200, 5, 3)) * np.where(y[:, None, None] == 0, [1.0, 0.3, 0.3], [0.3, 1.0, 0.3])).astype("float32")
-    model = keras.Sequential([keras.Input((5, 3)), L.Dense(4, name="d"), L.LSTM(4, name="rnn"), L.Dense(2, name="out")])
+    x = (
+        rng.normal(size=(200, 5, 3))
+        * np.where(y[:, None, None] == 0, [1.0, 0.3, 0.3], [0.3, 1.0, 0.3])
+    ).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((5, 3)), L.Dense(4, name="d"), L.LSTM(4, name="rnn"), L.Dense(2, name="out")]
+    )
     with pytest.raises(ValueError, match=r"cutoff=2 .*only 1 layer.*LSTM 'rnn'"):
         hybridize(model, (x, y), cutoff=2, verbose=0)
     report = hybridize(model, (x, y), cutoff=1, verbose=0)
@@ -160,7 +192,9 @@ def test_dense_on_sequences_then_lstm_stops_the_prefix():
     assert "not a layer kind class-PCA solves" in report.stopped_because
     # a Dense on (batch, time, features): every time step is a row of its sample's class
     reference = ClassPCA(4).fit(x.reshape(-1, 3), np.repeat(y, 5))
-    np.testing.assert_allclose(np.asarray(model.get_layer("d").kernel), reference.kernel_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.get_layer("d").kernel), reference.kernel_, rtol=1e-4, atol=1e-5
+    )
     assert report.layers[0].rows == 5 * len(x) and report.layers[0].samples == len(x)
 
 
@@ -212,7 +246,9 @@ def test_streaming_memory_is_bounded_by_the_statistics_not_the_data():
 
         return generate
 
-    model = keras.Sequential([keras.Input((d,)), L.Dense(d, activation="relu"), L.Dense(8), L.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((d,)), L.Dense(d, activation="relu"), L.Dense(8), L.Dense(2)]
+    )
     hybridize(model, batches(2), cutoff=2, verbose=0)  # trace once, tiny
     peaks = {}
     for n_batches in (96, 192):
@@ -224,7 +260,9 @@ def test_streaming_memory_is_bounded_by_the_statistics_not_the_data():
             tracemalloc.stop()
         assert [s.samples for s in report.layers] == [n_batches * batch] * 2
     data_bytes = 96 * batch * d * 4
-    assert peaks[96] < data_bytes / 2, f"peak {peaks[96] / 1e6:.1f} MB for {data_bytes / 1e6:.1f} MB of data"
+    assert peaks[96] < data_bytes / 2, (
+        f"peak {peaks[96] / 1e6:.1f} MB for {data_bytes / 1e6:.1f} MB of data"
+    )
     # Twice the data: the peak grows by less than 5 % of the extra data.
     assert peaks[192] - peaks[96] < data_bytes / 20, peaks
 
@@ -232,26 +270,40 @@ def test_streaming_memory_is_bounded_by_the_statistics_not_the_data():
 def test_tf_data_source_with_samples_uses_the_first_samples():
     x, y = _images(n=300)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
-    model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(), L.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(), L.Dense(3)]
+    )
     report = hybridize(model, dataset, cutoff=1, samples=100, verbose=0)
     assert report.layers[0].samples == 100 and report.layers[0].rows == 100 * 36
     patches = _im2col(x[:100], 3)
     reference = ClassPCA(4).fit(patches.reshape(-1, 18), np.repeat(y[:100], 36))
-    np.testing.assert_allclose(np.asarray(model.get_layer("c").kernel).reshape(18, 4), reference.kernel_,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.get_layer("c").kernel).reshape(18, 4),
+        reference.kernel_,
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_samples_caps_arrays_and_patches_per_image_caps_rows():
     x, y = _images(n=300)
-    model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(), L.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(), L.Dense(3)]
+    )
     report = hybridize(model, (x, y), cutoff=1, samples=120, patches_per_image=5, verbose=0)
     assert report.layers[0].samples == 120 and report.layers[0].rows == 120 * 5
-    full = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c2"), L.Flatten(), L.Dense(3)])
+    full = keras.Sequential(
+        [keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c2"), L.Flatten(), L.Dense(3)]
+    )
     hybridize(full, (x, y), cutoff=1, verbose=0)
     # the cap reaches the solve: fewer rows give another kernel
-    assert not np.allclose(np.asarray(model.layers[0].kernel), np.asarray(full.layers[0].kernel), atol=1e-3)
+    assert not np.allclose(
+        np.asarray(model.layers[0].kernel), np.asarray(full.layers[0].kernel), atol=1e-3
+    )
     # same seed, same subset: reproducible bit for bit
-    again = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c3"), L.Flatten(), L.Dense(3)])
+    again = keras.Sequential(
+        [keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c3"), L.Flatten(), L.Dense(3)]
+    )
     hybridize(again, (x, y), cutoff=1, samples=120, patches_per_image=5, verbose=0)
     assert np.array_equal(np.asarray(model.layers[0].kernel), np.asarray(again.layers[0].kernel))
 
@@ -275,8 +327,9 @@ def test_unbuilt_sequential_is_built_from_the_data(subspace_classes):
     model = keras.Sequential([L.Dense(6, activation="relu"), L.Dense(3)])
     report = hybridize(model, generator, cutoff=1, verbose=0)
     assert report.layers[0].samples == len(x)
-    np.testing.assert_allclose(np.asarray(model.layers[0].kernel), ClassPCA(6).fit(x, y).kernel_,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.layers[0].kernel), ClassPCA(6).fit(x, y).kernel_, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_empty_data_is_rejected(subspace_classes):
@@ -359,8 +412,14 @@ def test_unknown_and_invalid_class_pca_options(blobs):
 def test_depthwise_grouped_and_separable_convs_are_solved(middle_layer, kind):
     x, y = _images(n=120)
     model = keras.Sequential(
-        [keras.Input((8, 8, 2)), L.Conv2D(4, 2, name="c"), middle_layer(), L.Flatten(),
-         L.Dense(8), L.Dense(3)]
+        [
+            keras.Input((8, 8, 2)),
+            L.Conv2D(4, 2, name="c"),
+            middle_layer(),
+            L.Flatten(),
+            L.Dense(8),
+            L.Dense(3),
+        ]
     )
     report = hybridize(model, (x, y), cutoff=2, verbose=0)
     assert [(s.name, s.kind) for s in report.layers] == [("c", "Conv2D"), ("mid", kind)]
@@ -374,8 +433,14 @@ def test_depthwise_grouped_and_separable_convs_are_solved(middle_layer, kind):
 def test_unsupported_conv_stops_the_prefix():
     x, y = _images(n=120)
     model = keras.Sequential(
-        [keras.Input((8, 8, 2)), L.Conv2D(4, 2, name="c"), L.Conv2DTranspose(2, 3, name="stop"),
-         L.Flatten(), L.Dense(8), L.Dense(3)]
+        [
+            keras.Input((8, 8, 2)),
+            L.Conv2D(4, 2, name="c"),
+            L.Conv2DTranspose(2, 3, name="stop"),
+            L.Flatten(),
+            L.Dense(8),
+            L.Dense(3),
+        ]
     )
     message = "Conv2DTranspose 'stop' is not a layer kind class-PCA solves"
     with pytest.raises(ValueError, match=r"cutoff=2 but only 1 layer\(s\)") as error:
@@ -389,8 +454,15 @@ def test_unsupported_conv_stops_the_prefix():
 def test_embedding_first_means_nothing_to_solve():
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 20, size=(100, 6)), rng.integers(0, 2, 100)
-    model = keras.Sequential([keras.Input((6,), dtype="int32"), L.Embedding(20, 4, name="emb"),
-                              L.Flatten(), L.Dense(8), L.Dense(2)])
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            L.Embedding(20, 4, name="emb"),
+            L.Flatten(),
+            L.Dense(8),
+            L.Dense(2),
+        ]
+    )
     snapshot = _snapshot(model)
     report = hybridize(model, (x, y), cutoff="auto", verbose=0)
     assert report.cutoff == 0 and report.candidates == []
@@ -416,13 +488,15 @@ def test_branching_functional_model_solves_both_branches(blobs):
     assert report.frozen == ["a", "b"]
     assert np.array_equal(np.asarray(model.get_layer("c").kernel), c_before)
     h = _layer_input(model, model.get_layer("b"), x)
-    np.testing.assert_allclose(np.asarray(model.get_layer("b").kernel), ClassPCA(6).fit(h, y).kernel_,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.get_layer("b").kernel), ClassPCA(6).fit(h, y).kernel_, rtol=1e-4, atol=1e-5
+    )
     # the other branch: solved on the same input
     report = hybridize(model, (x, y), cutoff=3, verbose=0)
     assert report.frozen == ["a", "b", "c"] and report.next_not_taken is None
-    np.testing.assert_allclose(np.asarray(model.get_layer("c").kernel), ClassPCA(6).fit(h, y).kernel_,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.get_layer("c").kernel), ClassPCA(6).fit(h, y).kernel_, rtol=1e-4, atol=1e-5
+    )
 
 
 # --------------------------------------------------------------------- cutoff="auto"
@@ -483,8 +557,9 @@ def test_auto_keeps_nothing_when_class_pca_discards_the_signal():
 
 
 @pytest.mark.parametrize("scripted, expected", [([0.5, 0.9, 0.3], 1), ([0.5, 0.9, 0.95], 2)])
-def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(monkeypatch, subspace_classes,
-                                                                scripted, expected):
+def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(
+    monkeypatch, subspace_classes, scripted, expected
+):
     # Scripted probe results: a clear gain for layer 1, then a clear loss (or gain) for layer 2.
     x, y = _subspace_data(subspace_classes)
     results = iter(scripted)
@@ -494,8 +569,13 @@ def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(monkeypatch, sub
     report = hybridize(model, (x, y), cutoff="auto", verbose=0)
     assert report.cutoff == expected and report.evidence["probe_accuracy"] == scripted
     _check_auto_evidence(report)
-    changed = {name for name, weights in before.items()
-               if any(not np.array_equal(a, b) for a, b in zip(model.get_layer(name).get_weights(), weights))}
+    changed = {
+        name
+        for name, weights in before.items()
+        if any(
+            not np.array_equal(a, b) for a, b in zip(model.get_layer(name).get_weights(), weights)
+        )
+    }
     if expected == 1:
         assert changed == {"m_d0", "m_bn0"}  # m_d1 and m_bn1 were solved, then restored bit for bit
         assert report.frozen == ["m_d0"] and [l.name for l in report.layers] == ["m_d0"]
@@ -543,7 +623,9 @@ def test_one_hot_labels_solve_like_integer_labels(subspace_classes):
     by_int, by_one_hot = _mlp(hidden=(8,), name="i"), _mlp(hidden=(8,), name="o")
     hybridize(by_int, (x, y), cutoff=1, verbose=0)
     hybridize(by_one_hot, (x, np.eye(3, dtype="float32")[y]), cutoff=1, verbose=0)
-    assert np.array_equal(np.asarray(by_int.layers[0].kernel), np.asarray(by_one_hot.layers[0].kernel))
+    assert np.array_equal(
+        np.asarray(by_int.layers[0].kernel), np.asarray(by_one_hot.layers[0].kernel)
+    )
     with pytest.raises(ValueError, match="`y` holds label 3, out of range for n_classes=3"):
         hybridize(_mlp(hidden=(8,)), (x, np.where(y == 2, 3, y)), cutoff=1, verbose=0, n_classes=3)
 
@@ -554,8 +636,9 @@ def test_batchnorm_before_the_first_solved_layer_is_adapted_and_frozen():
     rng = np.random.default_rng(0)
     y = np.arange(300) % 3
     x = (rng.normal(size=(300, 6)) * 5 + 3 + y[:, None]).astype("float32")
-    model = keras.Sequential([keras.Input((6,)), L.BatchNormalization(name="bn"), L.Dense(8, name="d"),
-                              L.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((6,)), L.BatchNormalization(name="bn"), L.Dense(8, name="d"), L.Dense(3)]
+    )
     hybridize(model, (x, y), cutoff=1, verbose=0)
     bn = model.get_layer("bn")
     np.testing.assert_allclose(np.asarray(bn.moving_mean), x.mean(axis=0), rtol=1e-4)
@@ -570,8 +653,14 @@ def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
     x = (rng.normal(size=(36, 6)) + 2.0 * np.eye(6)[y]).astype("float32")
 
     def model():
-        return keras.Sequential([keras.Input((6,)), L.Dense(12, activation="relu"),
-                                 L.Dense(36, activation="relu"), L.Dense(3)])
+        return keras.Sequential(
+            [
+                keras.Input((6,)),
+                L.Dense(12, activation="relu"),
+                L.Dense(36, activation="relu"),
+                L.Dense(3),
+            ]
+        )
 
     # Accept every layer the probe sees, so that auto reaches the unsolvable one.
     monkeypatch.setattr(hybrid_module, "AUTO_MIN_GAIN", -1.0)
@@ -589,8 +678,15 @@ def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
 
 def test_freeze_kernel_trains_only_the_solved_biases():
     x, y = _images(n=240)
-    model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(),
-                              L.Dense(8, activation="relu", name="d"), L.Dense(3, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 2)),
+            L.Conv2D(4, 3, name="c"),
+            L.Flatten(),
+            L.Dense(8, activation="relu", name="d"),
+            L.Dense(3, name="out"),
+        ]
+    )
     report = hybridize(model, (x, y), cutoff=2, freeze="kernel", verbose=0)
     assert report.frozen == ["c", "d"]
     kernels = {n: np.array(model.get_layer(n).kernel) for n in ("c", "d")}
@@ -611,19 +707,27 @@ def test_freeze_kernel_trains_only_the_solved_biases():
 def test_label_free_mode_solves_each_layer_from_the_pca_of_its_input():
     rng = np.random.default_rng(5)
     x = (rng.normal(size=(400, 10)) * np.linspace(3.0, 0.5, 10)).astype("float32")
-    model = keras.Sequential([keras.Input((10,)), L.Dense(4, activation="relu", name="a"),
-                              L.Dense(3, name="b"), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            L.Dense(4, activation="relu", name="a"),
+            L.Dense(3, name="b"),
+            L.Dense(2, name="out"),
+        ]
+    )
     report = hybridize(model, x, cutoff=2, verbose=0)
     assert report.label_free and report.cutoff == 2 and "label-free" in str(report)
     # Layer a: the 4 leading covariance eigenvectors of x, i.e. ClassPCA of one class.
     expected = ClassPCA(4).fit(x.astype(np.float64), np.zeros(len(x), dtype=int))
-    np.testing.assert_allclose(np.asarray(model.get_layer("a").kernel), expected.kernel_,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.get_layer("a").kernel), expected.kernel_, rtol=1e-4, atol=1e-5
+    )
     # Layer b: the PCA of a's (solved) output.
     h = np.asarray(keras.Model(model.inputs[0], model.get_layer("a").output)(x))
     expected_b = ClassPCA(3).fit(h.astype(np.float64), np.zeros(len(x), dtype=int))
-    np.testing.assert_allclose(np.asarray(model.get_layer("b").kernel), expected_b.kernel_,
-                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(model.get_layer("b").kernel), expected_b.kernel_, rtol=1e-3, atol=1e-4
+    )
     with pytest.raises(ValueError, match="`data` has no labels, and cutoff='auto'"):
         hybridize(model, x, verbose=0)
     layer = ClassPCADense(4)

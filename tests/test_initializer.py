@@ -190,11 +190,15 @@ def test_saved_model_with_initializer_round_trip(tmp_path):
 
 def test_clone_model_gives_a_live_layer_with_a_warning(blobs):
     init = ClassPCAInitializer.from_data(*blobs)
-    model = keras.Sequential([
-        keras.Input((8,)),
-        keras.layers.Dense(6, kernel_initializer=init, bias_initializer=init.bias_initializer()),
-        keras.layers.Dense(3),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(
+                6, kernel_initializer=init, bias_initializer=init.bias_initializer()
+            ),
+            keras.layers.Dense(3),
+        ]
+    )
     with pytest.warns(UserWarning, match="rebuilt from its config"):
         clone = keras.models.clone_model(model)
     assert np.count_nonzero(_np(clone.layers[0].kernel)) == 6 * 8  # not a dead layer
@@ -208,7 +212,8 @@ def test_clone_model_gives_a_live_layer_with_a_warning(blobs):
     [
         (
             (5, 6),
-            r"Kernel shape \(5, 6\) needs statistics over 5 features, but the class-PCA statistics have 8",
+            r"Kernel shape \(5, 6\) needs statistics over 5 features, but the class-PCA "
+            r"statistics have 8",
         ),
         ((3, 3, 2, 6), r"needs statistics over 18 features, but the class-PCA statistics have 8"),
         ((1, 1, 1, 1, 8, 6), r"handles Dense kernels \(d, units\) and Conv2D kernels"),

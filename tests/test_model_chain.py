@@ -41,7 +41,9 @@ def test_sequential_cnn_candidates_pass_through_and_stop_before_last_weighted_la
     x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype("float32")
     features = chain.feature_model(chain.outputs[2])(x)
     expected = keras.Model(model.inputs[0], model.get_layer("pool").output)(x)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(features), keras.ops.convert_to_numpy(expected))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(features), keras.ops.convert_to_numpy(expected)
+    )
 
 
 def test_functional_chain_matches_sequential_reading():
@@ -110,7 +112,9 @@ def test_frozen_layer_with_weights_is_passed_through():
     # A frozen (e.g. pretrained) non-solvable layer is a fixed feature map: the walk continues.
     frozen = L.LayerNormalization(name="ln")
     frozen.trainable = False
-    model = keras.Sequential([keras.Input((6,)), frozen, L.Dense(4, name="d"), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [keras.Input((6,)), frozen, L.Dense(4, name="d"), L.Dense(2, name="out")]
+    )
     chain = read_chain(model)
     assert _names(chain) == ["ln", "d"]
     assert _names(chain, chain.candidates) == ["d"]
@@ -183,7 +187,9 @@ def test_ensure_built_builds_unbuilt_sequential_and_rejects_unbuilt_subclass():
     called = Sub()
     called(np.zeros((2, 3), "float32"))
     for model in (Sub(), called):
-        with pytest.raises(ValueError, match="subclassed keras.Model: it has no layer graph"
-                           r".*build it functionally.*ClassPCAInitializer.*adapt"):
+        with pytest.raises(
+            ValueError,
+            match="subclassed keras.Model: it has no layer graph"
+            r".*build it functionally.*ClassPCAInitializer.*adapt",
+        ):
             ensure_built(model, (3,))
-

@@ -21,10 +21,21 @@ import numpy as np
 # and constraints act only in training. (BatchNormalization's gamma/beta initializers
 # do matter: their initial values shape the features the next layer is solved on.)
 _IRRELEVANT_CONFIG = {
-    "name", "trainable", "kernel_initializer", "bias_initializer", "kernel_regularizer",
-    "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint",
-    "moving_mean_initializer", "moving_variance_initializer", "beta_regularizer",
-    "gamma_regularizer", "beta_constraint", "gamma_constraint",
+    "name",
+    "trainable",
+    "kernel_initializer",
+    "bias_initializer",
+    "kernel_regularizer",
+    "bias_regularizer",
+    "activity_regularizer",
+    "kernel_constraint",
+    "bias_constraint",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
 }
 
 
@@ -106,7 +117,14 @@ class SolveCache:
                     [stored[f"layer{i}_weight{j}"] for j in range(count)]
                     for i, count in enumerate(record.pop("_weight_counts"))
                 ]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as error:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            zipfile.BadZipFile,
+        ) as error:
             warnings.warn(
                 f"SolveCache: cannot read {path} ({type(error).__name__}: {error}); treating "
                 "it as a miss: the layer is solved again and the file overwritten.",

@@ -29,9 +29,9 @@ def reduce_features(features, max_features=2048, seed=0):
             pooled = np.empty((n, grid_h, grid_w, c))
             for i in range(grid_h):
                 for j in range(grid_w):
-                    pooled[:, i, j] = features[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]].mean(
-                        axis=(1, 2)
-                    )
+                    pooled[:, i, j] = features[
+                        :, rows[i] : rows[i + 1], cols[j] : cols[j + 1]
+                    ].mean(axis=(1, 2))
             features = pooled
     features = features.reshape(len(features), -1)
     if features.shape[1] > max_features:

@@ -76,7 +76,10 @@ class HybridReport:
             + (", label-free (PCA of each layer's input)" if self.label_free else ""),
         ]
         if self.layers:
-            header = f"  {'layer':<24}{'kind':<10}{'filters':>8}{'samples':>9}{'rows':>11}{'expl.var':>9}{'sec':>7}"
+            header = (
+                f"  {'layer':<24}{'kind':<10}{'filters':>8}{'samples':>9}{'rows':>11}"
+                f"{'expl.var':>9}{'sec':>7}"
+            )
             lines.append(header)
             for layer in self.layers:
                 lines.append(

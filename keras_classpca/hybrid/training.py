@@ -254,9 +254,13 @@ def fit_top(
     if cache not in ("auto", True, False):
         raise ValueError(f"`cache` must be 'auto', True or False; received {cache!r}.")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
-        raise ValueError("`model` must be compiled before `fit_top` (hybridize, compile, then fit).")
+        raise ValueError(
+            "`model` must be compiled before `fit_top` (hybridize, compile, then fit)."
+        )
     if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
-        raise ValueError(f"`memory_limit` must be a non-negative integer (bytes); received {memory_limit!r}.")
+        raise ValueError(
+            f"`memory_limit` must be a non-negative integer (bytes); received {memory_limit!r}."
+        )
     fit_args = dict(batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
 
     def plain_fit():
@@ -319,13 +323,15 @@ def fit_top(
     compile_like(top, model)
     caches = []
     try:
-        train_cache, labels = _prefix_outputs(prefix, (x, y) if y is not None else x, batch_size,
-                                              memory_limit, cache_dir)
+        train_cache, labels = _prefix_outputs(
+            prefix, (x, y) if y is not None else x, batch_size, memory_limit, cache_dir
+        )
         caches.append(train_cache)
         features = train_cache.array()
         if validation_data is not None:
-            val_cache, val_labels = _prefix_outputs(prefix, validation_data, batch_size,
-                                                    memory_limit, cache_dir)
+            val_cache, val_labels = _prefix_outputs(
+                prefix, validation_data, batch_size, memory_limit, cache_dir
+            )
             caches.append(val_cache)
             validation_data = (val_cache.array(), val_labels)
         if train_cache.spilled and fit_kwargs.get("shuffle", True) is True:

@@ -63,7 +63,8 @@ class ClassPCAInitializer(keras.initializers.Initializer):
     def __init__(self, class_pca=None, *, part="kernel"):
         if class_pca is not None and not isinstance(class_pca, ClassPCA):
             raise TypeError(
-                f"`class_pca` must be a fitted ClassPCA or None; received {type(class_pca).__name__}."
+                "`class_pca` must be a fitted ClassPCA or None; received "
+                f"{type(class_pca).__name__}."
             )
         if part not in PARTS:
             raise ValueError(f"`part` must be one of {PARTS}; received {part!r}.")
@@ -123,8 +124,13 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                     )
                 n_groups = x_batch.shape[-1] if depthwise else groups
                 patches = extract_patches(
-                    x_batch, kernel_size, strides, padding, dilation_rate,
-                    groups=n_groups, rank=x_batch.ndim - 2,
+                    x_batch,
+                    kernel_size,
+                    strides,
+                    padding,
+                    dilation_rate,
+                    groups=n_groups,
+                    rank=x_batch.ndim - 2,
                 )
                 rows = patches.reshape(-1, n_groups, patches.shape[-1])
                 labels = np.repeat(labels, len(rows) // len(x_batch))
@@ -180,8 +186,14 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         from keras_classpca.layers.geometry import depthwise_kernel, iter_group_rows
 
         depthwise = cls.from_data(
-            x, y, kernel_size=kernel_size, strides=strides, padding=padding,
-            dilation_rate=dilation_rate, batch_size=batch_size, depthwise=True,
+            x,
+            y,
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilation_rate,
+            batch_size=batch_size,
+            depthwise=True,
             **class_pca_options,
         )
         solutions = [pca.solve(depth_multiplier) for pca in depthwise._groups]
@@ -196,8 +208,12 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                         f"convolution; received shape {x_batch.shape}."
                     )
                 probe = kinds[x_batch.ndim](
-                    1, kernel_size, strides=strides, padding=padding,
-                    dilation_rate=dilation_rate, depth_multiplier=depth_multiplier,
+                    1,
+                    kernel_size,
+                    strides=strides,
+                    padding=padding,
+                    dilation_rate=dilation_rate,
+                    depth_multiplier=depth_multiplier,
                 )
                 kernel = depthwise_kernel(probe, solutions)
             labels = labels_to_int(y_batch, pointwise.n_classes)
@@ -272,8 +288,10 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         depthwise = shape[-2] == groups and window == self._groups[0].n_features_in_
         per_group = shape[-1] if depthwise else shape[-1] // groups
         features = window if depthwise else window * shape[-2]
-        if len(shape) < 3 or features != self._groups[0].n_features_in_ or (
-            not depthwise and shape[-1] % groups
+        if (
+            len(shape) < 3
+            or features != self._groups[0].n_features_in_
+            or (not depthwise and shape[-1] % groups)
         ):
             raise ValueError(
                 f"Kernel shape {shape} does not fit statistics of {groups} groups over "
