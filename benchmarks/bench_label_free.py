@@ -5,9 +5,10 @@ labelled images only (Adam, 3 epochs, batch 128) and tested on the full test set
 
 - SGD: the benchmark CNN trained end to end;
 - class-based: `hybridize(model, (x_labelled, y_labelled), cutoff=k)`, then the top;
-- label-free: `hybridize(model, x_all, cutoff=k, samples=12000)` on 12,000 of the
-  60,000 images, without their labels (the covariance eigenvectors of each layer's
-  input), then the top.
+- label-free: `hybridize(model, x_all, cutoff=k, samples=12000, sign_pairs=True)` on
+  12,000 of the 60,000 images, without their labels (the covariance eigenvectors of
+  each layer's input, each with its negative: one class gives at most d directions),
+  then the top.
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_label_free [--quick]
 """
@@ -51,9 +52,11 @@ def run_solved(mode, cutoff, seed, x_all, x, y, x_test, y_test, epochs):
     keras.utils.set_random_seed(seed)
     model = build_model("cnn")
     start = time.perf_counter()
-    data = x_all if mode == "label-free" else (x, y)
-    hybridize(model, data, cutoff=cutoff, samples=min(UNLABELLED_SAMPLES, len(x_all)),
-              seed=seed, verbose=0)
+    # One class gives at most d components: conv1's 32 filters over 25-value patches
+    # need the sign pairs (16 directions and their negatives: the Saak transform).
+    options = {"data": x_all, "sign_pairs": True} if mode == "label-free" else {"data": (x, y)}
+    hybridize(model, cutoff=cutoff, samples=min(UNLABELLED_SAMPLES, len(x_all)), seed=seed,
+              verbose=0, **options)
     solve_s = time.perf_counter() - start
     compile_model(model)
     fit_top(model, x, y, epochs=epochs, batch_size=BATCH, verbose=0)

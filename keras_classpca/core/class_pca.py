@@ -875,7 +875,8 @@ class ClassPCA:
         if n_components is not None and n_components > len(classes) * d:
             raise ValueError(
                 f"n_components={n_components} exceeds what {len(classes)} classes x {d} "
-                f"features can give ({len(classes) * d})."
+                f"features can give ({len(classes) * d}): use fewer components, or "
+                "sign_pairs=True (half as many directions, each with its negative)."
             )
         for label, count in zip(classes, self.n_samples_seen_):
             if count == 0:
