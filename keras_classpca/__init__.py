@@ -29,6 +29,7 @@ _EXPORTS = {
     "NormalizedReLU": "keras_classpca.layers.normalized_relu",
     "hybridize": "keras_classpca.hybrid.builder",
     "fit_top": "keras_classpca.hybrid.training",
+    "fit_progressive": "keras_classpca.hybrid.progressive",
     "HybridReport": "keras_classpca.hybrid.report",
     "SolvedLayer": "keras_classpca.hybrid.report",
     "SolveCache": "keras_classpca.hybrid.cache",
