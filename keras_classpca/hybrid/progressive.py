@@ -37,7 +37,7 @@ import time
 import keras
 import numpy as np
 
-from keras_classpca.core.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
 from keras_classpca.core.data_adapter import iter_batches
 from keras_classpca.diagnostics.subspace import leading_subspace, subspace_overlap
 from keras_classpca.hybrid.graph import ensure_built, read_chain
@@ -102,6 +102,12 @@ class SettleOnChange:
             leading filter subspace (rank `min(filters, inputs // 2)`), now vs one
             epoch ago.
         patience: epochs in a row the change must stay below `threshold`.
+        keep_top: the last `keep_top` bottom layers (those right below the model's last
+            layer with weights) are measured but never frozen. Default 1: on the
+            benchmark CNN the layer under the classifier (Dense 128) passes the
+            threshold together with the conv layer below it, but freezing it saves
+            little time (its back-propagation is a small share of a step) and cost
+            about 1 pp of test accuracy (docs/progressive.md).
         samples: size of the probe sample (`"output"`), drawn once from the training
             data (the first `samples` of a dataset, a fixed random subset of arrays).
         probe: the probe inputs themselves, instead of drawing them from the data.
@@ -114,6 +120,7 @@ class SettleOnChange:
         *,
         measure="output",
         patience=1,
+        keep_top=1,
         samples=DEFAULT_PROBE_SAMPLES,
         probe=None,
         seed=0,
@@ -130,11 +137,14 @@ class SettleOnChange:
             raise ValueError(f"`threshold` must be a number in (0, 1); received {threshold!r}.")
         if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
             raise ValueError(f"`patience` must be a positive integer; received {patience!r}.")
+        if isinstance(keep_top, bool) or not isinstance(keep_top, numbers.Integral) or keep_top < 0:
+            raise ValueError(f"`keep_top` must be a non-negative integer; received {keep_top!r}.")
         if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 2:
             raise ValueError(f"`samples` must be an integer >= 2; received {samples!r}.")
         self.threshold = float(threshold)
         self.measure = measure
         self.patience = int(patience)
+        self.keep_top = int(keep_top)
         self.samples = int(samples)
         self.probe = None if probe is None else np.asarray(probe)
         self.seed = int(seed)
@@ -142,7 +152,7 @@ class SettleOnChange:
     def __repr__(self):
         return (
             f"SettleOnChange(threshold={self.threshold:g}, measure={self.measure!r}, "
-            f"patience={self.patience})"
+            f"patience={self.patience}, keep_top={self.keep_top})"
         )
 
 
@@ -402,13 +412,13 @@ def _snap(model_input, unit, x, labels):
         padded[:, : solved.shape[1]] = solved
         solved = padded
         bias = np.concatenate([bias, np.zeros(current.shape[1] - len(bias))])
-    # Orthogonal Procrustes: the rotation R minimising ||solved R - current||_F,
-    # then the scale that best matches the current kernel's norm.
+    # Orthogonal Procrustes: the rotation R minimising ||solved R - current||_F; then
+    # the current kernel's norm, so the layers above see inputs of the same size.
     u, _, vt = np.linalg.svd(solved.T @ current)
     rotation = u @ vt
     rotated, bias = solved @ rotation, bias @ rotation
-    norm = float(np.sum(rotated * rotated))
-    scale = float(np.sum(rotated * current)) / norm if norm > 0 else 1.0
+    norm = float(np.linalg.norm(rotated))
+    scale = float(np.linalg.norm(current)) / norm if norm > 0 else 1.0
     rotated, bias = scale * rotated, scale * bias
     assign_solution(layer, rotated, bias)
     (after,) = _predict(keras.Model(model_input, unit.output_tensor), x)
@@ -504,16 +514,19 @@ class _Controller(keras.callbacks.Callback):
 
     # measuring
     def _state(self):
+        """`{name: output on the probe or kernel}` of the units still training."""
         if isinstance(self.criterion, FreezeOut):
             return None
+        units = [unit for unit in self.units if not unit.frozen]
         if self.criterion.measure == "subspace":
-            return [_flat_kernel(unit.layer) for unit in self.units]
-        if self._feature_model is None:
-            model_input = self.model.inputs[0]
-            self._feature_model = keras.Model(
-                model_input, [unit.output_tensor for unit in self.units]
-            )
-        return _predict(self._feature_model, self.probe)
+            return {unit.layer.name: _flat_kernel(unit.layer) for unit in units}
+        names = tuple(unit.layer.name for unit in units)
+        if not names:
+            return {}
+        if self._feature_model is None or self._feature_model[0] != names:
+            model = keras.Model(self.model.inputs[0], [unit.output_tensor for unit in units])
+            self._feature_model = (names, model)
+        return dict(zip(names, _predict(self._feature_model[1], self.probe)))
 
     def _change(self, now, before):
         if self.criterion.measure == "subspace":
@@ -543,7 +556,11 @@ class _Controller(keras.callbacks.Callback):
         self.last_epoch = epoch
         self.user_stopped = bool(getattr(self.model, "stop_training", False))
         done = epoch + 1 - self.first_epoch  # epochs trained in this call
-        state = self._state()
+        with _one_blas_thread():  # NumPy beside a training framework: one thread is faster
+            state = self._state()
+            changes = {
+                name: self._change(value, self.previous[name]) for name, value in state.items()
+            } if state is not None else None
         frozen_below = True
         for i, unit in enumerate(self.units):
             name = unit.layer.name
@@ -554,9 +571,11 @@ class _Controller(keras.callbacks.Callback):
                 change = None
                 settled = self.schedule[i] is not None and done >= self.schedule[i]
             else:
-                change = self._change(state[i], self.previous[i])
+                change = changes[name]
                 self.below[name] = self.below[name] + 1 if change < self.criterion.threshold else 0
-                settled = self.below[name] >= self.criterion.patience
+                settled = self.below[name] >= self.criterion.patience and (
+                    i < len(self.units) - self.criterion.keep_top
+                )
             self.report.changes[name].append(change)
             if frozen_below and settled:
                 self.pending.append(unit)
@@ -699,7 +718,8 @@ def fit_progressive(model, x=None, y=None, *, epochs, settle="auto", snap=False,
             if snap:
                 if snap_data is None:
                     snap_data = _sample(x, y, SNAP_SAMPLES, 0, need_labels=True)
-                report.snapped[unit.layer.name] = _snap(chain.model_input, unit, *snap_data)
+                with _one_blas_thread():
+                    report.snapped[unit.layer.name] = _snap(chain.model_input, unit, *snap_data)
             unit.freeze()
             report.frozen_at[unit.layer.name] = epoch
         _recompile(model, carry_optimizer(model.optimizer, model.trainable_variables))
