@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_classpca._optional import import_optional
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = (
     "train-labels-idx1-ubyte.gz",
@@ -78,13 +80,8 @@ def load_digits():
     Returns `((x_train, y_train), (x_test, y_test))` with float32 images in [0, 1] of
     shape `(n, 8, 8)` and a fixed, stratified 75/25 split.
     """
-    try:
-        from sklearn.datasets import load_digits as sklearn_load_digits
-    except ImportError as error:  # pragma: no cover - sklearn is a test/extra dependency
-        raise ImportError(
-            "The `digits` data set needs scikit-learn: `pip install scikit-learn`."
-        ) from error
-    bunch = sklearn_load_digits()
+    sklearn_datasets = import_optional("sklearn.datasets", "The `digits` data set")
+    bunch = sklearn_datasets.load_digits()
     images = (bunch.images / 16.0).astype("float32")
     labels = bunch.target.astype("int64")
     rng = np.random.default_rng(0)
@@ -97,8 +94,7 @@ def load_digits():
 
 def load_tfds(name, split=("train", "test"), data_dir=None):
     """A TFDS data set already present locally (`download=False`), as numpy arrays."""
-    import tensorflow_datasets as tfds
-
+    tfds = import_optional("tensorflow_datasets", "`load_tfds`")
     parts = tfds.as_numpy(
         tfds.load(name, split=list(split), as_supervised=True, batch_size=-1,
                   download=False, data_dir=data_dir)

@@ -26,9 +26,11 @@ layers inside `strategy.run` (a solved prefix, as `hybridize(strategy=)` does) n
 import collections
 
 import numpy as np
-import tensorflow as tf
 
+from keras_classpca._optional import import_optional
 from keras_classpca.core.class_pca import ClassPCA, _Moments
+
+tf = import_optional("tensorflow", "keras_classpca.distributed (tf.distribute)")
 
 __all__ = [
     "adapt_with_strategy",

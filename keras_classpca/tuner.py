@@ -14,14 +14,16 @@ import os
 import time
 
 import keras
-import keras_tuner
 import numpy as np
 
+from keras_classpca._optional import import_optional
 from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS
 from keras_classpca.hybrid.builder import CLASS_PCA_OPTIONS, frozen_layer_names, hybridize
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
 from keras_classpca.hybrid.graph import ensure_built, read_chain
 from keras_classpca.hybrid.training import compile_like
+
+keras_tuner = import_optional("keras_tuner", "keras_classpca.tuner (HybridHyperModel)")
 
 CUTOFF = "cutoff"
 # Searched class-PCA options with `search_options=True`; the first value of each is

@@ -14,6 +14,7 @@ not fit in memory. No Keras layer lives here: this module only moves data.
 """
 
 import itertools
+import sys
 
 import numpy as np
 
@@ -38,11 +39,9 @@ def _to_numpy(value, name):
 
 
 def _is_tf_dataset(data):
-    try:
-        import tensorflow as tf
-    except ImportError:  # pragma: no cover - non-TF backends without TF installed
-        return False
-    return isinstance(data, tf.data.Dataset)
+    # A tf.data.Dataset exists only once TensorFlow is imported: don't import it here.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
 
 
 def _is_py_dataset(data):

@@ -24,6 +24,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_classpca.layers.geometry import iter_layers
+
 __all__ = ["AlignmentMonitor", "spectral_frobenius_ratio", "layer_alignment"]
 
 
@@ -82,13 +84,6 @@ def layer_alignment(kernel, next_kernel):
     return float(abs(vt1[0] @ u2[:, 0]))
 
 
-def _iter_layers(model):
-    """All layers of a model in order, descending into nested models."""
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _iter_layers(layer)
-
 
 class AlignmentMonitor(keras.callbacks.Callback):
     """Record rank-one-ness and alignment of Dense layers during training.
@@ -146,7 +141,7 @@ class AlignmentMonitor(keras.callbacks.Callback):
     # -- helpers -----------------------------------------------------------
     def _resolve_layers(self):
         model = self.model
-        dense = [l for l in _iter_layers(model) if isinstance(l, keras.layers.Dense)]
+        dense = [l for l in iter_layers(model) if isinstance(l, keras.layers.Dense)]
         if self.layer_spec is None:
             chosen = dense
         else:

@@ -7,15 +7,14 @@ nothing depends on — or changes — the global pyplot state or the interactive
 
 import numpy as np
 
+from keras_classpca._optional import import_optional
+
 __all__ = ["plot_timescales", "plot_filter_grid", "plot_cutoff_sweep", "match_filters"]
 
 
 def _figure(width, height, layout="constrained"):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as error:  # pragma: no cover - optional dependency
-        raise ImportError("Plots need matplotlib: `pip install keras-classpca[plots]`.") from error
-    return Figure(figsize=(width, height), layout=layout)
+    figure_module = import_optional("matplotlib.figure", "Plotting")
+    return figure_module.Figure(figsize=(width, height), layout=layout)
 
 
 def _save(figure, path, dpi):

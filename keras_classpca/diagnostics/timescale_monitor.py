@@ -40,7 +40,7 @@ import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.diagnostics.subspace import chance_overlap, leading_subspace, subspace_overlap
-from keras_classpca.layers.geometry import iter_rows, output_size, unsolvable_reason
+from keras_classpca.layers.geometry import iter_layers, iter_rows, output_size, unsolvable_reason
 
 __all__ = ["TimescaleMonitor", "settled_epoch"]
 
@@ -69,12 +69,6 @@ def settled_epoch(epochs, changes, threshold=DEFAULT_SETTLE_THRESHOLD):
             settled = None
     return settled
 
-
-def _iter_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _iter_layers(layer)
 
 
 def _json_float(value):
@@ -262,7 +256,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
     def _resolve_layers(self):
         candidates = [
             layer
-            for layer in _iter_layers(self.model)
+            for layer in iter_layers(self.model)
             if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
             and unsolvable_reason(layer) is None
         ]

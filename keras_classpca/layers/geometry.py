@@ -16,6 +16,14 @@ from keras_classpca.core.patches import extract_patches
 MAX_CHUNK_VALUES = 1 << 22
 
 
+def iter_layers(model):
+    """All layers of `model` in order, descending into nested models."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from iter_layers(layer)
+
+
 def unsolvable_reason(layer):
     """None if class-PCA can compute `layer`'s weights, else why not (one sentence)."""
     name = f"{type(layer).__name__} '{layer.name}'"

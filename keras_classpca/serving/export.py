@@ -37,6 +37,8 @@ import tempfile
 
 import numpy as np
 
+from keras_classpca._optional import import_optional
+
 __all__ = [
     "export_for_serving",
     "signature_info",
@@ -58,9 +60,7 @@ _SIGNATURE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _tf():
-    import tensorflow as tf
-
-    return tf
+    return import_optional("tensorflow", "Export for TF Serving")
 
 
 def _check_model(model):
@@ -187,12 +187,20 @@ def _input_name(name, i, n):
     return name
 
 
-def _output_names(model, n_outputs):
-    layers = None
-    try:
-        layers = [t._keras_history.operation for t in model.outputs]
+def _output_layers(model):
+    """The layers producing the model's outputs (public API), or None if unknown."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1:] or None
+    try:  # a functional model names its output layers
+        return [model.get_layer(name) for name in model.output_names]
     except (AttributeError, TypeError, ValueError):
-        layers = None
+        return None
+
+
+def _output_names(model, n_outputs):
+    layers = _output_layers(model)
     if not layers or len(layers) != n_outputs:
         layers = [None] * n_outputs
     names = []
