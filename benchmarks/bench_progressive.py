@@ -47,7 +47,7 @@ from benchmarks._report import (  # noqa: E402
 )
 from keras_classpca.datasets import load_dataset  # noqa: E402
 from keras_classpca.demo import benchmark_cnn  # noqa: E402
-from keras_classpca.hybrid.progressive import fit_progressive  # noqa: E402
+from keras_classpca.hybrid.progressive import SettleOnChange, fit_progressive  # noqa: E402
 
 SECTION = "bench_progressive"
 BATCH = 128
@@ -65,7 +65,19 @@ def subset(x, y, fraction, seed):
     return x[keep], y[keep]
 
 
-def run_one(name, initial_weights, data, test, epochs):
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self.start, 2))
+
+
+def run_one(name, initial_weights, data, test, epochs, criterion=None):
     x, y = data
     model = benchmark_cnn(x.shape[1:], 10)
     model.set_weights(initial_weights)
@@ -73,13 +85,15 @@ def run_one(name, initial_weights, data, test, epochs):
                   metrics=["accuracy"])
     start = time.perf_counter()
     if name == "sgd":
-        history = model.fit(x, y, epochs=epochs, batch_size=BATCH, verbose=0)
+        timer = EpochTimer()
+        history = model.fit(x, y, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=[timer])
         report = None
     else:
-        settle = "freezeout" if name == "freezeout" else "auto"
+        settle = "freezeout" if name == "freezeout" else (criterion or "auto")
         history = fit_progressive(model, x, y, epochs=epochs, settle=settle,
                                   snap=name.endswith("+snap"), batch_size=BATCH, verbose=0)
         report = history.progressive
+        record_criterion = report.criterion
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(*test, batch_size=512, verbose=0)
     record = {
@@ -88,8 +102,11 @@ def run_one(name, initial_weights, data, test, epochs):
         "seconds": seconds,
         "train_loss": float(history.history["loss"][-1]),
     }
-    if report is not None:
+    if report is None:
+        record["epoch_seconds"] = timer.seconds
+    else:
         record.update(
+            criterion=record_criterion,
             frozen_at=report.frozen_at,
             epoch_seconds=[round(s, 2) for s in report.epoch_seconds],
             check_seconds=round(sum(report.check_seconds), 2),
@@ -130,11 +147,17 @@ def summarize(records):
                     100 * (r["test_accuracy"] - freezeout[r["seed"]]["test_accuracy"])
                     for r in paired)
                 vs_fo = f"{time_fo:.2f}× / {acc_fo:+.2f}"
+            late = [
+                sum(r["epoch_seconds"][-3:]) / sum(sgd[r["seed"]]["epoch_seconds"][-3:])
+                for r in runs
+                if r.get("epoch_seconds") and sgd[r["seed"]].get("epoch_seconds")
+            ]
+            late = f"{statistics.median(late):.2f}×" if late else ""
             rows.append([
                 f"{fraction:g}", runs[0]["n_train"], name, len(runs),
                 f"{statistics.median(r['test_accuracy'] for r in runs):.4f}",
                 f"{statistics.median(d_acc):+.2f}", f"{statistics.median(ratio):.2f}×",
-                f"{statistics.median(r['seconds'] for r in runs):.0f}", vs_fo, frozen,
+                f"{statistics.median(r['seconds'] for r in runs):.0f}", late, vs_fo, frozen,
             ])
             if name.startswith("progressive"):
                 met_acc = statistics.median(d_acc) >= -ACCURACY_TARGET_PP
@@ -148,7 +171,7 @@ def summarize(records):
                 )
     table = markdown_table(
         ["fraction", "n_train", "contender", "seeds", "test acc (median)", "Δ acc vs SGD (pp)",
-         "time vs SGD", "seconds", "vs FreezeOut: time / Δ acc (pp)",
+         "time vs SGD", "seconds", "last 3 epochs' time vs SGD", "vs FreezeOut: time / Δ acc (pp)",
          "frozen after epoch (conv1,conv2,dense128; per seed)"],
         rows,
     )
@@ -162,6 +185,8 @@ def write_report(records, args, as_run, paragraph):
     table, headline = summarize(records)
     epochs = sorted({r["epochs"] for r in records})
     seeds = sorted({r["seed"] for r in records})
+    criteria = " / ".join(sorted({r["criterion"] for r in records if "criterion" in r
+                                  and r["contender"] != "freezeout"})) or "'auto'"
     body = "\n".join([
         "## fit_progressive: freeze each layer when it settles (issue 19)",
         "",
@@ -170,8 +195,8 @@ def write_report(records, args, as_run, paragraph):
         "wall time of the whole training call (checks, recompiles, snaps included); "
         "medians over seeds of per-seed differences and ratios against SGD. "
         "`freezeout`: fixed schedule t_i = 0.5 + 0.5·i/(L−1); `progressive`: "
-        "`settle=\"auto\"` (1 − CKA of the layer's output on 256 probe images < 0.002 "
-        "between epochs); `+snap`: `snap=True`. `–` = trained to the end.",
+        f"`settle={criteria}`; `+snap`: the same with `snap=True`. "
+        "`–` = trained to the end.",
         "",
         table,
         "",
@@ -196,6 +221,10 @@ def main():
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS),
                         choices=CONTENDERS)
+    parser.add_argument("--measure", choices=("output", "subspace"), default=None,
+                        help="criterion of the progressive contenders (default: settle='auto')")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="threshold of that criterion (default: its default)")
     add_report_options(parser, results=DEFAULT_RESULTS)
     args = parser.parse_args()
     if args.quick:
@@ -206,6 +235,9 @@ def main():
     if args.report_only:
         write_report(load_records(args.results), args, as_run, paragraph)
         return
+    criterion = None
+    if args.measure or args.threshold:
+        criterion = SettleOnChange(args.threshold, measure=args.measure or "output")
     (x_train, y_train), test = load_dataset("fashion_mnist")
     done = {(r["seed"], r["fraction"], r["contender"], r["epochs"])
             for r in load_records(args.results)}
@@ -220,7 +252,7 @@ def main():
                 if (seed, fraction, name, args.epochs) in done:
                     continue
                 keras.utils.set_random_seed(seed)
-                record = run_one(name, initial, data, test, args.epochs)
+                record = run_one(name, initial, data, test, args.epochs, criterion)
                 record.update(seed=seed, fraction=fraction, epochs=args.epochs,
                               n_train=len(data[0]), backend=keras.backend.backend())
                 append_record(args.results, record)

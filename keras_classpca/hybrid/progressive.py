@@ -54,8 +54,8 @@ __all__ = [
 
 DEFAULT_THRESHOLDS = {"output": 0.002, "subspace": 0.01}
 DEFAULT_PROBE_SAMPLES = 256
-SNAP_SAMPLES = 2048
-SNAP_PATCHES_PER_IMAGE = 16
+SNAP_SAMPLES = 1024
+SNAP_PATCHES_PER_IMAGE = 4
 
 
 # ---------------------------------------------------------------------- measures
@@ -626,7 +626,7 @@ def fit_progressive(model, x=None, y=None, *, epochs, settle="auto", snap=False,
             `FreezeOut(0.5)`), a `FreezeOut`, or a list of epochs (a fixed schedule:
             bottom layer `i` freezes after epoch `settle[i]` of this call).
         snap: replace each layer, when it freezes, by the class-PCA solution of its
-            current input (2,048 training samples), rotated and scaled onto its current
+            current input (1,024 training samples), rotated and scaled onto its current
             kernel by orthogonal Procrustes.
         **fit_kwargs: everything else `fit` takes (`batch_size`, `validation_data`,
             `callbacks`, `initial_epoch`, `verbose`, ...). Callbacks see one run:
