@@ -12,9 +12,12 @@ rotated per seed) because the machine is shared:
 - `sgd`: `model.fit`;
 - `freezeout`: `fit_progressive(settle="freezeout")` — layer i frozen after a fraction
   t_i = 0.5 + 0.5 i / (L - 1) of the epochs (Brock et al. 2017, linear schedule);
-- `progressive`: `fit_progressive(settle="auto")` — frozen when 1 - CKA of the layer's
-  output on 256 probe images, epoch to epoch, is below 0.002;
-- `progressive+snap`: the same with `snap=True`.
+- `progressive`: `fit_progressive(settle="auto")` — frozen when its leading filter
+  subspace moved by less than 0.01 (1 - overlap) over the last epoch;
+- `progressive+cache`: the same with `cache="auto"`: once nothing more can freeze, the
+  remaining epochs go to `fit_top`, which trains the rest on the frozen prefix's
+  output computed once (if its timing says so);
+- `progressive+snap`: `snap=True` (at `--snap-fractions` only, default 0.2).
 
 Wall time is that of the whole training call (checks, recompiles and snaps included).
 Every run is appended to a JSON-lines file and the docs section is rewritten after
@@ -52,7 +55,7 @@ from keras_classpca.hybrid.progressive import SettleOnChange, fit_progressive  #
 SECTION = "bench_progressive"
 BATCH = 128
 DEFAULT_RESULTS = "/tmp/bench_progressive.jsonl"
-CONTENDERS = ("sgd", "freezeout", "progressive", "progressive+snap")
+CONTENDERS = ("sgd", "freezeout", "progressive", "progressive+cache", "progressive+snap")
 ACCURACY_TARGET_PP = 0.3
 TIME_TARGET = 0.8
 
@@ -91,7 +94,9 @@ def run_one(name, initial_weights, data, test, epochs, criterion=None):
     else:
         settle = "freezeout" if name == "freezeout" else (criterion or "auto")
         history = fit_progressive(model, x, y, epochs=epochs, settle=settle,
-                                  snap=name.endswith("+snap"), batch_size=BATCH, verbose=0)
+                                  snap=name.endswith("+snap"),
+                                  cache="auto" if name.endswith("+cache") else False,
+                                  batch_size=BATCH, verbose=0)
         report = history.progressive
         record_criterion = report.criterion
     seconds = time.perf_counter() - start
@@ -113,6 +118,7 @@ def run_one(name, initial_weights, data, test, epochs, criterion=None):
             changes={k: [None if c is None else round(c, 5) for c in v]
                      for k, v in report.changes.items()},
             snapped=report.snapped,
+            cached=report.cached,
         )
     return record
 
@@ -195,7 +201,9 @@ def write_report(records, args, as_run, paragraph):
         "wall time of the whole training call (checks, recompiles, snaps included); "
         "medians over seeds of per-seed differences and ratios against SGD. "
         "`freezeout`: fixed schedule t_i = 0.5 + 0.5·i/(L−1); `progressive`: "
-        f"`settle={criteria}`; `+snap`: the same with `snap=True`. "
+        f"`settle={criteria}`; `+cache`: the same with `cache=\"auto\"` (the epochs "
+        "after the last possible freeze trained on the frozen prefix's output, computed "
+        "once, by `fit_top`); `+snap`: with `snap=True`. "
         "`–` = trained to the end.",
         "",
         table,
@@ -221,6 +229,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS),
                         choices=CONTENDERS)
+    parser.add_argument("--snap-fractions", type=float, nargs="*", default=[0.2],
+                        help="fractions the progressive+snap contender runs at")
     parser.add_argument("--measure", choices=("output", "subspace"), default=None,
                         help="criterion of the progressive contenders (default: settle='auto')")
     parser.add_argument("--threshold", type=float, default=None,
@@ -241,12 +251,13 @@ def main():
     (x_train, y_train), test = load_dataset("fashion_mnist")
     done = {(r["seed"], r["fraction"], r["contender"], r["epochs"])
             for r in load_records(args.results)}
-    for seed in args.seeds:
-        for fraction in args.fractions:
+    for fraction in args.fractions:  # all seeds of the small fraction first: a partial
+        for seed in args.seeds:      # run still has complete medians for it
             data = subset(x_train, y_train, fraction, seed)
             keras.utils.set_random_seed(seed)
             initial = benchmark_cnn(x_train.shape[1:], 10).get_weights()
-            order = list(args.contenders)
+            order = [name for name in args.contenders
+                     if not name.endswith("+snap") or fraction in args.snap_fractions]
             shift = seed % len(order)
             for name in order[shift:] + order[:shift]:
                 if (seed, fraction, name, args.epochs) in done:

@@ -309,3 +309,23 @@ def test_bad_model_and_criteria():
     generator = ((x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8))
     with pytest.raises(TypeError, match="one-shot"):
         fit_progressive(_model(), generator, epochs=1, verbose=0)
+
+
+def test_cache_trains_the_rest_on_the_cached_prefix_once_nothing_more_can_freeze():
+    x, y = _data()
+    model = _model()
+    weights = _Weights()
+    history = fit_progressive(
+        model, x, y, epochs=4, settle=[1, 2], cache=True, batch_size=32, verbose=0,
+        callbacks=[weights],
+    )
+    report = history.progressive
+    assert report.cached
+    assert report.frozen_at == {"conv1": 1, "conv2": 2, "hidden": None}
+    assert history.epoch == [0, 1, 2, 3] and len(report.epoch_seconds) == 4
+    assert (weights.begins, weights.ends, len(weights.kernels)) == (1, 1, 4)
+    conv2 = keras.ops.convert_to_numpy(model.get_layer("conv2").kernel)
+    assert np.array_equal(conv2, weights.kernels[1]["conv2"])
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4 * STEPS
+    with pytest.raises(ValueError, match="`cache`"):
+        fit_progressive(_model(), x, y, epochs=1, cache="yes")

@@ -11,12 +11,14 @@ the frozen layers: their weights no longer change, and an epoch costs less.
 When a layer has settled is measured without the optimizer's per-weight step (Adam
 moves every weight by about the learning rate whatever the layer):
 
-* `SettleOnChange(measure="output")` (the default, `settle="auto"`): one minus the
-  linear CKA (Kornblith et al. 2019) between the layer's output on a fixed probe
-  sample now and one epoch ago — invariant to rotations and the scale of the output;
-* `SettleOnChange(measure="subspace")`: one minus the subspace overlap (mean squared
-  cosine of the principal angles) between the layer's leading filter subspace now and
-  one epoch ago;
+* `SettleOnChange(measure="subspace")` (the default, `settle="auto"`, threshold
+  0.01): one minus the subspace overlap (mean squared cosine of the principal angles)
+  between the layer's leading filter subspace now and one epoch ago — the subspace
+  the seeds compare with class-PCA, blind to the filters' scale and to rotations
+  within it;
+* `SettleOnChange(measure="output")` (threshold 0.002): one minus the linear CKA
+  (Kornblith et al. 2019) between the layer's output on a fixed probe sample now and
+  one epoch ago — invariant to rotations and the scale of the output;
 * `FreezeOut(t0)`: the fixed schedule of Brock et al. 2017 (arXiv 1706.04983), layer
   `i` of `L` frozen after a fraction `t_i = t0 + (1 - t0) i / (L - 1)` of the epochs
   (the last layer, `t = 1`, always trains) — a baseline that does not look at the
@@ -41,6 +43,7 @@ from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_
 from keras_classpca.core.data_adapter import iter_batches
 from keras_classpca.diagnostics.subspace import leading_subspace, subspace_overlap
 from keras_classpca.hybrid.graph import ensure_built, read_chain
+from keras_classpca.hybrid.training import fit_top
 from keras_classpca.layers.geometry import assign_solution, iter_rows, output_size
 
 __all__ = [
@@ -95,12 +98,12 @@ class SettleOnChange:
     """A layer has settled when it changed by less than `threshold` over the last epoch.
 
     Args:
-        threshold: largest change per epoch that counts as settled (default 0.002 for
-            `"output"`, 0.01 for `"subspace"`).
-        measure: `"output"`: 1 - linear CKA of the layer's output on a fixed probe
-            sample, now vs one epoch ago; `"subspace"`: 1 - overlap of the layer's
-            leading filter subspace (rank `min(filters, inputs // 2)`), now vs one
-            epoch ago.
+        threshold: largest change per epoch that counts as settled (default 0.01 for
+            `"subspace"`, 0.002 for `"output"`).
+        measure: `"subspace"` (default): 1 - overlap of the layer's leading filter
+            subspace (rank `min(filters, inputs // 2)`), now vs one epoch ago;
+            `"output"`: 1 - linear CKA of the layer's output on a fixed probe sample,
+            now vs one epoch ago.
         patience: epochs in a row the change must stay below `threshold`.
         keep_top: the last `keep_top` bottom layers (those right below the model's last
             layer with weights) are measured but never frozen. Default 1: on the
@@ -118,7 +121,7 @@ class SettleOnChange:
         self,
         threshold=None,
         *,
-        measure="output",
+        measure="subspace",
         patience=1,
         keep_top=1,
         samples=DEFAULT_PROBE_SAMPLES,
@@ -247,6 +250,8 @@ class ProgressiveReport:
         check_seconds: wall time of the settling checks (and snaps) per epoch.
         criterion: the criterion, as text.
         epochs: the epochs trained (`initial_epoch` + 1, ...).
+        cached: whether the last epochs were trained on the cached output of the
+            frozen prefix (`cache=`).
     """
 
     layers: list
@@ -257,6 +262,7 @@ class ProgressiveReport:
     check_seconds: list
     criterion: str
     epochs: list
+    cached: bool = False
 
     def __str__(self):
         lines = [f"fit_progressive ({self.criterion}):"]
@@ -507,6 +513,7 @@ class _Controller(keras.callbacks.Callback):
         self.continuing = False
         self.user_stopped = False
         self.last_epoch = None
+        self.timing_only = False
         self._feature_model = None
         self._epoch_start = None
         if isinstance(criterion, FreezeOut):
@@ -539,11 +546,23 @@ class _Controller(keras.callbacks.Callback):
     def remeasure(self):
         self.previous = self._state()
 
+    def can_freeze_more(self):
+        """Whether a layer still training may yet be frozen by the criterion."""
+        for i, unit in enumerate(self.units):
+            if unit.frozen:
+                continue
+            if isinstance(self.criterion, FreezeOut):
+                if self.schedule[i] is not None:
+                    return True
+            elif i < len(self.units) - self.criterion.keep_top:
+                return True
+        return False
+
     # hooks
     def on_train_begin(self, logs=None):
         self.continuing = False
         self.pending = []
-        if self.previous is None:
+        if self.previous is None and not self.timing_only:
             self.remeasure()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -552,8 +571,13 @@ class _Controller(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.report.epoch_seconds.append(time.perf_counter() - self._epoch_start)
         self.report.epochs.append(epoch + 1)
-        start = time.perf_counter()
         self.last_epoch = epoch
+        if self.timing_only:  # the cached top of `fit_top`: nothing left to measure
+            for unit in self.units:
+                self.report.changes[unit.layer.name].append(None)
+            self.report.check_seconds.append(0.0)
+            return
+        start = time.perf_counter()
         self.user_stopped = bool(getattr(self.model, "stop_training", False))
         done = epoch + 1 - self.first_epoch  # epochs trained in this call
         with _one_blas_thread():  # NumPy beside a training framework: one thread is faster
@@ -601,7 +625,9 @@ def _merge(total, history):
     return total
 
 
-def fit_progressive(model, x=None, y=None, *, epochs, settle="auto", snap=False, **fit_kwargs):
+def fit_progressive(
+    model, x=None, y=None, *, epochs, settle="auto", snap=False, cache=False, **fit_kwargs
+):
     """`model.fit`, freezing each bottom layer at the epoch boundary where it has settled.
 
     Call on a compiled model, as `fit`. At the end of every epoch the bottom layers
@@ -620,14 +646,19 @@ def fit_progressive(model, x=None, y=None, *, epochs, settle="auto", snap=False,
         x, y: training data, as for `fit` (arrays, `tf.data.Dataset`,
             `keras.utils.PyDataset`; a one-shot generator only with a probe given).
         epochs: as in `fit`: the index of the last epoch (with `initial_epoch`).
-        settle: when a layer has settled: `"auto"` (= `SettleOnChange()`: 1 - linear
-            CKA of the layer's output on a probe sample, epoch to epoch, below 0.002),
+        settle: when a layer has settled: `"auto"` (= `SettleOnChange()`: its leading
+            filter subspace moved by less than 0.01 (1 - overlap) over the last epoch),
             a number (that threshold), a `SettleOnChange`, `"freezeout"` (=
             `FreezeOut(0.5)`), a `FreezeOut`, or a list of epochs (a fixed schedule:
             bottom layer `i` freezes after epoch `settle[i]` of this call).
         snap: replace each layer, when it freezes, by the class-PCA solution of its
             current input (1,024 training samples), rotated and scaled onto its current
             kernel by orthogonal Procrustes.
+        cache: once no layer is left that may still freeze (with arrays `x`, `y`):
+            `False` (default) goes on with `fit`; `"auto"` or `True` hands the
+            remaining epochs to `fit_top`, which computes the frozen prefix's output
+            once and trains the rest on it (`"auto"`: if its timing says that is
+            faster). Callbacks then see `fit_top`'s top model, as with `fit_top`.
         **fit_kwargs: everything else `fit` takes (`batch_size`, `validation_data`,
             `callbacks`, `initial_epoch`, `verbose`, ...). Callbacks see one run:
             `on_train_begin` once, `on_train_end` once.
@@ -658,6 +689,9 @@ def fit_progressive(model, x=None, y=None, *, epochs, settle="auto", snap=False,
         raise ValueError(f"`epochs` must be a positive integer; received {epochs!r}.")
     if not isinstance(snap, bool):
         raise TypeError(f"`snap` must be True or False; received {type(snap).__name__}.")
+    if not (cache is True or cache is False or (isinstance(cache, str) and cache == "auto")):
+        raise ValueError(f"`cache` must be False, 'auto' or True; received {cache!r}.")
+    array_data = hasattr(x, "shape") and hasattr(x, "dtype") and y is not None
     initial_epoch = fit_kwargs.pop("initial_epoch", 0)
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) or not (
         0 <= initial_epoch < epochs
@@ -701,6 +735,21 @@ def fit_progressive(model, x=None, y=None, *, epochs, settle="auto", snap=False,
     relay = _Relay(callbacks, controller)
     history, epoch = None, initial_epoch
     while True:
+        if cache is not False and array_data and not controller.can_freeze_more():
+            # Nothing left to freeze: the frozen prefix's output is computed once and
+            # the rest trained on it (`fit_top`), if `cache` says so.
+            controller.timing_only = True
+            arguments = dict(fit_kwargs, batch_size=fit_kwargs.get("batch_size") or 32)
+            if callbacks:
+                arguments["callbacks"] = [relay, controller]
+            else:
+                arguments["callbacks"] = [controller]
+            segment = fit_top(
+                model, x, y, epochs=epochs, initial_epoch=epoch, cache=cache, **arguments
+            )
+            report.cached = bool(segment.cache_used)
+            history = _merge(history, segment)
+            break
         segment = model.fit(
             x,
             y,
