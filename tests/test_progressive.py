@@ -153,7 +153,13 @@ def test_threshold_criterion_freezes_bottom_up_and_a_tiny_threshold_freezes_noth
     x, y = _data()
     model = _model()
     history = fit_progressive(
-        model, x, y, epochs=3, settle=SettleOnChange(0.99, keep_top=0), batch_size=32, verbose=0
+        model,
+        x,
+        y,
+        epochs=3,
+        settle=SettleOnChange(0.99, measure="output", keep_top=0),
+        batch_size=32,
+        verbose=0,
     )
     assert history.progressive.frozen_at == {"conv1": 1, "conv2": 1, "hidden": 1}
     assert all(len(c) == 3 for c in history.progressive.changes.values())
@@ -307,8 +313,10 @@ def test_bad_model_and_criteria():
     with pytest.raises(ValueError, match="`patience`"):
         SettleOnChange(patience=0)
     generator = ((x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8))
-    with pytest.raises(TypeError, match="one-shot"):
-        fit_progressive(_model(), generator, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="one-shot"):  # the output probe needs re-iterable data
+        fit_progressive(
+            _model(), generator, epochs=1, settle=SettleOnChange(measure="output"), verbose=0
+        )
 
 
 def test_cache_trains_the_rest_on_the_cached_prefix_once_nothing_more_can_freeze():
