@@ -44,9 +44,10 @@ test: $(VENV)/.installed $(VENV)/.backends data
 		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -m keras --durations=10; \
 	done
 
+# The main benchmarks (long); each is a module of the `benchmarks` package, run from here.
 bench: $(VENV)/.installed data
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/bench_accumulate.py
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/bench_hybrid.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.bench_accumulate
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.bench_hybrid
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -2,8 +2,8 @@
 
 Per backend and round, one fresh subprocess with `KERAS_BACKEND` set runs the workflow of
 `keras_classpca.demo.run_demo` on Fashion-MNIST (`datasets.load_fashion_mnist()`, scaled
-to float32 in [0, 1], shape (N, 28, 28, 1)) with the benchmark CNN
-(`demo.benchmark_cnn`):
+to float32 in [0, 1], shape (N, 28, 28, 1)) with the benchmark CNN of
+`benchmarks.common`:
 
 - solve: `hybridize(model, (x_solve, y_solve), cutoff=1, verbose=0, seed=round)` on
   `--solve` images (default 6,000, the first of the training subset);
@@ -23,15 +23,16 @@ machine is shared; the report gives the median and [min–max] over rounds. Thre
 counts are left at each library's defaults (TF's, XLA's and PyTorch's own thread
 pools, NumPy's BLAS threads for the solve); nothing is pinned.
 
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_backends.py            # full
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_backends.py --quick    # smoke
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_backends            # full
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_backends --quick    # smoke
     ... --rounds 3 --epochs 3 --train 12000 --solve 6000 --backends tensorflow jax torch
     ... --no-write                                    # print the section, leave the doc
-    ... --report-only --paragraph @notes.txt --as-run "benchmarks/bench_backends.py"
+    ... --report-only --paragraph @notes.txt          # rebuild the section from --results
 
 Every run (or failure, with the tail of its stderr) is written to `--results` (a
-JSON-lines file, fresh per run) and the `bench_backends` section of docs/benchmarks.md
-is rewritten after every round, so a partial run still leaves its numbers.
+JSON-lines file, emptied at the start of a run) and the `bench_backends` section of
+docs/benchmarks.md is rewritten after every round, so a partial run still leaves its
+numbers.
 """
 
 import argparse
@@ -41,26 +42,20 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _report import (  # noqa: E402
+from benchmarks._report import (
+    ROOT,
     add_report_options,
-    append_record,
-    load_records,
+    default_results,
     machine_line,
     markdown_table,
-    report_arguments,
     write_section,
 )
+from benchmarks.common import BATCH, run_benchmark, save_run
 
 SECTION = "bench_backends"
 BACKENDS = ("tensorflow", "jax", "torch")
 LIBRARY_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
-BATCH = 128
-DEFAULT_RESULTS = "/tmp/bench_backends.jsonl"
 
 
 # ---------------------------------------------------------------------- worker
@@ -85,8 +80,8 @@ def worker(args):
     import keras
     import numpy as np
 
+    from benchmarks.common import build_model, compile_model, evaluate, run_sgd
     from keras_classpca.datasets import load_fashion_mnist
-    from keras_classpca.demo import benchmark_cnn
     from keras_classpca.hybrid.builder import hybridize
     from keras_classpca.hybrid.training import fit_top
 
@@ -106,15 +101,8 @@ def worker(args):
     x_test, y_test = prepare(x_test), np.asarray(y_test)
     n_classes = int(max(y_all.max(), y_test.max())) + 1
 
-    def compile_model(model):
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-
-    def evaluate(model):
-        return float(model.evaluate(x_test, y_test, batch_size=512, verbose=0)[1])
-
     keras.utils.set_random_seed(args.seed)
-    model = benchmark_cnn(x_train.shape[1:], n_classes)
+    model = build_model("cnn", x_train.shape[1:], n_classes)
     start = time.perf_counter()
     report = hybridize(model, (x_solve, y_solve), cutoff=1, verbose=0, seed=args.seed,
                        patches_per_image=args.patches_per_image)
@@ -123,15 +111,11 @@ def worker(args):
     compile_model(model)
     history = fit_top(model, x_train, y_train, epochs=args.epochs, batch_size=BATCH, verbose=0)
     top_s = time.perf_counter() - start
-    acc_hybrid = evaluate(model)
+    acc_hybrid = evaluate(model, x_test, y_test, batch_size=512)
 
-    keras.utils.set_random_seed(args.seed)
-    reference = benchmark_cnn(x_train.shape[1:], n_classes)
-    start = time.perf_counter()
-    compile_model(reference)
-    reference.fit(x_train, y_train, epochs=args.epochs, batch_size=BATCH, verbose=0)
-    sgd_s = time.perf_counter() - start
-    acc_sgd = evaluate(reference)
+    sgd = run_sgd("cnn", args.seed, x_train, y_train, x_test, y_test, args.epochs,
+                  eval_batch_size=512)
+    sgd_s, acc_sgd = sgd["fit_s"], sgd["acc"]
 
     print(json.dumps(dict(
         backend=backend,
@@ -158,7 +142,7 @@ def _env(backend):
 
 def run_backend(backend, seed, args):
     """The worker's JSON record, or a record with `error` (stderr tail) if it failed."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", backend,
+    argv = [sys.executable, "-m", f"benchmarks.{SECTION}", "--worker", backend,
             "--seed", str(seed), "--epochs", str(args.epochs), "--train", str(args.train),
             "--solve", str(args.solve)]
     if args.patches_per_image:
@@ -242,12 +226,12 @@ def write_report(records, args_line, paragraph, print_only=False):
     rounds = sorted({r["round"] for r in records})
     table, notes = build_table(records, backends)
     body = "\n".join([
-        "## The hybrid workflow under each Keras backend (`benchmarks/bench_backends.py`)",
+        "## The hybrid workflow under each Keras backend (`bench_backends`)",
         "",
         machine,
         "",
-        f"Run: `{args_line}`; rounds finished: {len(rounds)}. Fashion-MNIST, benchmark CNN "
-        f"(`demo.benchmark_cnn`), cutoff 1 solved from {config.get('solve', '?'):,} images, "
+        f"Command: `{args_line}`; rounds finished: {len(rounds)}. Fashion-MNIST, benchmark CNN, "
+        f"cutoff 1 solved from {config.get('solve', '?'):,} images, "
         f"top (`fit_top`, cache \"auto\") and the SGD reference (plain `model.fit` of a fresh "
         f"identical CNN, end-to-end backprop) trained for {config.get('epochs', '?')} epoch(s) "
         f"on {config.get('train', '?'):,} images, Adam, batch {BATCH}; test accuracy on the "
@@ -279,7 +263,7 @@ def main():
                         help="hybridize's patches_per_image (default: all patches)")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
-    add_report_options(parser, DEFAULT_RESULTS, appends=False)
+    add_report_options(parser, default_results(SECTION), appends=False)
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,32 +274,23 @@ def main():
         args.rounds, args.epochs, args.train, args.solve = 1, 1, 2_000, 1_000
     args.solve = min(args.solve, args.train)
 
-    paragraph, args_line = report_arguments(args, "bench_backends.py")
-    args_line = args_line.strip()
-    if args.report_only:
-        records = load_records(args.results)
-        write_report(records, args_line, paragraph, print_only=args.no_write)
-        return
+    def run(checkpoint):
+        for round_index in range(args.rounds):
+            for backend in args.backends:
+                record = run_backend(backend, round_index, args)
+                save_run(args.results, record, echo=False, round=round_index, seed=round_index,
+                         epochs=args.epochs, train=args.train, solve=args.solve)
+                if "error" in record:
+                    print(f"round {round_index + 1}, {backend} FAILED: {record['error']}",
+                          flush=True)
+                else:
+                    print(f"round {round_index + 1}, {backend}: solve {record['solve_s']:.1f} s, "
+                          f"top fit {record['top_fit_s']:.1f} s, SGD {record['sgd_fit_s']:.1f} s, "
+                          f"ratio {record['ratio']:.2f}, acc {record['acc_hybrid']:.4f} / "
+                          f"{record['acc_sgd']:.4f}", flush=True)
+            checkpoint()
 
-    open(args.results, "w").close()
-    for round_index in range(args.rounds):
-        for backend in args.backends:
-            record = run_backend(backend, round_index, args)
-            record.update(round=round_index, seed=round_index, epochs=args.epochs,
-                          train=args.train, solve=args.solve,
-                          finished=time.strftime("%H:%M:%S"))
-            append_record(args.results, record, echo=False)
-            if "error" in record:
-                print(f"round {round_index + 1}, {backend} FAILED: {record['error']}", flush=True)
-            else:
-                print(f"round {round_index + 1}, {backend}: solve {record['solve_s']:.1f} s, "
-                      f"top fit {record['top_fit_s']:.1f} s, SGD {record['sgd_fit_s']:.1f} s, "
-                      f"ratio {record['ratio']:.2f}, acc {record['acc_hybrid']:.4f} / "
-                      f"{record['acc_sgd']:.4f}", flush=True)
-        if not args.no_write:
-            write_report(load_records(args.results), args_line, paragraph)
-    if args.no_write:
-        write_report(load_records(args.results), args_line, paragraph, print_only=True)
+    run_benchmark(args, SECTION, write_report, run)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ trained with every fixed cutoff k (solve k layers, train the rest) and tested. T
 auto rule is good if the k it picks is the one with the best trained accuracy, or a
 larger k that costs little accuracy (more solved layers = cheaper training).
 
-    python benchmarks/bench_cutoff.py [--quick] [--seeds 2]
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_cutoff [--quick] [--seeds 2]
 
 Writes the `bench_cutoff` section of docs/benchmarks.md.
 """
@@ -17,25 +17,19 @@ import time
 
 import keras
 import numpy as np
-from _report import machine_line, markdown_table, write_section
 
+from benchmarks._report import (
+    add_report_options,
+    machine_line,
+    markdown_table,
+    report_arguments,
+    write_section,
+)
+from benchmarks.common import BATCH, build_model
 from keras_classpca import fit_top, hybridize
 from keras_classpca.datasets import load_dataset
-from keras_classpca.demo import benchmark_cnn
 
-
-def mlp(input_shape, n_classes):
-    return keras.Sequential([
-        keras.Input(input_shape), keras.layers.Flatten(),
-        keras.layers.Dense(256, activation="relu"), keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dense(n_classes, activation="softmax"),
-    ])
-
-
-def build(kind, x, n_classes):
-    if kind == "cnn":
-        return benchmark_cnn(x.shape[1:], n_classes)
-    return mlp(x.shape[1:], n_classes)
+SECTION = "bench_cutoff"
 
 
 def run_case(kind, dataset, fraction, epochs, seed):
@@ -45,18 +39,18 @@ def run_case(kind, dataset, fraction, epochs, seed):
     keep = rng.choice(len(x), int(fraction * len(x)), replace=False)
     x, y = x[keep], y[keep]
     keras.utils.set_random_seed(seed)
-    model = build(kind, x, n_classes)
+    model = build_model(kind, x.shape[1:], n_classes)
     report = hybridize(model, (x, y), cutoff="auto", seed=seed, verbose=0)
     probe = report.evidence["probe_accuracy"]
     n_candidates = len(report.candidates)
     trained = []
     for k in range(n_candidates + 1):
         keras.utils.set_random_seed(seed)
-        model = build(kind, x, n_classes)
+        model = build_model(kind, x.shape[1:], n_classes)
         start = time.perf_counter()
         hybridize(model, (x, y), cutoff=k, seed=seed, verbose=0)
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-        fit_top(model, x, y, epochs=epochs, batch_size=128, verbose=0)
+        fit_top(model, x, y, epochs=epochs, batch_size=BATCH, verbose=0)
         seconds = time.perf_counter() - start
         trained.append((model.evaluate(x_test, y_test, verbose=0)[1], seconds))
     return report.cutoff, probe, trained
@@ -67,7 +61,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="digits only, one seed")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
+    add_report_options(parser)
     args = parser.parse_args()
+    paragraph, command = report_arguments(args, SECTION)
     cases = [("cnn", "digits", 1.0), ("mlp", "digits", 1.0)]
     if not args.quick:
         cases += [("cnn", "fashion_mnist", 0.1), ("mlp", "fashion_mnist", 0.1)]
@@ -92,12 +88,14 @@ def main():
         rows,
     )
     body = (
-        "## Choosing the cutoff: probe vs trained accuracy (`benchmarks/bench_cutoff.py`)\n\n"
-        f"{machine_line()}\n\nMedians over {len(seeds)} seed(s). The probe is a ridge "
-        "classifier on the features after k solved layers (held-out fifth of the solve "
-        "samples); the test accuracy is the model trained with cutoff k.\n\n" + table
+        "## Choosing the cutoff: probe vs trained accuracy (`bench_cutoff`)\n\n"
+        f"{machine_line()}\n\nCommand: `{command}`. Benchmark CNN and MLP, "
+        f"Adam, batch 128; medians over {len(seeds)} seed(s). The probe is a ridge classifier "
+        "on the features after k solved layers (held-out fifth of the solve samples); the "
+        "test accuracy is that of the model trained with cutoff k.\n\n" + table
+        + "\n\n" + paragraph.strip()
     )
-    write_section("bench_cutoff", body)
+    write_section(SECTION, body, print_only=args.no_write)
 
 
 if __name__ == "__main__":

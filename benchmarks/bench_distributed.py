@@ -1,4 +1,4 @@
-"""Issue 9: class statistics on 1 vs 2 local MultiWorkerMirroredStrategy workers.
+"""Class statistics on 1 vs 2 local MultiWorkerMirroredStrategy workers.
 
 Workload: N rows x d features, K classes, generated inside the tf.data pipeline from
 stateless seeds (chunk i is the same on every run and every worker), so no worker
@@ -17,10 +17,11 @@ The local workers share the machine's cores; on a 2-core machine that is busy wi
 other jobs, 2 workers cannot be expected to halve the time. The numbers show the
 overhead of the cluster (start-up excluded, one collective) more than a speed-up.
 
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_distributed.py [--quick] [--write]
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_distributed [--quick] [--write]
 
 `--write` replaces the section between `<!-- bench_distributed:start -->` and
-`<!-- bench_distributed:end -->` in docs/distributed.md.
+`<!-- bench_distributed:end -->` in docs/distributed.md (without it the section is
+printed).
 """
 
 import argparse
@@ -30,9 +31,9 @@ import statistics
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks._report import ROOT, write_section
+
 DOC = ROOT / "docs" / "distributed.md"
 
 WORKER = """
@@ -99,7 +100,8 @@ def _env(**extra):
 def run(n_workers, args, timeout=900):
     # Local workers share the cores: each gets its share of threads (all for 1 process).
     threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
-    argv = [str(v) for v in (args.rows, args.features, args.classes, args.chunk, args.repeats, threads)]
+    argv = [str(v) for v in (args.rows, args.features, args.classes, args.chunk, args.repeats,
+                             threads)]
     code = textwrap.dedent(WORKER)
     if n_workers == 0:
         procs = [subprocess.Popen([sys.executable, "-c", code, *argv, "single"], env=_env(),
@@ -107,7 +109,6 @@ def run(n_workers, args, timeout=900):
     else:
         # Imported only for multi-worker runs: the package loads TensorFlow, which
         # the parent otherwise does not need.
-        sys.path.insert(0, str(ROOT))
         from keras_classpca.distributed import local_tf_configs
 
         procs = []
@@ -125,7 +126,7 @@ def run(n_workers, args, timeout=900):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--classes", type=int, default=10)
@@ -138,8 +139,7 @@ def main():
     if args.quick:
         args.rows, args.features, args.repeats, args.rounds = 20_000, 64, 1, 1
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _report import machine_line
+    from benchmarks._report import machine_line
 
     names = [
         "1 process, default strategy (TF ops)",
@@ -164,9 +164,10 @@ def main():
             else:
                 seconds[names[n + 1]].append(max(r["median"] for r in results))
                 traces[names[n + 1]] = results[0]["trace"]
-        print(f"round {round_index + 1}: " + ", ".join(f"{v[-1]:.2f}" for v in seconds.values()), flush=True)
-    rows = [(name, statistics.median(seconds[name]), min(seconds[name]), max(seconds[name]), traces[name])
-            for name in names]
+        print(f"round {round_index + 1}: "
+              + ", ".join(f"{v[-1]:.2f}" for v in seconds.values()), flush=True)
+    rows = [(name, statistics.median(seconds[name]), min(seconds[name]), max(seconds[name]),
+             traces[name]) for name in names]
     k, d = args.classes, args.features
     payload = 8 * (k * (1 + d + d * d) + 3)
     lines = [
@@ -185,14 +186,7 @@ def main():
     for name, median, low, high, trace in rows:
         lines.append(f"| {name} | {median:.2f} [{low:.2f}–{high:.2f}] | "
                      f"{abs(trace - reference) / abs(reference):.1e} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        doc = DOC.read_text()
-        start, end = "<!-- bench_distributed:start -->", "<!-- bench_distributed:end -->"
-        head, rest = doc.split(start)
-        _, tail = rest.split(end)
-        DOC.write_text(head + start + "\n" + text + "\n" + end + tail)
+    write_section("bench_distributed", "\n".join(lines), print_only=not args.write, doc=DOC)
 
 
 if __name__ == "__main__":

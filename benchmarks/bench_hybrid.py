@@ -1,11 +1,8 @@
-"""Issue 4: the paper's claim on real data — hybrid (class-PCA bottom + trained top)
-vs full SGD on Fashion-MNIST, at 100 %, 10 % and 1 % of the training data.
+"""The paper's claim on real data: hybrid (class-PCA bottom + trained top) vs full SGD
+on Fashion-MNIST, at 100 %, 10 % and 1 % of the training data.
 
-Models (both: Adam, batch 128, `--epochs` epochs, default 3):
-
-- CNN: Conv2D(32,5,relu) - MaxPool - Conv2D(64,5,relu) - MaxPool - Flatten -
-  Dense(128,relu) - Dense(10,softmax)
-- MLP: Flatten - Dense(256,relu) - Dense(128,relu) - Dense(10,softmax)
+Models: the benchmark CNN and MLP of `benchmarks.common` (Adam, batch 128, `--epochs`
+epochs, default 3).
 
 Contenders per model, data fraction and seed: full SGD; hybrid with cutoff 1, 2 and
 "auto". The solve sees at most the data the SGD run gets: `samples=min(6000, n_train)`
@@ -21,94 +18,49 @@ have chosen plus the time of that decision. Cutoff "auto" is run with
 `fit_top(cache="auto")` itself.
 
 Contenders are interleaved within a seed (order rotated per seed) because the machine
-is shared. Every finished run is appended to a JSON-lines file, and the report section
-is rewritten after every seed, so a partial run still leaves its numbers.
+is shared. Every finished run is appended to a JSON-lines file (`--results`), and the
+report section is rewritten after every seed, so a partial run still leaves its numbers.
 
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_hybrid.py            # full
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_hybrid.py --quick    # smoke
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_hybrid            # full
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_hybrid --quick    # smoke
     ... --seeds 0 1 2 --fractions 0.01 0.1 1.0 --models cnn mlp
-    ... --report-only --results /tmp/bench_hybrid.jsonl   # rebuild the doc section
+    ... --report-only --no-write          # print the section rebuilt from --results
 """
 
 import argparse
-import os
-import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import keras
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from _report import (  # noqa: E402
+from benchmarks._report import (
     add_report_options,
-    append_record,
-    load_records,
+    default_results,
     machine_line,
     markdown_table,
-    report_arguments,
+    met,
     write_section,
 )
-
-from keras_classpca.core.data_adapter import iter_batches  # noqa: E402
-from keras_classpca.datasets import load_dataset  # noqa: E402
-from keras_classpca.hybrid.builder import hybridize  # noqa: E402
-from keras_classpca.hybrid.training import fit_top  # noqa: E402
-
-# `keras_classpca.hybrid.training` the attribute is the function; the module is in sys.modules.
-fit_top_module = sys.modules["keras_classpca.hybrid.training"]
+from benchmarks.common import (
+    BATCH,
+    build_model,
+    compile_model,
+    evaluate,
+    fmt,
+    med,
+    rotated,
+    run_benchmark,
+    run_sgd,
+    save_run,
+    subset,
+)
+from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.datasets import load_dataset
+from keras_classpca.hybrid import training as fit_top_module
+from keras_classpca.hybrid.builder import hybridize
+from keras_classpca.hybrid.training import fit_top
 
 SECTION = "bench_hybrid"
-BATCH = 128
 SOLVE_MAX_SAMPLES = 6000
-DEFAULT_RESULTS = "/tmp/bench_hybrid.jsonl"
-
-
-def build(kind):
-    layers = keras.layers
-    if kind == "cnn":
-        body = [
-            layers.Conv2D(32, 5, activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(64, 5, activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Flatten(),
-            layers.Dense(128, activation="relu"),
-        ]
-    else:
-        body = [
-            layers.Flatten(),
-            layers.Dense(256, activation="relu"),
-            layers.Dense(128, activation="relu"),
-        ]
-    return keras.Sequential(
-        [keras.Input((28, 28, 1))] + body + [layers.Dense(10, activation="softmax")]
-    )
-
-
-def compile_model(model):
-    model.compile(
-        optimizer=keras.optimizers.Adam(),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-
-
-def evaluate(model, x_test, y_test):
-    return float(model.evaluate(x_test, y_test, batch_size=1024, verbose=0)[1])
-
-
-def run_sgd(kind, seed, x, y, x_test, y_test, epochs):
-    keras.utils.set_random_seed(seed)
-    model = build(kind)
-    start = time.perf_counter()
-    compile_model(model)
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
-    fit_s = time.perf_counter() - start
-    return dict(contender="sgd", acc=evaluate(model, x_test, y_test), solve_s=0.0,
-                fit_s=fit_s, wall_s=fit_s)
 
 
 def auto_decision(model, x, y, epochs):
@@ -127,7 +79,7 @@ def run_hybrid(kind, cutoff, seed, x, y, x_test, y_test, epochs, solve_samples, 
                options=None, patches_per_image=None):
     options = options or {}
     keras.utils.set_random_seed(seed)
-    model = build(kind)
+    model = build_model(kind)
     start = time.perf_counter()
     report = hybridize(model, (x, y), cutoff=cutoff, samples=solve_samples, verbose=0,
                        seed=seed, patches_per_image=patches_per_image, **options)
@@ -160,7 +112,7 @@ def run_hybrid(kind, cutoff, seed, x, y, x_test, y_test, epochs, solve_samples, 
             twin = model
         else:
             keras.utils.set_random_seed(seed)
-            twin = build(kind)
+            twin = build_model(kind)
             twin.set_weights(weights)
             for i in frozen:
                 twin.layers[i].trainable = False
@@ -173,7 +125,7 @@ def run_hybrid(kind, cutoff, seed, x, y, x_test, y_test, epochs, solve_samples, 
         if decision is None:
             # The rule fit_top(cache="auto") applies, on a fresh compiled twin.
             keras.utils.set_random_seed(seed)
-            probe_model = build(kind)
+            probe_model = build_model(kind)
             probe_model.set_weights(weights)
             for i in frozen:
                 probe_model.layers[i].trainable = False
@@ -196,146 +148,167 @@ def run_hybrid(kind, cutoff, seed, x, y, x_test, y_test, epochs, solve_samples, 
     return record
 
 
-def subset(x, y, fraction, seed):
-    if fraction >= 1.0:
-        return x, y
-    n = int(round(fraction * len(x)))
-    keep = np.sort(np.random.default_rng(1000 + seed).choice(len(x), n, replace=False))
-    return x[keep], y[keep]
-
-
 # ---------------------------------------------------------------------- report
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+CONTENDERS = {"sgd": "SGD", "hybrid c1": "cutoff 1", "hybrid c2": "cutoff 2",
+              "hybrid cauto": "auto"}
 
 
-def fmt(value, spec):
-    return "–" if value is None else format(value, spec)
+def _percent(fraction):
+    return f"{100 * fraction:g} %"
 
 
-def build_report(records, args_line):
-    contenders = ["sgd", "hybrid c1", "hybrid c2", "hybrid cauto"]
-    keys = sorted({(r["model"], r["fraction"]) for r in records},
-                  key=lambda k: (k[0], -k[1]))
-    rows, cache_rows = [], []
-    summary = {}
-    for model, fraction in keys:
+def _on_off(values):
+    return "/".join(sorted({"on" if v else "off" for v in values}))
+
+
+def collect(records):
+    """Per (model, fraction, contender): the runs and the paired per-seed Δ acc vs SGD
+    (pp) and time ratio to SGD."""
+    stats = {}
+    for model, fraction in {(r["model"], r["fraction"]) for r in records}:
         group = [r for r in records if r["model"] == model and r["fraction"] == fraction]
         sgd = {r["seed"]: r for r in group if r["contender"] == "sgd"}
-        for name in contenders:
+        for name in CONTENDERS:
             runs = [r for r in group if r["contender"] == name]
             if not runs:
                 continue
-            d_acc = [100 * (r["acc"] - sgd[r["seed"]]["acc"]) for r in runs if r["seed"] in sgd]
-            ratio = [r["wall_s"] / sgd[r["seed"]]["wall_s"] for r in runs if r["seed"] in sgd]
-            extra = ""
+            paired = [r for r in runs if r["seed"] in sgd]
+            stats[(model, fraction, name)] = dict(
+                runs=runs,
+                acc=med([r["acc"] for r in runs]),
+                d_acc=med([100 * (r["acc"] - sgd[r["seed"]]["acc"]) for r in paired]),
+                ratio=med([r["wall_s"] / sgd[r["seed"]]["wall_s"] for r in paired]),
+                wall=med([r["wall_s"] for r in runs]),
+                solve=med([r["solve_s"] for r in runs]),
+            )
+    return stats
+
+
+def result_table(stats, model, n_seeds):
+    rows = []
+    for fraction in sorted({f for m, f, _ in stats if m == model}, reverse=True):
+        for name, label in CONTENDERS.items():
+            s = stats.get((model, fraction, name))
+            if s is None:
+                continue
+            runs = s["runs"]
             if name == "hybrid cauto":
-                used = sorted({r["cutoff_used"] for r in runs})
-                extra = "cutoff " + "/".join(str(u) for u in used)
-            if name != "sgd":
-                choices = [r.get("cache_auto") for r in runs]
-                extra = (extra + "; " if extra else "") + "cache " + "/".join(
-                    sorted({"on" if c else "off" for c in choices}))
-            summary[(model, fraction, name)] = (med(d_acc), med(ratio))
+                used = "/".join(str(c) for c in sorted({r["cutoff_used"] for r in runs}))
+                label += f" (cutoff {used}, cache {_on_off(r.get('cache_auto') for r in runs)})"
+            if len(runs) < n_seeds:
+                label += f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+            hybrid = name != "sgd"
             rows.append([
-                model.upper(), f"{fraction:g}", runs[0]["n_train"],
-                "–" if name == "sgd" else runs[0]["solve_samples"],
-                name.replace("cauto", "auto"), len(runs),
-                fmt(med([r["acc"] for r in runs]), ".4f"),
-                "–" if name == "sgd" else fmt(med(d_acc), "+.2f"),
-                fmt(med([r["wall_s"] for r in runs]), ".1f"),
-                "–" if name == "sgd" else fmt(med([r["solve_s"] for r in runs]), ".1f"),
-                "–" if name == "sgd" else fmt(med(ratio), ".2f") + "×",
-                extra,
+                _percent(fraction), label, fmt(s["acc"], ".4f"),
+                fmt(s["d_acc"], "+.2f") if hybrid else "–",
+                fmt(s["solve"], ".1f") if hybrid else "–",
+                fmt(s["wall"], ".1f"),
+                fmt(s["ratio"], ".2f") + "×" if hybrid else "–",
             ])
-            if name in ("hybrid c1", "hybrid c2"):
-                plain = [r["fit_plain_s"] for r in runs]
-                cached = [r["fit_cache_s"] for r in runs]
-                wins = sum(c < p for c, p in zip(cached, plain))
-                cache_rows.append([
-                    model.upper(), f"{fraction:g}", name.split()[1].replace("c", ""),
-                    fmt(med(plain), ".1f"), fmt(med(cached), ".1f"),
-                    fmt(med([c / p for c, p in zip(cached, plain)]), ".2f") + "×",
-                    f"{wins}/{len(runs)}",
-                    fmt(med([r["cache_predicted_ratio"] for r in runs]), ".2f"),
-                    "/".join(sorted({"on" if r["cache_auto"] else "off" for r in runs})),
-                    fmt(med([100 * (r["acc_cache"] - r["acc_plain"]) for r in runs]), "+.2f"),
-                ])
-    table = markdown_table(
-        ["model", "fraction", "n_train", "solve samples", "contender", "seeds",
-         "test acc (median)", "Δ acc vs SGD (pp)", "wall s (solve+fit)", "solve s",
-         "time vs SGD", "auto chose"],
-        rows,
-    )
-    cache_table = markdown_table(
-        ["model", "fraction", "cutoff", "fit s, cache=False", "fit s, cache=True",
-         "cached / plain", "cache faster (seeds)", "auto's predicted ratio", "auto chose",
-         "Δ acc cached−plain (pp)"],
-        cache_rows,
-    )
-    return table, cache_table, summary
+    return markdown_table(["data", "contender", "test acc", "Δ vs SGD (pp)", "solve s",
+                           "wall s", "time vs SGD"], rows)
 
 
-def target_lines(summary):
-    lines = []
+def cache_table(stats):
+    """Plain vs cached fits of cutoff 1 and 2 (the same solved weights and initial top)."""
+    rows, d_acc = [], []
+    for model, fraction, name in sorted(stats, key=lambda k: (k[0], -k[1], k[2])):
+        if name not in ("hybrid c1", "hybrid c2"):
+            continue
+        runs = stats[(model, fraction, name)]["runs"]
+        plain = [r["fit_plain_s"] for r in runs]
+        cached = [r["fit_cache_s"] for r in runs]
+        d_acc += [100 * (r["acc_cache"] - r["acc_plain"]) for r in runs]
+        rows.append([
+            model.upper(), _percent(fraction), name[-1], fmt(med(plain), ".1f"),
+            fmt(med(cached), ".1f"), fmt(med([c / p for c, p in zip(cached, plain)]), ".2f") + "×",
+            f"{sum(c < p for c, p in zip(cached, plain))}/{len(runs)}",
+            f"{fmt(med([r['cache_predicted_ratio'] for r in runs]), '.2f')} → "
+            f"{_on_off(r['cache_auto'] for r in runs)}",
+        ])
+    table = markdown_table(["model", "data", "cutoff", "plain fit s", "cached fit s",
+                            "cached / plain", "cache faster (seeds)",
+                            "auto: predicted ratio → cache"], rows)
+    same = all(abs(d) < 0.005 for d in d_acc)
+    return table, same, med(d_acc)
+
+
+def targets(stats):
+    """{target key: (measured, status)} for the targets of `benchmarks.targets` this
+    benchmark measures."""
+    out = {}
+
+    def get(model, fraction, name):
+        s = stats.get((model, fraction, name))
+        return s if s and s["d_acc"] is not None else None
+
     for model in ("cnn", "mlp"):
-        s = summary.get((model, 1.0, "hybrid c1"))
-        if s and s[0] is not None:
-            ok_acc, ok_time = s[0] >= -0.3, s[1] <= 0.6
-            lines.append(
-                f"- {model.upper()}, 100 % data, cutoff 1 within 0.3 pp of SGD at ≤ 0.6× its "
-                f"wall time: Δ acc {s[0]:+.2f} pp ({'met' if ok_acc else 'missed by %.2f pp' % (-0.3 - s[0])}), "
-                f"time {s[1]:.2f}× ({'met' if ok_time else 'missed by %.2f×' % (s[1] - 0.6)}) → "
-                f"**{'met' if ok_acc and ok_time else 'missed'}**."
-            )
-        parts = []
-        for name in ("hybrid c1", "hybrid c2", "hybrid cauto"):
-            s = summary.get((model, 0.01, name))
-            if s and s[0] is not None:
-                parts.append(f"{name.replace('hybrid c', 'cutoff ')} {s[0]:+.2f} pp")
-        if parts:
-            better = [p for p in parts if not p.split()[-2].startswith("-")]
-            lines.append(
-                f"- {model.upper()}, 1 % data, hybrid better than SGD: " + ", ".join(parts)
-                + f" → **{'met' if better else 'missed'}**"
-                + (f" ({len(better)}/{len(parts)} cutoffs)." if parts else ".")
-            )
-    return lines
+        s = get(model, 1.0, "hybrid c1")
+        if s:
+            out[f"hybrid_{model}_100_c1"] = (
+                f"{s['d_acc']:+.2f} pp at {s['ratio']:.2f}×",
+                met(s["d_acc"] >= -0.3 and s["ratio"] <= 0.6))
+        small = [(CONTENDERS[name], get(model, 0.01, name))
+                 for name in ("hybrid c1", "hybrid c2", "hybrid cauto")]
+        small = [(label, s) for label, s in small if s]
+        if small:
+            out[f"hybrid_{model}_1"] = (
+                ", ".join(f"{label} {s['d_acc']:+.2f} pp" for label, s in small),
+                met(any(s["d_acc"] > 0 for _, s in small)))
+    full, one = get("mlp", 1.0, "hybrid c1"), get("mlp", 0.01, "hybrid c1")
+    if full and one:
+        out["solved_mlp_c1"] = (f"100 %: {full['d_acc']:+.2f} pp; 1 %: {one['d_acc']:+.2f} pp",
+                                met(full["d_acc"] >= 0 and one["d_acc"] >= 0))
+    c2 = [(f, get("cnn", f, "hybrid c2")) for f in (1.0, 0.1, 0.01)]
+    c2 = [(f, s) for f, s in c2 if s]
+    if c2:  # in every data fraction measured
+        out["solved_cnn_c2"] = (
+            "; ".join(f"{_percent(f)}: {s['d_acc']:+.2f} pp at {s['ratio']:.2f}×" for f, s in c2),
+            met(all(s["d_acc"] >= -0.3 and s["ratio"] <= 0.5 for _, s in c2)))
+    s = get("cnn", 1.0, "hybrid c2")
+    if s and all(r["solve_samples"] == SOLVE_MAX_SAMPLES for r in s["runs"]):
+        out["solve_cnn_two_convs"] = (f"{s['solve']:.1f} s (`hybridize`, cutoff 2)",
+                                      met(s["solve"] <= 3.0))
+    return out
 
 
-def write_report(records, args_line, paragraph, print_only=False):
-    table, cache_table, summary = build_report(records, args_line)
+def write_report(records, command, paragraph, print_only=False):
+    stats = collect(records)
     seeds = sorted({r["seed"] for r in records})
-    body = "\n".join([
-        "## Hybrid vs SGD on Fashion-MNIST (`benchmarks/bench_hybrid.py`)",
+    epochs = "/".join(str(e) for e in sorted({r["epochs"] for r in records}))
+    models = [m for m in ("cnn", "mlp") if any(k[0] == m for k in stats)]
+    cached, same, d_acc = cache_table(stats)
+    sizes = sorted({(r["fraction"], r["n_train"]) for r in records}, reverse=True)
+    body = [
+        "## Hybrid vs SGD on Fashion-MNIST (`bench_hybrid`)",
         "",
         machine_line(),
         "",
-        f"Run: `{args_line}`; seeds finished: {seeds}; "
-        f"{'/'.join(str(e) for e in sorted({r['epochs'] for r in records}))} epochs, Adam, "
-        "batch 128. Medians over seeds; Δ and time ratios "
-        "are medians of per-seed paired values (each seed's SGD run is the reference). "
-        "Test accuracy on the full 10,000-image test set. Wall time = `hybridize` + compile + "
-        "fit (for cutoff 1/2: the fit `cache=\"auto\"` would pick, plus the cost of that "
-        "decision); SGD = compile + fit. Evaluation is not timed. The solve uses "
-        f"`samples=min({SOLVE_MAX_SAMPLES}, n_train)`: 6,000 of the 60,000 images at 100 %, "
-        "all of the subset at 10 % and 1 %.",
+        f"Command: `{command}`. Seeds {', '.join(str(s) for s in seeds)}; {epochs} epochs, "
+        "Adam, batch 128. Medians over seeds; Δ and time ratios are medians of per-seed "
+        "paired values (each seed's SGD run is the reference). Test accuracy on the full "
+        "10,000-image test set. Wall time = `hybridize` + compile + fit (for cutoff 1 and 2: "
+        "the fit `cache=\"auto\"` would pick, plus the cost of that decision); SGD = compile + "
+        "fit; evaluation is not timed. The training subset is drawn per seed ("
+        + ", ".join(f"{n:,} images at {_percent(f)}" for f, n in sizes)
+        + f"); the solve uses `samples=min({SOLVE_MAX_SAMPLES:,}, n_train)`. For `auto`: the "
+        "cutoff it chose and whether `fit_top` cached.",
+    ]
+    for model in models:
+        body += ["", f"**{model.upper()}**", "", result_table(stats, model, len(seeds))]
+    body += [
         "",
-        table,
+        "Training the top on the frozen prefix's output computed once (`fit_top(cache=True)`) "
+        "vs a plain `model.fit` (`cache=False`), same solved weights and initial top; the last "
+        "column is the ratio `cache=\"auto\"` predicted and its choice"
+        + (" (test accuracy identical in every pair):" if same
+           else f" (median Δ test accuracy cached − plain {fmt(d_acc, '+.2f')} pp):"),
         "",
-        "Training the top with the frozen prefix's output cached (`fit_top(cache=True)`) vs a "
-        "plain `model.fit` (`cache=False`), same solved weights and initial top:",
-        "",
-        cache_table,
-        "",
-        "Targets:",
-        "",
-        *target_lines(summary),
+        cached,
         "",
         paragraph.strip(),
-    ])
-    write_section(SECTION, body, print_only=print_only)
+    ]
+    write_section(SECTION, "\n".join(body), print_only=print_only, targets=targets(stats))
 
 
 def main():
@@ -346,39 +319,31 @@ def main():
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
     parser.add_argument("--epochs", type=int, default=3)
-    add_report_options(parser, DEFAULT_RESULTS)
+    add_report_options(parser, default_results(SECTION))
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.fractions, args.epochs = args.seeds[:1], [0.1], 1
-    paragraph, args_line = report_arguments(args, "bench_hybrid.py")
 
-    if args.report_only:
-        write_report(load_records(args.results), args_line, paragraph, print_only=args.no_write)
-        return
+    def run(checkpoint):
+        (x_train, y_train), (x_test, y_test) = load_dataset("fashion_mnist")
+        contenders = ["sgd", 1, 2, "auto"]
+        for seed in args.seeds:
+            for fraction in args.fractions:
+                x, y = subset(x_train, y_train, fraction, seed)
+                solve_samples = min(SOLVE_MAX_SAMPLES, len(x))
+                for model_kind in args.models:
+                    for contender in rotated(contenders, seed):
+                        if contender == "sgd":
+                            record = run_sgd(model_kind, seed, x, y, x_test, y_test, args.epochs)
+                        else:
+                            record = run_hybrid(model_kind, contender, seed, x, y, x_test,
+                                                y_test, args.epochs, solve_samples,
+                                                order_flip=seed % 2 == 1)
+                        save_run(args.results, record, model=model_kind, fraction=fraction,
+                                 seed=seed, n_train=len(x), epochs=args.epochs)
+            checkpoint()
 
-    if args.fresh and os.path.exists(args.results):
-        os.remove(args.results)
-    (x_train, y_train), (x_test, y_test) = load_dataset("fashion_mnist")
-    contenders = ["sgd", 1, 2, "auto"]
-    for seed in args.seeds:
-        for fraction in args.fractions:
-            x, y = subset(x_train, y_train, fraction, seed)
-            solve_samples = min(SOLVE_MAX_SAMPLES, len(x))
-            for model_kind in args.models:
-                shift = seed % len(contenders)
-                order = contenders[shift:] + contenders[:shift]
-                for contender in order:
-                    if contender == "sgd":
-                        record = run_sgd(model_kind, seed, x, y, x_test, y_test, args.epochs)
-                    else:
-                        record = run_hybrid(model_kind, contender, seed, x, y, x_test, y_test,
-                                            args.epochs, solve_samples, order_flip=seed % 2 == 1)
-                    record.update(model=model_kind, fraction=fraction, seed=seed,
-                                  n_train=len(x), epochs=args.epochs,
-                                  finished=time.strftime("%H:%M:%S"))
-                    append_record(args.results, record)
-        if not args.no_write:
-            write_report(load_records(args.results), args_line, paragraph)
+    run_benchmark(args, SECTION, write_report, run)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Issue 4, "making it good": which ClassPCA options give the best solved layers.
+"""Which ClassPCA options give the best solved layers.
 
-The CNN of `bench_hybrid.py` (Conv2D(32,5) - pool - Conv2D(64,5) - pool - Dense(128) -
-Dense(10), Adam, batch 128, 3 epochs) on 10 % of Fashion-MNIST (6,000 training images,
+The benchmark CNN of `benchmarks.common` (Adam, batch 128, 3 epochs) on 10 % of
+Fashion-MNIST (6,000 training images,
 a random subset per seed; the solve uses all of them), cutoff 1 and cutoff 2, for:
 
 - naive: the authors' recipe (center=False, scaling="unit", offset="zero",
@@ -23,45 +23,39 @@ single-threaded, which would swamp the differences between options.
 plus full SGD on the same subset as the reference. The top is trained with
 `fit_top(cache="auto")`. Variants are interleaved (order rotated per seed).
 
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_options.py [--seeds 0 1] [--quick]
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_options [--seeds 0 1] [--quick]
 """
 
 import argparse
 import contextlib
-import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import keras
 
-import keras  # noqa: E402
-from _report import (  # noqa: E402
+from benchmarks._report import (
     add_report_options,
-    append_record,
-    load_records,
+    default_results,
     machine_line,
     markdown_table,
-    report_arguments,
     write_section,
 )
-from bench_hybrid import (  # noqa: E402
+from benchmarks.common import (
     BATCH,
-    build,
+    build_model,
     compile_model,
     evaluate,
     med,
+    rotated,
+    run_benchmark,
     run_sgd,
+    save_run,
     subset,
 )
-
-from keras_classpca.datasets import load_dataset  # noqa: E402
-from keras_classpca.hybrid.builder import hybridize  # noqa: E402
-from keras_classpca.hybrid.training import fit_top  # noqa: E402
+from keras_classpca.datasets import load_dataset
+from keras_classpca.hybrid.builder import hybridize
+from keras_classpca.hybrid.training import fit_top
 
 SECTION = "bench_options"
-DEFAULT_RESULTS = "/tmp/bench_options.jsonl"
 NAIVE = dict(center=False, scaling="unit", offset="zero", dedup_threshold=None)
 VARIANTS = {
     "naive (authors')": (NAIVE, None),
@@ -78,7 +72,7 @@ VARIANTS = {
 def run_variant(name, cutoff, seed, x, y, x_test, y_test, epochs):
     options, patches = VARIANTS[name]
     keras.utils.set_random_seed(seed)
-    model = build("cnn")
+    model = build_model("cnn")
     limit = contextlib.nullcontext()
     if not name.endswith("default BLAS threads"):
         from threadpoolctl import threadpool_limits
@@ -102,48 +96,55 @@ def run_variant(name, cutoff, seed, x, y, x_test, y_test, epochs):
     )
 
 
-def write_report(records, args_line, paragraph, print_only=False):
+def _options(name):
+    options, patches = VARIANTS[name]
+    shown = dict(options, **({"patches_per_image": patches} if patches else {}))
+    return ", ".join(f"{k}={v!r}" for k, v in shown.items())
+
+
+def write_report(records, command, paragraph, print_only=False):
     seeds = sorted({r["seed"] for r in records})
     sgd = {r["seed"]: r for r in records if r["variant"] == "sgd"}
-    rows = []
+    rows, filters = [], {}
     if sgd:
-        rows.append(["SGD (reference)", "–", "–", len(sgd),
-                     f"{med([r['acc'] for r in sgd.values()]):.4f}", "–", "–",
-                     f"{med([r['fit_s'] for r in sgd.values()]):.1f}", "–"])
+        rows.append(["SGD (reference)", "–", f"{med([r['acc'] for r in sgd.values()]):.4f}",
+                     "–", "–", f"{med([r['fit_s'] for r in sgd.values()]):.1f}"])
     for cutoff in (1, 2):
         for name in VARIANTS:
             runs = [r for r in records if r["variant"] == name and r["cutoff"] == cutoff]
             if not runs:
                 continue
-            options, patches = VARIANTS[name]
-            shown = dict(options, **({"patches_per_image": patches} if patches else {}))
+            filters[cutoff] = "/".join(str(f) for f in runs[0]["filters"])
             d_sgd = [100 * (r["acc"] - sgd[r["seed"]]["acc"]) for r in runs if r["seed"] in sgd]
+            label = name if len(runs) == len(seeds) else f"{name} ({len(runs)} seeds)"
             rows.append([
-                name, cutoff, "`" + (", ".join(f"{k}={v!r}" for k, v in shown.items()) or "—") + "`",
-                len(runs), f"{med([r['acc'] for r in runs]):.4f}",
+                label, cutoff, f"{med([r['acc'] for r in runs]):.4f}",
                 f"{med(d_sgd):+.2f}" if d_sgd else "–",
                 f"{med([r['solve_s'] for r in runs]):.1f}",
                 f"{med([r['fit_s'] for r in runs]):.1f}",
-                "/".join(str(f) for f in runs[0]["filters"]),
             ])
-    table = markdown_table(
-        ["variant", "cutoff", "options (beyond defaults)", "seeds", "test acc (median)",
-         "Δ vs SGD (pp)", "solve s", "fit s", "filters"],
-        rows,
-    )
+    shown = [name for name in VARIANTS if any(r["variant"] == name for r in records)]
     body = "\n".join([
-        "## ClassPCA options on the CNN at 10 % data (`benchmarks/bench_options.py`)",
+        "## ClassPCA options on the CNN at 10 % data (`bench_options`)",
         "",
         machine_line(),
         "",
-        f"Run: `{args_line}`; seeds finished: {seeds}. CNN of `bench_hybrid`, 6,000 training "
-        "images (random subset per seed; the solve uses all of them), "
-        f"{'/'.join(str(e) for e in sorted({r['epochs'] for r in records}))} epochs, Adam, batch "
-        "128, top trained with `fit_top(cache=\"auto\")`; solves under one BLAS thread except "
-        "where the variant says otherwise; test accuracy on the full 10,000-"
-        "image test set; medians over seeds. Solve time = `hybridize` wall time.",
+        f"Command: `{command}`. Seeds {', '.join(str(s) for s in seeds)}. Benchmark CNN, "
+        "6,000 training images (a random subset per seed; the solve uses all of them), "
+        f"{'/'.join(str(e) for e in sorted({r['epochs'] for r in records}))} epochs, Adam, "
+        "batch 128, top trained with `fit_top(cache=\"auto\")`; solves under one BLAS thread "
+        "except where the variant says otherwise; test accuracy on the full 10,000-image test "
+        "set; medians over seeds. Solve s = `hybridize` wall time. Filters solved: "
+        + "; ".join(f"{f} at cutoff {c}" for c, f in filters.items()) + ".",
         "",
-        table,
+        "Variants and their options beyond the defaults:",
+        "",
+        markdown_table(["variant", "options"],
+                       [[name, f"`{_options(name)}`" if _options(name) else "—"]
+                        for name in shown]),
+        "",
+        markdown_table(["variant", "cutoff", "test acc", "Δ vs SGD (pp)", "solve s", "fit s"],
+                       rows),
         "",
         paragraph.strip(),
     ])
@@ -157,33 +158,26 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--cutoffs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    add_report_options(parser, DEFAULT_RESULTS)
+    add_report_options(parser, default_results(SECTION))
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], 1
-    paragraph, args_line = report_arguments(args, "bench_options.py")
-    if args.report_only:
-        write_report(load_records(args.results), args_line, paragraph, print_only=args.no_write)
-        return
-    if args.fresh and os.path.exists(args.results):
-        os.remove(args.results)
 
-    (x_train, y_train), (x_test, y_test) = load_dataset("fashion_mnist")
-    jobs = [("sgd", None)] + [(v, c) for c in args.cutoffs for v in args.variants]
-    for seed in args.seeds:
-        x, y = subset(x_train, y_train, 0.1, seed)
-        shift = (seed * 5) % len(jobs)
-        for name, cutoff in jobs[shift:] + jobs[:shift]:
-            if name == "sgd":
-                record = run_sgd("cnn", seed, x, y, x_test, y_test, args.epochs)
-                record.update(variant="sgd", cutoff=None)
-            else:
-                record = run_variant(name, cutoff, seed, x, y, x_test, y_test, args.epochs)
-            record.update(seed=seed, n_train=len(x), epochs=args.epochs,
-                          finished=time.strftime("%H:%M:%S"))
-            append_record(args.results, record)
-        if not args.no_write:
-            write_report(load_records(args.results), args_line, paragraph)
+    def run(checkpoint):
+        (x_train, y_train), (x_test, y_test) = load_dataset("fashion_mnist")
+        jobs = [("sgd", None)] + [(v, c) for c in args.cutoffs for v in args.variants]
+        for seed in args.seeds:
+            x, y = subset(x_train, y_train, 0.1, seed)
+            for name, cutoff in rotated(jobs, seed * 5):
+                if name == "sgd":
+                    record = dict(run_sgd("cnn", seed, x, y, x_test, y_test, args.epochs),
+                                  variant="sgd", cutoff=None)
+                else:
+                    record = run_variant(name, cutoff, seed, x, y, x_test, y_test, args.epochs)
+                save_run(args.results, record, seed=seed, n_train=len(x), epochs=args.epochs)
+            checkpoint()
+
+    run_benchmark(args, SECTION, write_report, run)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Per d, 10 classes with random covariances are fitted once; then `solve()` (all t
 `eigh` calls, cache cleared) is timed with the library's default threads and with one
 thread, alternately, for `--rounds` rounds. Reported: medians and their ratio.
 
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_solve_threads.py [--quick] [--no-write]
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_solve_threads [--quick] [--no-write]
 """
 
 import argparse
@@ -20,25 +20,20 @@ import contextlib
 import multiprocessing
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
-import numpy as np  # noqa: E402
-from _report import (  # noqa: E402
+import keras_classpca.core.class_pca as class_pca_module
+from benchmarks._report import (
     add_report_options,
     machine_line,
     markdown_table,
     report_arguments,
     write_section,
 )
-from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
-
-import keras_classpca.core.class_pca as class_pca_module  # noqa: E402
-from keras_classpca import ClassPCA  # noqa: E402
+from keras_classpca import ClassPCA
 
 SECTION = "bench_solve_threads"
 N_CLASSES = 10
@@ -107,10 +102,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     add_report_options(parser)
     args = parser.parse_args()
-    paragraph, command = report_arguments(args, "bench_solve_threads.py")
+    paragraph, command = report_arguments(args, SECTION)
     dims = (25, 288) if args.quick else (25, 288, 800, 1600)
     rounds = 2 if args.quick else args.rounds
-    blas = [(p["internal_api"], p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"]
+    blas = [(p["internal_api"], p["num_threads"]) for p in threadpool_info()
+            if p["user_api"] == "blas"]
     load = os.getloadavg()[0]
 
     results = {"as found": measure(dims, rounds)}
@@ -124,12 +120,13 @@ def main():
                           f"{default / single:.2f}"))
     limit = class_pca_module.SINGLE_THREAD_EIGH_MAX_DIM
     body = "\n".join([
-        "## ClassPCA eigen-solve: BLAS threads",
+        "## ClassPCA eigen-solve: BLAS threads (`bench_solve_threads`)",
         "",
         machine_line(),
-        f"BLAS: {blas}; load average at start {load:.2f}; {rounds} rounds, medians.",
         "",
-        f"Command: `{command.strip()}`",
+        f"Command: `{command.strip()}`. BLAS: "
+        + ", ".join(f"{api} ({threads} threads)" for api, threads in blas)
+        + f"; load average at the start {load:.2f}; {rounds} rounds, medians.",
         "",
         f"`solve()` of {N_CLASSES} classes (one `eigh` of d x d each), in ms. The library "
         f"uses one thread up to d = {limit}.",

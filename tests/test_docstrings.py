@@ -19,7 +19,11 @@ DOCUMENTED_MODULES = [
     "keras_classpca.layers.class_pca_dense",
     "keras_classpca.layers.class_pca_initializer",
     "keras_classpca.layers.normalized_relu",
-    "keras_classpca.theory",
+    "keras_classpca.theory.conditioning",
+    "keras_classpca.theory.constants",
+    "keras_classpca.theory.layer_spectra",
+    "keras_classpca.theory.quadrature",
+    "keras_classpca.theory.random_matrix",
 ]
 
 

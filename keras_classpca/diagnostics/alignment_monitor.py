@@ -24,6 +24,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_classpca.diagnostics.tensorboard import ScalarWriter
 from keras_classpca.layers.geometry import iter_layers
 
 __all__ = ["AlignmentMonitor", "spectral_frobenius_ratio", "layer_alignment"]
@@ -103,6 +104,12 @@ class AlignmentMonitor(keras.callbacks.Callback):
         log: also add the smallest ratio / alignment to the epoch ``logs``
             (``min_spectral_ratio``, ``min_alignment``) so they appear in
             ``History``.
+        log_dir: also write every record to TensorBoard there, as
+            ``keras.callbacks.TensorBoard`` writes its epoch scalars (run
+            ``<log_dir>/train``, step = epoch index, -1 before training): tags
+            ``alignment/ratio/<layer>`` and ``alignment/alignment/<a>-><b>``.
+            Needs TensorFlow whatever the backend (the ``tensorflow`` extra);
+            without it the constructor raises `ImportError`.
 
     Attributes:
         epochs: list of the recorded epoch indices (-1: before training).
@@ -124,7 +131,7 @@ class AlignmentMonitor(keras.callbacks.Callback):
     (['a', 'b'], ['a->b'], 3)
     """
 
-    def __init__(self, layers=None, every=1, log=False):
+    def __init__(self, layers=None, every=1, log=False, log_dir=None):
         super().__init__()
         if int(every) != every or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}.")
@@ -133,6 +140,8 @@ class AlignmentMonitor(keras.callbacks.Callback):
         self.layer_spec = None if layers is None else list(layers)
         self.every = int(every)
         self.log = bool(log)
+        self.log_dir = log_dir
+        self._tensorboard = None if log_dir is None else ScalarWriter(log_dir)
         self.epochs = []
         self.ratios = {}
         self.alignments = {}
@@ -191,6 +200,10 @@ class AlignmentMonitor(keras.callbacks.Callback):
             self.ratios.setdefault(k, []).append(v)
         for k, v in aligns.items():
             self.alignments.setdefault(k, []).append(v)
+        if self._tensorboard is not None:
+            scalars = {f"alignment/ratio/{k}": v for k, v in ratios.items()}
+            scalars.update({f"alignment/alignment/{k}": v for k, v in aligns.items()})
+            self._tensorboard.write(epoch, scalars)
         return ratios, aligns
 
     # -- callback hooks ----------------------------------------------------
@@ -206,3 +219,7 @@ class AlignmentMonitor(keras.callbacks.Callback):
             logs["min_spectral_ratio"] = min(ratios.values())
             if aligns:
                 logs["min_alignment"] = min(aligns.values())
+
+    def on_train_end(self, logs=None):
+        if self._tensorboard is not None:
+            self._tensorboard.close()

@@ -40,6 +40,7 @@ import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.diagnostics.subspace import chance_overlap, leading_subspace, subspace_overlap
+from keras_classpca.diagnostics.tensorboard import ScalarWriter
 from keras_classpca.layers.geometry import iter_layers, iter_rows, output_size, unsolvable_reason
 
 __all__ = ["TimescaleMonitor", "settled_epoch"]
@@ -101,6 +102,13 @@ class TimescaleMonitor(keras.callbacks.Callback):
             module docstring); must lie in (0, 1].
         seed: seed of the sample and patch selection.
         path: write the history as JSON there at the end of training.
+        log_dir: also write every check to TensorBoard there, as
+            `keras.callbacks.TensorBoard` writes its epoch scalars (run `<log_dir>/train`,
+            step = index of the epoch just finished, -1 for the check before training):
+            tags `timescale/overlap/<layer>`, `timescale/weight_change/<layer>`,
+            `timescale/chance_overlap/<layer>` and, with `noise_ceiling=True`,
+            `timescale/noise_ceiling/<layer>`. Needs TensorFlow whatever the backend (the
+            `tensorflow` extra); without it the constructor raises `ImportError`.
         batch_size: batch size of the monitor's own forward pass.
         blas_threads: BLAS threads for the monitor's eigen-solves (via `threadpoolctl`
             when installed; None leaves them alone). One thread is 10-20x faster than
@@ -148,6 +156,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
         max_rank_fraction=0.5,
         seed=0,
         path=None,
+        log_dir=None,
         batch_size=256,
         blas_threads=1,
         noise_ceiling=False,
@@ -192,6 +201,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
         self.max_rank_fraction = float(max_rank_fraction)
         self.seed = int(seed)
         self.path = path
+        self.log_dir = log_dir
+        self._tensorboard = None if log_dir is None else ScalarWriter(log_dir)
         self.batch_size = int(batch_size)
         self.blas_threads = blas_threads
         self.noise_ceiling = bool(noise_ceiling)
@@ -417,6 +428,14 @@ class TimescaleMonitor(keras.callbacks.Callback):
         history["epochs"].append(int(epoch))
         history["check_seconds"].append(time.perf_counter() - start)
         self._last_epoch = epoch
+        if self._tensorboard is not None:
+            scalars = {}
+            for name, entry in history["layers"].items():
+                for key in ("overlap", "weight_change", "noise_ceiling"):
+                    if key in entry:
+                        scalars[f"timescale/{key}/{name}"] = entry[key][-1]
+                scalars[f"timescale/chance_overlap/{name}"] = entry["chance_overlap"]
+            self._tensorboard.write(epoch - 1, scalars)
         history["settled_epoch"] = {
             name: settled_epoch(history["epochs"], entry["weight_change"], self.settle_threshold)
             for name, entry in history["layers"].items()
@@ -444,6 +463,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
             self._record(done)
 
     def on_train_end(self, logs=None):
+        if self._tensorboard is not None:
+            self._tensorboard.close()
         if self.path is not None:
             self.save(self.path)
 
