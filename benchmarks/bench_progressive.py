@@ -1,4 +1,4 @@
-"""Issue 19: `fit_progressive` (freeze each bottom layer when it settles) against plain
+"""`fit_progressive` (freeze each bottom layer when it settles) against plain
 SGD and a FreezeOut-style fixed schedule, on Fashion-MNIST.
 
 Model: the benchmark CNN (`keras_classpca.demo.benchmark_cnn`: Conv(32,5) - MaxPool -
@@ -203,7 +203,7 @@ def write_report(records, command, paragraph, print_only=False):
         rows,
     )
     body = "\n".join([
-        "## fit_progressive: freeze each layer when it settles (issue 19)",
+        "## fit_progressive: freeze each layer when it settles",
         "",
         f"Benchmark CNN on Fashion-MNIST, Adam 1e-3, batch {BATCH}, {epochs} epoch(s), seeds "
         f"{seeds}; contenders interleaved within a seed (order rotated per seed) from the same "

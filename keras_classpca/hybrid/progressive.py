@@ -351,10 +351,6 @@ def _units(chain):
 
 
 # ---------------------------------------------------------------------- data
-def _is_arrays(x, y):
-    return hasattr(x, "shape") and (y is None or hasattr(y, "shape"))
-
-
 def _sample(x, y, samples, seed, need_labels):
     """Up to `samples` inputs (and int labels) from the training data, as numpy."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
@@ -704,8 +700,8 @@ def fit_progressive(
         callbacks = [callbacks]
     criterion = _resolve_settle(settle)
 
-    if _is_arrays(x, y) and hasattr(x, "shape"):
-        ensure_built(model, np.shape(x)[1:])
+    if hasattr(x, "shape"):
+        ensure_built(model, tuple(x.shape[1:]))
     chain = read_chain(model)
     units = _units(chain)
     report = ProgressiveReport(
