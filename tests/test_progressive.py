@@ -221,6 +221,7 @@ def test_initial_epoch_validation_data_and_tf_data():
     history = fit_progressive(
         model,
         dataset,
+        shuffle=False,
         epochs=4,
         initial_epoch=2,
         settle=[1],
