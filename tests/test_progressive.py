@@ -175,16 +175,31 @@ def test_threshold_criterion_freezes_bottom_up_and_a_tiny_threshold_freezes_noth
     assert len(changes) == 3 and all(c > 0 for c in changes)
 
 
-def test_a_settled_layer_above_a_training_one_is_not_frozen():
+def test_a_settled_layer_above_a_training_one_is_not_frozen(monkeypatch):
+    from keras_classpca.hybrid import progressive
+
+    moving = {"conv1"}  # the layers whose measured change stays large
+
+    def state(self):
+        return {u.layer.name: (1.0 if u.layer.name in moving else 0.0)
+                for u in self.units if not u.frozen}
+
+    monkeypatch.setattr(progressive._Controller, "_state", state)
+    monkeypatch.setattr(progressive._Controller, "_change", lambda self, now, before: now)
     x, y = _data()
+    criterion = SettleOnChange(0.5, keep_top=0)
     model = _model()
-    # Patience 2 keeps everything training after epoch 1; conv1 never settles at a
-    # threshold of 1e-12, so nothing above it may freeze either.
-    criterion = SettleOnChange(1e-12, measure="subspace")
-    history = fit_progressive(model, x, y, epochs=2, settle=criterion, batch_size=32, verbose=0)
-    assert set(history.progressive.frozen_at.values()) == {None}
-    controller_changes = history.progressive.changes
-    assert all(c is not None for c in controller_changes["hidden"])
+    history = fit_progressive(model, x, y, epochs=3, settle=criterion, batch_size=32, verbose=0)
+    # conv2 and hidden count as settled every epoch, but conv1 below them never does.
+    assert history.progressive.frozen_at == {"conv1": None, "conv2": None, "hidden": None}
+    assert history.progressive.changes["conv2"] == [0.0, 0.0, 0.0]
+    assert all(layer.trainable for layer in model.layers)
+
+    moving.clear()
+    moving.add("conv2")  # now conv1 settles; conv2 does not, so hidden must wait
+    model = _model()
+    history = fit_progressive(model, x, y, epochs=3, settle=criterion, batch_size=32, verbose=0)
+    assert history.progressive.frozen_at == {"conv1": 1, "conv2": None, "hidden": None}
 
 
 def test_subspace_measure_and_patience():
