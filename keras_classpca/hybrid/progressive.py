@@ -14,7 +14,7 @@ moves every weight by about the learning rate whatever the layer):
 * `SettleOnChange(measure="subspace")` (the default, `settle="auto"`, threshold
   0.01): one minus the subspace overlap (mean squared cosine of the principal angles)
   between the layer's leading filter subspace now and one epoch ago — the subspace
-  the seeds compare with class-PCA, blind to the filters' scale and to rotations
+  the paper compares with class-PCA, blind to the filters' scale and to rotations
   within it;
 * `SettleOnChange(measure="output")` (threshold 0.002): one minus the linear CKA
   (Kornblith et al. 2019) between the layer's output on a fixed probe sample now and
@@ -25,8 +25,10 @@ moves every weight by about the learning rate whatever the layer):
   layers; a list of epochs fixes the schedule by hand.
 
 `snap=True` replaces a layer, at the moment it freezes, by the class-PCA solution of
-its current input, rotated onto the current filters (orthogonal Procrustes), so the
-layers above see about the features they were trained on.
+its current input, rotated onto the current filters (orthogonal Procrustes) — the
+paper's direct computation at the moment the dynamics say it is valid. `cache=` hands
+the epochs after the last possible freeze to `fit_top`, which runs the frozen prefix
+once instead of every step.
 
 Measured on Fashion-MNIST: docs/progressive.md.
 """
@@ -278,6 +280,8 @@ class ProgressiveReport:
         if self.epoch_seconds:
             times = ", ".join(f"{s:.1f}" for s in self.epoch_seconds)
             lines.append(f"  epoch seconds: {times}")
+        if self.cached:
+            lines.append("  last epochs trained on the cached output of the frozen layers")
         return "\n".join(lines)
 
 
