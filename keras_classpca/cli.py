@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -48,6 +49,7 @@ def _checked(convert, valid, expected):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_seed = _checked(int, lambda v: 0 <= v < 2**32, "an integer in 0..4294967295")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _fraction = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
@@ -136,6 +138,10 @@ def _out_dir(path):
     return path
 
 
+def _first_line(error):
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def _write_json(path, value):
     with open(path, "w") as handle:
         json.dump(value, handle, indent=1)
@@ -168,9 +174,11 @@ def cmd_demo(args):
     except FileNotFoundError as error:
         raise _UsageError(f"--dataset {args.dataset!r}: {error}") from None
     except ValueError as error:
-        if "data set" not in str(error):  # load_dataset's "Unknown or unavailable data set"
-            raise
-        raise _UsageError(f"--dataset {args.dataset!r}: {error}") from None
+        # Everything the demo is given comes from the arguments: an unknown data set,
+        # or a --cutoff beyond what the model for that data set can solve.
+        if "data set" in str(error):  # load_dataset's "Unknown or unavailable data set"
+            raise _UsageError(f"--dataset {args.dataset!r}: {error}") from None
+        raise _UsageError(f"--dataset {args.dataset!r} --cutoff {args.cutoff}: {error}") from None
     return 0
 
 
@@ -451,7 +459,18 @@ def cmd_export(args):
         raise _UsageError(f"{args.model}: no such file (expected a .keras model file)")
     if not args.model.endswith(".keras"):
         raise _UsageError(f"{args.model}: expected a .keras model file")
-    model = keras.saving.load_model(args.model)
+    if not zipfile.is_zipfile(args.model):
+        # (Keras would report such a file as "File not found".)
+        raise _UsageError(
+            f"{args.model}: not a .keras archive (not a zip file; truncated or corrupt?)"
+        )
+    try:
+        model = keras.saving.load_model(args.model)
+    except Exception as error:  # whatever a damaged archive raises: one line, exit 2
+        raise _UsageError(
+            f"{args.model}: cannot load it as a Keras model ({type(error).__name__}: "
+            f"{_first_line(error)})"
+        ) from None
     try:
         path = export_for_serving(
             model, args.base_dir, version=args.version, signature_name=args.signature_name
@@ -486,7 +505,7 @@ def build_parser():
         p.add_argument(
             "--batch-size", type=_positive_int, default=128, help="training batch size (128)"
         )
-        p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+        p.add_argument("--seed", type=_seed, default=0, help="random seed (0)")
         p.add_argument(
             "--verbose",
             type=int,
@@ -654,7 +673,8 @@ def main(argv=None):
     try:
         return args.func(args)
     except _UsageError as error:
-        parser.exit(2, f"{PROG} {args.command}: error: {error}\n")
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        parser.exit(2, f"{PROG} {args.command}: error: {message}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,9 +116,12 @@ def load_dataset(name):
         try:
             (x_train, y_train), (x_test, y_test) = load_tfds(name)
         except Exception as error:
+            # TFDS's own message lists its whole catalogue (hundreds of lines): keep
+            # only its first line.
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             raise ValueError(
                 f"Unknown or unavailable data set {name!r}: use one of {DATASET_NAMES} "
-                f"or the name of a TFDS data set prepared locally ({error})."
+                f"or the name of a TFDS data set prepared locally ({first_line})."
             ) from error
 
     def prepare(images):

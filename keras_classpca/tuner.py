@@ -17,10 +17,15 @@ import keras
 import numpy as np
 
 from keras_classpca._optional import import_optional
-from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS
-from keras_classpca.hybrid.builder import CLASS_PCA_OPTIONS, frozen_layer_names, hybridize
+from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
+from keras_classpca.hybrid.builder import (
+    CLASS_PCA_OPTIONS,
+    check_settings,
+    frozen_layer_names,
+    hybridize,
+)
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
-from keras_classpca.hybrid.graph import ensure_built, read_chain
+from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error, read_chain
 from keras_classpca.hybrid.training import compile_like
 
 keras_tuner = import_optional("keras_tuner", "keras_classpca.tuner (HybridHyperModel)")
@@ -190,6 +195,23 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 )
             if not values:
                 raise ValueError(f"`search_options[{option!r}]` must list at least one value.")
+        # Fixed settings and every searched value are checked now, not in each trial:
+        # a bad one would fail every trial that solves while the search returns normally.
+        settings = {k: v for k, v in hybridize_options.items() if k in HYBRIDIZE_SETTINGS}
+        fixed_options = {k: v for k, v in hybridize_options.items() if k in CLASS_PCA_OPTIONS}
+        normalized = dict(zip(("samples", "batch_size", "patches_per_image"),
+                              check_settings(**settings, **fixed_options)))
+        hybridize_options.update({k: v for k, v in normalized.items() if k in settings})
+        for option, values in space.items():
+            if option in hybridize_options:
+                continue  # fixed: not searched
+            for value in values:
+                try:
+                    ClassPCA(1, **dict(fixed_options, **{option: value}))
+                except (TypeError, ValueError) as error:
+                    raise ValueError(
+                        f"`search_options[{option!r}]` holds an invalid value {value!r}: {error}"
+                    ) from None
         if cache_dir not in ("auto", None) and not isinstance(cache_dir, (str, os.PathLike)):
             raise TypeError(f"`cache_dir` must be 'auto', a path or None; received {cache_dir!r}.")
         self.build_model = build_model
@@ -211,13 +233,15 @@ class HybridHyperModel(keras_tuner.HyperModel):
 
     # ------------------------------------------------------------------ build
     def _solvable_layers(self, model):
+        if not has_layer_graph(model):
+            raise no_graph_error(model, "HybridHyperModel")
         if not model.built or not getattr(model, "inputs", None):
             if not _is_arrays(self.data):
                 raise ValueError(
                     "The model `build_model(hp)` returns is not built: give it a "
                     "`keras.Input(...)`, or pass `max_cutoff`."
                 )
-            ensure_built(model, np.asarray(self.data[0]).shape[1:])
+            ensure_built(model, np.asarray(self.data[0]).shape[1:], what="HybridHyperModel")
         return len(read_chain(model).candidates)
 
     def build(self, hp):

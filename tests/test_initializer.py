@@ -1,6 +1,7 @@
 """`ClassPCAInitializer`: values equal `ClassPCA`, Dense and Conv2D, configs, errors."""
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -122,7 +123,7 @@ def test_from_data_accepts_one_hot_and_options(blobs):
 
 
 # ---------------------------------------------------------------- configs and saving
-def test_config_round_trip_and_restored_zeros(blobs):
+def test_config_round_trip_and_data_free_values(blobs):
     init = ClassPCAInitializer.from_data(*blobs, center=False, scaling="unit", n_classes=3)
     config = init.get_config()
     json.dumps(config)  # JSON-serializable, no arrays
@@ -131,8 +132,11 @@ def test_config_round_trip_and_restored_zeros(blobs):
     assert config["class_pca_params"]["scaling"] == "unit"
     restored = ClassPCAInitializer.from_config(config)
     assert restored.get_config() == config
-    # Rebuilding a saved model: zeros, later overwritten by the weight file.
-    np.testing.assert_array_equal(_np(restored((8, 6))), np.zeros((8, 6)))
+    # Rebuilt outside load_model (no weights to come): glorot_uniform, with a warning,
+    # never an all-zero dead layer; a zero bias, as usual.
+    with pytest.warns(UserWarning, match="no class statistics.*glorot_uniform.*set_weights"):
+        kernel = _np(restored((8, 6)))
+    assert np.all(kernel != 0) and np.max(np.abs(kernel)) <= np.sqrt(6 / 14)
     np.testing.assert_array_equal(_np(restored.bias_initializer()((6,))), np.zeros(6))
     bias_config = init.bias_initializer().get_config()
     assert bias_config["part"] == "bias"
@@ -168,7 +172,9 @@ def test_saved_model_with_initializer_round_trip(tmp_path):
     )
     before = model.predict(x, verbose=0)
     model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the weights come after the rebuild: no warning
+        loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert float(np.max(np.abs(loaded.predict(x, verbose=0) - before))) == 0.0
     assert loaded.get_layer("conv").trainable is False
     np.testing.assert_array_equal(
@@ -179,6 +185,20 @@ def test_saved_model_with_initializer_round_trip(tmp_path):
     np.testing.assert_array_equal(
         _np(loaded.get_layer("conv").kernel), _np(model.get_layer("conv").kernel)
     )
+
+
+def test_clone_model_gives_a_live_layer_with_a_warning(blobs):
+    init = ClassPCAInitializer.from_data(*blobs)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(6, kernel_initializer=init, bias_initializer=init.bias_initializer()),
+        keras.layers.Dense(3),
+    ])
+    with pytest.warns(UserWarning, match="rebuilt from its config"):
+        clone = keras.models.clone_model(model)
+    assert np.count_nonzero(_np(clone.layers[0].kernel)) == 6 * 8  # not a dead layer
+    clone.set_weights(model.get_weights())  # what the warning advises
+    np.testing.assert_array_equal(_np(clone.layers[0].kernel), _np(model.layers[0].kernel))
 
 
 # ---------------------------------------------------------------- errors change nothing

@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.core.data_adapter import as_standard_float, iter_batches
 
 ALLOCATIONS = ("equal", "adaptive")
 SCALINGS = ("standardize", "unit", "whiten")
@@ -337,7 +337,7 @@ class ClassPCA:
 
     # ------------------------------------------------------------------ accumulation
     def _validated_batch(self, x, y, n_features):
-        x = np.asarray(x)
+        x = as_standard_float(x)  # bfloat16 (mixed precision) -> float32
         if x.ndim != 2:
             raise ValueError(
                 f"`x` must be 2-D (n_samples, n_features); received shape {x.shape}. "

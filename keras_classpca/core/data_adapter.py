@@ -25,12 +25,31 @@ def _is_array_like(obj):
     return hasattr(obj, "shape") and hasattr(obj, "dtype")
 
 
+def as_standard_float(array):
+    """`array` with bfloat16/float8 values (`ml_dtypes`, NumPy kind "V") cast to float32.
+
+    NumPy has no arithmetic of its own for these types (what `mixed_bfloat16` layers
+    output); statistics are computed in float32/float64 anyway. Other arrays unchanged.
+    """
+    try:
+        array = np.asarray(array)
+    except TypeError:
+        if not _is_array_like(array):
+            raise
+        import keras  # NumPy cannot take torch's bfloat16 tensors; Keras converts them
+
+        array = keras.ops.convert_to_numpy(array)
+    if array.dtype.kind == "V" and array.dtype.name.startswith(("bfloat", "float")):
+        return array.astype(np.float32)
+    return array
+
+
 def _to_numpy(value, name):
     if isinstance(value, np.ndarray):
-        return value
+        return as_standard_float(value)
     if _is_array_like(value) or isinstance(value, (list, tuple)):
         try:
-            return np.asarray(value)
+            return as_standard_float(value)
         except (TypeError, ValueError) as error:
             raise TypeError(f"`{name}` could not be converted to a numpy array: {error}")
     raise TypeError(
@@ -50,6 +69,18 @@ def _is_py_dataset(data):
     except ImportError:  # pragma: no cover
         return False
     return isinstance(data, PyDataset)
+
+
+def is_infinite(data):
+    """Whether `data` is known never to end: a `tf.data.Dataset` repeated forever.
+
+    (A generator's length cannot be known; one that never ends needs `steps` or
+    `samples` as well.)
+    """
+    if not _is_tf_dataset(data):
+        return False
+    tf = sys.modules["tensorflow"]
+    return int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
 
 
 def _split_element(element, where):

@@ -15,11 +15,18 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
-from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
-from keras_classpca.hybrid.graph import ensure_built, predict_batch, read_chain
+from keras_classpca.hybrid.graph import (
+    ensure_built,
+    has_layer_graph,
+    no_graph_error,
+    predict_batch,
+    read_chain,
+)
 from keras_classpca.hybrid.probe import RidgeProbe, reduce_features
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer
+from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.geometry import assign_solution, iter_rows, output_size
 
 CLASS_PCA_OPTIONS = tuple(
@@ -87,17 +94,91 @@ class _DataPasses:
             )
         self.passes += 1
         source = self.data() if callable(self.data) else self.data
+        if self.samples is None and is_infinite(source):
+            raise infinite_data_error()
         for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
             yield x, labels_to_int(y, self.n_classes)
 
 
 def _check_cutoff(cutoff):
-    if cutoff == "auto":
+    if isinstance(cutoff, str) and cutoff == "auto":
         return
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)) or cutoff < 0:
         raise ValueError(
             f"`cutoff` must be 'auto' or a non-negative integer (layers to solve); received {cutoff!r}."
         )
+
+
+def _positive_int(value, name):
+    """`value` as an int if it is a positive integer (NumPy integers too) or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer or None; received {value!r}.")
+    return int(value)
+
+
+def check_settings(
+    samples=None, batch_size=None, seed=0, patches_per_image=None, verbose=1, **class_pca_options
+):
+    """Validate `hybridize`'s settings and class-PCA options before any work.
+
+    Returns `(samples, batch_size, patches_per_image)` as Python ints (or None).
+    Shared by `hybridize` and `HybridHyperModel`, which checks its fixed settings
+    at construction.
+    """
+    unknown = sorted(set(class_pca_options) - set(CLASS_PCA_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"Unknown option(s) {unknown} for hybridize; ClassPCA options are "
+            f"{list(CLASS_PCA_OPTIONS)}."
+        )
+    ClassPCA(1, **class_pca_options)  # validates option values up front
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
+    if verbose not in (0, 1, 2):  # True and False too
+        raise ValueError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
+    return (
+        _positive_int(samples, "samples"),
+        _positive_int(batch_size, "batch_size"),
+        _positive_int(patches_per_image, "patches_per_image"),
+    )
+
+
+def infinite_data_error():
+    return ValueError(
+        "`data` never ends (a tf.data.Dataset repeated without a count): pass "
+        "`samples=` (how many samples to solve the layers on), or a finite dataset."
+    )
+
+
+def _planned_passes(chain, target, auto):
+    """Passes over the data a solve of `target` layers makes (without cache hits)."""
+    ends = chain.candidates[1:] + [len(chain.layers)]
+
+    def batchnorms(indices):
+        return sum(isinstance(chain.layers[i], keras.layers.BatchNormalization) for i in indices)
+
+    count = batchnorms(range(chain.candidates[0]))
+    for j in range(target):
+        count += 1 + batchnorms(range(chain.candidates[j] + 1, ends[j]))
+    return count + (1 if auto else 0)
+
+
+class _ModelState:
+    """Weights and `trainable` flags of a model's layers, to put back after a failure."""
+
+    def __init__(self, model):
+        self.layers = [(layer, layer.get_weights(), layer.trainable) for layer in model.layers]
+
+    def restore(self):
+        for layer, weights, trainable in self.layers:
+            if weights:
+                layer.set_weights(weights)
+            if layer.trainable != trainable:
+                layer.trainable = trainable
 
 
 def _stream(passes, feature_model, consumers, progress_label, verbose):
@@ -283,6 +364,13 @@ def hybridize(
     with weights; `report.stopped_because` says why it stopped.
 
     Call it before `compile()`: Keras fixes the trainable variables at compile time.
+    A model that was already compiled (or fitted) is compiled again after the freeze,
+    with its own compile arguments and its optimizer (a fresh copy of it if it already
+    holds state for the unfrozen variables; `report.recompiled`), so the solved layers
+    do not go on training.
+
+    Either it completes, or it raises and leaves the model as it was: weights,
+    BatchNormalization statistics and `trainable` flags are put back on any error.
 
     Args:
         model: a built single-input, single-output Keras model (an unbuilt Sequential
@@ -296,6 +384,7 @@ def hybridize(
             held-out accuracy over the features before it (docs/cutoff.md).
         samples: use at most this many training samples (a random subset of arrays;
             the first `samples` of a dataset). The paper: a fraction suffices.
+            Required for a dataset that never ends (`ds.repeat()`).
         freeze: set solved layers (and BatchNormalization between them) to
             `trainable=False`.
         verbose: 1 shows a progress bar per pass over the data.
@@ -333,22 +422,15 @@ def hybridize(
     """
     start = time.perf_counter()
     _check_cutoff(cutoff)
-    unknown = sorted(set(class_pca_options) - set(CLASS_PCA_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"Unknown option(s) {unknown} for hybridize; ClassPCA options are {list(CLASS_PCA_OPTIONS)}."
-        )
-    ClassPCA(1, **class_pca_options)  # validates option values up front
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-        raise ValueError(f"`samples` must be a positive integer or None; received {samples!r}.")
-    if patches_per_image is not None and (
-        isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
-    ):
-        raise ValueError(
-            f"`patches_per_image` must be a positive integer or None; received {patches_per_image!r}."
-        )
+    samples, batch_size, patches_per_image = check_settings(
+        samples, batch_size, seed, patches_per_image, verbose, **class_pca_options
+    )
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    if not has_layer_graph(model):
+        raise no_graph_error(model)
+    if samples is None and is_infinite(data):
+        raise infinite_data_error()
     if strategy is not None:
         from keras_classpca.distributed import require_tensorflow_backend
 
@@ -356,6 +438,24 @@ def hybridize(
         if patches_per_image is not None:
             raise ValueError("`patches_per_image` is not available with a tf.distribute `strategy`.")
 
+    state = _ModelState(model)  # an unbuilt model has no weights yet: flags only
+    try:
+        return _solve_and_freeze(
+            model, data, cutoff, start=start, samples=samples, freeze=freeze, verbose=verbose,
+            batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
+            solve_cache=solve_cache, data_fingerprint=data_fingerprint, strategy=strategy,
+            class_pca_options=class_pca_options,
+        )
+    except BaseException:
+        # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
+        state.restore()
+        raise
+
+
+def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
+                      patches_per_image, solve_cache, data_fingerprint, strategy,
+                      class_pca_options):
+    """`hybridize` after its arguments were checked; may leave the model half-done."""
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
     if not model.built or not getattr(model, "inputs", None):
         first_x, _ = passes.peek()
@@ -376,8 +476,17 @@ def hybridize(
     if cutoff == 0 or not chain.candidates:
         report.seconds = time.perf_counter() - start
         return report
-
     auto = cutoff == "auto"
+    needed = _planned_passes(chain, len(chain.candidates) if auto else cutoff, auto)
+    if passes.one_shot and needed > 1:
+        raise TypeError(
+            f"`data` is a one-shot iterator but hybridize needs {needed} passes over it here "
+            "(one per solved layer and per BatchNormalization to adapt"
+            + (", one for the 'auto' probe" if auto else "")
+            + "): pass arrays, a tf.data.Dataset, a keras PyDataset, or a callable "
+            "returning a fresh generator."
+        )
+
     target = len(chain.candidates) if auto else cutoff
     row_options = {"patches_per_image": patches_per_image}
     probe_accuracy = []
@@ -510,6 +619,18 @@ def hybridize(
         for name in frozen_layer_names(chain, len(report.layers)):
             model.get_layer(name).trainable = False
             report.frozen.append(name)
+    if report.frozen and getattr(model, "compiled", False):
+        # Keras fixes the trainable variables at compile(): a model compiled (or
+        # fitted) before would go on training the "frozen" layers.
+        try:
+            compile_like(model, model)
+        except ValueError:
+            raise ValueError(
+                "`model` was compiled before hybridize but its compile arguments are "
+                "unknown, so it cannot be compiled again to make the freeze hold: call "
+                "hybridize before compile()."
+            ) from None
+        report.recompiled = True
     report.cutoff = len(report.layers)
     if cutoff == "auto":
         report.evidence = {

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
+import zipfile
 
 import numpy as np
 
@@ -81,19 +83,37 @@ class SolveCache:
         """The entry `{"weights": [[array, ...] per layer], "record": dict}` or None."""
         entry = self._memory.get(key)
         if entry is None and self.directory is not None and os.path.exists(self._path(key)):
-            with np.load(self._path(key), allow_pickle=False) as stored:
-                record = json.loads(str(stored["record"]))
-                weights = [
-                    [stored[f"layer{i}_weight{j}"] for j in range(count)]
-                    for i, count in enumerate(record.pop("_weight_counts"))
-                ]
-            entry = {"weights": weights, "record": record}
-            self._memory[key] = entry
+            entry = self._read(self._path(key))
+            if entry is not None:
+                self._memory[key] = entry
         if entry is None:
             self.misses += 1
             return None
         self.hits += 1
         return entry
+
+    @staticmethod
+    def _read(path):
+        """The entry stored at `path`, or None (with a warning) if it cannot be read.
+
+        A damaged file (truncated by a full disk, a killed process, a copy gone wrong)
+        is a miss: the layer is solved again and `put` overwrites the file.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                record = json.loads(str(stored["record"]))
+                weights = [
+                    [stored[f"layer{i}_weight{j}"] for j in range(count)]
+                    for i, count in enumerate(record.pop("_weight_counts"))
+                ]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as error:
+            warnings.warn(
+                f"SolveCache: cannot read {path} ({type(error).__name__}: {error}); treating "
+                "it as a miss: the layer is solved again and the file overwritten.",
+                stacklevel=3,
+            )
+            return None
+        return {"weights": weights, "record": record}
 
     def put(self, key, entry):
         """Store an entry (written atomically when on disk)."""

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras.src.ops.function import make_node_key
 
+from keras_classpca.core.data_adapter import as_standard_float
 from keras_classpca.layers.geometry import unsolvable_reason
 
 # Layers whose training-time behaviour is random: the prefix stops being
@@ -54,10 +55,29 @@ class ModelChain:
         return keras.Model(self.model_input, tensor)
 
 
-def ensure_built(model, sample_shape):
+def has_layer_graph(model):
+    """Whether `model` is Sequential or functional (a subclassed model has no graph)."""
+    return isinstance(model, keras.Sequential) or getattr(model, "inputs", None) is not None
+
+
+def no_graph_error(model, what="hybridize"):
+    """The error for a subclassed model: it has no layer graph to walk."""
+    return ValueError(
+        f"`model` ({type(model).__name__}) is a subclassed keras.Model: it has no layer "
+        f"graph (no `model.inputs`, even after it was called), so {what} cannot see which "
+        "layer feeds which. Either build it functionally (`keras.Input` -> layers -> "
+        "`keras.Model(inputs, outputs)`), or solve its layers one by one: "
+        "`ClassPCAInitializer.from_data(...)` as a layer's kernel initializer, or "
+        "`ClassPCADense`/`ClassPCAConv2D` layers and their `adapt((x, y))`."
+    )
+
+
+def ensure_built(model, sample_shape, what="hybridize"):
     """Build an unbuilt Sequential model for inputs of `sample_shape` (no batch)."""
     if not model.built or not getattr(model, "inputs", None):
         if not isinstance(model, keras.Sequential):
+            if not has_layer_graph(model):
+                raise no_graph_error(model, what)
             raise ValueError(
                 "`model` must be built: give it a `keras.Input` or call it once on data."
             )
@@ -87,6 +107,8 @@ def read_chain(model):
     """Walk `model` from its input; see the module docstring."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    if not has_layer_graph(model):
+        raise no_graph_error(model)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(
             "`hybridize` needs a model with one input and one output; this model has "
@@ -139,4 +161,5 @@ def predict_batch(model, x, pad_to):
     n = len(x)
     if n < pad_to:
         x = np.concatenate([x, np.zeros((pad_to - n,) + x.shape[1:], dtype=x.dtype)])
-    return keras.ops.convert_to_numpy(model.predict_on_batch(x))[:n]
+    # Low-precision outputs (a `mixed_bfloat16` policy) become float32 for the statistics.
+    return as_standard_float(keras.ops.convert_to_numpy(model.predict_on_batch(x)))[:n]

@@ -43,6 +43,8 @@ class HybridReport:
         candidates: names of all layers that could have been solved.
         stopped_because: why the solvable prefix ends where it does.
         frozen: names of the layers set to `trainable=False`.
+        recompiled: the model was compiled before `hybridize`, and was compiled again
+            (its own arguments and optimizer) so that the freeze holds.
         seconds: total wall time.
     """
 
@@ -53,6 +55,7 @@ class HybridReport:
     candidates: list = dataclasses.field(default_factory=list)
     stopped_because: str = None
     frozen: list = dataclasses.field(default_factory=list)
+    recompiled: bool = False
     seconds: float = 0.0
 
     def to_dict(self):
@@ -84,6 +87,8 @@ class HybridReport:
                 lines.append(f"  rule: {self.evidence['rule']}")
         if self.frozen:
             lines.append(f"  frozen: {', '.join(self.frozen)}")
+        if self.recompiled:
+            lines.append("  recompiled with its own compile arguments, so the freeze holds")
         if self.stopped_because:
             lines.append(f"  prefix ends: {self.stopped_because}")
         return "\n".join(lines)

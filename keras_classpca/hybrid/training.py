@@ -15,12 +15,18 @@ Whether that pays depends on how much of the forward pass the prefix is. With
 import os
 import tempfile
 import time
+import warnings
 
 import keras
 import numpy as np
 
-from keras_classpca.core.data_adapter import iter_batches
-from keras_classpca.hybrid.graph import RANDOM_IN_TRAINING, predict_batch, read_chain
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.hybrid.graph import (
+    RANDOM_IN_TRAINING,
+    has_layer_graph,
+    predict_batch,
+    read_chain,
+)
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 TIMING_BATCHES = 3
@@ -33,12 +39,32 @@ TIMING_BATCHES = 3
 CACHE_IF_BELOW = 0.6
 
 
+def _optimizer_for(target, optimizer):
+    """`optimizer` itself, or a fresh copy if it was built for other variables.
+
+    An optimizer is built (slots created) for the trainable variables of its first
+    step; JAX cannot apply it to another set. So the same object is reused while it is
+    unbuilt or built for exactly `target`'s trainable variables (its learning rate,
+    schedule and step count carry over); otherwise a copy from its config starts afresh,
+    as a new `compile(optimizer=...)` would.
+    """
+    if not getattr(optimizer, "built", False):
+        return optimizer
+    built_for = getattr(optimizer, "_trainable_variables", None)
+    if built_for is not None and {id(v) for v in built_for} == {
+        id(v) for v in target.trainable_variables
+    }:
+        return optimizer
+    return keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+
+
 def compile_like(target, model):
-    """Compile `target` with `model`'s compile arguments and the same optimizer object.
+    """Compile `target` with `model`'s compile arguments and its optimizer.
 
     Keras fixes the trainable variables at `compile()`, so a model whose layers were
     frozen after compiling (or a model sharing its layers) is compiled again this way;
-    the same optimizer object keeps its learning rate, schedule and step count.
+    the optimizer object is reused (learning rate, schedule and step count carry over)
+    unless it already holds state for other variables (see `_optimizer_for`).
     """
     if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
         raise ValueError(
@@ -46,8 +72,26 @@ def compile_like(target, model):
             "bottom layers are frozen."
         )
     arguments = dict(model._compile_config.config)
-    arguments["optimizer"] = model.optimizer
+    arguments["optimizer"] = _optimizer_for(target, model.optimizer)
     target.compile(**arguments)
+
+
+def _recompile_if_trainable_changed(model):
+    """Compile `model` again if `trainable` flags changed since its compile().
+
+    Keras fixes the trainable variables at compile time (its own warning about this
+    is never reached in Keras 3.15), so a layer frozen after compile() would train.
+    """
+    compiled_state = getattr(model, "_compiled_trainable_state", None) or {}
+    changed = [layer.name for layer, was in compiled_state.items() if layer.trainable != was]
+    if not changed:
+        return
+    warnings.warn(
+        f"The `trainable` flag of {changed} changed since the model was compiled; fit_top "
+        "compiles it again with the same arguments so that the change takes effect.",
+        stacklevel=3,
+    )
+    compile_like(model, model)
 
 
 def _frozen_prefix_end(chain):
@@ -220,11 +264,24 @@ def fit_top(
         history.cache_used = False
         return history
 
-    point = cache_point(model) if cache is not False else None
+    _recompile_if_trainable_changed(model)
     reason = (
         "the model has no frozen layers with weights at the bottom: hybridize (with "
         "freeze=True) before fit_top."
     )
+    if cache is False:
+        point = None
+    elif not has_layer_graph(model):
+        point = None
+        reason = "the model is subclassed: it has no layer graph to find a frozen prefix in."
+    elif any(is_infinite(d) for d in (x, validation_data)):
+        point = None  # caching would read the data to its end: never
+        reason = (
+            "the data never ends (a repeated dataset): the prefix output cannot be computed "
+            "once; pass `steps_per_epoch` and train with cache=False."
+        )
+    else:
+        point = cache_point(model)
     if point is not None and any(
         isinstance(getattr(d, "element_spec", None), tuple) and len(d.element_spec) == 3
         for d in (x, validation_data)

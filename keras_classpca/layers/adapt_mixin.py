@@ -3,7 +3,7 @@
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA
-from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.layers.geometry import assign_solution, check_input, iter_rows, output_size
 
 CLASS_PCA_DEFAULTS = {
@@ -67,10 +67,16 @@ class ClassPCAAdaptMixin:
                 iterable (e.g. a generator) of `(x, y)` batches. `x` is this layer's
                 input; `y` holds integer labels or one-hot rows.
             batch_size: batch size used when `data` is arrays (default 1024).
-            steps: use at most this many batches.
+            steps: use at most this many batches (required for a dataset that
+                never ends, `ds.repeat()`).
             strategy: a `tf.distribute.Strategy` to spread the statistics pass over
                 (needs `n_classes`; see docs/distributed.md).
         """
+        if steps is None and is_infinite(data):
+            raise ValueError(
+                "`data` never ends (a tf.data.Dataset repeated without a count): pass "
+                "`steps=` (how many batches to adapt on), or a finite dataset."
+            )
         if strategy is not None:
             from keras_classpca.distributed import adapt_with_strategy
 

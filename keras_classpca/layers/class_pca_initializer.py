@@ -1,13 +1,28 @@
 """`ClassPCAInitializer`: a Keras initializer whose values come from `(x, y)` data."""
 
+import warnings
+
 import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
-from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.core.patches import extract_patches
 
 PARTS = ("kernel", "bias")
+
+
+def _loading_saved_model():
+    """Whether Keras is inside `load_model`, which loads the weights after building.
+
+    `keras.saving.load_model` deserializes the model inside an object-sharing scope
+    (`keras/src/saving/saving_lib.py`); `clone_model` and `from_config` do not.
+    """
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # pragma: no cover - another Keras: rather warn once too often
+        return False
+    return global_state.get_global_attribute("shared_objects/id_to_obj_map") is not None
 
 
 @keras.saving.register_keras_serializable(package="keras_classpca")
@@ -20,10 +35,14 @@ class ClassPCAInitializer(keras.initializers.Initializer):
     statistics were gathered on (for Conv2D: `kh*kw*c`-dimensional patches).
     `bias_initializer()` gives the matching bias initializer.
 
-    Only hyperparameters go into `get_config()`. When Keras rebuilds a saved model it
-    calls the initializer without data; a restored initializer then returns zeros,
-    which the saved weights overwrite. A freshly constructed initializer without
-    statistics raises instead, so a forgotten fit never goes unnoticed.
+    Only hyperparameters go into `get_config()`. When Keras rebuilds a saved model
+    (`load_model`) it calls the initializer without data; a restored initializer then
+    returns zeros, which the saved weights overwrite. Rebuilt from its config anywhere
+    else (`keras.models.clone_model`, `from_config`, `model_from_json`), there are no
+    weights to come: the kernel gets `glorot_uniform` values (Keras' default) with a
+    warning, never a dead all-zero layer; the bias gets zeros. A freshly constructed
+    initializer without statistics raises instead, so a forgotten fit never goes
+    unnoticed.
 
     Args:
         class_pca: a fitted `ClassPCA`.
@@ -78,6 +97,11 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             **class_pca_options: `ClassPCA` arguments (`center`, `allocation`, ...).
         """
         class_pca = ClassPCA(**class_pca_options)
+        if is_infinite(x):
+            raise ValueError(
+                "`x` never ends (a tf.data.Dataset repeated without a count): pass a finite "
+                "dataset, e.g. `ds.take(n_batches)`."
+            )
         seen = False
         for x_batch, y_batch in iter_batches(x, y, batch_size=batch_size):
             labels = labels_to_int(y_batch, class_pca.n_classes)
@@ -111,8 +135,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         shape = tuple(int(s) for s in shape)
         if self.class_pca is None or not self.class_pca.is_fitted:
             if self._restored:
-                # Rebuilding a saved model: the weight file overwrites these values.
-                return keras.ops.zeros(shape, dtype=dtype)
+                return self._without_statistics(shape, dtype)
             raise ValueError(
                 "This ClassPCAInitializer has no statistics: build it from a fitted "
                 "ClassPCA (`ClassPCAInitializer(ClassPCA(...).fit(x, y))`) or with "
@@ -136,6 +159,21 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             )
         kernel = self._solve(shape[-1]).kernel.reshape(shape)
         return keras.ops.convert_to_tensor(kernel, dtype=dtype)
+
+    def _without_statistics(self, shape, dtype):
+        """Values of a rebuilt initializer, which has hyperparameters but no data."""
+        if self.part == "bias" or _loading_saved_model():
+            # A zero bias is the usual start; in `load_model` the weight file overwrites all.
+            return keras.ops.zeros(shape, dtype=dtype)
+        warnings.warn(
+            "ClassPCAInitializer rebuilt from its config (keras.models.clone_model, "
+            "from_config, model_from_json) has no class statistics: a config keeps "
+            f"hyperparameters only. The kernel of shape {shape} gets glorot_uniform values "
+            "instead. Copy the solved weights (`clone.set_weights(model.get_weights())`) "
+            "or solve again (`hybridize`, `ClassPCAInitializer.from_data`).",
+            stacklevel=3,
+        )
+        return keras.initializers.GlorotUniform()(shape, dtype=dtype)
 
     def _solve(self, n_components):
         expected = self.class_pca.n_components

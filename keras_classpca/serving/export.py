@@ -34,10 +34,12 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
 from keras_classpca._optional import import_optional
+from keras_classpca.core.data_adapter import as_standard_float
 
 __all__ = [
     "export_for_serving",
@@ -50,6 +52,10 @@ DEFAULT_SIGNATURE = "serving_default"
 EXPORT_BACKENDS = ("tensorflow", "jax")
 SERVE_TAG = "serve"
 _TMP_PREFIX = ".tmp-export-"
+# A temporary export directory nobody holds a lock on and untouched this long was
+# left by a killed export; the next export into the same `base_dir` removes it.
+STALE_TMP_SECONDS = 60
+MAX_VERSION = 2**63 - 1  # TF Serving parses version directories as int64
 # TF Serving (and `tf.saved_model.save`) need signature and tensor keys that are valid
 # identifiers in a SignatureDef: letters, digits, '_', '.', '-', not starting with '-'.
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.\-/]*$")
@@ -88,8 +94,11 @@ def _check_version(version):
             f"received {version!r} of type {type(version).__name__}."
         )
     version = int(version)
-    if version < 0:
-        raise ValueError(f"`version` must be >= 0 (TF Serving versions are int64); got {version}.")
+    if not 0 <= version <= MAX_VERSION:
+        raise ValueError(
+            f"`version` must lie in 0..{MAX_VERSION} (TF Serving versions are int64); "
+            f"got {version}."
+        )
     return version
 
 
@@ -287,15 +296,17 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     `base_dir` is one model's directory, the `--model_base_path` of
     `tensorflow_model_server` (conventionally `<models>/<model_name>`); it is created if
     missing. The version is written to a hidden temporary directory inside `base_dir`
-    and renamed into place, so a crash never leaves a half-written version behind.
+    and renamed into place, so a crash never leaves a half-written version behind; a
+    temporary directory left by a killed export (unlocked, older than a minute) is
+    removed by the next export into the same `base_dir`.
 
     Args:
         model: a built `keras.Model` (Sequential, functional, or subclassed with one
             input tensor).
         base_dir: `str` or path-like, the model's directory.
-        version: non-negative int, or None for one more than the largest existing
-            integer version (1 in an empty directory). An existing version is never
-            overwritten.
+        version: an int in 0..2**63-1 (TF Serving's int64), or None for one more than
+            the largest existing integer version (1 in an empty directory). An existing
+            version is never overwritten.
         signature_name: the SignatureDef key of the endpoint (a Python identifier).
 
     Returns:
@@ -304,7 +315,8 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     Raises:
         TypeError: `model` is not a `keras.Model`; `version`, `signature_name` or
             `base_dir` has the wrong type.
-        ValueError: `model` is not built; `version` < 0; bad `signature_name`; the
+        ValueError: `model` is not built; `version` outside 0..2**63-1; `base_dir` is
+            empty; bad `signature_name`; the
             Keras backend is torch (TensorFlow and JAX export; see docs/backends.md).
         FileExistsError: `base_dir/<version>` already exists, or `base_dir` is a file.
         PermissionError: `base_dir` cannot be created or written to.
@@ -330,6 +342,11 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
         raise TypeError(
             f"`base_dir` must be a str or os.PathLike; received {type(base_dir).__name__}."
         )
+    if not os.fspath(base_dir):
+        raise ValueError(
+            "`base_dir` is empty: give the model's directory (e.g. 'models/digits'); the "
+            "version directory is written inside it."
+        )
     base_dir = os.path.abspath(os.fspath(base_dir))
 
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
@@ -347,17 +364,19 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
         _remove_empty(created, base_dir)
         raise _os_error(base_dir, "create", err) from err
 
-    tmp = None
+    tmp = lock = None
     try:
         if version is None:
             existing = _existing_versions(base_dir)
             version = existing[-1] + 1 if existing else 1
         final = os.path.join(base_dir, str(version))
         _check_free(final, version)
+        _remove_stale_tmp(base_dir)
         try:
             tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base_dir)
         except OSError as err:
             raise _os_error(base_dir, "write a temporary directory in", err) from err
+        lock = _lock(tmp)  # held until the rename: tells other exporters it is alive
         archive.write_out(tmp, verbose=False)
         raced = FileExistsError(
             f"`version` {version} appeared at {final!r} during the export (another "
@@ -377,9 +396,71 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
             shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(created, base_dir)
         raise
+    finally:
+        _unlock(lock)
     # mkdtemp creates 0700; a server running as another user must be able to read it.
     _make_readable(final)
     return final
+
+
+def _lock(path):
+    """An exclusive `flock` on directory `path` (a descriptor), or None where unsupported."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: stale directories go by age only
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a file system that cannot open directories: no lock, no harm
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd):
+    if fd is not None:
+        os.close(fd)  # closing releases the flock
+
+
+def _remove_stale_tmp(base_dir):
+    """Remove `.tmp-export-*` directories left in `base_dir` by killed exports.
+
+    A running export holds a `flock` on its directory (released by the kernel when the
+    process dies, even on SIGKILL); a directory that is unlocked and older than
+    `STALE_TMP_SECONDS` is stale. Without `fcntl` (Windows) age alone decides, after a
+    day. Never raises: cleaning is a courtesy, not part of the export.
+    """
+    try:
+        import fcntl  # noqa: F401
+
+        can_lock, min_age = True, STALE_TMP_SECONDS
+    except ImportError:  # pragma: no cover
+        can_lock, min_age = False, 24 * 3600
+    try:
+        entries = [e for e in os.listdir(base_dir) if e.startswith(_TMP_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        path = os.path.join(base_dir, entry)
+        fd = None
+        try:
+            if os.path.islink(path) or not os.path.isdir(path):
+                continue
+            if time.time() - os.stat(path).st_mtime < min_age:
+                continue
+            if can_lock:
+                fd = _lock(path)
+                if fd is None:
+                    continue  # another export is writing it
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+        finally:
+            _unlock(fd)
 
 
 def _make_readable(path):
@@ -520,7 +601,7 @@ def signature_info(export_path, signature_name=DEFAULT_SIGNATURE):
 
 
 def _json_ready(value, key, dtype):
-    arr = np.asarray(value)
+    arr = as_standard_float(value)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"`x` for input {key!r} must be numeric; received dtype {arr.dtype}.")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
@@ -530,10 +611,27 @@ def _json_ready(value, key, dtype):
     if dtype.startswith("int") or dtype.startswith("uint") or dtype == "bool":
         if arr.dtype.kind == "f" and np.any(arr != np.round(arr)):
             raise ValueError(f"`x` for input {key!r} must hold integers (signature dtype {dtype}).")
+        if dtype != "bool":
+            info = np.iinfo(dtype) if hasattr(np, dtype) else np.iinfo(np.int64)
+            low, high = int(info.min), min(int(info.max), int(np.iinfo(np.int64).max))
+            if arr.size and (arr.min() < low or arr.max() > high):
+                raise ValueError(
+                    f"`x` for input {key!r} holds values outside the range of the "
+                    f"signature's {dtype} ({low}..{high})."
+                )
         return arr.astype(np.int64 if dtype != "bool" else bool)
     # Cast to the signature's float type first so the JSON numbers are exactly the values
     # the server will compute with (float32 -> Python float is exact).
-    return arr.astype(np.dtype(dtype) if dtype in ("float16", "float32", "float64") else np.float64)
+    with np.errstate(over="ignore"):
+        target = np.dtype(dtype) if dtype in ("float16", "float32", "float64") else np.float64
+        cast = arr.astype(target)
+    if not np.all(np.isfinite(cast)):
+        raise ValueError(
+            f"`x` for input {key!r} holds values too large for the signature's {dtype} "
+            f"(largest {np.finfo(cast.dtype).max:g}): they would become infinite, which "
+            "JSON cannot carry."
+        )
+    return cast
 
 
 def predict_request_body(export_path, x, signature_name=DEFAULT_SIGNATURE):
