@@ -205,8 +205,9 @@ def write_report(records, command, paragraph, print_only=False):
     body = "\n".join([
         "## fit_progressive: freeze each layer when it settles",
         "",
-        f"Benchmark CNN on Fashion-MNIST, Adam 1e-3, batch {BATCH}, {epochs} epoch(s), seeds "
-        f"{seeds}; contenders interleaved within a seed (order rotated per seed) from the same "
+        f"Benchmark CNN on Fashion-MNIST, Adam 1e-3, batch {BATCH}, "
+        f"{', '.join(map(str, epochs))} epochs, seeds {', '.join(map(str, seeds))}; "
+        "contenders interleaved within a seed (order rotated per seed) from the same "
         "initial weights; wall time of the whole training call (checks, recompiles, snaps "
         "and caching included); medians over seeds of per-seed differences and ratios. "
         "`freezeout`: fixed schedule t_i = 0.5 + 0.5·i/(L−1) ("
