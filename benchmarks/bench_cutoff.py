@@ -13,7 +13,6 @@ Writes the `bench_cutoff` section of docs/benchmarks.md.
 
 import argparse
 import statistics
-import time
 
 import keras
 import numpy as np
@@ -26,8 +25,9 @@ from benchmarks._report import (
     write_section,
 )
 from benchmarks.common import BATCH, build_model
-from keras_classpca import fit_top, hybridize
+from keras_classpca import hybridize
 from keras_classpca.datasets import load_dataset
+from keras_classpca.experiments import solve_and_train
 
 SECTION = "bench_cutoff"
 
@@ -45,14 +45,9 @@ def run_case(kind, dataset, fraction, epochs, seed):
     n_candidates = len(report.candidates)
     trained = []
     for k in range(n_candidates + 1):
-        keras.utils.set_random_seed(seed)
-        model = build_model(kind, x.shape[1:], n_classes)
-        start = time.perf_counter()
-        hybridize(model, (x, y), cutoff=k, seed=seed, verbose=0)
-        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-        fit_top(model, x, y, epochs=epochs, batch_size=BATCH, verbose=0)
-        seconds = time.perf_counter() - start
-        trained.append((model.evaluate(x_test, y_test, verbose=0)[1], seconds))
+        row = solve_and_train(lambda: build_model(kind, x.shape[1:], n_classes), (x, y),
+                              (x_test, y_test), k, epochs=epochs, batch_size=BATCH, seed=seed)
+        trained.append((row["test_accuracy"], row["total_seconds"]))
     return report.cutoff, probe, trained
 
 

@@ -25,17 +25,17 @@ TARGETS = [
            "MLP, 100 % Fashion-MNIST: cutoff 1 within 0.3 pp of SGD at ≤ 0.6× its wall time"),
     Target("hybrid_mlp_1", "bench_hybrid",
            "MLP, 1 % Fashion-MNIST: a hybrid cutoff better than SGD"),
-    Target("solved_mlp_c1", "bench_hybrid",
+    Target("solved_mlp_c1", "bench_lossless",
            "MLP cutoff 1 ≥ SGD's test accuracy at 100 % and at 1 % of Fashion-MNIST"),
-    Target("solved_cnn_c2", "bench_hybrid",
+    Target("solved_cnn_c2", "bench_lossless",
            "Benchmark CNN: cutoff 2 within 0.3 pp of SGD at ≤ 0.5× its time"),
     Target("solve_cnn_two_convs", "bench_hybrid",
            "Benchmark CNN: both conv layers solved from 6,000 images in ≤ 3 s end to end"),
-    # Solving better layers (not yet benchmarked).
-    Target("solved_digits_mlp", None,
+    # Solving better layers (bench_lossless).
+    Target("solved_digits_mlp", "bench_lossless",
            "digits MLP 64–Dense(40)–Dense(32)–10, 1,400 training images, 20 epochs: cutoff 1 "
            "with default options within 1 pp of SGD"),
-    Target("finetune_time", None,
+    Target("finetune_time", "bench_lossless",
            "Fine-tune mode on the benchmark CNN reaches SGD's 3-epoch test accuracy in ≤ 0.6× "
            "SGD's time"),
     # The default path: cutoff="auto", samples="auto" (not yet benchmarked).
@@ -62,7 +62,7 @@ TARGETS = [
            "its time"),
     Target("reach_residual_10", None,
            "Residual CNN, 10 % Fashion-MNIST: better than SGD"),
-    Target("reach_applications", None,
+    Target("reach_applications", "bench_reach",
            "ResNet50V2, MobileNetV2, EfficientNetB0: each solves ≥ 8 layers with `cutoff=8` "
            "and reloads from `.keras` with predictions unchanged (max. abs. difference 0)"),
     Target("reach_conv1d", None,

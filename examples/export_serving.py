@@ -22,7 +22,7 @@ import keras  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import keras_classpca  # noqa: E402
-from keras_classpca.serving.export import (  # noqa: E402
+from keras_classpca import (  # noqa: E402
     artifact_sizes,
     export_for_serving,
     predict_request_body,

@@ -9,7 +9,8 @@ bottom layers from a fraction of the data, freeze them, train the rest with `fit
 
 Public names load on first use (PEP 562), so `import keras_classpca` costs no Keras
 backend, KerasTuner, TFDS or matplotlib import. The Keras-serializable classes
-(`ClassPCADense`, `ClassPCAConv2D`, `ClassPCAInitializer`, `NormalizedReLU`) are
+(`ClassPCADense`, the `ClassPCAConv*`, `ClassPCADepthwiseConv*` and
+`ClassPCASeparableConv*` layers, `ClassPCAInitializer`, `NormalizedReLU`) are
 registered as soon as Keras itself is imported, so `keras.saving.load_model` finds
 them after `import keras_classpca` with no `custom_objects`.
 """
@@ -25,18 +26,25 @@ _EXPORTS = {
     "ClassPCA": "keras_classpca.core.class_pca",
     "ClassPCAInitializer": "keras_classpca.layers.class_pca_initializer",
     "ClassPCADense": "keras_classpca.layers.class_pca_dense",
+    "ClassPCAConv1D": "keras_classpca.layers.class_pca_conv1d",
     "ClassPCAConv2D": "keras_classpca.layers.class_pca_conv2d",
+    "ClassPCAConv3D": "keras_classpca.layers.class_pca_conv3d",
+    "ClassPCADepthwiseConv1D": "keras_classpca.layers.class_pca_depthwise_conv",
+    "ClassPCADepthwiseConv2D": "keras_classpca.layers.class_pca_depthwise_conv",
+    "ClassPCASeparableConv1D": "keras_classpca.layers.class_pca_separable_conv",
+    "ClassPCASeparableConv2D": "keras_classpca.layers.class_pca_separable_conv",
     "NormalizedReLU": "keras_classpca.layers.normalized_relu",
     "hybridize": "keras_classpca.hybrid.builder",
+    "plan_model": "keras_classpca.hybrid.planner",
     "fit_top": "keras_classpca.hybrid.training",
     "fit_progressive": "keras_classpca.hybrid.progressive",
     "HybridReport": "keras_classpca.hybrid.report",
     "SolvedLayer": "keras_classpca.hybrid.report",
     "SolveCache": "keras_classpca.hybrid.cache",
     "export_for_serving": "keras_classpca.serving.export",
-    "artifact_sizes": "keras_classpca.serving.export",
-    "signature_info": "keras_classpca.serving.export",
-    "predict_request_body": "keras_classpca.serving.export",
+    "artifact_sizes": "keras_classpca.serving.requests",
+    "signature_info": "keras_classpca.serving.requests",
+    "predict_request_body": "keras_classpca.serving.requests",
     "TimescaleMonitor": "keras_classpca.diagnostics.timescale_monitor",
     "AlignmentMonitor": "keras_classpca.diagnostics.alignment_monitor",
     "HybridHyperModel": "keras_classpca.tuner",

@@ -4,6 +4,7 @@ Examples::
 
     keras-classpca demo --epochs 2
     keras-classpca timescales --epochs 8 --out runs/ts
+    keras-classpca timescales --optimizer sgd --learning-rate 0.05 --momentum 0.9 --out runs/sgd
     keras-classpca sweep --cutoffs 0,1,2 --fraction 0.1 --out runs/sweep
     keras-classpca filters --layer 1 --out runs/filters
     keras-classpca export model.keras models/digits
@@ -13,14 +14,14 @@ the benchmark CNN of `keras_classpca.demo.benchmark_cnn` (kernel 5); for images 
 than 16×16 (the 8×8 `digits`) the same architecture with kernel 3 and 'same' padding,
 since two 'valid' 3×3 convolutions and two poolings do not fit in 8×8.
 
-Bad arguments end with exit code 2 and a one-line message (no traceback).
+The experiments themselves are functions of `keras_classpca.experiments`, which the
+benchmarks share. Bad arguments end with exit code 2 and a one-line message (no traceback).
 """
 
 import argparse
 import json
 import os
 import sys
-import time
 import zipfile
 
 import numpy as np
@@ -53,6 +54,7 @@ _seed = _checked(int, lambda v: 0 <= v < 2**32, "an integer in 0..4294967295")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _fraction = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
+_momentum = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 _cutoff = _checked(
     lambda text: text if text == "auto" else int(text),
     lambda v: v == "auto" or v >= 0,
@@ -76,56 +78,13 @@ def _cutoff_list(text):
 
 # ---------------------------------------------------------------------- shared helpers
 def _load(args):
-    from keras_classpca.datasets import load_dataset
+    from keras_classpca.experiments import load_images
 
     try:
-        (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset)
+        return load_images(args.dataset, getattr(args, "train_samples", None), args.seed)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        raise _UsageError(f"--dataset {args.dataset!r}: {error}") from None
-    if x_train.ndim != 4:
-        raise _UsageError(
-            f"--dataset {args.dataset!r}: expected images, got training data of shape "
-            f"{x_train.shape}."
-        )
-    y_train, y_test = np.asarray(y_train).astype("int64"), np.asarray(y_test).astype("int64")
-    limit = getattr(args, "train_samples", None)
-    if limit is not None and limit < len(x_train):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(x_train), limit, replace=False))
-        x_train, y_train = x_train[keep], y_train[keep]
-    n_classes = int(max(y_train.max(), y_test.max())) + 1
-    return (x_train, y_train), (x_test, y_test), n_classes
-
-
-def build_model(input_shape, n_classes):
-    """The benchmark CNN for `input_shape` (kernel 3, 'same' padding below 16×16)."""
-    import keras
-
-    from keras_classpca.demo import benchmark_cnn
-
-    if min(input_shape[:2]) >= 16:
-        return benchmark_cnn(input_shape, n_classes, 5)
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(n_classes, activation="softmax"),
-        ],
-        name="benchmark_cnn_small",
-    )
-
-
-def _compiled_model(input_shape, n_classes, seed):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = build_model(input_shape, n_classes)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
+        message = str(error).replace(f"data set {args.dataset!r}: ", "")
+        raise _UsageError(f"--dataset {args.dataset!r}: {message}") from None
 
 
 def _out_dir(path):
@@ -149,12 +108,6 @@ def _write_json(path, value):
 
 def _settings(args):
     return {k: v for k, v in vars(args).items() if k != "func"}
-
-
-def _conv_layers(model):
-    import keras
-
-    return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
 
 
 # ---------------------------------------------------------------------- subcommands
@@ -183,71 +136,50 @@ def cmd_demo(args):
 
 
 def cmd_timescales(args):
-    from keras_classpca.diagnostics import TimescaleMonitor
     from keras_classpca.diagnostics.plots import plot_timescales
+    from keras_classpca.experiments import run_timescales
 
     out = _out_dir(args.out)
-    (x_train, y_train), (x_test, y_test), n_classes = _load(args)
-    fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
-    result = {
-        "dataset": args.dataset,
-        "train_samples": len(x_train),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-    }
-
-    plain_model = None
-    if args.measure_overhead:
-        print(f"[1/2] plain fit(): {args.epochs} epoch(s) on {len(x_train)} images")
-        plain_model = _compiled_model(x_train.shape[1:], n_classes, args.seed)
-        start = time.perf_counter()
-        plain_model.fit(x_train, y_train, **fit_kwargs)
-        result["plain_fit_seconds"] = time.perf_counter() - start
-
+    train, test, n_classes = _load(args)
     print(
-        f"{'[2/2] ' if args.measure_overhead else ''}fit() with TimescaleMonitor: "
-        f"{args.epochs} epoch(s) on {len(x_train)} images"
+        f"fit() with TimescaleMonitor: {args.epochs} epoch(s) on {len(train[0])} images, "
+        f"{args.optimizer}{' (and once without the monitor)' if args.measure_overhead else ''}"
     )
-    model = _compiled_model(x_train.shape[1:], n_classes, args.seed)
-    monitor = TimescaleMonitor(
-        (x_train, y_train),
+    result, monitor = run_timescales(
+        train, test, n_classes,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        momentum=args.momentum,
+        measure_overhead=args.measure_overhead,
+        verbose=args.verbose,
         every=args.every,
         samples=args.monitor_samples,
         patches_per_image=args.patches_per_image,
         settle_threshold=args.settle_threshold,
-        seed=args.seed,
         noise_ceiling=args.noise_ceiling,
+        log_dir=args.log_dir,
     )
-    start = time.perf_counter()
-    model.fit(x_train, y_train, callbacks=[monitor], **fit_kwargs)
-    result["monitored_fit_seconds"] = time.perf_counter() - start
-    result["monitor_seconds"] = float(sum(monitor.history["check_seconds"]))
-    _, accuracy = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
-    result["test_accuracy"] = float(accuracy)
-    if plain_model is not None:
-        result["overhead_ratio"] = result["monitored_fit_seconds"] / result["plain_fit_seconds"]
-        result["max_weight_difference_vs_plain"] = float(
-            max(
-                np.max(np.abs(np.asarray(a) - np.asarray(b)))
-                for a, b in zip(plain_model.get_weights(), model.get_weights())
-            )
-        )
-    result["history"] = monitor.history
+    result = {"dataset": args.dataset, **result}
     json_path = os.path.join(out, "timescales.json")
     _write_json(json_path, result)
     png_path = os.path.join(out, "timescales_curves.png")
+    optimizer = "Adam" if args.optimizer == "adam" else (
+        f"SGD{f' (momentum {args.momentum:g})' if args.momentum else ''}")
     plot_timescales(
         monitor.history,
         png_path,
-        title=f"{args.dataset}, {len(x_train)} training images, batch {args.batch_size}, Adam",
+        title=f"{args.dataset}, {len(train[0])} training images, batch {args.batch_size}, "
+        f"{optimizer}",
     )
     print(monitor.format_table())
     print(
-        f"test accuracy {accuracy:.4f}; monitor checks took {result['monitor_seconds']:.1f} s "
-        f"of {result['monitored_fit_seconds']:.1f} s"
+        f"test accuracy {result['test_accuracy']:.4f}; monitor checks took "
+        f"{result['monitor_seconds']:.1f} s of {result['monitored_fit_seconds']:.1f} s"
     )
-    if plain_model is not None:
+    if args.measure_overhead:
         print(
             f"overhead: {result['monitored_fit_seconds']:.1f} s / "
             f"{result['plain_fit_seconds']:.1f} s "
@@ -262,76 +194,36 @@ def cmd_sweep(args):
     import keras
 
     from keras_classpca.diagnostics.plots import plot_cutoff_sweep
-    from keras_classpca.hybrid.builder import hybridize
-    from keras_classpca.hybrid.training import fit_top
+    from keras_classpca.experiments import run_cutoff_sweep
 
     out = _out_dir(args.out)
-    (x_train, y_train), (x_test, y_test), n_classes = _load(args)
-    samples = max(10 * n_classes, int(args.fraction * len(x_train)))
-    rows = []
+    train, test, n_classes = _load(args)
+    samples = max(10 * n_classes, int(args.fraction * len(train[0])))
     progress = keras.utils.Progbar(len(args.cutoffs), unit_name="cutoff") if args.verbose else None
-    for i, cutoff in enumerate(args.cutoffs):
-        start = time.perf_counter()
-        keras.utils.set_random_seed(args.seed)
-        model = build_model(x_train.shape[1:], n_classes)
-        solved, note = [], ""
-        if cutoff:
-            solve = dict(
-                cutoff=cutoff,
-                samples=samples,
-                patches_per_image=args.patches_per_image,
-                seed=args.seed,
-                verbose=1 if args.verbose > 1 else 0,
-            )
-            try:
-                report = hybridize(model, (x_train, y_train), **solve)
-            except ValueError as error:
-                if "distinct non-degenerate" not in str(error):
-                    raise _UsageError(f"--cutoffs: cutoff {cutoff}: {error}") from None
-                # More filters than the patches have distinct directions (e.g. 32 filters
-                # of 3x3x1 on 8x8 digits): solve again without deduplication.
-                note = "dedup_threshold=None"
-                print(f"cutoff {cutoff}: {error} Solving again with {note}.")
-                keras.utils.set_random_seed(args.seed)
-                model = build_model(x_train.shape[1:], n_classes)
-                try:
-                    report = hybridize(model, (x_train, y_train), dedup_threshold=None, **solve)
-                except ValueError as error2:
-                    raise _UsageError(f"--cutoffs: cutoff {cutoff}: {error2}") from None
-            solved = [layer.name for layer in report.layers]
-        solve_seconds = time.perf_counter() - start
-        model.compile(
-            optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-        )
-        fit_start = time.perf_counter()
-        fit_top(
-            model,
-            x_train,
-            y_train,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            verbose=2 if args.verbose > 1 else 0,
-        )
-        fit_seconds = time.perf_counter() - fit_start
-        _, accuracy = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
-        rows.append(
-            {
-                "cutoff": cutoff,
-                "solved_layers": solved,
-                "note": note,
-                "test_accuracy": float(accuracy),
-                "solve_seconds": solve_seconds,
-                "fit_seconds": fit_seconds,
-                "total_seconds": time.perf_counter() - start,
-            }
-        )
+
+    def on_row(i, row):
+        if row["note"]:
+            print(f"cutoff {row['cutoff']}: solved again with {row['note']}.")
         if progress is not None:
-            progress.update(
-                i + 1, values=[("accuracy", float(accuracy))], finalize=i + 1 == len(args.cutoffs)
-            )
+            progress.update(i + 1, values=[("accuracy", row["test_accuracy"])],
+                            finalize=i + 1 == len(args.cutoffs))
+
+    try:
+        rows = run_cutoff_sweep(
+            train, test, n_classes, args.cutoffs,
+            epochs=args.epochs,
+            samples=samples,
+            batch_size=args.batch_size,
+            patches_per_image=args.patches_per_image,
+            seed=args.seed,
+            verbose=1 if args.verbose > 1 else 0,
+            on_row=on_row,
+        )
+    except ValueError as error:
+        raise _UsageError(f"--cutoffs: {error}") from None
 
     header = (
-        f"{args.dataset}: {len(x_train)} training images, statistics from {samples} "
+        f"{args.dataset}: {len(train[0])} training images, statistics from {samples} "
         f"({args.fraction:.0%}), {args.epochs} epoch(s), batch {args.batch_size}, seed {args.seed}"
     )
     table = [
@@ -352,7 +244,7 @@ def cmd_sweep(args):
     _write_json(
         os.path.join(out, "sweep.json"),
         {
-            "settings": _settings(args) | {"samples": samples, "train_samples": len(x_train)},
+            "settings": _settings(args) | {"samples": samples, "train_samples": len(train[0])},
             "rows": rows,
         },
     )
@@ -364,85 +256,49 @@ def cmd_sweep(args):
 
 
 def cmd_filters(args):
-    from keras_classpca.diagnostics import TimescaleMonitor
     from keras_classpca.diagnostics.plots import plot_filter_grid
+    from keras_classpca.experiments import compare_filters
 
     out = _out_dir(args.out)
-    (x_train, y_train), (x_test, y_test), n_classes = _load(args)
-    model = _compiled_model(x_train.shape[1:], n_classes, args.seed)
-    convs = _conv_layers(model)
-    if not 1 <= args.layer <= len(convs):
-        raise _UsageError(
-            f"--layer {args.layer}: the model has {len(convs)} Conv2D layer(s); "
-            f"use 1..{len(convs)}."
-        )
-    layer = convs[args.layer - 1]
-    print(f"training the CNN with SGD (Adam) for {args.epochs} epoch(s) on {len(x_train)} images")
-    model.fit(
-        x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose
-    )
-
-    samples = max(10 * n_classes, int(args.fraction * len(x_train)))
-    monitor = TimescaleMonitor(
-        (x_train, y_train),
-        layers=[layer.name],
-        samples=samples,
-        patches_per_image=args.patches_per_image,
-        seed=args.seed,
-    )
-    monitor.set_model(model)
-    overlap, sgd_kernel, d, rank, _ = monitor.measure()[layer.name]
-
-    import keras
-
-    from keras_classpca.core.class_pca import ClassPCA
-    from keras_classpca.layers.geometry import iter_rows
-
-    inputs = keras.Model(model.inputs[0], layer.input)(monitor._x, training=False)
-    rows_labels = list(
-        iter_rows(
-            layer,
-            np.asarray(inputs),
-            monitor._y,
+    train, _, n_classes = _load(args)
+    samples = max(10 * n_classes, int(args.fraction * len(train[0])))
+    print(f"training the CNN with SGD (Adam) for {args.epochs} epoch(s) on {len(train[0])} images")
+    try:
+        found = compare_filters(
+            train, n_classes,
+            layer_index=args.layer,
+            epochs=args.epochs,
+            samples=samples,
+            batch_size=args.batch_size,
             patches_per_image=args.patches_per_image,
-            rng=np.random.default_rng(args.seed),
+            seed=args.seed,
+            verbose=args.verbose,
         )
-    )
-    rows = np.concatenate([r for r, _ in rows_labels])
-    labels = np.concatenate([lab for _, lab in rows_labels])
-    components = ClassPCA(layer.filters).fit(rows, labels).components_
-    shape = tuple(layer.kernel.shape)
+    except ValueError as error:
+        raise _UsageError(f"--layer {args.layer}: {error}") from None
+    overlap, rank, d = found["overlap"], found["rank"], found["input_dim"]
     png = os.path.join(out, f"filters_layer{args.layer}.png")
     plot_filter_grid(
-        components.reshape(shape),
-        sgd_kernel.reshape(shape),
+        found["class_pca"],
+        found["sgd"],
         png,
         suptitle=(
-            f"{args.dataset}, conv layer {args.layer} ('{layer.name}'): class-PCA of its "
-            f"input ({samples} images)\nvs Adam after {args.epochs} epoch(s); "
+            f"{args.dataset}, conv layer {args.layer} ('{found['layer_name']}'): class-PCA of "
+            f"its input ({found['samples']} images)\nvs Adam after {args.epochs} epoch(s); "
             f"subspace overlap {overlap:.2f} (rank {rank} of {d}, chance {rank / d:.2f})"
         ),
     )
     np.savez(
         os.path.join(out, f"filters_layer{args.layer}.npz"),
-        class_pca=components.reshape(shape),
-        sgd=sgd_kernel.reshape(shape),
+        class_pca=found["class_pca"],
+        sgd=found["sgd"],
     )
-    summary = {
-        "dataset": args.dataset,
-        "layer": args.layer,
-        "layer_name": layer.name,
-        "epochs": args.epochs,
-        "samples": samples,
-        "overlap": overlap,
-        "rank": rank,
-        "input_dim": d,
-        "chance_overlap": rank / d,
-    }
+    summary = {"dataset": args.dataset, "layer": args.layer, "epochs": args.epochs}
+    summary |= {k: v for k, v in found.items() if k not in ("class_pca", "sgd")}
     _write_json(os.path.join(out, f"filters_layer{args.layer}.json"), summary)
     print(
-        f"conv layer {args.layer} ('{layer.name}'): overlap of the SGD filters with the class-PCA "
-        f"subspace {overlap:.3f} (rank {rank} of {d}; chance {rank / d:.3f})"
+        f"conv layer {args.layer} ('{found['layer_name']}'): overlap of the SGD filters with "
+        f"the class-PCA subspace {overlap:.3f} (rank {rank} of {d}; chance {rank / d:.3f})"
     )
     print(f"wrote {png}")
     return 0
@@ -453,7 +309,7 @@ def cmd_export(args):
     import keras
 
     import keras_classpca  # noqa: F401  (registers the package's layers for loading)
-    from keras_classpca.serving.export import export_for_serving, signature_info
+    from keras_classpca.serving import export_for_serving, signature_info
 
     if not os.path.isfile(args.model):
         raise _UsageError(f"{args.model}: no such file (expected a .keras model file)")
@@ -545,13 +401,32 @@ def build_parser():
     p = sub.add_parser(
         "timescales",
         help="train the CNN with TimescaleMonitor; JSON history + PNG",
-        description="Train the benchmark CNN with SGD (Adam) and TimescaleMonitor: "
+        description="Train the benchmark CNN (Adam, or plain SGD with --optimizer sgd) "
+        "with TimescaleMonitor: "
         "per-layer weight change, overlap with the class-PCA subspace "
         "of the layer's current input, settling epochs.",
     )
     common(p)
     p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs (8)")
+    p.add_argument(
+        "--optimizer",
+        choices=("adam", "sgd"),
+        default="adam",
+        help="adam (default) or plain sgd (the paper's setting; see --momentum)",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=None,
+        help="learning rate (default: Keras' default for the optimizer)",
+    )
+    p.add_argument(
+        "--momentum", type=_momentum, default=0.0, help="momentum for --optimizer sgd (0)"
+    )
     p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument(
+        "--log-dir", default=None, help="also write the curves to TensorBoard in this directory"
+    )
     p.add_argument("--every", type=_positive_int, default=1, help="check every N epochs (1)")
     p.add_argument(
         "--monitor-samples",
@@ -669,7 +544,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        parser.exit(2, f"{PROG}: error: a command is required (demo, timescales, sweep, filters, export)\n")
+        parser.exit(
+            2, f"{PROG}: error: a command is required (demo, timescales, sweep, filters, export)\n"
+        )
     try:
         return args.func(args)
     except _UsageError as error:

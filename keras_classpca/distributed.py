@@ -28,11 +28,13 @@ import collections
 import numpy as np
 
 from keras_classpca._optional import import_optional
-from keras_classpca.core.class_pca import ClassPCA, _Moments
+from keras_classpca.core.class_pca import ClassPCA
+from keras_classpca.core.statistics import ClassStatistics
 
 tf = import_optional("tensorflow", "keras_classpca.distributed (tf.distribute)")
 
 __all__ = [
+    "StrategyPass",
     "adapt_with_strategy",
     "class_statistics",
     "class_pca_from_statistics",
@@ -77,41 +79,18 @@ def class_pca_from_statistics(count, total, outer, n_components=None, **params):
 
     Classes with no samples are left out of the statistics, exactly as `ClassPCA.fit`
     never creates them; with `n_classes=K` such classes make `solve` raise, as there.
+    The same as `ClassPCA.from_statistics(ClassStatistics.from_arrays(count, total,
+    outer), n_components, **params)` except that it does not solve yet.
     """
-    count = np.asarray(count, dtype=np.float64)
-    total = np.asarray(total, dtype=np.float64)
-    outer = np.asarray(outer, dtype=np.float64)
-    if count.ndim != 1 or total.ndim != 2 or outer.ndim != 3:
-        raise ValueError(
-            "Statistics must have shapes (K,), (K, d) and (K, d, d); received "
-            f"{count.shape}, {total.shape} and {outer.shape}."
-        )
-    k, d = total.shape
-    if count.shape != (k,) or outer.shape != (k, d, d):
-        raise ValueError(
-            "Statistics must have shapes (K,), (K, d) and (K, d, d); received "
-            f"{count.shape}, {total.shape} and {outer.shape}."
-        )
-    if np.any(count < 0) or np.any(count != np.round(count)):
-        raise ValueError("`count` must hold non-negative integers.")
-    if not (np.all(np.isfinite(total)) and np.all(np.isfinite(outer))):
-        raise ValueError(
-            "The statistics contain NaN or infinite values: `x` holds NaN/inf or values "
-            "too large to square in float64."
-        )
+    statistics = ClassStatistics.from_arrays(count, total, outer)
     pca = ClassPCA(n_components, **params)
+    k = np.shape(count)[0]
     if pca.n_classes is not None and k > pca.n_classes:
         raise ValueError(f"Statistics for {k} classes but n_classes={pca.n_classes}.")
-    moments = _Moments(d)
-    for label in np.flatnonzero(count).tolist():
-        moments.count[label] = int(count[label])
-        moments.total[label] = total[label].copy()
-        moments.outer[label] = outer[label].copy()
-    if not moments.count:
+    if not len(statistics):
         raise ValueError("`data` is empty: no samples to fit ClassPCA on.")
-    pca._moments = moments
-    pca._solutions = {}
-    return pca
+    # Solved on first use, as after `partial_fit`: a missing class raises there.
+    return pca.merge(statistics)
 
 
 def _labels_tensor(y, n_classes):
@@ -366,7 +345,7 @@ def fit_distributed(
     passed to `ClassPCA` (every class must have samples). Other arguments as in
     `class_statistics` and `ClassPCA`.
     """
-    ClassPCA(n_components, n_classes=n_classes, **class_pca_params)  # validate first
+    ClassPCA(n_components, n_classes=n_classes, **class_pca_params).check_params()  # validate first
     count, total, outer = class_statistics(
         data,
         n_classes,
@@ -388,6 +367,48 @@ def fit_distributed(
 # ---------------------------------------------------------------------- wiring helpers
 # What `ClassPCA.fit(..., strategy=)`, `ClassPCA*.adapt(..., strategy=)` and
 # `hybridize(..., strategy=)` delegate to (see docs/distributed.md).
+class StrategyPass:
+    """The statistics pass over a `tf.distribute` strategy, handed to `ClassPCA.fit`.
+
+    `ClassPCA(...).fit(data, statistics_pass=StrategyPass(strategy))` accumulates the
+    class statistics on every replica and all-reduces them once (`class_statistics`);
+    the core never imports this module. Called as the core calls it, it returns a
+    `ClassStatistics`; `samples` then holds the samples (not rows) the pass read.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`; None = the one in scope.
+        row_fn: `(x, labels) -> (rows, row_labels)` in TF ops (`layer_row_fn(layer)`).
+        n_features: the row dimension, required with `row_fn`.
+    """
+
+    def __init__(self, strategy=None, *, row_fn=None, n_features=None):
+        self.strategy = strategy
+        self.row_fn = row_fn
+        self.n_features = n_features
+        self.samples = None
+
+    def __call__(self, data, y=None, *, n_classes, batch_size=None, steps=None, product_dtype=None):
+        if n_classes is None:
+            raise ValueError(
+                "`n_classes` is required to accumulate class statistics over a tf.distribute "
+                "strategy (one slot per class on every replica)."
+            )
+        samples = []
+        count, total, outer = class_statistics(
+            data,
+            n_classes,
+            strategy=self.strategy,
+            n_features=self.n_features,
+            row_fn=self.row_fn,
+            y=y,
+            batch_size=batch_size,
+            steps=steps,
+            _samples_out=samples,
+        )
+        self.samples = samples[0]
+        return ClassStatistics.from_arrays(count, total, outer, product_dtype=product_dtype)
+
+
 def fit_with_strategy(
     class_pca,
     data,
@@ -402,29 +423,14 @@ def fit_with_strategy(
 ):
     """Refit `class_pca` from scratch on `data` over `strategy`; return it.
 
-    Same contract as `ClassPCA.fit`: on any error the previous state is kept. Needs
+    `class_pca.fit(data, y, statistics_pass=StrategyPass(strategy, ...))`: same contract
+    as `ClassPCA.fit` (on any error the previous state is kept). Needs
     `class_pca.n_classes` (the statistics have one slot per class).
     """
-    if class_pca.n_classes is None:
-        raise ValueError(
-            "`n_classes` is required to accumulate class statistics over a tf.distribute "
-            "strategy (one slot per class on every replica)."
-        )
-    count, total, outer = class_statistics(
-        data,
-        class_pca.n_classes,
-        strategy=strategy,
-        n_features=n_features,
-        row_fn=row_fn,
-        y=y,
-        batch_size=batch_size,
-        steps=steps,
-        _samples_out=_samples_out,
-    )
-    fitted = class_pca_from_statistics(count, total, outer, **class_pca.get_params())
-    if fitted.n_components is not None or fitted.allocation == "adaptive":
-        fitted.solve()  # surface errors (too few samples, ...) before touching class_pca
-    class_pca._moments, class_pca._solutions = fitted._moments, fitted._solutions
+    statistics_pass = StrategyPass(strategy, row_fn=row_fn, n_features=n_features)
+    class_pca.fit(data, y, batch_size=batch_size, steps=steps, statistics_pass=statistics_pass)
+    if _samples_out is not None:
+        _samples_out.append(statistics_pass.samples)
     return class_pca
 
 
@@ -520,8 +526,6 @@ def _is_batched(dataset):
 
 def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
     """`layer.adapt(data)` for a `ClassPCADense` / `ClassPCAConv2D` over `strategy`."""
-    from keras_classpca.layers.geometry import assign_solution
-
     if getattr(layer, "patches_per_image", None) is not None:
         raise NotImplementedError(
             "`patches_per_image` sub-sampling is not available with a tf.distribute strategy."
@@ -531,12 +535,7 @@ def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
         **layer._class_pca_config(),
     ).class_pca
     input_shape = (None,) + tuple(_input_spec(data, None, batch_size).shape[1:])
-    solution = class_pca.solve()
-    if not layer.built:
-        layer.build(input_shape)
-    assign_solution(layer, solution.kernel, solution.bias)
-    layer._adapted.assign(1)
-    layer.class_pca_ = class_pca
+    layer.set_class_pca(class_pca, input_shape)
     return layer
 
 

@@ -21,11 +21,12 @@ from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
 from keras_classpca.hybrid.builder import (
     CLASS_PCA_OPTIONS,
     check_settings,
-    frozen_layer_names,
     hybridize,
+    solved_layer_names,
 )
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
-from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error, read_chain
+from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
+from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.training import compile_like
 
 keras_tuner = import_optional("keras_tuner", "keras_classpca.tuner (HybridHyperModel)")
@@ -61,8 +62,7 @@ def _declared(value, values):
 
 def solved_layers(model, cutoff):
     """Names of the layers `hybridize(model, ..., cutoff)` solves and freezes."""
-    chain = read_chain(model)
-    return frozen_layer_names(chain, min(cutoff, len(chain.candidates)))
+    return solved_layer_names(model, cutoff)
 
 
 def _recompile(model):
@@ -207,7 +207,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 continue  # fixed: not searched
             for value in values:
                 try:
-                    ClassPCA(1, **dict(fixed_options, **{option: value}))
+                    ClassPCA(1, **dict(fixed_options, **{option: value})).check_params()
                 except (TypeError, ValueError) as error:
                     raise ValueError(
                         f"`search_options[{option!r}]` holds an invalid value {value!r}: {error}"
@@ -242,7 +242,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
                     "`keras.Input(...)`, or pass `max_cutoff`."
                 )
             ensure_built(model, np.asarray(self.data[0]).shape[1:], what="HybridHyperModel")
-        return len(read_chain(model).candidates)
+        return len(plan_model(model).steps)
 
     def build(self, hp):
         """The user's model, with `cutoff` and the class-PCA options registered in `hp`."""
@@ -293,7 +293,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
     def fit(self, hp, model, *args, **kwargs):
         """Solve the bottom `hp["cutoff"]` layers, recompile, `model.fit(*args, **kwargs)`."""
         start = time.perf_counter()
-        solvable = len(read_chain(model).candidates)
+        solvable = len(plan_model(model).steps)
         # `max_cutoff` comes from the first model built; a model with fewer solvable
         # layers (another user hyperparameter) solves all it has.
         cutoff = min(int(hp.get(CUTOFF)) if CUTOFF in hp else 0, solvable)

@@ -48,7 +48,7 @@ def _hybrid_model(x, y):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1), name="image")
     h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
-    h = keras.layers.Flatten()(h)
+    h = keras.layers.Flatten(name="flatten")(h)
     solved = keras_classpca.ClassPCADense(6, name="solved")
     h = solved(h)
     outputs = keras.layers.Dense(3, activation="softmax", name="probs")(h)

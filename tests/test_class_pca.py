@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from keras_classpca.core.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.class_pca import (
+    ClassPCA,
+    InvalidParameterError,
+    NotFittedError,
+    labels_to_int,
+)
 
 pytestmark = pytest.mark.backend_independent
 
@@ -189,7 +194,8 @@ def test_statistics_equal_numpy(blobs, center):
 @pytest.mark.parametrize("center", [True, False])
 def test_standardize_gives_zero_mean_unit_variance(blobs, center):
     x, y = blobs
-    pca = ClassPCA(6, center=center).fit(x, y)
+    # Exact algebra: float64 products (float32 ones: test_float32_products_*).
+    pca = ClassPCA(6, center=center, product_dtype="float64").fit(x, y)
     out = pca.transform(x)
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-9)
     np.testing.assert_allclose(out.var(axis=0), 1.0, rtol=1e-9)
@@ -208,7 +214,7 @@ def test_unit_scaling_orthonormal_within_class_and_zero_offset(blobs):
 
 def test_whiten_gives_unit_variance_within_own_class(blobs):
     x, y = blobs
-    pca = ClassPCA(6, scaling="whiten").fit(x, y)
+    pca = ClassPCA(6, scaling="whiten", product_dtype="float64").fit(x, y)
     out = pca.transform(x)
     for label in range(3):
         own = pca.component_classes_ == label
@@ -225,8 +231,8 @@ def test_fit_accepts_one_hot_labels(blobs):
 # ---------------------------------------------------------------- streaming, determinism
 def test_partial_fit_equals_fit(blobs):
     x, y = blobs
-    one_shot = ClassPCA(6).fit(x, y)
-    streamed = ClassPCA(6)
+    one_shot = ClassPCA(6, product_dtype="float64").fit(x, y)
+    streamed = ClassPCA(6, product_dtype="float64")
     for start in range(0, len(x), 37):
         assert streamed.partial_fit(x[start : start + 37], y[start : start + 37]) is streamed
     for name in ("components_", "kernel_", "bias_", "explained_variance_", "covariance_", "mean_"):
@@ -277,19 +283,21 @@ def test_repeated_runs_bit_identical(blobs):
 
 def test_sign_rule_largest_entry_positive_and_order_free(blobs):
     x, y = blobs
-    pca = ClassPCA(6, scaling="unit").fit(x, y)
+    pca = ClassPCA(6, scaling="unit", product_dtype="float64").fit(x, y)
     comps = pca.components_
     largest = comps[np.argmax(np.abs(comps), axis=0), np.arange(comps.shape[1])]
     assert np.all(largest > 0)
     # The same samples in another order give slightly different float sums; with a
     # deterministic sign rule the components agree to round-off, never up to sign.
     order = np.random.default_rng(3).permutation(len(x))
-    shuffled = ClassPCA(6, scaling="unit").fit(x[order], y[order], batch_size=17)
+    shuffled = ClassPCA(6, scaling="unit", product_dtype="float64").fit(
+        x[order], y[order], batch_size=17
+    )
     np.testing.assert_allclose(shuffled.components_, comps, atol=1e-9)
     # The rule is equivariant under a permutation of the features, whatever signs the
     # eigen-solver happens to return for the permuted matrices.
     features = np.random.default_rng(4).permutation(x.shape[1])
-    permuted = ClassPCA(6, scaling="unit").fit(x[:, features], y)
+    permuted = ClassPCA(6, scaling="unit", product_dtype="float64").fit(x[:, features], y)
     np.testing.assert_allclose(permuted.components_, comps[features], atol=1e-9)
 
 
@@ -353,7 +361,7 @@ def test_overflowing_x_rejected(blobs):
     "x_shape, match",
     [
         ((10, 2, 4), "`x` must be 2-D"),
-        ((10, 5), "`x` has 5 features but this ClassPCA was fitted on 8"),
+        ((10, 5), "X has 5 features, but ClassPCA is expecting 8 features"),
     ],
 )
 def test_wrong_x_shape_rejected(blobs, x_shape, match):
@@ -474,9 +482,16 @@ def test_too_many_components_rejected(blobs, subspace_classes):
 
 def test_unfitted_estimator_rejected():
     pca = ClassPCA(4)
-    for name in ("components_", "kernel_", "mean_", "classes_"):
-        with pytest.raises(ValueError, match="has no statistics yet"):
+    for name in ("components_", "kernel_", "mean_", "classes_", "statistics_"):
+        with pytest.raises(ValueError, match="not fitted yet"):
             getattr(pca, name)
+        with pytest.raises(AttributeError):
+            getattr(pca, name)
+        assert not hasattr(pca, name)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        pca.transform(np.zeros((2, 3)))
+    with pytest.raises(NotFittedError):
+        pca.solve()
     assert not pca.is_fitted
 
 
@@ -502,11 +517,33 @@ def test_equal_allocation_needs_n_components(blobs):
         ({"variance_share": 1.5}, ValueError, "`variance_share`"),
         ({"dedup_threshold": 0.0}, ValueError, "`dedup_threshold`"),
         ({"n_classes": 0}, ValueError, "`n_classes`"),
+        ({"n_components": True}, ValueError, "`n_components`"),
+        ({"n_components": np.True_}, ValueError, "`n_components`"),
+        ({"n_classes": True}, ValueError, "`n_classes`"),
+        ({"variance_share": True}, ValueError, "`variance_share`"),
+        ({"product_dtype": "float16"}, ValueError, "`product_dtype`"),
+        ({"memory_limit": -1}, ValueError, "`memory_limit`"),
     ],
 )
-def test_bad_constructor_options(kwargs, error, match):
+def test_bad_constructor_options(blobs, kwargs, error, match):
+    # scikit-learn style: __init__ only stores, fit validates (and changes nothing).
+    x, y = blobs
+    pca = ClassPCA(**kwargs)
+    assert all(getattr(pca, name) is value for name, value in kwargs.items())
     with pytest.raises(error, match=match):
-        ClassPCA(**kwargs)
+        pca.fit(x, y)
+    with pytest.raises(InvalidParameterError, match=match):
+        pca.partial_fit(x, y)
+    assert not pca.is_fitted and not hasattr(pca, "statistics_")
+    fitted = ClassPCA(6).fit(x, y)
+    kernel = fitted.kernel_.copy()
+    fitted.set_params(**kwargs)
+    with pytest.raises(InvalidParameterError, match=match):
+        fitted.fit(x, y)
+    with pytest.raises(InvalidParameterError, match=match):
+        fitted.solve()
+    fitted.set_params(**{name: ClassPCA().get_params()[name] for name in kwargs})
+    np.testing.assert_array_equal(fitted.set_params(n_components=6).kernel_, kernel)
 
 
 def test_bad_merge_rejected(blobs):
@@ -535,10 +572,13 @@ def test_fit_accepts_batches_and_steps(blobs):
     from_arrays = ClassPCA(6).fit(x, y, batch_size=40)
     from_generator = ClassPCA(6).fit((x[i : i + 40], y[i : i + 40]) for i in range(0, len(x), 40))
     np.testing.assert_array_equal(from_generator.kernel_, from_arrays.kernel_)
-    first_100 = ClassPCA(6).fit((x, y), batch_size=50, steps=2)
+    first_100 = ClassPCA(6, product_dtype="float64").fit((x, y), batch_size=50, steps=2)
     np.testing.assert_array_equal(first_100.n_samples_seen_, np.bincount(y[:100]))
     np.testing.assert_allclose(
-        first_100.kernel_, ClassPCA(6).fit(x[:100], y[:100]).kernel_, rtol=1e-10, atol=1e-12
+        first_100.kernel_,
+        ClassPCA(6, product_dtype="float64").fit(x[:100], y[:100]).kernel_,
+        rtol=1e-10,
+        atol=1e-12,
     )
 
 
@@ -573,7 +613,8 @@ def test_near_duplicates_fill_slots_only_when_no_distinct_vector_is_left():
 
     distinct = ClassPCA(9).fit(x, y)
     assert cross_class_duplicates(distinct) == 0
-    full = ClassPCA(32).fit(x, y)  # a 3x3 conv with 32 filters on one channel
+    with pytest.warns(UserWarning, match="rank at most 9"):
+        full = ClassPCA(32).fit(x, y)  # a 3x3 conv with 32 filters on one channel
     assert full.n_components_ == 32
     assert cross_class_duplicates(full) > 0
     assert np.linalg.matrix_rank(distinct.components_, tol=1e-6) == 9
@@ -608,3 +649,292 @@ def test_eigen_solves_of_small_matrices_use_one_blas_thread(blobs, monkeypatch):
     large = ClassPCA(6).fit(x, y)
     assert seen == [before] * 3
     np.testing.assert_allclose(large.kernel_, reference.kernel_, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- scikit-learn conformance
+def test_clone_get_params_set_params():
+    from sklearn.base import clone
+
+    pca = ClassPCA(4, center=False, allocation="adaptive", n_classes=3, product_dtype="float64")
+    twin = clone(pca)
+    assert twin is not pca and twin.get_params() == pca.get_params()
+    assert pca.get_params(deep=True) == pca.get_params(deep=False)
+    assert set(pca.get_params()) == {
+        "n_components", "center", "allocation", "scaling", "offset", "variance_share",
+        "dedup_threshold", "n_classes", "discriminant", "sign_pairs", "product_dtype",
+        "memory_limit",
+    }
+    assert pca.set_params(n_components=6, scaling="unit") is pca
+    assert (pca.n_components, pca.scaling) == (6, "unit")
+    with pytest.raises(ValueError, match="Invalid parameter 'n_filters'"):
+        pca.set_params(n_filters=3)
+    # __init__ stores, even invalid values; fit validates.
+    assert ClassPCA("many").n_components == "many"
+    assert vars(ClassPCA(2)) == ClassPCA(2).get_params()
+
+
+def test_set_params_drops_solutions_keeps_statistics(blobs):
+    x, y = blobs
+    pca = ClassPCA(6, scaling="unit").fit(x, y)
+    unit = pca.kernel_.copy()
+    pca.set_params(scaling="standardize")
+    assert not np.array_equal(pca.kernel_, unit)
+    np.testing.assert_array_equal(pca.kernel_, ClassPCA(6).fit(x, y).kernel_)
+
+
+def _applicable_checks():
+    """scikit-learn's estimator checks, all of them: `ClassPCA` is a supervised
+    transformer whose `fit` takes `(x, y)`, so every check that sklearn generates for it
+    applies, except `check_array_api_input` (it skips itself without SCIPY_ARRAY_API;
+    ClassPCA computes in NumPy only). Not generated for a transformer, so not run:
+    the classifier/regressor/cluster/outlier checks (`predict`, `score`, `decision_function`)."""
+    from sklearn.utils.estimator_checks import parametrize_with_checks
+
+    return parametrize_with_checks([ClassPCA(2)])
+
+
+@_applicable_checks()
+def test_sklearn_estimator_checks(estimator, check):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "does not inherit from BaseEstimator", by design
+        check(estimator)
+
+
+def test_fitted_attributes_exist_only_after_fit(blobs):
+    x, y = blobs
+    pca = ClassPCA(6)
+    fitted = ["statistics_", "classes_", "n_features_in_", "n_samples_seen_", "mean_",
+              "covariance_", "components_", "kernel_", "bias_", "explained_variance_",
+              "explained_variance_ratio_", "component_classes_", "n_components_"]
+    assert not any(hasattr(pca, name) for name in fitted)
+    pca.fit(x, y)
+    assert all(hasattr(pca, name) for name in fitted)
+    assert pca.fit(x, y) is pca
+
+
+# ---------------------------------------------------------------- bad inputs (issue 13)
+def test_bool_n_components_rejected_not_taken_as_one(blobs):
+    x, y = blobs
+    with pytest.raises(InvalidParameterError, match="`n_components` must be a positive integer"):
+        ClassPCA(True).fit(x, y)
+
+
+def test_more_components_than_features_warns(blobs):
+    x, y = blobs  # 8 features
+    with pytest.warns(UserWarning, match="kernel has rank at most 8"):
+        pca = ClassPCA(9).fit(x, y)
+    assert pca.kernel_.shape == (8, 9) and np.linalg.matrix_rank(pca.kernel_) == 8
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ClassPCA(8).fit(x, y)  # d components: no warning
+
+
+def test_memory_for_many_classes_fails_early_with_the_number():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 100)), rng.integers(0, 5, 50)
+    # n_classes known: checked before any product (1000 x 100^2 float64 ~ 81 MB).
+    pca = ClassPCA(5, n_classes=1000, memory_limit=10e6)
+    with pytest.raises(MemoryError, match=r"1000 classes x 100 features need 81\.\d MB"):
+        pca.fit(x, y)
+    assert not pca.is_fitted
+    # Unknown n_classes: the class that would exceed the limit raises before it is added.
+    pca = ClassPCA(5, memory_limit=3 * 8 * (100**2 + 201))
+    with pytest.raises(MemoryError, match="5 classes x 100 features"):
+        pca.fit(x, y)
+    pca = ClassPCA(5, memory_limit=3 * 8 * (100**2 + 201))
+    pca.partial_fit(x[y < 3], y[y < 3])
+    before = pca.statistics_.counts.copy()
+    with pytest.raises(MemoryError, match="memory_limit"):
+        pca.partial_fit(x, y)
+    np.testing.assert_array_equal(pca.statistics_.counts, before)  # unchanged
+    # Default limit: the memory the system reports available.
+    from keras_classpca.core.statistics import available_memory
+
+    huge = int(np.sqrt(available_memory() / 8)) + 1
+    with pytest.raises(MemoryError, match="the available memory"):
+        ClassPCA(2, n_classes=2)._new_statistics(huge)
+
+
+def test_never_ending_data_raises_before_any_work():
+    import itertools
+
+    x, y = np.random.default_rng(0).normal(size=(4, 3)), np.arange(4) % 2
+    for data in (itertools.cycle([(x, y)]), itertools.repeat((x, y))):
+        with pytest.raises(ValueError, match="never ends"):
+            ClassPCA(2).fit(data)
+    np.testing.assert_array_equal(
+        ClassPCA(2).fit(itertools.repeat((x, y)), steps=3).n_samples_seen_, [6, 6]
+    )
+    np.testing.assert_array_equal(ClassPCA(2).fit(itertools.repeat((x, y), 2)).n_samples_seen_,
+                                  [4, 4])
+
+
+def test_repeated_tf_dataset_raises_before_any_work():
+    tf = pytest.importorskip("tensorflow")
+    x, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    reads = []
+
+    def record(a, b):
+        reads.append(1)
+        return a, b
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    with pytest.raises(ValueError, match="never ends.*steps="):
+        ClassPCA(2).fit(ds.map(lambda a, b: tf.py_function(record, [a, b], [tf.float64, tf.int64])))
+    assert not reads
+    assert ClassPCA(2).fit(ds, steps=10).n_samples_seen_.sum() == 80
+
+
+# ---------------------------------------------------------------- precision and the solver
+def _subspace_residual(a, b):
+    """Largest distance of a unit vector of span(b) from span(a) (both orthonormal)."""
+    qa, _ = np.linalg.qr(a)
+    qb, _ = np.linalg.qr(b)
+    return float(np.linalg.norm(qb - qa @ (qa.T @ qb), 2))
+
+
+def _well_conditioned(n=60_000, d=64, k=5, seed=0, offset=0.0, spread=(4.0, 0.5)):
+    """Classes with distinct means and well-separated leading spectra, float32."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    bases = [np.linalg.qr(rng.normal(size=(d, d)))[0] for _ in range(k)]
+    scales = np.geomspace(spread[0], spread[1], d)
+    z = rng.standard_normal((n, d)) * scales
+    x = np.einsum("nd,ned->ne", z, np.stack(bases)[y]) + offset + rng.normal(size=(k, d))[y]
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_float32_products_match_float64_reference(offset):
+    # Issue 18: on well-conditioned data float32 products (the default for float32
+    # data) give the float64 components within subspace residual 1e-5, also far from
+    # the origin (the per-class reference point keeps the rounding relative to the spread).
+    x, y = _well_conditioned(offset=offset)
+    fast = ClassPCA(15).fit(x, y)
+    assert fast.statistics_.product_dtype is None  # picked float32 for float32 data
+    exact = ClassPCA(15, product_dtype="float64").fit(x, y)
+    for c in range(5):
+        own = fast.component_classes_ == c
+        assert _subspace_residual(exact.components_[:, own], fast.components_[:, own]) < 1e-5
+    np.testing.assert_allclose(fast.explained_variance_, exact.explained_variance_, rtol=1e-5)
+    streamed = ClassPCA(15).fit(x, y, batch_size=7_000)
+    for c in range(5):
+        own = fast.component_classes_ == c
+        assert _subspace_residual(exact.components_[:, own], streamed.components_[:, own]) < 1e-5
+
+
+def test_float32_products_fail_without_reference_point_far_from_origin():
+    # The same check can fail: unshifted float32 products of data at 1e3 from the origin
+    # lose the class spread to rounding (what the per-class reference point avoids).
+    x, y = _well_conditioned(offset=1e3)
+    exact = ClassPCA(15, product_dtype="float64").fit(x, y)
+    rows = x[y == 0]
+    naive = (rows.T @ rows).astype(np.float64) / len(rows)
+    mean = rows.astype(np.float64).mean(axis=0)
+    values, vectors = np.linalg.eigh(naive - np.outer(mean, mean))
+    own = exact.component_classes_ == 0
+    assert _subspace_residual(exact.components_[:, own], vectors[:, -own.sum():]) > 1e-3
+
+
+def test_float32_data_repeated_fits_bit_identical():
+    x, y = _well_conditioned(n=20_000)
+    a, b = ClassPCA(10).fit(x, y), ClassPCA(10).fit(x, y)
+    for name in ("components_", "kernel_", "bias_", "explained_variance_"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.parametrize("allocation", ["equal", "adaptive"])
+def test_leading_eigenpairs_equal_full_decomposition(allocation, monkeypatch):
+    # The solver computes only the leading pairs (scipy syevr subset) when few are
+    # needed; forcing the full numpy eigh must give the same components.
+    from keras_classpca.core import class_pca as module
+
+    x, y = _well_conditioned(n=20_000, d=96)
+    options = dict(allocation=allocation, variance_share=0.3, product_dtype="float64")
+    subset = ClassPCA(10 if allocation == "equal" else None, **options).fit(x, y)
+    assert subset.solve() is not None
+    monkeypatch.setattr(module, "SUBSET_MAX_SHARE", 0.0)  # always all pairs
+    full = ClassPCA(10 if allocation == "equal" else None, **options).fit(x, y)
+    np.testing.assert_array_equal(subset.component_classes_, full.component_classes_)
+    np.testing.assert_allclose(subset.components_, full.components_, atol=1e-10)
+    np.testing.assert_allclose(subset.explained_variance_ratio_, full.explained_variance_ratio_,
+                               rtol=1e-10)
+
+
+def test_from_statistics_and_merge_of_statistics(blobs):
+    from keras_classpca.core.statistics import ClassStatistics
+
+    x, y = blobs
+    ref = ClassPCA(6).fit(x, y)
+    pca = ClassPCA.from_statistics(ref.statistics_.copy(), 6)
+    np.testing.assert_array_equal(pca.kernel_, ref.kernel_)
+    stats = ClassStatistics.from_arrays(
+        ref.statistics_.counts, ref.statistics_.sums, ref.statistics_.second_moments
+    )
+    np.testing.assert_array_equal(ClassPCA.from_statistics(stats, 6).kernel_, ref.kernel_)
+    halves = [ClassStatistics(8), ClassStatistics(8)]
+    halves[0].accumulate(x[:120], y[:120])
+    halves[1].accumulate(x[120:], y[120:])
+    merged = ClassPCA(6).merge(halves[0]).merge(halves[1])
+    np.testing.assert_allclose(merged.kernel_, ref.kernel_, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="ClassStatistics"):
+        ClassPCA.from_statistics({"counts": [1]}, 2)
+    with pytest.raises(ValueError, match="needs at least"):
+        ClassPCA.from_statistics(ClassStatistics.from_arrays([1, 1], np.ones((2, 3)),
+                                                             np.ones((2, 3, 3))), 2)
+
+
+def test_discriminant_directions_join_the_class_pca_components():
+    # Classes whose means differ along one low-variance axis: class-PCA with few
+    # components misses it, the Fisher direction is it.
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    y = np.repeat([0, 1], 400)
+    z = rng.normal(size=(800, 8)) * np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.5, 1.2, 0.2])
+    z[:, 7] += np.where(y == 0, -1.0, 1.0)
+    x = z @ q.T
+    plain = ClassPCA(4).fit(x, y)
+    mixed = ClassPCA(4, discriminant=1).fit(x, y)
+    assert np.max(np.abs(plain.components_.T @ q[:, 7])) < 0.1
+    assert abs(mixed.components_[:, -1] @ q[:, 7]) > 0.99
+    assert mixed.component_classes_.tolist()[-1] == -1 and mixed.components_.shape == (8, 4)
+    # The first three are the class-PCA solution for three components.
+    np.testing.assert_allclose(mixed.components_[:, :3], ClassPCA(3).fit(x, y).components_)
+    # Standardised outputs and centred bias, as for the class-PCA components.
+    out = mixed.transform(x)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-8)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, rtol=1e-6)
+    assert ClassPCA(4, discriminant="auto").fit(x, y).component_classes_.tolist().count(-1) == 1
+
+
+def test_sign_pairs_keep_both_halves_of_every_projection(blobs):
+    x, y = blobs
+    paired = ClassPCA(6, sign_pairs=True).fit(x, y)
+    reference = ClassPCA(3).fit(x, y)
+    np.testing.assert_allclose(paired.kernel_[:, 0::2], reference.kernel_)
+    np.testing.assert_allclose(paired.kernel_[:, 1::2], -reference.kernel_)
+    np.testing.assert_allclose(paired.bias_[1::2], -reference.bias_)
+    h = np.maximum(paired.transform(x), 0.0)
+    np.testing.assert_allclose(h[:, 0::2] - h[:, 1::2], reference.transform(x), atol=1e-9)
+    odd = ClassPCA(5, sign_pairs=True, discriminant="auto").fit(x, y)
+    assert odd.kernel_.shape == (8, 5)  # three directions, the last one unpaired
+    np.testing.assert_allclose(odd.kernel_[:, 1], -odd.kernel_[:, 0])
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"discriminant": -1}, "`discriminant` must be a non-negative integer or 'auto'"),
+        ({"discriminant": "most"}, "`discriminant` must be a non-negative integer or 'auto'"),
+        ({"sign_pairs": 1}, "`sign_pairs` must be True or False"),
+        ({"discriminant": 2, "n_components": 2}, "leaves no class-PCA component"),
+    ],
+)
+def test_bad_direction_options(blobs, params, match):
+    x, y = blobs
+    with pytest.raises(ValueError, match=match):
+        ClassPCA(**{"n_components": 4, **params}).fit(x, y)

@@ -62,6 +62,19 @@ def test_timescales_end_to_end(tmp_path, capsys):
     assert "settled" in capsys.readouterr().out
 
 
+def test_timescales_under_plain_sgd(tmp_path):
+    out = tmp_path / "ts"
+    argv = ["timescales", "--dataset", "digits", "--epochs", "2", "--train-samples", "200",
+            "--monitor-samples", "60", "--verbose", "0", "--optimizer", "sgd",
+            "--learning-rate", "0.05", "--momentum", "0.9", "--out", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads((out / "timescales.json").read_text())
+    assert (result["optimizer"], result["learning_rate"], result["momentum"]) == ("sgd", 0.05, 0.9)
+    changes = [e["weight_change"][-1] for e in result["history"]["layers"].values()]
+    assert all(change > 0 for change in changes)  # SGD moved every layer
+    assert result["test_accuracy"] > 0.2  # 10 classes: chance is 0.1
+
+
 def test_sweep_end_to_end(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert (
@@ -257,7 +270,8 @@ def test_export_writes_versions_from_a_keras_file(tmp_path, capsys):
 def test_export_bad_arguments_exit_2(tmp_path, capsys):
     assert "no such file" in _run_bad(["export", str(tmp_path / "none.keras"), "out"], capsys)
     (tmp_path / "model.h5").write_text("")
-    assert "expected a .keras model file" in _run_bad(["export", str(tmp_path / "model.h5"), "o"], capsys)
+    h5 = str(tmp_path / "model.h5")
+    assert "expected a .keras model file" in _run_bad(["export", h5, "o"], capsys)
     assert "integer >= 0" in _run_bad(["export", "m.keras", "o", "--version", "-1"], capsys)
     if not _export_backend():
         _saved_classpca_model(tmp_path / "m.keras")

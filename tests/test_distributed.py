@@ -92,7 +92,7 @@ def test_from_statistics_validates():
     pca = class_pca_from_statistics(
         [2, 0], np.ones((2, 3)), np.stack([np.eye(3)] * 2), 1, n_classes=2
     )
-    assert sorted(pca._moments.count) == [0]
+    assert pca.statistics_.classes.tolist() == [0]
     with pytest.raises(ValueError, match="no samples"):
         pca.solve()
 
@@ -114,8 +114,8 @@ def test_default_strategy_equals_fit_for_all_input_forms():
     for name, kwargs in forms.items():
         pca = fit_distributed(n_components=6, n_classes=3, **kwargs)
         np.testing.assert_array_equal(pca.n_samples_seen_, ref.n_samples_seen_, err_msg=name)
-        if name == "float32":  # same rows as fit sees after its own float32 cast
-            ref32 = ClassPCA(6, n_classes=3).fit(x.astype("float32"), y)
+        if name == "float32":  # same rows, products in float64 as the TF pass does
+            ref32 = ClassPCA(6, n_classes=3, product_dtype="float64").fit(x.astype("float32"), y)
             np.testing.assert_allclose(pca.kernel_, ref32.kernel_, **TIGHT, err_msg=name)
             continue
         np.testing.assert_allclose(pca.components_, ref.components_, **TIGHT, err_msg=name)
@@ -174,7 +174,8 @@ def test_adapt_with_default_strategy():
     rng = np.random.default_rng(1)
     images = rng.normal(size=(40, 8, 8, 3)).astype("float32")
     labels = rng.integers(0, 2, 40)
-    conv = ClassPCAConv2D(6, 3, padding="same", n_classes=2)
+    # The TF pass multiplies in float64: so does the local reference.
+    conv = ClassPCAConv2D(6, 3, padding="same", n_classes=2, product_dtype="float64")
     conv.adapt((images, labels), batch_size=16)
     twin = ClassPCAConv2D(6, 3, padding="same", n_classes=2)
     adapt_with_strategy(twin, (images, labels), strategy=None, batch_size=16)
@@ -208,7 +209,7 @@ def test_layer_class_pca_above_a_feature_model_with_default_strategy():
                              batch_size=16, n_classes=2)
     assert (result.samples, result.rows) == (40, 40 * 9)
     pca = result.class_pca
-    ref = ClassPCA(4, n_classes=2)
+    ref = ClassPCA(4, n_classes=2, product_dtype="float64")  # float64 as the TF pass
     h = feature_model.predict(images, verbose=0)
     for rows, row_labels in iter_rows(top, h, labels):
         ref.partial_fit(rows, row_labels)
@@ -259,7 +260,8 @@ out["in_scope"] = max_diff(in_scope.kernel_, ref.kernel_)
 # Conv2D patches in TF ops (same padding, strides, dilation) vs the layer's own adapt.
 images = rng.normal(size=(60, 9, 9, 2)).astype("float32")
 labels = rng.integers(0, 3, 60)
-conv = ClassPCAConv2D(8, 3, strides=2, padding="same", dilation_rate=1, n_classes=3)
+conv = ClassPCAConv2D(8, 3, strides=2, padding="same", dilation_rate=1, n_classes=3,
+                      product_dtype="float64")  # the TF pass multiplies in float64
 conv.adapt((images, labels), batch_size=16)
 conv_ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
 conv_pca = fit_distributed(conv_ds, 8, n_classes=3, strategy=strategy,
@@ -271,7 +273,7 @@ dil.build((None, 9, 9, 2))
 dil_pca = fit_distributed(conv_ds, 4, n_classes=3, strategy=strategy,
                           row_fn=layer_row_fn(dil), n_features=18)
 from keras_classpca.layers.geometry import iter_rows
-dil_ref = ClassPCA(4, n_classes=3)
+dil_ref = ClassPCA(4, n_classes=3, product_dtype="float64")
 for rows, row_labels in iter_rows(dil, images, labels):
     dil_ref.partial_fit(rows, row_labels)
 out["dilated"] = max_diff(dil_pca.kernel_, dil_ref.kernel_)
@@ -293,7 +295,7 @@ feature_model = keras.Model(inputs, keras.layers.Conv2D(5, 3, activation="relu")
 top = keras.layers.Dense(4)
 top.build((None, 7, 7, 5))
 pca = layer_class_pca(top, conv_ds, strategy=strategy, feature_model=feature_model, n_classes=3).class_pca
-ref_top = ClassPCA(4, n_classes=3)
+ref_top = ClassPCA(4, n_classes=3, product_dtype="float64")
 for rows, row_labels in iter_rows(top, feature_model.predict(images, verbose=0), labels):
     ref_top.partial_fit(rows, row_labels)
 relative = np.max(np.abs(pca.kernel_ - ref_top.kernel_)) / np.max(np.abs(ref_top.kernel_))
@@ -324,17 +326,19 @@ def test_mirrored_strategy_two_cpus_runs_the_feature_model_per_replica():
 # ---------------------------------------------------------------------- wired entry points
 WIRED = TWO_CPUS + """
 from keras_classpca import ClassPCA, ClassPCAConv2D
+from keras_classpca.distributed import StrategyPass
 
 rng = np.random.default_rng(0)
 out = {}
 x = rng.normal(size=(600, 10))
 y = rng.integers(0, 3, 600)
 local = ClassPCA(6, n_classes=3).fit(x, y)
-out["fit"] = float(np.abs(ClassPCA(6, n_classes=3).fit(x, y, strategy=strategy).kernel_ - local.kernel_).max())
+spread_fit = ClassPCA(6, n_classes=3).fit(x, y, statistics_pass=StrategyPass(strategy))
+out["fit"] = float(np.abs(spread_fit.kernel_ - local.kernel_).max())
 
 images = rng.normal(size=(64, 10, 10, 2)).astype("float32")
 labels = rng.integers(0, 3, 64)
-plain = ClassPCAConv2D(6, 3, n_classes=3)
+plain = ClassPCAConv2D(6, 3, n_classes=3, product_dtype="float64")  # as the TF pass
 plain.adapt((images, labels))
 spread = ClassPCAConv2D(6, 3, n_classes=3)
 spread.adapt((images, labels), strategy=strategy)
@@ -357,7 +361,7 @@ def model():
         keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
 
 m1, m2 = model(), model()
-r1 = hybridize(m1, (images, labels), cutoff=2, verbose=0, n_classes=3)
+r1 = hybridize(m1, (images, labels), cutoff=2, verbose=0, n_classes=3, product_dtype="float64")
 r2 = hybridize(m2, (images, labels), cutoff=2, verbose=0, n_classes=3, strategy=strategy)
 out = {"hybridize": max(
     float(np.abs(w1 - w2).max() / max(1e-12, np.abs(w1).max()))

@@ -136,7 +136,7 @@ def test_versions_increment_and_are_never_overwritten(exported, tmp_path):
 
 
 def test_signature_info_names_shapes_dtypes(exported):
-    info = kx.signature_info(exported.path)
+    info = keras_classpca.signature_info(exported.path)
     assert info["signature_name"] == "serving_default"
     assert info["method_name"] == "tensorflow/serving/predict"
     assert {k: (v["dtype"], v["shape"]) for k, v in info["inputs"].items()} == {
@@ -146,9 +146,9 @@ def test_signature_info_names_shapes_dtypes(exported):
         "probs": ("float32", [None, 10])
     }
     with pytest.raises(ValueError, match="`signature_name` 'nope' is not in"):
-        kx.signature_info(exported.path, "nope")
+        keras_classpca.signature_info(exported.path, "nope")
     with pytest.raises(FileNotFoundError, match="`export_path`"):
-        kx.signature_info(exported.base)
+        keras_classpca.signature_info(exported.base)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -166,7 +166,7 @@ def test_reloaded_saved_model_predicts_identically(exported, batch):
 
 def test_predict_request_body_round_trips_through_json(exported):
     x = exported.x[:3]
-    body = kx.predict_request_body(exported.path, x)
+    body = keras_classpca.predict_request_body(exported.path, x)
     assert set(body) == {"signature_name", "instances"}
     assert body["signature_name"] == "serving_default"
     assert [list(inst) for inst in body["instances"]] == [["image"]] * 3
@@ -182,17 +182,17 @@ def test_predict_request_body_round_trips_through_json(exported):
 
 def test_predict_request_body_rejects_bad_x(exported):
     with pytest.raises(ValueError, match=r"`x` for input 'image' has shape \(3, 8, 8\)"):
-        kx.predict_request_body(exported.path, exported.x[:3, ..., 0])
+        keras_classpca.predict_request_body(exported.path, exported.x[:3, ..., 0])
     with pytest.raises(ValueError, match="NaN or infinite"):
-        kx.predict_request_body(exported.path, np.full((1, 8, 8, 1), np.nan, "float32"))
+        keras_classpca.predict_request_body(exported.path, np.full((1, 8, 8, 1), np.nan, "float32"))
     with pytest.raises(ValueError, match=r"do not match the signature's inputs \['image'\]"):
-        kx.predict_request_body(exported.path, {"pixels": exported.x[:1]})
+        keras_classpca.predict_request_body(exported.path, {"pixels": exported.x[:1]})
 
 
 def test_artifact_sizes_against_keras_file(exported):
     keras_path = str(exported.root / "plain.keras")
     exported.model.save(keras_path)
-    sizes = kx.artifact_sizes(exported.path, keras_path, exported.model)
+    sizes = keras_classpca.artifact_sizes(exported.path, keras_path, exported.model)
     weights = sum(w.nbytes for w in exported.model.get_weights())
     assert sizes["weights_bytes"] == weights
     assert sizes["keras_bytes"] == os.path.getsize(keras_path)
@@ -215,14 +215,14 @@ def test_custom_signature_name_and_dict_inputs(tmp_path):
     )
     path = kx.export_for_serving(model, tmp_path / "two", signature_name="predict")
     for name in ("predict", "serving_default"):
-        info = kx.signature_info(path, name)
+        info = keras_classpca.signature_info(path, name)
         assert {k: v["shape"] for k, v in info["inputs"].items()} == {
             "a": [None, 3], "b": [None, 2]}
         assert {k: v["shape"] for k, v in info["outputs"].items()} == {
             "logits": [None, 2], "score": [None, 1]}
     rng = np.random.default_rng(1)
     xa, xb = rng.normal(size=(4, 3)).astype("f4"), rng.normal(size=(4, 2)).astype("f4")
-    body = kx.predict_request_body(path, {"a": xa, "b": xb}, signature_name="predict")
+    body = keras_classpca.predict_request_body(path, {"a": xa, "b": xb}, signature_name="predict")
     assert body["signature_name"] == "predict" and len(body["instances"]) == 4
     assert set(body["instances"][0]) == {"a", "b"}
     out = tf.saved_model.load(path).signatures["predict"](a=tf.constant(xa), b=tf.constant(xb))
@@ -416,7 +416,7 @@ def test_hybridized_model_saves_reloads_and_exports(exported, tmp_path):
 
     path = kx.export_for_serving(model, tmp_path / "hybrid")
     assert _max_abs(_serve(path, x)["probs"], expected) <= SERVED_ATOL
-    sizes = kx.artifact_sizes(path, keras_path, model)
+    sizes = keras_classpca.artifact_sizes(path, keras_path, model)
     assert sizes["variables_bytes"] < 1.5 * sizes["weights_bytes"] + 2048
 
 
@@ -433,7 +433,7 @@ def test_subclassed_model_exports(tmp_path):
     x = np.random.default_rng(2).normal(size=(4, 5)).astype("float32")
     model(x)
     path = kx.export_for_serving(model, tmp_path / "sub")
-    info = kx.signature_info(path)
+    info = keras_classpca.signature_info(path)
     assert {k: v["shape"] for k, v in info["inputs"].items()} == {"inputs": [None, 5]}
     assert {k: v["shape"] for k, v in info["outputs"].items()} == {"output_0": [None, 3]}
     assert oct(os.stat(path).st_mode & 0o777) == oct(
@@ -448,11 +448,11 @@ def test_counter_generated_names_become_stable_positional_names(tmp_path):
     for run in range(2):  # the second model's layers get names like "dense_3"
         model = keras.Sequential([keras.layers.Dense(3), keras.layers.Dense(2)])
         model(x)
-        info = kx.signature_info(kx.export_for_serving(model, tmp_path / f"run{run}"))
+        info = keras_classpca.signature_info(kx.export_for_serving(model, tmp_path / f"run{run}"))
         keys.append((list(info["inputs"]), list(info["outputs"])))
     assert keys == [(["inputs"], ["output_0"])] * 2
     with pytest.raises(ValueError, match="at least one example"):
-        kx.predict_request_body(str(tmp_path / "run0" / "1"), np.zeros((0, 4), "float32"))
+        keras_classpca.predict_request_body(str(tmp_path / "run0" / "1"), np.zeros((0, 4), "float32"))
 
 
 # --------------------------------------------------------------------------- saved_model_cli

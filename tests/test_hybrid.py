@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import keras_classpca.hybrid.builder as hybrid_module
-from keras_classpca import ClassPCA, HybridReport, hybridize
+from keras_classpca import ClassPCA, ClassPCADense, HybridReport, hybridize
 
 L = keras.layers
 
@@ -156,7 +156,8 @@ def test_dense_on_sequences_then_lstm_stops_the_prefix():
     with pytest.raises(ValueError, match=r"cutoff=2 .*only 1 layer.*LSTM 'rnn'"):
         hybridize(model, (x, y), cutoff=2, verbose=0)
     report = hybridize(model, (x, y), cutoff=1, verbose=0)
-    assert "LSTM 'rnn'" in report.stopped_because and "not a Dense or Conv2D" in report.stopped_because
+    assert "LSTM 'rnn'" in report.stopped_because
+    assert "not a layer kind class-PCA solves" in report.stopped_because
     # a Dense on (batch, time, features): every time step is a row of its sample's class
     reference = ClassPCA(4).fit(x.reshape(-1, 3), np.repeat(y, 5))
     np.testing.assert_allclose(np.asarray(model.get_layer("d").kernel), reference.kernel_, rtol=1e-4, atol=1e-5)
@@ -348,17 +349,35 @@ def test_unknown_and_invalid_class_pca_options(blobs):
 
 
 @pytest.mark.parametrize(
-    "stop_layer, message",
+    "middle_layer, kind",
     [
-        (lambda: L.DepthwiseConv2D(3, name="stop"), "DepthwiseConv2D 'stop' is not a Dense or Conv2D"),
-        (lambda: L.Conv2D(4, 3, groups=2, name="stop"), "grouped convolution (groups=2)"),
+        (lambda: L.DepthwiseConv2D(3, depth_multiplier=2, name="mid"), "DepthwiseConv2D"),
+        (lambda: L.Conv2D(4, 3, groups=2, name="mid"), "Conv2D"),
+        (lambda: L.SeparableConv2D(4, 3, name="mid"), "SeparableConv2D"),
     ],
 )
-def test_unsupported_conv_stops_the_prefix(stop_layer, message):
+def test_depthwise_grouped_and_separable_convs_are_solved(middle_layer, kind):
     x, y = _images(n=120)
     model = keras.Sequential(
-        [keras.Input((8, 8, 2)), L.Conv2D(4, 2, name="c"), stop_layer(), L.Flatten(), L.Dense(8), L.Dense(3)]
+        [keras.Input((8, 8, 2)), L.Conv2D(4, 2, name="c"), middle_layer(), L.Flatten(),
+         L.Dense(8), L.Dense(3)]
     )
+    report = hybridize(model, (x, y), cutoff=2, verbose=0)
+    assert [(s.name, s.kind) for s in report.layers] == [("c", "Conv2D"), ("mid", kind)]
+    # standardised outputs of the solved middle layer, on its actual input
+    out = np.asarray(keras.Model(model.inputs[0], model.get_layer("mid").output)(x))
+    out = out.reshape(-1, out.shape[-1]).astype(np.float64)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(out.var(axis=0), 1.0, rtol=1e-3)
+
+
+def test_unsupported_conv_stops_the_prefix():
+    x, y = _images(n=120)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 2)), L.Conv2D(4, 2, name="c"), L.Conv2DTranspose(2, 3, name="stop"),
+         L.Flatten(), L.Dense(8), L.Dense(3)]
+    )
+    message = "Conv2DTranspose 'stop' is not a layer kind class-PCA solves"
     with pytest.raises(ValueError, match=r"cutoff=2 but only 1 layer\(s\)") as error:
         hybridize(model, (x, y), cutoff=2, verbose=0)
     assert message in str(error.value)
@@ -381,7 +400,7 @@ def test_embedding_first_means_nothing_to_solve():
         hybridize(model, (x, y), cutoff=1, verbose=0)
 
 
-def test_branching_functional_model_solves_up_to_the_branch(blobs):
+def test_branching_functional_model_solves_both_branches(blobs):
     x, y = blobs
     inputs = keras.Input((8,))
     a = L.Dense(6, activation="relu", name="a")(inputs)
@@ -391,11 +410,18 @@ def test_branching_functional_model_solves_up_to_the_branch(blobs):
     model = keras.Model(inputs, outputs)
     c_before = np.asarray(model.get_layer("c").kernel).copy()
     report = hybridize(model, (x, y), cutoff=2, verbose=0)
-    assert "branches or merges" in report.stopped_because and "'c'" in report.stopped_because
+    assert report.candidates == ["a", "b", "c"]
+    assert "Dense 'out' is the model's last layer" in report.stopped_because
+    assert report.next_not_taken.startswith("cutoff=2: the next solvable layer, Dense 'c'")
     assert report.frozen == ["a", "b"]
     assert np.array_equal(np.asarray(model.get_layer("c").kernel), c_before)
     h = _layer_input(model, model.get_layer("b"), x)
     np.testing.assert_allclose(np.asarray(model.get_layer("b").kernel), ClassPCA(6).fit(h, y).kernel_,
+                               rtol=1e-4, atol=1e-5)
+    # the other branch: solved on the same input
+    report = hybridize(model, (x, y), cutoff=3, verbose=0)
+    assert report.frozen == ["a", "b", "c"] and report.next_not_taken is None
+    np.testing.assert_allclose(np.asarray(model.get_layer("c").kernel), ClassPCA(6).fit(h, y).kernel_,
                                rtol=1e-4, atol=1e-5)
 
 
@@ -462,7 +488,7 @@ def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(monkeypatch, sub
     # Scripted probe results: a clear gain for layer 1, then a clear loss (or gain) for layer 2.
     x, y = _subspace_data(subspace_classes)
     results = iter(scripted)
-    monkeypatch.setattr(hybrid_module._ProbeConsumer, "accuracy", lambda self: next(results))
+    monkeypatch.setattr(hybrid_module.ProbeConsumer, "accuracy", lambda self: next(results))
     model = _mlp(hidden=(8, 8), bn=True)
     before = {l.name: [w.copy() for w in l.get_weights()] for l in model.layers}
     report = hybridize(model, (x, y), cutoff="auto", verbose=0)
@@ -559,3 +585,47 @@ def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
         assert np.array_equal(w, w0)
     with pytest.raises(ValueError, match="has 12 sample"):
         hybridize(model(), (x, y), cutoff=2, verbose=0)
+
+
+def test_freeze_kernel_trains_only_the_solved_biases():
+    x, y = _images(n=240)
+    model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="c"), L.Flatten(),
+                              L.Dense(8, activation="relu", name="d"), L.Dense(3, name="out")])
+    report = hybridize(model, (x, y), cutoff=2, freeze="kernel", verbose=0)
+    assert report.frozen == ["c", "d"]
+    kernels = {n: np.array(model.get_layer(n).kernel) for n in ("c", "d")}
+    biases = {n: np.array(model.get_layer(n).bias) for n in ("c", "d")}
+    trainable = {id(v) for v in model.trainable_variables}
+    for name in ("c", "d"):
+        layer = model.get_layer(name)
+        assert layer.trainable and id(layer.bias) in trainable and id(layer.kernel) not in trainable
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    for name in ("c", "d"):
+        assert np.array_equal(np.array(model.get_layer(name).kernel), kernels[name])
+        assert not np.array_equal(np.array(model.get_layer(name).bias), biases[name])
+    with pytest.raises(ValueError, match="`freeze` must be True, False or 'kernel'"):
+        hybridize(model, (x, y), cutoff=1, freeze="bias", verbose=0)
+
+
+def test_label_free_mode_solves_each_layer_from_the_pca_of_its_input():
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(400, 10)) * np.linspace(3.0, 0.5, 10)).astype("float32")
+    model = keras.Sequential([keras.Input((10,)), L.Dense(4, activation="relu", name="a"),
+                              L.Dense(3, name="b"), L.Dense(2, name="out")])
+    report = hybridize(model, x, cutoff=2, verbose=0)
+    assert report.label_free and report.cutoff == 2 and "label-free" in str(report)
+    # Layer a: the 4 leading covariance eigenvectors of x, i.e. ClassPCA of one class.
+    expected = ClassPCA(4).fit(x.astype(np.float64), np.zeros(len(x), dtype=int))
+    np.testing.assert_allclose(np.asarray(model.get_layer("a").kernel), expected.kernel_,
+                               rtol=1e-4, atol=1e-5)
+    # Layer b: the PCA of a's (solved) output.
+    h = np.asarray(keras.Model(model.inputs[0], model.get_layer("a").output)(x))
+    expected_b = ClassPCA(3).fit(h.astype(np.float64), np.zeros(len(x), dtype=int))
+    np.testing.assert_allclose(np.asarray(model.get_layer("b").kernel), expected_b.kernel_,
+                               rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="`data` has no labels, and cutoff='auto'"):
+        hybridize(model, x, verbose=0)
+    layer = ClassPCADense(4)
+    layer.adapt(x)
+    np.testing.assert_allclose(np.asarray(layer.kernel), expected.kernel_, rtol=1e-4, atol=1e-5)

@@ -95,10 +95,9 @@ def test_timescale_monitor_writes_its_history(tmp_path):
         )
         # no weight change before training: nothing is written at step -1
         assert entry["weight_change"][0] is None
-        assert_written(
-            written, f"timescale/weight_change/{name}", steps[1:], entry["weight_change"][1:]
-        )
-    assert len(written) == 4 * len(monitor.history["layers"])
+        for key in ("weight_change", "subspace_change"):
+            assert_written(written, f"timescale/{key}/{name}", steps[1:], entry[key][1:])
+    assert len(written) == 5 * len(monitor.history["layers"])
 
 
 def test_tensorboard_without_tensorflow_names_the_extra(monkeypatch, tmp_path):

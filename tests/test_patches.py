@@ -90,14 +90,21 @@ def test_patches_times_kernel_equals_keras_conv2d(padding, stride, dilation):
     "kwargs, match",
     [
         (
-            {"images": np.zeros((4, 4, 1))},
+            {"images": np.zeros((4, 4, 1)), "rank": 2},
             r"`images` must have shape \(n, height, width, channels\)",
         ),
+        (
+            {"images": np.zeros((4, 4, 1)), "kernel_size": (3, 3, 3)},
+            r"`images` must have shape \(n, depth, height, width, channels\)",
+        ),
         ({"kernel_size": 0}, "`kernel_size` must be a positive int"),
-        ({"kernel_size": (3, 3, 3)}, "`kernel_size` must be a positive int"),
+        ({"kernel_size": (3, 3, 3), "rank": 2}, "`kernel_size` must be a positive int"),
+        ({"kernel_size": 3, "rank": 4}, "1, 2 or 3 spatial axes"),
         ({"strides": (1, 0)}, "`strides` must be a positive int"),
         ({"dilation_rate": -1}, "`dilation_rate` must be a positive int"),
-        ({"padding": "causal"}, "`padding` must be 'valid' or 'same'"),
+        ({"padding": "full"}, "`padding` must be one of"),
+        ({"padding": "causal"}, "causal.* 1-D convolutions only"),
+        ({"groups": 2, "images": np.zeros((1, 5, 5, 3))}, "`groups` must be a positive divisor"),
         ({"kernel_size": 6}, r"smaller than the dilated kernel \(6, 6\)"),
         ({"dilation_rate": 3}, r"smaller than the dilated kernel \(7, 7\)"),
     ],
@@ -141,6 +148,7 @@ def test_conv_adapt_statistics_equal_brute_force(strides, padding, dilation, dat
         dilation_rate=dilation,
         data_format=data_format,
         dedup_threshold=None,
+        product_dtype="float64",  # exact statistics: this test is about the patches
     )
     x = images if data_format == "channels_last" else np.moveaxis(images, -1, 1)
     layer.adapt((x, y), batch_size=7)
@@ -186,10 +194,11 @@ def test_chunked_patch_extraction_gives_the_same_statistics(monkeypatch, patches
     import keras_classpca.layers.geometry as layer_inputs
 
     images, y = _labelled_images(n=15)
-    whole = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image)
+    exact = {"product_dtype": "float64"}  # float32 products depend on the chunking
+    whole = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image, **exact)
     whole.adapt((images, y))
     monkeypatch.setattr(layer_inputs, "MAX_CHUNK_VALUES", 1)  # one image per chunk
-    chunked = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image)
+    chunked = ClassPCAConv2D(6, 3, patches_per_image=patches_per_image, **exact)
     chunked.adapt((images, y))
     np.testing.assert_array_equal(
         chunked.class_pca_.n_samples_seen_, whole.class_pca_.n_samples_seen_

@@ -178,6 +178,32 @@ def test_weight_change_and_history(subspace_classes, tmp_path):
     assert "epoch 4" in monitor.format_table()
 
 
+def test_subspace_change_ignores_rescaling_and_sees_rotation(subspace_classes):
+    # Adam-like steps rescale every weight; the filter subspace is what settles.
+    model, monitor, _ = _dense_setup(subspace_classes)
+    layer = model.get_layer("a")
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(8, 8)))
+    layer.kernel.assign(q[:, :3].astype("float32"))
+    monitor.set_params({"epochs": 3})
+    monitor.on_train_begin()
+    layer.kernel.assign((3.0 * q[:, :3] @ np.diag([1.0, 2.0, 0.5])).astype("float32"))
+    monitor.on_epoch_end(0)  # rescaled columns: same span
+    theta = 0.3  # rotate one of three directions by theta out of the span
+    rotated = q[:, :3].copy()
+    rotated[:, 0] = np.cos(theta) * q[:, 0] + np.sin(theta) * q[:, 5]
+    layer.kernel.assign(rotated.astype("float32"))
+    monitor.on_epoch_end(1)
+    monitor.on_epoch_end(2)  # unchanged
+    entry = monitor.history["layers"]["a"]
+    assert entry["subspace_change"][0] is None
+    assert entry["subspace_change"][1] == pytest.approx(0.0, abs=1e-6)
+    assert entry["weight_change"][1] > 0.5  # what a weight-step measure would call moving
+    assert entry["subspace_change"][2] == pytest.approx(np.sin(theta) ** 2 / 3, rel=1e-4)
+    assert entry["subspace_change"][3] == pytest.approx(0.0, abs=1e-6)
+    assert monitor.history["subspace_settled_epoch"] == {"a": 3}
+    assert "dS" in monitor.format_table()
+
+
 def test_callback_does_not_change_training():
     rng = np.random.default_rng(4)
     y = np.arange(192) % 4

@@ -1,19 +1,30 @@
-"""`ClassPCA`: class-conditional principal components, streamed in float64.
+"""`ClassPCA`: class-conditional principal components of streamed data.
 
 The estimator behind every solved layer (Dehmamy, Rohani & Katsaggelos, arXiv
 1703.04757): a converged low layer of a network is close to the leading eigenvectors of
 the per-class second-moment (or covariance) matrix of its own input, a few filters per
-class. This module is plain NumPy in the style of scikit-learn (`fit` returns `self`,
-learned state ends in `_`); the Keras layers sit on top of it.
+class. This module is plain NumPy in the style of scikit-learn: `__init__` only stores
+its parameters, they are validated at `fit`, `fit` returns `self`, learned state ends
+in `_` and exists only after fitting; the Keras layers sit on top of it. The statistics
+it solves are a public `ClassStatistics` (`statistics_`, `from_statistics`).
 """
 
 import collections
 import contextlib
+import numbers
+import warnings
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from keras_classpca.core.data_adapter import as_standard_float, iter_batches
+from keras_classpca.core.data_adapter import as_arrays, as_standard_float, iter_batches
+from keras_classpca.core.directions import discriminant_directions, sign_paired
+from keras_classpca.core.statistics import (
+    PRODUCT_DTYPES,
+    ClassStatistics,
+    _is_backend_tensor,
+    check_memory,
+)
 
 ALLOCATIONS = ("equal", "adaptive")
 SCALINGS = ("standardize", "unit", "whiten")
@@ -26,6 +37,11 @@ EXHAUSTED_SHARE = 1e-10
 # sizes a second thread gains little, and on a busy machine OpenBLAS' spinning threads
 # make `eigh` many times slower (benchmarks/bench_solve_threads.py).
 SINGLE_THREAD_EIGH_MAX_DIM = 1024
+# Only the leading eigenpairs are computed (`scipy.linalg.eigh(subset_by_index=...)`,
+# LAPACK `syevr`) while they are fewer than this share of `d`; above it the full
+# decomposition is as fast (measured in benchmarks/bench_accumulate.py: at d = 800 the
+# leading 7 take 0.027 s against 0.075 s for all 800, at d = 2304 1.8 s against 4.5 s).
+SUBSET_MAX_SHARE = 1 / 3
 
 Solution = collections.namedtuple(
     "Solution",
@@ -38,6 +54,63 @@ Solution = collections.namedtuple(
         "bias",  # (n,) per `offset`.
     ],
 )
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A fitted attribute or method was used before `fit` (as scikit-learn's).
+
+    A `ValueError` and an `AttributeError`, so that `hasattr(unfitted, "components_")`
+    is False.
+    """
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A constructor parameter has an invalid value (raised by `fit`, not `__init__`)."""
+
+
+def _is_int(value):
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _is_real(value):
+    return isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+# name -> (what is allowed, test). Checked by `fit`, `partial_fit` and `solve`, in the
+# manner of scikit-learn's `_parameter_constraints`.
+_PARAMETER_CONSTRAINTS = {
+    "n_components": (
+        "a positive integer or None",
+        lambda v: v is None or (_is_int(v) and v >= 1),
+    ),
+    "center": ("True or False", lambda v: isinstance(v, (bool, np.bool_))),
+    "allocation": (f"one of {ALLOCATIONS}", lambda v: isinstance(v, str) and v in ALLOCATIONS),
+    "scaling": (f"one of {SCALINGS}", lambda v: isinstance(v, str) and v in SCALINGS),
+    "offset": (f"one of {OFFSETS}", lambda v: isinstance(v, str) and v in OFFSETS),
+    "variance_share": ("a number in (0, 1]", lambda v: _is_real(v) and 0.0 < float(v) <= 1.0),
+    "dedup_threshold": (
+        "a number in (0, 1] or None",
+        lambda v: v is None or (_is_real(v) and 0.0 < float(v) <= 1.0),
+    ),
+    "n_classes": ("a positive integer or None", lambda v: v is None or (_is_int(v) and v >= 1)),
+    "discriminant": (
+        "a non-negative integer or 'auto'",
+        lambda v: (isinstance(v, str) and v == "auto") or (_is_int(v) and v >= 0),
+    ),
+    "sign_pairs": ("True or False", lambda v: isinstance(v, (bool, np.bool_))),
+    "product_dtype": (
+        f"one of {PRODUCT_DTYPES} or None",
+        lambda v: v is None or (isinstance(v, str) and v in PRODUCT_DTYPES),
+    ),
+    "memory_limit": (
+        "a positive number of bytes or None",
+        lambda v: v is None or (_is_real(v) and float(v) > 0),
+    ),
+}
 
 
 def _check_finite(x, name):
@@ -71,7 +144,9 @@ def labels_to_int(y, n_classes=None):
             f"`y` must be a vector of integer labels or one-hot rows; received shape {y.shape}."
         )
     if y.dtype.kind not in "biuf":
-        raise ValueError(f"`y` must hold integer class labels; received dtype {y.dtype}.")
+        raise ValueError(
+            f"Unknown label type: `y` must hold integer class labels; received dtype {y.dtype}."
+        )
     if y.dtype.kind == "f":
         _check_finite(y, "y")
         if np.any(y != np.round(y)):
@@ -87,87 +162,6 @@ def labels_to_int(y, n_classes=None):
     return labels
 
 
-class _Moments:
-    """Per-class count, sum and second moment, all float64: O(K·d²) memory."""
-
-    def __init__(self, n_features):
-        self.n_features = n_features
-        self.count = {}
-        self.total = {}
-        self.outer = {}
-
-    # Rows per step of `add`: at least CHUNK_ROWS, or as many as fit in CHUNK_BYTES of
-    # float64. The step bounds the temporary sorted float64 copy; BLAS syrk is faster
-    # on longer class blocks, so a step is made as long as that bound allows.
-    CHUNK_ROWS = 8192
-    CHUNK_BYTES = 64 << 20
-    # Labels already grouped in runs this long on average (a one-class batch, data
-    # sorted by class, the patches of one image) are used in place: no sort, and no
-    # copy for float64 input. Shorter runs are sorted into one block per class.
-    MIN_RUN_ROWS = 512
-
-    def _slot(self, label):
-        if label not in self.count:
-            self.count[label] = 0
-            self.total[label] = np.zeros(self.n_features)
-            self.outer[label] = np.zeros((self.n_features, self.n_features))
-
-    def add(self, x, labels):
-        step = max(self.CHUNK_ROWS, self.CHUNK_BYTES // (8 * max(1, self.n_features)))
-        for start in range(0, len(x), step):
-            chunk = x[start : start + step]
-            chunk_labels = labels[start : start + step]
-            run_starts = np.flatnonzero(chunk_labels[1:] != chunk_labels[:-1]) + 1
-            if len(chunk_labels) >= self.MIN_RUN_ROWS * (len(run_starts) + 1):
-                starts = np.concatenate([[0], run_starts])
-                block_labels = chunk_labels[starts]
-            else:
-                order = np.argsort(chunk_labels, kind="stable")
-                chunk = np.take(chunk, order, axis=0)
-                block_labels, starts = np.unique(chunk_labels[order], return_index=True)
-            chunk = chunk.astype(np.float64, copy=False)
-            bounds = starts.tolist() + [len(chunk)]
-            for i, label in enumerate(block_labels.tolist()):
-                block = chunk[bounds[i] : bounds[i + 1]]
-                self._slot(label)
-                self.count[label] += len(block)
-                self.total[label] += block.sum(axis=0)
-                # `a.T @ a` on one buffer lets NumPy call BLAS syrk (half a GEMM's work).
-                self.outer[label] += block.T @ block
-
-    def merge(self, other):
-        for label in other.count:
-            self._slot(label)
-            self.count[label] += other.count[label]
-            self.total[label] += other.total[label]
-            self.outer[label] += other.outer[label]
-
-    def copy(self):
-        twin = _Moments(self.n_features)
-        twin.count = dict(self.count)
-        twin.total = {k: v.copy() for k, v in self.total.items()}
-        twin.outer = {k: v.copy() for k, v in self.outer.items()}
-        return twin
-
-
-def _batch_moments(x, labels):
-    """The statistics of one batch; raises for NaN/inf before anything is merged.
-
-    Checking the batch's sums and squared norms instead of every entry is exact for
-    NaN and infinities (they propagate) and also catches values whose squares overflow.
-    """
-    moments = _Moments(x.shape[1])
-    moments.add(x, labels)
-    for label in moments.count:
-        if not (
-            np.all(np.isfinite(moments.total[label]))
-            and np.all(np.isfinite(np.diagonal(moments.outer[label])))
-        ):
-            _check_finite(x, "x")  # names how many entries are bad
-            raise ValueError("`x` holds values too large to square in float64.")
-    return moments
-
-
 _blas_controller = None
 
 
@@ -175,18 +169,10 @@ def _one_blas_thread():
     """Context manager: BLAS libraries limited to one thread, restored on exit."""
     global _blas_controller
     if _blas_controller is None:  # scanning the loaded libraries costs milliseconds: once
+        import scipy.linalg  # noqa: F401  (SciPy's own BLAS must be loaded to be seen)
+
         _blas_controller = ThreadpoolController()
     return _blas_controller.limit(limits=1, user_api="blas")
-
-
-def _spectrum(matrix):
-    """(eigenvalues, eigenvectors, variance shares) of a symmetric matrix, largest first."""
-    values, vectors = np.linalg.eigh(matrix)
-    values = np.clip(values[::-1], 0.0, None)
-    vectors = _fix_signs(vectors[:, ::-1])
-    trace = values.sum()
-    shares = values / trace if trace > 0 else np.zeros_like(values)
-    return values, vectors, shares
 
 
 def _fix_signs(vectors):
@@ -197,13 +183,87 @@ def _fix_signs(vectors):
     return vectors * signs
 
 
+class _Spectrum:
+    """The leading eigenpairs of one symmetric class matrix, computed as far as needed.
+
+    Asking for pair `i` beyond those computed recomputes at least twice as many; only
+    the leading `k` are computed (LAPACK `syevr` through SciPy) while `k` is small
+    against `d`, else all of them (`numpy.linalg.eigh`). Values are clipped at 0 and in
+    descending order; vectors have deterministic signs.
+    """
+
+    def __init__(self, matrix, first):
+        self.matrix = matrix
+        self.d = len(matrix)
+        self.trace = max(float(np.trace(matrix)), 0.0)
+        self.k = 0
+        self._compute(first)
+
+    def _compute(self, k):
+        d = self.d
+        k = min(d, max(int(k), 1))
+        if k >= SUBSET_MAX_SHARE * d:
+            values, vectors = np.linalg.eigh(self.matrix)
+            k = d
+        else:
+            import scipy.linalg
+
+            values, vectors = scipy.linalg.eigh(
+                self.matrix, subset_by_index=[d - k, d - 1], driver="evr"
+            )
+        self.values = np.clip(values[::-1], 0.0, None)
+        self.vectors = _fix_signs(vectors[:, ::-1])
+        self.k = k
+
+    def ensure(self, k):
+        if k > self.k:
+            self._compute(max(k, 2 * self.k))
+
+    def value(self, i):
+        self.ensure(i + 1)
+        return self.values[i]
+
+    def share(self, i):
+        """Eigenvalue `i` over the trace (0 for an all-zero matrix)."""
+        return self.value(i) / self.trace if self.trace > 0 else 0.0
+
+    def vector(self, i):
+        self.ensure(i + 1)
+        return self.vectors[:, i]
+
+    def alive(self, i):
+        """Whether pair `i` exists and is not in the exhausted (null) part."""
+        return i < self.d and self.share(i) > EXHAUSTED_SHARE
+
+
+def _as_dense(x):
+    """`x` as a real NumPy array (or a backend tensor, kept); clear errors otherwise."""
+    if _is_backend_tensor(x):
+        return x
+    if type(x).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            "Sparse input is not supported by ClassPCA: pass a dense array (x.toarray())."
+        )
+    x = as_standard_float(x)  # bfloat16 (mixed precision) -> float32
+    if x.dtype.kind == "c":
+        raise ValueError("Complex data not supported: `x` must be real.")
+    if x.dtype.kind == "O":
+        try:
+            x = x.astype(np.float64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"`x` must be numeric; {error}") from None
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"`x` must be numeric; received dtype {x.dtype}.")
+    return x
+
+
 class ClassPCA:
     """Class-conditional principal components of streamed `(x, y)` data.
 
-    For each class `c` it accumulates, in float64 and batch by batch, the count, the sum
-    and the second moment of the samples; memory is O(K·d²) whatever the number of
-    samples. Solving takes the leading eigenvectors of each class's matrix (the
-    uncentered second moment E[x xᵀ | c], or the covariance when `center=True`) and
+    For each class `c` it accumulates, batch by batch, the count, the sum and the second
+    moment of the samples in float64 (`ClassStatistics`; memory O(K·d²) whatever the
+    number of samples). Solving takes the leading eigenvectors of each class's matrix
+    (the uncentered second moment E[x xᵀ | c], or the covariance when `center=True`) and
     allocates `n_components` of them across the classes.
 
     Allocation (`allocation=`):
@@ -227,12 +287,22 @@ class ClassPCA:
     layer with more filters than its patches have dimensions), the skipped
     near-duplicates fill the remaining slots, largest share first. Only when fewer
     than `n_components` non-degenerate vectors exist at all does a `ValueError` say
-    how many the data can give.
+    how many the data can give. More components than features (`n_components > d`)
+    give a kernel of rank at most `d`: that warns.
 
-    Each class matrix is eigen-decomposed with `np.linalg.eigh`; up to
-    `d = SINGLE_THREAD_EIGH_MAX_DIM` (1024) with one BLAS thread, which avoids the
-    10-100x stalls of multithreaded OpenBLAS on a busy machine at the price of up to
-    ~1.4x on an idle one (measured in docs/benchmarks.md, bench_solve_threads).
+    Only the leading eigenpairs a class needs are computed (SciPy's `syevr` with
+    `subset_by_index`) while they are fewer than a third of `d`, else all of them;
+    up to `d = SINGLE_THREAD_EIGH_MAX_DIM` (1024) with one BLAS thread, which avoids the
+    10-100x stalls of multithreaded OpenBLAS on a busy machine (docs/benchmarks.md).
+
+    Precision (`product_dtype=`): the products of each chunk of rows are computed in
+    float32 for data of float32 precision or less and in float64 for float64 data, and
+    always summed across chunks in float64, about a per-class reference point so that
+    data far from the origin lose nothing to the shift. Float32 products carry a
+    relative error of about 1e-7 of each class's largest eigenvalue: components whose
+    eigenvalues are within ~1e-5 of that (ill-conditioned data) or closer to each other
+    than that are only as good as float32 allows; `product_dtype="float64"` costs about
+    twice the time.
 
     The fitted layer weights (`kernel_`, `bias_`) are the components with two more
     choices applied:
@@ -242,6 +312,16 @@ class ClassPCA:
       authors' code); `"whiten"` divides by the square root of the class eigenvalue.
     - `offset`: `"center"` (default) sets `bias_ = -kernel_ᵀ mean_` so that the output
       has zero mean over the data; `"zero"` leaves no bias (the authors' code).
+
+    Two remedies for what a frozen solved layer loses (`core/directions.py`):
+
+    - `discriminant`: that many of the directions are the Fisher discriminant
+      directions of the class means against the pooled within-class covariance (at most
+      K - 1), computed from the same statistics; class-PCA keeps each class's
+      high-variance directions, these separate the classes. `"auto"` takes K - 1 but at
+      most half of the directions. Their `component_classes_` entry is -1.
+    - `sign_pairs`: `n_components / 2` directions, each followed by its negative (the
+      Saak transform), so a ReLU after the layer discards nothing.
 
     Defaults (`center=True`, `scaling="standardize"`, `offset="center"`) follow the
     measurements in `docs/benchmarks.md`: centering and standardised outputs are what
@@ -260,6 +340,26 @@ class ClassPCA:
             from another class; `None` disables deduplication.
         n_classes: the number of classes, if known; labels must then lie in
             `[0, n_classes)` and every class must have samples.
+        discriminant: number of Fisher discriminant directions among the components,
+            or `"auto"` (see above); 0 for class-PCA only.
+        sign_pairs: each direction followed by its negative (see above).
+        product_dtype: `"float32"` or `"float64"` products; None picks by the data's
+            dtype (see above).
+        memory_limit: bytes the class statistics may take (`K·(d² + 2d + 1)` float64);
+            None = the memory the system reports available. Exceeding it raises a
+            `MemoryError` with the number before any product is computed.
+
+    Attributes (after `fit`, `partial_fit` or `from_statistics`):
+        statistics_: the `ClassStatistics` solved (per-class count, sum, second moment).
+        classes_, n_features_in_, n_samples_seen_, mean_, covariance_, components_,
+        component_classes_, explained_variance_, explained_variance_ratio_,
+        n_components_, kernel_, bias_.
+
+    Parameters are checked by `fit` (an `InvalidParameterError`, both a `ValueError`
+    and a `TypeError`), so `ClassPCA` works with `sklearn.base.clone`, `get_params` and
+    `set_params`; before fitting, the fitted attributes do not exist
+    (`hasattr(ClassPCA(4), "components_")` is False; using them raises
+    `NotFittedError`).
 
     Example:
 
@@ -269,7 +369,11 @@ class ClassPCA:
     >>> pca = ClassPCA(6).fit(x, y)
     >>> pca.components_.shape, pca.kernel_.shape, pca.classes_.tolist()
     ((8, 6), (8, 6), [0, 1, 2])
+    >>> hasattr(ClassPCA(6), "components_")
+    False
     """
+
+    _parameter_constraints = _PARAMETER_CONSTRAINTS
 
     def __init__(
         self,
@@ -282,6 +386,10 @@ class ClassPCA:
         variance_share=0.95,
         dedup_threshold=0.9,
         n_classes=None,
+        discriminant=0,
+        sign_pairs=False,
+        product_dtype=None,
+        memory_limit=None,
     ):
         self.n_components = n_components
         self.center = center
@@ -291,225 +399,361 @@ class ClassPCA:
         self.variance_share = variance_share
         self.dedup_threshold = dedup_threshold
         self.n_classes = n_classes
-        self._check_params()
-        self._moments = None
-        self._solutions = {}
+        self.discriminant = discriminant
+        self.sign_pairs = sign_pairs
+        self.product_dtype = product_dtype
+        self.memory_limit = memory_limit
 
     # ------------------------------------------------------------------ parameters
-    def _check_params(self):
-        if self.n_components is not None and (
-            not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1
-        ):
-            raise ValueError(
-                f"`n_components` must be a positive integer or None; received {self.n_components!r}."
-            )
-        if self.allocation not in ALLOCATIONS:
-            raise ValueError(f"`allocation` must be one of {ALLOCATIONS}; received {self.allocation!r}.")
-        if self.scaling not in SCALINGS:
-            raise ValueError(f"`scaling` must be one of {SCALINGS}; received {self.scaling!r}.")
-        if self.offset not in OFFSETS:
-            raise ValueError(f"`offset` must be one of {OFFSETS}; received {self.offset!r}.")
-        if not isinstance(self.center, (bool, np.bool_)):
-            raise TypeError(f"`center` must be True or False; received {self.center!r}.")
-        if not 0.0 < float(self.variance_share) <= 1.0:
-            raise ValueError(f"`variance_share` must lie in (0, 1]; received {self.variance_share!r}.")
-        if self.dedup_threshold is not None and not 0.0 < float(self.dedup_threshold) <= 1.0:
-            raise ValueError(
-                f"`dedup_threshold` must lie in (0, 1] or be None; received {self.dedup_threshold!r}."
-            )
-        if self.n_classes is not None and (
-            not isinstance(self.n_classes, (int, np.integer)) or self.n_classes < 1
-        ):
-            raise ValueError(f"`n_classes` must be a positive integer or None; received {self.n_classes!r}.")
+    @classmethod
+    def _get_param_names(cls):
+        return list(_PARAMETER_CONSTRAINTS)
 
-    def get_params(self):
-        """The constructor arguments, as a dict (scikit-learn style)."""
-        return {
-            "n_components": self.n_components,
-            "center": self.center,
-            "allocation": self.allocation,
-            "scaling": self.scaling,
-            "offset": self.offset,
-            "variance_share": self.variance_share,
-            "dedup_threshold": self.dedup_threshold,
-            "n_classes": self.n_classes,
-        }
+    def get_params(self, deep=True):
+        """The constructor parameters, as a dict (`deep` is accepted for scikit-learn)."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params):
+        """Set constructor parameters and return `self` (validated at the next fit/solve).
+
+        Accumulated statistics are kept; cached solutions are dropped.
+        """
+        valid = self._get_param_names()
+        for name in params:
+            if name not in valid:
+                raise ValueError(
+                    f"Invalid parameter {name!r} for ClassPCA; valid parameters are {valid}."
+                )
+        for name, value in params.items():
+            setattr(self, name, value)
+        self.__dict__.pop("_solutions", None)
+        return self
+
+    def _validate_params(self):
+        for name, (allowed, test) in self._parameter_constraints.items():
+            value = getattr(self, name)
+            if not test(value):
+                raise InvalidParameterError(
+                    f"`{name}` must be {allowed}; received {value!r}."
+                )
+
+    def check_params(self):
+        """Raise `InvalidParameterError` for an invalid parameter (what `fit` does first).
+
+        For wrappers that validate early, e.g. a Keras layer at construction.
+        """
+        self._validate_params()
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import Tags, TargetTags, TransformerTags
+
+        tags = Tags(
+            estimator_type=None,
+            target_tags=TargetTags(required=True),
+            transformer_tags=TransformerTags(),
+        )
+        tags.input_tags.two_d_array = True
+        tags.input_tags.allow_nan = False
+        return tags
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"ClassPCA({params})"
 
     # ------------------------------------------------------------------ accumulation
     def _validated_batch(self, x, y, n_features):
-        x = as_standard_float(x)  # bfloat16 (mixed precision) -> float32
-        if x.ndim != 2:
+        x = _as_dense(x)
+        shape = tuple(x.shape)
+        if len(shape) != 2:
             raise ValueError(
-                f"`x` must be 2-D (n_samples, n_features); received shape {x.shape}. "
+                f"`x` must be 2-D (n_samples, n_features); received shape {shape}. "
                 "Flatten samples (or extract conv patches) first."
             )
-        if n_features is not None and x.shape[1] != n_features:
+        if n_features is not None and shape[1] != n_features:
             raise ValueError(
-                f"`x` has {x.shape[1]} features but this ClassPCA was fitted on {n_features}."
+                f"X has {shape[1]} features, but ClassPCA is expecting {n_features} "
+                "features as input (`x` must have the features it was fitted on)."
             )
-        if x.dtype.kind not in "biuf":
-            raise TypeError(f"`x` must be numeric; received dtype {x.dtype}.")
-        labels = labels_to_int(y, self.n_classes)
-        if len(labels) != len(x):
+        if shape[1] == 0:
             raise ValueError(
-                f"`x` and `y` must have the same number of samples; received {len(x)} and {len(labels)}."
+                f"`x` has 0 feature(s) (shape={shape}) while a minimum of 1 is required."
+            )
+        if y is None:
+            raise ValueError(
+                "ClassPCA requires y to be passed, but the target y is None: class-PCA "
+                "needs the label of every sample."
+            )
+        labels = labels_to_int(y, self.n_classes)
+        if len(labels) != shape[0]:
+            raise ValueError(
+                "`x` and `y` must have the same number of samples; received "
+                f"{shape[0]} and {len(labels)}."
             )
         return x, labels
+
+    def _new_statistics(self, n_features):
+        if self.n_classes is not None:  # every slot will be needed: check before any work
+            check_memory(self.n_classes, n_features, self.memory_limit)
+        return ClassStatistics(
+            n_features, product_dtype=self.product_dtype, memory_limit=self.memory_limit
+        )
 
     def partial_fit(self, x, y):
         """Add one batch to the statistics and return `self`.
 
         Invalid input raises before any state changes.
         """
-        n_features = None if self._moments is None else self._moments.n_features
+        self._validate_params()
+        statistics = self.__dict__.get("_statistics")
+        n_features = None if statistics is None else statistics.n_features
         x, labels = self._validated_batch(x, y, n_features)
-        if not len(x):
+        if not len(labels):
             return self
-        contribution = _batch_moments(x, labels)
-        if self._moments is None:
-            self._moments = contribution
+        if statistics is None:
+            fresh = self._new_statistics(x.shape[1])
+            fresh.accumulate(x, labels)
+            self._statistics = fresh
         else:
-            self._moments.merge(contribution)
+            statistics.accumulate(x, labels)  # atomic: checks the batch first
         self._solutions = {}
         return self
 
-    def fit(self, data, y=None, *, batch_size=None, steps=None, strategy=None):
+    def fit(self, data, y=None, *, batch_size=None, steps=None, statistics_pass=None):
         """Fit from scratch on `(x, y)` arrays, a `tf.data.Dataset`, or batches.
 
         Args:
             data: `x` (with `y`), `(x, y)`, a `tf.data.Dataset` of `(x, y)` batches
                 (TFDS with `as_supervised=True`), a `keras.utils.PyDataset`, or any
-                iterable of `(x, y)` batches. `x` is `(n_samples, n_features)`.
+                iterable of `(x, y)` batches. `x` is `(n_samples, n_features)`: NumPy
+                or a tensor of the Keras backend (multiplied on its device).
             y: labels when `data` is `x`: integers or one-hot rows.
-            batch_size: rows per batch when slicing arrays.
-            steps: use at most this many batches.
-            strategy: a `tf.distribute.Strategy`: each replica accumulates the
-                statistics of its shard, one all-reduce combines them (TensorFlow
-                backend; needs `n_classes`; `data` a `tf.data.Dataset`, a dataset
-                function or `(x, y)` arrays). See docs/distributed.md.
+            batch_size: rows per batch when slicing arrays (default: in-memory arrays
+                are accumulated in one call, a cache-sized chunk of rows at a time).
+            steps: use at most this many batches. A data source that never ends
+                (`dataset.repeat()`) needs it.
+            statistics_pass: a callable that computes the statistics elsewhere, e.g.
+                `keras_classpca.distributed.StrategyPass(strategy)` for a
+                `tf.distribute` strategy: called as `statistics_pass(data, y,
+                n_classes=..., batch_size=..., steps=..., product_dtype=...)`, it returns
+                a `ClassStatistics`. See docs/distributed.md.
 
         Returns:
             `self`. On any error the previous state is kept.
         """
-        if strategy is not None:
-            from keras_classpca.distributed import fit_with_strategy
-
-            return fit_with_strategy(
-                self, data, y, strategy=strategy, batch_size=batch_size, steps=steps
+        self._validate_params()
+        if statistics_pass is not None:
+            if not callable(statistics_pass):
+                raise TypeError(
+                    "`statistics_pass` must be callable (e.g. "
+                    "keras_classpca.distributed.StrategyPass(strategy)); received "
+                    f"{type(statistics_pass).__name__}."
+                )
+            statistics = statistics_pass(
+                data,
+                y,
+                n_classes=self.n_classes,
+                batch_size=batch_size,
+                steps=steps,
+                product_dtype=self.product_dtype,
             )
-        moments = None
-        for x_batch, y_batch in iter_batches(data, y, batch_size=batch_size, steps=steps):
-            n_features = None if moments is None else moments.n_features
+            if not isinstance(statistics, ClassStatistics):
+                raise TypeError(
+                    "`statistics_pass` must return ClassStatistics; returned "
+                    f"{type(statistics).__name__}."
+                )
+            return self._set_statistics(statistics)
+        if y is None and hasattr(data, "__array__") and not isinstance(data, (tuple, list)):
+            raise ValueError(
+                "ClassPCA requires y to be passed, but the target y is None: class-PCA needs "
+                "labels; pass `fit(x, y)`, `fit((x, y))`, or batches of `(x, y)`."
+            )
+        statistics = None
+        arrays = as_arrays(data, y) if batch_size is None and steps is None else None
+        if arrays is not None:
+            batches = [arrays]  # in memory: one call, chunked inside `accumulate`
+        else:
+            batches = iter_batches(data, y, batch_size=batch_size, steps=steps, keep_tensors=True)
+        for x_batch, y_batch in batches:
+            n_features = None if statistics is None else statistics.n_features
             x_batch, labels = self._validated_batch(x_batch, y_batch, n_features)
-            contribution = _batch_moments(x_batch, labels)
-            if moments is None:
-                moments = contribution
-            else:
-                moments.merge(contribution)
-        if moments is None:
+            if not len(labels):
+                continue
+            if statistics is None:
+                statistics = self._new_statistics(x_batch.shape[1])
+            statistics.accumulate(x_batch, labels)
+        if statistics is None:
             raise ValueError("`data` is empty: no samples to fit ClassPCA on.")
-        previous = self._moments, self._solutions
-        self._moments, self._solutions = moments, {}
+        return self._set_statistics(statistics)
+
+    def _set_statistics(self, statistics):
+        """Make `statistics` this estimator's, solving now to surface errors; atomic."""
+        if not len(statistics):
+            raise ValueError("`data` is empty: no samples to fit ClassPCA on.")
+        if self.n_classes is not None and statistics.classes.max() >= self.n_classes:
+            raise ValueError(
+                f"The statistics hold class {statistics.classes.max()}, out of range for "
+                f"n_classes={self.n_classes}."
+            )
+        keys = ("_statistics", "_solutions")
+        previous = {k: self.__dict__[k] for k in keys if k in self.__dict__}
+        self._statistics = statistics
+        self._solutions = {}
         if self.n_components is not None or self.allocation == "adaptive":
             try:
                 self.solve()  # surface errors (too few samples, ...) at fit time
             except ValueError:
-                self._moments, self._solutions = previous
+                for key in keys:
+                    self.__dict__.pop(key, None)
+                self.__dict__.update(previous)
                 raise
         return self
 
+    @classmethod
+    def from_statistics(cls, statistics, n_components=None, **params):
+        """A fitted `ClassPCA` on given `ClassStatistics` (not copied), solved once.
+
+        `statistics` may come from anywhere: another estimator's `statistics_`,
+        `ClassStatistics.from_arrays(counts, sums, second_moments)` of sums gathered by
+        another system, or a distributed pass. Raises as `fit` does.
+
+        >>> import numpy as np
+        >>> stats = ClassStatistics(3)
+        >>> stats.accumulate(np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 2)
+        >>> ClassPCA.from_statistics(stats, 2).kernel_.shape
+        (3, 2)
+        """
+        if not isinstance(statistics, ClassStatistics):
+            raise TypeError(
+                f"`statistics` must be ClassStatistics; received {type(statistics).__name__}."
+            )
+        pca = cls(n_components, **params)
+        pca._validate_params()
+        return pca._set_statistics(statistics)
+
     def merge(self, other):
-        """Add the statistics of another `ClassPCA` (e.g. a shard) and return `self`.
+        """Add the statistics of another `ClassPCA` or `ClassStatistics`; return `self`.
 
         The sum of shards' statistics equals one pass over all the data.
         """
-        if not isinstance(other, ClassPCA):
-            raise TypeError(f"`other` must be a ClassPCA; received {type(other).__name__}.")
-        if other._moments is None:
-            return self
-        if self._moments is not None and other._moments.n_features != self._moments.n_features:
-            raise ValueError(
-                f"Cannot merge statistics over {other._moments.n_features} features into "
-                f"{self._moments.n_features} features."
+        self._validate_params()
+        if isinstance(other, ClassPCA):
+            other = other.__dict__.get("_statistics")
+            if other is None:
+                return self
+        elif not isinstance(other, ClassStatistics):
+            raise TypeError(
+                f"`other` must be a ClassPCA or ClassStatistics; received {type(other).__name__}."
             )
-        if self.n_classes is not None and max(other._moments.count) >= self.n_classes:
+        if not len(other):
+            return self
+        mine = self.__dict__.get("_statistics")
+        if mine is not None and other.n_features != mine.n_features:
             raise ValueError(
-                f"`other` holds label {max(other._moments.count)}, out of range for "
+                f"Cannot merge statistics over {other.n_features} features into "
+                f"{mine.n_features} features."
+            )
+        if self.n_classes is not None and other.classes.max() >= self.n_classes:
+            raise ValueError(
+                f"`other` holds label {other.classes.max()}, out of range for "
                 f"n_classes={self.n_classes}."
             )
-        if self._moments is None:
-            self._moments = _Moments(other._moments.n_features)
-        self._moments.merge(other._moments)
+        if mine is None:
+            mine = self._new_statistics(other.n_features)
+            mine.merge(other)
+            self._statistics = mine
+        else:
+            mine.merge(other)
         self._solutions = {}
         return self
 
-    # ------------------------------------------------------------------ solving
-    def _require_fitted(self):
-        if self._moments is None:
-            raise ValueError(
-                "This ClassPCA has no statistics yet: call `fit(x, y)` or `partial_fit(x, y)` first."
+    # ------------------------------------------------------------------ fitted state
+    def _fitted_statistics(self):
+        statistics = self.__dict__.get("_statistics")
+        if statistics is None:
+            raise NotFittedError(
+                "This ClassPCA instance is not fitted yet: call `fit(x, y)` or "
+                "`partial_fit(x, y)` first."
             )
+        return statistics
+
+    @property
+    def statistics_(self):
+        """The `ClassStatistics` this estimator solves (shared, not a copy)."""
+        return self._fitted_statistics()
+
+    def __sklearn_is_fitted__(self):
+        return self.is_fitted
 
     @property
     def is_fitted(self):
         """Whether statistics have been accumulated."""
-        return self._moments is not None
+        return self.__dict__.get("_statistics") is not None
 
     @property
     def classes_(self):
-        self._require_fitted()
+        statistics = self._fitted_statistics()
         if self.n_classes is not None:
             return np.arange(self.n_classes)
-        return np.array(sorted(self._moments.count), dtype=np.int64)
+        return statistics.classes
 
     @property
     def n_features_in_(self):
-        self._require_fitted()
-        return self._moments.n_features
+        return self._fitted_statistics().n_features
 
     @property
     def n_samples_seen_(self):
         """Samples seen per class, aligned with `classes_`."""
-        self._require_fitted()
-        return np.array([self._moments.count.get(int(c), 0) for c in self.classes_], dtype=np.int64)
+        statistics = self._fitted_statistics()
+        return np.array([statistics.count(c) for c in self.classes_], dtype=np.int64)
 
     @property
     def mean_(self):
         """Mean over all samples (all classes)."""
-        self._require_fitted()
-        m = self._moments
-        return sum(m.total.values()) / sum(m.count.values())
+        statistics = self._fitted_statistics()
+        return statistics.sums.sum(axis=0) / statistics.n_samples
 
     @property
     def covariance_(self):
         """Covariance over all samples (all classes), float64 `(d, d)`."""
-        self._require_fitted()
-        m = self._moments
-        n = sum(m.count.values())
+        statistics = self._fitted_statistics()
+        total = np.zeros((statistics.n_features, statistics.n_features))
+        for label in statistics.classes.tolist():
+            total += statistics.second_moment(label)
         mean = self.mean_
-        return sum(m.outer.values()) / n - np.outer(mean, mean)
+        return total / statistics.n_samples - np.outer(mean, mean)
 
     def class_matrix(self, label):
         """The matrix eigen-decomposed for one class (covariance or second moment)."""
-        self._require_fitted()
-        m = self._moments
+        statistics = self._fitted_statistics()
         label = int(label)
-        n = m.count.get(label, 0)
+        n = statistics.count(label)
         if n == 0:
             raise ValueError(f"Class {label} has no samples.")
-        matrix = m.outer[label] / n
+        matrix = statistics.second_moment(label) / n
         if self.center:
-            class_mean = m.total[label] / n
+            class_mean = statistics.sum(label) / n
             matrix = matrix - np.outer(class_mean, class_mean)
         return (matrix + matrix.T) / 2.0
 
-    def _class_spectra(self):
+    # ------------------------------------------------------------------ solving
+    def _class_spectra(self, first):
+        """One `_Spectrum` per class, each with its leading `first[i]` pairs computed."""
         spectra = []
         small = self.n_features_in_ <= SINGLE_THREAD_EIGH_MAX_DIM
         with _one_blas_thread() if small else contextlib.nullcontext():
-            for label in self.classes_.tolist():
-                spectra.append(_spectrum(self.class_matrix(label)))
+            for label, k in zip(self.classes_.tolist(), first):
+                spectra.append(_Spectrum(self.class_matrix(label), k))
         return spectra
+
+    def _adaptive_quota(self, spectrum):
+        """Leading vectors whose cumulative share stays within `variance_share` (>= 1)."""
+        cumulative, count = 0.0, 0
+        while count < spectrum.d:
+            cumulative += spectrum.share(count)
+            if cumulative > self.variance_share:
+                break
+            count += 1
+        return max(1, count)
 
     def _quotas(self, n_components, spectra):
         classes = self.classes_
@@ -517,21 +761,20 @@ class ClassPCA:
         rank_loss = 1 if self.center else 0
         if self.allocation == "adaptive":
             quotas = []
-            for label, count, (_, _, shares) in zip(classes, counts, spectra):
+            for label, count, spectrum in zip(classes, counts, spectra):
                 if count <= rank_loss:
                     raise ValueError(
                         f"Class {label} has {count} sample(s); with center=True each class "
                         "needs at least 2 samples."
                     )
-                cumulative = np.cumsum(shares)
-                quotas.append(max(1, int(np.searchsorted(cumulative, self.variance_share, side="right"))))
+                quotas.append(self._adaptive_quota(spectrum))
             return quotas
         k = len(classes)
         base, remainder = divmod(n_components, k)
         quotas = [base] * k
         if remainder:
             # The remaining slots go to the classes whose next vector explains most.
-            next_share = [spectra[i][2][base] if base < len(spectra[i][2]) else 0.0 for i in range(k)]
+            next_share = [s.share(base) if base < s.d else 0.0 for s in spectra]
             for i in sorted(range(k), key=lambda i: (-next_share[i], i))[:remainder]:
                 quotas[i] += 1
         for label, count, quota in zip(classes, counts, quotas):
@@ -549,20 +792,84 @@ class ClassPCA:
 
         Pure function of the statistics: repeated calls give bit-identical results.
         """
-        self._require_fitted()
+        self._validate_params()
+        self._fitted_statistics()
         n_components = self.n_components if n_components is None else n_components
         if n_components is None and self.allocation == "equal":
             raise ValueError("`n_components` is required with allocation='equal'.")
-        if n_components is not None and (
-            not isinstance(n_components, (int, np.integer)) or n_components < 1
-        ):
-            raise ValueError(f"`n_components` must be a positive integer; received {n_components!r}.")
+        if n_components is not None and (not _is_int(n_components) or n_components < 1):
+            raise ValueError(
+                f"`n_components` must be a positive integer; received {n_components!r}."
+            )
         key = None if n_components is None else int(n_components)
-        if key not in self._solutions:
-            self._solutions[key] = self._solve(key)
-        return self._solutions[key]
+        solutions = self.__dict__.setdefault("_solutions", {})
+        if key not in solutions:
+            solutions[key] = self._solve(key)
+        return solutions[key]
 
     def _solve(self, n_components):
+        """Class-PCA directions, Fisher directions mixed in, then sign pairs."""
+        if not self.sign_pairs and self.discriminant == 0:
+            return self._solve_class_pca(n_components)
+        directions = n_components
+        if self.sign_pairs and n_components is not None:
+            directions = -(-n_components // 2)  # an odd count leaves the last unpaired
+        n_fisher = self._n_discriminant(directions)
+        if directions is not None and n_fisher >= directions:
+            raise ValueError(
+                f"discriminant={self.discriminant!r} leaves no class-PCA component of the "
+                f"{directions} direction(s); use fewer discriminant directions."
+            )
+        solution = self._solve_class_pca(None if directions is None else directions - n_fisher)
+        components = solution.components
+        classes = solution.component_classes
+        n_pca = components.shape[1]
+        if n_fisher:
+            fisher = self._discriminant_directions(n_fisher)
+            components = np.column_stack([components, fisher])
+            classes = np.concatenate([classes, np.full(n_fisher, -1, dtype=classes.dtype)])
+        # Variance of every direction over all the data (a Fisher direction has no class
+        # eigenvalue); the class-PCA ones keep their class eigenvalues.
+        pooled = np.sum(components * (self.covariance_ @ components), axis=0)
+        variance = np.concatenate([solution.explained_variance, pooled[n_pca:]])
+        total = np.trace(self.covariance_)
+        ratio = np.concatenate([
+            solution.explained_variance_ratio,
+            pooled[n_pca:] / total if total > 0 else np.zeros(n_fisher),
+        ])
+        kernel = components * self._scales(components, variance)
+        bias = -(self.mean_ @ kernel) if self.offset == "center" else np.zeros(kernel.shape[1])
+        if self.sign_pairs:
+            kernel, bias = sign_paired(kernel, bias)
+            components, _ = sign_paired(components, np.zeros(components.shape[1]))
+            classes, variance, ratio = (np.repeat(a, 2) for a in (classes, variance, ratio))
+            if n_components is not None:
+                keep = slice(0, n_components)
+                kernel, bias, components = kernel[:, keep], bias[keep], components[:, keep]
+                classes, variance, ratio = classes[keep], variance[keep], ratio[keep]
+        return Solution(components, classes, variance, ratio, kernel, bias)
+
+    def _n_discriminant(self, directions):
+        """How many Fisher directions: at most K - 1 (and the features); `"auto"` takes
+        K - 1 but at most half of the `directions`."""
+        limit = min(len(self.classes_) - 1, self.n_features_in_)
+        if self.discriminant == "auto":
+            return max(0, min(limit, (directions or 2 * limit) // 2))
+        return min(int(self.discriminant), limit)
+
+    def _discriminant_directions(self, n):
+        statistics = self._fitted_statistics()
+        labels = self.classes_.tolist()
+        counts = np.array([statistics.count(c) for c in labels], dtype=np.float64)
+        means = np.stack([statistics.sum(c) / statistics.count(c) for c in labels])
+        covariances = (
+            statistics.second_moment(c) / statistics.count(c) - np.outer(m, m)
+            for c, m in zip(labels, means)
+        )
+        directions, _ = discriminant_directions(counts, means, covariances, n)
+        return directions
+
+    def _solve_class_pca(self, n_components):
         classes = self.classes_
         d = self.n_features_in_
         if n_components is not None and n_components > len(classes) * d:
@@ -573,7 +880,22 @@ class ClassPCA:
         for label, count in zip(classes, self.n_samples_seen_):
             if count == 0:
                 raise ValueError(f"Class {label} (of n_classes={self.n_classes}) has no samples.")
-        spectra = self._class_spectra()
+        if n_components is not None and n_components > d:
+            warnings.warn(
+                f"n_components={n_components} exceeds the {d} input features: the kernel "
+                f"has rank at most {d}, so {n_components - d} of its columns are linear "
+                "combinations of the others.",
+                UserWarning,
+                stacklevel=3,
+            )
+        # Pairs computed up front: the class's share of the components plus room for
+        # skipped duplicates; more are computed on demand.
+        if self.allocation == "adaptive":
+            first = [8] * len(classes)
+        else:
+            base = n_components // len(classes)
+            first = [base + 1 + max(4, base // 2)] * len(classes)
+        spectra = self._class_spectra(first)
         quotas = self._quotas(n_components, spectra)
         threshold = self.dedup_threshold
 
@@ -592,33 +914,34 @@ class ClassPCA:
             nonlocal kept_vectors
             kept.append((ci, vi))
             kept_classes.append(ci)
-            kept_vectors = np.column_stack([kept_vectors, spectra[ci][1][:, vi]])
+            kept_vectors = np.column_stack([kept_vectors, spectra[ci].vector(vi)])
 
         cursor = [0] * len(classes)  # next unexamined vector of each class
         for ci, quota in enumerate(quotas):
-            shares = spectra[ci][2]
             taken = 0
-            while taken < quota and cursor[ci] < d and shares[cursor[ci]] > EXHAUSTED_SHARE:
+            while taken < quota and spectra[ci].alive(cursor[ci]):
                 vi = cursor[ci]
                 cursor[ci] += 1
-                if not is_duplicate(ci, spectra[ci][1][:, vi]):
+                if not is_duplicate(ci, spectra[ci].vector(vi)):
                     take(ci, vi)
                     taken += 1
 
         if n_components is not None and len(kept) > n_components:
             # Adaptive rule kept more than asked: keep those of largest share.
-            by_share = sorted(range(len(kept)), key=lambda j: (-spectra[kept[j][0]][2][kept[j][1]], j))
+            by_share = sorted(
+                range(len(kept)), key=lambda j: (-spectra[kept[j][0]].share(kept[j][1]), j)
+            )
             kept = [kept[j] for j in sorted(by_share[:n_components])]
         # Exhausted or deduplicated classes hand their slots to the best next vectors.
         while n_components is not None and len(kept) < n_components:
             best = None
             for ci in range(len(classes)):
-                while cursor[ci] < d and spectra[ci][2][cursor[ci]] > EXHAUSTED_SHARE:
-                    if not is_duplicate(ci, spectra[ci][1][:, cursor[ci]]):
+                while spectra[ci].alive(cursor[ci]):
+                    if not is_duplicate(ci, spectra[ci].vector(cursor[ci])):
                         break
                     cursor[ci] += 1
-                if cursor[ci] < d and spectra[ci][2][cursor[ci]] > EXHAUSTED_SHARE:
-                    share = spectra[ci][2][cursor[ci]]
+                if spectra[ci].alive(cursor[ci]):
+                    share = spectra[ci].share(cursor[ci])
                     if best is None or share > best[0]:
                         best = (share, ci)
             if best is None:
@@ -632,12 +955,10 @@ class ClassPCA:
             # above are used after all, largest eigenvalue share first.
             taken = set(kept)
             spare = sorted(
-                (
-                    (-spectra[ci][2][vi], ci, vi)
-                    for ci in range(len(classes))
-                    for vi in range(d)
-                    if (ci, vi) not in taken and spectra[ci][2][vi] > EXHAUSTED_SHARE
-                ),
+                (-spectra[ci].share(vi), ci, vi)
+                for ci in range(len(classes))
+                for vi in range(d)
+                if (ci, vi) not in taken and spectra[ci].alive(vi)
             )
             if len(kept) + len(spare) < n_components:
                 raise ValueError(
@@ -649,9 +970,9 @@ class ClassPCA:
                 take(ci, vi)
 
         kept.sort()  # group by class, descending share within a class
-        components = np.column_stack([spectra[ci][1][:, vi] for ci, vi in kept])
-        variance = np.array([spectra[ci][0][vi] for ci, vi in kept])
-        ratio = np.array([spectra[ci][2][vi] for ci, vi in kept])
+        components = np.column_stack([spectra[ci].vector(vi) for ci, vi in kept])
+        variance = np.array([spectra[ci].value(vi) for ci, vi in kept])
+        ratio = np.array([spectra[ci].share(vi) for ci, vi in kept])
         component_classes = classes[[ci for ci, _ in kept]]
         kernel = components * self._scales(components, variance)
         if self.offset == "center":
@@ -667,57 +988,79 @@ class ClassPCA:
             floor = 1e-12 * max(float(variance.max()), 1e-300)
             return 1.0 / np.sqrt(np.maximum(variance, floor))
         # "standardize": unit variance of each output over all the data.
-        output_variance = np.einsum("ij,ik,kj->j", components, self.covariance_, components)
+        output_variance = np.sum(components * (self.covariance_ @ components), axis=0)
         floor = 1e-12 * max(float(output_variance.max()), 1e-300)
         return 1.0 / np.sqrt(np.maximum(output_variance, floor))
 
-    # ------------------------------------------------------------------ fitted state
+    # ------------------------------------------------------------------ solution
+    def _solution(self):
+        self._fitted_statistics()
+        if self.n_components is None and self.allocation == "equal":
+            raise NotFittedError(
+                "This ClassPCA has statistics but no solution: `n_components` is None with "
+                "allocation='equal'; call `solve(n_components)` or set `n_components`."
+            )
+        return self.solve()
+
     @property
     def components_(self):
         """Unit eigenvectors `(n_features, n_components)`, grouped by class."""
-        return self.solve().components
+        return self._solution().components
 
     @property
     def component_classes_(self):
-        return self.solve().component_classes
+        return self._solution().component_classes
 
     @property
     def explained_variance_(self):
-        return self.solve().explained_variance
+        return self._solution().explained_variance
 
     @property
     def explained_variance_ratio_(self):
-        return self.solve().explained_variance_ratio
+        return self._solution().explained_variance_ratio
 
     @property
     def n_components_(self):
-        return self.solve().components.shape[1]
+        return self._solution().components.shape[1]
 
     @property
     def kernel_(self):
         """Layer kernel `(n_features, n_components)`: components after `scaling`."""
-        return self.solve().kernel
+        return self._solution().kernel
 
     @property
     def bias_(self):
         """Layer bias `(n_components,)` per `offset`."""
-        return self.solve().bias
+        return self._solution().bias
 
     def transform(self, x):
         """`x @ kernel_ + bias_`: what the solved linear layer computes."""
-        x = np.asarray(x, dtype=np.float64)
+        solution = self._solution()
+        x = _as_dense(x)
+        if x.ndim == 1:
+            raise ValueError(
+                f"`x` must be 2-D (n_samples, {self.n_features_in_}); received shape "
+                f"{x.shape}. Reshape your data: x.reshape(1, -1) for one sample."
+            )
         if x.ndim != 2 or x.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"`x` must have shape (n_samples, {self.n_features_in_}); received {x.shape}."
+                f"X has {x.shape[-1] if x.ndim else 0} features, but ClassPCA is expecting "
+                f"{self.n_features_in_} features as input (`x` must have shape (n_samples, "
+                f"{self.n_features_in_}); received {x.shape})."
             )
-        return x @ self.kernel_ + self.bias_
+        x = x.astype(np.float64, copy=False)
+        _check_finite(x, "x")
+        return x @ solution.kernel + solution.bias
+
+    def fit_transform(self, data, y=None, **fit_params):
+        """`fit(data, y, **fit_params).transform(x)` for in-memory `x`."""
+        return self.fit(data, y, **fit_params).transform(data if y is not None else data[0])
 
     def copy(self):
         """An independent copy with the same parameters and statistics."""
-        twin = ClassPCA(**self.get_params())
-        twin._moments = None if self._moments is None else self._moments.copy()
+        twin = type(self)(**self.get_params())
+        statistics = self.__dict__.get("_statistics")
+        if statistics is not None:
+            twin._statistics = statistics.copy()
+            twin._solutions = {}
         return twin
-
-    def __repr__(self):
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"ClassPCA({params})"

@@ -18,11 +18,33 @@ import sys
 
 import numpy as np
 
+from keras_classpca.core.statistics import _is_backend_tensor
+
 DEFAULT_BATCH_SIZE = 1024
 
 
 def _is_array_like(obj):
     return hasattr(obj, "shape") and hasattr(obj, "dtype")
+
+
+def is_unlabeled(data):
+    """Whether `data` is inputs alone (one array or tensor), not `(x, y)` or batches."""
+    return _is_array_like(data) and not isinstance(data, (tuple, list))
+
+
+def as_one_class(x):
+    """Label-free inputs as `(x, zeros)`: class-PCA of a single class is the PCA of the
+    data (the covariance eigenvectors of the first seed's label-free mode).
+
+    >>> import numpy as np
+    >>> x, y = as_one_class(np.ones((3, 2)))
+    >>> y.tolist()
+    [0, 0, 0]
+    """
+    x = _to_numpy(x, "x")
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"`x` must hold at least one sample; received shape {x.shape}.")
+    return x, np.zeros(len(x), dtype=np.int64)
 
 
 def as_standard_float(array):
@@ -57,30 +79,65 @@ def _to_numpy(value, name):
     )
 
 
-def _is_tf_dataset(data):
-    # A tf.data.Dataset exists only once TensorFlow is imported: don't import it here.
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and isinstance(data, tf.data.Dataset)
+def as_arrays(data, y=None):
+    """`(x, y)` if `data` is in-memory arrays or tensors (`x` with `y`, or a pair), else None.
 
-
-def _is_py_dataset(data):
-    try:
-        from keras.utils import PyDataset
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(data, PyDataset)
+    >>> import numpy as np
+    >>> as_arrays((np.zeros((2, 3)), np.arange(2)))[0].shape
+    (2, 3)
+    >>> as_arrays(iter([])) is None
+    True
+    """
+    if y is not None and _is_array_like(data):
+        return data, y
+    if y is not None and hasattr(data, "__array__"):  # e.g. a pandas DataFrame
+        return data, y
+    if (
+        y is None
+        and isinstance(data, (tuple, list))
+        and len(data) in (2, 3)
+        and all(_is_array_like(part) for part in data[:2])
+    ):
+        return data[0], data[1]
+    return None
 
 
 def is_infinite(data):
-    """Whether `data` is known never to end: a `tf.data.Dataset` repeated forever.
-
-    (A generator's length cannot be known; one that never ends needs `steps` or
-    `samples` as well.)
-    """
-    if not _is_tf_dataset(data):
+    """True for a data source known never to end: a `tf.data.Dataset` of infinite
+    cardinality (`.repeat()`), a `keras.utils.PyDataset` without a length whose
+    `num_batches` is None, `itertools.count`/`cycle`, or `itertools.repeat` without
+    `times`. Other iterables (generators) cannot be told apart and are trusted."""
+    if isinstance(data, (itertools.count, itertools.cycle)):
+        return True
+    if isinstance(data, itertools.repeat):
+        try:
+            data.__length_hint__()  # repeat(obj, times) knows what is left
+        except TypeError:  # repeat(obj): "len() of unsized object"
+            return True
         return False
-    tf = sys.modules["tensorflow"]
-    return int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+    if _is_tf_dataset(data):
+        import tensorflow as tf
+
+        return int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+    if _is_py_dataset(data):
+        try:
+            return data.num_batches is None
+        except (TypeError, NotImplementedError):
+            return False  # reading it raises the PyDataset's own error
+    return False
+
+
+def _is_tf_dataset(data):
+    # Only a loaded TensorFlow can have made a Dataset: never import it just to check.
+    tf = sys.modules.get("tensorflow")
+    data_module = getattr(tf, "data", None) if tf is not None else None
+    return data_module is not None and isinstance(data, data_module.Dataset)
+
+
+def _is_py_dataset(data):
+    keras = sys.modules.get("keras")
+    utils = getattr(keras, "utils", None) if keras is not None else None
+    return utils is not None and isinstance(data, utils.PyDataset)
 
 
 def _split_element(element, where):
@@ -163,7 +220,9 @@ def _py_dataset_batches(py_dataset):
         index += 1
 
 
-def iter_batches(data, y=None, *, batch_size=None, steps=None, max_samples=None):
+def iter_batches(
+    data, y=None, *, batch_size=None, steps=None, max_samples=None, keep_tensors=False
+):
     """Yield `(x, y)` numpy batches from any supported data source.
 
     Args:
@@ -173,6 +232,11 @@ def iter_batches(data, y=None, *, batch_size=None, steps=None, max_samples=None)
         batch_size: batch size for slicing arrays and for unbatched datasets.
         steps: stop after this many batches.
         max_samples: stop after this many samples (the last batch is cut).
+        keep_tensors: yield `x` batches that are tensors of the Keras backend as they
+            are (for products on their device) instead of converting them to NumPy.
+
+    A source that never ends (`is_infinite`) needs `steps` or `max_samples`: without
+    them a `ValueError` is raised before any batch is read.
 
     Example:
 
@@ -190,6 +254,12 @@ def iter_batches(data, y=None, *, batch_size=None, steps=None, max_samples=None)
             f"`max_samples` must be a positive integer; received {max_samples!r}."
         )
     batch_size = batch_size or DEFAULT_BATCH_SIZE
+    if steps is None and max_samples is None and y is None and is_infinite(data):
+        raise ValueError(
+            f"`data` ({type(data).__name__}) never ends (e.g. `dataset.repeat()` without a "
+            "count): pass `steps=` (or `samples=` to hybridize) to bound the pass, or "
+            "repeat a finite number of times."
+        )
 
     if y is not None:
         batches = _slice_arrays(data, y, batch_size)
@@ -220,7 +290,8 @@ def iter_batches(data, y=None, *, batch_size=None, steps=None, max_samples=None)
         batches = itertools.islice(batches, steps)
     seen = 0
     for step, (x_batch, y_batch) in enumerate(batches):
-        x_batch = _to_numpy(x_batch, "x")
+        if not (keep_tensors and _is_backend_tensor(x_batch)):
+            x_batch = _to_numpy(x_batch, "x")
         y_batch = _to_numpy(y_batch, "y")
         if x_batch.ndim == 0 or y_batch.ndim == 0 or len(x_batch) != len(y_batch):
             raise ValueError(

@@ -1,9 +1,15 @@
-"""Image patches exactly as a Keras `Conv2D` sees them (im2col in NumPy).
+"""Patches exactly as a Keras convolution sees them (N-D im2col in NumPy).
 
-A patch is flattened in `(kernel_row, kernel_col, channel)` order, so that for a Conv2D
-kernel of shape `(kh, kw, c, filters)`::
+One function for every convolution kind: `Conv1D/2D/3D` (strides, dilation, padding
+`"valid"`, `"same"`, `"causal"`), grouped convolutions and depthwise convolutions (a
+depthwise convolution is a grouped one with one input channel per group). A patch is
+flattened in `(kernel axis 1, ..., kernel axis r, channel)` order, so that for a
+convolution kernel of shape `(k1, ..., kr, c, filters)`::
 
-    conv(x)[n, i, j, :] == extract_patches(x, ...)[n, i, j, :] @ kernel.reshape(-1, filters)
+    conv(x)[n, i, ..., :] == extract_patches(x, ...)[n, i, ..., :] @ kernel.reshape(-1, filters)
+
+and with `groups=g` group `j` sees channels `[j c/g, (j+1) c/g)` and gives the output
+channels `[j f/g, (j+1) f/g)`.
 """
 
 import math
@@ -11,14 +17,24 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+PADDINGS = ("valid", "same", "causal")
+_SHAPES = {1: "(n, steps, channels)", 2: "(n, height, width, channels)",
+           3: "(n, depth, height, width, channels)"}
+
+
+def _tuple(value, rank, name):
+    if isinstance(value, (int, np.integer)):
+        value = (value,) * rank
+    value = tuple(value)
+    if len(value) != rank or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in value):
+        raise ValueError(
+            f"`{name}` must be a positive int or a tuple of {rank} of them; received {value!r}."
+        )
+    return tuple(int(v) for v in value)
+
 
 def _pair(value, name):
-    if isinstance(value, int):
-        value = (value, value)
-    value = tuple(value)
-    if len(value) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in value):
-        raise ValueError(f"`{name}` must be a positive int or a pair of them; received {value!r}.")
-    return tuple(int(v) for v in value)
+    return _tuple(value, 2, name)
 
 
 def same_padding(size, kernel, stride, dilation):
@@ -29,42 +45,76 @@ def same_padding(size, kernel, stride, dilation):
     return total // 2, total - total // 2
 
 
-def extract_patches(images, kernel_size, strides=1, padding="valid", dilation_rate=1):
-    """Patches of channels-last `images` `(n, h, w, c)` -> `(n, out_h, out_w, kh*kw*c)`.
+def _spatial_rank(images, kernel_size, rank):
+    if rank is not None:
+        return rank
+    if isinstance(kernel_size, (int, np.integer)):
+        return np.ndim(images) - 2
+    return len(tuple(kernel_size))
+
+
+def extract_patches(
+    images, kernel_size, strides=1, padding="valid", dilation_rate=1, *, groups=1, rank=None
+):
+    """Patches of channels-last `images` `(n, *spatial, c)` -> `(n, *out, prod(kernel)*c)`.
 
     Args:
-        images: array of shape `(n, height, width, channels)`.
-        kernel_size, strides, dilation_rate: int or pair, as in `keras.layers.Conv2D`.
-        padding: `"valid"` or `"same"` (zero padding, TensorFlow's split).
+        images: array of shape `(n, *spatial, channels)` with 1, 2 or 3 spatial axes.
+        kernel_size, strides, dilation_rate: int or tuple, as in `keras.layers.ConvND`.
+        padding: `"valid"`, `"same"` (zero padding, TensorFlow's split) or `"causal"`
+            (1-D only: zeros before the sequence).
+        groups: split the channels into this many groups; the result then has shape
+            `(n, *out, groups, prod(kernel) * c / groups)`, one patch per group.
+        rank: the number of spatial axes; by default the length of a tuple
+            `kernel_size`, else `images.ndim - 2`.
 
     Example:
 
     >>> import numpy as np
     >>> extract_patches(np.zeros((2, 5, 5, 3)), 3).shape
     (2, 3, 3, 27)
+    >>> extract_patches(np.zeros((2, 9, 4)), 3, padding="causal", groups=2).shape
+    (2, 9, 2, 6)
     """
     images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(
-            f"`images` must have shape (n, height, width, channels); received {images.shape}."
-        )
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(strides, "strides")
-    dh, dw = _pair(dilation_rate, "dilation_rate")
+    rank = _spatial_rank(images, kernel_size, rank)
+    if rank not in _SHAPES:
+        raise ValueError(f"Patches need 1, 2 or 3 spatial axes; received rank {rank!r}.")
+    if images.ndim != rank + 2:
+        raise ValueError(f"`images` must have shape {_SHAPES[rank]}; received {images.shape}.")
+    kernel = _tuple(kernel_size, rank, "kernel_size")
+    strides = _tuple(strides, rank, "strides")
+    dilation = _tuple(dilation_rate, rank, "dilation_rate")
     padding = str(padding).lower()
-    if padding == "same":
-        pads = [same_padding(images.shape[1], kh, sh, dh), same_padding(images.shape[2], kw, sw, dw)]
-        images = np.pad(images, [(0, 0), pads[0], pads[1], (0, 0)])
-    elif padding != "valid":
-        raise ValueError(f"`padding` must be 'valid' or 'same'; received {padding!r}.")
-    eff_h, eff_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    if images.shape[1] < eff_h or images.shape[2] < eff_w:
+    if padding not in PADDINGS:
+        raise ValueError(f"`padding` must be one of {PADDINGS}; received {padding!r}.")
+    if padding == "causal" and rank != 1:
+        raise ValueError("`padding='causal'` is defined for 1-D convolutions only.")
+    channels = images.shape[-1]
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or channels % groups:
         raise ValueError(
-            f"Images of spatial size {images.shape[1:3]} are smaller than the dilated "
-            f"kernel ({eff_h}, {eff_w})."
+            f"`groups` must be a positive divisor of the {channels} channels; received {groups!r}."
         )
-    # windows: (n, out_h', out_w', c, eff_h, eff_w) as a view, then stride and dilate.
-    windows = sliding_window_view(images, (eff_h, eff_w), axis=(1, 2))
-    windows = windows[:, ::sh, ::sw, :, ::dh, ::dw]
-    n, out_h, out_w, c = windows.shape[:4]
-    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(n, out_h, out_w, kh * kw * c)
+    effective = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+    if padding == "same":
+        pads = [same_padding(images.shape[1 + a], kernel[a], strides[a], dilation[a])
+                for a in range(rank)]
+        images = np.pad(images, [(0, 0)] + pads + [(0, 0)])
+    elif padding == "causal":
+        images = np.pad(images, [(0, 0), (effective[0] - 1, 0), (0, 0)])
+    if any(images.shape[1 + a] < effective[a] for a in range(rank)):
+        raise ValueError(
+            f"Inputs of spatial size {images.shape[1:-1]} are smaller than the dilated "
+            f"kernel {effective}."
+        )
+    # windows: (n, *out', c, *effective) as a view, then stride and dilate.
+    windows = sliding_window_view(images, effective, axis=tuple(range(1, rank + 1)))
+    index = (slice(None),) + tuple(slice(None, None, s) for s in strides) + (slice(None),)
+    windows = windows[index + tuple(slice(None, None, d) for d in dilation)]
+    n, out = windows.shape[0], windows.shape[1 : rank + 1]
+    # -> (n, *out, groups, *kernel, c / groups)
+    windows = windows.reshape((n,) + out + (groups, channels // groups) + kernel)
+    order = tuple(range(rank + 2)) + tuple(range(rank + 3, 2 * rank + 3)) + (rank + 2,)
+    size = math.prod(kernel) * (channels // groups)
+    windows = windows.transpose(order)
+    return windows.reshape((n,) + out + ((size,) if groups == 1 else (groups, size)))

@@ -41,11 +41,17 @@ def plot_timescales(history, path=None, *, dpi=90, title=None):
 
     Returns:
         The figure: left, overlap with the class-PCA subspace of each layer's current
-        input (dotted: the chance level of that layer); right, relative weight change per
-        epoch (log scale) with the settling threshold and each layer's settling epoch.
+        input (dotted: the chance level of that layer); middle, relative weight change
+        per epoch (log scale) with the settling threshold and each layer's settling
+        epoch; right (when the history has it), the filter-subspace change per epoch,
+        which does not depend on the optimizer's per-weight step, with its threshold and
+        settling epochs.
     """
-    figure = _figure(10, 3.8)
-    left, right = figure.subplots(1, 2)
+    subspace = all("subspace_change" in e for e in history["layers"].values()) and bool(
+        history["layers"])
+    figure = _figure(15 if subspace else 10, 3.8)
+    panels = figure.subplots(1, 3 if subspace else 2)
+    left, right = panels[0], panels[1]
     epochs = np.asarray(history["epochs"])
     threshold = history.get("settings", {}).get("settle_threshold")
     colors = [f"C{i}" for i in range(10)]
@@ -61,6 +67,12 @@ def plot_timescales(history, path=None, *, dpi=90, title=None):
         settled = history.get("settled_epoch", {}).get(name)
         if settled is not None:
             right.axvline(settled, color=color, ls="--", lw=1)
+        if subspace:
+            panels[2].plot(epochs, _nan(entry["subspace_change"]), "o-", color=color,
+                           label=label, ms=3)
+            settled = history.get("subspace_settled_epoch", {}).get(name)
+            if settled is not None:
+                panels[2].axvline(settled, color=color, ls="--", lw=1)
     left.set_xlabel("epoch")
     left.set_ylabel("overlap with class-PCA subspace")
     left.set_ylim(0, 1.02)
@@ -81,6 +93,17 @@ def plot_timescales(history, path=None, *, dpi=90, title=None):
         right.axhline(threshold, color="k", ls=":", lw=1, label=f"settle threshold {threshold:g}")
     right.set_title("relative weight change per epoch\n(dashed: settled)", fontsize=9)
     right.legend(fontsize=8)
+    if subspace:
+        moved = np.concatenate([_nan(e["subspace_change"]) for e in history["layers"].values()])
+        if np.any(np.isfinite(moved) & (moved > 0)):
+            panels[2].set_yscale("log")
+        limit = history.get("settings", {}).get("subspace_threshold")
+        if limit:
+            panels[2].axhline(limit, color="k", ls=":", lw=1, label=f"threshold {limit:g}")
+        panels[2].set_xlabel("epoch")
+        panels[2].set_ylabel("1 − overlap with previous filter subspace")
+        panels[2].set_title("filter-subspace change per epoch\n(dashed: settled)", fontsize=9)
+        panels[2].legend(fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
     return _save(figure, path, dpi)

@@ -20,9 +20,17 @@ the class-based PCA of its own input. This callback measures both during an ordi
   ``r = min(n, ⌊max_rank_fraction·d⌋)`` dimensions: the kernel's ``r`` leading left
   singular vectors against ``ClassPCA(r)``. With ``n ≤ d/2`` (the default fraction)
   ``r = n`` and the comparison is exactly span(kernel) vs span(ClassPCA(n)).
+* **subspace change** — ``1 − overlap`` between the layer's filter subspace (its ``r``
+  leading left singular vectors) at this check and at the previous one, per epoch.
+  Unlike the weight change it does not depend on the optimizer's per-weight step:
+  Adam moves every weight by about the learning rate whatever its layer, so a
+  relative weight change stays large even when the filters only rescale or rotate
+  within a settled subspace;
 * **settling** — a layer *settles* at the first epoch from which its per-epoch weight
   change stays below `settle_threshold` (default 0.05, i.e. the kernel moves by less
-  than 5 % of its norm per epoch) at every later check; `None` while it has not.
+  than 5 % of its norm per epoch) at every later check (`settled_epoch`), or its
+  subspace change below `subspace_threshold` (default 0.01;
+  `subspace_settled_epoch`); `None` while it has not.
 
 It only reads weights and runs inference on its own sample, so training is unchanged
 (same seed, same weights with and without it).
@@ -46,6 +54,7 @@ from keras_classpca.layers.geometry import iter_layers, iter_rows, output_size, 
 __all__ = ["TimescaleMonitor", "settled_epoch"]
 
 DEFAULT_SETTLE_THRESHOLD = 0.05
+DEFAULT_SUBSPACE_THRESHOLD = 0.01
 
 
 def settled_epoch(epochs, changes, threshold=DEFAULT_SETTLE_THRESHOLD):
@@ -98,6 +107,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
             span of the rows, which keeps the eigen-solves small (see Cost).
         settle_threshold: per-epoch relative weight change below which a layer counts
             as settled.
+        subspace_threshold: per-epoch subspace change below which a layer counts as
+            settled by the optimizer-independent measure.
         max_rank_fraction: compare at most `⌊max_rank_fraction·d⌋` dimensions (see the
             module docstring); must lie in (0, 1].
         seed: seed of the sample and patch selection.
@@ -106,6 +117,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
             `keras.callbacks.TensorBoard` writes its epoch scalars (run `<log_dir>/train`,
             step = index of the epoch just finished, -1 for the check before training):
             tags `timescale/overlap/<layer>`, `timescale/weight_change/<layer>`,
+            `timescale/subspace_change/<layer>`,
             `timescale/chance_overlap/<layer>` and, with `noise_ceiling=True`,
             `timescale/noise_ceiling/<layer>`. Needs TensorFlow whatever the backend (the
             `tensorflow` extra); without it the constructor raises `ImportError`.
@@ -124,9 +136,10 @@ class TimescaleMonitor(keras.callbacks.Callback):
 
     Attributes:
         history: dict with `epochs` (0 = before training), per-layer `overlap`,
-            `weight_change` (None at the first check), `chance_overlap`, `rank`,
-            `input_dim`, `filters`, `noise_ceiling` (with `noise_ceiling=True`), the
-            `settled_epoch` of each layer, and the seconds each check took.
+            `weight_change` and `subspace_change` (None at the first check),
+            `chance_overlap`, `rank`, `input_dim`, `filters`, `noise_ceiling` (with
+            `noise_ceiling=True`), the `settled_epoch` and `subspace_settled_epoch` of
+            each layer, and the seconds each check took.
 
     Example:
 
@@ -153,6 +166,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
         samples=512,
         patches_per_image=1,
         settle_threshold=DEFAULT_SETTLE_THRESHOLD,
+        subspace_threshold=DEFAULT_SUBSPACE_THRESHOLD,
         max_rank_fraction=0.5,
         seed=0,
         path=None,
@@ -177,11 +191,15 @@ class TimescaleMonitor(keras.callbacks.Callback):
             )
         if not 0.0 < float(settle_threshold):
             raise ValueError(f"`settle_threshold` must be positive; received {settle_threshold!r}.")
+        if not 0.0 < float(subspace_threshold) <= 1.0:
+            raise ValueError(
+                f"`subspace_threshold` must lie in (0, 1]; received {subspace_threshold!r}."
+            )
         if not 0.0 < float(max_rank_fraction) <= 1.0:
             raise ValueError(
                 f"`max_rank_fraction` must lie in (0, 1]; received {max_rank_fraction!r}."
             )
-        ClassPCA(1, **class_pca_options)  # validates the options now
+        ClassPCA(1, **class_pca_options).check_params()  # validates the options now
         x, y = self._split(data)
         labels = labels_to_int(y)
         keep = self._balanced_sample(labels, int(samples), np.random.default_rng(seed))
@@ -198,6 +216,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
         self.samples = len(self._x)
         self.patches_per_image = None if patches_per_image is None else int(patches_per_image)
         self.settle_threshold = float(settle_threshold)
+        self.subspace_threshold = float(subspace_threshold)
         self.max_rank_fraction = float(max_rank_fraction)
         self.seed = int(seed)
         self.path = path
@@ -253,11 +272,13 @@ class TimescaleMonitor(keras.callbacks.Callback):
             "check_seconds": [],
             "layers": {},
             "settled_epoch": {},
+            "subspace_settled_epoch": {},
             "settings": {
                 "samples": self.samples,
                 "patches_per_image": self.patches_per_image,
                 "every": self.every,
                 "settle_threshold": self.settle_threshold,
+                "subspace_threshold": self.subspace_threshold,
                 "max_rank_fraction": self.max_rank_fraction,
                 "seed": self.seed,
                 "class_pca_options": self.class_pca_options,
@@ -408,11 +429,12 @@ class TimescaleMonitor(keras.callbacks.Callback):
                     "chance_overlap": chance_overlap(rank, rank, d),
                     "overlap": [],
                     "weight_change": [],
+                    "subspace_change": [],
                 },
             )
             previous = self._previous.get(layer.name)
             if previous is None:
-                change = None
+                change = subspace_change = None
             else:
                 norm = float(np.linalg.norm(kernel))
                 change = (
@@ -420,24 +442,39 @@ class TimescaleMonitor(keras.callbacks.Callback):
                     if norm
                     else float("nan")
                 )
+                try:
+                    subspace_change = (1.0 - subspace_overlap(
+                        leading_subspace(kernel, rank), leading_subspace(previous, rank)
+                    )) / epochs_since
+                except ValueError:  # an all-zero kernel has no subspace
+                    subspace_change = float("nan")
             self._previous[layer.name] = kernel
             entry["overlap"].append(_json_float(overlap))
             if ceiling is not None:
                 entry.setdefault("noise_ceiling", []).append(_json_float(ceiling))
             entry["weight_change"].append(_json_float(change) if change is not None else None)
+            entry["subspace_change"].append(
+                _json_float(subspace_change) if subspace_change is not None else None
+            )
         history["epochs"].append(int(epoch))
         history["check_seconds"].append(time.perf_counter() - start)
         self._last_epoch = epoch
         if self._tensorboard is not None:
             scalars = {}
             for name, entry in history["layers"].items():
-                for key in ("overlap", "weight_change", "noise_ceiling"):
+                for key in ("overlap", "weight_change", "subspace_change", "noise_ceiling"):
                     if key in entry:
                         scalars[f"timescale/{key}/{name}"] = entry[key][-1]
                 scalars[f"timescale/chance_overlap/{name}"] = entry["chance_overlap"]
             self._tensorboard.write(epoch - 1, scalars)
         history["settled_epoch"] = {
             name: settled_epoch(history["epochs"], entry["weight_change"], self.settle_threshold)
+            for name, entry in history["layers"].items()
+        }
+        history["subspace_settled_epoch"] = {
+            name: settled_epoch(
+                history["epochs"], entry["subspace_change"], self.subspace_threshold
+            )
             for name, entry in history["layers"].items()
         }
         if self.verbose:
@@ -481,23 +518,34 @@ class TimescaleMonitor(keras.callbacks.Callback):
                         "overlap": entry["overlap"][i],
                         "chance_overlap": entry["chance_overlap"],
                         "weight_change": entry["weight_change"][i],
+                        "subspace_change": entry["subspace_change"][i],
                     }
                 )
         return rows
 
     def format_table(self):
         """A fixed-width text table of the history, plus the settling epochs."""
-        lines = [f"{'epoch':>5}  {'layer':<16}{'overlap':>9}{'chance':>8}{'dW/W':>9}"]
+        lines = [
+            f"{'epoch':>5}  {'layer':<16}{'overlap':>9}{'chance':>8}{'dW/W':>9}{'dS':>9}"
+        ]
         for row in self.table():
             overlap = "nan" if row["overlap"] is None else f"{row['overlap']:.3f}"
             change = "-" if row["weight_change"] is None else f"{row['weight_change']:.4f}"
+            moved = "-" if row["subspace_change"] is None else f"{row['subspace_change']:.4f}"
             lines.append(
                 f"{row['epoch']:>5}  {row['layer']:<16}{overlap:>9}"
-                f"{row['chance_overlap']:>8.3f}{change:>9}"
+                f"{row['chance_overlap']:>8.3f}{change:>9}{moved:>9}"
             )
-        lines.append(f"settled (per-epoch dW/W < {self.settle_threshold:g} from then on):")
+        lines.append(
+            f"settled (from then on per-epoch dW/W < {self.settle_threshold:g} | subspace "
+            f"change dS < {self.subspace_threshold:g}):"
+        )
         for name, epoch in self.history["settled_epoch"].items():
-            lines.append(f"  {name:<16}{'not yet' if epoch is None else f'epoch {epoch}'}")
+            by_subspace = self.history["subspace_settled_epoch"][name]
+            lines.append(
+                f"  {name:<16}{'not yet' if epoch is None else f'epoch {epoch}':<10} | "
+                f"{'not yet' if by_subspace is None else f'epoch {by_subspace}'}"
+            )
         return "\n".join(lines)
 
     def to_json(self):

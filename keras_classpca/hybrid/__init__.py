@@ -2,7 +2,9 @@
 
 from keras_classpca.hybrid.builder import hybridize
 from keras_classpca.hybrid.cache import SolveCache
+from keras_classpca.hybrid.planner import Plan, plan_model
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer
 from keras_classpca.hybrid.training import fit_top
 
-__all__ = ["HybridReport", "SolveCache", "SolvedLayer", "fit_top", "hybridize"]
+__all__ = ["HybridReport", "Plan", "SolveCache", "SolvedLayer", "fit_top", "hybridize",
+           "plan_model"]

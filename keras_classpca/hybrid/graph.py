@@ -67,8 +67,9 @@ def no_graph_error(model, what="hybridize"):
         f"graph (no `model.inputs`, even after it was called), so {what} cannot see which "
         "layer feeds which. Either build it functionally (`keras.Input` -> layers -> "
         "`keras.Model(inputs, outputs)`), or solve its layers one by one: "
-        "`ClassPCAInitializer.from_data(...)` as a layer's kernel initializer, or "
-        "`ClassPCADense`/`ClassPCAConv2D` layers and their `adapt((x, y))`."
+        "`ClassPCAInitializer.from_data(...)` as a layer's kernel initializer, or the "
+        "`ClassPCA*` layers (`ClassPCADense`, `ClassPCAConv2D`, ...) and their "
+        "`adapt((x, y))`."
     )
 
 
@@ -86,6 +87,22 @@ def ensure_built(model, sample_shape, what="hybridize"):
 
 def _has_weights(layer):
     return bool(layer.weights)
+
+
+def _chain_reason(layer):
+    """Why the linear chain cannot solve `layer` (it solves Dense and ungrouped Conv2D)."""
+    name = f"{type(layer).__name__} '{layer.name}'"
+    if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
+        return (
+            f"{name} is a grouped convolution (groups={layer.groups}); only groups=1 is "
+            "solvable."
+        )
+    if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+        return (
+            f"{name} is not a Dense or Conv2D layer; class-PCA solves only those "
+            "(other layers with weights end the solved prefix)."
+        )
+    return unsolvable_reason(layer)
 
 
 def _graph(model):
@@ -135,14 +152,14 @@ def read_chain(model):
             chain.stop_reason = f"{name} is the model's last layer with weights (always trained)."
             return chain
         if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
-            reason = unsolvable_reason(layer)
+            reason = _chain_reason(layer)
             if reason:
                 chain.stop_reason = reason
                 return chain
             chain.candidates.append(len(chain.layers))
         elif _has_weights(layer) and not isinstance(layer, keras.layers.BatchNormalization):
             if any(w.trainable for w in layer.weights):
-                chain.stop_reason = unsolvable_reason(layer)
+                chain.stop_reason = _chain_reason(layer)
                 return chain
         chain.layers.append(layer)
         chain.inputs.append(node.input_tensors[0])

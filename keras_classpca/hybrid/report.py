@@ -41,8 +41,13 @@ class HybridReport:
         evidence: for `cutoff="auto"`, the probe accuracy after 0, 1, ... solved layers
             and the rule that chose the cutoff.
         candidates: names of all layers that could have been solved.
-        stopped_because: why the solvable prefix ends where it does.
+        stopped_because: why no further layer can be solved (the first layer with
+            weights the plan cannot take, and why).
+        next_not_taken: why the next solvable layer was not solved (the cutoff, or the
+            "auto" rule); None when every solvable layer was solved.
         frozen: names of the layers set to `trainable=False`.
+        label_free: the data had no labels: every layer was solved from the
+            covariance eigenvectors of its input (one class).
         recompiled: the model was compiled before `hybridize`, and was compiled again
             (its own arguments and optimizer) so that the freeze holds.
         seconds: total wall time.
@@ -54,8 +59,10 @@ class HybridReport:
     evidence: dict = dataclasses.field(default_factory=dict)
     candidates: list = dataclasses.field(default_factory=list)
     stopped_because: str = None
+    next_not_taken: str = None
     frozen: list = dataclasses.field(default_factory=list)
     recompiled: bool = False
+    label_free: bool = False
     seconds: float = 0.0
 
     def to_dict(self):
@@ -65,7 +72,8 @@ class HybridReport:
     def __str__(self):
         lines = [
             f"HybridReport: {self.cutoff} of {len(self.candidates)} solvable layer(s) "
-            f"solved (cutoff={self.cutoff_mode}), {self.seconds:.1f} s",
+            f"solved (cutoff={self.cutoff_mode}), {self.seconds:.1f} s"
+            + (", label-free (PCA of each layer's input)" if self.label_free else ""),
         ]
         if self.layers:
             header = f"  {'layer':<24}{'kind':<10}{'filters':>8}{'samples':>9}{'rows':>11}{'expl.var':>9}{'sec':>7}"
@@ -89,6 +97,8 @@ class HybridReport:
             lines.append(f"  frozen: {', '.join(self.frozen)}")
         if self.recompiled:
             lines.append("  recompiled with its own compile arguments, so the freeze holds")
+        if self.next_not_taken:
+            lines.append(f"  next layer not taken: {self.next_not_taken}")
         if self.stopped_because:
             lines.append(f"  prefix ends: {self.stopped_because}")
         return "\n".join(lines)

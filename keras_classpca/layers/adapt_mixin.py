@@ -1,24 +1,36 @@
-"""The part `ClassPCADense` and `ClassPCAConv2D` share: options, `adapt`, saved state."""
+"""The part every `ClassPCA*` layer shares: options, `adapt`, saved state."""
 
+import inspect
+
+import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA
-from keras_classpca.core.data_adapter import is_infinite, iter_batches
-from keras_classpca.layers.geometry import assign_solution, check_input, iter_rows, output_size
+from keras_classpca.core.data_adapter import as_one_class, is_infinite, is_unlabeled, iter_batches
+from keras_classpca.layers.geometry import (
+    CONVOLUTIONS,
+    LayerStatistics,
+    check_input,
+    groups_and_components,
+    n_stages,
+    output_size,
+)
 
+# Kinds the tf.distribute pass can adapt (one class-PCA per layer).
+ONE_GROUP_KINDS = (keras.layers.Dense,) + CONVOLUTIONS
+
+# Every `ClassPCA` option but `n_components` (the layer's units / filters), with its default.
 CLASS_PCA_DEFAULTS = {
-    "n_classes": None,
-    "center": True,
-    "allocation": "equal",
-    "scaling": "standardize",
-    "offset": "center",
-    "variance_share": 0.95,
-    "dedup_threshold": 0.9,
+    name: parameter.default
+    for name, parameter in inspect.signature(ClassPCA).parameters.items()
+    if name != "n_components"
 }
 
 
 class ClassPCAAdaptMixin:
-    """Adds `adapt(data)` to a Dense/Conv2D subclass, in the style of `Normalization`.
+    """Adds `adapt(data)` to a subclass of a solvable Keras layer, in the style of
+    `Normalization` (Dense, ConvND, depthwise and separable convolutions: see
+    `keras_classpca.layers.geometry`).
 
     The layer's kernel and bias are computed by `ClassPCA` from `(x, y)` data; a
     non-trainable `adapted` flag is saved with the weights so that `is_adapted`
@@ -29,13 +41,17 @@ class ClassPCAAdaptMixin:
         for name, default in CLASS_PCA_DEFAULTS.items():
             setattr(self, name, options.get(name, default))
         # Validate now, at construction, not at the first adapt.
-        self._new_class_pca()
+        self._new_class_pca().check_params()
         self._adapted = None
         self.class_pca_ = None
+        self.statistics_ = None
 
     def _new_class_pca(self):
         options = {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS}
-        return ClassPCA(output_size(self), **options)
+        n_components = output_size(self)
+        if n_components is None:  # depthwise, unbuilt: components per input channel
+            n_components = groups_and_components(self, 1)[1]
+        return ClassPCA(n_components, **options)
 
     def _class_pca_config(self):
         return {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS}
@@ -65,61 +81,140 @@ class ClassPCAAdaptMixin:
             data: `(x, y)` arrays or tensors, a `tf.data.Dataset` of `(x, y)` batches
                 (TFDS with `as_supervised=True`), a `keras.utils.PyDataset`, or any
                 iterable (e.g. a generator) of `(x, y)` batches. `x` is this layer's
-                input; `y` holds integer labels or one-hot rows.
+                input; `y` holds integer labels or one-hot rows. An array `x` alone
+                (no labels) solves the layer label-free: the leading covariance
+                eigenvectors of its input (one class).
             batch_size: batch size used when `data` is arrays (default 1024).
             steps: use at most this many batches (required for a dataset that
                 never ends, `ds.repeat()`).
             strategy: a `tf.distribute.Strategy` to spread the statistics pass over
                 (needs `n_classes`; see docs/distributed.md).
         """
+        if is_unlabeled(data):  # label-free: the PCA of the input (one class)
+            data = as_one_class(data)
         if steps is None and is_infinite(data):
             raise ValueError(
                 "`data` never ends (a tf.data.Dataset repeated without a count): pass "
                 "`steps=` (how many batches to adapt on), or a finite dataset."
             )
         if strategy is not None:
+            if not isinstance(self, ONE_GROUP_KINDS) or getattr(self, "groups", 1) != 1:
+                raise NotImplementedError(
+                    f"{type(self).__name__}.adapt(strategy=...) covers one-group layers "
+                    "(Dense, ConvND with groups=1) only."
+                )
             from keras_classpca.distributed import adapt_with_strategy
 
             adapt_with_strategy(self, data, strategy=strategy, batch_size=batch_size, steps=steps)
             return
-        class_pca = self._new_class_pca()
-        row_options = self._row_options()
+        options = {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS}
+        statistics = LayerStatistics(self, options, **self._row_options())
         input_shape = None
-        for x, y in iter_batches(data, batch_size=batch_size, steps=steps):
-            check_input(self, x)
+        while True:
+            if statistics.stage and iter(data) is data:
+                raise TypeError(
+                    f"{type(self).__name__}.adapt needs {n_stages(self)} passes over `data` "
+                    "(the pointwise kernel is solved on the solved depthwise output), but "
+                    "`data` is a one-shot iterator: pass arrays, a tf.data.Dataset, a keras "
+                    "PyDataset or another re-iterable source."
+                )
+            for x, y in iter_batches(data, batch_size=batch_size, steps=steps):
+                check_input(self, x)
+                if input_shape is None:
+                    input_shape = (None,) + tuple(x.shape[1:])
+                statistics.update(x, class_pca_labels(self.n_classes, y, len(x)))
             if input_shape is None:
-                input_shape = (None,) + tuple(x.shape[1:])
-            labels = class_pca_labels(class_pca, y, len(x))
-            for rows, row_labels in iter_rows(self, x, labels, **row_options):
-                class_pca.partial_fit(rows, row_labels)
-        if input_shape is None:
-            raise ValueError("`data` is empty: no samples to adapt the layer on.")
-        solution = class_pca.solve()
+                raise ValueError("`data` is empty: no samples to adapt the layer on.")
+            if not statistics.end_pass():
+                break
+        self._take_statistics(statistics, input_shape)
+
+    def set_class_pca(self, class_pca, input_shape):
+        """Take the kernel and bias from a fitted `ClassPCA`'s solution; mark adapted.
+
+        What `adapt` does once the statistics are in, for a one-group layer (Dense,
+        ConvND with `groups=1`; also used by the distributed pass). `input_shape`
+        builds the layer if it is not built yet. Raises, leaving the layer unchanged,
+        if `class_pca` cannot be solved.
+        """
+        statistics = LayerStatistics(self)
+        statistics.class_pcas = [class_pca]
+        statistics.end_pass()  # solves; raises before anything changes
+        self._take_statistics(statistics, input_shape)
+
+    def _take_statistics(self, statistics, input_shape):
         if not self.built:  # only now: a failed adapt leaves an unbuilt layer unbuilt
             self.build(input_shape)
-        assign_solution(self, solution.kernel, solution.bias)
+        statistics.assign()
         self._adapted.assign(1)
-        self.class_pca_ = class_pca
+        self.class_pca_ = statistics.class_pca
+        self.statistics_ = statistics
 
-    # The parent saves its kernel and bias under "0", "1"; the flag goes last.
+    # Dense and ConvND save only their kernel and bias ("0", "1"): the flag goes last.
+    # Layers on Keras' default (depthwise, separable) save every variable, the flag
+    # included, and load them back in the same order.
+    def _parent_saves_all_variables(self):
+        parent = super(ClassPCAAdaptMixin, self).save_own_variables
+        return getattr(parent, "__func__", None) is keras.layers.Layer.save_own_variables
+
     def save_own_variables(self, store):
         super().save_own_variables(store)
-        if self.built:
+        if self.built and not self._parent_saves_all_variables():
             store[str(len(store.keys()))] = np.asarray(self._adapted.numpy())
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
-        if self.built:
+        if self.built and not self._parent_saves_all_variables():
             self._adapted.assign(store[str(len(store.keys()) - 1)])
 
 
-def class_pca_labels(class_pca, y, n_samples):
+def class_pca_labels(n_classes, y, n_samples):
     """Validated int labels for one batch (errors name `y`)."""
     from keras_classpca.core.class_pca import labels_to_int
 
-    labels = labels_to_int(y, class_pca.n_classes)
+    labels = labels_to_int(y, n_classes)
     if len(labels) != n_samples:
         raise ValueError(
-            f"`x` and `y` must have the same number of samples; received {n_samples} and {len(labels)}."
+            "`x` and `y` must have the same number of samples; received "
+            f"{n_samples} and {len(labels)}."
         )
     return labels
+
+
+class ClassPCAConvMixin(ClassPCAAdaptMixin):
+    """`ClassPCAAdaptMixin` for convolutions: options and config of patch sampling.
+
+    Args (keyword-only, besides the Keras layer's own and the `ClassPCA` options):
+        patches_per_image: if set, use this many random patches (positions) of each
+            sample (fewer rows, faster adapt on large inputs); `None` uses them all.
+        seed: seed of that sub-sampling (the same seed gives the same filters).
+    """
+
+    def __init__(self, *args, patches_per_image=None, seed=0, **kwargs):
+        options = {name: kwargs.pop(name) for name in CLASS_PCA_DEFAULTS if name in kwargs}
+        kwargs.setdefault("trainable", False)
+        super().__init__(*args, **kwargs)
+        if patches_per_image is not None and (
+            isinstance(patches_per_image, bool)
+            or not isinstance(patches_per_image, int)
+            or patches_per_image < 1
+        ):
+            raise ValueError(
+                "`patches_per_image` must be a positive integer or None; received "
+                f"{patches_per_image!r}."
+            )
+        self.patches_per_image = patches_per_image
+        self.seed = seed
+        self._set_class_pca_options(options)
+
+    def _row_options(self):
+        return {
+            "patches_per_image": self.patches_per_image,
+            "rng": np.random.default_rng(self.seed),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._class_pca_config())
+        config.update({"patches_per_image": self.patches_per_image, "seed": self.seed})
+        return config

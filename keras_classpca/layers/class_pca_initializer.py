@@ -71,6 +71,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         self.part = part
         self._params = class_pca.get_params() if class_pca is not None else {}
         self._restored = False
+        self._groups = None  # per-group ClassPCAs of a grouped or depthwise kernel
 
     @classmethod
     def from_data(
@@ -83,6 +84,8 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         padding="valid",
         dilation_rate=1,
         batch_size=None,
+        groups=1,
+        depthwise=False,
         **class_pca_options,
     ):
         """Fit class-PCA statistics on data and return the kernel initializer.
@@ -90,10 +93,15 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         Args:
             x: inputs (`y` given separately), or any data `ClassPCA.fit` accepts.
             y: labels (integers or one-hot).
-            kernel_size, strides, padding, dilation_rate: for a Conv2D initializer,
-                the statistics are over the images' patches with this geometry;
-                leave `kernel_size=None` for a Dense initializer (samples flattened).
+            kernel_size, strides, padding, dilation_rate: for a convolution
+                initializer, the statistics are over the inputs' patches with this
+                geometry (Conv1D on `(n, steps, c)`, Conv2D on `(n, h, w, c)`, Conv3D
+                on `(n, d, h, w, c)`; padding `"causal"` for 1-D); leave
+                `kernel_size=None` for a Dense initializer (samples flattened).
             batch_size: batch size when slicing arrays.
+            groups: for a grouped convolution, one class-PCA per group of channels.
+            depthwise: for a `DepthwiseConv*` kernel: one class-PCA per input channel,
+                `depth_multiplier` components each (set by the kernel shape).
             **class_pca_options: `ClassPCA` arguments (`center`, `allocation`, ...).
         """
         class_pca = ClassPCA(**class_pca_options)
@@ -102,30 +110,113 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 "`x` never ends (a tf.data.Dataset repeated without a count): pass a finite "
                 "dataset, e.g. `ds.take(n_batches)`."
             )
+        group_pcas = None  # one ClassPCA per group of channels (created at the first batch)
         seen = False
         for x_batch, y_batch in iter_batches(x, y, batch_size=batch_size):
             labels = labels_to_int(y_batch, class_pca.n_classes)
             if kernel_size is not None:
-                if x_batch.ndim != 4:
+                if x_batch.ndim not in (3, 4, 5):
                     raise ValueError(
-                        "`x` must be 4-D images (batch, height, width, channels) when "
-                        f"`kernel_size` is given; received shape {x_batch.shape}."
+                        "`x` must be 4-D images (batch, height, width, channels) — or 3-D "
+                        "sequences, 5-D volumes for Conv1D, Conv3D — when `kernel_size` is "
+                        f"given; received shape {x_batch.shape}."
                     )
-                patches = extract_patches(x_batch, kernel_size, strides, padding, dilation_rate)
-                rows = patches.reshape(-1, patches.shape[-1])
-                labels = np.repeat(labels, patches.shape[1] * patches.shape[2])
+                n_groups = x_batch.shape[-1] if depthwise else groups
+                patches = extract_patches(
+                    x_batch, kernel_size, strides, padding, dilation_rate,
+                    groups=n_groups, rank=x_batch.ndim - 2,
+                )
+                rows = patches.reshape(-1, n_groups, patches.shape[-1])
+                labels = np.repeat(labels, len(rows) // len(x_batch))
+                if group_pcas is None:
+                    group_pcas = [class_pca] + [
+                        ClassPCA(**class_pca_options) for _ in range(n_groups - 1)
+                    ]
+                for group_pca, group_rows in zip(group_pcas, rows.transpose(1, 0, 2)):
+                    group_pca.partial_fit(group_rows, labels)
             else:
-                rows = x_batch.reshape(len(x_batch), -1)
-            class_pca.partial_fit(rows, labels)
+                class_pca.partial_fit(x_batch.reshape(len(x_batch), -1), labels)
             seen = True
         if not seen:
             raise ValueError("`x` is empty: no samples to compute the initializer from.")
-        return cls(class_pca)
+        initializer = cls(class_pca)
+        if group_pcas is not None and (len(group_pcas) > 1 or depthwise):
+            initializer._groups = group_pcas
+        return initializer
+
+    @classmethod
+    def separable_from_data(
+        cls,
+        x,
+        y=None,
+        *,
+        kernel_size,
+        depth_multiplier=1,
+        strides=1,
+        padding="valid",
+        dilation_rate=1,
+        batch_size=None,
+        **class_pca_options,
+    ):
+        """The three initializers of a `SeparableConv1D/2D`, solved from data.
+
+        The depthwise kernel is class-PCA per input channel (`depth_multiplier`
+        components each); the pointwise kernel and the bias are class-PCA of the
+        depthwise output (a second pass over `x`, which must be re-iterable).
+
+        Returns:
+            `{"depthwise_initializer", "pointwise_initializer", "bias_initializer"}`,
+            to pass as keyword arguments to the layer.
+
+        Example:
+
+        >>> import numpy as np, keras
+        >>> x = np.random.default_rng(0).normal(size=(40, 9, 9, 3)).astype("float32")
+        >>> inits = ClassPCAInitializer.separable_from_data(x, np.arange(40) % 2, kernel_size=3)
+        >>> layer = keras.layers.SeparableConv2D(4, 3, **inits)
+        >>> tuple(layer(x).shape)
+        (40, 7, 7, 4)
+        """
+        from keras_classpca.layers.geometry import depthwise_kernel, iter_group_rows
+
+        depthwise = cls.from_data(
+            x, y, kernel_size=kernel_size, strides=strides, padding=padding,
+            dilation_rate=dilation_rate, batch_size=batch_size, depthwise=True,
+            **class_pca_options,
+        )
+        solutions = [pca.solve(depth_multiplier) for pca in depthwise._groups]
+        pointwise = ClassPCA(**class_pca_options)
+        probe = kernel = None  # a layer with this geometry, to read the depthwise output
+        for x_batch, y_batch in iter_batches(x, y, batch_size=batch_size):
+            if probe is None:
+                kinds = {3: keras.layers.SeparableConv1D, 4: keras.layers.SeparableConv2D}
+                if x_batch.ndim not in kinds:
+                    raise ValueError(
+                        "`x` must be 3-D sequences or 4-D images for a separable "
+                        f"convolution; received shape {x_batch.shape}."
+                    )
+                probe = kinds[x_batch.ndim](
+                    1, kernel_size, strides=strides, padding=padding,
+                    dilation_rate=dilation_rate, depth_multiplier=depth_multiplier,
+                )
+                kernel = depthwise_kernel(probe, solutions)
+            labels = labels_to_int(y_batch, pointwise.n_classes)
+            for rows, row_labels in iter_group_rows(
+                probe, x_batch, labels, stage=1, depthwise_kernel=kernel
+            ):
+                pointwise.partial_fit(rows[0], row_labels)
+        pointwise_initializer = cls(pointwise)
+        return {
+            "depthwise_initializer": depthwise,
+            "pointwise_initializer": pointwise_initializer,
+            "bias_initializer": pointwise_initializer.bias_initializer(),
+        }
 
     def bias_initializer(self):
         """The initializer of the matching bias (same statistics)."""
         twin = ClassPCAInitializer(self.class_pca, part="bias")
         twin._params, twin._restored = self._params, self._restored
+        twin._groups = self._groups
         return twin
 
     def __call__(self, shape, dtype=None):
@@ -141,14 +232,17 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 "ClassPCA (`ClassPCAInitializer(ClassPCA(...).fit(x, y))`) or with "
                 "`ClassPCAInitializer.from_data(x, y)`."
             )
+        if self._groups is not None:
+            return keras.ops.convert_to_tensor(self._grouped_values(shape), dtype=dtype)
         if self.part == "bias":
             if len(shape) != 1:
                 raise ValueError(f"A bias initializer needs a 1-D shape; received {shape}.")
             return keras.ops.convert_to_tensor(self._solve(shape[0]).bias, dtype=dtype)
-        if len(shape) not in (2, 4):
+        if len(shape) not in (2, 3, 4, 5):
             raise ValueError(
                 "ClassPCAInitializer handles Dense kernels (d, units) and Conv2D kernels "
-                f"(kh, kw, channels, filters); received shape {shape}."
+                "(kh, kw, channels, filters) — and Conv1D, Conv3D kernels; received shape "
+                f"{shape}."
             )
         n_features = int(np.prod(shape[:-1]))
         if n_features != self.class_pca.n_features_in_:
@@ -159,6 +253,35 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             )
         kernel = self._solve(shape[-1]).kernel.reshape(shape)
         return keras.ops.convert_to_tensor(kernel, dtype=dtype)
+
+    def _grouped_values(self, shape):
+        """Kernel or bias of a grouped convolution (`(*k, c_g, filters)`: `filters / g`
+        components per group) or of a depthwise one (`(*k, channels, multiplier)`)."""
+        from keras_classpca.layers.geometry import grouped_kernel
+
+        groups = len(self._groups)
+        if self.part == "bias":
+            if len(shape) != 1 or shape[0] % groups:
+                raise ValueError(
+                    f"A bias for {groups} groups needs a 1-D shape divisible by {groups}; "
+                    f"received {shape}."
+                )
+            per_group = shape[0] // groups
+            return np.concatenate([pca.solve(per_group).bias for pca in self._groups])
+        window = int(np.prod(shape[:-2]))
+        depthwise = shape[-2] == groups and window == self._groups[0].n_features_in_
+        per_group = shape[-1] if depthwise else shape[-1] // groups
+        features = window if depthwise else window * shape[-2]
+        if len(shape) < 3 or features != self._groups[0].n_features_in_ or (
+            not depthwise and shape[-1] % groups
+        ):
+            raise ValueError(
+                f"Kernel shape {shape} does not fit statistics of {groups} groups over "
+                f"{self._groups[0].n_features_in_} features each (a depthwise kernel is "
+                "(*kernel_size, channels, depth_multiplier), a grouped one "
+                "(*kernel_size, channels / groups, filters))."
+            )
+        return grouped_kernel([pca.solve(per_group).kernel for pca in self._groups], shape)
 
     def _without_statistics(self, shape, dtype):
         """Values of a rebuilt initializer, which has hyperparameters but no data."""

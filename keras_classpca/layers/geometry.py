@@ -1,19 +1,50 @@
 """What class-PCA needs to know about a Keras layer: can it be solved, what rows does
-its input give, and how a solution becomes its weights.
+its input give, how many components, and how a solution becomes its weights.
 
 Shared by the `ClassPCA*` layers' `adapt`, `ClassPCAInitializer` and `hybridize`.
-A Dense layer's rows are its input vectors (all leading axes flattened); a Conv2D
-layer's rows are its own patches (kernel size, strides, padding and dilation as
-configured), produced a bounded chunk of images at a time.
+
+Layer kinds and their rows (one `core.patches.extract_patches` for every convolution):
+
+- `Dense`: the input vectors; on inputs of rank > 2 every position is a row.
+- `Conv1D`, `Conv2D`, `Conv3D`: the layer's own patches (kernel size, strides,
+  padding incl. `"causal"`, dilation, data format as configured). A grouped
+  convolution (`groups=g`) is `g` class-PCA problems, one per group of channels,
+  `filters / g` components each.
+- `DepthwiseConv1D/2D`: one class-PCA per input channel over that channel's patches,
+  `depth_multiplier` components each (the channel-wise transform of PixelHop++).
+- `SeparableConv1D/2D`: two stages. The depthwise kernel as above; then the pointwise
+  kernel and the bias from class-PCA of the depthwise output (a second pass).
+
+`LayerStatistics` runs those stages for one layer: feed it batches of the layer's
+input, call `end_pass()` after each pass over the data, then `assign()`.
 """
+
+import math
 
 import keras
 import numpy as np
 
+from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.core.patches import extract_patches
 
-# Patch rows materialised at once for a Conv2D: bounds memory to ~32 MB of float64.
+# Patch rows materialised at once: bounds memory to ~32 MB of float64.
 MAX_CHUNK_VALUES = 1 << 22
+
+CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+SOLVABLE = (keras.layers.Dense,) + CONVOLUTIONS + DEPTHWISE + SEPARABLE
+SOLVABLE_NAMES = ", ".join(kind.__name__ for kind in SOLVABLE)
+
+
+class UnsolvableDataError(ValueError):
+    """The data cannot give a layer its components (too few samples per class, too
+    few distinct directions for its filters): raised by `LayerStatistics.end_pass`."""
+
+
+def is_solvable_kind(layer):
+    """Whether `layer` is of a kind class-PCA solves (see `unsolvable_reason`)."""
+    return isinstance(layer, SOLVABLE)
 
 
 def iter_layers(model):
@@ -27,104 +58,377 @@ def iter_layers(model):
 def unsolvable_reason(layer):
     """None if class-PCA can compute `layer`'s weights, else why not (one sentence)."""
     name = f"{type(layer).__name__} '{layer.name}'"
-    if isinstance(layer, keras.layers.Dense):
-        if getattr(layer, "quantization_mode", None):
-            return f"{name} is quantized ({layer.quantization_mode}); solve before quantizing."
-        if getattr(layer, "lora_enabled", False):
-            return f"{name} has LoRA enabled; class-PCA solves the full kernel only."
-        return None
-    if isinstance(layer, keras.layers.Conv2D):
-        if layer.groups != 1:
-            return f"{name} is a grouped convolution (groups={layer.groups}); only groups=1 is solvable."
-        if getattr(layer, "lora_enabled", False):
-            return f"{name} has LoRA enabled; class-PCA solves the full kernel only."
-        return None
-    return (
-        f"{name} is not a Dense or Conv2D layer; class-PCA solves only those "
-        "(other layers with weights end the solved prefix)."
-    )
+    if not is_solvable_kind(layer):
+        return (
+            f"{name} is not a layer kind class-PCA solves ({SOLVABLE_NAMES}); "
+            "other layers with weights end the solved prefix."
+        )
+    if getattr(layer, "quantization_mode", None):
+        return f"{name} is quantized ({layer.quantization_mode}); solve before quantizing."
+    if getattr(layer, "lora_enabled", False):
+        return f"{name} has LoRA enabled; class-PCA solves the full kernel only."
+    return None
+
+
+def spatial_rank(layer):
+    """0 for Dense, else the number of spatial axes of the convolution."""
+    return 0 if isinstance(layer, keras.layers.Dense) else len(layer.kernel_size)
+
+
+def n_stages(layer):
+    """Passes over the data a solve takes: 2 for separable convolutions, else 1."""
+    return 2 if isinstance(layer, SEPARABLE) else 1
+
+
+def input_channels(layer):
+    """Channels (features) of the layer's input, from its built kernel."""
+    kernel = layer.depthwise_kernel if isinstance(layer, SEPARABLE) else layer.kernel
+    if isinstance(layer, DEPTHWISE + SEPARABLE):
+        return kernel.shape[-2]
+    if isinstance(layer, CONVOLUTIONS):
+        return kernel.shape[-2] * layer.groups
+    return kernel.shape[0]
 
 
 def output_size(layer):
-    """Units of a Dense, filters of a Conv2D."""
-    return layer.units if isinstance(layer, keras.layers.Dense) else layer.filters
+    """Outputs of the layer: units, filters, or channels × depth_multiplier (built)."""
+    if isinstance(layer, keras.layers.Dense):
+        return layer.units
+    if isinstance(layer, DEPTHWISE):
+        return layer.kernel.shape[-2] * layer.depth_multiplier if layer.built else None
+    return layer.filters
+
+
+def groups_and_components(layer, channels, stage=0):
+    """`(groups, components per group)` of one solve stage for inputs of `channels`."""
+    if isinstance(layer, DEPTHWISE) or (isinstance(layer, SEPARABLE) and stage == 0):
+        return channels, layer.depth_multiplier
+    if isinstance(layer, CONVOLUTIONS):
+        return layer.groups, layer.filters // layer.groups
+    return 1, output_size(layer)
+
+
+def _channels_axis(layer):
+    if isinstance(layer, keras.layers.Dense) or layer.data_format == "channels_last":
+        return -1
+    return 1
 
 
 def check_input(layer, x, argument="x"):
     """Raise a `ValueError` naming `argument` if `x` cannot feed `layer`."""
-    if isinstance(layer, keras.layers.Conv2D):
-        if x.ndim != 4:
-            raise ValueError(
-                f"`{argument}` for {type(layer).__name__} '{layer.name}' must be 4-D "
-                f"(batch, height, width, channels); received shape {x.shape}."
-            )
-    elif x.ndim < 2:
+    name = f"{type(layer).__name__} '{layer.name}'"
+    rank = spatial_rank(layer)
+    if rank and x.ndim != rank + 2:
+        axes = ", ".join(["batch"] + [f"spatial {a + 1}" for a in range(rank)] + ["channels"])
         raise ValueError(
-            f"`{argument}` for {type(layer).__name__} '{layer.name}' must be at least 2-D "
-            f"(batch, ..., features); received shape {x.shape}."
+            f"`{argument}` for {name} must be {rank + 2}-D ({axes}); received shape {x.shape}."
+        )
+    if not rank and x.ndim < 2:
+        raise ValueError(
+            f"`{argument}` for {name} must be at least 2-D (batch, ..., features); "
+            f"received shape {x.shape}."
         )
     if x.dtype.kind not in "biuf":
         raise TypeError(f"`{argument}` must be numeric; received dtype {x.dtype}.")
-    if layer.built and isinstance(layer, keras.layers.Conv2D):
-        channels_axis = -1 if layer.data_format == "channels_last" else 1
-        expected = layer.kernel.shape[2] * layer.groups
-        if x.shape[channels_axis] != expected:
-            raise ValueError(
-                f"`{argument}` has {x.shape[channels_axis]} channels but "
-                f"{type(layer).__name__} '{layer.name}' expects {expected}."
-            )
-    elif layer.built and x.shape[-1] != layer.kernel.shape[0]:
+    channels = x.shape[_channels_axis(layer)]
+    if layer.built and channels != input_channels(layer):
+        unit = "channels" if rank else "features"
         raise ValueError(
-            f"`{argument}` has {x.shape[-1]} features but {type(layer).__name__} "
-            f"'{layer.name}' expects {layer.kernel.shape[0]}."
+            f"`{argument}` has {channels} {unit} but {name} expects {input_channels(layer)}."
         )
+    if rank and isinstance(layer, CONVOLUTIONS) and channels % layer.groups:
+        raise ValueError(
+            f"`{argument}` has {channels} channels, not a multiple of groups={layer.groups} "
+            f"of {name}."
+        )
+
+
+def _channels_last(layer, x):
+    return np.moveaxis(x, 1, -1) if _channels_axis(layer) == 1 else x
+
+
+def _depthwise_by_channel(kernel):
+    """A depthwise kernel `(*k, c, m)` as `(c, prod(k), m)`."""
+    c, m = kernel.shape[-2:]
+    return np.asarray(kernel).reshape(-1, c, m).transpose(1, 0, 2)
+
+
+def sample_rows(layer, x, *, stage=0, depthwise_kernel=None):
+    """The rows of a batch `x` of `layer`'s input: an array `(n, rows, groups, d)`.
+
+    `stage=1` of a separable convolution gives the depthwise output at every
+    position (one row per position), computed with `depthwise_kernel`.
+    """
+    x = np.asarray(x)
+    n = len(x)
+    if isinstance(layer, keras.layers.Dense):
+        return x.reshape(n, -1, 1, x.shape[-1])
+    x = _channels_last(layer, x)
+    groups, _ = groups_and_components(layer, x.shape[-1])
+    patches = extract_patches(
+        x, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate,
+        groups=groups, rank=spatial_rank(layer),
+    )
+    patches = patches.reshape(n, -1, groups, patches.shape[-1])
+    if stage == 1:
+        kernel = _depthwise_by_channel(depthwise_kernel)  # (c, k, m)
+        outputs = np.einsum("npck,ckm->npcm", patches, kernel)
+        return outputs.reshape(n, patches.shape[1], 1, -1)
+    return patches
+
+
+def _values_per_sample(layer, x):
+    if isinstance(layer, keras.layers.Dense):
+        return max(1, math.prod(x.shape[1:]))
+    return max(1, math.prod(x.shape[1:]) * math.prod(layer.kernel_size))
+
+
+def iter_group_rows(
+    layer, x, labels, *, stage=0, depthwise_kernel=None, patches_per_image=None, rng=None
+):
+    """Yield `(rows, row_labels)` chunks of `layer`'s input `x` (numpy).
+
+    `rows` has shape `(groups, m, d)`: `m` rows of every group (the same positions),
+    `row_labels` `(m,)`. See `sample_rows` for the stages.
+
+    Args:
+        layer: a layer of a solvable kind.
+        x: a batch of that layer's input.
+        labels: int labels of the batch's samples; repeated for each row of a sample.
+        patches_per_image: for convolutions, keep this many random positions per sample.
+        rng: `np.random.Generator` for that sub-sampling.
+    """
+    step = max(1, MAX_CHUNK_VALUES // _values_per_sample(layer, x))
+    for start in range(0, len(x), step):
+        rows = sample_rows(
+            layer, x[start : start + step], stage=stage, depthwise_kernel=depthwise_kernel
+        )
+        n, positions, groups, d = rows.shape
+        if spatial_rank(layer) and patches_per_image is not None and patches_per_image < positions:
+            keep = np.stack(
+                [rng.choice(positions, patches_per_image, replace=False) for _ in range(n)]
+            )
+            rows = np.take_along_axis(rows, keep[:, :, None, None], axis=1)
+        chunk_labels = np.repeat(labels[start : start + step], rows.shape[1])
+        yield rows.reshape(-1, groups, d).transpose(1, 0, 2), chunk_labels
 
 
 def iter_rows(layer, x, labels, *, patches_per_image=None, rng=None):
-    """Yield `(rows, row_labels)` chunks of `layer`'s input `x` (numpy).
+    """Yield `(rows, row_labels)` chunks, rows `(m, d)`, of a one-group layer's input.
 
-    Args:
-        layer: a Dense or Conv2D layer.
-        x: a batch of that layer's input.
-        labels: int labels of the batch's samples; repeated for each row of a sample.
-        patches_per_image: for Conv2D, keep this many random patches per image.
-        rng: `np.random.Generator` for the patch sub-sampling.
+    Dense and ungrouped Conv1D/2D/3D layers; `LayerStatistics` handles every kind.
     """
-    if isinstance(layer, keras.layers.Dense):
-        per_sample = int(np.prod(x.shape[1:-1])) if x.ndim > 2 else 1
-        yield x.reshape(-1, x.shape[-1]), np.repeat(labels, per_sample)
-        return
-    if layer.data_format == "channels_first":
-        x = np.moveaxis(x, 1, -1)
-    kh, kw = layer.kernel_size
-    values_per_image = max(1, x.shape[1] * x.shape[2] * kh * kw * x.shape[3])
-    step = max(1, MAX_CHUNK_VALUES // values_per_image)
-    for start in range(0, len(x), step):
-        patches = extract_patches(
-            x[start : start + step],
-            layer.kernel_size,
-            layer.strides,
-            layer.padding,
-            layer.dilation_rate,
+    if not isinstance(layer, (keras.layers.Dense,) + CONVOLUTIONS) or (
+        not isinstance(layer, keras.layers.Dense) and layer.groups != 1
+    ):
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' is solved per group of channels: "
+            "use `LayerStatistics`."
         )
-        n, out_h, out_w, d = patches.shape
-        patches = patches.reshape(n, out_h * out_w, d)
-        chunk_labels = labels[start : start + step]
-        if patches_per_image is not None and patches_per_image < out_h * out_w:
-            keep = np.stack(
-                [rng.choice(out_h * out_w, patches_per_image, replace=False) for _ in range(n)]
-            )
-            patches = np.take_along_axis(patches, keep[:, :, None], axis=1)
-        yield patches.reshape(-1, d), np.repeat(chunk_labels, patches.shape[1])
+    for rows, row_labels in iter_group_rows(
+        layer, x, labels, patches_per_image=patches_per_image, rng=rng
+    ):
+        yield rows[0], row_labels
+
+
+def grouped_kernel(parts, shape):
+    """Per-group kernels `(prod(k) * c_g, f_g)` -> one kernel of `shape`.
+
+    `shape` is `(*k, c_g, groups * f_g)` for a convolution or `(*k, c, m)` for a
+    depthwise kernel (`c` groups of one channel): both are the `(*k, c_g, g, f_g)`
+    array of the stacked parts, reshaped.
+    """
+    stacked = np.stack([np.asarray(p) for p in parts])  # (g, prod(k) * c_g, f_g)
+    g, rows, f = stacked.shape
+    per_group = rows // math.prod(shape[:-2])
+    return stacked.reshape(g, -1, per_group, f).transpose(1, 2, 0, 3).reshape(shape)
+
+
+def solution_weights(layer, solutions, depthwise_solutions=None):
+    """The layer's weights `{attribute: array}` from per-group `Solution`s.
+
+    `solutions` are the last stage's (one per group); for a separable convolution
+    `depthwise_solutions` are the first stage's (one per input channel).
+    """
+    if isinstance(layer, SEPARABLE):
+        depthwise = depthwise_kernel(layer, depthwise_solutions)
+        weights = {
+            "depthwise_kernel": depthwise,
+            "pointwise_kernel": np.asarray(solutions[0].kernel).reshape(
+                tuple(layer.pointwise_kernel.shape)
+            ),
+        }
+    elif isinstance(layer, keras.layers.Dense):
+        weights = {"kernel": np.asarray(solutions[0].kernel).reshape(tuple(layer.kernel.shape))}
+    else:
+        weights = {"kernel": grouped_kernel([s.kernel for s in solutions],
+                                             tuple(layer.kernel.shape))}
+    if layer.use_bias:
+        weights["bias"] = np.concatenate([np.asarray(s.bias) for s in solutions])
+    return weights
+
+
+def depthwise_kernel(layer, solutions):
+    """A depthwise kernel `(*k, c, m)` from one solution `(prod(k), m)` per channel."""
+    m = np.asarray(solutions[0].kernel).shape[1]
+    return grouped_kernel([s.kernel for s in solutions],
+                           tuple(layer.kernel_size) + (len(solutions), m))
+
+
+def assign_weights(layer, weights):
+    """Write `{attribute: array}` (from `solution_weights`) into a built layer."""
+    for attribute, value in weights.items():
+        variable = getattr(layer, attribute)
+        variable.assign(np.asarray(value).astype(variable.dtype))
 
 
 def kernel_from_solution(layer, kernel):
-    """Reshape a `(d, n)` solution kernel to `layer`'s kernel shape."""
+    """Reshape a `(d, n)` solution kernel to a one-group layer's kernel shape."""
     return np.asarray(kernel).reshape(tuple(layer.kernel.shape))
 
 
 def assign_solution(layer, kernel, bias):
-    """Write a solved `(d, n)` kernel and `(n,)` bias into a built layer."""
+    """Write a solved `(d, n)` kernel and `(n,)` bias into a built one-group layer."""
     layer.kernel.assign(kernel_from_solution(layer, kernel).astype(layer.kernel.dtype))
     if layer.use_bias:
         layer.bias.assign(np.asarray(bias).astype(layer.bias.dtype))
+
+
+class LayerStatistics:
+    """Class-PCA of one layer's input, for every kind in `SOLVABLE`.
+
+    Feed batches of the layer's input with `update(x, labels)`; after each complete
+    pass over the data call `end_pass()`, which solves the current stage and returns
+    True while another pass is needed (the pointwise stage of a separable
+    convolution); then `assign()` writes the weights.
+
+    Args:
+        layer: the layer to solve (built or not; `assign` needs it built).
+        options: `ClassPCA` options (`center`, `allocation`, ...).
+        patches_per_image: for convolutions, use this many random positions per sample.
+        rng: `np.random.Generator` for that sub-sampling.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> x = np.random.default_rng(0).normal(size=(60, 10, 4)).astype("float32")
+    >>> y = np.arange(60) % 3
+    >>> layer = keras.layers.SeparableConv1D(6, 3, depth_multiplier=2)
+    >>> statistics = LayerStatistics(layer)
+    >>> while True:
+    ...     statistics.update(x, y)
+    ...     if not statistics.end_pass():
+    ...         break
+    >>> layer.build(x.shape); statistics.assign(); tuple(layer(x).shape)
+    (60, 8, 6)
+    """
+
+    def __init__(self, layer, options=None, *, patches_per_image=None, rng=None):
+        self.layer = layer
+        self.options = dict(options or {})
+        self.patches_per_image = patches_per_image
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.stage = 0
+        self.stages = n_stages(layer)
+        self.class_pcas = None  # of the current stage, one per group
+        self.solved_stages = []  # (class_pcas, solutions) of finished stages
+        self.rows = 0
+
+    def update(self, x, labels):
+        """Accumulate one batch `x` of the layer's input with its int `labels`."""
+        depthwise = None
+        if self.stage == 1:
+            depthwise = depthwise_kernel(self.layer, self.solved_stages[0][1])
+        channels = np.shape(x)[_channels_axis(self.layer)]
+        for rows, row_labels in iter_group_rows(
+            self.layer, x, labels, stage=self.stage, depthwise_kernel=depthwise,
+            patches_per_image=self.patches_per_image, rng=self.rng,
+        ):
+            if self.class_pcas is None:
+                if self.stage == 1:
+                    channels = rows.shape[-1]
+                groups, components = groups_and_components(self.layer, channels, self.stage)
+                self.class_pcas = [ClassPCA(components, **self.options) for _ in range(groups)]
+            for class_pca, group_rows in zip(self.class_pcas, rows):
+                class_pca.partial_fit(group_rows, row_labels)
+            if self.stage == self.stages - 1:
+                self.rows += rows.shape[1]
+
+    def end_pass(self):
+        """Solve the current stage; True if the layer needs another pass."""
+        if self.class_pcas is None:
+            raise ValueError("`data` is empty: no samples to solve the layer on.")
+        try:
+            solutions = [class_pca.solve() for class_pca in self.class_pcas]
+        except ValueError as error:
+            raise UnsolvableDataError(str(error)) from error
+        self.solved_stages.append((self.class_pcas, solutions))
+        self.class_pcas = None
+        self.stage += 1
+        return self.stage < self.stages
+
+    @property
+    def done(self):
+        return self.stage == self.stages
+
+    @property
+    def class_pca(self):
+        """The `ClassPCA` of a one-group, one-stage layer (else of its last stage's first group)."""
+        return self.solved_stages[-1][0][0]
+
+    @property
+    def n_components(self):
+        return sum(s.kernel.shape[1] for s in self.solved_stages[-1][1])
+
+    def weights(self):
+        """`{attribute: array}` of the solved layer."""
+        if not self.done:
+            raise ValueError("The layer is not solved yet: call `end_pass()` after each pass.")
+        depthwise = self.solved_stages[0][1] if self.stages == 2 else None
+        return solution_weights(self.layer, self.solved_stages[-1][1], depthwise)
+
+    def assign(self):
+        """Write the solved weights into the (built) layer."""
+        assign_weights(self.layer, self.weights())
+
+    def explained_variance(self):
+        """Share of the input variance the span of the last stage's filters captures."""
+        captured = total = 0.0
+        for class_pca in self.solved_stages[-1][0]:
+            basis, _ = np.linalg.qr(class_pca.components_)
+            covariance = class_pca.covariance_
+            captured += float(np.trace(basis.T @ covariance @ basis))
+            total += float(np.trace(covariance))
+        return captured / total if total > 0 else 0.0
+
+
+def backend_rows(layer, x):
+    """Rows of `layer`'s input with `keras.ops` on the backend's device (no NumPy).
+
+    Returns a tensor `(n * positions, groups, d)` equal to `sample_rows(layer, x)`
+    reshaped: a convolution with an identity kernel copies every patch value into
+    its own output channel, in `(kernel axes, channel)` order (first stage only).
+    """
+    if isinstance(layer, keras.layers.Dense):
+        x = keras.ops.convert_to_tensor(x)
+        return keras.ops.reshape(x, (-1, 1, x.shape[-1]))
+    x = keras.ops.convert_to_tensor(x)
+    if _channels_axis(layer) == 1:
+        x = keras.ops.moveaxis(x, 1, -1)
+    channels = x.shape[-1]
+    groups, _ = groups_and_components(layer, channels)
+    per_group = channels // groups
+    size = math.prod(layer.kernel_size) * per_group
+    # One identity per group: output channel g*size + j copies value j of group g's patch.
+    identity = np.eye(size).reshape(tuple(layer.kernel_size) + (per_group, size))
+    identity = np.concatenate([identity] * groups, axis=-1)
+    padding = layer.padding
+    if padding == "causal":
+        left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+        x = keras.ops.pad(x, [(0, 0), (left, 0), (0, 0)])
+        padding = "valid"
+    identity = keras.ops.convert_to_tensor(identity, dtype=x.dtype)
+    # keras.ops.conv infers the groups from the kernel's input channels.
+    patches = keras.ops.conv(x, identity, layer.strides, padding, "channels_last",
+                             layer.dilation_rate)
+    return keras.ops.reshape(patches, (-1, groups, size))

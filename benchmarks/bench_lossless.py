@@ -1,0 +1,273 @@
+"""Solved layers that lose nothing: the class-PCA options against SGD, and fine-tuning.
+
+Variants of the solve (each a `ClassPCA` option, passed through `hybridize`):
+
+- "previous defaults": class-PCA components only (`discriminant=0, sign_pairs=False`);
+- "discriminant": the Fisher directions of the class means (K − 1 of them) mixed in;
+- "sign pairs": n/2 directions, each followed by its negative (Saak);
+- "sign pairs + discriminant";
+- "trainable bias": the kernel frozen, its bias trained (`freeze="kernel"`);
+- "fine-tune": solved weights as initialisation, all trained (`freeze=False`).
+
+Cases, each with SGD (the same model trained end to end, same data, same seed) in the
+same run, contenders interleaved, 3 seeds, medians:
+
+- digits MLP: 64 - Dense(40, relu) - Dense(32, relu) - Dense(10), scikit-learn's
+  digits (75 % train split, 1,347 images), 20 epochs, batch 32, cutoff 1;
+- Fashion-MNIST MLP (`benchmarks.common.mlp`) at 1 % and 100 %, 3 epochs, cutoff 1;
+- the benchmark CNN at 100 %, 3 epochs, cutoff 2 (top trained by `fit_top`);
+- fine-tuning the benchmark CNN: time to reach SGD's 3-epoch test accuracy.
+
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_lossless [--quick]
+"""
+
+import argparse
+import time
+
+import keras
+
+from benchmarks._report import (
+    add_report_options,
+    default_results,
+    machine_line,
+    markdown_table,
+    met,
+    write_section,
+)
+from benchmarks.common import (
+    BATCH,
+    build_model,
+    compile_model,
+    evaluate,
+    fmt,
+    med,
+    rotated,
+    run_benchmark,
+    save_run,
+    subset,
+)
+from keras_classpca.datasets import load_dataset, load_digits
+from keras_classpca.hybrid.builder import hybridize
+from keras_classpca.hybrid.training import fit_top
+
+SECTION = "bench_lossless"
+SOLVE_MAX_SAMPLES = 6000
+
+VARIANTS = {
+    "previous defaults": dict(discriminant=0, sign_pairs=False),
+    "discriminant": dict(discriminant="auto", sign_pairs=False),
+    "sign pairs": dict(discriminant=0, sign_pairs=True),
+    "sign pairs + discriminant": dict(discriminant="auto", sign_pairs=True),
+    "defaults": {},
+    "trainable bias": dict(freeze="kernel"),
+    "fine-tune": dict(freeze=False),
+}
+# Which variants each case runs (all of them on the small digits MLP).
+CASES = {
+    "digits_mlp": list(VARIANTS),
+    "mlp_1": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults"],
+    "mlp_100": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults"],
+    "cnn_100_c2": ["previous defaults", "discriminant", "defaults"],
+}
+
+
+def digits_mlp():
+    return keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(40, activation="relu"),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name="digits_mlp")
+
+
+def case_data(case, seed, cache):
+    """((x, y), (x_test, y_test), build, cutoff, epochs, batch) of a case."""
+    if case == "digits_mlp":
+        if "digits" not in cache:
+            (x, y), (xt, yt) = load_digits()
+            cache["digits"] = ((x.reshape(len(x), -1), y), (xt.reshape(len(xt), -1), yt))
+        train, test = cache["digits"]
+        return train, test, digits_mlp, 1, 20, 32
+    if "fashion" not in cache:
+        cache["fashion"] = load_dataset("fashion_mnist")
+    (x, y), test = cache["fashion"]
+    kind, fraction, cutoff = {"mlp_1": ("mlp", 0.01, 1), "mlp_100": ("mlp", 1.0, 1),
+                              "cnn_100_c2": ("cnn", 1.0, 2)}[case]
+    train = subset(x, y, fraction, seed)
+    return train, test, (lambda: build_model(kind)), cutoff, 3, BATCH
+
+
+def run_contender(case, variant, seed, cache):
+    (x, y), (x_test, y_test), build, cutoff, epochs, batch = case_data(case, seed, cache)
+    keras.utils.set_random_seed(seed)
+    model = build()
+    start = time.perf_counter()
+    solve_s = 0.0
+    if variant != "sgd":
+        hybridize(model, (x, y), cutoff=cutoff, samples=min(SOLVE_MAX_SAMPLES, len(x)),
+                  seed=seed, verbose=0, **VARIANTS[variant])
+        solve_s = time.perf_counter() - start
+    compile_model(model)
+    if variant == "sgd":
+        model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0)
+    else:
+        fit_top(model, x, y, epochs=epochs, batch_size=batch, verbose=0)
+    wall = time.perf_counter() - start
+    return dict(case=case, contender=variant, seed=seed, acc=evaluate(model, x_test, y_test),
+                solve_s=solve_s, wall_s=wall, n_train=len(x))
+
+
+class _TimeToAccuracy(keras.callbacks.Callback):
+    """Wall time of training (evaluation excluded) until test accuracy >= target."""
+
+    def __init__(self, x_test, y_test, target, start):
+        super().__init__()
+        self.data, self.target, self.start = (x_test, y_test), target, start
+        self.paused = 0.0
+        self.reached = None
+        self.accuracies = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        pause = time.perf_counter()
+        accuracy = evaluate(self.model, *self.data)
+        self.accuracies.append(accuracy)
+        if self.reached is None and accuracy >= self.target:
+            self.reached = pause - self.start - self.paused
+            self.model.stop_training = True
+        self.paused += time.perf_counter() - pause
+
+
+def run_time_to_accuracy(seed, cache, epochs=3, max_epochs=6):
+    """SGD for `epochs` (its accuracy is the target), then fine-tune mode (cutoff 2,
+    `freeze=False`) until it reaches that accuracy; both timed without evaluation."""
+    (x, y), (x_test, y_test), build, _, _, batch = case_data("cnn_100_c2", seed, cache)
+    keras.utils.set_random_seed(seed)
+    model = build()
+    start = time.perf_counter()
+    compile_model(model)
+    model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0)
+    sgd_s = time.perf_counter() - start
+    target = evaluate(model, x_test, y_test)
+    keras.utils.set_random_seed(seed)
+    model = build()
+    start = time.perf_counter()
+    hybridize(model, (x, y), cutoff=2, samples=SOLVE_MAX_SAMPLES, seed=seed, freeze=False,
+              verbose=0)
+    compile_model(model)
+    clock = _TimeToAccuracy(x_test, y_test, target, start)
+    model.fit(x, y, epochs=max_epochs, batch_size=batch, verbose=0, callbacks=[clock])
+    return dict(case="finetune_time", contender="fine-tune", seed=seed, sgd_acc=target,
+                sgd_s=sgd_s, reached_s=clock.reached, accuracies=clock.accuracies)
+
+
+def collect(records):
+    """{(case, contender): {acc, d_acc, ratio}} with per-seed paired Δ and time ratios."""
+    sgd = {(r["case"], r["seed"]): r for r in records if r["contender"] == "sgd"}
+    out = {}
+    for (case, contender) in sorted({(r["case"], r["contender"]) for r in records}):
+        runs = [r for r in records if r["case"] == case and r["contender"] == contender]
+        if case == "finetune_time":
+            ratios = [r["reached_s"] / r["sgd_s"] if r["reached_s"] else None for r in runs]
+            out[(case, contender)] = dict(runs=runs, ratio=med(ratios),
+                                          reached=sum(r["reached_s"] is not None for r in runs))
+            continue
+        paired = [(r, sgd.get((case, r["seed"]))) for r in runs]
+        out[(case, contender)] = dict(
+            runs=runs, acc=med([r["acc"] for r in runs]),
+            d_acc=med([100 * (r["acc"] - s["acc"]) for r, s in paired if s]),
+            ratio=med([r["wall_s"] / s["wall_s"] for r, s in paired if s]),
+        )
+    return out
+
+
+CASE_TITLES = {
+    "digits_mlp": "digits MLP, cutoff 1, 20 epochs",
+    "mlp_1": "Fashion-MNIST MLP, 1 %, cutoff 1",
+    "mlp_100": "Fashion-MNIST MLP, 100 %, cutoff 1",
+    "cnn_100_c2": "benchmark CNN, 100 %, cutoff 2",
+}
+
+
+def targets(stats):
+    out = {}
+    get = stats.get
+    digits = get(("digits_mlp", "defaults"))
+    if digits and digits["d_acc"] is not None:
+        out["solved_digits_mlp"] = (f"{digits['d_acc']:+.2f} pp", met(digits["d_acc"] >= -1.0))
+    full, one = get(("mlp_100", "defaults")), get(("mlp_1", "defaults"))
+    if full and one and full["d_acc"] is not None and one["d_acc"] is not None:
+        out["solved_mlp_c1"] = (f"100 %: {full['d_acc']:+.2f} pp; 1 %: {one['d_acc']:+.2f} pp",
+                                met(full["d_acc"] >= 0 and one["d_acc"] >= 0))
+    c2 = get(("cnn_100_c2", "defaults"))
+    if c2 and c2["d_acc"] is not None:
+        out["solved_cnn_c2"] = (f"100 %: {c2['d_acc']:+.2f} pp at {c2['ratio']:.2f}×",
+                                met(c2["d_acc"] >= -0.3 and c2["ratio"] <= 0.5))
+    fine = get(("finetune_time", "fine-tune"))
+    if fine and fine["ratio"] is not None:
+        out["finetune_time"] = (f"{fine['ratio']:.2f}× SGD's time "
+                                f"({fine['reached']} of {len(fine['runs'])} seeds reached it)",
+                                met(fine["ratio"] <= 0.6 and fine["reached"] == len(fine["runs"])))
+    return out
+
+
+def write_report(records, command, paragraph, print_only=False):
+    stats = collect(records)
+    seeds = sorted({r["seed"] for r in records})
+    rows = []
+    for case, title in CASE_TITLES.items():
+        for contender in ["sgd"] + [v for v in VARIANTS if (case, v) in stats]:
+            s = stats.get((case, contender))
+            if s is None:
+                continue
+            rows.append([title, contender, len(s["runs"]), fmt(s["acc"], ".4f"),
+                         "–" if contender == "sgd" else fmt(s["d_acc"], "+.2f"),
+                         "–" if contender == "sgd" else fmt(s["ratio"], ".2f") + "×"])
+    body = [
+        "## Solved layers that lose nothing (`bench_lossless`)",
+        "",
+        machine_line(),
+        "",
+        f"Command: `{command}`. Seeds {', '.join(map(str, seeds))}; Adam; medians over seeds, "
+        "Δ and time ratios paired per seed against that seed's SGD run; wall time = solve + "
+        "compile + fit (evaluation not timed); solve from at most 6,000 samples.",
+        "",
+        markdown_table(["case", "contender", "seeds", "test acc", "Δ vs SGD (pp)",
+                        "time vs SGD"], rows),
+    ]
+    fine = stats.get(("finetune_time", "fine-tune"))
+    if fine:
+        body += ["", "Fine-tune mode on the benchmark CNN (cutoff 2 solved as initialisation, "
+                 "everything trained): wall time until its test accuracy reaches SGD's after 3 "
+                 f"epochs, over SGD's 3-epoch time: median {fmt(fine['ratio'], '.2f')}× "
+                 f"({fine['reached']} of {len(fine['runs'])} seeds reached it within 6 epochs)."]
+    body += ["", paragraph.strip()]
+    write_section(SECTION, "\n".join(body), print_only=print_only, targets=targets(stats))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="digits MLP only, one seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--cases", nargs="+", default=list(CASES) + ["finetune_time"],
+                        choices=list(CASES) + ["finetune_time"])
+    add_report_options(parser, default_results(SECTION))
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.cases = args.seeds[:1], ["digits_mlp"]
+
+    def run(checkpoint):
+        cache = {}
+        for seed in args.seeds:
+            for case in args.cases:
+                if case == "finetune_time":
+                    save_run(args.results, run_time_to_accuracy(seed, cache))
+                    continue
+                for contender in rotated(["sgd"] + CASES[case], seed):
+                    save_run(args.results, run_contender(case, contender, seed, cache))
+                checkpoint()
+
+    run_benchmark(args, SECTION, write_report, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,569 @@
+"""`ClassStatistics`: per-class count, sum and second moment of streamed rows.
+
+Class-PCA needs three sums per class `c` over the rows `x` it sees: the count `n_c`, the
+sum `s_c = Σ x` and the second moment `M_c = Σ x xᵀ`. Sums of shards are the sums of
+the whole, so statistics `merge` exactly (up to the order of float64 additions): the
+same object serves one streamed pass, shards gathered by another system, and the
+all-reduce of a `tf.distribute` pass.
+
+How a batch is accumulated (`accumulate`):
+
+- The products are computed in `product_dtype` (float32 for float32-or-narrower data,
+  float64 for float64 data; either can be forced) and added to float64 accumulators,
+  a bounded chunk of rows at a time (the products of one chunk are summed by BLAS in
+  `product_dtype`; chunks are added in float64).
+- Rows are grouped by class with one stable `argsort` of the labels (skipped when the
+  labels are already sorted) and gathered a cache-sized chunk at a time into a reusable
+  buffer; each class chunk is multiplied by itself (`Bᵀ B`, BLAS `syrk`).
+- Before the product each chunk is shifted by a per-class reference point (the mean of
+  the first chunk of that class), and the float64 sums restore the raw moments exactly:
+  `Σ x xᵀ = Σ (x-r)(x-r)ᵀ + r wᵀ + w rᵀ` with `w = Σ (x-r) + n r / 2`. The rounding of a
+  float32 product is then relative to the class's spread, not to its mean: data far
+  from the origin (pixels in [0, 255], post-ReLU activations) lose no accuracy to it.
+- A batch is checked before anything is added (one BLAS dot product of the batch with
+  itself): NaN/inf raise and leave the statistics unchanged; values whose squares
+  would overflow float32 are multiplied in float64 instead.
+- Data that are tensors of the running Keras backend (TensorFlow, JAX, torch) are
+  multiplied where they are, with `keras.ops`; only the `d x d` products travel to the
+  host.
+
+Memory is `K·(d² + 2d + 1)` float64 values (`nbytes`); a new class that would take the
+statistics past `memory_limit` (default: the memory the system reports available) raises
+a `MemoryError` that says how much is needed, before anything is allocated.
+"""
+
+import numpy as np
+
+PRODUCT_DTYPES = ("float32", "float64")
+# Rows of one class multiplied at once: a chunk of about CHUNK_BYTES (in product_dtype)
+# stays in cache between the gather and the product; at least MIN_CHUNK_ROWS rows so
+# that BLAS runs at full speed (measured: 1,024-row blocks of d = 400 lose ~20 % to
+# 4,096-row blocks; below that the loss grows).
+CHUNK_BYTES = 8 << 20
+# Rows of the input grouped by class at a time (see `accumulate`).
+BLOCK_BYTES = 16 << 20
+MAX_BLOCK_BYTES = 128 << 20
+# Batches smaller than this are staged (copied) and multiplied together.
+STAGE_BYTES = 64 << 20
+MIN_CHUNK_ROWS = 1024
+# Largest float32 sum of squares of a batch accepted for float32 products: below this
+# no product entry, shifted or not, can overflow (Cauchy-Schwarz, with margin).
+_FLOAT32_SAFE = float(np.finfo(np.float32).max) / 64.0
+
+
+def available_memory():
+    """Bytes of memory the system reports available (`MemAvailable`), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def statistics_nbytes(n_classes, n_features):
+    """Bytes that `ClassStatistics` holds for `n_classes` classes of `n_features`."""
+    return int(n_classes) * (int(n_features) ** 2 + 2 * int(n_features) + 1) * 8
+
+
+def _format_bytes(n):
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def check_memory(n_classes, n_features, memory_limit=None, *, held=0):
+    """Raise `MemoryError` if statistics for `n_classes` x `n_features` would not fit.
+
+    `memory_limit` in bytes (None: the available memory plus `held`, the bytes the
+    caller's statistics already hold).
+    """
+    needed = statistics_nbytes(n_classes, n_features)
+    if memory_limit is None:
+        available = available_memory()
+        if available is None:
+            return
+        limit, what = available + held, "the available memory"
+    else:
+        limit, what = int(memory_limit), "memory_limit"
+    if needed > limit:
+        raise MemoryError(
+            f"Class statistics for {n_classes} classes x {n_features} features need "
+            f"{_format_bytes(needed)} (K x d^2 float64), more than {what} "
+            f"({_format_bytes(limit)}). Use fewer classes or features (smaller patches, a "
+            "narrower layer input), or solve on a machine with more memory."
+        )
+
+
+def _is_backend_tensor(x):
+    """True for a tensor of the running Keras backend (not a NumPy array)."""
+    if isinstance(x, np.ndarray) or not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        return False
+    module = type(x).__module__.split(".")[0]
+    if module not in ("tensorflow", "jax", "jaxlib", "torch"):
+        return False
+    try:
+        import keras
+    except ImportError:  # pragma: no cover
+        return False
+    backend = keras.backend.backend()
+    return {"tensorflow": "tensorflow", "jax": "jax", "jaxlib": "jax", "torch": "torch"}[
+        module
+    ] == backend
+
+
+# Data of float32 precision or less: float32 products lose nothing the data had.
+_NARROW_DTYPES = {"float16", "bfloat16", "float32", "uint8", "int8", "uint16", "int16", "bool"}
+
+
+def default_product_dtype(dtype):
+    """float32 products for data of float32 precision or less, float64 otherwise."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return "float32" if name in _NARROW_DTYPES else "float64"
+
+
+class ClassStatistics:
+    """Per-class count, sum and second moment `Σ x xᵀ`, accumulated in float64.
+
+    Args:
+        n_features: the row dimension `d`.
+        product_dtype: dtype of the per-chunk products, `"float32"` or `"float64"`;
+            None (default) picks float32 for float32-or-narrower data (float16,
+            bfloat16, uint8, ...) and float64 for float64 or wide integer data. The
+            accumulators are float64 either way.
+        memory_limit: bytes the statistics may take; None = the memory the system
+            reports available when a new class arrives.
+
+    Attributes:
+        n_features: `d`.
+        classes: sorted int64 labels that have samples.
+        counts: `(K,)` int64 samples per class, aligned with `classes`.
+        sums: `(K, d)` float64 per-class sums `Σ x`.
+        second_moments: `(K, d, d)` float64 per-class `Σ x xᵀ` (a stacked copy; use
+            `second_moment(label)` for one class without copying them all).
+        n_samples: total rows seen.
+        nbytes: memory held.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.arange(12.0).reshape(6, 2)
+    >>> stats = ClassStatistics(2)
+    >>> stats.accumulate(x, np.array([0, 1, 0, 1, 0, 1]))
+    >>> stats.classes.tolist(), stats.counts.tolist()
+    ([0, 1], [3, 3])
+    >>> stats.sums[0].tolist(), stats.second_moment(0)[0].tolist()
+    ([12.0, 15.0], [80.0, 92.0])
+    """
+
+    def __init__(self, n_features, *, product_dtype=None, memory_limit=None):
+        if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)):
+            raise TypeError(f"`n_features` must be a positive integer; received {n_features!r}.")
+        if n_features < 1:
+            raise ValueError(f"`n_features` must be a positive integer; received {n_features!r}.")
+        if product_dtype is not None and product_dtype not in PRODUCT_DTYPES:
+            raise ValueError(
+                f"`product_dtype` must be one of {PRODUCT_DTYPES} or None; received "
+                f"{product_dtype!r}."
+            )
+        self.n_features = int(n_features)
+        self.product_dtype = product_dtype
+        self.memory_limit = memory_limit
+        self._count = {}
+        self._sum = {}
+        self._outer = {}
+        self._shift = {}  # per-class reference point of the shifted products
+        self._staged = []  # small batches waiting to be multiplied together: (x, labels)
+        self._staged_rows = 0
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def classes(self):
+        self._process_staged()
+        return np.array(sorted(self._count), dtype=np.int64)
+
+    @property
+    def counts(self):
+        self._process_staged()
+        return np.array([self._count[c] for c in sorted(self._count)], dtype=np.int64)
+
+    @property
+    def sums(self):
+        self._process_staged()
+        if not self._count:
+            return np.zeros((0, self.n_features))
+        return np.stack([self._sum[c] for c in sorted(self._count)])
+
+    @property
+    def second_moments(self):
+        self._process_staged()
+        if not self._count:
+            return np.zeros((0, self.n_features, self.n_features))
+        return np.stack([self._outer[c] for c in sorted(self._count)])
+
+    @property
+    def n_samples(self):
+        self._process_staged()
+        return int(sum(self._count.values()))
+
+    @property
+    def nbytes(self):
+        return statistics_nbytes(len(self._count), self.n_features)
+
+    def __len__(self):
+        return len(self._count)
+
+    def __contains__(self, label):
+        return int(label) in self._count
+
+    def count(self, label):
+        """Samples of class `label` (0 if none)."""
+        self._process_staged()
+        return self._count.get(int(label), 0)
+
+    def sum(self, label):
+        """`Σ x` over class `label` (float64, a view: do not modify)."""
+        self._process_staged()
+        return self._sum[self._known(label)]
+
+    def second_moment(self, label):
+        """`Σ x xᵀ` over class `label` (float64, a view: do not modify)."""
+        self._process_staged()
+        return self._outer[self._known(label)]
+
+    def _known(self, label):
+        label = int(label)
+        if label not in self._count:
+            raise KeyError(f"Class {label} has no samples.")
+        return label
+
+    def __repr__(self):
+        return (
+            f"ClassStatistics(n_features={self.n_features}, classes={len(self)}, "
+            f"n_samples={self.n_samples})"
+        )
+
+    # ------------------------------------------------------------------ building
+    def _reserve(self, labels):
+        """Allocate slots for new labels, after checking they fit in memory."""
+        new = [label for label in labels if label not in self._count]
+        if not new:
+            return
+        check_memory(
+            len(self._count) + len(new), self.n_features, self.memory_limit, held=self.nbytes
+        )
+        d = self.n_features
+        for label in new:
+            self._count[label] = 0
+            self._sum[label] = np.zeros(d)
+            self._outer[label] = np.zeros((d, d))
+
+    def _add(self, pending, label, n, shift, shifted_sum, shifted_product):
+        """Add one class chunk's shifted statistics (float64) to the raw ones.
+
+        The rank-2 correction `r wᵀ + w rᵀ` is linear in `w` for a fixed reference point
+        `r`, so it is summed in `pending` and applied once per class by `_flush`.
+        """
+        self._outer[label] += shifted_product
+        self._sum[label] += shifted_sum + n * shift
+        self._count[label] += int(n)
+        w = shifted_sum + (0.5 * n) * shift
+        if label in pending:
+            pending[label][1] += w
+        else:
+            pending[label] = [shift, w]
+
+    def _flush(self, pending):
+        for label, (shift, w) in pending.items():
+            outer = self._outer[label]
+            outer += np.multiply.outer(shift, w)
+            outer += np.multiply.outer(w, shift)
+
+    @classmethod
+    def from_arrays(cls, counts, sums, second_moments, *, classes=None, **kwargs):
+        """Statistics from per-class arrays `(K,)`, `(K, d)`, `(K, d, d)`.
+
+        `classes` (default `0..K-1`) labels the rows; classes with a zero count are left
+        out, exactly as `accumulate` never creates them.
+        """
+        counts = np.asarray(counts, dtype=np.float64)
+        sums = np.asarray(sums, dtype=np.float64)
+        second_moments = np.asarray(second_moments, dtype=np.float64)
+        if counts.ndim != 1 or sums.ndim != 2 or second_moments.ndim != 3:
+            raise ValueError(
+                "Statistics must have shapes (K,), (K, d) and (K, d, d); received "
+                f"{counts.shape}, {sums.shape} and {second_moments.shape}."
+            )
+        k, d = sums.shape
+        if counts.shape != (k,) or second_moments.shape != (k, d, d):
+            raise ValueError(
+                "Statistics must have shapes (K,), (K, d) and (K, d, d); received "
+                f"{counts.shape}, {sums.shape} and {second_moments.shape}."
+            )
+        if np.any(counts < 0) or np.any(counts != np.round(counts)):
+            raise ValueError("`counts` must hold non-negative integers.")
+        if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(second_moments))):
+            raise ValueError(
+                "The statistics contain NaN or infinite values: `x` holds NaN/inf or values "
+                "too large to square in float64."
+            )
+        classes = np.arange(k) if classes is None else np.asarray(classes)
+        if classes.shape != (k,) or classes.dtype.kind not in "iu" or (k and classes.min() < 0):
+            raise ValueError(f"`classes` must be {k} non-negative integer labels.")
+        if len(set(classes.tolist())) != k:
+            raise ValueError("`classes` must not repeat a label.")
+        stats = cls(d, **kwargs)
+        present = [i for i in range(k) if counts[i] > 0]
+        stats._reserve([int(classes[i]) for i in present])
+        for i in present:
+            label = int(classes[i])
+            stats._count[label] = int(counts[i])
+            stats._sum[label][...] = sums[i]
+            stats._outer[label][...] = second_moments[i]
+        return stats
+
+    def merge(self, other):
+        """Add `other`'s statistics (e.g. another shard's) and return `self`."""
+        if not isinstance(other, ClassStatistics):
+            raise TypeError(f"`other` must be ClassStatistics; received {type(other).__name__}.")
+        if other.n_features != self.n_features:
+            raise ValueError(
+                f"Cannot merge statistics over {other.n_features} features into "
+                f"{self.n_features} features."
+            )
+        self._process_staged()
+        other._process_staged()
+        self._reserve(sorted(other._count))
+        for label in other._count:
+            self._count[label] += other._count[label]
+            self._sum[label] += other._sum[label]
+            self._outer[label] += other._outer[label]
+            self._shift.setdefault(label, other._shift.get(label))
+        return self
+
+    def copy(self):
+        """An independent copy."""
+        self._process_staged()
+        twin = ClassStatistics(
+            self.n_features, product_dtype=self.product_dtype, memory_limit=self.memory_limit
+        )
+        twin._count = dict(self._count)
+        twin._sum = {k: v.copy() for k, v in self._sum.items()}
+        twin._outer = {k: v.copy() for k, v in self._outer.items()}
+        twin._shift = dict(self._shift)
+        return twin
+
+    def clear(self):
+        """Forget all samples (keeps `n_features` and the options)."""
+        self._count, self._sum, self._outer, self._shift = {}, {}, {}, {}
+        self._staged, self._staged_rows = [], 0
+
+    # ------------------------------------------------------------------ accumulate
+    def accumulate(self, x, labels):
+        """Add the rows `x` `(n, d)` with integer `labels` `(n,)`; returns None.
+
+        `x` is a NumPy array (any real dtype) or a tensor of the running Keras backend,
+        which is multiplied on its device with `keras.ops`. Labels must be non-negative
+        integers (validate user labels with `ClassPCA`'s rules first). The batch is
+        checked before anything is added: NaN or infinite values raise a `ValueError`
+        and leave the statistics unchanged; so does a new class that would exceed the
+        memory limit (`MemoryError`).
+        """
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+            raise ValueError(
+                f"`labels` must be a vector of integers; received shape {labels.shape}."
+            )
+        if _is_backend_tensor(x):
+            return self._accumulate_tensor(x, labels)
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"`x` must be numeric; received dtype {x.dtype}.")
+        labels = self._checked_labels(x.shape, labels)
+        if labels is None:
+            return
+        dtype = np.dtype(self.product_dtype or default_product_dtype(x.dtype))
+        dtype = self._checked_dtype(x, dtype)
+        present = np.unique(labels)
+        self._reserve(present.tolist())
+        row_bytes = np.dtype(dtype).itemsize * self.n_features
+        # Small batches (a layer's patches a few thousand rows at a time) are staged and
+        # multiplied together: every call costs K·d² float64 additions.
+        # Staged rows stay within a few times the statistics' own memory (and
+        # STAGE_BYTES), so that memory is still bounded by the statistics, not the data.
+        stage_bytes = min(
+            STAGE_BYTES, max(4 * self.nbytes, MIN_CHUNK_ROWS * len(self._count) * row_bytes)
+        )
+        stage_rows = stage_bytes // row_bytes
+        # Staging pays when a call's K·d² float64 additions outweigh copying its n·d
+        # values: n < K·d (hybridize's conv2 pass, 5,242 rows x 800 features, 10 classes).
+        if len(x) < len(present) * self.n_features and len(x) < stage_rows:
+            self._staged.append((x.astype(dtype, copy=True), labels.copy()))
+            self._staged_rows += len(x)
+            if self._staged_rows >= stage_rows:
+                self._process_staged()
+            return
+        self._process_staged()
+        self._process(x, labels, dtype)
+
+    def _process_staged(self):
+        """Multiply the staged batches (grouped by product dtype) into the sums."""
+        if not self._staged:
+            return
+        staged, self._staged, self._staged_rows = self._staged, [], 0
+        for dtype in sorted({x.dtype.str for x, _ in staged}):
+            parts = [(x, labels) for x, labels in staged if x.dtype.str == dtype]
+            self._process(
+                np.concatenate([x for x, _ in parts]),
+                np.concatenate([labels for _, labels in parts]),
+                np.dtype(dtype),
+            )
+
+    def _process(self, x, labels, dtype):
+        """Products of validated rows: a block of rows at a time."""
+        # Rows are grouped by class a block at a time: gathering from a block of ~16 MB
+        # is several times faster than from the whole array in memory; a block holds
+        # about MIN_CHUNK_ROWS rows per class (up to MAX_BLOCK_BYTES) so that each
+        # class's product is one long BLAS call.
+        present = len(np.unique(labels)) if len(labels) < 1 << 20 else len(self._count)
+        row_bytes = x.itemsize * self.n_features
+        rows = max(BLOCK_BYTES // row_bytes, MIN_CHUNK_ROWS * present)
+        rows = max(MIN_CHUNK_ROWS, min(rows, MAX_BLOCK_BYTES // row_bytes))
+        pending = {}
+        for begin in range(0, len(x), rows):
+            block = slice(begin, begin + rows)
+            self._accumulate_block(x[block], labels[block], dtype, pending)
+        self._flush(pending)
+
+    def _accumulate_block(self, x, labels, dtype, pending):
+        if np.all(labels[1:] >= labels[:-1]):
+            order = None
+            sorted_labels = labels
+        else:
+            order = np.argsort(labels, kind="stable")
+            sorted_labels = labels[order]
+        starts = np.flatnonzero(np.diff(sorted_labels)) + 1
+        bounds = np.concatenate([[0], starts, [len(x)]]).tolist()
+        block_labels = sorted_labels[bounds[:-1]].tolist()
+        d = self.n_features
+        step = max(MIN_CHUNK_ROWS, CHUNK_BYTES // (dtype.itemsize * d))
+        buffer = np.empty((min(step, len(x)), d), dtype=dtype)
+        ones = np.ones(len(buffer), dtype=dtype)
+        for label, begin, end in zip(block_labels, bounds[:-1], bounds[1:]):
+            for start in range(begin, end, step):
+                stop = min(start + step, end)
+                chunk = buffer[: stop - start]
+                if order is None:
+                    chunk[...] = x[start:stop]
+                elif x.dtype == dtype:
+                    np.take(x, order[start:stop], axis=0, out=chunk)
+                else:
+                    chunk[...] = np.take(x, order[start:stop], axis=0)
+                if self._shift.get(label) is None:
+                    first_mean = ones[: len(chunk)] @ chunk / len(chunk)
+                    self._shift[label] = first_mean.astype(np.float64)
+                # The reference point as used (rounded to `dtype`) enters the correction.
+                shift = self._shift[label].astype(dtype)
+                chunk -= shift
+                # `a.T @ a` on one buffer: NumPy calls BLAS syrk (half a GEMM's work).
+                product = chunk.T @ chunk
+                shifted_sum = ones[: len(chunk)] @ chunk
+                self._add(
+                    pending,
+                    label,
+                    len(chunk),
+                    shift.astype(np.float64),
+                    shifted_sum.astype(np.float64),
+                    product.astype(np.float64, copy=False),
+                )
+
+    def _checked_labels(self, shape, labels):
+        """int64 `labels` for rows of `shape` (None for no rows); raises for mismatches."""
+        if len(shape) != 2 or shape[1] != self.n_features:
+            raise ValueError(
+                f"`x` must have shape (n_samples, {self.n_features}); received {tuple(shape)}."
+            )
+        if len(labels) != shape[0]:
+            raise ValueError(
+                f"`x` and `labels` must have the same length; received {shape[0]} and "
+                f"{len(labels)}."
+            )
+        if not len(labels):
+            return None
+        labels = labels.astype(np.int64, copy=False)
+        if labels.min() < 0:
+            raise ValueError(f"`labels` must be non-negative; received {labels.min()}.")
+        return labels
+
+    @staticmethod
+    def _checked_dtype(x, dtype):
+        """Raise for NaN/inf; float64 products if float32 ones could overflow."""
+        flat = np.ascontiguousarray(x).reshape(-1)
+        if flat.dtype.kind != "f":
+            flat = flat.astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            squares = float(np.dot(flat, flat))
+        if np.isfinite(squares) and (dtype == np.float64 or squares < _FLOAT32_SAFE):
+            return dtype
+        if flat.dtype != np.float64:
+            flat = flat.astype(np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                squares = float(np.dot(flat, flat))
+        if not np.isfinite(squares):
+            bad = int(flat.size - np.count_nonzero(np.isfinite(flat)))
+            if bad:
+                raise ValueError(f"`x` contains {bad} NaN or infinite values.")
+            raise ValueError("`x` holds values too large to square in float64.")
+        return np.dtype(np.float64)
+
+    def _accumulate_tensor(self, x, labels):
+        """`accumulate` for a backend tensor: gather and multiply with `keras.ops`."""
+        import keras
+        from keras import ops
+
+        labels = self._checked_labels(tuple(x.shape), labels)
+        if labels is None:
+            return
+        dtype = self.product_dtype or default_product_dtype(
+            keras.backend.standardize_dtype(x.dtype)
+        )
+        x = ops.cast(x, dtype)
+        squares = float(ops.convert_to_numpy(ops.sum(ops.square(x))))
+        if not np.isfinite(squares) or (dtype == "float32" and squares >= _FLOAT32_SAFE):
+            # Rare: let the NumPy path say what is wrong (or multiply in float64).
+            return self.accumulate(ops.convert_to_numpy(x), labels)
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.flatnonzero(np.diff(sorted_labels)) + 1
+        bounds = np.concatenate([[0], starts, [len(labels)]]).tolist()
+        block_labels = sorted_labels[bounds[:-1]].tolist()
+        self._reserve(block_labels)
+        grouped = ops.take(x, ops.convert_to_tensor(order.astype(np.int32)), axis=0)
+        pending = {}
+        for label, begin, end in zip(block_labels, bounds[:-1], bounds[1:]):
+            block = grouped[begin:end]
+            if self._shift.get(label) is None:
+                self._shift[label] = np.asarray(
+                    ops.convert_to_numpy(ops.mean(block, axis=0)), dtype=np.float64
+                )
+            shift = self._shift[label].astype(dtype)
+            block = block - ops.convert_to_tensor(shift)
+            product = ops.matmul(ops.transpose(block), block)
+            shifted_sum = ops.sum(block, axis=0)
+            self._add(
+                pending,
+                label,
+                end - begin,
+                shift.astype(np.float64),
+                np.asarray(ops.convert_to_numpy(shifted_sum), dtype=np.float64),
+                np.asarray(ops.convert_to_numpy(product), dtype=np.float64),
+            )
+        self._flush(pending)

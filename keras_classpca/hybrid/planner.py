@@ -1,0 +1,351 @@
+"""Plan which layers of a Keras model class-PCA solves, in which order.
+
+The planner reads the model's layer graph through public Keras API only —
+`model.operations` / `model.layers` (topologically ordered), `layer.input` and
+`layer.output` (the first call of a layer), `keras.Model(inputs, tensor)` for the
+sub-graph that computes a tensor — and returns a `Plan`:
+
+- `steps`: every layer class-PCA can solve (`layers.geometry.SOLVABLE`), in
+  topological order, each solvable once every layer with trainable weights it depends
+  on is solved before it. Merges (`Add`, `Concatenate`, `Multiply`, `Average`, ...),
+  projection shortcuts, pooling, activations, reshapes, dropout and augmentation
+  layers (inference mode), preprocessing layers (`Rescaling`, `Normalization`,
+  `Resizing`) and layers without trainable weights are passed; nested models (a
+  backbone used as a layer) are flattened into the graph.
+- BatchNormalization anywhere: adapted to the data (moving mean and variance) right
+  after the last layer it depends on is solved (before the first step if it depends
+  on none); `step.batchnorms` lists them.
+- `blocked`: the layers with trainable weights that cannot be solved, and why — a
+  kind class-PCA does not solve, a head of the model (a layer that feeds no other
+  layer with weights is always trained), or a layer depending on such a layer.
+
+A layer called more than once (shared) is seen through public API at its first call
+only: it is solved on that call's input, and the layers reading its later outputs are
+blocked (their input has no producer in the graph).
+
+`plan.cut(k)` gives the first `k` steps and `plan.reason_after(k)` says why the next
+layer was not taken. A subclassed model has no layer graph: `plan_model` raises a
+`ValueError` that names the two ways out.
+"""
+
+import dataclasses
+
+import keras
+
+from keras_classpca.hybrid.graph import has_layer_graph, no_graph_error
+from keras_classpca.layers.geometry import is_solvable_kind, unsolvable_reason
+
+
+def _name(layer):
+    return f"{type(layer).__name__} '{layer.name}'"
+
+
+def outer_call_tensors(nested):
+    """The tensors a nested model was called on / returned in its parent's graph.
+
+    The one place that depends on a Keras detail: a functional model's own `input` /
+    `output` properties give its inner graph's tensors, so the parent's tensors are
+    read through `keras.Operation`'s properties (the operation's first call).
+    `tests/test_planner.py` checks it on every Keras version the tests run on.
+    """
+    return (
+        keras.tree.flatten(keras.Operation.input.fget(nested)),
+        keras.tree.flatten(keras.Operation.output.fget(nested)),
+    )
+
+
+def _is_nested_model(operation):
+    return isinstance(operation, keras.Model) and has_layer_graph(operation)
+
+
+def _operations(model):
+    ops = getattr(model, "operations", None)
+    return list(ops) if ops is not None else list(model.layers)
+
+
+def _weighted(operation):
+    """A layer the plan must solve or train: a solvable kind with weights (trainable
+    or frozen: hybridize solves it again), or any layer with trainable weights.
+    Frozen layers of other kinds are fixed functions, like parameter-free ones."""
+    if not isinstance(operation, keras.layers.Layer) or not operation.weights:
+        return False
+    return is_solvable_kind(operation) or any(w.trainable for w in operation.weights)
+
+
+@dataclasses.dataclass
+class Node:
+    """One operation of the flattened graph.
+
+    Attributes:
+        layer: the Keras layer (or operation).
+        inputs: its input tensors (first call), in the graph of `scope`.
+        outputs: its output tensors.
+        scope: the chain of nested models from the top model to this layer (empty for
+            layers of the top model).
+        parents: indices of the nodes producing `inputs` (the model's inputs have none).
+    """
+
+    layer: object
+    inputs: list
+    outputs: list
+    scope: tuple
+    parents: list = dataclasses.field(default_factory=list)
+    orphan: bool = False  # fed by a tensor that no node produces
+
+
+@dataclasses.dataclass
+class PlanStep:
+    """A layer to solve.
+
+    Attributes:
+        layer: the layer.
+        input: its symbolic input tensor (in the graph of `scope`).
+        scope: nested models from the top model to the layer (for `feature_model`).
+        depends_on: names of the solved layers it depends on (its weighted ancestors).
+        batchnorms: BatchNormalization layers to adapt right after it is solved, in
+            order, as `(layer, input tensor, scope)`.
+        position: index of the layer in `Plan.layers` (the flattened graph).
+    """
+
+    layer: object
+    input: object
+    scope: tuple
+    depends_on: list
+    batchnorms: list = dataclasses.field(default_factory=list)
+    position: int = 0  # index of the layer in `Plan.layers`
+
+    @property
+    def name(self):
+        return self.layer.name
+
+
+@dataclasses.dataclass
+class Plan:
+    """Solvable layers of a model in order; see the module docstring."""
+
+    model: object
+    steps: list
+    blocked: list  # (layer name, reason), in topological order
+    leading_batchnorms: list  # adapted before the first step: (layer, input, scope)
+    passed: list  # names of layers without trainable weights the data passes through
+    layers: list = dataclasses.field(default_factory=list)  # flattened, topological
+    parents: list = dataclasses.field(default_factory=list)  # per layer: parent indices
+    top_input: tuple = None  # (tensor, scope): the input of the first blocked layer
+
+    @property
+    def names(self):
+        return [step.name for step in self.steps]
+
+    def cut(self, cutoff):
+        """The first `cutoff` steps."""
+        return self.steps[:cutoff]
+
+    def reason_after(self, cutoff):
+        """Why the plan stops after `cutoff` steps (None when nothing is left)."""
+        if cutoff < len(self.steps):
+            nxt = self.steps[cutoff].layer
+            return f"cutoff={cutoff}: the next solvable layer, {_name(nxt)}, is left to training."
+        if self.blocked:
+            return self.blocked[0][1]
+        return None
+
+    @property
+    def stop_reason(self):
+        """Why no further layer can be solved (None if every weighted layer can)."""
+        return self.blocked[0][1] if self.blocked else None
+
+    def batchnorms_until(self, cutoff):
+        """BatchNormalization layers adapted when the first `cutoff` steps are solved."""
+        found = list(self.leading_batchnorms) if cutoff else []
+        for step in self.steps[:cutoff]:
+            found.extend(step.batchnorms)
+        return found
+
+    def frozen_names(self, cutoff):
+        """Layers to freeze after solving `cutoff` steps, in graph order: the solved
+        layers and the BatchNormalization layers any solved layer depends on (they
+        must not move)."""
+        steps = self.steps[:cutoff]
+        needed = set()
+        for step in steps:
+            needed.update(step.depends_on)
+        names = {step.name for step in steps}
+        names.update(layer.name for layer, _, _ in self.batchnorms_until(cutoff)
+                     if layer.name in needed)
+        return [layer.name for layer in self.layers if layer.name in names]
+
+    def feature_model(self, tensor, scope=()):
+        """A predictor from the model's input to `tensor` of the graph of `scope`.
+
+        A `keras.Model` for tensors of the top model; for a tensor inside nested
+        models, a `FeatureModel` that runs one sub-model per nesting level.
+        """
+        models, source = [], tensor
+        for nested in reversed(scope):
+            models.append(keras.Model(_single(nested.inputs), source))
+            source = outer_call_tensors(nested)[0][0]
+        models.append(keras.Model(_single(self.model.inputs), source))
+        models.reverse()
+        return models[0] if len(models) == 1 else FeatureModel(models)
+
+
+def _single(inputs):
+    """One input as a tensor, not a list of one (what a model is then called with)."""
+    inputs = keras.tree.flatten(inputs)
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+class FeatureModel:
+    """Keras models run one after the other: the features of a nested model's tensor."""
+
+    def __init__(self, models):
+        self.models = models
+
+    def predict_on_batch(self, x):
+        for model in self.models:
+            x = keras.ops.convert_to_numpy(model.predict_on_batch(x))
+        return x
+
+    def __call__(self, x):
+        for model in self.models:
+            x = model(x)
+        return x
+
+
+def _flatten(model, scope=(), outer_inputs=None, nodes=None, producer=None):
+    """Nodes of `model` in topological order, nested models expanded in place.
+
+    `producer` maps `id(tensor)` to the node index that produces it; a nested model's
+    input tensors alias the tensors it was called on (`outer_inputs`).
+    """
+    nodes = [] if nodes is None else nodes
+    if producer is None:  # the top model's inputs: produced by "-1"
+        producer = {id(t): -1 for t in keras.tree.flatten(model.inputs)}
+    if outer_inputs is not None:
+        for inner, outer in zip(keras.tree.flatten(model.inputs), outer_inputs):
+            if id(outer) in producer:
+                producer[id(inner)] = producer[id(outer)]
+    for operation in _operations(model):
+        if isinstance(operation, keras.layers.InputLayer):
+            continue
+        if _is_nested_model(operation) and len(keras.tree.flatten(operation.inputs)) == 1:
+            called_on, returned = outer_call_tensors(operation)
+            _flatten(operation, scope + (operation,), called_on, nodes, producer)
+            for inner, outer in zip(keras.tree.flatten(operation.outputs), returned):
+                if id(inner) in producer:
+                    producer[id(outer)] = producer[id(inner)]
+            continue
+        inputs = [t for t in keras.tree.flatten(operation.input) if hasattr(t, "shape")]
+        outputs = keras.tree.flatten(operation.output)
+        node = Node(operation, inputs, outputs, scope)
+        node.parents = sorted({producer[id(t)] for t in inputs if producer.get(id(t), -1) >= 0})
+        node.orphan = any(id(t) not in producer for t in inputs)
+        index = len(nodes)
+        nodes.append(node)
+        for t in outputs:
+            producer[id(t)] = index
+    return nodes, producer
+
+
+def plan_model(model):
+    """The `Plan` of a built Sequential or functional `model` (see the module docstring):
+    what `hybridize` would solve, in which order, and why the rest is not solved.
+
+    Example:
+
+    >>> import keras
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, name="a")(inputs)
+    >>> y = keras.layers.Conv2D(4, 1, name="b")(x)
+    >>> z = keras.layers.Conv2D(4, 1, name="c")(x)
+    >>> merged = keras.layers.Add()([y, z])
+    >>> out = keras.layers.Dense(2, name="out")(keras.layers.Flatten()(merged))
+    >>> plan = plan_model(keras.Model(inputs, out))
+    >>> plan.names, plan.stop_reason
+    (['a', 'b', 'c'], "Dense 'out' is the model's last layer with weights (always trained).")
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    if not has_layer_graph(model):
+        raise no_graph_error(model)
+    nodes, _ = _flatten(model)
+
+    # Forward: ancestors with trainable weights (solvable or not) and blockers.
+    weighted = [_weighted(n.layer) for n in nodes]
+    is_bn = [isinstance(n.layer, keras.layers.BatchNormalization) for n in nodes]
+    depends = []  # indices of the weighted non-BN ancestors of each node
+    bn_parents = []  # indices of its BN ancestors
+    tainted = []  # an ancestor (or itself) reads a tensor no node produces
+    for node in nodes:
+        deps, bns = set(), set()
+        for p in node.parents:
+            deps |= depends[p]
+            bns |= bn_parents[p]
+            if is_bn[p]:
+                bns.add(p)
+            elif weighted[p]:
+                deps.add(p)
+        depends.append(deps)
+        bn_parents.append(bns)
+        tainted.append(node.orphan or any(tainted[p] for p in node.parents))
+
+    # Backward: does a node feed a layer with trainable weights (BN aside)?
+    feeds_weighted = [False] * len(nodes)
+    for i in reversed(range(len(nodes))):
+        for p in nodes[i].parents:
+            if (weighted[i] and not is_bn[i]) or feeds_weighted[i]:
+                feeds_weighted[p] = True
+
+    steps, blocked, taken = [], [], {}
+    reasons = {}
+    for i, node in enumerate(nodes):
+        layer = node.layer
+        if not weighted[i] or is_bn[i]:
+            continue
+        reason = None
+        if tainted[i]:
+            reason = (
+                f"{_name(layer)} is fed by a tensor no layer of the graph produces once "
+                "(a layer called more than once, or an input the model does not list)."
+            )
+        elif not is_solvable_kind(layer) or unsolvable_reason(layer):
+            reason = unsolvable_reason(layer)
+        elif not feeds_weighted[i]:
+            reason = f"{_name(layer)} is the model's last layer with weights (always trained)."
+        else:
+            missing = sorted(depends[i] - set(taken), key=lambda j: j)
+            if missing:
+                first = nodes[missing[0]].layer
+                reason = (
+                    f"{_name(layer)} depends on {_name(first)}, which cannot be solved: "
+                    f"{reasons[missing[0]]}"
+                )
+        if reason is not None:
+            reasons[i] = reason
+            blocked.append((layer.name, reason))
+            continue
+        taken[i] = len(steps)
+        steps.append(PlanStep(layer, node.inputs[0], node.scope,
+                              [nodes[j].layer.name for j in sorted(depends[i])], position=i))
+
+    # BatchNormalization: adapted once every weighted layer it depends on is solved.
+    leading = []
+    for i, node in enumerate(nodes):
+        if not is_bn[i] or tainted[i] or any(j not in taken for j in depends[i]):
+            continue
+        entry = (node.layer, node.inputs[0], node.scope)
+        if not depends[i]:
+            leading.append(entry)
+        else:
+            steps[max(taken[j] for j in depends[i])].batchnorms.append(entry)
+    # A solved layer also depends on the BatchNormalization layers before it.
+    for i, node in enumerate(nodes):
+        if i in taken:
+            steps[taken[i]].depends_on.extend(nodes[j].layer.name for j in sorted(bn_parents[i]))
+
+    passed = [n.layer.name for i, n in enumerate(nodes) if not weighted[i]]
+    first_blocked = next((n for n in nodes if n.layer.name in dict(blocked)), None)
+    top = (first_blocked.inputs[0], first_blocked.scope) if first_blocked else (
+        _single(model.outputs), ())
+    return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes],
+                [list(n.parents) for n in nodes], top)

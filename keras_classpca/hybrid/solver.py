@@ -1,0 +1,105 @@
+"""The one-layer solver of `hybridize`: stream a layer's input through the solved
+part of the model, accumulate its class statistics, solve; adapt BatchNormalization.
+
+`passes` is any re-iterable of `(x, int labels)` batches (one iteration = one pass over
+the data), with optional `total` (samples, for the progress bar) and `seen` (set to
+the samples of the last complete pass) attributes, as `hybridize`'s `_DataPasses`.
+"""
+
+import keras
+import numpy as np
+
+from keras_classpca.hybrid.graph import predict_batch
+from keras_classpca.layers.geometry import LayerStatistics, n_stages
+
+
+def stream(passes, feature_model, consumers, progress_label=None, verbose=0):
+    """One pass: features of every batch go to every consumer `(h, labels, offset)`."""
+    total = getattr(passes, "total", None)
+    progress = keras.utils.Progbar(total, verbose=verbose, unit_name="sample") if verbose else None
+    if progress is not None and progress_label:
+        print(progress_label)
+    offset, first_size = 0, None
+    for x, labels in passes:
+        first_size = first_size or len(x)
+        h = predict_batch(feature_model, x, first_size)
+        for consume in consumers:
+            consume(h, labels, offset)
+        offset += len(x)
+        if progress is not None:
+            progress.add(len(x))
+    if offset == 0:
+        raise ValueError("`data` is empty: no samples to solve the layers on.")
+    if hasattr(passes, "seen"):
+        passes.seen = offset
+    return offset
+
+
+class MomentsConsumer:
+    """Per-channel mean and variance of a BatchNormalization layer's input."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.count = 0
+        self.total = None
+        self.squares = None
+
+    def __call__(self, h, labels, offset):
+        axes = self.layer.axis if isinstance(self.layer.axis, (list, tuple)) else [self.layer.axis]
+        axes = [a % h.ndim for a in axes]
+        reduce = tuple(a for a in range(h.ndim) if a not in axes)
+        h = h.astype(np.float64)
+        if self.total is None:
+            self.total = np.zeros(h.sum(axis=reduce).shape)
+            self.squares = np.zeros_like(self.total)
+        self.total += h.sum(axis=reduce)
+        self.squares += (h * h).sum(axis=reduce)
+        self.count += int(np.prod([h.shape[a] for a in reduce]))
+
+    def assign(self):
+        mean = self.total / self.count
+        variance = np.maximum(self.squares / self.count - mean**2, 0.0)
+        self.layer.moving_mean.assign(mean.reshape(self.layer.moving_mean.shape))
+        self.layer.moving_variance.assign(variance.reshape(self.layer.moving_variance.shape))
+
+
+class StatisticsConsumer:
+    """Feeds a layer's input to its `LayerStatistics` (every kind, every stage)."""
+
+    def __init__(self, layer, options, seed=0, patches_per_image=None):
+        self.statistics = LayerStatistics(
+            layer, options, patches_per_image=patches_per_image, rng=np.random.default_rng(seed)
+        )
+
+    def __call__(self, h, labels, offset):
+        self.statistics.update(h, labels)
+
+    @property
+    def rows(self):
+        return self.statistics.rows
+
+
+def adapt_batchnorm(passes, feature_model, layer, verbose=0):
+    """Set a BatchNormalization layer's moving statistics from its streamed input."""
+    moments = MomentsConsumer(layer)
+    stream(passes, feature_model, [moments], f"Adapting BatchNormalization '{layer.name}'",
+           verbose)
+    moments.assign()
+
+
+def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_image=None,
+                verbose=0, label=None, consumers=()):
+    """Stream `layer`'s input (`feature_model`) and solve it: one pass per stage (two
+    for separable convolutions); `consumers` (e.g. a probe) ride the first pass.
+
+    Returns `(statistics, samples)`; the weights are not assigned yet (`assign()`).
+    """
+    statistics = StatisticsConsumer(layer, options, seed, patches_per_image)
+    extra = list(consumers)
+    label = label or f"Solving {type(layer).__name__} '{layer.name}'"
+    for stage in range(n_stages(layer)):
+        seen = stream(passes, feature_model, [statistics] + extra,
+                      label + (f" (pass {stage + 1})" if stage else ""), verbose)
+        extra = []
+        statistics.statistics.end_pass()
+    return statistics.statistics, seen

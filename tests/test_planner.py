@@ -1,0 +1,246 @@
+"""The graph planner: solvable layers of functional graphs in topological order
+(residual blocks with projection shortcuts, nested backbones, preprocessing and
+augmentation layers, BatchNormalization anywhere), why the rest is blocked, subclassed
+models, keras.applications — through public Keras API."""
+
+import socket
+
+import keras
+import numpy as np
+import pytest
+
+from keras_classpca.hybrid.planner import FeatureModel, outer_call_tensors, plan_model
+
+L = keras.layers
+
+
+def _np(t):
+    return keras.ops.convert_to_numpy(t)
+
+
+def residual_cnn(input_shape=(12, 12, 3), classes=3):
+    """Stem + two basic blocks, the second with a projection shortcut, Conv-BN-ReLU."""
+    inputs = keras.Input(input_shape)
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU()(x)
+    # block 1: identity shortcut
+    y = L.Conv2D(8, 3, padding="same", name="b1_c1")(x)
+    y = L.BatchNormalization(name="b1_bn1")(y)
+    y = L.ReLU()(y)
+    y = L.Conv2D(8, 3, padding="same", name="b1_c2")(y)
+    x = L.ReLU()(L.Add(name="b1_add")([x, y]))
+    # block 2: strided, projection shortcut
+    y = L.Conv2D(16, 3, strides=2, padding="same", name="b2_c1")(x)
+    y = L.ReLU()(y)
+    y = L.Conv2D(16, 3, padding="same", name="b2_c2")(y)
+    shortcut = L.Conv2D(16, 1, strides=2, name="b2_proj")(x)
+    shortcut = L.BatchNormalization(name="b2_proj_bn")(shortcut)
+    x = L.ReLU()(L.Add(name="b2_add")([y, shortcut]))
+    x = L.GlobalAveragePooling2D()(x)
+    outputs = L.Dense(classes, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs, name="residual")
+
+
+def test_residual_cnn_plan_order_dependencies_and_batchnorms():
+    plan = plan_model(residual_cnn())
+    names = plan.names
+    assert set(names) == {"stem", "b1_c1", "b1_c2", "b2_c1", "b2_c2", "b2_proj"}
+    # topological: every layer comes after the layers it depends on
+    for step in plan.steps:
+        for dependency in step.depends_on:
+            if dependency in names:
+                assert names.index(dependency) < names.index(step.name)
+    by_name = {s.name: s for s in plan.steps}
+    assert set(by_name["b2_c2"].depends_on) == {"stem", "b1_c1", "b1_c2", "b2_c1",
+                                                "stem_bn", "b1_bn1"}
+    assert "b2_c2" not in by_name["b2_proj"].depends_on  # the shortcut is its own branch
+    # each BatchNormalization is adapted right after the last layer it depends on
+    adapted = {bn.name: step.name for step in plan.steps for bn, _, _ in step.batchnorms}
+    assert adapted == {"stem_bn": "stem", "b1_bn1": "b1_c1", "b2_proj_bn": "b2_proj"}
+    assert plan.blocked == [("head", "Dense 'head' is the model's last layer with weights "
+                             "(always trained).")]
+    # cutoff: the first k steps; the reason names the next layer
+    assert [s.name for s in plan.cut(2)] == names[:2]
+    assert plan.reason_after(2).startswith(
+        f"cutoff=2: the next solvable layer, Conv2D '{names[2]}'"
+    )
+    assert plan.reason_after(6) == plan.blocked[0][1]
+    assert plan.frozen_names(2) == ["stem", "stem_bn", "b1_c1"]  # in graph order
+    assert all(plan.layers[step.position] is step.layer for step in plan.steps)
+    assert plan.top_input == (plan.model.get_layer("head").input, ())
+
+
+def test_feature_model_gives_the_layer_input():
+    model = residual_cnn()
+    plan = plan_model(model)
+    x = np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype("float32")
+    step = plan.steps[plan.names.index("b2_proj")]
+    got = _np(plan.feature_model(step.input, step.scope).predict_on_batch(x))
+    # brute force: b2_proj's input is the ReLU after b1_add
+    expected = keras.Model(model.inputs[0], model.get_layer("b1_add").output)(x)
+    np.testing.assert_allclose(got, np.maximum(_np(expected), 0), rtol=1e-5, atol=1e-5)
+
+
+def backbone_model():
+    inner = keras.Input((10, 10, 3))
+    h = L.Conv2D(6, 3, name="bb_c1")(inner)
+    h = L.BatchNormalization(name="bb_bn")(h)
+    h = L.Activation("relu")(h)
+    h = L.Conv2D(6, 3, name="bb_c2")(h)
+    backbone = keras.Model(inner, h, name="backbone")
+    head = keras.Sequential([L.Conv2D(4, 1, name="seq_c")], name="neck")
+    inputs = keras.Input((10, 10, 3))
+    x = L.Rescaling(1 / 2.0, name="rescale")(inputs)
+    x = backbone(x)
+    x = head(x)
+    x = L.Flatten()(x)
+    x = L.Dense(8, name="d")(x)
+    outputs = L.Dense(2, name="out")(x)
+    return keras.Model(inputs, outputs), backbone
+
+
+def test_nested_backbone_is_flattened():
+    model, backbone = backbone_model()
+    plan = plan_model(model)
+    assert plan.names == ["bb_c1", "bb_c2", "seq_c", "d"]
+    step = plan.steps[1]
+    assert step.scope == (backbone,)
+    assert [bn.name for bn, _, _ in plan.steps[0].batchnorms] == ["bb_bn"]
+    assert plan.steps[3].depends_on[:3] == ["bb_c1", "bb_c2", "seq_c"]
+    # features inside the backbone: through the outer prefix (Rescaling), then inner
+    x = np.random.default_rng(1).normal(size=(3, 10, 10, 3)).astype("float32")
+    predictor = plan.feature_model(step.input, step.scope)
+    assert isinstance(predictor, FeatureModel)
+    inner = keras.Model(backbone.inputs[0], backbone.get_layer("bb_c2").input)
+    np.testing.assert_allclose(predictor.predict_on_batch(x), _np(inner(x / 2.0)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_outer_call_tensors_of_a_nested_model():
+    """The one Keras detail the planner relies on: fails loudly if Keras changes it."""
+    model, backbone = backbone_model()
+    called_on, returned = outer_call_tensors(backbone)
+    assert called_on[0] is model.get_layer("rescale").output
+    assert returned[0] is not backbone.outputs[0]  # the parent graph's own tensor
+    assert backbone.input is backbone.inputs[0]  # a model's own `input`: inner graph
+    assert model.get_layer("neck").input is returned[0]
+
+
+def test_preprocessing_and_augmentation_layers_are_passed():
+    normalization = L.Normalization(name="norm")
+    normalization.adapt(np.random.default_rng(2).normal(size=(20, 16, 16, 3)))
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)),
+        L.Resizing(12, 12, name="resize"),
+        L.Rescaling(1 / 255.0),
+        normalization,
+        L.RandomFlip(name="flip"),
+        L.RandomRotation(0.1, name="rotate"),
+        L.Conv2D(4, 3, name="c"),
+        L.GaussianNoise(0.1),
+        L.Flatten(),
+        L.Dense(2, name="out"),
+    ])
+    plan = plan_model(model)
+    assert plan.names == ["c"]
+    assert {"resize", "norm", "flip", "rotate"} <= set(plan.passed)
+
+
+def test_unsolvable_layer_blocks_what_depends_on_it_only():
+    inputs = keras.Input((8, 8, 2))
+    a = L.Conv2D(4, 3, padding="same", name="a")(inputs)
+    t = L.Conv2DTranspose(4, 3, padding="same", name="up")(inputs)
+    b = L.Conv2D(4, 3, padding="same", name="after_up")(t)
+    c = L.Conv2D(4, 3, padding="same", name="after_a")(a)
+    x = L.Concatenate()([c, b])
+    x = L.Conv2D(4, 1, name="merged")(x)
+    outputs = L.Dense(2, name="out")(L.Flatten()(x))
+    plan = plan_model(keras.Model(inputs, outputs))
+    assert plan.names == ["a", "after_a"]
+    reasons = dict(plan.blocked)
+    assert "Conv2DTranspose 'up' is not a layer kind class-PCA solves" in reasons["up"]
+    assert reasons["after_up"].startswith("Conv2D 'after_up' depends on Conv2DTranspose 'up'")
+    assert "depends on Conv2DTranspose 'up'" in reasons["merged"]
+    assert plan.reason_after(2) == plan.blocked[0][1]
+
+
+def test_every_solvable_kind_is_planned():
+    model = keras.Sequential([
+        keras.Input((16, 3)),
+        L.Conv1D(6, 3, padding="causal", groups=3, name="c1"),
+        L.DepthwiseConv1D(3, name="dw"),
+        L.SeparableConv1D(4, 3, name="sep"),
+        L.Reshape((2, 6, 4)),
+        L.Conv2D(4, 2, name="c2"),
+        L.Reshape((1, 5, 1, 4)),
+        L.Conv3D(2, 1, name="c3"),
+        L.Dense(3, name="per_position"),
+        L.Flatten(),
+        L.Dense(2, name="out"),
+    ])
+    assert plan_model(model).names == ["c1", "dw", "sep", "c2", "c3", "per_position"]
+
+
+def test_subclassed_model_error_names_both_ways_out():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(3)
+            self.out = L.Dense(2)
+
+        def call(self, x):
+            return self.out(self.dense(x))
+
+    model = Net()
+    model(np.zeros((2, 4), "float32"))  # called on data: built, still no graph
+    with pytest.raises(ValueError, match="no layer graph") as error:
+        plan_model(model)
+    message = str(error.value)
+    assert "functionally" in message and "ClassPCAInitializer" in message and "adapt" in message
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+# Building these models under JAX costs 20-40 s each (every weight's initializer is
+# compiled); the graph the planner reads is the same on every backend.
+needs_cheap_model_building = pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="keras.applications construction takes 20-40 s per model under JAX",
+)
+
+
+@pytest.mark.slow
+@needs_cheap_model_building
+@pytest.mark.parametrize("name", ["ResNet50V2", "MobileNetV2", "EfficientNetB0"])
+def test_keras_applications_plan_at_least_eight_layers(name, no_network):
+    model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=4)
+    plan = plan_model(model)
+    assert len(plan.steps) >= 8
+    assert plan.blocked == [("predictions", "Dense 'predictions' is the model's last layer "
+                             "with weights (always trained).")]
+    kinds = {type(step.layer).__name__ for step in plan.steps}
+    if name != "ResNet50V2":
+        assert "DepthwiseConv2D" in kinds
+    # every BatchNormalization of the model is adapted somewhere
+    adapted = {bn.name for bn, _, _ in plan.batchnorms_until(len(plan.steps))}
+    assert adapted == {l.name for l in model.layers if isinstance(l, L.BatchNormalization)}
+
+
+def test_a_layer_called_twice_blocks_what_reads_its_second_output():
+    shared = L.Dense(6, name="shared")
+    inputs = keras.Input((6,))
+    first = shared(inputs)
+    second = shared(L.ReLU()(first))  # the second call's output has no listed producer
+    x = L.Dense(4, name="after_second")(L.ReLU()(second))  # through a parameter-free layer
+    outputs = L.Dense(2, name="out")(L.Concatenate()([x, L.Dense(4, name="side")(first)]))
+    plan = plan_model(keras.Model(inputs, outputs))
+    assert "after_second" not in plan.names and "side" in plan.names
+    assert "no layer of the graph produces once" in dict(plan.blocked)["after_second"]

@@ -1,0 +1,162 @@
+"""`ClassStatistics`: exact sums, merge, atomic batches, memory limit, device path."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_classpca.core.statistics import ClassStatistics, check_memory, default_product_dtype
+
+
+def _data(n=3000, d=7, k=4, seed=0, dtype=np.float64, offset=0.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, size=(k, d))[y] + offset
+    return x.astype(dtype), y
+
+
+def _reference(x, y):
+    x = x.astype(np.float64)
+    classes = np.unique(y)
+    return (classes, np.array([np.sum(y == c) for c in classes]),
+            np.stack([x[y == c].sum(axis=0) for c in classes]),
+            np.stack([x[y == c].T @ x[y == c] for c in classes]))
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("product_dtype, rtol", [("float64", 1e-12), ("float32", 1e-6)])
+def test_sums_equal_numpy_whatever_the_order_and_chunking(product_dtype, rtol, monkeypatch):
+    from keras_classpca.core import statistics as module
+
+    x, y = _data(offset=50.0)
+    classes, counts, sums, outer = _reference(x, y)
+    monkeypatch.setattr(module, "MIN_CHUNK_ROWS", 64)  # many chunks per class
+    monkeypatch.setattr(module, "CHUNK_BYTES", 64 * 8)
+    monkeypatch.setattr(module, "BLOCK_BYTES", 500 * 7 * 8)
+    for order in (np.arange(len(y)), np.argsort(y, kind="stable")):  # random and sorted
+        stats = ClassStatistics(7, product_dtype=product_dtype)
+        stats.accumulate(x[order], y[order])
+        np.testing.assert_array_equal(stats.classes, classes)
+        np.testing.assert_array_equal(stats.counts, counts)
+        np.testing.assert_allclose(stats.sums, sums, rtol=rtol)
+        # Relative to the spread, not to the offset of 50: the reference point at work.
+        centered = outer - np.einsum("ki,kj->kij", sums, sums) / counts[:, None, None]
+        got = stats.second_moments - np.einsum("ki,kj->kij", stats.sums, stats.sums) / counts[
+            :, None, None]
+        np.testing.assert_allclose(got, centered, rtol=30 * rtol, atol=30 * rtol * np.abs(
+            centered).max())
+
+
+@pytest.mark.backend_independent
+def test_merge_copy_from_arrays_and_reading():
+    x, y = _data(dtype=np.float64)
+    whole = ClassStatistics(7)
+    whole.accumulate(x, y)
+    parts = [ClassStatistics(7), ClassStatistics(7)]
+    parts[0].accumulate(x[:1000], y[:1000])
+    parts[1].accumulate(x[1000:], y[1000:])
+    merged = parts[0].copy().merge(parts[1])
+    np.testing.assert_allclose(merged.second_moments, whole.second_moments, rtol=1e-12)
+    assert parts[0].n_samples == 1000  # copy() left the part alone
+    twin = ClassStatistics.from_arrays(whole.counts, whole.sums, whole.second_moments,
+                                       classes=whole.classes)
+    np.testing.assert_array_equal(twin.second_moment(2), whole.second_moment(2))
+    assert twin.count(9) == 0 and 9 not in twin and len(twin) == 4
+    assert whole.nbytes == 4 * (49 + 14 + 1) * 8
+    with pytest.raises(KeyError, match="Class 9 has no samples"):
+        whole.second_moment(9)
+    with pytest.raises(ValueError, match="3 features into 7"):
+        whole.merge(ClassStatistics(3))
+    whole.clear()
+    assert len(whole) == 0 and whole.n_samples == 0
+
+
+@pytest.mark.backend_independent
+def test_bad_batch_changes_nothing():
+    x, y = _data(dtype=np.float32)
+    stats = ClassStatistics(7)
+    stats.accumulate(x, y)
+    before = stats.copy()
+    bad = x.copy()
+    bad[5, 2] = np.nan
+    bad[7, 1] = np.inf
+    with pytest.raises(ValueError, match="2 NaN or infinite"):
+        stats.accumulate(bad, y)
+    with pytest.raises(ValueError, match="shape"):
+        stats.accumulate(x[:, :3], y)
+    with pytest.raises(ValueError, match="non-negative"):
+        stats.accumulate(x, y - 1)
+    np.testing.assert_array_equal(stats.second_moments, before.second_moments)
+    np.testing.assert_array_equal(stats.counts, before.counts)
+    # Finite values whose float32 squares overflow: multiplied in float64 instead.
+    big = np.full((4, 2), 3e19, dtype=np.float32)
+    huge = ClassStatistics(2)
+    huge.accumulate(big, np.zeros(4, dtype=int))
+    np.testing.assert_allclose(huge.second_moment(0), np.full((2, 2), 4 * 9e38), rtol=1e-6)
+
+
+@pytest.mark.backend_independent
+def test_product_dtype_follows_the_data():
+    assert [default_product_dtype(t) for t in ("float32", "float16", "uint8", "bfloat16")] == [
+        "float32"] * 4
+    assert [default_product_dtype(t) for t in (np.float64, np.int64, "int32")] == ["float64"] * 3
+
+
+@pytest.mark.backend_independent
+def test_memory_check_names_the_bytes():
+    with pytest.raises(MemoryError, match=r"1000 classes x 2304 features need 42\.5 GB"):
+        check_memory(1000, 2304, memory_limit=4e9)
+    check_memory(10, 100, memory_limit=1e6)  # 0.8 MB fits
+    stats = ClassStatistics(100, memory_limit=2 * 8 * (100**2 + 201))
+    stats.accumulate(np.ones((2, 100)), np.array([0, 1]))
+    with pytest.raises(MemoryError, match="3 classes x 100 features"):
+        stats.accumulate(np.ones((3, 100)), np.array([0, 1, 2]))
+    assert stats.counts.tolist() == [1, 1]
+
+
+def test_backend_tensors_are_multiplied_on_their_device():
+    # The device path (keras.ops) gives the NumPy path's statistics under every backend.
+    x, y = _data(dtype=np.float32, offset=3.0)
+    host = ClassStatistics(7)
+    host.accumulate(x, y)
+    device = ClassStatistics(7)
+    tensor = keras.ops.convert_to_tensor(x)
+    device.accumulate(tensor, y)
+    np.testing.assert_array_equal(device.counts, host.counts)
+    np.testing.assert_allclose(device.sums, host.sums, rtol=1e-5)
+    np.testing.assert_allclose(device.second_moments, host.second_moments, rtol=1e-5)
+    bad = keras.ops.convert_to_tensor(np.where(np.arange(7) == 3, np.nan, x).astype("float32"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        device.accumulate(bad, y)
+    np.testing.assert_allclose(device.second_moments, host.second_moments, rtol=1e-5)
+
+
+def test_class_pca_fit_of_backend_tensors_equals_numpy():
+    from keras_classpca import ClassPCA
+
+    x, y = _data(dtype=np.float32)
+    host = ClassPCA(6).fit(x, y)
+    device = ClassPCA(6).fit(keras.ops.convert_to_tensor(x), y)
+    for c in range(4):
+        a = host.components_[:, host.component_classes_ == c]
+        b = device.components_[:, device.component_classes_ == c]
+        assert np.linalg.norm(b - a @ (a.T @ b), 2) < 1e-5
+
+
+@pytest.mark.backend_independent
+def test_small_batches_are_staged_and_give_the_same_sums():
+    x, y = _data(n=5000)
+    one = ClassStatistics(7, product_dtype="float64")
+    one.accumulate(x, y)
+    many = ClassStatistics(7, product_dtype="float64")
+    for start in range(0, len(x), 11):  # 11 rows < 4 classes x 7 features: staged
+        many.accumulate(x[start : start + 11], y[start : start + 11])
+    assert many._staged  # still waiting: 5,000 rows of 7 features are far below the stage
+    twin = many.copy()  # reading multiplies what is staged
+    assert not many._staged
+    for stats in (many, twin):
+        np.testing.assert_array_equal(stats.counts, one.counts)
+        np.testing.assert_allclose(stats.second_moments, one.second_moments, rtol=1e-12)
+    mixed = ClassStatistics(7)  # float32 and float64 batches staged side by side
+    mixed.accumulate(x[:100].astype(np.float32), y[:100])
+    mixed.accumulate(x[100:], y[100:])
+    np.testing.assert_allclose(mixed.sums, one.sums, rtol=1e-5)
