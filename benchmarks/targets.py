@@ -67,11 +67,11 @@ TARGETS = [
            "and reloads from `.keras` with predictions unchanged (max. abs. difference 0)"),
     Target("reach_conv1d", None,
            "Conv1D network: cutoff 1 within 0.3 pp of SGD or better"),
-    # Progressive freezing (not yet benchmarked).
-    Target("progressive_time", None,
+    # Progressive freezing (bench_progressive; the residual CNN not yet).
+    Target("progressive_time", "bench_progressive",
            "`fit_progressive`, benchmark and residual CNN, 20 % and 100 %, 8 epochs: within "
            "0.3 pp of SGD's final test accuracy in ≤ 0.8× SGD's wall time"),
-    Target("progressive_schedule", None,
+    Target("progressive_schedule", "bench_progressive",
            "`fit_progressive` beats a fixed FreezeOut-style schedule on time at equal accuracy"),
     # Class statistics (bench_accumulate): the targets of its current section...
     Target("accumulate_gemm", "bench_accumulate",

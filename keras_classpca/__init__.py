@@ -37,6 +37,7 @@ _EXPORTS = {
     "hybridize": "keras_classpca.hybrid.builder",
     "plan_model": "keras_classpca.hybrid.planner",
     "fit_top": "keras_classpca.hybrid.training",
+    "fit_progressive": "keras_classpca.hybrid.progressive",
     "HybridReport": "keras_classpca.hybrid.report",
     "SolvedLayer": "keras_classpca.hybrid.report",
     "SolveCache": "keras_classpca.hybrid.cache",

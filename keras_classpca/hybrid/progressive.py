@@ -1,0 +1,781 @@
+"""`fit_progressive`: train with `fit()` and freeze each bottom layer once it has settled.
+
+Under SGD the low layers of a network settle before the top (docs/timescales.md). Here
+the dynamics decide, at every epoch boundary, which bottom layers are done: each layer
+that has settled — with every layer below it already frozen — is frozen, the model is
+compiled again (Keras fixes the trainable variables at `compile()`) with a copy of the
+optimizer that carries over the state of the variables still training (step count,
+moments, learning rate), and training goes on. From then on back-propagation stops at
+the frozen layers: their weights no longer change, and an epoch costs less.
+
+When a layer has settled is measured without the optimizer's per-weight step (Adam
+moves every weight by about the learning rate whatever the layer):
+
+* `SettleOnChange(measure="subspace")` (the default, `settle="auto"`, threshold
+  0.01): one minus the subspace overlap (mean squared cosine of the principal angles)
+  between the layer's leading filter subspace now and one epoch ago — the subspace
+  the paper compares with class-PCA, blind to the filters' scale and to rotations
+  within it;
+* `SettleOnChange(measure="output")` (threshold 0.002): one minus the linear CKA
+  (Kornblith et al. 2019) between the layer's output on a fixed probe sample now and
+  one epoch ago — invariant to rotations and the scale of the output;
+* `FreezeOut(t0)`: the fixed schedule of Brock et al. 2017 (arXiv 1706.04983), layer
+  `i` of `L` frozen after a fraction `t_i = t0 + (1 - t0) i / (L - 1)` of the epochs
+  (the last layer, `t = 1`, always trains) — a baseline that does not look at the
+  layers; a list of epochs fixes the schedule by hand.
+
+`snap=True` replaces a layer, at the moment it freezes, by the class-PCA solution of
+its current input, rotated onto the current filters (orthogonal Procrustes) — the
+paper's direct computation at the moment the dynamics say it is valid. `cache=` hands
+the epochs after the last possible freeze to `fit_top`, which runs the frozen prefix
+once instead of every step.
+
+Measured on Fashion-MNIST: docs/progressive.md.
+"""
+
+import dataclasses
+import math
+import numbers
+import time
+
+import keras
+import numpy as np
+
+from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
+from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.diagnostics.subspace import leading_subspace, subspace_overlap
+from keras_classpca.hybrid.graph import ensure_built, read_chain
+from keras_classpca.hybrid.training import fit_top
+from keras_classpca.layers.geometry import assign_solution, iter_rows, output_size
+
+__all__ = [
+    "fit_progressive",
+    "SettleOnChange",
+    "FreezeOut",
+    "ProgressiveReport",
+    "linear_cka",
+    "carry_optimizer",
+]
+
+DEFAULT_THRESHOLDS = {"output": 0.002, "subspace": 0.01}
+DEFAULT_PROBE_SAMPLES = 256
+SNAP_SAMPLES = 1024
+SNAP_PATCHES_PER_IMAGE = 4
+
+
+# ---------------------------------------------------------------------- measures
+def linear_cka(a, b):
+    """Linear CKA of two representations of the same samples (rows), in [0, 1].
+
+    Each argument is `(n, ...)`; everything after the first axis is flattened. 1 when
+    one is a rotation and/or isotropic scaling of the other (Kornblith et al. 2019).
+
+    >>> import numpy as np
+    >>> a = np.random.default_rng(0).normal(size=(50, 6))
+    >>> q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(6, 6)))
+    >>> round(linear_cka(a, 3.0 * a @ q), 6)
+    1.0
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    ka, kb = a @ a.T, b @ b.T
+    denominator = math.sqrt(float(np.sum(ka * ka)) * float(np.sum(kb * kb)))
+    return float(np.sum(ka * kb)) / denominator if denominator > 0 else 1.0
+
+
+def _flat_kernel(layer):
+    kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+    return kernel.reshape(-1, kernel.shape[-1])
+
+
+def _subspace_rank(kernel):
+    d, n = kernel.shape
+    return max(1, min(n, d // 2))
+
+
+# ---------------------------------------------------------------------- criteria
+class SettleOnChange:
+    """A layer has settled when it changed by less than `threshold` over the last epoch.
+
+    Args:
+        threshold: largest change per epoch that counts as settled (default 0.01 for
+            `"subspace"`, 0.002 for `"output"`).
+        measure: `"subspace"` (default): 1 - overlap of the layer's leading filter
+            subspace (rank `min(filters, inputs // 2)`), now vs one epoch ago;
+            `"output"`: 1 - linear CKA of the layer's output on a fixed probe sample,
+            now vs one epoch ago.
+        patience: epochs in a row the change must stay below `threshold`.
+        keep_top: the last `keep_top` bottom layers (those right below the model's last
+            layer with weights) are measured but never frozen. Default 1: on the
+            benchmark CNN the layer under the classifier (Dense 128) passes the
+            threshold together with the conv layer below it, but freezing it saves
+            little time (its back-propagation is a small share of a step) and cost
+            about 1 pp of test accuracy (docs/progressive.md).
+        samples: size of the probe sample (`"output"`), drawn once from the training
+            data (the first `samples` of a dataset, a fixed random subset of arrays).
+        probe: the probe inputs themselves, instead of drawing them from the data.
+        seed: seed of the probe draw.
+    """
+
+    def __init__(
+        self,
+        threshold=None,
+        *,
+        measure="subspace",
+        patience=1,
+        keep_top=1,
+        samples=DEFAULT_PROBE_SAMPLES,
+        probe=None,
+        seed=0,
+    ):
+        if measure not in DEFAULT_THRESHOLDS:
+            raise ValueError(
+                f"`measure` must be one of {sorted(DEFAULT_THRESHOLDS)}; received {measure!r}."
+            )
+        if threshold is None:
+            threshold = DEFAULT_THRESHOLDS[measure]
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not (
+            0.0 < threshold < 1.0
+        ):
+            raise ValueError(f"`threshold` must be a number in (0, 1); received {threshold!r}.")
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
+            raise ValueError(f"`patience` must be a positive integer; received {patience!r}.")
+        if isinstance(keep_top, bool) or not isinstance(keep_top, numbers.Integral) or keep_top < 0:
+            raise ValueError(f"`keep_top` must be a non-negative integer; received {keep_top!r}.")
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 2:
+            raise ValueError(f"`samples` must be an integer >= 2; received {samples!r}.")
+        self.threshold = float(threshold)
+        self.measure = measure
+        self.patience = int(patience)
+        self.keep_top = int(keep_top)
+        self.samples = int(samples)
+        self.probe = None if probe is None else np.asarray(probe)
+        self.seed = int(seed)
+
+    def __repr__(self):
+        return (
+            f"SettleOnChange(threshold={self.threshold:g}, measure={self.measure!r}, "
+            f"patience={self.patience}, keep_top={self.keep_top})"
+        )
+
+
+class FreezeOut:
+    """Fixed schedule: freeze bottom layer `i` after a fraction `t_i` of the epochs.
+
+    `t_i = t0 + (1 - t0) i / (L - 1)` for the `L` layers with weights that the walk
+    from the input reaches plus the trained top (counted as one), as in FreezeOut
+    (Brock et al. 2017, linear schedule; their per-layer learning-rate annealing is
+    not reproduced). Layer `i` is frozen at the epoch boundary nearest to
+    `t_i · epochs` (counted from `initial_epoch`).
+
+    Args:
+        t0: fraction of training after which the first layer freezes, in (0, 1].
+        epochs: instead of `t0`, the epoch (counted from `initial_epoch`) after which
+            each bottom layer freezes, bottom first, non-decreasing.
+    """
+
+    def __init__(self, t0=0.5, *, epochs=None):
+        if epochs is not None:
+            epochs = list(epochs)
+            if not epochs or any(
+                isinstance(e, bool) or not isinstance(e, numbers.Integral) or e < 0
+                for e in epochs
+            ) or any(a > b for a, b in zip(epochs, epochs[1:])):
+                raise ValueError(
+                    "`epochs` of a fixed schedule must be a non-empty, non-decreasing list "
+                    f"of non-negative integers; received {epochs!r}."
+                )
+            epochs = [int(e) for e in epochs]
+        elif isinstance(t0, bool) or not isinstance(t0, numbers.Real) or not 0.0 < t0 <= 1.0:
+            raise ValueError(f"`t0` must be a number in (0, 1]; received {t0!r}.")
+        self.t0 = float(t0)
+        self.fixed_epochs = epochs
+
+    def freeze_epochs(self, n_units, n_epochs):
+        """Epoch (from the start of this training) after which each unit freezes."""
+        if self.fixed_epochs is not None:
+            epochs = self.fixed_epochs[:n_units]
+            return epochs + [None] * (n_units - len(epochs))
+        layers = n_units + 1
+        result = []
+        for i in range(n_units):
+            t = self.t0 + (1.0 - self.t0) * i / (layers - 1)
+            epoch = int(math.floor(t * n_epochs + 0.5))
+            result.append(epoch if epoch < n_epochs else None)
+        return result
+
+    def __repr__(self):
+        if self.fixed_epochs is not None:
+            return f"FreezeOut(epochs={self.fixed_epochs})"
+        return f"FreezeOut(t0={self.t0:g})"
+
+
+def _resolve_settle(settle):
+    if isinstance(settle, (SettleOnChange, FreezeOut)):
+        return settle
+    if isinstance(settle, str):
+        if settle == "auto":
+            return SettleOnChange()
+        if settle == "freezeout":
+            return FreezeOut()
+        raise ValueError(
+            "`settle` must be 'auto', 'freezeout', a threshold in (0, 1), a list of "
+            f"epochs, a SettleOnChange or a FreezeOut; received {settle!r}."
+        )
+    if isinstance(settle, numbers.Real) and not isinstance(settle, bool):
+        return SettleOnChange(float(settle))
+    if isinstance(settle, (list, tuple)):
+        return FreezeOut(epochs=settle)
+    raise TypeError(
+        "`settle` must be 'auto', 'freezeout', a threshold in (0, 1), a list of epochs, "
+        f"a SettleOnChange or a FreezeOut; received {type(settle).__name__}."
+    )
+
+
+# ---------------------------------------------------------------------- report
+@dataclasses.dataclass
+class ProgressiveReport:
+    """When each bottom layer froze, and what was measured on the way.
+
+    Attributes:
+        layers: names of the bottom layers that could be frozen, bottom first.
+        frozen_at: `{name: epoch}` after which each layer froze (0 = frozen before
+            training, e.g. solved by `hybridize`); None = trained to the end.
+        changes: `{name: [change per epoch]}` as measured by the criterion (None for
+            epochs when the layer was already frozen or for a schedule).
+        snapped: `{name: {...}}` for layers replaced by class-PCA at freezing: the
+            relative change of the kernel and the CKA of the layer's output before
+            and after the replacement.
+        epoch_seconds: wall time of each epoch (training only, without the checks).
+        check_seconds: wall time of the settling checks (and snaps) per epoch.
+        criterion: the criterion, as text.
+        epochs: the epochs trained (`initial_epoch` + 1, ...).
+        cached: whether the last epochs were trained on the cached output of the
+            frozen prefix (`cache=`).
+    """
+
+    layers: list
+    frozen_at: dict
+    changes: dict
+    snapped: dict
+    epoch_seconds: list
+    check_seconds: list
+    criterion: str
+    epochs: list
+    cached: bool = False
+
+    def __str__(self):
+        lines = [f"fit_progressive ({self.criterion}):"]
+        for name in self.layers:
+            epoch = self.frozen_at.get(name)
+            when = "trained to the end" if epoch is None else (
+                "frozen before training" if epoch == 0 else f"frozen after epoch {epoch}"
+            )
+            shown = [f"{c:.4f}" for c in self.changes.get(name, []) if c is not None]
+            lines.append(
+                f"  {name:<20}{when}" + (f"  (changes: {', '.join(shown)})" if shown else "")
+            )
+        if self.epoch_seconds:
+            times = ", ".join(f"{s:.1f}" for s in self.epoch_seconds)
+            lines.append(f"  epoch seconds: {times}")
+        if self.cached:
+            lines.append("  last epochs trained on the cached output of the frozen layers")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- optimizer
+def carry_optimizer(optimizer, variables):
+    """A copy of `optimizer` built on `variables`, holding `optimizer`'s state for them.
+
+    Same class and config; the step count, a learning-rate variable and every slot
+    variable (e.g. Adam's moments) of a variable in `variables` are copied, matched by
+    variable path. Slots of variables not in `variables` are dropped. JAX needs this:
+    its stateless update requires the optimizer to be built on exactly the trainable
+    variables; the other backends get the same copy so they behave alike.
+    """
+    new = optimizer.__class__.from_config(optimizer.get_config())
+    new.build(list(variables))
+    old = {variable.path: variable for variable in optimizer.variables}
+    for variable in new.variables:
+        source = old.get(variable.path)
+        if source is not None and tuple(source.shape) == tuple(variable.shape):
+            variable.assign(source)
+    return new
+
+
+def _recompile(model, optimizer):
+    arguments = dict(model._compile_config.config)
+    arguments["optimizer"] = optimizer
+    model.compile(**arguments)
+
+
+# ---------------------------------------------------------------------- units
+@dataclasses.dataclass
+class _Unit:
+    """A Dense/Conv2D layer of the chain plus the chain layers after it up to the next."""
+
+    layer: object
+    members: list
+    input_tensor: object
+    output_tensor: object
+
+    @property
+    def frozen(self):
+        return all(
+            not layer.trainable or not any(w.trainable for w in layer.weights)
+            for layer in self.members
+            if layer.weights
+        )
+
+    def freeze(self):
+        for layer in self.members:
+            if layer.weights:
+                layer.trainable = False
+
+
+def _units(chain):
+    units = []
+    for position, index in enumerate(chain.candidates):
+        end = (
+            chain.candidates[position + 1]
+            if position + 1 < len(chain.candidates)
+            else len(chain.layers)
+        )
+        units.append(
+            _Unit(
+                chain.layers[index],
+                chain.layers[index:end],
+                chain.inputs[index],
+                chain.outputs[index],
+            )
+        )
+    return units
+
+
+# ---------------------------------------------------------------------- data
+def _sample(x, y, samples, seed, need_labels):
+    """Up to `samples` inputs (and int labels) from the training data, as numpy."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        x = np.asarray(x)
+        keep = np.arange(len(x))
+        if samples < len(x):
+            keep = np.sort(np.random.default_rng(seed).choice(len(x), samples, replace=False))
+        labels = None
+        if need_labels:
+            if y is None:
+                raise ValueError("`y` is needed with array `x` (labels for `snap=True`).")
+            labels = labels_to_int(np.asarray(y)[keep])
+        return x[keep], labels
+    if hasattr(x, "__next__"):
+        raise TypeError(
+            "`x` is a one-shot iterator: a probe sample cannot be drawn from it without "
+            "consuming training data. Pass `settle=SettleOnChange(probe=...)`, or data "
+            "that can be iterated again (arrays, tf.data.Dataset, keras.utils.PyDataset)."
+        )
+    xs, ys = [], []
+    for batch_x, batch_y in iter_batches(x, max_samples=samples):
+        xs.append(np.asarray(batch_x))
+        ys.append(np.asarray(batch_y))
+    if not xs:
+        raise ValueError("`x` is empty: no samples to draw the probe from.")
+    return np.concatenate(xs), labels_to_int(np.concatenate(ys)) if need_labels else None
+
+
+def _predict(model, x, batch_size=256):
+    """`model`'s outputs on `x` as a list of numpy arrays (one per model output)."""
+    outputs = []
+    for start in range(0, len(x), batch_size):
+        values = model(x[start : start + batch_size], training=False)
+        if not isinstance(values, (list, tuple)):
+            values = [values]
+        outputs.append([np.asarray(keras.ops.convert_to_numpy(v)) for v in values])
+    return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
+# ---------------------------------------------------------------------- snap
+def _snap(model_input, unit, x, labels):
+    """Replace `unit.layer` by the class-PCA solution of its current input, rotated
+    onto the current kernel; returns what changed."""
+    layer = unit.layer
+    feature_model = keras.Model(model_input, [unit.input_tensor, unit.output_tensor])
+    inputs, before = _predict(feature_model, x)
+    rng = np.random.default_rng(0)
+    pca = ClassPCA(output_size(layer))
+    row_options = (
+        {"patches_per_image": SNAP_PATCHES_PER_IMAGE}
+        if isinstance(layer, keras.layers.Conv2D)
+        else {}
+    )
+    for rows, row_labels in iter_rows(layer, inputs, labels, rng=rng, **row_options):
+        pca.partial_fit(rows, row_labels)
+    current = _flat_kernel(layer)
+    solved = np.asarray(pca.kernel_, dtype=np.float64)
+    bias = np.asarray(pca.bias_, dtype=np.float64)
+    if solved.shape != current.shape:  # fewer components than filters: pad with zeros
+        padded = np.zeros_like(current)
+        padded[:, : solved.shape[1]] = solved
+        solved = padded
+        bias = np.concatenate([bias, np.zeros(current.shape[1] - len(bias))])
+    # Orthogonal Procrustes: the rotation R minimising ||solved R - current||_F; then
+    # the current kernel's norm, so the layers above see inputs of the same size.
+    u, _, vt = np.linalg.svd(solved.T @ current)
+    rotation = u @ vt
+    rotated, bias = solved @ rotation, bias @ rotation
+    norm = float(np.linalg.norm(rotated))
+    scale = float(np.linalg.norm(current)) / norm if norm > 0 else 1.0
+    rotated, bias = scale * rotated, scale * bias
+    assign_solution(layer, rotated, bias)
+    (after,) = _predict(keras.Model(model_input, unit.output_tensor), x)
+    return {
+        "kernel_change": float(np.linalg.norm(rotated - current) / np.linalg.norm(current)),
+        "output_cka": linear_cka(before, after),
+        "scale": scale,
+    }
+
+
+# ---------------------------------------------------------------------- callbacks
+class _Relay(keras.callbacks.Callback):
+    """Hands the events of several `fit` segments to the user's callbacks as one run:
+    `on_train_begin` only once, `on_train_end` only after the last segment."""
+
+    def __init__(self, callbacks, controller):
+        super().__init__()
+        self.callbacks = list(callbacks)
+        self.controller = controller
+        self.began = False
+
+    def set_model(self, model):
+        super().set_model(model)
+        for callback in self.callbacks:
+            callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        for callback in self.callbacks:
+            callback.set_params(params)
+
+    def _forward(self, hook, *args, **kwargs):
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args, **kwargs)
+
+    def on_train_begin(self, logs=None):
+        if not self.began:
+            self.began = True
+            self._forward("on_train_begin", logs=logs)
+
+    def on_train_end(self, logs=None):
+        if not self.controller.continuing:
+            self._forward("on_train_end", logs=logs)
+
+
+def _relay_hook(hook):
+    def method(self, *args, **kwargs):
+        self._forward(hook, *args, **kwargs)
+
+    method.__name__ = hook
+    return method
+
+
+for _hook in (
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_begin",
+    "on_test_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_predict_begin",
+    "on_predict_end",
+    "on_predict_batch_begin",
+    "on_predict_batch_end",
+):
+    setattr(_Relay, _hook, _relay_hook(_hook))
+
+
+class _Controller(keras.callbacks.Callback):
+    """Measures the bottom layers at every epoch end and ends a `fit` segment when some
+    have to be frozen."""
+
+    def __init__(self, units, criterion, probe, n_epochs, first_epoch, report):
+        super().__init__()
+        self.units = units
+        self.criterion = criterion
+        self.probe = probe
+        self.first_epoch = first_epoch
+        self.n_epochs = n_epochs
+        self.report = report
+        self.previous = None
+        self.below = {unit.layer.name: 0 for unit in units}
+        self.pending = []
+        self.continuing = False
+        self.user_stopped = False
+        self.last_epoch = None
+        self.timing_only = False
+        self._feature_model = None
+        self._epoch_start = None
+        if isinstance(criterion, FreezeOut):
+            self.schedule = criterion.freeze_epochs(len(units), n_epochs)
+
+    # measuring
+    def _state(self):
+        """`{name: output on the probe or kernel}` of the units still training."""
+        if isinstance(self.criterion, FreezeOut):
+            return None
+        units = [unit for unit in self.units if not unit.frozen]
+        if self.criterion.measure == "subspace":
+            return {unit.layer.name: _flat_kernel(unit.layer) for unit in units}
+        names = tuple(unit.layer.name for unit in units)
+        if not names:
+            return {}
+        if self._feature_model is None or self._feature_model[0] != names:
+            model = keras.Model(self.model.inputs[0], [unit.output_tensor for unit in units])
+            self._feature_model = (names, model)
+        return dict(zip(names, _predict(self._feature_model[1], self.probe)))
+
+    def _change(self, now, before):
+        if self.criterion.measure == "subspace":
+            rank = _subspace_rank(now)
+            return 1.0 - subspace_overlap(
+                leading_subspace(now, rank), leading_subspace(before, rank)
+            )
+        return max(0.0, 1.0 - linear_cka(now, before))
+
+    def remeasure(self):
+        self.previous = self._state()
+
+    def can_freeze_more(self):
+        """Whether a layer still training may yet be frozen by the criterion."""
+        for i, unit in enumerate(self.units):
+            if unit.frozen:
+                continue
+            if isinstance(self.criterion, FreezeOut):
+                if self.schedule[i] is not None:
+                    return True
+            elif i < len(self.units) - self.criterion.keep_top:
+                return True
+        return False
+
+    # hooks
+    def on_train_begin(self, logs=None):
+        self.continuing = False
+        self.pending = []
+        if self.previous is None and not self.timing_only:
+            self.remeasure()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.report.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        self.report.epochs.append(epoch + 1)
+        self.last_epoch = epoch
+        if self.timing_only:  # the cached top of `fit_top`: nothing left to measure
+            for unit in self.units:
+                self.report.changes[unit.layer.name].append(None)
+            self.report.check_seconds.append(0.0)
+            return
+        start = time.perf_counter()
+        self.user_stopped = bool(getattr(self.model, "stop_training", False))
+        done = epoch + 1 - self.first_epoch  # epochs trained in this call
+        with _one_blas_thread():  # NumPy beside a training framework: one thread is faster
+            state = self._state()
+            changes = {
+                name: self._change(value, self.previous[name]) for name, value in state.items()
+            } if state is not None else None
+        frozen_below = True
+        for i, unit in enumerate(self.units):
+            name = unit.layer.name
+            if unit.frozen:
+                self.report.changes[name].append(None)
+                continue
+            if state is None:
+                change = None
+                settled = self.schedule[i] is not None and done >= self.schedule[i]
+            else:
+                change = changes[name]
+                self.below[name] = self.below[name] + 1 if change < self.criterion.threshold else 0
+                settled = self.below[name] >= self.criterion.patience and (
+                    i < len(self.units) - self.criterion.keep_top
+                )
+            self.report.changes[name].append(change)
+            if frozen_below and settled:
+                self.pending.append(unit)
+            else:
+                frozen_below = False
+        self.previous = state
+        more = epoch + 1 < self.n_epochs + self.first_epoch
+        if self.pending and more and not self.user_stopped:
+            self.continuing = True
+            self.model.stop_training = True
+        else:
+            self.pending = []
+        self.report.check_seconds.append(time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------- the loop
+def _merge(total, history):
+    if total is None:
+        return history
+    for key, values in history.history.items():
+        total.history.setdefault(key, []).extend(values)
+    total.epoch.extend(history.epoch)
+    return total
+
+
+def fit_progressive(
+    model, x=None, y=None, *, epochs, settle="auto", snap=False, cache=False, **fit_kwargs
+):
+    """`model.fit`, freezing each bottom layer at the epoch boundary where it has settled.
+
+    Call on a compiled model, as `fit`. At the end of every epoch the bottom layers
+    that are still training are measured (see `settle`); every layer that has
+    settled, with all layers below it already frozen, is frozen; the model is compiled
+    again with its compile arguments and a copy of its optimizer carrying the state of
+    the variables still training; training goes on from the next epoch. The bottom
+    layers are the Dense and Conv2D layers `hybridize` could solve (the chain from the
+    input up to, not including, the model's last layer with weights); a layer is frozen
+    together with the weighted layers between it and the next one (e.g. a
+    BatchNormalization). Layers already frozen at the bottom (solved by `hybridize`)
+    stay frozen.
+
+    Args:
+        model: a compiled, built `keras.Model` (Sequential or functional).
+        x, y: training data, as for `fit` (arrays, `tf.data.Dataset`,
+            `keras.utils.PyDataset`; a one-shot generator only with a probe given).
+        epochs: as in `fit`: the index of the last epoch (with `initial_epoch`).
+        settle: when a layer has settled: `"auto"` (= `SettleOnChange()`: its leading
+            filter subspace moved by less than 0.01 (1 - overlap) over the last epoch),
+            a number (that threshold), a `SettleOnChange`, `"freezeout"` (=
+            `FreezeOut(0.5)`), a `FreezeOut`, or a list of epochs (a fixed schedule:
+            bottom layer `i` freezes after epoch `settle[i]` of this call).
+        snap: replace each layer, when it freezes, by the class-PCA solution of its
+            current input (1,024 training samples), rotated and scaled onto its current
+            kernel by orthogonal Procrustes.
+        cache: once no layer is left that may still freeze (with arrays `x`, `y`):
+            `False` (default) goes on with `fit`; `"auto"` or `True` hands the
+            remaining epochs to `fit_top`, which computes the frozen prefix's output
+            once and trains the rest on it (`"auto"`: if its timing says that is
+            faster). Callbacks then see `fit_top`'s top model, as with `fit_top`.
+        **fit_kwargs: everything else `fit` takes (`batch_size`, `validation_data`,
+            `callbacks`, `initial_epoch`, `verbose`, ...). Callbacks see one run:
+            `on_train_begin` once, `on_train_end` once.
+
+    Returns:
+        The `keras.callbacks.History` of the whole run (all epochs), with
+        `history.progressive` a `ProgressiveReport` (when each layer froze, the
+        measured changes, the seconds per epoch). `model.optimizer` is the optimizer
+        copy in use at the end.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(256, 12)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
+    >>> model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu"),
+    ...                           keras.layers.Dense(2, activation="softmax")])
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> history = fit_progressive(model, x, y, epochs=3, settle=[1], verbose=0)
+    >>> history.progressive.frozen_at, model.layers[0].trainable
+    ({'dense': 1}, False)
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
+        raise ValueError("`model` must be compiled before `fit_progressive` (as before `fit`).")
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"`epochs` must be a positive integer; received {epochs!r}.")
+    if not isinstance(snap, bool):
+        raise TypeError(f"`snap` must be True or False; received {type(snap).__name__}.")
+    if not (cache is True or cache is False or (isinstance(cache, str) and cache == "auto")):
+        raise ValueError(f"`cache` must be False, 'auto' or True; received {cache!r}.")
+    array_data = hasattr(x, "shape") and hasattr(x, "dtype") and y is not None
+    initial_epoch = fit_kwargs.pop("initial_epoch", 0)
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) or not (
+        0 <= initial_epoch < epochs
+    ):
+        raise ValueError(
+            f"`initial_epoch` must be an integer in [0, epochs); received {initial_epoch!r}."
+        )
+    callbacks = fit_kwargs.pop("callbacks", None) or []
+    if isinstance(callbacks, keras.callbacks.Callback):
+        callbacks = [callbacks]
+    criterion = _resolve_settle(settle)
+
+    if hasattr(x, "shape"):
+        ensure_built(model, tuple(x.shape[1:]))
+    chain = read_chain(model)
+    units = _units(chain)
+    report = ProgressiveReport(
+        layers=[unit.layer.name for unit in units],
+        frozen_at={},
+        changes={unit.layer.name: [] for unit in units},
+        snapped={},
+        epoch_seconds=[],
+        check_seconds=[],
+        criterion=repr(criterion),
+        epochs=[],
+    )
+    frozen_below = True
+    for unit in units:
+        frozen_below = frozen_below and unit.frozen
+        report.frozen_at[unit.layer.name] = 0 if frozen_below else None
+
+    probe = None
+    if isinstance(criterion, SettleOnChange) and criterion.measure == "output":
+        probe = criterion.probe
+        if probe is None:
+            probe, _ = _sample(x, y, criterion.samples, criterion.seed, need_labels=False)
+    snap_data = None
+
+    n_epochs = epochs - initial_epoch
+    controller = _Controller(units, criterion, probe, n_epochs, initial_epoch, report)
+    relay = _Relay(callbacks, controller)
+    history, epoch = None, initial_epoch
+    while True:
+        if cache is not False and array_data and not controller.can_freeze_more():
+            # Nothing left to freeze: the frozen prefix's output is computed once and
+            # the rest trained on it (`fit_top`), if `cache` says so.
+            controller.timing_only = True
+            arguments = dict(fit_kwargs, batch_size=fit_kwargs.get("batch_size") or 32)
+            if callbacks:
+                arguments["callbacks"] = [relay, controller]
+            else:
+                arguments["callbacks"] = [controller]
+            segment = fit_top(
+                model, x, y, epochs=epochs, initial_epoch=epoch, cache=cache, **arguments
+            )
+            report.cached = bool(segment.cache_used)
+            history = _merge(history, segment)
+            break
+        segment = model.fit(
+            x,
+            y,
+            epochs=epochs,
+            initial_epoch=epoch,
+            callbacks=[relay, controller] if callbacks else [controller],
+            **fit_kwargs,
+        )
+        history = _merge(history, segment)
+        if not controller.continuing:
+            break
+        epoch = controller.last_epoch + 1
+        start = time.perf_counter()
+        for unit in controller.pending:
+            if snap:
+                if snap_data is None:
+                    snap_data = _sample(x, y, SNAP_SAMPLES, 0, need_labels=True)
+                with _one_blas_thread():
+                    report.snapped[unit.layer.name] = _snap(chain.model_input, unit, *snap_data)
+            unit.freeze()
+            report.frozen_at[unit.layer.name] = epoch
+        _recompile(model, carry_optimizer(model.optimizer, model.trainable_variables))
+        if snap:
+            controller.remeasure()
+        report.check_seconds[-1] += time.perf_counter() - start
+    history.progressive = report
+    history.params = dict(history.params or {}, epochs=epochs)
+    model.history = history
+    return history

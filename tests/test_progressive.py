@@ -1,0 +1,355 @@
+"""fit_progressive: freezing settled bottom layers between epochs, optimizer state
+carried over, schedules, snapping, and argument errors."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_classpca
+from keras_classpca.hybrid.progressive import (
+    FreezeOut,
+    SettleOnChange,
+    carry_optimizer,
+    fit_progressive,
+    linear_cka,
+)
+
+STEPS = 4  # batches per epoch: 128 samples, batch 32
+
+
+def _data(n=128, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 10, 10, 1)).astype("float32")
+    y = (x[:, :5, :, 0].mean(axis=(1, 2)) > x[:, 5:, :, 0].mean(axis=(1, 2))).astype("int64")
+    return x, y
+
+
+def _model(compiled=True):
+    model = keras.Sequential(
+        [
+            keras.Input((10, 10, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(6, 3, activation="relu", name="conv2"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
+    if compiled:
+        model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    return model
+
+
+class _Weights(keras.callbacks.Callback):
+    """Copies every layer's kernel at each epoch end; counts train begin/end."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels, self.begins, self.ends = [], 0, 0
+
+    def on_train_begin(self, logs=None):
+        self.begins += 1
+
+    def on_train_end(self, logs=None):
+        self.ends += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.kernels.append(
+            {
+                layer.name: keras.ops.convert_to_numpy(layer.kernel).copy()
+                for layer in self.model.layers
+                if layer.weights
+            }
+        )
+
+
+def _identical(kernels, name, first, last):
+    """Whether `name`'s kernel is bit-identical from epoch end `first` to `last` (1-based)."""
+    reference = kernels[first - 1][name]
+    return all(np.array_equal(k[name], reference) for k in kernels[first - 1 : last])
+
+
+def test_schedule_freezes_at_the_scheduled_epochs_and_frozen_weights_stay_identical():
+    x, y = _data()
+    model = _model()
+    weights = _Weights()
+    history = fit_progressive(
+        model, x, y, epochs=4, settle=[1, 2], batch_size=32, verbose=0, callbacks=[weights]
+    )
+    report = history.progressive
+    assert report.frozen_at == {"conv1": 1, "conv2": 2, "hidden": None}
+    assert [layer.trainable for layer in model.layers if layer.weights] == [
+        False, False, True, True,
+    ]
+    # Frozen layers: bit-identical from their freezing epoch on; the others keep moving.
+    assert _identical(weights.kernels, "conv1", 1, 4)
+    assert _identical(weights.kernels, "conv2", 2, 4)
+    assert not np.array_equal(weights.kernels[0]["conv2"], weights.kernels[1]["conv2"])
+    for epoch in range(1, 4):
+        for name in ("hidden", "out"):
+            before, after = weights.kernels[epoch - 1][name], weights.kernels[epoch][name]
+            assert not np.array_equal(before, after)
+    # One run as far as History and the callbacks can tell.
+    assert history.epoch == [0, 1, 2, 3]
+    assert len(history.history["loss"]) == 4
+    assert (weights.begins, weights.ends, len(weights.kernels)) == (1, 1, 4)
+    assert model.history is history
+    assert len(report.epoch_seconds) == 4
+
+
+def test_optimizer_state_is_carried_for_the_variables_still_training():
+    x, y = _data()
+    model = _model()
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    old = model.optimizer
+    model.layers[0].trainable = False
+    new = carry_optimizer(old, model.trainable_variables)
+    assert int(keras.ops.convert_to_numpy(new.iterations)) == STEPS
+    old_slots = {v.path: keras.ops.convert_to_numpy(v) for v in old.variables}
+    new_slots = {v.path: keras.ops.convert_to_numpy(v) for v in new.variables}
+    assert len(new_slots) < len(old_slots)  # conv1's moments are dropped
+    moments = [p for p in new_slots if p.endswith(("_momentum", "_velocity"))]
+    assert len(moments) == 2 * len(model.trainable_variables)
+    for path in moments:
+        assert np.array_equal(new_slots[path], old_slots[path])
+        assert np.any(new_slots[path] != 0)
+    assert not any("conv1" in p for p in moments)
+
+
+def _train_then_freeze_conv1(optimizer_after):
+    """1 epoch, freeze conv1, recompile with `optimizer_after(old optimizer)`, 1 epoch."""
+    x, y = _data()
+    keras.utils.set_random_seed(7)
+    model = _model()
+    model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+    model.layers[0].trainable = False
+    model.compile(optimizer_after(model.optimizer), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, initial_epoch=1, batch_size=32, shuffle=False, verbose=0)
+    return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+def test_fit_progressive_continues_the_optimizer_as_if_never_recompiled():
+    x, y = _data()
+    keras.utils.set_random_seed(7)
+    model = _model()
+    fit_progressive(model, x, y, epochs=2, settle=[1], batch_size=32, shuffle=False, verbose=0)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * STEPS
+    assert len(model.optimizer._trainable_variables) == len(model.trainable_variables)
+    progressive = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    # A fresh Adam after the freeze (step count and moments restarted) lands elsewhere.
+    fresh = _train_then_freeze_conv1(lambda old: keras.optimizers.Adam(1e-2))
+    assert not np.allclose(progressive[-2], fresh[-2], atol=1e-6)
+    if keras.backend.backend() == "jax":
+        return  # JAX cannot keep the old optimizer (built on more variables): no reference
+    # TensorFlow and torch accept the old optimizer object itself, slots and all: the
+    # carried copy must train exactly as it does.
+    same = _train_then_freeze_conv1(lambda old: old)
+    for a, b in zip(progressive, same):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_threshold_criterion_freezes_bottom_up_and_a_tiny_threshold_freezes_nothing():
+    x, y = _data()
+    model = _model()
+    history = fit_progressive(
+        model,
+        x,
+        y,
+        epochs=3,
+        settle=SettleOnChange(0.99, measure="output", keep_top=0),
+        batch_size=32,
+        verbose=0,
+    )
+    assert history.progressive.frozen_at == {"conv1": 1, "conv2": 1, "hidden": 1}
+    assert all(len(c) == 3 for c in history.progressive.changes.values())
+    assert history.progressive.changes["conv1"][1:] == [None, None]
+
+    model = _model()
+    history = fit_progressive(
+        model, x, y, epochs=3, settle=SettleOnChange(1e-12), batch_size=32, verbose=0
+    )
+    assert history.progressive.frozen_at == {"conv1": None, "conv2": None, "hidden": None}
+    assert all(layer.trainable for layer in model.layers)
+    changes = history.progressive.changes["conv1"]
+    assert len(changes) == 3 and all(c > 0 for c in changes)
+
+
+def test_a_settled_layer_above_a_training_one_is_not_frozen(monkeypatch):
+    from keras_classpca.hybrid import progressive
+
+    moving = {"conv1"}  # the layers whose measured change stays large
+
+    def state(self):
+        return {u.layer.name: (1.0 if u.layer.name in moving else 0.0)
+                for u in self.units if not u.frozen}
+
+    monkeypatch.setattr(progressive._Controller, "_state", state)
+    monkeypatch.setattr(progressive._Controller, "_change", lambda self, now, before: now)
+    x, y = _data()
+    criterion = SettleOnChange(0.5, keep_top=0)
+    model = _model()
+    history = fit_progressive(model, x, y, epochs=3, settle=criterion, batch_size=32, verbose=0)
+    # conv2 and hidden count as settled every epoch, but conv1 below them never does.
+    assert history.progressive.frozen_at == {"conv1": None, "conv2": None, "hidden": None}
+    assert history.progressive.changes["conv2"] == [0.0, 0.0, 0.0]
+    assert all(layer.trainable for layer in model.layers)
+
+    moving.clear()
+    moving.add("conv2")  # now conv1 settles; conv2 does not, so hidden must wait
+    model = _model()
+    history = fit_progressive(model, x, y, epochs=3, settle=criterion, batch_size=32, verbose=0)
+    assert history.progressive.frozen_at == {"conv1": 1, "conv2": None, "hidden": None}
+
+
+def test_subspace_measure_and_patience():
+    x, y = _data()
+    model = _model()
+    history = fit_progressive(
+        model,
+        x,
+        y,
+        epochs=4,
+        settle=SettleOnChange(0.99, measure="subspace", patience=2, keep_top=0),
+        batch_size=32,
+        verbose=0,
+    )
+    assert history.progressive.frozen_at == {"conv1": 2, "conv2": 2, "hidden": 2}
+
+
+def test_freezeout_schedule():
+    assert FreezeOut(0.5).freeze_epochs(3, 8) == [4, 5, 7]
+    assert FreezeOut(1.0).freeze_epochs(2, 8) == [None, None]
+    assert FreezeOut(epochs=[2]).freeze_epochs(3, 8) == [2, None, None]
+    x, y = _data()
+    model = _model()
+    history = fit_progressive(model, x, y, epochs=4, settle="freezeout", batch_size=32, verbose=0)
+    # t = 0.5, 2/3, 5/6 of 4 epochs -> after epochs 2, 3 (2.67) and 3 (3.33).
+    assert history.progressive.frozen_at == {"conv1": 2, "conv2": 3, "hidden": 3}
+
+
+def test_initial_epoch_validation_data_and_tf_data():
+    tf = pytest.importorskip("tensorflow")
+    x, y = _data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    model = _model()
+    history = fit_progressive(
+        model,
+        dataset,
+        shuffle=False,
+        epochs=4,
+        initial_epoch=2,
+        settle=[1],
+        validation_data=(x[:32], y[:32]),
+        verbose=0,
+    )
+    assert history.epoch == [2, 3]
+    assert len(history.history["val_loss"]) == 2
+    assert history.progressive.frozen_at["conv1"] == 3
+
+
+def test_a_user_stop_ends_the_whole_run():
+    x, y = _data()
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    model = _model()
+    history = fit_progressive(
+        model, x, y, epochs=4, settle=[1], batch_size=32, verbose=0, callbacks=[Stop()]
+    )
+    assert history.epoch == [0]
+    assert history.progressive.frozen_at["conv1"] is None
+
+
+def test_hybridize_then_progressive():
+    x, y = _data()
+    model = _model(compiled=False)
+    keras_classpca.hybridize(model, (x, y), cutoff=1, verbose=0)
+    solved = keras.ops.convert_to_numpy(model.layers[0].kernel).copy()
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    history = fit_progressive(model, x, y, epochs=3, settle=0.99, batch_size=32, verbose=0)
+    # The layer under the classifier is measured but kept training (keep_top=1).
+    assert history.progressive.frozen_at == {"conv1": 0, "conv2": 1, "hidden": None}
+    assert len(history.progressive.changes["hidden"]) == 3
+    assert np.array_equal(keras.ops.convert_to_numpy(model.layers[0].kernel), solved)
+
+
+def test_snap_replaces_the_layer_when_it_freezes():
+    x, y = _data()
+    model = _model()
+    weights = _Weights()
+    history = fit_progressive(
+        model, x, y, epochs=3, settle=[1], snap=True, batch_size=32, verbose=0,
+        callbacks=[weights],
+    )
+    snapped = history.progressive.snapped["conv1"]
+    assert 0 < snapped["kernel_change"] and 0 <= snapped["output_cka"] <= 1 + 1e-9
+    final = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    assert not np.array_equal(weights.kernels[0]["conv1"], final)  # replaced at freezing
+    assert np.array_equal(weights.kernels[1]["conv1"], final)  # and frozen from then on
+
+
+def test_linear_cka():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(40, 5))
+    assert linear_cka(a, a) == pytest.approx(1.0)
+    assert linear_cka(a, rng.normal(size=(40, 5))) < 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, word",
+    [
+        ({"epochs": 0}, ValueError, "`epochs`"),
+        ({"epochs": 2, "settle": "sometimes"}, ValueError, "`settle`"),
+        ({"epochs": 2, "settle": object()}, TypeError, "`settle`"),
+        ({"epochs": 2, "settle": 1.5}, ValueError, "`threshold`"),
+        ({"epochs": 2, "settle": [2, 1]}, ValueError, "`epochs`"),
+        ({"epochs": 2, "snap": "yes"}, TypeError, "`snap`"),
+        ({"epochs": 2, "initial_epoch": 2}, ValueError, "`initial_epoch`"),
+    ],
+)
+def test_bad_arguments(kwargs, error, word):
+    x, y = _data(32)
+    with pytest.raises(error, match=word):
+        fit_progressive(_model(), x, y, verbose=0, **kwargs)
+
+
+def test_bad_model_and_criteria():
+    x, y = _data(32)
+    with pytest.raises(ValueError, match="compiled"):
+        fit_progressive(_model(compiled=False), x, y, epochs=1)
+    with pytest.raises(TypeError, match="`model`"):
+        fit_progressive("model", x, y, epochs=1)
+    with pytest.raises(ValueError, match="`t0`"):
+        FreezeOut(0.0)
+    with pytest.raises(ValueError, match="`measure`"):
+        SettleOnChange(measure="weights")
+    with pytest.raises(ValueError, match="`patience`"):
+        SettleOnChange(patience=0)
+    generator = ((x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8))
+    with pytest.raises(TypeError, match="one-shot"):  # the output probe needs re-iterable data
+        fit_progressive(
+            _model(), generator, epochs=1, settle=SettleOnChange(measure="output"), verbose=0
+        )
+
+
+def test_cache_trains_the_rest_on_the_cached_prefix_once_nothing_more_can_freeze():
+    x, y = _data()
+    model = _model()
+    weights = _Weights()
+    history = fit_progressive(
+        model, x, y, epochs=4, settle=[1, 2], cache=True, batch_size=32, verbose=0,
+        callbacks=[weights],
+    )
+    report = history.progressive
+    assert report.cached
+    assert report.frozen_at == {"conv1": 1, "conv2": 2, "hidden": None}
+    assert history.epoch == [0, 1, 2, 3] and len(report.epoch_seconds) == 4
+    assert (weights.begins, weights.ends, len(weights.kernels)) == (1, 1, 4)
+    conv2 = keras.ops.convert_to_numpy(model.get_layer("conv2").kernel)
+    assert np.array_equal(conv2, weights.kernels[1]["conv2"])
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4 * STEPS
+    with pytest.raises(ValueError, match="`cache`"):
+        fit_progressive(_model(), x, y, epochs=1, cache="yes")
