@@ -674,12 +674,13 @@ def fit_progressive(
     >>> import numpy as np, keras
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(256, 12)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
-    >>> model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu"),
+    >>> model = keras.Sequential([keras.Input((12,)),
+    ...                           keras.layers.Dense(8, activation="relu", name="hidden"),
     ...                           keras.layers.Dense(2, activation="softmax")])
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     >>> history = fit_progressive(model, x, y, epochs=3, settle=[1], verbose=0)
     >>> history.progressive.frozen_at, model.layers[0].trainable
-    ({'dense': 1}, False)
+    ({'hidden': 1}, False)
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
