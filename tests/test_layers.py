@@ -418,7 +418,8 @@ BAD_DENSE_DATA = {
         ValueError,
         r"Class 1 has 2 sample\(s\) but must supply 2",
     ),
-    "no-labels": (lambda x, y: x, ValueError, r"needs labels"),
+    # x alone is the label-free mode; an x with no sample is an error
+    "label-free-empty": (lambda x, y: x[:0], ValueError, r"`x` must hold at least one sample"),
     "dataset-no-labels": (
         lambda x, y: tf.data.Dataset.from_tensor_slices(x).batch(8),
         ValueError,
