@@ -219,7 +219,8 @@ def compare_filters(train, n_classes, *, layer_index, epochs, samples, batch_siz
     model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=verbose)
     keep = np.random.default_rng(seed).choice(len(x_train), min(samples, len(x_train)),
                                               replace=False)
-    x, y = x_train[np.sort(keep)], y_train[np.sort(keep)]
+    keep = np.sort(keep)
+    x, y = x_train[keep], y_train[keep]
     monitor = TimescaleMonitor((x, y), layers=[layer.name], samples=len(x),
                                patches_per_image=patches_per_image, seed=seed)
     monitor.set_model(model)

@@ -830,9 +830,10 @@ class ClassPCA:
             classes = np.concatenate([classes, np.full(n_fisher, -1, dtype=classes.dtype)])
         # Variance of every direction over all the data (a Fisher direction has no class
         # eigenvalue); the class-PCA ones keep their class eigenvalues.
-        pooled = np.sum(components * (self.covariance_ @ components), axis=0)
+        covariance = self.covariance_  # a sum over the classes' matrices: once
+        pooled = np.sum(components * (covariance @ components), axis=0)
         variance = np.concatenate([solution.explained_variance, pooled[n_pca:]])
-        total = np.trace(self.covariance_)
+        total = np.trace(covariance)
         ratio = np.concatenate([
             solution.explained_variance_ratio,
             pooled[n_pca:] / total if total > 0 else np.zeros(n_fisher),
