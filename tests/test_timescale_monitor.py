@@ -8,7 +8,7 @@ import pytest
 
 from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.diagnostics import TimescaleMonitor
-from keras_classpca.diagnostics.subspace import (
+from keras_classpca.core.subspace import (
     chance_overlap,
     leading_subspace,
     principal_cosines,

@@ -47,7 +47,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
-from keras_classpca.diagnostics.subspace import chance_overlap, leading_subspace, subspace_overlap
+from keras_classpca.core.subspace import chance_overlap, leading_subspace, subspace_overlap
 from keras_classpca.diagnostics.tensorboard import ScalarWriter
 from keras_classpca.layers.geometry import iter_layers, iter_rows, output_size, unsolvable_reason
 

@@ -23,19 +23,16 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.convergence import SubspaceConvergence
 from keras_classpca.core.data_adapter import as_one_class, is_infinite, is_unlabeled, iter_batches
 from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
 from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
+from keras_classpca.hybrid import policy
+from keras_classpca.hybrid.decision import decide_cutoff
 from keras_classpca.hybrid.planner import plan_model
-from keras_classpca.hybrid.policy import (
-    AUTO_MIN_GAIN,
-    PROBE_MAX_SAMPLES,
-    CutoffPolicy,
-    ProbeConsumer,
-    check_cutoff,
-)
+from keras_classpca.hybrid.policy import check_cutoff
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer
-from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, stream
+from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer
 from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
@@ -48,8 +45,11 @@ from keras_classpca.layers.geometry import (
 CLASS_PCA_OPTIONS = tuple(
     name for name in inspect.signature(ClassPCA).parameters if name != "n_components"
 )
-# `cutoff="auto"`'s rule (hybrid/policy.py), read from here at every call.
-__all__ = ["hybridize", "check_settings", "solved_layer_names", "AUTO_MIN_GAIN"]
+__all__ = ["hybridize", "check_settings", "solved_layer_names"]
+
+# samples="auto": BatchNormalization layers adapted before any solved layer read this
+# many samples (the others read as many as the layer before them).
+LEADING_BATCHNORM_SAMPLES = 10_000
 
 
 class _DataPasses:
@@ -58,19 +58,25 @@ class _DataPasses:
     def __init__(self, data, samples, batch_size, seed, n_classes):
         self.n_classes = n_classes
         self.batch_size = batch_size
+        self.auto = samples == "auto"  # stop each layer's pass once it has converged
+        samples = None if self.auto else samples
         self.samples = samples
+        self.seed = seed
         self.passes = 0
-        arrays = None
+        self.order = None  # samples="auto" on arrays: a random order, so any head is a
+        arrays = None  # random subset (data sets are often sorted by class)
         if isinstance(data, (tuple, list)) and len(data) in (2, 3) and all(
             hasattr(part, "shape") for part in data[:2]
         ):
             arrays = (np.asarray(data[0]), np.asarray(data[1]))
-        if arrays is not None and samples is not None and samples < len(arrays[0]):
             if len(arrays[0]) != len(arrays[1]):
                 raise ValueError(
                     f"`data` must hold x and y with the same number of samples; received "
                     f"{len(arrays[0])} and {len(arrays[1])}."
                 )
+            if self.auto:
+                self.order = np.random.default_rng(seed).permutation(len(arrays[0]))
+        if arrays is not None and samples is not None and samples < len(arrays[0]):
             # A random subset, not the first rows: data sets are often sorted by class.
             keep = np.random.default_rng(seed).choice(len(arrays[0]), samples, replace=False)
             keep = np.sort(keep)
@@ -109,11 +115,43 @@ class _DataPasses:
                 "returning a fresh generator."
             )
         self.passes += 1
+        if self.order is not None:
+            x, y = self.data
+            for start in range(0, len(self.order), self.batch_size):
+                rows = self.order[start:start + self.batch_size]
+                yield x[rows], labels_to_int(y[rows], self.n_classes)
+            return
         source = self.data() if callable(self.data) else self.data
         if self.samples is None and is_infinite(source):
             raise infinite_data_error()
         for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
             yield x, labels_to_int(y, self.n_classes)
+
+    def head(self, n):
+        """Up to `n` samples in memory, `(x, int labels)`: a random subset of arrays,
+        the first `n` of a dataset (one pass, cut short)."""
+        if isinstance(self.data, tuple):
+            x, y = self.data
+            rows = np.sort(np.random.default_rng(self.seed).permutation(len(x))[:n])
+            return x[rows], labels_to_int(y[rows], self.n_classes)
+        xs, ys, count = [], [], 0
+        for x, labels in self:
+            xs.append(x[: n - count])
+            ys.append(labels[: n - count])
+            count += len(xs[-1])
+            if count >= n:
+                break
+        if not xs:
+            raise ValueError("`data` is empty: no samples to solve the layers on.")
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def size(self):
+        """Training samples a pass reads, or None if unknown without reading it."""
+        if isinstance(self.data, tuple):
+            return len(self.data[0])
+        if self.samples is not None:
+            return self.samples
+        return self.seen  # a complete pass was read (None before)
 
 
 def _positive_int(value, name):
@@ -121,7 +159,10 @@ def _positive_int(value, name):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer or None; received {value!r}.")
+        raise ValueError(
+            f"`{name}` must be a positive integer or None"
+            + (' or "auto"' if name == "samples" else "") + f"; received {value!r}."
+        )
     return int(value)
 
 
@@ -151,7 +192,8 @@ def check_settings(
     if not (isinstance(freeze, (bool, np.bool_)) or freeze == "kernel"):
         raise ValueError(f"`freeze` must be True, False or 'kernel'; received {freeze!r}.")
     return (
-        _positive_int(samples, "samples"),
+        samples if isinstance(samples, str) and samples == "auto"
+        else _positive_int(samples, "samples"),
         _positive_int(batch_size, "batch_size"),
         _positive_int(patches_per_image, "patches_per_image"),
     )
@@ -220,24 +262,18 @@ class _CacheKeys:
         end = steps[j + 1].position if j + 1 < len(steps) else len(self.plan.layers)
         layers = [dict(layer_signature(layer), parents=self.plan.parents[i])
                   for i, layer in enumerate(self.plan.layers[:end])]
-        return prefix_key(layers=layers, probe_only=j >= len(steps), **self.base)
+        return prefix_key(layers=layers, **self.base)
 
-    def lookup(self, j, need_probe):
+    def lookup(self, j):
         if self.cache is None:
             return None
-        entry = self.cache.get(self._key(j))
-        if entry is None or (need_probe and entry["record"].get("probe_accuracy") is None):
-            return None
-        if entry["record"].get("solved") is None and j < len(self.plan.steps):
-            return None  # only the probe was stored: the layer itself was never solved
-        return entry
+        return self.cache.get(self._key(j))
 
-    def store(self, j, weights, solved, probe_accuracy):
+    def store(self, j, weights, solved):
         if self.cache is None:
             return
-        record = {"solved": None if solved is None else dataclasses.asdict(solved),
-                  "probe_accuracy": probe_accuracy}
-        self.cache.put(self._key(j), {"weights": weights, "record": record})
+        self.cache.put(self._key(j), {"weights": weights,
+                                      "record": {"solved": dataclasses.asdict(solved)}})
 
 
 def solved_layer_names(model, cutoff):
@@ -252,7 +288,7 @@ def hybridize(
     data,
     cutoff="auto",
     *,
-    samples=None,
+    samples="auto",
     freeze=True,
     verbose=1,
     batch_size=256,
@@ -297,12 +333,17 @@ def hybridize(
             its own input, layer after layer (the first seed's mode, like PCANet);
             `cutoff` must then be an integer.
         cutoff: the number of solvable layers to solve, in the planner's order (0
-            leaves the model untouched), or `"auto"`: solve layer after layer while a
-            ridge probe on the features after the new layer gains at least 2 points
-            of held-out accuracy over the features before it (docs/cutoff.md).
-        samples: use at most this many training samples (a random subset of arrays;
-            the first `samples` of a dataset). The paper: a fraction suffices.
-            Required for a dataset that never ends (`ds.repeat()`).
+            leaves the model untouched), or `"auto"`: decide first, on 2,000 random
+            samples, which layers are worth solving (a leave-one-out ridge probe on
+            the features before and after each layer, against a threshold that grows
+            with the training samples per class; `hybrid/policy.py`), then solve only
+            those from the data. `report.evidence` holds the decision.
+        samples: `"auto"` (default): each layer streams the data (arrays in a random
+            order) until its class subspaces stop moving (`core/convergence.py`) or
+            the data ends; `report.layers[i].samples` says how many it read. An
+            integer: use that many samples (a random subset of arrays; the first
+            `samples` of a dataset). None: all of them. A dataset that never ends
+            (`ds.repeat()`) needs an integer.
         freeze: set solved layers (and the BatchNormalization layers they depend on)
             to `trainable=False`; `"kernel"` freezes only the solved kernels (their
             biases train; back-propagation then reaches the solved layers' outputs but
@@ -321,7 +362,7 @@ def hybridize(
         strategy: a `tf.distribute.Strategy`: each solved layer's class statistics
             are accumulated per replica (the solved prefix runs inside
             `strategy.run`) and all-reduced once (needs `n_classes`; no
-            `patches_per_image`). BatchNormalization moments and the `"auto"` probe
+            `patches_per_image`). BatchNormalization moments and the `"auto"` decision
             still come from this process's `data`, so every worker must pass the
             same `data` (see docs/distributed.md). TensorFlow backend only; Dense and
             ungrouped ConvND layers of the top model.
@@ -362,7 +403,7 @@ def hybridize(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not has_layer_graph(model):
         raise no_graph_error(model)
-    if samples is None and is_infinite(data):
+    if samples in (None, "auto") and is_infinite(data):
         raise infinite_data_error()
     if strategy is not None:
         from keras_classpca.distributed import require_tensorflow_backend
@@ -396,15 +437,15 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         first_x, _ = passes.peek()
         ensure_built(model, first_x.shape[1:])
     plan = plan_model(model)
-    policy = CutoffPolicy(cutoff, min_gain=AUTO_MIN_GAIN)
+    auto = cutoff == "auto"
     report = HybridReport(
         cutoff=0,
-        cutoff_mode="auto" if policy.auto else "fixed",
+        cutoff_mode="auto" if auto else "fixed",
         candidates=plan.names,
         stopped_because=plan.stop_reason,
         label_free=label_free,
     )
-    if not policy.auto and cutoff > len(plan.steps):
+    if not auto and cutoff > len(plan.steps):
         raise ValueError(
             f"cutoff={cutoff} but only {len(plan.steps)} layer(s) of this model can be "
             f"solved ({', '.join(report.candidates) or 'none'}); the prefix ends because "
@@ -413,14 +454,15 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     if cutoff == 0 or not plan.steps:
         report.seconds = time.perf_counter() - start
         return report
-    target = policy.target(len(plan.steps))
-    needed = _planned_passes(plan, target, policy.auto)
+    if auto:
+        cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose)
+    needed = _planned_passes(plan, cutoff, auto)
     if passes.one_shot and needed > 1:
         raise TypeError(
             f"`data` is a one-shot iterator but hybridize needs {needed} passes over it here "
             "(one per solved layer, two for a separable convolution, one per "
             "BatchNormalization to adapt"
-            + (", one for the 'auto' probe" if policy.auto else "")
+            + (", one for the 'auto' decision" if auto else "")
             + "): pass arrays, a tf.data.Dataset, a keras PyDataset, or a callable "
             "returning a fresh generator."
         )
@@ -429,74 +471,39 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         "samples": samples, "seed": seed, "batch_size": batch_size,
         "patches_per_image": patches_per_image, "options": class_pca_options,
     })
-    saved = {}  # weights before the latest solve, to undo it if the probe rejects it
-
-    def undo_last():
-        for layer, weights in saved.values():
-            layer.set_weights(weights)
-        report.layers.pop()
-
-    for j, step in enumerate(plan.cut(target)):
+    # samples="auto": passes that do not converge themselves read what the last layer read.
+    limit = LEADING_BATCHNORM_SAMPLES if passes.auto else None
+    for j, step in enumerate(plan.cut(cutoff)):
         layer = step.layer
         # The layers this step sets: the layer, the BatchNormalization layers it
         # enables, and for the first step those that depend on no solved layer.
         leading = plan.leading_batchnorms if j == 0 else []
         block = [layer] + [bn for bn, _, _ in leading + step.batchnorms]
-        cached = keys.lookup(j, need_probe=policy.auto)
+        cached = keys.lookup(j)
         if cached is not None:
-            if policy.record(cached["record"]["probe_accuracy"]):
-                undo_last()
-                break
-            saved = {l.name: (l, l.get_weights()) for l in block}
             for l, weights in zip(block, cached["weights"]):
                 l.set_weights(weights)
             # Same architecture, possibly other layer names (a new model per trial).
             record = dict(cached["record"]["solved"], name=layer.name,
                           adapted_batchnorms=[l.name for l in block[1:]])
             report.layers.append(SolvedLayer(**record))
+            limit = record["samples"] if passes.auto else None
             continue
         layer_start = time.perf_counter()
-        pending_saved = {l.name: (l, l.get_weights()) for l in block}
         for bn, tensor, scope in leading:
-            adapt_batchnorm(passes, plan.feature_model(tensor, scope), bn, verbose)
+            adapt_batchnorm(passes, plan.feature_model(tensor, scope), bn, verbose, limit)
         feature_model = plan.feature_model(step.input, step.scope)
-        # The pass over this layer's input also feeds, for "auto", the probe of the
-        # features the layers solved so far give it.
-        probe = policy.probe()
-        label = f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{target})"
-        try:
-            if strategy is not None:
-                statistics, seen = _distributed_statistics(
-                    passes, plan, step, feature_model, strategy, batch_size, class_pca_options)
-                if probe is not None:
-                    stream(passes, feature_model, [probe], label, verbose)
-            else:
-                statistics, seen = solve_layer(
-                    passes, feature_model, layer, class_pca_options, seed=seed,
-                    patches_per_image=patches_per_image, verbose=verbose, label=label,
-                    consumers=[probe] if probe is not None else [],
-                )
-        except UnsolvableDataError as error:
-            if not policy.auto:
-                raise
-            # "auto" stops below a layer the data cannot solve (e.g. too few samples
-            # per class for its units) instead of failing the whole call.
-            for l, weights in pending_saved.values():
-                l.set_weights(weights)
-            if probe is not None and probe.train and policy.record(probe.accuracy()):
-                undo_last()  # the probe rejects the layer before it anyway
-            else:
-                report.stopped_because = (
-                    f"{type(layer).__name__} '{layer.name}' cannot be solved from this "
-                    f"data: {error}"
-                )
-            break
-        if probe is not None and policy.record(probe.accuracy()):
-            for l, weights in pending_saved.values():
-                l.set_weights(weights)
-            undo_last()
-            break
-        saved = pending_saved
+        label = f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})"
+        convergence = SubspaceConvergence() if passes.auto else None
+        if strategy is not None:
+            statistics, seen = _distributed_statistics(
+                passes, plan, step, feature_model, strategy, batch_size, class_pca_options)
+        else:
+            statistics, seen = solve_layer(
+                passes, feature_model, layer, class_pca_options, seed=seed,
+                patches_per_image=patches_per_image, verbose=verbose, label=label,
+                convergence=convergence,
+            )
         statistics.assign()
         solved = SolvedLayer(
             name=layer.name,
@@ -506,35 +513,23 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             seconds=0.0,
             explained_variance=statistics.explained_variance(),
             n_components=statistics.n_components,
+            sample_checks=list(convergence.history) if convergence is not None else [],
+            converged=None if convergence is None else convergence.converged_at is not None,
         )
+        limit = seen if passes.auto else None
         for bn, tensor, scope in step.batchnorms:
-            adapt_batchnorm(passes, plan.feature_model(tensor, scope), bn, verbose)
+            adapt_batchnorm(passes, plan.feature_model(tensor, scope), bn, verbose, limit)
         solved.adapted_batchnorms = [l.name for l in block[1:]]
         solved.seconds = time.perf_counter() - layer_start
         report.layers.append(solved)
-        keys.store(j, [l.get_weights() for l in block], solved,
-                   policy.probe_accuracy[-1] if policy.auto else None)
-    else:
-        if policy.auto:
-            # The input of the trained top: what it sees after every solved layer.
-            cached = keys.lookup(target, need_probe=True)
-            if cached is not None:
-                accuracy = cached["record"]["probe_accuracy"]
-            else:
-                probe = ProbeConsumer()
-                stream(passes, plan.feature_model(*plan.top_input), [probe],
-                       "Probing the features of the solved layers", verbose)
-                accuracy = probe.accuracy()
-                keys.store(target, [], None, accuracy)
-            if policy.record(accuracy):
-                undo_last()
+        keys.store(j, [l.get_weights() for l in block], solved)
 
     solved = len(report.layers)
     if solved < len(plan.steps):
         report.next_not_taken = (
-            plan.reason_after(solved) if not policy.auto or solved == target
-            else f"cutoff='auto': {plan.steps[solved].layer.name} was not kept (the probe "
-            f"rule, or the data cannot solve it)."
+            plan.reason_after(solved) if not auto
+            else f"cutoff='auto': {plan.steps[solved].layer.name} was not kept ("
+            + _why_not_kept(report.evidence, plan.steps[solved].layer.name) + ")."
         )
     if freeze:
         solved = {layer.name for layer in report.layers}
@@ -561,12 +556,34 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             ) from None
         report.recompiled = True
     report.cutoff = len(report.layers)
-    if policy.auto:
-        report.evidence = policy.evidence(
-            min(PROBE_MAX_SAMPLES, passes.seen or passes.samples or PROBE_MAX_SAMPLES)
-        )
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _decide(plan, passes, class_pca_options, seed, verbose):
+    """`cutoff="auto"`: the decision on a sample (`hybrid/decision.py`)."""
+    x, labels = passes.head(policy.DECISION_SAMPLES)
+    n_classes = class_pca_options.get("n_classes") or int(labels.max()) + 1
+    n_train = passes.size()
+    if n_train is None:
+        # A dataset of unknown length: a short one ended within the decision sample;
+        # otherwise it counts as large (the rule's threshold at 10,000 per class).
+        n_train = len(x) if len(x) < policy.DECISION_SAMPLES else 10_000 * n_classes
+    return decide_cutoff(
+        plan, (x, labels), class_pca_options, n_classes=n_classes,
+        samples_per_class=n_train / n_classes, rule=policy.DEFAULT_RULE, seed=seed or 0,
+        verbose=verbose,
+    )
+
+
+def _why_not_kept(evidence, name):
+    for row in evidence.get("layers", []):
+        if row["layer"] == name:
+            if "unsolvable" in row:
+                return f"the decision sample cannot solve it: {row['unsolvable']}"
+            return (f"its probe gain {row['gain']:+.3f} is below the threshold "
+                    f"{row['threshold']:+.3f}")
+    return "the decision stopped before it"
 
 
 def _layer_named(plan, name):

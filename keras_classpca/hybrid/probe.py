@@ -101,3 +101,42 @@ class RidgeProbe:
         scores = (np.asarray(features, dtype=np.float64) - mean) @ weights + intercept
         predictions = np.argmax(scores, axis=1)
         return float(np.mean(predictions == np.asarray(labels)))
+
+
+def loo_ridge_accuracy(features, labels, n_classes, alpha=1e-2):
+    """Leave-one-out accuracy of a ridge classifier on in-memory `features`.
+
+    Every sample is scored by the ridge fitted on all the others, in closed form (the
+    hat-matrix identity `r_loo = r / (1 - h_ii)`), so all `n` samples count as held
+    out: about half the noise of a 1/5 hold-out, for one `d × d` (or `n × n`) solve.
+    Features are standardised; `alpha` is relative to their correlation matrix.
+
+    Example:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 300)
+    >>> x = rng.normal(size=(300, 5)) + np.eye(5)[y] * 3
+    >>> loo_ridge_accuracy(x, y, 3) > 0.9
+    True
+    """
+    x = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    n = len(x)
+    targets = np.eye(n_classes)[labels]
+    x = x - x.mean(axis=0)
+    scale = np.sqrt((x * x).mean(axis=0))
+    x = x[:, scale > 1e-12] / scale[scale > 1e-12]
+    centred = targets - targets.mean(axis=0)
+    if x.shape[1] <= n:  # primal: (XᵀX + αn I) w = Xᵀ t
+        inverse = np.linalg.inv(x.T @ x + alpha * n * np.eye(x.shape[1]))
+        fitted = x @ (inverse @ (x.T @ centred))
+        leverage = ((x @ inverse) * x).sum(axis=1)
+    else:  # dual: the n × n kernel (wide features, few samples)
+        kernel = x @ x.T
+        hat = kernel @ np.linalg.inv(kernel + alpha * n * np.eye(n))
+        fitted, leverage = hat @ centred, np.diag(hat)
+    leverage = leverage + 1.0 / n  # the intercept (the centring) is fitted too
+    residual = centred - fitted
+    loo = targets - residual / (1.0 - leverage)[:, None]
+    return float(np.mean(np.argmax(loo, axis=1) == labels))

@@ -43,7 +43,7 @@ import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
 from keras_classpca.core.data_adapter import iter_batches
-from keras_classpca.diagnostics.subspace import leading_subspace, subspace_overlap
+from keras_classpca.core.subspace import leading_subspace, subspace_overlap
 from keras_classpca.hybrid.graph import ensure_built, read_chain
 from keras_classpca.hybrid.training import fit_top
 from keras_classpca.layers.geometry import assign_solution, iter_rows, output_size

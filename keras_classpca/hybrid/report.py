@@ -18,6 +18,10 @@ class SolvedLayer:
         n_components: filters / units solved.
         adapted_batchnorms: BatchNormalization layers after it whose moving statistics
             were set from its solved output.
+        sample_checks: with `samples="auto"`, `(samples, change)` at each check point:
+            how much its class subspaces moved since the previous one.
+        converged: with `samples="auto"`, whether it stopped because they settled
+            (False: the data ran out first); None otherwise.
     """
 
     name: str
@@ -28,6 +32,8 @@ class SolvedLayer:
     explained_variance: float
     n_components: int
     adapted_batchnorms: list = dataclasses.field(default_factory=list)
+    sample_checks: list = dataclasses.field(default_factory=list)
+    converged: bool = None
 
 
 @dataclasses.dataclass
@@ -38,8 +44,9 @@ class HybridReport:
         cutoff: the number of layers solved.
         cutoff_mode: `"auto"` or `"fixed"`.
         layers: a `SolvedLayer` per solved layer, bottom first.
-        evidence: for `cutoff="auto"`, the probe accuracy after 0, 1, ... solved layers
-            and the rule that chose the cutoff.
+        evidence: for `cutoff="auto"`, the decision: a row per layer looked at (probe
+            accuracy before and after it, gain, threshold, kept, seconds), the rule,
+            the decision samples and its seconds (`hybrid/decision.py`).
         candidates: names of all layers that could have been solved.
         stopped_because: why no further layer can be solved (the first layer with
             weights the plan cannot take, and why).
@@ -89,13 +96,19 @@ class HybridReport:
                 for bn in layer.adapted_batchnorms:
                     lines.append(f"    + adapted {bn}")
         if self.evidence:
-            accuracies = self.evidence.get("probe_accuracy", [])
             lines.append(
-                "  probe accuracy by solved layers: "
-                + ", ".join(f"{k}: {a:.3f}" for k, a in enumerate(accuracies))
+                f"  auto decision on {self.evidence['decision_samples']} samples, "
+                f"{self.evidence['seconds']:.1f} s:"
             )
-            if self.evidence.get("rule"):
-                lines.append(f"  rule: {self.evidence['rule']}")
+            for row in self.evidence["layers"]:
+                if "unsolvable" in row:
+                    lines.append(f"    {row['layer']:<24} cannot be solved: {row['unsolvable']}")
+                    continue
+                lines.append(
+                    f"    {row['layer']:<24} probe {row['before']:.3f} -> {row['after']:.3f} "
+                    f"(gain {row['gain']:+.3f}) {'kept' if row['kept'] else 'not kept'}"
+                )
+            lines.append(f"  rule: {self.evidence['rule']}")
         if self.frozen:
             lines.append(f"  frozen: {', '.join(self.frozen)}")
         if self.recompiled:

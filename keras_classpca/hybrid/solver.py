@@ -4,6 +4,10 @@ part of the model, accumulate its class statistics, solve; adapt BatchNormalizat
 `passes` is any re-iterable of `(x, int labels)` batches (one iteration = one pass over
 the data), with optional `total` (samples, for the progress bar) and `seen` (set to
 the samples of the last complete pass) attributes, as `hybridize`'s `_DataPasses`.
+
+With `samples="auto"` a layer's first pass ends once its class subspaces converge
+(`core/convergence.py`); its later passes (the second stage of a separable
+convolution, the BatchNormalization layers after it) read the same samples.
 """
 
 import keras
@@ -13,14 +17,22 @@ from keras_classpca.hybrid.graph import predict_batch
 from keras_classpca.layers.geometry import LayerStatistics, n_stages
 
 
-def stream(passes, feature_model, consumers, progress_label=None, verbose=0):
-    """One pass: features of every batch go to every consumer `(h, labels, offset)`."""
+def stream(passes, feature_model, consumers, progress_label=None, verbose=0, limit=None):
+    """One pass: features of every batch go to every consumer `(h, labels, offset)`.
+
+    The pass ends early after `limit` samples, or after the batch on which a consumer
+    with a `converged` attribute reports True.
+    """
     total = getattr(passes, "total", None)
+    if limit is not None and total is not None:
+        total = min(total, limit)
     progress = keras.utils.Progbar(total, verbose=verbose, unit_name="sample") if verbose else None
     if progress is not None and progress_label:
         print(progress_label)
     offset, first_size = 0, None
     for x, labels in passes:
+        if limit is not None and offset + len(x) > limit:
+            x, labels = x[: limit - offset], labels[: limit - offset]
         first_size = first_size or len(x)
         h = predict_batch(feature_model, x, first_size)
         for consume in consumers:
@@ -28,6 +40,10 @@ def stream(passes, feature_model, consumers, progress_label=None, verbose=0):
         offset += len(x)
         if progress is not None:
             progress.add(len(x))
+        if (limit is not None and offset >= limit) or any(
+            getattr(consume, "converged", False) for consume in consumers
+        ):
+            break
     if offset == 0:
         raise ValueError("`data` is empty: no samples to solve the layers on.")
     if hasattr(passes, "seen"):
@@ -66,40 +82,50 @@ class MomentsConsumer:
 class StatisticsConsumer:
     """Feeds a layer's input to its `LayerStatistics` (every kind, every stage)."""
 
-    def __init__(self, layer, options, seed=0, patches_per_image=None):
+    def __init__(self, layer, options, seed=0, patches_per_image=None, convergence=None):
         self.statistics = LayerStatistics(
             layer, options, patches_per_image=patches_per_image, rng=np.random.default_rng(seed)
         )
+        self.convergence = convergence  # a SubspaceConvergence, for the first stage
+        self.converged = False
 
     def __call__(self, h, labels, offset):
         self.statistics.update(h, labels)
+        if self.convergence is not None and self.statistics.stage == 0:
+            self.converged = self.convergence.check(self.statistics.class_pcas,
+                                                    offset + len(h))
 
     @property
     def rows(self):
         return self.statistics.rows
 
 
-def adapt_batchnorm(passes, feature_model, layer, verbose=0):
-    """Set a BatchNormalization layer's moving statistics from its streamed input."""
+def adapt_batchnorm(passes, feature_model, layer, verbose=0, limit=None):
+    """Set a BatchNormalization layer's moving statistics from its streamed input
+    (its first `limit` samples)."""
     moments = MomentsConsumer(layer)
     stream(passes, feature_model, [moments], f"Adapting BatchNormalization '{layer.name}'",
-           verbose)
+           verbose, limit=limit)
     moments.assign()
 
 
 def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_image=None,
-                verbose=0, label=None, consumers=()):
+                verbose=0, label=None, consumers=(), convergence=None):
     """Stream `layer`'s input (`feature_model`) and solve it: one pass per stage (two
     for separable convolutions); `consumers` (e.g. a probe) ride the first pass.
+    With a `SubspaceConvergence`, the first pass stops once the class subspaces
+    settle, and the later ones read as many samples.
 
     Returns `(statistics, samples)`; the weights are not assigned yet (`assign()`).
     """
-    statistics = StatisticsConsumer(layer, options, seed, patches_per_image)
+    statistics = StatisticsConsumer(layer, options, seed, patches_per_image, convergence)
     extra = list(consumers)
     label = label or f"Solving {type(layer).__name__} '{layer.name}'"
+    limit = None
     for stage in range(n_stages(layer)):
         seen = stream(passes, feature_model, [statistics] + extra,
-                      label + (f" (pass {stage + 1})" if stage else ""), verbose)
-        extra = []
+                      label + (f" (pass {stage + 1})" if stage else ""), verbose, limit=limit)
+        extra, limit = [], seen
+        statistics.converged = False
         statistics.statistics.end_pass()
     return statistics.statistics, seen

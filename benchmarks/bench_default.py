@@ -1,0 +1,126 @@
+"""The default path `hybridize(model, data)` on a grid of architectures × data fractions.
+
+Each cell (architecture, fraction of Fashion-MNIST, seed) trains, in one run and in a
+rotated order: end-to-end SGD, and every fixed cutoff k (`hybridize(cutoff=k)` with
+the default `samples="auto"`, then compile and fit as the architecture's user does).
+It also records the `cutoff="auto"` decision with every layer's probe gain and cost
+(`decide_cutoff(..., explore=True)`), so that a rule can be replayed on the cell: the
+default path is the decision (up to the first layer the rule rejects) followed by the
+fixed cutoff it picks, which is exactly what `hybridize(model, data)` runs. `--verify`
+also runs the default path itself, to check the replay.
+
+The rule's two numbers are tuned on one half of the grid (`TUNE_ARCHITECTURES`) and
+reported on both halves apart.
+
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_default [--seeds 3]
+
+Writes the `bench_default` section of docs/benchmarks.md and its summary rows.
+"""
+
+import argparse
+import itertools
+import time
+
+import keras
+import numpy as np
+
+from benchmarks import grid_models
+from benchmarks._report import add_report_options, default_results
+from benchmarks.common import rotated, run_benchmark, save_run, subset
+from keras_classpca import hybridize
+from keras_classpca.datasets import load_dataset
+from keras_classpca.hybrid import policy
+from keras_classpca.hybrid.builder import _DataPasses
+from keras_classpca.hybrid.decision import decide_cutoff
+from keras_classpca.hybrid.planner import plan_model
+
+SECTION = "bench_default"
+FRACTIONS = (0.01, 0.02, 0.1, 0.3, 1.0)
+MAX_FIXED_CUTOFF = 4  # fixed cutoffs run per cell (the resnet has 6 solvable layers)
+TUNE_ARCHITECTURES = ("cnn", "mlp")  # the rule is tuned on these; the rest is held out
+
+
+def run_sgd(arch, x, y, test, epochs, seed):
+    keras.utils.set_random_seed(seed)
+    model = grid_models.build(arch)
+    start = time.perf_counter()
+    grid_models.compile_and_fit(arch, model, x, grid_models.labels_for(arch, y), epochs)
+    wall = time.perf_counter() - start
+    return dict(contender="sgd", k=0, acc=grid_models.test_accuracy(model, *test),
+                solve_s=0.0, wall_s=wall)
+
+
+def run_hybrid(arch, x, y, test, epochs, seed, cutoff):
+    keras.utils.set_random_seed(seed)
+    model = grid_models.build(arch)
+    labels = grid_models.labels_for(arch, y)
+    start = time.perf_counter()
+    report = hybridize(model, (x, labels), cutoff=cutoff, seed=seed, verbose=0)
+    solve = time.perf_counter() - start
+    grid_models.compile_and_fit(arch, model, x, labels, epochs)
+    wall = time.perf_counter() - start
+    return dict(contender="default" if cutoff == "auto" else f"k{cutoff}", k=report.cutoff,
+                acc=grid_models.test_accuracy(model, *test), solve_s=solve, wall_s=wall,
+                samples=[layer.samples for layer in report.layers],
+                evidence=report.evidence or None)
+
+
+def run_decision(arch, x, y, seed):
+    """The "auto" decision on every solvable layer (explore), with its per-layer cost."""
+    keras.utils.set_random_seed(seed)
+    model = grid_models.build(arch)
+    start = time.perf_counter()
+    passes = _DataPasses((x, y), "auto", 256, seed, None)
+    sample = passes.head(policy.DECISION_SAMPLES)
+    head_s = time.perf_counter() - start
+    _, evidence = decide_cutoff(
+        plan_model(model), sample, {}, n_classes=10, samples_per_class=len(x) / 10,
+        rule=policy.DEFAULT_RULE, seed=seed, explore=True)
+    evidence["head_s"] = head_s
+    return dict(contender="decision", evidence=evidence,
+                n_solvable=len(plan_model(model).steps))
+
+
+def run(args, checkpoint):
+    (x_all, y_all), test = load_dataset("fashion_mnist")
+    architectures = args.architectures.split(",")
+    fractions = [float(f) for f in args.fractions.split(",")]
+    for seed, fraction in itertools.product(range(args.seeds), fractions):
+        x, y = subset(x_all, y_all, fraction, seed)
+        for arch in rotated(architectures, seed):
+            cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=args.epochs)
+            decision = run_decision(arch, x, y, seed)
+            save_run(args.results, decision, **cell)
+            n_fixed = min(decision["n_solvable"], MAX_FIXED_CUTOFF)
+            contenders = ["sgd"] + list(range(1, n_fixed + 1)) + (
+                ["auto"] if args.verify else [])
+            for contender in rotated(contenders, seed + len(arch)):
+                if contender == "sgd":
+                    record = run_sgd(arch, x, y, test, args.epochs, seed)
+                else:
+                    record = run_hybrid(arch, x, y, test, args.epochs, seed, contender)
+                save_run(args.results, record, **cell)
+        checkpoint()
+
+
+def write_report(records, command, paragraph, print_only=False):
+    from benchmarks.default_report import write_report as write
+
+    write(records, command, paragraph, print_only=print_only)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--architectures", default=",".join(grid_models.ARCHITECTURES))
+    parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
+    parser.add_argument("--verify", action="store_true",
+                        help="also run the default path itself in every cell")
+    add_report_options(parser, default_results(SECTION))
+    args = parser.parse_args()
+    run_benchmark(args, SECTION, write_report, lambda checkpoint: run(args, checkpoint))
+
+
+if __name__ == "__main__":
+    main()

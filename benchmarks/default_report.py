@@ -1,0 +1,2 @@
+def write_report(records, command, paragraph, print_only=False):
+    print(len(records), "records")

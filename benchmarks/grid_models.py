@@ -1,0 +1,100 @@
+"""The five architectures of the default-path grid (`bench_default`), all on 28×28×1
+Fashion-MNIST, each with how a user would compile and fit it.
+
+- "cnn": the benchmark CNN (`benchmarks.common`);
+- "mlp": the benchmark MLP;
+- "kerasio": the keras-io MNIST convnet as written there — Conv(32, 3)–MaxPool–
+  Conv(64, 3)–MaxPool–Flatten–Dropout(0.5)–Dense(10, softmax), one-hot labels,
+  categorical cross-entropy, `validation_split=0.1`;
+- "bn": Conv–BN–ReLU ×3 (16, 32, 64 filters, pooling between) – GlobalAveragePooling –
+  Dense(10);
+- "resnet": a small residual network — a stride-2 Conv–BN–ReLU stem, a basic block
+  (16 filters, identity shortcut), a stride-2 basic block (32 filters, 1×1 projection
+  shortcut), GlobalAveragePooling, Dense(10).
+"""
+
+import keras
+import numpy as np
+
+from benchmarks.common import BATCH, build_model
+
+ARCHITECTURES = ("cnn", "mlp", "kerasio", "bn", "resnet")
+
+
+def _kerasio(n_classes):
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="kerasio_convnet")
+
+
+def _conv_bn_relu(x, filters, strides=1):
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.layers.ReLU()(x)
+
+
+def _bn(n_classes):
+    inputs = keras.Input((28, 28, 1))
+    x = _conv_bn_relu(inputs, 16)
+    x = keras.layers.MaxPooling2D()(x)
+    x = _conv_bn_relu(x, 32)
+    x = keras.layers.MaxPooling2D()(x)
+    x = _conv_bn_relu(x, 64)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="conv_bn_relu")
+
+
+def _basic_block(x, filters, strides=1):
+    shortcut = x
+    y = _conv_bn_relu(x, filters, strides)
+    y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+    y = keras.layers.BatchNormalization()(y)
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
+        shortcut = keras.layers.BatchNormalization()(shortcut)
+    return keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+
+
+def _resnet(n_classes):
+    inputs = keras.Input((28, 28, 1))
+    x = _conv_bn_relu(inputs, 16, strides=2)
+    x = _basic_block(x, 16)
+    x = _basic_block(x, 32, strides=2)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="small_resnet")
+
+
+def build(arch, n_classes=10):
+    """A fresh model of `arch` (seed first for repeatable weights)."""
+    if arch in ("cnn", "mlp"):
+        return build_model(arch, (28, 28, 1), n_classes)
+    return {"kerasio": _kerasio, "bn": _bn, "resnet": _resnet}[arch](n_classes)
+
+
+def labels_for(arch, y, n_classes=10):
+    """The labels as the architecture's user passes them (one-hot for "kerasio")."""
+    return keras.utils.to_categorical(y, n_classes) if arch == "kerasio" else y
+
+
+def compile_and_fit(arch, model, x, y, epochs):
+    """Compile and fit as the architecture's user does; returns the model."""
+    loss = ("categorical_crossentropy" if arch == "kerasio"
+            else "sparse_categorical_crossentropy")
+    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    extra = {"validation_split": 0.1} if arch == "kerasio" else {}
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, **extra)
+    return model
+
+
+def test_accuracy(model, x_test, y_test):
+    predictions = model.predict(x_test, batch_size=1024, verbose=0)
+    return float(np.mean(np.argmax(predictions, axis=1) == y_test))

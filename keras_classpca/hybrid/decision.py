@@ -1,0 +1,157 @@
+"""`cutoff="auto"`: decide how many layers to solve before paying for the full solves.
+
+On a small in-memory sample of the training data, layer after layer of the plan is
+solved (with patch sub-sampling) and a leave-one-out ridge probe scores the features
+before and after it (`probe.loo_ridge_accuracy`). The `AutoRule` keeps a layer while
+its gain reaches the rule's threshold; the first rejected layer ends the decision.
+Every weight it touches is put back: the caller then solves the kept layers from the
+full data.
+
+Probe points are graph-aware: a layer's "after" features are the input of the next
+step that reads a *new* tensor. In a residual block the shortcut projection reads the
+same tensor as the branch's first convolution, so it is not a probe point of its own
+(its gain would be zero by construction); the decision looks past it.
+"""
+
+import time
+
+import numpy as np
+
+from keras_classpca.hybrid.policy import DECISION_PATCHES, PROBE_FEATURES
+from keras_classpca.hybrid.probe import loo_ridge_accuracy, reduce_features
+from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, stream
+from keras_classpca.layers.geometry import UnsolvableDataError
+
+DECISION_BATCH = 256
+
+
+class _InMemory:
+    """The decision sample as re-iterable batches (what the solver streams)."""
+
+    def __init__(self, x, labels):
+        self.x, self.labels = x, labels
+        self.total = len(x)
+        self.seen = None
+
+    def __iter__(self):
+        for start in range(0, len(self.x), DECISION_BATCH):
+            stop = start + DECISION_BATCH
+            yield self.x[start:stop], self.labels[start:stop]
+
+
+class _Features:
+    """Collects reduced features of one streamed pass."""
+
+    def __init__(self, max_features):
+        self.max_features = max_features
+        self.parts = []
+
+    def __call__(self, h, labels, offset):
+        self.parts.append(reduce_features(h, self.max_features))
+
+    def value(self):
+        return np.concatenate(self.parts)
+
+
+def _tensor_key(tensor, scope):
+    return (id(tensor), tuple(id(s) for s in scope))
+
+
+def probe_points(plan):
+    """For every step, the `(tensor, scope)` its gain is measured after."""
+    points = []
+    for j, step in enumerate(plan.steps):
+        seen = {_tensor_key(s.input, s.scope) for s in plan.steps[: j + 1]}
+        after = next(((s.input, s.scope) for s in plan.steps[j + 1:]
+                      if _tensor_key(s.input, s.scope) not in seen), plan.top_input)
+        points.append(after)
+    return points
+
+
+def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, seed=0,
+                  explore=False, max_layers=None, verbose=0):
+    """How many of `plan`'s layers to solve, and the evidence.
+
+    Args:
+        plan: a `Plan` (`plan_model`).
+        sample: `(x, int labels)` in memory: the decision sample.
+        options: `ClassPCA` options for every solved layer.
+        n_classes: number of classes of the labels.
+        samples_per_class: training samples per class of the whole data (the rule's
+            measure of "small data").
+        rule: an `AutoRule`.
+        explore: go on past the first rejected layer (every gain is measured; the
+            returned cutoff is still the rule's). For benchmarks.
+        max_layers: look at most at this many layers.
+
+    Returns:
+        `(cutoff, evidence)`: evidence is a dict with a row per layer looked at (its
+        name, the probe accuracies before and after, the gain, the threshold, kept,
+        seconds), the decision samples and the total seconds. The model's weights are
+        as before the call.
+    """
+    start = time.perf_counter()
+    x, labels = sample
+    data = _InMemory(x, labels)
+    max_features = int(min(PROBE_FEATURES, max(16, len(x) // 2)))
+    blocks = [step.layer for step in plan.steps] + [bn for bn, _, _ in plan.batchnorms_until(
+        len(plan.steps))]
+    saved = [(layer, layer.get_weights()) for layer in blocks]
+    accuracy_at = {}
+
+    def probe(tensor, scope, solved):
+        key = _tensor_key(tensor, scope) + (solved,)
+        if key not in accuracy_at:
+            features = _Features(max_features)
+            stream(data, plan.feature_model(tensor, scope), [features])
+            accuracy_at[key] = loo_ridge_accuracy(features.value(), labels, n_classes)
+        return accuracy_at[key]
+
+    rows, cutoff, decided = [], 0, False
+    points = probe_points(plan)
+    threshold = rule.threshold(samples_per_class)
+    try:
+        steps = plan.steps if max_layers is None else plan.steps[:max_layers]
+        for j, step in enumerate(steps):
+            step_start = time.perf_counter()
+            before = probe(step.input, step.scope, j)
+            for bn, tensor, scope in (plan.leading_batchnorms if j == 0 else []):
+                adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
+            try:
+                statistics, _ = solve_layer(
+                    data, plan.feature_model(step.input, step.scope), step.layer, options,
+                    seed=seed, patches_per_image=DECISION_PATCHES,
+                )
+            except UnsolvableDataError as error:
+                rows.append(dict(layer=step.name, unsolvable=str(error)))
+                break
+            statistics.assign()
+            for bn, tensor, scope in step.batchnorms:
+                adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
+            after = probe(*points[j], j + 1)
+            gain = after - before
+            keep = rule.keep(gain, samples_per_class)
+            rows.append(dict(layer=step.name, before=before, after=after, gain=gain,
+                             threshold=threshold, kept=keep and not decided,
+                             seconds=time.perf_counter() - step_start))
+            if verbose:
+                print(f"auto cutoff: {step.name}: probe {before:.3f} -> {after:.3f} "
+                      f"(gain {gain:+.3f}, needs {threshold:+.3f})")
+            if keep and not decided:
+                cutoff += 1
+            else:
+                decided = True
+                if not explore:
+                    break
+    finally:
+        for layer, weights in saved:
+            if weights:
+                layer.set_weights(weights)
+    evidence = dict(
+        layers=rows,
+        rule=rule.describe(samples_per_class),
+        decision_samples=len(x),
+        samples_per_class=samples_per_class,
+        seconds=time.perf_counter() - start,
+    )
+    return cutoff, evidence
