@@ -9,7 +9,7 @@ default path is the decision (up to the first layer the rule rejects) followed b
 fixed cutoff it picks, which is exactly what `hybridize(model, data)` runs. `--verify`
 also runs the default path itself, to check the replay.
 
-The rule's two numbers are tuned on one half of the grid (`TUNE_ARCHITECTURES`) and
+The rule's two numbers are tuned on one half of the grid (`default_report.TUNE_ARCHITECTURES`) and
 reported on both halves apart.
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_default [--seeds 3]
@@ -22,10 +22,9 @@ import itertools
 import time
 
 import keras
-import numpy as np
 
-from benchmarks import grid_models
-from benchmarks._report import add_report_options, default_results
+from benchmarks import default_report, grid_models
+from benchmarks._report import add_report_options, default_results, load_records
 from benchmarks.common import rotated, run_benchmark, save_run, subset
 from keras_classpca import hybridize
 from keras_classpca.datasets import load_dataset
@@ -37,7 +36,6 @@ from keras_classpca.hybrid.planner import plan_model
 SECTION = "bench_default"
 FRACTIONS = (0.01, 0.02, 0.1, 0.3, 1.0)
 MAX_FIXED_CUTOFF = 4  # fixed cutoffs run per cell (the resnet has 6 solvable layers)
-TUNE_ARCHITECTURES = ("cnn", "mlp")  # the rule is tuned on these; the rest is held out
 
 
 def run_sgd(arch, x, y, test, epochs, seed):
@@ -85,40 +83,57 @@ def run(args, checkpoint):
     (x_all, y_all), test = load_dataset("fashion_mnist")
     architectures = args.architectures.split(",")
     fractions = [float(f) for f in args.fractions.split(",")]
-    for seed, fraction in itertools.product(range(args.seeds), fractions):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for seed, fraction in itertools.product(seeds, fractions):
         x, y = subset(x_all, y_all, fraction, seed)
+        # At least `min_steps` optimizer steps: with 3 epochs of 600 images (15 steps) a
+        # network with BatchNormalization has not even settled its moving statistics.
+        epochs = max(args.epochs, -(-args.min_steps // -(-len(x) // grid_models.BATCH)))
         for arch in rotated(architectures, seed):
-            cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=args.epochs)
+            cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=epochs)
             decision = run_decision(arch, x, y, seed)
             save_run(args.results, decision, **cell)
+            if args.decisions_only:
+                continue
             n_fixed = min(decision["n_solvable"], MAX_FIXED_CUTOFF)
             contenders = ["sgd"] + list(range(1, n_fixed + 1)) + (
                 ["auto"] if args.verify else [])
             for contender in rotated(contenders, seed + len(arch)):
                 if contender == "sgd":
-                    record = run_sgd(arch, x, y, test, args.epochs, seed)
+                    record = run_sgd(arch, x, y, test, epochs, seed)
                 else:
-                    record = run_hybrid(arch, x, y, test, args.epochs, seed, contender)
+                    record = run_hybrid(arch, x, y, test, epochs, seed, contender)
                 save_run(args.results, record, **cell)
         checkpoint()
-
-
-def write_report(records, command, paragraph, print_only=False):
-    from benchmarks.default_report import write_report as write
-
-    write(records, command, paragraph, print_only=print_only)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed, ..., first-seed + seeds - 1 (runs split "
+                        "across calls append to the same --results)")
+    parser.add_argument("--epochs", type=int, default=3, help="at least this many epochs")
+    parser.add_argument("--min-steps", type=int, default=300,
+                        help="and at least this many optimizer steps (more epochs on less data)")
     parser.add_argument("--architectures", default=",".join(grid_models.ARCHITECTURES))
     parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     parser.add_argument("--verify", action="store_true",
                         help="also run the default path itself in every cell")
+    parser.add_argument("--decisions-only", action="store_true",
+                        help="record only the decisions (e.g. after the probe changed); the "
+                        "report replays them on the training runs of --runs")
+    parser.add_argument("--runs", default=None,
+                        help="results file holding the training runs (default: --results)")
     add_report_options(parser, default_results(SECTION))
     args = parser.parse_args()
+
+    def write_report(records, command, paragraph, print_only=False):
+        # Training runs first: a decision recorded later (--decisions-only) replaces
+        # the one recorded with them.
+        runs = load_records(args.runs) if args.runs else []
+        default_report.write_report(runs + records, command, paragraph, print_only)
+
     run_benchmark(args, SECTION, write_report, lambda checkpoint: run(args, checkpoint))
 
 

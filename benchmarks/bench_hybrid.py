@@ -89,7 +89,7 @@ def run_hybrid(kind, cutoff, seed, x, y, x_test, y_test, epochs, solve_samples, 
         cutoff_used=report.cutoff,
         solve_s=solve_s,
         solve_samples=report.layers[0].samples if report.layers else 0,
-        probe=(report.evidence or {}).get("probe_accuracy"),
+        probe=[row.get("gain") for row in (report.evidence or {}).get("layers", [])],
     )
     if cutoff == "auto":
         start = time.perf_counter()

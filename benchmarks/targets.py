@@ -39,16 +39,16 @@ TARGETS = [
            "Fine-tune mode on the benchmark CNN reaches SGD's 3-epoch test accuracy in ≤ 0.6× "
            "SGD's time"),
     # The default path: cutoff="auto", samples="auto" (not yet benchmarked).
-    Target("default_time", None,
+    Target("default_time", "bench_default",
            "Default `hybridize(model, data)`: wall time ≤ 1.1× the best fixed cutoff in every "
            "grid cell, and ≤ SGD's at ≥ 10 % data"),
-    Target("default_accuracy", None,
+    Target("default_accuracy", "bench_default",
            "Default `hybridize(model, data)`: test accuracy within 0.5 pp of the best fixed "
            "cutoff in ≥ 90 % of the grid cells, never more than 1 pp below SGD"),
-    Target("default_cnn_100", None,
+    Target("default_cnn_100", "bench_default",
            "Benchmark CNN, 100 % Fashion-MNIST: default path ≥ SGD's accuracy at ≤ 0.6× its "
            "time"),
-    Target("samples_auto", None,
+    Target("samples_auto", "bench_samples",
            "`samples=\"auto\"`: benchmark CNN solved from ≤ 10 % of Fashion-MNIST, test "
            "accuracy within 0.2 pp of solving from all of it"),
     # KerasTuner (bench_tuner).

@@ -1,11 +1,11 @@
-"""Quick start: solve the bottom of a CNN from 10 % of Fashion-MNIST, train the rest.
+"""Quick start: the default path on Fashion-MNIST — solve the bottom of a CNN, train the rest.
 
     python examples/quickstart.py            # or: make demo
 
 The same steps by hand:
 
     model = keras.Sequential([...])                      # an ordinary Keras model
-    report = keras_classpca.hybridize(model, (x, y), cutoff="auto", samples=6000)
+    report = keras_classpca.hybridize(model, (x, y))    # decides cutoff and samples
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     keras_classpca.fit_top(model, x, y, epochs=3)        # or model.fit(...)
 """

@@ -61,6 +61,12 @@ _cutoff = _checked(
     "'auto' or a non-negative integer",
 )
 
+_samples = _checked(
+    lambda text: text if text == "auto" else int(text),
+    lambda v: v == "auto" or v >= 1,
+    "'auto' or a positive integer",
+)
+
 
 def _cutoff_list(text):
     values = []
@@ -118,7 +124,7 @@ def cmd_demo(args):
         run_demo(
             dataset=args.dataset,
             cutoff=args.cutoff,
-            fraction=args.fraction,
+            samples=args.samples,
             epochs=args.epochs,
             batch_size=args.batch_size,
             seed=args.seed,
@@ -380,18 +386,19 @@ def build_parser():
     p = sub.add_parser(
         "demo",
         help="solve the bottom layers, train the rest, print the report",
-        description="Run keras_classpca.demo.run_demo: hybridize the benchmark CNN "
-        "from a fraction of the data and train the rest.",
+        description="Run keras_classpca.demo.run_demo: the default path "
+        "hybridize(model, data) on the benchmark CNN, then train the rest.",
     )
     common(p, train_samples=False)
     p.add_argument(
         "--cutoff", type=_cutoff, default="auto", help="layers to solve: 'auto' (default) or N"
     )
     p.add_argument(
-        "--fraction",
-        type=_fraction,
-        default=0.1,
-        help="share of the training images the statistics use (0.1)",
+        "--samples",
+        type=_samples,
+        default="auto",
+        help="training images each layer's statistics read: 'auto' (default: until its "
+        "class subspaces settle) or N",
     )
     p.add_argument(
         "--epochs", type=_positive_int, default=3, help="epochs for the layers above (3)"

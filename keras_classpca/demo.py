@@ -41,35 +41,29 @@ def benchmark_cnn(input_shape, n_classes, kernel_size=None):
 def run_demo(
     dataset="fashion_mnist",
     cutoff="auto",
-    fraction=0.1,
+    samples="auto",
     epochs=3,
     batch_size=128,
-    patches_per_image=16,
     seed=0,
     verbose=1,
 ):
-    """Solve + hybrid-train on `dataset`; returns a dict of the numbers printed."""
+    """The default path on `dataset`: `hybridize(model, data)` (which decides the
+    cutoff and how many samples each layer reads), then train the rest; returns a dict
+    of the numbers printed."""
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = load_dataset(dataset)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     model = benchmark_cnn(x_train.shape[1:], n_classes)
-    samples = max(n_classes * 10, int(fraction * len(x_train)))
     print(
-        f"{dataset}: {len(x_train)} training / {len(x_test)} test images; solving from "
-        f"{samples} of them ({fraction:.0%}), cutoff={cutoff!r}; Keras {keras.__version__} "
+        f"{dataset}: {len(x_train)} training / {len(x_test)} test images; "
+        f"cutoff={cutoff!r}, samples={samples!r}; Keras {keras.__version__} "
         f"on {keras.backend.backend()}"
     )
 
     solve_start = time.perf_counter()
     report = hybridize(
-        model,
-        (x_train, y_train),
-        cutoff=cutoff,
-        samples=samples,
-        patches_per_image=patches_per_image,
-        seed=seed,
-        verbose=verbose,
+        model, (x_train, y_train), cutoff=cutoff, samples=samples, seed=seed, verbose=verbose
     )
     solve_seconds = time.perf_counter() - solve_start
     print(report)

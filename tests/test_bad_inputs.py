@@ -353,7 +353,7 @@ CASES = [
             lambda m, t: hybridize(m, _one_shot(X, Y), cutoff="auto", verbose=0),
         ),
         TypeError,
-        "one-shot iterator.*'auto' probe",
+        "one-shot iterator but cutoff='auto'.*'auto' decision",
     ),
     Case(
         "hybridize-one-shot-batchnorm",

@@ -148,18 +148,18 @@ def test_demo_passes_its_options(monkeypatch):
     monkeypatch.setattr("keras_classpca.demo.run_demo", lambda **kwargs: seen.update(kwargs))
     assert (
         cli.main(
-            ["demo", "--dataset", "digits", "--cutoff", "1", "--fraction", "0.2", "--epochs", "2"]
+            ["demo", "--dataset", "digits", "--cutoff", "1", "--samples", "500", "--epochs", "2"]
         )
         == 0
     )
-    assert (seen["dataset"], seen["cutoff"], seen["fraction"], seen["epochs"]) == (
+    assert (seen["dataset"], seen["cutoff"], seen["samples"], seen["epochs"]) == (
         "digits",
         1,
-        0.2,
+        500,
         2,
     )
-    cli.main(["demo", "--cutoff", "auto"])
-    assert seen["cutoff"] == "auto" and seen["dataset"] == "fashion_mnist"
+    cli.main(["demo"])
+    assert seen["cutoff"] == seen["samples"] == "auto" and seen["dataset"] == "fashion_mnist"
 
 
 def test_demo_on_digits_end_to_end(capsys):
@@ -180,7 +180,8 @@ def test_demo_on_digits_end_to_end(capsys):
         ([], "a command is required"),
         (["sweep", "--cutoffs", "0,x", "--out", "o"], "comma-separated non-negative integers"),
         (["sweep", "--cutoffs", "1,1", "--out", "o"], "repeat"),
-        (["demo", "--fraction", "1.5"], "(0, 1]"),
+        (["demo", "--samples", "0"], "'auto' or a positive integer"),
+        (["sweep", "--fraction", "1.5", "--out", "o"], "(0, 1]"),
         (["demo", "--cutoff", "-1"], "'auto' or a non-negative integer"),
         (["timescales", "--epochs", "0", "--out", "o"], "positive integer"),
         (["timescales", "--epochs", "2"], "--out"),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_classpca.hybrid.builder as hybrid_module
+import keras_classpca.hybrid.decision as decision_module
+import keras_classpca.hybrid.policy as policy_module
 from keras_classpca import ClassPCA, ClassPCADense, HybridReport, hybridize
 
 L = keras.layers
@@ -501,22 +502,23 @@ def test_branching_functional_model_solves_both_branches(blobs):
 
 # --------------------------------------------------------------------- cutoff="auto"
 def _check_auto_evidence(report):
-    """The choice follows the evidence: one probe per cutoff tried, bottom first."""
-    accuracy = report.evidence["probe_accuracy"]
-    n = len(report.candidates)
-    assert all(0.0 <= a <= 1.0 for a in accuracy)
-    if report.cutoff == n:
-        assert len(accuracy) == n + 1  # every layer was tried and kept
-    else:
-        assert len(accuracy) == report.cutoff + 2  # the next layer was tried and undone
-    # The documented rule: a layer is kept only if it gains AUTO_MIN_GAIN probe accuracy.
-    gain = hybrid_module.AUTO_MIN_GAIN
-    assert f"{gain:.3f}" in report.evidence["rule"]
-    for k in range(1, report.cutoff + 1):
-        assert accuracy[k] >= accuracy[k - 1] + gain
-    if report.cutoff < n:
-        assert accuracy[report.cutoff + 1] < accuracy[report.cutoff] + gain
-    assert isinstance(report.evidence["rule"], str) and report.evidence["probe_samples"] > 0
+    """The choice follows the evidence: a row per layer looked at, bottom first; the
+    kept ones reach the threshold, the first one that does not ends the decision."""
+    rows = report.evidence["layers"]
+    assert [row["layer"] for row in rows] == report.candidates[: len(rows)]
+    kept = [row for row in rows if row.get("kept")]
+    assert len(kept) == report.cutoff and rows[: report.cutoff] == kept
+    for row in kept:
+        assert 0.0 <= row["before"] <= 1.0 and 0.0 <= row["after"] <= 1.0
+        assert row["gain"] == pytest.approx(row["after"] - row["before"])
+        assert row["gain"] >= row["threshold"]
+    if report.cutoff < len(report.candidates):
+        assert len(rows) == report.cutoff + 1  # the decision stops at the first rejection
+        rejected = rows[-1]
+        assert "unsolvable" in rejected or rejected["gain"] < rejected["threshold"]
+    if "unsolvable" not in rows[0]:
+        assert f"{rows[0]['threshold']:+.3f}" in report.evidence["rule"]
+    assert report.evidence["decision_samples"] > 0 and report.evidence["seconds"] > 0
 
 
 def test_auto_solves_when_classes_differ_only_by_covariance(subspace_classes):
@@ -526,10 +528,10 @@ def test_auto_solves_when_classes_differ_only_by_covariance(subspace_classes):
     x, y = data.x.astype("float32"), data.y
     model = _mlp(hidden=(16, 16))
     report = hybridize(model, (x, y), cutoff="auto", verbose=0)
-    accuracy = report.evidence["probe_accuracy"]
-    assert accuracy[0] < 0.5  # chance is 1/3: raw inputs carry no linear signal
-    assert accuracy[1] > 0.8  # after one solved layer they do
-    assert report.evidence["probe_samples"] == len(x)  # all 600 samples fed the probe
+    first = report.evidence["layers"][0]
+    assert first["before"] < 0.5  # chance is 1/3: raw inputs carry no linear signal
+    assert first["after"] > 0.8  # after one solved layer they do
+    assert report.evidence["decision_samples"] == len(x)  # fewer than 2,000: all of them
     assert report.cutoff >= 1 and report.cutoff_mode == "auto"
     _check_auto_evidence(report)
     assert not model.get_layer("m_d0").trainable
@@ -549,8 +551,8 @@ def test_auto_keeps_nothing_when_class_pca_discards_the_signal():
     model = _mlp(hidden=(8, 8), n_in=d, k=2)
     snapshot = _snapshot(model)
     report = hybridize(model, (x, y), cutoff="auto", verbose=0)
-    accuracy = report.evidence["probe_accuracy"]
-    assert accuracy[0] > 0.95 and accuracy[1] < 0.7
+    first = report.evidence["layers"][0]
+    assert first["before"] > 0.95 and first["after"] < 0.7
     assert report.cutoff == 0 and report.layers == [] and report.frozen == []
     _check_auto_evidence(report)
     _assert_unchanged(model, snapshot)  # the tried layer was undone exactly
@@ -560,14 +562,17 @@ def test_auto_keeps_nothing_when_class_pca_discards_the_signal():
 def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(
     monkeypatch, subspace_classes, scripted, expected
 ):
-    # Scripted probe results: a clear gain for layer 1, then a clear loss (or gain) for layer 2.
+    # Scripted probe results (before layer 1, after it, after layer 2): a clear gain for
+    # layer 1, then a clear loss (or gain) for layer 2.
     x, y = _subspace_data(subspace_classes)
     results = iter(scripted)
-    monkeypatch.setattr(hybrid_module.ProbeConsumer, "accuracy", lambda self: next(results))
+    monkeypatch.setattr(decision_module, "loo_ridge_accuracy", lambda *a, **k: next(results))
     model = _mlp(hidden=(8, 8), bn=True)
     before = {l.name: [w.copy() for w in l.get_weights()] for l in model.layers}
     report = hybridize(model, (x, y), cutoff="auto", verbose=0)
-    assert report.cutoff == expected and report.evidence["probe_accuracy"] == scripted
+    rows = report.evidence["layers"]
+    assert report.cutoff == expected
+    assert [rows[0]["before"]] + [row["after"] for row in rows] == scripted
     _check_auto_evidence(report)
     changed = {
         name
@@ -596,10 +601,11 @@ def test_report_is_readable_and_json_serializable(subspace_classes):
     assert f"{report.cutoff} of 2 solvable layer(s)" in text and "cutoff=auto" in text
     for solved in report.layers:
         assert solved.name in text
-    assert "probe accuracy" in text and report.stopped_because in text
+    assert "auto decision on 600 samples" in text and report.stopped_because in text
+    assert f"gain {report.evidence['layers'][0]['gain']:+.3f}" in text
     as_dict = json.loads(json.dumps(report.to_dict()))
     assert as_dict["cutoff"] == report.cutoff
-    assert as_dict["evidence"]["probe_accuracy"] == report.evidence["probe_accuracy"]
+    assert as_dict["evidence"]["layers"] == report.evidence["layers"]
     assert [l["name"] for l in as_dict["layers"]] == [l.name for l in report.layers]
     assert 0.0 < as_dict["layers"][0]["explained_variance"] <= 1.0 + 1e-9
 
@@ -663,13 +669,13 @@ def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
         )
 
     # Accept every layer the probe sees, so that auto reaches the unsolvable one.
-    monkeypatch.setattr(hybrid_module, "AUTO_MIN_GAIN", -1.0)
+    monkeypatch.setattr(policy_module, "DEFAULT_RULE", policy_module.AutoRule(-1.0, 0.0))
     auto = model()
     before = [np.array(w) for w in auto.layers[1].get_weights()]
     report = hybridize(auto, (x, y), cutoff="auto", verbose=0)
     assert report.cutoff == 1
-    assert "cannot be solved from this data" in report.stopped_because
-    assert "has 12 sample(s) but must supply 12" in report.stopped_because
+    assert "the decision sample cannot solve it" in report.next_not_taken
+    assert "has 12 sample(s) but must supply 12" in report.next_not_taken
     for w, w0 in zip(auto.layers[1].get_weights(), before):
         assert np.array_equal(w, w0)
     with pytest.raises(ValueError, match="has 12 sample"):

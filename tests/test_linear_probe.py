@@ -1,11 +1,9 @@
-"""RidgeProbe (the streamed ridge classifier behind cutoff='auto') and reduce_features."""
+"""The leave-one-out ridge probe behind cutoff='auto' and reduce_features."""
 
 import numpy as np
 import pytest
-from sklearn.linear_model import RidgeClassifier
-from sklearn.preprocessing import StandardScaler
 
-from keras_classpca.hybrid.probe import RidgeProbe, reduce_features
+from keras_classpca.hybrid.probe import loo_ridge_accuracy, reduce_features
 
 pytestmark = pytest.mark.backend_independent
 
@@ -18,48 +16,36 @@ def _mixture(n, d, k, seed, shift=1.0):
     return (rng.normal(size=(n, d)) + centers[y]) * scales, y
 
 
-@pytest.mark.parametrize("alpha", [1e-3, 1.0, 30.0])
-def test_streamed_probe_predicts_like_sklearn_ridge_on_standardised_features(alpha):
-    x, y = _mixture(900, 7, 4, seed=1, shift=0.7)
-    train, test = slice(0, 600), slice(600, None)
-    probe = RidgeProbe(4, alpha=alpha)
-    for start in range(0, 600, 128):  # uneven streamed batches
-        probe.partial_fit(x[start : min(start + 128, 600)], y[start : min(start + 128, 600)])
-    scaler = StandardScaler().fit(x[train])
-    # Same objective: ||Y - Xs w||² / n + alpha ||w||²  <=>  sklearn alpha * n.
-    reference = RidgeClassifier(alpha=alpha * 600).fit(scaler.transform(x[train]), y[train])
-    predicted = reference.predict(scaler.transform(x[test]))
-    assert probe.score(x[test], predicted) == 1.0
-    # and the score is an accuracy against the true labels
-    assert probe.score(x[test], y[test]) == pytest.approx(np.mean(predicted == y[test]))
-    if alpha <= 1.0:  # chance is 0.25: the data is informative and so is the probe
-        assert probe.score(x[test], y[test]) > 0.6
+def test_loo_probe_equals_refitting_without_each_sample():
+    x, y = _mixture(90, 6, 3, seed=0, shift=0.8)
+    for features in (x, np.tile(x, 20)):  # primal (d < n) and dual (d > n) forms
+        z = features - features.mean(axis=0)
+        z /= np.sqrt((z * z).mean(axis=0))
+        targets, correct = np.eye(3)[y], 0
+        for i in range(len(y)):
+            rest = np.arange(len(y)) != i
+            a, t = z[rest], targets[rest]
+            am, tm = a.mean(axis=0), t.mean(axis=0)
+            w = np.linalg.solve((a - am).T @ (a - am) + 1e-2 * len(y) * np.eye(z.shape[1]),
+                                (a - am).T @ (t - tm))
+            correct += np.argmax(tm + (z[i] - am) @ w) == y[i]
+        assert loo_ridge_accuracy(features, y, 3) == pytest.approx(correct / len(y))
 
 
-def test_probe_has_an_intercept_for_unequal_class_frequencies():
+def test_loo_probe_has_an_intercept_for_unequal_class_frequencies():
     # No signal in x, 85 % of class 1: a ridge classifier predicts the majority class.
     rng = np.random.default_rng(4)
-    x, y = rng.normal(size=(2000, 4)), (rng.random(2000) < 0.85).astype(int)
-    probe = RidgeProbe(2).partial_fit(x[:1500], y[:1500])
-    assert probe.score(x[1500:], y[1500:]) == pytest.approx(np.mean(y[1500:] == 1))
+    x, y = rng.normal(size=(1500, 4)), (rng.random(1500) < 0.85).astype(int)
+    assert loo_ridge_accuracy(x, y, 2) == pytest.approx(np.mean(y == 1), abs=0.01)
 
 
-def test_probe_refits_after_more_data_and_handles_constant_features():
-    x, y = _mixture(400, 5, 3, seed=2, shift=2.0)
-    x[:, 2] = 3.0  # zero variance: must not produce NaN
-    probe = RidgeProbe(3).partial_fit(x[:30], y[:30])
-    small = probe.score(x[200:], y[200:])
-    probe.partial_fit(x[30:200], y[30:200])
-    full = RidgeProbe(3).partial_fit(x[:200], y[:200])
-    assert probe.score(x[200:], y[200:]) == full.score(x[200:], y[200:])
-    assert np.isfinite(small) and full.score(x[200:], y[200:]) > 0.8
-
-
-def test_probe_is_near_chance_on_labels_independent_of_features():
+def test_loo_probe_is_near_chance_without_signal_and_high_with_it():
     rng = np.random.default_rng(3)
-    x, y = rng.normal(size=(3000, 6)), rng.integers(0, 2, 3000)
-    probe = RidgeProbe(2).partial_fit(x[:2000], y[:2000])
-    assert abs(probe.score(x[2000:], y[2000:]) - 0.5) < 0.06
+    x, y = rng.normal(size=(2000, 6)), rng.integers(0, 2, 2000)
+    assert abs(loo_ridge_accuracy(x, y, 2) - 0.5) < 0.05
+    x, y = _mixture(600, 7, 4, seed=1, shift=2.0)
+    x[:, 2] = 3.0  # a constant feature must not produce NaN
+    assert loo_ridge_accuracy(x, y, 4) > 0.9
 
 
 def test_reduce_features_pools_maps_over_a_partition_of_the_grid():

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from keras_classpca.core.class_pca import ClassPCA
-from keras_classpca.diagnostics import TimescaleMonitor
 from keras_classpca.core.subspace import (
     chance_overlap,
     leading_subspace,
     principal_cosines,
     subspace_overlap,
 )
+from keras_classpca.diagnostics import TimescaleMonitor
 from keras_classpca.diagnostics.timescale_monitor import settled_epoch
 from keras_classpca.layers.geometry import iter_rows
 

@@ -91,7 +91,7 @@ class SubspaceConvergence:
     >>> for start in range(0, 20_000, 100):
     ...     y = rng.integers(0, 2, 100)
     ...     x = rng.normal(size=(100, 6)) * (1 + 4 * np.eye(6)[y])
-    ...     pca.partial_fit(x, y)
+    ...     _ = pca.partial_fit(x, y)
     ...     if monitor.check([pca], start + 100):
     ...         break
     >>> monitor.converged_at < 20_000

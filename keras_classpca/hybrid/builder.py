@@ -25,10 +25,10 @@ import numpy as np
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.convergence import SubspaceConvergence
 from keras_classpca.core.data_adapter import as_one_class, is_infinite, is_unlabeled, iter_batches
-from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
-from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
 from keras_classpca.hybrid import policy
+from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
 from keras_classpca.hybrid.decision import decide_cutoff
+from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.policy import check_cutoff
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer
@@ -37,7 +37,6 @@ from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     LayerStatistics,
-    UnsolvableDataError,
     iter_layers,
     n_stages,
 )
@@ -206,13 +205,13 @@ def infinite_data_error():
     )
 
 
-def _planned_passes(plan, target, auto):
+def _planned_passes(plan, target):
     """Passes over the data a solve of `target` layers makes (without cache hits)."""
     steps = plan.cut(target)
     count = len(plan.leading_batchnorms) if steps else 0
     for step in steps:
         count += n_stages(step.layer) + len(step.batchnorms)
-    return count + (1 if auto else 0)
+    return count
 
 
 class _ModelState:
@@ -454,17 +453,22 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     if cutoff == 0 or not plan.steps:
         report.seconds = time.perf_counter() - start
         return report
+    if auto and passes.one_shot:
+        raise TypeError(
+            "`data` is a one-shot iterator but cutoff='auto' reads it more than once: the "
+            "'auto' decision reads a sample first, then one pass per solved layer follows. "
+            "Pass arrays, a tf.data.Dataset, a keras PyDataset, or a callable returning a "
+            "fresh generator (or an integer cutoff)."
+        )
     if auto:
         cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose)
-    needed = _planned_passes(plan, cutoff, auto)
+    needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
         raise TypeError(
             f"`data` is a one-shot iterator but hybridize needs {needed} passes over it here "
             "(one per solved layer, two for a separable convolution, one per "
-            "BatchNormalization to adapt"
-            + (", one for the 'auto' decision" if auto else "")
-            + "): pass arrays, a tf.data.Dataset, a keras PyDataset, or a callable "
-            "returning a fresh generator."
+            "BatchNormalization to adapt): pass arrays, a tf.data.Dataset, a keras "
+            "PyDataset, or a callable returning a fresh generator."
         )
 
     keys = _CacheKeys(solve_cache, data_fingerprint, passes, model, plan, {

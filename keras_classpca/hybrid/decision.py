@@ -23,6 +23,7 @@ from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, stream
 from keras_classpca.layers.geometry import UnsolvableDataError
 
 DECISION_BATCH = 256
+PROBE_POOLING = False  # a projection keeps every position, as a Flatten–Dense top sees them
 
 
 class _InMemory:
@@ -47,7 +48,7 @@ class _Features:
         self.parts = []
 
     def __call__(self, h, labels, offset):
-        self.parts.append(reduce_features(h, self.max_features))
+        self.parts.append(reduce_features(h, self.max_features, pool=PROBE_POOLING))
 
     def value(self):
         return np.concatenate(self.parts)

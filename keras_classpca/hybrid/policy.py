@@ -22,8 +22,8 @@ import math
 import numpy as np
 
 DECISION_SAMPLES = 2000  # random training samples the "auto" decision solves and probes
-DECISION_PATCHES = 32  # random patches per sample for the decision's convolution solves
-PROBE_FEATURES = 512  # probe features per sample (pooled grid / random projection)
+DECISION_PATCHES = 8  # random patches per sample for the decision's convolution solves
+PROBE_FEATURES = 1024  # probe features per sample (a fixed random projection)
 
 
 def check_cutoff(cutoff):

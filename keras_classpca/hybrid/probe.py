@@ -1,9 +1,10 @@
-"""A streamed ridge-regression classifier: the cheap probe behind `cutoff="auto"`.
+"""A ridge-regression classifier scored leave-one-out: the cheap probe behind
+`cutoff="auto"`.
 
-It measures how linearly separable a layer's features are, in closed form and one
-pass (float64 normal equations), with no SGD. Large feature maps are first reduced to
-at most `max_features` values by average pooling over a coarse spatial grid (or, for
-vectors, a fixed random projection), so every cutoff is probed at a bounded cost.
+It measures how linearly separable a layer's features are, in closed form (float64),
+with no SGD. Large features are first reduced to at most `max_features` values (a
+fixed random projection, or average pooling over a coarse spatial grid), so every
+layer is probed at a bounded cost.
 """
 
 import numpy as np
@@ -13,14 +14,15 @@ def _bin_edges(size, bins):
     return np.linspace(0, size, bins + 1).round().astype(int)
 
 
-def reduce_features(features, max_features=2048, seed=0):
+def reduce_features(features, max_features=2048, seed=0, pool=True):
     """Flattened features of at most `max_features` values per sample.
 
-    `(n, h, w, c)` maps are averaged over a `g × g` grid with `g² c <= max_features`;
-    longer vectors are multiplied by a fixed Gaussian projection (seeded).
+    With `pool`, `(n, h, w, c)` maps are averaged over a `g × g` grid with
+    `g² c <= max_features`; longer vectors (and, without `pool`, any features) are
+    multiplied by a fixed Gaussian projection (seeded).
     """
     features = np.asarray(features, dtype=np.float64)
-    if features.ndim == 4:
+    if pool and features.ndim == 4:
         n, h, w, c = features.shape
         grid = int(np.sqrt(max_features / c)) if c <= max_features else 1
         grid_h, grid_w = max(1, min(h, grid)), max(1, min(w, grid))
@@ -40,67 +42,6 @@ def reduce_features(features, max_features=2048, seed=0):
         ) / np.sqrt(max_features)
         features = features @ projection
     return features
-
-
-class RidgeProbe:
-    """Ridge classifier on standardised features, fitted from streamed moments.
-
-    Example:
-
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> y = rng.integers(0, 3, 600)
-    >>> x = rng.normal(size=(600, 5)) + np.eye(5)[y] * 3
-    >>> probe = RidgeProbe(n_classes=3).partial_fit(x[:400], y[:400])
-    >>> probe.score(x[400:], y[400:]) > 0.9
-    True
-    """
-
-    def __init__(self, n_classes, alpha=1e-3):
-        self.n_classes = n_classes
-        self.alpha = alpha
-        self._n = 0
-        self._sum = None
-        self._gram = None
-        self._cross = None
-        self._weights = None
-
-    def partial_fit(self, features, labels):
-        features = np.asarray(features, dtype=np.float64)
-        targets = np.eye(self.n_classes)[np.asarray(labels)]
-        if self._gram is None:
-            d = features.shape[1]
-            self._sum, self._gram = np.zeros(d), np.zeros((d, d))
-            self._cross = np.zeros((d, self.n_classes))
-            self._target_sum = np.zeros(self.n_classes)
-        self._n += len(features)
-        self._sum += features.sum(axis=0)
-        self._gram += features.T @ features
-        self._cross += features.T @ targets
-        self._target_sum += targets.sum(axis=0)
-        self._weights = None
-        return self
-
-    def _solve(self):
-        n = self._n
-        mean = self._sum / n
-        covariance = self._gram / n - np.outer(mean, mean)
-        cross = self._cross / n - np.outer(mean, self._target_sum / n)
-        scale = np.sqrt(np.maximum(np.diag(covariance), 1e-12))
-        correlation = covariance / np.outer(scale, scale)
-        ridge = self.alpha * np.eye(len(scale))
-        weights = np.linalg.solve(correlation + ridge, cross / scale[:, None])
-        # The intercept: the class frequencies (targets were centred above).
-        self._weights = (weights / scale[:, None], mean, self._target_sum / n)
-
-    def score(self, features, labels):
-        """Accuracy of the ridge classifier on held-out `(features, labels)`."""
-        if self._weights is None:
-            self._solve()
-        weights, mean, intercept = self._weights
-        scores = (np.asarray(features, dtype=np.float64) - mean) @ weights + intercept
-        predictions = np.argmax(scores, axis=1)
-        return float(np.mean(predictions == np.asarray(labels)))
 
 
 def loo_ridge_accuracy(features, labels, n_classes, alpha=1e-2):

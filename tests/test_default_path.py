@@ -1,0 +1,127 @@
+"""The default path `hybridize(model, data)`: `samples="auto"` and the "auto" decision."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_classpca.core.convergence as convergence_module
+from keras_classpca import ClassPCA, hybridize
+from keras_classpca.core.subspace import subspace_overlap
+from keras_classpca.hybrid.decision import probe_points
+from keras_classpca.hybrid.planner import plan_model
+from keras_classpca.hybrid.policy import DECISION_SAMPLES, AutoRule
+
+L = keras.layers
+
+
+def _mlp(n_in=12, hidden=8, k=3, name="m"):
+    return keras.Sequential([keras.Input((n_in,)), L.Dense(hidden, activation="relu",
+                                                           name=f"{name}_d0"),
+                             L.Dense(k, name=f"{name}_out")])
+
+
+def test_samples_auto_stops_early_on_plenty_of_data_and_matches_all_of_it(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=6000, noise=0.2, seed=4)
+    x, y = data.x.astype("float32"), data.y  # sorted by class: the order must not matter
+    model = _mlp()
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    solved = report.layers[0]
+    assert solved.converged and solved.samples < len(x) // 4
+    assert [seen for seen, _ in solved.sample_checks][0] >= 1024
+    assert solved.sample_checks[-1][1] < convergence_module.DEFAULT_TOLERANCE
+    reference = _mlp(name="all")
+    everything = hybridize(reference, (x, y), cutoff=1, samples=None, verbose=0)
+    assert everything.layers[0].samples == len(x) and everything.layers[0].converged is None
+    # Both spans hold every class's true plane (the extra 2 filters fit noise).
+    for kernel in (model.get_layer("m_d0").kernel, reference.get_layer("all_d0").kernel):
+        for basis in data.bases:
+            assert subspace_overlap(basis, np.asarray(kernel)) > 0.99
+
+
+def test_samples_auto_reads_everything_when_it_does_not_settle(monkeypatch, subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=1000, noise=0.2, seed=4)
+    x, y = data.x.astype("float32"), data.y
+    monkeypatch.setattr(convergence_module, "DEFAULT_TOLERANCE", 1e-12)
+    monkeypatch.setattr(convergence_module.SubspaceConvergence.__init__, "__defaults__",
+                        (1e-12, 256, 2.0))
+    report = hybridize(_mlp(), (x, y), cutoff=1, verbose=0)
+    assert report.layers[0].samples == len(x) and report.layers[0].converged is False
+    assert len(report.layers[0].sample_checks) >= 2
+
+
+def test_samples_auto_batchnorm_after_a_layer_reads_as_many_samples(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=6000, noise=0.2, seed=4)
+    x, y = data.x.astype("float32"), data.y
+    model = keras.Sequential([keras.Input((12,)), L.Dense(8, name="d"),
+                              L.BatchNormalization(name="bn"), L.ReLU(), L.Dense(3, name="o")])
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    used = report.layers[0].samples
+    assert used < len(x) and report.layers[0].adapted_batchnorms == ["bn"]
+    # The moments are those of the first `used` samples of the shuffled order.
+    order = np.random.default_rng(0).permutation(len(x))[:used]
+    h = np.asarray(model.get_layer("d")(x[order]))
+    np.testing.assert_allclose(np.asarray(model.get_layer("bn").moving_mean), h.mean(axis=0),
+                               rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("samples", ["all", 0, -3, 2.5, True])
+def test_samples_must_be_auto_none_or_a_positive_int(samples, blobs):
+    with pytest.raises(ValueError, match=r'`samples` must be a positive integer or None or "auto"'):
+        hybridize(_mlp(n_in=8), blobs, cutoff=1, samples=samples, verbose=0)
+
+
+def test_probe_points_look_past_a_shortcut_that_reads_the_same_tensor():
+    inputs = keras.Input((8, 8, 1))
+    stem = L.Conv2D(4, 3, padding="same", activation="relu", name="stem")(inputs)
+    branch = L.Conv2D(8, 3, padding="same", activation="relu", name="branch_a")(stem)
+    branch = L.Conv2D(8, 3, padding="same", name="branch_b")(branch)
+    shortcut = L.Conv2D(8, 1, name="projection")(stem)
+    merged = L.ReLU()(L.Add()([branch, shortcut]))
+    outputs = L.Dense(2)(L.GlobalAveragePooling2D()(L.Conv2D(8, 3, name="after")(merged)))
+    plan = plan_model(keras.Model(inputs, outputs))
+    points = dict(zip(plan.names, probe_points(plan)))
+    steps = {step.name: step for step in plan.steps}
+    # branch_a is judged on its own output (branch_b's input), not on the projection's
+    # input, which is the tensor branch_a reads itself.
+    assert points["branch_a"][0] is steps["branch_b"].input
+    assert points["projection"][0] is not steps["projection"].input
+    assert points["stem"][0] is steps["branch_a"].input
+
+
+def test_auto_decides_on_at_most_the_decision_sample_and_restores_the_rest(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=1200, noise=0.3, seed=3)
+    x, y = data.x.astype("float32"), data.y
+    model = keras.Sequential([keras.Input((12,)), L.Dense(16, activation="relu", name="a"),
+                              L.Dense(16, activation="relu", name="b"), L.Dense(3, name="o")])
+    before = model.get_layer("b").get_weights()
+    report = hybridize(model, (x, y), verbose=0)
+    evidence = report.evidence
+    assert evidence["decision_samples"] == DECISION_SAMPLES
+    assert evidence["samples_per_class"] == pytest.approx(len(x) / 3)
+    assert report.cutoff >= 1 and evidence["layers"][0]["kept"]
+    if report.cutoff == 1:  # the decision solved b on its sample, then put it back
+        for w, w0 in zip(model.get_layer("b").get_weights(), before):
+            assert np.array_equal(w, w0)
+    # The kept layer is then solved from the data as with a fixed cutoff.
+    fixed = keras.Sequential([keras.Input((12,)), L.Dense(16, activation="relu", name="fa"),
+                              L.Dense(16, activation="relu", name="fb"), L.Dense(3)])
+    hybridize(fixed, (x, y), cutoff=1, verbose=0)
+    np.testing.assert_allclose(np.asarray(model.get_layer("a").kernel),
+                               np.asarray(fixed.get_layer("fa").kernel), rtol=1e-5, atol=1e-6)
+
+
+def test_the_rule_keeps_more_layers_on_less_data():
+    rule = AutoRule()
+    assert rule.threshold(60) < rule.threshold(600) < rule.threshold(6000)
+    gain = (rule.threshold(60) + rule.threshold(6000)) / 2
+    assert rule.keep(gain, 60) and not rule.keep(gain, 6000)
+
+
+def test_a_class_pca_option_reaches_the_decision_and_the_solve(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=300, noise=0.3, seed=3)
+    x, y = data.x.astype("float32"), data.y
+    model = _mlp(hidden=6)
+    report = hybridize(model, (x, y), verbose=0, center=False, scaling="unit", offset="zero")
+    if report.cutoff:
+        expected = ClassPCA(6, center=False, scaling="unit", offset="zero").fit(x, y).kernel_
+        assert subspace_overlap(np.asarray(model.get_layer("m_d0").kernel), expected) > 0.999
