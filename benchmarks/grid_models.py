@@ -11,6 +11,9 @@ Fashion-MNIST, each with how a user would compile and fit it.
 - "resnet": a small residual network — a stride-2 Conv–BN–ReLU stem, a basic block
   (16 filters, identity shortcut), a stride-2 basic block (32 filters, 1×1 projection
   shortcut), GlobalAveragePooling, Dense(10).
+
+Two more for `bench_residual` (issue #15): "resnet_3x2" (3 stages × 2 basic blocks) and
+"conv1d" (the image rows as sequences).
 """
 
 import keras
@@ -73,11 +76,38 @@ def _resnet(n_classes):
                        name="small_resnet")
 
 
+def _resnet_3x2(n_classes):
+    """Issue #15's residual CNN: a Conv–BN–ReLU stem, 3 stages × 2 basic blocks (16, 32,
+    64 filters; stride 2 and a projection shortcut entering stages 2 and 3), GAP."""
+    inputs = keras.Input((28, 28, 1))
+    x = _conv_bn_relu(inputs, 16)
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(2):
+            x = _basic_block(x, filters, strides=2 if stage and not block else 1)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="resnet_3x2")
+
+
+def _conv1d(n_classes):
+    """Fashion-MNIST rows as 28-step sequences of 28 values: Conv1D(64, 3)–MaxPool–
+    Conv1D(128, 3)–GlobalAveragePooling–Dense."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Reshape((28, 28))(inputs)
+    x = keras.layers.Conv1D(64, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling1D()(x)
+    x = keras.layers.Conv1D(128, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="conv1d_rows")
+
+
 def build(arch, n_classes=10):
     """A fresh model of `arch` (seed first for repeatable weights)."""
     if arch in ("cnn", "mlp"):
         return build_model(arch, (28, 28, 1), n_classes)
-    return {"kerasio": _kerasio, "bn": _bn, "resnet": _resnet}[arch](n_classes)
+    return {"kerasio": _kerasio, "bn": _bn, "resnet": _resnet, "resnet_3x2": _resnet_3x2,
+            "conv1d": _conv1d}[arch](n_classes)
 
 
 def labels_for(arch, y, n_classes=10):

@@ -57,15 +57,15 @@ TARGETS = [
     Target("tuner_cache_12", "bench_tuner",
            "Cutoff search of ≥ 12 trials with the prefix solve cache ≥ 2× faster than without"),
     # Model reach (not yet benchmarked).
-    Target("reach_residual_100", None,
+    Target("reach_residual_100", "bench_residual",
            "Residual CNN, 100 % Fashion-MNIST: some cutoff ≥ 2 within 0.3 pp of SGD at ≤ 0.7× "
            "its time"),
-    Target("reach_residual_10", None,
+    Target("reach_residual_10", "bench_residual",
            "Residual CNN, 10 % Fashion-MNIST: better than SGD"),
     Target("reach_applications", "bench_reach",
            "ResNet50V2, MobileNetV2, EfficientNetB0: each solves ≥ 8 layers with `cutoff=8` "
            "and reloads from `.keras` with predictions unchanged (max. abs. difference 0)"),
-    Target("reach_conv1d", None,
+    Target("reach_conv1d", "bench_residual",
            "Conv1D network: cutoff 1 within 0.3 pp of SGD or better"),
     # Progressive freezing (bench_progressive; the residual CNN not yet).
     Target("progressive_time", "bench_progressive",

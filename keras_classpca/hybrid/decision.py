@@ -110,7 +110,6 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
 
     rows, cutoff, decided = [], 0, False
     points = probe_points(plan)
-    threshold = rule.threshold(samples_per_class)
     try:
         steps = plan.steps if max_layers is None else plan.steps[:max_layers]
         for j, step in enumerate(steps):
@@ -124,16 +123,19 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                     seed=seed, patches_per_image=DECISION_PATCHES,
                 )
             except UnsolvableDataError as error:
-                rows.append(dict(layer=step.name, unsolvable=str(error)))
+                rows.append(dict(layer=step.name, kind=type(step.layer).__name__,
+                                 unsolvable=str(error)))
                 break
             statistics.assign()
             for bn, tensor, scope in step.batchnorms:
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
             after = probe(*points[j], j + 1)
             gain = after - before
-            keep = rule.keep(gain, samples_per_class)
-            rows.append(dict(layer=step.name, before=before, after=after, gain=gain,
-                             threshold=threshold, kept=keep and not decided,
+            kind = type(step.layer).__name__
+            threshold = rule.threshold(samples_per_class, kind)
+            keep = gain >= threshold
+            rows.append(dict(layer=step.name, kind=kind, before=before, after=after,
+                             gain=gain, threshold=threshold, kept=keep and not decided,
                              seconds=time.perf_counter() - step_start))
             if verbose:
                 print(f"auto cutoff: {step.name}: probe {before:.3f} -> {after:.3f} "

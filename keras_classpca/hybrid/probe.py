@@ -7,6 +7,8 @@ fixed random projection, or average pooling over a coarse spatial grid), so ever
 layer is probed at a bounded cost.
 """
 
+import functools
+
 import numpy as np
 
 
@@ -37,11 +39,17 @@ def reduce_features(features, max_features=2048, seed=0, pool=True):
             features = pooled
     features = features.reshape(len(features), -1)
     if features.shape[1] > max_features:
-        projection = np.random.default_rng(seed).normal(
-            size=(features.shape[1], max_features)
-        ) / np.sqrt(max_features)
-        features = features @ projection
+        # float32 products: the probe needs the geometry, not the last digits.
+        projection = _projection(features.shape[1], max_features, seed)
+        features = (features.astype(np.float32) @ projection).astype(np.float64)
     return features
+
+
+@functools.lru_cache(maxsize=8)
+def _projection(n_in, n_out, seed):
+    """The fixed Gaussian projection `(n_in, n_out)` (drawn once per shape and seed)."""
+    projection = np.random.default_rng(seed).normal(size=(n_in, n_out)) / np.sqrt(n_out)
+    return projection.astype(np.float32)
 
 
 def loo_ridge_accuracy(features, labels, n_classes, alpha=1e-2):
