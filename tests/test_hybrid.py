@@ -255,7 +255,7 @@ def test_streaming_memory_is_bounded_by_the_statistics_not_the_data():
     for n_batches in (96, 192):
         tracemalloc.start()
         try:
-            report = hybridize(model, batches(n_batches), cutoff=2, verbose=0)
+            report = hybridize(model, batches(n_batches), cutoff=2, samples=None, verbose=0)
             peaks[n_batches] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
