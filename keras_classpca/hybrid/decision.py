@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from keras_classpca.hybrid.policy import DECISION_PATCHES, PROBE_FEATURES
+from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.probe import loo_ridge_accuracy, reduce_features
 from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, stream
 from keras_classpca.layers.geometry import UnsolvableDataError
@@ -94,7 +94,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
     start = time.perf_counter()
     x, labels = sample
     data = _InMemory(x, labels)
-    max_features = int(min(PROBE_FEATURES, max(16, len(x) // 2)))
+    max_features = int(policy.PROBE_FEATURES)
     blocks = [step.layer for step in plan.steps] + [bn for bn, _, _ in plan.batchnorms_until(
         len(plan.steps))]
     saved = [(layer, layer.get_weights()) for layer in blocks]
@@ -120,7 +120,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
             try:
                 statistics, _ = solve_layer(
                     data, plan.feature_model(step.input, step.scope), step.layer, options,
-                    seed=seed, patches_per_image=DECISION_PATCHES,
+                    seed=seed, patches_per_image=policy.DECISION_PATCHES,
                 )
             except UnsolvableDataError as error:
                 rows.append(dict(layer=step.name, kind=type(step.layer).__name__,
