@@ -1,41 +1,38 @@
 """`samples="auto"`'s stopping rule (keras_classpca.core.convergence), NumPy only."""
 
-from collections import namedtuple
-
 import numpy as np
 import pytest
 
 from keras_classpca.core.class_pca import ClassPCA
-from keras_classpca.core.convergence import SubspaceConvergence, captured_variance_change
+from keras_classpca.core.convergence import (
+    SubspaceConvergence,
+    captured_variance_change,
+    leading_eigenspace,
+)
 from keras_classpca.core.subspace import subspace_overlap
 from tests.conftest import make_subspace_classes
 
 pytestmark = pytest.mark.backend_independent
 
-Solution = namedtuple("Solution", "components component_classes")
-
-
 def test_change_ignores_rotations_inside_a_degenerate_eigenspace():
-    # Class 0's matrix is isotropic in the plane (e0, e1): any basis of the plane is as
-    # good, so a rotation within it is no change, while swapping in e2 is.
+    # The matrix is isotropic in the plane (e0, e1): any basis of the plane is as good,
+    # so a rotation within it is no change, while swapping in e2 is.
     e = np.eye(3)
-    matrices = {0: np.diag([2.0, 2.0, 0.5])}
+    matrix = np.diag([2.0, 2.0, 0.5])
     theta = 0.7
     rotated = np.column_stack([np.cos(theta) * e[:, 0] + np.sin(theta) * e[:, 1],
                                -np.sin(theta) * e[:, 0] + np.cos(theta) * e[:, 1]])
-    plane = Solution(e[:, :2], [0, 0])
-    assert captured_variance_change(matrices, plane, Solution(rotated, [0, 0])) == pytest.approx(0)
-    half = Solution(e[:, [0, 2]], [0, 0])
+    assert captured_variance_change(matrix, e[:, :2], rotated) == pytest.approx(0)
     # the previous span captures 2.5 of the 4.0 the current (best) one does
-    assert captured_variance_change(matrices, half, plane) == pytest.approx(1 - 2.5 / 4.0)
+    assert captured_variance_change(matrix, e[:, [0, 2]], e[:, :2]) == pytest.approx(1 - 2.5 / 4)
 
 
-def test_change_is_the_mean_over_classes_and_skips_fisher_directions():
-    e = np.eye(4)
-    matrices = {0: np.diag([3.0, 1.0, 1.0, 1.0]), 1: np.diag([1.0, 3.0, 1.0, 1.0])}
-    previous = Solution(e[:, [0, 2, 3]], [0, 1, -1])  # class 1 had a poor direction
-    current = Solution(e[:, [0, 1, 2]], [0, 1, -1])
-    assert captured_variance_change(matrices, previous, current) == pytest.approx((0 + 2 / 3) / 2)
+def test_leading_eigenspace_spans_the_top_eigenvectors():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    matrix = q @ np.diag([9.0, 7.0, 5.0, 1.0, 0.5, 0.1]) @ q.T
+    assert subspace_overlap(leading_eigenspace(matrix, 3), q[:, :3]) == pytest.approx(1.0)
+    assert leading_eigenspace(matrix, 10).shape == (6, 6)  # capped at d
 
 
 def test_stops_once_the_class_subspaces_settle_and_they_are_the_true_ones():
@@ -69,8 +66,8 @@ def test_never_converges_on_noise_at_a_tight_tolerance():
 def test_a_class_too_small_to_solve_is_not_converged_yet():
     pca, monitor = ClassPCA(8, center=True), SubspaceConvergence(first=4)
     x = np.random.default_rng(3).normal(size=(6, 5))
-    pca.partial_fit(x, np.array([0, 0, 0, 1, 1, 1]))  # 3 per class cannot give 4 centred
-    assert not monitor.check([pca], 6)
+    pca.partial_fit(x, np.array([0, 0, 0, 1, 1, 1]))  # 3 per class: no 4-dim subspace
+    assert not monitor.check([pca], 6) and monitor.previous is None
 
 
 @pytest.mark.parametrize("kwargs, match", [

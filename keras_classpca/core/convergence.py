@@ -2,75 +2,74 @@
 
 The method's promise is that a fraction of the data fixes the class subspaces. So the
 statistics are streamed in chunks and, at sample counts growing geometrically
-(`first`, `growth × first`, ...), the layer is solved from what was seen so far and
-each class's filters are compared with those of the previous check point.
+(`first`, `growth × first`, ...), each class's leading eigenspace is computed from
+what was seen so far — as many directions as the layer gives each class,
+`ceil(n_components / n_classes)` — and compared with that of the previous check
+point.
 
 The change of a class is measured on its current matrix `C` (covariance or second
-moment): `1 − tr(P_prev C) / tr(P_curr C)`, where `P` projects onto the span of the
-class's filters — the share of the variance the best span captures that the previous
-span misses. It is zero when the spans agree, and, unlike the principal angles
-themselves, it does not count rotations inside a (nearly) degenerate eigenspace,
-which change no output the layer can give. The layer's change is the mean over
-classes (the worst group for grouped convolutions); streaming stops once it is below
-`tolerance`.
+moment): `1 − tr(P_prev C) / tr(P_curr C)`, where `P` projects onto the class's
+leading eigenspace — the share of the variance the best span captures that the
+previous span misses. It is zero when the spans agree, and, unlike the principal
+angles themselves, it does not count rotations inside a (nearly) degenerate
+eigenspace, which change nothing the layer can express. The layer's change is the
+mean over classes (the worst group for grouped convolutions); streaming stops once it
+is below `tolerance`. It measures the statistics, not the solve: which class gets
+which near-duplicate filter (deduplication) can flip between check points forever
+and is not a reason to read more data.
 """
+
+import math
 
 import numpy as np
 
-from keras_classpca.core.subspace import orthonormal_basis
-
-# Measured on Fashion-MNIST and digits (docs/benchmarks.md, `bench_default`).
+# Measured on Fashion-MNIST and digits (docs/benchmarks.md, `bench_samples`).
 DEFAULT_TOLERANCE = 0.01
 DEFAULT_FIRST = 1024
 DEFAULT_GROWTH = 2.0
 
 
-def captured_variance_change(matrices, previous, current):
-    """Mean over classes of `1 − tr(P_prev C) / tr(P_curr C)` (see the module doc).
+def captured_variance_change(matrix, previous, current):
+    """`1 − tr(P_prev C) / tr(P_curr C)` for one class (see the module doc).
 
     Args:
-        matrices: `{label: C}`, each class's current `(d, d)` matrix.
-        previous, current: `Solution`s (anything with `components` `(d, m)` and
-            `component_classes` `(m,)`); columns of other labels (Fisher directions,
-            class -1) are ignored.
+        matrix: the class's current `(d, d)` matrix `C`.
+        previous, current: orthonormal bases `(d, m)` of its leading eigenspace at
+            the previous and at the current check point.
 
     Example:
 
     >>> import numpy as np
-    >>> from collections import namedtuple
-    >>> S = namedtuple("S", "components component_classes")
-    >>> e, c = np.eye(3), {0: np.diag([4.0, 1.0, 1.0])}
-    >>> captured_variance_change(c, S(e[:, :1], [0]), S(e[:, :1], [0]))
+    >>> e, c = np.eye(3), np.diag([4.0, 1.0, 1.0])
+    >>> captured_variance_change(c, e[:, :1], e[:, :1])
     0.0
-    >>> captured_variance_change(c, S(e[:, 1:2], [0]), S(e[:, :1], [0]))
+    >>> captured_variance_change(c, e[:, 1:2], e[:, :1])
     0.75
     """
-    changes = []
-    prev_classes = np.asarray(previous.component_classes)
-    curr_classes = np.asarray(current.component_classes)
-    for label, matrix in matrices.items():
-        best = _captured(matrix, current.components[:, curr_classes == label])
-        if best <= 0:
-            continue
-        kept = _captured(matrix, previous.components[:, prev_classes == label])
-        changes.append(max(0.0, 1.0 - kept / best))
-    return float(np.mean(changes)) if changes else 0.0
-
-
-def _captured(matrix, vectors):
-    if not vectors.shape[1] or not np.any(vectors):
+    best = float(np.trace(current.T @ matrix @ current))
+    if best <= 0:
         return 0.0
-    basis = orthonormal_basis(vectors)
-    return float(np.trace(basis.T @ matrix @ basis))
+    kept = float(np.trace(previous.T @ matrix @ previous))
+    return max(0.0, 1.0 - kept / best)
+
+
+def leading_eigenspace(matrix, m):
+    """Orthonormal `(d, m)` basis of the `m` leading eigenvectors of a symmetric matrix."""
+    import scipy.linalg
+
+    d = len(matrix)
+    m = max(1, min(int(m), d))
+    _, vectors = scipy.linalg.eigh(matrix, subset_by_index=[d - m, d - 1], driver="evr")
+    return vectors
 
 
 class SubspaceConvergence:
     """Decides when a stream of class statistics may stop (`samples="auto"`).
 
     Call `check(class_pcas, seen)` after each batch with the layer's `ClassPCA`s (one
-    per group) and the samples seen; it solves only at the check points and returns
-    True once the change since the previous check point (`captured_variance_change`)
-    is below `tolerance`.
+    per group) and the samples seen; at the check points it computes each class's
+    leading eigenspace and returns True once the mean change since the previous check
+    point (`captured_variance_change`) is below `tolerance`.
 
     Args:
         tolerance: the largest change (1 − overlap, see `class_subspace_change`)
@@ -120,15 +119,16 @@ class SubspaceConvergence:
             return False
         while self.next_check <= seen:
             self.next_check = int(np.ceil(self.next_check * self.growth))
-        try:
-            current = [class_pca.solve() for class_pca in class_pcas]
-        except ValueError:  # too few samples of some class to solve yet
-            return False
+        current = [self._class_matrices(class_pca) for class_pca in class_pcas]
+        if any(spaces is None for spaces in current):
+            return False  # a class has too few samples to have a subspace yet
         if self.previous is not None:
             change = max(
-                captured_variance_change(
-                    {label: pca.class_matrix(label) for label in pca.classes_}, p, c)
-                for pca, p, c in zip(class_pcas, self.previous, current)
+                float(np.mean([
+                    captured_variance_change(matrix, before[label][1], basis)
+                    for label, (matrix, basis) in now.items() if label in before
+                ] or [1.0]))
+                for before, now in zip(self.previous, current)
             )
             self.history.append([int(seen), change])
             if change < self.tolerance:
@@ -136,3 +136,17 @@ class SubspaceConvergence:
                 return True
         self.previous = current
         return False
+
+    @staticmethod
+    def _class_matrices(class_pca):
+        """`{label: (C, leading eigenspace basis)}` of one `ClassPCA`'s statistics."""
+        labels = class_pca.classes_
+        components = class_pca.n_components or class_pca.n_features_in_
+        per_class = math.ceil(components / max(len(labels), 1))
+        spaces = {}
+        for label, count in zip(labels, class_pca.n_samples_seen_):
+            if count <= per_class:
+                return None
+            matrix = class_pca.class_matrix(label)
+            spaces[int(label)] = (matrix, leading_eigenspace(matrix, per_class))
+        return spaces
