@@ -9,6 +9,7 @@ from keras_classpca.core.class_pca import (
     NotFittedError,
     labels_to_int,
 )
+from keras_classpca.core.subspace import subspace_overlap
 
 pytestmark = pytest.mark.backend_independent
 
@@ -662,7 +663,7 @@ def test_clone_get_params_set_params():
     assert set(pca.get_params()) == {
         "n_components", "center", "allocation", "scaling", "offset", "variance_share",
         "dedup_threshold", "n_classes", "discriminant", "sign_pairs", "product_dtype",
-        "memory_limit",
+        "memory_limit", "eigen_solver",
     }
     assert pca.set_params(n_components=6, scaling="unit") is pca
     assert (pca.n_components, pca.scaling) == (6, "unit")
@@ -938,3 +939,19 @@ def test_bad_direction_options(blobs, params, match):
     x, y = blobs
     with pytest.raises(ValueError, match=match):
         ClassPCA(**{"n_components": 4, **params}).fit(x, y)
+
+
+def test_randomized_eigen_solver_matches_the_exact_one_on_decaying_spectra():
+    rng = np.random.default_rng(0)
+    d, n = 120, 6000
+    basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    y = rng.integers(0, 3, n)
+    scales = 3.0 * 0.9 ** np.arange(d)
+    x = (rng.normal(size=(n, d)) * scales * (1 + np.eye(d)[y * 7])) @ basis.T
+    exact = ClassPCA(12).fit(x, y)
+    randomized = ClassPCA(12, eigen_solver="randomized").fit(x, y)
+    assert subspace_overlap(exact.components_, randomized.components_) > 0.999
+    again = ClassPCA(12, eigen_solver="randomized").fit(x, y)
+    np.testing.assert_array_equal(randomized.kernel_, again.kernel_)  # seeded
+    with pytest.raises(ValueError, match="eigen_solver"):
+        ClassPCA(4, eigen_solver="lanczos").fit(x, y)

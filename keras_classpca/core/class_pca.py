@@ -42,6 +42,9 @@ SINGLE_THREAD_EIGH_MAX_DIM = 1024
 # decomposition is as fast (measured in benchmarks/bench_accumulate.py: at d = 800 the
 # leading 7 take 0.027 s against 0.075 s for all 800, at d = 2304 1.8 s against 4.5 s).
 SUBSET_MAX_SHARE = 1 / 3
+EIGEN_SOLVERS = ("exact", "randomized")
+RANDOMIZED_OVERSAMPLING = 10
+RANDOMIZED_ITERATIONS = 4
 
 Solution = collections.namedtuple(
     "Solution",
@@ -109,6 +112,9 @@ _PARAMETER_CONSTRAINTS = {
     "memory_limit": (
         "a positive number of bytes or None",
         lambda v: v is None or (_is_real(v) and float(v) > 0),
+    ),
+    "eigen_solver": (
+        f"one of {EIGEN_SOLVERS}", lambda v: isinstance(v, str) and v in EIGEN_SOLVERS
     ),
 }
 
@@ -183,6 +189,19 @@ def _fix_signs(vectors):
     return vectors * signs
 
 
+def _subspace_iteration(matrix, k):
+    """The `k` leading eigenpairs of a symmetric PSD matrix, ascending like `eigh`:
+    seeded block power iteration on `k + RANDOMIZED_OVERSAMPLING` directions, then
+    Rayleigh-Ritz."""
+    d = len(matrix)
+    block = min(d, k + RANDOMIZED_OVERSAMPLING)
+    basis = np.random.default_rng(0).normal(size=(d, block))
+    for _ in range(RANDOMIZED_ITERATIONS):
+        basis, _ = np.linalg.qr(matrix @ basis)
+    values, vectors = np.linalg.eigh(basis.T @ matrix @ basis)
+    return values[-k:], basis @ vectors[:, -k:]
+
+
 class _Spectrum:
     """The leading eigenpairs of one symmetric class matrix, computed as far as needed.
 
@@ -192,10 +211,11 @@ class _Spectrum:
     descending order; vectors have deterministic signs.
     """
 
-    def __init__(self, matrix, first):
+    def __init__(self, matrix, first, randomized=False):
         self.matrix = matrix
         self.d = len(matrix)
         self.trace = max(float(np.trace(matrix)), 0.0)
+        self.randomized = randomized
         self.k = 0
         self._compute(first)
 
@@ -205,6 +225,8 @@ class _Spectrum:
         if k >= SUBSET_MAX_SHARE * d:
             values, vectors = np.linalg.eigh(self.matrix)
             k = d
+        elif self.randomized:
+            values, vectors = _subspace_iteration(self.matrix, k)
         else:
             import scipy.linalg
 
@@ -348,6 +370,10 @@ class ClassPCA:
         memory_limit: bytes the class statistics may take (`K·(d² + 2d + 1)` float64);
             None = the memory the system reports available. Exceeding it raises a
             `MemoryError` with the number before any product is computed.
+        eigen_solver: `"exact"` (LAPACK) or `"randomized"`: the leading eigenvectors by
+            seeded subspace iteration (Halko et al. 2011; 4 iterations, 10 extra
+            directions), several times faster for a few vectors of a large matrix and
+            accurate to about the eigen-gap — what `cutoff="auto"`'s decision uses.
 
     Attributes (after `fit`, `partial_fit` or `from_statistics`):
         statistics_: the `ClassStatistics` solved (per-class count, sum, second moment).
@@ -390,6 +416,7 @@ class ClassPCA:
         sign_pairs=False,
         product_dtype=None,
         memory_limit=None,
+        eigen_solver="exact",
     ):
         self.n_components = n_components
         self.center = center
@@ -403,6 +430,7 @@ class ClassPCA:
         self.sign_pairs = sign_pairs
         self.product_dtype = product_dtype
         self.memory_limit = memory_limit
+        self.eigen_solver = eigen_solver
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -742,7 +770,8 @@ class ClassPCA:
         small = self.n_features_in_ <= SINGLE_THREAD_EIGH_MAX_DIM
         with _one_blas_thread() if small else contextlib.nullcontext():
             for label, k in zip(self.classes_.tolist(), first):
-                spectra.append(_Spectrum(self.class_matrix(label), k))
+                spectra.append(_Spectrum(self.class_matrix(label), k,
+                                         randomized=self.eigen_solver == "randomized"))
         return spectra
 
     def _adaptive_quota(self, spectrum):

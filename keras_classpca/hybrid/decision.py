@@ -119,7 +119,8 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
             try:
                 statistics, _ = solve_layer(
-                    data, plan.feature_model(step.input, step.scope), step.layer, options,
+                    data, plan.feature_model(step.input, step.scope), step.layer,
+                    dict(options, eigen_solver="randomized"),
                     seed=seed, patches_per_image=policy.DECISION_PATCHES,
                 )
             except UnsolvableDataError as error:
