@@ -41,10 +41,11 @@ def replay(cell, rule):
     evidence = cell["decision"]
     samples_per_class = cell["n"] / 10
     cutoff, cost = 0, evidence.get("head_s", 0.0)
-    for row in evidence["layers"]:
+    for position, row in enumerate(evidence["layers"]):
         cost += row.get("seconds", 0.0)
         kind = row.get("kind") or ("Dense" if row["layer"].startswith("dense") else "Conv2D")
-        if "unsolvable" in row or not rule.keep(row["gain"], samples_per_class, kind):
+        if "unsolvable" in row or not rule.keep(row["gain"], samples_per_class, kind,
+                                                position, row.get("explained_variance", 0)):
             break
         cutoff += 1
     run = cell.get("sgd" if cutoff == 0 else f"k{cutoff}")
@@ -101,13 +102,13 @@ def tune(cells):
     """The `AutoRule` with the best `score` on the tune half."""
     tune_cells = {key: seeds for key, seeds in cells.items() if key[0] in TUNE_ARCHITECTURES}
     candidates = []
-    for base, slope, dense in itertools.product(np.arange(-0.06, 0.0401, 0.005),
-                                                np.arange(0.0, 0.0301, 0.0025),
-                                                np.arange(0.0, 0.1501, 0.025)):
-        rule = AutoRule(round(float(base), 4), round(float(slope), 4), round(float(dense), 4))
+    for base, per_layer, slope, dense in itertools.product(
+            np.arange(-0.06, 0.0401, 0.01), np.arange(0.0, 0.0601, 0.01),
+            np.arange(0.0, 0.0301, 0.005), np.arange(0.0, 0.1501, 0.05)):
+        rule = AutoRule(*(round(float(v), 4) for v in (base, per_layer, slope, dense)))
         rows = summarize(tune_cells, rule)
         # Ties: the smallest thresholds (the rule closest to "keep what does not hurt").
-        size = abs(rule.base_gain) + abs(rule.gain_per_decade) + abs(rule.dense_gain)
+        size = sum(abs(v) for v in (base, per_layer, slope, dense))
         candidates.append((score(rows), -size, rule))
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
     return candidates[0][2]

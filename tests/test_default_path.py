@@ -110,11 +110,16 @@ def test_auto_decides_on_at_most_the_decision_sample_and_restores_the_rest(subsp
                                np.asarray(fixed.get_layer("fa").kernel), rtol=1e-5, atol=1e-6)
 
 
-def test_the_rule_keeps_more_layers_on_less_data():
+def test_the_rule_keeps_more_layers_on_less_data_and_lower_down():
     rule = AutoRule()
     assert rule.threshold(60) < rule.threshold(600) < rule.threshold(6000)
     gain = (rule.threshold(60) + rule.threshold(6000)) / 2
     assert rule.keep(gain, 60) and not rule.keep(gain, 6000)
+    assert rule.threshold(600, position=0) < rule.threshold(600, position=1)
+    assert rule.threshold(600, kind="Conv2D") < rule.threshold(600, kind="Dense")
+    # a layer that keeps (almost) all of its input's variance is kept whatever the gain
+    assert rule.keep(-0.5, 6000, kind="Dense", explained_variance=0.995)
+    assert not AutoRule(lossless_share=None).keep(-0.5, 6000, explained_variance=1.0)
 
 
 def test_a_class_pca_option_reaches_the_decision_and_the_solve(subspace_classes):

@@ -508,16 +508,23 @@ def _check_auto_evidence(report):
     assert [row["layer"] for row in rows] == report.candidates[: len(rows)]
     kept = [row for row in rows if row.get("kept")]
     assert len(kept) == report.cutoff and rows[: report.cutoff] == kept
+    lossless = policy_module.DEFAULT_RULE.lossless_share or float("inf")
     for row in kept:
         assert 0.0 <= row["before"] <= 1.0 and 0.0 <= row["after"] <= 1.0
         assert row["gain"] == pytest.approx(row["after"] - row["before"])
-        assert row["gain"] >= row["threshold"]
+        assert row["gain"] >= row["threshold"] or row["explained_variance"] >= lossless
     if report.cutoff < len(report.candidates):
         assert len(rows) == report.cutoff + 1  # the decision stops at the first rejection
         rejected = rows[-1]
-        assert "unsolvable" in rejected or rejected["gain"] < rejected["threshold"]
-    if "unsolvable" not in rows[0]:
-        assert f"{rows[0]['threshold']:+.3f}" in report.evidence["rule"]
+        assert "unsolvable" in rejected or (
+            rejected["gain"] < rejected["threshold"]
+            and rejected["explained_variance"] < lossless)
+    rule, per_class = policy_module.DEFAULT_RULE, report.evidence["samples_per_class"]
+    for position, row in enumerate(rows):
+        if "unsolvable" not in row:
+            assert row["threshold"] == pytest.approx(
+                rule.threshold(per_class, row["kind"], position))
+    assert f"{rule.threshold(per_class):+.3f}" in report.evidence["rule"]
     assert report.evidence["decision_samples"] > 0 and report.evidence["seconds"] > 0
 
 
@@ -567,6 +574,8 @@ def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(
     x, y = _subspace_data(subspace_classes)
     results = iter(scripted)
     monkeypatch.setattr(decision_module, "loo_ridge_accuracy", lambda *a, **k: next(results))
+    # 8 units on 8 inputs keep all the variance: judge by the probe alone here.
+    monkeypatch.setattr(policy_module, "DEFAULT_RULE", policy_module.AutoRule(lossless_share=None))
     model = _mlp(hidden=(8, 8), bn=True)
     before = {l.name: [w.copy() for w in l.get_weights()] for l in model.layers}
     report = hybridize(model, (x, y), cutoff="auto", verbose=0)
@@ -669,7 +678,7 @@ def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
         )
 
     # Accept every layer the probe sees, so that auto reaches the unsolvable one.
-    monkeypatch.setattr(policy_module, "DEFAULT_RULE", policy_module.AutoRule(-1.0, 0.0))
+    monkeypatch.setattr(policy_module, "DEFAULT_RULE", policy_module.AutoRule(-1.0, 0.0, 0.0))
     auto = model()
     before = [np.array(w) for w in auto.layers[1].get_weights()]
     report = hybridize(auto, (x, y), cutoff="auto", verbose=0)

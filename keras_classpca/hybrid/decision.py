@@ -128,15 +128,17 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                                  unsolvable=str(error)))
                 break
             statistics.assign()
+            explained = statistics.explained_variance()
             for bn, tensor, scope in step.batchnorms:
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
             after = probe(*points[j], j + 1)
             gain = after - before
             kind = type(step.layer).__name__
-            threshold = rule.threshold(samples_per_class, kind)
-            keep = gain >= threshold
+            threshold = rule.threshold(samples_per_class, kind, position=j)
+            keep = rule.keep(gain, samples_per_class, kind, j, explained)
             rows.append(dict(layer=step.name, kind=kind, before=before, after=after,
                              gain=gain, threshold=threshold, kept=keep and not decided,
+                             explained_variance=explained,
                              seconds=time.perf_counter() - step_start))
             if verbose:
                 print(f"auto cutoff: {step.name}: probe {before:.3f} -> {after:.3f} "

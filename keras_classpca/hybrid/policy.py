@@ -39,44 +39,66 @@ def check_cutoff(cutoff):
 
 @dataclasses.dataclass(frozen=True)
 class AutoRule:
-    """`cutoff="auto"`'s rule: keep a layer if its probe gain reaches a threshold that
-    grows with the training samples per class, and is higher for Dense layers.
+    """`cutoff="auto"`'s rule: keep a layer if solving it loses nothing, or if its probe
+    gain reaches a threshold.
 
-    `threshold(n, kind) = base_gain + gain_per_decade * log10(n) (+ dense_gain for a
-    Dense layer)`, for `n` training samples per class. A Dense layer gets the extra
-    margin because the trainable alternative is strongest there: an unsolved Dense
-    layer learns from every input at once, while a convolution sees a small patch,
-    which class-PCA of the patches already describes well (measured: a solved first
-    Dense layer raises the probe by 7–10 points and still trains worse than SGD).
+    **Lossless**: a layer whose solved filters capture at least `lossless_share` of
+    its input's variance (e.g. 32 filters on 5×5 = 25-value patches) keeps everything
+    a trained version could use; it is kept whatever the probe says (the probe of a
+    first layer compares with raw pixels, which a trained first layer would not keep
+    either).
+
+    **Threshold**, for the layer at position `j` of the plan (0 = the first solvable layer), of kind
+    `kind`, with `n` training samples per class:
+
+        threshold = base_gain + gain_per_layer * j + gain_per_decade * log10(n)
+                    (+ dense_gain for a Dense layer)
+
+    - `gain_per_layer`: a deeper layer needs more. The time scales the method rests on
+      run bottom-up: the first layer is the one SGD brings to class-PCA first, and the
+      one a solve loses least by; above it the trained alternative gains more.
+    - `gain_per_decade`: more data, more to gain from training instead (the probe of
+      an unsolved layer's input is pessimistic about what training it would give).
+    - `dense_gain`: an unsolved Dense layer learns from every input at once, while a
+      convolution sees a small patch that class-PCA of the patches describes well
+      (measured: a solved first Dense layer raises the probe by 7–10 points and still
+      trains worse than SGD).
 
     Example:
 
-    >>> rule = AutoRule(base_gain=0.0, gain_per_decade=0.01, dense_gain=0.05)
+    >>> rule = AutoRule(base_gain=0.0, gain_per_layer=0.0, gain_per_decade=0.01)
     >>> rule.keep(gain=0.015, samples_per_class=10), rule.keep(0.015, 1000)
     (True, False)
-    >>> rule.keep(0.015, 10, kind="Dense")
+    >>> AutoRule(0.0, 0.0, 0.01, dense_gain=0.05).keep(0.015, 10, kind="Dense")
     False
     """
 
-    base_gain: float = -0.018
-    gain_per_decade: float = 0.009
-    dense_gain: float = 0.0
+    # Tuned on the benchmark CNN and MLP cells of `bench_default` (docs/benchmarks.md).
+    base_gain: float = 0.0
+    gain_per_layer: float = 0.02
+    gain_per_decade: float = 0.01
+    dense_gain: float = 0.15
+    lossless_share: float = 0.99
 
-    def threshold(self, samples_per_class, kind=None):
-        extra = self.dense_gain if kind == "Dense" else 0.0
-        return (self.base_gain + extra
+    def threshold(self, samples_per_class, kind=None, position=0):
+        return (self.base_gain + self.gain_per_layer * position
+                + (self.dense_gain if kind == "Dense" else 0.0)
                 + self.gain_per_decade * math.log10(max(samples_per_class, 1.0)))
 
-    def keep(self, gain, samples_per_class, kind=None):
-        return gain >= self.threshold(samples_per_class, kind)
+    def keep(self, gain, samples_per_class, kind=None, position=0, explained_variance=0.0):
+        if self.lossless_share is not None and explained_variance >= self.lossless_share:
+            return True
+        return gain >= self.threshold(samples_per_class, kind, position)
 
     def describe(self, samples_per_class):
         return (
             "solve a layer if a leave-one-out ridge probe on the features after it beats "
             f"the features before it by at least {self.threshold(samples_per_class):+.3f} "
             f"(= {self.base_gain:+.3f} {self.gain_per_decade:+.4f} × log10 of "
-            f"{samples_per_class:,.0f} training samples per class; "
-            f"{self.dense_gain:+.3f} more for a Dense layer)"
+            f"{samples_per_class:,.0f} training samples per class), "
+            f"{self.gain_per_layer:+.3f} more per layer above the first and "
+            f"{self.dense_gain:+.3f} more for a Dense layer; or if its filters capture "
+            f"≥ {self.lossless_share:.0%} of its input's variance (lossless)"
         )
 
 

@@ -106,7 +106,9 @@ class HybridReport:
                     continue
                 lines.append(
                     f"    {row['layer']:<24} probe {row['before']:.3f} -> {row['after']:.3f} "
-                    f"(gain {row['gain']:+.3f}) {'kept' if row['kept'] else 'not kept'}"
+                    f"(gain {row['gain']:+.3f}, needs {row['threshold']:+.3f}; filters keep "
+                    f"{row['explained_variance']:.1%} of the input variance) "
+                    f"{'kept' if row['kept'] else 'not kept'}"
                 )
             lines.append(f"  rule: {self.evidence['rule']}")
         if self.frozen:
