@@ -97,8 +97,10 @@ class AutoRule:
             f"(= {self.base_gain:+.3f} {self.gain_per_decade:+.4f} × log10 of "
             f"{samples_per_class:,.0f} training samples per class), "
             f"{self.gain_per_layer:+.3f} more per layer above the first and "
-            f"{self.dense_gain:+.3f} more for a Dense layer; or if its filters capture "
-            f"≥ {self.lossless_share:.0%} of its input's variance (lossless)"
+            f"{self.dense_gain:+.3f} more for a Dense layer"
+            + ("" if self.lossless_share is None else
+               f"; or if its filters capture ≥ {self.lossless_share:.0%} of its input's "
+               "variance (lossless)")
         )
 
 
