@@ -574,8 +574,9 @@ def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(
     x, y = _subspace_data(subspace_classes)
     results = iter(scripted)
     monkeypatch.setattr(decision_module, "loo_ridge_accuracy", lambda *a, **k: next(results))
-    # 8 units on 8 inputs keep all the variance: judge by the probe alone here.
-    monkeypatch.setattr(policy_module, "DEFAULT_RULE", policy_module.AutoRule(lossless_share=None))
+    # Judge by the probe alone (8 units on 8 inputs would be lossless), threshold 0.
+    monkeypatch.setattr(policy_module, "DEFAULT_RULE",
+                        policy_module.AutoRule(0.0, 0.0, 0.0, 0.0, lossless_share=None))
     model = _mlp(hidden=(8, 8), bn=True)
     before = {l.name: [w.copy() for w in l.get_weights()] for l in model.layers}
     report = hybridize(model, (x, y), cutoff="auto", verbose=0)
