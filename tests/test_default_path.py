@@ -130,3 +130,14 @@ def test_a_class_pca_option_reaches_the_decision_and_the_solve(subspace_classes)
     if report.cutoff:
         expected = ClassPCA(6, center=False, scaling="unit", offset="zero").fit(x, y).kernel_
         assert subspace_overlap(np.asarray(model.get_layer("m_d0").kernel), expected) > 0.999
+
+
+def test_a_lossless_layer_is_kept_without_a_probe(subspace_classes, capsys):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=300, noise=0.3, seed=3)
+    x, y = data.x.astype("float32"), data.y
+    model = _mlp(hidden=16)  # 16 units on 12 inputs: the filters keep all the variance
+    report = hybridize(model, (x, y), verbose=0)
+    first = report.evidence["layers"][0]
+    assert first["kept"] and first["gain"] is None and first["explained_variance"] > 0.99
+    assert "not probed" in str(report) and report.cutoff == 1
+

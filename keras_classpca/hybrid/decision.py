@@ -114,7 +114,6 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         steps = plan.steps if max_layers is None else plan.steps[:max_layers]
         for j, step in enumerate(steps):
             step_start = time.perf_counter()
-            before = probe(step.input, step.scope, j)
             for bn, tensor, scope in (plan.leading_batchnorms if j == 0 else []):
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
             try:
@@ -131,18 +130,27 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
             explained = statistics.explained_variance()
             for bn, tensor, scope in step.batchnorms:
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
-            after = probe(*points[j], j + 1)
-            gain = after - before
             kind = type(step.layer).__name__
             threshold = rule.threshold(samples_per_class, kind, position=j)
-            keep = rule.keep(gain, samples_per_class, kind, j, explained)
+            if rule.keep(-np.inf, samples_per_class, kind, j, explained) and not explore:
+                before = after = gain = None  # lossless: kept without probing it
+            else:
+                # The layer's input is upstream of it: its new weights do not change it.
+                before = probe(step.input, step.scope, j)
+                after = probe(*points[j], j + 1)
+                gain = after - before
+            keep = rule.keep(-np.inf if gain is None else gain, samples_per_class, kind, j,
+                             explained)
             rows.append(dict(layer=step.name, kind=kind, before=before, after=after,
                              gain=gain, threshold=threshold, kept=keep and not decided,
                              explained_variance=explained,
                              seconds=time.perf_counter() - step_start))
             if verbose:
-                print(f"auto cutoff: {step.name}: probe {before:.3f} -> {after:.3f} "
-                      f"(gain {gain:+.3f}, needs {threshold:+.3f})")
+                print(f"auto cutoff: {step.name}: "
+                      + ("lossless" if gain is None else
+                         f"probe {before:.3f} -> {after:.3f} (gain {gain:+.3f}, needs "
+                         f"{threshold:+.3f})")
+                      + f", filters keep {explained:.1%} of the variance")
             if keep and not decided:
                 cutoff += 1
             else:

@@ -104,10 +104,12 @@ class HybridReport:
                 if "unsolvable" in row:
                     lines.append(f"    {row['layer']:<24} cannot be solved: {row['unsolvable']}")
                     continue
+                probe = ("not probed" if row["gain"] is None else
+                         f"probe {row['before']:.3f} -> {row['after']:.3f} "
+                         f"(gain {row['gain']:+.3f}, needs {row['threshold']:+.3f})")
                 lines.append(
-                    f"    {row['layer']:<24} probe {row['before']:.3f} -> {row['after']:.3f} "
-                    f"(gain {row['gain']:+.3f}, needs {row['threshold']:+.3f}; filters keep "
-                    f"{row['explained_variance']:.1%} of the input variance) "
+                    f"    {row['layer']:<24} {probe}; filters keep "
+                    f"{row['explained_variance']:.1%} of its input variance: "
                     f"{'kept' if row['kept'] else 'not kept'}"
                 )
             lines.append(f"  rule: {self.evidence['rule']}")
