@@ -75,6 +75,13 @@ def run_decision(arch, x, y, seed):
         plan_model(model), sample, {}, n_classes=10, samples_per_class=len(x) / 10,
         rule=policy.DEFAULT_RULE, seed=seed, explore=True)
     evidence["head_s"] = head_s
+    # The library's own decision (stops at the first rejection, skips the probes of
+    # lossless layers): its cost is what the default path pays with DEFAULT_RULE.
+    cutoff, library = decide_cutoff(
+        plan_model(model), sample, {}, n_classes=10, samples_per_class=len(x) / 10,
+        rule=policy.DEFAULT_RULE, seed=seed)
+    evidence["library"] = dict(rule=repr(policy.DEFAULT_RULE), cutoff=cutoff,
+                               seconds=library["seconds"] + head_s)
     return dict(contender="decision", evidence=evidence,
                 n_solvable=len(plan_model(model).steps))
 

@@ -2,8 +2,10 @@
 half, and write the section with both halves apart.
 
 The default path of a cell = the recorded decision up to the first layer the rule
-rejects (its cost: the decision sample, plus each layer's solve and probe up to that
-one) + the training run of the fixed cutoff it picks (SGD for 0). Accuracy and time
+rejects + the training run of the fixed cutoff it picks (SGD for 0). Its cost: for the
+library's rule, the library's own decision, timed (`evidence["library"]`); for other
+rules (tuning), the decision sample plus each layer's solve and probes up to the
+rejected one, from the exploring decision. Accuracy and time
 are medians over seeds per (architecture, fraction) cell.
 """
 
@@ -48,6 +50,9 @@ def replay(cell, rule):
                                                 position, row.get("explained_variance", 0)):
             break
         cutoff += 1
+    library = evidence.get("library")
+    if library and library["rule"] == repr(rule) and library["cutoff"] == cutoff:
+        cost = library["seconds"]  # measured: the library's decision with this rule
     run = cell.get("sgd" if cutoff == 0 else f"k{cutoff}")
     if run is None:
         return None
