@@ -115,7 +115,8 @@ def test_the_rule_keeps_more_layers_on_less_data_and_lower_down():
     assert rule.threshold(60) < rule.threshold(600) < rule.threshold(6000)
     gain = (rule.threshold(60) + rule.threshold(6000)) / 2
     assert rule.keep(gain, 60) and not rule.keep(gain, 6000)
-    assert rule.threshold(600, position=0) < rule.threshold(600, position=1)
+    deeper = AutoRule(gain_per_layer=0.01)
+    assert deeper.threshold(600, position=0) < deeper.threshold(600, position=1)
     assert rule.threshold(600, kind="Conv2D") < rule.threshold(600, kind="Dense")
     # a layer that keeps (almost) all of its input's variance is kept whatever the gain
     assert rule.keep(-0.5, 6000, kind="Dense", explained_variance=0.995)
