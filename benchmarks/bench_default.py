@@ -63,6 +63,23 @@ def run_hybrid(arch, x, y, test, epochs, seed, cutoff):
                 evidence=report.evidence or None)
 
 
+def epochs_for(n, min_epochs=3, min_steps=300):
+    """At least `min_epochs` epochs and `min_steps` optimizer steps of batch 128: with 3
+    epochs of 600 images (15 steps) a network with BatchNormalization has not even
+    settled its moving statistics."""
+    return max(min_epochs, -(-min_steps // -(-n // grid_models.BATCH)))
+
+
+def run_contenders(results, contenders, arch, x, y, test, epochs, seed, cell):
+    """Train each contender ("sgd", a cutoff k, or "auto") on the cell and save it."""
+    for contender in contenders:
+        if contender == "sgd":
+            record = run_sgd(arch, x, y, test, epochs, seed)
+        else:
+            record = run_hybrid(arch, x, y, test, epochs, seed, contender)
+        save_run(results, record, **cell)
+
+
 def run_decision(arch, x, y, seed):
     """The "auto" decision on every solvable layer (explore), with its per-layer cost."""
     keras.utils.set_random_seed(seed)
@@ -93,9 +110,7 @@ def run(args, checkpoint):
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     for seed, fraction in itertools.product(seeds, fractions):
         x, y = subset(x_all, y_all, fraction, seed)
-        # At least `min_steps` optimizer steps: with 3 epochs of 600 images (15 steps) a
-        # network with BatchNormalization has not even settled its moving statistics.
-        epochs = max(args.epochs, -(-args.min_steps // -(-len(x) // grid_models.BATCH)))
+        epochs = epochs_for(len(x), args.epochs, args.min_steps)
         for arch in rotated(architectures, seed):
             cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=epochs)
             decision = run_decision(arch, x, y, seed)
@@ -105,12 +120,8 @@ def run(args, checkpoint):
             n_fixed = min(decision["n_solvable"], MAX_FIXED_CUTOFF)
             contenders = ["sgd"] + list(range(1, n_fixed + 1)) + (
                 ["auto"] if args.verify else [])
-            for contender in rotated(contenders, seed + len(arch)):
-                if contender == "sgd":
-                    record = run_sgd(arch, x, y, test, epochs, seed)
-                else:
-                    record = run_hybrid(arch, x, y, test, epochs, seed, contender)
-                save_run(args.results, record, **cell)
+            run_contenders(args.results, rotated(contenders, seed + len(arch)), arch, x, y,
+                           test, epochs, seed, cell)
         checkpoint()
 
 

@@ -23,8 +23,8 @@ from benchmarks._report import (
     met,
     write_section,
 )
-from benchmarks.bench_default import run_hybrid, run_sgd
-from benchmarks.common import rotated, run_benchmark, save_run, subset
+from benchmarks.bench_default import epochs_for, run_contenders
+from benchmarks.common import rotated, run_benchmark, subset
 from keras_classpca.datasets import load_dataset
 
 SECTION = "bench_residual"
@@ -36,14 +36,10 @@ def run(args, checkpoint):
     for seed in range(args.seeds):
         for arch, fraction, max_cutoff in CELLS:
             x, y = subset(x_all, y_all, fraction, seed)
-            epochs = max(3, -(-300 // -(-len(x) // 128)))
+            epochs = epochs_for(len(x))
             cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=epochs)
-            for contender in rotated(["sgd", "auto"] + list(range(1, max_cutoff + 1)), seed):
-                if contender == "sgd":
-                    record = run_sgd(arch, x, y, test, epochs, seed)
-                else:
-                    record = run_hybrid(arch, x, y, test, epochs, seed, contender)
-                save_run(args.results, record, **cell)
+            contenders = rotated(["sgd", "auto"] + list(range(1, max_cutoff + 1)), seed)
+            run_contenders(args.results, contenders, arch, x, y, test, epochs, seed, cell)
         checkpoint()
 
 
