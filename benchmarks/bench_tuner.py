@@ -41,6 +41,8 @@ def main():
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max-cutoff", type=int, default=2)
+    parser.add_argument("--learning-rates", default=",".join(f"{lr:g}" for lr in LEARNING_RATES),
+                        help="comma-separated learning rates searched (trials = cutoffs × these)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
@@ -54,11 +56,12 @@ def main():
                                            replace=False)
     x, y = x_train[keep], y_train[keep]
     x_val, y_val = x_test[:2000], y_test[:2000]
-    n_trials = (args.max_cutoff + 1) * len(LEARNING_RATES)
+    learning_rates = [float(v) for v in args.learning_rates.split(",")]
+    n_trials = (args.max_cutoff + 1) * len(learning_rates)
 
     def build_hypermodel(hp):
         model = build_model("cnn", x.shape[1:], 10)
-        model.compile(keras.optimizers.Adam(hp.Choice("learning_rate", LEARNING_RATES)),
+        model.compile(keras.optimizers.Adam(hp.Choice("learning_rate", learning_rates)),
                       "sparse_categorical_crossentropy", metrics=["accuracy"])
         return model
 
@@ -127,7 +130,7 @@ def main():
         "(shared machine).",
         "",
         f"Command: `{command_line(SECTION)}`. GridSearch over cutoff 0–{args.max_cutoff} × "
-        f"learning rate {', '.join(f'{lr:g}' for lr in LEARNING_RATES)} ({n_trials} trials) of "
+        f"learning rate {', '.join(f'{lr:g}' for lr in learning_rates)} ({n_trials} trials) of "
         f"the benchmark CNN on {len(x):,} Fashion-MNIST training images ({args.fraction:.0%}, "
         f"all used for solving, 16 patches per image), {args.epochs} epoch(s) per trial, "
         "2,000 validation images; the two searches interleaved trial by trial.",
@@ -139,13 +142,13 @@ def main():
         f"With the cache the search was {ratio:.2f}× faster (solving alone {solve_ratio:.1f}× "
         "faster). The cache removes repeated solves; training the top is unchanged, so the "
         "whole search gains only as much as solving weighs in a trial. Each solved prefix "
-        f"is shared by {len(LEARNING_RATES)} trials here, so solving can gain about "
-        f"{len(LEARNING_RATES)}× (more with noise: solve times vary a lot on a shared "
+        f"is shared by {len(learning_rates)} trials here, so solving can gain about "
+        f"{len(learning_rates)}× (more with noise: solve times vary a lot on a shared "
         "machine); searches with more trials per prefix (more learning rates, top sizes, ...) "
         "gain more.",
         "",
         "Per cutoff — solve time and val accuracy of each trial (learning rate "
-        + " / ".join(f"{lr:g}" for lr in LEARNING_RATES) + "):",
+        + " / ".join(f"{lr:g}" for lr in learning_rates) + "):",
         "",
         markdown_table(["cutoff"] + [f"{arm}" for arm in arms], per_cutoff),
     ])
