@@ -42,8 +42,7 @@ def test_samples_auto_reads_everything_when_it_does_not_settle(monkeypatch, subs
     data = subspace_classes([2, 2, 2], n_features=12, n_per_class=1000, noise=0.2, seed=4)
     x, y = data.x.astype("float32"), data.y
     monkeypatch.setattr(convergence_module, "DEFAULT_TOLERANCE", 1e-12)
-    monkeypatch.setattr(convergence_module.SubspaceConvergence.__init__, "__defaults__",
-                        (1e-12, 256, 2.0))
+    monkeypatch.setattr(convergence_module, "DEFAULT_FIRST", 256)
     report = hybridize(_mlp(), (x, y), cutoff=1, verbose=0)
     assert report.layers[0].samples == len(x) and report.layers[0].converged is False
     assert len(report.layers[0].sample_checks) >= 2

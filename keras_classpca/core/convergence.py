@@ -72,10 +72,10 @@ class SubspaceConvergence:
     point (`captured_variance_change`) is below `tolerance`.
 
     Args:
-        tolerance: the largest change (1 − overlap, see `class_subspace_change`)
-            between two check points that counts as converged.
-        first: samples at the first check point.
-        growth: each check point is this many times the previous one.
+        tolerance: the largest change (see `captured_variance_change`) between two
+            check points that counts as converged (default `DEFAULT_TOLERANCE`, 0.01).
+        first: samples at the first check point (`DEFAULT_FIRST`, 1,024).
+        growth: each check point is this many times the previous one (2).
 
     Attributes:
         history: `[samples, change]` at every check point after the first.
@@ -97,7 +97,11 @@ class SubspaceConvergence:
     True
     """
 
-    def __init__(self, tolerance=DEFAULT_TOLERANCE, first=DEFAULT_FIRST, growth=DEFAULT_GROWTH):
+    def __init__(self, tolerance=None, first=None, growth=None):
+        # None: the module's defaults, read at construction (a benchmark may change them).
+        tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+        first = DEFAULT_FIRST if first is None else first
+        growth = DEFAULT_GROWTH if growth is None else growth
         if not 0 < tolerance < 1:
             raise ValueError(f"`tolerance` must be in (0, 1); received {tolerance!r}.")
         if first < 1 or growth <= 1:
