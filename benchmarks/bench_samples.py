@@ -131,7 +131,7 @@ def write_report(records, command, paragraph, print_only=False):
             table.append([cutoff, ", ".join(f"{r['acc']:.4f}" for r in auto),
                           ", ".join(f"{r['acc']:.4f}" for r in full),
                           f"{(acc_auto - acc_full) * 100:+.2f}",
-                          "; ".join(",".join(f"{s:,}" for s in r["samples"]) for r in auto),
+                          "; ".join(" / ".join(f"{s:,}" for s in r["samples"]) for r in auto),
                           f"{statistics.median(r['solve_s'] for r in auto):.1f}",
                           f"{statistics.median(r['solve_s'] for r in full):.1f}"])
             if cutoff == 1:
