@@ -42,12 +42,22 @@ def replay(cell, rule):
     cell, or None if the rule picks a cutoff that was not run."""
     evidence = cell["decision"]
     samples_per_class = cell["n"] / 10
-    cutoff, cost = 0, evidence.get("head_s", 0.0)
+    cutoff, cost, owed = 0, evidence.get("head_s", 0.0), 0.0
     for position, row in enumerate(evidence["layers"]):
-        cost += row.get("seconds", 0.0)
         kind = row.get("kind") or ("Dense" if row["layer"].startswith("dense") else "Conv2D")
+        explained = row.get("explained_variance", 0)
+        probes = row.get("probe_seconds", {"before": 0.0, "after": 0.0})
+        if rule.keep(-np.inf, samples_per_class, kind, position, explained):
+            # Lossless: the library skips this layer's probes; the next layer then
+            # computes the "before" probe this row's "after" probe cached for it.
+            cost += row.get("seconds", 0.0) - probes["before"] - probes["after"]
+            owed = probes["after"]
+            cutoff += 1
+            continue
+        cost += row.get("seconds", 0.0) + owed
+        owed = 0.0
         if "unsolvable" in row or not rule.keep(row["gain"], samples_per_class, kind,
-                                                position, row.get("explained_variance", 0)):
+                                                position, explained):
             break
         cutoff += 1
     library = evidence.get("library")

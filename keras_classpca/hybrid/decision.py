@@ -132,19 +132,24 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
             kind = type(step.layer).__name__
             threshold = rule.threshold(samples_per_class, kind, position=j)
+            probe_times = {"before": 0.0, "after": 0.0}
             if rule.keep(-np.inf, samples_per_class, kind, j, explained) and not explore:
                 before = after = gain = None  # lossless: kept without probing it
             else:
                 # The layer's input is upstream of it: its new weights do not change it.
+                probe_start = time.perf_counter()
                 before = probe(step.input, step.scope, j)
+                probe_times["before"] = time.perf_counter() - probe_start
                 after = probe(*points[j], j + 1)
+                probe_times["after"] = time.perf_counter() - probe_start - probe_times["before"]
                 gain = after - before
             keep = rule.keep(-np.inf if gain is None else gain, samples_per_class, kind, j,
                              explained)
             rows.append(dict(layer=step.name, kind=kind, before=before, after=after,
                              gain=gain, threshold=threshold, kept=keep and not decided,
                              explained_variance=explained,
-                             seconds=time.perf_counter() - step_start))
+                             seconds=time.perf_counter() - step_start,
+                             probe_seconds=probe_times))
             if verbose:
                 print(f"auto cutoff: {step.name}: "
                       + ("lossless" if gain is None else
