@@ -34,7 +34,7 @@ CELLS = (("resnet_3x2", 0.1, 6), ("resnet_3x2", 1.0, 6), ("conv1d", 1.0, 2))
 def run(args, checkpoint):
     (x_all, y_all), test = load_dataset("fashion_mnist")
     cells = [c for c in CELLS if f"{c[0]}@{c[1]:g}" in args.cells.split(",")]
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for arch, fraction, max_cutoff in cells:
             x, y = subset(x_all, y_all, fraction, seed)
             epochs = epochs_for(len(x))
@@ -100,6 +100,7 @@ def write_report(records, command, paragraph, print_only=False):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--cells", default=",".join(f"{a}@{f:g}" for a, f, _ in CELLS),
                         help="architecture@fraction cells to run (default: all)")
     add_report_options(parser, default_results(SECTION))
