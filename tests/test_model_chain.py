@@ -193,3 +193,16 @@ def test_ensure_built_builds_unbuilt_sequential_and_rejects_unbuilt_subclass():
             r".*build it functionally.*ClassPCAInitializer.*adapt",
         ):
             ensure_built(model, (3,))
+
+
+def test_node_key_is_the_key_of_the_layers_call_in_its_graph():
+    # The one private Keras detail read_chain relies on (keras_classpca.hybrid.graph).
+    from keras_classpca.hybrid.graph import _node_key
+
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(3, name="shared")
+    first = keras.Model(inputs, shared(inputs))
+    second_inputs = keras.Input((4,))
+    second = keras.Model(second_inputs, shared(second_inputs))
+    assert _node_key(shared, 0) in first._nodes and _node_key(shared, 1) not in first._nodes
+    assert _node_key(shared, 1) in second._nodes and _node_key(shared, 0) not in second._nodes

@@ -12,7 +12,6 @@ import dataclasses
 
 import keras
 import numpy as np
-from keras.src.ops.function import make_node_key
 
 from keras_classpca.core.data_adapter import as_standard_float
 from keras_classpca.layers.geometry import unsolvable_reason
@@ -110,12 +109,22 @@ def _graph(model):
     return getattr(model, "_functional", None) or model
 
 
+def _node_key(layer, index):
+    """Keras' key of a layer's `index`-th call in a functional graph's `_nodes`: the
+    one private Keras detail here, with its current formula when Keras moves it."""
+    try:
+        from keras.src.ops.function import make_node_key
+    except ImportError:  # pragma: no cover - a Keras without it
+        return f"{id(layer)}_ib-{index}"
+    return make_node_key(layer, index)
+
+
 def _node_in(graph, layer):
     """The node of `layer` that belongs to `graph` (a layer may be shared by models)."""
     nodes = [
         node
         for index, node in enumerate(layer._inbound_nodes)
-        if make_node_key(layer, index) in graph._nodes
+        if _node_key(layer, index) in graph._nodes
     ]
     return nodes[0] if len(nodes) == 1 else None
 
