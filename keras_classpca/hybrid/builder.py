@@ -131,7 +131,10 @@ class _DataPasses:
         the first `n` of a dataset (one pass, cut short)."""
         if isinstance(self.data, tuple):
             x, y = self.data
-            rows = np.sort(np.random.default_rng(self.seed).permutation(len(x))[:n])
+            order = self.order  # samples="auto" drew it already, with the same seed
+            if order is None:
+                order = np.random.default_rng(self.seed).permutation(len(x))
+            rows = np.sort(order[:n])
             return x[rows], labels_to_int(y[rows], self.n_classes)
         xs, ys, count = [], [], 0
         for x, labels in self:

@@ -114,6 +114,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         steps = plan.steps if max_layers is None else plan.steps[:max_layers]
         for j, step in enumerate(steps):
             step_start = time.perf_counter()
+            kind = type(step.layer).__name__
             for bn, tensor, scope in (plan.leading_batchnorms if j == 0 else []):
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
             try:
@@ -123,18 +124,16 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                     seed=seed, patches_per_image=policy.DECISION_PATCHES,
                 )
             except UnsolvableDataError as error:
-                rows.append(dict(layer=step.name, kind=type(step.layer).__name__,
-                                 unsolvable=str(error)))
+                rows.append(dict(layer=step.name, kind=kind, unsolvable=str(error)))
                 break
             statistics.assign()
             explained = statistics.explained_variance()
             for bn, tensor, scope in step.batchnorms:
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
-            kind = type(step.layer).__name__
             threshold = rule.threshold(samples_per_class, kind, position=j)
             probe_times = {"before": 0.0, "after": 0.0}
-            if rule.keep(-np.inf, samples_per_class, kind, j, explained) and not explore:
-                before = after = gain = None  # lossless: kept without probing it
+            if rule.lossless(explained) and not explore:
+                before = after = gain = None  # kept without probing it
             else:
                 # The layer's input is upstream of it: its new weights do not change it.
                 probe_start = time.perf_counter()
@@ -143,8 +142,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                 after = probe(*points[j], j + 1)
                 probe_times["after"] = time.perf_counter() - probe_start - probe_times["before"]
                 gain = after - before
-            keep = rule.keep(-np.inf if gain is None else gain, samples_per_class, kind, j,
-                             explained)
+            keep = rule.lossless(explained) or gain >= threshold
             rows.append(dict(layer=step.name, kind=kind, before=before, after=after,
                              gain=gain, threshold=threshold, kept=keep and not decided,
                              explained_variance=explained,

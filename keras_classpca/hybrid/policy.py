@@ -85,10 +85,14 @@ class AutoRule:
                 + (self.dense_gain if kind == "Dense" else 0.0)
                 + self.gain_per_decade * math.log10(max(samples_per_class, 1.0)))
 
+    def lossless(self, explained_variance):
+        """Whether a layer whose filters capture this share of its input's variance is
+        kept without a probe."""
+        return self.lossless_share is not None and explained_variance >= self.lossless_share
+
     def keep(self, gain, samples_per_class, kind=None, position=0, explained_variance=0.0):
-        if self.lossless_share is not None and explained_variance >= self.lossless_share:
-            return True
-        return gain >= self.threshold(samples_per_class, kind, position)
+        return self.lossless(explained_variance) or gain >= self.threshold(
+            samples_per_class, kind, position)
 
     def describe(self, samples_per_class):
         return (
