@@ -8,8 +8,13 @@ only the second layer, a trial that changes only the learning rate or the top la
 solves nothing. The cache holds numpy arrays in memory and as `.npz` files under the
 tuner's `directory/project_name/solve_cache`, so a search resumed with
 `overwrite=False` keeps it (docs/tuner.md).
+
+Trials also share the frozen prefix's *outputs*: the top of a trial is trained by
+`fit_top` on the prefix outputs of the search's arrays, computed by the first trial
+with that prefix and kept in a `PrefixOutputCache` (in memory) for the next ones.
 """
 
+import inspect
 import os
 import time
 
@@ -27,7 +32,13 @@ from keras_classpca.hybrid.builder import (
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
 from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
 from keras_classpca.hybrid.planner import plan_model
-from keras_classpca.hybrid.training import compile_like
+from keras_classpca.hybrid.training import (
+    DEFAULT_MEMORY_LIMIT,
+    PrefixOutputCache,
+    compile_like,
+    fit_top,
+    is_array_data,
+)
 
 keras_tuner = import_optional("keras_tuner", "keras_classpca.tuner (HybridHyperModel)")
 
@@ -44,14 +55,6 @@ CACHE_SUBDIR = "solve_cache"
 # Extra metrics added to every trial's History (one value per epoch).
 SOLVE_SECONDS = "solve_seconds"
 TRIAL_SECONDS = "trial_seconds"
-
-
-def _is_arrays(data):
-    return (
-        isinstance(data, (tuple, list))
-        and len(data) in (2, 3)
-        and all(hasattr(part, "shape") for part in data[:2])
-    )
 
 
 def _declared(value, values):
@@ -97,6 +100,13 @@ class HybridHyperModel(keras_tuner.HyperModel):
     its weights, solved and trained, come from the checkpoint; only the solved layers
     (and the BatchNormalization below them) are frozen again.
 
+    With the cache, a trial given `(x, y)` arrays trains through `fit_top`: the frozen
+    prefix's outputs on those arrays (and on array validation data) are computed once
+    per prefix and kept for the next trials in a `PrefixOutputCache`
+    (`output_memory_limit` bytes, in memory), so a trial whose prefix an earlier
+    trial already ran trains only its top. The first trial with a prefix caches its
+    outputs only where `fit_top(cache="auto")` predicts that pays.
+
     Args:
         build_model: `build_model(hp) -> keras.Model`, compiled, built (give it a
             `keras.Input`), cheap and data-free: tuners call it at construction time.
@@ -109,12 +119,15 @@ class HybridHyperModel(keras_tuner.HyperModel):
             (`DEFAULT_SEARCH_SPACE`); `False` searches none; a dict
             `{option: [values]}` searches those `ClassPCA` options. Options also
             given as fixed keyword arguments are not searched.
-        cache: reuse solved prefixes across trials (`False`: solve every trial).
+        cache: reuse solved prefixes and their outputs across trials (`False`: solve
+            every trial and train it with a plain `model.fit`).
         cache_dir: `"auto"` (default) keeps the cache in
             `<tuner directory>/<project_name>/solve_cache`, found through the tuner's
             callback in `fit`; a path puts it there; `None` keeps it in memory only.
         data_fingerprint: a string that changes whenever `data` changes; computed from
             arrays when omitted, required with a cache for other data.
+        output_memory_limit: bytes of prefix outputs kept across trials (default
+            2 GiB; 0 keeps none: each trial's `fit_top` decides alone).
         name, tunable: as in `keras_tuner.HyperModel`.
         **hybridize_options: fixed `hybridize` settings (`samples`, `batch_size`,
             `seed`, `patches_per_image`, `verbose`; default `verbose=0`) and fixed
@@ -122,6 +135,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
 
     Attributes:
         solve_cache: the `SolveCache` of the latest trial (`hits`, `misses`), or None.
+        output_cache: the `PrefixOutputCache` shared by the trials, or None.
         last_report: the `HybridReport` of the latest solving trial.
 
     Example:
@@ -153,6 +167,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         cache=True,
         cache_dir="auto",
         data_fingerprint=None,
+        output_memory_limit=DEFAULT_MEMORY_LIMIT,
         name=None,
         tunable=True,
         **hybridize_options,
@@ -221,13 +236,14 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.cache = bool(cache)
         self.cache_dir = cache_dir
         self.hybridize_options = dict({"verbose": 0}, **hybridize_options)
-        if self.cache and data_fingerprint is None and not _is_arrays(data):
+        if self.cache and data_fingerprint is None and not is_array_data(data):
             raise ValueError(
                 "`data_fingerprint` is required with `cache=True` when `data` is not "
                 "(x, y) arrays: a string that changes whenever the data changes."
             )
         self._fingerprint = data_fingerprint
         self._caches = {}
+        self.output_cache = PrefixOutputCache(output_memory_limit) if self.cache else None
         self.solve_cache = None
         self.last_report = None
 
@@ -236,7 +252,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         if not has_layer_graph(model):
             raise no_graph_error(model, "HybridHyperModel")
         if not model.built or not getattr(model, "inputs", None):
-            if not _is_arrays(self.data):
+            if not is_array_data(self.data):
                 raise ValueError(
                     "The model `build_model(hp)` returns is not built: give it a "
                     "`keras.Input(...)`, or pass `max_cutoff`."
@@ -290,6 +306,27 @@ class HybridHyperModel(keras_tuner.HyperModel):
             self._fingerprint = data_fingerprint(np.asarray(self.data[0]), np.asarray(self.data[1]))
         return self._fingerprint
 
+    def _fit(self, model, cutoff, args, kwargs):
+        """`model.fit(*args, **kwargs)`, through `fit_top` and the shared prefix outputs
+        when something is frozen and the data are arrays."""
+        try:
+            arguments = inspect.signature(model.fit).bind(*args, **kwargs).arguments
+        except TypeError:
+            return model.fit(*args, **kwargs)  # let Keras word the error
+        x, y = arguments.pop("x", None), arguments.pop("y", None)
+        if (
+            cutoff == 0
+            or self.output_cache is None
+            or not is_array_data((x, y))
+            or arguments.get("steps_per_epoch") is not None
+        ):
+            return model.fit(*args, **kwargs)
+        arguments.update(arguments.pop("kwargs", {}))
+        # model.fit's default batch size for arrays is 32 (fit_top's own is 128).
+        batch_size = arguments.pop("batch_size", None) or 32
+        return fit_top(model, x, y, batch_size=batch_size, cache="auto",
+                       output_cache=self.output_cache, **arguments)
+
     def fit(self, hp, model, *args, **kwargs):
         """Solve the bottom `hp["cutoff"]` layers, recompile, `model.fit(*args, **kwargs)`."""
         start = time.perf_counter()
@@ -323,7 +360,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 )
                 solve_seconds = time.perf_counter() - start
             _recompile(model)
-        history = model.fit(*args, **kwargs)
+        history = self._fit(model, cutoff, args, kwargs)
         if isinstance(history, keras.callbacks.History):
             epochs = max((len(v) for v in history.history.values()), default=1)
             trial_seconds = time.perf_counter() - start

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_classpca import fit_top, hybridize
 from keras_classpca.hybrid import training as fit_top_module
-from keras_classpca.hybrid.training import cache_point
+from keras_classpca.hybrid.training import PrefixOutputCache, cache_point
 
 L = keras.layers
 
@@ -314,3 +314,100 @@ def test_sample_weights_are_honoured_or_caching_is_refused():
     history = fit_top(model, dataset, epochs=1, cache="auto", verbose=0)
     assert history.cache_used is False
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+# ------------------------------------------------------------------ shared prefix outputs
+class _CountPrefixCalls:
+    """Counts `predict_batch` calls: how often a prefix output was computed."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = fit_top_module.predict_batch
+
+        def counted(*args):
+            self.calls += 1
+            return original(*args)
+
+        monkeypatch.setattr(fit_top_module, "predict_batch", counted)
+
+
+def test_output_cache_is_shared_by_calls_with_the_same_prefix_and_data(monkeypatch):
+    x, y = _data()
+    xv, yv = _data(90, seed=1)
+    counter = _CountPrefixCalls(monkeypatch)
+    outputs = PrefixOutputCache()
+    args = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, validation_data=(xv, yv))
+
+    first = _model(2)
+    fit_top(first, x, y, cache=True, output_cache=outputs, **args)
+    computed = counter.calls
+    assert computed > 0 and len(outputs) == 2  # training and validation outputs
+    assert (outputs.hits, outputs.misses) == (0, 2)
+
+    # A new model (as in a new tuner trial) with the same solved prefix: nothing computed,
+    # and with cache="auto" nothing timed either; the result equals a plain fit.
+    plain, second = _model(2), _model(2)
+    keras.utils.set_random_seed(5)
+    plain_history = plain.fit(x, y, **args)
+    keras.utils.set_random_seed(5)
+    history = fit_top(second, x, y, cache="auto", output_cache=outputs, **args)
+    assert history.cache_used and counter.calls == computed
+    assert (outputs.hits, outputs.misses) == (2, 2)
+    for a, b in zip(plain.get_weights(), second.get_weights()):
+        assert np.array_equal(a, b)
+    assert history.history == plain_history.history
+
+    # Another prefix (other frozen weights), or other data: computed again, not reused.
+    other = _model(2)
+    kernel, bias = other.get_layer("conv").get_weights()
+    other.get_layer("conv").set_weights([kernel * 1.01, bias])
+    fit_top(other, x, y, cache=True, output_cache=outputs, **args)
+    assert counter.calls > computed and len(outputs) == 4
+    calls = counter.calls
+    fit_top(_model(2), x[:-1], y[:-1], cache=True, output_cache=outputs, **dict(
+        args, validation_data=None))
+    assert counter.calls > calls
+
+
+def test_output_cache_memory_limit_drops_the_oldest_and_skips_oversized():
+    cache = PrefixOutputCache(memory_limit=100)
+    labels = np.zeros(2, "int8")  # 2 bytes
+    cache.put("a", np.zeros(10, "float32"), labels)  # 42 bytes
+    cache.put("b", np.zeros(10, "float32"), labels)  # 84 held
+    assert cache.get("a") is not None  # "a" is now the most recently used
+    cache.put("c", np.zeros(10, "float32"), labels)  # over 100: "b" is dropped
+    assert "b" not in cache and "a" in cache and "c" in cache and cache.nbytes == 84
+    cache.put("big", np.zeros(30, "float32"), labels)  # larger than the limit: not kept
+    assert "big" not in cache and len(cache) == 2
+    assert cache.get("big") is None and cache.misses == 1
+    with pytest.raises(ValueError, match="memory_limit"):
+        PrefixOutputCache(memory_limit=-1)
+    with pytest.raises(TypeError, match="output_cache"):
+        fit_top(_model(1), *_data(), output_cache={}, verbose=0)
+
+
+def test_callbacks_see_the_whole_model_during_cached_training(tmp_path):
+    x, y = _data()
+    model = _model(2)
+    checkpoint = str(tmp_path / "best.weights.h5")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model)
+
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+    history = fit_top(
+        model, x, y, epochs=5, cache=True, verbose=0,
+        callbacks=[Record(), stop,
+                   keras.callbacks.ModelCheckpoint(checkpoint, save_weights_only=True)],
+    )
+    assert history.cache_used
+    assert seen and all(m is model for m in seen)
+    # EarlyStopping (no epoch improves the loss by 10) stopped the cached training.
+    assert len(history.history["loss"]) == 2
+    # The checkpoint holds the whole model: it loads into a fresh copy and predicts alike.
+    fresh = _model(cutoff=0, compile=False)
+    fresh.load_weights(checkpoint)
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from keras_classpca import hybridize
+from keras_classpca import tuner as tuner_module
+from keras_classpca.hybrid import training
 from keras_classpca.tuner import SOLVE_SECONDS, TRIAL_SECONDS, HybridHyperModel, solved_layers
 
 L = keras.layers
@@ -279,3 +281,38 @@ def test_grid_search_finds_the_cutoff_known_by_construction(tmp_path):
     scores = {t.hyperparameters.get("cutoff"): t.score for t in _completed(tuner)}
     assert scores[1] < 0.7 < 0.9 < scores[0]
     assert tuner.get_best_hyperparameters(1)[0].get("cutoff") == 0
+
+
+def test_trials_with_the_same_prefix_share_its_outputs(tmp_path, monkeypatch):
+    # Cache whenever possible, so the counts below do not depend on timings.
+    monkeypatch.setattr(training, "predict_cache_speedup", lambda *args: 0.1)
+    x, y = _data()
+    validation = _data(seed=1)
+    hypermodel = HybridHyperModel(_builder(lr_choices=[1e-2, 3e-3]), (x, y),
+                                  search_options=False)
+    tuner = keras_tuner.GridSearch(hypermodel, objective="val_accuracy", max_trials=6,
+                                   directory=tmp_path, project_name="shared")
+    tuner.search(x, y, validation_data=validation, **FIT)
+    trials = _completed(tuner)
+    assert sorted((t.hyperparameters.get("cutoff"), t.hyperparameters.get("lr"))
+                  for t in trials) == [(c, lr) for c in (0, 1, 2) for lr in (3e-3, 1e-2)]
+    # Cutoffs 1 and 2: the first learning rate computes the training and validation
+    # outputs of the prefix, the second trains on them.
+    outputs = hypermodel.output_cache
+    assert (outputs.misses, outputs.hits, len(outputs)) == (4, 4, 4)
+    # KerasTuner's checkpoint saved the whole model during the cached training: the
+    # best model reloads with the top that trial trained.
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    best = tuner.get_best_models(1)[0]
+    accuracy = best.evaluate(*validation, verbose=0, return_dict=True)["accuracy"]
+    assert accuracy == pytest.approx(best_trial.score, abs=1e-6)
+
+
+def test_without_the_cache_trials_train_with_plain_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuner_module, "fit_top", None)  # would raise if called
+    hypermodel = HybridHyperModel(_builder(), _data(), search_options=False, cache=False)
+    assert hypermodel.output_cache is None
+    hp = _hp(cutoff=1)
+    model = hypermodel.build(hp)
+    history = hypermodel.fit(hp, model, *_data(), **FIT)
+    assert len(history.history["loss"]) == 1

@@ -10,8 +10,15 @@ saving and export see one ordinary model.
 Whether that pays depends on how much of the forward pass the prefix is. With
 `cache="auto"` both options are timed on a few batches and the cheaper one is used
 (measurements behind that choice: docs/benchmarks.md).
+
+Calls that train on the same arrays behind the same frozen prefix (tuner trials that
+differ only in the learning rate or the top) share the computed outputs through a
+`PrefixOutputCache`, keyed by the prefix's architecture and weights and the data.
 """
 
+import collections
+import functools
+import hashlib
 import os
 import tempfile
 import time
@@ -21,6 +28,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
 from keras_classpca.hybrid.graph import (
     RANDOM_IN_TRAINING,
     has_layer_graph,
@@ -103,16 +111,160 @@ def _frozen_prefix_end(chain):
     return len(chain.layers)
 
 
+def _frozen_prefix(model):
+    """`(tensor, layers)`: where the frozen deterministic prefix ends and its layers."""
+    chain = read_chain(model)
+    end = _frozen_prefix_end(chain)
+    if not any(layer.weights for layer in chain.layers[:end]):
+        return None, []
+    point = chain.inputs[end] if end < len(chain.layers) else chain.outputs[-1]
+    return point, chain.layers[:end]
+
+
 def cache_point(model):
     """The symbolic tensor where the frozen deterministic prefix ends, or None.
 
     None when no layer with weights is frozen at the bottom (nothing worth caching).
     """
-    chain = read_chain(model)
-    end = _frozen_prefix_end(chain)
-    if not any(layer.weights for layer in chain.layers[:end]):
-        return None
-    return chain.inputs[end] if end < len(chain.layers) else chain.outputs[-1]
+    return _frozen_prefix(model)[0]
+
+
+def prefix_output_key(layers, input_shape, fingerprint):
+    """The `PrefixOutputCache` key of a chain of frozen `layers` applied to data.
+
+    Classes, configs (without names) and the bytes of every weight: two models built
+    for two tuner trials share a key exactly when their prefixes compute the same
+    function, whatever solved or loaded those weights.
+    """
+    weights = hashlib.blake2b(digest_size=20)
+    for layer in layers:
+        for weight in layer.get_weights():
+            weight = np.ascontiguousarray(weight)
+            weights.update(f"{weight.shape}{weight.dtype}".encode())
+            weights.update(memoryview(weight).cast("B"))
+    return prefix_key(
+        layers=[layer_signature(layer) for layer in layers],
+        weights=weights.hexdigest(),
+        input_shape=list(input_shape),
+        data=fingerprint,
+    )
+
+
+class PrefixOutputCache:
+    """Frozen-prefix outputs shared by `fit_top` calls, in memory, least recently used
+    dropped first.
+
+    `fit_top(..., output_cache=cache)` looks up the prefix output of its training (and
+    validation) arrays here before computing it, and stores what it computed. A
+    KerasTuner search (`HybridHyperModel`) holds one: trials with the same solved
+    prefix and data — another learning rate, another top — train on the outputs the
+    first of them computed. Keys cover the prefix architecture, its weights and the
+    data's bytes (`prefix_output_key`), so a changed prefix or data is a miss.
+
+    Args:
+        memory_limit: bytes of outputs kept; older entries are dropped beyond it, and
+            an entry larger than it is not kept.
+
+    Attributes:
+        hits, misses: lookups that found / did not find their entry.
+        nbytes: bytes held.
+
+    Example:
+
+    >>> import numpy as np
+    >>> cache = PrefixOutputCache(memory_limit=2**20)
+    >>> cache.put("key", np.zeros((4, 3), "float32"), np.arange(4))
+    >>> features, labels = cache.get("key")
+    >>> features.shape, cache.hits, cache.nbytes
+    ((4, 3), 1, 80)
+    """
+
+    def __init__(self, memory_limit=DEFAULT_MEMORY_LIMIT):
+        _check_memory_limit(memory_limit)
+        self.memory_limit = memory_limit
+        self._entries = collections.OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key):
+        """`(features, labels)` stored under `key`, or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key, features, labels):
+        """Keep `(features, labels)` under `key` (not if larger than `memory_limit`)."""
+        size = features.nbytes + labels.nbytes
+        if size > self.memory_limit:
+            return
+        if key in self._entries:
+            self.nbytes -= sum(a.nbytes for a in self._entries.pop(key))
+        while self._entries and self.nbytes + size > self.memory_limit:
+            _, dropped = self._entries.popitem(last=False)
+            self.nbytes -= sum(a.nbytes for a in dropped)
+        self._entries[key] = (features, labels)
+        self.nbytes += size
+
+    def __contains__(self, key):
+        return key in self._entries
+
+    def __len__(self):
+        return len(self._entries)
+
+
+def _check_memory_limit(memory_limit):
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
+        raise ValueError(
+            f"`memory_limit` must be a non-negative integer (bytes); received {memory_limit!r}."
+        )
+
+
+_BLOCK_HOOKS = ("on_train_end", "on_epoch_begin", "on_epoch_end", "on_test_begin",
+                "on_test_end", "on_predict_begin", "on_predict_end")
+_BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin",
+                "on_test_batch_end", "on_predict_batch_begin", "on_predict_batch_end")
+
+
+class _OnUserModel(keras.callbacks.Callback):
+    """The user's callbacks, shown the user's model while a model sharing its top layers
+    trains on cached prefix outputs.
+
+    A checkpoint (KerasTuner's best-epoch one included) then saves the whole model, and
+    `EarlyStopping` restores whole-model weights; its `stop_training` is passed on to
+    the model being fitted. Batch hooks are forwarded only when a callback has them,
+    so Keras keeps dispatching the others asynchronously.
+    """
+
+    def __init__(self, callbacks, model):
+        super().__init__()
+        self.user_model = model
+        self.inner = keras.callbacks.CallbackList(list(callbacks), model=model)
+        for hook in _BLOCK_HOOKS:
+            setattr(self, hook, functools.partial(self._forward, hook))
+        for hook in _BATCH_HOOKS:
+            # Keras marks its no-op hooks `_is_default`; forwarding is always correct,
+            # skipping an unused one only keeps the training loop fast.
+            if any(not getattr(getattr(c, hook), "_is_default", False)
+                   for c in self.inner.callbacks):
+                setattr(self, hook, functools.partial(self._forward, hook))
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.inner.set_params(params)
+
+    def _forward(self, hook, *args, **kwargs):
+        getattr(self.inner, hook)(*args, **kwargs)
+        if getattr(self.user_model, "stop_training", False):
+            self.model.stop_training = True
+
+    def on_train_begin(self, logs=None):
+        self.user_model.stop_training = False
+        self._forward("on_train_begin", logs)
 
 
 class _Cache:
@@ -173,6 +325,15 @@ def _prefix_outputs(prefix, data, batch_size, memory_limit, directory):
     return cache, np.concatenate(labels)
 
 
+def is_array_data(data):
+    """`(x, y)` or `(x, y, sample_weight)` arrays: data that can be fingerprinted."""
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) in (2, 3)
+        and all(hasattr(part, "shape") for part in data[:2])
+    )
+
+
 def _replay(first, rest):
     """A generator (what `Model.fit` accepts) yielding `first`, then the rest."""
     yield first
@@ -213,6 +374,7 @@ def fit_top(
     cache="auto",
     memory_limit=DEFAULT_MEMORY_LIMIT,
     cache_dir=None,
+    output_cache=None,
     verbose="auto",
     **fit_kwargs,
 ):
@@ -232,6 +394,10 @@ def fit_top(
         memory_limit: bytes of prefix output kept in memory; beyond it the cache
             spills to a temporary file in `cache_dir`, removed after training.
         cache_dir: where that file goes (default: the system temp dir).
+        output_cache: a `PrefixOutputCache` shared with other calls: prefix outputs of
+            array data are looked up there first and stored after computing (not when
+            spilled to a file). With `cache="auto"`, outputs found there are used
+            without timing: their cost is already paid.
 
     Returns:
         The `keras.callbacks.History` of the training run, with
@@ -257,9 +423,10 @@ def fit_top(
         raise ValueError(
             "`model` must be compiled before `fit_top` (hybridize, compile, then fit)."
         )
-    if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
-        raise ValueError(
-            f"`memory_limit` must be a non-negative integer (bytes); received {memory_limit!r}."
+    _check_memory_limit(memory_limit)
+    if output_cache is not None and not isinstance(output_cache, PrefixOutputCache):
+        raise TypeError(
+            f"`output_cache` must be a PrefixOutputCache or None; received {output_cache!r}."
         )
     fit_args = dict(batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
 
@@ -269,6 +436,7 @@ def fit_top(
         return history
 
     _recompile_if_trainable_changed(model)
+    prefix_layers = []
     reason = (
         "the model has no frozen layers with weights at the bottom: hybridize (with "
         "freeze=True) before fit_top."
@@ -285,7 +453,7 @@ def fit_top(
             "once; pass `steps_per_epoch` and train with cache=False."
         )
     else:
-        point = cache_point(model)
+        point, prefix_layers = _frozen_prefix(model)
     if point is not None and any(
         isinstance(getattr(d, "element_spec", None), tuple) and len(d.element_spec) == 3
         for d in (x, validation_data)
@@ -309,11 +477,23 @@ def fit_top(
             raise ValueError(f"`cache=True` but {reason}")
         return plain_fit()
     prefix = keras.Model(model.inputs[0], point)
-    if cache == "auto":
+
+    def output_key(data):
+        if output_cache is None or not is_array_data(data):
+            return None
+        fingerprint = data_fingerprint(np.asarray(data[0]), np.asarray(data[1]))
+        return prefix_output_key(prefix_layers, model.inputs[0].shape[1:], fingerprint)
+
+    train_data = (x, y) if y is not None else x
+    keys = [output_key(train_data)]
+    if validation_data is not None:
+        keys.append(output_key(validation_data))
+    already_computed = all(key is not None and key in output_cache for key in keys)
+    if cache == "auto" and not already_computed:
         if y is None and hasattr(x, "__next__"):
             # A one-shot iterator: the batch read for timing must still be trained on.
             first = next(x)
-            x = _replay(first, x)
+            x = train_data = _replay(first, x)
             x_batch = np.asarray(first[0])
         else:
             x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
@@ -321,20 +501,28 @@ def fit_top(
             return plain_fit()
 
     compile_like(top, model)
+    if fit_args.get("callbacks"):
+        fit_args["callbacks"] = [_OnUserModel(fit_args["callbacks"], model)]
     caches = []
+
+    def outputs(data, key):
+        """`(features, labels, spilled)`: from `output_cache`, or computed (and stored)."""
+        stored = output_cache.get(key) if key is not None else None
+        if stored is not None:
+            return stored + (False,)
+        computed, labels = _prefix_outputs(prefix, data, batch_size, memory_limit, cache_dir)
+        caches.append(computed)
+        features = computed.array()
+        if key is not None and not computed.spilled:
+            output_cache.put(key, features, labels)
+        return features, labels, computed.spilled
+
     try:
-        train_cache, labels = _prefix_outputs(
-            prefix, (x, y) if y is not None else x, batch_size, memory_limit, cache_dir
-        )
-        caches.append(train_cache)
-        features = train_cache.array()
+        features, labels, spilled = outputs(train_data, keys[0])
         if validation_data is not None:
-            val_cache, val_labels = _prefix_outputs(
-                prefix, validation_data, batch_size, memory_limit, cache_dir
-            )
-            caches.append(val_cache)
-            validation_data = (val_cache.array(), val_labels)
-        if train_cache.spilled and fit_kwargs.get("shuffle", True) is True:
+            weights = tuple(validation_data[2:]) if is_array_data(validation_data) else ()
+            validation_data = outputs(validation_data, keys[1])[:2] + weights
+        if spilled and fit_kwargs.get("shuffle", True) is True:
             fit_args["shuffle"] = "batch"  # random rows of a file-backed array are slow
         history = top.fit(features, labels, validation_data=validation_data, **fit_args)
     finally:
