@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "ClassPCA": "keras_classpca.core.class_pca",
+    "ClassSketch": "keras_classpca.core.sketch",
     "ClassPCAInitializer": "keras_classpca.layers.class_pca_initializer",
     "ClassPCADense": "keras_classpca.layers.class_pca_dense",
     "ClassPCAConv1D": "keras_classpca.layers.class_pca_conv1d",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "hybridize": "keras_classpca.hybrid.builder",
     "plan_model": "keras_classpca.hybrid.planner",
     "fit_top": "keras_classpca.hybrid.training",
+    "PrefixOutputCache": "keras_classpca.hybrid.training",
     "fit_progressive": "keras_classpca.hybrid.progressive",
     "HybridReport": "keras_classpca.hybrid.report",
     "SolvedLayer": "keras_classpca.hybrid.report",

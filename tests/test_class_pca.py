@@ -663,7 +663,7 @@ def test_clone_get_params_set_params():
     assert set(pca.get_params()) == {
         "n_components", "center", "allocation", "scaling", "offset", "variance_share",
         "dedup_threshold", "n_classes", "discriminant", "sign_pairs", "product_dtype",
-        "memory_limit", "eigen_solver",
+        "memory_limit", "eigen_solver", "sketch_size",
     }
     assert pca.set_params(n_components=6, scaling="unit") is pca
     assert (pca.n_components, pca.scaling) == (6, "unit")
@@ -738,15 +738,16 @@ def test_memory_for_many_classes_fails_early_with_the_number():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(50, 100)), rng.integers(0, 5, 50)
     # n_classes known: checked before any product (1000 x 100^2 float64 ~ 81 MB).
-    pca = ClassPCA(5, n_classes=1000, memory_limit=10e6)
+    # (sketch_size=None: exact statistics or an error; "auto" would sketch, test_sketch.py)
+    pca = ClassPCA(5, n_classes=1000, memory_limit=10e6, sketch_size=None)
     with pytest.raises(MemoryError, match=r"1000 classes x 100 features need 81\.\d MB"):
         pca.fit(x, y)
     assert not pca.is_fitted
     # Unknown n_classes: the class that would exceed the limit raises before it is added.
-    pca = ClassPCA(5, memory_limit=3 * 8 * (100**2 + 201))
+    pca = ClassPCA(5, memory_limit=3 * 8 * (100**2 + 201), sketch_size=None)
     with pytest.raises(MemoryError, match="5 classes x 100 features"):
         pca.fit(x, y)
-    pca = ClassPCA(5, memory_limit=3 * 8 * (100**2 + 201))
+    pca = ClassPCA(5, memory_limit=3 * 8 * (100**2 + 201), sketch_size=None)
     pca.partial_fit(x[y < 3], y[y < 3])
     before = pca.statistics_.counts.copy()
     with pytest.raises(MemoryError, match="memory_limit"):
@@ -757,7 +758,7 @@ def test_memory_for_many_classes_fails_early_with_the_number():
 
     huge = int(np.sqrt(available_memory() / 8)) + 1
     with pytest.raises(MemoryError, match="the available memory"):
-        ClassPCA(2, n_classes=2)._new_statistics(huge)
+        ClassPCA(2, n_classes=2, sketch_size=None)._new_statistics(huge)
 
 
 def test_never_ending_data_raises_before_any_work():

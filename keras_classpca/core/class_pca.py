@@ -19,10 +19,12 @@ from threadpoolctl import ThreadpoolController
 
 from keras_classpca.core.data_adapter import as_arrays, as_standard_float, iter_batches
 from keras_classpca.core.directions import discriminant_directions, sign_paired
+from keras_classpca.core.sketch import ClassSketch, check_sketch_memory, sketch_nbytes
 from keras_classpca.core.statistics import (
     PRODUCT_DTYPES,
     ClassStatistics,
     _is_backend_tensor,
+    available_memory,
     check_memory,
 )
 
@@ -45,6 +47,11 @@ SUBSET_MAX_SHARE = 1 / 3
 EIGEN_SOLVERS = ("exact", "randomized")
 RANDOMIZED_OVERSAMPLING = 10
 RANDOMIZED_ITERATIONS = 4
+# sketch_size="auto": rows per class when exact statistics do not fit in memory —
+# SKETCH_ROWS_PER_COMPONENT times the components a class gets, at least
+# SKETCH_MIN_ROWS (bench_accumulate measures the subspaces this recovers).
+SKETCH_MIN_ROWS = 32
+SKETCH_ROWS_PER_COMPONENT = 4
 
 Solution = collections.namedtuple(
     "Solution",
@@ -115,6 +122,10 @@ _PARAMETER_CONSTRAINTS = {
     ),
     "eigen_solver": (
         f"one of {EIGEN_SOLVERS}", lambda v: isinstance(v, str) and v in EIGEN_SOLVERS
+    ),
+    "sketch_size": (
+        "'auto', None or a positive integer",
+        lambda v: v is None or (isinstance(v, str) and v == "auto") or (_is_int(v) and v >= 1),
     ),
 }
 
@@ -258,6 +269,38 @@ class _Spectrum:
         return i < self.d and self.share(i) > EXHAUSTED_SHARE
 
 
+class _FactoredSpectrum(_Spectrum):
+    """All eigenpairs of a class matrix given as `basis @ small @ basis.T` (a sketch's
+    class matrix); beyond the basis the values are 0 (exhausted), and the shares are
+    relative to the exact `trace`."""
+
+    def __init__(self, basis, small, trace):
+        self.d = len(basis)
+        self.trace = trace
+        values, vectors = np.linalg.eigh(small)
+        self.values = np.clip(values[::-1], 0.0, None)
+        self.vectors = _fix_signs(basis @ vectors[:, ::-1])
+        self.k = len(self.values)
+
+    def ensure(self, k):
+        pass
+
+    def value(self, i):
+        return self.values[i] if i < self.k else 0.0
+
+    def alive(self, i):
+        return i < self.k and self.share(i) > EXHAUSTED_SHARE
+
+
+def _warn_sketch(error, size):
+    warnings.warn(
+        f"{error} Keeping a Frequent Directions sketch of {size} rows per class instead "
+        f"(ClassSketch; sketch_size={size}): each class's leading directions are "
+        "approximate. Pass sketch_size=None to raise instead, or an integer to choose.",
+        stacklevel=4,
+    )
+
+
 def _as_dense(x):
     """`x` as a real NumPy array (or a backend tensor, kept); clear errors otherwise."""
     if _is_backend_tensor(x):
@@ -374,9 +417,17 @@ class ClassPCA:
             seeded subspace iteration (Halko et al. 2011; 4 iterations, 10 extra
             directions), several times faster for a few vectors of a large matrix and
             accurate to about the eigen-gap — what `cutoff="auto"`'s decision uses.
+        sketch_size: `None` keeps the exact `K·d²` statistics; an integer `ℓ` keeps a
+            Frequent Directions sketch of `ℓ` rows per class instead (`ClassSketch`,
+            `O(K·d·ℓ)` memory; counts, sums, traces and the total second moment stay
+            exact); `"auto"` (default) keeps exact statistics while they fit in
+            `memory_limit` and switches to a sketch (with a warning; `sketch_size_`
+            says which) when they would not: `max(32, 4 x components per class)` rows.
 
     Attributes (after `fit`, `partial_fit` or `from_statistics`):
-        statistics_: the `ClassStatistics` solved (per-class count, sum, second moment).
+        statistics_: the `ClassStatistics` solved (per-class count, sum, second moment),
+            or the `ClassSketch` (see `sketch_size`).
+        sketch_size_: rows per class of the sketch solved, or None for exact statistics.
         classes_, n_features_in_, n_samples_seen_, mean_, covariance_, components_,
         component_classes_, explained_variance_, explained_variance_ratio_,
         n_components_, kernel_, bias_.
@@ -417,6 +468,7 @@ class ClassPCA:
         product_dtype=None,
         memory_limit=None,
         eigen_solver="exact",
+        sketch_size="auto",
     ):
         self.n_components = n_components
         self.center = center
@@ -431,6 +483,7 @@ class ClassPCA:
         self.product_dtype = product_dtype
         self.memory_limit = memory_limit
         self.eigen_solver = eigen_solver
+        self.sketch_size = sketch_size
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -519,12 +572,56 @@ class ClassPCA:
             )
         return x, labels
 
+    def _auto_sketch_size(self, n_classes, n_features, error):
+        """Rows per class for `sketch_size="auto"`: `SKETCH_ROWS_PER_COMPONENT` x the
+        components a class gets (at least `SKETCH_MIN_ROWS`, at most `d`), fewer if that
+        does not fit in memory, never fewer than the components: then `error` is raised."""
+        k, d = max(int(n_classes), 1), int(n_features)
+        per_class = -(-(self.n_components or 1) // k)
+        size = min(d, max(SKETCH_MIN_ROWS, SKETCH_ROWS_PER_COMPONENT * per_class))
+        limit = self.memory_limit if self.memory_limit is not None else available_memory()
+        if limit is not None:
+            fixed = sketch_nbytes(k, d, 0)
+            size = min(size, int((limit - fixed) // (16 * k * d)))
+        if size < per_class:
+            raise error
+        _warn_sketch(error, size)
+        return size
+
     def _new_statistics(self, n_features):
-        if self.n_classes is not None:  # every slot will be needed: check before any work
-            check_memory(self.n_classes, n_features, self.memory_limit)
-        return ClassStatistics(
-            n_features, product_dtype=self.product_dtype, memory_limit=self.memory_limit
-        )
+        options = dict(product_dtype=self.product_dtype, memory_limit=self.memory_limit)
+        size = self.sketch_size
+        if size == "auto" and self.n_classes is not None:
+            try:
+                check_memory(self.n_classes, n_features, self.memory_limit)
+                size = None
+            except MemoryError as error:
+                size = self._auto_sketch_size(self.n_classes, n_features, error)
+        if size is None:
+            if self.n_classes is not None:  # every slot will be needed: check up front
+                check_memory(self.n_classes, n_features, self.memory_limit)
+            return ClassStatistics(n_features, **options)
+        if size == "auto":
+            return ClassStatistics(n_features, **options)  # sketched if it outgrows memory
+        if self.n_classes is not None:
+            check_sketch_memory(self.n_classes, n_features, size, self.memory_limit)
+        return ClassSketch(n_features, size, **options)
+
+    def _accumulate(self, statistics, x, labels):
+        """`statistics.accumulate(x, labels)`; with `sketch_size="auto"`, exact
+        statistics that would outgrow memory become a sketch. Returns the statistics."""
+        try:
+            statistics.accumulate(x, labels)
+            return statistics
+        except MemoryError as error:
+            if self.sketch_size != "auto" or not isinstance(statistics, ClassStatistics):
+                raise
+            classes = len(statistics) + len(set(np.unique(labels).tolist()) - set(
+                statistics.classes.tolist()))
+            size = self._auto_sketch_size(classes, statistics.n_features, error)
+            sketch = ClassSketch.from_statistics(statistics, size)
+            sketch.accumulate(x, labels)
+            return sketch
 
     def partial_fit(self, x, y):
         """Add one batch to the statistics and return `self`.
@@ -538,11 +635,10 @@ class ClassPCA:
         if not len(labels):
             return self
         if statistics is None:
-            fresh = self._new_statistics(x.shape[1])
-            fresh.accumulate(x, labels)
-            self._statistics = fresh
+            self._statistics = self._accumulate(self._new_statistics(x.shape[1]), x, labels)
         else:
-            statistics.accumulate(x, labels)  # atomic: checks the batch first
+            # atomic: checks the batch first
+            self._statistics = self._accumulate(statistics, x, labels)
         self._solutions = {}
         return self
 
@@ -608,7 +704,7 @@ class ClassPCA:
                 continue
             if statistics is None:
                 statistics = self._new_statistics(x_batch.shape[1])
-            statistics.accumulate(x_batch, labels)
+            statistics = self._accumulate(statistics, x_batch, labels)
         if statistics is None:
             raise ValueError("`data` is empty: no samples to fit ClassPCA on.")
         return self._set_statistics(statistics)
@@ -650,9 +746,10 @@ class ClassPCA:
         >>> ClassPCA.from_statistics(stats, 2).kernel_.shape
         (3, 2)
         """
-        if not isinstance(statistics, ClassStatistics):
+        if not isinstance(statistics, (ClassStatistics, ClassSketch)):
             raise TypeError(
-                f"`statistics` must be ClassStatistics; received {type(statistics).__name__}."
+                "`statistics` must be ClassStatistics or ClassSketch; received "
+                f"{type(statistics).__name__}."
             )
         pca = cls(n_components, **params)
         pca._validate_params()
@@ -668,9 +765,10 @@ class ClassPCA:
             other = other.__dict__.get("_statistics")
             if other is None:
                 return self
-        elif not isinstance(other, ClassStatistics):
+        elif not isinstance(other, (ClassStatistics, ClassSketch)):
             raise TypeError(
-                f"`other` must be a ClassPCA or ClassStatistics; received {type(other).__name__}."
+                "`other` must be a ClassPCA, ClassStatistics or ClassSketch; received "
+                f"{type(other).__name__}."
             )
         if not len(other):
             return self
@@ -687,10 +785,10 @@ class ClassPCA:
             )
         if mine is None:
             mine = self._new_statistics(other.n_features)
-            mine.merge(other)
-            self._statistics = mine
-        else:
-            mine.merge(other)
+        if isinstance(other, ClassSketch) and isinstance(mine, ClassStatistics):
+            # A sketch cannot be made exact again: the merge is a sketch of its size.
+            mine = ClassSketch.from_statistics(mine, other.sketch_size)
+        self._statistics = mine.merge(other)
         self._solutions = {}
         return self
 
@@ -706,8 +804,13 @@ class ClassPCA:
 
     @property
     def statistics_(self):
-        """The `ClassStatistics` this estimator solves (shared, not a copy)."""
+        """The `ClassStatistics` (or `ClassSketch`) this estimator solves (shared)."""
         return self._fitted_statistics()
+
+    @property
+    def sketch_size_(self):
+        """Rows per class of the `ClassSketch` solved, or None (exact statistics)."""
+        return getattr(self._fitted_statistics(), "sketch_size", None)
 
     def __sklearn_is_fitted__(self):
         return self.is_fitted
@@ -744,11 +847,8 @@ class ClassPCA:
     def covariance_(self):
         """Covariance over all samples (all classes), float64 `(d, d)`."""
         statistics = self._fitted_statistics()
-        total = np.zeros((statistics.n_features, statistics.n_features))
-        for label in statistics.classes.tolist():
-            total += statistics.second_moment(label)
         mean = self.mean_
-        return total / statistics.n_samples - np.outer(mean, mean)
+        return statistics.total_second_moment() / statistics.n_samples - np.outer(mean, mean)
 
     def class_matrix(self, label):
         """The matrix eigen-decomposed for one class (covariance or second moment)."""
@@ -769,9 +869,15 @@ class ClassPCA:
         spectra = []
         small = self.n_features_in_ <= SINGLE_THREAD_EIGH_MAX_DIM
         with _one_blas_thread() if small else contextlib.nullcontext():
+            statistics = self._fitted_statistics()
             for label, k in zip(self.classes_.tolist(), first):
-                spectra.append(_Spectrum(self.class_matrix(label), k,
-                                         randomized=self.eigen_solver == "randomized"))
+                if isinstance(statistics, ClassSketch):
+                    if statistics.count(label) == 0:
+                        raise ValueError(f"Class {label} has no samples.")
+                    spectra.append(_FactoredSpectrum(*statistics.class_factor(label, self.center)))
+                else:
+                    spectra.append(_Spectrum(self.class_matrix(label), k,
+                                             randomized=self.eigen_solver == "randomized"))
         return spectra
 
     def _adaptive_quota(self, spectrum):

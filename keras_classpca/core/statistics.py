@@ -239,6 +239,14 @@ class ClassStatistics:
         self._process_staged()
         return self._outer[self._known(label)]
 
+    def total_second_moment(self):
+        """`Σ x xᵀ` over all samples of all classes (a new float64 array)."""
+        self._process_staged()
+        total = np.zeros((self.n_features, self.n_features))
+        for outer in self._outer.values():
+            total += outer
+        return total
+
     def _known(self, label):
         label = int(label)
         if label not in self._count:

@@ -1,0 +1,388 @@
+"""`ClassSketch`: class statistics in O(K·d·ℓ) memory, for large label spaces.
+
+`ClassStatistics` keeps a `d x d` second moment per class: `K·d²` float64 values, 42 GB
+for 1,000 classes of 3x3x256 patches (d = 2,304). Class-PCA only needs each class's
+*leading* eigenvectors, so here each class keeps a Frequent Directions sketch instead
+(Liberty 2013; Ghashami, Liberty, Phillips & Woodruff, *Frequent Directions: simple and
+deterministic matrix sketching*, SIAM J. Comput. 2016): `ℓ` rows `B` with
+
+    0 ≼ AᵀA − BᵀB ≼ Δ·I,   Δ ≤ ‖A − A_k‖²_F / (ℓ − k)  for every k < ℓ,
+
+where `A` holds the class's rows (shifted by a per-class reference point, as in
+`ClassStatistics`). Its leading directions are those of `AᵀA` up to an error set by the
+energy of the class's tail: where a class's variance is concentrated in few directions
+(images, patches), a sketch a few times larger than the components asked per class
+recovers them closely (docs/benchmarks.md, `bench_accumulate`).
+
+What stays exact: every class's count, sum and trace (so explained-variance shares are
+true shares), and the total second moment over all classes — one `d x d` matrix, which
+standardised scaling and the total covariance need. Memory is
+`K·(2ℓ·d + 2d + 3) + d² + 2d + 1` float64 values (`sketch_nbytes`).
+
+A sketch is updated a buffer of `2ℓ` rows at a time: when the buffer is full, it is
+shrunk back to `ℓ` rows from the eigen-decomposition of its `2ℓ x 2ℓ` Gram matrix. Two
+sketches merge exactly as the algorithm allows (mergeable summaries): the union of their
+rows, shrunk again; a shard's different reference point enters as a rank-2 correction
+solved in the span of the rows. The sketch rows are float64 and computed on the host.
+"""
+
+import numpy as np
+
+from keras_classpca.core.statistics import (
+    ClassStatistics,
+    _format_bytes,
+    available_memory,
+)
+
+
+def sketch_nbytes(n_classes, n_features, sketch_size):
+    """Bytes a `ClassSketch` holds for `n_classes` classes of `n_features`."""
+    k, d, ell = int(n_classes), int(n_features), int(sketch_size)
+    return 8 * (k * (2 * ell * d + 2 * d + 3) + d * d + 2 * d + 1)
+
+
+def check_sketch_memory(n_classes, n_features, sketch_size, memory_limit=None, held=0):
+    """Raise `MemoryError` if the sketches would not fit (see `check_memory`)."""
+    needed = sketch_nbytes(n_classes, n_features, sketch_size)
+    if memory_limit is None:
+        available = available_memory()
+        if available is None:
+            return
+        limit, what = available + held, "the available memory"
+    else:
+        limit, what = int(memory_limit), "memory_limit"
+    if needed > limit:
+        raise MemoryError(
+            f"Class sketches for {n_classes} classes x {n_features} features with "
+            f"sketch_size={sketch_size} need {_format_bytes(needed)}, more than {what} "
+            f"({_format_bytes(limit)}). Use a smaller sketch_size or fewer features."
+        )
+
+
+def _shrink(rows, ell):
+    """Frequent Directions' shrink: `(ℓ rows, δ)` with `rowsᵀrows − newᵀnew ≼ δ·I`."""
+    gram = rows @ rows.T
+    values, vectors = np.linalg.eigh((gram + gram.T) / 2.0)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    delta = max(float(values[ell]), 0.0) if len(values) > ell else 0.0
+    kept = np.clip(values[:ell], 0.0, None)
+    # New row i = sqrt(λ_i − δ) · v_iᵀ, where v_i = rowsᵀ u_i / sqrt(λ_i).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(kept > 0, np.sqrt(np.clip(kept - delta, 0.0, None) / kept), 0.0)
+    return (vectors[:, :ell] * scale).T @ rows, delta
+
+
+def _factor_shrink(basis_rows, extra, ell):
+    """Shrink `basis_rowsᵀ basis_rows + extra` (a symmetric `d x d` correction given as
+    `(U, C)` with `extra = U C Uᵀ`) to ℓ rows, in the span of the rows and of U."""
+    u, c = extra
+    span, _ = np.linalg.qr(np.column_stack([basis_rows.T, u]))
+    projected = span.T @ basis_rows.T
+    small = projected @ projected.T + (span.T @ u) @ c @ (u.T @ span)
+    values, vectors = np.linalg.eigh((small + small.T) / 2.0)
+    values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
+    delta = float(values[ell]) if len(values) > ell else 0.0
+    kept = np.sqrt(np.clip(values[:ell] - delta, 0.0, None))
+    rows = (span @ vectors[:, :ell] * kept).T
+    return rows, delta
+
+
+class ClassSketch:
+    """Per-class count, sum, trace and a Frequent Directions sketch of `ℓ` rows.
+
+    The read interface of `ClassStatistics` (`classes`, `counts`, `sums`, `count`,
+    `sum`, `second_moment`, `total_second_moment`, `n_samples`, `nbytes`, `merge`), so
+    `ClassPCA` solves it alike; `second_moment(label)` is the sketch's approximation
+    (a dense `d x d` matrix built on request) and `class_factor` the low-rank form the
+    solver uses. `ClassPCA(sketch_size=...)` builds one (see its docstring for when
+    `"auto"` does).
+
+    Args:
+        n_features: the row dimension `d`.
+        sketch_size: `ℓ`, rows kept per class (a buffer of `2ℓ` rows is updated).
+        product_dtype, memory_limit: as in `ClassStatistics` (the total second moment
+            uses `product_dtype`; the sketches are float64).
+
+    Attributes:
+        shrinkage: `{label: Δ}`, the bound on `‖AᵀA − BᵀB‖₂` of each class so far.
+
+    Example:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(400, 30)) * np.r_[10.0, 5.0, np.ones(28) * 0.1]
+    >>> sketch = ClassSketch(30, sketch_size=8)
+    >>> sketch.accumulate(x, np.arange(400) % 2)
+    >>> exact = ClassStatistics(30)
+    >>> exact.accumulate(x, np.arange(400) % 2)
+    >>> error = np.abs(sketch.second_moment(0) - exact.second_moment(0)).max()
+    >>> bool(error <= sketch.shrinkage[0] + 1e-6), sketch.counts.tolist()
+    (True, [200, 200])
+    """
+
+    def __init__(self, n_features, sketch_size, *, product_dtype=None, memory_limit=None):
+        if isinstance(sketch_size, bool) or not isinstance(sketch_size, (int, np.integer)):
+            raise TypeError(f"`sketch_size` must be a positive integer; received {sketch_size!r}.")
+        if sketch_size < 1:
+            raise ValueError(f"`sketch_size` must be a positive integer; received {sketch_size!r}.")
+        self._total = ClassStatistics(
+            n_features, product_dtype=product_dtype, memory_limit=memory_limit
+        )
+        self.n_features = self._total.n_features
+        self.sketch_size = int(sketch_size)
+        self.product_dtype = product_dtype
+        self.memory_limit = memory_limit
+        self._count, self._sum, self._trace, self._shift = {}, {}, {}, {}
+        self._rows, self._filled = {}, {}
+        self.shrinkage = {}
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def classes(self):
+        return np.array(sorted(self._count), dtype=np.int64)
+
+    @property
+    def counts(self):
+        return np.array([self._count[c] for c in sorted(self._count)], dtype=np.int64)
+
+    @property
+    def sums(self):
+        if not self._count:
+            return np.zeros((0, self.n_features))
+        return np.stack([self.sum(c) for c in sorted(self._count)])
+
+    @property
+    def n_samples(self):
+        return int(sum(self._count.values()))
+
+    @property
+    def nbytes(self):
+        return sketch_nbytes(len(self._count), self.n_features, self.sketch_size)
+
+    def __len__(self):
+        return len(self._count)
+
+    def __contains__(self, label):
+        return int(label) in self._count
+
+    def __repr__(self):
+        return (
+            f"ClassSketch(n_features={self.n_features}, sketch_size={self.sketch_size}, "
+            f"classes={len(self)}, n_samples={self.n_samples})"
+        )
+
+    def _known(self, label):
+        label = int(label)
+        if label not in self._count:
+            raise KeyError(f"Class {label} has no samples.")
+        return label
+
+    def count(self, label):
+        """Samples of class `label` (0 if none)."""
+        return self._count.get(int(label), 0)
+
+    def sum(self, label):
+        """`Σ x` over class `label` (exact, float64)."""
+        label = self._known(label)
+        return self._sum[label] + self._count[label] * self._shift[label]
+
+    def trace(self, label):
+        """`Σ ‖x‖²` over class `label` (exact): the trace of its second moment."""
+        label = self._known(label)
+        r, s, n = self._shift[label], self._sum[label], self._count[label]
+        return float(self._trace[label] + 2.0 * r @ s + n * r @ r)
+
+    def _sketch_rows(self, label):
+        return self._rows[label][: self._filled[label]]
+
+    def class_factor(self, label, center):
+        """`(basis, small, trace)`: the class matrix (second moment / n, or covariance
+        with `center`) of the sketch as `basis @ small @ basis.T` with an orthonormal
+        `basis` of at most ℓ + 2 columns, and the exact trace of the true matrix."""
+        label = self._known(label)
+        n, r, s = self._count[label], self._shift[label], self._sum[label]
+        rows = self._sketch_rows(label)
+        mean_offset = s / n  # class mean minus the reference point
+        # Σ(x−r)(x−r)ᵀ ≈ BᵀB; the class matrix adds terms in span{r, mean − r}.
+        directions = np.column_stack([rows.T, mean_offset] + ([] if center else [r]))
+        basis, _ = np.linalg.qr(directions)
+        projected = basis.T @ rows.T
+        small = projected @ projected.T / n
+        m = basis.T @ mean_offset
+        if center:
+            small -= np.outer(m, m)
+            trace = self._trace[label] / n - mean_offset @ mean_offset
+        else:
+            p = basis.T @ r
+            small += np.outer(p, m) + np.outer(m, p) + np.outer(p, p)
+            trace = self.trace(label) / n
+        return basis, (small + small.T) / 2.0, max(float(trace), 0.0)
+
+    def second_moment(self, label):
+        """The sketch's approximation of `Σ x xᵀ` over class `label` (a new dense array)."""
+        label = self._known(label)
+        rows, r, s = self._sketch_rows(label), self._shift[label], self._sum[label]
+        w = s + 0.5 * self._count[label] * r
+        return rows.T @ rows + np.outer(r, w) + np.outer(w, r)
+
+    def total_second_moment(self):
+        """`Σ x xᵀ` over all samples of all classes (exact)."""
+        if not self._count:
+            return np.zeros((self.n_features, self.n_features))
+        return self._total.second_moment(0).copy()
+
+    # ------------------------------------------------------------------ building
+    def _reserve(self, labels):
+        new = [label for label in labels if label not in self._count]
+        if not new:
+            return
+        check_sketch_memory(len(self._count) + len(new), self.n_features, self.sketch_size,
+                             self.memory_limit, self.nbytes)
+        d = self.n_features
+        for label in new:
+            self._count[label], self._trace[label] = 0, 0.0
+            self._sum[label], self._shift[label] = np.zeros(d), None
+            self._rows[label] = np.zeros((2 * self.sketch_size, d))
+            self._filled[label] = 0
+            self.shrinkage[label] = 0.0
+
+    def _forget(self, labels):
+        for label in labels:
+            for state in (self._count, self._trace, self._sum, self._shift, self._rows,
+                          self._filled, self.shrinkage):
+                del state[label]
+
+    def _insert(self, label, rows):
+        """Append shifted float64 rows to the class's buffer, shrinking when it fills."""
+        buffer, ell = self._rows[label], self.sketch_size
+        start = 0
+        while start < len(rows):
+            filled = self._filled[label]
+            take = min(2 * ell - filled, len(rows) - start)
+            buffer[filled : filled + take] = rows[start : start + take]
+            self._filled[label] = filled + take
+            start += take
+            if self._filled[label] == 2 * ell:
+                kept, delta = _shrink(buffer, ell)
+                buffer[:ell], buffer[ell:] = kept, 0.0
+                self._filled[label] = ell
+                self.shrinkage[label] += delta
+
+    def accumulate(self, x, labels):
+        """Add the rows `x` `(n, d)` with integer `labels` `(n,)`; returns None.
+
+        Checks as `ClassStatistics.accumulate` (NaN/inf, shapes, labels, memory) before
+        anything is added. Backend tensors are copied to the host for the sketches.
+        """
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+            raise ValueError(
+                f"`labels` must be a vector of integers; received shape {labels.shape}."
+            )
+        if not len(labels):
+            self._total.accumulate(x, labels)  # shape checks
+            return
+        if labels.min() < 0:
+            raise ValueError(f"`labels` must be non-negative; received {labels.min()}.")
+        new = [c for c in np.unique(labels).tolist() if c not in self._count]
+        self._reserve(new)
+        try:
+            # The exact total checks the batch (NaN/inf, shapes) before it adds it.
+            self._total.accumulate(x, np.zeros(len(labels), dtype=np.int64))
+        except BaseException:
+            self._forget(new)  # the batch is refused whole
+            raise
+        if not isinstance(x, np.ndarray):
+            from keras import ops
+
+            x = ops.convert_to_numpy(x)
+        x = np.asarray(x)
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(sorted_labels)) + 1, [len(x)]])
+        for begin, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            label = int(sorted_labels[begin])
+            rows = x[order[begin:end]].astype(np.float64)
+            if self._shift[label] is None:
+                self._shift[label] = rows.mean(axis=0)
+            rows -= self._shift[label]
+            self._count[label] += end - begin
+            self._sum[label] += rows.sum(axis=0)
+            self._trace[label] += float(np.einsum("ij,ij->", rows, rows))
+            self._insert(label, rows)
+
+    def merge(self, other):
+        """Add `other`'s classes (another shard's sketch or exact statistics); `self`."""
+        if isinstance(other, ClassStatistics):
+            other = ClassSketch.from_statistics(other, self.sketch_size)
+        if not isinstance(other, ClassSketch):
+            raise TypeError(
+                f"`other` must be ClassSketch or ClassStatistics; received {type(other).__name__}."
+            )
+        if other.n_features != self.n_features:
+            raise ValueError(
+                f"Cannot merge statistics over {other.n_features} features into "
+                f"{self.n_features} features."
+            )
+        self._reserve(sorted(other._count))
+        self._total.merge(other._total)
+        for label in other._count:
+            rows = other._sketch_rows(label)
+            if self._shift[label] is None:
+                self._shift[label] = other._shift[label]
+            r, n2, s2 = self._shift[label], other._count[label], other._sum[label]
+            delta = other._shift[label] - r
+            # Other's rows are about its own reference: Σ(x−r)(x−r)ᵀ = Σ(x−r₂)(x−r₂)ᵀ
+            # + n₂δδᵀ + δs₂ᵀ + s₂δᵀ (δ = r₂ − r, s₂ = Σ(x−r₂)).
+            if np.any(delta):
+                mine = self._sketch_rows(label)
+                both = np.vstack([mine, rows])
+                correction = (np.column_stack([delta, s2]),
+                              np.array([[n2, 1.0], [1.0, 0.0]]))
+                kept, shrunk = _factor_shrink(both, correction, self.sketch_size)
+                self._rows[label][:] = 0.0
+                self._rows[label][: len(kept)] = kept
+                self._filled[label] = len(kept)
+            else:
+                self._insert(label, rows)
+                shrunk = 0.0
+            self._trace[label] += other._trace[label] + 2.0 * delta @ s2 + n2 * delta @ delta
+            self._sum[label] += s2 + n2 * delta
+            self._count[label] += n2
+            self.shrinkage[label] += other.shrinkage[label] + shrunk
+        return self
+
+    @classmethod
+    def from_statistics(cls, statistics, sketch_size, **kwargs):
+        """A sketch of exact `ClassStatistics` (each class's leading ℓ eigenpairs)."""
+        import scipy.linalg
+
+        kwargs.setdefault("product_dtype", statistics.product_dtype)
+        kwargs.setdefault("memory_limit", statistics.memory_limit)
+        sketch = cls(statistics.n_features, sketch_size, **kwargs)
+        labels = statistics.classes.tolist()
+        sketch._reserve(labels)
+        total = sum((statistics.second_moment(c) for c in labels),
+                    np.zeros((statistics.n_features,) * 2))
+        sketch._total = ClassStatistics.from_arrays(
+            [statistics.n_samples], [statistics.sums.sum(axis=0)], [total],
+            product_dtype=kwargs["product_dtype"], memory_limit=kwargs["memory_limit"])
+        d, ell = statistics.n_features, sketch.sketch_size
+        for label in labels:
+            n, raw_sum = statistics.count(label), statistics.sum(label)
+            r = raw_sum / n
+            # Σ(x−r)(x−r)ᵀ about the class mean r.
+            shifted = statistics.second_moment(label) - n * np.outer(r, r)
+            shifted = (shifted + shifted.T) / 2.0
+            k = min(d, ell + 1)
+            values, vectors = scipy.linalg.eigh(shifted, subset_by_index=[d - k, d - 1])
+            values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
+            delta = float(values[ell]) if k > ell else 0.0
+            rows = (vectors[:, :ell] * np.sqrt(np.clip(values[:ell] - delta, 0.0, None))).T
+            sketch._count[label], sketch._shift[label] = n, r
+            sketch._sum[label] = np.zeros(d)
+            sketch._trace[label] = float(np.trace(shifted))
+            sketch._rows[label][: len(rows)] = rows
+            sketch._filled[label] = len(rows)
+            sketch.shrinkage[label] = delta
+        return sketch
