@@ -91,7 +91,7 @@ TARGETS = [
            "IncrementalPCA"),
     Target("stats_conv2", "bench_accumulate",
            "conv2 size (5×5×32 patches, d = 800) including the solve: ≤ 1.5× one float32 XᵀX"),
-    Target("stats_sketch", "bench_accumulate",
+    Target("stats_sketch", "bench_sketch",
            "K = 1,000 classes, d = 2,304 streamed within 4 GB of peak memory; sketched class "
            "subspaces within subspace residual 1e-2 of the exact ones"),
     Target("stats_backends", "bench_accumulate",

@@ -9,7 +9,7 @@ import pytest
 from keras_classpca.core.class_pca import ClassPCA, InvalidParameterError
 from keras_classpca.core.sketch import ClassSketch, sketch_nbytes
 from keras_classpca.core.statistics import ClassStatistics, statistics_nbytes
-from keras_classpca.core.subspace import principal_cosines
+from keras_classpca.core.subspace import subspace_residual
 
 SPECTRUM = np.array([6.0, 4.0, 3.0, 2.0])
 
@@ -24,11 +24,6 @@ def _subspace_data(n=3000, d=60, classes=5, noise=0.05, seed=0, offset=3.0):
     x = np.einsum("ndk,nk->nd", np.stack(bases)[y], coefficients)
     x = x + noise * rng.normal(size=(n, d)) + offset
     return x, y, bases  # float64: the exact reference then has float64 products too
-
-
-def _sine(a, b):
-    """Largest principal-angle sine between the column spans of `a` and `b`."""
-    return float(np.sqrt(max(0.0, 1.0 - principal_cosines(a, b).min() ** 2)))
 
 
 def test_frequent_directions_bound_and_exact_parts():
@@ -66,9 +61,9 @@ def test_class_pca_on_a_sketch_recovers_the_known_subspaces():
     for label, basis in enumerate(bases):
         found = sketched.components_[:, sketched.component_classes_ == label]
         assert found.shape[1] == 4
-        assert _sine(found, basis) < 0.05  # the truth, up to the noise
+        assert subspace_residual(found, basis) < 0.05  # the truth, up to the noise
         reference = exact.components_[:, exact.component_classes_ == label]
-        assert _sine(found, reference) < 1e-2  # the exact solution (issue target 1e-2)
+        assert subspace_residual(found, reference) < 1e-2  # the exact solution (issue target 1e-2)
     # Exact traces: the explained-variance shares are true shares, each eigenvalue
     # low by at most the class's shrinkage Δ / n (Frequent Directions' bound).
     statistics = sketched.statistics_
@@ -76,7 +71,7 @@ def test_class_pca_on_a_sketch_recovers_the_known_subspaces():
         bound = statistics.shrinkage[label] / statistics.count(label)
         bound /= np.trace(exact.class_matrix(label))
         difference = exact.explained_variance_ratio_[i] - sketched.explained_variance_ratio_[i]
-        assert -1e-9 <= difference <= bound + 1e-9
+        assert -1e-6 * bound <= difference <= bound * (1 + 1e-4)  # float32 sketch rows
     # standardised scaling uses the exact total covariance: same output scale
     np.testing.assert_allclose(np.abs(sketched.kernel_), np.abs(exact.kernel_), atol=1e-3)
 
@@ -99,7 +94,7 @@ def test_merged_shards_equal_one_pass_within_the_sketch_bound():
         scale = np.linalg.norm(truth, 2)
         assert gap.min() >= -1e-6 * scale and gap.max() <= merged.shrinkage[label] + 1e-6 * scale
         found = first.components_[:, first.component_classes_ == label]
-        assert _sine(found, bases[label]) < 0.05
+        assert subspace_residual(found, bases[label]) < 0.05
     # exact statistics merge into a sketch; a sketch turns exact ones into a sketch
     exact = ClassPCA(20, sketch_size=None).fit(x[:1000], y[:1000])
     exact.merge(ClassPCA(20, sketch_size=12).fit(x[1000:], y[1000:]))
@@ -111,11 +106,12 @@ def test_auto_switches_to_a_sketch_when_exact_statistics_do_not_fit():
     x, y, bases = _subspace_data()
     d = x.shape[1]
     limit = 3 * 8 * (d * d + 2 * d + 1)  # exact statistics for 3 of the 5 classes
-    with pytest.warns(UserWarning, match=r"need .* Keeping a Frequent Directions sketch"):
+    with pytest.warns(UserWarning, match=r"need .* keeping a Frequent Directions sketch"):
         auto = ClassPCA(20, memory_limit=limit).fit(x, y)
     assert auto.sketch_size_ is not None and auto.statistics_.nbytes <= limit
     for label, basis in enumerate(bases):
-        assert _sine(auto.components_[:, auto.component_classes_ == label], basis) < 0.05
+        found = auto.components_[:, auto.component_classes_ == label]
+        assert subspace_residual(found, basis) < 0.05
     # streamed with partial_fit: the switch happens at the class that does not fit
     streamed = ClassPCA(20, memory_limit=limit)
     with warnings.catch_warnings():
@@ -195,4 +191,4 @@ def test_hybridize_solves_a_layer_from_a_sketch():
     hybridize(model, (x, y), cutoff=1, sketch_size=12, samples=None, verbose=0)
     exact = ClassPCA(20, sketch_size=None).fit(x, y)
     kernel = model.layers[0].get_weights()[0]
-    assert _sine(kernel, exact.kernel_) < 1e-2
+    assert subspace_residual(kernel, exact.kernel_) < 1e-2

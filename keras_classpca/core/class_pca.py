@@ -11,6 +11,7 @@ it solves are a public `ClassStatistics` (`statistics_`, `from_statistics`).
 
 import collections
 import contextlib
+import functools
 import numbers
 import warnings
 
@@ -26,6 +27,8 @@ from keras_classpca.core.statistics import (
     _is_backend_tensor,
     available_memory,
     check_memory,
+    format_bytes,
+    statistics_nbytes,
 )
 
 ALLOCATIONS = ("equal", "adaptive")
@@ -49,9 +52,11 @@ RANDOMIZED_OVERSAMPLING = 10
 RANDOMIZED_ITERATIONS = 4
 # sketch_size="auto": rows per class when exact statistics do not fit in memory —
 # SKETCH_ROWS_PER_COMPONENT times the components a class gets, at least
-# SKETCH_MIN_ROWS (bench_accumulate measures the subspaces this recovers).
-SKETCH_MIN_ROWS = 32
-SKETCH_ROWS_PER_COMPONENT = 4
+# SKETCH_MIN_ROWS. Set on Fashion-MNIST pixels and the benchmark CNN's conv2 patches
+# (bench_sketch: 32 rows left subspace residuals of 2e-2 and 0.27 there, 64 rows
+# 6e-3 and 3e-2); the synthetic d = 2,304 case of bench_sketch was not used to set it.
+SKETCH_MIN_ROWS = 64
+SKETCH_ROWS_PER_COMPONENT = 8
 
 Solution = collections.namedtuple(
     "Solution",
@@ -219,30 +224,32 @@ class _Spectrum:
     Asking for pair `i` beyond those computed recomputes at least twice as many; only
     the leading `k` are computed (LAPACK `syevr` through SciPy) while `k` is small
     against `d`, else all of them (`numpy.linalg.eigh`). Values are clipped at 0 and in
-    descending order; vectors have deterministic signs.
+    descending order; vectors have deterministic signs. The matrix comes from
+    `make_matrix()` each time it is needed and is not kept: a solve over K classes
+    holds one class matrix at a time besides the statistics, not K of them.
     """
 
-    def __init__(self, matrix, first, randomized=False):
-        self.matrix = matrix
-        self.d = len(matrix)
-        self.trace = max(float(np.trace(matrix)), 0.0)
+    def __init__(self, make_matrix, first, randomized=False):
+        self.make_matrix = make_matrix
         self.randomized = randomized
         self.k = 0
         self._compute(first)
 
     def _compute(self, k):
-        d = self.d
+        matrix = self.make_matrix()
+        d = self.d = len(matrix)
+        self.trace = max(float(np.trace(matrix)), 0.0)
         k = min(d, max(int(k), 1))
         if k >= SUBSET_MAX_SHARE * d:
-            values, vectors = np.linalg.eigh(self.matrix)
+            values, vectors = np.linalg.eigh(matrix)
             k = d
         elif self.randomized:
-            values, vectors = _subspace_iteration(self.matrix, k)
+            values, vectors = _subspace_iteration(matrix, k)
         else:
             import scipy.linalg
 
             values, vectors = scipy.linalg.eigh(
-                self.matrix, subset_by_index=[d - k, d - 1], driver="evr"
+                matrix, subset_by_index=[d - k, d - 1], driver="evr"
             )
         self.values = np.clip(values[::-1], 0.0, None)
         self.vectors = _fix_signs(vectors[:, ::-1])
@@ -290,15 +297,6 @@ class _FactoredSpectrum(_Spectrum):
 
     def alive(self, i):
         return i < self.k and self.share(i) > EXHAUSTED_SHARE
-
-
-def _warn_sketch(error, size):
-    warnings.warn(
-        f"{error} Keeping a Frequent Directions sketch of {size} rows per class instead "
-        f"(ClassSketch; sketch_size={size}): each class's leading directions are "
-        "approximate. Pass sketch_size=None to raise instead, or an integer to choose.",
-        stacklevel=4,
-    )
 
 
 def _as_dense(x):
@@ -422,7 +420,8 @@ class ClassPCA:
             `O(K·d·ℓ)` memory; counts, sums, traces and the total second moment stay
             exact); `"auto"` (default) keeps exact statistics while they fit in
             `memory_limit` and switches to a sketch (with a warning; `sketch_size_`
-            says which) when they would not: `max(32, 4 x components per class)` rows.
+            says which) when they would not: `max(64, 8 x components per class)` rows
+            (fewer if that does not fit).
 
     Attributes (after `fit`, `partial_fit` or `from_statistics`):
         statistics_: the `ClassStatistics` solved (per-class count, sum, second moment),
@@ -581,11 +580,20 @@ class ClassPCA:
         size = min(d, max(SKETCH_MIN_ROWS, SKETCH_ROWS_PER_COMPONENT * per_class))
         limit = self.memory_limit if self.memory_limit is not None else available_memory()
         if limit is not None:
-            fixed = sketch_nbytes(k, d, 0)
-            size = min(size, int((limit - fixed) // (16 * k * d)))
+            fixed, per_row = sketch_nbytes(k, d, 0), sketch_nbytes(k, d, 1) - sketch_nbytes(k, d, 0)
+            size = min(size, int((limit - fixed) // per_row))
         if size < per_class:
             raise error
-        _warn_sketch(error, size)
+        warnings.warn(
+            f"Exact class statistics for {k} classes x {d} features need "
+            f"{format_bytes(statistics_nbytes(k, d))} (K x d^2 float64), more than "
+            + ("memory_limit" if self.memory_limit is not None else "the available memory")
+            + f" ({format_bytes(limit)}): keeping a Frequent Directions sketch of {size} rows "
+            f"per class instead (ClassSketch, {format_bytes(sketch_nbytes(k, d, size))}); each "
+            "class's leading directions are approximate. Pass sketch_size=None to raise "
+            "instead, or an integer to choose the rows.",
+            stacklevel=5,
+        )
         return size
 
     def _new_statistics(self, n_features):
@@ -876,7 +884,7 @@ class ClassPCA:
                         raise ValueError(f"Class {label} has no samples.")
                     spectra.append(_FactoredSpectrum(*statistics.class_factor(label, self.center)))
                 else:
-                    spectra.append(_Spectrum(self.class_matrix(label), k,
+                    spectra.append(_Spectrum(functools.partial(self.class_matrix, label), k,
                                              randomized=self.eigen_solver == "randomized"))
         return spectra
 

@@ -16,29 +16,31 @@ recovers them closely (docs/benchmarks.md, `bench_accumulate`).
 
 What stays exact: every class's count, sum and trace (so explained-variance shares are
 true shares), and the total second moment over all classes — one `d x d` matrix, which
-standardised scaling and the total covariance need. Memory is
-`K·(2ℓ·d + 2d + 3) + d² + 2d + 1` float64 values (`sketch_nbytes`).
+standardised scaling and the total covariance need. The sketch rows are stored in
+float32 (their rounding, ~1e-7, is far below the sketch's own error) and combined in
+float64. Memory is `K·2ℓ·d` float32 plus `K·(2d + 3) + d² + 2d + 1` float64 values
+(`sketch_nbytes`).
 
 A sketch is updated a buffer of `2ℓ` rows at a time: when the buffer is full, it is
 shrunk back to `ℓ` rows from the eigen-decomposition of its `2ℓ x 2ℓ` Gram matrix. Two
 sketches merge exactly as the algorithm allows (mergeable summaries): the union of their
 rows, shrunk again; a shard's different reference point enters as a rank-2 correction
-solved in the span of the rows. The sketch rows are float64 and computed on the host.
+solved in the span of the rows. The sketches are computed on the host.
 """
 
 import numpy as np
 
 from keras_classpca.core.statistics import (
     ClassStatistics,
-    _format_bytes,
     available_memory,
+    format_bytes,
 )
 
 
 def sketch_nbytes(n_classes, n_features, sketch_size):
     """Bytes a `ClassSketch` holds for `n_classes` classes of `n_features`."""
     k, d, ell = int(n_classes), int(n_features), int(sketch_size)
-    return 8 * (k * (2 * ell * d + 2 * d + 3) + d * d + 2 * d + 1)
+    return 4 * k * 2 * ell * d + 8 * (k * (2 * d + 3) + d * d + 2 * d + 1)
 
 
 def check_sketch_memory(n_classes, n_features, sketch_size, memory_limit=None, held=0):
@@ -54,13 +56,14 @@ def check_sketch_memory(n_classes, n_features, sketch_size, memory_limit=None, h
     if needed > limit:
         raise MemoryError(
             f"Class sketches for {n_classes} classes x {n_features} features with "
-            f"sketch_size={sketch_size} need {_format_bytes(needed)}, more than {what} "
-            f"({_format_bytes(limit)}). Use a smaller sketch_size or fewer features."
+            f"sketch_size={sketch_size} need {format_bytes(needed)}, more than {what} "
+            f"({format_bytes(limit)}). Use a smaller sketch_size or fewer features."
         )
 
 
 def _shrink(rows, ell):
     """Frequent Directions' shrink: `(ℓ rows, δ)` with `rowsᵀrows − newᵀnew ≼ δ·I`."""
+    rows = rows.astype(np.float64)
     gram = rows @ rows.T
     values, vectors = np.linalg.eigh((gram + gram.T) / 2.0)
     values, vectors = values[::-1], vectors[:, ::-1]
@@ -193,7 +196,8 @@ class ClassSketch:
         return float(self._trace[label] + 2.0 * r @ s + n * r @ r)
 
     def _sketch_rows(self, label):
-        return self._rows[label][: self._filled[label]]
+        """The class's sketch rows, float64."""
+        return self._rows[label][: self._filled[label]].astype(np.float64)
 
     def class_factor(self, label, center):
         """`(basis, small, trace)`: the class matrix (second moment / n, or covariance
@@ -242,7 +246,7 @@ class ClassSketch:
         for label in new:
             self._count[label], self._trace[label] = 0, 0.0
             self._sum[label], self._shift[label] = np.zeros(d), None
-            self._rows[label] = np.zeros((2 * self.sketch_size, d))
+            self._rows[label] = np.zeros((2 * self.sketch_size, d), dtype=np.float32)
             self._filled[label] = 0
             self.shrinkage[label] = 0.0
 

@@ -73,7 +73,7 @@ def statistics_nbytes(n_classes, n_features):
     return int(n_classes) * (int(n_features) ** 2 + 2 * int(n_features) + 1) * 8
 
 
-def _format_bytes(n):
+def format_bytes(n):
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
@@ -97,8 +97,8 @@ def check_memory(n_classes, n_features, memory_limit=None, *, held=0):
     if needed > limit:
         raise MemoryError(
             f"Class statistics for {n_classes} classes x {n_features} features need "
-            f"{_format_bytes(needed)} (K x d^2 float64), more than {what} "
-            f"({_format_bytes(limit)}). Use fewer classes or features (smaller patches, a "
+            f"{format_bytes(needed)} (K x d^2 float64), more than {what} "
+            f"({format_bytes(limit)}). Use fewer classes or features (smaller patches, a "
             "narrower layer input), or solve on a machine with more memory."
         )
 

@@ -94,6 +94,20 @@ def subspace_overlap(a, b):
     return float(np.mean(cosines**2))
 
 
+def subspace_residual(a, b):
+    """Sine of the largest principal angle between span(a) and span(b): the spectral
+    norm of what of the smaller span the other misses, ‖(I − P_a) Q_b‖₂ for equal ranks
+    (0 = identical spans, 1 = some direction orthogonal to the other span).
+
+    >>> import numpy as np
+    >>> e = np.eye(3)
+    >>> round(subspace_residual(e[:, :1], np.cos(0.1) * e[:, :1] + np.sin(0.1) * e[:, 1:2]), 6)
+    0.099833
+    """
+    cosines = principal_cosines(a, b)
+    return float(np.sqrt(max(0.0, 1.0 - float(cosines.min()) ** 2)))
+
+
 def chance_overlap(rank_a, rank_b, dim):
     """Expected overlap of independent uniformly random subspaces of R^dim of ranks
     `rank_a` and `rank_b`: E‖Qaᵀ Qb‖²_F / min(ranks) = max(ranks) / dim."""
