@@ -25,9 +25,9 @@ from keras_classpca.core.statistics import (
     PRODUCT_DTYPES,
     ClassStatistics,
     _is_backend_tensor,
-    available_memory,
     check_memory,
     format_bytes,
+    memory_budget,
     statistics_nbytes,
 )
 
@@ -578,7 +578,8 @@ class ClassPCA:
         k, d = max(int(n_classes), 1), int(n_features)
         per_class = -(-(self.n_components or 1) // k)
         size = min(d, max(SKETCH_MIN_ROWS, SKETCH_ROWS_PER_COMPONENT * per_class))
-        limit = self.memory_limit if self.memory_limit is not None else available_memory()
+        budget = memory_budget(self.memory_limit)
+        limit, limit_name = budget if budget is not None else (None, "")
         if limit is not None:
             fixed, per_row = sketch_nbytes(k, d, 0), sketch_nbytes(k, d, 1) - sketch_nbytes(k, d, 0)
             size = min(size, int((limit - fixed) // per_row))
@@ -587,11 +588,11 @@ class ClassPCA:
         warnings.warn(
             f"Exact class statistics for {k} classes x {d} features need "
             f"{format_bytes(statistics_nbytes(k, d))} (K x d^2 float64), more than "
-            + ("memory_limit" if self.memory_limit is not None else "the available memory")
-            + f" ({format_bytes(limit)}): keeping a Frequent Directions sketch of {size} rows "
-            f"per class instead (ClassSketch, {format_bytes(sketch_nbytes(k, d, size))}); each "
-            "class's leading directions are approximate. Pass sketch_size=None to raise "
-            "instead, or an integer to choose the rows.",
+            f"{limit_name} ({format_bytes(limit)}): keeping a Frequent Directions sketch of "
+            f"{size} rows per class instead (ClassSketch, "
+            f"{format_bytes(sketch_nbytes(k, d, size))}); each class's leading directions "
+            "are approximate. Pass sketch_size=None to raise instead, or an integer to "
+            "choose the rows.",
             stacklevel=5,
         )
         return size

@@ -32,8 +32,8 @@ import numpy as np
 
 from keras_classpca.core.statistics import (
     ClassStatistics,
-    available_memory,
     format_bytes,
+    memory_budget,
 )
 
 
@@ -46,18 +46,12 @@ def sketch_nbytes(n_classes, n_features, sketch_size):
 def check_sketch_memory(n_classes, n_features, sketch_size, memory_limit=None, held=0):
     """Raise `MemoryError` if the sketches would not fit (see `check_memory`)."""
     needed = sketch_nbytes(n_classes, n_features, sketch_size)
-    if memory_limit is None:
-        available = available_memory()
-        if available is None:
-            return
-        limit, what = available + held, "the available memory"
-    else:
-        limit, what = int(memory_limit), "memory_limit"
-    if needed > limit:
+    budget = memory_budget(memory_limit, held)
+    if budget is not None and needed > budget[0]:
         raise MemoryError(
             f"Class sketches for {n_classes} classes x {n_features} features with "
-            f"sketch_size={sketch_size} need {format_bytes(needed)}, more than {what} "
-            f"({format_bytes(limit)}). Use a smaller sketch_size or fewer features."
+            f"sketch_size={sketch_size} need {format_bytes(needed)}, more than {budget[1]} "
+            f"({format_bytes(budget[0])}). Use a smaller sketch_size or fewer features."
         )
 
 

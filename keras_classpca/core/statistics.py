@@ -80,6 +80,15 @@ def format_bytes(n):
     return f"{n} bytes"
 
 
+def memory_budget(memory_limit=None, held=0):
+    """`(bytes, name)` statistics may take: `memory_limit`, or (None) the available
+    memory plus `held`, the bytes they already hold; None when the system does not say."""
+    if memory_limit is not None:
+        return int(memory_limit), "memory_limit"
+    available = available_memory()
+    return None if available is None else (available + held, "the available memory")
+
+
 def check_memory(n_classes, n_features, memory_limit=None, *, held=0):
     """Raise `MemoryError` if statistics for `n_classes` x `n_features` would not fit.
 
@@ -87,19 +96,14 @@ def check_memory(n_classes, n_features, memory_limit=None, *, held=0):
     caller's statistics already hold).
     """
     needed = statistics_nbytes(n_classes, n_features)
-    if memory_limit is None:
-        available = available_memory()
-        if available is None:
-            return
-        limit, what = available + held, "the available memory"
-    else:
-        limit, what = int(memory_limit), "memory_limit"
-    if needed > limit:
+    budget = memory_budget(memory_limit, held)
+    if budget is not None and needed > budget[0]:
         raise MemoryError(
             f"Class statistics for {n_classes} classes x {n_features} features need "
-            f"{format_bytes(needed)} (K x d^2 float64), more than {what} "
-            f"({format_bytes(limit)}). Use fewer classes or features (smaller patches, a "
-            "narrower layer input), or solve on a machine with more memory."
+            f"{format_bytes(needed)} (K x d^2 float64), more than {budget[1]} "
+            f"({format_bytes(budget[0])}). Use fewer classes or features (smaller patches, a "
+            "narrower layer input), a ClassSketch (`sketch_size=`), or a machine with more "
+            "memory."
         )
 
 
