@@ -26,6 +26,7 @@ def _subspace_data(n=3000, d=60, classes=5, noise=0.05, seed=0, offset=3.0):
     return x, y, bases  # float64: the exact reference then has float64 products too
 
 
+@pytest.mark.backend_independent
 def test_frequent_directions_bound_and_exact_parts():
     x, y, _ = _subspace_data(n=2000, noise=0.3)
     sketch, exact = ClassSketch(60, sketch_size=6), ClassStatistics(60)
@@ -52,6 +53,7 @@ def test_frequent_directions_bound_and_exact_parts():
         assert delta <= shifted[:-4].sum() / (6 - 4) * 1.001
 
 
+@pytest.mark.backend_independent
 def test_class_pca_on_a_sketch_recovers_the_known_subspaces():
     x, y, bases = _subspace_data()
     exact = ClassPCA(20, sketch_size=None).fit(x, y)
@@ -76,6 +78,7 @@ def test_class_pca_on_a_sketch_recovers_the_known_subspaces():
     np.testing.assert_allclose(np.abs(sketched.kernel_), np.abs(exact.kernel_), atol=1e-3)
 
 
+@pytest.mark.backend_independent
 def test_merged_shards_equal_one_pass_within_the_sketch_bound():
     x, y, bases = _subspace_data(noise=0.2)
     whole = ClassPCA(20, sketch_size=12).fit(x, y)
@@ -102,6 +105,7 @@ def test_merged_shards_equal_one_pass_within_the_sketch_bound():
     assert exact.statistics_.counts.sum() == len(x)
 
 
+@pytest.mark.backend_independent
 def test_auto_switches_to_a_sketch_when_exact_statistics_do_not_fit():
     x, y, bases = _subspace_data()
     d = x.shape[1]
@@ -130,6 +134,7 @@ def test_auto_switches_to_a_sketch_when_exact_statistics_do_not_fit():
         ClassPCA(20, memory_limit=8 * (d * d)).fit(x, y)
 
 
+@pytest.mark.backend_independent
 def test_memory_is_linear_in_classes_and_features():
     # The case: 1,000 classes of 3x3x256 patches.
     k, d = 1000, 2304
@@ -140,6 +145,7 @@ def test_memory_is_linear_in_classes_and_features():
     assert sketch.nbytes == sketch_nbytes(5, 50, 4)
 
 
+@pytest.mark.backend_independent
 def test_bad_batches_change_nothing_and_options_are_checked():
     x, y, _ = _subspace_data(n=200)
     sketch = ClassSketch(60, sketch_size=4)
