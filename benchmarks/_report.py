@@ -59,6 +59,15 @@ def median_time(fn, repeats=3):
     return statistics.median(times), result
 
 
+def peak_rss_since_reset_mb():
+    """Peak RSS (Linux VmHWM) since the last `clear_refs` reset, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def peak_rss_mb():
     """Peak resident set size of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

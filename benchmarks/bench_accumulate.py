@@ -62,6 +62,7 @@ from benchmarks._report import (  # noqa: E402
     machine_line,
     markdown_table,
     met,
+    peak_rss_since_reset_mb,
     write_section,
 )
 
@@ -270,15 +271,6 @@ def cnn_contenders(n_images=6_000):
 
 
 # ---------------------------------------------------------------------- memory
-def fit_peak_mb():
-    """Peak RSS since the last `clear_refs` reset (Linux VmHWM), in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def memory_child(n, d, batch):
     """Run in a fresh process: stream n rows through ClassPCA, report peak RSS."""
     from keras_classpca import ClassPCA
@@ -290,7 +282,7 @@ def memory_child(n, d, batch):
             f.write("5")
     except OSError:
         pass
-    baseline = fit_peak_mb()
+    baseline = peak_rss_since_reset_mb()
 
     def generator():
         for start in range(0, n, batch):
@@ -301,7 +293,7 @@ def memory_child(n, d, batch):
     pca = ClassPCA(40, n_classes=N_CLASSES).fit(generator())
     seconds = time.perf_counter() - start
     assert int(pca.n_samples_seen_.sum()) == n
-    print(json.dumps({"n": n, "baseline_mb": baseline, "peak_mb": fit_peak_mb(),
+    print(json.dumps({"n": n, "baseline_mb": baseline, "peak_mb": peak_rss_since_reset_mb(),
                       "seconds": seconds}))
 
 

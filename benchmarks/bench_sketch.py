@@ -26,7 +26,14 @@ import time
 
 import numpy as np
 
-from benchmarks._report import command_line, machine_line, markdown_table, met, write_section
+from benchmarks._report import (
+    command_line,
+    machine_line,
+    markdown_table,
+    met,
+    peak_rss_since_reset_mb,
+    write_section,
+)
 
 SECTION = "bench_sketch"
 BATCH = 4_096
@@ -39,14 +46,6 @@ def _class_rows(rng, bases, labels, noise=0.05):
     x = np.einsum("ndk,nk->nd", bases[labels], coefficients)
     x += noise * rng.standard_normal(x.shape, dtype=np.float32)
     return x
-
-
-def fit_peak_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def memory_child(n_classes, d, rows_per_class, memory_limit):
@@ -79,7 +78,7 @@ def memory_child(n_classes, d, rows_per_class, memory_limit):
     ]
     print(json.dumps({
         "classes": n_classes, "d": d, "rows": int(len(labels)), "seconds": seconds,
-        "peak_mb": fit_peak_mb(), "sketch_size": pca.sketch_size_,
+        "peak_mb": peak_rss_since_reset_mb(), "sketch_size": pca.sketch_size_,
         "statistics_mb": pca.statistics_.nbytes / 2**20,
         "exact_mb": statistics_nbytes(n_classes, d) / 2**20,
         "warning": next((str(w.message) for w in caught if "sketch" in str(w.message)), ""),

@@ -32,8 +32,7 @@ import numpy as np
 
 from keras_classpca.core.statistics import (
     ClassStatistics,
-    format_bytes,
-    memory_budget,
+    check_bytes,
 )
 
 
@@ -45,14 +44,14 @@ def sketch_nbytes(n_classes, n_features, sketch_size):
 
 def check_sketch_memory(n_classes, n_features, sketch_size, memory_limit=None, held=0):
     """Raise `MemoryError` if the sketches would not fit (see `check_memory`)."""
-    needed = sketch_nbytes(n_classes, n_features, sketch_size)
-    budget = memory_budget(memory_limit, held)
-    if budget is not None and needed > budget[0]:
-        raise MemoryError(
-            f"Class sketches for {n_classes} classes x {n_features} features with "
-            f"sketch_size={sketch_size} need {format_bytes(needed)}, more than {budget[1]} "
-            f"({format_bytes(budget[0])}). Use a smaller sketch_size or fewer features."
-        )
+    check_bytes(
+        sketch_nbytes(n_classes, n_features, sketch_size),
+        f"Class sketches for {n_classes} classes x {n_features} features with "
+        f"sketch_size={sketch_size}",
+        "Use a smaller sketch_size or fewer features.",
+        memory_limit,
+        held=held,
+    )
 
 
 def _shrink(rows, ell):

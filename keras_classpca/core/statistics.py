@@ -89,22 +89,32 @@ def memory_budget(memory_limit=None, held=0):
     return None if available is None else (available + held, "the available memory")
 
 
+def check_bytes(needed, what, advice, memory_limit=None, *, held=0):
+    """Raise `MemoryError` "`what` need `needed` bytes, more than the budget. `advice`"
+    if `needed` exceeds `memory_budget(memory_limit, held)`."""
+    budget = memory_budget(memory_limit, held)
+    if budget is not None and needed > budget[0]:
+        raise MemoryError(
+            f"{what} need {format_bytes(needed)}, more than {budget[1]} "
+            f"({format_bytes(budget[0])}). {advice}"
+        )
+
+
 def check_memory(n_classes, n_features, memory_limit=None, *, held=0):
     """Raise `MemoryError` if statistics for `n_classes` x `n_features` would not fit.
 
     `memory_limit` in bytes (None: the available memory plus `held`, the bytes the
     caller's statistics already hold).
     """
-    needed = statistics_nbytes(n_classes, n_features)
-    budget = memory_budget(memory_limit, held)
-    if budget is not None and needed > budget[0]:
-        raise MemoryError(
-            f"Class statistics for {n_classes} classes x {n_features} features need "
-            f"{format_bytes(needed)} (K x d^2 float64), more than {budget[1]} "
-            f"({format_bytes(budget[0])}). Use fewer classes or features (smaller patches, a "
-            "narrower layer input), a ClassSketch (`sketch_size=`), or a machine with more "
-            "memory."
-        )
+    check_bytes(
+        statistics_nbytes(n_classes, n_features),
+        f"Class statistics for {n_classes} classes x {n_features} features",
+        "They hold K x d^2 float64 values. Use fewer classes or features (smaller "
+        "patches, a narrower layer input), a ClassSketch (`sketch_size=`), or a machine "
+        "with more memory.",
+        memory_limit,
+        held=held,
+    )
 
 
 def _is_backend_tensor(x):
