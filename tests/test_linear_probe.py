@@ -48,27 +48,6 @@ def test_loo_probe_is_near_chance_without_signal_and_high_with_it():
     assert loo_ridge_accuracy(x, y, 4) > 0.9
 
 
-def test_reduce_features_pools_maps_over_a_partition_of_the_grid():
-    h, w, c = 7, 5, 2
-    # One-hot maps: each position must land in exactly one cell, divided by its area.
-    eye = np.eye(h * w * c).reshape(h * w * c, h, w, c)
-    reduced = reduce_features(eye, max_features=18)  # grid int(sqrt(18 / 2)) = 3 per side
-    assert reduced.shape == (h * w * c, 3 * 3 * c)
-    assert np.all(np.count_nonzero(reduced, axis=1) == 1)
-    cell_of = np.argmax(reduced, axis=1)
-    assert np.all(cell_of % c == np.arange(h * w * c) % c)  # channels stay apart
-    area = np.bincount(cell_of, minlength=3 * 3 * c)
-    assert area.sum() == h * w * c and area.min() >= 1
-    # each nonzero value is 1 / (area of its cell): a mean over the cell
-    np.testing.assert_allclose(reduced.max(axis=1), 1.0 / area[cell_of])
-    # pooling a random map: cell means weighted by cell areas give the map's sum
-    x = np.random.default_rng(0).normal(size=(4, h, w, c))
-    pooled = reduce_features(x, max_features=18)
-    np.testing.assert_allclose(
-        (pooled * area).reshape(4, 9, c).sum(axis=1), x.sum(axis=(1, 2))
-    )
-
-
 def test_reduce_features_leaves_small_inputs_alone_and_projects_long_vectors():
     x = np.random.default_rng(1).normal(size=(6, 2, 2, 3))
     np.testing.assert_array_equal(reduce_features(x), x.reshape(6, -1))

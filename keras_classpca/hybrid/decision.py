@@ -23,7 +23,6 @@ from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, stream
 from keras_classpca.layers.geometry import UnsolvableDataError
 
 DECISION_BATCH = 256
-PROBE_POOLING = False  # a projection keeps every position, as a Flatten–Dense top sees them
 
 
 class _InMemory:
@@ -48,7 +47,7 @@ class _Features:
         self.parts = []
 
     def __call__(self, h, labels, offset):
-        self.parts.append(reduce_features(h, self.max_features, pool=PROBE_POOLING))
+        self.parts.append(reduce_features(h, self.max_features))
 
     def value(self):
         return np.concatenate(self.parts)

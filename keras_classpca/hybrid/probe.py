@@ -3,8 +3,7 @@
 
 It measures how linearly separable a layer's features are, in closed form (float64),
 with no SGD. Large features are first reduced to at most `max_features` values (a
-fixed random projection, or average pooling over a coarse spatial grid), so every
-layer is probed at a bounded cost.
+fixed random projection), so every layer is probed at a bounded cost.
 """
 
 import functools
@@ -12,32 +11,12 @@ import functools
 import numpy as np
 
 
-def _bin_edges(size, bins):
-    return np.linspace(0, size, bins + 1).round().astype(int)
-
-
-def reduce_features(features, max_features=2048, seed=0, pool=True):
-    """Flattened features of at most `max_features` values per sample.
-
-    With `pool`, `(n, h, w, c)` maps are averaged over a `g × g` grid with
-    `g² c <= max_features`; longer vectors (and, without `pool`, any features) are
-    multiplied by a fixed Gaussian projection (seeded).
-    """
-    features = np.asarray(features, dtype=np.float64)
-    if pool and features.ndim == 4:
-        n, h, w, c = features.shape
-        grid = int(np.sqrt(max_features / c)) if c <= max_features else 1
-        grid_h, grid_w = max(1, min(h, grid)), max(1, min(w, grid))
-        if (grid_h, grid_w) != (h, w):
-            rows, cols = _bin_edges(h, grid_h), _bin_edges(w, grid_w)
-            pooled = np.empty((n, grid_h, grid_w, c))
-            for i in range(grid_h):
-                for j in range(grid_w):
-                    pooled[:, i, j] = features[
-                        :, rows[i] : rows[i + 1], cols[j] : cols[j + 1]
-                    ].mean(axis=(1, 2))
-            features = pooled
-    features = features.reshape(len(features), -1)
+def reduce_features(features, max_features=2048, seed=0):
+    """Flattened features of at most `max_features` values per sample: longer vectors
+    are multiplied by a fixed Gaussian projection (seeded), which keeps every position
+    apart, as a Flatten–Dense top sees them (an earlier option, average pooling over a
+    coarse grid, discarded where a feature is and was dropped)."""
+    features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     if features.shape[1] > max_features:
         # float32 products: the probe needs the geometry, not the last digits.
         projection = _projection(features.shape[1], max_features, seed)
