@@ -489,6 +489,8 @@ def fit_top(
     if validation_data is not None:
         keys.append(output_key(validation_data))
     already_computed = all(key is not None and key in output_cache for key in keys)
+    if cache == "auto" and epochs <= fit_kwargs.get("initial_epoch", 0):
+        return plain_fit()  # no epoch to train: nothing to save by caching
     if cache == "auto" and not already_computed:
         if y is None and hasattr(x, "__next__"):
             # A one-shot iterator: the batch read for timing must still be trained on.
@@ -497,7 +499,8 @@ def fit_top(
             x_batch = np.asarray(first[0])
         else:
             x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
-        if predict_cache_speedup(model, prefix, x_batch, epochs) >= CACHE_IF_BELOW:
+        remaining = epochs - fit_kwargs.get("initial_epoch", 0)
+        if predict_cache_speedup(model, prefix, x_batch, remaining) >= CACHE_IF_BELOW:
             return plain_fit()
 
     compile_like(top, model)
