@@ -29,7 +29,7 @@ import numpy as np
 
 from keras_classpca._optional import import_optional
 from keras_classpca.core.class_pca import ClassPCA
-from keras_classpca.core.statistics import ClassStatistics
+from keras_classpca.core.statistics import ClassStatistics, check_memory
 
 tf = import_optional("tensorflow", "keras_classpca.distributed (tf.distribute)")
 
@@ -268,6 +268,9 @@ def class_statistics(
         n_features = spec_dataset.element_spec[0].shape[-1]
         if n_features is None:
             raise ValueError("`n_features` could not be inferred from the dataset; pass it.")
+    # Every replica holds the K·d² float64 sums (and the reduce a packed copy): refuse
+    # up front, with the number, what would not fit rather than fail in TF allocation.
+    check_memory(n_classes, int(n_features))
     per_replica = _per_replica_statistics(strategy, distributed, n_classes, int(n_features), row_fn)
     # The one collective of the pass: a sum of one packed float64 vector.
     reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)

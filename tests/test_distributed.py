@@ -141,6 +141,10 @@ def test_statistics_errors():
         class_statistics(iter([(x, y)]), 3)
     with pytest.raises(ValueError, match="n_components"):
         fit_distributed((x, y), 0, n_classes=3)
+    # K·d² that cannot fit (10^12 classes x 12^2 float64: 10^15 bytes): said with the
+    # number before TF allocates anything
+    with pytest.raises(MemoryError, match=r"1000000000000 classes x 12 features need"):
+        class_statistics((x, y), 10**12)
 
 
 def test_dataset_function_default_strategy():
