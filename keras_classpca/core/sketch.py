@@ -111,9 +111,12 @@ class ClassSketch:
     >>> sketch.accumulate(x, np.arange(400) % 2)
     >>> exact = ClassStatistics(30)
     >>> exact.accumulate(x, np.arange(400) % 2)
-    >>> error = np.abs(sketch.second_moment(0) - exact.second_moment(0)).max()
-    >>> bool(error <= sketch.shrinkage[0] + 1e-6), sketch.counts.tolist()
-    (True, [200, 200])
+    >>> gap = np.linalg.eigvalsh(exact.second_moment(0) - sketch.second_moment(0))
+    >>> scale = np.linalg.norm(exact.second_moment(0), 2)  # float32 rows: ~1e-7 of it
+    >>> bool(-1e-6 * scale <= gap.min() and gap.max() <= sketch.shrinkage[0] + 1e-6 * scale)
+    True
+    >>> sketch.counts.tolist(), bool(sketch.shrinkage[0] < 0.01 * scale)
+    ([200, 200], True)
     """
 
     def __init__(self, n_features, sketch_size, *, product_dtype=None, memory_limit=None):
