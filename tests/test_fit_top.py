@@ -411,3 +411,51 @@ def test_callbacks_see_the_whole_model_during_cached_training(tmp_path):
     fresh.load_weights(checkpoint)
     np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ residual graphs
+def _residual_model(cutoff, seed=3):
+    """Conv stem -> basic block (identity shortcut) -> Conv -> GAP -> Dense(3)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    stem = L.ReLU()(L.Conv2D(4, 3, padding="same", name="stem")(inputs))
+    branch = L.ReLU()(L.Conv2D(4, 3, padding="same", name="block_a")(stem))
+    branch = L.Conv2D(4, 3, padding="same", name="block_b")(branch)
+    block = L.ReLU(name="block_out")(L.Add()([branch, stem]))
+    top = L.Conv2D(4, 3, activation="relu", name="top_conv")(block)
+    outputs = L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(top))
+    model = keras.Model(inputs, outputs)
+    hybridize(model, _data(), cutoff=cutoff, verbose=0)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=False)
+    return model
+
+
+def test_residual_graph_is_cut_after_its_last_fully_frozen_block():
+    # cutoff 3 freezes the stem and the whole block: the cut is the block's output
+    model = _residual_model(3)
+    assert cache_point(model) is model.get_layer("block_out").output
+    # cutoff 2 leaves block_b training while the shortcut reads the stem: cut at the stem
+    model = _residual_model(2)
+    assert cache_point(model) is model.get_layer("block_a").input
+    # cached training of the residual model equals its plain fit
+    x, y = _data()
+    plain, cached = _residual_model(3), _residual_model(3)
+    args = dict(batch_size=32, epochs=2, shuffle=False, verbose=0)
+    keras.utils.set_random_seed(5)
+    plain_history = plain.fit(x, y, **args)
+    keras.utils.set_random_seed(5)
+    history = fit_top(cached, x, y, cache=True, **args)
+    assert history.cache_used
+    for a, b in zip(plain.get_weights(), cached.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(history.history["loss"], plain_history.history["loss"], rtol=1e-5)
+
+
+def test_random_augmentation_is_never_cached():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.RandomFlip("horizontal", seed=1),
+                              L.Conv2D(4, 3), L.Flatten(), L.Dense(3)])
+    hybridize(model, _data(), cutoff=1, verbose=0)
+    assert not model.layers[1].trainable  # the conv is solved and frozen ...
+    assert cache_point(model) is None  # ... but behind a layer that draws in training

@@ -104,6 +104,14 @@ def _chain_reason(layer):
     return unsolvable_reason(layer)
 
 
+def draws_random(layer):
+    """Whether `layer` draws random numbers when training (dropout, noise, augmentation):
+    it holds a `keras.random.SeedGenerator`, or is one of `RANDOM_IN_TRAINING`."""
+    return isinstance(layer, RANDOM_IN_TRAINING) or any(
+        isinstance(value, keras.random.SeedGenerator) for value in vars(layer).values()
+    )
+
+
 def _graph(model):
     # A Sequential model keeps its layer graph in an inner Functional.
     return getattr(model, "_functional", None) or model

@@ -212,7 +212,7 @@ class FeatureModel:
         return x
 
 
-def _flatten(model, scope=(), outer_inputs=None, nodes=None, producer=None):
+def flatten_graph(model, scope=(), outer_inputs=None, nodes=None, producer=None):
     """Nodes of `model` in topological order, nested models expanded in place.
 
     `producer` maps `id(tensor)` to the node index that produces it; a nested model's
@@ -230,7 +230,7 @@ def _flatten(model, scope=(), outer_inputs=None, nodes=None, producer=None):
             continue
         if _is_nested_model(operation) and len(keras.tree.flatten(operation.inputs)) == 1:
             called_on, returned = outer_call_tensors(operation)
-            _flatten(operation, scope + (operation,), called_on, nodes, producer)
+            flatten_graph(operation, scope + (operation,), called_on, nodes, producer)
             for inner, outer in zip(keras.tree.flatten(operation.outputs), returned):
                 if id(inner) in producer:
                     producer[id(outer)] = producer[id(inner)]
@@ -268,7 +268,7 @@ def plan_model(model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not has_layer_graph(model):
         raise no_graph_error(model)
-    nodes, _ = _flatten(model)
+    nodes, _ = flatten_graph(model)
 
     # Forward: ancestors with trainable weights (solvable or not) and blockers.
     weighted = [_weighted(n.layer) for n in nodes]

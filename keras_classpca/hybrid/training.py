@@ -11,6 +11,11 @@ Whether that pays depends on how much of the forward pass the prefix is. With
 `cache="auto"` both options are timed on a few batches and the cheaper one is used
 (measurements behind that choice: docs/benchmarks.md).
 
+The frozen prefix is cut where the model's graph allows: in a chain after the last
+frozen layer, in a residual network after the last fully frozen block (a shortcut that
+reads a tensor from below the cut forbids it); layers that draw random numbers in
+training (dropout, noise, augmentation) end it.
+
 Calls that train on the same arrays behind the same frozen prefix (tuner trials that
 differ only in the learning rate or the top) share the computed outputs through a
 `PrefixOutputCache`, keyed by the prefix's architecture and weights and the data.
@@ -29,12 +34,8 @@ import numpy as np
 
 from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
-from keras_classpca.hybrid.graph import (
-    RANDOM_IN_TRAINING,
-    has_layer_graph,
-    predict_batch,
-    read_chain,
-)
+from keras_classpca.hybrid.graph import draws_random, has_layer_graph, predict_batch
+from keras_classpca.hybrid.planner import flatten_graph
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 TIMING_BATCHES = 3
@@ -102,23 +103,60 @@ def _recompile_if_trainable_changed(model):
     compile_like(model, model)
 
 
-def _frozen_prefix_end(chain):
-    """Index of the first chain layer that must run during training."""
-    for index, layer in enumerate(chain.layers):
-        trainable_weights = layer.trainable and any(w.trainable for w in layer.weights)
-        if trainable_weights or isinstance(layer, RANDOM_IN_TRAINING):
-            return index
-    return len(chain.layers)
+def _runs_in_training(layer):
+    """A layer whose output training would change: trainable weights, or random draws."""
+    trainable = layer.trainable and any(w.trainable for w in getattr(layer, "weights", []))
+    return trainable or draws_random(layer)
+
+
+FrozenPrefix = collections.namedtuple("FrozenPrefix", "tensor layers wiring cut_blocked")
 
 
 def _frozen_prefix(model):
-    """`(tensor, layers)`: where the frozen deterministic prefix ends and its layers."""
-    chain = read_chain(model)
-    end = _frozen_prefix_end(chain)
-    if not any(layer.weights for layer in chain.layers[:end]):
-        return None, []
-    point = chain.inputs[end] if end < len(chain.layers) else chain.outputs[-1]
-    return point, chain.layers[:end]
+    """`FrozenPrefix(tensor, layers, wiring, cut_blocked)`: the cut where the frozen
+    deterministic part of the graph ends (`tensor` None if there is none).
+
+    The cut is the latest tensor computed only by layers that training leaves
+    unchanged (frozen, no random draws) from which the rest of the model can be
+    computed alone: in a chain the last frozen layer's output, in a residual network
+    the output of the last fully frozen block (a frozen branch whose shortcut is still
+    read above it cannot be cut). `layers` are the prefix's layers in topological
+    order, `wiring` each one's parents as positions in `layers`. `cut_blocked`: frozen
+    layers with weights exist, but the layers above read tensors from below each of
+    them (e.g. a skip connection from the input).
+    """
+    none = FrozenPrefix(None, [], [], False)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return none
+    nodes, _ = flatten_graph(model)
+    fixed = []
+    for node in nodes:
+        fixed.append(not node.scope and not node.orphan and not _runs_in_training(node.layer)
+                     and all(fixed[p] for p in node.parents))
+    output = model.outputs[0]
+    blocked = False
+    for index in reversed(range(len(nodes))):
+        node = nodes[index]
+        if not fixed[index] or len(node.outputs) != 1 or node.outputs[0] is output:
+            continue
+        ancestors, stack = {index}, [index]
+        while stack:
+            for parent in nodes[stack.pop()].parents:
+                if parent not in ancestors:
+                    ancestors.add(parent)
+                    stack.append(parent)
+        if not any(nodes[i].layer.weights for i in ancestors):
+            continue  # nothing worth caching below this tensor
+        try:
+            keras.Model(node.outputs[0], output)
+        except ValueError:
+            blocked = True  # the rest also reads tensors from below this one
+            continue
+        order = sorted(ancestors)
+        position = {i: k for k, i in enumerate(order)}
+        return FrozenPrefix(node.outputs[0], [nodes[i].layer for i in order],
+                            [[position[p] for p in nodes[i].parents] for i in order], False)
+    return none._replace(cut_blocked=blocked)
 
 
 def cache_point(model):
@@ -126,11 +164,12 @@ def cache_point(model):
 
     None when no layer with weights is frozen at the bottom (nothing worth caching).
     """
-    return _frozen_prefix(model)[0]
+    return _frozen_prefix(model).tensor
 
 
-def prefix_output_key(layers, input_shape, fingerprint):
-    """The `PrefixOutputCache` key of a chain of frozen `layers` applied to data.
+def prefix_output_key(layers, input_shape, fingerprint, wiring=None):
+    """The `PrefixOutputCache` key of frozen `layers` (wired as `wiring`: each layer's
+    parents as positions in `layers`; None for a chain) applied to data.
 
     Classes, configs (without names) and the bytes of every weight: two models built
     for two tuner trials share a key exactly when their prefixes compute the same
@@ -144,6 +183,7 @@ def prefix_output_key(layers, input_shape, fingerprint):
             weights.update(memoryview(weight).cast("B"))
     return prefix_key(
         layers=[layer_signature(layer) for layer in layers],
+        wiring=wiring,
         weights=weights.hexdigest(),
         input_shape=list(input_shape),
         data=fingerprint,
@@ -436,7 +476,7 @@ def fit_top(
         return history
 
     _recompile_if_trainable_changed(model)
-    prefix_layers = []
+    prefix_layers, wiring = [], []
     reason = (
         "the model has no frozen layers with weights at the bottom: hybridize (with "
         "freeze=True) before fit_top."
@@ -453,7 +493,12 @@ def fit_top(
             "once; pass `steps_per_epoch` and train with cache=False."
         )
     else:
-        point, prefix_layers = _frozen_prefix(model)
+        point, prefix_layers, wiring, cut_blocked = _frozen_prefix(model)
+        if cut_blocked:
+            reason = (
+                "the layers above the frozen prefix also read tensors from below its end "
+                "(e.g. a skip connection from the input): its output alone cannot feed them."
+            )
     if point is not None and any(
         isinstance(getattr(d, "element_spec", None), tuple) and len(d.element_spec) == 3
         for d in (x, validation_data)
@@ -463,26 +508,18 @@ def fit_top(
             "the dataset yields sample weights, which the cached training would drop; "
             "pass arrays with `sample_weight=` instead."
         )
-    if point is not None:
-        try:
-            top = keras.Model(point, model.outputs[0])
-        except ValueError:
-            point = None  # the top also reads tensors from below the cache point
-            reason = (
-                "the layers above the frozen prefix also read tensors from below its end "
-                "(e.g. a skip connection from the input): its output alone cannot feed them."
-            )
     if point is None:
         if cache is True:
             raise ValueError(f"`cache=True` but {reason}")
         return plain_fit()
     prefix = keras.Model(model.inputs[0], point)
+    top = keras.Model(point, model.outputs[0])
 
     def output_key(data):
         if output_cache is None or not is_array_data(data):
             return None
         fingerprint = data_fingerprint(np.asarray(data[0]), np.asarray(data[1]))
-        return prefix_output_key(prefix_layers, model.inputs[0].shape[1:], fingerprint)
+        return prefix_output_key(prefix_layers, model.inputs[0].shape[1:], fingerprint, wiring)
 
     train_data = (x, y) if y is not None else x
     keys = [output_key(train_data)]
