@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import scipy.linalg
+import scipy.sparse.linalg
 
 from keras_classpca.core.class_pca import (
     ClassPCA,
@@ -865,6 +867,60 @@ def test_leading_eigenpairs_equal_full_decomposition(allocation, monkeypatch):
     np.testing.assert_allclose(subset.components_, full.components_, atol=1e-10)
     np.testing.assert_allclose(subset.explained_variance_ratio_, full.explained_variance_ratio_,
                                rtol=1e-10)
+
+
+@pytest.mark.parametrize("allocation", ["equal", "adaptive"])
+def test_lanczos_eigenpairs_equal_full_decomposition(allocation, monkeypatch):
+    # Large d with few components goes through ARPACK's Lanczos; forced here on d = 96.
+    from keras_classpca.core import class_pca as module
+
+    x, y = _well_conditioned(n=20_000, d=96)
+    options = dict(allocation=allocation, variance_share=0.3, product_dtype="float64")
+    monkeypatch.setattr(module, "SUBSET_MAX_SHARE", 0.0)  # all pairs: the reference
+    full = ClassPCA(10 if allocation == "equal" else None, **options).fit(x, y)
+    monkeypatch.setattr(module, "SUBSET_MAX_SHARE", 1 / 3)
+    monkeypatch.setattr(module, "LANCZOS_MIN_DIM", 0)
+    monkeypatch.setattr(module, "LANCZOS_MAX_SHARE", 1 / 3)
+    calls = []
+    real_eigsh = scipy.sparse.linalg.eigsh
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh",
+                        lambda *a, **k: calls.append(k["k"]) or real_eigsh(*a, **k))
+    lanczos = ClassPCA(10 if allocation == "equal" else None, **options).fit(x, y)
+    assert lanczos.solve() is not None and calls
+    np.testing.assert_array_equal(lanczos.component_classes_, full.component_classes_)
+    np.testing.assert_allclose(lanczos.components_, full.components_, atol=1e-10)
+    np.testing.assert_allclose(lanczos.explained_variance_ratio_,
+                               full.explained_variance_ratio_, rtol=1e-10)
+
+
+def test_lanczos_falls_back_to_lapack_when_it_does_not_converge(monkeypatch):
+    from keras_classpca.core import class_pca as module
+
+    rng = np.random.default_rng(0)
+    d, k = 600, 30
+    factor = rng.normal(size=(d, 5))
+    low_rank = factor @ factor.T  # 5 non-zero eigenvalues: Lanczos cannot converge 30
+    lapack_calls = []
+    real_eigh = scipy.linalg.eigh
+    monkeypatch.setattr(scipy.linalg, "eigh",
+                        lambda *a, **kw: lapack_calls.append(1) or real_eigh(*a, **kw))
+    values, vectors = module._leading_eigenpairs(low_rank, k)
+    assert lapack_calls  # the fallback ran
+    monkeypatch.setattr(scipy.linalg, "eigh", real_eigh)
+    expected, expected_vectors = np.linalg.eigh(low_rank)
+    np.testing.assert_allclose(values[-5:], expected[-5:], rtol=1e-10)
+    np.testing.assert_allclose(np.abs(vectors[:, -5:].T @ expected_vectors[:, -5:]),
+                               np.eye(5), atol=1e-8)
+    # and a well-conditioned matrix of that size takes the Lanczos path, deterministically
+    spread = (rng.normal(size=(d, d)) * 0.97 ** np.arange(d)) @ rng.normal(size=(d, d)) / d
+    matrix = spread @ spread.T
+    monkeypatch.setattr(module, "LANCZOS_MAX_SHARE", 1 / 16)
+    first = module._leading_eigenpairs(matrix, 8)
+    np.testing.assert_array_equal(first[1], module._leading_eigenpairs(matrix, 8)[1])
+    expected, expected_vectors = np.linalg.eigh(matrix)
+    np.testing.assert_allclose(first[0], expected[-8:], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(np.sum(first[1] * expected_vectors[:, -8:], axis=0)),
+                               1.0, atol=1e-8)
 
 
 def test_from_statistics_and_merge_of_statistics(blobs):

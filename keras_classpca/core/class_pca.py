@@ -47,6 +47,15 @@ SINGLE_THREAD_EIGH_MAX_DIM = 1024
 # decomposition is as fast (measured in benchmarks/bench_accumulate.py: at d = 800 the
 # leading 7 take 0.027 s against 0.075 s for all 800, at d = 2304 1.8 s against 4.5 s).
 SUBSET_MAX_SHARE = 1 / 3
+# From d = LANCZOS_MIN_DIM on, while k <= LANCZOS_MAX_SHARE * d, the leading pairs come
+# from ARPACK's Lanczos (`scipy.sparse.linalg.eigsh`, converged to machine precision):
+# 2-9x faster than syevr there (d = 800, k = 7: 11 ms against 26 ms; d = 2304: 83 ms
+# against 0.75 s), slower below (d = 400, flat spectra). After LANCZOS_MAX_RESTARTS
+# without convergence (spectra with fewer non-zero eigenvalues than asked) it falls back
+# to syevr. Measured in benchmarks/bench_accumulate.py.
+LANCZOS_MIN_DIM = 512
+LANCZOS_MAX_SHARE = 1 / 16
+LANCZOS_MAX_RESTARTS = 20
 EIGEN_SOLVERS = ("exact", "randomized")
 RANDOMIZED_OVERSAMPLING = 10
 RANDOMIZED_ITERATIONS = 4
@@ -218,12 +227,35 @@ def _subspace_iteration(matrix, k):
     return values[-k:], basis @ vectors[:, -k:]
 
 
+def _leading_eigenpairs(matrix, k):
+    """The `k` leading eigenpairs of a symmetric matrix, ascending like `eigh`:
+    Lanczos (ARPACK) where it is faster, else LAPACK `syevr`; deterministic."""
+    import scipy.linalg
+
+    d = len(matrix)
+    if d >= LANCZOS_MIN_DIM and k <= LANCZOS_MAX_SHARE * d:
+        import scipy.sparse.linalg
+
+        # A fixed start vector makes the result reproducible (ARPACK's default is random).
+        start = np.random.default_rng(0).uniform(-1.0, 1.0, d)
+        try:
+            values, vectors = scipy.sparse.linalg.eigsh(
+                matrix, k=k, which="LA", tol=0, v0=start, maxiter=LANCZOS_MAX_RESTARTS
+            )
+        except scipy.sparse.linalg.ArpackError:  # includes ArpackNoConvergence
+            pass
+        else:
+            order = np.argsort(values)
+            return values[order], vectors[:, order]
+    return scipy.linalg.eigh(matrix, subset_by_index=[d - k, d - 1], driver="evr")
+
+
 class _Spectrum:
     """The leading eigenpairs of one symmetric class matrix, computed as far as needed.
 
     Asking for pair `i` beyond those computed recomputes at least twice as many; only
-    the leading `k` are computed (LAPACK `syevr` through SciPy) while `k` is small
-    against `d`, else all of them (`numpy.linalg.eigh`). Values are clipped at 0 and in
+    the leading `k` are computed (`_leading_eigenpairs`: Lanczos or LAPACK `syevr`)
+    while `k` is small against `d`, else all of them (`numpy.linalg.eigh`). Values are clipped at 0 and in
     descending order; vectors have deterministic signs. The matrix comes from
     `make_matrix()` each time it is needed and is not kept: a solve over K classes
     holds one class matrix at a time besides the statistics, not K of them.
@@ -246,11 +278,7 @@ class _Spectrum:
         elif self.randomized:
             values, vectors = _subspace_iteration(matrix, k)
         else:
-            import scipy.linalg
-
-            values, vectors = scipy.linalg.eigh(
-                matrix, subset_by_index=[d - k, d - 1], driver="evr"
-            )
+            values, vectors = _leading_eigenpairs(matrix, k)
         self.values = np.clip(values[::-1], 0.0, None)
         self.vectors = _fix_signs(vectors[:, ::-1])
         self.k = k
@@ -353,8 +381,9 @@ class ClassPCA:
     how many the data can give. More components than features (`n_components > d`)
     give a kernel of rank at most `d`: that warns.
 
-    Only the leading eigenpairs a class needs are computed (SciPy's `syevr` with
-    `subset_by_index`) while they are fewer than a third of `d`, else all of them;
+    Only the leading eigenpairs a class needs are computed while they are fewer than a
+    third of `d` (ARPACK's Lanczos for `d >= 512` and at most `d / 16` pairs, else
+    SciPy's `syevr` with `subset_by_index`), else all of them;
     up to `d = SINGLE_THREAD_EIGH_MAX_DIM` (1024) with one BLAS thread, which avoids the
     10-100x stalls of multithreaded OpenBLAS on a busy machine (docs/benchmarks.md).
 
