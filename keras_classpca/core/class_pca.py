@@ -255,8 +255,8 @@ class _Spectrum:
 
     Asking for pair `i` beyond those computed recomputes at least twice as many; only
     the leading `k` are computed (`_leading_eigenpairs`: Lanczos or LAPACK `syevr`)
-    while `k` is small against `d`, else all of them (`numpy.linalg.eigh`). Values are clipped at 0 and in
-    descending order; vectors have deterministic signs. The matrix comes from
+    while `k` is small against `d`, else all of them (`numpy.linalg.eigh`). Values are
+    clipped at 0 and in descending order; vectors have deterministic signs. The matrix comes from
     `make_matrix()` each time it is needed and is not kept: a solve over K classes
     holds one class matrix at a time besides the statistics, not K of them.
     """

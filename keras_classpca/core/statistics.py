@@ -197,35 +197,36 @@ class ClassStatistics:
         self._shift = {}  # per-class reference point of the shifted products
         self._staged = []  # small batches waiting to be multiplied together: (x, labels)
         self._staged_rows = 0
+        self._pending = {}  # per-class rank-2 corrections not yet applied (see `_add`)
 
     # ------------------------------------------------------------------ reading
     @property
     def classes(self):
-        self._process_staged()
+        self._settle()
         return np.array(sorted(self._count), dtype=np.int64)
 
     @property
     def counts(self):
-        self._process_staged()
+        self._settle()
         return np.array([self._count[c] for c in sorted(self._count)], dtype=np.int64)
 
     @property
     def sums(self):
-        self._process_staged()
+        self._settle()
         if not self._count:
             return np.zeros((0, self.n_features))
         return np.stack([self._sum[c] for c in sorted(self._count)])
 
     @property
     def second_moments(self):
-        self._process_staged()
+        self._settle()
         if not self._count:
             return np.zeros((0, self.n_features, self.n_features))
         return np.stack([self._outer[c] for c in sorted(self._count)])
 
     @property
     def n_samples(self):
-        self._process_staged()
+        self._settle()
         return int(sum(self._count.values()))
 
     @property
@@ -240,22 +241,22 @@ class ClassStatistics:
 
     def count(self, label):
         """Samples of class `label` (0 if none)."""
-        self._process_staged()
+        self._settle()
         return self._count.get(int(label), 0)
 
     def sum(self, label):
         """`Σ x` over class `label` (float64, a view: do not modify)."""
-        self._process_staged()
+        self._settle()
         return self._sum[self._known(label)]
 
     def second_moment(self, label):
         """`Σ x xᵀ` over class `label` (float64, a view: do not modify)."""
-        self._process_staged()
+        self._settle()
         return self._outer[self._known(label)]
 
     def total_second_moment(self):
         """`Σ x xᵀ` over all samples of all classes (a new float64 array)."""
-        self._process_staged()
+        self._settle()
         total = np.zeros((self.n_features, self.n_features))
         for outer in self._outer.values():
             total += outer
@@ -288,26 +289,39 @@ class ClassStatistics:
             self._sum[label] = np.zeros(d)
             self._outer[label] = np.zeros((d, d))
 
-    def _add(self, pending, label, n, shift, shifted_sum, shifted_product):
+    def _add(self, label, n, shift, shifted_sum, shifted_product):
         """Add one class chunk's shifted statistics (float64) to the raw ones.
 
         The rank-2 correction `r wᵀ + w rᵀ` is linear in `w` for a fixed reference point
-        `r`, so it is summed in `pending` and applied once per class by `_flush`.
+        `r`, so it is summed in `_pending` and applied once per class when the
+        statistics are next read (`_settle`), not once per batch.
         """
         self._outer[label] += shifted_product
         self._sum[label] += shifted_sum + n * shift
         self._count[label] += int(n)
         w = shifted_sum + (0.5 * n) * shift
-        if label in pending:
-            pending[label][1] += w
+        pending = self._pending.get(label)
+        if pending is not None and not np.array_equal(pending[0], shift):
+            # The reference point as rounded to another product dtype: apply the old one.
+            self._apply_correction(label, *self._pending.pop(label))
+            pending = None
+        if pending is None:
+            self._pending[label] = [shift, w]
         else:
-            pending[label] = [shift, w]
+            pending[1] += w
 
-    def _flush(self, pending):
+    def _apply_correction(self, label, shift, w):
+        outer = self._outer[label]
+        outer += np.multiply.outer(shift, w)
+        outer += np.multiply.outer(w, shift)
+
+    def _settle(self):
+        """Multiply the staged batches and apply the pending corrections: run before
+        anything reads the sums."""
+        self._process_staged()
+        pending, self._pending = self._pending, {}
         for label, (shift, w) in pending.items():
-            outer = self._outer[label]
-            outer += np.multiply.outer(shift, w)
-            outer += np.multiply.outer(w, shift)
+            self._apply_correction(label, shift, w)
 
     @classmethod
     def from_arrays(cls, counts, sums, second_moments, *, classes=None, **kwargs):
@@ -361,8 +375,8 @@ class ClassStatistics:
                 f"Cannot merge statistics over {other.n_features} features into "
                 f"{self.n_features} features."
             )
-        self._process_staged()
-        other._process_staged()
+        self._settle()
+        other._settle()
         self._reserve(sorted(other._count))
         for label in other._count:
             self._count[label] += other._count[label]
@@ -373,7 +387,7 @@ class ClassStatistics:
 
     def copy(self):
         """An independent copy."""
-        self._process_staged()
+        self._settle()
         twin = ClassStatistics(
             self.n_features, product_dtype=self.product_dtype, memory_limit=self.memory_limit
         )
@@ -386,7 +400,7 @@ class ClassStatistics:
     def clear(self):
         """Forget all samples (keeps `n_features` and the options)."""
         self._count, self._sum, self._outer, self._shift = {}, {}, {}, {}
-        self._staged, self._staged_rows = [], 0
+        self._staged, self._staged_rows, self._pending = [], 0, {}
 
     # ------------------------------------------------------------------ accumulate
     def accumulate(self, x, labels):
@@ -459,13 +473,14 @@ class ClassStatistics:
         row_bytes = x.itemsize * self.n_features
         rows = max(BLOCK_BYTES // row_bytes, MIN_CHUNK_ROWS * present)
         rows = max(MIN_CHUNK_ROWS, min(rows, MAX_BLOCK_BYTES // row_bytes))
-        pending = {}
+        step = max(MIN_CHUNK_ROWS, CHUNK_BYTES // (dtype.itemsize * self.n_features))
+        # One gather buffer for all blocks: a fresh one per block costs page faults.
+        buffer = np.empty((min(step, len(x)), self.n_features), dtype=dtype)
         for begin in range(0, len(x), rows):
             block = slice(begin, begin + rows)
-            self._accumulate_block(x[block], labels[block], dtype, pending)
-        self._flush(pending)
+            self._accumulate_block(x[block], labels[block], buffer)
 
-    def _accumulate_block(self, x, labels, dtype, pending):
+    def _accumulate_block(self, x, labels, buffer):
         if np.all(labels[1:] >= labels[:-1]):
             order = None
             sorted_labels = labels
@@ -475,10 +490,8 @@ class ClassStatistics:
         starts = np.flatnonzero(np.diff(sorted_labels)) + 1
         bounds = np.concatenate([[0], starts, [len(x)]]).tolist()
         block_labels = sorted_labels[bounds[:-1]].tolist()
-        d = self.n_features
-        step = max(MIN_CHUNK_ROWS, CHUNK_BYTES // (dtype.itemsize * d))
-        buffer = np.empty((min(step, len(x)), d), dtype=dtype)
-        ones = np.ones(len(buffer), dtype=dtype)
+        dtype, step = buffer.dtype, len(buffer)
+        ones = np.ones(step, dtype=dtype)
         for label, begin, end in zip(block_labels, bounds[:-1], bounds[1:]):
             for start in range(begin, end, step):
                 stop = min(start + step, end)
@@ -499,12 +512,11 @@ class ClassStatistics:
                 product = chunk.T @ chunk
                 shifted_sum = ones[: len(chunk)] @ chunk
                 self._add(
-                    pending,
                     label,
                     len(chunk),
                     shift.astype(np.float64),
                     shifted_sum.astype(np.float64),
-                    product.astype(np.float64, copy=False),
+                    product.astype(np.float64),
                 )
 
     def _checked_labels(self, shape, labels):
@@ -569,7 +581,6 @@ class ClassStatistics:
         block_labels = sorted_labels[bounds[:-1]].tolist()
         self._reserve(block_labels)
         grouped = ops.take(x, ops.convert_to_tensor(order.astype(np.int32)), axis=0)
-        pending = {}
         for label, begin, end in zip(block_labels, bounds[:-1], bounds[1:]):
             block = grouped[begin:end]
             if self._shift.get(label) is None:
@@ -581,11 +592,9 @@ class ClassStatistics:
             product = ops.matmul(ops.transpose(block), block)
             shifted_sum = ops.sum(block, axis=0)
             self._add(
-                pending,
                 label,
                 end - begin,
                 shift.astype(np.float64),
                 np.asarray(ops.convert_to_numpy(shifted_sum), dtype=np.float64),
                 np.asarray(ops.convert_to_numpy(product), dtype=np.float64),
             )
-        self._flush(pending)
