@@ -143,7 +143,13 @@ def test_class_pca_fit_of_backend_tensors_equals_numpy():
 
 
 @pytest.mark.backend_independent
-def test_small_batches_are_staged_and_give_the_same_sums():
+@pytest.mark.parametrize("chunk_rows", [None, 5])
+def test_small_batches_are_staged_and_give_the_same_sums(chunk_rows, monkeypatch):
+    from keras_classpca.core import statistics as module
+
+    if chunk_rows:  # a class's runs from many staged batches fill and wrap the buffer
+        monkeypatch.setattr(module, "MIN_CHUNK_ROWS", chunk_rows)
+        monkeypatch.setattr(module, "CHUNK_BYTES", chunk_rows * 7 * 8)
     x, y = _data(n=5000)
     one = ClassStatistics(7, product_dtype="float64")
     one.accumulate(x, y)
@@ -155,8 +161,14 @@ def test_small_batches_are_staged_and_give_the_same_sums():
     assert not many._staged
     for stats in (many, twin):
         np.testing.assert_array_equal(stats.counts, one.counts)
+        np.testing.assert_allclose(stats.sums, one.sums, rtol=1e-12)
         np.testing.assert_allclose(stats.second_moments, one.second_moments, rtol=1e-12)
-    mixed = ClassStatistics(7)  # float32 and float64 batches staged side by side
+    # float32 and float64 batches, staged and not: the reference point rounded to each
+    # product dtype enters the pending correction of its own rows.
+    mixed = ClassStatistics(7)
     mixed.accumulate(x[:100].astype(np.float32), y[:100])
-    mixed.accumulate(x[100:], y[100:])
+    mixed.accumulate(x[100:3000], y[100:3000])
+    mixed.accumulate(x[3000:3010].astype(np.float32), y[3000:3010])
+    mixed.accumulate(x[3010:], y[3010:])
     np.testing.assert_allclose(mixed.sums, one.sums, rtol=1e-5)
+    np.testing.assert_allclose(mixed.second_moments, one.second_moments, rtol=1e-5)

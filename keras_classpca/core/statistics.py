@@ -138,6 +138,24 @@ def _is_backend_tensor(x):
 _NARROW_DTYPES = {"float16", "bfloat16", "float32", "uint8", "int8", "uint16", "int16", "bool"}
 
 
+def _is_sorted(labels):
+    return bool(np.all(labels[1:] >= labels[:-1]))
+
+
+def _distinct(labels):
+    """The distinct labels, ascending (without a sort when they are sorted already)."""
+    if _is_sorted(labels):
+        return labels[np.concatenate([[True], labels[1:] != labels[:-1]])]
+    return np.unique(labels)
+
+
+def _label_runs(sorted_labels):
+    """`(label, begin, end)` of each run of equal labels in a sorted label vector."""
+    starts = np.flatnonzero(np.diff(sorted_labels)) + 1
+    bounds = np.concatenate([[0], starts, [len(sorted_labels)]]).tolist()
+    return zip(sorted_labels[bounds[:-1]].tolist(), bounds[:-1], bounds[1:])
+
+
 def default_product_dtype(dtype):
     """float32 products for data of float32 precision or less, float64 otherwise."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
@@ -428,7 +446,7 @@ class ClassStatistics:
             return
         dtype = np.dtype(self.product_dtype or default_product_dtype(x.dtype))
         dtype = self._checked_dtype(x, dtype)
-        present = np.unique(labels)
+        present = _distinct(labels)
         self._reserve(present.tolist())
         row_bytes = np.dtype(dtype).itemsize * self.n_features
         # Small batches (a layer's patches a few thousand rows at a time) are staged and
@@ -442,7 +460,12 @@ class ClassStatistics:
         # Staging pays when a call's K·d² float64 additions outweigh copying its n·d
         # values: n < K·d (hybridize's conv2 pass, 5,242 rows x 800 features, 10 classes).
         if len(x) < len(present) * self.n_features and len(x) < stage_rows:
-            self._staged.append((x.astype(dtype, copy=True), labels.copy()))
+            # Staged grouped by class (the copy staging needs anyway), so that the staged
+            # batches are later multiplied class by class without another gather.
+            order = None if _is_sorted(labels) else np.argsort(labels, kind="stable")
+            rows = x.astype(dtype, copy=True) if order is None else x[order].astype(dtype,
+                                                                                  copy=False)
+            self._staged.append((rows, labels.copy() if order is None else labels[order]))
             self._staged_rows += len(x)
             if self._staged_rows >= stage_rows:
                 self._process_staged()
@@ -451,17 +474,26 @@ class ClassStatistics:
         self._process(x, labels, dtype)
 
     def _process_staged(self):
-        """Multiply the staged batches (grouped by product dtype) into the sums."""
+        """Multiply the staged batches (each grouped by class) into the sums: a class's
+        runs from every staged batch are copied into one buffer and multiplied together."""
         if not self._staged:
             return
         staged, self._staged, self._staged_rows = self._staged, [], 0
         for dtype in sorted({x.dtype.str for x, _ in staged}):
-            parts = [(x, labels) for x, labels in staged if x.dtype.str == dtype]
-            self._process(
-                np.concatenate([x for x, _ in parts]),
-                np.concatenate([labels for _, labels in parts]),
-                np.dtype(dtype),
-            )
+            runs = {}  # label -> its row runs, in order
+            for x, labels in staged:
+                if x.dtype.str != dtype:
+                    continue
+                for label, begin, end in _label_runs(labels):
+                    runs.setdefault(label, []).append(x[begin:end])
+            buffer = self._buffer(max(sum(map(len, r)) for r in runs.values()), np.dtype(dtype))
+            for label in sorted(runs):
+                self._multiply_runs(label, runs[label], buffer)
+
+    def _buffer(self, rows, dtype):
+        """A gather buffer of a cache-sized chunk of rows (at most `rows`)."""
+        step = max(MIN_CHUNK_ROWS, CHUNK_BYTES // (dtype.itemsize * self.n_features))
+        return np.empty((min(step, rows), self.n_features), dtype=dtype)
 
     def _process(self, x, labels, dtype):
         """Products of validated rows: a block of rows at a time."""
@@ -469,55 +501,66 @@ class ClassStatistics:
         # is several times faster than from the whole array in memory; a block holds
         # about MIN_CHUNK_ROWS rows per class (up to MAX_BLOCK_BYTES) so that each
         # class's product is one long BLAS call.
-        present = len(np.unique(labels)) if len(labels) < 1 << 20 else len(self._count)
+        present = len(_distinct(labels)) if len(labels) < 1 << 20 else len(self._count)
         row_bytes = x.itemsize * self.n_features
         rows = max(BLOCK_BYTES // row_bytes, MIN_CHUNK_ROWS * present)
         rows = max(MIN_CHUNK_ROWS, min(rows, MAX_BLOCK_BYTES // row_bytes))
-        step = max(MIN_CHUNK_ROWS, CHUNK_BYTES // (dtype.itemsize * self.n_features))
         # One gather buffer for all blocks: a fresh one per block costs page faults.
-        buffer = np.empty((min(step, len(x)), self.n_features), dtype=dtype)
+        buffer = self._buffer(len(x), dtype)
         for begin in range(0, len(x), rows):
             block = slice(begin, begin + rows)
             self._accumulate_block(x[block], labels[block], buffer)
 
     def _accumulate_block(self, x, labels, buffer):
-        if np.all(labels[1:] >= labels[:-1]):
-            order = None
-            sorted_labels = labels
-        else:
-            order = np.argsort(labels, kind="stable")
-            sorted_labels = labels[order]
-        starts = np.flatnonzero(np.diff(sorted_labels)) + 1
-        bounds = np.concatenate([[0], starts, [len(x)]]).tolist()
-        block_labels = sorted_labels[bounds[:-1]].tolist()
-        dtype, step = buffer.dtype, len(buffer)
-        ones = np.ones(step, dtype=dtype)
-        for label, begin, end in zip(block_labels, bounds[:-1], bounds[1:]):
+        if _is_sorted(labels):
+            for label, begin, end in _label_runs(labels):
+                self._multiply_runs(label, [x[begin:end]], buffer)
+            return
+        order = np.argsort(labels, kind="stable")
+        step = len(buffer)
+        for label, begin, end in _label_runs(labels[order]):
             for start in range(begin, end, step):
                 stop = min(start + step, end)
                 chunk = buffer[: stop - start]
-                if order is None:
-                    chunk[...] = x[start:stop]
-                elif x.dtype == dtype:
+                if x.dtype == buffer.dtype:
                     np.take(x, order[start:stop], axis=0, out=chunk)
                 else:
                     chunk[...] = np.take(x, order[start:stop], axis=0)
-                if self._shift.get(label) is None:
-                    first_mean = ones[: len(chunk)] @ chunk / len(chunk)
-                    self._shift[label] = first_mean.astype(np.float64)
-                # The reference point as used (rounded to `dtype`) enters the correction.
-                shift = self._shift[label].astype(dtype)
-                chunk -= shift
-                # `a.T @ a` on one buffer: NumPy calls BLAS syrk (half a GEMM's work).
-                product = chunk.T @ chunk
-                shifted_sum = ones[: len(chunk)] @ chunk
-                self._add(
-                    label,
-                    len(chunk),
-                    shift.astype(np.float64),
-                    shifted_sum.astype(np.float64),
-                    product.astype(np.float64),
-                )
+                self._multiply(label, chunk)
+
+    def _multiply_runs(self, label, runs, buffer):
+        """Copy a class's row runs into `buffer` a full chunk at a time and multiply."""
+        filled = 0
+        for run in runs:
+            start = 0
+            while start < len(run):
+                take = min(len(buffer) - filled, len(run) - start)
+                buffer[filled : filled + take] = run[start : start + take]
+                filled, start = filled + take, start + take
+                if filled == len(buffer):
+                    self._multiply(label, buffer)
+                    filled = 0
+        if filled:
+            self._multiply(label, buffer[:filled])
+
+    def _multiply(self, label, chunk):
+        """Add one chunk of a class's rows (a scratch buffer: shifted in place)."""
+        dtype = chunk.dtype
+        ones = np.ones(len(chunk), dtype=dtype)
+        if self._shift.get(label) is None:
+            self._shift[label] = (ones @ chunk / len(chunk)).astype(np.float64)
+        # The reference point as used (rounded to `dtype`) enters the correction.
+        shift = self._shift[label].astype(dtype)
+        chunk -= shift
+        # `a.T @ a` on one buffer: NumPy calls BLAS syrk (half a GEMM's work).
+        product = chunk.T @ chunk
+        self._add(
+            label,
+            len(chunk),
+            shift.astype(np.float64),
+            (ones @ chunk).astype(np.float64),
+            product.astype(np.float64),
+        )
 
     def _checked_labels(self, shape, labels):
         """int64 `labels` for rows of `shape` (None for no rows); raises for mismatches."""
@@ -575,13 +618,10 @@ class ClassStatistics:
             # Rare: let the NumPy path say what is wrong (or multiply in float64).
             return self.accumulate(ops.convert_to_numpy(x), labels)
         order = np.argsort(labels, kind="stable")
-        sorted_labels = labels[order]
-        starts = np.flatnonzero(np.diff(sorted_labels)) + 1
-        bounds = np.concatenate([[0], starts, [len(labels)]]).tolist()
-        block_labels = sorted_labels[bounds[:-1]].tolist()
-        self._reserve(block_labels)
+        runs = list(_label_runs(labels[order]))
+        self._reserve([label for label, _, _ in runs])
         grouped = ops.take(x, ops.convert_to_tensor(order.astype(np.int32)), axis=0)
-        for label, begin, end in zip(block_labels, bounds[:-1], bounds[1:]):
+        for label, begin, end in runs:
             block = grouped[begin:end]
             if self._shift.get(label) is None:
                 self._shift[label] = np.asarray(
