@@ -16,7 +16,11 @@ same run, contenders interleaved, 3 seeds, medians:
   digits (75 % train split, 1,347 images), 20 epochs, batch 32, cutoff 1;
 - Fashion-MNIST MLP (`benchmarks.common.mlp`) at 1 % and 100 %, 3 epochs, cutoff 1;
 - the benchmark CNN at 100 %, 3 epochs, cutoff 2 (top trained by `fit_top`);
-- fine-tuning the benchmark CNN: time to reach SGD's 3-epoch test accuracy.
+- fine-tuning the benchmark CNN: time to reach SGD's 3-epoch test accuracy;
+- held out from the Dense rule (`DENSE_REMEDIES_MIN_ROWS_PER_FEATURE` was chosen on the
+  cases above): a digits MLP 64 - Dense(32, relu) - Dense(10), 20 epochs, cutoff 1; a
+  Fashion-MNIST MLP on 14x14 images (AveragePooling2D(2) - Flatten - Dense(64, relu) -
+  Dense(32, relu) - Dense(10)) at 10 % and 100 %, 3 epochs, cutoff 1.
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_lossless [--quick]
 """
@@ -68,7 +72,12 @@ CASES = {
     "mlp_1": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults"],
     "mlp_100": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults"],
     "cnn_100_c2": ["previous defaults", "discriminant", "defaults"],
+    # Held out from the Dense rule's threshold.
+    "digits_mlp32": ["previous defaults", "defaults"],
+    "mlp14_10": ["previous defaults", "defaults"],
+    "mlp14_100": ["previous defaults", "defaults"],
 }
+HELD_OUT = ("digits_mlp32", "mlp14_10", "mlp14_100")
 
 
 def digits_mlp():
@@ -80,21 +89,43 @@ def digits_mlp():
     ], name="digits_mlp")
 
 
+def digits_mlp32():
+    return keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name="digits_mlp32")
+
+
+def mlp14():
+    """An MLP on Fashion-MNIST averaged down to 14x14 (196 inputs to the first Dense)."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.AveragePooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name="mlp14")
+
+
 def case_data(case, seed, cache):
     """((x, y), (x_test, y_test), build, cutoff, epochs, batch) of a case."""
-    if case == "digits_mlp":
+    if case in ("digits_mlp", "digits_mlp32"):
         if "digits" not in cache:
             (x, y), (xt, yt) = load_digits()
             cache["digits"] = ((x.reshape(len(x), -1), y), (xt.reshape(len(xt), -1), yt))
         train, test = cache["digits"]
-        return train, test, digits_mlp, 1, 20, 32
+        return train, test, digits_mlp if case == "digits_mlp" else digits_mlp32, 1, 20, 32
     if "fashion" not in cache:
         cache["fashion"] = load_dataset("fashion_mnist")
     (x, y), test = cache["fashion"]
     kind, fraction, cutoff = {"mlp_1": ("mlp", 0.01, 1), "mlp_100": ("mlp", 1.0, 1),
-                              "cnn_100_c2": ("cnn", 1.0, 2)}[case]
+                              "cnn_100_c2": ("cnn", 1.0, 2), "mlp14_10": ("mlp14", 0.1, 1),
+                              "mlp14_100": ("mlp14", 1.0, 1)}[case]
     train = subset(x, y, fraction, seed)
-    return train, test, (lambda: build_model(kind)), cutoff, 3, BATCH
+    build = mlp14 if kind == "mlp14" else (lambda: build_model(kind))
+    return train, test, build, cutoff, 3, BATCH
 
 
 def run_contender(case, variant, seed, cache):
@@ -102,11 +133,13 @@ def run_contender(case, variant, seed, cache):
     keras.utils.set_random_seed(seed)
     model = build()
     start = time.perf_counter()
-    solve_s = 0.0
+    solve_s, rule = 0.0, None
     if variant != "sgd":
-        hybridize(model, (x, y), cutoff=cutoff, samples=min(SOLVE_MAX_SAMPLES, len(x)),
-                  seed=seed, verbose=0, **VARIANTS[variant])
+        report = hybridize(model, (x, y), cutoff=cutoff,
+                           samples=min(SOLVE_MAX_SAMPLES, len(x)), seed=seed, verbose=0,
+                           **VARIANTS[variant])
         solve_s = time.perf_counter() - start
+        rule = [layer.fisher_sign_pairs for layer in report.layers]
     compile_model(model)
     if variant == "sgd":
         model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0)
@@ -114,7 +147,7 @@ def run_contender(case, variant, seed, cache):
         fit_top(model, x, y, epochs=epochs, batch_size=batch, verbose=0)
     wall = time.perf_counter() - start
     return dict(case=case, contender=variant, seed=seed, acc=evaluate(model, x_test, y_test),
-                solve_s=solve_s, wall_s=wall, n_train=len(x))
+                solve_s=solve_s, wall_s=wall, n_train=len(x), dense_rule=rule)
 
 
 class _TimeToAccuracy(keras.callbacks.Callback):
@@ -185,6 +218,9 @@ CASE_TITLES = {
     "mlp_1": "Fashion-MNIST MLP, 1 %, cutoff 1",
     "mlp_100": "Fashion-MNIST MLP, 100 %, cutoff 1",
     "cnn_100_c2": "benchmark CNN, 100 %, cutoff 2",
+    "digits_mlp32": "held out: digits MLP 64-32-10, cutoff 1, 20 epochs",
+    "mlp14_10": "held out: Fashion-MNIST 14x14 MLP, 10 %, cutoff 1",
+    "mlp14_100": "held out: Fashion-MNIST 14x14 MLP, 100 %, cutoff 1",
 }
 
 
@@ -219,7 +255,13 @@ def write_report(records, command, paragraph, print_only=False):
             s = stats.get((case, contender))
             if s is None:
                 continue
-            rows.append([title, contender, len(s["runs"]), fmt(s["acc"], ".4f"),
+            label = contender
+            words = {True: "on", False: "off", None: "n/a"}
+            verdicts = {",".join(words[v] for v in r["dense_rule"])
+                        for r in s["runs"] if r.get("dense_rule") is not None}
+            if contender == "defaults" and verdicts:
+                label += " (Dense rule: " + "/".join(sorted(verdicts)) + ")"
+            rows.append([title, label, len(s["runs"]), fmt(s["acc"], ".4f"),
                          "–" if contender == "sgd" else fmt(s["d_acc"], "+.2f"),
                          "–" if contender == "sgd" else fmt(s["ratio"], ".2f") + "×"])
     body = [

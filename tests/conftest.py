@@ -136,3 +136,18 @@ class ArrayPyDataset(keras.utils.PyDataset):
         s = slice(index * self.batch_size, (index + 1) * self.batch_size)
         return self.x[s], self.y[s]
 
+
+
+@pytest.fixture
+def dense_reference():
+    """`fit(units, rows, labels, **options)`: the ClassPCA a solved Dense layer equals —
+    with `DENSE_REMEDY_OPTIONS` where the rows-per-feature rule applies them."""
+    from keras_classpca import ClassPCA
+    from keras_classpca.layers.geometry import DENSE_REMEDY_OPTIONS, dense_remedies
+
+    def fit(units, rows, labels, **options):
+        if dense_remedies(len(rows), rows.shape[1], len(np.unique(labels)), units, options):
+            options = {**options, **DENSE_REMEDY_OPTIONS}
+        return ClassPCA(units, **options).fit(rows, labels)
+
+    return fit

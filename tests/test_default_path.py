@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_classpca.core.convergence as convergence_module
-from keras_classpca import ClassPCA, hybridize
+from keras_classpca import hybridize
 from keras_classpca.core.subspace import subspace_overlap
 from keras_classpca.hybrid.decision import probe_points
 from keras_classpca.hybrid.planner import plan_model
@@ -24,13 +24,14 @@ def test_samples_auto_stops_early_on_plenty_of_data_and_matches_all_of_it(subspa
     data = subspace_classes([2, 2, 2], n_features=12, n_per_class=6000, noise=0.2, seed=4)
     x, y = data.x.astype("float32"), data.y  # sorted by class: the order must not matter
     model = _mlp()
-    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    plain = dict(sign_pairs=False, discriminant=0)  # class-PCA planes, checked below
+    report = hybridize(model, (x, y), cutoff=1, verbose=0, **plain)
     solved = report.layers[0]
     assert solved.converged and solved.samples < len(x) // 4
     assert [seen for seen, _ in solved.sample_checks][0] >= 1024
     assert solved.sample_checks[-1][1] < convergence_module.DEFAULT_TOLERANCE
     reference = _mlp(name="all")
-    everything = hybridize(reference, (x, y), cutoff=1, samples=None, verbose=0)
+    everything = hybridize(reference, (x, y), cutoff=1, samples=None, verbose=0, **plain)
     assert everything.layers[0].samples == len(x) and everything.layers[0].converged is None
     # Both spans hold every class's true plane (the extra 2 filters fit noise).
     for kernel in (model.get_layer("m_d0").kernel, reference.get_layer("all_d0").kernel):
@@ -122,13 +123,15 @@ def test_the_rule_keeps_more_layers_on_less_data_and_lower_down():
     assert not AutoRule(lossless_share=None).keep(-0.5, 6000, explained_variance=1.0)
 
 
-def test_a_class_pca_option_reaches_the_decision_and_the_solve(subspace_classes):
+def test_a_class_pca_option_reaches_the_decision_and_the_solve(subspace_classes,
+                                                               dense_reference):
     data = subspace_classes([2, 2, 2], n_features=12, n_per_class=300, noise=0.3, seed=3)
     x, y = data.x.astype("float32"), data.y
     model = _mlp(hidden=6)
     report = hybridize(model, (x, y), verbose=0, center=False, scaling="unit", offset="zero")
     if report.cutoff:
-        expected = ClassPCA(6, center=False, scaling="unit", offset="zero").fit(x, y).kernel_
+        expected = dense_reference(6, x, y, center=False, scaling="unit",
+                                   offset="zero").kernel_
         assert subspace_overlap(np.asarray(model.get_layer("m_d0").kernel), expected) > 0.999
 
 

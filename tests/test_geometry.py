@@ -270,13 +270,13 @@ def test_separable_solution_is_depthwise_then_pointwise_class_pca(factory, shape
     assert 0 < statistics.explained_variance() <= 1 + 1e-9
 
 
-def test_dense_on_sequences_treats_every_position_as_a_row():
+def test_dense_on_sequences_treats_every_position_as_a_row(dense_reference):
     x, y = _labelled((5, 6))
     layer = L.Dense(3)
     statistics = _solve(layer, x, y)
     assert statistics.rows == len(x) * 5
     rows = x.reshape(-1, 6).astype(np.float64)
-    reference = ClassPCA(3, dedup_threshold=None).fit(rows, np.repeat(y, 5))
+    reference = dense_reference(3, rows, np.repeat(y, 5), dedup_threshold=None)
     np.testing.assert_allclose(
         _layer_output(layer, x).reshape(-1, 3), reference.transform(rows), rtol=1e-4, atol=1e-4
     )
@@ -307,3 +307,29 @@ def test_check_input_names_the_expected_rank_and_channels():
         geometry.check_input(layer, np.zeros((2, 8, 2)))
     with pytest.raises(ValueError, match="not a multiple of groups=2"):
         geometry.check_input(L.Conv1D(4, 3, groups=2), np.zeros((2, 8, 3)))
+
+
+@pytest.mark.parametrize("n, units, options, expected", [
+    (200, 4, {}, True),  # 200 rows >= 10 x 8 features, 4 units < 8: Fisher + sign pairs
+    (60, 4, {}, False),  # 60 rows < 80: plain class-PCA
+    (200, 8, {}, None),  # units >= features: the rule does not apply
+    (200, 4, {"sign_pairs": False}, None),  # the options decide
+])
+def test_dense_layers_get_fisher_directions_and_sign_pairs_when_rows_allow(
+    n, units, options, expected, dense_reference
+):
+    x, y = _labelled((8,), n=n)
+    layer = L.Dense(units)
+    statistics = _solve(layer, x, y, **options)
+    assert statistics.dense_remedies is expected
+    class_pca = statistics.class_pca
+    assert class_pca.sign_pairs is (True if expected else options.get("sign_pairs", False))
+    kernel = np.asarray(layer.kernel)
+    if expected:
+        np.testing.assert_allclose(kernel[:, 1::2], -kernel[:, ::2], atol=1e-6)  # ± pairs
+        assert -1 in class_pca.component_classes_  # a Fisher direction among them
+    else:
+        assert -1 not in class_pca.component_classes_
+    reference = dense_reference(units, x.astype(np.float64), y, dedup_threshold=None,
+                                **options)
+    np.testing.assert_allclose(kernel, reference.kernel_, rtol=1e-4, atol=1e-5)

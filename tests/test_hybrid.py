@@ -84,14 +84,14 @@ def _images(n=240, k=3, seed=0):
 
 
 # ------------------------------------------------------ solved layers equal ClassPCA
-def test_sequential_mlp_with_dropout_and_batchnorm(subspace_classes):
+def test_sequential_mlp_with_dropout_and_batchnorm(subspace_classes, dense_reference):
     x, y = _subspace_data(subspace_classes)
     model = _mlp(hidden=(8, 8), bn=True, dropout=True)
     report = hybridize(model, (x, y), cutoff=2, verbose=0, batch_size=64)
     d0, d1 = model.get_layer("m_d0"), model.get_layer("m_d1")
     for layer in (d0, d1):
         h = _layer_input(model, layer, x)
-        reference = ClassPCA(layer.units).fit(h, y)
+        reference = dense_reference(layer.units, h, y)
         np.testing.assert_allclose(
             np.asarray(layer.kernel), reference.kernel_, rtol=1e-4, atol=1e-5
         )
@@ -317,7 +317,7 @@ def test_one_shot_iterator_is_rejected_when_a_second_pass_is_needed(subspace_cla
         hybridize(model, generator, cutoff=2, verbose=0)
 
 
-def test_unbuilt_sequential_is_built_from_the_data(subspace_classes):
+def test_unbuilt_sequential_is_built_from_the_data(subspace_classes, dense_reference):
     x, y = _subspace_data(subspace_classes)
     model = keras.Sequential([L.Dense(6, activation="relu"), L.Dense(3)])
     report = hybridize(model, (x, y), cutoff=1, verbose=0)
@@ -329,7 +329,8 @@ def test_unbuilt_sequential_is_built_from_the_data(subspace_classes):
     report = hybridize(model, generator, cutoff=1, verbose=0)
     assert report.layers[0].samples == len(x)
     np.testing.assert_allclose(
-        np.asarray(model.layers[0].kernel), ClassPCA(6).fit(x, y).kernel_, rtol=1e-4, atol=1e-5
+        np.asarray(model.layers[0].kernel), dense_reference(6, x, y).kernel_, rtol=1e-4,
+        atol=1e-5
     )
 
 
@@ -563,7 +564,9 @@ def test_auto_keeps_nothing_when_class_pca_discards_the_signal():
     x = (z @ basis.T).astype("float32")
     model = _mlp(hidden=(8, 8), n_in=d, k=2)
     snapshot = _snapshot(model)
-    report = hybridize(model, (x, y), cutoff="auto", verbose=0)
+    # Plain class-PCA (the Dense rule would mix in the Fisher direction, which keeps it).
+    report = hybridize(model, (x, y), cutoff="auto", verbose=0, sign_pairs=False,
+                       discriminant=0)
     first = report.evidence["layers"][0]
     assert first["before"] > 0.95 and first["after"] < 0.7
     assert report.cutoff == 0 and report.layers == [] and report.frozen == []

@@ -522,6 +522,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             n_components=statistics.n_components,
             sample_checks=list(convergence.history) if convergence is not None else [],
             converged=None if convergence is None else convergence.converged_at is not None,
+            fisher_sign_pairs=statistics.dense_remedies,
         )
         limit = seen if passes.auto else None
         for bn, tensor, scope in step.batchnorms:

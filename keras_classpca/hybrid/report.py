@@ -2,6 +2,8 @@
 
 import dataclasses
 
+from keras_classpca.layers.geometry import DENSE_REMEDIES_MIN_ROWS_PER_FEATURE
+
 
 @dataclasses.dataclass
 class SolvedLayer:
@@ -22,6 +24,10 @@ class SolvedLayer:
             how much its class subspaces moved since the previous one.
         converged: with `samples="auto"`, whether it stopped because they settled
             (False: the data ran out first); None otherwise.
+        fisher_sign_pairs: for a Dense layer without explicit `sign_pairs` /
+            `discriminant` options, whether it was solved from enough rows per feature
+            to get Fisher directions and sign pairs (`DENSE_REMEDIES_MIN_ROWS_PER_FEATURE`
+            in `layers/geometry.py`); None for other layers.
     """
 
     name: str
@@ -34,6 +40,7 @@ class SolvedLayer:
     adapted_batchnorms: list = dataclasses.field(default_factory=list)
     sample_checks: list = dataclasses.field(default_factory=list)
     converged: bool = None
+    fisher_sign_pairs: bool = None
 
 
 @dataclasses.dataclass
@@ -93,6 +100,9 @@ class HybridReport:
                     f"  {layer.name:<24}{layer.kind:<10}{layer.n_components:>8}{layer.samples:>9}"
                     f"{layer.rows:>11}{layer.explained_variance:>9.3f}{layer.seconds:>7.1f}"
                 )
+                if layer.fisher_sign_pairs:
+                    lines.append("    + Fisher directions, sign-paired (rows >= "
+                                 f"{DENSE_REMEDIES_MIN_ROWS_PER_FEATURE} x features)")
                 for bn in layer.adapted_batchnorms:
                     lines.append(f"    + adapted {bn}")
         if self.evidence:
