@@ -36,6 +36,7 @@ tf = import_optional("tensorflow", "keras_classpca.distributed (tf.distribute)")
 __all__ = [
     "StrategyPass",
     "adapt_with_strategy",
+    "class_sketches",
     "class_statistics",
     "class_pca_from_statistics",
     "fit_distributed",
@@ -234,6 +235,22 @@ def class_statistics(
     Returns:
         `(count, total, outer)`: float64 numpy arrays `(K,)`, `(K, d)`, `(K, d, d)`.
     """
+    n_classes, strategy, distributed, n_features = _distributed_input(
+        data, n_classes, strategy, n_features, row_fn, y, batch_size, steps)
+    # Every replica holds the K·d² float64 sums (and the reduce a packed copy): refuse
+    # up front, with the number, what would not fit rather than fail in TF allocation.
+    check_memory(n_classes, n_features)
+    per_replica = _per_replica_statistics(strategy, distributed, n_classes, n_features, row_fn)
+    # The one collective of the pass: a sum of one packed float64 vector.
+    reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    reduced = np.asarray(reduced.numpy(), dtype=np.float64)
+    if _samples_out is not None:
+        _samples_out.append(int(reduced[-1]))
+    return _unpack(reduced, n_classes, n_features)
+
+
+def _distributed_input(data, n_classes, strategy, n_features, row_fn, y, batch_size, steps):
+    """`(n_classes, strategy, distributed dataset, n_features)`, validated."""
     if not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
         raise ValueError(f"`n_classes` must be a positive integer; received {n_classes!r}.")
     n_classes = int(n_classes)
@@ -268,16 +285,7 @@ def class_statistics(
         n_features = spec_dataset.element_spec[0].shape[-1]
         if n_features is None:
             raise ValueError("`n_features` could not be inferred from the dataset; pass it.")
-    # Every replica holds the K·d² float64 sums (and the reduce a packed copy): refuse
-    # up front, with the number, what would not fit rather than fail in TF allocation.
-    check_memory(n_classes, int(n_features))
-    per_replica = _per_replica_statistics(strategy, distributed, n_classes, int(n_features), row_fn)
-    # The one collective of the pass: a sum of one packed float64 vector.
-    reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-    reduced = np.asarray(reduced.numpy(), dtype=np.float64)
-    if _samples_out is not None:
-        _samples_out.append(int(reduced[-1]))
-    return _unpack(reduced, n_classes, int(n_features))
+    return n_classes, strategy, distributed, int(n_features)
 
 
 def _per_replica_statistics(strategy, distributed, k, d, row_fn):
@@ -319,12 +327,208 @@ def _per_replica_statistics(strategy, distributed, k, d, row_fn):
     return accumulate(distributed)
 
 
+# ---------------------------------------------------------------------- sketches
+def class_sketches(
+    data,
+    n_classes,
+    sketch_size,
+    *,
+    strategy=None,
+    n_features=None,
+    row_fn=None,
+    y=None,
+    batch_size=None,
+    steps=None,
+    product_dtype=None,
+    _samples_out=None,
+):
+    """`ClassSketch` of `data` over `strategy`: for label spaces whose exact statistics
+    (K·d² float64 on every replica) do not fit.
+
+    Each replica keeps a Frequent Directions sketch per class of its shard (`2ℓ`
+    float32 rows per class, shrunk as `ClassSketch` shrinks them, with the exact
+    counts, sums, traces and total second moment) inside `strategy.run`; one
+    `strategy.gather` brings every replica's sketches to every worker, where they are
+    merged in replica order (sketches are mergeable summaries), so every worker ends
+    with the same sketch. What crosses the network is `R·K·(2ℓ·d + 2d + 4)` values plus
+    `R·d²` for the total (R replicas), against `K·d²` for exact statistics.
+
+    Arguments as in `class_statistics`; `sketch_size` is `ℓ`.
+    """
+    from keras_classpca.core.sketch import check_sketch_memory
+
+    n_classes, strategy, distributed, n_features = _distributed_input(
+        data, n_classes, strategy, n_features, row_fn, y, batch_size, steps)
+    ell = int(sketch_size)
+    check_sketch_memory(n_classes, n_features, ell)
+    per_replica = _per_replica_sketches(strategy, distributed, n_classes, n_features, ell,
+                                        row_fn)
+    parts = _gather(strategy, per_replica)
+    n_rows, n_bad, _ = parts["meta"].sum(axis=0)
+    _check_pass(n_rows, n_bad, n_classes)
+    if _samples_out is not None:
+        _samples_out.append(int(parts["meta"][:, 2].sum()))
+    return _merge_sketches(parts, ell, product_dtype)
+
+
+def _merge_sketches(parts, ell, product_dtype):
+    """One `ClassSketch` from the gathered per-replica arrays, merged in replica order."""
+    from keras_classpca.core.sketch import ClassSketch
+
+    merged = None
+    for r in range(len(parts["meta"])):
+        total = ClassStatistics.from_arrays(
+            [parts["meta"][r, 0]], [parts["total_sum"][r]], [parts["total"][r]],
+            product_dtype=product_dtype)
+        if not len(total):
+            continue  # a replica that saw no rows
+        sketch = ClassSketch.from_parts(
+            ell, counts=parts["count"][r], sums=parts["sums"][r], traces=parts["traces"][r],
+            shifts=parts["shift"][r], rows=parts["rows"][r], filled=parts["filled"][r],
+            shrinkage=parts["shrinkage"][r], total=total, product_dtype=product_dtype)
+        merged = sketch if merged is None else merged.merge(sketch)
+    return merged
+
+
+def _gather(strategy, per_replica):
+    """`{name: numpy array (replicas, ...)}`: every replica's state, on every worker."""
+    stacked = strategy.run(  # "seen" is bookkeeping of the pass (and a bool: not gathered)
+        lambda state: {k: v[None] for k, v in state.items() if k != "seen"},
+        args=(per_replica,))
+    return {k: np.asarray(strategy.gather(v, axis=0)) for k, v in stacked.items()}
+
+
+def _tf_shrink(rows, ell):
+    """`ClassSketch`'s shrink in TF ops: `rows` `(n, d)` float32, n > 2ℓ -> `(2ℓ, d)`
+    float32 (ℓ sketch rows, zero padded) and δ."""
+    from keras_classpca.core import sketch
+
+    rows = tf.cast(rows, tf.float64)
+    n, d = tf.shape(rows)[0], tf.shape(rows)[1]
+    first_shrunk = ell - max(1, int(round(sketch.SHRUNK_SHARE * ell)))
+
+    def leading(matrix):
+        values, vectors = tf.linalg.eigh((matrix + tf.transpose(matrix)) / 2.0)
+        values = tf.maximum(tf.reverse(values, [0]), 0.0)
+        vectors = tf.reverse(vectors, [1])
+        pad = tf.maximum(ell + 1 - tf.shape(values)[0], 0)  # fewer values than ℓ + 1
+        values = tf.concat([values, tf.zeros([pad], tf.float64)], 0)
+        vectors = tf.pad(vectors, [[0, 0], [0, pad]])
+        delta = values[ell]
+        old = values[:ell]
+        kept = tf.concat([old[:first_shrunk], tf.maximum(old[first_shrunk:] - delta, 0.0)], 0)
+        return old, kept, vectors[:, :ell], delta
+
+    def by_gram():  # n <= d: eigenvectors of rows rowsᵀ, mapped back through the rows
+        old, kept, vectors, delta = leading(tf.matmul(rows, rows, transpose_b=True))
+        scale = tf.where(old > 0, tf.sqrt(kept / tf.where(old > 0, old, 1.0)), 0.0)
+        return tf.matmul(vectors * scale, rows, transpose_a=True), delta
+
+    def by_covariance():  # n > d: eigenvectors of rowsᵀ rows are the new rows' directions
+        _, kept, vectors, delta = leading(tf.matmul(rows, rows, transpose_a=True))
+        return tf.transpose(vectors * tf.sqrt(kept)), delta
+
+    new, delta = tf.cond(n <= d, by_gram, by_covariance)
+    return tf.pad(tf.cast(new, tf.float32), [[0, ell], [0, 0]]), delta
+
+
+def _per_replica_sketches(strategy, distributed, k, d, ell, row_fn):
+    """Each replica's sketch state of its shard of `distributed` (dict of `PerReplica`)."""
+
+    def zeros():
+        return {
+            "count": tf.zeros([k], tf.float64), "sums": tf.zeros([k, d], tf.float64),
+            "traces": tf.zeros([k], tf.float64), "shift": tf.zeros([k, d], tf.float64),
+            "seen": tf.zeros([k], tf.bool), "rows": tf.zeros([k, 2 * ell, d], tf.float32),
+            "filled": tf.zeros([k], tf.int32), "shrinkage": tf.zeros([k], tf.float64),
+            "total": tf.zeros([d, d], tf.float64), "total_sum": tf.zeros([d], tf.float64),
+            "meta": tf.zeros([3], tf.float64),  # rows, bad labels, samples
+        }
+
+    def insert(state, labels, shifted):
+        """Append each class's shifted rows to its buffer; shrink past 2ℓ rows."""
+        order = tf.argsort(labels, stable=True)
+        labels, shifted = tf.gather(labels, order), tf.gather(shifted, order)
+        classes, _, sizes = tf.unique_with_counts(labels)
+        starts = tf.cumsum(sizes, exclusive=True)
+
+        def body(i, rows, filled, shrinkage):
+            c = classes[i]
+            new = tf.cast(shifted[starts[i] : starts[i] + sizes[i]], tf.float32)
+            stacked = tf.concat([rows[c][: filled[c]], new], 0)
+            n = tf.shape(stacked)[0]
+
+            def keep():
+                return tf.pad(stacked, [[0, 2 * ell - n], [0, 0]]), n, tf.constant(0.0, tf.float64)
+
+            def shrink():
+                kept, delta = _tf_shrink(stacked, ell)
+                return kept, tf.constant(ell, tf.int32), delta
+
+            block, count, delta = tf.cond(n <= 2 * ell, keep, shrink)
+            rows = tf.tensor_scatter_nd_update(rows, [[c]], block[None])
+            filled = tf.tensor_scatter_nd_update(filled, [[c]], [count])
+            shrinkage = tf.tensor_scatter_nd_add(shrinkage, [[c]], [delta])
+            return i + 1, rows, filled, shrinkage
+
+        _, rows, filled, shrinkage = tf.while_loop(
+            lambda i, *_: i < tf.size(classes), body,
+            [tf.constant(0), state["rows"], state["filled"], state["shrinkage"]])
+        return rows, filled, shrinkage
+
+    def step(state, x, y_batch):
+        labels = _labels_tensor(y_batch, k)
+        n_samples = tf.cast(tf.shape(labels)[0], tf.float64)
+        if row_fn is not None:
+            x, labels = row_fn(x, labels)
+            labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+        rows = tf.cast(tf.reshape(x, [-1, d]), tf.float64)
+        valid = tf.logical_and(labels >= 0, labels < k)
+        n_bad = tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.float64))
+        rows = tf.boolean_mask(rows, valid)
+        labels = tf.cast(tf.boolean_mask(labels, valid), tf.int32)
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(labels, tf.float64), labels, k)
+        sums = tf.math.unsorted_segment_sum(rows, labels, k)
+        # A class's reference point: the mean of its rows in the first batch it has.
+        first = tf.logical_and(counts > 0, tf.logical_not(state["seen"]))
+        shift = tf.where(first[:, None], sums / tf.maximum(counts, 1.0)[:, None],
+                         state["shift"])
+        shifted = rows - tf.gather(shift, labels)
+        new_rows, filled, shrinkage = insert(state, labels, shifted)
+        return {
+            "count": state["count"] + counts,
+            "sums": state["sums"] + tf.math.unsorted_segment_sum(shifted, labels, k),
+            "traces": state["traces"] + tf.math.unsorted_segment_sum(
+                tf.reduce_sum(shifted * shifted, axis=1), labels, k),
+            "shift": shift, "seen": tf.logical_or(state["seen"], counts > 0),
+            "rows": new_rows, "filled": filled, "shrinkage": shrinkage,
+            "total": state["total"] + tf.matmul(rows, rows, transpose_a=True),
+            "total_sum": state["total_sum"] + tf.reduce_sum(rows, axis=0),
+            "meta": state["meta"] + tf.stack(
+                [tf.cast(tf.shape(rows)[0], tf.float64), n_bad, n_samples]),
+        }
+
+    @tf.function
+    def accumulate(distributed):
+        state = strategy.run(zeros)
+        for x, y_batch in distributed:
+            state = strategy.run(step, args=(state, x, y_batch))
+        return state
+
+    return accumulate(distributed)
+
+
 def _unpack(reduced, k, d):
     """`(count, total, outer)` from a packed vector; raises for bad labels / no data."""
     count = reduced[:k]
     total = reduced[k : k + k * d].reshape(k, d)
     outer = reduced[k + k * d : k + k * d + k * d * d].reshape(k, d, d)
-    n_rows, n_bad = reduced[-3], reduced[-2]
+    _check_pass(reduced[-3], reduced[-2], k)
+    return count, total, outer
+
+
+def _check_pass(n_rows, n_bad, k):
+    """Raise for labels out of range or a pass that saw no rows."""
     if n_bad:
         raise ValueError(
             f"`y` holds {int(n_bad)} label(s) out of range for n_classes={k} "
@@ -332,7 +536,6 @@ def _unpack(reduced, k, d):
         )
     if n_rows == 0:
         raise ValueError("`data` is empty: no samples to fit ClassPCA on.")
-    return count, total, outer
 
 
 def fit_distributed(
@@ -396,26 +599,35 @@ class StrategyPass:
         self.n_features = n_features
         self.samples = None
 
-    def __call__(self, data, y=None, *, n_classes, batch_size=None, steps=None, product_dtype=None):
+    def __call__(self, data, y=None, *, n_classes, batch_size=None, steps=None, product_dtype=None,
+                 sketch_size=None):
+        """`sketch_size`: None (exact statistics), `ℓ`, or a callable `n_features -> None
+        or ℓ` (what `ClassPCA.fit` passes: its `sketch_size` rule, decided once the row
+        dimension is known). Returns `ClassStatistics` or a `ClassSketch`."""
         if n_classes is None:
             raise ValueError(
                 "`n_classes` is required to accumulate class statistics over a tf.distribute "
                 "strategy (one slot per class on every replica)."
             )
         samples = []
-        count, total, outer = class_statistics(
-            data,
-            n_classes,
-            strategy=self.strategy,
-            n_features=self.n_features,
-            row_fn=self.row_fn,
-            y=y,
-            batch_size=batch_size,
-            steps=steps,
-            _samples_out=samples,
-        )
+        options = dict(strategy=self.strategy, row_fn=self.row_fn, y=y, batch_size=batch_size,
+                       steps=steps, _samples_out=samples)
+        n_features = self.n_features
+        if callable(sketch_size):
+            if n_features is None:
+                spec = _input_spec(data, y, batch_size)
+                n_features = spec.shape[-1] if spec.shape.rank == 2 else None
+            sketch_size = sketch_size(n_features) if n_features is not None else None
+        if sketch_size is None:
+            count, total, outer = class_statistics(data, n_classes, n_features=n_features,
+                                                   **options)
+            result = ClassStatistics.from_arrays(count, total, outer,
+                                                 product_dtype=product_dtype)
+        else:
+            result = class_sketches(data, n_classes, sketch_size, n_features=n_features,
+                                    product_dtype=product_dtype, **options)
         self.samples = samples[0]
-        return ClassStatistics.from_arrays(count, total, outer, product_dtype=product_dtype)
+        return result
 
 
 def fit_with_strategy(

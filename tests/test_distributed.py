@@ -234,6 +234,45 @@ def test_layer_class_pca_above_a_feature_model_with_default_strategy():
     np.testing.assert_allclose(pca.kernel_, ref.kernel_, rtol=1e-6, atol=1e-8)
 
 
+def test_class_sketches_over_the_default_strategy():
+    from keras_classpca import ClassSketch
+    from keras_classpca.core.subspace import subspace_residual
+    from keras_classpca.distributed import StrategyPass, class_sketches
+
+    rng = np.random.default_rng(1)
+    k, d = 4, 200
+    bases = [np.linalg.qr(rng.normal(size=(d, 3)))[0] for _ in range(k)]
+    y = rng.integers(0, k, 3000)
+    x = (np.einsum("ndk,nk->nd", np.stack(bases)[y], rng.normal(size=(3000, 3)) * [5, 3, 2])
+         + 0.1 * rng.normal(size=(3000, d)) + 2.0).astype("float32")
+    exact = ClassPCA(12, n_classes=k, sketch_size=None).fit(x, y)
+    spread = ClassPCA(12, n_classes=k, sketch_size=16).fit(
+        x, y, batch_size=250, statistics_pass=StrategyPass())
+    sketch = spread.statistics_
+    assert isinstance(sketch, ClassSketch) and spread.sketch_size_ == 16
+    np.testing.assert_array_equal(sketch.counts, exact.statistics_.counts)
+    # float64 sums here, float32 chunk products in the local reference
+    np.testing.assert_allclose(sketch.sums, exact.statistics_.sums, rtol=1e-6)
+    for c in range(k):
+        truth = exact.statistics_.second_moment(c)
+        assert sketch.trace(c) == pytest.approx(np.trace(truth), rel=1e-6)
+        # Frequent Directions' guarantee 0 <= AᵀA − BᵀB <= Δ·I (float32 rows)
+        gap = np.linalg.eigvalsh(truth - sketch.second_moment(c))
+        scale = np.linalg.norm(truth, 2)
+        assert gap.min() >= -1e-5 * scale and gap.max() <= sketch.shrinkage[c] + 1e-5 * scale
+        assert 0 < sketch.shrinkage[c]  # 750 rows through 32-row buffers: shrunk
+        found = spread.components_[:, spread.component_classes_ == c]
+        assert subspace_residual(exact.components_[:, exact.component_classes_ == c],
+                                 found) < 1e-3
+    # sketch_size="auto" switches when exact statistics exceed memory_limit (1.3 MB here)
+    with pytest.warns(UserWarning, match="Frequent Directions sketch"):
+        auto = ClassPCA(12, n_classes=k, memory_limit=1_000_000).fit(
+            x, y, batch_size=500, statistics_pass=StrategyPass())
+    assert isinstance(auto.statistics_, ClassSketch) and auto.sketch_size_ >= 12
+    with pytest.raises(ValueError, match="out of range for n_classes=3"):
+        class_sketches((x, y), 3, 8)
+
+
 # ---------------------------------------------------------------------- two CPU replicas
 # Two logical CPUs, configured before TensorFlow initialises its devices.
 TWO_CPUS = """
@@ -373,6 +412,25 @@ plain.adapt((images, labels))
 spread = ClassPCAConv2D(6, 3, n_classes=3)
 spread.adapt((images, labels), strategy=strategy)
 out["adapt"] = float(np.abs(keras.ops.convert_to_numpy(plain.kernel - spread.kernel)).max())
+
+# Class sketches: each replica sketches its shard, the gathered sketches are merged.
+from keras_classpca.core.subspace import subspace_residual
+bases = [np.linalg.qr(rng.normal(size=(40, 3)))[0] for _ in range(4)]
+ys = rng.integers(0, 4, 2000)
+xs = (np.einsum("ndk,nk->nd", np.stack(bases)[ys], rng.normal(size=(2000, 3)) * [5, 3, 2])
+      + 0.1 * rng.normal(size=(2000, 40)) + 2.0).astype("float32")
+exact = ClassPCA(12, n_classes=4, sketch_size=None).fit(xs, ys)
+sketched = ClassPCA(12, n_classes=4, sketch_size=8).fit(
+    xs, ys, batch_size=256, statistics_pass=StrategyPass(strategy))
+out["sketch_kind"] = type(sketched.statistics_).__name__
+out["sketch_counts"] = [sketched.statistics_.counts.tolist(), exact.statistics_.counts.tolist()]
+out["sketch_residual"] = max(
+    subspace_residual(exact.components_[:, exact.component_classes_ == c],
+                      sketched.components_[:, sketched.component_classes_ == c])
+    for c in range(4))
+out["sketch_total"] = float(np.abs(sketched.statistics_.total_second_moment()
+                                   - exact.statistics_.total_second_moment()).max()
+                            / np.abs(exact.statistics_.total_second_moment()).max())
 print(json.dumps(out))
 """
 )
@@ -409,6 +467,11 @@ def test_fit_and_adapt_strategy_argument_mirrored():
     out = _run_python(WIRED)
     assert out["fit"] < 1e-11, out
     assert out["adapt"] < 1e-6, out
+    # sketches over two replicas: exact counts and total, class subspaces close to exact
+    assert out["sketch_kind"] == "ClassSketch", out
+    assert out["sketch_counts"][0] == out["sketch_counts"][1], out
+    assert out["sketch_total"] < 1e-6, out  # float64 in TF, float32 products locally
+    assert out["sketch_residual"] < 1e-3, out
 
 
 @pytest.mark.tensorflow_backend

@@ -626,23 +626,31 @@ class ClassPCA:
         )
         return size
 
+    def _sketch_size_for(self, n_features):
+        """Sketch rows per class for statistics of `n_features` (None: exact), by
+        `sketch_size` and the memory: with a known `n_classes` decided and checked up
+        front (`MemoryError` if nothing fits); without, `"auto"` starts exact and
+        switches while accumulating (`_accumulate`)."""
+        size, k = self.sketch_size, self.n_classes
+        if k is None:
+            return None if size == "auto" else size
+        if size == "auto":
+            try:
+                check_memory(k, n_features, self.memory_limit)
+                return None
+            except MemoryError as error:
+                return self._auto_sketch_size(k, n_features, error)
+        if size is None:  # every slot will be needed: check up front
+            check_memory(k, n_features, self.memory_limit)
+        else:
+            check_sketch_memory(k, n_features, size, self.memory_limit)
+        return size
+
     def _new_statistics(self, n_features):
         options = dict(product_dtype=self.product_dtype, memory_limit=self.memory_limit)
-        size = self.sketch_size
-        if size == "auto" and self.n_classes is not None:
-            try:
-                check_memory(self.n_classes, n_features, self.memory_limit)
-                size = None
-            except MemoryError as error:
-                size = self._auto_sketch_size(self.n_classes, n_features, error)
+        size = self._sketch_size_for(n_features)
         if size is None:
-            if self.n_classes is not None:  # every slot will be needed: check up front
-                check_memory(self.n_classes, n_features, self.memory_limit)
             return ClassStatistics(n_features, **options)
-        if size == "auto":
-            return ClassStatistics(n_features, **options)  # sketched if it outgrows memory
-        if self.n_classes is not None:
-            check_sketch_memory(self.n_classes, n_features, size, self.memory_limit)
         return ClassSketch(n_features, size, **options)
 
     def _accumulate(self, statistics, x, labels):
@@ -696,8 +704,10 @@ class ClassPCA:
             statistics_pass: a callable that computes the statistics elsewhere, e.g.
                 `keras_classpca.distributed.StrategyPass(strategy)` for a
                 `tf.distribute` strategy: called as `statistics_pass(data, y,
-                n_classes=..., batch_size=..., steps=..., product_dtype=...)`, it returns
-                a `ClassStatistics`. See docs/distributed.md.
+                n_classes=..., batch_size=..., steps=..., product_dtype=...,
+                sketch_size=...)` (`sketch_size`: a callable `n_features -> None or ℓ`,
+                this estimator's rule), it returns a `ClassStatistics` or a
+                `ClassSketch`. See docs/distributed.md.
 
         Returns:
             `self`. On any error the previous state is kept.
@@ -717,11 +727,12 @@ class ClassPCA:
                 batch_size=batch_size,
                 steps=steps,
                 product_dtype=self.product_dtype,
+                sketch_size=self._sketch_size_for,
             )
-            if not isinstance(statistics, ClassStatistics):
+            if not isinstance(statistics, (ClassStatistics, ClassSketch)):
                 raise TypeError(
-                    "`statistics_pass` must return ClassStatistics; returned "
-                    f"{type(statistics).__name__}."
+                    "`statistics_pass` must return ClassStatistics or a ClassSketch; "
+                    f"returned {type(statistics).__name__}."
                 )
             return self._set_statistics(statistics)
         if y is None and hasattr(data, "__array__") and not isinstance(data, (tuple, list)):
@@ -1036,11 +1047,11 @@ class ClassPCA:
         labels = self.classes_.tolist()
         counts = np.array([statistics.count(c) for c in labels], dtype=np.float64)
         means = np.stack([statistics.sum(c) / statistics.count(c) for c in labels])
-        covariances = (
-            statistics.second_moment(c) / statistics.count(c) - np.outer(m, m)
-            for c, m in zip(labels, means)
-        )
-        directions, _ = discriminant_directions(counts, means, covariances, n)
+        # Pooled within-class covariance = (Σ x xᵀ − Σ_c n_c μ_c μ_cᵀ) / N: exact from
+        # the total second moment, also when the classes are sketched.
+        within = statistics.total_second_moment() - (means.T * counts) @ means
+        directions, _ = discriminant_directions(counts, means, None, n,
+                                                within=within / counts.sum())
         return directions
 
     def _solve_class_pca(self, n_components):

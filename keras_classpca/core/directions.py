@@ -20,15 +20,19 @@ import numpy as np
 WITHIN_CLASS_RIDGE = 1e-3
 
 
-def discriminant_directions(counts, means, covariances, n_directions, ridge=WITHIN_CLASS_RIDGE):
+def discriminant_directions(counts, means, covariances, n_directions, ridge=WITHIN_CLASS_RIDGE,
+                            *, within=None):
     """Unit Fisher discriminant directions `(d, n)` and their separation ratios `(n,)`.
 
     Args:
         counts: `(K,)` samples per class.
         means: `(K, d)` class means.
-        covariances: `(K, d, d)` class covariances (or an iterable of them).
+        covariances: `(K, d, d)` class covariances (or an iterable of them); None with
+            `within`.
         n_directions: how many directions; at most `K - 1` carry separation.
         ridge: added to the pooled within-class covariance, times its mean eigenvalue.
+        within: the pooled within-class covariance `Σ_c n_c cov_c / Σ_c n_c` `(d, d)`,
+            instead of `covariances` (e.g. from the total second moment).
 
     Returns:
         `(directions, ratios)`: columns sorted by between/within variance ratio,
@@ -52,7 +56,9 @@ def discriminant_directions(counts, means, covariances, n_directions, ridge=WITH
             f"{n_classes} classes over {d} features; received {n_directions!r}."
         )
     weights = counts / counts.sum()
-    within = sum(w * np.asarray(c, dtype=np.float64) for w, c in zip(weights, covariances))
+    if within is None:
+        within = sum(w * np.asarray(c, dtype=np.float64) for w, c in zip(weights, covariances))
+    within = np.asarray(within, dtype=np.float64)
     overall = weights @ means
     centred = (means - overall) * np.sqrt(weights)[:, None]
     between = centred.T @ centred

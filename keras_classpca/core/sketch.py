@@ -373,6 +373,31 @@ class ClassSketch:
         return self
 
     @classmethod
+    def from_parts(cls, sketch_size, *, counts, sums, traces, shifts, rows, filled, shrinkage,
+                   total, **kwargs):
+        """A sketch from per-class arrays, as a `tf.distribute` replica builds one
+        (`keras_classpca.distributed`): `counts` `(K,)`; `sums` `(K, d)` and `traces`
+        `(K,)` of the rows shifted by `shifts` `(K, d)`; `rows` `(K, 2ℓ, d)` of which the
+        first `filled[c]` are class c's sketch; `shrinkage` `(K,)`; `total` the exact
+        total statistics (a one-class `ClassStatistics`). Classes with no count are left
+        out."""
+        d = total.n_features
+        kwargs.setdefault("product_dtype", total.product_dtype)
+        sketch = cls(d, sketch_size, **kwargs)
+        present = [c for c in range(len(counts)) if counts[c] > 0]
+        sketch._reserve(present)
+        sketch._total = total
+        for c in present:
+            sketch._count[c], sketch._trace[c] = int(counts[c]), float(traces[c])
+            sketch._sum[c] = np.array(sums[c], dtype=np.float64)
+            sketch._shift[c] = np.array(shifts[c], dtype=np.float64)
+            kept = np.asarray(rows[c][: int(filled[c])], dtype=np.float32)
+            sketch._rows[c][: len(kept)] = kept
+            sketch._filled[c] = len(kept)
+            sketch.shrinkage[c] = float(shrinkage[c])
+        return sketch
+
+    @classmethod
     def from_statistics(cls, statistics, sketch_size, **kwargs):
         """A sketch of exact `ClassStatistics` (each class's leading ℓ eigenpairs)."""
         import scipy.linalg
