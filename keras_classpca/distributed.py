@@ -288,6 +288,34 @@ def _distributed_input(data, n_classes, strategy, n_features, row_fn, y, batch_s
     return n_classes, strategy, distributed, int(n_features)
 
 
+def _batch_rows(x, y_batch, k, d, row_fn):
+    """One batch in TF ops: `(rows (n, d) float64, int64 labels, valid, bad labels,
+    samples)`; `valid` marks the rows whose labels lie in `[0, k)`."""
+    labels = _labels_tensor(y_batch, k)
+    n_samples = tf.cast(tf.shape(labels)[0], tf.float64)
+    if row_fn is not None:
+        x, labels = row_fn(x, labels)
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+    rows = tf.cast(tf.reshape(x, [-1, d]), tf.float64)
+    valid = tf.logical_and(labels >= 0, labels < k)
+    n_bad = tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.float64))
+    return rows, labels, valid, n_bad, n_samples
+
+
+def _run_pass(strategy, distributed, zeros, step):
+    """`step(state, x, y)` over every batch of `distributed` on every replica, from
+    `zeros()`: each replica's state of its shard (`PerReplica`)."""
+
+    @tf.function
+    def accumulate(distributed):
+        state = strategy.run(zeros)
+        for x, y_batch in distributed:
+            state = strategy.run(step, args=(state, x, y_batch))
+        return state
+
+    return accumulate(distributed)
+
+
 def _per_replica_statistics(strategy, distributed, k, d, row_fn):
     """Each replica's packed statistics of its shard of `distributed` (`PerReplica`)."""
     size = k + k * d + k * d * d + 3  # counts, sums, second moments, rows, bad labels, samples
@@ -296,15 +324,8 @@ def _per_replica_statistics(strategy, distributed, k, d, row_fn):
         return tf.zeros([size], tf.float64)
 
     def step(acc, x, y_batch):
-        labels = _labels_tensor(y_batch, k)
-        n_samples = tf.cast(tf.shape(labels)[0], tf.float64)
-        if row_fn is not None:
-            x, labels = row_fn(x, labels)
-            labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
-        rows = tf.cast(tf.reshape(x, [-1, d]), tf.float64)
+        rows, labels, valid, n_bad, n_samples = _batch_rows(x, y_batch, k, d, row_fn)
         n_rows = tf.cast(tf.shape(rows)[0], tf.float64)
-        valid = tf.logical_and(labels >= 0, labels < k)
-        n_bad = tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.float64))
         # Rows with out-of-range labels go to an extra partition that is dropped.
         part = tf.cast(tf.where(valid, labels, k), tf.int32)
         blocks = tf.dynamic_partition(rows, part, k + 1)[:k]
@@ -317,14 +338,7 @@ def _per_replica_statistics(strategy, distributed, k, d, row_fn):
         )
         return acc + packed
 
-    @tf.function
-    def accumulate(distributed):
-        acc = strategy.run(zeros)
-        for x, y_batch in distributed:
-            acc = strategy.run(step, args=(acc, x, y_batch))
-        return acc
-
-    return accumulate(distributed)
+    return _run_pass(strategy, distributed, zeros, step)
 
 
 # ---------------------------------------------------------------------- sketches
@@ -477,14 +491,7 @@ def _per_replica_sketches(strategy, distributed, k, d, ell, row_fn):
         return rows, filled, shrinkage
 
     def step(state, x, y_batch):
-        labels = _labels_tensor(y_batch, k)
-        n_samples = tf.cast(tf.shape(labels)[0], tf.float64)
-        if row_fn is not None:
-            x, labels = row_fn(x, labels)
-            labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
-        rows = tf.cast(tf.reshape(x, [-1, d]), tf.float64)
-        valid = tf.logical_and(labels >= 0, labels < k)
-        n_bad = tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.float64))
+        rows, labels, valid, n_bad, n_samples = _batch_rows(x, y_batch, k, d, row_fn)
         rows = tf.boolean_mask(rows, valid)
         labels = tf.cast(tf.boolean_mask(labels, valid), tf.int32)
         counts = tf.math.unsorted_segment_sum(tf.ones_like(labels, tf.float64), labels, k)
@@ -508,14 +515,7 @@ def _per_replica_sketches(strategy, distributed, k, d, ell, row_fn):
                 [tf.cast(tf.shape(rows)[0], tf.float64), n_bad, n_samples]),
         }
 
-    @tf.function
-    def accumulate(distributed):
-        state = strategy.run(zeros)
-        for x, y_batch in distributed:
-            state = strategy.run(step, args=(state, x, y_batch))
-        return state
-
-    return accumulate(distributed)
+    return _run_pass(strategy, distributed, zeros, step)
 
 
 def _unpack(reduced, k, d):
