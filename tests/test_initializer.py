@@ -47,9 +47,9 @@ def test_dense_kernel_and_bias_equal_class_pca(blobs):
     np.testing.assert_allclose(_np(layer(x)), solution.transform(x), rtol=1e-5, atol=1e-5)
 
 
-def test_direct_call_dtype_and_shape(blobs):
+def test_direct_call_dtype_and_shape(blobs, dense_reference):
     init = ClassPCAInitializer.from_data(*blobs)
-    expected = ClassPCA(5).fit(*blobs).kernel_
+    expected = dense_reference(5, *blobs).kernel_  # the Dense rule applies
     # No dtype: floatx, as Keras' own initializers, on every backend.
     value = init((8, 5))
     assert tuple(value.shape) == (8, 5)
@@ -117,8 +117,10 @@ def test_from_data_accepts_datasets_and_generators():
 
 def test_from_data_accepts_one_hot_and_options(blobs):
     x, y = blobs
-    a = ClassPCAInitializer.from_data(x, np.eye(3)[y], allocation="adaptive", center=False)
-    b = ClassPCA(allocation="adaptive", center=False).fit(x, y)
+    plain = dict(sign_pairs=False)  # no Dense rule
+    a = ClassPCAInitializer.from_data(x, np.eye(3)[y], allocation="adaptive", center=False,
+                                      **plain)
+    b = ClassPCA(allocation="adaptive", center=False, **plain).fit(x, y)
     assert a.class_pca.allocation == "adaptive" and a.class_pca.center is False
     np.testing.assert_array_equal(_np(a((8, 4))), b.solve(4).kernel.astype("float32"))
 
@@ -252,7 +254,7 @@ def test_bias_shape_and_component_count_rejected(blobs):
 def test_class_with_too_few_samples_rejected_at_call(blobs):
     x, y = blobs
     keep = np.concatenate([np.flatnonzero(y != 1), np.flatnonzero(y == 1)[:2]])
-    init = ClassPCAInitializer.from_data(x[keep], y[keep])
+    init = ClassPCAInitializer.from_data(x[keep], y[keep], sign_pairs=False)  # plain
     before = _stats(init)
     with pytest.raises(ValueError, match=r"Class 1 has 2 sample\(s\) but must supply 2"):
         init((8, 6))
@@ -327,3 +329,26 @@ def test_from_data_bad_input(blobs, data, kwargs, match):
     x, y = data(*blobs)
     with pytest.raises(ValueError, match=match):
         ClassPCAInitializer.from_data(x, y, **kwargs)
+
+
+def test_dense_initializer_from_data_follows_the_dense_rule():
+    # Rows >= 10 x features and units < features: Fisher directions and sign pairs, as
+    # ClassPCADense.adapt and hybridize give; an explicit option turns the rule off.
+    from keras_classpca import ClassPCADense
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(400, 12)) + np.repeat(np.eye(12)[:4], 100, axis=0)).astype("float32")
+    y = np.repeat(np.arange(4), 100)
+    init = ClassPCAInitializer.from_data(x, y)
+    layer = keras.layers.Dense(6, kernel_initializer=init, bias_initializer=init.bias_initializer())
+    layer.build((None, 12))
+    adapted = ClassPCADense(6)
+    adapted.adapt((x, y))
+    kernel = np.asarray(layer.kernel)
+    np.testing.assert_allclose(kernel, np.asarray(adapted.kernel), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(layer.bias), np.asarray(adapted.bias), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(kernel[:, 1::2], -kernel[:, ::2], atol=1e-6)  # sign pairs
+    plain = ClassPCAInitializer.from_data(x, y, sign_pairs=False)
+    expected = ClassPCA(6, sign_pairs=False).fit(x, y).kernel_
+    np.testing.assert_allclose(np.asarray(plain((12, 6))), expected, rtol=1e-5, atol=1e-6)

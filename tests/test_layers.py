@@ -25,16 +25,23 @@ def _images(n=48, hw=(8, 8), channels=1, n_classes=3, seed=0):
 
 
 # ---------------------------------------------------------------- equality with ClassPCA
-def test_dense_adapt_equals_class_pca(blobs):
+def test_dense_adapt_equals_class_pca(blobs, dense_reference):
     x, y = blobs
     layer = ClassPCADense(6)
     assert not layer.is_adapted
     layer.adapt((x, y), batch_size=50)
-    reference = ClassPCA(6).fit(x, y, batch_size=50)
-    np.testing.assert_array_equal(_np(layer.kernel), reference.kernel_.astype("float32"))
-    np.testing.assert_array_equal(_np(layer.bias), reference.bias_.astype("float32"))
+    # 8 features, 6 units, >= 80 rows: the Dense rule adds Fisher directions, sign pairs
+    reference = dense_reference(6, x, y)
+    assert reference.sign_pairs and layer.sign_pairs is None  # the rule decided
+    # batches of 50 against one pass: the same sums up to float32 round-off
+    np.testing.assert_allclose(_np(layer.kernel), reference.kernel_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(layer.bias), reference.bias_, rtol=1e-5, atol=1e-6)
     assert layer.is_adapted and not layer.trainable
     np.testing.assert_allclose(_np(layer(x)), reference.transform(x), rtol=1e-5, atol=1e-5)
+    plain = ClassPCADense(6, sign_pairs=False)  # an explicit option: no rule
+    plain.adapt((x, y), batch_size=50)
+    reference = ClassPCA(6, sign_pairs=False).fit(x, y, batch_size=50)
+    np.testing.assert_array_equal(_np(plain.kernel), reference.kernel_.astype("float32"))
 
 
 def test_dense_on_sequence_input_uses_every_position():
@@ -189,7 +196,7 @@ def test_standardize_outputs_zero_mean_unit_variance(blobs, layer_type):
 def test_unit_scaling_orthonormal_within_each_class_block(blobs, layer_type):
     if layer_type == "dense":
         x, y = blobs
-        layer = ClassPCADense(6, scaling="unit", offset="zero")
+        layer = ClassPCADense(6, scaling="unit", offset="zero", sign_pairs=False)
     else:
         x, y = _images(channels=2)
         layer = ClassPCAConv2D(6, 3, scaling="unit", offset="zero")
@@ -203,12 +210,12 @@ def test_unit_scaling_orthonormal_within_each_class_block(blobs, layer_type):
     np.testing.assert_array_equal(_np(layer.bias), np.zeros(6))
 
 
-def test_readapt_replaces_weights(blobs):
+def test_readapt_replaces_weights(blobs, dense_reference):
     x, y = blobs
     layer = ClassPCADense(6)
     layer.adapt((x, y))
     layer.adapt((x[:120], y[:120]))
-    reference = ClassPCA(6).fit(x[:120], y[:120])
+    reference = dense_reference(6, x[:120], y[:120])
     np.testing.assert_array_equal(_np(layer.kernel), reference.kernel_.astype("float32"))
 
 
@@ -371,7 +378,7 @@ def _assert_unchanged(layer, snapshot):
 
 @pytest.fixture(params=["fresh", "adapted"])
 def dense_layer(request, blobs):
-    layer = ClassPCADense(6, n_classes=3)
+    layer = ClassPCADense(6, n_classes=3, sign_pairs=False)  # plain: 2 filters per class
     if request.param == "adapted":
         layer.adapt(blobs)
     return layer

@@ -37,8 +37,14 @@ class ClassPCAAdaptMixin:
     survives `.keras` round trips.
     """
 
+    # Options left to a per-kind rule when not given (None): the Dense rule of
+    # `layers.geometry.dense_remedies` for ClassPCADense.
+    RULE_DECIDED_OPTIONS = ()
+
     def _set_class_pca_options(self, options):
         for name, default in CLASS_PCA_DEFAULTS.items():
+            if name in self.RULE_DECIDED_OPTIONS:
+                default = None
             setattr(self, name, options.get(name, default))
         # Validate now, at construction, not at the first adapt.
         self._new_class_pca().check_params()
@@ -46,8 +52,13 @@ class ClassPCAAdaptMixin:
         self.class_pca_ = None
         self.statistics_ = None
 
+    def _solve_options(self):
+        """The ClassPCA options this layer sets (rule-decided ones only when given)."""
+        return {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS
+                if not (name in self.RULE_DECIDED_OPTIONS and getattr(self, name) is None)}
+
     def _new_class_pca(self):
-        options = {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS}
+        options = self._solve_options()
         n_components = output_size(self)
         if n_components is None:  # depthwise, unbuilt: components per input channel
             n_components = groups_and_components(self, 1)[1]
@@ -107,8 +118,7 @@ class ClassPCAAdaptMixin:
 
             adapt_with_strategy(self, data, strategy=strategy, batch_size=batch_size, steps=steps)
             return
-        options = {name: getattr(self, name) for name in CLASS_PCA_DEFAULTS}
-        statistics = LayerStatistics(self, options, **self._row_options())
+        statistics = LayerStatistics(self, self._solve_options(), **self._row_options())
         input_shape = None
         while True:
             if statistics.stage and iter(data) is data:
@@ -137,7 +147,7 @@ class ClassPCAAdaptMixin:
         builds the layer if it is not built yet. Raises, leaving the layer unchanged,
         if `class_pca` cannot be solved.
         """
-        statistics = LayerStatistics(self)
+        statistics = LayerStatistics(self, self._solve_options())
         statistics.class_pcas = [class_pca]
         statistics.end_pass()  # solves; raises before anything changes
         self._take_statistics(statistics, input_shape)

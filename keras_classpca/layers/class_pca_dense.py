@@ -32,6 +32,11 @@ class ClassPCADense(ClassPCAAdaptMixin, keras.layers.Dense):
     ((300, 6), True, False)
     """
 
+    # sign_pairs / discriminant not given: decided by the Dense rule at adapt
+    # (`layers.geometry.dense_remedies`: Fisher directions and sign pairs for a
+    # compressing layer solved from >= 10 rows per input feature).
+    RULE_DECIDED_OPTIONS = ("sign_pairs", "discriminant")
+
     def __init__(self, units, **kwargs):
         options = {name: kwargs.pop(name) for name in CLASS_PCA_DEFAULTS if name in kwargs}
         kwargs.setdefault("trainable", False)

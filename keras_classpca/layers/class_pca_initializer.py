@@ -73,6 +73,9 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         self._params = class_pca.get_params() if class_pca is not None else {}
         self._restored = False
         self._groups = None  # per-group ClassPCAs of a grouped or depthwise kernel
+        # from_data's options of a Dense kernel: the Dense rule applies at the solve
+        # (`layers.geometry.dense_remedies`), as in `ClassPCADense.adapt` and `hybridize`.
+        self._dense_options = None
 
     @classmethod
     def from_data(
@@ -148,6 +151,8 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         initializer = cls(class_pca)
         if group_pcas is not None and (len(group_pcas) > 1 or depthwise):
             initializer._groups = group_pcas
+        if kernel_size is None:
+            initializer._dense_options = dict(class_pca_options)
         return initializer
 
     @classmethod
@@ -232,7 +237,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         """The initializer of the matching bias (same statistics)."""
         twin = ClassPCAInitializer(self.class_pca, part="bias")
         twin._params, twin._restored = self._params, self._restored
-        twin._groups = self._groups
+        twin._groups, twin._dense_options = self._groups, self._dense_options
         return twin
 
     def __call__(self, shape, dtype=None):
@@ -317,13 +322,22 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         return keras.initializers.GlorotUniform()(shape, dtype=dtype)
 
     def _solve(self, n_components):
-        expected = self.class_pca.n_components
+        from keras_classpca.layers.geometry import DENSE_REMEDY_OPTIONS, dense_remedies
+
+        pca = self.class_pca
+        expected = pca.n_components
         if expected is not None and expected != n_components:
             raise ValueError(
                 f"The ClassPCA was configured for {expected} components but the layer "
                 f"asks for {n_components}."
             )
-        return self.class_pca.solve(n_components)
+        if self._dense_options is not None and dense_remedies(
+            int(pca.n_samples_seen_.sum()), pca.n_features_in_, len(pca.classes_),
+            n_components, self._dense_options,
+        ):
+            pca.set_params(**DENSE_REMEDY_OPTIONS)
+            self._dense_options = None  # applied (shared with the bias twin)
+        return pca.solve(n_components)
 
     def get_config(self):
         return {"part": self.part, "class_pca_params": dict(self._params)}
