@@ -761,7 +761,7 @@ def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
         strategy=strategy,
         batch_size=batch_size,
         steps=steps,
-        **layer._class_pca_config(),
+        **layer._solve_options(),
     ).class_pca
     input_shape = (None,) + tuple(_input_spec(data, None, batch_size).shape[1:])
     layer.set_class_pca(class_pca, input_shape)
