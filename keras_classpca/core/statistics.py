@@ -46,6 +46,9 @@ MAX_BLOCK_BYTES = 128 << 20
 # Batches smaller than this are staged (copied) and multiplied together.
 STAGE_BYTES = 64 << 20
 MIN_CHUNK_ROWS = 1024
+# Labels whose runs of equal values average at least this many rows are grouped by
+# slicing the runs (no sort, no gather); shorter runs are sorted and gathered.
+MIN_RUN_ROWS = 32
 # Largest float32 sum of squares of a batch accepted for float32 products: below this
 # no product entry, shifted or not, can overflow (Cauchy-Schwarz, with margin).
 _FLOAT32_SAFE = float(np.finfo(np.float32).max) / 64.0
@@ -150,7 +153,8 @@ def _distinct(labels):
 
 
 def _label_runs(sorted_labels):
-    """`(label, begin, end)` of each run of equal labels in a sorted label vector."""
+    """`(label, begin, end)` of each run of equal consecutive labels (one per class when
+    the labels are sorted)."""
     starts = np.flatnonzero(np.diff(sorted_labels)) + 1
     bounds = np.concatenate([[0], starts, [len(sorted_labels)]]).tolist()
     return zip(sorted_labels[bounds[:-1]].tolist(), bounds[:-1], bounds[1:])
@@ -512,9 +516,15 @@ class ClassStatistics:
             self._accumulate_block(x[block], labels[block], buffer)
 
     def _accumulate_block(self, x, labels, buffer):
-        if _is_sorted(labels):
-            for label, begin, end in _label_runs(labels):
-                self._multiply_runs(label, [x[begin:end]], buffer)
+        runs = list(_label_runs(labels))
+        if len(runs) * MIN_RUN_ROWS <= len(labels):
+            # Labels in long runs (sorted, or the patches of one image): the rows of a
+            # class are copied run by run, without a sort and a gather.
+            by_label = {}
+            for label, begin, end in runs:
+                by_label.setdefault(label, []).append(x[begin:end])
+            for label in sorted(by_label):
+                self._multiply_runs(label, by_label[label], buffer)
             return
         order = np.argsort(labels, kind="stable")
         step = len(buffer)
