@@ -415,11 +415,11 @@ def _gather(strategy, per_replica):
 def _tf_shrink(rows, ell):
     """`ClassSketch`'s shrink in TF ops: `rows` `(n, d)` float32, n > 2ℓ -> `(2ℓ, d)`
     float32 (ℓ sketch rows, zero padded) and δ."""
-    from keras_classpca.core import sketch
+    from keras_classpca.core.sketch import first_shrunk
 
     rows = tf.cast(rows, tf.float64)
     n, d = tf.shape(rows)[0], tf.shape(rows)[1]
-    first_shrunk = ell - max(1, int(round(sketch.SHRUNK_SHARE * ell)))
+    first = first_shrunk(ell)
 
     def leading(matrix):
         values, vectors = tf.linalg.eigh((matrix + tf.transpose(matrix)) / 2.0)
@@ -430,7 +430,7 @@ def _tf_shrink(rows, ell):
         vectors = tf.pad(vectors, [[0, 0], [0, pad]])
         delta = values[ell]
         old = values[:ell]
-        kept = tf.concat([old[:first_shrunk], tf.maximum(old[first_shrunk:] - delta, 0.0)], 0)
+        kept = tf.concat([old[:first], tf.maximum(old[first:] - delta, 0.0)], 0)
         return old, kept, vectors[:, :ell], delta
 
     def by_gram():  # n <= d: eigenvectors of rows rowsᵀ, mapped back through the rows

@@ -66,13 +66,19 @@ def check_sketch_memory(n_classes, n_features, sketch_size, memory_limit=None, h
 SHRUNK_SHARE = 0.25
 
 
+def first_shrunk(ell):
+    """Index of the first of the ℓ kept directions a shrink reduces (the last
+    `SHRUNK_SHARE · ℓ`, at least one)."""
+    return ell - max(1, int(round(SHRUNK_SHARE * ell)))
+
+
 def _shrunk_values(values, ell):
     """`(new values, δ)`: the leading ℓ of descending `values` after the shrink."""
     values = np.clip(values, 0.0, None)
     delta = float(values[ell]) if len(values) > ell else 0.0
     kept = values[:ell].copy()
-    first_shrunk = ell - max(1, int(round(SHRUNK_SHARE * ell)))
-    kept[first_shrunk:] = np.clip(kept[first_shrunk:] - delta, 0.0, None)
+    first = first_shrunk(ell)
+    kept[first:] = np.clip(kept[first:] - delta, 0.0, None)
     return kept, delta
 
 

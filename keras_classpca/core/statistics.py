@@ -160,6 +160,16 @@ def _label_runs(sorted_labels):
     return zip(sorted_labels[bounds[:-1]].tolist(), bounds[:-1], bounds[1:])
 
 
+def _runs_by_label(parts):
+    """`{label: [row runs]}` over `(x, labels)` parts: each part's runs of equal
+    consecutive labels, as slices of its rows, in order."""
+    runs = {}
+    for x, labels in parts:
+        for label, begin, end in _label_runs(labels):
+            runs.setdefault(label, []).append(x[begin:end])
+    return runs
+
+
 def default_product_dtype(dtype):
     """float32 products for data of float32 precision or less, float64 otherwise."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
@@ -484,12 +494,8 @@ class ClassStatistics:
             return
         staged, self._staged, self._staged_rows = self._staged, [], 0
         for dtype in sorted({x.dtype.str for x, _ in staged}):
-            runs = {}  # label -> its row runs, in order
-            for x, labels in staged:
-                if x.dtype.str != dtype:
-                    continue
-                for label, begin, end in _label_runs(labels):
-                    runs.setdefault(label, []).append(x[begin:end])
+            runs = _runs_by_label([(x, labels) for x, labels in staged
+                                   if x.dtype.str == dtype])
             buffer = self._buffer(max(sum(map(len, r)) for r in runs.values()), np.dtype(dtype))
             for label in sorted(runs):
                 self._multiply_runs(label, runs[label], buffer)
@@ -516,15 +522,13 @@ class ClassStatistics:
             self._accumulate_block(x[block], labels[block], buffer)
 
     def _accumulate_block(self, x, labels, buffer):
-        runs = list(_label_runs(labels))
-        if len(runs) * MIN_RUN_ROWS <= len(labels):
+        n_runs = np.count_nonzero(np.diff(labels)) + 1
+        if n_runs * MIN_RUN_ROWS <= len(labels):
             # Labels in long runs (sorted, or the patches of one image): the rows of a
             # class are copied run by run, without a sort and a gather.
-            by_label = {}
-            for label, begin, end in runs:
-                by_label.setdefault(label, []).append(x[begin:end])
-            for label in sorted(by_label):
-                self._multiply_runs(label, by_label[label], buffer)
+            runs = _runs_by_label([(x, labels)])
+            for label in sorted(runs):
+                self._multiply_runs(label, runs[label], buffer)
             return
         order = np.argsort(labels, kind="stable")
         step = len(buffer)

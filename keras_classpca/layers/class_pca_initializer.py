@@ -322,7 +322,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         return keras.initializers.GlorotUniform()(shape, dtype=dtype)
 
     def _solve(self, n_components):
-        from keras_classpca.layers.geometry import DENSE_REMEDY_OPTIONS, dense_remedies
+        from keras_classpca.layers.geometry import apply_dense_remedies
 
         pca = self.class_pca
         expected = pca.n_components
@@ -331,11 +331,9 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 f"The ClassPCA was configured for {expected} components but the layer "
                 f"asks for {n_components}."
             )
-        if self._dense_options is not None and dense_remedies(
-            int(pca.n_samples_seen_.sum()), pca.n_features_in_, len(pca.classes_),
-            n_components, self._dense_options,
+        if self._dense_options is not None and apply_dense_remedies(
+            pca, n_components, self._dense_options
         ):
-            pca.set_params(**DENSE_REMEDY_OPTIONS)
             self._dense_options = None  # applied (shared with the bias twin)
         return pca.solve(n_components)
 

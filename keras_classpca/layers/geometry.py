@@ -176,6 +176,17 @@ def dense_remedies(rows, n_features, n_classes, units, options=None):
     return rows >= DENSE_REMEDIES_MIN_ROWS_PER_FEATURE * n_features
 
 
+def apply_dense_remedies(class_pca, units, options=None):
+    """`dense_remedies` for a Dense layer of `units` and its fitted `class_pca` (its
+    counts, features and classes); applies `DENSE_REMEDY_OPTIONS` when True. The
+    verdict."""
+    verdict = dense_remedies(int(class_pca.n_samples_seen_.sum()), class_pca.n_features_in_,
+                             len(class_pca.classes_), units, options)
+    if verdict:
+        class_pca.set_params(**DENSE_REMEDY_OPTIONS)
+    return verdict
+
+
 def _depthwise_by_channel(kernel):
     """A depthwise kernel `(*k, c, m)` as `(c, prod(k), m)`."""
     c, m = kernel.shape[-2:]
@@ -410,12 +421,7 @@ class LayerStatistics:
         if not isinstance(self.layer, keras.layers.Dense):
             return None
         class_pca = self.class_pcas[0]
-        verdict = dense_remedies(int(class_pca.n_samples_seen_.sum()),
-                                 class_pca.n_features_in_, len(class_pca.classes_),
-                                 class_pca.n_components, self.options)
-        if verdict:
-            class_pca.set_params(**DENSE_REMEDY_OPTIONS)
-        return verdict
+        return apply_dense_remedies(class_pca, class_pca.n_components, self.options)
 
     @property
     def done(self):
