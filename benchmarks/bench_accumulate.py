@@ -219,6 +219,21 @@ def interleaved(name, contenders, rounds):
     return times, outputs
 
 
+def measure_workload(name, w, rounds, extra=None):
+    """Interleaved rounds of the GEMM, ClassPCA in memory, `extra` contenders,
+    scikit-learn PCA and IncrementalPCA per class on workload `w`; IncrementalPCA's
+    times scaled from its `ipca_share` of the rows. `(times, outputs)`."""
+    times, outputs = interleaved(name, {
+        "GEMM": lambda: gemm(w),
+        "ClassPCA in memory": lambda: classpca_in_memory(w),
+        **(extra or {}),
+        "sklearn PCA": lambda: sklearn_pca(w),
+        "IncrementalPCA": lambda: incremental_pca(w),
+    }, rounds)
+    times["IncrementalPCA"] = [t / w["ipca_share"] for t in times["IncrementalPCA"]]
+    return times, outputs
+
+
 def ratio(times, c, base="GEMM"):
     return statistics.median(v / g for v, g in zip(times[c], times[base]))
 
@@ -461,15 +476,8 @@ def main():
     print(machine, f"(load average {load_start:.1f})", flush=True)
 
     dense = dense_workload(20_000 if args.quick else 200_000)
-    dense_times, out = interleaved("dense", {
-        "GEMM": lambda: gemm(dense),
-        "ClassPCA in memory": lambda: classpca_in_memory(dense),
-        "ClassPCA streamed": lambda: classpca_streamed(dense),
-        "sklearn PCA": lambda: sklearn_pca(dense),
-        "IncrementalPCA": lambda: incremental_pca(dense),
-    }, rounds)
-    share = dense["ipca_share"]
-    dense_times["IncrementalPCA"] = [t / share for t in dense_times["IncrementalPCA"]]
+    dense_times, out = measure_workload(
+        "dense", dense, rounds, {"ClassPCA streamed": lambda: classpca_streamed(dense)})
     solvers = "/".join(sorted(out["sklearn PCA"]))
     # Same statistics: the classes' second moments sum to X^T X (float32 rounding).
     stats = out["ClassPCA in memory"].statistics_
@@ -480,26 +488,12 @@ def main():
     dense = out = stats = None  # free the data before the next workload
 
     conv2 = conv2_workload(200 if args.quick else 1_000)
-    conv2_times, _ = interleaved("conv2", {
-        "GEMM": lambda: gemm(conv2),
-        "ClassPCA in memory": lambda: classpca_in_memory(conv2),
-        "sklearn PCA": lambda: sklearn_pca(conv2),
-        "IncrementalPCA": lambda: incremental_pca(conv2),
-    }, rounds)
-    conv2_times["IncrementalPCA"] = [t / conv2["ipca_share"]
-                                     for t in conv2_times["IncrementalPCA"]]
+    conv2_times, _ = measure_workload("conv2", conv2, rounds)
     conv2_shape = conv2["x"].shape
     conv2 = None
     try:
         fmnist = fmnist_workload(500 if args.quick else 2_000)
-        fmnist_times, _ = interleaved("fmnist-5x5", {
-            "GEMM": lambda: gemm(fmnist),
-            "ClassPCA in memory": lambda: classpca_in_memory(fmnist),
-            "sklearn PCA": lambda: sklearn_pca(fmnist),
-            "IncrementalPCA": lambda: incremental_pca(fmnist),
-        }, rounds)
-        fmnist_times["IncrementalPCA"] = [t / fmnist["ipca_share"]
-                                          for t in fmnist_times["IncrementalPCA"]]
+        fmnist_times, _ = measure_workload("fmnist-5x5", fmnist, rounds)
         fmnist_shape = fmnist["x"].shape
     except (ImportError, OSError, ValueError) as error:  # no Fashion-MNIST here
         print(f"  [fmnist-5x5] skipped: {error}")
