@@ -59,7 +59,7 @@ class _Weights(keras.callbacks.Callback):
             {
                 layer.name: keras.ops.convert_to_numpy(layer.kernel).copy()
                 for layer in self.model.layers
-                if layer.weights
+                if getattr(layer, "kernel", None) is not None
             }
         )
 
@@ -353,3 +353,81 @@ def test_cache_trains_the_rest_on_the_cached_prefix_once_nothing_more_can_freeze
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4 * STEPS
     with pytest.raises(ValueError, match="`cache`"):
         fit_progressive(_model(), x, y, epochs=1, cache="yes")
+
+
+def _residual_model():
+    """Conv-BN-ReLU stem, one basic block with a projection shortcut, GAP, Dense head."""
+    inputs = keras.Input((10, 10, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    h = keras.layers.Activation("relu")(keras.layers.BatchNormalization(name="stem_bn")(h))
+    branch = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="branch")(h)
+    shortcut = keras.layers.Conv2D(6, 1, name="shortcut")(h)
+    h = keras.layers.Add()([branch, shortcut])
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    outputs = keras.layers.Dense(2, activation="softmax", name="out")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    return model
+
+
+def _bn_state(model, name):
+    layer = model.get_layer(name)
+    return [keras.ops.convert_to_numpy(w).copy() for w in layer.weights]
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_residual_graph_freezes_in_plan_order_with_its_batchnorm(cache):
+    x, y = _data()
+    model = _residual_model()
+    weights = _Weights()
+    bn_at_freeze = {}
+
+    class _BatchNorm(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            bn_at_freeze.setdefault(epoch, _bn_state(model, "stem_bn"))
+
+    history = fit_progressive(
+        model, x, y, epochs=4, settle=[1, 2, 2], cache=cache, batch_size=32, verbose=0,
+        callbacks=[weights, _BatchNorm()],
+    )
+    report = history.progressive
+    # The plan's order (stem, branch, shortcut); the head is never a unit.
+    assert report.layers == ["stem", "branch", "shortcut"]
+    assert report.frozen_at == {"stem": 1, "branch": 2, "shortcut": 2}
+    assert report.cached is cache
+    assert not model.get_layer("stem_bn").trainable  # frozen with its convolution
+    assert _identical(weights.kernels, "stem", 1, 4)
+    assert _identical(weights.kernels, "branch", 2, 4)
+    assert _identical(weights.kernels, "shortcut", 2, 4)
+    for after, final in zip(bn_at_freeze[0], _bn_state(model, "stem_bn")):
+        np.testing.assert_array_equal(after, final)  # moving statistics too
+    assert not np.array_equal(weights.kernels[1]["out"], weights.kernels[3]["out"])
+
+
+def test_output_measure_on_a_residual_graph_and_subspace_of_depthwise_layers():
+    x, y = _data()
+    history = fit_progressive(
+        _residual_model(), x, y, epochs=2, batch_size=32, verbose=0,
+        settle=SettleOnChange(0.5, measure="output", samples=32),
+    )
+    changes = history.progressive.changes
+    assert set(changes) == {"stem", "branch", "shortcut"}
+    assert all(0.0 <= c <= 1.0 for c in changes["branch"] if c is not None)
+
+    model = keras.Sequential([
+        keras.Input((10, 10, 1)),
+        keras.layers.Conv2D(4, 3, name="conv"),
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="depthwise"),
+        keras.layers.SeparableConv2D(6, 3, name="separable"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(2, activation="softmax", name="out"),
+    ])
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    history = fit_progressive(model, x, y, epochs=2, settle=SettleOnChange(0.999, keep_top=0),
+                              batch_size=32, verbose=0)
+    report = history.progressive
+    assert report.layers == ["conv", "depthwise", "separable"]
+    # Every kind has a subspace change, and a threshold near 1 freezes all bottom-up.
+    assert report.frozen_at == {"conv": 1, "depthwise": 1, "separable": 1}
+    with pytest.raises(ValueError, match="`snap=True`.*DepthwiseConv2D 'depthwise'"):
+        fit_progressive(model, x, y, epochs=1, snap=True, verbose=0)

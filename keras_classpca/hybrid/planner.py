@@ -105,6 +105,7 @@ class PlanStep:
         batchnorms: BatchNormalization layers to adapt right after it is solved, in
             order, as `(layer, input tensor, scope)`.
         position: index of the layer in `Plan.layers` (the flattened graph).
+        output: its symbolic output tensor (in the graph of `scope`).
     """
 
     layer: object
@@ -113,6 +114,7 @@ class PlanStep:
     depends_on: list
     batchnorms: list = dataclasses.field(default_factory=list)
     position: int = 0  # index of the layer in `Plan.layers`
+    output: object = None
 
     @property
     def name(self):
@@ -206,9 +208,9 @@ class FeatureModel:
             x = keras.ops.convert_to_numpy(model.predict_on_batch(x))
         return x
 
-    def __call__(self, x):
+    def __call__(self, x, **kwargs):
         for model in self.models:
-            x = model(x)
+            x = model(x, **kwargs)
         return x
 
 
@@ -326,7 +328,8 @@ def plan_model(model):
             continue
         taken[i] = len(steps)
         steps.append(PlanStep(layer, node.inputs[0], node.scope,
-                              [nodes[j].layer.name for j in sorted(depends[i])], position=i))
+                              [nodes[j].layer.name for j in sorted(depends[i])], position=i,
+                              output=node.outputs[0]))
 
     # BatchNormalization: adapted once every weighted layer it depends on is solved.
     leading = []

@@ -44,9 +44,17 @@ import numpy as np
 from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
 from keras_classpca.core.data_adapter import iter_batches
 from keras_classpca.core.subspace import leading_subspace, subspace_overlap
-from keras_classpca.hybrid.graph import ensure_built, read_chain
+from keras_classpca.hybrid.graph import ensure_built
+from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.training import fit_top
-from keras_classpca.layers.geometry import assign_solution, iter_rows, output_size
+from keras_classpca.layers.geometry import (
+    CONVOLUTIONS,
+    DEPTHWISE,
+    SEPARABLE,
+    assign_solution,
+    iter_rows,
+    output_size,
+)
 
 __all__ = [
     "fit_progressive",
@@ -85,9 +93,33 @@ def linear_cka(a, b):
     return float(np.sum(ka * kb)) / denominator if denominator > 0 else 1.0
 
 
+def _numpy(weight):
+    return np.asarray(keras.ops.convert_to_numpy(weight), dtype=np.float64)
+
+
 def _flat_kernel(layer):
-    kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+    """A Dense or convolution kernel as `(inputs, filters)` float64."""
+    kernel = _numpy(layer.kernel)
     return kernel.reshape(-1, kernel.shape[-1])
+
+
+def _per_channel(weight):
+    """A depthwise kernel `(*k, c, m)` as `(positions, c * m)`: each channel's filters."""
+    kernel = _numpy(weight)
+    return kernel.reshape(int(np.prod(kernel.shape[:-2])), -1)
+
+
+def _kernel_matrices(layer):
+    """The filter matrices whose subspaces `SettleOnChange(measure="subspace")` follows:
+    the kernel of a Dense or convolution, the per-channel filters of a depthwise one,
+    both kernels of a separable one."""
+    if isinstance(layer, SEPARABLE):
+        pointwise = _numpy(layer.pointwise_kernel)
+        return [_per_channel(layer.depthwise_kernel),
+                pointwise.reshape(-1, pointwise.shape[-1])]
+    if isinstance(layer, DEPTHWISE):
+        return [_per_channel(layer.kernel)]
+    return [_flat_kernel(layer)]
 
 
 def _subspace_rank(kernel):
@@ -314,12 +346,14 @@ def _recompile(model, optimizer):
 # ---------------------------------------------------------------------- units
 @dataclasses.dataclass
 class _Unit:
-    """A Dense/Conv2D layer of the chain plus the chain layers after it up to the next."""
+    """A solvable layer of the plan and the BatchNormalization layers adapted with it:
+    frozen together."""
 
     layer: object
     members: list
     input_tensor: object
     output_tensor: object
+    scope: tuple = ()
 
     @property
     def frozen(self):
@@ -335,23 +369,22 @@ class _Unit:
                 layer.trainable = False
 
 
-def _units(chain):
+def _units(plan):
+    """The plan's steps in order; the BatchNormalization layers before the first one
+    freeze with it."""
     units = []
-    for position, index in enumerate(chain.candidates):
-        end = (
-            chain.candidates[position + 1]
-            if position + 1 < len(chain.candidates)
-            else len(chain.layers)
-        )
-        units.append(
-            _Unit(
-                chain.layers[index],
-                chain.layers[index:end],
-                chain.inputs[index],
-                chain.outputs[index],
-            )
-        )
+    for i, step in enumerate(plan.steps):
+        batchnorms = (plan.leading_batchnorms if i == 0 else []) + step.batchnorms
+        members = [step.layer] + [layer for layer, _, _ in batchnorms]
+        units.append(_Unit(step.layer, members, step.input, step.output, step.scope))
     return units
+
+
+def _snappable(layer):
+    """Whether `snap=True` can replace `layer` (one kernel over one group of rows)."""
+    return isinstance(layer, (keras.layers.Dense,) + CONVOLUTIONS) and (
+        isinstance(layer, keras.layers.Dense) or layer.groups == 1
+    )
 
 
 # ---------------------------------------------------------------------- data
@@ -395,18 +428,18 @@ def _predict(model, x, batch_size=256):
 
 
 # ---------------------------------------------------------------------- snap
-def _snap(model_input, unit, x, labels):
+def _snap(plan, unit, x, labels):
     """Replace `unit.layer` by the class-PCA solution of its current input, rotated
     onto the current kernel; returns what changed."""
     layer = unit.layer
-    feature_model = keras.Model(model_input, [unit.input_tensor, unit.output_tensor])
-    inputs, before = _predict(feature_model, x)
+    output_model = plan.feature_model(unit.output_tensor, unit.scope)
+    (inputs,) = _predict(plan.feature_model(unit.input_tensor, unit.scope), x)
+    (before,) = _predict(output_model, x)
     rng = np.random.default_rng(0)
     pca = ClassPCA(output_size(layer))
     row_options = (
-        {"patches_per_image": SNAP_PATCHES_PER_IMAGE}
-        if isinstance(layer, keras.layers.Conv2D)
-        else {}
+        {} if isinstance(layer, keras.layers.Dense)
+        else {"patches_per_image": SNAP_PATCHES_PER_IMAGE}
     )
     for rows, row_labels in iter_rows(layer, inputs, labels, rng=rng, **row_options):
         pca.partial_fit(rows, row_labels)
@@ -427,7 +460,7 @@ def _snap(model_input, unit, x, labels):
     scale = float(np.linalg.norm(current)) / norm if norm > 0 else 1.0
     rotated, bias = scale * rotated, scale * bias
     assign_solution(layer, rotated, bias)
-    (after,) = _predict(keras.Model(model_input, unit.output_tensor), x)
+    (after,) = _predict(output_model, x)
     return {
         "kernel_change": float(np.linalg.norm(rotated - current) / np.linalg.norm(current)),
         "output_cka": linear_cka(before, after),
@@ -499,8 +532,9 @@ class _Controller(keras.callbacks.Callback):
     """Measures the bottom layers at every epoch end and ends a `fit` segment when some
     have to be frozen."""
 
-    def __init__(self, units, criterion, probe, n_epochs, first_epoch, report):
+    def __init__(self, plan, units, criterion, probe, n_epochs, first_epoch, report):
         super().__init__()
+        self.plan = plan
         self.units = units
         self.criterion = criterion
         self.probe = probe
@@ -514,7 +548,7 @@ class _Controller(keras.callbacks.Callback):
         self.user_stopped = False
         self.last_epoch = None
         self.timing_only = False
-        self._feature_model = None
+        self._output_models = {}
         self._epoch_start = None
         if isinstance(criterion, FreezeOut):
             self.schedule = criterion.freeze_epochs(len(units), n_epochs)
@@ -526,20 +560,23 @@ class _Controller(keras.callbacks.Callback):
             return None
         units = [unit for unit in self.units if not unit.frozen]
         if self.criterion.measure == "subspace":
-            return {unit.layer.name: _flat_kernel(unit.layer) for unit in units}
-        names = tuple(unit.layer.name for unit in units)
-        if not names:
-            return {}
-        if self._feature_model is None or self._feature_model[0] != names:
-            model = keras.Model(self.model.inputs[0], [unit.output_tensor for unit in units])
-            self._feature_model = (names, model)
-        return dict(zip(names, _predict(self._feature_model[1], self.probe)))
+            return {unit.layer.name: _kernel_matrices(unit.layer) for unit in units}
+        state = {}
+        for unit in units:
+            name = unit.layer.name
+            if name not in self._output_models:
+                self._output_models[name] = self.plan.feature_model(unit.output_tensor,
+                                                                    unit.scope)
+            (state[name],) = _predict(self._output_models[name], self.probe)
+        return state
 
     def _change(self, now, before):
         if self.criterion.measure == "subspace":
-            rank = _subspace_rank(now)
-            return 1.0 - subspace_overlap(
-                leading_subspace(now, rank), leading_subspace(before, rank)
+            # The largest move of the layer's filter matrices (two for a separable one).
+            return max(
+                1.0 - subspace_overlap(leading_subspace(a, rank), leading_subspace(b, rank))
+                for a, b in zip(now, before)
+                for rank in [_subspace_rank(a)]
             )
         return max(0.0, 1.0 - linear_cka(now, before))
 
@@ -635,11 +672,12 @@ def fit_progressive(
     settled, with all layers below it already frozen, is frozen; the model is compiled
     again with its compile arguments and a copy of its optimizer carrying the state of
     the variables still training; training goes on from the next epoch. The bottom
-    layers are the Dense and Conv2D layers `hybridize` could solve (the chain from the
-    input up to, not including, the model's last layer with weights); a layer is frozen
-    together with the weighted layers between it and the next one (e.g. a
-    BatchNormalization). Layers already frozen at the bottom (solved by `hybridize`)
-    stay frozen.
+    layers are the layers `hybridize` could solve, in its order (`plan_model`: residual
+    graphs, nested models, Dense, Conv1D/2D/3D, depthwise and separable convolutions;
+    the model's heads always train); a layer is frozen together with the
+    BatchNormalization layers adapted after it, and a layer freezes only once every
+    layer before it in that order is frozen. Layers already frozen at the bottom
+    (solved by `hybridize`) stay frozen.
 
     Args:
         model: a compiled, built `keras.Model` (Sequential or functional).
@@ -653,7 +691,7 @@ def fit_progressive(
             bottom layer `i` freezes after epoch `settle[i]` of this call).
         snap: replace each layer, when it freezes, by the class-PCA solution of its
             current input (1,024 training samples), rotated and scaled onto its current
-            kernel by orthogonal Procrustes.
+            kernel by orthogonal Procrustes (Dense and one-group convolutions).
         cache: once no layer is left that may still freeze (with arrays `x`, `y`):
             `False` (default) goes on with `fit`; `"auto"` or `True` hands the
             remaining epochs to `fit_top`, which computes the frozen prefix's output
@@ -707,8 +745,16 @@ def fit_progressive(
 
     if hasattr(x, "shape"):
         ensure_built(model, tuple(x.shape[1:]))
-    chain = read_chain(model)
-    units = _units(chain)
+    plan = plan_model(model)
+    units = _units(plan)
+    if snap:
+        for unit in units:
+            if not _snappable(unit.layer):
+                raise ValueError(
+                    f"`snap=True` replaces Dense and convolution layers of one group; "
+                    f"{type(unit.layer).__name__} '{unit.layer.name}' is neither: pass "
+                    "snap=False for this model."
+                )
     report = ProgressiveReport(
         layers=[unit.layer.name for unit in units],
         frozen_at={},
@@ -732,7 +778,7 @@ def fit_progressive(
     snap_data = None
 
     n_epochs = epochs - initial_epoch
-    controller = _Controller(units, criterion, probe, n_epochs, initial_epoch, report)
+    controller = _Controller(plan, units, criterion, probe, n_epochs, initial_epoch, report)
     relay = _Relay(callbacks, controller)
     history, epoch = None, initial_epoch
     while True:
@@ -769,7 +815,7 @@ def fit_progressive(
                 if snap_data is None:
                     snap_data = _sample(x, y, SNAP_SAMPLES, 0, need_labels=True)
                 with _one_blas_thread():
-                    report.snapped[unit.layer.name] = _snap(chain.model_input, unit, *snap_data)
+                    report.snapped[unit.layer.name] = _snap(plan, unit, *snap_data)
             unit.freeze()
             report.frozen_at[unit.layer.name] = epoch
         _recompile(model, carry_optimizer(model.optimizer, model.trainable_variables))
