@@ -39,7 +39,9 @@ On a GPU the device path (`ClassStatistics.accumulate` of backend tensors, produ
     KERAS_BACKEND=jax .venv/bin/python -m benchmarks.bench_accumulate --device
 
 (dense and conv2 workloads as backend tensors; `keras.ops.matmul` XᵀX against
-`ClassPCA.fit` of the tensors; prints only). It runs on CPU here (no GPU is lent).
+`ClassPCA.fit` of the tensors; and a Conv2D(64, 5) solved from the conv2 feature maps
+with its patches extracted on the host or on the device, as `hybridize(statistics_on=
+"host" | "device")` does; prints only). It runs on CPU here (no GPU is lent).
 """
 
 import argparse
@@ -149,7 +151,8 @@ def conv2_workload(n_images=1_000, seed=0):
     patches = extract_patches(images, 5)  # (n, 8, 8, 800)
     per_image = patches.shape[1] * patches.shape[2]
     return {"x": patches.reshape(-1, patches.shape[-1]), "y": np.repeat(y_images, per_image),
-            "n_components": 64, "batch": 8_192, "ipca_share": 0.2}
+            "n_components": 64, "batch": 8_192, "ipca_share": 0.2,
+            "images": images, "y_images": y_images}
 
 
 def batches(x, y, size):
@@ -403,6 +406,42 @@ def device_run(rounds, quick):
         times, _ = interleaved(f"device {name}", {"GEMM": product, "ClassPCA": fit}, rounds)
         print(f"  {name}: ClassPCA of backend tensors {ratio(times, 'ClassPCA'):.2f}x one "
               "keras.ops XᵀX", flush=True)
+    conv_layer_run(conv2_workload(200 if quick else 1_000), rounds)
+
+
+def conv_layer_run(workload, rounds, batch_images=128):
+    """A Conv2D(64, 5) solved from its input feature maps, as `hybridize` does it:
+    `LayerStatistics` fed the maps as NumPy (patches extracted on the host) and as
+    backend tensors (patches extracted and multiplied on the device,
+    `hybridize(statistics_on="device")`), against one keras.ops XᵀX of the patches."""
+    import keras
+    from keras import ops
+
+    from keras_classpca.layers.geometry import LayerStatistics
+
+    images, labels = workload["images"], workload["y_images"]
+    layer = keras.layers.Conv2D(workload["n_components"], 5)
+    layer.build((None,) + images.shape[1:])
+    on_device = ops.convert_to_tensor(images)
+    patches = ops.convert_to_tensor(workload["x"])
+
+    def solve(maps):
+        statistics = LayerStatistics(layer)
+        for start in range(0, len(images), batch_images):
+            statistics.update(maps[start : start + batch_images],
+                              labels[start : start + batch_images])
+        statistics.end_pass()
+        return statistics
+
+    def product():
+        return ops.convert_to_numpy(ops.matmul(ops.transpose(patches), patches))
+
+    times, _ = interleaved("device conv2 layer", {
+        "GEMM": product, "host": lambda: solve(images), "device": lambda: solve(on_device),
+    }, rounds)
+    print(f"  conv2 layer from {len(images):,} feature maps: patches on the host "
+          f"{ratio(times, 'host'):.2f}x, on the device {ratio(times, 'device'):.2f}x one "
+          "keras.ops XᵀX of the patches", flush=True)
 
 
 # ---------------------------------------------------------------------- memory

@@ -333,3 +333,39 @@ def test_dense_layers_get_fisher_directions_and_sign_pairs_when_rows_allow(
     reference = dense_reference(units, x.astype(np.float64), y, dedup_threshold=None,
                                 **options)
     np.testing.assert_allclose(kernel, reference.kernel_, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("factory, shape", CONV_CASES)
+def test_backend_tensor_statistics_equal_numpy_statistics(factory, shape, monkeypatch):
+    """The device path (rows extracted, sub-sampled and multiplied with `keras.ops`)
+    gives the host path's statistics: same rows, same random patches, same solution."""
+    device_chunks = []
+    real = geometry.iter_device_rows
+
+    def spy(*args, **kwargs):
+        for rows, labels in real(*args, **kwargs):
+            assert not isinstance(rows, np.ndarray)  # still a backend tensor
+            device_chunks.append(len(labels))
+            yield rows, labels
+
+    monkeypatch.setattr(geometry, "iter_device_rows", spy)
+    x, y = _labelled(shape)
+    y = np.random.default_rng(0).permutation(y)  # unsorted: grouped on the device too
+    solved = {}
+    for name, batch in (("host", x), ("device", keras.ops.convert_to_tensor(x))):
+        layer = factory()
+        layer(x)
+        statistics = LayerStatistics(layer, patches_per_image=3,
+                                     rng=np.random.default_rng(5))
+        while True:
+            for start in range(0, len(x), 12):
+                statistics.update(batch[start : start + 12], y[start : start + 12])
+            if not statistics.end_pass():
+                break
+        solved[name] = (statistics.weights(), statistics.rows)
+    (host, host_rows), (device, device_rows) = solved["host"], solved["device"]
+    assert device_rows == host_rows
+    # Every batch of the first stage went through the device rows.
+    assert len(device_chunks) >= 3 and sum(device_chunks) >= len(x)
+    for part in host:
+        np.testing.assert_allclose(device[part], host[part], rtol=1e-4, atol=1e-4)

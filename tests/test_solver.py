@@ -142,3 +142,48 @@ def test_hybridize_residual_cnn_with_the_solve_cache_keys_on_the_wiring():
     hits = cache.hits
     hybridize(plain, (x, y), cutoff=4, verbose=0, solve_cache=cache)
     assert cache.hits - hits < 4
+
+
+def _mobile_model():
+    inner = keras.Input((12, 12, 3))
+    h = L.Conv2D(6, 3, padding="same", name="expand")(inner)
+    h = L.BatchNormalization(name="expand_bn")(h)
+    h = L.ReLU(6.0)(h)
+    h = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(h)
+    h = L.SeparableConv2D(8, 3, strides=2, name="sep")(h)
+    backbone = keras.Model(inner, h, name="mobile")
+    inputs = keras.Input((12, 12, 3))
+    x_ = L.GlobalAveragePooling2D()(backbone(inputs))
+    x_ = L.Dense(6, name="fc")(x_)
+    return keras.Model(inputs, L.Dense(3, name="out")(x_))
+
+
+def test_statistics_on_the_device_solve_as_on_the_host():
+    x, y = _images()
+    solved = {}
+    for where in ("host", "device"):
+        keras.utils.set_random_seed(0)
+        model = _mobile_model()
+        report = hybridize(model, (x, y), 4, batch_size=48, patches_per_image=20, verbose=0,
+                           statistics_on=where)
+        solved[where] = ([(r.name, r.samples, r.rows) for r in report.layers],
+                         [w for layer in model.layers for w in layer.get_weights()])
+    assert solved["device"][0] == solved["host"][0]
+    for device, host in zip(solved["device"][1], solved["host"][1]):
+        np.testing.assert_allclose(device, host, rtol=1e-3, atol=1e-3)
+
+
+def test_statistics_on_is_checked_and_auto_follows_the_accelerators():
+    from keras_classpca.hybrid.solver import statistics_on_device
+
+    x, y = _images(n=30)
+    with pytest.raises(ValueError, match="`statistics_on` must be one of"):
+        hybridize(_mobile_model(), (x, y), 1, verbose=0, statistics_on="gpu")
+    assert statistics_on_device("host") is False and statistics_on_device("device") is True
+    if keras.backend.backend() == "torch":
+        import torch
+
+        accelerated = torch.cuda.is_available()
+    else:
+        accelerated = any(not d.startswith("cpu") for d in keras.distribution.list_devices())
+    assert statistics_on_device("auto") is accelerated

@@ -32,7 +32,7 @@ from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.policy import check_cutoff
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer
-from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer
+from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, statistics_on_device
 from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
@@ -299,6 +299,7 @@ def hybridize(
     solve_cache=None,
     data_fingerprint=None,
     strategy=None,
+    statistics_on="auto",
     **class_pca_options,
 ):
     """Solve the bottom layers of `model` with class-PCA and freeze them.
@@ -368,6 +369,12 @@ def hybridize(
             still come from this process's `data`, so every worker must pass the
             same `data` (see docs/distributed.md). TensorFlow backend only; Dense and
             ungrouped ConvND layers of the top model.
+        statistics_on: where a solved layer's input rows (a convolution's patches) are
+            extracted and multiplied: `"device"` — with `keras.ops` on the backend's
+            device, from the tensors the solved prefix returns there (only the
+            `d x d` products reach the host); `"host"` — in NumPy; `"auto"`
+            (default) — on the device when the backend has a GPU or TPU, else on the
+            host. The second stage of a separable convolution is always on the host.
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`).
@@ -401,6 +408,7 @@ def hybridize(
     samples, batch_size, patches_per_image = check_settings(
         samples, batch_size, seed, patches_per_image, verbose, freeze, **class_pca_options
     )
+    on_device = statistics_on_device(statistics_on)
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not has_layer_graph(model):
@@ -422,7 +430,7 @@ def hybridize(
             model, data, cutoff, start=start, samples=samples, freeze=freeze, verbose=verbose,
             batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
             solve_cache=solve_cache, data_fingerprint=data_fingerprint, strategy=strategy,
-            class_pca_options=class_pca_options, label_free=label_free,
+            class_pca_options=class_pca_options, label_free=label_free, on_device=on_device,
         )
     except BaseException:
         # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
@@ -432,7 +440,7 @@ def hybridize(
 
 def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
                       patches_per_image, solve_cache, data_fingerprint, strategy,
-                      class_pca_options, label_free=False):
+                      class_pca_options, label_free=False, on_device=False):
     """`hybridize` after its arguments were checked; may leave the model half-done."""
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
     if not model.built or not getattr(model, "inputs", None):
@@ -477,6 +485,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     keys = _CacheKeys(solve_cache, data_fingerprint, passes, model, plan, {
         "samples": samples, "seed": seed, "batch_size": batch_size,
         "patches_per_image": patches_per_image, "options": class_pca_options,
+        # Device products round differently: not the same solve (host keys unchanged).
+        **({"on_device": True} if on_device and strategy is None else {}),
     })
     # samples="auto": passes that do not converge themselves read what the last layer read.
     limit = LEADING_BATCHNORM_SAMPLES if passes.auto else None
@@ -509,7 +519,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             statistics, seen = solve_layer(
                 passes, feature_model, layer, class_pca_options, seed=seed,
                 patches_per_image=patches_per_image, verbose=verbose, label=label,
-                convergence=convergence,
+                convergence=convergence, on_device=on_device,
             )
         statistics.assign()
         solved = SolvedLayer(

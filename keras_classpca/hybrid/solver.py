@@ -13,15 +13,41 @@ convolution, the BatchNormalization layers after it) read the same samples.
 import keras
 import numpy as np
 
+from keras_classpca.core.data_adapter import as_standard_float
 from keras_classpca.hybrid.graph import predict_batch
 from keras_classpca.layers.geometry import LayerStatistics, n_stages
 
+STATISTICS_ON = ("auto", "host", "device")
 
-def stream(passes, feature_model, consumers, progress_label=None, verbose=0, limit=None):
+
+def statistics_on_device(statistics_on):
+    """Whether `hybridize(statistics_on=...)` multiplies on the backend's device:
+    `"device"`, `"host"` (NumPy on the host), or `"auto"`: on the device when the
+    backend has an accelerator (a GPU or TPU), else on the host (on a CPU the NumPy
+    path is the faster one: docs/benchmarks.md, `bench_accumulate --device`)."""
+    if not isinstance(statistics_on, str) or statistics_on not in STATISTICS_ON:
+        raise ValueError(
+            f"`statistics_on` must be one of {list(STATISTICS_ON)}; received {statistics_on!r}."
+        )
+    if statistics_on != "auto":
+        return statistics_on == "device"
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    distribution = getattr(keras, "distribution", None)
+    devices = distribution.list_devices() if distribution is not None else []
+    return any(not str(device).lower().startswith("cpu") for device in devices)
+
+
+def stream(passes, feature_model, consumers, progress_label=None, verbose=0, limit=None,
+           on_device=False):
     """One pass: features of every batch go to every consumer `(h, labels, offset)`.
 
     The pass ends early after `limit` samples, or after the batch on which a consumer
-    with a `converged` attribute reports True.
+    with a `converged` attribute reports True. With `on_device`, the features are the
+    backend tensor the model returns, handed as such to the consumers whose
+    `takes_tensors` is True (the others get a NumPy copy).
     """
     total = getattr(passes, "total", None)
     if limit is not None and total is not None:
@@ -34,9 +60,20 @@ def stream(passes, feature_model, consumers, progress_label=None, verbose=0, lim
         if limit is not None and offset + len(x) > limit:
             x, labels = x[: limit - offset], labels[: limit - offset]
         first_size = first_size or len(x)
-        h = predict_batch(feature_model, x, first_size)
-        for consume in consumers:
-            consume(h, labels, offset)
+        if on_device:
+            h = feature_model(x, training=False)
+            host = None
+            for consume in consumers:
+                if getattr(consume, "takes_tensors", False):
+                    consume(h, labels, offset)
+                    continue
+                if host is None:
+                    host = as_standard_float(keras.ops.convert_to_numpy(h))
+                consume(host, labels, offset)
+        else:
+            h = predict_batch(feature_model, x, first_size)
+            for consume in consumers:
+                consume(h, labels, offset)
         offset += len(x)
         if progress is not None:
             progress.add(len(x))
@@ -82,6 +119,8 @@ class MomentsConsumer:
 class StatisticsConsumer:
     """Feeds a layer's input to its `LayerStatistics` (every kind, every stage)."""
 
+    takes_tensors = True  # the first stage's rows are extracted and multiplied on device
+
     def __init__(self, layer, options, seed=0, patches_per_image=None, convergence=None):
         self.statistics = LayerStatistics(
             layer, options, patches_per_image=patches_per_image, rng=np.random.default_rng(seed)
@@ -110,11 +149,12 @@ def adapt_batchnorm(passes, feature_model, layer, verbose=0, limit=None):
 
 
 def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_image=None,
-                verbose=0, label=None, consumers=(), convergence=None):
+                verbose=0, label=None, consumers=(), convergence=None, on_device=False):
     """Stream `layer`'s input (`feature_model`) and solve it: one pass per stage (two
     for separable convolutions); `consumers` (e.g. a probe) ride the first pass.
     With a `SubspaceConvergence`, the first pass stops once the class subspaces
-    settle, and the later ones read as many samples.
+    settle, and the later ones read as many samples. `on_device`: the first stage's
+    rows are extracted and multiplied on the backend's device (`stream`).
 
     Returns `(statistics, samples)`; the weights are not assigned yet (`assign()`).
     """
@@ -124,7 +164,8 @@ def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_im
     limit = None
     for stage in range(n_stages(layer)):
         seen = stream(passes, feature_model, [statistics] + extra,
-                      label + (f" (pass {stage + 1})" if stage else ""), verbose, limit=limit)
+                      label + (f" (pass {stage + 1})" if stage else ""), verbose, limit=limit,
+                      on_device=on_device and stage == 0)
         extra, limit = [], seen
         statistics.converged = False
         statistics.statistics.end_pass()

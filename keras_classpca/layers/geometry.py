@@ -26,6 +26,7 @@ import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.core.patches import extract_patches
+from keras_classpca.core.statistics import _is_backend_tensor
 
 # Patch rows materialised at once: bounds memory to 64 MB of float32 (128 MB of
 # float64). Chunks this large reach ClassStatistics above its staging size (K·d rows for
@@ -253,6 +254,28 @@ def iter_group_rows(
         yield rows.reshape(-1, groups, d).transpose(1, 0, 2), chunk_labels
 
 
+def iter_device_rows(layer, x, labels, *, patches_per_image=None, rng=None):
+    """`iter_group_rows` (first stage) for a backend tensor `x`: the rows stay a tensor
+    on its device — patches extracted by `backend_rows`, sub-sampled there at the same
+    random positions `iter_group_rows` draws from the same `rng` — and never exist at
+    full size on the host. Rows `(groups, m, d)`, labels `(m,)` NumPy."""
+    n = int(x.shape[0])
+    step = max(1, MAX_CHUNK_VALUES // _values_per_sample(layer, x))
+    for start in range(0, n, step):
+        chunk = x[start : start + step]
+        m = int(chunk.shape[0])
+        rows = backend_rows(layer, chunk)  # (m * positions, groups, d)
+        positions = int(rows.shape[0]) // m
+        if spatial_rank(layer) and patches_per_image is not None and patches_per_image < positions:
+            keep = np.stack(
+                [rng.choice(positions, patches_per_image, replace=False) for _ in range(m)]
+            )
+            flat = (np.arange(m)[:, None] * positions + keep).reshape(-1)
+            rows = keras.ops.take(rows, keras.ops.convert_to_tensor(flat.astype(np.int32)), axis=0)
+        chunk_labels = np.repeat(labels[start : start + step], int(rows.shape[0]) // m)
+        yield keras.ops.transpose(rows, (1, 0, 2)), chunk_labels
+
+
 def iter_rows(layer, x, labels, *, patches_per_image=None, rng=None):
     """Yield `(rows, row_labels)` chunks, rows `(m, d)`, of a one-group layer's input.
 
@@ -376,28 +399,42 @@ class LayerStatistics:
         self.dense_remedies = None  # see `_dense_remedies`, set by the first `end_pass`
 
     def update(self, x, labels):
-        """Accumulate one batch `x` of the layer's input with its int `labels`."""
+        """Accumulate one batch `x` of the layer's input with its int `labels`.
+
+        `x` is a NumPy array, or a tensor of the running backend: then the first stage's
+        rows (patches) are extracted and multiplied on its device (`iter_device_rows`);
+        only the `d x d` products reach the host.
+        """
         labels = np.asarray(labels)
+        on_device = _is_backend_tensor(x) and self.stage == 0
+        if not on_device and not isinstance(x, np.ndarray):
+            x = np.asarray(keras.ops.convert_to_numpy(x))
         if len(labels) > 1 and np.any(labels[1:] < labels[:-1]):
             # Samples grouped by class: their rows (every patch of a sample has its label)
             # then reach the statistics grouped, which multiply them without a gather.
             order = np.argsort(labels, kind="stable")
-            x, labels = np.asarray(x)[order], labels[order]
+            x = keras.ops.take(x, order.astype(np.int32), axis=0) if on_device else x[order]
+            labels = labels[order]
         depthwise = None
         if self.stage == 1:
             depthwise = depthwise_kernel(self.layer, self.solved_stages[0][1])
-        channels = np.shape(x)[_channels_axis(self.layer)]
-        for rows, row_labels in iter_group_rows(
-            self.layer, x, labels, stage=self.stage, depthwise_kernel=depthwise,
-            patches_per_image=self.patches_per_image, rng=self.rng,
-        ):
+        channels = tuple(x.shape)[_channels_axis(self.layer)]
+        if on_device:
+            chunks = iter_device_rows(self.layer, x, labels,
+                                      patches_per_image=self.patches_per_image, rng=self.rng)
+        else:
+            chunks = iter_group_rows(
+                self.layer, x, labels, stage=self.stage, depthwise_kernel=depthwise,
+                patches_per_image=self.patches_per_image, rng=self.rng,
+            )
+        for rows, row_labels in chunks:
             if self.class_pcas is None:
                 if self.stage == 1:
                     channels = rows.shape[-1]
                 groups, components = groups_and_components(self.layer, channels, self.stage)
                 self.class_pcas = [ClassPCA(components, **self.options) for _ in range(groups)]
-            for class_pca, group_rows in zip(self.class_pcas, rows):
-                class_pca.partial_fit(group_rows, row_labels)
+            for group, class_pca in enumerate(self.class_pcas):
+                class_pca.partial_fit(rows[group], row_labels)
             if self.stage == self.stages - 1:
                 self.rows += rows.shape[1]
 
