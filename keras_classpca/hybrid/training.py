@@ -38,7 +38,9 @@ from keras_classpca.hybrid.graph import draws_random, has_layer_graph, predict_b
 from keras_classpca.hybrid.planner import flatten_graph
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
-TIMING_BATCHES = 3
+# Timed forward passes of the prefix and of the whole model, interleaved; their
+# medians are compared (a single slow call on a shared machine flipped the decision).
+TIMING_ROUNDS = 5
 # Caching is chosen when its predicted time is below this share of the plain fit's.
 # The prediction counts forward/backward passes only, not the cost of feeding a large
 # cached array back every epoch; measured (docs/benchmarks.md, bench_hybrid) on the
@@ -380,12 +382,17 @@ def _replay(first, rest):
     yield from rest
 
 
-def _seconds_per_batch(fn, batch):
-    fn(batch)  # warm-up: tracing and compilation are not what we compare
-    start = time.perf_counter()
-    for _ in range(TIMING_BATCHES):
-        fn(batch)
-    return (time.perf_counter() - start) / TIMING_BATCHES
+def _median_seconds(functions, batch):
+    """Median seconds of one call of each function on `batch`, interleaved."""
+    for fn in functions:
+        fn(batch)  # warm-up: tracing and compilation are not what we compare
+    times = [[] for _ in functions]
+    for _ in range(TIMING_ROUNDS):
+        for fn, seconds in zip(functions, times):
+            start = time.perf_counter()
+            fn(batch)
+            seconds.append(time.perf_counter() - start)
+    return [float(np.median(seconds)) for seconds in times]
 
 
 def predict_cache_speedup(model, prefix, x_batch, epochs):
@@ -395,8 +402,8 @@ def predict_cache_speedup(model, prefix, x_batch, epochs):
     the top (forward and backward); caching pays the prefix once instead of every
     epoch.
     """
-    prefix_seconds = _seconds_per_batch(prefix.predict_on_batch, x_batch)
-    full_seconds = _seconds_per_batch(model.predict_on_batch, x_batch)
+    prefix_seconds, full_seconds = _median_seconds(
+        [prefix.predict_on_batch, model.predict_on_batch], x_batch)
     top_step = 3.0 * max(full_seconds - prefix_seconds, 1e-9)
     plain = epochs * (prefix_seconds + top_step)
     cached = prefix_seconds + epochs * top_step
