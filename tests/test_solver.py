@@ -68,7 +68,8 @@ def test_cutoff_beyond_the_plan_names_the_blocking_layer():
         hybridize(residual_cnn(), (x, y), 7, verbose=0)
 
 
-def test_nested_mobile_backbone_with_depthwise_and_separable_layers():
+def _mobile_model(scale=1.0):
+    """A nested backbone (Conv2D-BN-ReLU6, depthwise, separable) under a Dense head."""
     inner = keras.Input((12, 12, 3))
     h = L.Conv2D(6, 3, padding="same", name="expand")(inner)
     h = L.BatchNormalization(name="expand_bn")(h)
@@ -77,10 +78,15 @@ def test_nested_mobile_backbone_with_depthwise_and_separable_layers():
     h = L.SeparableConv2D(8, 3, strides=2, name="sep")(h)
     backbone = keras.Model(inner, h, name="mobile")
     inputs = keras.Input((12, 12, 3))
-    x_ = backbone(L.Rescaling(0.5)(inputs))
+    x_ = backbone(L.Rescaling(scale)(inputs) if scale != 1.0 else inputs)
     x_ = L.GlobalAveragePooling2D()(x_)
     x_ = L.Dense(6, name="fc")(x_)
-    model = keras.Model(inputs, L.Dense(3, name="out")(x_))
+    return keras.Model(inputs, L.Dense(3, name="out")(x_))
+
+
+def test_nested_mobile_backbone_with_depthwise_and_separable_layers():
+    model = _mobile_model(scale=0.5)
+    backbone = model.get_layer("mobile")
     x, y = _images()
     records = hybridize(model, (x, y), 4, batch_size=64, verbose=0).layers
     assert [(r.name, r.kind) for r in records] == [
@@ -142,20 +148,6 @@ def test_hybridize_residual_cnn_with_the_solve_cache_keys_on_the_wiring():
     hits = cache.hits
     hybridize(plain, (x, y), cutoff=4, verbose=0, solve_cache=cache)
     assert cache.hits - hits < 4
-
-
-def _mobile_model():
-    inner = keras.Input((12, 12, 3))
-    h = L.Conv2D(6, 3, padding="same", name="expand")(inner)
-    h = L.BatchNormalization(name="expand_bn")(h)
-    h = L.ReLU(6.0)(h)
-    h = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(h)
-    h = L.SeparableConv2D(8, 3, strides=2, name="sep")(h)
-    backbone = keras.Model(inner, h, name="mobile")
-    inputs = keras.Input((12, 12, 3))
-    x_ = L.GlobalAveragePooling2D()(backbone(inputs))
-    x_ = L.Dense(6, name="fc")(x_)
-    return keras.Model(inputs, L.Dense(3, name="out")(x_))
 
 
 def test_statistics_on_the_device_solve_as_on_the_host():
