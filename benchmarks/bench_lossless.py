@@ -69,9 +69,11 @@ VARIANTS = {
 # Which variants each case runs (all of them on the small digits MLP).
 CASES = {
     "digits_mlp": list(VARIANTS),
-    "mlp_1": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults"],
-    "mlp_100": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults"],
-    "cnn_100_c2": ["previous defaults", "discriminant", "defaults"],
+    "mlp_1": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults",
+              "trainable bias"],
+    "mlp_100": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults",
+                "trainable bias"],
+    "cnn_100_c2": ["previous defaults", "discriminant", "defaults", "trainable bias"],
     # Held out from the Dense rule's threshold.
     "digits_mlp32": ["previous defaults", "defaults"],
     "mlp14_10": ["previous defaults", "defaults"],
