@@ -459,3 +459,28 @@ def test_random_augmentation_is_never_cached():
     hybridize(model, _data(), cutoff=1, verbose=0)
     assert not model.layers[1].trainable  # the conv is solved and frozen ...
     assert cache_point(model) is None  # ... but behind a layer that draws in training
+
+
+def test_auto_decision_is_remembered_per_prefix_data_and_epochs(monkeypatch):
+    from keras_classpca.hybrid import training
+
+    x, y = _data()
+    timings = []
+    ratios = iter([0.9, 0.1, 0.1])  # the first timing says "plain", later ones "cache"
+
+    def predicted(*args, **kwargs):
+        timings.append(1)
+        return next(ratios)
+
+    monkeypatch.setattr(training, "predict_cache_speedup", predicted)
+    outputs = PrefixOutputCache()
+    args = dict(batch_size=32, shuffle=False, verbose=0)
+    first = fit_top(_model(2), x, y, epochs=2, cache="auto", output_cache=outputs, **args)
+    second = fit_top(_model(2), x, y, epochs=2, cache="auto", output_cache=outputs, **args)
+    # The second call follows the first's decision without timing again.
+    assert (first.cache_used, second.cache_used, len(timings)) == (False, False, 1)
+    # Other epochs: decided anew (cache), and then the outputs are reused.
+    third = fit_top(_model(2), x, y, epochs=3, cache="auto", output_cache=outputs, **args)
+    fourth = fit_top(_model(2), x, y, epochs=3, cache="auto", output_cache=outputs, **args)
+    assert (third.cache_used, fourth.cache_used, len(timings)) == (True, True, 2)
+    assert outputs.hits == 1 and len(outputs) == 1

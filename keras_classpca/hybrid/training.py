@@ -201,7 +201,11 @@ class PrefixOutputCache:
     KerasTuner search (`HybridHyperModel`) holds one: trials with the same solved
     prefix and data — another learning rate, another top — train on the outputs the
     first of them computed. Keys cover the prefix architecture, its weights and the
-    data's bytes (`prefix_output_key`), so a changed prefix or data is a miss.
+    data's bytes (`prefix_output_key`), so a changed prefix or data is a miss. It also
+    remembers `fit_top(cache="auto")`'s decision per prefix and data: the trials after
+    the first follow it without timing again (a timing near the threshold would
+    otherwise flip from trial to trial, and outputs computed by one trial would go
+    unused by the next).
 
     Args:
         memory_limit: bytes of outputs kept; older entries are dropped beyond it, and
@@ -225,6 +229,7 @@ class PrefixOutputCache:
         _check_memory_limit(memory_limit)
         self.memory_limit = memory_limit
         self._entries = collections.OrderedDict()
+        self.decisions = {}  # (keys, epochs) -> whether cache="auto" chose to cache
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
@@ -535,7 +540,16 @@ def fit_top(
     already_computed = all(key is not None and key in output_cache for key in keys)
     if cache == "auto" and epochs <= fit_kwargs.get("initial_epoch", 0):
         return plain_fit()  # no epoch to train: nothing to save by caching
-    if cache == "auto" and not already_computed:
+    remaining = epochs - fit_kwargs.get("initial_epoch", 0)
+    # The decision depends on the prefix, the data and the epochs to train.
+    decided = (tuple(keys) + (remaining,)
+               if output_cache is not None and None not in keys else None)
+    if cache == "auto" and not already_computed and decided is not None and (
+        decided in output_cache.decisions
+    ):
+        if not output_cache.decisions[decided]:
+            return plain_fit()  # an earlier call with this prefix and data timed it
+    elif cache == "auto" and not already_computed:
         if y is None and hasattr(x, "__next__"):
             # A one-shot iterator: the batch read for timing must still be trained on.
             first = next(x)
@@ -543,8 +557,10 @@ def fit_top(
             x_batch = np.asarray(first[0])
         else:
             x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
-        remaining = epochs - fit_kwargs.get("initial_epoch", 0)
-        if predict_cache_speedup(model, prefix, x_batch, remaining) >= CACHE_IF_BELOW:
+        pays = predict_cache_speedup(model, prefix, x_batch, remaining) < CACHE_IF_BELOW
+        if decided is not None:
+            output_cache.decisions[decided] = pays
+        if not pays:
             return plain_fit()
 
     compile_like(top, model)
