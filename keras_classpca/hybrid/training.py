@@ -544,22 +544,20 @@ def fit_top(
     # The decision depends on the prefix, the data and the epochs to train.
     decided = (tuple(keys) + (remaining,)
                if output_cache is not None and None not in keys else None)
-    if cache == "auto" and not already_computed and decided is not None and (
-        decided in output_cache.decisions
-    ):
-        if not output_cache.decisions[decided]:
-            return plain_fit()  # an earlier call with this prefix and data timed it
-    elif cache == "auto" and not already_computed:
-        if y is None and hasattr(x, "__next__"):
-            # A one-shot iterator: the batch read for timing must still be trained on.
-            first = next(x)
-            x = train_data = _replay(first, x)
-            x_batch = np.asarray(first[0])
-        else:
-            x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
-        pays = predict_cache_speedup(model, prefix, x_batch, remaining) < CACHE_IF_BELOW
-        if decided is not None:
-            output_cache.decisions[decided] = pays
+    if cache == "auto" and not already_computed:
+        # An earlier call with this prefix, data and epochs (a tuner trial) decided.
+        pays = output_cache.decisions.get(decided) if decided is not None else None
+        if pays is None:
+            if y is None and hasattr(x, "__next__"):
+                # A one-shot iterator: the batch read for timing must still be trained on.
+                first = next(x)
+                x = train_data = _replay(first, x)
+                x_batch = np.asarray(first[0])
+            else:
+                x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
+            pays = predict_cache_speedup(model, prefix, x_batch, remaining) < CACHE_IF_BELOW
+            if decided is not None:
+                output_cache.decisions[decided] = pays
         if not pays:
             return plain_fit()
 

@@ -224,6 +224,15 @@ def _values_per_sample(layer, x):
     return max(1, math.prod(x.shape[1:]) * math.prod(layer.kernel_size))
 
 
+def _patch_positions(layer, n, positions, patches_per_image, rng):
+    """`(n, patches_per_image)` random positions per sample of a convolution's patches
+    (None: keep them all). One draw per sample in order, so the host and device row
+    paths sub-sample alike for the same `rng`."""
+    if not spatial_rank(layer) or patches_per_image is None or patches_per_image >= positions:
+        return None
+    return np.stack([rng.choice(positions, patches_per_image, replace=False) for _ in range(n)])
+
+
 def iter_group_rows(
     layer, x, labels, *, stage=0, depthwise_kernel=None, patches_per_image=None, rng=None
 ):
@@ -245,10 +254,8 @@ def iter_group_rows(
             layer, x[start : start + step], stage=stage, depthwise_kernel=depthwise_kernel
         )
         n, positions, groups, d = rows.shape
-        if spatial_rank(layer) and patches_per_image is not None and patches_per_image < positions:
-            keep = np.stack(
-                [rng.choice(positions, patches_per_image, replace=False) for _ in range(n)]
-            )
+        keep = _patch_positions(layer, n, positions, patches_per_image, rng)
+        if keep is not None:
             rows = np.take_along_axis(rows, keep[:, :, None, None], axis=1)
         chunk_labels = np.repeat(labels[start : start + step], rows.shape[1])
         yield rows.reshape(-1, groups, d).transpose(1, 0, 2), chunk_labels
@@ -266,10 +273,8 @@ def iter_device_rows(layer, x, labels, *, patches_per_image=None, rng=None):
         m = int(chunk.shape[0])
         rows = backend_rows(layer, chunk)  # (m * positions, groups, d)
         positions = int(rows.shape[0]) // m
-        if spatial_rank(layer) and patches_per_image is not None and patches_per_image < positions:
-            keep = np.stack(
-                [rng.choice(positions, patches_per_image, replace=False) for _ in range(m)]
-            )
+        keep = _patch_positions(layer, m, positions, patches_per_image, rng)
+        if keep is not None:
             flat = (np.arange(m)[:, None] * positions + keep).reshape(-1)
             rows = keras.ops.take(rows, keras.ops.convert_to_tensor(flat.astype(np.int32)), axis=0)
         chunk_labels = np.repeat(labels[start : start + step], int(rows.shape[0]) // m)
