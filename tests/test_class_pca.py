@@ -983,12 +983,46 @@ def test_sign_pairs_keep_both_halves_of_every_projection(blobs):
     np.testing.assert_allclose(odd.kernel_[:, 1], -odd.kernel_[:, 0])
 
 
+def test_spare_sign_pairs_give_the_filters_beyond_the_features_negatives(blobs):
+    """14 filters over 8 features: 8 directions, the 6 leading ones paired with their
+    negatives, instead of 6 more class directions (combinations of the first 8)."""
+    x, y = blobs
+    plain = ClassPCA(14).fit(x, y)
+    spare = ClassPCA(14, sign_pairs="spare").fit(x, y)
+    directions = ClassPCA(8).fit(x, y)
+    assert spare.kernel_.shape == (8, 14)
+
+    def opposite_pairs(kernel):
+        unit = kernel / np.linalg.norm(kernel, axis=0)
+        return int(np.sum(np.triu(unit.T @ unit < -0.999)))
+
+    assert opposite_pairs(plain.kernel_) == 0 and opposite_pairs(spare.kernel_) == 6
+    negative = np.r_[False, np.all(np.isclose(spare.kernel_[:, 1:], -spare.kernel_[:, :-1]),
+                                   axis=0)]
+    assert negative.sum() == 6
+    np.testing.assert_allclose(spare.kernel_[:, ~negative], directions.kernel_)
+    # The paired directions are the leading ones by eigenvalue share.
+    shares = directions.explained_variance_ratio_
+    paired = np.flatnonzero(np.r_[negative[1:], False][~negative])
+    assert set(paired) == set(np.argsort(-shares, kind="stable")[:6])
+    h = np.maximum(spare.transform(x), 0.0)
+    np.testing.assert_allclose(h[:, np.flatnonzero(negative) - 1] - h[:, negative],
+                               spare.transform(x)[:, np.flatnonzero(negative) - 1], atol=1e-9)
+    # No more filters than features: nothing is spare, the plain solution.
+    np.testing.assert_array_equal(ClassPCA(6, sign_pairs="spare").fit(x, y).kernel_,
+                                  ClassPCA(6).fit(x, y).kernel_)
+    # More than twice the features: half are directions, each paired (as True).
+    np.testing.assert_allclose(ClassPCA(18, sign_pairs="spare").fit(x, y).kernel_,
+                               ClassPCA(18, sign_pairs=True).fit(x, y).kernel_)
+
+
 @pytest.mark.parametrize(
     "params, match",
     [
         ({"discriminant": -1}, "`discriminant` must be a non-negative integer or 'auto'"),
         ({"discriminant": "most"}, "`discriminant` must be a non-negative integer or 'auto'"),
-        ({"sign_pairs": 1}, "`sign_pairs` must be True or False"),
+        ({"sign_pairs": 1}, "`sign_pairs` must be True, False or 'spare'"),
+        ({"sign_pairs": "all"}, "`sign_pairs` must be True, False or 'spare'"),
         ({"discriminant": 2, "n_components": 2}, "leaves no class-PCA component"),
     ],
 )

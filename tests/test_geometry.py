@@ -270,6 +270,21 @@ def test_separable_solution_is_depthwise_then_pointwise_class_pca(factory, shape
     assert 0 < statistics.explained_variance() <= 1 + 1e-9
 
 
+def test_explained_variance_counts_each_direction_once():
+    """Sign pairs repeat each direction: their span is that of the directions alone."""
+    rng = np.random.default_rng(3)
+    y = np.arange(600) % 3
+    x = rng.normal(size=(600, 12)) * np.linspace(3.0, 0.2, 12)
+    shares = {}
+    for options, units in (({"sign_pairs": True}, 6), ({"sign_pairs": False}, 3)):
+        statistics = LayerStatistics(L.Dense(units), options)
+        statistics.update(x, y)
+        statistics.end_pass()
+        shares[units] = statistics.explained_variance()
+    assert shares[6] == pytest.approx(shares[3], rel=1e-9)
+    assert shares[3] < 0.9  # 3 of 12 directions: far from lossless
+
+
 def test_dense_on_sequences_treats_every_position_as_a_row(dense_reference):
     x, y = _labelled((5, 6))
     layer = L.Dense(3)

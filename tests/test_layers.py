@@ -71,6 +71,42 @@ def test_conv_adapt_equals_class_pca_on_patches():
     np.testing.assert_allclose(_np(layer(x)), expected, rtol=1e-4, atol=1e-4)
 
 
+def _opposite_pairs(kernel):
+    unit = kernel / np.linalg.norm(kernel, axis=0)
+    return int(np.sum(np.triu(unit.T @ unit < -0.999)))
+
+
+def test_spare_sign_pairs_reach_the_conv_layer_the_initializer_and_hybridize():
+    """16 filters over 3x3x1 patches (d = 9) with `sign_pairs="spare"`: the 7 filters
+    beyond the features are negatives of the leading directions, from every entry
+    point; the default keeps plain class-PCA."""
+    from keras_classpca import hybridize
+
+    x, y = _images()
+    patches = extract_patches(x, 3, 1, "valid").reshape(-1, 9)
+    spare = ClassPCA(16, sign_pairs="spare").fit(patches, np.repeat(y, 36)).kernel_
+    assert _opposite_pairs(spare) == 7
+    layer = ClassPCAConv2D(16, 3, sign_pairs="spare")
+    layer.adapt((x, y))
+    np.testing.assert_allclose(_np(layer.kernel).reshape(9, 16), spare, rtol=1e-5, atol=1e-6)
+    assert ClassPCAConv2D.from_config(layer.get_config()).sign_pairs == "spare"
+    initializer = ClassPCAInitializer.from_data(x, y, kernel_size=3, sign_pairs="spare")
+    np.testing.assert_allclose(_np(initializer((3, 3, 1, 16))).reshape(9, 16), spare,
+                               rtol=1e-5, atol=1e-6)
+
+    def solved(**options):
+        inputs = keras.Input((8, 8, 1))
+        hidden = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(hidden)))
+        hybridize(model, (x, y), cutoff=1, samples=None, verbose=0, **options)
+        return _np(model.layers[1].kernel).reshape(9, 16)
+
+    np.testing.assert_allclose(solved(sign_pairs="spare"), spare, rtol=1e-5, atol=1e-6)
+    assert _opposite_pairs(solved()) == 0
+    with pytest.raises(ValueError, match="`sign_pairs` must be True, False or 'spare'"):
+        ClassPCAConv2D(16, 3, sign_pairs="half")
+
+
 def test_layer_inside_a_model_adapts_on_its_actual_inputs():
     # The second solved layer is adapted on the first one's outputs, as in the recipe.
     x, y = _images()

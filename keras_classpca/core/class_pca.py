@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from keras_classpca.core.data_adapter import as_arrays, as_standard_float, iter_batches
-from keras_classpca.core.directions import discriminant_directions, sign_paired
+from keras_classpca.core.directions import discriminant_directions, sign_pair_columns
 from keras_classpca.core.sketch import ClassSketch, check_sketch_memory, sketch_nbytes
 from keras_classpca.core.statistics import (
     PRODUCT_DTYPES,
@@ -125,7 +125,10 @@ _PARAMETER_CONSTRAINTS = {
         "a non-negative integer or 'auto'",
         lambda v: (isinstance(v, str) and v == "auto") or (_is_int(v) and v >= 0),
     ),
-    "sign_pairs": ("True or False", lambda v: isinstance(v, (bool, np.bool_))),
+    "sign_pairs": (
+        "True, False or 'spare'",
+        lambda v: isinstance(v, (bool, np.bool_)) or (isinstance(v, str) and v == "spare"),
+    ),
     "product_dtype": (
         f"one of {PRODUCT_DTYPES} or None",
         lambda v: v is None or (isinstance(v, str) and v in PRODUCT_DTYPES),
@@ -413,7 +416,13 @@ class ClassPCA:
       high-variance directions, these separate the classes. `"auto"` takes K - 1 but at
       most half of the directions. Their `component_classes_` entry is -1.
     - `sign_pairs`: `n_components / 2` directions, each followed by its negative (the
-      Saak transform), so a ReLU after the layer discards nothing.
+      Saak transform), so a ReLU after the layer discards nothing. `"spare"` pairs only
+      the filters a layer has beyond its `d` input features (32 filters over 3×3
+      patches, d = 9): max(d, n_components / 2) directions, the leading ones (by
+      eigenvalue share) followed by their negatives. Without it those spare filters are
+      further class directions, linear combinations of the first d; a ReLU after a
+      negative passes the half its direction's own filter discards. Not a default: on
+      first conv layers it was no better (`bench_spare` in docs/benchmarks.md).
 
     Defaults (`center=True`, `scaling="standardize"`, `offset="center"`) follow the
     measurements in `docs/benchmarks.md`: centering and standardised outputs are what
@@ -434,7 +443,8 @@ class ClassPCA:
             `[0, n_classes)` and every class must have samples.
         discriminant: number of Fisher discriminant directions among the components,
             or `"auto"` (see above); 0 for class-PCA only.
-        sign_pairs: each direction followed by its negative (see above).
+        sign_pairs: each direction followed by its negative (True), only the
+            directions beyond the input's features (`"spare"`), or none (see above).
         product_dtype: `"float32"` or `"float64"` products; None picks by the data's
             dtype (see above).
         memory_limit: bytes the class statistics may take (`K·(d² + 2d + 1)` float64);
@@ -991,13 +1001,22 @@ class ClassPCA:
             solutions[key] = self._solve(key)
         return solutions[key]
 
+    def _paired_directions(self, n_components):
+        """How many directions `n_components` filters hold under `sign_pairs`, the rest
+        being negatives (None: as many as the adaptive rule keeps)."""
+        if n_components is None or not self.sign_pairs:
+            return n_components
+        half = -(-n_components // 2)  # an odd count leaves the last direction unpaired
+        if self.sign_pairs == "spare":
+            return max(min(self.n_features_in_, n_components), half)
+        return half
+
     def _solve(self, n_components):
         """Class-PCA directions, Fisher directions mixed in, then sign pairs."""
-        if not self.sign_pairs and self.discriminant == 0:
+        directions = self._paired_directions(n_components)
+        pair_all = n_components is None and self.sign_pairs and self.sign_pairs != "spare"
+        if directions == n_components and not pair_all and self.discriminant == 0:
             return self._solve_class_pca(n_components)
-        directions = n_components
-        if self.sign_pairs and n_components is not None:
-            directions = -(-n_components // 2)  # an odd count leaves the last unpaired
         n_fisher = self._n_discriminant(directions)
         if directions is not None and n_fisher >= directions:
             raise ValueError(
@@ -1024,14 +1043,19 @@ class ClassPCA:
         ])
         kernel = components * self._scales(components, variance)
         bias = -(self.mean_ @ kernel) if self.offset == "center" else np.zeros(kernel.shape[1])
-        if self.sign_pairs:
-            kernel, bias = sign_paired(kernel, bias)
-            components, _ = sign_paired(components, np.zeros(components.shape[1]))
-            classes, variance, ratio = (np.repeat(a, 2) for a in (classes, variance, ratio))
-            if n_components is not None:
-                keep = slice(0, n_components)
-                kernel, bias, components = kernel[:, keep], bias[keep], components[:, keep]
-                classes, variance, ratio = classes[keep], variance[keep], ratio[keep]
+        n_paired = len(ratio) if pair_all else (n_components or 0) - (directions or 0)
+        if n_paired:
+            # `n_paired` directions get their negative right after them: the leading
+            # ones by share for "spare"; for True all but, with an odd count, the last.
+            order = np.arange(len(ratio))
+            if self.sign_pairs == "spare":
+                order = np.argsort(-ratio, kind="stable")
+            paired = np.zeros(len(ratio), dtype=bool)
+            paired[order[:n_paired]] = True
+            columns, signs = sign_pair_columns(paired)
+            kernel, bias = kernel[:, columns] * signs, bias[columns] * signs
+            components = components[:, columns] * signs
+            classes, variance, ratio = classes[columns], variance[columns], ratio[columns]
         return Solution(components, classes, variance, ratio, kernel, bias)
 
     def _n_discriminant(self, directions):

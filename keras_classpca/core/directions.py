@@ -77,6 +77,23 @@ def discriminant_directions(counts, means, covariances, n_directions, ridge=WITH
     return directions * signs, np.clip(ratios[order], 0.0, None)
 
 
+def sign_pair_columns(paired):
+    """Source column and sign of every output column when each column `j` with
+    `paired[j]` is followed by its negative: `(columns, signs)`.
+
+    Example:
+
+    >>> columns, signs = sign_pair_columns([True, False, True])
+    >>> columns.tolist(), signs.tolist()
+    ([0, 0, 1, 2, 2], [1.0, -1.0, 1.0, 1.0, -1.0])
+    """
+    paired = np.asarray(paired, dtype=bool)
+    columns = np.repeat(np.arange(len(paired)), np.where(paired, 2, 1))
+    signs = np.ones(len(columns))
+    signs[1:][columns[1:] == columns[:-1]] = -1.0
+    return columns, signs
+
+
 def sign_paired(kernel, bias):
     """`(kernel, bias)` with every filter followed by its negative: twice the columns.
 
@@ -88,7 +105,5 @@ def sign_paired(kernel, bias):
     ([[1.0, -1.0], [2.0, -2.0]], [0.5, -0.5])
     """
     kernel = np.asarray(kernel)
-    bias = np.asarray(bias)
-    paired_kernel = np.stack([kernel, -kernel], axis=-1).reshape(kernel.shape[0], -1)
-    paired_bias = np.stack([bias, -bias], axis=-1).reshape(-1)
-    return paired_kernel, paired_bias
+    columns, signs = sign_pair_columns(np.ones(kernel.shape[1], dtype=bool))
+    return kernel[:, columns] * signs, np.asarray(bias)[columns] * signs

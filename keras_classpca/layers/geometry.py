@@ -493,7 +493,10 @@ class LayerStatistics:
         """Share of the input variance the span of the last stage's filters captures."""
         captured = total = 0.0
         for class_pca in self.solved_stages[-1][0]:
-            basis, _ = np.linalg.qr(class_pca.components_)
+            # An orthonormal basis of the span: sign pairs and spare filters repeat
+            # directions, which a QR factorisation would extend with unrelated ones.
+            vectors, values, _ = np.linalg.svd(class_pca.components_, full_matrices=False)
+            basis = vectors[:, values > 1e-8 * values.max()]
             covariance = class_pca.covariance_
             captured += float(np.trace(basis.T @ covariance @ basis))
             total += float(np.trace(covariance))
