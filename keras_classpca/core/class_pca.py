@@ -422,7 +422,8 @@ class ClassPCA:
       eigenvalue share) followed by their negatives. Without it those spare filters are
       further class directions, linear combinations of the first d; a ReLU after a
       negative passes the half its direction's own filter discards. Not a default: on
-      first conv layers it was no better (`bench_spare` in docs/benchmarks.md).
+      first conv layers it gained up to 0.8 pp where ReLU follows the convolution and
+      lost where BatchNormalization does (`bench_spare` in docs/benchmarks.md).
 
     Defaults (`center=True`, `scaling="standardize"`, `offset="center"`) follow the
     measurements in `docs/benchmarks.md`: centering and standardised outputs are what
