@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_classpca.core.directions import discriminant_directions, sign_paired
+from keras_classpca.core.directions import discriminant_directions, sign_pair_columns
 
 pytestmark = pytest.mark.backend_independent
 
@@ -64,7 +64,8 @@ def test_sign_pairs_lose_nothing_through_a_relu():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(50, 7))
     kernel, bias = rng.normal(size=(7, 4)), rng.normal(size=4)
-    paired_kernel, paired_bias = sign_paired(kernel, bias)
+    columns, signs = sign_pair_columns(np.ones(4, dtype=bool))  # every filter paired
+    paired_kernel, paired_bias = kernel[:, columns] * signs, bias[columns] * signs
     assert paired_kernel.shape == (7, 8) and paired_bias.shape == (8,)
     h = np.maximum(x @ paired_kernel + paired_bias, 0.0)
     np.testing.assert_allclose(h[:, 0::2] - h[:, 1::2], x @ kernel + bias, atol=1e-12)

@@ -92,18 +92,3 @@ def sign_pair_columns(paired):
     signs = np.ones(len(columns))
     signs[1:][columns[1:] == columns[:-1]] = -1.0
     return columns, signs
-
-
-def sign_paired(kernel, bias):
-    """`(kernel, bias)` with every filter followed by its negative: twice the columns.
-
-    Example:
-
-    >>> import numpy as np
-    >>> kernel, bias = sign_paired(np.array([[1.0], [2.0]]), np.array([0.5]))
-    >>> kernel.tolist(), bias.tolist()
-    ([[1.0, -1.0], [2.0, -2.0]], [0.5, -0.5])
-    """
-    kernel = np.asarray(kernel)
-    columns, signs = sign_pair_columns(np.ones(kernel.shape[1], dtype=bool))
-    return kernel[:, columns] * signs, np.asarray(bias)[columns] * signs
