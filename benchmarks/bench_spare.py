@@ -9,9 +9,9 @@ halves of them. Each cell of `bench_default`'s grid architectures trains cutoff 
 both ways, and SGD, in the same run (same recipe: Adam, batch 128, at least 3 epochs
 and 300 steps; contenders rotated per seed).
 
-The rule chosen here is a default for convolutions with spare filters: it is set on the
-benchmark CNN (the tune half) and reported separately on the other architectures
-(held out).
+A default for convolutions with spare filters would be chosen on the benchmark CNN (the
+tune half) and checked on the other architectures (held out), reported apart; the
+held-out half rejected it (docs/benchmarks.md).
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_spare [--seeds 3]
 
