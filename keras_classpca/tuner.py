@@ -50,7 +50,8 @@ DEFAULT_SEARCH_SPACE = {
     "scaling": list(SCALINGS),
     "allocation": list(ALLOCATIONS),
 }
-HYBRIDIZE_SETTINGS = ("samples", "batch_size", "seed", "patches_per_image", "verbose")
+HYBRIDIZE_SETTINGS = ("samples", "batch_size", "seed", "patches_per_image", "verbose",
+                      "solved_activation")
 CACHE_SUBDIR = "solve_cache"
 # Extra metrics added to every trial's History (one value per epoch).
 SOLVE_SECONDS = "solve_seconds"

@@ -217,7 +217,7 @@ def test_cache_auto_follows_the_timing_prediction(monkeypatch):
     assert history.cache_used is False and isinstance(history, keras.callbacks.History)
     # the decision follows the predicted ratio
     for ratio, expected in ((0.2, True), (5.0, False)):
-        monkeypatch.setattr(fit_top_module, "predict_cache_speedup", lambda *a, ratio=ratio: ratio)
+        monkeypatch.setattr(fit_top_module, "cache_ratio", lambda *a, ratio=ratio: ratio)
         history = fit_top(_model(2), x, y, epochs=1, cache="auto", verbose=0)
         assert history.cache_used is expected
         assert len(history.history["loss"]) == 1
@@ -234,7 +234,7 @@ class _CountSteps(keras.callbacks.Callback):
 @pytest.mark.parametrize("ratio", [0.2, 5.0])
 def test_cache_auto_trains_on_every_batch_of_a_one_shot_generator(monkeypatch, ratio):
     x, y = _data(200)
-    monkeypatch.setattr(fit_top_module, "predict_cache_speedup", lambda *a: ratio)
+    monkeypatch.setattr(fit_top_module, "cache_ratio", lambda *a: ratio)
     model = _model(2)
     counter = _CountSteps()
     generator = ((x[s : s + 50], y[s : s + 50]) for s in range(0, 200, 50))
@@ -461,26 +461,39 @@ def test_random_augmentation_is_never_cached():
     assert cache_point(model) is None  # ... but behind a layer that draws in training
 
 
-def test_auto_decision_is_remembered_per_prefix_data_and_epochs(monkeypatch):
+def test_auto_times_once_per_prefix_and_data_and_amortises_over_uses(monkeypatch):
     from keras_classpca.hybrid import training
 
     x, y = _data()
     timings = []
-    ratios = iter([0.9, 0.1, 0.1])  # the first timing says "plain", later ones "cache"
 
-    def predicted(*args, **kwargs):
+    def timed(*args):
         timings.append(1)
-        return next(ratios)
+        # prefix 1.0 s, top 0.2 s: at 2 epochs caching predicts (1 + 1.2) / 3.2 = 0.69
+        # alone (plain), (0.5 + 1.2) / 3.2 = 0.53 when a second call shares it (cache)
+        return 1.0, 1.2
 
-    monkeypatch.setattr(training, "predict_cache_speedup", predicted)
+    monkeypatch.setattr(training, "forward_seconds", timed)
     outputs = PrefixOutputCache()
     args = dict(batch_size=32, shuffle=False, verbose=0)
-    first = fit_top(_model(2), x, y, epochs=2, cache="auto", output_cache=outputs, **args)
-    second = fit_top(_model(2), x, y, epochs=2, cache="auto", output_cache=outputs, **args)
-    # The second call follows the first's decision without timing again.
-    assert (first.cache_used, second.cache_used, len(timings)) == (False, False, 1)
-    # Other epochs: decided anew (cache), and then the outputs are reused.
-    third = fit_top(_model(2), x, y, epochs=3, cache="auto", output_cache=outputs, **args)
-    fourth = fit_top(_model(2), x, y, epochs=3, cache="auto", output_cache=outputs, **args)
-    assert (third.cache_used, fourth.cache_used, len(timings)) == (True, True, 2)
-    assert outputs.hits == 1 and len(outputs) == 1
+    runs = [fit_top(_model(2), x, y, epochs=2, cache="auto", output_cache=outputs, **args)
+            for _ in range(3)]
+    # Timed once; the second call computes and stores the outputs, the third reuses them.
+    assert [h.cache_used for h in runs] == [False, True, True]
+    assert len(timings) == 1
+    assert (outputs.misses, outputs.hits, len(outputs)) == (1, 1, 1)
+    # Another prefix (one layer fewer) is timed and counted apart.
+    other = fit_top(_model(1), x, y, epochs=2, cache="auto", output_cache=outputs, **args)
+    assert other.cache_used is False and len(timings) == 2
+
+
+def test_cache_ratio_amortises_the_prefix_pass_over_its_uses():
+    from keras_classpca.hybrid.training import cache_ratio
+
+    alone = cache_ratio(1.0, 1.2, epochs=2)
+    assert alone == pytest.approx((1.0 + 2 * 0.6) / (2 * 1.6))
+    assert cache_ratio(1.0, 1.2, epochs=2, uses=2) == pytest.approx((0.5 + 1.2) / 3.2)
+    # One epoch, one use: the prefix is computed once either way.
+    assert cache_ratio(1.0, 1.2, epochs=1) == pytest.approx(1.0)
+    # Many uses: only the top's steps remain.
+    assert cache_ratio(1.0, 1.2, epochs=2, uses=10**9) == pytest.approx(1.2 / 3.2)

@@ -760,3 +760,84 @@ def test_label_free_mode_solves_each_layer_from_the_pca_of_its_input():
     layer = ClassPCADense(4)
     layer.adapt(x)
     np.testing.assert_allclose(np.asarray(layer.kernel), expected.kernel_, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------- solved_activation
+def _chain(blobs_x):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((blobs_x.shape[1],)),
+        L.Dense(6, activation="relu", name="a"),
+        L.Dense(6, activation="relu", name="b"),
+        L.Dense(3, activation="softmax", name="out"),
+    ])
+
+
+def test_solved_activation_linear_makes_each_solved_layer_linear_before_the_next_solve(blobs):
+    x, y = blobs
+    model = _chain(x)
+    report = hybridize(model, (x, y), cutoff=2, solved_activation="linear", verbose=0)
+    a, b, out = (model.get_layer(n) for n in ("a", "b", "out"))
+    assert a.activation is keras.activations.linear and b.activation is keras.activations.linear
+    assert out.activation is keras.activations.softmax  # not solved: untouched
+    assert [layer.replaced_activation for layer in report.layers] == ["relu", "relu"]
+    # b's input is a's linear output (negative values pass), and b was solved from it.
+    h = _layer_input(model, b, x)
+    np.testing.assert_allclose(h, x @ np.asarray(a.kernel) + np.asarray(a.bias), rtol=1e-4,
+                               atol=1e-4)
+    assert (h < 0).mean() > 0.3
+    np.testing.assert_allclose(np.asarray(b.kernel), ClassPCA(6).fit(h, y).kernel_, rtol=1e-4,
+                               atol=1e-5)
+    # The default keeps the activations (and solves b from ReLU outputs: other weights).
+    plain = _chain(x)
+    assert all(layer.replaced_activation is None
+               for layer in hybridize(plain, (x, y), cutoff=2, verbose=0).layers)
+    assert plain.get_layer("a").activation is keras.activations.relu
+    assert not np.allclose(np.asarray(plain.get_layer("b").kernel), np.asarray(b.kernel))
+
+
+def test_solved_activation_is_saved_in_keras_files_and_used_by_a_traced_model(blobs, tmp_path):
+    x, y = blobs
+    model = _chain(x)
+    before = model.predict(x, verbose=0)  # traces predict with the ReLU
+    hybridize(model, (x, y), cutoff=1, solved_activation="linear", verbose=0)
+    after = model.predict(x, verbose=0)
+    a = model.get_layer("a")
+    linear = x @ np.asarray(a.kernel) + np.asarray(a.bias)
+    expected = keras.Sequential(model.layers[1:]).predict(linear, verbose=0)
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(before, after)
+    path = str(tmp_path / "linear.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    assert reloaded.get_layer("a").activation is keras.activations.linear
+    assert np.max(np.abs(reloaded.predict(x, verbose=0) - after)) == 0
+
+
+@pytest.mark.parametrize("value", ["no_such_activation", 3, ["linear"]])
+def test_solved_activation_rejects_what_is_not_an_activation(blobs, value):
+    x, y = blobs
+    model = _chain(x)
+    with pytest.raises(ValueError, match="`solved_activation` must be None .* received"):
+        hybridize(model, (x, y), cutoff=1, solved_activation=value, verbose=0)
+    assert model.get_layer("a").activation is keras.activations.relu
+
+
+def test_a_failed_hybridize_puts_the_replaced_activations_back(blobs, monkeypatch):
+    import keras_classpca.hybrid.builder as builder_module
+
+    x, y = blobs
+    model = _chain(x)
+    real, calls = builder_module.solve_layer, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder_module, "solve_layer", fail_second)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        hybridize(model, (x, y), cutoff=2, solved_activation="linear", verbose=0)
+    assert model.get_layer("a").activation is keras.activations.relu
+    assert model.get_layer("a").trainable

@@ -285,7 +285,7 @@ def test_grid_search_finds_the_cutoff_known_by_construction(tmp_path):
 
 def test_trials_with_the_same_prefix_share_its_outputs(tmp_path, monkeypatch):
     # Cache whenever possible, so the counts below do not depend on timings.
-    monkeypatch.setattr(training, "predict_cache_speedup", lambda *args: 0.1)
+    monkeypatch.setattr(training, "cache_ratio", lambda *args: 0.1)
     x, y = _data()
     validation = _data(seed=1)
     hypermodel = HybridHyperModel(_builder(lr_choices=[1e-2, 3e-3]), (x, y),

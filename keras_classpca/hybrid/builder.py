@@ -170,7 +170,7 @@ def _positive_int(value, name):
 
 def check_settings(
     samples=None, batch_size=None, seed=0, patches_per_image=None, verbose=1, freeze=True,
-    **class_pca_options
+    solved_activation=None, **class_pca_options
 ):
     """Validate `hybridize`'s settings and class-PCA options before any work.
 
@@ -193,12 +193,47 @@ def check_settings(
         raise ValueError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
     if not (isinstance(freeze, (bool, np.bool_)) or freeze == "kernel"):
         raise ValueError(f"`freeze` must be True, False or 'kernel'; received {freeze!r}.")
+    activation_or_none(solved_activation)
     return (
         samples if isinstance(samples, str) and samples == "auto"
         else _positive_int(samples, "samples"),
         _positive_int(batch_size, "batch_size"),
         _positive_int(patches_per_image, "patches_per_image"),
     )
+
+
+def activation_or_none(solved_activation):
+    """The Keras activation function `solved_activation` names, or None to keep each
+    solved layer's own; raises a `ValueError` for anything else."""
+    if solved_activation is None:
+        return None
+    if not (isinstance(solved_activation, str) or callable(solved_activation)):
+        raise ValueError(
+            "`solved_activation` must be None (keep each solved layer's activation) or a "
+            f"Keras activation such as 'linear'; received {solved_activation!r}."
+        )
+    try:
+        return keras.activations.get(solved_activation)
+    except ValueError:
+        raise ValueError(
+            "`solved_activation` must be None (keep each solved layer's activation) or a "
+            f"Keras activation such as 'linear'; received {solved_activation!r}."
+        ) from None
+
+
+def _replace_activation(model, layer, activation):
+    """Give a solved `layer` the `activation` function (None: keep its own); returns
+    the name of the activation it replaced, or None if nothing changed."""
+    current = getattr(layer, "activation", None)
+    if activation is None or current is None or current is activation:
+        return None
+    replaced = keras.activations.serialize(current)
+    layer.activation = activation
+    # Functions Keras traced with the old activation would go on using it.
+    for attribute in ("train_function", "test_function", "predict_function"):
+        if getattr(model, attribute, None) is not None:
+            setattr(model, attribute, None)
+    return replaced if isinstance(replaced, str) else str(replaced)
 
 
 def infinite_data_error():
@@ -218,17 +253,21 @@ def _planned_passes(plan, target):
 
 
 class _ModelState:
-    """Weights and `trainable` flags of a model's layers, to put back after a failure."""
+    """Weights, `trainable` flags and activations of a model's layers, to put back
+    after a failure."""
 
     def __init__(self, model):
         self.layers = [(layer, layer.get_weights(), layer.trainable,
-                        [variable.trainable for variable in layer.weights])
+                        [variable.trainable for variable in layer.weights],
+                        getattr(layer, "activation", None))
                        for layer in iter_layers(model)]  # nested models' layers too
 
     def restore(self):
-        for layer, weights, trainable, variables in self.layers:
+        for layer, weights, trainable, variables, activation in self.layers:
             if weights:
                 layer.set_weights(weights)
+            if activation is not None and layer.activation is not activation:
+                layer.activation = activation
             if layer.trainable != trainable:
                 layer.trainable = trainable
             for variable, flag in zip(layer.weights, variables):
@@ -292,6 +331,7 @@ def hybridize(
     *,
     samples="auto",
     freeze=True,
+    solved_activation=None,
     verbose=1,
     batch_size=256,
     seed=0,
@@ -353,6 +393,19 @@ def hybridize(
             computes no kernel gradient); False leaves everything trainable (the
             solved weights are an initialisation). Variable-level flags are not part
             of a layer's config: after `.keras` reloading, freeze the kernels again.
+        solved_activation: None (default) keeps each solved layer's activation;
+            `"linear"` (or another Keras activation) replaces the built-in
+            `activation` of every solved layer, before the next layer is solved from
+            its outputs. A ReLU after a solved layer discards the negative half of
+            every class-PCA projection; with `"linear"` the solved layers pass their
+            projections whole (the seeds' truncated linear maps) and the trained top
+            learned 0.3–2.4 pp more on the benchmark MLP and CNN
+            (docs/benchmarks.md, `bench_lossless`). This changes the architecture
+            (saved with it in `.keras`); an activation in a layer of its own
+            (`Activation`, `ReLU`) is kept, and `cutoff="auto"` decides on the layers
+            as written. `report.layers[i].replaced_activation` names what was replaced.
+            Those layers get no sign pairs unless `sign_pairs` is given (the pairs are
+            for a ReLU, which discards the negative half of each projection).
         verbose: 1 shows a progress bar per pass over the data.
         batch_size: batch size for arrays.
         seed: seed for the sub-sampling of `samples` and of patches.
@@ -406,8 +459,10 @@ def hybridize(
         data = as_one_class(data)
         class_pca_options = {k: v for k, v in class_pca_options.items() if k != "n_classes"}
     samples, batch_size, patches_per_image = check_settings(
-        samples, batch_size, seed, patches_per_image, verbose, freeze, **class_pca_options
+        samples, batch_size, seed, patches_per_image, verbose, freeze, solved_activation,
+        **class_pca_options
     )
+    activation = activation_or_none(solved_activation)
     on_device = statistics_on_device(statistics_on)
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
@@ -427,7 +482,8 @@ def hybridize(
     state = _ModelState(model)  # an unbuilt model has no weights yet: flags only
     try:
         return _solve_and_freeze(
-            model, data, cutoff, start=start, samples=samples, freeze=freeze, verbose=verbose,
+            model, data, cutoff, start=start, samples=samples, freeze=freeze,
+            activation=activation, verbose=verbose,
             batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
             solve_cache=solve_cache, data_fingerprint=data_fingerprint, strategy=strategy,
             class_pca_options=class_pca_options, label_free=label_free, on_device=on_device,
@@ -440,7 +496,7 @@ def hybridize(
 
 def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
                       patches_per_image, solve_cache, data_fingerprint, strategy,
-                      class_pca_options, label_free=False, on_device=False):
+                      class_pca_options, label_free=False, on_device=False, activation=None):
     """`hybridize` after its arguments were checked; may leave the model half-done."""
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
     if not model.built or not getattr(model, "inputs", None):
@@ -487,6 +543,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         "patches_per_image": patches_per_image, "options": class_pca_options,
         # Device products round differently: not the same solve (host keys unchanged).
         **({"on_device": True} if on_device and strategy is None else {}),
+        # Later layers are solved from the replaced activation's outputs.
+        **({"solved_activation": keras.activations.serialize(activation)}
+           if activation is not None else {}),
     })
     # samples="auto": passes that do not converge themselves read what the last layer read.
     limit = LEADING_BATCHNORM_SAMPLES if passes.auto else None
@@ -503,6 +562,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             # Same architecture, possibly other layer names (a new model per trial).
             record = dict(cached["record"]["solved"], name=layer.name,
                           adapted_batchnorms=[l.name for l in block[1:]])
+            record["replaced_activation"] = _replace_activation(model, layer, activation)
             report.layers.append(SolvedLayer(**record))
             limit = record["samples"] if passes.auto else None
             continue
@@ -512,16 +572,23 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         feature_model = plan.feature_model(step.input, step.scope)
         label = f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})"
         convergence = SubspaceConvergence() if passes.auto else None
+        options = class_pca_options
+        if activation is not None and getattr(layer, "activation", None) not in (None,
+                                                                                 activation):
+            # Sign pairs are for a ReLU, which discards each projection's negative half:
+            # after the replaced activation they would be copies.
+            options = {"sign_pairs": False, **class_pca_options}
         if strategy is not None:
             statistics, seen = _distributed_statistics(
-                passes, plan, step, feature_model, strategy, batch_size, class_pca_options)
+                passes, plan, step, feature_model, strategy, batch_size, options)
         else:
             statistics, seen = solve_layer(
-                passes, feature_model, layer, class_pca_options, seed=seed,
+                passes, feature_model, layer, options, seed=seed,
                 patches_per_image=patches_per_image, verbose=verbose, label=label,
                 convergence=convergence, on_device=on_device,
             )
         statistics.assign()
+        replaced = _replace_activation(model, layer, activation)
         solved = SolvedLayer(
             name=layer.name,
             kind=type(layer).__name__,
@@ -533,6 +600,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             sample_checks=list(convergence.history) if convergence is not None else [],
             converged=None if convergence is None else convergence.converged_at is not None,
             fisher_sign_pairs=statistics.dense_remedies,
+            replaced_activation=replaced,
         )
         limit = seen if passes.auto else None
         for bn, tensor, scope in step.batchnorms:

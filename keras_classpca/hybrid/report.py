@@ -28,6 +28,8 @@ class SolvedLayer:
             `discriminant` options, whether it was solved from enough rows per feature
             to get Fisher directions and sign pairs (`DENSE_REMEDIES_MIN_ROWS_PER_FEATURE`
             in `layers/geometry.py`); None for other layers.
+        replaced_activation: with `hybridize(solved_activation=...)`, the name of the
+            activation the layer had before (e.g. `"relu"`); None if it kept its own.
     """
 
     name: str
@@ -41,6 +43,7 @@ class SolvedLayer:
     sample_checks: list = dataclasses.field(default_factory=list)
     converged: bool = None
     fisher_sign_pairs: bool = None
+    replaced_activation: str = None
 
 
 @dataclasses.dataclass

@@ -202,10 +202,12 @@ class PrefixOutputCache:
     prefix and data — another learning rate, another top — train on the outputs the
     first of them computed. Keys cover the prefix architecture, its weights and the
     data's bytes (`prefix_output_key`), so a changed prefix or data is a miss. It also
-    remembers `fit_top(cache="auto")`'s decision per prefix and data: the trials after
-    the first follow it without timing again (a timing near the threshold would
-    otherwise flip from trial to trial, and outputs computed by one trial would go
-    unused by the next).
+    remembers, per prefix and data, `fit_top(cache="auto")`'s timing of the forward
+    passes and how many calls used them: the trials after the first do not time again
+    (a timing near the threshold would otherwise flip from trial to trial), and the
+    n-th trial with a prefix weighs the cost of computing its outputs against n trials
+    sharing them — a search whose trials each train for too few epochs for caching to
+    pay alone caches from the second trial with a prefix on.
 
     Args:
         memory_limit: bytes of outputs kept; older entries are dropped beyond it, and
@@ -229,7 +231,8 @@ class PrefixOutputCache:
         _check_memory_limit(memory_limit)
         self.memory_limit = memory_limit
         self._entries = collections.OrderedDict()
-        self.decisions = {}  # (keys, epochs) -> whether cache="auto" chose to cache
+        self.timings = {}  # prefix and data keys -> forward_seconds of cache="auto"
+        self.uses = collections.Counter()  # prefix and data keys -> fit_top calls
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
@@ -259,6 +262,12 @@ class PrefixOutputCache:
 
     def __contains__(self, key):
         return key in self._entries
+
+    def count_use(self, shared):
+        """Count one more `fit_top` call with the prefix and data `shared`; returns the
+        calls so far, this one included."""
+        self.uses[shared] += 1
+        return self.uses[shared]
 
     def __len__(self):
         return len(self._entries)
@@ -400,19 +409,29 @@ def _median_seconds(functions, batch):
     return [float(np.median(seconds)) for seconds in times]
 
 
-def predict_cache_speedup(model, prefix, x_batch, epochs):
-    """Predicted time ratio cached / plain for `epochs`, from timed forward passes.
+def forward_seconds(model, prefix, x_batch):
+    """`(prefix_seconds, model_seconds)`: median time of one forward pass of the frozen
+    prefix and of the whole model on `x_batch`."""
+    return tuple(_median_seconds([prefix.predict_on_batch, model.predict_on_batch], x_batch))
 
-    A training step costs about one forward pass of the frozen prefix plus three of
-    the top (forward and backward); caching pays the prefix once instead of every
-    epoch.
+
+def cache_ratio(prefix_seconds, model_seconds, epochs, uses=1):
+    """Predicted time ratio cached / plain of training `epochs` on a frozen prefix.
+
+    A training step costs about one forward pass of the prefix plus three of the top
+    (forward and backward); caching pays the prefix once instead of every epoch, and
+    `uses` calls that share the cached outputs (tuner trials) share that one pass.
     """
-    prefix_seconds, full_seconds = _median_seconds(
-        [prefix.predict_on_batch, model.predict_on_batch], x_batch)
-    top_step = 3.0 * max(full_seconds - prefix_seconds, 1e-9)
+    top_step = 3.0 * max(model_seconds - prefix_seconds, 1e-9)
     plain = epochs * (prefix_seconds + top_step)
-    cached = prefix_seconds + epochs * top_step
+    cached = prefix_seconds / uses + epochs * top_step
     return cached / plain
+
+
+def predict_cache_speedup(model, prefix, x_batch, epochs, uses=1):
+    """Predicted time ratio cached / plain for `epochs`, from timed forward passes
+    (`forward_seconds`, `cache_ratio`)."""
+    return cache_ratio(*forward_seconds(model, prefix, x_batch), epochs, uses)
 
 
 def fit_top(
@@ -541,13 +560,13 @@ def fit_top(
     if cache == "auto" and epochs <= fit_kwargs.get("initial_epoch", 0):
         return plain_fit()  # no epoch to train: nothing to save by caching
     remaining = epochs - fit_kwargs.get("initial_epoch", 0)
-    # The decision depends on the prefix, the data and the epochs to train.
-    decided = (tuple(keys) + (remaining,)
-               if output_cache is not None and None not in keys else None)
+    # Calls with the same prefix and data (tuner trials) share one timing of the
+    # forward passes, and the outputs the first caching call computes.
+    shared = tuple(keys) if output_cache is not None and None not in keys else None
+    uses = output_cache.count_use(shared) if shared is not None else 1
     if cache == "auto" and not already_computed:
-        # An earlier call with this prefix, data and epochs (a tuner trial) decided.
-        pays = output_cache.decisions.get(decided) if decided is not None else None
-        if pays is None:
+        seconds = output_cache.timings.get(shared) if shared is not None else None
+        if seconds is None:
             if y is None and hasattr(x, "__next__"):
                 # A one-shot iterator: the batch read for timing must still be trained on.
                 first = next(x)
@@ -555,10 +574,12 @@ def fit_top(
                 x_batch = np.asarray(first[0])
             else:
                 x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
-            pays = predict_cache_speedup(model, prefix, x_batch, remaining) < CACHE_IF_BELOW
-            if decided is not None:
-                output_cache.decisions[decided] = pays
-        if not pays:
+            seconds = forward_seconds(model, prefix, x_batch)
+            if shared is not None:
+                output_cache.timings[shared] = seconds
+        # The n-th call with this prefix expects as many again: it amortises the
+        # prefix pass over n calls (the first call over itself alone).
+        if cache_ratio(*seconds, remaining, uses) >= CACHE_IF_BELOW:
             return plain_fit()
 
     compile_like(top, model)
