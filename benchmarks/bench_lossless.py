@@ -241,11 +241,24 @@ def run_time_to_accuracy(seed, cache, epochs=3, max_epochs=6):
 
 
 def collect(records):
-    """{(case, contender): {acc, d_acc, ratio}} with per-seed paired Δ and time ratios;
-    a rerun of a (case, contender, seed) replaces the earlier record."""
+    """{(case, contender): {acc, d_acc, ratio}} with per-seed paired Δ and time ratios.
+
+    A rerun of a (case, contender, seed) replaces the earlier record. Each record is
+    paired with the SGD run of its own invocation: a run writes a case's contenders for
+    a seed as one block of consecutive records, SGD among them.
+    """
+    partner, block_sgd, block, previous = {}, {}, 0, None
+    for r in records:
+        if (r["case"], r["seed"]) != previous:
+            block, previous = block + 1, (r["case"], r["seed"])
+        partner[id(r)] = block
+        if r["contender"] == "sgd":
+            block_sgd[block] = r
     latest = {(r["case"], r["contender"], r["seed"]): r for r in records}
     records = list(latest.values())
     sgd = {(r["case"], r["seed"]): r for r in records if r["contender"] == "sgd"}
+    sgd = {id(r): block_sgd.get(partner.get(id(r)), sgd.get((r["case"], r["seed"])))
+           for r in records}
     out = {}
     for (case, contender) in sorted({(r["case"], r["contender"]) for r in records}):
         runs = [r for r in records if r["case"] == case and r["contender"] == contender]
@@ -254,7 +267,7 @@ def collect(records):
             out[(case, contender)] = dict(runs=runs, ratio=med(ratios),
                                           reached=sum(r["reached_s"] is not None for r in runs))
             continue
-        paired = [(r, sgd.get((case, r["seed"]))) for r in runs]
+        paired = [(r, sgd[id(r)]) for r in runs]
         out[(case, contender)] = dict(
             runs=runs, acc=med([r["acc"] for r in runs]),
             d_acc=med([100 * (r["acc"] - s["acc"]) for r, s in paired if s]),
