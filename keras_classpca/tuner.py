@@ -131,8 +131,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
             2 GiB; 0 keeps none: each trial's `fit_top` decides alone).
         name, tunable: as in `keras_tuner.HyperModel`.
         **hybridize_options: fixed `hybridize` settings (`samples`, `batch_size`,
-            `seed`, `patches_per_image`, `verbose`; default `verbose=0`) and fixed
-            class-PCA options (`center`, `variance_share`, ...).
+            `seed`, `patches_per_image`, `verbose`, `solved_activation`; default
+            `verbose=0`) and fixed class-PCA options (`center`, `variance_share`, ...).
 
     Attributes:
         solve_cache: the `SolveCache` of the latest trial (`hits`, `misses`), or None.

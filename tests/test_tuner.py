@@ -91,6 +91,20 @@ def test_constructor_errors():
         HybridHyperModel(_builder(), lambda: iter([_data()]))
     HybridHyperModel(_builder(), lambda: iter([_data()]), data_fingerprint="v1")
     HybridHyperModel(_builder(), lambda: iter([_data()]), cache=False)
+    with pytest.raises(ValueError, match="`solved_activation` must be None"):
+        HybridHyperModel(_builder(), _data(), solved_activation="no_such_activation")
+
+
+def test_a_fixed_solved_activation_reaches_every_trial_solve(tmp_path):
+    hypermodel = HybridHyperModel(_builder(), _data(), search_options=False,
+                                  solved_activation="linear")
+    model = hypermodel.build(_hp(cutoff=2))
+    hypermodel.fit(_hp(cutoff=2), model, *_data(), **FIT)
+    assert [layer.replaced_activation for layer in hypermodel.last_report.layers] == [
+        "relu", "relu"]
+    assert all(model.get_layer(name).activation is keras.activations.linear
+               for name in solved_layers(model, 2))
+    assert model.layers[-1].activation is keras.activations.softmax
 
 
 # ----------------------------------------------------------------------------- tuners
