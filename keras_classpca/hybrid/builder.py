@@ -207,18 +207,16 @@ def activation_or_none(solved_activation):
     solved layer's own; raises a `ValueError` for anything else."""
     if solved_activation is None:
         return None
+    error = ValueError(
+        "`solved_activation` must be None (keep each solved layer's activation) or a "
+        f"Keras activation such as 'linear'; received {solved_activation!r}."
+    )
     if not (isinstance(solved_activation, str) or callable(solved_activation)):
-        raise ValueError(
-            "`solved_activation` must be None (keep each solved layer's activation) or a "
-            f"Keras activation such as 'linear'; received {solved_activation!r}."
-        )
+        raise error
     try:
         return keras.activations.get(solved_activation)
     except ValueError:
-        raise ValueError(
-            "`solved_activation` must be None (keep each solved layer's activation) or a "
-            f"Keras activation such as 'linear'; received {solved_activation!r}."
-        ) from None
+        raise error from None
 
 
 def _replace_activation(model, layer, activation):
