@@ -92,9 +92,9 @@ CASES = {
     "cnn_100_c2": ["previous defaults", "discriminant", "sign pairs", "defaults", "trainable bias",
                    "Saab bias", "identity activation"],
     # Held out from the Dense rule's threshold.
-    "digits_mlp32": ["previous defaults", "defaults"],
-    "mlp14_10": ["previous defaults", "defaults"],
-    "mlp14_100": ["previous defaults", "defaults"],
+    "digits_mlp32": ["previous defaults", "defaults", "identity activation"],
+    "mlp14_10": ["previous defaults", "defaults", "identity activation"],
+    "mlp14_100": ["previous defaults", "defaults", "identity activation"],
 }
 HELD_OUT = ("digits_mlp32", "mlp14_10", "mlp14_100")
 

@@ -781,6 +781,13 @@ def test_solved_activation_linear_makes_each_solved_layer_linear_before_the_next
     assert a.activation is keras.activations.linear and b.activation is keras.activations.linear
     assert out.activation is keras.activations.softmax  # not solved: untouched
     assert [layer.replaced_activation for layer in report.layers] == ["relu", "relu"]
+    # a: 240 rows over 8 features, the Dense rule's case: Fisher directions, and no sign
+    # pairs (after the identity they would be copies); the default pairs its columns.
+    def paired(kernel):
+        kernel = np.asarray(kernel)
+        return np.allclose(kernel[:, 0], -kernel[:, 1], atol=1e-6)
+
+    assert report.layers[0].fisher_sign_pairs is True and not paired(a.kernel)
     # b's input is a's linear output (negative values pass), and b was solved from it.
     h = _layer_input(model, b, x)
     np.testing.assert_allclose(h, x @ np.asarray(a.kernel) + np.asarray(a.bias), rtol=1e-4,
@@ -793,6 +800,7 @@ def test_solved_activation_linear_makes_each_solved_layer_linear_before_the_next
     assert all(layer.replaced_activation is None
                for layer in hybridize(plain, (x, y), cutoff=2, verbose=0).layers)
     assert plain.get_layer("a").activation is keras.activations.relu
+    assert paired(plain.get_layer("a").kernel)
     assert not np.allclose(np.asarray(plain.get_layer("b").kernel), np.asarray(b.kernel))
 
 

@@ -402,8 +402,9 @@ def hybridize(
             (saved with it in `.keras`); an activation in a layer of its own
             (`Activation`, `ReLU`) is kept, and `cutoff="auto"` decides on the layers
             as written. `report.layers[i].replaced_activation` names what was replaced.
-            Those layers get no sign pairs unless `sign_pairs` is given (the pairs are
-            for a ReLU, which discards the negative half of each projection).
+            A Dense layer whose activation is replaced gets the Dense rule's Fisher
+            directions without its sign pairs (they are for a ReLU, which discards the
+            negative half of each projection).
         verbose: 1 shows a progress bar per pass over the data.
         batch_size: batch size for arrays.
         seed: seed for the sub-sampling of `samples` and of patches.
@@ -570,18 +571,17 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         feature_model = plan.feature_model(step.input, step.scope)
         label = f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})"
         convergence = SubspaceConvergence() if passes.auto else None
-        options = class_pca_options
-        if activation is not None and getattr(layer, "activation", None) not in (None,
-                                                                                 activation):
-            # Sign pairs are for a ReLU, which discards each projection's negative half:
-            # after the replaced activation they would be copies.
-            options = {"sign_pairs": False, **class_pca_options}
+        # Sign pairs are for a ReLU, which discards each projection's negative half:
+        # after a replaced activation the Dense rule's pairs would be copies.
+        pairs = activation is None or getattr(layer, "activation", None) in (None, activation)
         if strategy is not None:
             statistics, seen = _distributed_statistics(
-                passes, plan, step, feature_model, strategy, batch_size, options)
+                passes, plan, step, feature_model, strategy, batch_size, class_pca_options,
+                dense_sign_pairs=pairs)
         else:
             statistics, seen = solve_layer(
-                passes, feature_model, layer, options, seed=seed,
+                passes, feature_model, layer, class_pca_options, seed=seed,
+                dense_sign_pairs=pairs,
                 patches_per_image=patches_per_image, verbose=verbose, label=label,
                 convergence=convergence, on_device=on_device,
             )
@@ -679,7 +679,7 @@ def _layer_named(plan, name):
 
 
 def _distributed_statistics(passes, plan, step, feature_model, strategy, batch_size,
-                            class_pca_options):
+                            class_pca_options, dense_sign_pairs=True):
     """The tf.distribute statistics pass of one layer, as solved `LayerStatistics`."""
     from keras_classpca.distributed import hybridize_layer_pass
 
@@ -694,7 +694,7 @@ def _distributed_statistics(passes, plan, step, feature_model, strategy, batch_s
         passes, layer, feature_model, strategy=strategy, batch_size=batch_size,
         class_pca_options=class_pca_options,
     )
-    statistics = LayerStatistics(layer, class_pca_options)
+    statistics = LayerStatistics(layer, class_pca_options, dense_sign_pairs=dense_sign_pairs)
     statistics.class_pcas = [distributed.class_pca]
     statistics.end_pass()
     statistics.rows = distributed.rows

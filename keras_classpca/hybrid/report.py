@@ -27,7 +27,8 @@ class SolvedLayer:
         fisher_sign_pairs: for a Dense layer without explicit `sign_pairs` /
             `discriminant` options, whether it was solved from enough rows per feature
             to get Fisher directions and sign pairs (`DENSE_REMEDIES_MIN_ROWS_PER_FEATURE`
-            in `layers/geometry.py`); None for other layers.
+            in `layers/geometry.py`; Fisher directions only, without sign pairs, when
+            its activation was replaced); None for other layers.
         replaced_activation: with `hybridize(solved_activation=...)`, the name of the
             activation the layer had before (e.g. `"relu"`); None if it kept its own.
     """

@@ -177,14 +177,17 @@ def dense_remedies(rows, n_features, n_classes, units, options=None):
     return rows >= DENSE_REMEDIES_MIN_ROWS_PER_FEATURE * n_features
 
 
-def apply_dense_remedies(class_pca, units, options=None):
+def apply_dense_remedies(class_pca, units, options=None, sign_pairs=True):
     """`dense_remedies` for a Dense layer of `units` and its fitted `class_pca` (its
-    counts, features and classes); applies `DENSE_REMEDY_OPTIONS` when True. The
-    verdict."""
+    counts, features and classes); applies `DENSE_REMEDY_OPTIONS` when True, without
+    the sign pairs for `sign_pairs=False` (a layer no ReLU follows). The verdict."""
     verdict = dense_remedies(int(class_pca.n_samples_seen_.sum()), class_pca.n_features_in_,
                              len(class_pca.classes_), units, options)
     if verdict:
-        class_pca.set_params(**DENSE_REMEDY_OPTIONS)
+        remedies = dict(DENSE_REMEDY_OPTIONS)
+        if not sign_pairs:
+            del remedies["sign_pairs"]
+        class_pca.set_params(**remedies)
     return verdict
 
 
@@ -391,9 +394,13 @@ class LayerStatistics:
     (60, 8, 6)
     """
 
-    def __init__(self, layer, options=None, *, patches_per_image=None, rng=None):
+    def __init__(self, layer, options=None, *, patches_per_image=None, rng=None,
+                 dense_sign_pairs=True):
         self.layer = layer
         self.options = dict(options or {})
+        # False: the Dense rule mixes in Fisher directions without sign pairs (the
+        # layer's ReLU is being replaced: after the identity, pairs would be copies).
+        self.dense_sign_pairs = dense_sign_pairs
         self.patches_per_image = patches_per_image
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.stage = 0
@@ -463,7 +470,8 @@ class LayerStatistics:
         if not isinstance(self.layer, keras.layers.Dense):
             return None
         class_pca = self.class_pcas[0]
-        return apply_dense_remedies(class_pca, class_pca.n_components, self.options)
+        return apply_dense_remedies(class_pca, class_pca.n_components, self.options,
+                                    sign_pairs=self.dense_sign_pairs)
 
     @property
     def done(self):
