@@ -66,6 +66,23 @@ def run_hybrid(arch, x, y, test, epochs, seed, cutoff, name=None, **options):
                 evidence=report.evidence or None)
 
 
+def run_grid_cells(args, checkpoint, architectures, contenders, train):
+    """Every seed × fraction × architecture cell of Fashion-MNIST, the `contenders`
+    rotated per seed: `train(name, arch, x, y, test, epochs, seed)` returns a record,
+    saved to `args.results` with its cell (`args.seeds`, `args.first_seed`,
+    `args.fractions`); a checkpoint after each fraction."""
+    (x_all, y_all), test = load_dataset("fashion_mnist")
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for fraction in args.fractions:
+            x, y = subset(x_all, y_all, fraction, seed)
+            epochs = epochs_for(len(x))
+            for arch in architectures:
+                cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=epochs)
+                for name in rotated(list(contenders), seed + len(arch)):
+                    save_run(args.results, train(name, arch, x, y, test, epochs, seed), **cell)
+            checkpoint()
+
+
 def epochs_for(n, min_epochs=3, min_steps=300):
     """At least `min_epochs` epochs and `min_steps` optimizer steps of batch 128: with 3
     epochs of 600 images (15 steps) a network with BatchNormalization has not even

@@ -28,9 +28,8 @@ from benchmarks._report import (
     markdown_table,
     write_section,
 )
-from benchmarks.bench_default import epochs_for, run_hybrid, run_sgd
-from benchmarks.common import rotated, run_benchmark, save_run, subset
-from keras_classpca.datasets import load_dataset
+from benchmarks.bench_default import run_grid_cells, run_hybrid, run_sgd
+from benchmarks.common import run_benchmark
 
 SECTION = "bench_spare"
 TUNE = ("cnn",)
@@ -39,24 +38,11 @@ FRACTIONS = (0.02, 0.1, 1.0)
 CONTENDERS = ("sgd", "k1 plain", "k1 spare")
 
 
-def run(args, checkpoint):
-    (x_all, y_all), test = load_dataset("fashion_mnist")
-    architectures = args.architectures.split(",")
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for fraction in args.fractions:
-            x, y = subset(x_all, y_all, fraction, seed)
-            epochs = epochs_for(len(x))
-            for arch in architectures:
-                cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=epochs)
-                for name in rotated(list(CONTENDERS), seed + len(arch)):
-                    if name == "sgd":
-                        record = run_sgd(arch, x, y, test, epochs, seed)
-                    else:
-                        spare = "spare" if name.endswith("spare") else False
-                        record = run_hybrid(arch, x, y, test, epochs, seed, 1, name=name,
-                                            sign_pairs=spare)
-                    save_run(args.results, record, **cell)
-            checkpoint()
+def train(name, arch, x, y, test, epochs, seed):
+    if name == "sgd":
+        return run_sgd(arch, x, y, test, epochs, seed)
+    spare = "spare" if name.endswith("spare") else False
+    return run_hybrid(arch, x, y, test, epochs, seed, 1, name=name, sign_pairs=spare)
 
 
 def _half_rows(records, architectures):
@@ -110,7 +96,8 @@ def main():
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     add_report_options(parser, default_results(SECTION))
     args = parser.parse_args()
-    run_benchmark(args, SECTION, write_report, lambda checkpoint: run(args, checkpoint))
+    run_benchmark(args, SECTION, write_report, lambda checkpoint: run_grid_cells(
+        args, checkpoint, args.architectures.split(","), CONTENDERS, train))
 
 
 if __name__ == "__main__":
