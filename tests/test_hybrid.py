@@ -849,3 +849,58 @@ def test_a_failed_hybridize_puts_the_replaced_activations_back(blobs, monkeypatc
         hybridize(model, (x, y), cutoff=2, solved_activation="linear", verbose=0)
     assert model.get_layer("a").activation is keras.activations.relu
     assert model.get_layer("a").trainable
+
+
+def _conv_bn_relu_net(kind="relu_layer"):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 2))
+    x = L.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    if kind == "relu_layer":
+        x = L.ReLU(name="act")(L.BatchNormalization(name="bn")(x))
+    else:
+        x = L.Activation("relu", name="act")(x)
+    x = L.Flatten()(x)
+    return keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(x))
+
+
+@pytest.mark.parametrize("kind", ["relu_layer", "activation_layer"])
+def test_solved_activation_replaces_the_activation_layer_after_a_solved_conv(kind, tmp_path):
+    images, y = _images(n=120)
+    model = _conv_bn_relu_net(kind)
+    report = hybridize(model, (images, y), cutoff=1, solved_activation="linear", verbose=0)
+    assert report.layers[0].replaced_activation == "relu in 'act'"
+    # The block is linear now: its output takes negative values.
+    block = keras.Model(model.inputs[0], model.get_layer("act").output)
+    out = np.asarray(block.predict(images, verbose=0))
+    assert (out < 0).mean() > 0.2
+    path = str(tmp_path / "block.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    assert np.max(np.abs(reloaded.predict(images, verbose=0) - model.predict(images, verbose=0))) == 0
+
+
+def test_an_activation_after_a_merge_is_not_replaced():
+    images, y = _images(n=120)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 2))
+    a = L.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = L.Conv2D(4, 3, padding="same", name="b")(inputs)
+    merged = L.ReLU(name="act")(L.Add()([a, b]))
+    model = keras.Model(inputs, L.Dense(3, name="out")(L.Flatten()(merged)))
+    report = hybridize(model, (images, y), cutoff=2, solved_activation="linear", verbose=0)
+    assert [layer.replaced_activation for layer in report.layers] == [None, None]
+    assert model.get_layer("act").negative_slope == 0.0
+
+
+def test_a_failed_hybridize_puts_a_replaced_relu_layer_back(monkeypatch):
+    import keras_classpca.hybrid.builder as builder_module
+
+    images, y = _images(n=120)
+    model = _conv_bn_relu_net("relu_layer")
+    monkeypatch.setattr(builder_module, "compile_like",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("interrupted")))
+    model.compile("adam", "sparse_categorical_crossentropy")  # hybridize recompiles
+    with pytest.raises(RuntimeError, match="interrupted"):
+        hybridize(model, (images, y), cutoff=1, solved_activation="linear", verbose=0)
+    act = model.get_layer("act")
+    assert (act.negative_slope, act.max_value, act.threshold) == (0.0, None, 0.0)

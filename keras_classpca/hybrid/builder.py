@@ -26,6 +26,12 @@ from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.convergence import SubspaceConvergence
 from keras_classpca.core.data_adapter import as_one_class, is_infinite, is_unlabeled, iter_batches
 from keras_classpca.hybrid import policy
+from keras_classpca.hybrid.activations import (
+    ActivationReplacer,
+    activation_or_none,
+    activation_state,
+    restore_activation,
+)
 from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
 from keras_classpca.hybrid.decision import decide_cutoff
 from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
@@ -202,38 +208,6 @@ def check_settings(
     )
 
 
-def activation_or_none(solved_activation):
-    """The Keras activation function `solved_activation` names, or None to keep each
-    solved layer's own; raises a `ValueError` for anything else."""
-    if solved_activation is None:
-        return None
-    error = ValueError(
-        "`solved_activation` must be None (keep each solved layer's activation) or a "
-        f"Keras activation such as 'linear'; received {solved_activation!r}."
-    )
-    if not (isinstance(solved_activation, str) or callable(solved_activation)):
-        raise error
-    try:
-        return keras.activations.get(solved_activation)
-    except ValueError:
-        raise error from None
-
-
-def _replace_activation(model, layer, activation):
-    """Give a solved `layer` the `activation` function (None: keep its own); returns
-    the name of the activation it replaced, or None if nothing changed."""
-    current = getattr(layer, "activation", None)
-    if activation is None or current is None or current is activation:
-        return None
-    replaced = keras.activations.serialize(current)
-    layer.activation = activation
-    # Functions Keras traced with the old activation would go on using it.
-    for attribute in ("train_function", "test_function", "predict_function"):
-        if getattr(model, attribute, None) is not None:
-            setattr(model, attribute, None)
-    return replaced if isinstance(replaced, str) else str(replaced)
-
-
 def infinite_data_error():
     return ValueError(
         "`data` never ends (a tf.data.Dataset repeated without a count): pass "
@@ -257,15 +231,14 @@ class _ModelState:
     def __init__(self, model):
         self.layers = [(layer, layer.get_weights(), layer.trainable,
                         [variable.trainable for variable in layer.weights],
-                        getattr(layer, "activation", None))
+                        activation_state(layer))
                        for layer in iter_layers(model)]  # nested models' layers too
 
     def restore(self):
         for layer, weights, trainable, variables, activation in self.layers:
             if weights:
                 layer.set_weights(weights)
-            if activation is not None and layer.activation is not activation:
-                layer.activation = activation
+            restore_activation(layer, activation)
             if layer.trainable != trainable:
                 layer.trainable = trainable
             for variable, flag in zip(layer.weights, variables):
@@ -392,19 +365,20 @@ def hybridize(
             solved weights are an initialisation). Variable-level flags are not part
             of a layer's config: after `.keras` reloading, freeze the kernels again.
         solved_activation: None (default) keeps each solved layer's activation;
-            `"linear"` (or another Keras activation) replaces the built-in
-            `activation` of every solved layer, before the next layer is solved from
-            its outputs. A ReLU after a solved layer discards the negative half of
-            every class-PCA projection; with `"linear"` the solved layers pass their
-            projections whole (the seeds' truncated linear maps) and the trained top
-            learned 0.3–2.4 pp more on the benchmark MLP and CNN
-            (docs/benchmarks.md, `bench_lossless`). This changes the architecture
-            (saved with it in `.keras`); an activation in a layer of its own
-            (`Activation`, `ReLU`) is kept, and `cutoff="auto"` decides on the layers
-            as written. `report.layers[i].replaced_activation` names what was replaced.
-            A Dense layer whose activation is replaced gets the Dense rule's Fisher
-            directions without its sign pairs (they are for a ReLU, which discards the
-            negative half of each projection).
+            `"linear"` (or another Keras activation) replaces the activation after
+            every solved layer, before the next layer is solved from its outputs: its
+            built-in `activation`, or an `Activation` / `ReLU` layer that alone reads
+            its output, directly or through its BatchNormalization
+            (`hybrid/activations.py`; an activation after a merge is kept). A ReLU
+            after a solved layer discards the negative half of every class-PCA
+            projection; with `"linear"` the solved layers pass their projections whole
+            (the seeds' truncated linear maps) and the trained top learned 0.3–2.4 pp
+            more on the benchmark MLP and CNN (docs/benchmarks.md, `bench_lossless`,
+            `bench_identity`). This changes the architecture (saved with it in
+            `.keras`); `cutoff="auto"` decides on the layers as written.
+            `report.layers[i].replaced_activation` names what was replaced. A Dense
+            layer whose activation is replaced gets the Dense rule's Fisher directions
+            without its sign pairs (they are for a ReLU).
         verbose: 1 shows a progress bar per pass over the data.
         batch_size: batch size for arrays.
         seed: seed for the sub-sampling of `samples` and of patches.
@@ -546,6 +520,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         **({"solved_activation": keras.activations.serialize(activation)}
            if activation is not None else {}),
     })
+    replacer = ActivationReplacer(model, activation)
     # samples="auto": passes that do not converge themselves read what the last layer read.
     limit = LEADING_BATCHNORM_SAMPLES if passes.auto else None
     for j, step in enumerate(plan.cut(cutoff)):
@@ -561,7 +536,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             # Same architecture, possibly other layer names (a new model per trial).
             record = dict(cached["record"]["solved"], name=layer.name,
                           adapted_batchnorms=[l.name for l in block[1:]])
-            record["replaced_activation"] = _replace_activation(model, layer, activation)
+            record["replaced_activation"] = replacer.replace(layer)
             report.layers.append(SolvedLayer(**record))
             limit = record["samples"] if passes.auto else None
             continue
@@ -573,7 +548,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         convergence = SubspaceConvergence() if passes.auto else None
         # Sign pairs are for a ReLU, which discards each projection's negative half:
         # after a replaced activation the Dense rule's pairs would be copies.
-        pairs = activation is None or getattr(layer, "activation", None) in (None, activation)
+        pairs = not replacer.would_replace(layer)
         if strategy is not None:
             statistics, seen = _distributed_statistics(
                 passes, plan, step, feature_model, strategy, batch_size, class_pca_options,
@@ -586,7 +561,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
                 convergence=convergence, on_device=on_device,
             )
         statistics.assign()
-        replaced = _replace_activation(model, layer, activation)
+        replaced = replacer.replace(layer)
         solved = SolvedLayer(
             name=layer.name,
             kind=type(layer).__name__,

@@ -1,0 +1,119 @@
+"""`hybridize(solved_activation=...)`: replace the activation after each solved layer.
+
+A ReLU after a class-PCA layer discards the negative half of every projection; with
+`solved_activation="linear"` the solved layers pass their projections whole. The
+activation replaced is the solved layer's own (`Dense(..., activation="relu")`), or,
+when it has none, an `Activation` or `ReLU` layer that alone reads its output, directly
+or through a BatchNormalization that alone reads it (Conv -> BN -> ReLU). A `ReLU`
+layer can only become the identity (`negative_slope=1`); an activation after a merge
+(the ReLU after a residual block's `Add`) is never replaced.
+"""
+
+import keras
+
+from keras_classpca.hybrid.planner import flatten_graph
+
+# A ReLU layer with these settings computes the identity.
+IDENTITY_RELU = {"negative_slope": 1.0, "max_value": None, "threshold": 0.0}
+RELU_SETTINGS = tuple(IDENTITY_RELU)
+
+
+def activation_or_none(solved_activation):
+    """The Keras activation function `solved_activation` names, or None to keep each
+    solved layer's own; raises a `ValueError` for anything else."""
+    if solved_activation is None:
+        return None
+    error = ValueError(
+        "`solved_activation` must be None (keep each solved layer's activation) or a "
+        f"Keras activation such as 'linear'; received {solved_activation!r}."
+    )
+    if not (isinstance(solved_activation, str) or callable(solved_activation)):
+        raise error
+    try:
+        return keras.activations.get(solved_activation)
+    except ValueError:
+        raise error from None
+
+
+def _following_activation_layer(nodes, layer):
+    """The `Activation` / `ReLU` layer that alone reads `layer`'s output, directly or
+    through one BatchNormalization that alone reads it; None if there is none."""
+    index = next((i for i, node in enumerate(nodes) if node.layer is layer), None)
+    for _ in range(2):
+        if index is None:
+            return None
+        readers = [j for j, node in enumerate(nodes) if index in node.parents]
+        if len(readers) != 1 or nodes[readers[0]].parents != [index]:
+            return None
+        index = readers[0]
+        reader = nodes[index].layer
+        if isinstance(reader, (keras.layers.Activation, keras.layers.ReLU)):
+            return reader
+        if not isinstance(reader, keras.layers.BatchNormalization):
+            return None
+    return None
+
+
+class ActivationReplacer:
+    """Finds and replaces the activation after each solved layer of `model`."""
+
+    def __init__(self, model, activation):
+        self.model, self.activation = model, activation
+        self._nodes = None
+
+    def _target(self, layer):
+        """`(layer holding the activation, its name)` to replace, or None."""
+        if self.activation is None:
+            return None
+        own = getattr(layer, "activation", None)
+        if own is not None and own is not keras.activations.linear:
+            return (layer, None) if own is not self.activation else None
+        if self._nodes is None:
+            self._nodes, _ = flatten_graph(self.model)
+        follower = _following_activation_layer(self._nodes, layer)
+        if isinstance(follower, keras.layers.ReLU):
+            identity = all(getattr(follower, k) == v for k, v in IDENTITY_RELU.items())
+            linear = self.activation is keras.activations.linear
+            return (follower, follower.name) if linear and not identity else None
+        if follower is not None and follower.activation is not self.activation:
+            return follower, follower.name
+        return None
+
+    def would_replace(self, layer):
+        """Whether `replace(layer)` changes something."""
+        return self._target(layer) is not None
+
+    def replace(self, layer):
+        """Replace the activation after solved `layer`; returns what it was (e.g.
+        `"relu"`, or `"relu in 're_lu_2'"` for an activation layer), or None."""
+        target = self._target(layer)
+        if target is None:
+            return None
+        holder, name = target
+        if isinstance(holder, keras.layers.ReLU):
+            replaced = "relu"
+            for setting, value in IDENTITY_RELU.items():
+                setattr(holder, setting, value)
+        else:
+            replaced = keras.activations.serialize(holder.activation)
+            replaced = replaced if isinstance(replaced, str) else str(replaced)
+            holder.activation = self.activation
+        # Functions Keras traced with the old activation would go on using it.
+        for attribute in ("train_function", "test_function", "predict_function"):
+            if getattr(self.model, attribute, None) is not None:
+                setattr(self.model, attribute, None)
+        return replaced if name is None else f"{replaced} in '{name}'"
+
+
+def activation_state(layer):
+    """What `restore_activation` needs to put `layer`'s activation back."""
+    if isinstance(layer, keras.layers.ReLU):
+        return {setting: getattr(layer, setting) for setting in RELU_SETTINGS}
+    activation = getattr(layer, "activation", None)
+    return None if activation is None else {"activation": activation}
+
+
+def restore_activation(layer, state):
+    for attribute, value in (state or {}).items():
+        if getattr(layer, attribute) is not value:
+            setattr(layer, attribute, value)
