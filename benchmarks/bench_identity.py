@@ -2,11 +2,15 @@
 the layers as written (ReLU), on an architecture its measurements did not look at.
 
 `bench_lossless` measured `solved_activation="linear"` on the benchmark MLP and CNN
-(and the Dense-rule MLPs); this benchmark checks it on `bench_default`'s keras-io
-convnet (Conv(32, 3, relu)–MaxPool–Conv(64, 3, relu)–MaxPool–Flatten–Dropout–Dense,
-one-hot labels, `validation_split=0.1`), held out: cutoffs 1 and 2, each with the
-ReLU kept and replaced, and SGD, in the same run (same recipe as `bench_default`:
-Adam, batch 128, at least 3 epochs and 300 steps; contenders rotated per seed).
+(and the Dense-rule MLPs); this benchmark checks it on `bench_default`'s other
+architectures, held out (`--architectures`): the keras-io convnet (Conv(32, 3,
+relu)–MaxPool–Conv(64, 3, relu)–MaxPool–Flatten–Dropout–Dense, one-hot labels,
+`validation_split=0.1`), and the Conv–BN–ReLU and small residual networks (`ReLU`
+layers after BatchNormalization: the identity replaces the ReLU layer that follows
+each solved convolution's BatchNormalization; the ReLU after a residual `Add` stays).
+Cutoffs 1 and 2, each with the ReLU kept and replaced, and SGD, in the same run (same
+recipe as `bench_default`: Adam, batch 128, at least 3 epochs and 300 steps;
+contenders rotated per seed).
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_identity [--seeds 3]
 

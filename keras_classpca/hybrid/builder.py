@@ -372,9 +372,10 @@ def hybridize(
             (`hybrid/activations.py`; an activation after a merge is kept). A ReLU
             after a solved layer discards the negative half of every class-PCA
             projection; with `"linear"` the solved layers pass their projections whole
-            (the seeds' truncated linear maps) and the trained top learned 0.3–2.4 pp
-            more on the benchmark MLP and CNN (docs/benchmarks.md, `bench_lossless`,
-            `bench_identity`). This changes the architecture (saved with it in
+            (the seeds' truncated linear maps): the trained top learned 0.3–2.4 pp
+            more on the benchmark MLP and CNN, but less on a held-out residual
+            network (docs/benchmarks.md, `bench_lossless`, `bench_identity`). This
+            changes the architecture (saved with it in
             `.keras`); `cutoff="auto"` decides on the layers as written.
             `report.layers[i].replaced_activation` names what was replaced. A Dense
             layer whose activation is replaced gets the Dense rule's Fisher directions
