@@ -83,6 +83,21 @@ def run_grid_cells(args, checkpoint, architectures, contenders, train):
             checkpoint()
 
 
+def grid_cells_main(doc, section, architectures, fractions, contenders, train, write_report):
+    """The `main()` of a benchmark that trains `contenders` on grid cells
+    (`run_grid_cells`): `--seeds`, `--first-seed`, `--architectures`, `--fractions`
+    and the report options."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--architectures", default=",".join(architectures))
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(fractions))
+    add_report_options(parser, default_results(section))
+    args = parser.parse_args()
+    run_benchmark(args, section, write_report, lambda checkpoint: run_grid_cells(
+        args, checkpoint, args.architectures.split(","), contenders, train))
+
+
 def epochs_for(n, min_epochs=3, min_steps=300):
     """At least `min_epochs` epochs and `min_steps` optimizer steps of batch 128: with 3
     epochs of 600 images (15 steps) a network with BatchNormalization has not even

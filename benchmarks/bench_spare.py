@@ -18,18 +18,10 @@ held-out half rejected it (docs/benchmarks.md).
 Writes the `bench_spare` section of docs/benchmarks.md.
 """
 
-import argparse
 import statistics
 
-from benchmarks._report import (
-    add_report_options,
-    default_results,
-    machine_line,
-    markdown_table,
-    write_section,
-)
-from benchmarks.bench_default import run_grid_cells, run_hybrid, run_sgd
-from benchmarks.common import run_benchmark
+from benchmarks._report import machine_line, markdown_table, write_section
+from benchmarks.bench_default import grid_cells_main, run_hybrid, run_sgd
 
 SECTION = "bench_spare"
 TUNE = ("cnn",)
@@ -89,15 +81,7 @@ def write_report(records, command, paragraph, print_only=False):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--architectures", default=",".join(TUNE + HELD_OUT))
-    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    add_report_options(parser, default_results(SECTION))
-    args = parser.parse_args()
-    run_benchmark(args, SECTION, write_report, lambda checkpoint: run_grid_cells(
-        args, checkpoint, args.architectures.split(","), CONTENDERS, train))
+    grid_cells_main(__doc__, SECTION, TUNE + HELD_OUT, FRACTIONS, CONTENDERS, train, write_report)
 
 
 if __name__ == "__main__":
