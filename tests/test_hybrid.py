@@ -876,7 +876,8 @@ def test_solved_activation_replaces_the_activation_layer_after_a_solved_conv(kin
     path = str(tmp_path / "block.keras")
     model.save(path)
     reloaded = keras.models.load_model(path)
-    assert np.max(np.abs(reloaded.predict(images, verbose=0) - model.predict(images, verbose=0))) == 0
+    difference = reloaded.predict(images, verbose=0) - model.predict(images, verbose=0)
+    assert np.max(np.abs(difference)) == 0
 
 
 def test_an_activation_after_a_merge_is_not_replaced():
