@@ -256,8 +256,8 @@ def collect(records):
             block_sgd[block] = r
     latest = {(r["case"], r["contender"], r["seed"]): r for r in records}
     records = list(latest.values())
-    sgd = {(r["case"], r["seed"]): r for r in records if r["contender"] == "sgd"}
-    sgd = {id(r): block_sgd.get(partner.get(id(r)), sgd.get((r["case"], r["seed"])))
+    latest_sgd = {(r["case"], r["seed"]): r for r in records if r["contender"] == "sgd"}
+    sgd = {id(r): block_sgd.get(partner[id(r)], latest_sgd.get((r["case"], r["seed"])))
            for r in records}
     out = {}
     for (case, contender) in sorted({(r["case"], r["contender"]) for r in records}):

@@ -375,11 +375,11 @@ def hybridize(
             (the seeds' truncated linear maps): the trained top learned 0.3–2.4 pp
             more on the benchmark MLP and CNN, but less on a held-out residual
             network (docs/benchmarks.md, `bench_lossless`, `bench_identity`). This
-            changes the architecture (saved with it in
-            `.keras`); `cutoff="auto"` decides on the layers as written.
-            `report.layers[i].replaced_activation` names what was replaced. A Dense
-            layer whose activation is replaced gets the Dense rule's Fisher directions
-            without its sign pairs (they are for a ReLU).
+            changes the architecture (saved with it in `.keras`); `cutoff="auto"`
+            decides on the layers as written. `report.layers[i].replaced_activation`
+            names what was replaced. A Dense layer whose activation is replaced gets
+            the Dense rule's Fisher directions without its sign pairs (they are for a
+            ReLU).
         verbose: 1 shows a progress bar per pass over the data.
         batch_size: batch size for arrays.
         seed: seed for the sub-sampling of `samples` and of patches.
