@@ -87,6 +87,12 @@ def _called_subclassed():
     return model
 
 
+def _two_inputs():
+    a, b = keras.Input((8,), name="a"), keras.Input((8,), name="b")
+    hidden = L.Dense(4, activation="relu")(L.Concatenate()([a, b]))
+    return keras.Model([a, b], L.Dense(2, activation="softmax")(hidden))
+
+
 def _one_shot(x, y, batch=40):
     return ((x[s : s + batch], y[s : s + batch]) for s in range(0, len(x), batch))
 
@@ -384,6 +390,13 @@ CASES = [
         _on(lambda t: _called_subclassed(), lambda m, t: hybridize(m, (X, Y), cutoff=1, verbose=0)),
         ValueError,
         "no layer graph.*build it functionally.*ClassPCAInitializer.*adapt",
+    ),
+    Case(
+        "hybridize-two-inputs",
+        _on(lambda t: _two_inputs(),
+            lambda m, t: hybridize(m, ((X, X), Y), cutoff=1, verbose=0)),
+        ValueError,
+        r"`model` has 2 inputs \(a, b\); hybridize solves models with a single input",
     ),
     Case(
         "hybridize-labels-out-of-range",

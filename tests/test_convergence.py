@@ -77,3 +77,46 @@ def test_a_class_too_small_to_solve_is_not_converged_yet():
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SubspaceConvergence(**kwargs)
+
+
+
+def _stream(monitor, x, y, batch=64):
+    """Feeds `(x, y)` to a ClassPCA batch by batch; returns the samples read."""
+    pca = ClassPCA(6, center=False)
+    for start in range(0, len(y), batch):
+        pca.partial_fit(x[start:start + batch], y[start:start + batch])
+        if monitor.check([pca], start + batch):
+            return start + batch
+    return len(y)
+
+
+def test_a_stream_sorted_by_class_is_read_until_its_last_class_arrives():
+    # 3 classes of 3,000 samples in class order (a dataset read without shuffling): the
+    # first check points see class 0 alone, and class 0 alone settles quickly.
+    data = make_subspace_classes([2, 2, 2], n_features=12, n_per_class=3000, noise=0.2, seed=1)
+    order = np.argsort(data.y, kind="stable")
+    x, y = data.x[order], data.y[order]
+    assert _stream(SubspaceConvergence(first=64), x, y) < 3000  # the trap
+    assert _stream(SubspaceConvergence(first=64, n_classes=3), x, y) > 6000
+
+
+def test_a_class_new_since_the_last_check_point_is_a_change_of_one():
+    data = make_subspace_classes([2, 2], n_features=12, n_per_class=400, noise=0.2, seed=1)
+    pca, monitor = ClassPCA(4, center=False), SubspaceConvergence(tolerance=1e-9, first=100)
+    zeros, ones = data.x[data.y == 0], data.x[data.y == 1]
+    pca.partial_fit(zeros[:200], np.zeros(200, int))
+    assert not monitor.check([pca], 200)
+    pca.partial_fit(zeros[200:], np.zeros(200, int))
+    pca.partial_fit(ones, np.ones(400, int))
+    assert not monitor.check([pca], 800)
+    # class 0 barely moved (change near 0), class 1 is new (1): the mean is about 1/2
+    assert monitor.history[-1][1] == pytest.approx(0.5, abs=0.05)
+
+
+def test_n_classes_known_and_all_seen_converges_as_before():
+    data = make_subspace_classes([2, 2, 2], n_features=12, n_per_class=4000, noise=0.2, seed=1)
+    order = np.random.default_rng(0).permutation(len(data.y))
+    x, y = data.x[order], data.y[order]
+    with_count = SubspaceConvergence(tolerance=1e-3, first=64, n_classes=3)
+    without = SubspaceConvergence(tolerance=1e-3, first=64)
+    assert _stream(with_count, x, y) == _stream(without, x, y) < len(y)

@@ -144,3 +144,62 @@ def test_a_lossless_layer_is_kept_without_a_probe(subspace_classes, capsys):
     assert first["kept"] and first["gain"] is None and first["explained_variance"] > 0.99
     assert "not probed" in str(report) and report.cutoff == 1
 
+
+
+def _sorted_stream(x, y, batch=100):
+    """A callable returning a fresh generator of `(x, y)` batches in class order, as a
+    dataset read without shuffling (`image_dataset_from_directory(shuffle=False)`)."""
+    order = np.argsort(y, kind="stable")
+    x, y = x[order], y[order]
+    return lambda: ((x[s:s + batch], y[s:s + batch]) for s in range(0, len(x), batch))
+
+
+def _softmax_mlp(name):
+    return keras.Sequential([keras.Input((12,)), L.Dense(6, name=f"{name}_d0"),
+                             L.Dense(3, activation="softmax", name=f"{name}_out")])
+
+
+def test_samples_auto_reads_a_class_sorted_stream_until_every_class_arrived(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=3000, noise=0.2, seed=4)
+    x, y = data.x.astype("float32"), data.y
+    plain = dict(sign_pairs=False, discriminant=0)
+    model = _softmax_mlp("m")  # its softmax output says: 3 classes
+    report = hybridize(model, _sorted_stream(x, y), cutoff=1, verbose=0, **plain)
+    assert report.layers[0].samples > 6000  # the last class starts at 6,000
+    for basis in data.bases:  # every class's plane is in the solved span
+        assert subspace_overlap(basis, np.asarray(model.get_layer("m_d0").kernel)) > 0.99
+
+
+def test_the_auto_decision_sample_of_a_class_sorted_stream_holds_every_class(
+        subspace_classes):
+    from keras_classpca.hybrid.builder import _DataPasses
+
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=1000, noise=0.2, seed=4)
+    passes = _DataPasses(_sorted_stream(data.x, data.y), "auto", 64, 0, None)
+    x, labels = passes.head(500, expected_classes=3)
+    assert len(x) == len(labels) == 500 and passes.seen == 3000
+    counts = np.bincount(labels, minlength=3)
+    assert counts.min() > 100  # a random subset of the pass, not its head (all class 0)
+    rows = {tuple(row) for row in np.round(data.x, 6)}
+    assert all(tuple(row) in rows for row in np.round(x, 6))  # real samples, each once
+    assert len({tuple(row) for row in np.round(x, 6)}) == 500
+    # The head is kept when it already holds every class.
+    passes = _DataPasses(_sorted_stream(data.x, data.y), "auto", 64, 0, None)
+    assert set(passes.head(500, expected_classes=1)[1]) == {0}
+
+
+def test_the_auto_rule_counts_the_samples_of_a_dataset_that_knows_its_length(
+        subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=1000, noise=0.2, seed=4)
+    x, y = data.x.astype("float32"), data.y
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 30
+
+        def __getitem__(self, index):
+            return x[index * 100:(index + 1) * 100], y[index * 100:(index + 1) * 100]
+
+    from_arrays = hybridize(_softmax_mlp("a"), (x, y), verbose=0).evidence
+    from_batches = hybridize(_softmax_mlp("b"), Batches(), verbose=0).evidence
+    assert from_batches["samples_per_class"] == from_arrays["samples_per_class"] == 1000

@@ -459,6 +459,10 @@ def test_random_augmentation_is_never_cached():
     hybridize(model, _data(), cutoff=1, verbose=0)
     assert not model.layers[1].trainable  # the conv is solved and frozen ...
     assert cache_point(model) is None  # ... but behind a layer that draws in training
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"`cache=True` but the frozen layers read the output "
+                                         r"of random_flip.*random numbers in training"):
+        fit_top(model, *_data(), epochs=1, cache=True, verbose=0)
 
 
 def test_auto_times_once_per_prefix_and_data_and_amortises_over_uses(monkeypatch):

@@ -657,6 +657,23 @@ def test_one_hot_labels_solve_like_integer_labels(subspace_classes):
         hybridize(_mlp(hidden=(8,)), (x, np.where(y == 2, 3, y)), cutoff=1, verbose=0, n_classes=3)
 
 
+def test_labels_as_a_python_list_solve_like_an_array_and_sample_weights_are_named(
+        subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    by_array, by_list = _mlp(hidden=(8,), name="a"), _mlp(hidden=(8,), name="l")
+    hybridize(by_array, (x, y), cutoff=1, verbose=0)
+    hybridize(by_list, (x, y.tolist()), cutoff=1, verbose=0)
+    assert np.array_equal(
+        np.asarray(by_array.layers[0].kernel), np.asarray(by_list.layers[0].kernel)
+    )
+    weighted = _mlp(hidden=(8,), name="w")
+    with pytest.warns(UserWarning, match="sample weights; class-PCA statistics ignore them"):
+        hybridize(weighted, (x, y, np.linspace(0.1, 1, len(y))), cutoff=1, verbose=0)
+    assert np.array_equal(
+        np.asarray(by_array.layers[0].kernel), np.asarray(weighted.layers[0].kernel)
+    )
+
+
 def test_batchnorm_before_the_first_solved_layer_is_adapted_and_frozen():
     # The solved Dense is fitted to what this BatchNorm outputs at solve time; if the
     # BatchNorm then trains (batch statistics), the solved layer's input changes.

@@ -221,6 +221,10 @@ def test_freezeout_schedule():
     assert FreezeOut(0.5).freeze_epochs(3, 8) == [4, 5, 7]
     assert FreezeOut(1.0).freeze_epochs(2, 8) == [None, None]
     assert FreezeOut(epochs=[2]).freeze_epochs(3, 8) == [2, None, None]
+    # a layer freezes after at least one epoch of training, never before it
+    assert FreezeOut(0.05).freeze_epochs(2, 4) == [1, 2]  # t_0 · 4 epochs rounds to 0
+    with pytest.raises(ValueError, match="positive integers .* set `layer.trainable = False`"):
+        FreezeOut(epochs=[0, 2])
     x, y = _data()
     model = _model()
     history = fit_progressive(model, x, y, epochs=4, settle="freezeout", batch_size=32, verbose=0)

@@ -14,9 +14,13 @@ previous span misses. It is zero when the spans agree, and, unlike the principal
 angles themselves, it does not count rotations inside a (nearly) degenerate
 eigenspace, which change nothing the layer can express. The layer's change is the
 mean over classes (the worst group for grouped convolutions); streaming stops once it
-is below `tolerance`. It measures the statistics, not the solve: which class gets
-which near-duplicate filter (deduplication) can flip between check points forever
-and is not a reason to read more data.
+is below `tolerance`. A class first seen since the previous check point counts as a
+change of 1 (all of its subspace is new), and with `n_classes` known the stream never
+stops before every class has been seen: a stream sorted by class (a dataset read
+without shuffling) is read on until its last class arrives. It measures the
+statistics, not the solve: which class gets which near-duplicate filter
+(deduplication) can flip between check points forever and is not a reason to read
+more data.
 """
 
 import math
@@ -76,6 +80,8 @@ class SubspaceConvergence:
             check points that counts as converged (default `DEFAULT_TOLERANCE`, 0.01).
         first: samples at the first check point (`DEFAULT_FIRST`, 1,024).
         growth: each check point is this many times the previous one (2).
+        n_classes: the number of classes, if known: not converged before all of them
+            have been seen.
 
     Attributes:
         history: `[samples, change]` at every check point after the first.
@@ -97,7 +103,7 @@ class SubspaceConvergence:
     True
     """
 
-    def __init__(self, tolerance=None, first=None, growth=None):
+    def __init__(self, tolerance=None, first=None, growth=None, n_classes=None):
         # None: the module's defaults, read at construction (a benchmark may change them).
         tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
         first = DEFAULT_FIRST if first is None else first
@@ -110,6 +116,7 @@ class SubspaceConvergence:
             )
         self.tolerance = tolerance
         self.growth = growth
+        self.n_classes = n_classes
         self.next_check = first
         self.previous = None
         self.history = []
@@ -126,11 +133,15 @@ class SubspaceConvergence:
         current = [self._class_matrices(class_pca) for class_pca in class_pcas]
         if any(spaces is None for spaces in current):
             return False  # a class has too few samples to have a subspace yet
+        if self.n_classes is not None and any(len(now) < self.n_classes for now in current):
+            self.previous = current
+            return False  # classes not seen yet: the stream may be sorted by class
         if self.previous is not None:
             change = max(
                 float(np.mean([
                     captured_variance_change(matrix, before[label][1], basis)
-                    for label, (matrix, basis) in now.items() if label in before
+                    if label in before else 1.0  # a class new since the last check
+                    for label, (matrix, basis) in now.items()
                 ] or [1.0]))
                 for before, now in zip(self.previous, current)
             )

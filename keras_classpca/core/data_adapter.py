@@ -14,7 +14,9 @@ not fit in memory. No Keras layer lives here: this module only moves data.
 """
 
 import itertools
+import numbers
 import sys
+import warnings
 
 import numpy as np
 
@@ -25,6 +27,25 @@ DEFAULT_BATCH_SIZE = 1024
 
 def _is_array_like(obj):
     return hasattr(obj, "shape") and hasattr(obj, "dtype")
+
+
+def is_xy_pair(data):
+    """Whether `data` is `(x, y)` or `(x, y, sample_weight)` in memory: `x` an array or
+    tensor, `y` one too or a list of labels as long as `x`.
+
+    >>> import numpy as np
+    >>> is_xy_pair((np.zeros((2, 3)), [0, 1])), is_xy_pair([(np.zeros(2), 0)])
+    (True, False)
+    """
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        return False
+    x, y = data[0], data[1]
+    if not _is_array_like(x):
+        return False
+    if _is_array_like(y):
+        return True
+    return (isinstance(y, (list, tuple)) and len(x.shape) > 0 and len(y) == x.shape[0]
+            and all(isinstance(v, (numbers.Number, list, tuple)) for v in y[:8]))
 
 
 def is_unlabeled(data):
@@ -92,12 +113,7 @@ def as_arrays(data, y=None):
         return data, y
     if y is not None and hasattr(data, "__array__"):  # e.g. a pandas DataFrame
         return data, y
-    if (
-        y is None
-        and isinstance(data, (tuple, list))
-        and len(data) in (2, 3)
-        and all(_is_array_like(part) for part in data[:2])
-    ):
+    if y is None and is_xy_pair(data):
         return data[0], data[1]
     return None
 
@@ -155,7 +171,19 @@ def _split_element(element, where):
             + (f" with {len(element)} parts" if isinstance(element, (tuple, list)) else "")
             + "."
         )
+    if len(element) == 3 and element[2] is not None:
+        warn_sample_weights_ignored()
     return element[0], element[1]
+
+
+def warn_sample_weights_ignored():
+    """Class statistics count every sample once: say so when sample weights come."""
+    warnings.warn(
+        "The data holds sample weights; class-PCA statistics ignore them (every sample "
+        "counts once). Weights still apply to the training that follows (`fit`).",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _slice_arrays(x, y, batch_size):
@@ -206,6 +234,27 @@ def _dataset_batches(dataset, batch_size):
         dataset = dataset.batch(batch_size)
     for element in dataset.as_numpy_iterator():
         yield _split_element(element, "The dataset")
+
+
+def known_batches(data, batch_size=None):
+    """How many batches a pass over `data` yields, if it says so without being read: a
+    finite `tf.data.Dataset` (its cardinality; an unbatched one in batches of
+    `batch_size`) or a `keras.utils.PyDataset` with a length; else None."""
+    try:
+        if _is_tf_dataset(data):
+            count = int(data.cardinality())
+            if count < 0:  # infinite or unknown
+                return None
+            spec = data.element_spec
+            if isinstance(spec, tuple) and len(spec) >= 2 and _is_unbatched(spec[0], spec[1]):
+                return -(-count // (batch_size or DEFAULT_BATCH_SIZE))
+            return count
+        if _is_py_dataset(data):
+            count = data.num_batches
+            return None if count is None else int(count)
+    except (TypeError, NotImplementedError, ValueError):
+        return None
+    return None
 
 
 def _py_dataset_batches(py_dataset):
@@ -263,9 +312,9 @@ def iter_batches(
 
     if y is not None:
         batches = _slice_arrays(data, y, batch_size)
-    elif isinstance(data, (tuple, list)) and len(data) in (2, 3) and all(
-        _is_array_like(part) for part in data[:2]
-    ):
+    elif is_xy_pair(data):
+        if len(data) == 3 and data[2] is not None:
+            warn_sample_weights_ignored()
         batches = _slice_arrays(data[0], data[1], batch_size)
     elif _is_tf_dataset(data):
         batches = _dataset_batches(data, batch_size)

@@ -24,7 +24,15 @@ import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.convergence import SubspaceConvergence
-from keras_classpca.core.data_adapter import as_one_class, is_infinite, is_unlabeled, iter_batches
+from keras_classpca.core.data_adapter import (
+    as_one_class,
+    is_infinite,
+    is_unlabeled,
+    is_xy_pair,
+    iter_batches,
+    known_batches,
+    warn_sample_weights_ignored,
+)
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.activations import (
     ActivationReplacer,
@@ -62,6 +70,7 @@ class _DataPasses:
 
     def __init__(self, data, samples, batch_size, seed, n_classes):
         self.n_classes = n_classes
+        self.label_width = None  # columns of one-hot labels, once seen
         self.batch_size = batch_size
         self.auto = samples == "auto"  # stop each layer's pass once it has converged
         samples = None if self.auto else samples
@@ -70,9 +79,9 @@ class _DataPasses:
         self.passes = 0
         self.order = None  # samples="auto" on arrays: a random order, so any head is a
         arrays = None  # random subset (data sets are often sorted by class)
-        if isinstance(data, (tuple, list)) and len(data) in (2, 3) and all(
-            hasattr(part, "shape") for part in data[:2]
-        ):
+        if is_xy_pair(data):
+            if len(data) == 3 and data[2] is not None:
+                warn_sample_weights_ignored()
             arrays = (np.asarray(data[0]), np.asarray(data[1]))
             if len(arrays[0]) != len(arrays[1]):
                 raise ValueError(
@@ -87,6 +96,8 @@ class _DataPasses:
             keep = np.sort(keep)
             arrays = (arrays[0][keep], arrays[1][keep])
         self.data = arrays if arrays is not None else data
+        if arrays is not None:
+            self._see_labels(arrays[1])
         self.total = len(arrays[0]) if arrays is not None else samples
         self.one_shot = (
             arrays is None and iter(data) is data if hasattr(data, "__iter__") else False
@@ -130,11 +141,23 @@ class _DataPasses:
         if self.samples is None and is_infinite(source):
             raise infinite_data_error()
         for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
+            self._see_labels(y)
             yield x, labels_to_int(y, self.n_classes)
 
-    def head(self, n):
-        """Up to `n` samples in memory, `(x, int labels)`: a random subset of arrays,
-        the first `n` of a dataset (one pass, cut short)."""
+    def _see_labels(self, y):
+        if np.ndim(y) == 2 and np.shape(y)[1] > 1:
+            self.label_width = int(np.shape(y)[1])
+
+    def expected_classes(self, model):
+        """How many classes the labels hold, if known without reading them all:
+        `n_classes`, the width of one-hot labels, or a softmax output's width."""
+        return self.n_classes or self.label_width or softmax_width(model)
+
+    def head(self, n, expected_classes=None):
+        """Up to `n` samples in memory, `(x, int labels)`: a random subset of arrays;
+        of a dataset its first `n` — or, when those hold fewer than `expected_classes`
+        classes (a dataset sorted by class), a uniform random subset drawn in one full
+        pass (memory: `n` samples and a batch)."""
         if isinstance(self.data, tuple):
             x, y = self.data
             order = self.order  # samples="auto" drew it already, with the same seed
@@ -151,7 +174,39 @@ class _DataPasses:
                 break
         if not xs:
             raise ValueError("`data` is empty: no samples to solve the layers on.")
-        return np.concatenate(xs), np.concatenate(ys)
+        x, labels = np.concatenate(xs), np.concatenate(ys)
+        if count < n or not expected_classes or len(np.unique(labels)) >= expected_classes:
+            return x, labels
+        return self._random_subset(n)
+
+    def _random_subset(self, n):
+        """A uniform random subset of `n` samples of one pass, in stream order: every
+        sample draws a random key and the `n` smallest keys are kept."""
+        rng = np.random.default_rng(self.seed)
+        kept, seen = None, 0
+        for x, labels in self:
+            keys = rng.random(len(x))
+            batch = (keys, seen + np.arange(len(x)), x, labels)
+            seen += len(x)
+            if kept is not None:
+                batch = tuple(np.concatenate(pair) for pair in zip(kept, batch))
+            best = np.argsort(batch[0], kind="stable")[:n]
+            kept = tuple(part[best] for part in batch)
+        self.seen = seen
+        order = np.argsort(kept[1])
+        return kept[2][order], kept[3][order]
+
+    def estimated_size(self):
+        """`size()`, or for a dataset of known length its batches × the first batch's
+        size (None if unknown)."""
+        size = self.size()
+        if size is not None:
+            return size
+        batches = known_batches(self.data, self.batch_size)
+        if batches is None:
+            return None
+        first_x, _ = self.peek()
+        return batches * len(first_x)
 
     def size(self):
         """Training samples a pass reads, or None if unknown without reading it."""
@@ -160,6 +215,26 @@ class _DataPasses:
         if self.samples is not None:
             return self.samples
         return self.seen  # a complete pass was read (None before)
+
+
+def softmax_width(model):
+    """The width of a single-output model's softmax output (its number of classes),
+    or None (logits, several outputs, or no softmax)."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1 or outputs[0].shape[-1] is None or outputs[0].shape[-1] < 2:
+        return None
+    for layer in reversed(model.layers):
+        try:
+            produces = layer.output is outputs[0]
+        except (AttributeError, ValueError):  # a layer called several times
+            continue
+        if produces:
+            activation = getattr(layer, "activation", None)
+            if isinstance(layer, keras.layers.Softmax) or activation in (
+                    keras.activations.softmax, "softmax"):
+                return int(outputs[0].shape[-1])
+            return None
+    return None
 
 
 def _positive_int(value, name):
@@ -442,6 +517,15 @@ def hybridize(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not has_layer_graph(model):
         raise no_graph_error(model)
+    inputs = keras.tree.flatten(getattr(model, "inputs", None) or [])
+    if len(inputs) > 1:
+        raise ValueError(
+            f"`model` has {len(inputs)} inputs "
+            f"({', '.join(str(getattr(t, 'name', '?')) for t in inputs)}); hybridize "
+            "solves models with a single input. Solve the layers of one input's branch "
+            "with the `ClassPCA*` layers' `adapt((x_branch, y))` or "
+            "`ClassPCAInitializer.from_data(x_branch, y, ...)`."
+        )
     if samples in (None, "auto") and is_infinite(data):
         raise infinite_data_error()
     if strategy is not None:
@@ -502,7 +586,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             "fresh generator (or an integer cutoff)."
         )
     if auto:
-        cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose)
+        cutoff, report.evidence = _decide(model, plan, passes, class_pca_options, seed,
+                                          verbose)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
         raise TypeError(
@@ -546,7 +631,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             adapt_batchnorm(passes, plan.feature_model(tensor, scope), bn, verbose, limit)
         feature_model = plan.feature_model(step.input, step.scope)
         label = f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})"
-        convergence = SubspaceConvergence() if passes.auto else None
+        convergence = SubspaceConvergence(
+            n_classes=None if label_free else passes.expected_classes(model)
+        ) if passes.auto else None
         # Sign pairs are for a ReLU, which discards each projection's negative half:
         # after a replaced activation the Dense rule's pairs would be copies.
         pairs = not replacer.would_replace(layer)
@@ -620,11 +707,11 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     return report
 
 
-def _decide(plan, passes, class_pca_options, seed, verbose):
+def _decide(model, plan, passes, class_pca_options, seed, verbose):
     """`cutoff="auto"`: the decision on a sample (`hybrid/decision.py`)."""
-    x, labels = passes.head(policy.DECISION_SAMPLES)
+    x, labels = passes.head(policy.DECISION_SAMPLES, passes.expected_classes(model))
     n_classes = class_pca_options.get("n_classes") or int(labels.max()) + 1
-    n_train = passes.size()
+    n_train = passes.estimated_size()
     if n_train is None:
         # A dataset of unknown length: a short one ended within the decision sample;
         # otherwise it counts as large (the rule's threshold at 10,000 per class).

@@ -212,12 +212,14 @@ class FreezeOut:
         if epochs is not None:
             epochs = list(epochs)
             if not epochs or any(
-                isinstance(e, bool) or not isinstance(e, numbers.Integral) or e < 0
+                isinstance(e, bool) or not isinstance(e, numbers.Integral) or e < 1
                 for e in epochs
             ) or any(a > b for a, b in zip(epochs, epochs[1:])):
                 raise ValueError(
                     "`epochs` of a fixed schedule must be a non-empty, non-decreasing list "
-                    f"of non-negative integers; received {epochs!r}."
+                    "of positive integers (a layer freezes after that many epochs of "
+                    "training; to freeze one before training, set `layer.trainable = False` "
+                    f"or solve it with hybridize); received {epochs!r}."
                 )
             epochs = [int(e) for e in epochs]
         elif isinstance(t0, bool) or not isinstance(t0, numbers.Real) or not 0.0 < t0 <= 1.0:
@@ -234,7 +236,7 @@ class FreezeOut:
         result = []
         for i in range(n_units):
             t = self.t0 + (1.0 - self.t0) * i / (layers - 1)
-            epoch = int(math.floor(t * n_epochs + 0.5))
+            epoch = max(1, int(math.floor(t * n_epochs + 0.5)))  # after >= 1 epoch
             result.append(epoch if epoch < n_epochs else None)
         return result
 

@@ -111,7 +111,8 @@ def _runs_in_training(layer):
     return trainable or draws_random(layer)
 
 
-FrozenPrefix = collections.namedtuple("FrozenPrefix", "tensor layers wiring cut_blocked")
+FrozenPrefix = collections.namedtuple(
+    "FrozenPrefix", "tensor layers wiring cut_blocked random_below")
 
 
 def _frozen_prefix(model):
@@ -127,7 +128,7 @@ def _frozen_prefix(model):
     layers with weights exist, but the layers above read tensors from below each of
     them (e.g. a skip connection from the input).
     """
-    none = FrozenPrefix(None, [], [], False)
+    none = FrozenPrefix(None, [], [], False, [])
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         return none
     nodes, _ = flatten_graph(model)
@@ -157,8 +158,13 @@ def _frozen_prefix(model):
         order = sorted(ancestors)
         position = {i: k for k, i in enumerate(order)}
         return FrozenPrefix(node.outputs[0], [nodes[i].layer for i in order],
-                            [[position[p] for p in nodes[i].parents] for i in order], False)
-    return none._replace(cut_blocked=blocked)
+                            [[position[p] for p in nodes[i].parents] for i in order], False, [])
+    # Frozen layers with weights that are not fixed: what below them draws random numbers.
+    unfixed = [i for i, node in enumerate(nodes) if node.layer.weights and not fixed[i]
+               and not _runs_in_training(node.layer)]
+    random_below = sorted({nodes[i].layer.name for i in range(min(unfixed, default=0))
+                           if draws_random(nodes[i].layer)})
+    return none._replace(cut_blocked=blocked, random_below=random_below)
 
 
 def cache_point(model):
@@ -524,7 +530,13 @@ def fit_top(
             "once; pass `steps_per_epoch` and train with cache=False."
         )
     else:
-        point, prefix_layers, wiring, cut_blocked = _frozen_prefix(model)
+        point, prefix_layers, wiring, cut_blocked, random_below = _frozen_prefix(model)
+        if random_below:
+            reason = (
+                f"the frozen layers read the output of {', '.join(random_below)}, which "
+                "draw(s) random numbers in training (augmentation, dropout or noise): "
+                "their input changes every epoch, so their output cannot be computed once."
+            )
         if cut_blocked:
             reason = (
                 "the layers above the frozen prefix also read tensors from below its end "
