@@ -18,6 +18,10 @@ Variants of the solve (each a `ClassPCA` option, passed through `hybridize`):
   ReLU replaced by the identity before the next layer is solved (a change of the
   architecture): what the ReLU after a solved layer costs (`bench_truncated_linear`
   measured it at 10 % of the data without SGD).
+- "..., 8 epochs" (the CNN): the same solve, the top trained for 8 epochs instead of
+  SGD's 3 — the time the frozen layers save spent on the top (`fit_top` caches the
+  frozen prefix's outputs, so a top epoch of the CNN costs about a tenth of an SGD
+  epoch): equal time budget instead of equal epochs.
 
 Cases, each with SGD (the same model trained end to end, same data, same seed) in the
 same run, contenders interleaved, 3 seeds, medians:
@@ -81,16 +85,19 @@ VARIANTS = {
     "fine-tune": dict(freeze=False),
     "Saab bias": dict(saab_margin=SAAB_MARGIN),
     "identity activation": dict(solved_activation="linear"),
+    "defaults, 8 epochs": dict(epochs=8),
+    "identity activation, 8 epochs": dict(solved_activation="linear", epochs=8),
 }
 # Which variants each case runs (all of them on the small digits MLP).
 CASES = {
     "digits_mlp": list(VARIANTS),
     "mlp_1": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults",
-              "trainable bias", "Saab bias", "identity activation"],
+              "trainable bias", "Saab bias", "identity activation", "fine-tune"],
     "mlp_100": ["previous defaults", "discriminant", "sign pairs + discriminant", "defaults",
-                "trainable bias", "Saab bias", "identity activation"],
+                "trainable bias", "Saab bias", "identity activation", "fine-tune"],
     "cnn_100_c2": ["previous defaults", "discriminant", "sign pairs", "defaults", "trainable bias",
-                   "Saab bias", "identity activation"],
+                   "Saab bias", "identity activation", "defaults, 8 epochs",
+                   "identity activation, 8 epochs"],
     # Held out from the Dense rule's threshold.
     "digits_mlp32": ["previous defaults", "defaults", "identity activation"],
     "mlp14_10": ["previous defaults", "defaults", "identity activation"],
@@ -180,6 +187,7 @@ def run_contender(case, variant, seed, cache):
     if variant != "sgd":
         options = dict(VARIANTS[variant])
         margin = options.pop("saab_margin", None)
+        epochs = options.pop("epochs", epochs)
         report = hybridize(model, (x, y), cutoff=cutoff,
                            samples=min(SOLVE_MAX_SAMPLES, len(x)), seed=seed, verbose=0,
                            **options)
@@ -194,7 +202,7 @@ def run_contender(case, variant, seed, cache):
         fit_top(model, x, y, epochs=epochs, batch_size=batch, verbose=0)
     wall = time.perf_counter() - start
     return dict(case=case, contender=variant, seed=seed, acc=evaluate(model, x_test, y_test),
-                solve_s=solve_s, wall_s=wall, n_train=len(x), dense_rule=rule)
+                solve_s=solve_s, wall_s=wall, n_train=len(x), dense_rule=rule, epochs=epochs)
 
 
 class _TimeToAccuracy(keras.callbacks.Callback):
@@ -293,20 +301,42 @@ def targets(stats):
     digits = get(("digits_mlp", "defaults"))
     if digits and digits["d_acc"] is not None:
         out["solved_digits_mlp"] = (f"{digits['d_acc']:+.2f} pp", met(digits["d_acc"] >= -1.0))
-    full, one = get(("mlp_100", "defaults")), get(("mlp_1", "defaults"))
-    if full and one and full["d_acc"] is not None and one["d_acc"] is not None:
-        out["solved_mlp_c1"] = (f"100 %: {full['d_acc']:+.2f} pp; 1 %: {one['d_acc']:+.2f} pp",
-                                met(full["d_acc"] >= 0 and one["d_acc"] >= 0))
-    c2 = get(("cnn_100_c2", "defaults"))
-    if c2 and c2["d_acc"] is not None:
-        out["solved_cnn_c2"] = (f"100 %: {c2['d_acc']:+.2f} pp at {c2['ratio']:.2f}×",
-                                met(c2["d_acc"] >= -0.3 and c2["ratio"] <= 0.5))
+    # The MLP and CNN targets ask for an option of the package, not the defaults: each
+    # contender is judged on its own (one option for both fractions of the MLP).
+    mlp = {}
+    for contender in VARIANTS:
+        full, one = get(("mlp_100", contender)), get(("mlp_1", contender))
+        if full and one and full["d_acc"] is not None and one["d_acc"] is not None:
+            mlp[contender] = (full["d_acc"], one["d_acc"])
+    if "defaults" in mlp:
+        out["solved_mlp_c1"] = _best_option(
+            mlp, lambda d: d[0] >= 0 and d[1] >= 0, key=min,
+            describe=lambda d: f"100 %: {d[0]:+.2f} pp; 1 %: {d[1]:+.2f} pp")
+    c2 = {contender: (s["d_acc"], s["ratio"]) for (case, contender), s in stats.items()
+          if case == "cnn_100_c2" and contender != "sgd" and s["d_acc"] is not None}
+    if "defaults" in c2:
+        out["solved_cnn_c2"] = _best_option(
+            c2, lambda d: d[0] >= -0.3 and d[1] <= 0.5, key=lambda d: d[0],
+            describe=lambda d: f"100 %: {d[0]:+.2f} pp at {d[1]:.2f}×")
     fine = get(("finetune_time", "fine-tune"))
     if fine and fine["ratio"] is not None:
         out["finetune_time"] = (f"{fine['ratio']:.2f}× SGD's time "
                                 f"({fine['reached']} of {len(fine['runs'])} seeds reached it)",
                                 met(fine["ratio"] <= 0.6 and fine["reached"] == len(fine["runs"])))
     return out
+
+
+def _best_option(results, meets, key, describe):
+    """A target's (measured, status) over options: `results` maps a contender to its
+    numbers; the defaults are always shown, with the best option that meets the target
+    (or else the best by `key`) and whether its solved layers stay frozen."""
+    passing = [c for c in results if meets(results[c])]
+    best = max(passing or results, key=lambda c: key(results[c]))
+    text = f"defaults: {describe(results['defaults'])}"
+    if best != "defaults":
+        frozen = "solved layers trained too" if best == "fine-tune" else "solved layers frozen"
+        text += f"; best option, {best} ({frozen}): {describe(results[best])}"
+    return text, met(bool(passing))
 
 
 def write_report(records, command, paragraph, print_only=False):
