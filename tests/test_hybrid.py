@@ -922,3 +922,17 @@ def test_a_failed_hybridize_puts_a_replaced_relu_layer_back(monkeypatch):
         hybridize(model, (images, y), cutoff=1, solved_activation="linear", verbose=0)
     act = model.get_layer("act")
     assert (act.negative_slope, act.max_value, act.threshold) == (0.0, None, 0.0)
+
+
+def test_solving_layers_the_user_froze_warns_but_solving_again_does_not(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    model = _mlp(hidden=(8,), name="p")
+    model.layers[0].trainable = False  # e.g. pretrained weights
+    with pytest.warns(UserWarning, match="replaces the weights .* of p_d0, which were frozen"):
+        hybridize(model, (x, y), cutoff=1, verbose=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        hybridize(model, (x, y), cutoff=1, verbose=0)  # frozen by hybridize: no warning
+        hybridize(_mlp(hidden=(8,), name="q"), (x, y), cutoff=1, verbose=0)

@@ -18,6 +18,7 @@ anything fails. The user then compiles and fits the model as usual.
 import dataclasses
 import inspect
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -588,6 +589,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     if auto:
         cutoff, report.evidence = _decide(model, plan, passes, class_pca_options, seed,
                                           verbose)
+    _warn_if_frozen_before(plan, cutoff)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
         raise TypeError(
@@ -678,6 +680,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             else f"cutoff='auto': {plan.steps[solved].layer.name} was not kept ("
             + _why_not_kept(report.evidence, plan.steps[solved].layer.name) + ")."
         )
+    for layer in [step.layer for step in plan.cut(len(report.layers))] + [
+            bn for bn, _, _ in plan.batchnorms_until(len(report.layers))]:
+        setattr(layer, SOLVED_MARK, True)
     if freeze:
         solved = {layer.name for layer in report.layers}
         for name in plan.frozen_names(len(report.layers)):
@@ -705,6 +710,30 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     report.cutoff = len(report.layers)
     report.seconds = time.perf_counter() - start
     return report
+
+
+# Set on every layer hybridize solved or adapted: a later call may solve it again
+# without the warning meant for layers the user froze (pretrained weights).
+SOLVED_MARK = "_keras_classpca_solved"
+
+
+def _warn_if_frozen_before(plan, cutoff):
+    """Warn when the layers about to be solved (or BatchNormalization layers about to
+    be adapted) were frozen by the user, not by an earlier hybridize: pretrained
+    weights would be replaced."""
+    layers = [step.layer for step in plan.cut(cutoff)]
+    layers += [bn for bn, _, _ in plan.batchnorms_until(cutoff)]
+    frozen = [layer.name for layer in layers
+              if not layer.trainable and not getattr(layer, SOLVED_MARK, False)]
+    if frozen:
+        warnings.warn(
+            f"hybridize replaces the weights (or BatchNormalization statistics) of "
+            f"{', '.join(frozen)}, which were frozen before the call (trainable=False: "
+            "pretrained weights?). To keep them, solve fewer layers (`cutoff=`) or leave "
+            "a pretrained part out of the model given to hybridize.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _decide(model, plan, passes, class_pca_options, seed, verbose):
