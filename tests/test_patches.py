@@ -62,6 +62,27 @@ def test_extract_patches_equals_brute_force(kernel, strides, padding, dilation, 
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("shape, kernel, strides, padding, dilation, groups", [
+    ((3, 7, 7, 4), 3, 1, "valid", 1, 1),
+    ((3, 8, 7, 4), (3, 2), 2, "same", 1, 2),
+    ((3, 9, 4), 3, 1, "causal", 2, 4),
+    ((2, 5, 6, 5, 2), 2, (1, 2, 1), "same", 1, 1),
+])
+def test_extracting_chosen_positions_equals_the_full_rows_there(shape, kernel, strides,
+                                                                 padding, dilation, groups):
+    images = np.random.default_rng(0).normal(size=shape)
+    full = extract_patches(images, kernel, strides, padding, dilation, groups=groups)
+    n = shape[0]
+    flat = full.reshape((n, -1) + full.shape[len(shape) - 1:])
+    positions = np.stack([np.random.default_rng(i).choice(flat.shape[1], 3, replace=False)
+                          for i in range(n)])
+    chosen = extract_patches(images, kernel, strides, padding, dilation, groups=groups,
+                             positions=positions)
+    np.testing.assert_array_equal(chosen, np.take_along_axis(
+        flat, positions.reshape(positions.shape + (1,) * (flat.ndim - 2)), axis=1))
+
+
 KERAS_CASES = [
     (padding, stride, dilation)
     for padding, stride, dilation in itertools.product(["valid", "same"], [1, 2], [1, 2])

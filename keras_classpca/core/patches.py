@@ -54,7 +54,8 @@ def _spatial_rank(images, kernel_size, rank):
 
 
 def extract_patches(
-    images, kernel_size, strides=1, padding="valid", dilation_rate=1, *, groups=1, rank=None
+    images, kernel_size, strides=1, padding="valid", dilation_rate=1, *, groups=1, rank=None,
+    positions=None,
 ):
     """Patches of channels-last `images` `(n, *spatial, c)` -> `(n, *out, prod(kernel)*c)`.
 
@@ -67,6 +68,10 @@ def extract_patches(
             `(n, *out, groups, prod(kernel) * c / groups)`, one patch per group.
         rank: the number of spatial axes; by default the length of a tuple
             `kernel_size`, else `images.ndim - 2`.
+        positions: optional `(n, p)` integer array: for each image, the output
+            positions (flat, row-major over the output grid) to extract. The result is
+            then `(n, p, prod(kernel)*c)` (`(n, p, groups, ...)` with groups), equal to
+            the full result's rows at those positions, and only they are copied.
 
     Example:
 
@@ -117,4 +122,10 @@ def extract_patches(
     order = tuple(range(rank + 2)) + tuple(range(rank + 3, 2 * rank + 3)) + (rank + 2,)
     size = math.prod(kernel) * (channels // groups)
     windows = windows.transpose(order)
-    return windows.reshape((n,) + out + ((size,) if groups == 1 else (groups, size)))
+    tail = (size,) if groups == 1 else (groups, size)
+    if positions is not None:
+        positions = np.asarray(positions)
+        coords = np.unravel_index(positions, out)
+        chosen = windows[(np.arange(n)[:, None],) + tuple(coords)]  # (n, p, groups, ...)
+        return chosen.reshape((n, positions.shape[1]) + tail)
+    return windows.reshape((n,) + out + tail)

@@ -197,11 +197,12 @@ def _depthwise_by_channel(kernel):
     return np.asarray(kernel).reshape(-1, c, m).transpose(1, 0, 2)
 
 
-def sample_rows(layer, x, *, stage=0, depthwise_kernel=None):
+def sample_rows(layer, x, *, stage=0, depthwise_kernel=None, positions=None):
     """The rows of a batch `x` of `layer`'s input: an array `(n, rows, groups, d)`.
 
     `stage=1` of a separable convolution gives the depthwise output at every
-    position (one row per position), computed with `depthwise_kernel`.
+    position (one row per position), computed with `depthwise_kernel`. `positions`
+    (`(n, p)`, convolutions only): only the rows at those output positions.
     """
     x = np.asarray(x)
     n = len(x)
@@ -211,7 +212,7 @@ def sample_rows(layer, x, *, stage=0, depthwise_kernel=None):
     groups, _ = groups_and_components(layer, x.shape[-1])
     patches = extract_patches(
         x, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate,
-        groups=groups, rank=spatial_rank(layer),
+        groups=groups, rank=spatial_rank(layer), positions=positions,
     )
     patches = patches.reshape(n, -1, groups, patches.shape[-1])
     if stage == 1:
@@ -252,14 +253,18 @@ def iter_group_rows(
         rng: `np.random.Generator` for that sub-sampling.
     """
     step = max(1, MAX_CHUNK_VALUES // _values_per_sample(layer, x))
+    grid = None  # output positions per sample of a convolution
+    if patches_per_image is not None and spatial_rank(layer) and len(x):
+        grid = sample_rows(layer, x[:1], stage=stage,
+                           depthwise_kernel=depthwise_kernel).shape[1]
     for start in range(0, len(x), step):
-        rows = sample_rows(
-            layer, x[start : start + step], stage=stage, depthwise_kernel=depthwise_kernel
-        )
+        chunk = x[start : start + step]
+        # Sub-sampled patches: draw the positions first and extract only those.
+        keep = (None if grid is None else
+                _patch_positions(layer, len(chunk), grid, patches_per_image, rng))
+        rows = sample_rows(layer, chunk, stage=stage, depthwise_kernel=depthwise_kernel,
+                           positions=keep)
         n, positions, groups, d = rows.shape
-        keep = _patch_positions(layer, n, positions, patches_per_image, rng)
-        if keep is not None:
-            rows = np.take_along_axis(rows, keep[:, :, None, None], axis=1)
         chunk_labels = np.repeat(labels[start : start + step], rows.shape[1])
         yield rows.reshape(-1, groups, d).transpose(1, 0, 2), chunk_labels
 
