@@ -430,7 +430,9 @@ def hybridize(
             those from the data. `report.evidence` holds the decision.
         samples: `"auto"` (default): each layer streams the data (arrays in a random
             order) until its class subspaces stop moving (`core/convergence.py`) or
-            the data ends; `report.layers[i].samples` says how many it read. An
+            the data ends — and not before every class it knows of (`n_classes=`,
+            one-hot width, a softmax output) has come, so a dataset sorted by class
+            is read on; `report.layers[i].samples` says how many it read. An
             integer: use that many samples (a random subset of arrays; the first
             `samples` of a dataset). None: all of them. A dataset that never ends
             (`ds.repeat()`) needs an integer.
