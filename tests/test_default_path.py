@@ -203,3 +203,21 @@ def test_the_auto_rule_counts_the_samples_of_a_dataset_that_knows_its_length(
     from_arrays = hybridize(_softmax_mlp("a"), (x, y), verbose=0).evidence
     from_batches = hybridize(_softmax_mlp("b"), Batches(), verbose=0).evidence
     assert from_batches["samples_per_class"] == from_arrays["samples_per_class"] == 1000
+
+
+def test_a_fixed_sample_count_that_misses_classes_of_a_sorted_stream_warns(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=600, noise=0.2, seed=4)
+    x, y = data.x.astype("float32"), data.y
+    with pytest.warns(UserWarning, match="first 500 samples of `data` hold 1 of the 3 classes"):
+        hybridize(_softmax_mlp("f"), _sorted_stream(x, y), cutoff=1, samples=500, verbose=0)
+    import warnings
+
+    with warnings.catch_warnings():  # a shuffled stream holds them all: no warning
+        warnings.simplefilter("error", UserWarning)
+        order = np.random.default_rng(0).permutation(len(y))
+        hybridize(_softmax_mlp("g"), (x[order], y[order]), cutoff=1, samples=500, verbose=0,
+                  sign_pairs=False, discriminant=0)
+        shuffled = _sorted_stream(x[order], np.zeros_like(y))  # one "class": keeps the order
+        hybridize(_softmax_mlp("h"), lambda: ((xb, y[order][i * 100:(i + 1) * 100])
+                                              for i, (xb, _) in enumerate(shuffled())),
+                  cutoff=1, samples=500, verbose=0, sign_pairs=False, discriminant=0)

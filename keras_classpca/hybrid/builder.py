@@ -72,6 +72,8 @@ class _DataPasses:
     def __init__(self, data, samples, batch_size, seed, n_classes):
         self.n_classes = n_classes
         self.label_width = None  # columns of one-hot labels, once seen
+        self.model_classes = None  # the width of the model's softmax output, if any
+        self.warned_classes = False
         self.batch_size = batch_size
         self.auto = samples == "auto"  # stop each layer's pass once it has converged
         samples = None if self.auto else samples
@@ -141,18 +143,34 @@ class _DataPasses:
         source = self.data() if callable(self.data) else self.data
         if self.samples is None and is_infinite(source):
             raise infinite_data_error()
+        classes = set()
         for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
             self._see_labels(y)
-            yield x, labels_to_int(y, self.n_classes)
+            labels = labels_to_int(y, self.n_classes)
+            classes.update(np.unique(labels).tolist())
+            yield x, labels
+        expected = self.expected_classes()
+        if (self.samples is not None and expected and len(classes) < expected
+                and not self.warned_classes):
+            self.warned_classes = True
+            warnings.warn(
+                f"The first {self.samples} samples of `data` hold {len(classes)} of the "
+                f"{expected} classes: the layers are solved without the others. "
+                "Shuffle the dataset (`ds.shuffle(...)`), or pass `samples='auto'` (it "
+                "reads on until every class has come).",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _see_labels(self, y):
         if np.ndim(y) == 2 and np.shape(y)[1] > 1:
             self.label_width = int(np.shape(y)[1])
 
-    def expected_classes(self, model):
+    def expected_classes(self):
         """How many classes the labels hold, if known without reading them all:
-        `n_classes`, the width of one-hot labels, or a softmax output's width."""
-        return self.n_classes or self.label_width or softmax_width(model)
+        `n_classes`, the width of one-hot labels, or the model's softmax output's width
+        (`model_classes`)."""
+        return self.n_classes or self.label_width or self.model_classes
 
     def head(self, n, expected_classes=None):
         """Up to `n` samples in memory, `(x, int labels)`: a random subset of arrays;
@@ -564,6 +582,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         first_x, _ = passes.peek()
         ensure_built(model, first_x.shape[1:])
     plan = plan_model(model)
+    passes.model_classes = None if label_free else softmax_width(model)
     auto = cutoff == "auto"
     report = HybridReport(
         cutoff=0,
@@ -589,8 +608,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             "fresh generator (or an integer cutoff)."
         )
     if auto:
-        cutoff, report.evidence = _decide(model, plan, passes, class_pca_options, seed,
-                                          verbose)
+        cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose)
     _warn_if_frozen_before(plan, cutoff)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
@@ -636,7 +654,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         feature_model = plan.feature_model(step.input, step.scope)
         label = f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})"
         convergence = SubspaceConvergence(
-            n_classes=None if label_free else passes.expected_classes(model)
+            n_classes=None if label_free else passes.expected_classes()
         ) if passes.auto else None
         # Sign pairs are for a ReLU, which discards each projection's negative half:
         # after a replaced activation the Dense rule's pairs would be copies.
@@ -738,9 +756,9 @@ def _warn_if_frozen_before(plan, cutoff):
         )
 
 
-def _decide(model, plan, passes, class_pca_options, seed, verbose):
+def _decide(plan, passes, class_pca_options, seed, verbose):
     """`cutoff="auto"`: the decision on a sample (`hybrid/decision.py`)."""
-    x, labels = passes.head(policy.DECISION_SAMPLES, passes.expected_classes(model))
+    x, labels = passes.head(policy.DECISION_SAMPLES, passes.expected_classes())
     n_classes = class_pca_options.get("n_classes") or int(labels.max()) + 1
     n_train = passes.estimated_size()
     if n_train is None:
