@@ -272,6 +272,11 @@ def _distributed_input(data, n_classes, strategy, n_features, row_fn, y, batch_s
             if not isinstance(steps, (int, np.integer)) or steps < 1:
                 raise ValueError(f"`steps` must be a positive integer; received {steps!r}.")
             spec_dataset = spec_dataset.take(int(steps))
+        elif int(spec_dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError(
+                "`data` never ends (a tf.data.Dataset repeated without a count): pass "
+                "`steps=` (how many global batches to read), or a finite dataset."
+            )
         distributed = strategy.experimental_distribute_dataset(spec_dataset)
     x_rank = spec_dataset.element_spec[0].shape.rank
     if row_fn is None and x_rank is not None and x_rank != 2:
@@ -548,6 +553,7 @@ def fit_distributed(
     row_fn=None,
     y=None,
     batch_size=None,
+    steps=None,
     **class_pca_params,
 ):
     """`ClassPCA(n_components, ...).fit(data)` with the pass spread over a strategy.
@@ -567,6 +573,7 @@ def fit_distributed(
         row_fn=row_fn,
         y=y,
         batch_size=batch_size,
+        steps=steps,
     )
     pca = class_pca_from_statistics(
         count, total, outer, n_components, n_classes=n_classes, **class_pca_params

@@ -147,6 +147,21 @@ def test_statistics_errors():
         class_statistics((x, y), 10**12)
 
 
+def test_a_dataset_that_never_ends_needs_steps():
+    x, y = _data(n=60)
+    repeated = tf.data.Dataset.from_tensor_slices((x, y)).batch(20).repeat()
+    with pytest.raises(ValueError, match="never ends .* pass `steps=`"):
+        class_statistics(repeated, 3)
+    with pytest.raises(ValueError, match="never ends"):
+        fit_distributed(repeated, 3, n_classes=3)
+    # with `steps` it reads that many global batches: the first 60 samples, once
+    count, _, _ = class_statistics(repeated, 3, steps=3)
+    np.testing.assert_array_equal(count, np.bincount(y, minlength=3))
+    pca = fit_distributed(repeated, 3, n_classes=3, steps=3)
+    reference = ClassPCA(3, n_classes=3).fit(x, y)
+    np.testing.assert_allclose(pca.kernel_, reference.kernel_, atol=1e-6)
+
+
 def test_dataset_function_default_strategy():
     x, y = _data()
     ref = ClassPCA(6, n_classes=3).fit(x, y)
