@@ -58,6 +58,24 @@ SOLVE_SECONDS = "solve_seconds"
 TRIAL_SECONDS = "trial_seconds"
 
 
+def _one_choice_type(values):
+    """Whether `hp.Choice` takes `values` as they are: all of one type among bool, int,
+    float and str."""
+    kinds = {type(v) for v in values}
+    return len(kinds) == 1 and kinds <= {bool, int, float, str}
+
+
+def _labelled(option, values):
+    """`{label: value}` for a choice `hp.Choice` cannot take directly."""
+    labels = {str(v): v for v in values}
+    if len(labels) != len(values):
+        raise ValueError(
+            f"`search_options[{option!r}]` holds values with the same text ({values!r}): "
+            "each searched value must be told apart by `str(value)`."
+        )
+    return labels
+
+
 def _declared(value, values):
     """The declared choice equal to `value`: some oracles hand back `True` as `1`."""
     same_kind = (v for v in values if v == value and isinstance(v, bool) == isinstance(value, bool))
@@ -234,6 +252,11 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.data = data
         self.max_cutoff = None if max_cutoff is None else int(max_cutoff)
         self.search_space = {k: v for k, v in space.items() if k not in hybridize_options}
+        # KerasTuner's `hp.Choice` takes values of one type and no None: other lists
+        # (`sign_pairs` over False, True and "spare") are searched by their labels.
+        self._labels = {option: _labelled(option, values)
+                        for option, values in self.search_space.items()
+                        if not _one_choice_type(values)}
         self.cache = bool(cache)
         self.cache_dir = cache_dir
         self.hybridize_options = dict({"verbose": 0}, **hybridize_options)
@@ -274,8 +297,10 @@ class HybridHyperModel(keras_tuner.HyperModel):
             # The options only matter when something is solved.
             with hp.conditional_scope(CUTOFF, list(range(1, max_cutoff + 1))):
                 for option, values in self.search_space.items():
-                    if sorted(values) == [False, True] and all(isinstance(v, bool) for v in values):
+                    if all(isinstance(v, bool) for v in values) and set(values) == {False, True}:
                         hp.Boolean(option, default=values[0])
+                    elif option in self._labels:
+                        hp.Choice(option, list(self._labels[option]))
                     else:
                         hp.Choice(option, values)
         return model
@@ -345,7 +370,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
                     model.get_layer(layer_name).trainable = False
             else:
                 options = {
-                    option: _declared(hp.get(option), values)
+                    option: (self._labels[option][hp.get(option)] if option in self._labels
+                             else _declared(hp.get(option), values))
                     for option, values in self.search_space.items()
                     if option in hp
                 }

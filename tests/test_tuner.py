@@ -80,6 +80,33 @@ def test_build_registers_cutoff_and_options_next_to_user_hyperparameters():
     assert fixed.hybridize_options["center"] is False
 
 
+def test_options_of_mixed_types_are_searched_by_their_labels(monkeypatch):
+    space = {"sign_pairs": [False, True, "spare"], "dedup_threshold": [None, 0.5],
+             "discriminant": [0, "auto"]}
+    hypermodel = HybridHyperModel(_builder(), _data(), max_cutoff=1, search_options=space)
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    assert [p.name for p in hp.space] == ["cutoff"] + list(space)
+    assert hp.space[1].values == ["False", "True", "spare"]
+    received = {}
+
+    class _Stop(Exception):
+        pass
+
+    def capture(model, data, cutoff, **options):
+        received.update(options)
+        raise _Stop
+
+    monkeypatch.setattr(tuner_module, "hybridize", capture)
+    hp.values.update(cutoff=1, sign_pairs="spare", dedup_threshold="None", discriminant="0")
+    with pytest.raises(_Stop):
+        hypermodel.fit(hp, model, *_data(), epochs=1, verbose=0)
+    assert (received["sign_pairs"], received["dedup_threshold"], received["discriminant"]) == (
+        "spare", None, 0)
+    with pytest.raises(ValueError, match="same text"):
+        tuner_module._labelled("option", [1, "1"])
+
+
 def test_constructor_errors():
     with pytest.raises(TypeError, match="Unknown option"):
         HybridHyperModel(_builder(), _data(), centre=True)
