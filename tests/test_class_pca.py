@@ -946,6 +946,27 @@ def test_from_statistics_and_merge_of_statistics(blobs):
                                                              np.ones((2, 3, 3))), 2)
 
 
+@pytest.mark.parametrize("sketch", [False, True])
+def test_estimators_sharing_statistics_solve_what_the_statistics_hold_now(blobs, sketch):
+    x, y = blobs
+    options = dict(sketch_size=6) if sketch else {}
+    first, second = ClassPCA(6, **options).fit(x[:120], y[:120]), ClassPCA(6, **options)
+    second.fit(x[120:], y[120:])
+    stale = first.kernel_.copy()
+    # The README's pattern: merging another estimator's statistics into `statistics_`
+    # changes what `first` holds, so its fitted attributes must follow.
+    merged = ClassPCA.from_statistics(first.statistics_.merge(second.statistics_), 6, **options)
+    assert first.statistics_ is merged.statistics_
+    assert not np.allclose(first.kernel_, stale)
+    np.testing.assert_array_equal(first.kernel_, merged.kernel_)
+    # A view of an estimator's statistics follows its later partial_fit too.
+    source = ClassPCA(6, **options).fit(x[:120], y[:120])
+    view = ClassPCA.from_statistics(source.statistics_, 6, **options)
+    source.partial_fit(x[120:], y[120:])
+    np.testing.assert_array_equal(view.kernel_, source.kernel_)
+    np.testing.assert_array_equal(view.n_samples_seen_, np.bincount(y, minlength=3))
+
+
 def test_discriminant_directions_join_the_class_pca_components():
     # Classes whose means differ along one low-variance axis: class-PCA with few
     # components misses it, the Fisher direction is it.

@@ -864,7 +864,9 @@ class ClassPCA:
 
     @property
     def statistics_(self):
-        """The `ClassStatistics` (or `ClassSketch`) this estimator solves (shared)."""
+        """The `ClassStatistics` (or `ClassSketch`) this estimator solves (shared, not
+        copied: adding to it — `merge`, `accumulate` — changes what this estimator
+        solves, and its fitted attributes follow)."""
         return self._fitted_statistics()
 
     @property
@@ -997,6 +999,11 @@ class ClassPCA:
                 f"`n_components` must be a positive integer; received {n_components!r}."
             )
         key = None if n_components is None else int(n_components)
+        # The statistics may be shared (`from_statistics`, `statistics_`) and grow
+        # elsewhere: solutions hold for the version they were computed from.
+        version = self._fitted_statistics().version
+        if self.__dict__.get("_solved_version") != version:
+            self._solutions, self._solved_version = {}, version
         solutions = self.__dict__.setdefault("_solutions", {})
         if key not in solutions:
             solutions[key] = self._solve(key)

@@ -163,6 +163,11 @@ class ClassSketch:
 
     # ------------------------------------------------------------------ reading
     @property
+    def version(self):
+        """Changes whenever samples are added (see `ClassStatistics.version`)."""
+        return self._total.version
+
+    @property
     def classes(self):
         return np.array(sorted(self._count), dtype=np.int64)
 

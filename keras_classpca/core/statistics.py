@@ -230,8 +230,19 @@ class ClassStatistics:
         self._staged = []  # small batches waiting to be multiplied together: (x, labels)
         self._staged_rows = 0
         self._pending = {}  # per-class rank-2 corrections not yet applied (see `_add`)
+        self._version = 0
 
     # ------------------------------------------------------------------ reading
+    @property
+    def version(self):
+        """A number that changes whenever samples are added or removed (`accumulate`,
+        `merge`, `clear`): what a solution computed from these statistics is valid for
+        (several `ClassPCA` estimators may share one object)."""
+        return getattr(self, "_version", 0)
+
+    def _changed(self):
+        self._version = self.version + 1
+
     @property
     def classes(self):
         self._settle()
@@ -409,6 +420,7 @@ class ClassStatistics:
             )
         self._settle()
         other._settle()
+        self._changed()
         self._reserve(sorted(other._count))
         for label in other._count:
             self._count[label] += other._count[label]
@@ -431,6 +443,7 @@ class ClassStatistics:
 
     def clear(self):
         """Forget all samples (keeps `n_features` and the options)."""
+        self._changed()
         self._count, self._sum, self._outer, self._shift = {}, {}, {}, {}
         self._staged, self._staged_rows, self._pending = [], 0, {}
 
@@ -450,6 +463,7 @@ class ClassStatistics:
             raise ValueError(
                 f"`labels` must be a vector of integers; received shape {labels.shape}."
             )
+        self._changed()  # (a rejected batch adds nothing: a spurious change costs a solve)
         if _is_backend_tensor(x):
             return self._accumulate_tensor(x, labels)
         x = np.asarray(x)
