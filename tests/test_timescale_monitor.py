@@ -123,6 +123,23 @@ def test_monitor_overlap_one_zero_and_cos_squared_on_a_dense_layer(subspace_clas
     assert monitor.measure()["a"][0] == pytest.approx(np.cos(theta) ** 2, abs=1e-5)
 
 
+def test_monitor_sees_the_layers_of_a_nested_backbone(subspace_classes):
+    flat, flat_monitor, _ = _dense_setup(subspace_classes)
+    data = subspace_classes([2, 2, 2], n_features=8, n_per_class=120, class_mean_scale=1.0)
+    x, y = data.x.astype("float32"), data.y
+    backbone = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, name="inner")])
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(backbone(inputs)))
+    model.get_layer("head").set_weights(flat.get_layer("b").get_weights())
+    backbone.get_layer("inner").set_weights(flat.get_layer("a").get_weights())
+    monitor = TimescaleMonitor((x, y), samples=len(x))
+    monitor.set_model(model)
+    measured = monitor.measure()
+    assert set(measured) == {"inner", "head"}
+    # the nested layer measures as the same layer at the top of a flat model does
+    assert measured["inner"][0] == pytest.approx(flat_monitor.measure()["a"][0], abs=1e-6)
+
+
 def test_monitor_compares_conv_kernel_with_class_pca_of_its_patches():
     rng = np.random.default_rng(3)
     y = np.arange(60) % 3

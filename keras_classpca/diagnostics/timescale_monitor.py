@@ -228,7 +228,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
         self.verbose = verbose
         self.class_pca_options = dict(class_pca_options)
         self._layers = None
-        self._feature_model = None
+        self._feature_models = None
         self._previous = {}
         self._last_epoch = 0
         self.history = self._empty_history()
@@ -314,20 +314,46 @@ class TimescaleMonitor(keras.callbacks.Callback):
         try:
             inputs = self.model.inputs
             inputs = inputs[0] if len(inputs) == 1 else inputs
-            self._feature_model = keras.Model(inputs, [layer.input for layer in self._layers])
-        except Exception as error:  # layers not on the model's graph (nested / subclassed)
-            raise ValueError(
-                "TimescaleMonitor needs a functional or Sequential model whose monitored "
-                f"layers' inputs are reachable from `model.inputs` ({error})."
-            ) from error
+            self._feature_models = [keras.Model(inputs, [layer.input for layer in self._layers])]
+        except Exception:  # a layer of a nested model: its input is in the inner graph
+            self._feature_models = self._nested_feature_models()
         self._ranks = {}
+
+    def _nested_feature_models(self):
+        """One predictor per monitored layer, through the nested models it lies in
+        (the planner's flattened graph)."""
+        from keras_classpca.hybrid.planner import flatten_graph, plan_model
+
+        try:
+            plan = plan_model(self.model)
+            nodes, _ = flatten_graph(self.model)
+        except ValueError as error:
+            raise ValueError(
+                "TimescaleMonitor needs a functional or Sequential model (nested models "
+                f"included) whose monitored layers are on its graph: {error}"
+            ) from error
+        where = {}
+        for node in nodes:
+            where.setdefault(id(node.layer), node)
+        models = []
+        for layer in self._layers:
+            node = where.get(id(layer))
+            if node is None or len(node.inputs) != 1:
+                raise ValueError(
+                    f"TimescaleMonitor: the input of layer '{layer.name}' is not reachable "
+                    "from `model.inputs`; pass `layers=` without it."
+                )
+            models.append(plan.feature_model(node.inputs[0], node.scope))
+        return models
 
     def _layer_inputs(self):
         outputs = [[] for _ in self._layers]
         for start in range(0, len(self._x), self.batch_size):
-            values = self._feature_model(self._x[start : start + self.batch_size], training=False)
-            if not isinstance(values, (list, tuple)):
-                values = [values]
+            batch = self._x[start : start + self.batch_size]
+            values = []
+            for feature_model in self._feature_models:
+                value = feature_model(batch, training=False)
+                values.extend(value if isinstance(value, (list, tuple)) else [value])
             for out, value in zip(outputs, values):
                 out.append(np.asarray(keras.ops.convert_to_numpy(value)))
         return [np.concatenate(out) for out in outputs]
