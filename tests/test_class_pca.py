@@ -1067,3 +1067,10 @@ def test_randomized_eigen_solver_matches_the_exact_one_on_decaying_spectra():
     np.testing.assert_array_equal(randomized.kernel_, again.kernel_)  # seeded
     with pytest.raises(ValueError, match="eigen_solver"):
         ClassPCA(4, eigen_solver="lanczos").fit(x, y)
+
+
+def test_sample_weights_in_the_data_are_named_as_ignored(blobs):
+    x, y = blobs
+    with pytest.warns(UserWarning, match="sample weights; class-PCA statistics ignore them"):
+        weighted = ClassPCA(6).fit((x, y, np.linspace(0.1, 1.0, len(y))))
+    np.testing.assert_array_equal(weighted.kernel_, ClassPCA(6).fit(x, y).kernel_)

@@ -280,3 +280,15 @@ def test_export_bad_arguments_exit_2(tmp_path, capsys):
         err = _run_bad(["export", str(tmp_path / "m.keras"), str(tmp_path / "o")], capsys)
         assert "KERAS_BACKEND=tensorflow or jax" in err
         assert not (tmp_path / "o").exists()
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "keras_classpca", "--version"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    from keras_classpca import __version__
+
+    assert __version__ in result.stdout + result.stderr

@@ -114,6 +114,8 @@ def as_arrays(data, y=None):
     if y is not None and hasattr(data, "__array__"):  # e.g. a pandas DataFrame
         return data, y
     if y is None and is_xy_pair(data):
+        if len(data) == 3 and data[2] is not None:
+            warn_sample_weights_ignored()
         return data[0], data[1]
     return None
 
