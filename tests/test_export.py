@@ -262,6 +262,8 @@ def test_custom_signature_name_and_dict_inputs(tmp_path):
     body = keras_classpca.predict_request_body(path, {"a": xa, "b": xb}, signature_name="predict")
     assert body["signature_name"] == "predict" and len(body["instances"]) == 4
     assert set(body["instances"][0]) == {"a", "b"}
+    with pytest.raises(ValueError, match=r"2 inputs \['a', 'b'\]: pass `x` as a dict"):
+        keras_classpca.predict_request_body(path, [xa, xb], signature_name="predict")
     out = tf.saved_model.load(path).signatures["predict"](a=tf.constant(xa), b=tf.constant(xb))
     score, logits = model.predict({"a": xa, "b": xb}, verbose=0)
     assert _max_abs(out["score"], score) <= SERVED_ATOL

@@ -147,8 +147,9 @@ def predict_request_body(export_path, x, signature_name=DEFAULT_SIGNATURE):
     Args:
         export_path: a SavedModel directory (what `export_for_serving` returned).
         x: one array (batch first) for a single-input signature; a dict
-            `{input_name: array}` or a list/tuple of arrays in the order of
-            `signature_info(export_path)["inputs"]` for several inputs.
+            `{input_name: array}` for several inputs (a list would be matched by
+            position, and a SavedModel signature orders its inputs by name, not as
+            the model does: refused).
         signature_name: which signature to address.
 
     Returns:
@@ -165,18 +166,14 @@ def predict_request_body(export_path, x, signature_name=DEFAULT_SIGNATURE):
                 f"(missing {sorted(missing)}, unexpected {sorted(extra)})."
             )
         arrays = {k: x[k] for k in keys}
-    elif isinstance(x, (list, tuple)) and len(keys) > 1:
-        if len(x) != len(keys):
-            raise ValueError(
-                f"`x` has {len(x)} arrays but the signature has {len(keys)} inputs {keys}."
-            )
-        arrays = dict(zip(keys, x))
+    elif len(keys) != 1:
+        # A list in `model.predict` order would be paired with the signature's inputs,
+        # which are sorted by name: wrong answers whenever the shapes happen to match.
+        raise ValueError(
+            f"The signature has {len(keys)} inputs {keys}: pass `x` as a dict keyed by "
+            "them (a list cannot say which array is which input)."
+        )
     else:
-        if len(keys) != 1:
-            raise ValueError(
-                f"The signature has {len(keys)} inputs {keys}: pass `x` as a dict keyed by "
-                "them (or a list in that order)."
-            )
         arrays = {keys[0]: x}
 
     batch = None
