@@ -124,6 +124,12 @@ def test_separable_adapt_rejects_a_one_shot_generator_before_changing_anything()
     with pytest.raises(TypeError, match="needs 2 passes over `data`"):
         layer.adapt(batches)
     assert not layer.built and not layer.is_adapted
+    # A function returning a fresh generator is read once per pass, like arrays.
+    layer.adapt(lambda: ((x[i : i + 16], y[i : i + 16]) for i in range(0, len(x), 16)))
+    reference = ClassPCASeparableConv1D(4, 3)
+    reference.adapt((x, y), batch_size=16)
+    for got, expected in zip(layer.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_new_layers_are_exported():

@@ -196,3 +196,19 @@ def test_unsupported_types(data):
 def test_non_array_batch_part():
     with pytest.raises(TypeError, match="`x` must be an array or tensor; received object"):
         next(iter_batches([(object(), np.zeros(2))]))
+
+
+def test_a_function_returning_batches_is_called_once_per_pass():
+    from keras_classpca import ClassPCA
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 5)), rng.integers(0, 3, 120)
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return ((x[s:s + 40], y[s:s + 40]) for s in range(0, 120, 40))
+
+    assert [len(b[0]) for b in iter_batches(batches)] == [40, 40, 40] and len(calls) == 1
+    np.testing.assert_allclose(ClassPCA(4).fit(batches).kernel_, ClassPCA(4).fit(x, y).kernel_,
+                               atol=1e-10)

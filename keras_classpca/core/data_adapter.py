@@ -278,7 +278,8 @@ def iter_batches(
 
     Args:
         data: `(x, y)` arrays, `x` alone with `y` given, a `tf.data.Dataset`, a
-            `keras.utils.PyDataset` or an iterable of `(x, y)` batches.
+            `keras.utils.PyDataset`, an iterable of `(x, y)` batches, or a function
+            returning one (called once per pass, as `hybridize` does).
         y: labels, when `data` is the array `x`.
         batch_size: batch size for slicing arrays and for unbatched datasets.
         steps: stop after this many batches.
@@ -305,6 +306,9 @@ def iter_batches(
             f"`max_samples` must be a positive integer; received {max_samples!r}."
         )
     batch_size = batch_size or DEFAULT_BATCH_SIZE
+    if y is None and callable(data) and not (
+            _is_tf_dataset(data) or _is_py_dataset(data) or _is_array_like(data)):
+        data = data()  # a function returning a fresh iterable: one call per pass
     if steps is None and max_samples is None and y is None and is_infinite(data):
         raise ValueError(
             f"`data` ({type(data).__name__}) never ends (e.g. `dataset.repeat()` without a "

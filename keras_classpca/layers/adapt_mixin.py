@@ -90,8 +90,9 @@ class ClassPCAAdaptMixin:
 
         Args:
             data: `(x, y)` arrays or tensors, a `tf.data.Dataset` of `(x, y)` batches
-                (TFDS with `as_supervised=True`), a `keras.utils.PyDataset`, or any
-                iterable (e.g. a generator) of `(x, y)` batches. `x` is this layer's
+                (TFDS with `as_supervised=True`), a `keras.utils.PyDataset`, any
+                iterable (e.g. a generator) of `(x, y)` batches, or a function returning
+                one (called once per pass). `x` is this layer's
                 input; `y` holds integer labels or one-hot rows. An array `x` alone
                 (no labels) solves the layer label-free: the leading covariance
                 eigenvectors of its input (one class).
@@ -121,12 +122,13 @@ class ClassPCAAdaptMixin:
         statistics = LayerStatistics(self, self._solve_options(), **self._row_options())
         input_shape = None
         while True:
-            if statistics.stage and iter(data) is data:
+            if statistics.stage and not callable(data) and iter(data) is data:
                 raise TypeError(
                     f"{type(self).__name__}.adapt needs {n_stages(self)} passes over `data` "
                     "(the pointwise kernel is solved on the solved depthwise output), but "
                     "`data` is a one-shot iterator: pass arrays, a tf.data.Dataset, a keras "
-                    "PyDataset or another re-iterable source."
+                    "PyDataset, a function returning a fresh generator, or another "
+                    "re-iterable source."
                 )
             for x, y in iter_batches(data, batch_size=batch_size, steps=steps):
                 check_input(self, x)
