@@ -75,7 +75,7 @@ class AutoRule:
 
     # Tuned on the benchmark CNN and MLP cells of `bench_default` (docs/benchmarks.md).
     base_gain: float = 0.0
-    gain_per_layer: float = 0.0
+    gain_per_layer: float = 0.01
     gain_per_decade: float = 0.03
     dense_gain: float = 0.15
     lossless_share: float = 0.99
