@@ -212,3 +212,16 @@ def test_a_function_returning_batches_is_called_once_per_pass():
     assert [len(b[0]) for b in iter_batches(batches)] == [40, 40, 40] and len(calls) == 1
     np.testing.assert_allclose(ClassPCA(4).fit(batches).kernel_, ClassPCA(4).fit(x, y).kernel_,
                                atol=1e-10)
+
+
+def test_known_batches_of_datasets_that_say_their_length():
+    from keras_classpca.core.data_adapter import known_batches
+
+    x, y = np.zeros((100, 3), "float32"), np.arange(100) % 2
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(30)
+    assert known_batches(batched) == 4
+    assert known_batches(tf.data.Dataset.from_tensor_slices((x, y)), batch_size=40) == 3
+    assert known_batches(batched.repeat()) is None  # infinite
+    assert known_batches(batched.filter(lambda a, b: True)) is None  # unknown
+    assert known_batches(ArrayPyDataset(x, y, 25)) == 4
+    assert known_batches(iter([(x, y)])) is None
