@@ -501,3 +501,28 @@ def test_cache_ratio_amortises_the_prefix_pass_over_its_uses():
     assert cache_ratio(1.0, 1.2, epochs=1) == pytest.approx(1.0)
     # Many uses: only the top's steps remain.
     assert cache_ratio(1.0, 1.2, epochs=2, uses=10**9) == pytest.approx(1.2 / 3.2)
+
+
+def test_a_raw_operation_in_the_graph_is_a_fixed_function_of_the_prefix():
+    # `h + 3.0` puts a keras.Operation (no weights, no `trainable`) in the graph, as
+    # keras.applications.MobileNetV3 does.
+    inputs = keras.Input((8, 8, 1))
+    h = L.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    h = L.MaxPooling2D()(h + 3.0)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(L.Flatten()(h)))
+    hybridize(model, _data(), cutoff=1, verbose=0)
+    assert cache_point(model) is not None  # the cut passes the operation
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = fit_top(model, *_data(), epochs=1, cache=True, verbose=0)
+    assert history.cache_used
+
+
+def test_a_short_last_batch_of_strings_is_padded_with_valid_rows():
+    from keras_classpca.hybrid.graph import predict_batch
+
+    vectorize = L.TextVectorization(vocabulary=["a", "b", "c"], output_mode="count")
+    inputs = keras.Input((), dtype="string")
+    model = keras.Model(inputs, vectorize(inputs))
+    batch = np.array([b"a b", b"c c"], dtype=object)
+    np.testing.assert_array_equal(predict_batch(model, batch, pad_to=5),
+                                  np.asarray(model.predict_on_batch(batch)))

@@ -244,3 +244,18 @@ def test_a_layer_called_twice_blocks_what_reads_its_second_output():
     plan = plan_model(keras.Model(inputs, outputs))
     assert "after_second" not in plan.names and "side" in plan.names
     assert "no layer of the graph produces once" in dict(plan.blocked)["after_second"]
+
+
+def test_a_preprocessing_layer_reused_in_a_second_model_is_named():
+    norm = L.Normalization(name="shared_norm")
+    norm.adapt(np.random.default_rng(0).normal(size=(50, 4)))
+
+    def build(tag):
+        inputs = keras.Input((4,))
+        hidden = L.Dense(3, name=f"{tag}_hidden")(norm(inputs))
+        return keras.Model(inputs, L.Dense(2, name=f"{tag}_out")(hidden))
+
+    assert plan_model(build("first")).names == ["first_hidden"]
+    reason = dict(plan_model(build("second")).blocked)["second_hidden"]
+    assert "first called in another model: Normalization 'shared_norm'" in reason
+    assert "first called in another model" in reason and "from_config" in reason

@@ -63,7 +63,8 @@ def draws_random(layer):
 
 
 def predict_batch(model, x, pad_to):
-    """`model.predict_on_batch(x)` as numpy, padding a shorter batch to `pad_to` rows.
+    """`model.predict_on_batch(x)` as numpy, padding a shorter batch to `pad_to` rows
+    (copies of its first row; their outputs are dropped).
 
     A compiled predict function is traced again for every new input shape; padding
     the last, shorter batch of a pass to the pass's first batch size keeps one trace
@@ -71,6 +72,7 @@ def predict_batch(model, x, pad_to):
     """
     n = len(x)
     if n < pad_to:
-        x = np.concatenate([x, np.zeros((pad_to - n,) + x.shape[1:], dtype=x.dtype)])
+        # Copies of the first row, not zeros: any dtype (strings too) stays valid input.
+        x = np.concatenate([x, np.repeat(x[:1], pad_to - n, axis=0)])
     # Low-precision outputs (a `mixed_bfloat16` policy) become float32 for the statistics.
     return as_standard_float(keras.ops.convert_to_numpy(model.predict_on_batch(x)))[:n]

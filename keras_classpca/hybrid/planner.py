@@ -278,6 +278,7 @@ def plan_model(model):
     depends = []  # indices of the weighted non-BN ancestors of each node
     bn_parents = []  # indices of its BN ancestors
     tainted = []  # an ancestor (or itself) reads a tensor no node produces
+    origin = []
     for node in nodes:
         deps, bns = set(), set()
         for p in node.parents:
@@ -290,6 +291,9 @@ def plan_model(model):
         depends.append(deps)
         bn_parents.append(bns)
         tainted.append(node.orphan or any(tainted[p] for p in node.parents))
+        # The orphan the taint comes from (the layer to name in the reason).
+        origin.append(len(origin) if node.orphan else next(
+            (origin[p] for p in node.parents if origin[p] is not None), None))
 
     # Backward: does a node feed a layer with trainable weights (BN aside)?
     feeds_weighted = [False] * len(nodes)
@@ -298,6 +302,11 @@ def plan_model(model):
             if (weighted[i] and not is_bn[i]) or feeds_weighted[i]:
                 feeds_weighted[p] = True
 
+    # Layers whose first call is in another model: they read tensors this graph does
+    # not produce, and no node of this graph reads what that call returned.
+    consumed = {id(t) for node in nodes for t in node.inputs}
+    foreign = [node.layer for node in nodes
+               if node.orphan and not any(id(t) in consumed for t in node.outputs)]
     steps, blocked, taken = [], [], {}
     reasons = {}
     for i, node in enumerate(nodes):
@@ -306,9 +315,18 @@ def plan_model(model):
             continue
         reason = None
         if tainted[i]:
+            source = nodes[origin[i]].layer if origin[i] is not None else layer
+            elsewhere = (f" Layers of this model first called in another model: "
+                         f"{', '.join(_name(f) for f in foreign)}." if foreign else "")
             reason = (
-                f"{_name(layer)} is fed by a tensor no layer of the graph produces once "
-                "(a layer called more than once, or an input the model does not list)."
+                f"{_name(layer)} is fed by a tensor no layer of the graph produces once: "
+                f"{_name(source)} reads a tensor whose producer this model's graph does not "
+                "show. Keras' public API shows a layer's first call only, so a layer called "
+                "more than once, or one first called in another model (e.g. an adapted "
+                "preprocessing layer reused in a second model), hides what comes after it."
+                f"{elsewhere} Give each model its own layer (for an adapted one, a copy: "
+                "`type(layer).from_config(layer.get_config())` and its weights), or pass "
+                "an input the model lists."
             )
         elif not is_solvable_kind(layer) or unsolvable_reason(layer):
             reason = unsolvable_reason(layer)

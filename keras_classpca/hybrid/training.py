@@ -107,8 +107,15 @@ def _recompile_if_trainable_changed(model):
 
 def _runs_in_training(layer):
     """A layer whose output training would change: trainable weights, or random draws."""
-    trainable = layer.trainable and any(w.trainable for w in getattr(layer, "weights", []))
+    # A raw Keras operation in a functional graph (`h + 3.0`) has no weights or flags.
+    trainable = getattr(layer, "trainable", False) and any(
+        w.trainable for w in getattr(layer, "weights", []))
     return trainable or draws_random(layer)
+
+
+def _weights(operation):
+    """A layer's weights; none for a raw operation of the graph."""
+    return getattr(operation, "weights", None) or []
 
 
 FrozenPrefix = collections.namedtuple(
@@ -148,7 +155,7 @@ def _frozen_prefix(model):
                 if parent not in ancestors:
                     ancestors.add(parent)
                     stack.append(parent)
-        if not any(nodes[i].layer.weights for i in ancestors):
+        if not any(_weights(nodes[i].layer) for i in ancestors):
             continue  # nothing worth caching below this tensor
         try:
             keras.Model(node.outputs[0], output)
@@ -160,7 +167,7 @@ def _frozen_prefix(model):
         return FrozenPrefix(node.outputs[0], [nodes[i].layer for i in order],
                             [[position[p] for p in nodes[i].parents] for i in order], False, [])
     # Frozen layers with weights that are not fixed: what below them draws random numbers.
-    unfixed = [i for i, node in enumerate(nodes) if node.layer.weights and not fixed[i]
+    unfixed = [i for i, node in enumerate(nodes) if _weights(node.layer) and not fixed[i]
                and not _runs_in_training(node.layer)]
     random_below = sorted({nodes[i].layer.name for i in range(min(unfixed, default=0))
                            if draws_random(nodes[i].layer)})
