@@ -47,7 +47,7 @@ def replay(cell, rule):
         kind = row.get("kind") or ("Dense" if row["layer"].startswith("dense") else "Conv2D")
         explained = row.get("explained_variance", 0)
         probes = row.get("probe_seconds", {"before": 0.0, "after": 0.0})
-        if rule.lossless(explained):
+        if rule.lossless(explained, kind):
             # Lossless: the library skips this layer's probes; the next layer then
             # computes the "before" probe this row's "after" probe cached for it.
             cost += row.get("seconds", 0.0) - probes["before"] - probes["after"]

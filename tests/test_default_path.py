@@ -119,7 +119,8 @@ def test_the_rule_keeps_more_layers_on_less_data_and_lower_down():
     assert deeper.threshold(600, position=0) < deeper.threshold(600, position=1)
     assert rule.threshold(600, kind="Conv2D") < rule.threshold(600, kind="Dense")
     # a layer that keeps (almost) all of its input's variance is kept whatever the gain
-    assert rule.keep(-0.5, 6000, kind="Dense", explained_variance=0.995)
+    assert rule.keep(-0.5, 6000, kind="Conv2D", explained_variance=0.995)
+    assert not rule.keep(-0.5, 6000, kind="Dense", explained_variance=0.995)  # probed
     assert not AutoRule(lossless_share=None).keep(-0.5, 6000, explained_variance=1.0)
 
 
@@ -135,15 +136,25 @@ def test_a_class_pca_option_reaches_the_decision_and_the_solve(subspace_classes,
         assert subspace_overlap(np.asarray(model.get_layer("m_d0").kernel), expected) > 0.999
 
 
-def test_a_lossless_layer_is_kept_without_a_probe(subspace_classes, capsys):
-    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=300, noise=0.3, seed=3)
-    x, y = data.x.astype("float32"), data.y
-    model = _mlp(hidden=16)  # 16 units on 12 inputs: the filters keep all the variance
-    report = hybridize(model, (x, y), verbose=0)
-    first = report.evidence["layers"][0]
+def test_a_lossless_convolution_is_kept_without_a_probe_a_wide_dense_layer_is_probed(
+        subspace_classes):
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    ramp = np.linspace(-1, 1, 8)[None, :, None, None]
+    x = (rng.normal(size=(300, 8, 8, 1)) + 0.5 * y[:, None, None, None] * ramp)
+    conv = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(12, 3, activation="relu"),
+                             L.Flatten(), L.Dense(3, activation="softmax")])
+    report = hybridize(conv, (x.astype("float32"), y), verbose=0)
+    first = report.evidence["layers"][0]  # 12 filters on 9-value patches: all variance
     assert first["kept"] and first["gain"] is None and first["explained_variance"] > 0.99
     assert "not probed" in str(report) and report.cutoff == 1
-
+    # A Dense layer wider than its input spans it too, but its class directions can be
+    # nearly parallel: it is probed and kept on its gain only.
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=300, noise=0.3, seed=3)
+    report = hybridize(_mlp(hidden=16), (data.x.astype("float32"), data.y), verbose=0)
+    first = report.evidence["layers"][0]
+    assert first["explained_variance"] > 0.99 and first["gain"] is not None
+    assert first["kept"] == (first["gain"] >= first["threshold"])
 
 
 def _sorted_stream(x, y, batch=100):

@@ -777,9 +777,12 @@ def _why_not_kept(evidence, name):
         if row["layer"] == name:
             if "unsolvable" in row:
                 return f"the decision sample cannot solve it: {row['unsolvable']}"
-            return (f"its probe gain {row['gain']:+.3f} is below the threshold "
-                    f"{row['threshold']:+.3f}, and its filters keep only "
-                    f"{row['explained_variance']:.1%} of its input's variance")
+            why = (f"its probe gain {row['gain']:+.3f} is below the threshold "
+                   f"{row['threshold']:+.3f}")
+            if row.get("kind") == "Dense":  # never lossless: the probe alone decides
+                return why
+            return (f"{why}, and its filters keep only {row['explained_variance']:.1%} of "
+                    "its input's variance")
     return "the decision stopped before it"
 
 

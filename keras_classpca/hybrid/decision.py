@@ -131,7 +131,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
             threshold = rule.threshold(samples_per_class, kind, position=j)
             probe_times = {"before": 0.0, "after": 0.0}
-            if rule.lossless(explained) and not explore:
+            if rule.lossless(explained, kind) and not explore:
                 before = after = gain = None  # kept without probing it
             else:
                 # The layer's input is upstream of it: its new weights do not change it.
@@ -141,7 +141,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                 after = probe(*points[j], j + 1)
                 probe_times["after"] = time.perf_counter() - probe_start - probe_times["before"]
                 gain = after - before
-            keep = rule.lossless(explained) or gain >= threshold
+            keep = rule.lossless(explained, kind) or gain >= threshold
             rows.append(dict(layer=step.name, kind=kind, before=before, after=after,
                              gain=gain, threshold=threshold, kept=keep and not decided,
                              explained_variance=explained,

@@ -42,11 +42,14 @@ class AutoRule:
     """`cutoff="auto"`'s rule: keep a layer if solving it loses nothing, or if its probe
     gain reaches a threshold.
 
-    **Lossless**: a layer whose solved filters capture at least `lossless_share` of
-    its input's variance (e.g. 32 filters on 5×5 = 25-value patches) keeps everything
-    a trained version could use; it is kept whatever the probe says (the probe of a
-    first layer compares with raw pixels, which a trained first layer would not keep
-    either).
+    **Lossless**: a convolution whose solved filters capture at least `lossless_share`
+    of its input's variance (e.g. 32 filters on 5×5 = 25-value patches) keeps
+    everything a trained version could use; it is kept whatever the probe says (the
+    probe of a first layer compares with raw pixels, which a trained first layer would
+    not keep either). Not a Dense layer: one with more units than inputs spans its
+    input too, but its class directions can be nearly parallel (a tabular Dense(16)
+    over 12 features had kernel singular values down to 1e-3 of the largest and
+    trained at chance), so a Dense layer is always probed.
 
     **Threshold**, for the layer at position `j` of the plan (0 = the first solvable layer), of kind
     `kind`, with `n` training samples per class:
@@ -85,13 +88,14 @@ class AutoRule:
                 + (self.dense_gain if kind == "Dense" else 0.0)
                 + self.gain_per_decade * math.log10(max(samples_per_class, 1.0)))
 
-    def lossless(self, explained_variance):
-        """Whether a layer whose filters capture this share of its input's variance is
-        kept without a probe."""
-        return self.lossless_share is not None and explained_variance >= self.lossless_share
+    def lossless(self, explained_variance, kind=None):
+        """Whether a layer of `kind` whose filters capture this share of its input's
+        variance is kept without a probe (never a Dense layer)."""
+        return (self.lossless_share is not None and kind != "Dense"
+                and explained_variance >= self.lossless_share)
 
     def keep(self, gain, samples_per_class, kind=None, position=0, explained_variance=0.0):
-        return self.lossless(explained_variance) or gain >= self.threshold(
+        return self.lossless(explained_variance, kind) or gain >= self.threshold(
             samples_per_class, kind, position)
 
     def describe(self, samples_per_class):
@@ -103,8 +107,8 @@ class AutoRule:
             f"{self.gain_per_layer:+.3f} more per layer above the first and "
             f"{self.dense_gain:+.3f} more for a Dense layer"
             + ("" if self.lossless_share is None else
-               f"; or if its filters capture ≥ {self.lossless_share:.0%} of its input's "
-               "variance (lossless)")
+               f"; or if a convolution's filters capture ≥ {self.lossless_share:.0%} of its "
+               "input's variance (lossless)")
         )
 
 
