@@ -936,3 +936,11 @@ def test_solving_layers_the_user_froze_warns_but_solving_again_does_not(subspace
         warnings.simplefilter("error", UserWarning)
         hybridize(model, (x, y), cutoff=1, verbose=0)  # frozen by hybridize: no warning
         hybridize(_mlp(hidden=(8,), name="q"), (x, y), cutoff=1, verbose=0)
+
+
+def test_the_report_table_fits_long_layer_names(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    model = _mlp(hidden=(8,), name="a_name_longer_than_the_default_column")
+    text = str(hybridize(model, (x, y), cutoff=1, verbose=0))
+    row = next(line for line in text.splitlines() if "_d0" in line and "Dense" in line)
+    assert "a_name_longer_than_the_default_column_d0  Dense" in row

@@ -230,6 +230,11 @@ def test_freezeout_schedule():
     history = fit_progressive(model, x, y, epochs=4, settle="freezeout", batch_size=32, verbose=0)
     # t = 0.5, 2/3, 5/6 of 4 epochs -> after epochs 2, 3 (2.67) and 3 (3.33).
     assert history.progressive.frozen_at == {"conv1": 2, "conv2": 3, "hidden": 3}
+    import json
+
+    record = json.loads(json.dumps(history.progressive.to_dict(), allow_nan=False))
+    assert record["frozen_at"] == {"conv1": 2, "conv2": 3, "hidden": 3}
+    assert len(record["epoch_seconds"]) == 4
 
 
 def test_initial_epoch_validation_data_and_tf_data():

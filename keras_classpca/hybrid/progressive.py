@@ -300,6 +300,10 @@ class ProgressiveReport:
     epochs: list
     cached: bool = False
 
+    def to_dict(self):
+        """Plain-Python dict (JSON-serializable), as `HybridReport.to_dict`."""
+        return json_safe(dataclasses.asdict(self))
+
     def __str__(self):
         lines = [f"fit_progressive ({self.criterion}):"]
         for name in self.layers:
@@ -380,6 +384,19 @@ def _units(plan):
         members = [step.layer] + [layer for layer, _, _ in batchnorms]
         units.append(_Unit(step.layer, members, step.input, step.output, step.scope))
     return units
+
+
+def json_safe(value):
+    """`value` with NumPy scalars and arrays as Python numbers and lists."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _snappable(layer):

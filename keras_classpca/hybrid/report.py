@@ -94,15 +94,20 @@ class HybridReport:
             + (", label-free (PCA of each layer's input)" if self.label_free else ""),
         ]
         if self.layers:
+            # Columns as wide as the longest name and kind (keras.applications names
+            # run to 40 characters).
+            name_w = max([24] + [len(layer.name) + 2 for layer in self.layers])
+            kind_w = max([10] + [len(layer.kind) + 2 for layer in self.layers])
             header = (
-                f"  {'layer':<24}{'kind':<10}{'filters':>8}{'samples':>9}{'rows':>11}"
-                f"{'expl.var':>9}{'sec':>7}"
+                f"  {'layer':<{name_w}}{'kind':<{kind_w}}{'filters':>8}{'samples':>9}"
+                f"{'rows':>11}{'expl.var':>9}{'sec':>7}"
             )
             lines.append(header)
             for layer in self.layers:
                 lines.append(
-                    f"  {layer.name:<24}{layer.kind:<10}{layer.n_components:>8}{layer.samples:>9}"
-                    f"{layer.rows:>11}{layer.explained_variance:>9.3f}{layer.seconds:>7.1f}"
+                    f"  {layer.name:<{name_w}}{layer.kind:<{kind_w}}{layer.n_components:>8}"
+                    f"{layer.samples:>9}{layer.rows:>11}{layer.explained_variance:>9.3f}"
+                    f"{layer.seconds:>7.1f}"
                 )
                 if layer.fisher_sign_pairs:
                     lines.append("    + Fisher directions, sign-paired (rows >= "
