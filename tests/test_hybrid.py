@@ -871,21 +871,25 @@ def test_a_failed_hybridize_puts_the_replaced_activations_back(blobs, monkeypatc
 def _conv_bn_relu_net(kind="relu_layer"):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 2))
-    x = L.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    own = "relu" if kind == "both" else None  # Conv(relu) -> BN -> Activation(relu)
+    x = L.Conv2D(4, 3, use_bias=False, activation=own, name="conv")(inputs)
     if kind == "relu_layer":
         x = L.ReLU(name="act")(L.BatchNormalization(name="bn")(x))
+    elif kind == "both":
+        x = L.Activation("relu", name="act")(L.BatchNormalization(name="bn")(x))
     else:
         x = L.Activation("relu", name="act")(x)
     x = L.Flatten()(x)
     return keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(x))
 
 
-@pytest.mark.parametrize("kind", ["relu_layer", "activation_layer"])
+@pytest.mark.parametrize("kind", ["relu_layer", "activation_layer", "both"])
 def test_solved_activation_replaces_the_activation_layer_after_a_solved_conv(kind, tmp_path):
     images, y = _images(n=120)
     model = _conv_bn_relu_net(kind)
     report = hybridize(model, (images, y), cutoff=1, solved_activation="linear", verbose=0)
-    assert report.layers[0].replaced_activation == "relu in 'act'"
+    assert report.layers[0].replaced_activation == (
+        "relu; relu in 'act'" if kind == "both" else "relu in 'act'")
     # The block is linear now: its output takes negative values.
     block = keras.Model(model.inputs[0], model.get_layer("act").output)
     out = np.asarray(block.predict(images, verbose=0))

@@ -2,9 +2,10 @@
 
 A ReLU after a class-PCA layer discards the negative half of every projection; with
 `solved_activation="linear"` the solved layers pass their projections whole. The
-activation replaced is the solved layer's own (`Dense(..., activation="relu")`), or,
-when it has none, an `Activation` or `ReLU` layer that alone reads its output, directly
-or through a BatchNormalization that alone reads it (Conv -> BN -> ReLU). A `ReLU`
+activations replaced are the solved layer's own (`Dense(..., activation="relu")`) and
+an `Activation` or `ReLU` layer that alone reads its output, directly or through a
+BatchNormalization that alone reads it (Conv -> BN -> ReLU; both when the convolution
+has its own activation too). A `ReLU`
 layer can only become the identity (`negative_slope=1`); an activation after a merge
 (the ReLU after a residual block's `Add`) is never replaced.
 """
@@ -61,48 +62,52 @@ class ActivationReplacer:
         self.model, self.activation = model, activation
         self._nodes = None
 
-    def _target(self, layer):
-        """`(layer holding the activation, its name)` to replace, or None."""
+    def _targets(self, layer):
+        """`[(layer holding an activation, its name or None)]` to replace: the solved
+        layer's own activation and the `Activation` / `ReLU` layer after it (directly or
+        through its BatchNormalization), each where it is not already the target."""
         if self.activation is None:
-            return None
+            return []
+        targets = []
         own = getattr(layer, "activation", None)
-        if own is not None and own is not keras.activations.linear:
-            return (layer, None) if own is not self.activation else None
+        if own is not None and own is not keras.activations.linear and own is not self.activation:
+            targets.append((layer, None))
         if self._nodes is None:
             self._nodes, _ = flatten_graph(self.model)
         follower = _following_activation_layer(self._nodes, layer)
         if isinstance(follower, keras.layers.ReLU):
             identity = all(getattr(follower, k) == v for k, v in IDENTITY_RELU.items())
-            linear = self.activation is keras.activations.linear
-            return (follower, follower.name) if linear and not identity else None
-        if follower is not None and follower.activation is not self.activation:
-            return follower, follower.name
-        return None
+            if self.activation is keras.activations.linear and not identity:
+                targets.append((follower, follower.name))
+        elif follower is not None and follower.activation is not self.activation:
+            targets.append((follower, follower.name))
+        return targets
 
     def would_replace(self, layer):
         """Whether `replace(layer)` changes something."""
-        return self._target(layer) is not None
+        return bool(self._targets(layer))
 
     def replace(self, layer):
-        """Replace the activation after solved `layer`; returns what it was (e.g.
-        `"relu"`, or `"relu in 're_lu_2'"` for an activation layer), or None."""
-        target = self._target(layer)
-        if target is None:
-            return None
-        holder, name = target
-        if isinstance(holder, keras.layers.ReLU):
-            replaced = "relu"
-            for setting, value in IDENTITY_RELU.items():
-                setattr(holder, setting, value)
-        else:
-            replaced = keras.activations.serialize(holder.activation)
-            replaced = replaced if isinstance(replaced, str) else str(replaced)
-            holder.activation = self.activation
-        # Functions Keras traced with the old activation would go on using it.
-        for attribute in ("train_function", "test_function", "predict_function"):
-            if getattr(self.model, attribute, None) is not None:
-                setattr(self.model, attribute, None)
-        return replaced if name is None else f"{replaced} in '{name}'"
+        """Replace the activations after solved `layer`; returns what they were (e.g.
+        `"relu"`, `"relu in 're_lu_2'"` for an activation layer, both joined by "; "
+        for `Conv(activation="relu") -> BN -> ReLU`), or None."""
+        replaced = []
+        for holder, name in self._targets(layer):
+            if isinstance(holder, keras.layers.ReLU):
+                was = "relu"
+                for setting, value in IDENTITY_RELU.items():
+                    setattr(holder, setting, value)
+            else:
+                was = keras.activations.serialize(holder.activation)
+                was = was if isinstance(was, str) else str(was)
+                holder.activation = self.activation
+            replaced.append(was if name is None else f"{was} in '{name}'")
+        if replaced:
+            # Functions Keras traced with the old activation would go on using it.
+            for attribute in ("train_function", "test_function", "predict_function"):
+                if getattr(self.model, attribute, None) is not None:
+                    setattr(self.model, attribute, None)
+        return "; ".join(replaced) or None
 
 
 def activation_state(layer):

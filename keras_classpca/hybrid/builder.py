@@ -463,7 +463,7 @@ def hybridize(
         solved_activation: None (default) keeps each solved layer's activation;
             `"linear"` (or another Keras activation) replaces the activation after
             every solved layer, before the next layer is solved from its outputs: its
-            built-in `activation`, or an `Activation` / `ReLU` layer that alone reads
+            built-in `activation`, and an `Activation` / `ReLU` layer that alone reads
             its output, directly or through its BatchNormalization
             (`hybrid/activations.py`; an activation after a merge is kept). A ReLU
             after a solved layer discards the negative half of every class-PCA
