@@ -624,7 +624,13 @@ class ClassPCA:
             fixed, per_row = sketch_nbytes(k, d, 0), sketch_nbytes(k, d, 1) - sketch_nbytes(k, d, 0)
             size = min(size, int((limit - fixed) // per_row))
         if size < per_class:
-            raise error
+            # The automatic sketch was tried too: say so, with what it would need.
+            raise MemoryError(
+                f"{error} The automatic sketch (sketch_size='auto') does not fit either: "
+                f"{per_class} rows per class (the components a class gets) need "
+                f"{format_bytes(sketch_nbytes(k, d, per_class))}. Raise `memory_limit`, "
+                "or ask for fewer components or classes."
+            ) from None
         warnings.warn(
             f"Exact class statistics for {k} classes x {d} features need "
             f"{format_bytes(statistics_nbytes(k, d))} (K x d^2 float64), more than "
