@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import BACKEND
 
 from keras_classpca import fit_top, hybridize
 from keras_classpca.hybrid import training as fit_top_module
@@ -517,6 +518,7 @@ def test_a_raw_operation_in_the_graph_is_a_fixed_function_of_the_prefix():
     assert history.cache_used
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="string tensors are TensorFlow's")
 def test_a_short_last_batch_of_strings_is_padded_with_valid_rows():
     from keras_classpca.hybrid.graph import predict_batch
 
