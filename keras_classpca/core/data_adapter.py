@@ -114,9 +114,7 @@ def as_arrays(data, y=None):
     if y is not None and hasattr(data, "__array__"):  # e.g. a pandas DataFrame
         return data, y
     if y is None and is_xy_pair(data):
-        if len(data) == 3 and data[2] is not None:
-            warn_sample_weights_ignored()
-        return data[0], data[1]
+        return _split_element(data, "`data`")  # (warns about sample weights)
     return None
 
 
@@ -174,11 +172,11 @@ def _split_element(element, where):
             + "."
         )
     if len(element) == 3 and element[2] is not None:
-        warn_sample_weights_ignored()
+        _warn_sample_weights_ignored()
     return element[0], element[1]
 
 
-def warn_sample_weights_ignored():
+def _warn_sample_weights_ignored():
     """Class statistics count every sample once: say so when sample weights come."""
     warnings.warn(
         "The data holds sample weights; class-PCA statistics ignore them (every sample "
@@ -319,9 +317,7 @@ def iter_batches(
     if y is not None:
         batches = _slice_arrays(data, y, batch_size)
     elif is_xy_pair(data):
-        if len(data) == 3 and data[2] is not None:
-            warn_sample_weights_ignored()
-        batches = _slice_arrays(data[0], data[1], batch_size)
+        batches = _slice_arrays(*_split_element(data, "`data`"), batch_size)
     elif _is_tf_dataset(data):
         batches = _dataset_batches(data, batch_size)
     elif _is_py_dataset(data):

@@ -26,13 +26,12 @@ import numpy as np
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.convergence import SubspaceConvergence
 from keras_classpca.core.data_adapter import (
+    as_arrays,
     as_one_class,
     is_infinite,
     is_unlabeled,
-    is_xy_pair,
     iter_batches,
     known_batches,
-    warn_sample_weights_ignored,
 )
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.activations import (
@@ -73,6 +72,7 @@ class _DataPasses:
         self.n_classes = n_classes
         self.label_width = None  # columns of one-hot labels, once seen
         self.model_classes = None  # the width of the model's softmax output, if any
+        self.first_rows = None  # samples in a dataset's first batch, once read
         self.warned_classes = False
         self.batch_size = batch_size
         self.auto = samples == "auto"  # stop each layer's pass once it has converged
@@ -82,10 +82,9 @@ class _DataPasses:
         self.passes = 0
         self.order = None  # samples="auto" on arrays: a random order, so any head is a
         arrays = None  # random subset (data sets are often sorted by class)
-        if is_xy_pair(data):
-            if len(data) == 3 and data[2] is not None:
-                warn_sample_weights_ignored()
-            arrays = (np.asarray(data[0]), np.asarray(data[1]))
+        pair = as_arrays(data)  # (x, y) in memory; warns about sample weights
+        if pair is not None:
+            arrays = (np.asarray(pair[0]), np.asarray(pair[1]))
             if len(arrays[0]) != len(arrays[1]):
                 raise ValueError(
                     f"`data` must hold x and y with the same number of samples; received "
@@ -145,6 +144,7 @@ class _DataPasses:
             raise infinite_data_error()
         classes = set()
         for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
+            self.first_rows = self.first_rows or len(x)
             self._see_labels(y)
             labels = labels_to_int(y, self.n_classes)
             classes.update(np.unique(labels).tolist())
@@ -224,8 +224,7 @@ class _DataPasses:
         batches = known_batches(self.data, self.batch_size)
         if batches is None:
             return None
-        first_x, _ = self.peek()
-        return batches * len(first_x)
+        return batches * (self.first_rows or len(self.peek()[0]))
 
     def size(self):
         """Training samples a pass reads, or None if unknown without reading it."""
@@ -700,8 +699,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             else f"cutoff='auto': {plan.steps[solved].layer.name} was not kept ("
             + _why_not_kept(report.evidence, plan.steps[solved].layer.name) + ")."
         )
-    for layer in [step.layer for step in plan.cut(len(report.layers))] + [
-            bn for bn, _, _ in plan.batchnorms_until(len(report.layers))]:
+    for layer in _set_by_solve(plan, len(report.layers)):
         setattr(layer, SOLVED_MARK, True)
     if freeze:
         solved = {layer.name for layer in report.layers}
@@ -737,13 +735,18 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
 SOLVED_MARK = "_keras_classpca_solved"
 
 
+def _set_by_solve(plan, cutoff):
+    """The layers a solve of `cutoff` steps sets: the solved layers and the
+    BatchNormalization layers it adapts."""
+    return [step.layer for step in plan.cut(cutoff)] + [
+        bn for bn, _, _ in plan.batchnorms_until(cutoff)]
+
+
 def _warn_if_frozen_before(plan, cutoff):
     """Warn when the layers about to be solved (or BatchNormalization layers about to
     be adapted) were frozen by the user, not by an earlier hybridize: pretrained
     weights would be replaced."""
-    layers = [step.layer for step in plan.cut(cutoff)]
-    layers += [bn for bn, _, _ in plan.batchnorms_until(cutoff)]
-    frozen = [layer.name for layer in layers
+    frozen = [layer.name for layer in _set_by_solve(plan, cutoff)
               if not layer.trainable and not getattr(layer, SOLVED_MARK, False)]
     if frozen:
         warnings.warn(

@@ -105,17 +105,16 @@ def _recompile_if_trainable_changed(model):
     compile_like(model, model)
 
 
-def _runs_in_training(layer):
-    """A layer whose output training would change: trainable weights, or random draws."""
-    # A raw Keras operation in a functional graph (`h + 3.0`) has no weights or flags.
-    trainable = getattr(layer, "trainable", False) and any(
-        w.trainable for w in getattr(layer, "weights", []))
-    return trainable or draws_random(layer)
-
-
 def _weights(operation):
     """A layer's weights; none for a raw operation of the graph."""
     return getattr(operation, "weights", None) or []
+
+
+def _runs_in_training(layer):
+    """A layer whose output training would change: trainable weights, or random draws."""
+    # A raw Keras operation in a functional graph (`h + 3.0`) has no weights or flags.
+    trainable = getattr(layer, "trainable", False) and any(w.trainable for w in _weights(layer))
+    return trainable or draws_random(layer)
 
 
 FrozenPrefix = collections.namedtuple(
