@@ -140,14 +140,18 @@ class ArrayPyDataset(keras.utils.PyDataset):
 
 @pytest.fixture
 def dense_reference():
-    """`fit(units, rows, labels, **options)`: the ClassPCA a solved Dense layer equals —
-    with `DENSE_REMEDY_OPTIONS` where the rows-per-feature rule applies them."""
+    """`fit(units, rows, labels, rectified=True, **options)`: the ClassPCA a solved Dense
+    layer equals — with `DENSE_REMEDY_OPTIONS` where the rows-per-feature rule applies
+    them (without sign pairs for a layer no rectifier follows, `rectified=False`)."""
     from keras_classpca import ClassPCA
     from keras_classpca.layers.geometry import DENSE_REMEDY_OPTIONS, dense_remedies
 
-    def fit(units, rows, labels, **options):
+    def fit(units, rows, labels, rectified=True, **options):
         if dense_remedies(len(rows), rows.shape[1], len(np.unique(labels)), units, options):
-            options = {**options, **DENSE_REMEDY_OPTIONS}
+            remedies = dict(DENSE_REMEDY_OPTIONS)
+            if not rectified:
+                del remedies["sign_pairs"]
+            options = {**options, **remedies}
         return ClassPCA(units, **options).fit(rows, labels)
 
     return fit

@@ -291,7 +291,7 @@ def test_dense_on_sequences_treats_every_position_as_a_row(dense_reference):
     statistics = _solve(layer, x, y)
     assert statistics.rows == len(x) * 5
     rows = x.reshape(-1, 6).astype(np.float64)
-    reference = dense_reference(3, rows, np.repeat(y, 5), dedup_threshold=None)
+    reference = dense_reference(3, rows, np.repeat(y, 5), rectified=False, dedup_threshold=None)
     np.testing.assert_allclose(
         _layer_output(layer, x).reshape(-1, 3), reference.transform(rows), rtol=1e-4, atol=1e-4
     )
@@ -334,7 +334,7 @@ def test_dense_layers_get_fisher_directions_and_sign_pairs_when_rows_allow(
     n, units, options, expected, dense_reference
 ):
     x, y = _labelled((8,), n=n)
-    layer = L.Dense(units)
+    layer = L.Dense(units, activation="relu")
     statistics = _solve(layer, x, y, **options)
     assert statistics.dense_remedies is expected
     class_pca = statistics.class_pca
@@ -343,6 +343,9 @@ def test_dense_layers_get_fisher_directions_and_sign_pairs_when_rows_allow(
     if expected:
         np.testing.assert_allclose(kernel[:, 1::2], -kernel[:, ::2], atol=1e-6)  # ± pairs
         assert -1 in class_pca.component_classes_  # a Fisher direction among them
+        # Without a rectifier after it the layer gets the Fisher directions, no pairs.
+        linear = _solve(L.Dense(units), x, y, **options).class_pca
+        assert not linear.sign_pairs and -1 in linear.component_classes_
     else:
         assert -1 not in class_pca.component_classes_
     reference = dense_reference(units, x.astype(np.float64), y, dedup_threshold=None,

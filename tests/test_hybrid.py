@@ -779,6 +779,44 @@ def test_label_free_mode_solves_each_layer_from_the_pca_of_its_input():
     np.testing.assert_allclose(np.asarray(layer.kernel), expected.kernel_, rtol=1e-4, atol=1e-5)
 
 
+class _InputsOnly(keras.utils.PyDataset):
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return self.x[index * 100 : (index + 1) * 100]
+
+
+@pytest.mark.parametrize("source", ["dataset", "generator", "callable", "list", "pydataset"])
+def test_label_free_adapt_streams_batches_of_inputs_alone(source):
+    # As keras.layers.Normalization.adapt: batches of x alone are the label-free mode.
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(400, 10)) * np.linspace(3.0, 0.5, 10)).astype("float32")
+    batches = [x[i : i + 100] for i in range(0, 400, 100)]
+    data = {
+        "dataset": lambda: tf.data.Dataset.from_tensor_slices(x).batch(64),
+        "generator": lambda: (b for b in batches),
+        "callable": lambda: lambda: iter(batches),
+        "list": lambda: batches,
+        "pydataset": lambda: _InputsOnly(x),
+    }[source]()
+    expected = ClassPCA(4).fit(x.astype(np.float64), np.zeros(len(x), dtype=int))
+    layer = ClassPCADense(4)
+    layer.adapt(data)
+    np.testing.assert_allclose(np.asarray(layer.kernel), expected.kernel_, rtol=1e-4, atol=1e-5)
+    if source == "dataset":  # hybridize reads a dataset's element_spec: label-free too
+        model = keras.Sequential([keras.Input((10,)), L.Dense(4, activation="relu", name="a"),
+                                  L.Dense(2, name="out")])
+        report = hybridize(model, data, cutoff=1, verbose=0)
+        assert report.label_free
+        np.testing.assert_allclose(np.asarray(model.get_layer("a").kernel), expected.kernel_,
+                                   rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------- solved_activation
 def _chain(blobs_x):
     keras.utils.set_random_seed(0)
@@ -788,6 +826,25 @@ def _chain(blobs_x):
         L.Dense(6, activation="relu", name="b"),
         L.Dense(3, activation="softmax", name="out"),
     ])
+
+
+@pytest.mark.parametrize("after, paired", [
+    ([], False),  # Dense(linear) -> Dense: a direction's negative would be a copy
+    ([L.BatchNormalization(), L.ReLU()], True),  # a ReLU follows through the BN
+    ([L.Activation("tanh")], False),  # odd: tanh(-z) = -tanh(z)
+    ([L.Activation("gelu")], True),
+])
+def test_dense_rule_pairs_signs_only_where_a_rectifier_follows(blobs, after, paired):
+    x, y = blobs  # 240 rows over 8 features, 4 units: the Dense rule applies
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), L.Dense(4, name="a"), *after,
+                              L.Dense(3, activation="softmax")])
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    kernel = np.asarray(model.get_layer("a").kernel)
+    assert report.layers[0].fisher_sign_pairs is True
+    assert np.allclose(kernel[:, 1::2], -kernel[:, ::2], atol=1e-6) is paired
+    if not paired:
+        assert np.linalg.matrix_rank(kernel, tol=1e-4) == 4
 
 
 def test_solved_activation_linear_makes_each_solved_layer_linear_before_the_next_solve(blobs):

@@ -333,7 +333,8 @@ def test_from_data_bad_input(blobs, data, kwargs, match):
 
 def test_dense_initializer_from_data_follows_the_dense_rule():
     # Rows >= 10 x features and units < features: Fisher directions and sign pairs, as
-    # ClassPCADense.adapt and hybridize give; an explicit option turns the rule off.
+    # ClassPCADense.adapt and hybridize give a layer a ReLU follows (an initializer does
+    # not see the layer's activation); an explicit option turns the rule off.
     from keras_classpca import ClassPCADense
 
     rng = np.random.default_rng(3)
@@ -342,7 +343,7 @@ def test_dense_initializer_from_data_follows_the_dense_rule():
     init = ClassPCAInitializer.from_data(x, y)
     layer = keras.layers.Dense(6, kernel_initializer=init, bias_initializer=init.bias_initializer())
     layer.build((None, 12))
-    adapted = ClassPCADense(6)
+    adapted = ClassPCADense(6, activation="relu")
     adapted.adapt((x, y))
     kernel = np.asarray(layer.kernel)
     np.testing.assert_allclose(kernel, np.asarray(adapted.kernel), rtol=1e-5, atol=1e-6)

@@ -27,17 +27,26 @@ def _images(n=48, hw=(8, 8), channels=1, n_classes=3, seed=0):
 # ---------------------------------------------------------------- equality with ClassPCA
 def test_dense_adapt_equals_class_pca(blobs, dense_reference):
     x, y = blobs
-    layer = ClassPCADense(6)
+    layer = ClassPCADense(6, activation="relu")
     assert not layer.is_adapted
     layer.adapt((x, y), batch_size=50)
     # 8 features, 6 units, >= 80 rows: the Dense rule adds Fisher directions, sign pairs
     reference = dense_reference(6, x, y)
     assert reference.sign_pairs and layer.sign_pairs is None  # the rule decided
+    # Without a rectifier a direction's negative is a copy: Fisher directions, no pairs.
+    linear = ClassPCADense(6)
+    linear.adapt((x, y), batch_size=50)
+    linear_reference = dense_reference(6, x, y, rectified=False)
+    assert not linear_reference.sign_pairs and linear_reference.discriminant == "auto"
+    np.testing.assert_allclose(_np(linear.kernel), linear_reference.kernel_, rtol=1e-5,
+                               atol=1e-6)
+    assert np.linalg.matrix_rank(_np(linear.kernel), tol=1e-4) == 6  # no column repeats
     # batches of 50 against one pass: the same sums up to float32 round-off
     np.testing.assert_allclose(_np(layer.kernel), reference.kernel_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(_np(layer.bias), reference.bias_, rtol=1e-5, atol=1e-6)
     assert layer.is_adapted and not layer.trainable
-    np.testing.assert_allclose(_np(layer(x)), reference.transform(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_np(layer(x)), np.maximum(reference.transform(x), 0.0),
+                               rtol=1e-5, atol=1e-5)
     plain = ClassPCADense(6, sign_pairs=False)  # an explicit option: no rule
     plain.adapt((x, y), batch_size=50)
     reference = ClassPCA(6, sign_pairs=False).fit(x, y, batch_size=50)
@@ -251,7 +260,7 @@ def test_readapt_replaces_weights(blobs, dense_reference):
     layer = ClassPCADense(6)
     layer.adapt((x, y))
     layer.adapt((x[:120], y[:120]))
-    reference = dense_reference(6, x[:120], y[:120])
+    reference = dense_reference(6, x[:120], y[:120], rectified=False)
     np.testing.assert_array_equal(_np(layer.kernel), reference.kernel_.astype("float32"))
 
 
@@ -463,10 +472,10 @@ BAD_DENSE_DATA = {
     ),
     # x alone is the label-free mode; an x with no sample is an error
     "label-free-empty": (lambda x, y: x[:0], ValueError, r"`x` must hold at least one sample"),
-    "dataset-no-labels": (
+    "dataset-no-labels": (  # label-free, but the layer was made for 3 classes
         lambda x, y: tf.data.Dataset.from_tensor_slices(x).batch(8),
         ValueError,
-        r"`\(x, y\)` pairs",
+        r"inputs alone, which solve the layer label-free .* n_classes=3",
     ),
 }
 

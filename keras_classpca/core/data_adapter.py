@@ -48,24 +48,78 @@ def is_xy_pair(data):
             and all(isinstance(v, (numbers.Number, list, tuple)) for v in y[:8]))
 
 
+def _is_input_spec(spec):
+    """Whether a tf.data `element_spec` is inputs alone: one TensorSpec, no labels."""
+    return not isinstance(spec, (tuple, list, dict)) and hasattr(spec, "shape")
+
+
 def is_unlabeled(data):
-    """Whether `data` is inputs alone (one array or tensor), not `(x, y)` or batches."""
+    """Whether `data` is inputs alone, not `(x, y)`: one array or tensor, or a
+    `tf.data.Dataset` whose elements are single tensors (batches of `x`)."""
+    if _is_tf_dataset(data):
+        return _is_input_spec(data.element_spec)
     return _is_array_like(data) and not isinstance(data, (tuple, list))
 
 
-def as_one_class(x):
+def _one_class_batch(x):
+    x = _to_numpy(x, "x")
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"`x` must hold at least one sample; received shape {x.shape}.")
+    return x, np.zeros(len(x), dtype=np.int64)
+
+
+def _one_class_elements(elements):
+    """Bare `x` batches as `(x, zeros)`; `(x, y)` elements pass unchanged."""
+    for element in elements:
+        yield element if isinstance(element, (tuple, list, dict)) else _one_class_batch(element)
+
+
+def as_one_class(data):
     """Label-free inputs as `(x, zeros)`: class-PCA of a single class is the PCA of the
     data (the covariance eigenvectors of the first seed's label-free mode).
+
+    `data` is an array or tensor `x`, or a batched `tf.data.Dataset` of `x` (a dataset
+    of `(x, y)` is returned as it is).
 
     >>> import numpy as np
     >>> x, y = as_one_class(np.ones((3, 2)))
     >>> y.tolist()
     [0, 0, 0]
     """
-    x = _to_numpy(x, "x")
-    if x.ndim == 0 or len(x) == 0:
-        raise ValueError(f"`x` must hold at least one sample; received shape {x.shape}.")
-    return x, np.zeros(len(x), dtype=np.int64)
+    if _is_tf_dataset(data):
+        if not _is_input_spec(data.element_spec):
+            return data
+        import tensorflow as tf
+
+        return data.map(lambda x: (x, tf.zeros(tf.shape(x)[:1], dtype=tf.int64)))
+    return _one_class_batch(data)
+
+
+def labels_optional(data):
+    """`data` with label-free parts as one class, for `adapt` (which, like
+    `keras.layers.Normalization.adapt`, takes inputs alone): `x` arrays and datasets
+    of `x` via `as_one_class`; a `keras.utils.PyDataset`, an iterable or a function
+    returning one yields each bare `x` batch as `(x, zeros)` and `(x, y)` batches
+    unchanged. Anything else is returned as it is.
+
+    >>> import numpy as np
+    >>> batches = labels_optional([np.ones((2, 2)), (np.ones((1, 2)), np.array([3]))])
+    >>> [y.tolist() for _, y in batches()]
+    [[0, 0], [3]]
+    """
+    if is_unlabeled(data) or _is_tf_dataset(data):
+        return as_one_class(data)
+    if is_xy_pair(data) or isinstance(data, (str, bytes, dict)):
+        return data
+    if _is_py_dataset(data):
+        return lambda: _one_class_elements(_py_dataset_elements(data))
+    if callable(data):
+        return lambda: _one_class_elements(data())
+    if not hasattr(data, "__iter__"):
+        return data
+    if iter(data) is data:  # one pass only (a generator)
+        return _one_class_elements(data)
+    return lambda: _one_class_elements(data)
 
 
 def as_standard_float(array):
@@ -257,7 +311,7 @@ def known_batches(data, batch_size=None):
     return None
 
 
-def _py_dataset_batches(py_dataset):
+def _py_dataset_elements(py_dataset):
     num_batches = py_dataset.num_batches
     index = 0
     while num_batches is None or index < num_batches:
@@ -265,8 +319,13 @@ def _py_dataset_batches(py_dataset):
             element = py_dataset[index]
         except IndexError:
             break
-        yield _split_element(element, "The PyDataset")
+        yield element
         index += 1
+
+
+def _py_dataset_batches(py_dataset):
+    for element in _py_dataset_elements(py_dataset):
+        yield _split_element(element, "The PyDataset")
 
 
 def iter_batches(

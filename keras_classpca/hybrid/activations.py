@@ -13,6 +13,7 @@ layer can only become the identity (`negative_slope=1`); an activation after a m
 import keras
 
 from keras_classpca.hybrid.planner import flatten_graph
+from keras_classpca.layers.geometry import rectifies
 
 # A ReLU layer with these settings computes the identity.
 IDENTITY_RELU = {"negative_slope": 1.0, "max_value": None, "threshold": 0.0}
@@ -86,6 +87,21 @@ class ActivationReplacer:
     def would_replace(self, layer):
         """Whether `replace(layer)` changes something."""
         return bool(self._targets(layer))
+
+    def sign_pairs(self, layer):
+        """Whether the Dense rule's sign pairs suit solved `layer`: a rectifier follows
+        it (its own activation, or an `Activation` / `ReLU` layer after it, directly or
+        through its BatchNormalization) and stays (not replaced)."""
+        if self.would_replace(layer):
+            return False  # after the replacement (the identity) pairs would be copies
+        if rectifies(getattr(layer, "activation", None)):
+            return True
+        if self._nodes is None:
+            self._nodes, _ = flatten_graph(self.model)
+        follower = _following_activation_layer(self._nodes, layer)
+        if isinstance(follower, keras.layers.ReLU):
+            return not all(getattr(follower, k) == v for k, v in IDENTITY_RELU.items())
+        return follower is not None and rectifies(follower.activation)
 
     def replace(self, layer):
         """Replace the activations after solved `layer`; returns what they were (e.g.

@@ -656,8 +656,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             n_classes=None if label_free else passes.expected_classes()
         ) if passes.auto else None
         # Sign pairs are for a ReLU, which discards each projection's negative half:
-        # after a replaced activation the Dense rule's pairs would be copies.
-        pairs = not replacer.would_replace(layer)
+        # after the identity (or a replaced activation) the pairs would be copies.
+        pairs = replacer.sign_pairs(layer)
         if strategy is not None:
             statistics, seen = _distributed_statistics(
                 passes, plan, step, feature_model, strategy, batch_size, class_pca_options,
@@ -771,7 +771,7 @@ def _decide(plan, passes, class_pca_options, seed, verbose):
     return decide_cutoff(
         plan, (x, labels), class_pca_options, n_classes=n_classes,
         samples_per_class=n_train / n_classes, rule=policy.DEFAULT_RULE, seed=seed or 0,
-        verbose=verbose,
+        verbose=verbose, sign_pairs=ActivationReplacer(plan.model, None).sign_pairs,
     )
 
 
@@ -797,7 +797,7 @@ def _layer_named(plan, name):
 
 
 def _distributed_statistics(passes, plan, step, feature_model, strategy, batch_size,
-                            class_pca_options, dense_sign_pairs=True):
+                            class_pca_options, dense_sign_pairs=None):
     """The tf.distribute statistics pass of one layer, as solved `LayerStatistics`."""
     from keras_classpca.distributed import hybridize_layer_pass
 

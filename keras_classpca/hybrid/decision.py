@@ -69,7 +69,7 @@ def probe_points(plan):
 
 
 def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, seed=0,
-                  explore=False, max_layers=None, verbose=0):
+                  explore=False, max_layers=None, verbose=0, sign_pairs=None):
     """How many of `plan`'s layers to solve, and the evidence.
 
     Args:
@@ -83,6 +83,8 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         explore: go on past the first rejected layer (every gain is measured; the
             returned cutoff is still the rule's). For benchmarks.
         max_layers: look at most at this many layers.
+        sign_pairs: `layer -> bool`, whether the Dense rule may pair signs there
+            (`ActivationReplacer.sign_pairs`); default: the layer's own activation.
 
     Returns:
         `(cutoff, evidence)`: evidence is a dict with a row per layer looked at (its
@@ -121,6 +123,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                     data, plan.feature_model(step.input, step.scope), step.layer,
                     dict(options, eigen_solver="randomized"),
                     seed=seed, patches_per_image=policy.DECISION_PATCHES,
+                    dense_sign_pairs=None if sign_pairs is None else sign_pairs(step.layer),
                 )
             except UnsolvableDataError as error:
                 rows.append(dict(layer=step.name, kind=kind, unsolvable=str(error)))

@@ -6,7 +6,12 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA
-from keras_classpca.core.data_adapter import as_one_class, is_infinite, is_unlabeled, iter_batches
+from keras_classpca.core.data_adapter import (
+    is_infinite,
+    is_unlabeled,
+    iter_batches,
+    labels_optional,
+)
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     LayerStatistics,
@@ -93,21 +98,29 @@ class ClassPCAAdaptMixin:
                 (TFDS with `as_supervised=True`), a `keras.utils.PyDataset`, any
                 iterable (e.g. a generator) of `(x, y)` batches, or a function returning
                 one (called once per pass). `x` is this layer's
-                input; `y` holds integer labels or one-hot rows. An array `x` alone
-                (no labels) solves the layer label-free: the leading covariance
-                eigenvectors of its input (one class).
+                input; `y` holds integer labels or one-hot rows. Inputs alone (an
+                array `x`, or a dataset, PyDataset or iterable of `x` batches, as
+                `keras.layers.Normalization.adapt` takes them) solve the layer
+                label-free: the leading covariance eigenvectors of its input (one
+                class).
             batch_size: batch size used when `data` is arrays (default 1024).
             steps: use at most this many batches (required for a dataset that
                 never ends, `ds.repeat()`).
             strategy: a `tf.distribute.Strategy` to spread the statistics pass over
                 (needs `n_classes`; see docs/distributed.md).
         """
-        if is_unlabeled(data):  # label-free: the PCA of the input (one class)
-            data = as_one_class(data)
         if steps is None and is_infinite(data):
             raise ValueError(
                 "`data` never ends (a tf.data.Dataset repeated without a count): pass "
                 "`steps=` (how many batches to adapt on), or a finite dataset."
+            )
+        label_free = is_unlabeled(data)
+        data = labels_optional(data)  # batches of x alone: the PCA of the input (one class)
+        if label_free and (self.n_classes or 1) > 1:
+            raise ValueError(
+                f"`data` holds inputs alone, which solve the layer label-free (the PCA of "
+                f"its input, one class), but the layer has n_classes={self.n_classes}: "
+                "pass `(x, y)` with labels, or make the layer without `n_classes`."
             )
         if strategy is not None:
             if not isinstance(self, ONE_GROUP_KINDS) or getattr(self, "groups", 1) != 1:

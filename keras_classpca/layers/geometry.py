@@ -46,7 +46,9 @@ SOLVABLE_NAMES = ", ".join(kind.__name__ for kind in SOLVABLE)
 # features they cost 0.8 pp). Chosen on bench_lossless's digits and Fashion-MNIST MLP
 # cases (21 rows per feature: on; 7.7 and 0.8: off, where the pair was no better); its
 # held-out cases are reported apart there. Convolutions keep plain class-PCA (the
-# Fisher directions cost the benchmark CNN's conv layers 0.5 pp).
+# Fisher directions cost the benchmark CNN's conv layers 0.5 pp). The sign pairs only
+# where a rectifier follows (`rectifies`): after the identity or tanh the negative of a
+# direction is a copy, and the layer would keep half as many directions.
 DENSE_REMEDIES_MIN_ROWS_PER_FEATURE = 10
 DENSE_REMEDY_OPTIONS = {"sign_pairs": True, "discriminant": "auto"}
 
@@ -159,6 +161,33 @@ def check_input(layer, x, argument="x"):
 
 def _channels_last(layer, x):
     return np.moveaxis(x, 1, -1) if _channels_axis(layer) == 1 else x
+
+
+# Activations that keep a projection's sign information (odd or monotone-symmetric:
+# f(-z) is a function of f(z)), after which a direction's negative would be a copy.
+SIGN_KEEPING_ACTIVATIONS = frozenset({
+    "linear", "tanh", "sigmoid", "hard_sigmoid", "softsign", "hard_tanh", "tanh_shrink",
+    "soft_shrink", "hard_shrink", "softmax", "log_softmax", "sparsemax",
+})
+
+
+def rectifies(activation):
+    """Whether `activation` discards (most of) the negative half of each projection, so
+    a direction and its negative carry different information (ReLU and its smooth
+    relatives); False for None, the identity and odd/sigmoidal functions. Unknown
+    callables count as rectifying.
+
+    >>> rectifies("relu"), rectifies(keras.activations.gelu), rectifies("linear")
+    (True, True, False)
+    """
+    if activation is None:
+        return False
+    try:
+        name = keras.activations.serialize(keras.activations.get(activation))
+    except (ValueError, TypeError):
+        return True
+    name = name if isinstance(name, str) else str(name)
+    return name not in SIGN_KEEPING_ACTIVATIONS
 
 
 def dense_remedies(rows, n_features, n_classes, units, options=None):
@@ -400,11 +429,15 @@ class LayerStatistics:
     """
 
     def __init__(self, layer, options=None, *, patches_per_image=None, rng=None,
-                 dense_sign_pairs=True):
+                 dense_sign_pairs=None):
         self.layer = layer
         self.options = dict(options or {})
-        # False: the Dense rule mixes in Fisher directions without sign pairs (the
-        # layer's ReLU is being replaced: after the identity, pairs would be copies).
+        # False: the Dense rule mixes in Fisher directions without sign pairs (no
+        # rectifier follows the layer: a direction's negative would be a copy). None:
+        # whether the layer's own activation rectifies (`hybridize` also looks at the
+        # activation layer after it).
+        if dense_sign_pairs is None:
+            dense_sign_pairs = rectifies(getattr(layer, "activation", None))
         self.dense_sign_pairs = dense_sign_pairs
         self.patches_per_image = patches_per_image
         self.rng = rng if rng is not None else np.random.default_rng(0)
