@@ -44,6 +44,7 @@ _EXPORTS = {
     "SolvedLayer": "keras_classpca.hybrid.report",
     "SolveCache": "keras_classpca.hybrid.cache",
     "export_for_serving": "keras_classpca.serving.export",
+    "strip_class_pca": "keras_classpca.serving.strip",
     "artifact_sizes": "keras_classpca.serving.requests",
     "signature_info": "keras_classpca.serving.requests",
     "predict_request_body": "keras_classpca.serving.requests",

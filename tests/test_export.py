@@ -544,3 +544,4 @@ def test_example_export_serving_runs(tmp_path, capsys):
     assert len(body["instances"]) == 2 and list(body["instances"][0]) == ["image"]
     reloaded = keras.saving.load_model(str(tmp_path / "serving" / "digits.keras"))
     assert reloaded.get_layer("conv").trainable is False  # hybridize froze it
+
