@@ -572,3 +572,22 @@ def test_bad_adapt_options(blobs, kwargs, match):
     with pytest.raises(ValueError, match=match):
         layer.adapt(blobs, **kwargs)
     _assert_unchanged(layer, snapshot)
+
+
+def test_more_filters_than_patch_values_warns_only_when_asked_directly():
+    # 16 filters over 3x3x1 patches (d = 9): the model's shape when a layer is solved
+    # (no warning); a warning when ClassPCA itself is asked for 16 of 9 features.
+    import warnings
+
+    from keras_classpca.core.class_pca import OvercompleteWarning
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6, 6, 1)).astype("float32")
+    y = np.arange(60) % 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OvercompleteWarning)
+        ClassPCAConv2D(16, 3).adapt((x, y))
+        init = ClassPCAInitializer.from_data(x, y, kernel_size=3)
+        keras.layers.Conv2D(16, 3, kernel_initializer=init).build((None, 6, 6, 1))
+    with pytest.warns(OvercompleteWarning, match="n_components=16 exceeds the 9 input"):
+        ClassPCA(16).fit(x[:, :3, :3].reshape(60, 9), y)

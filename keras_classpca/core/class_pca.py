@@ -153,6 +153,12 @@ def _check_finite(x, name):
         raise ValueError(f"`{name}` contains {bad} NaN or infinite values.")
 
 
+class OvercompleteWarning(UserWarning):
+    """More components asked than input features: some are combinations of others.
+    Layer solves (`adapt`, `hybridize`) silence it: the layer's shape is the model's,
+    and a trained kernel of that shape has the same rank."""
+
+
 def labels_to_int(y, n_classes=None):
     """Validate labels (integer, or one-hot rows) and return them as an int64 vector.
 
@@ -1108,8 +1114,9 @@ class ClassPCA:
             warnings.warn(
                 f"n_components={n_components} exceeds the {d} input features: the kernel "
                 f"has rank at most {d}, so {n_components - d} of its columns are linear "
-                "combinations of the others.",
-                UserWarning,
+                "combinations of the others (`sign_pairs='spare'` gives them the "
+                "negatives of the leading directions instead).",
+                OvercompleteWarning,
                 stacklevel=3,
             )
         # Pairs computed up front: the class's share of the components plus room for

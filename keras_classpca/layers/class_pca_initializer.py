@@ -5,7 +5,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_classpca.core.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning, labels_to_int
 from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.core.patches import extract_patches
 
@@ -335,7 +335,9 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             pca, n_components, self._dense_options
         ):
             self._dense_options = None  # applied (shared with the bias twin)
-        return pca.solve(n_components)
+        with warnings.catch_warnings():  # more filters than inputs: the layer's shape
+            warnings.simplefilter("ignore", OvercompleteWarning)
+            return pca.solve(n_components)
 
     def get_config(self):
         return {"part": self.part, "class_pca_params": dict(self._params)}

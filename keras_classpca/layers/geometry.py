@@ -20,11 +20,12 @@ input, call `end_pass()` after each pass over the data, then `assign()`.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
 
-from keras_classpca.core.class_pca import ClassPCA
+from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning
 from keras_classpca.core.patches import extract_patches
 from keras_classpca.core.statistics import _is_backend_tensor
 
@@ -495,7 +496,11 @@ class LayerStatistics:
         if self.stage == 0:
             self.dense_remedies = self._dense_remedies()
         try:
-            solutions = [class_pca.solve() for class_pca in self.class_pcas]
+            with warnings.catch_warnings():
+                # More filters than patch values (a 3x3 first conv with 32 filters) is
+                # the model's shape, not the user's request: no warning per solve.
+                warnings.simplefilter("ignore", OvercompleteWarning)
+                solutions = [class_pca.solve() for class_pca in self.class_pcas]
         except ValueError as error:
             raise UnsolvableDataError(str(error)) from error
         self.solved_stages.append((self.class_pcas, solutions))
