@@ -348,10 +348,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
         ):
             return model.fit(*args, **kwargs)
         arguments.update(arguments.pop("kwargs", {}))
-        # model.fit's default batch size for arrays is 32 (fit_top's own is 128).
-        batch_size = arguments.pop("batch_size", None) or 32
-        return fit_top(model, x, y, batch_size=batch_size, cache="auto",
-                       output_cache=self.output_cache, **arguments)
+        return fit_top(model, x, y, cache="auto", output_cache=self.output_cache,
+                       **arguments)
 
     def fit(self, hp, model, *args, **kwargs):
         """Solve the bottom `hp["cutoff"]` layers, recompile, `model.fit(*args, **kwargs)`."""

@@ -270,6 +270,31 @@ def test_custom_signature_name_and_dict_inputs(tmp_path):
     assert _max_abs(out["logits"], logits) <= SERVED_ATOL
 
 
+def test_dict_outputs_are_served_under_their_keys(tmp_path):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, {"zscore": keras.layers.Dense(1, name="alpha")(inputs),
+                                 "aclass": keras.layers.Dense(2, name="zeta")(inputs)})
+    path = kx.export_for_serving(model, tmp_path / "dict")
+    x = np.random.default_rng(2).normal(size=(5, 3)).astype("f4")
+    out = tf.saved_model.load(path).signatures["serving_default"](tf.constant(x))
+    assert set(out) == {"zscore", "aclass"}  # as keras' own model.export names them
+    expected = model.predict(x, verbose=0)
+    for key in out:
+        assert _max_abs(out[key], expected[key]) <= SERVED_ATOL
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="string lookup tables: TensorFlow")
+def test_models_with_lookup_tables_export(tmp_path):
+    inputs = keras.Input((1,), dtype="string")
+    ids = keras.layers.StringLookup(vocabulary=["a", "b", "c"])(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.CategoryEncoding(
+        num_tokens=4, output_mode="one_hot")(ids)))
+    path = kx.export_for_serving(model, tmp_path / "lookup")
+    x = tf.constant([["a"], ["c"], ["z"]])
+    out = tf.saved_model.load(path).signatures["serving_default"](x)
+    assert _max_abs(next(iter(out.values())), model.predict(x, verbose=0)) <= SERVED_ATOL
+
+
 # --------------------------------------------------------------------------- bad input
 
 

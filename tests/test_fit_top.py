@@ -299,7 +299,7 @@ def test_skip_connection_around_the_prefix_falls_back_to_plain_fit():
     assert not np.array_equal(model.get_layer("b").get_weights()[0], before)
 
 
-def test_sample_weights_are_honoured_or_caching_is_refused():
+def test_sample_weights_are_honoured_with_and_without_the_cache():
     x, y = _data(200)
     weights = np.zeros(200, "float32")  # zero weights: training must not move anything
     model = _model(2)
@@ -308,13 +308,12 @@ def test_sample_weights_are_honoured_or_caching_is_refused():
     history = fit_top(model, x, y, sample_weight=weights, epochs=1, cache=True, verbose=0)
     assert history.cache_used
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    # a dataset of (x, y, w): the cache cannot carry w, so no caching
+    # a dataset of (x, y, w): the cache carries w along with the prefix outputs
     dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(50)
-    with pytest.raises(ValueError, match="sample weights"):
-        fit_top(model, dataset, cache=True, verbose=0)
-    history = fit_top(model, dataset, epochs=1, cache="auto", verbose=0)
-    assert history.cache_used is False
-    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    for cache in (True, False):
+        history = fit_top(model, dataset, epochs=1, cache=cache, verbose=0)
+        assert history.cache_used is cache
+        assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
 # ------------------------------------------------------------------ shared prefix outputs

@@ -55,9 +55,15 @@ def test_reduce_features_leaves_small_inputs_alone_and_projects_long_vectors():
     reduced = reduce_features(long, max_features=512)
     assert reduced.shape == (50, 512)
     np.testing.assert_array_equal(reduced, reduce_features(long, max_features=512))  # seeded
-    # a Gaussian projection scaled by 1/sqrt(m) roughly preserves norms
+    # the count sketch preserves norms and inner products in expectation
     ratio = np.linalg.norm(reduced, axis=1) / np.linalg.norm(long, axis=1)
     assert np.all(np.abs(ratio - 1) < 0.15)
+    gram, sketched = long @ long.T, reduced @ reduced.T
+    # (error of an inner product about |a| |b| / sqrt(512): 4 % of a squared norm here)
+    assert np.abs(sketched - gram).mean() < 0.08 * np.diag(gram).mean()
+    # every input value goes to one output: a one-hot input comes out one-hot (±1)
+    unit = np.eye(3000)[[5, 2999]]
+    assert np.array_equal(np.abs(reduce_features(unit, max_features=512)).sum(axis=1), [1, 1])
     # a map with more channels than max_features: no pooling grid fits, then projected
     wide = np.random.default_rng(3).normal(size=(2, 3, 3, 40))
     assert reduce_features(wide, max_features=32).shape == (2, 32)

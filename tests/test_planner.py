@@ -259,3 +259,28 @@ def test_a_preprocessing_layer_reused_in_a_second_model_is_named():
     reason = dict(plan_model(build("second")).blocked)["second_hidden"]
     assert "first called in another model: Normalization 'shared_norm'" in reason
     assert "first called in another model" in reason and "from_config" in reason
+
+
+@pytest.mark.parametrize("masking", ["Masking", "Embedding"])
+def test_a_layer_reading_a_masked_tensor_is_not_solved(masking):
+    # Padded steps would enter the class statistics as data (nothing removes them).
+    if masking == "Masking":
+        inputs = keras.Input((12, 4))
+        h = keras.layers.Masking(0.0)(inputs)
+    else:
+        inputs = keras.Input((12,), dtype="int32")
+        h = keras.layers.Embedding(20, 4, mask_zero=True, trainable=False)(inputs)
+    h = keras.layers.Dense(6, activation="relu", name="per_step")(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    h = keras.layers.Dense(5, activation="relu", name="above")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(h))
+    plan = plan_model(model)
+    assert plan.names == []
+    reasons = dict(plan.blocked)
+    assert "reads a masked tensor" in reasons["per_step"]
+    assert "depends on Dense 'per_step'" in reasons["above"]
+    unmasked = keras.Input((12, 4))
+    h = keras.layers.Dense(6, activation="relu")(unmasked)  # the same without a mask
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    plain = keras.Model(unmasked, keras.layers.Dense(3)(keras.layers.Dense(5)(h)))
+    assert len(plan_model(plain).names) == 2

@@ -13,6 +13,7 @@ Only one batch is ever held in memory, so statistics can stream over data sets t
 not fit in memory. No Keras layer lives here: this module only moves data.
 """
 
+import functools
 import itertools
 import numbers
 import sys
@@ -27,6 +28,17 @@ DEFAULT_BATCH_SIZE = 1024
 
 def _is_array_like(obj):
     return hasattr(obj, "shape") and hasattr(obj, "dtype")
+
+
+def _holds_several_label_sets(data):
+    """`(x, [y1, y2])`, `(x, (y1, y2))` or `(x, {"a": y1, ...})`: a multi-output model's
+    labels."""
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        return False
+    x, y = data[0], data[1]
+    parts = list(y.values()) if isinstance(y, dict) else y
+    return (_is_array_like(x) and isinstance(y, (list, tuple, dict)) and len(parts) > 1
+            and all(_is_array_like(part) for part in parts))
 
 
 def is_xy_pair(data):
@@ -45,7 +57,7 @@ def is_xy_pair(data):
     if _is_array_like(y):
         return True
     return (isinstance(y, (list, tuple)) and len(x.shape) > 0 and len(y) == x.shape[0]
-            and all(isinstance(v, (numbers.Number, list, tuple)) for v in y[:8]))
+            and all(isinstance(v, (numbers.Number, str, list, tuple)) for v in y[:8]))
 
 
 def _is_input_spec(spec):
@@ -210,8 +222,9 @@ def _is_py_dataset(data):
     return utils is not None and isinstance(data, utils.PyDataset)
 
 
-def _split_element(element, where):
-    """`(x, y)` or `(x, y, sample_weight)` -> `(x, y)`, with clear errors otherwise."""
+def _split_element(element, where, keep_weights=False):
+    """`(x, y)` or `(x, y, sample_weight)` -> `(x, y)` (`(x, y, sample_weight or None)`
+    with `keep_weights`, for training), with clear errors otherwise."""
     if isinstance(element, dict):
         raise ValueError(
             f"{where} yields dicts with keys {sorted(element)}; class-PCA needs "
@@ -225,7 +238,10 @@ def _split_element(element, where):
             + (f" with {len(element)} parts" if isinstance(element, (tuple, list)) else "")
             + "."
         )
-    if len(element) == 3 and element[2] is not None:
+    weights = element[2] if len(element) == 3 else None
+    if keep_weights:
+        return element[0], element[1], weights
+    if weights is not None:
         _warn_sample_weights_ignored()
     return element[0], element[1]
 
@@ -240,7 +256,8 @@ def _warn_sample_weights_ignored():
     )
 
 
-def _slice_arrays(x, y, batch_size):
+def _slice_arrays(x, y, batch_size, weights=None):
+    weights = None if weights is None else _to_numpy(weights, "sample_weight")
     x = _to_numpy(x, "x")
     y = _to_numpy(y, "y")
     if x.ndim == 0:
@@ -251,7 +268,8 @@ def _slice_arrays(x, y, batch_size):
             f"{x.shape} and y with shape {y.shape}."
         )
     for start in range(0, len(x), batch_size):
-        yield x[start : start + batch_size], y[start : start + batch_size]
+        batch = slice(start, start + batch_size)
+        yield (x[batch], y[batch]) + (() if weights is None else (weights[batch],))
 
 
 def _is_unbatched(x_spec, y_spec):
@@ -275,7 +293,7 @@ def _is_unbatched(x_spec, y_spec):
     )
 
 
-def _dataset_batches(dataset, batch_size):
+def _dataset_batches(dataset, batch_size, split=_split_element):
     spec = dataset.element_spec
     if isinstance(spec, dict):
         _split_element(spec, "The dataset")
@@ -287,7 +305,7 @@ def _dataset_batches(dataset, batch_size):
     if _is_unbatched(spec[0], spec[1]):  # one sample per element: batch it ourselves
         dataset = dataset.batch(batch_size)
     for element in dataset.as_numpy_iterator():
-        yield _split_element(element, "The dataset")
+        yield split(element, "The dataset")
 
 
 def known_batches(data, batch_size=None):
@@ -323,13 +341,14 @@ def _py_dataset_elements(py_dataset):
         index += 1
 
 
-def _py_dataset_batches(py_dataset):
+def _py_dataset_batches(py_dataset, split=_split_element):
     for element in _py_dataset_elements(py_dataset):
-        yield _split_element(element, "The PyDataset")
+        yield split(element, "The PyDataset")
 
 
 def iter_batches(
-    data, y=None, *, batch_size=None, steps=None, max_samples=None, keep_tensors=False
+    data, y=None, *, batch_size=None, steps=None, max_samples=None, keep_tensors=False,
+    sample_weights=False,
 ):
     """Yield `(x, y)` numpy batches from any supported data source.
 
@@ -341,6 +360,9 @@ def iter_batches(
         batch_size: batch size for slicing arrays and for unbatched datasets.
         steps: stop after this many batches.
         max_samples: stop after this many samples (the last batch is cut).
+        sample_weights: yield `(x, y, sample_weight or None)` (for training on the
+            data, as `fit_top` does) instead of `(x, y)` and a warning that class-PCA
+            ignores the weights.
         keep_tensors: yield `x` batches that are tensors of the Keras backend as they
             are (for products on their device) instead of converting them to NumPy.
 
@@ -373,14 +395,23 @@ def iter_batches(
             "repeat a finite number of times."
         )
 
+    split = functools.partial(_split_element, keep_weights=sample_weights)
     if y is not None:
         batches = _slice_arrays(data, y, batch_size)
     elif is_xy_pair(data):
-        batches = _slice_arrays(*_split_element(data, "`data`"), batch_size)
+        x, y_all, *weights = split(data, "`data`")
+        batches = _slice_arrays(x, y_all, batch_size, *weights)
     elif _is_tf_dataset(data):
-        batches = _dataset_batches(data, batch_size)
+        batches = _dataset_batches(data, batch_size, split)
     elif _is_py_dataset(data):
-        batches = _py_dataset_batches(data)
+        batches = _py_dataset_batches(data, split)
+    elif _holds_several_label_sets(data):
+        raise ValueError(
+            "`data` is `(x, y)` with `y` a list, tuple or dict of label arrays (one per "
+            "output of a multi-output model); class-PCA needs one label per sample: pass "
+            "the labels of the head whose classes the solved layers should separate, "
+            "e.g. `(x, y_head)`."
+        )
     elif _is_array_like(data):
         raise ValueError(
             "Class-PCA needs labels: pass `(x, y)` (or `x` and `y=`), a dataset of "
@@ -388,7 +419,7 @@ def iter_batches(
             f"{tuple(data.shape)}."
         )
     elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes, dict)):
-        batches = (_split_element(element, "The data iterable") for element in data)
+        batches = (split(element, "The data iterable") for element in data)
     else:
         raise TypeError(
             "`data` must be `(x, y)` arrays, a tf.data.Dataset, a keras PyDataset or an "
@@ -399,7 +430,7 @@ def iter_batches(
         # Stop before pulling batch `steps + 1`: a caller's generator keeps it.
         batches = itertools.islice(batches, steps)
     seen = 0
-    for step, (x_batch, y_batch) in enumerate(batches):
+    for step, (x_batch, y_batch, *weights) in enumerate(batches):
         if not (keep_tensors and _is_backend_tensor(x_batch)):
             x_batch = _to_numpy(x_batch, "x")
         y_batch = _to_numpy(y_batch, "y")
@@ -409,10 +440,14 @@ def iter_batches(
                 f"batch {step} has x with shape {x_batch.shape} and y with shape "
                 f"{y_batch.shape}."
             )
+        weights = weights[0] if weights else None
+        if weights is not None:
+            weights = _to_numpy(weights, "sample_weight")
         if max_samples is not None:
             x_batch, y_batch = x_batch[: max_samples - seen], y_batch[: max_samples - seen]
+            weights = None if weights is None else weights[: max_samples - seen]
         if len(x_batch):
-            yield x_batch, y_batch
+            yield (x_batch, y_batch) + ((weights,) if sample_weights else ())
         seen += len(x_batch)
         if max_samples is not None and seen >= max_samples:
             return

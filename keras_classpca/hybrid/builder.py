@@ -71,7 +71,9 @@ class _DataPasses:
     def __init__(self, data, samples, batch_size, seed, n_classes):
         self.n_classes = n_classes
         self.label_width = None  # columns of one-hot labels, once seen
-        self.model_classes = None  # the width of the model's softmax output, if any
+        self.model_classes = None  # classes the model's head predicts, if it says
+        self.label_free = False  # labels are zeros (one class) by design
+        self.regression_head = False  # one linear output unit, no class loss
         self.first_rows = None  # samples in a dataset's first batch, once read
         self.warned_classes = False
         self.batch_size = batch_size
@@ -98,6 +100,7 @@ class _DataPasses:
             keep = np.sort(keep)
             arrays = (arrays[0][keep], arrays[1][keep])
         self.data = arrays if arrays is not None else data
+        self.in_memory = arrays is not None  # `data` is the pair `(x, y)` of arrays
         if arrays is not None:
             self._see_labels(arrays[1])
         self.total = len(arrays[0]) if arrays is not None else samples
@@ -148,8 +151,12 @@ class _DataPasses:
             self._see_labels(y)
             labels = labels_to_int(y, self.n_classes)
             classes.update(np.unique(labels).tolist())
+            if self.regression_head:
+                self.check_classes(len(classes))
             yield x, labels
         expected = self.expected_classes()
+        if not (self.samples is not None and expected):
+            self.check_classes(len(classes))  # (else the warning below is the precise one)
         if (self.samples is not None and expected and len(classes) < expected
                 and not self.warned_classes):
             self.warned_classes = True
@@ -162,14 +169,39 @@ class _DataPasses:
                 stacklevel=2,
             )
 
+    def check_classes(self, n_classes_seen, where="the samples read"):
+        """Warn (once) when labelled data shows a single class: class-PCA then is plain
+        PCA, and a classifier's data sorted by class (or a head the planner cannot
+        read, e.g. logits) is the likely cause. Raise for more than two "classes" under
+        a regression head (whole-number targets are not classes)."""
+        if self.regression_head and n_classes_seen > 2 and not self.label_free:
+            raise ValueError(
+                f"`y` holds {n_classes_seen} distinct values but the model's output is one "
+                "linear unit (a regression head): class-PCA needs class labels. For a "
+                "regression model solve label-free, `hybridize(model, x, cutoff=k)` (the "
+                "PCA of each layer's input); for a classifier give the head its classes "
+                "(softmax, or compile with a cross-entropy loss)."
+            )
+        if n_classes_seen != 1 or self.label_free or self.warned_classes:
+            return
+        self.warned_classes = True
+        warnings.warn(
+            f"The labels of {where} hold a single class: the layers are solved from it "
+            "alone (its plain PCA). If `data` is sorted by class, shuffle it "
+            "(`ds.shuffle(...)`) or pass `n_classes=` so that reading goes on until "
+            "every class has come; for label-free solving pass `x` alone.",
+            UserWarning,
+            stacklevel=3,
+        )
+
     def _see_labels(self, y):
         if np.ndim(y) == 2 and np.shape(y)[1] > 1:
             self.label_width = int(np.shape(y)[1])
 
     def expected_classes(self):
         """How many classes the labels hold, if known without reading them all:
-        `n_classes`, the width of one-hot labels, or the model's softmax output's width
-        (`model_classes`)."""
+        `n_classes`, the width of one-hot labels, or the classes the model's head
+        predicts (`model_classes`: a softmax's width, 2 for one sigmoid unit, ...)."""
         return self.n_classes or self.label_width or self.model_classes
 
     def head(self, n, expected_classes=None):
@@ -177,7 +209,7 @@ class _DataPasses:
         of a dataset its first `n` — or, when those hold fewer than `expected_classes`
         classes (a dataset sorted by class), a uniform random subset drawn in one full
         pass (memory: `n` samples and a batch)."""
-        if isinstance(self.data, tuple):
+        if self.in_memory:
             x, y = self.data
             order = self.order  # samples="auto" drew it already, with the same seed
             if order is None:
@@ -228,30 +260,68 @@ class _DataPasses:
 
     def size(self):
         """Training samples a pass reads, or None if unknown without reading it."""
-        if isinstance(self.data, tuple):
+        if self.in_memory:
             return len(self.data[0])
         if self.samples is not None:
             return self.samples
         return self.seen  # a complete pass was read (None before)
 
 
-def softmax_width(model):
-    """The width of a single-output model's softmax output (its number of classes),
-    or None (logits, several outputs, or no softmax)."""
+# Losses that say the output is over classes (the compiled model's `loss`).
+CLASS_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy",
+                "binary_crossentropy", "categorical_focal_crossentropy",
+                "binary_focal_crossentropy")
+
+
+def _loss_name(model):
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, str):
+        return loss
+    name = getattr(loss, "name", None) or getattr(loss, "__name__", None)
+    return name if isinstance(name, str) else None
+
+
+def _regression_head(model):
+    """Whether the model's single output is one linear unit not compiled with a
+    cross-entropy loss (a regression head)."""
     outputs = getattr(model, "outputs", None) or []
-    if len(outputs) != 1 or outputs[0].shape[-1] is None or outputs[0].shape[-1] < 2:
+    if len(outputs) != 1 or outputs[0].shape[-1] != 1 or _loss_name(model) in CLASS_LOSSES:
+        return False
+    for layer in reversed(model.layers):
+        try:
+            if layer.output is outputs[0]:
+                return getattr(layer, "activation", "other") in (
+                    None, keras.activations.linear, "linear")
+        except (AttributeError, ValueError):
+            continue
+    return False
+
+
+def output_classes(model):
+    """How many classes a single-output model's head predicts, or None if it does not
+    say: a softmax output's width; 2 for one sigmoid unit; the output's width for
+    logits (a linear head) compiled with a cross-entropy loss (2 for one unit)."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1 or outputs[0].shape[-1] is None:
         return None
+    width = int(outputs[0].shape[-1])
     for layer in reversed(model.layers):
         try:
             produces = layer.output is outputs[0]
         except (AttributeError, ValueError):  # a layer called several times
             continue
-        if produces:
-            activation = getattr(layer, "activation", None)
-            if isinstance(layer, keras.layers.Softmax) or activation in (
-                    keras.activations.softmax, "softmax"):
-                return int(outputs[0].shape[-1])
-            return None
+        if not produces:
+            continue
+        activation = getattr(layer, "activation", None)
+        if isinstance(layer, keras.layers.Softmax) or activation in (
+                keras.activations.softmax, "softmax"):
+            return width if width >= 2 else None
+        if activation in (keras.activations.sigmoid, "sigmoid"):
+            return 2 if width == 1 else None  # several sigmoid units: multi-label
+        if activation in (None, keras.activations.linear, "linear") and (
+                _loss_name(model) in CLASS_LOSSES):
+            return max(width, 2)
+        return None
     return None
 
 
@@ -352,7 +422,7 @@ class _CacheKeys:
         if cache is None:
             return
         if fingerprint is None:
-            if not isinstance(passes.data, tuple):
+            if not passes.in_memory:
                 raise ValueError(
                     "`data_fingerprint` is required with `solve_cache` when `data` is not "
                     "arrays (a string that changes whenever the data changes)."
@@ -581,7 +651,12 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         first_x, _ = passes.peek()
         ensure_built(model, first_x.shape[1:])
     plan = plan_model(model)
-    passes.model_classes = None if label_free else softmax_width(model)
+    passes.model_classes = None if label_free else output_classes(model)
+    passes.label_free = label_free
+    passes.regression_head = _regression_head(model)
+    if passes.in_memory:
+        passes.check_classes(len(np.unique(labels_to_int(passes.data[1], passes.n_classes))),
+                             "`data`")
     auto = cutoff == "auto"
     report = HybridReport(
         cutoff=0,
@@ -597,6 +672,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             f"{plan.stop_reason}"
         )
     if cutoff == 0 or not plan.steps:
+        if _release_earlier_solves(plan, 0) and getattr(model, "compiled", False):
+            compile_like(model, model)
+            report.recompiled = True
         report.seconds = time.perf_counter() - start
         return report
     if auto and passes.one_shot:
@@ -699,6 +777,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             else f"cutoff='auto': {plan.steps[solved].layer.name} was not kept ("
             + _why_not_kept(report.evidence, plan.steps[solved].layer.name) + ")."
         )
+    released = _release_earlier_solves(plan, len(report.layers))
     for layer in _set_by_solve(plan, len(report.layers)):
         setattr(layer, SOLVED_MARK, True)
     if freeze:
@@ -713,7 +792,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             else:
                 layer.trainable = False
             report.frozen.append(name)
-    if report.frozen and getattr(model, "compiled", False):
+    if (report.frozen or released) and getattr(model, "compiled", False):
         # Keras fixes the trainable variables at compile(): a model compiled (or
         # fitted) before would go on training the "frozen" layers.
         try:
@@ -733,6 +812,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
 # Set on every layer hybridize solved or adapted: a later call may solve it again
 # without the warning meant for layers the user froze (pretrained weights).
 SOLVED_MARK = "_keras_classpca_solved"
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
 def _set_by_solve(plan, cutoff):
@@ -740,6 +820,35 @@ def _set_by_solve(plan, cutoff):
     BatchNormalization layers it adapts."""
     return [step.layer for step in plan.cut(cutoff)] + [
         bn for bn, _, _ in plan.batchnorms_until(cutoff)]
+
+
+def _release_earlier_solves(plan, cutoff):
+    """Make the layers an earlier hybridize solved and froze above `cutoff` trainable
+    again (with a warning): they were solved from the layers below as they were then.
+    Returns their names."""
+    kept = {id(layer) for layer in _set_by_solve(plan, cutoff)}
+    stale = [layer for layer in _set_by_solve(plan, len(plan.steps))
+             if id(layer) not in kept and getattr(layer, SOLVED_MARK, False)]
+    released = []
+    for layer in stale:
+        setattr(layer, SOLVED_MARK, False)
+        kernels = [getattr(layer, name, None) for name in KERNEL_NAMES]
+        frozen_kernels = [v for v in kernels if v is not None and not v.trainable]  # "kernel"
+        if layer.trainable and not frozen_kernels:
+            continue
+        layer.trainable = True
+        for variable in frozen_kernels:
+            variable.trainable = True
+        released.append(layer.name)
+    if released:
+        warnings.warn(
+            f"An earlier hybridize solved and froze {', '.join(released)}, above the new "
+            f"cutoff ({cutoff}): trainable again, their solved weights kept as a start "
+            "(they were solved from the layers below as those were then).",
+            UserWarning,
+            stacklevel=4,
+        )
+    return released
 
 
 def _warn_if_frozen_before(plan, cutoff):
@@ -762,7 +871,11 @@ def _warn_if_frozen_before(plan, cutoff):
 def _decide(plan, passes, class_pca_options, seed, verbose):
     """`cutoff="auto"`: the decision on a sample (`hybrid/decision.py`)."""
     x, labels = passes.head(policy.DECISION_SAMPLES, passes.expected_classes())
-    n_classes = class_pca_options.get("n_classes") or int(labels.max()) + 1
+    present = len(np.unique(labels))
+    passes.check_classes(present, "the 'auto' decision sample")
+    # Classes counted, not the largest id: ids may be sparse ({3, 7, 100}).
+    n_classes = class_pca_options.get("n_classes") or max(present,
+                                                         passes.expected_classes() or 0)
     n_train = passes.estimated_size()
     if n_train is None:
         # A dataset of unknown length: a short one ended within the decision sample;

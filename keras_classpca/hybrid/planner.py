@@ -330,6 +330,13 @@ def plan_model(model):
             )
         elif not is_solvable_kind(layer) or unsolvable_reason(layer):
             reason = unsolvable_reason(layer)
+        elif getattr(node.inputs[0], "_keras_mask", None) is not None:
+            reason = (
+                f"{_name(layer)} reads a masked tensor (after `Masking` or "
+                "`Embedding(mask_zero=True)`): its class statistics would count the "
+                "padded steps as data. Train it, or solve it on unpadded inputs with "
+                "`ClassPCADense.adapt`."
+            )
         elif not feeds_weighted[i]:
             reason = f"{_name(layer)} is the model's last layer with weights (always trained)."
         else:

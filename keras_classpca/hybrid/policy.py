@@ -23,7 +23,7 @@ import numpy as np
 
 DECISION_SAMPLES = 2000  # random training samples the "auto" decision solves and probes
 DECISION_PATCHES = 8  # random patches per sample for the decision's convolution solves
-PROBE_FEATURES = 1024  # probe features per sample (a fixed random projection)
+PROBE_FEATURES = 1024  # probe features per sample (a fixed count sketch of longer ones)
 
 
 def check_cutoff(cutoff):
@@ -78,7 +78,7 @@ class AutoRule:
 
     # Tuned on the benchmark CNN and MLP cells of `bench_default` (docs/benchmarks.md).
     base_gain: float = 0.0
-    gain_per_layer: float = 0.01
+    gain_per_layer: float = 0.0
     gain_per_decade: float = 0.03
     dense_gain: float = 0.15
     lossless_share: float = 0.99

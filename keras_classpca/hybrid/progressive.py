@@ -760,6 +760,15 @@ def fit_progressive(
     callbacks = fit_kwargs.pop("callbacks", None) or []
     if isinstance(callbacks, keras.callbacks.Callback):
         callbacks = [callbacks]
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            # Its backup holds the weights and the epoch, not which layers froze when:
+            # a resumed run would train frozen layers again and repeat an epoch.
+            raise ValueError(
+                "fit_progressive does not support `BackupAndRestore`: the freezing "
+                "schedule is not part of its backup. Use `ModelCheckpoint` (and "
+                "`initial_epoch` with a fixed `settle=[...]` schedule to resume)."
+            )
     criterion = _resolve_settle(settle)
 
     if hasattr(x, "shape"):
@@ -794,7 +803,8 @@ def fit_progressive(
         probe = criterion.probe
         if probe is None:
             probe, _ = _sample(x, y, criterion.samples, criterion.seed, need_labels=False)
-    snap_data = None
+    # Drawn (and its labels checked) before training: not an epoch later, at a freeze.
+    snap_data = _sample(x, y, SNAP_SAMPLES, 0, need_labels=True) if snap else None
 
     n_epochs = epochs - initial_epoch
     controller = _Controller(plan, units, criterion, probe, n_epochs, initial_epoch, report)
@@ -805,7 +815,7 @@ def fit_progressive(
             # Nothing left to freeze: the frozen prefix's output is computed once and
             # the rest trained on it (`fit_top`), if `cache` says so.
             controller.timing_only = True
-            arguments = dict(fit_kwargs, batch_size=fit_kwargs.get("batch_size") or 32)
+            arguments = dict(fit_kwargs)
             if callbacks:
                 arguments["callbacks"] = [relay, controller]
             else:
@@ -831,8 +841,6 @@ def fit_progressive(
         start = time.perf_counter()
         for unit in controller.pending:
             if snap:
-                if snap_data is None:
-                    snap_data = _sample(x, y, SNAP_SAMPLES, 0, need_labels=True)
                 with _one_blas_thread():
                     report.snapped[unit.layer.name] = _snap(plan, unit, *snap_data)
             unit.freeze()

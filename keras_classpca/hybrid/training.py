@@ -24,6 +24,7 @@ differ only in the learning rate or the top) share the computed outputs through 
 import collections
 import functools
 import hashlib
+import inspect
 import os
 import tempfile
 import time
@@ -84,6 +85,11 @@ def compile_like(target, model):
         )
     arguments = dict(model._compile_config.config)
     arguments["optimizer"] = _optimizer_for(target, model.optimizer)
+    if "auto_scale_loss" in inspect.signature(target.compile).parameters:
+        # Not in the compile config: a model compiled with auto_scale_loss=False under
+        # mixed_float16 would get a LossScaleOptimizer. Its optimizer says which it was.
+        arguments.setdefault("auto_scale_loss", isinstance(
+            model.optimizer, keras.optimizers.LossScaleOptimizer))
     target.compile(**arguments)
 
 
@@ -378,19 +384,27 @@ class _Cache:
 
 
 def _prefix_outputs(prefix, data, batch_size, memory_limit, directory):
-    cache, labels = _Cache(memory_limit, directory), []
+    """`(cache, labels, sample weights or None, rows of the first batch)` of `data`."""
+    cache, labels, weights = _Cache(memory_limit, directory), [], []
     try:
         first_size = None
-        for x, y in iter_batches(data, batch_size=batch_size):
+        for x, y, w in iter_batches(data, batch_size=batch_size, sample_weights=True):
             first_size = first_size or len(x)
             cache.append(predict_batch(prefix, np.asarray(x), first_size))
             labels.append(np.asarray(y))
+            weights.append(w)
         if not labels:
             raise ValueError("`x` is empty: no samples to train on.")
+        if any(w is None for w in weights) and any(w is not None for w in weights):
+            raise ValueError(
+                "Some batches of the data hold sample weights and others do not: give "
+                "every batch `(x, y, sample_weight)`, or none."
+            )
     except BaseException:
         cache.close()  # a failure while caching must not leave a spill file behind
         raise
-    return cache, np.concatenate(labels)
+    weights = None if weights[0] is None else np.concatenate(weights)
+    return cache, np.concatenate(labels), weights, first_size
 
 
 def is_array_data(data):
@@ -451,7 +465,7 @@ def fit_top(
     x=None,
     y=None,
     *,
-    batch_size=128,
+    batch_size=None,
     epochs=1,
     validation_data=None,
     cache="auto",
@@ -471,7 +485,9 @@ def fit_top(
         model: a compiled Keras model whose bottom layers are frozen.
         x, y: training data: arrays (with `y`), or `x` a `tf.data.Dataset` /
             iterable of `(x, y)` batches with `y=None`.
-        batch_size, epochs, validation_data, verbose, **fit_kwargs: as in `Model.fit`.
+        batch_size, epochs, validation_data, verbose, **fit_kwargs: as in `Model.fit`
+            (`batch_size` None: 32 for arrays; a dataset's or generator's own
+            batches, which the cached training keeps, as do its sample weights).
         cache: `"auto"` (time both ways on a few batches, take the faster), `True` or
             `False`.
         memory_limit: bytes of prefix output kept in memory; beyond it the cache
@@ -548,15 +564,6 @@ def fit_top(
                 "the layers above the frozen prefix also read tensors from below its end "
                 "(e.g. a skip connection from the input): its output alone cannot feed them."
             )
-    if point is not None and any(
-        isinstance(getattr(d, "element_spec", None), tuple) and len(d.element_spec) == 3
-        for d in (x, validation_data)
-    ):
-        point = None  # the cache keeps (features, labels): sample weights would be lost
-        reason = (
-            "the dataset yields sample weights, which the cached training would drop; "
-            "pass arrays with `sample_weight=` instead."
-        )
     if point is None:
         if cache is True:
             raise ValueError(f"`cache=True` but {reason}")
@@ -606,22 +613,30 @@ def fit_top(
     caches = []
 
     def outputs(data, key):
-        """`(features, labels, spilled)`: from `output_cache`, or computed (and stored)."""
+        """`(features, labels, weights, spilled, first batch rows)`: from `output_cache`
+        (arrays: their weights are `sample_weight=`), or computed (and stored)."""
         stored = output_cache.get(key) if key is not None else None
         if stored is not None:
-            return stored + (False,)
-        computed, labels = _prefix_outputs(prefix, data, batch_size, memory_limit, cache_dir)
+            return stored + (None, False, None)
+        computed, labels, weights, rows = _prefix_outputs(prefix, data, batch_size,
+                                                          memory_limit, cache_dir)
         caches.append(computed)
         features = computed.array()
         if key is not None and not computed.spilled:
             output_cache.put(key, features, labels)
-        return features, labels, computed.spilled
+        return features, labels, weights, computed.spilled, rows
 
     try:
-        features, labels, spilled = outputs(train_data, keys[0])
+        features, labels, weights, spilled, rows = outputs(train_data, keys[0])
+        if weights is not None:  # (x, y, sample_weight) batches: trained with them
+            fit_args["sample_weight"] = weights
+        if y is None and fit_args.get("batch_size") is None:
+            fit_args["batch_size"] = rows  # a dataset's batches: the same steps per epoch
         if validation_data is not None:
-            weights = tuple(validation_data[2:]) if is_array_data(validation_data) else ()
-            validation_data = outputs(validation_data, keys[1])[:2] + weights
+            extra = tuple(validation_data[2:]) if is_array_data(validation_data) else ()
+            val_features, val_labels, val_weights = outputs(validation_data, keys[1])[:3]
+            validation_data = (val_features, val_labels) + (
+                extra or ((val_weights,) if val_weights is not None else ()))
         if spilled and fit_kwargs.get("shuffle", True) is True:
             fit_args["shuffle"] = "batch"  # random rows of a file-backed array are slow
         history = top.fit(features, labels, validation_data=validation_data, **fit_args)

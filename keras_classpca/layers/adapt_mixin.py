@@ -114,6 +114,11 @@ class ClassPCAAdaptMixin:
                 "`data` never ends (a tf.data.Dataset repeated without a count): pass "
                 "`steps=` (how many batches to adapt on), or a finite dataset."
             )
+        if hasattr(batch_size, "shape") or isinstance(batch_size, (list, tuple)):
+            raise TypeError(
+                "`adapt` takes the data as one argument: `adapt((x, y))`, not "
+                "`adapt(x, y)` (its second argument is `batch_size`)."
+            )
         label_free = is_unlabeled(data)
         data = labels_optional(data)  # batches of x alone: the PCA of the input (one class)
         if label_free and (self.n_classes or 1) > 1:

@@ -47,3 +47,9 @@ class ClassPCADense(ClassPCAAdaptMixin, keras.layers.Dense):
         config = super().get_config()
         config.update(self._class_pca_config())
         return config
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """`keras.layers.Dense.quantize` (`model.quantize("int8")`): Keras skips
+        subclasses of Dense unless they say they quantize as Dense does; this one's
+        kernel and bias are a Dense layer's."""
+        return super().quantize(mode, type_check=False, config=config)

@@ -196,6 +196,15 @@ def _output_layers(model):
 
 
 def _output_names(model, n_outputs):
+    structure = getattr(model, "_outputs_struct", None)
+    if structure is None:
+        try:
+            structure = model.output
+        except (AttributeError, ValueError):
+            structure = None
+    if isinstance(structure, dict) and len(structure) == n_outputs:
+        # A dict output: its keys, in the order `keras.tree.flatten` gives the values.
+        return [str(key) for key in sorted(structure)]
     layers = _output_layers(model)
     if not layers or len(layers) != n_outputs:
         layers = [None] * n_outputs
@@ -481,6 +490,9 @@ def _check_backend():
 def _build_archive(model, signature_name):
     import keras
 
+    LOOKUP_LAYERS = (keras.layers.StringLookup, keras.layers.IntegerLookup,  # noqa: N806
+                     keras.layers.TextVectorization)
+
     tf = _tf()
     backend = _check_backend()
     specs, _, pack = _input_layout(model)
@@ -505,7 +517,11 @@ def _build_archive(model, signature_name):
         # No `archive.track(model)`: the endpoint already tracks every variable it uses,
         # and tracking the model too stores each variable twice (keras issue #23553;
         # measured in docs/serving.md). Lookup tables of Keras preprocessing layers are
-        # tracked by `add_endpoint` itself.
+        # not all tracked by `add_endpoint`: the layers that own one are tracked
+        # (their variables only, not the whole model's).
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, LOOKUP_LAYERS):
+                archive.track(layer)
         archive.add_endpoint(
             name=signature_name, fn=tf.function(serve, autograph=False), input_signature=specs
         )

@@ -1,0 +1,253 @@
+"""Recipes of Keras users beyond the plain classifier: binary and logits heads,
+regression, sparse class ids, several outputs, sample weights in streams, resumed or
+repeated runs, mixed precision, quantization. Each test is a case a user tried."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+from keras_classpca import ClassPCADense, fit_progressive, fit_top, hybridize
+from keras_classpca.hybrid.builder import output_classes
+from keras_classpca.hybrid.probe import loo_ridge_accuracy
+
+L = keras.layers
+
+
+def _xy(n=600, d=12, n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    x = rng.normal(size=(n, d)).astype("float32")
+    x[np.arange(n), y] += 3.0
+    return x, y
+
+
+def _mlp(head, d=12):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((d,)), L.Dense(8, activation="relu", name="a"),
+                             L.Dense(6, activation="relu", name="b"), head])
+
+
+# ------------------------------------------------------------------- what the head says
+def test_output_classes_reads_softmax_sigmoid_and_compiled_logits_heads():
+    assert output_classes(_mlp(L.Dense(4, activation="softmax"))) == 4
+    assert output_classes(_mlp(L.Dense(1, activation="sigmoid"))) == 2
+    assert output_classes(_mlp(L.Dense(3, activation="sigmoid"))) is None  # multi-label
+    logits = _mlp(L.Dense(3))
+    assert output_classes(logits) is None  # uncompiled: regression or logits?
+    logits.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert output_classes(logits) == 3
+    regression = _mlp(L.Dense(1))
+    regression.compile("adam", "mse")
+    assert output_classes(regression) is None
+
+
+def _sorted_batches(x, y):
+    order = np.argsort(y, kind="stable")
+    return [(x[order][i:i + 100], y[order][i:i + 100]) for i in range(0, len(x), 100)]
+
+
+def test_a_sigmoid_head_counts_two_classes_when_the_data_is_sorted():
+    x, y = _xy(n_classes=2)
+    model = _mlp(L.Dense(1, activation="sigmoid"))
+    with pytest.warns(UserWarning, match="hold 1 of the 2 classes"):
+        hybridize(model, _sorted_batches(x, y.astype("float32")), cutoff=1, samples=200,
+                  verbose=0)
+    # samples="auto" reads on until the second class has come
+    report = hybridize(_mlp(L.Dense(1, activation="sigmoid")),
+                       _sorted_batches(x, y.astype("float32")), cutoff=1, verbose=0)
+    assert report.layers[0].samples > 300
+
+
+def test_labelled_data_of_a_single_class_warns():
+    x, y = _xy()
+    model = _mlp(L.Dense(3))  # logits, not compiled: the head does not say how many
+    with pytest.warns(UserWarning, match="hold a single class"):
+        hybridize(model, _sorted_batches(x, y), cutoff=1, samples=150, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hybridize(_mlp(L.Dense(3)), x, cutoff=1, verbose=0)  # label-free: one class by design
+    assert not [w for w in caught if "single class" in str(w.message)]
+
+
+def test_whole_number_regression_targets_are_not_taken_for_classes():
+    x, _ = _xy()
+    counts = np.random.default_rng(1).integers(0, 40, len(x))
+    model = _mlp(L.Dense(1))
+    with pytest.raises(ValueError, match="40 distinct values but the model's output is one "
+                                         "linear unit"):
+        hybridize(model, (x, counts), cutoff=1, verbose=0)
+    with pytest.raises(ValueError, match="distinct values"):
+        hybridize(model, _sorted_batches(x, counts), cutoff=1, verbose=0)
+    binary_logits = _mlp(L.Dense(1))  # two values: a binary classifier on logits is fine
+    hybridize(binary_logits, (x, counts % 2), cutoff=1, verbose=0)
+
+
+def test_sparse_class_ids_are_probed_and_counted_as_the_classes_present():
+    x, y = _xy()
+    ids = np.array([3, 7, 1_000_000])[y]
+    assert loo_ridge_accuracy(x, ids, 3) == loo_ridge_accuracy(x, y, 3)
+    model = _mlp(L.Dense(3))
+    report = hybridize(model, (x, ids), verbose=0)  # no 1e6 x 1e6 matrix
+    assert report.evidence["samples_per_class"] == pytest.approx(len(x) / 3)
+
+
+# --------------------------------------------------------------------- labels: clear errors
+def test_labels_given_the_multi_output_way_or_as_strings_get_clear_errors():
+    x, y = _xy()
+    inputs = keras.Input((12,))
+    h = L.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, [L.Dense(3, activation="softmax")(L.Dense(6)(h)),
+                                 L.Dense(1, activation="sigmoid")(h)])
+    for labels in ([y, y % 2], (y, y % 2), {"a": y, "b": y % 2}):
+        with pytest.raises(ValueError, match="one per output of a multi-output model"):
+            hybridize(model, (x, labels), cutoff=1, verbose=0)
+    strings = [str(v) for v in np.array(["cat", "dog", "owl"])[y]]
+    for cutoff in (1, "auto"):
+        with pytest.raises(ValueError, match="Unknown label type"):
+            hybridize(_mlp(L.Dense(3, activation="softmax")), (x, strings), cutoff=cutoff,
+                      verbose=0)
+
+
+def test_adapt_with_x_and_y_as_two_arguments_says_how_to_call_it():
+    x, y = _xy()
+    with pytest.raises(TypeError, match=r"adapt\(\(x, y\)\)"):
+        ClassPCADense(4).adapt(x, y)
+
+
+# ---------------------------------------------------------------- masked sequence inputs
+def test_hybridize_leaves_a_layer_on_masked_steps_trained():
+    x = np.random.default_rng(0).normal(size=(90, 10, 4)).astype("float32")
+    x[:, 6:] = 0.0
+    inputs = keras.Input((10, 4))
+    h = L.Dense(6, activation="relu")(L.Masking(0.0)(inputs))
+    h = L.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(L.Dense(5)(h)))
+    with pytest.raises(ValueError, match="reads a masked tensor"):
+        hybridize(model, (x, np.arange(90) % 3), cutoff=1, verbose=0)
+
+
+# ------------------------------------------------------------------ repeated hybridize
+def test_a_lower_cutoff_makes_the_layers_solved_above_it_trainable_again():
+    x, y = _xy()
+    model = _mlp(L.Dense(3, activation="softmax"))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    hybridize(model, (x, y), cutoff=2, verbose=0)
+    assert not model.get_layer("b").trainable
+    with pytest.warns(UserWarning, match="solved and froze b, above the new cutoff"):
+        report = hybridize(model, (x, y), cutoff=1, samples=300, seed=3, verbose=0)
+    assert report.frozen == ["a"] and report.recompiled
+    assert model.get_layer("b").trainable and not model.get_layer("a").trainable
+    before = np.array(model.get_layer("b").kernel)
+    model.fit(x, y, epochs=1, verbose=0)
+    assert not np.array_equal(before, np.array(model.get_layer("b").kernel))  # trains
+    with pytest.warns(UserWarning, match="solved and froze a"):
+        hybridize(model, (x, y), cutoff=0, verbose=0)
+    assert model.get_layer("a").trainable
+
+
+# ------------------------------------------------------------------------------ fit_top
+class _Weighted(keras.utils.PyDataset):
+    def __init__(self, x, y, weight):
+        super().__init__()
+        self.x, self.y, self.weight = x, y, weight
+
+    def __len__(self):
+        return len(self.x) // 50
+
+    def __getitem__(self, i):
+        rows = slice(i * 50, (i + 1) * 50)
+        return self.x[rows], self.y[rows], np.full(50, self.weight, "float32")
+
+
+def _solved_model(x, y):
+    model = _mlp(L.Dense(3, activation="softmax"))
+    hybridize(model, (x, y), cutoff=2, verbose=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_fit_top_trains_with_the_sample_weights_of_a_stream(cache):
+    x, y = _xy()
+    model = _solved_model(x, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = fit_top(model, _Weighted(x, y, 0.0), epochs=1, cache=cache, verbose=0)
+    assert not [w for w in caught if "ignore them" in str(w.message)]  # used, not ignored
+    assert history.cache_used is cache
+    assert history.history["loss"][0] == pytest.approx(0.0, abs=1e-7)  # every weight 0
+    history = fit_top(model, _Weighted(x, y, 1.0), epochs=1, cache=cache, verbose=0)
+    assert history.history["loss"][0] > 0.01
+
+
+class _CountBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_fit_top_keeps_keras_batch_sizes(cache):
+    x, y = _xy()
+    model = _solved_model(x, y)
+    counter = _CountBatches()
+    fit_top(model, x, y, epochs=1, cache=cache, verbose=0, callbacks=[counter])
+    assert counter.batches == len(x) // 32 + (len(x) % 32 > 0)  # Model.fit's default 32
+    counter = _CountBatches()
+    fit_top(model, _Weighted(x, y, 1.0), epochs=1, cache=cache, verbose=0,
+            callbacks=[counter])
+    assert counter.batches == len(x) // 50  # the stream's own batches
+
+
+# ----------------------------------------------------------------------- fit_progressive
+def test_fit_progressive_checks_what_it_cannot_honour_before_training():
+    x, y = _xy()
+    model = _mlp(L.Dense(3, activation="softmax"))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="does not support `BackupAndRestore`"):
+        fit_progressive(model, x, y, epochs=2, verbose=0,
+                        callbacks=[keras.callbacks.BackupAndRestore("unused_backup_dir")])
+    counter = _CountBatches()
+    multi_hot = np.eye(3)[y] + np.eye(3)[(y + 1) % 3]
+    with pytest.raises(ValueError, match="not one-hot"):
+        fit_progressive(model, x, multi_hot, epochs=2, snap=True, verbose=0,
+                        callbacks=[counter])
+    assert counter.batches == 0  # raised before the first epoch
+
+
+# ------------------------------------------------------------------ precision, quantization
+def test_recompiling_keeps_a_model_compiled_without_loss_scaling():
+    x, y = _xy()
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _mlp(L.Dense(3, activation="softmax", dtype="float32"))
+        model.compile(keras.optimizers.Adam(), "sparse_categorical_crossentropy",
+                      auto_scale_loss=False)
+        report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assert report.recompiled
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="int8 Dense kernels: TensorFlow and JAX")
+def test_model_quantize_reaches_class_pca_dense(tmp_path):
+    x, y = _xy()
+    layer = ClassPCADense(6, activation="relu")
+    layer.adapt((x, y))
+    model = keras.Sequential([keras.Input((12,)), layer, L.Dense(3)])
+    reference = model.predict(x, verbose=0)
+    model.quantize("int8")
+    assert model.layers[0].dtype_policy.name.startswith("int8")
+    quantized = model.predict(x, verbose=0)
+    assert np.abs(quantized - reference).max() < 0.05 * np.abs(reference).max()
+    model.save(tmp_path / "q.keras")
+    reloaded = keras.saving.load_model(tmp_path / "q.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), quantized, atol=1e-6)
