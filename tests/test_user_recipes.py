@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 
-from keras_classpca import ClassPCADense, fit_progressive, fit_top, hybridize
+from keras_classpca import ClassPCADense, fit_progressive, fit_top, hybridize, plan_model
 from keras_classpca.hybrid.builder import output_classes
 from keras_classpca.hybrid.probe import loo_ridge_accuracy
 
@@ -251,3 +251,28 @@ def test_model_quantize_reaches_class_pca_dense(tmp_path):
     model.save(tmp_path / "q.keras")
     reloaded = keras.saving.load_model(tmp_path / "q.keras")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), quantized, atol=1e-6)
+
+
+def test_errors_name_the_layer_and_the_way_out():
+    from keras_classpca import ClassPCAInitializer
+
+    x, y = _xy(n=1500, d=20, n_classes=2)
+    rare = np.where(np.arange(len(y)) < 2, 2, y)  # class 2: two samples
+    model = keras.Sequential([keras.Input((20,)), L.Dense(16, activation="relu", name="a"),
+                              L.Dense(3, activation="softmax")])
+    with pytest.raises(ValueError, match=r"Dense 'a' cannot be solved from this data: .*"
+                                         r"allocation='adaptive'"):
+        hybridize(model, (x, rare), cutoff=1, verbose=0)
+    x, y = _xy()
+    with pytest.raises(ValueError, match="multi-label targets"):
+        hybridize(_mlp(L.Dense(3, activation="sigmoid")),
+                  (x, np.eye(3)[y] + np.eye(3)[(y + 1) % 3]), cutoff=1, verbose=0)
+    with pytest.raises(ValueError, match="has no samples: drop `n_classes`"):
+        hybridize(_mlp(L.Dense(5, activation="softmax")), (x, y), cutoff=1, n_classes=5,
+                  verbose=0)
+    with pytest.raises(TypeError, match="takes no `units`"):
+        ClassPCAInitializer.from_data(x, y, units=4)
+    wrapped = keras.Sequential([keras.Input((5, 12)), L.TimeDistributed(L.Dense(4)),
+                                L.Flatten(), L.Dense(3)])
+    assert "needs no TimeDistributed wrapper" in dict(plan_model(wrapped).blocked)[
+        wrapped.layers[0].name]

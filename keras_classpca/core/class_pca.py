@@ -174,9 +174,14 @@ def labels_to_int(y, n_classes=None):
                 f"`y` is one-hot with {y.shape[1]} columns but n_classes={n_classes}."
             )
         if y.size and not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+            several = bool(y.size) and np.all((y == 0) | (y == 1)) and np.any(y.sum(axis=1) > 1)
             raise ValueError(
                 "`y` has 2 dimensions but is not one-hot: every row must hold a single 1 "
-                "and zeros elsewhere (soft labels are not supported)."
+                "and zeros elsewhere"
+                + (" (rows with several 1s: multi-label targets, which class-PCA cannot "
+                   "use" if several else " (soft or smoothed labels are not supported: "
+                   "pass the class ids")
+                + "; without class labels, solve label-free with `x` alone)."
             )
         return np.argmax(y, axis=1).astype(np.int64)
     if y.ndim != 1:
@@ -190,7 +195,11 @@ def labels_to_int(y, n_classes=None):
     if y.dtype.kind == "f":
         _check_finite(y, "y")
         if np.any(y != np.round(y)):
-            raise ValueError("`y` must hold integer class labels; received non-integer values.")
+            raise ValueError(
+                "`y` must hold integer class labels; received non-integer values (a "
+                "regression target? class-PCA needs classes: solve label-free with `x` "
+                "alone, the PCA of each layer's input)."
+            )
     labels = y.astype(np.int64)
     if labels.size and labels.min() < 0:
         raise ValueError(f"`y` holds negative labels (min {labels.min()}); labels must be >= 0.")
@@ -1109,7 +1118,11 @@ class ClassPCA:
             )
         for label, count in zip(classes, self.n_samples_seen_):
             if count == 0:
-                raise ValueError(f"Class {label} (of n_classes={self.n_classes}) has no samples.")
+                raise ValueError(
+                    f"Class {label} (of n_classes={self.n_classes}) has no samples: drop "
+                    "`n_classes` to solve from the classes present, or check that the data "
+                    "holds every class (a dataset sorted by class and cut short?)."
+                )
         if n_components is not None and n_components > d:
             warnings.warn(
                 f"n_components={n_components} exceeds the {d} input features: the kernel "

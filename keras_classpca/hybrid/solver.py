@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_classpca.core.data_adapter import as_standard_float
 from keras_classpca.hybrid.graph import predict_batch
-from keras_classpca.layers.geometry import LayerStatistics, n_stages
+from keras_classpca.layers.geometry import LayerStatistics, UnsolvableDataError, n_stages
 
 STATISTICS_ON = ("auto", "host", "device")
 
@@ -174,5 +174,10 @@ def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_im
                       on_device=on_device and stage == 0)
         extra, limit = [], seen
         statistics.converged = False
-        statistics.statistics.end_pass()
+        try:
+            statistics.statistics.end_pass()
+        except UnsolvableDataError as error:  # say which layer (the data are the user's)
+            raise UnsolvableDataError(
+                f"{type(layer).__name__} '{layer.name}' cannot be solved from this data: "
+                f"{error}") from error
     return statistics.statistics, seen

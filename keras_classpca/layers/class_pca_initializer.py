@@ -107,7 +107,16 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             depthwise: for a `DepthwiseConv*` kernel: one class-PCA per input channel,
                 `depth_multiplier` components each (set by the kernel shape).
             **class_pca_options: `ClassPCA` arguments (`center`, `allocation`, ...).
+                The number of components is the kernel's (set when Keras builds the
+                layer): no `units` / `filters` here.
         """
+        for size in ("units", "filters"):
+            if size in class_pca_options:
+                raise TypeError(
+                    f"`from_data` takes no `{size}`: the number of components is the "
+                    "kernel's (`Dense(units, kernel_initializer=init)`), set when Keras "
+                    "builds the layer."
+                )
         class_pca = ClassPCA(**class_pca_options)
         if is_infinite(x):
             raise ValueError(

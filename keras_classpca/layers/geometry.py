@@ -79,6 +79,10 @@ def unsolvable_reason(layer):
         return (
             f"{name} is not a layer kind class-PCA solves ({SOLVABLE_NAMES}); "
             "other layers with weights end the solved prefix."
+            + (" A Dense layer needs no TimeDistributed wrapper: on a sequence it "
+               "applies to every step, and is solved so."
+               if isinstance(layer, keras.layers.TimeDistributed)
+               and isinstance(getattr(layer, "layer", None), keras.layers.Dense) else "")
         )
     if getattr(layer, "quantization_mode", None):
         return f"{name} is quantized ({layer.quantization_mode}); solve before quantizing."
