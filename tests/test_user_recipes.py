@@ -276,3 +276,15 @@ def test_errors_name_the_layer_and_the_way_out():
                                 L.Flatten(), L.Dense(3)])
     assert "needs no TimeDistributed wrapper" in dict(plan_model(wrapped).blocked)[
         wrapped.layers[0].name]
+
+
+def test_the_initializer_from_inputs_alone_is_the_pca_of_the_inputs():
+    import tensorflow as tf
+
+    from keras_classpca import ClassPCA, ClassPCAInitializer
+
+    x, _ = _xy()
+    expected = ClassPCA(4).fit(x.astype(np.float64), np.zeros(len(x), int)).kernel_
+    for data in (x, tf.data.Dataset.from_tensor_slices(x).batch(64)):
+        init = ClassPCAInitializer.from_data(data)
+        np.testing.assert_allclose(np.asarray(init((12, 4))), expected, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning, labels_to_int
-from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.core.data_adapter import is_infinite, iter_batches, labels_optional
 from keras_classpca.core.patches import extract_patches
 
 PARTS = ("kernel", "bias")
@@ -95,7 +95,9 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         """Fit class-PCA statistics on data and return the kernel initializer.
 
         Args:
-            x: inputs (`y` given separately), or any data `ClassPCA.fit` accepts.
+            x: inputs (`y` given separately), or any data `ClassPCA.fit` accepts;
+                inputs alone (no `y`: an array, or a dataset / iterable of `x`
+                batches) give the label-free initializer (the PCA of the inputs).
             y: labels (integers or one-hot).
             kernel_size, strides, padding, dilation_rate: for a convolution
                 initializer, the statistics are over the inputs' patches with this
@@ -118,6 +120,8 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                     "builds the layer."
                 )
         class_pca = ClassPCA(**class_pca_options)
+        if y is None:  # inputs alone (an array, or batches of x): label-free, one class
+            x = labels_optional(x)
         if is_infinite(x):
             raise ValueError(
                 "`x` never ends (a tf.data.Dataset repeated without a count): pass a finite "
