@@ -95,7 +95,8 @@ def write_section(name, body, print_only=False, targets=None, doc=None):
         return
     doc = Path(doc) if doc is not None else BENCHMARKS_MD
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    text = replace_block(text, name, body)
+    # An anchor named after the benchmark: links read `benchmarks.md#bench_hybrid`.
+    text = replace_block(text, name, f'<a id="{name}"></a>\n\n{body}')
     if doc == BENCHMARKS_MD:
         text = replace_block(text, SUMMARY, summary_table(text, targets or {}), before="<!-- ")
     doc.write_text(text)

@@ -40,6 +40,8 @@ _EXPORTS = {
     "fit_top": "keras_classpca.hybrid.training",
     "PrefixOutputCache": "keras_classpca.hybrid.training",
     "fit_progressive": "keras_classpca.hybrid.progressive",
+    "SettleOnChange": "keras_classpca.hybrid.progressive",
+    "FreezeOut": "keras_classpca.hybrid.progressive",
     "HybridReport": "keras_classpca.hybrid.report",
     "SolvedLayer": "keras_classpca.hybrid.report",
     "SolveCache": "keras_classpca.hybrid.cache",

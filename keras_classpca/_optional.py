@@ -8,7 +8,7 @@ EXTRAS = {
     "keras_tuner": "tuner",
     "tensorflow_datasets": "tfds",
     "matplotlib": "plots",
-    "sklearn": "test",
+    "sklearn": "digits",
 }
 
 

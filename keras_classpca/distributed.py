@@ -739,6 +739,16 @@ def hybridize_layer_pass(passes, layer, feature_model, *, strategy, batch_size, 
             "With a tf.distribute `strategy`, hybridize needs `(x, y)` arrays or a "
             f"tf.data.Dataset; received {type(data).__name__}."
         )
+    if class_pca_options.get("n_classes") is None:
+        # Every replica holds one slot per class: the count the model or labels give.
+        n_classes = passes.expected_classes()
+        if n_classes is None:
+            raise ValueError(
+                "hybridize(strategy=...) needs the number of classes up front (every "
+                "replica holds one slot per class), and neither a softmax output nor "
+                "one-hot labels give it: pass `n_classes=`."
+            )
+        class_pca_options = dict(class_pca_options, n_classes=n_classes)
     return layer_class_pca(
         layer,
         data,
@@ -761,6 +771,11 @@ def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
     if getattr(layer, "patches_per_image", None) is not None:
         raise NotImplementedError(
             "`patches_per_image` sub-sampling is not available with a tf.distribute strategy."
+        )
+    if getattr(layer, "n_classes", None) is None:
+        raise ValueError(
+            f"{type(layer).__name__}.adapt(strategy=...) needs the layer made with "
+            "`n_classes=` (every replica holds one slot per class)."
         )
     class_pca = layer_class_pca(
         layer,

@@ -616,3 +616,21 @@ def test_multi_worker_two_processes_equals_fit(tmp_path):
     # Every worker holds the very same weights (one reduce, one solve each).
     np.testing.assert_array_equal(results[0]["kernel"], results[1]["kernel"])
     np.testing.assert_array_equal(results[0]["bias"], results[1]["bias"])
+
+
+@pytest.mark.tensorflow_backend
+def test_hybridize_strategy_takes_the_class_count_from_the_softmax():
+    import keras
+
+    from keras_classpca import hybridize
+
+    x, y = _data(n=120)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4, name="a"),
+                              keras.layers.Dense(3, activation="softmax")])
+    report = hybridize(model, (x, y), cutoff=1, strategy=tf.distribute.get_strategy(),
+                       verbose=0)  # no n_classes=: the softmax says 3
+    assert report.cutoff == 1
+    logits = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4),
+                               keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="hybridize\\(strategy=...\\) needs the number of"):
+        hybridize(logits, (x, y), cutoff=1, strategy=tf.distribute.get_strategy(), verbose=0)
