@@ -204,3 +204,29 @@ def test_hybridize_solves_a_layer_from_a_sketch(dense_reference):
     exact = dense_reference(20, x, y, sketch_size=None)  # the Dense rule applies here
     kernel = model.layers[0].get_weights()[0]
     assert subspace_residual(kernel, exact.kernel_) < 1e-2
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("d", [20])  # few features: the second-moment path
+def test_a_large_batch_of_a_class_is_shrunk_once_within_the_bound(monkeypatch, d):
+    # Frequent Directions allows any buffer >= 2l: a batch of 300 (or 5,000) rows of one
+    # class costs one shrink, not one per l rows, and keeps the guarantee
+    # 0 <= A'A - B'B <= shrinkage * I.
+    calls = []
+    original = sketch_module._shrink
+    monkeypatch.setattr(sketch_module, "_shrink",
+                        lambda rows, ell: calls.append(len(rows)) or original(rows, ell))
+    rng = np.random.default_rng(0)
+    n = 5000 if d == 20 else 300
+    x = rng.normal(size=(n, d)) * np.linspace(3.0, 0.1, d)
+    sketch = ClassSketch(d, 8)
+    sketch.accumulate(x, np.zeros(n, dtype=np.int64))
+    assert calls == [n]  # the empty buffer and all n rows, in one shrink
+    exact = (x - x.mean(0)).T @ (x - x.mean(0))
+    approx = sketch.second_moment(0) - n * np.outer(x.mean(0), x.mean(0))
+    gap = np.linalg.eigvalsh(exact - approx)
+    assert gap.min() > -1e-6 * gap.max()
+    assert gap.max() <= sketch.shrinkage[0] * (1 + 1e-6)
+    exact_top = np.linalg.eigh(exact)[1][:, -4:]
+    sketched_top = np.linalg.eigh(approx)[1][:, -4:]
+    assert subspace_residual(sketched_top, exact_top) < 0.1
