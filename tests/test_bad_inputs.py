@@ -417,7 +417,7 @@ CASES = [
         "hybridize-negative-cutoff",
         _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), cutoff=-1)),
         ValueError,
-        "`cutoff` must be 'auto' or a non-negative integer",
+        "`cutoff` must be 'auto', an `AutoRule` or a non-negative integer",
     ),
     Case(
         "hybridize-cutoff-beyond-model",

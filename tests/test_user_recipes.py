@@ -288,3 +288,20 @@ def test_the_initializer_from_inputs_alone_is_the_pca_of_the_inputs():
     for data in (x, tf.data.Dataset.from_tensor_slices(x).batch(64)):
         init = ClassPCAInitializer.from_data(data)
         np.testing.assert_allclose(np.asarray(init((12, 4))), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cutoff_takes_an_auto_rule_of_the_users_numbers():
+    from keras_classpca import AutoRule
+
+    x, y = _xy()
+    keep_all = hybridize(_mlp(L.Dense(3, activation="softmax")), (x, y),
+                         cutoff=AutoRule(base_gain=-1.0, dense_gain=0.0), verbose=0)
+    assert keep_all.cutoff_mode == "auto" and keep_all.cutoff == 2  # every gain >= -1
+    assert "-1.000" in keep_all.evidence["rule"]
+    keep_none = hybridize(_mlp(L.Dense(3, activation="softmax")), (x, y),
+                          cutoff=AutoRule(base_gain=1.0, lossless_share=None), verbose=0)
+    assert keep_none.cutoff == 0
+    with pytest.raises(ValueError, match="no labels"):
+        hybridize(_mlp(L.Dense(3)), x, cutoff=AutoRule(), verbose=0)
+    with pytest.raises(ValueError, match="an `AutoRule` or a non-negative integer"):
+        hybridize(_mlp(L.Dense(3)), (x, y), cutoff="best", verbose=0)

@@ -514,7 +514,8 @@ def hybridize(
             samples, which layers are worth solving (a leave-one-out ridge probe on
             the features before and after each layer, against a threshold that grows
             with the training samples per class; `hybrid/policy.py`), then solve only
-            those from the data. `report.evidence` holds the decision.
+            those from the data. `report.evidence` holds the decision. An
+            `AutoRule(...)` decides the same way with its own numbers.
         samples: `"auto"` (default): each layer streams the data (arrays in a random
             order) until its class subspaces stop moving (`core/convergence.py`) or
             the data ends — and not before every class it knows of (`n_classes=`,
@@ -589,7 +590,7 @@ def hybridize(
     check_cutoff(cutoff)
     label_free = is_unlabeled(data)
     if label_free:
-        if cutoff == "auto":
+        if policy.is_auto(cutoff):
             raise ValueError(
                 "`data` has no labels, and cutoff='auto' decides with a classifier probe: "
                 "pass an integer cutoff (the layers to solve) for label-free data, or "
@@ -657,7 +658,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     if passes.in_memory:
         passes.check_classes(len(np.unique(labels_to_int(passes.data[1], passes.n_classes))),
                              "`data`")
-    auto = cutoff == "auto"
+    auto = policy.is_auto(cutoff)
     report = HybridReport(
         cutoff=0,
         cutoff_mode="auto" if auto else "fixed",
@@ -685,7 +686,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             "fresh generator (or an integer cutoff)."
         )
     if auto:
-        cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose)
+        cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose,
+                                          policy.rule_of(cutoff))
     _warn_if_frozen_before(plan, cutoff)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
@@ -868,7 +870,7 @@ def _warn_if_frozen_before(plan, cutoff):
         )
 
 
-def _decide(plan, passes, class_pca_options, seed, verbose):
+def _decide(plan, passes, class_pca_options, seed, verbose, rule=policy.DEFAULT_RULE):
     """`cutoff="auto"`: the decision on a sample (`hybrid/decision.py`)."""
     x, labels = passes.head(policy.DECISION_SAMPLES, passes.expected_classes())
     present = len(np.unique(labels))
@@ -883,7 +885,7 @@ def _decide(plan, passes, class_pca_options, seed, verbose):
         n_train = len(x) if len(x) < policy.DECISION_SAMPLES else 10_000 * n_classes
     return decide_cutoff(
         plan, (x, labels), class_pca_options, n_classes=n_classes,
-        samples_per_class=n_train / n_classes, rule=policy.DEFAULT_RULE, seed=seed or 0,
+        samples_per_class=n_train / n_classes, rule=rule, seed=seed or 0,
         verbose=verbose, sign_pairs=ActivationReplacer(plan.model, None).sign_pairs,
     )
 

@@ -27,14 +27,25 @@ PROBE_FEATURES = 1024  # probe features per sample (a fixed count sketch of long
 
 
 def check_cutoff(cutoff):
-    """Raise a `ValueError` unless `cutoff` is "auto" or a non-negative integer."""
-    if isinstance(cutoff, str) and cutoff == "auto":
+    """Raise a `ValueError` unless `cutoff` is "auto", an `AutoRule` or a non-negative
+    integer."""
+    if is_auto(cutoff):
         return
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)) or cutoff < 0:
         raise ValueError(
-            "`cutoff` must be 'auto' or a non-negative integer (layers to solve); received "
-            f"{cutoff!r}."
+            "`cutoff` must be 'auto', an `AutoRule` or a non-negative integer (layers to "
+            f"solve); received {cutoff!r}."
         )
+
+
+def is_auto(cutoff):
+    """Whether `cutoff` asks for a decision: "auto" (`DEFAULT_RULE`) or an `AutoRule`."""
+    return (isinstance(cutoff, str) and cutoff == "auto") or isinstance(cutoff, AutoRule)
+
+
+def rule_of(cutoff):
+    """The `AutoRule` a decision with `cutoff` uses."""
+    return cutoff if isinstance(cutoff, AutoRule) else DEFAULT_RULE
 
 
 @dataclasses.dataclass(frozen=True)
