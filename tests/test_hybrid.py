@@ -366,7 +366,8 @@ def test_freeze_false_solves_without_freezing(subspace_classes):
 def test_bad_cutoff_values_are_rejected_before_any_change(cutoff, blobs):
     model = _mlp(hidden=(4,), n_in=8)
     snapshot = _snapshot(model)
-    with pytest.raises(ValueError, match="`cutoff` must be 'auto', an `AutoRule` or a non-negative integer"):
+    with pytest.raises(ValueError,
+                       match="`cutoff` must be 'auto', an `AutoRule` or a non-negative integer"):
         hybridize(model, blobs, cutoff=cutoff, verbose=0)
     _assert_unchanged(model, snapshot)
 

@@ -320,7 +320,7 @@ def _nan(x, y):
             r"`y` holds label 3, out of range for n_classes=3",
         ),
         (lambda x, y: (x[:0], y[:0]), {}, r"`x` is empty"),
-        (lambda x, y: (x, None), {}, r"needs labels"),
+        (lambda x, y: (x, None), {"n_classes": 3}, r"inputs alone, which give the label-free"),
         (lambda x, y: (x, y), {"kernel_size": 3}, r"`x` must be 4-D images"),
     ],
     ids=["nan", "length", "negative", "non-integer", "out-of-range", "empty", "no-labels", "rank"],

@@ -6,7 +6,12 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning, labels_to_int
-from keras_classpca.core.data_adapter import is_infinite, iter_batches, labels_optional
+from keras_classpca.core.data_adapter import (
+    is_infinite,
+    is_unlabeled,
+    iter_batches,
+    labels_optional,
+)
 from keras_classpca.core.patches import extract_patches
 
 PARTS = ("kernel", "bias")
@@ -121,6 +126,12 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 )
         class_pca = ClassPCA(**class_pca_options)
         if y is None:  # inputs alone (an array, or batches of x): label-free, one class
+            if is_unlabeled(x) and (class_pca.n_classes or 1) > 1:
+                raise ValueError(
+                    "`x` holds inputs alone, which give the label-free initializer (the "
+                    f"PCA of the inputs, one class), but n_classes={class_pca.n_classes}: "
+                    "pass `y`, or leave out `n_classes`."
+                )
             x = labels_optional(x)
         if is_infinite(x):
             raise ValueError(
