@@ -37,6 +37,11 @@ def activation_or_none(solved_activation):
         raise error from None
 
 
+def _is_identity(relu):
+    """Whether a `ReLU` layer computes the identity (`IDENTITY_RELU`)."""
+    return all(getattr(relu, setting) == value for setting, value in IDENTITY_RELU.items())
+
+
 def _following_activation_layer(nodes, layer):
     """The `Activation` / `ReLU` layer that alone reads `layer`'s output, directly or
     through one BatchNormalization that alone reads it; None if there is none."""
@@ -73,16 +78,19 @@ class ActivationReplacer:
         own = getattr(layer, "activation", None)
         if own is not None and own is not keras.activations.linear and own is not self.activation:
             targets.append((layer, None))
-        if self._nodes is None:
-            self._nodes, _ = flatten_graph(self.model)
-        follower = _following_activation_layer(self._nodes, layer)
+        follower = self._follower(layer)
         if isinstance(follower, keras.layers.ReLU):
-            identity = all(getattr(follower, k) == v for k, v in IDENTITY_RELU.items())
-            if self.activation is keras.activations.linear and not identity:
+            if self.activation is keras.activations.linear and not _is_identity(follower):
                 targets.append((follower, follower.name))
         elif follower is not None and follower.activation is not self.activation:
             targets.append((follower, follower.name))
         return targets
+
+    def _follower(self, layer):
+        """The `Activation` / `ReLU` layer after `layer` (`_following_activation_layer`)."""
+        if self._nodes is None:
+            self._nodes, _ = flatten_graph(self.model)
+        return _following_activation_layer(self._nodes, layer)
 
     def would_replace(self, layer):
         """Whether `replace(layer)` changes something."""
@@ -96,11 +104,9 @@ class ActivationReplacer:
             return False  # after the replacement (the identity) pairs would be copies
         if rectifies(getattr(layer, "activation", None)):
             return True
-        if self._nodes is None:
-            self._nodes, _ = flatten_graph(self.model)
-        follower = _following_activation_layer(self._nodes, layer)
+        follower = self._follower(layer)
         if isinstance(follower, keras.layers.ReLU):
-            return not all(getattr(follower, k) == v for k, v in IDENTITY_RELU.items())
+            return not _is_identity(follower)
         return follower is not None and rectifies(follower.activation)
 
     def replace(self, layer):

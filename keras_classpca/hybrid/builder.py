@@ -281,47 +281,50 @@ def _loss_name(model):
     return name if isinstance(name, str) else None
 
 
-def _regression_head(model):
-    """Whether the model's single output is one linear unit not compiled with a
-    cross-entropy loss (a regression head)."""
+def _single_output(model):
+    """`(the model's output tensor, the layer that produces it)` for a single-output
+    model (the layer None if no layer of `model.layers` does); None otherwise."""
     outputs = getattr(model, "outputs", None) or []
-    if len(outputs) != 1 or outputs[0].shape[-1] != 1 or _loss_name(model) in CLASS_LOSSES:
-        return False
+    if len(outputs) != 1:
+        return None
     for layer in reversed(model.layers):
         try:
             if layer.output is outputs[0]:
-                return getattr(layer, "activation", "other") in (
-                    None, keras.activations.linear, "linear")
-        except (AttributeError, ValueError):
+                return outputs[0], layer
+        except (AttributeError, ValueError):  # a layer called several times
             continue
-    return False
+    return outputs[0], None
+
+
+def _is_linear(activation):
+    return activation in (None, keras.activations.linear, "linear")
+
+
+def _regression_head(model):
+    """Whether the model's single output is one linear unit not compiled with a
+    cross-entropy loss (a regression head)."""
+    single = _single_output(model)
+    if single is None or single[0].shape[-1] != 1 or _loss_name(model) in CLASS_LOSSES:
+        return False
+    return single[1] is not None and _is_linear(getattr(single[1], "activation", "other"))
 
 
 def output_classes(model):
     """How many classes a single-output model's head predicts, or None if it does not
     say: a softmax output's width; 2 for one sigmoid unit; the output's width for
     logits (a linear head) compiled with a cross-entropy loss (2 for one unit)."""
-    outputs = getattr(model, "outputs", None) or []
-    if len(outputs) != 1 or outputs[0].shape[-1] is None:
+    single = _single_output(model)
+    if single is None or single[1] is None or single[0].shape[-1] is None:
         return None
-    width = int(outputs[0].shape[-1])
-    for layer in reversed(model.layers):
-        try:
-            produces = layer.output is outputs[0]
-        except (AttributeError, ValueError):  # a layer called several times
-            continue
-        if not produces:
-            continue
-        activation = getattr(layer, "activation", None)
-        if isinstance(layer, keras.layers.Softmax) or activation in (
-                keras.activations.softmax, "softmax"):
-            return width if width >= 2 else None
-        if activation in (keras.activations.sigmoid, "sigmoid"):
-            return 2 if width == 1 else None  # several sigmoid units: multi-label
-        if activation in (None, keras.activations.linear, "linear") and (
-                _loss_name(model) in CLASS_LOSSES):
-            return max(width, 2)
-        return None
+    width, layer = int(single[0].shape[-1]), single[1]
+    activation = getattr(layer, "activation", None)
+    if isinstance(layer, keras.layers.Softmax) or activation in (
+            keras.activations.softmax, "softmax"):
+        return width if width >= 2 else None
+    if activation in (keras.activations.sigmoid, "sigmoid"):
+        return 2 if width == 1 else None  # several sigmoid units: multi-label
+    if _is_linear(activation) and _loss_name(model) in CLASS_LOSSES:
+        return max(width, 2)
     return None
 
 

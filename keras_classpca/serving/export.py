@@ -196,12 +196,10 @@ def _output_layers(model):
 
 
 def _output_names(model, n_outputs):
-    structure = getattr(model, "_outputs_struct", None)
-    if structure is None:
-        try:
-            structure = model.output
-        except (AttributeError, ValueError):
-            structure = None
+    try:
+        structure = model.output  # a dict for a model with dict outputs
+    except (AttributeError, ValueError):
+        structure = None
     if isinstance(structure, dict) and len(structure) == n_outputs:
         # A dict output: its keys, in the order `keras.tree.flatten` gives the values.
         return [str(key) for key in sorted(structure)]
@@ -490,8 +488,7 @@ def _check_backend():
 def _build_archive(model, signature_name):
     import keras
 
-    LOOKUP_LAYERS = (keras.layers.StringLookup, keras.layers.IntegerLookup,  # noqa: N806
-                     keras.layers.TextVectorization)
+    from keras_classpca.layers.geometry import iter_layers
 
     tf = _tf()
     backend = _check_backend()
@@ -519,8 +516,10 @@ def _build_archive(model, signature_name):
         # measured in docs/serving.md). Lookup tables of Keras preprocessing layers are
         # not all tracked by `add_endpoint`: the layers that own one are tracked
         # (their variables only, not the whole model's).
-        for layer in model._flatten_layers(include_self=False):
-            if isinstance(layer, LOOKUP_LAYERS):
+        lookups = (keras.layers.StringLookup, keras.layers.IntegerLookup,
+                   keras.layers.TextVectorization)
+        for layer in iter_layers(model):
+            if isinstance(layer, lookups):
                 archive.track(layer)
         archive.add_endpoint(
             name=signature_name, fn=tf.function(serve, autograph=False), input_signature=specs
