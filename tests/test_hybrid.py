@@ -503,14 +503,15 @@ def test_branching_functional_model_solves_both_branches(blobs):
 
 
 # --------------------------------------------------------------------- cutoff="auto"
-def _check_auto_evidence(report):
+def _check_auto_evidence(report, rule=None):
     """The choice follows the evidence: a row per layer looked at, bottom first; the
     kept ones reach the threshold, the first one that does not ends the decision."""
     rows = report.evidence["layers"]
     assert [row["layer"] for row in rows] == report.candidates[: len(rows)]
     kept = [row for row in rows if row.get("kept")]
     assert len(kept) == report.cutoff and rows[: report.cutoff] == kept
-    lossless = policy_module.DEFAULT_RULE.lossless_share or float("inf")
+    rule = rule or policy_module.DEFAULT_RULE
+    lossless = rule.lossless_share or float("inf")
     for row in kept:
         if row["gain"] is None:  # kept as lossless, without a probe
             assert row["explained_variance"] >= lossless
@@ -521,10 +522,16 @@ def _check_auto_evidence(report):
     if report.cutoff < len(report.candidates):
         assert len(rows) == report.cutoff + 1  # the decision stops at the first rejection
         rejected = rows[-1]
-        assert "unsolvable" in rejected or (
-            rejected["gain"] < rejected["threshold"]
-            and rejected["explained_variance"] < lossless)
-    rule, per_class = policy_module.DEFAULT_RULE, report.evidence["samples_per_class"]
+        if rejected["gain"] is None and "unsolvable" not in rejected:
+            # Rejected by the bound: not even a perfect probe after it would reach
+            # the threshold (a layer that may not be lossless, left unsolved).
+            assert rejected["bound"] == pytest.approx(1.0 - rejected["before"])
+            assert rejected["bound"] < rejected["threshold"]
+        else:
+            assert "unsolvable" in rejected or (
+                rejected["gain"] < rejected["threshold"]
+                and rejected["explained_variance"] < lossless)
+    per_class = report.evidence["samples_per_class"]
     for position, row in enumerate(rows):
         if "unsolvable" not in row:
             assert row["threshold"] == pytest.approx(
@@ -566,13 +573,45 @@ def test_auto_keeps_nothing_when_class_pca_discards_the_signal():
     model = _mlp(hidden=(8, 8), n_in=d, k=2)
     snapshot = _snapshot(model)
     # Plain class-PCA (the Dense rule would mix in the Fisher direction, which keeps it).
-    report = hybridize(model, (x, y), cutoff="auto", verbose=0, sign_pairs=False,
+    # A zero threshold: the default's (+0.15 for a Dense layer) would reject the layer
+    # unsolved, as no gain over a probe of 0.95 can reach it.
+    rule = policy_module.AutoRule(gain_per_decade=0.0, dense_gain=0.0)
+    report = hybridize(model, (x, y), cutoff=rule, verbose=0, sign_pairs=False,
                        discriminant=0)
     first = report.evidence["layers"][0]
     assert first["before"] > 0.95 and first["after"] < 0.7
     assert report.cutoff == 0 and report.layers == [] and report.frozen == []
-    _check_auto_evidence(report)
+    _check_auto_evidence(report, rule)
     _assert_unchanged(model, snapshot)  # the tried layer was undone exactly
+
+
+def test_auto_rejects_a_layer_unsolved_when_no_gain_can_reach_the_threshold(monkeypatch):
+    # Linearly separable classes: the probe of the raw inputs is ~1, so even a perfect
+    # probe after the Dense layer gains less than its threshold (+0.15 or more). The
+    # decision stops there without solving it.
+    rng = np.random.default_rng(2)
+    y = np.arange(400) % 2
+    x = (rng.normal(size=(400, 10)) + 4.0 * y[:, None]).astype("float32")
+    model = _mlp(hidden=(8, 8), n_in=10, k=2)
+    snapshot = _snapshot(model)
+    solves = []
+    real = decision_module.solve_layer
+    monkeypatch.setattr(decision_module, "solve_layer",
+                        lambda *a, **k: solves.append(a[2].name) or real(*a, **k))
+    report = hybridize(model, (x, y), verbose=0)
+    first = report.evidence["layers"][0]
+    assert solves == [] and report.cutoff == 0
+    assert first["before"] > 0.95 and first["after"] is None and first["gain"] is None
+    assert first["explained_variance"] is None and not first["kept"]
+    _check_auto_evidence(report)
+    _assert_unchanged(model, snapshot)
+    text = str(report)
+    assert "no gain can reach" in text and "not solved" in text
+    assert "no gain can reach the threshold" in report.next_not_taken
+    # With a threshold a perfect probe could reach, the same layer is solved and probed.
+    report = hybridize(_mlp(hidden=(8, 8), n_in=10, k=2), (x, y), verbose=0,
+                       cutoff=policy_module.AutoRule(gain_per_decade=0.0, dense_gain=0.0))
+    assert solves[0] == "m_d0" and report.evidence["layers"][0]["after"] is not None
 
 
 @pytest.mark.parametrize("scripted, expected", [([0.5, 0.9, 0.3], 1), ([0.5, 0.9, 0.95], 2)])

@@ -898,6 +898,9 @@ def _why_not_kept(evidence, name):
         if row["layer"] == name:
             if "unsolvable" in row:
                 return f"the decision sample cannot solve it: {row['unsolvable']}"
+            if row["gain"] is None:  # rejected before solving it
+                return (f"the probe before it reaches {row['before']:.3f}, so no gain can "
+                        f"reach the threshold {row['threshold']:+.3f}")
             why = (f"its probe gain {row['gain']:+.3f} is below the threshold "
                    f"{row['threshold']:+.3f}")
             if row.get("kind") == "Dense":  # never lossless: the probe alone decides

@@ -5,7 +5,9 @@ solved (with patch sub-sampling) and a leave-one-out ridge probe scores the feat
 before and after it (`probe.loo_ridge_accuracy`). The `AutoRule` keeps a layer while
 its gain reaches the rule's threshold; the first rejected layer ends the decision.
 Every weight it touches is put back: the caller then solves the kept layers from the
-full data.
+full data. A probe accuracy is at most 1, so a layer whose "before" probe leaves less
+than its threshold to gain is rejected without solving it (a Dense layer, which is
+never kept as lossless, is probed before it is solved).
 
 Probe points are graph-aware: a layer's "after" features are the input of the next
 step that reads a *new* tensor. In a residual block the shortcut projection reads the
@@ -55,6 +57,11 @@ class _Features:
 
 def _tensor_key(tensor, scope):
     return (id(tensor), tuple(id(s) for s in scope))
+
+
+def _say(verbose, name, message):
+    if verbose:
+        print(f"auto cutoff: {name}: {message}")
 
 
 def probe_points(plan):
@@ -116,8 +123,27 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         for j, step in enumerate(steps):
             step_start = time.perf_counter()
             kind = type(step.layer).__name__
+            threshold = rule.threshold(samples_per_class, kind, position=j)
+            probe_times = {"before": 0.0, "after": 0.0}
             for bn, tensor, scope in (plan.leading_batchnorms if j == 0 else []):
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
+            before = None
+            if not explore and not rule.may_be_lossless(kind):
+                # A probe accuracy is at most 1, so no gain can exceed 1 - before: when
+                # that is below the threshold the layer is rejected without solving it
+                # (the layer's input is upstream of it, so "before" needs no solve).
+                probe_start = time.perf_counter()
+                before = probe(step.input, step.scope, j)
+                probe_times["before"] = time.perf_counter() - probe_start
+                if 1.0 - before < threshold:
+                    rows.append(dict(layer=step.name, kind=kind, before=before, after=None,
+                                     gain=None, bound=1.0 - before, threshold=threshold,
+                                     kept=False, explained_variance=None,
+                                     seconds=time.perf_counter() - step_start,
+                                     probe_seconds=probe_times))
+                    _say(verbose, step.name, f"probe {before:.3f}: no gain can reach "
+                         f"{threshold:+.3f}, not solved")
+                    break
             try:
                 statistics, _ = solve_layer(
                     data, plan.feature_model(step.input, step.scope), step.layer,
@@ -132,30 +158,31 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
             explained = statistics.explained_variance()
             for bn, tensor, scope in step.batchnorms:
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
-            threshold = rule.threshold(samples_per_class, kind, position=j)
-            probe_times = {"before": 0.0, "after": 0.0}
-            if rule.lossless(explained, kind) and not explore:
-                before = after = gain = None  # kept without probing it
-            else:
-                # The layer's input is upstream of it: its new weights do not change it.
-                probe_start = time.perf_counter()
-                before = probe(step.input, step.scope, j)
-                probe_times["before"] = time.perf_counter() - probe_start
-                after = probe(*points[j], j + 1)
-                probe_times["after"] = time.perf_counter() - probe_start - probe_times["before"]
-                gain = after - before
-            keep = rule.lossless(explained, kind) or gain >= threshold
+            lossless = rule.lossless(explained, kind)
+            after = gain = bound = None
+            if not lossless or explore:
+                if before is None:
+                    probe_start = time.perf_counter()
+                    before = probe(step.input, step.scope, j)
+                    probe_times["before"] = time.perf_counter() - probe_start
+                bound = 1.0 - before
+                if bound >= threshold or explore:
+                    probe_start = time.perf_counter()
+                    after = probe(*points[j], j + 1)
+                    probe_times["after"] = time.perf_counter() - probe_start
+                    gain = after - before
+            keep = lossless or (gain is not None and gain >= threshold)
             rows.append(dict(layer=step.name, kind=kind, before=before, after=after,
-                             gain=gain, threshold=threshold, kept=keep and not decided,
-                             explained_variance=explained,
+                             gain=gain, bound=bound, threshold=threshold,
+                             kept=keep and not decided, explained_variance=explained,
                              seconds=time.perf_counter() - step_start,
                              probe_seconds=probe_times))
-            if verbose:
-                print(f"auto cutoff: {step.name}: "
-                      + ("lossless" if gain is None else
-                         f"probe {before:.3f} -> {after:.3f} (gain {gain:+.3f}, needs "
-                         f"{threshold:+.3f})")
-                      + f", filters keep {explained:.1%} of the variance")
+            _say(verbose, step.name,
+                 ("lossless" if lossless and gain is None else
+                  f"probe {before:.3f}: no gain can reach {threshold:+.3f}" if gain is None
+                  else f"probe {before:.3f} -> {after:.3f} (gain {gain:+.3f}, needs "
+                  f"{threshold:+.3f})")
+                 + f", filters keep {explained:.1%} of the variance")
             if keep and not decided:
                 cutoff += 1
             else:

@@ -99,11 +99,14 @@ class AutoRule:
                 + (self.dense_gain if kind == "Dense" else 0.0)
                 + self.gain_per_decade * math.log10(max(samples_per_class, 1.0)))
 
+    def may_be_lossless(self, kind=None):
+        """Whether a layer of `kind` can be kept as lossless (not a Dense layer)."""
+        return self.lossless_share is not None and kind != "Dense"
+
     def lossless(self, explained_variance, kind=None):
         """Whether a layer of `kind` whose filters capture this share of its input's
         variance is kept without a probe (never a Dense layer)."""
-        return (self.lossless_share is not None and kind != "Dense"
-                and explained_variance >= self.lossless_share)
+        return self.may_be_lossless(kind) and explained_variance >= self.lossless_share
 
     def keep(self, gain, samples_per_class, kind=None, position=0, explained_variance=0.0):
         return self.lossless(explained_variance, kind) or gain >= self.threshold(

@@ -9,6 +9,7 @@ fixed count sketch), so every layer is probed at a bounded cost.
 import functools
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse
 
 
@@ -65,14 +66,20 @@ def loo_ridge_accuracy(features, labels, n_classes, alpha=1e-2):
     scale = np.sqrt((x * x).mean(axis=0))
     x = x[:, scale > 1e-12] / scale[scale > 1e-12]
     centred = targets - targets.mean(axis=0)
-    if x.shape[1] <= n:  # primal: (XᵀX + αn I) w = Xᵀ t
-        inverse = np.linalg.inv(x.T @ x + alpha * n * np.eye(x.shape[1]))
-        fitted = x @ (inverse @ (x.T @ centred))
-        leverage = ((x @ inverse) * x).sum(axis=1)
-    else:  # dual: the n × n kernel (wide features, few samples)
+    if x.shape[1] <= n:  # primal: A = XᵀX + αn I = LLᵀ, hat matrix X A⁻¹ Xᵀ = ZᵀZ
+        gram = x.T @ x
+        gram[np.diag_indices_from(gram)] += alpha * n
+        z = scipy.linalg.solve_triangular(
+            np.linalg.cholesky(gram), x.T, lower=True, check_finite=False)
+        fitted = z.T @ (z @ centred)
+        leverage = np.einsum("ij,ij->j", z, z)
+    else:  # dual (wide features, few samples): hat = K (K + αn I)⁻¹ = I - αn (K + αn I)⁻¹
         kernel = x @ x.T
-        hat = kernel @ np.linalg.inv(kernel + alpha * n * np.eye(n))
-        fitted, leverage = hat @ centred, np.diag(hat)
+        kernel[np.diag_indices_from(kernel)] += alpha * n
+        inverse = scipy.linalg.cho_solve(
+            scipy.linalg.cho_factor(kernel, check_finite=False), np.eye(n), check_finite=False)
+        fitted = centred - alpha * n * (inverse @ centred)
+        leverage = 1.0 - alpha * n * np.diag(inverse)
     leverage = leverage + 1.0 / n  # the intercept (the centring) is fitted too
     residual = centred - fitted
     loo = targets - residual / (1.0 - leverage)[:, None]

@@ -57,7 +57,10 @@ class HybridReport:
         layers: a `SolvedLayer` per solved layer, bottom first.
         evidence: for `cutoff="auto"`, the decision: a row per layer looked at (probe
             accuracy before and after it, gain, threshold, kept, seconds), the rule,
-            the decision samples and its seconds (`hybrid/decision.py`).
+            the decision samples and its seconds (`hybrid/decision.py`). A layer whose
+            "before" probe leaves less than the threshold to gain (`bound`,
+            `1 - before`) is rejected unsolved: its `after`, `gain` and
+            `explained_variance` are None.
         candidates: names of all layers that could have been solved.
         stopped_because: why no further layer can be solved (the first layer with
             weights the plan cannot take, and why).
@@ -123,12 +126,19 @@ class HybridReport:
                 if "unsolvable" in row:
                     lines.append(f"    {row['layer']:<24} cannot be solved: {row['unsolvable']}")
                     continue
-                probe = ("not probed" if row["gain"] is None else
-                         f"probe {row['before']:.3f} -> {row['after']:.3f} "
-                         f"(gain {row['gain']:+.3f}, needs {row['threshold']:+.3f})")
+                if row["gain"] is not None:
+                    probe = (f"probe {row['before']:.3f} -> {row['after']:.3f} "
+                             f"(gain {row['gain']:+.3f}, needs {row['threshold']:+.3f})")
+                elif row["before"] is not None:  # rejected by the bound 1 - before
+                    probe = (f"probe {row['before']:.3f}: no gain can reach "
+                             f"{row['threshold']:+.3f}")
+                else:
+                    probe = "not probed"
+                variance = ("not solved" if row["explained_variance"] is None else
+                            f"filters keep {row['explained_variance']:.1%} of its input "
+                            "variance")
                 lines.append(
-                    f"    {row['layer']:<24} {probe}; filters keep "
-                    f"{row['explained_variance']:.1%} of its input variance: "
+                    f"    {row['layer']:<24} {probe}; {variance}: "
                     f"{'kept' if row['kept'] else 'not kept'}"
                 )
             lines.append(f"  rule: {self.evidence['rule']}")
