@@ -165,7 +165,8 @@ def met(ok):
 # ---------------------------------------------------------------------- options, results
 def default_results(name):
     """Where a benchmark appends its JSON-lines results unless told otherwise:
-    benchmarks/results/<name>.jsonl (ignored by git)."""
+    benchmarks/results/<name>.jsonl, kept in git (small: a report can be rebuilt
+    from the raw per-seed records in a later session)."""
     return str(RESULTS_DIR / f"{name}.jsonl")
 
 
