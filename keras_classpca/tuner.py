@@ -26,6 +26,7 @@ from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
 from keras_classpca.hybrid.builder import (
     CLASS_PCA_OPTIONS,
     check_settings,
+    freeze_solved_layers,
     hybridize,
     solved_layer_names,
 )
@@ -292,7 +293,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         max_cutoff = self.max_cutoff
         if max_cutoff is None:
             max_cutoff = self._solvable_layers(model)
-        hp.Int(CUTOFF, 0, max_cutoff)
+        cutoff = hp.Int(CUTOFF, 0, max_cutoff)
         if self.search_space and max_cutoff >= 1:
             # The options only matter when something is solved.
             with hp.conditional_scope(CUTOFF, list(range(1, max_cutoff + 1))):
@@ -303,7 +304,17 @@ class HybridHyperModel(keras_tuner.HyperModel):
                         hp.Choice(option, list(self._labels[option]))
                     else:
                         hp.Choice(option, values)
+        # As the trial's `fit` leaves it (frozen, activations replaced): a model rebuilt
+        # to load a trial's checkpoint (`get_best_models`, `load_model`) is the model
+        # the trial trained, not the builder's.
+        if self._prepare_solved(model, cutoff) and getattr(model, "compiled", False):
+            _recompile(model)
         return model
+
+    def _prepare_solved(self, model, cutoff):
+        return freeze_solved_layers(
+            model, cutoff,
+            solved_activation=self.hybridize_options.get("solved_activation"))
 
     # ------------------------------------------------------------------ fit
     def _cache_directory(self, callbacks):
@@ -364,8 +375,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 # Hyperband continues a trial: its checkpoint (solved prefix and trained
                 # top) is already loaded. Solving again would overwrite the trained
                 # BatchNormalization statistics after the prefix; only freeze.
-                for layer_name in solved_layers(model, cutoff):
-                    model.get_layer(layer_name).trainable = False
+                self._prepare_solved(model, cutoff)
             else:
                 options = {
                     option: (self._labels[option][hp.get(option)] if option in self._labels

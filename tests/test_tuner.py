@@ -134,6 +134,40 @@ def test_a_fixed_solved_activation_reaches_every_trial_solve(tmp_path):
     assert model.layers[-1].activation is keras.activations.softmax
 
 
+def test_best_models_reload_as_their_trials_trained_them(tmp_path):
+    # KerasTuner rebuilds a trial's model with `build` and loads its checkpoint: the
+    # solved layers must come back frozen and with the trial's activations, or further
+    # training moves them and predictions differ from what the trial scored.
+    validation = _data(seed=1)
+    hypermodel = HybridHyperModel(_builder(), _data(), search_options=False,
+                                  solved_activation="linear")
+    tuner = keras_tuner.GridSearch(hypermodel, objective="val_accuracy", max_trials=3,
+                                   directory=tmp_path, project_name="reload")
+    tuner.search(*_data(), validation_data=validation, **FIT)
+    trials = _completed(tuner)
+    assert sorted(t.hyperparameters.get("cutoff") for t in trials) == [0, 1, 2]
+    for trial in trials:
+        cutoff = trial.hyperparameters.get("cutoff")
+        model = tuner.load_model(trial)
+        solved = solved_layers(model, cutoff)
+        assert len(solved) == cutoff
+        for layer in model.layers:
+            assert layer.trainable == (layer.name not in solved)
+            if layer.name in solved:
+                assert layer.activation is keras.activations.linear
+        accuracy = model.evaluate(*validation, verbose=0, return_dict=True)["accuracy"]
+        assert accuracy == pytest.approx(trial.score, abs=1e-6)
+        before = [w.copy() for name in solved for w in model.get_layer(name).get_weights()]
+        model.fit(*_data(seed=2), epochs=1, verbose=0)
+        after = [w for name in solved for w in model.get_layer(name).get_weights()]
+        for old, new in zip(before, after):
+            np.testing.assert_array_equal(old, new)
+    # A built trial model solved by its fit reports the activation it replaced.
+    model = hypermodel.build(_hp(cutoff=1))
+    hypermodel.fit(_hp(cutoff=1), model, *_data(), **FIT)
+    assert [layer.replaced_activation for layer in hypermodel.last_report.layers] == ["relu"]
+
+
 # ----------------------------------------------------------------------------- tuners
 def test_grid_search_shares_prefixes_through_the_cache_on_disk(tmp_path):
     hypermodel = HybridHyperModel(_builder(), _data(), search_options=False)

@@ -726,7 +726,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             # Same architecture, possibly other layer names (a new model per trial).
             record = dict(cached["record"]["solved"], name=layer.name,
                           adapted_batchnorms=[l.name for l in block[1:]])
-            record["replaced_activation"] = replacer.replace(layer)
+            record["replaced_activation"] = _replace_activation(replacer, layer)
             report.layers.append(SolvedLayer(**record))
             limit = record["samples"] if passes.auto else None
             continue
@@ -753,7 +753,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
                 convergence=convergence, on_device=on_device,
             )
         statistics.assign()
-        replaced = replacer.replace(layer)
+        replaced = _replace_activation(replacer, layer)
         solved = SolvedLayer(
             name=layer.name,
             kind=type(layer).__name__,
@@ -786,17 +786,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     for layer in _set_by_solve(plan, len(report.layers)):
         setattr(layer, SOLVED_MARK, True)
     if freeze:
-        solved = {layer.name for layer in report.layers}
-        for name in plan.frozen_names(len(report.layers)):
-            layer = _layer_named(plan, name)
-            if freeze == "kernel" and name in solved and getattr(layer, "bias", None) is not None:
-                # The solved directions stay; the bias (where each unit cuts) trains.
-                for variable in layer.weights:
-                    if variable is not layer.bias:
-                        variable.trainable = False
-            else:
-                layer.trainable = False
-            report.frozen.append(name)
+        report.frozen.extend(_apply_freeze(plan, len(report.layers), freeze))
     if (report.frozen or released) and getattr(model, "compiled", False):
         # Keras fixes the trainable variables at compile(): a model compiled (or
         # fitted) before would go on training the "frozen" layers.
@@ -818,6 +808,52 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
 # without the warning meant for layers the user froze (pretrained weights).
 SOLVED_MARK = "_keras_classpca_solved"
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+# What `freeze_solved_layers` replaced of a layer's activation (its report says so).
+REPLACED_MARK = "_keras_classpca_replaced_activation"
+
+
+def _apply_freeze(plan, cutoff, freeze):
+    """Freeze what a solve of `cutoff` steps sets: `True`, whole layers; `"kernel"`,
+    the solved layers' kernels (their biases train). Returns the frozen names."""
+    solved = {step.name for step in plan.steps[:cutoff]}
+    frozen = []
+    for name in plan.frozen_names(cutoff):
+        layer = _layer_named(plan, name)
+        if freeze == "kernel" and name in solved and getattr(layer, "bias", None) is not None:
+            # The solved directions stay; the bias (where each unit cuts) trains.
+            for variable in layer.weights:
+                if variable is not layer.bias:
+                    variable.trainable = False
+        else:
+            layer.trainable = False
+        frozen.append(name)
+    return frozen
+
+
+def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
+    """Leave `model` as `hybridize(model, ..., cutoff, freeze=freeze,
+    solved_activation=solved_activation)` leaves it, without solving: the layers it
+    freezes frozen, the activations it replaces replaced, and the layers marked as the
+    package's (a later `hybridize` solves them without the warning for user-frozen
+    layers). For a model whose solved weights come from a checkpoint, e.g. a KerasTuner
+    trial's. Recompile a compiled model after it. Returns the frozen names."""
+    plan = plan_model(model)
+    cutoff = min(cutoff, len(plan.steps))
+    if cutoff <= 0:
+        return []
+    replacer = ActivationReplacer(model, activation_or_none(solved_activation))
+    for step in plan.steps[:cutoff]:
+        replaced = replacer.replace(step.layer)
+        if replaced:
+            setattr(step.layer, REPLACED_MARK, replaced)
+    for layer in _set_by_solve(plan, cutoff):
+        setattr(layer, SOLVED_MARK, True)
+    return _apply_freeze(plan, cutoff, freeze) if freeze else []
+
+
+def _replace_activation(replacer, layer):
+    """`replacer.replace(layer)`, or what `freeze_solved_layers` replaced before."""
+    return replacer.replace(layer) or getattr(layer, REPLACED_MARK, None)
 
 
 def _set_by_solve(plan, cutoff):
