@@ -174,3 +174,14 @@ def test_small_batches_are_staged_and_give_the_same_sums(chunk_rows, monkeypatch
     mixed.accumulate(x[3010:], y[3010:])
     np.testing.assert_allclose(mixed.sums, one.sums, rtol=1e-5)
     np.testing.assert_allclose(mixed.second_moments, one.second_moments, rtol=1e-5)
+
+
+def test_distinct_labels_by_count_or_by_hash_agree():
+    from keras_classpca.core.statistics import _distinct
+
+    rng = np.random.default_rng(0)
+    for labels in (rng.integers(0, 10, 5000), np.array([7, 3, 3, 1_000_000, 7]),
+                   rng.integers(0, 70_000, 100).astype(np.uint32), np.array([5])):
+        distinct = _distinct(labels)
+        np.testing.assert_array_equal(distinct, np.unique(labels))
+        assert distinct.dtype == labels.dtype
