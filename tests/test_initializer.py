@@ -217,7 +217,8 @@ def test_clone_model_gives_a_live_layer_with_a_warning(blobs):
             r"Kernel shape \(5, 6\) needs statistics over 5 features, but the class-PCA "
             r"statistics have 8",
         ),
-        ((3, 3, 2, 6), r"needs statistics over 18 features, but the class-PCA statistics have 8"),
+        ((3, 3, 2, 6), r"needs statistics over 18 features, but the class-PCA statistics have 8"
+                         r".*channels-first images pass `np.moveaxis\(x, 1, -1\)`"),
         ((1, 1, 1, 1, 8, 6), r"handles Dense kernels \(d, units\) and Conv2D kernels"),
         ((8, 2, 6), r"needs statistics over 16 features"),  # a Conv1D kernel shape
         ((8, 25), r"n_components=25 exceeds what 3 classes x 8 features can give"),

@@ -242,8 +242,33 @@ def test_a_layer_called_twice_blocks_what_reads_its_second_output():
     x = L.Dense(4, name="after_second")(L.ReLU()(second))  # through a parameter-free layer
     outputs = L.Dense(2, name="out")(L.Concatenate()([x, L.Dense(4, name="side")(first)]))
     plan = plan_model(keras.Model(inputs, outputs))
-    assert "after_second" not in plan.names and "side" in plan.names
-    assert "no layer of the graph produces once" in dict(plan.blocked)["after_second"]
+    # The shared layer itself is not solved (one call's input would not fit the
+    # other), so neither is what depends on it.
+    assert plan.names == []
+    blocked = dict(plan.blocked)
+    assert "called 2 times in the model (a shared layer)" in blocked["shared"]
+    assert "depends on Dense 'shared'" in blocked["side"]
+    assert "no layer of the graph produces once" in blocked["after_second"]
+
+
+def test_a_layer_called_twice_in_parallel_is_not_solved_from_its_first_call():
+    # conv(x) + conv(-x): the first call's patches alone would give filters fitted to
+    # half of what the layer sees; and conv(conv(x)) is refused for the same reason,
+    # not as "the model's last layer with weights".
+    inputs = keras.Input((8, 8, 3))
+    conv = L.Conv2D(4, 3, padding="same", name="twice")
+    merged = L.Add()([conv(inputs), conv(L.Rescaling(-1.0)(inputs))])
+    before = L.Conv2D(4, 3, name="before")(inputs)
+    outputs = L.Dense(2)(L.Flatten()(L.Concatenate()([merged, L.ZeroPadding2D()(before)])))
+    plan = plan_model(keras.Model(inputs, outputs))
+    assert plan.names == ["before"]
+    assert "called 2 times" in dict(plan.blocked)["twice"]
+    inputs = keras.Input((8, 8, 3))
+    conv = L.Conv2D(3, 3, padding="same", name="stacked")
+    outputs = L.Dense(2)(L.Flatten()(L.Conv2D(4, 3, name="after")(conv(conv(inputs)))))
+    plan = plan_model(keras.Model(inputs, outputs))
+    assert plan.names == [] and plan.stop_reason.startswith(
+        "Conv2D 'stacked' is called 2 times")
 
 
 def test_a_preprocessing_layer_reused_in_a_second_model_is_named():

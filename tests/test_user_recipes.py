@@ -305,3 +305,62 @@ def test_cutoff_takes_an_auto_rule_of_the_users_numbers():
         hybridize(_mlp(L.Dense(3)), x, cutoff=AutoRule(), verbose=0)
     with pytest.raises(ValueError, match="an `AutoRule` or a non-negative integer"):
         hybridize(_mlp(L.Dense(3)), (x, y), cutoff="best", verbose=0)
+
+
+def _sign_pairs_in(kernel):
+    """How many column pairs of `kernel` are exact negatives of each other."""
+    unit = kernel / np.linalg.norm(kernel, axis=0)
+    cosines = unit.T @ unit
+    np.fill_diagonal(cosines, 0.0)
+    return int((cosines < -0.9999).sum() // 2)
+
+
+@pytest.mark.parametrize("top, paired", [
+    ([L.Dense(8, activation="tanh")], False),  # no rectifier: Fisher directions only
+    ([L.Dense(8), L.LeakyReLU()], True),  # a LeakyReLU layer rectifies like "leaky_relu"
+    ([L.Dense(8, activation="relu")], True),
+])
+def test_dense_rule_report_says_whether_it_paired_signs(top, paired):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 32)).astype("float32")
+    y = rng.integers(0, 3, 1500)
+    x[y == 1, :4] *= 3
+    x[y == 2, 4:8] += 2
+    model = keras.Sequential([keras.Input((32,)), *top, L.Dense(3, activation="softmax")])
+    report = hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    layer = report.layers[0]
+    assert layer.fisher_sign_pairs and layer.sign_paired is paired
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    assert (_sign_pairs_in(kernel) == 4) is paired and (_sign_pairs_in(kernel) == 0) is not paired
+    assert ("sign-paired" in str(report)) is paired and "Fisher directions" in str(report)
+
+
+def test_separable_conv_explained_variance_covers_both_stages():
+    # The pointwise stage keeps all of the depthwise outputs (8 filters over 4), but the
+    # depthwise stage keeps 1 of 9 values per channel: the layer keeps ~11 % of its
+    # patches' variance, not 100 % (which would make cutoff="auto" keep it as lossless).
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    x = rng.normal(size=(600, 12, 12, 4)).astype("float32")
+    x[y == 1] *= 1.5
+    x[y == 2, ..., :2] += 1
+    inputs = keras.Input((12, 12, 4))
+    separable = L.SeparableConv2D(8, 3, activation="relu")
+    hidden = L.Conv2D(6, 3, activation="relu")(separable(inputs))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(L.Flatten()(hidden)))
+    report = hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    patches = sliding_window_view(x.astype(float), (3, 3), axis=(1, 2))
+    patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 36)  # (kernel axes, channel)
+    covariance = np.cov(patches, rowvar=False)
+    depthwise = keras.ops.convert_to_numpy(separable.depthwise_kernel)
+    pointwise = keras.ops.convert_to_numpy(separable.pointwise_kernel)[0, 0]
+    spread = np.zeros((36, 4))
+    for channel in range(4):
+        spread[channel::4, channel] = depthwise[:, :, channel, 0].ravel()
+    vectors, values, _ = np.linalg.svd(spread @ pointwise, full_matrices=False)
+    basis = vectors[:, values > 1e-8 * values.max()]
+    expected = np.trace(basis.T @ covariance @ basis) / np.trace(covariance)
+    assert expected < 0.2
+    assert report.layers[0].explained_variance == pytest.approx(expected, rel=1e-3)

@@ -42,9 +42,13 @@ def _is_identity(relu):
     return all(getattr(relu, setting) == value for setting, value in IDENTITY_RELU.items())
 
 
-def _following_activation_layer(nodes, layer):
-    """The `Activation` / `ReLU` layer that alone reads `layer`'s output, directly or
-    through one BatchNormalization that alone reads it; None if there is none."""
+ACTIVATION_LAYERS = (keras.layers.Activation, keras.layers.ReLU)
+
+
+def _following_activation_layer(nodes, layer, kinds=ACTIVATION_LAYERS):
+    """The layer of `kinds` (`Activation` / `ReLU`) that alone reads `layer`'s output,
+    directly or through one BatchNormalization that alone reads it; None if there is
+    none."""
     index = next((i for i, node in enumerate(nodes) if node.layer is layer), None)
     for _ in range(2):
         if index is None:
@@ -54,7 +58,7 @@ def _following_activation_layer(nodes, layer):
             return None
         index = readers[0]
         reader = nodes[index].layer
-        if isinstance(reader, (keras.layers.Activation, keras.layers.ReLU)):
+        if isinstance(reader, kinds):
             return reader
         if not isinstance(reader, keras.layers.BatchNormalization):
             return None
@@ -86,11 +90,11 @@ class ActivationReplacer:
             targets.append((follower, follower.name))
         return targets
 
-    def _follower(self, layer):
+    def _follower(self, layer, kinds=ACTIVATION_LAYERS):
         """The `Activation` / `ReLU` layer after `layer` (`_following_activation_layer`)."""
         if self._nodes is None:
             self._nodes, _ = flatten_graph(self.model)
-        return _following_activation_layer(self._nodes, layer)
+        return _following_activation_layer(self._nodes, layer, kinds)
 
     def would_replace(self, layer):
         """Whether `replace(layer)` changes something."""
@@ -104,9 +108,13 @@ class ActivationReplacer:
             return False  # after the replacement (the identity) pairs would be copies
         if rectifies(getattr(layer, "activation", None)):
             return True
-        follower = self._follower(layer)
+        # A LeakyReLU layer rectifies as `activation="leaky_relu"` does (not replaced:
+        # `solved_activation` replaces `Activation` / `ReLU` layers only).
+        follower = self._follower(layer, ACTIVATION_LAYERS + (keras.layers.LeakyReLU,))
         if isinstance(follower, keras.layers.ReLU):
             return not _is_identity(follower)
+        if isinstance(follower, keras.layers.LeakyReLU):
+            return follower.negative_slope < 1.0
         return follower is not None and rectifies(follower.activation)
 
     def replace(self, layer):

@@ -765,6 +765,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             sample_checks=list(convergence.history) if convergence is not None else [],
             converged=None if convergence is None else convergence.converged_at is not None,
             fisher_sign_pairs=statistics.dense_remedies,
+            sign_paired=(None if statistics.dense_remedies is None
+                         else bool(statistics.dense_remedies and pairs)),
             replaced_activation=replaced,
         )
         limit = seen if passes.auto else None

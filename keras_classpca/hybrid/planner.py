@@ -19,9 +19,10 @@ sub-graph that computes a tensor — and returns a `Plan`:
   kind class-PCA does not solve, a head of the model (a layer that feeds no other
   layer with weights is always trained), or a layer depending on such a layer.
 
-A layer called more than once (shared) is seen through public API at its first call
-only: it is solved on that call's input, and the layers reading its later outputs are
-blocked (their input has no producer in the graph).
+A layer called more than once in the model (shared; counted from the model's config,
+whose `inbound_nodes` list every call) is not solved: class-PCA of one call's input
+does not fit the others, and Keras' public API shows only the first call. The layers
+reading its later outputs are blocked too (their input has no producer in the graph).
 
 `plan.cut(k)` gives the first `k` steps and `plan.reason_after(k)` says why the next
 layer was not taken. A subclassed model has no layer graph: `plan_model` raises a
@@ -52,6 +53,31 @@ def outer_call_tensors(nested):
         keras.tree.flatten(keras.Operation.input.fget(nested)),
         keras.tree.flatten(keras.Operation.output.fget(nested)),
     )
+
+
+def shared_layer_calls(model):
+    """`{layer name: calls}` of the layers called more than once in `model`'s graph
+    (or in a nested functional model's), read from `get_config()`: a functional
+    model's config lists each layer's `inbound_nodes`, one per call. Empty when the
+    config cannot be built (a custom layer without `get_config`)."""
+    try:
+        config = model.get_config()
+    except Exception:  # noqa: BLE001 - any failure only loses this check
+        return {}
+    calls = {}
+
+    def walk(config):
+        for entry in (config or {}).get("layers", []) if isinstance(config, dict) else []:
+            if not isinstance(entry, dict):
+                continue
+            inbound = entry.get("inbound_nodes") or []
+            name = (entry.get("config") or {}).get("name") or entry.get("name")
+            if len(inbound) > 1 and name:
+                calls[name] = len(inbound)
+            walk(entry.get("config"))
+
+    walk(config)
+    return calls
 
 
 def _is_nested_model(operation):
@@ -271,6 +297,7 @@ def plan_model(model):
     if not has_layer_graph(model):
         raise no_graph_error(model)
     nodes, _ = flatten_graph(model)
+    shared = shared_layer_calls(model)
 
     # Forward: ancestors with trainable weights (solvable or not) and blockers.
     weighted = [_weighted(n.layer) for n in nodes]
@@ -314,7 +341,13 @@ def plan_model(model):
         if not weighted[i] or is_bn[i]:
             continue
         reason = None
-        if tainted[i]:
+        if layer.name in shared:
+            reason = (
+                f"{_name(layer)} is called {shared[layer.name]} times in the model (a shared "
+                "layer): class-PCA of one call's input would not fit the other calls. It "
+                "is trained; to solve it, give each call its own layer."
+            )
+        elif tainted[i]:
             source = nodes[origin[i]].layer if origin[i] is not None else layer
             elsewhere = (f" Layers of this model first called in another model: "
                          f"{', '.join(_name(f) for f in foreign)}." if foreign else "")

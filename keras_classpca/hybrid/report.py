@@ -26,9 +26,11 @@ class SolvedLayer:
             (False: the data ran out first); None otherwise.
         fisher_sign_pairs: for a Dense layer without explicit `sign_pairs` /
             `discriminant` options, whether it was solved from enough rows per feature
-            to get Fisher directions and sign pairs (`DENSE_REMEDIES_MIN_ROWS_PER_FEATURE`
-            in `layers/geometry.py`; Fisher directions only, without sign pairs, when
-            its activation was replaced); None for other layers.
+            to get the Dense rule (`DENSE_REMEDIES_MIN_ROWS_PER_FEATURE` in
+            `layers/geometry.py`): Fisher directions, and sign pairs where a rectifier
+            follows it (`sign_paired`); None for other layers.
+        sign_paired: whether the Dense rule gave the layer sign pairs (a rectifier
+            follows it and stays); None where the rule did not apply.
         replaced_activation: with `hybridize(solved_activation=...)`, the name of the
             activation the layer had before (e.g. `"relu"`); None if it kept its own.
     """
@@ -45,6 +47,7 @@ class SolvedLayer:
     converged: bool = None
     fisher_sign_pairs: bool = None
     replaced_activation: str = None
+    sign_paired: bool = None
 
 
 @dataclasses.dataclass
@@ -113,7 +116,8 @@ class HybridReport:
                     f"{layer.seconds:>7.1f}"
                 )
                 if layer.fisher_sign_pairs:
-                    lines.append("    + Fisher directions, sign-paired (rows >= "
+                    paired = ", sign-paired" if layer.sign_paired else ""
+                    lines.append(f"    + Fisher directions{paired} (rows >= "
                                  f"{DENSE_REMEDIES_MIN_ROWS_PER_FEATURE} x features)")
                 for bn in layer.adapted_batchnorms:
                     lines.append(f"    + adapted {bn}")

@@ -295,6 +295,8 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 f"Kernel shape {shape} needs statistics over {n_features} features, but "
                 f"the class-PCA statistics have {self.class_pca.n_features_in_} "
                 "(for Conv2D: kernel_height * kernel_width * channels)."
+                + (" `from_data` reads images channels last: for channels-first images "
+                   "pass `np.moveaxis(x, 1, -1)`." if len(shape) > 2 else "")
             )
         kernel = self._solve(shape[-1]).kernel.reshape(shape)
         return keras.ops.convert_to_tensor(kernel, dtype=dtype)

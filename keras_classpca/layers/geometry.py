@@ -545,17 +545,30 @@ class LayerStatistics:
         assign_weights(self.layer, self.weights())
 
     def explained_variance(self):
-        """Share of the input variance the span of the last stage's filters captures."""
-        captured = total = 0.0
-        for class_pca in self.solved_stages[-1][0]:
-            # An orthonormal basis of the span: sign pairs and spare filters repeat
-            # directions, which a QR factorisation would extend with unrelated ones.
-            vectors, values, _ = np.linalg.svd(class_pca.components_, full_matrices=False)
-            basis = vectors[:, values > 1e-8 * values.max()]
-            covariance = class_pca.covariance_
-            captured += float(np.trace(basis.T @ covariance @ basis))
-            total += float(np.trace(covariance))
-        return captured / total if total > 0 else 0.0
+        """Share of the input variance the span of the filters captures. For a separable
+        convolution, the product of its stages' shares: what the depthwise filters keep
+        of the patches, times what the pointwise filters keep of the depthwise outputs
+        (exact for orthonormal depthwise filters): the pointwise stage alone can keep
+        all of its input after the depthwise stage dropped most of the patch."""
+        share = 1.0
+        for class_pcas, _ in self.solved_stages:
+            share *= _captured_share(class_pcas)
+        return share
+
+
+def _captured_share(class_pcas):
+    """Share of the summed input variance of `class_pcas` (one per group) that the
+    spans of their components capture."""
+    captured = total = 0.0
+    for class_pca in class_pcas:
+        # An orthonormal basis of the span: sign pairs and spare filters repeat
+        # directions, which a QR factorisation would extend with unrelated ones.
+        vectors, values, _ = np.linalg.svd(class_pca.components_, full_matrices=False)
+        basis = vectors[:, values > 1e-8 * values.max()]
+        covariance = class_pca.covariance_
+        captured += float(np.trace(basis.T @ covariance @ basis))
+        total += float(np.trace(covariance))
+    return captured / total if total > 0 else 0.0
 
 
 def backend_rows(layer, x):
