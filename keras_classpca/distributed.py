@@ -190,7 +190,7 @@ def _as_dataset(data, y, batch_size):
     if len(spec) == 3:
         data = data.map(lambda x, y, w: (x, y))
         spec = data.element_spec
-    if _is_unbatched(spec[0], spec[1]):
+    if _is_unbatched(spec[0], spec[1], data):
         data = data.batch(batch_size)
     return data
 
@@ -763,7 +763,8 @@ def _is_batched(dataset):
     from keras_classpca.core.data_adapter import _is_unbatched
 
     spec = dataset.element_spec
-    return isinstance(spec, tuple) and len(spec) >= 2 and not _is_unbatched(spec[0], spec[1])
+    return isinstance(spec, tuple) and len(spec) >= 2 and not _is_unbatched(
+        spec[0], spec[1], dataset)
 
 
 def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):

@@ -225,3 +225,21 @@ def test_known_batches_of_datasets_that_say_their_length():
     assert known_batches(batched.filter(lambda a, b: True)) is None  # unknown
     assert known_batches(ArrayPyDataset(x, y, 25)) == 4
     assert known_batches(iter([(x, y)])) is None
+
+
+def test_unbatched_one_hot_labels_as_long_as_the_first_axis_are_batched_by_us():
+    # Sequences of 5 steps with one-hot labels of 5 classes: the label length equals x's
+    # first axis, as in a batch of 5 class ids. The first label (a one-hot row) decides.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 40)
+    x = rng.normal(size=(40, 5, 8)).astype("float32")
+    one_hot = np.eye(5, dtype="float32")[y]
+    batches = list(iter_batches(tf.data.Dataset.from_tensor_slices((x, one_hot)),
+                                batch_size=16))
+    assert [len(b[0]) for b in batches] == [16, 16, 8]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), one_hot)
+    # Batches of 5 class ids (drop_remainder: a static leading size of 5) stay batches.
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(5, drop_remainder=True)
+    batches = list(iter_batches(batched, batch_size=16))
+    assert [len(b[0]) for b in batches] == [5] * 8
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)

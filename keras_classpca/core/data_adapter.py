@@ -272,25 +272,32 @@ def _slice_arrays(x, y, batch_size, weights=None):
         yield (x[batch], y[batch]) + (() if weights is None else (weights[batch],))
 
 
-def _is_unbatched(x_spec, y_spec):
-    """Scalar labels, or one-hot labels `(K,)` whose length is not x's leading axis.
+def _is_unbatched(x_spec, y_spec, dataset=None):
+    """Whether a dataset of `(x, y)` elements yields single samples.
 
-    A batched dataset has labels `(batch,)` or `(batch, K)` with the same leading
-    (often unknown) size as `x`; an unbatched one with one-hot labels has a static
-    `(K,)` that differs from x's first axis (e.g. `(28, 28, 1)` images, `(10,)` labels).
+    Scalar labels: unbatched. Labels `(n,)` with a leading size `x` does not share
+    (`(28, 28, 1)` images, `(10,)` one-hot labels): unbatched; `x` of unknown leading
+    size (`.batch()`): batched. When both sizes are static and equal — batches of `n`
+    class ids (`drop_remainder=True`), or one-hot labels of `K` classes for `x` whose
+    first axis happens to be `K` long (sequences of `K` steps) — the first element of
+    `dataset` decides: a one-hot row (0/1 values summing to 1) is one sample's label.
     """
     y_shape = y_spec.shape
     if y_shape.rank == 0:
         return True
     x_shape = getattr(x_spec, "shape", None)
-    return (
-        y_shape.rank == 1
-        and y_shape[0] is not None
-        and x_shape is not None
-        and x_shape.rank is not None
-        and x_shape.rank >= 1
-        and x_shape[0] != y_shape[0]
-    )
+    if (y_shape.rank != 1 or y_shape[0] is None or x_shape is None or x_shape.rank is None
+            or x_shape.rank < 1 or x_shape[0] is None):
+        return False
+    if x_shape[0] != y_shape[0]:
+        return True
+    if dataset is None:
+        return False
+    for element in dataset.take(1).as_numpy_iterator():
+        labels = np.asarray(element[1])
+        return bool(np.all((labels == 0) | (labels == 1)) and labels.sum() == 1
+                    and len(labels) > 1)
+    return False
 
 
 def _dataset_batches(dataset, batch_size, split=_split_element):
@@ -302,7 +309,7 @@ def _dataset_batches(dataset, batch_size, split=_split_element):
             "The dataset must yield `(x, y)` pairs (labels are required for "
             f"class-PCA); its element_spec is {spec}."
         )
-    if _is_unbatched(spec[0], spec[1]):  # one sample per element: batch it ourselves
+    if _is_unbatched(spec[0], spec[1], dataset):  # one sample per element: batch it
         dataset = dataset.batch(batch_size)
     for element in dataset.as_numpy_iterator():
         yield split(element, "The dataset")
@@ -318,7 +325,8 @@ def known_batches(data, batch_size=None):
             if count < 0:  # infinite or unknown
                 return None
             spec = data.element_spec
-            if isinstance(spec, tuple) and len(spec) >= 2 and _is_unbatched(spec[0], spec[1]):
+            if isinstance(spec, tuple) and len(spec) >= 2 and _is_unbatched(spec[0], spec[1],
+                                                                            data):
                 return -(-count // (batch_size or DEFAULT_BATCH_SIZE))
             return count
         if _is_py_dataset(data):
