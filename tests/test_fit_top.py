@@ -527,3 +527,27 @@ def test_a_short_last_batch_of_strings_is_padded_with_valid_rows():
     batch = np.array([b"a b", b"c c"], dtype=object)
     np.testing.assert_array_equal(predict_batch(model, batch, pad_to=5),
                                   np.asarray(model.predict_on_batch(batch)))
+
+
+def test_cache_auto_reads_a_dataset_every_epoch(monkeypatch):
+    # A pipeline may draw new augmentation every epoch: cached outputs would freeze it
+    # into one draw, so "auto" trains plainly on a dataset for more than one epoch (even
+    # when caching would be faster), and `cache=True` still caches it.
+    monkeypatch.setattr(fit_top_module, "cache_ratio", lambda *a: 0.1)
+    x, y = _data(200)
+    reads = []
+
+    def pipeline():
+        reads.append(1)
+        for start in range(0, 200, 50):
+            yield x[start:start + 50], y[start:start + 50]
+
+    dataset = tf.data.Dataset.from_generator(pipeline, output_signature=(
+        tf.TensorSpec((None,) + x.shape[1:], tf.float32), tf.TensorSpec((None,), tf.int64)))
+    model = _model(2)
+    history = fit_top(model, dataset, epochs=3, verbose=0)
+    assert history.cache_used is False and len(reads) == 3
+    reads.clear()
+    assert fit_top(model, dataset, epochs=3, cache=True, verbose=0).cache_used
+    assert len(reads) == 1
+    assert fit_top(model, x, y, epochs=3, verbose=0).cache_used  # arrays: no pipeline

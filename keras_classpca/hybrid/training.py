@@ -489,7 +489,10 @@ def fit_top(
             (`batch_size` None: 32 for arrays; a dataset's or generator's own
             batches, which the cached training keeps, as do its sample weights).
         cache: `"auto"` (time both ways on a few batches, take the faster), `True` or
-            `False`.
+            `False`. For more than one epoch of a dataset, PyDataset or generator,
+            `"auto"` does not cache: `model.fit` reads it every epoch, and its
+            pipeline may draw new augmentation each time, which a cache would freeze
+            (`cache=True` caches it: one read, the same outputs every epoch).
         memory_limit: bytes of prefix output kept in memory; beyond it the cache
             spills to a temporary file in `cache_dir`, removed after training.
         cache_dir: where that file goes (default: the system temp dir).
@@ -589,6 +592,11 @@ def fit_top(
     # forward passes, and the outputs the first caching call computes.
     shared = tuple(keys) if output_cache is not None and None not in keys else None
     uses = output_cache.count_use(shared) if shared is not None else 1
+    if cache == "auto" and remaining > 1 and not is_array_data((x, y)):
+        # `model.fit` reads a dataset, PyDataset or generator once per epoch: its
+        # pipeline may draw new augmentation (or a new order) every time, which cached
+        # outputs would freeze into one draw. `cache=True` caches it anyway.
+        return plain_fit()
     if cache == "auto" and not already_computed:
         seconds = output_cache.timings.get(shared) if shared is not None else None
         if seconds is None:
