@@ -364,3 +364,33 @@ def test_separable_conv_explained_variance_covers_both_stages():
     expected = np.trace(basis.T @ covariance @ basis) / np.trace(covariance)
     assert expected < 0.2
     assert report.layers[0].explained_variance == pytest.approx(expected, rel=1e-3)
+
+
+def test_dict_inputs_of_a_named_single_input_model():
+    # `Model.fit({"img": x}, y)` works in Keras; hybridize and fit_top take the same.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    x = (rng.normal(size=(400, 10, 10, 1)) + y[:, None, None, None]).astype("float32")
+
+    def build():
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((10, 10, 1), name="img")
+        hidden = L.Flatten()(L.Conv2D(6, 3, activation="relu", name="conv")(inputs))
+        return keras.Model(inputs, L.Dense(4, activation="softmax")(L.Dense(8)(hidden)))
+
+    reference = build()
+    hybridize(reference, (x, y), cutoff=1, verbose=0)
+    for data in (({"img": x}, y), tf.data.Dataset.from_tensor_slices(({"img": x}, y)).batch(50)):
+        model = build()
+        hybridize(model, data, cutoff=1, verbose=0)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer("conv").kernel),
+                                   keras.ops.convert_to_numpy(reference.get_layer("conv").kernel),
+                                   atol=1e-5)  # batches of 50: other rounding
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras' own note on a dict for a single Input
+        assert fit_top(model, {"img": x}, y, epochs=2, cache=True, verbose=0).cache_used
+    with pytest.raises(ValueError, match=r"`x` is a dict of 2 inputs \(\['b', 'img'\]\)"):
+        hybridize(build(), ({"img": x, "b": x}, y), cutoff=1, verbose=0)

@@ -52,6 +52,8 @@ def is_xy_pair(data):
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         return False
     x, y = data[0], data[1]
+    if isinstance(x, dict) and x and all(_is_array_like(v) for v in x.values()):
+        x = next(iter(x.values()))  # {"input name": x}, as `Model.fit` takes
     if not _is_array_like(x):
         return False
     if _is_array_like(y):
@@ -153,7 +155,24 @@ def as_standard_float(array):
     return array
 
 
+def single_input(x):
+    """`x`, or the one value of a dict of inputs (`{"image": x}` for a model whose
+    single `keras.Input` is named "image", as `Model.fit` accepts); a `ValueError` for
+    a dict of several inputs."""
+    if not isinstance(x, dict):
+        return x
+    if len(x) != 1:
+        raise ValueError(
+            f"`x` is a dict of {len(x)} inputs ({sorted(x)}); class-PCA solves the layers "
+            "of a single-input model, so the data must hold one input: an array, or a "
+            "dict with one entry."
+        )
+    return next(iter(x.values()))
+
+
 def _to_numpy(value, name):
+    if name == "x":
+        value = single_input(value)
     if isinstance(value, np.ndarray):
         return as_standard_float(value)
     if _is_array_like(value) or isinstance(value, (list, tuple)):
@@ -175,6 +194,8 @@ def as_arrays(data, y=None):
     >>> as_arrays(iter([])) is None
     True
     """
+    if y is not None and isinstance(data, dict):
+        return single_input(data), y
     if y is not None and _is_array_like(data):
         return data, y
     if y is not None and hasattr(data, "__array__"):  # e.g. a pandas DataFrame
@@ -239,11 +260,12 @@ def _split_element(element, where, keep_weights=False):
             + "."
         )
     weights = element[2] if len(element) == 3 else None
+    x = single_input(element[0])
     if keep_weights:
-        return element[0], element[1], weights
+        return x, element[1], weights
     if weights is not None:
         _warn_sample_weights_ignored()
-    return element[0], element[1]
+    return x, element[1]
 
 
 def _warn_sample_weights_ignored():
