@@ -394,3 +394,30 @@ def test_dict_inputs_of_a_named_single_input_model():
         assert fit_top(model, {"img": x}, y, epochs=2, cache=True, verbose=0).cache_used
     with pytest.raises(ValueError, match=r"`x` is a dict of 2 inputs \(\['b', 'img'\]\)"):
         hybridize(build(), ({"img": x, "b": x}, y), cutoff=1, verbose=0)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.data with Keras layers")
+def test_unbatched_datasets_of_inputs_alone_are_batched():
+    # A dataset of single images (no labels): a convolution's adapt and hybridize know
+    # the rank of a batch, so they batch it instead of reading each image as a batch.
+    import tensorflow as tf
+
+    from keras_classpca import ClassPCAConv2D
+
+    x = np.random.default_rng(0).normal(size=(300, 12, 12, 1)).astype("float32")
+    reference, layer = ClassPCAConv2D(4, 3), ClassPCAConv2D(4, 3)
+    reference.adapt(x)
+    layer.adapt(tf.data.Dataset.from_tensor_slices(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel),
+                               keras.ops.convert_to_numpy(reference.kernel), atol=1e-5)
+
+    def cnn():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((12, 12, 1)), L.Conv2D(4, 3, activation="relu"),
+                                 L.Flatten(), L.Dense(3)])
+
+    arrays, dataset = cnn(), cnn()
+    hybridize(arrays, x, cutoff=1, verbose=0)
+    hybridize(dataset, tf.data.Dataset.from_tensor_slices(x), cutoff=1, verbose=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dataset.layers[0].kernel),
+                               keras.ops.convert_to_numpy(arrays.layers[0].kernel), atol=1e-4)

@@ -88,12 +88,14 @@ def _one_class_elements(elements):
         yield element if isinstance(element, (tuple, list, dict)) else _one_class_batch(element)
 
 
-def as_one_class(data):
+def as_one_class(data, batch_rank=None):
     """Label-free inputs as `(x, zeros)`: class-PCA of a single class is the PCA of the
     data (the covariance eigenvectors of the first seed's label-free mode).
 
-    `data` is an array or tensor `x`, or a batched `tf.data.Dataset` of `x` (a dataset
-    of `(x, y)` is returned as it is).
+    `data` is an array or tensor `x`, or a `tf.data.Dataset` of `x` (a dataset of
+    `(x, y)` is returned as it is): batched, or single samples when `batch_rank` (the
+    rank of a batch the consumer takes, e.g. 4 for a Conv2D's images) says their rank
+    is one less.
 
     >>> import numpy as np
     >>> x, y = as_one_class(np.ones((3, 2)))
@@ -105,11 +107,13 @@ def as_one_class(data):
             return data
         import tensorflow as tf
 
+        if batch_rank is not None and data.element_spec.shape.rank == batch_rank - 1:
+            data = data.batch(DEFAULT_BATCH_SIZE)  # single samples: batch them
         return data.map(lambda x: (x, tf.zeros(tf.shape(x)[:1], dtype=tf.int64)))
     return _one_class_batch(data)
 
 
-def labels_optional(data):
+def labels_optional(data, batch_rank=None):
     """`data` with label-free parts as one class, for `adapt` (which, like
     `keras.layers.Normalization.adapt`, takes inputs alone): `x` arrays and datasets
     of `x` via `as_one_class`; a `keras.utils.PyDataset`, an iterable or a function
@@ -122,7 +126,7 @@ def labels_optional(data):
     [[0, 0], [3]]
     """
     if is_unlabeled(data) or _is_tf_dataset(data):
-        return as_one_class(data)
+        return as_one_class(data, batch_rank)
     if is_xy_pair(data) or isinstance(data, (str, bytes, dict)):
         return data
     if _is_py_dataset(data):

@@ -599,7 +599,8 @@ def hybridize(
                 "pass an integer cutoff (the layers to solve) for label-free data, or "
                 "`(x, y)`."
             )
-        data = as_one_class(data)
+        inputs = getattr(model, "inputs", None) or []
+        data = as_one_class(data, len(inputs[0].shape) if len(inputs) == 1 else None)
         class_pca_options = {k: v for k, v in class_pca_options.items() if k != "n_classes"}
     samples, batch_size, patches_per_image = check_settings(
         samples, batch_size, seed, patches_per_image, verbose, freeze, solved_activation,

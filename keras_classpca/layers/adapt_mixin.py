@@ -120,7 +120,10 @@ class ClassPCAAdaptMixin:
                 "`adapt(x, y)` (its second argument is `batch_size`)."
             )
         label_free = is_unlabeled(data)
-        data = labels_optional(data)  # batches of x alone: the PCA of the input (one class)
+        # Batches of x alone: the PCA of the input (one class). A convolution knows the
+        # rank of its batches, so single samples of a dataset are batched.
+        rank = getattr(self, "rank", None)
+        data = labels_optional(data, None if rank is None else rank + 2)
         if label_free and (self.n_classes or 1) > 1:
             raise ValueError(
                 f"`data` holds inputs alone, which solve the layer label-free (the PCA of "
