@@ -421,3 +421,14 @@ def test_unbatched_datasets_of_inputs_alone_are_batched():
     hybridize(dataset, tf.data.Dataset.from_tensor_slices(x), cutoff=1, verbose=0)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(dataset.layers[0].kernel),
                                keras.ops.convert_to_numpy(arrays.layers[0].kernel), atol=1e-4)
+
+
+@pytest.mark.parametrize("samples", [None, "auto"])
+def test_a_class_the_head_predicts_but_the_data_lack_is_warned_about(samples):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    x = (rng.normal(size=(400, 10, 10, 1)) + y[:, None, None, None]).astype("float32")
+    model = keras.Sequential([keras.Input((10, 10, 1)), L.Conv2D(4, 3, activation="relu"),
+                              L.Flatten(), L.Dense(5, activation="softmax")])
+    with pytest.warns(UserWarning, match="hold 4 of the 5 classes the model predicts"):
+        hybridize(model, (x, y), cutoff=1, samples=samples, verbose=0)

@@ -182,7 +182,20 @@ class _DataPasses:
                 "PCA of each layer's input); for a classifier give the head its classes "
                 "(softmax, or compile with a cross-entropy loss)."
             )
-        if n_classes_seen != 1 or self.label_free or self.warned_classes:
+        if self.label_free or self.warned_classes:
+            return
+        expected = self.expected_classes()
+        if n_classes_seen > 1 and expected and n_classes_seen < expected:
+            self.warned_classes = True
+            warnings.warn(
+                f"The labels of {where} hold {n_classes_seen} of the {expected} classes the "
+                "model predicts: the layers are solved without the others (they get no "
+                "filters of their own).",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        if n_classes_seen != 1:
             return
         self.warned_classes = True
         warnings.warn(
