@@ -274,7 +274,8 @@ def _distributed_input(data, n_classes, strategy, n_features, row_fn, y, batch_s
             spec_dataset = spec_dataset.take(int(steps))
         elif int(spec_dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
             raise ValueError(
-                "`data` never ends (a tf.data.Dataset repeated without a count): pass "
+                "`data` never ends (a tf.data.Dataset repeated without a count, a "
+                "PyDataset whose `num_batches` is None, or an endless iterator): pass "
                 "`steps=` (how many global batches to read), or a finite dataset."
             )
         distributed = strategy.experimental_distribute_dataset(spec_dataset)

@@ -389,7 +389,8 @@ def check_settings(
 
 def infinite_data_error():
     return ValueError(
-        "`data` never ends (a tf.data.Dataset repeated without a count): pass "
+        "`data` never ends (a tf.data.Dataset repeated without a count, a "
+        "PyDataset whose `num_batches` is None, or an endless iterator): pass "
         "`samples=` (how many samples to solve the layers on), or a finite dataset."
     )
 

@@ -111,7 +111,8 @@ class ClassPCAAdaptMixin:
         """
         if steps is None and is_infinite(data):
             raise ValueError(
-                "`data` never ends (a tf.data.Dataset repeated without a count): pass "
+                "`data` never ends (a tf.data.Dataset repeated without a count, a "
+                "PyDataset whose `num_batches` is None, or an endless iterator): pass "
                 "`steps=` (how many batches to adapt on), or a finite dataset."
             )
         if hasattr(batch_size, "shape") or isinstance(batch_size, (list, tuple)):

@@ -135,7 +135,8 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             x = labels_optional(x)
         if is_infinite(x):
             raise ValueError(
-                "`x` never ends (a tf.data.Dataset repeated without a count): pass a finite "
+                "`x` never ends (a tf.data.Dataset repeated without a count, a "
+                "PyDataset whose `num_batches` is None, or an endless iterator): pass a finite "
                 "dataset, e.g. `ds.take(n_batches)`."
             )
         group_pcas = None  # one ClassPCA per group of channels (created at the first batch)
