@@ -432,3 +432,18 @@ def test_a_class_the_head_predicts_but_the_data_lack_is_warned_about(samples):
                               L.Flatten(), L.Dense(5, activation="softmax")])
     with pytest.warns(UserWarning, match="hold 4 of the 5 classes the model predicts"):
         hybridize(model, (x, y), cutoff=1, samples=samples, verbose=0)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.data")
+def test_an_unsolvable_layer_on_class_sorted_data_says_the_data_look_sorted():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    y = np.sort(rng.integers(0, 4, 400))
+    x = (rng.normal(size=(400, 10, 10, 1)) + y[:, None, None, None]).astype("float32")
+    model = keras.Sequential([keras.Input((10, 10, 1)), L.Conv2D(12, 3, activation="relu"),
+                              L.Flatten(), L.Dense(4, activation="softmax")])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(50)
+    with pytest.raises(ValueError, match=r"1 classes x 9 features.*hold 1 of the 4 classes"
+                                         r".*shuffle it"):
+        hybridize(model, dataset, cutoff=1, samples=50, verbose=0)
