@@ -551,3 +551,11 @@ def test_cache_auto_reads_a_dataset_every_epoch(monkeypatch):
     assert fit_top(model, dataset, epochs=3, cache=True, verbose=0).cache_used
     assert len(reads) == 1
     assert fit_top(model, x, y, epochs=3, verbose=0).cache_used  # arrays: no pipeline
+
+
+def test_a_missing_cache_dir_is_created_for_the_spill_file(tmp_path):
+    x, y = _data(120)
+    directory = tmp_path / "not" / "yet"
+    history = fit_top(_model(2), x, y, epochs=1, cache=True, memory_limit=0,
+                      cache_dir=str(directory), verbose=0)
+    assert history.cache_used and directory.is_dir() and os.listdir(directory) == []

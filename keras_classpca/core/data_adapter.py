@@ -261,7 +261,8 @@ def _split_element(element, where, keep_weights=False):
             f"{where} must yield `(x, y)` pairs (labels are required for class-PCA); "
             f"received an element of type {type(element).__name__}"
             + (f" with {len(element)} parts" if isinstance(element, (tuple, list)) else "")
-            + "."
+            + ". To solve label-free, pass `x` as an array or a `tf.data.Dataset` of `x` "
+            "(a layer's `adapt` also takes a generator or PyDataset of `x` batches)."
         )
     weights = element[2] if len(element) == 3 else None
     x = single_input(element[0])

@@ -574,10 +574,11 @@ def hybridize(
             from arrays when omitted; required for datasets and generators).
         strategy: a `tf.distribute.Strategy`: each solved layer's class statistics
             are accumulated per replica (the solved prefix runs inside
-            `strategy.run`) and all-reduced once (needs `n_classes`; no
-            `patches_per_image`). BatchNormalization moments and the `"auto"` decision
-            still come from this process's `data`, so every worker must pass the
-            same `data` (see docs/distributed.md). TensorFlow backend only; Dense and
+            `strategy.run`) and all-reduced once (the class count from the model's
+            head, or `n_classes` for a head it cannot read; no `patches_per_image`).
+            BatchNormalization moments and the `"auto"` decision still come from this
+            process's `data`, so every worker must pass the same `data` (see
+            docs/distributed.md). TensorFlow backend only; Dense and
             ungrouped ConvND layers of the top model.
         statistics_on: where a solved layer's input rows (a convolution's patches) are
             extracted and multiplied: `"device"` — with `keras.ops` on the backend's

@@ -182,9 +182,10 @@ def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_im
             expected = getattr(passes, "expected_classes", lambda: None)()
             read = len(statistics.classes)
             hint = (f" The samples read hold {read} of the {expected} classes the model "
-                    "predicts: if `data` is sorted by class, shuffle it (`ds.shuffle(...)`) "
-                    "or pass `samples='auto'` (it reads on until every class has come)."
-                    if expected and read < expected else "")
+                    "predicts: if `data` is sorted by class, shuffle it (`ds.shuffle(...)`)"
+                    + ("" if getattr(passes, "auto", True) else
+                       " or pass `samples='auto'` (it reads on until every class has come)")
+                    + "." if expected and read < expected else "")
             raise UnsolvableDataError(
                 f"{type(layer).__name__} '{layer.name}' cannot be solved from this data: "
                 f"{error}{hint}") from error

@@ -356,6 +356,8 @@ class _Cache:
         self.rows += len(values)
         self.bytes += values.nbytes
         if self.file is None and self.bytes > self.memory_limit:
+            if self.directory is not None:
+                os.makedirs(self.directory, exist_ok=True)
             handle, self.path = tempfile.mkstemp(suffix=".cache", dir=self.directory)
             self.file = os.fdopen(handle, "wb")
             for chunk in self.chunks:
@@ -495,7 +497,8 @@ def fit_top(
             (`cache=True` caches it: one read, the same outputs every epoch).
         memory_limit: bytes of prefix output kept in memory; beyond it the cache
             spills to a temporary file in `cache_dir`, removed after training.
-        cache_dir: where that file goes (default: the system temp dir).
+        cache_dir: where that file goes (created if missing; default: the system temp
+            dir).
         output_cache: a `PrefixOutputCache` shared with other calls: prefix outputs of
             array data are looked up there first and stored after computing (not when
             spilled to a file). With `cache="auto"`, outputs found there are used
