@@ -1074,3 +1074,17 @@ def test_sample_weights_in_the_data_are_named_as_ignored(blobs):
     with pytest.warns(UserWarning, match="sample weights; class-PCA statistics ignore them"):
         weighted = ClassPCA(6).fit((x, y, np.linspace(0.1, 1.0, len(y))))
     np.testing.assert_array_equal(weighted.kernel_, ClassPCA(6).fit(x, y).kernel_)
+
+
+def test_too_many_components_for_the_classes_say_what_can_fix_it():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 4)), np.arange(300) % 3  # 3 classes x 4 features: 12
+    with pytest.raises(ValueError, match=r"n_components=20 exceeds what 3 classes x 4 "
+                                         r"features can give \(12\).*sign_pairs=True"):
+        ClassPCA(20).fit(x, y)  # 20 <= 24: sign pairs would do
+    with pytest.raises(ValueError, match=r"n_components=15 \(of the 30 asked for.*can give "
+                                         r"at most 24 components") as caught:
+        ClassPCA(30, sign_pairs=True).fit(x, y)  # already paired: 30 > 24
+    assert "sign_pairs=True (half" not in str(caught.value)
+    with pytest.raises(ValueError, match=r"can give at most 12 components"):
+        ClassPCA(30).fit(x, y)  # pairs would not be enough either

@@ -447,3 +447,26 @@ def test_an_unsolvable_layer_on_class_sorted_data_says_the_data_look_sorted():
     with pytest.raises(ValueError, match=r"1 classes x 9 features.*hold 1 of the 4 classes"
                                          r".*shuffle it"):
         hybridize(model, dataset, cutoff=1, samples=50, verbose=0)
+
+
+def test_a_cutoff_through_a_layer_wider_than_the_classes_can_give_is_refused_first():
+    # A squeeze-and-excitation expand layer: 96 filters over a 12-value input, 5 classes
+    # give at most 60 class-PCA directions. Refused before any solve, naming the
+    # largest cutoff this data can take; the cutoff below it solves.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    x = (rng.normal(size=(400, 8, 8, 3)) + y[:, None, None, None]).astype("float32")
+    inputs = keras.Input((8, 8, 3))
+    hidden = L.Conv2D(96, 3, padding="same", activation="swish")(inputs)
+    squeeze = L.Reshape((1, 1, 96))(L.GlobalAveragePooling2D()(hidden))
+    scale = L.Conv2D(96, 1, activation="sigmoid", name="se_expand")(
+        L.Conv2D(12, 1, activation="swish")(squeeze))
+    hidden = L.Conv2D(8, 1)(L.Multiply()([hidden, scale]))
+    model = keras.Model(inputs, L.Dense(5, activation="softmax")(L.Flatten()(hidden)))
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"reaches Conv2D 'se_expand': 96 filters over 12 "
+                                         r"input features.*\(60; 120 with sign_pairs=True\)"
+                                         r".*the cutoff can be at most 2"):
+        hybridize(model, (x, y), cutoff=3, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert hybridize(model, (x, y), cutoff=2, verbose=0).cutoff == 2

@@ -1052,7 +1052,8 @@ class ClassPCA:
                 f"discriminant={self.discriminant!r} leaves no class-PCA component of the "
                 f"{directions} direction(s); use fewer discriminant directions."
             )
-        solution = self._solve_class_pca(None if directions is None else directions - n_fisher)
+        solution = self._solve_class_pca(None if directions is None else directions - n_fisher,
+                                         requested=n_components)
         components = solution.components
         classes = solution.component_classes
         n_pca = components.shape[1]
@@ -1107,14 +1108,27 @@ class ClassPCA:
                                                 within=within / counts.sum())
         return directions
 
-    def _solve_class_pca(self, n_components):
+    def _solve_class_pca(self, n_components, requested=None):
+        """Class-PCA of `n_components` directions; `requested`: the components asked for
+        in all (sign pairs and Fisher directions included), for the error message."""
         classes = self.classes_
         d = self.n_features_in_
-        if n_components is not None and n_components > len(classes) * d:
+        capacity = len(classes) * d
+        if n_components is not None and n_components > capacity:
+            requested = requested or n_components
+            asked = ("" if requested == n_components else
+                     f" (of the {requested} asked for; the rest are sign pairs or Fisher "
+                     "directions)")
+            if not self.sign_pairs and requested <= 2 * capacity:
+                fix = ("use fewer components, or sign_pairs=True (half as many directions, "
+                       "each with its negative)")
+            else:
+                fix = (f"this data can give at most {2 * capacity if self.sign_pairs else capacity}"
+                       " components: use fewer (a smaller layer), data with more classes, or "
+                       "leave the layer to training (a smaller cutoff)")
             raise ValueError(
-                f"n_components={n_components} exceeds what {len(classes)} classes x {d} "
-                f"features can give ({len(classes) * d}): use fewer components, or "
-                "sign_pairs=True (half as many directions, each with its negative)."
+                f"n_components={n_components}{asked} exceeds what {len(classes)} classes x "
+                f"{d} features can give ({capacity}): {fix}."
             )
         for label, count in zip(classes, self.n_samples_seen_):
             if count == 0:

@@ -52,7 +52,7 @@ def is_xy_pair(data):
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         return False
     x, y = data[0], data[1]
-    if isinstance(x, dict) and x and all(_is_array_like(v) for v in x.values()):
+    if _is_input_dict(x) and x and all(_is_array_like(v) for v in x.values()):
         x = next(iter(x.values()))  # {"input name": x}, as `Model.fit` takes
     if not _is_array_like(x):
         return False
@@ -159,11 +159,16 @@ def as_standard_float(array):
     return array
 
 
+def _is_input_dict(x):
+    """A dict of named inputs (not an array that is a dict, e.g. scipy's `dok_array`)."""
+    return isinstance(x, dict) and not hasattr(x, "shape")
+
+
 def single_input(x):
     """`x`, or the one value of a dict of inputs (`{"image": x}` for a model whose
     single `keras.Input` is named "image", as `Model.fit` accepts); a `ValueError` for
     a dict of several inputs."""
-    if not isinstance(x, dict):
+    if not _is_input_dict(x):
         return x
     if len(x) != 1:
         raise ValueError(
@@ -198,7 +203,7 @@ def as_arrays(data, y=None):
     >>> as_arrays(iter([])) is None
     True
     """
-    if y is not None and isinstance(data, dict):
+    if y is not None and _is_input_dict(data):
         return single_input(data), y
     if y is not None and _is_array_like(data):
         return data, y

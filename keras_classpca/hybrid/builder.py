@@ -51,6 +51,8 @@ from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     LayerStatistics,
+    groups_and_components,
+    input_channels,
     iter_layers,
     n_stages,
 )
@@ -707,6 +709,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     if auto:
         cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose,
                                           policy.rule_of(cutoff))
+    if not auto:
+        _check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
+                        class_pca_options)
     _warn_if_frozen_before(plan, cutoff)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
@@ -867,6 +872,47 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     for layer in _set_by_solve(plan, cutoff):
         setattr(layer, SOLVED_MARK, True)
     return _apply_freeze(plan, cutoff, freeze) if freeze else []
+
+
+def _stage_sizes(layer):
+    """`[(components per group, features per group)]` of each solve stage of `layer`."""
+    channels = input_channels(layer)
+    if isinstance(layer, keras.layers.Dense):
+        return [(layer.units, channels)]
+    patch = int(np.prod(layer.kernel_size))
+    groups, components = groups_and_components(layer, channels)
+    sizes = [(components, patch * channels // groups)]
+    if n_stages(layer) == 2:  # separable: then the pointwise stage over the depthwise maps
+        sizes.append((layer.filters, channels * layer.depth_multiplier))
+    return sizes
+
+
+def _check_capacity(plan, cutoff, n_classes, options):
+    """Refuse a fixed cutoff that reaches a layer with more filters than `n_classes`
+    classes can give over its input (`classes x features` class-PCA directions; twice
+    as many with sign pairs, `n_classes - 1` more with Fisher directions), before any
+    solve: e.g. a squeeze-and-excitation expand layer, 192 filters over 12 values."""
+    if not n_classes:
+        return  # unknown before the data are read
+    pairs = options.get("sign_pairs")
+    for j, step in enumerate(plan.cut(cutoff)):
+        layer = step.layer
+        dense = isinstance(layer, keras.layers.Dense)
+        # The Dense rule may add sign pairs and Fisher directions by itself.
+        paired = bool(pairs) or (pairs is None and dense)
+        fisher = n_classes - 1 if (options.get("discriminant") or dense) else 0
+        for components, features in _stage_sizes(layer):
+            limit = n_classes * features * (2 if paired else 1) + fisher
+            if components > limit:
+                raise ValueError(
+                    f"cutoff={cutoff} reaches {type(layer).__name__} '{layer.name}': "
+                    f"{components} {'units' if dense else 'filters'} over {features} input "
+                    "features, more than "
+                    f"{n_classes} classes can give ({limit}"
+                    + ("" if paired else f"; {2 * n_classes * features + fisher} with "
+                       "sign_pairs=True") + f"). With this data the cutoff can be at most "
+                    f"{j}: a layer this wide is left to training."
+                )
 
 
 def _replace_activation(replacer, layer):
