@@ -470,3 +470,18 @@ def test_a_cutoff_through_a_layer_wider_than_the_classes_can_give_is_refused_fir
         hybridize(model, (x, y), cutoff=3, verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     assert hybridize(model, (x, y), cutoff=2, verbose=0).cutoff == 2
+
+
+def test_auto_judges_a_class_pca_dense_layer_as_a_dense_layer():
+    # ClassPCADense is a Dense: never kept as lossless, and its threshold has the Dense
+    # term (16 units over 12 features would otherwise pass as lossless unprobed).
+    from keras_classpca.hybrid import policy
+
+    x, y = _xy(n=600, d=12)
+    model = keras.Sequential([keras.Input((12,)), ClassPCADense(16, activation="relu"),
+                              L.Dense(3, activation="softmax")])
+    report = hybridize(model, (x, y), verbose=0)
+    row = report.evidence["layers"][0]
+    assert row["kind"] == "Dense" and row["before"] is not None
+    assert row["threshold"] == pytest.approx(policy.DEFAULT_RULE.threshold(
+        report.evidence["samples_per_class"], "Dense"))

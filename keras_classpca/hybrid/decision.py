@@ -17,6 +17,7 @@ same tensor as the branch's first convolution, so it is not a probe point of its
 
 import time
 
+import keras
 import numpy as np
 
 from keras_classpca.hybrid import policy
@@ -122,7 +123,9 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         steps = plan.steps if max_layers is None else plan.steps[:max_layers]
         for j, step in enumerate(steps):
             step_start = time.perf_counter()
-            kind = type(step.layer).__name__
+            # The rule's kinds: a ClassPCADense (a Dense subclass) is judged as a Dense.
+            kind = ("Dense" if isinstance(step.layer, keras.layers.Dense)
+                    else type(step.layer).__name__)
             threshold = rule.threshold(samples_per_class, kind, position=j)
             probe_times = {"before": 0.0, "after": 0.0}
             for bn, tensor, scope in (plan.leading_batchnorms if j == 0 else []):
