@@ -26,8 +26,10 @@ from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
 from keras_classpca.hybrid.builder import (
     CLASS_PCA_OPTIONS,
     check_settings,
+    feasible_cutoff,
     freeze_solved_layers,
     hybridize,
+    output_classes,
     solved_layer_names,
 )
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
@@ -283,7 +285,11 @@ class HybridHyperModel(keras_tuner.HyperModel):
                     "`keras.Input(...)`, or pass `max_cutoff`."
                 )
             ensure_built(model, np.asarray(self.data[0]).shape[1:], what="HybridHyperModel")
-        return len(plan_model(model).steps)
+        # Not past a layer wider than the head's classes can solve (a squeeze-and-
+        # excitation expand layer): every trial beyond it would fail.
+        return feasible_cutoff(plan_model(model), output_classes(model),
+                               {k: v for k, v in self.hybridize_options.items()
+                                if k in CLASS_PCA_OPTIONS})
 
     def build(self, hp):
         """The user's model, with `cutoff` and the class-PCA options registered in `hp`."""

@@ -393,3 +393,24 @@ def test_without_the_cache_trials_train_with_plain_fit(tmp_path, monkeypatch):
     model = hypermodel.build(hp)
     history = hypermodel.fit(hp, model, *_data(), **FIT)
     assert len(history.history["loss"]) == 1
+
+
+def test_the_cutoff_is_searched_only_up_to_a_layer_too_wide_for_the_classes():
+    # A squeeze-and-excitation expand layer (96 filters over 12 values; 5 classes give
+    # 60 directions): every trial with a cutoff through it would fail.
+    def build_model(hp):
+        inputs = keras.Input((8, 8, 3))
+        hidden = L.Conv2D(96, 3, padding="same", activation="swish")(inputs)
+        squeeze = L.Reshape((1, 1, 96))(L.GlobalAveragePooling2D()(hidden))
+        scale = L.Conv2D(96, 1, activation="sigmoid")(
+            L.Conv2D(12, 1, activation="swish")(squeeze))
+        hidden = L.Conv2D(8, 1)(L.Multiply()([hidden, scale]))
+        model = keras.Model(inputs, L.Dense(5, activation="softmax")(L.Flatten()(hidden)))
+        model.compile("adam", "sparse_categorical_crossentropy")
+        return model
+
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(100, 8, 8, 3)).astype("float32"), rng.integers(0, 5, 100))
+    hp = keras_tuner.HyperParameters()
+    HybridHyperModel(build_model, data, search_options=False).build(hp)
+    assert hp.space[0].name == "cutoff" and hp.space[0].max_value == 2

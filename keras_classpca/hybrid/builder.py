@@ -887,13 +887,11 @@ def _stage_sizes(layer):
     return sizes
 
 
-def _check_capacity(plan, cutoff, n_classes, options):
-    """Refuse a fixed cutoff that reaches a layer with more filters than `n_classes`
-    classes can give over its input (`classes x features` class-PCA directions; twice
-    as many with sign pairs, `n_classes - 1` more with Fisher directions), before any
-    solve: e.g. a squeeze-and-excitation expand layer, 192 filters over 12 values."""
-    if not n_classes:
-        return  # unknown before the data are read
+def _too_wide(plan, cutoff, n_classes, options):
+    """The first of the first `cutoff` steps with more filters than `n_classes` classes
+    can give over its input (`classes x features` class-PCA directions; twice as many
+    with sign pairs, `n_classes - 1` more with Fisher directions): `(position, why)`,
+    or None. E.g. a squeeze-and-excitation expand layer, 192 filters over 12 values."""
     pairs = options.get("sign_pairs")
     for j, step in enumerate(plan.cut(cutoff)):
         layer = step.layer
@@ -904,15 +902,31 @@ def _check_capacity(plan, cutoff, n_classes, options):
         for components, features in _stage_sizes(layer):
             limit = n_classes * features * (2 if paired else 1) + fisher
             if components > limit:
-                raise ValueError(
-                    f"cutoff={cutoff} reaches {type(layer).__name__} '{layer.name}': "
-                    f"{components} {'units' if dense else 'filters'} over {features} input "
-                    "features, more than "
-                    f"{n_classes} classes can give ({limit}"
+                return j, (
+                    f"{type(layer).__name__} '{layer.name}': {components} "
+                    f"{'units' if dense else 'filters'} over {features} input features, "
+                    f"more than {n_classes} classes can give ({limit}"
                     + ("" if paired else f"; {2 * n_classes * features + fisher} with "
-                       "sign_pairs=True") + f"). With this data the cutoff can be at most "
-                    f"{j}: a layer this wide is left to training."
+                       "sign_pairs=True") + ")"
                 )
+    return None
+
+
+def feasible_cutoff(plan, n_classes, options=None):
+    """The largest cutoff of `plan` whose layers `n_classes` classes can solve (see
+    `_too_wide`); all the steps when `n_classes` is unknown."""
+    wide = _too_wide(plan, len(plan.steps), n_classes, options or {}) if n_classes else None
+    return len(plan.steps) if wide is None else wide[0]
+
+
+def _check_capacity(plan, cutoff, n_classes, options):
+    """Refuse a fixed cutoff through a layer too wide for the classes, before any solve."""
+    wide = _too_wide(plan, cutoff, n_classes, options) if n_classes else None
+    if wide is not None:
+        raise ValueError(
+            f"cutoff={cutoff} reaches {wide[1]}. With this data the cutoff can be at most "
+            f"{wide[0]}: a layer this wide is left to training."
+        )
 
 
 def _replace_activation(replacer, layer):
