@@ -190,7 +190,7 @@ def _as_dataset(data, y, batch_size):
     if len(spec) == 3:
         data = data.map(lambda x, y, w: (x, y))
         spec = data.element_spec
-    if _is_unbatched(spec[0], spec[1], data):
+    if _is_unbatched(data):
         data = data.batch(batch_size)
     return data
 
@@ -273,11 +273,10 @@ def _distributed_input(data, n_classes, strategy, n_features, row_fn, y, batch_s
                 raise ValueError(f"`steps` must be a positive integer; received {steps!r}.")
             spec_dataset = spec_dataset.take(int(steps))
         elif int(spec_dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-            raise ValueError(
-                "`data` never ends (a tf.data.Dataset repeated without a count, a "
-                "PyDataset whose `num_batches` is None, or an endless iterator): pass "
-                "`steps=` (how many global batches to read), or a finite dataset."
-            )
+            from keras_classpca.core.data_adapter import never_ends_error
+
+            raise never_ends_error(
+                "pass `steps=` (how many global batches to read), or a finite dataset.")
         distributed = strategy.experimental_distribute_dataset(spec_dataset)
     x_rank = spec_dataset.element_spec[0].shape.rank
     if row_fn is None and x_rank is not None and x_rank != 2:
@@ -764,8 +763,7 @@ def _is_batched(dataset):
     from keras_classpca.core.data_adapter import _is_unbatched
 
     spec = dataset.element_spec
-    return isinstance(spec, tuple) and len(spec) >= 2 and not _is_unbatched(
-        spec[0], spec[1], dataset)
+    return isinstance(spec, tuple) and len(spec) >= 2 and not _is_unbatched(dataset)
 
 
 def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):

@@ -180,8 +180,6 @@ def single_input(x):
 
 
 def _to_numpy(value, name):
-    if name == "x":
-        value = single_input(value)
     if isinstance(value, np.ndarray):
         return as_standard_float(value)
     if _is_array_like(value) or isinstance(value, (list, tuple)):
@@ -212,6 +210,15 @@ def as_arrays(data, y=None):
     if y is None and is_xy_pair(data):
         return _split_element(data, "`data`")  # (warns about sample weights)
     return None
+
+
+def never_ends_error(remedy, name="data"):
+    """The `ValueError` for a data source that never ends (`is_infinite`); `remedy`
+    says what to pass instead."""
+    return ValueError(
+        f"`{name}` never ends (a tf.data.Dataset repeated without a count, a PyDataset "
+        f"whose `num_batches` is None, or an endless iterator): {remedy}"
+    )
 
 
 def is_infinite(data):
@@ -290,7 +297,7 @@ def _warn_sample_weights_ignored():
 
 def _slice_arrays(x, y, batch_size, weights=None):
     weights = None if weights is None else _to_numpy(weights, "sample_weight")
-    x = _to_numpy(x, "x")
+    x = _to_numpy(single_input(x), "x")
     y = _to_numpy(y, "y")
     if x.ndim == 0:
         raise ValueError("`x` must have a batch dimension; received a scalar.")
@@ -304,16 +311,17 @@ def _slice_arrays(x, y, batch_size, weights=None):
         yield (x[batch], y[batch]) + (() if weights is None else (weights[batch],))
 
 
-def _is_unbatched(x_spec, y_spec, dataset=None):
-    """Whether a dataset of `(x, y)` elements yields single samples.
+def _is_unbatched(dataset):
+    """Whether a dataset of `(x, y)` (or `(x, y, w)`) elements yields single samples.
 
     Scalar labels: unbatched. Labels `(n,)` with a leading size `x` does not share
     (`(28, 28, 1)` images, `(10,)` one-hot labels): unbatched; `x` of unknown leading
     size (`.batch()`): batched. When both sizes are static and equal — batches of `n`
     class ids (`drop_remainder=True`), or one-hot labels of `K` classes for `x` whose
-    first axis happens to be `K` long (sequences of `K` steps) — the first element of
-    `dataset` decides: a one-hot row (0/1 values summing to 1) is one sample's label.
+    first axis happens to be `K` long (sequences of `K` steps) — the first element
+    decides: a one-hot row (0/1 values summing to 1) is one sample's label.
     """
+    x_spec, y_spec = dataset.element_spec[:2]
     y_shape = y_spec.shape
     if y_shape.rank == 0:
         return True
@@ -323,8 +331,6 @@ def _is_unbatched(x_spec, y_spec, dataset=None):
         return False
     if x_shape[0] != y_shape[0]:
         return True
-    if dataset is None:
-        return False
     for element in dataset.take(1).as_numpy_iterator():
         labels = np.asarray(element[1])
         return bool(np.all((labels == 0) | (labels == 1)) and labels.sum() == 1
@@ -341,7 +347,7 @@ def _dataset_batches(dataset, batch_size, split=_split_element):
             "The dataset must yield `(x, y)` pairs (labels are required for "
             f"class-PCA); its element_spec is {spec}."
         )
-    if _is_unbatched(spec[0], spec[1], dataset):  # one sample per element: batch it
+    if _is_unbatched(dataset):  # one sample per element: batch it ourselves
         dataset = dataset.batch(batch_size)
     for element in dataset.as_numpy_iterator():
         yield split(element, "The dataset")
@@ -357,8 +363,7 @@ def known_batches(data, batch_size=None):
             if count < 0:  # infinite or unknown
                 return None
             spec = data.element_spec
-            if isinstance(spec, tuple) and len(spec) >= 2 and _is_unbatched(spec[0], spec[1],
-                                                                            data):
+            if isinstance(spec, tuple) and len(spec) >= 2 and _is_unbatched(data):
                 return -(-count // (batch_size or DEFAULT_BATCH_SIZE))
             return count
         if _is_py_dataset(data):

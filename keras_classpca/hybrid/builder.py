@@ -32,6 +32,7 @@ from keras_classpca.core.data_adapter import (
     is_unlabeled,
     iter_batches,
     known_batches,
+    never_ends_error,
 )
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.activations import (
@@ -51,10 +52,9 @@ from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     LayerStatistics,
-    groups_and_components,
-    input_channels,
     iter_layers,
     n_stages,
+    stage_sizes,
 )
 
 CLASS_PCA_OPTIONS = tuple(
@@ -390,11 +390,8 @@ def check_settings(
 
 
 def infinite_data_error():
-    return ValueError(
-        "`data` never ends (a tf.data.Dataset repeated without a count, a "
-        "PyDataset whose `num_batches` is None, or an endless iterator): pass "
-        "`samples=` (how many samples to solve the layers on), or a finite dataset."
-    )
+    return never_ends_error(
+        "pass `samples=` (how many samples to solve the layers on), or a finite dataset.")
 
 
 def _planned_passes(plan, target):
@@ -709,7 +706,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     if auto:
         cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose,
                                           policy.rule_of(cutoff))
-    if not auto:
+    else:
         _check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
                         class_pca_options)
     _warn_if_frozen_before(plan, cutoff)
@@ -874,24 +871,14 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     return _apply_freeze(plan, cutoff, freeze) if freeze else []
 
 
-def _stage_sizes(layer):
-    """`[(components per group, features per group)]` of each solve stage of `layer`."""
-    channels = input_channels(layer)
-    if isinstance(layer, keras.layers.Dense):
-        return [(layer.units, channels)]
-    patch = int(np.prod(layer.kernel_size))
-    groups, components = groups_and_components(layer, channels)
-    sizes = [(components, patch * channels // groups)]
-    if n_stages(layer) == 2:  # separable: then the pointwise stage over the depthwise maps
-        sizes.append((layer.filters, channels * layer.depth_multiplier))
-    return sizes
-
-
 def _too_wide(plan, cutoff, n_classes, options):
     """The first of the first `cutoff` steps with more filters than `n_classes` classes
     can give over its input (`classes x features` class-PCA directions; twice as many
     with sign pairs, `n_classes - 1` more with Fisher directions): `(position, why)`,
-    or None. E.g. a squeeze-and-excitation expand layer, 192 filters over 12 values."""
+    or None (also when `n_classes` is unknown). E.g. a squeeze-and-excitation expand
+    layer, 192 filters over 12 values."""
+    if not n_classes:
+        return None
     pairs = options.get("sign_pairs")
     for j, step in enumerate(plan.cut(cutoff)):
         layer = step.layer
@@ -899,7 +886,7 @@ def _too_wide(plan, cutoff, n_classes, options):
         # The Dense rule may add sign pairs and Fisher directions by itself.
         paired = bool(pairs) or (pairs is None and dense)
         fisher = n_classes - 1 if (options.get("discriminant") or dense) else 0
-        for components, features in _stage_sizes(layer):
+        for components, features in stage_sizes(layer):
             limit = n_classes * features * (2 if paired else 1) + fisher
             if components > limit:
                 return j, (
@@ -915,13 +902,13 @@ def _too_wide(plan, cutoff, n_classes, options):
 def feasible_cutoff(plan, n_classes, options=None):
     """The largest cutoff of `plan` whose layers `n_classes` classes can solve (see
     `_too_wide`); all the steps when `n_classes` is unknown."""
-    wide = _too_wide(plan, len(plan.steps), n_classes, options or {}) if n_classes else None
+    wide = _too_wide(plan, len(plan.steps), n_classes, options or {})
     return len(plan.steps) if wide is None else wide[0]
 
 
 def _check_capacity(plan, cutoff, n_classes, options):
     """Refuse a fixed cutoff through a layer too wide for the classes, before any solve."""
-    wide = _too_wide(plan, cutoff, n_classes, options) if n_classes else None
+    wide = _too_wide(plan, cutoff, n_classes, options)
     if wide is not None:
         raise ValueError(
             f"cutoff={cutoff} reaches {wide[1]}. With this data the cutoff can be at most "

@@ -128,6 +128,13 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                     else type(step.layer).__name__)
             threshold = rule.threshold(samples_per_class, kind, position=j)
             probe_times = {"before": 0.0, "after": 0.0}
+
+            def timed_probe(part, tensor, scope, solved):
+                probe_start = time.perf_counter()
+                accuracy = probe(tensor, scope, solved)
+                probe_times[part] = time.perf_counter() - probe_start
+                return accuracy
+
             for bn, tensor, scope in (plan.leading_batchnorms if j == 0 else []):
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
             before = None
@@ -135,9 +142,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                 # A probe accuracy is at most 1, so no gain can exceed 1 - before: when
                 # that is below the threshold the layer is rejected without solving it
                 # (the layer's input is upstream of it, so "before" needs no solve).
-                probe_start = time.perf_counter()
-                before = probe(step.input, step.scope, j)
-                probe_times["before"] = time.perf_counter() - probe_start
+                before = timed_probe("before", step.input, step.scope, j)
                 if 1.0 - before < threshold:
                     rows.append(dict(layer=step.name, kind=kind, before=before, after=None,
                                      gain=None, bound=1.0 - before, threshold=threshold,
@@ -165,14 +170,10 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
             after = gain = bound = None
             if not lossless or explore:
                 if before is None:
-                    probe_start = time.perf_counter()
-                    before = probe(step.input, step.scope, j)
-                    probe_times["before"] = time.perf_counter() - probe_start
+                    before = timed_probe("before", step.input, step.scope, j)
                 bound = 1.0 - before
                 if bound >= threshold or explore:
-                    probe_start = time.perf_counter()
-                    after = probe(*points[j], j + 1)
-                    probe_times["after"] = time.perf_counter() - probe_start
+                    after = timed_probe("after", *points[j], j + 1)
                     gain = after - before
             keep = lossless or (gain is not None and gain >= threshold)
             rows.append(dict(layer=step.name, kind=kind, before=before, after=after,

@@ -129,11 +129,9 @@ class StatisticsConsumer:
         )
         self.convergence = convergence  # a SubspaceConvergence, for the first stage
         self.converged = False
-        self.classes = set()  # the labels read (an unsolvable layer's error counts them)
 
     def __call__(self, h, labels, offset):
         self.statistics.update(h, labels)
-        self.classes.update(np.unique(np.asarray(labels)).tolist())
         if self.convergence is not None and self.statistics.stage == 0:
             self.converged = self.convergence.check(self.statistics.class_pcas,
                                                     offset + len(h))
@@ -179,14 +177,21 @@ def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_im
         try:
             statistics.statistics.end_pass()
         except UnsolvableDataError as error:  # say which layer (the data are the user's)
-            expected = getattr(passes, "expected_classes", lambda: None)()
-            read = len(statistics.classes)
-            hint = (f" The samples read hold {read} of the {expected} classes the model "
-                    "predicts: if `data` is sorted by class, shuffle it (`ds.shuffle(...)`)"
-                    + ("" if getattr(passes, "auto", True) else
-                       " or pass `samples='auto'` (it reads on until every class has come)")
-                    + "." if expected and read < expected else "")
             raise UnsolvableDataError(
                 f"{type(layer).__name__} '{layer.name}' cannot be solved from this data: "
-                f"{error}{hint}") from error
+                f"{error}{_sorted_data_hint(passes, statistics.statistics)}") from error
     return statistics.statistics, seen
+
+
+def _sorted_data_hint(passes, statistics):
+    """For an unsolvable layer: a hint when the samples read hold fewer classes than
+    the model predicts (data sorted by class, cut short), else ""."""
+    expected = getattr(passes, "expected_classes", lambda: None)()
+    read = len(statistics.class_pcas[0].classes_)
+    if not expected or read >= expected:
+        return ""
+    hint = (f" The samples read hold {read} of the {expected} classes the model predicts: "
+            "if `data` is sorted by class, shuffle it (`ds.shuffle(...)`)")
+    if not getattr(passes, "auto", True):
+        hint += " or pass `samples='auto'` (it reads on until every class has come)"
+    return hint + "."

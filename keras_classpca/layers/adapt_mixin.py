@@ -11,6 +11,7 @@ from keras_classpca.core.data_adapter import (
     is_unlabeled,
     iter_batches,
     labels_optional,
+    never_ends_error,
 )
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
@@ -110,11 +111,8 @@ class ClassPCAAdaptMixin:
                 (needs `n_classes`; see docs/distributed.md).
         """
         if steps is None and is_infinite(data):
-            raise ValueError(
-                "`data` never ends (a tf.data.Dataset repeated without a count, a "
-                "PyDataset whose `num_batches` is None, or an endless iterator): pass "
-                "`steps=` (how many batches to adapt on), or a finite dataset."
-            )
+            raise never_ends_error(
+                "pass `steps=` (how many batches to adapt on), or a finite dataset.")
         if hasattr(batch_size, "shape") or isinstance(batch_size, (list, tuple)):
             raise TypeError(
                 "`adapt` takes the data as one argument: `adapt((x, y))`, not "

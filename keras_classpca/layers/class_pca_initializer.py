@@ -11,6 +11,7 @@ from keras_classpca.core.data_adapter import (
     is_unlabeled,
     iter_batches,
     labels_optional,
+    never_ends_error,
 )
 from keras_classpca.core.patches import extract_patches
 
@@ -134,11 +135,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 )
             x = labels_optional(x)
         if is_infinite(x):
-            raise ValueError(
-                "`x` never ends (a tf.data.Dataset repeated without a count, a "
-                "PyDataset whose `num_batches` is None, or an endless iterator): pass a finite "
-                "dataset, e.g. `ds.take(n_batches)`."
-            )
+            raise never_ends_error("pass a finite dataset, e.g. `ds.take(n_batches)`.", "x")
         group_pcas = None  # one ClassPCA per group of channels (created at the first batch)
         seen = False
         for x_batch, y_batch in iter_batches(x, y, batch_size=batch_size):

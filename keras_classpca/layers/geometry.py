@@ -129,6 +129,20 @@ def groups_and_components(layer, channels, stage=0):
     return 1, output_size(layer)
 
 
+def stage_sizes(layer):
+    """`[(components per group, features per group)]` of each solve stage of the built
+    `layer`: a separable convolution's depthwise stage, then its pointwise stage over
+    the depthwise maps."""
+    channels = input_channels(layer)
+    if isinstance(layer, keras.layers.Dense):
+        return [(layer.units, channels)]
+    groups, components = groups_and_components(layer, channels)
+    sizes = [(components, math.prod(layer.kernel_size) * channels // groups)]
+    if n_stages(layer) == 2:
+        sizes.append((layer.filters, channels * layer.depth_multiplier))
+    return sizes
+
+
 def _channels_axis(layer):
     if isinstance(layer, keras.layers.Dense) or layer.data_format == "channels_last":
         return -1
