@@ -402,7 +402,7 @@ def test_unbatched_datasets_of_inputs_alone_are_batched():
     # the rank of a batch, so they batch it instead of reading each image as a batch.
     import tensorflow as tf
 
-    from keras_classpca import ClassPCAConv2D
+    from keras_classpca import ClassPCAConv2D, ClassPCADense
 
     x = np.random.default_rng(0).normal(size=(300, 12, 12, 1)).astype("float32")
     reference, layer = ClassPCAConv2D(4, 3), ClassPCAConv2D(4, 3)
@@ -415,6 +415,15 @@ def test_unbatched_datasets_of_inputs_alone_are_batched():
         keras.utils.set_random_seed(0)
         return keras.Sequential([keras.Input((12, 12, 1)), L.Conv2D(4, 3, activation="relu"),
                                  L.Flatten(), L.Dense(3)])
+
+    # A Dense layer: vectors one at a time are samples (as `Normalization.adapt`
+    # takes them), batched instead of refused as 1-D batches.
+    vectors = x.reshape(len(x), -1)
+    reference, layer = ClassPCADense(5), ClassPCADense(5)
+    reference.adapt(vectors)
+    layer.adapt(tf.data.Dataset.from_tensor_slices(vectors))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel),
+                               keras.ops.convert_to_numpy(reference.kernel), atol=1e-5)
 
     arrays, dataset = cnn(), cnn()
     hybridize(arrays, x, cutoff=1, verbose=0)

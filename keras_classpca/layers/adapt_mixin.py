@@ -119,10 +119,13 @@ class ClassPCAAdaptMixin:
                 "`adapt(x, y)` (its second argument is `batch_size`)."
             )
         label_free = is_unlabeled(data)
-        # Batches of x alone: the PCA of the input (one class). A convolution knows the
-        # rank of its batches, so single samples of a dataset are batched.
+        # Batches of x alone: the PCA of the input (one class). Single samples of a
+        # dataset are batched: a convolution knows the rank of its batches; a Dense
+        # batch has rank 2 or more, so rank-1 elements are samples (like
+        # `Normalization.adapt`), and higher ones are read as batches of rows, which
+        # give the same rows as samples of a sequence would.
         rank = getattr(self, "rank", None)
-        data = labels_optional(data, None if rank is None else rank + 2)
+        data = labels_optional(data, 2 if rank is None else rank + 2)
         if label_free and (self.n_classes or 1) > 1:
             raise ValueError(
                 f"`data` holds inputs alone, which solve the layer label-free (the PCA of "
