@@ -224,6 +224,13 @@ def _one_blas_thread():
     return _blas_controller.limit(limits=1, user_api="blas")
 
 
+def blas_threads_for(width):
+    """Context manager for dense linear algebra on matrices `width` wide: one BLAS
+    thread up to `SINGLE_THREAD_EIGH_MAX_DIM`, the library's default above (where a
+    second thread pays even when the machine is busy)."""
+    return _one_blas_thread() if width <= SINGLE_THREAD_EIGH_MAX_DIM else contextlib.nullcontext()
+
+
 def _fix_signs(vectors):
     """Make the largest-magnitude entry of every column positive (like `svd_flip`)."""
     rows = np.argmax(np.abs(vectors), axis=0)
@@ -950,8 +957,7 @@ class ClassPCA:
     def _class_spectra(self, first):
         """One `_Spectrum` per class, each with its leading `first[i]` pairs computed."""
         spectra = []
-        small = self.n_features_in_ <= SINGLE_THREAD_EIGH_MAX_DIM
-        with _one_blas_thread() if small else contextlib.nullcontext():
+        with blas_threads_for(self.n_features_in_):
             statistics = self._fitted_statistics()
             for label, k in zip(self.classes_.tolist(), first):
                 if isinstance(statistics, ClassSketch):

@@ -12,6 +12,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
+from keras_classpca.core.class_pca import blas_threads_for
+
 
 def reduce_features(features, max_features=2048, seed=0):
     """Flattened features of at most `max_features` values per sample: longer vectors
@@ -57,6 +59,11 @@ def loo_ridge_accuracy(features, labels, n_classes, alpha=1e-2):
     True
     """
     x = np.asarray(features, dtype=np.float64)
+    with blas_threads_for(min(x.shape)):
+        return _loo_ridge_accuracy(x, labels, alpha)
+
+
+def _loo_ridge_accuracy(x, labels, alpha):
     # Classes as 0..K-1 over those present (ids may be sparse, e.g. {3, 7, 100}); an
     # absent class's target column is all zeros and never the argmax.
     classes, labels = np.unique(np.asarray(labels), return_inverse=True)

@@ -25,7 +25,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning
+from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning, blas_threads_for
 from keras_classpca.core.patches import extract_patches
 from keras_classpca.core.statistics import _is_backend_tensor
 
@@ -575,13 +575,14 @@ def _captured_share(class_pcas):
     spans of their components capture."""
     captured = total = 0.0
     for class_pca in class_pcas:
-        # An orthonormal basis of the span: sign pairs and spare filters repeat
-        # directions, which a QR factorisation would extend with unrelated ones.
-        vectors, values, _ = np.linalg.svd(class_pca.components_, full_matrices=False)
-        basis = vectors[:, values > 1e-8 * values.max()]
-        covariance = class_pca.covariance_
-        captured += float(np.trace(basis.T @ covariance @ basis))
-        total += float(np.trace(covariance))
+        with blas_threads_for(class_pca.n_features_in_):
+            # An orthonormal basis of the span: sign pairs and spare filters repeat
+            # directions, which a QR factorisation would extend with unrelated ones.
+            vectors, values, _ = np.linalg.svd(class_pca.components_, full_matrices=False)
+            basis = vectors[:, values > 1e-8 * values.max()]
+            covariance = class_pca.covariance_
+            captured += float(np.trace(basis.T @ covariance @ basis))
+            total += float(np.trace(covariance))
     return captured / total if total > 0 else 0.0
 
 
