@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 
+from keras_classpca.core.class_pca import blas_threads_for
+
 # Measured on Fashion-MNIST and digits (docs/benchmarks.md, `bench_samples`).
 DEFAULT_TOLERANCE = 0.01
 DEFAULT_FIRST = 1024
@@ -130,7 +132,8 @@ class SubspaceConvergence:
             return False
         while self.next_check <= seen:
             self.next_check = int(np.ceil(self.next_check * self.growth))
-        current = [self._class_matrices(class_pca) for class_pca in class_pcas]
+        with blas_threads_for(max(class_pca.n_features_in_ for class_pca in class_pcas)):
+            current = [self._class_matrices(class_pca) for class_pca in class_pcas]
         if any(spaces is None for spaces in current):
             return False  # a class has too few samples to have a subspace yet
         if self.n_classes is not None and any(len(now) < self.n_classes for now in current):
