@@ -15,6 +15,7 @@ with that prefix and kept in a `PrefixOutputCache` (in memory) for the next ones
 """
 
 import inspect
+import numbers
 import os
 import time
 
@@ -85,6 +86,13 @@ def _declared(value, values):
     return next(same_kind, next((v for v in values if v == value), value))
 
 
+def _user_options(hp, search_space):
+    """Searched options the user declared in `hp` themselves (outside the `cutoff`
+    condition, e.g. `hp.Fixed("scaling", "whiten")` passed as the tuner's
+    `hyperparameters`): their values are used as given."""
+    return {h.name for h in hp.space if h.name in search_space and not h.conditions}
+
+
 def solved_layers(model, cutoff):
     """Names of the layers `hybridize(model, ..., cutoff)` solves and freezes."""
     return solved_layer_names(model, cutoff)
@@ -118,9 +126,12 @@ class HybridHyperModel(keras_tuner.HyperModel):
     Solved prefixes are cached (`SolveCache`) and shared by trials: keys hold a data
     fingerprint, the prefix architecture (layer classes and configs, without names
     and initializers), the class-PCA options and the sampling settings. A Hyperband
-    trial that continues an earlier one (`"tuner/trial_id"` in `hp`) solves nothing:
-    its weights, solved and trained, come from the checkpoint; only the solved layers
-    (and the BatchNormalization below them) are frozen again.
+    trial that continues an earlier one (`"tuner/trial_id"` in `hp`, and the
+    `initial_epoch > 0` Hyperband passes to `fit`) solves nothing: its weights, solved
+    and trained, come from the checkpoint; only the solved layers (and the
+    BatchNormalization below them) are frozen again. The best hyperparameters
+    retrained by hand (`hypermodel.fit(best_hp, hypermodel.build(best_hp), x, y)`) are
+    solved afresh.
 
     With the cache, a trial given `(x, y)` arrays trains through `fit_top`: the frozen
     prefix's outputs on those arrays (and on array validation data) are computed once
@@ -300,10 +311,21 @@ class HybridHyperModel(keras_tuner.HyperModel):
         if max_cutoff is None:
             max_cutoff = self._solvable_layers(model)
         cutoff = hp.Int(CUTOFF, 0, max_cutoff)
+        if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Integral) or cutoff < 0:
+            raise ValueError(
+                f"HybridHyperModel registers the hyperparameter {CUTOFF!r} (how many "
+                f"layers are solved), but the build function's hyperparameters hold "
+                f"{CUTOFF!r} = {cutoff!r}: rename the build function's hyperparameter "
+                f"(fixing it to an integer, `hp.Fixed({CUTOFF!r}, 2)`, is fine)."
+            )
+        user_fixed = _user_options(hp, self.search_space)
         if self.search_space and max_cutoff >= 1:
-            # The options only matter when something is solved.
+            # The options only matter when something is solved. One the user declared
+            # (`hyperparameters=` of the tuner, or the build function) is theirs.
             with hp.conditional_scope(CUTOFF, list(range(1, max_cutoff + 1))):
                 for option, values in self.search_space.items():
+                    if option in user_fixed:
+                        continue
                     if all(isinstance(v, bool) for v in values) and set(values) == {False, True}:
                         hp.Boolean(option, default=values[0])
                     elif option in self._labels:
@@ -377,14 +399,19 @@ class HybridHyperModel(keras_tuner.HyperModel):
         cutoff = min(int(hp.get(CUTOFF)) if CUTOFF in hp else 0, solvable)
         solve_seconds = 0.0
         if cutoff > 0:
-            if "tuner/trial_id" in hp.values:
+            if "tuner/trial_id" in hp.values and kwargs.get("initial_epoch", 0) > 0:
                 # Hyperband continues a trial: its checkpoint (solved prefix and trained
                 # top) is already loaded. Solving again would overwrite the trained
-                # BatchNormalization statistics after the prefix; only freeze.
+                # BatchNormalization statistics after the prefix; only freeze. (The
+                # same `hp` retrained by hand, `hypermodel.fit(best_hp, fresh_model,
+                # ...)`, passes no `initial_epoch`: its fresh model is solved.)
                 self._prepare_solved(model, cutoff)
             else:
+                user_fixed = _user_options(hp, self.search_space)
                 options = {
-                    option: (self._labels[option][hp.get(option)] if option in self._labels
+                    option: (hp.get(option) if option in user_fixed
+                             else self._labels[option][hp.get(option)]
+                             if option in self._labels
                              else _declared(hp.get(option), values))
                     for option, values in self.search_space.items()
                     if option in hp

@@ -10,6 +10,7 @@ import pytest
 
 from keras_classpca import hybridize
 from keras_classpca import tuner as tuner_module
+from keras_classpca.core.class_pca import SCALINGS
 from keras_classpca.hybrid import training
 from keras_classpca.tuner import SOLVE_SECONDS, TRIAL_SECONDS, HybridHyperModel, solved_layers
 
@@ -105,6 +106,43 @@ def test_options_of_mixed_types_are_searched_by_their_labels(monkeypatch):
         "spare", None, 0)
     with pytest.raises(ValueError, match="same text"):
         tuner_module._labelled("option", [1, "1"])
+
+
+def test_options_the_user_fixes_in_the_tuners_hyperparameters_are_kept(tmp_path, monkeypatch):
+    # `keras_tuner.RandomSearch(..., hyperparameters=hps)` with `hps.Fixed("scaling",
+    # "whiten")`: every trial that solves something uses "whiten", and the labelled
+    # option (`sign_pairs`) fixed by its value reaches hybridize as that value.
+    received = []
+    real_hybridize = tuner_module.hybridize
+
+    def capture(model, data, cutoff, **options):
+        received.append((cutoff, options.get("scaling"), options.get("sign_pairs")))
+        return real_hybridize(model, data, cutoff, **options)
+
+    monkeypatch.setattr(tuner_module, "hybridize", capture)
+    hps = keras_tuner.HyperParameters()
+    hps.Fixed("scaling", "whiten")
+    hps.Fixed("sign_pairs", "spare")
+    hypermodel = HybridHyperModel(_builder(), _data(), cache=False,
+                                  search_options={"scaling": list(SCALINGS),
+                                                  "sign_pairs": [False, True, "spare"]})
+    tuner = keras_tuner.RandomSearch(hypermodel, objective="accuracy", max_trials=6, seed=5,
+                                     hyperparameters=hps, directory=tmp_path)
+    tuner.search(*_data(), **FIT)
+    assert received and all(r[1:] == ("whiten", "spare") for r in received)
+
+
+def test_a_build_function_hyperparameter_named_cutoff_is_refused_clearly():
+    def build_model(hp):
+        model = _builder()(hp)
+        hp.Float("cutoff", 0.1, 0.5)  # e.g. a dropout rate, named like the solve cutoff
+        return model
+
+    with pytest.raises(ValueError, match="registers the hyperparameter 'cutoff'.*rename"):
+        HybridHyperModel(build_model, _data()).build(keras_tuner.HyperParameters())
+    fixed = keras_tuner.HyperParameters()
+    fixed.Fixed("cutoff", 1)  # fixing the solve cutoff itself stays possible
+    HybridHyperModel(_builder(), _data()).build(fixed)
 
 
 def test_constructor_errors():
@@ -244,7 +282,9 @@ def test_hyperband_continuation_keeps_the_checkpoint_and_refreezes(tmp_path):
         def on_train_begin(self, logs=None):
             seen["weights"] = [w.copy() for w in self.model.get_weights()]
 
-    history = hypermodel.fit(continued_hp, model, x, y, callbacks=[Capture()], **FIT)
+    # Hyperband passes the trial's `tuner/initial_epoch` to fit.
+    history = hypermodel.fit(continued_hp, model, x, y, callbacks=[Capture()],
+                             initial_epoch=1, epochs=2, batch_size=64, verbose=0)
     # Nothing solved again: the trained BatchNormalization statistics after the solved
     # layer and the top start from the checkpoint.
     for before, start in zip(loaded, seen["weights"]):
@@ -253,6 +293,18 @@ def test_hyperband_continuation_keeps_the_checkpoint_and_refreezes(tmp_path):
     assert [l.trainable for l in model.layers] == [False, True, True, True]
     np.testing.assert_array_equal(model.layers[0].get_weights()[0], loaded[0])
     assert history.history[SOLVE_SECONDS] == [0.0]
+
+    # The same hyperparameters retrained by hand on a fresh model (KerasTuner's
+    # `hypermodel.fit(best_hp, hypermodel.build(best_hp), ...)`, no initial_epoch):
+    # solved, not left at its random initial weights behind a freeze.
+    keras.backend.clear_session()
+    fresh = hypermodel.build(continued_hp)
+    initial = fresh.layers[0].get_weights()[0].copy()
+    history = hypermodel.fit(continued_hp, fresh, x, y, **FIT)
+    assert not np.array_equal(fresh.layers[0].get_weights()[0], initial)
+    np.testing.assert_allclose(fresh.layers[0].get_weights()[0],
+                               first.layers[0].get_weights()[0], atol=1e-6)
+    assert [l.trainable for l in fresh.layers] == [False, True, True, True]
 
 
 def test_solved_layers_match_what_hybridize_freezes():
