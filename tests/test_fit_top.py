@@ -413,6 +413,29 @@ def test_callbacks_see_the_whole_model_during_cached_training(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_what_callbacks_add_to_the_logs_reaches_the_history_as_in_a_plain_fit():
+    # A callback that writes a metric (a tuner objective computed by a callback) and
+    # ReduceLROnPlateau (its `learning_rate`): cached or not, the History has them.
+    x, y = _data()
+
+    class AddMetric(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_custom"] = float(epoch)
+
+    histories = {}
+    for cache in (False, True):
+        callbacks = [AddMetric(), keras.callbacks.ReduceLROnPlateau(
+            "loss", patience=0, min_delta=10.0)]
+        histories[cache] = fit_top(_model(2), x, y, epochs=3, cache=cache, verbose=0,
+                                   callbacks=callbacks)
+    assert histories[True].cache_used and not histories[False].cache_used
+    assert sorted(histories[True].history) == sorted(histories[False].history)
+    assert histories[True].history["val_custom"] == [0.0, 1.0, 2.0]
+    assert len(histories[True].history["learning_rate"]) == 3
+    np.testing.assert_allclose(histories[True].history["learning_rate"],
+                               histories[False].history["learning_rate"])
+
+
 # ------------------------------------------------------------------ residual graphs
 def _residual_model(cutoff, seed=3):
     """Conv stem -> basic block (identity shortcut) -> Conv -> GAP -> Dense(3)."""

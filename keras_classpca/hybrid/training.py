@@ -332,7 +332,12 @@ class _OnUserModel(keras.callbacks.Callback):
         self.inner.set_params(params)
 
     def _forward(self, hook, *args, **kwargs):
-        getattr(self.inner, hook)(*args, **kwargs)
+        # Each callback on the very `logs` dict of this fit, as a plain fit does: what
+        # one adds (ReduceLROnPlateau's `learning_rate`, a metric a callback computes)
+        # reaches History and KerasTuner's objective. `CallbackList` would hand the
+        # callbacks a copy; the logs arrive here already as Python numbers.
+        for callback in self.inner.callbacks:
+            getattr(callback, hook)(*args, **kwargs)
         if getattr(self.user_model, "stop_training", False):
             self.model.stop_training = True
 
