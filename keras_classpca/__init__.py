@@ -36,6 +36,7 @@ _EXPORTS = {
     "ClassPCASeparableConv2D": "keras_classpca.layers.class_pca_separable_conv",
     "NormalizedReLU": "keras_classpca.layers.normalized_relu",
     "hybridize": "keras_classpca.hybrid.builder",
+    "freeze_solved_layers": "keras_classpca.hybrid.builder",
     "AutoRule": "keras_classpca.hybrid.policy",
     "plan_model": "keras_classpca.hybrid.planner",
     "fit_top": "keras_classpca.hybrid.training",

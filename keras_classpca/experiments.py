@@ -206,6 +206,7 @@ def compare_filters(train, n_classes, *, layer_index, epochs, samples, batch_siz
 
     from keras_classpca.core.class_pca import ClassPCA
     from keras_classpca.diagnostics import TimescaleMonitor
+    from keras_classpca.hybrid.planner import call_tensors
     from keras_classpca.layers.geometry import iter_rows
 
     x_train, y_train = train
@@ -225,7 +226,8 @@ def compare_filters(train, n_classes, *, layer_index, epochs, samples, batch_siz
                                patches_per_image=patches_per_image, seed=seed)
     monitor.set_model(model)
     overlap, sgd_kernel, d, rank, _ = monitor.measure()[layer.name]
-    inputs = keras.ops.convert_to_numpy(keras.Model(model.inputs[0], layer.input)(x))
+    layer_input = call_tensors(model, layer)[0][0]
+    inputs = keras.ops.convert_to_numpy(keras.Model(model.inputs[0], layer_input)(x))
     chunks = list(iter_rows(layer, inputs, y, patches_per_image=patches_per_image,
                             rng=np.random.default_rng(seed)))
     rows = np.concatenate([r for r, _ in chunks])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_classpca
 import keras_classpca.hybrid.decision as decision_module
 import keras_classpca.hybrid.policy as policy_module
 from keras_classpca import ClassPCA, ClassPCADense, HybridReport, hybridize
@@ -760,7 +761,7 @@ def test_auto_stops_below_a_layer_the_data_cannot_solve(monkeypatch):
         hybridize(model(), (x, y), cutoff=2, verbose=0)
 
 
-def test_freeze_kernel_trains_only_the_solved_biases():
+def test_freeze_kernel_trains_only_the_solved_biases(tmp_path):
     x, y = _images(n=240)
     model = keras.Sequential(
         [
@@ -784,6 +785,19 @@ def test_freeze_kernel_trains_only_the_solved_biases():
     for name in ("c", "d"):
         assert np.array_equal(np.array(model.get_layer(name).kernel), kernels[name])
         assert not np.array_equal(np.array(model.get_layer(name).bias), biases[name])
+
+    # Variable-level flags are not part of a Keras layer's config: a reloaded model
+    # trains every kernel until `freeze_solved_layers` freezes them again.
+    path = str(tmp_path / "kernel_frozen.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert all(v.trainable for v in reloaded.get_layer("c").weights)
+    assert keras_classpca.freeze_solved_layers(reloaded, 2, freeze="kernel") == ["c", "d"]
+    reloaded.compile("adam", "sparse_categorical_crossentropy")
+    kernels = {n: np.array(reloaded.get_layer(n).kernel) for n in ("c", "d")}
+    reloaded.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    for name in ("c", "d"):
+        assert np.array_equal(np.array(reloaded.get_layer(name).kernel), kernels[name])
     with pytest.raises(ValueError, match="`freeze` must be True, False or 'kernel'"):
         hybridize(model, (x, y), cutoff=1, freeze="bias", verbose=0)
 

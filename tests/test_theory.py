@@ -390,15 +390,19 @@ def test_layer_input_spectra_descends_into_nested_sequential():
     assert spectra["head"].shape == (3,)
 
 
-def test_layer_input_spectra_nested_functional_is_a_clear_error():
+def test_layer_input_spectra_reach_into_a_nested_functional_model():
     i = keras.Input((5,))
     inner = keras.Model(i, keras.layers.Dense(3, name="f")(i), name="inner_functional")
     x = keras.Input((6,))
-    model = keras.Model(x, inner(keras.layers.Dense(5, name="outer")(x)))
-    with pytest.raises(ValueError, match="inner_functional"):
-        theory.layer_input_spectra(model, np.zeros((4, 6), "float32"))
-    # measured on its own input it works
-    assert list(theory.layer_input_spectra(inner, np.eye(5, dtype="float32"))) == ["f"]
+    outer = keras.layers.Dense(5, name="outer")
+    model = keras.Model(x, inner(outer(x)))
+    data = np.random.default_rng(0).normal(size=(50, 6)).astype("float32")
+    spectra = theory.layer_input_spectra(model, data)
+    assert list(spectra) == ["outer", "f"]
+    # the nested layer's input is the outer layer's output on the data
+    hidden = keras.ops.convert_to_numpy(outer(data))
+    np.testing.assert_allclose(spectra["f"], theory.layer_input_spectra(inner, hidden)["f"],
+                               rtol=1e-5, atol=1e-8)
 
 
 def test_layer_input_spectra_errors():

@@ -494,3 +494,58 @@ def test_auto_judges_a_class_pca_dense_layer_as_a_dense_layer():
     assert row["kind"] == "Dense" and row["before"] is not None
     assert row["threshold"] == pytest.approx(policy.DEFAULT_RULE.threshold(
         report.evidence["samples_per_class"], "Dense"))
+
+
+def _keras_io_style_sequential(seed=0):
+    """A Sequential written the keras-io way: `add(keras.Input(...))`, then `add` per
+    layer (each `add` rebuilds the graph and calls every layer again)."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential()
+    model.add(keras.Input((8, 8, 1)))
+    model.add(L.Conv2D(4, 3, activation="relu", name="c1"))
+    model.add(L.MaxPooling2D())
+    model.add(L.Flatten())
+    model.add(L.Dense(8, activation="relu", name="d1"))
+    model.add(L.Dense(3, activation="softmax", name="out"))
+    return model
+
+
+def _listed_twin(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu", name="c1"),
+        L.MaxPooling2D(), L.Flatten(), L.Dense(8, activation="relu", name="d1"),
+        L.Dense(3, activation="softmax", name="out")])
+
+
+def _three_class_images(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 8, 8, 1)) + np.linspace(-1, 1, 8)[None, :, None, None] * (y - 1)[
+        :, None, None, None]
+    return x.astype("float32"), y
+
+
+@pytest.mark.parametrize("origin", ["add", "reloaded"])
+def test_sequential_models_built_with_add_or_reloaded_are_solved(origin, tmp_path):
+    # Their layers' first calls belong to a graph the model rebuilt since: the plan,
+    # the solve, the head's classes and fit_top's cached prefix read the current one.
+    x, y = _three_class_images()
+    model = _keras_io_style_sequential()
+    if origin == "reloaded":
+        path = str(tmp_path / "sequential.keras")
+        _listed_twin().save(path)
+        model = keras.saving.load_model(path)
+    twin = _listed_twin()
+    assert plan_model(model).names == plan_model(twin).names == ["c1", "d1"]
+    assert output_classes(model) == 3
+    report = hybridize(model, (x, y), cutoff=2, samples=None, verbose=0)
+    hybridize(twin, (x, y), cutoff=2, samples=None, verbose=0)
+    assert report.frozen == ["c1", "d1"]
+    for name in ("c1", "d1"):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer(name).kernel),
+                                   keras.ops.convert_to_numpy(twin.get_layer(name).kernel),
+                                   atol=1e-5)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = fit_top(model, x, y, epochs=1, cache=True, verbose=0)
+    assert history.cache_used

@@ -302,6 +302,8 @@ def _single_output(model):
     outputs = getattr(model, "outputs", None) or []
     if len(outputs) != 1:
         return None
+    if isinstance(model, keras.Sequential) and model.layers:
+        return outputs[0], model.layers[-1]  # its first call may be of an older graph
     for layer in reversed(model.layers):
         try:
             if layer.output is outputs[0]:

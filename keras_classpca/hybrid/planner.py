@@ -2,7 +2,8 @@
 
 The planner reads the model's layer graph through public Keras API only —
 `model.operations` / `model.layers` (topologically ordered), `layer.input` and
-`layer.output` (the first call of a layer), `keras.Model(inputs, tensor)` for the
+`layer.output` (the first call of a layer; a Sequential whose first calls are stale is
+called once more, `call_tensors`), `keras.Model(inputs, tensor)` for the
 sub-graph that computes a tensor — and returns a `Plan`:
 
 - `steps`: every layer class-PCA can solve (`layers.geometry.SOLVABLE`), in
@@ -30,6 +31,7 @@ layer was not taken. A subclassed model has no layer graph: `plan_model` raises 
 """
 
 import dataclasses
+import weakref
 
 import keras
 
@@ -53,6 +55,64 @@ def outer_call_tensors(nested):
         keras.tree.flatten(keras.Operation.input.fget(nested)),
         keras.tree.flatten(keras.Operation.output.fget(nested)),
     )
+
+
+# Sequential models whose layers' first calls are not their current graph, with the
+# chain traced again on the model's input (see `call_tensors`).
+_RETRACED = weakref.WeakKeyDictionary()
+
+
+def _chain_layers(model):
+    return [op for op in _operations(model) if not isinstance(op, keras.layers.InputLayer)]
+
+
+def _retraced_chain(model):
+    """`{id(layer): (input tensors, output tensors)}` of a Sequential model's current
+    graph when its layers' first calls are not that graph, else None.
+
+    A Sequential built with `add()` after a `keras.Input`, or reloaded from a
+    `.keras` file, rebuilds its graph at every `add`: each layer is called once per
+    rebuild, and the public `layer.input` / `layer.output` are the tensors of its
+    first call, in a graph no longer connected to the model's input. The chain is
+    then called once more on the model's input (kept per model and layer list), which
+    gives tensors that connect, through public API only.
+    """
+    if not isinstance(model, keras.Sequential) or not getattr(model, "inputs", None):
+        return None
+    layers = _chain_layers(model)
+    tensor = model.inputs[0]
+    for layer in layers:
+        if keras.tree.flatten(keras.Operation.input.fget(layer))[0] is not tensor:
+            break
+        tensor = keras.tree.flatten(keras.Operation.output.fget(layer))[0]
+    else:
+        return None
+    key = tuple(id(layer) for layer in layers)
+    cached = _RETRACED.get(model)
+    if cached is None or cached[0] != key:
+        chain, tensor = {}, model.inputs[0]
+        for layer in layers:
+            output = layer(tensor)
+            chain[id(layer)] = ([tensor], keras.tree.flatten(output))
+            tensor = output
+        cached = _RETRACED[model] = (key, chain, [tensor])
+    return cached[1]
+
+
+def call_tensors(model, layer):
+    """`(input tensors, output tensors)` of `layer`'s call in `model`'s own graph (a
+    nested model's: those it was called on and returned in `model`)."""
+    chain = _retraced_chain(model)
+    if chain is not None:
+        return chain[id(layer)]
+    return outer_call_tensors(layer)
+
+
+def graph_outputs(model):
+    """`model.outputs`, as tensors of the graph `flatten_graph` walks."""
+    if _retraced_chain(model) is not None:
+        return _RETRACED[model][2]
+    return model.outputs
 
 
 def shared_layer_calls(model):
@@ -257,14 +317,14 @@ def flatten_graph(model, scope=(), outer_inputs=None, nodes=None, producer=None)
         if isinstance(operation, keras.layers.InputLayer):
             continue
         if _is_nested_model(operation) and len(keras.tree.flatten(operation.inputs)) == 1:
-            called_on, returned = outer_call_tensors(operation)
+            called_on, returned = call_tensors(model, operation)
             flatten_graph(operation, scope + (operation,), called_on, nodes, producer)
             for inner, outer in zip(keras.tree.flatten(operation.outputs), returned):
                 if id(inner) in producer:
                     producer[id(outer)] = producer[id(inner)]
             continue
-        inputs = [t for t in keras.tree.flatten(operation.input) if hasattr(t, "shape")]
-        outputs = keras.tree.flatten(operation.output)
+        inputs, outputs = call_tensors(model, operation)
+        inputs = [t for t in inputs if hasattr(t, "shape")]
         node = Node(operation, inputs, outputs, scope)
         node.parents = sorted({producer[id(t)] for t in inputs if producer.get(id(t), -1) >= 0})
         node.orphan = any(id(t) not in producer for t in inputs)
@@ -407,6 +467,6 @@ def plan_model(model):
     passed = [n.layer.name for i, n in enumerate(nodes) if not weighted[i]]
     first_blocked = next((n for n in nodes if n.layer.name in dict(blocked)), None)
     top = (first_blocked.inputs[0], first_blocked.scope) if first_blocked else (
-        _single(model.outputs), ())
+        _single(graph_outputs(model)), ())
     return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes],
                 [list(n.parents) for n in nodes], top)

@@ -36,7 +36,7 @@ import numpy as np
 from keras_classpca.core.data_adapter import is_infinite, iter_batches
 from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
 from keras_classpca.hybrid.graph import draws_random, has_layer_graph, predict_batch
-from keras_classpca.hybrid.planner import flatten_graph
+from keras_classpca.hybrid.planner import flatten_graph, graph_outputs
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 # Timed forward passes of the prefix and of the whole model, interleaved; their
@@ -148,7 +148,7 @@ def _frozen_prefix(model):
     for node in nodes:
         fixed.append(not node.scope and not node.orphan and not _runs_in_training(node.layer)
                      and all(fixed[p] for p in node.parents))
-    output = model.outputs[0]
+    output = graph_outputs(model)[0]
     blocked = False
     for index in reversed(range(len(nodes))):
         node = nodes[index]
@@ -580,7 +580,7 @@ def fit_top(
             raise ValueError(f"`cache=True` but {reason}")
         return plain_fit()
     prefix = keras.Model(model.inputs[0], point)
-    top = keras.Model(point, model.outputs[0])
+    top = keras.Model(point, graph_outputs(model)[0])
 
     def output_key(data):
         if output_cache is None or not is_array_data(data):

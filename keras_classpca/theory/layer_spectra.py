@@ -31,27 +31,19 @@ def _model_input(model):
 def _layer_inputs(model, x, batch_size):
     """``[(layer, its input on x)]`` for every Dense / Conv2D layer, nested models included.
 
-    Each model level is probed once (``keras.Model(model.input, [layer.input ...])``);
+    Each model level is probed once (a model from its input to every layer's input);
     a nested model's own input on ``x`` then feeds the probe of its layers.
     """
     import keras
+
+    from keras_classpca.hybrid.planner import call_tensors
 
     kinds = (keras.layers.Dense, keras.layers.Conv2D)
     top = [layer for layer in model.layers if isinstance(layer, (*kinds, keras.Model))]
     if not top:
         return []
-    try:
-        probe = keras.Model(_model_input(model), [layer.input for layer in top])
-    except ValueError as error:
-        nested = [layer.name for layer in top if isinstance(layer, keras.Model)]
-        if not nested:
-            raise
-        raise ValueError(
-            f"cannot read the input of the nested model(s) {nested} inside {model.name!r} "
-            "through `layer.input` (Keras exposes it for a nested Sequential, not for a "
-            "nested functional model): call layer_input_spectra on the nested model with "
-            f"its own input ({error})"
-        ) from error
+    # The tensors each layer (or nested model) was called on in this model's graph.
+    probe = keras.Model(_model_input(model), [call_tensors(model, layer)[0][0] for layer in top])
     # Direct calls (inference mode) in batches: no tf.function retracing per call.
     chunks = []
     for i in range(0, x.shape[0], int(batch_size)):
@@ -87,9 +79,8 @@ def layer_input_spectra(model, x, max_samples=2000, *, seed=0, batch_size=256):
 
     Args:
         model: a built Keras model (Sequential or functional) containing at
-            least one Dense or Conv2D layer; the layers of nested Sequential
-            models are measured too (a nested functional model raises a
-            ``ValueError``: measure it on its own input).
+            least one Dense or Conv2D layer; the layers of nested models
+            (Sequential or functional) are measured too.
         x: input data (array) accepted by ``model``.
         max_samples: at most this many rows (samples or patches, chosen at
             random) enter each covariance.
