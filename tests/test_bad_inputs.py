@@ -411,6 +411,19 @@ CASES = [
         "n_classes=1",
     ),
     Case(
+        "hybridize-labels-beyond-the-head",  # classes numbered from 1 for a 2-unit softmax
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y + 1), cutoff=1, verbose=0)),
+        ValueError,
+        r"holds the label 2, but the model's head predicts 2 classes \(labels 0 to 1\)",
+    ),
+    Case(
+        "hybridize-one-hot-wider-than-the-head",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, np.eye(3)[Y]), cutoff=1,
+                                                     verbose=0)),
+        ValueError,
+        "one-hot rows of 3 classes but the model's head predicts 2",
+    ),
+    Case(
         "hybridize-samples-zero",
         _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, samples=0)),
         ValueError,

@@ -142,7 +142,7 @@ class _DataPasses:
             x, y = self.data
             for start in range(0, len(self.order), self.batch_size):
                 rows = self.order[start:start + self.batch_size]
-                yield x[rows], labels_to_int(y[rows], self.n_classes)
+                yield x[rows], self.int_labels(y[rows])
             return
         source = self.data() if callable(self.data) else self.data
         if self.samples is None and is_infinite(source):
@@ -151,7 +151,7 @@ class _DataPasses:
         for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
             self.first_rows = self.first_rows or len(x)
             self._see_labels(y)
-            labels = labels_to_int(y, self.n_classes)
+            labels = self.int_labels(y)
             classes.update(np.unique(labels).tolist())
             if self.regression_head:
                 self.check_classes(len(classes))
@@ -209,6 +209,25 @@ class _DataPasses:
             stacklevel=3,
         )
 
+    def int_labels(self, y):
+        """`y` as integer class labels; raises when they do not fit the classes the
+        model's head predicts (Keras' own error would come later, inside `fit`)."""
+        labels = labels_to_int(y, self.n_classes)
+        head = None if self.label_free or self.n_classes else self.model_classes
+        if head and self.label_width and self.label_width != head:
+            raise ValueError(
+                f"`y` holds one-hot rows of {self.label_width} classes but the model's head "
+                f"predicts {head}: give the head {self.label_width} units, or pass labels "
+                f"of {head} classes."
+            )
+        if head and labels.size and labels.max() >= head:
+            raise ValueError(
+                f"`y` holds the label {int(labels.max())}, but the model's head predicts "
+                f"{head} classes (labels 0 to {head - 1}): number the classes from 0, or "
+                "give the head one unit per class."
+            )
+        return labels
+
     def _see_labels(self, y):
         if np.ndim(y) == 2 and np.shape(y)[1] > 1:
             self.label_width = int(np.shape(y)[1])
@@ -230,7 +249,7 @@ class _DataPasses:
             if order is None:
                 order = np.random.default_rng(self.seed).permutation(len(x))
             rows = np.sort(order[:n])
-            return x[rows], labels_to_int(y[rows], self.n_classes)
+            return x[rows], self.int_labels(y[rows])
         xs, ys, count = [], [], 0
         for x, labels in self:
             xs.append(x[: n - count])
@@ -676,8 +695,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     passes.label_free = label_free
     passes.regression_head = _regression_head(model)
     if passes.in_memory:
-        passes.check_classes(len(np.unique(labels_to_int(passes.data[1], passes.n_classes))),
-                             "`data`")
+        passes.check_classes(len(np.unique(passes.int_labels(passes.data[1]))), "`data`")
     auto = policy.is_auto(cutoff)
     report = HybridReport(
         cutoff=0,
