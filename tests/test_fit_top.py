@@ -436,6 +436,22 @@ def test_what_callbacks_add_to_the_logs_reaches_the_history_as_in_a_plain_fit():
                                histories[False].history["learning_rate"])
 
 
+def test_a_model_with_two_outputs_trains_plainly_and_cache_true_says_why():
+    x, y = _data()
+    inputs = keras.Input(x.shape[1:])
+    hidden = L.Flatten()(L.Conv2D(4, 3, activation="relu", name="c")(inputs))
+    model = keras.Model(inputs, {"cls": L.Dense(3, activation="softmax", name="cls")(hidden),
+                                 "odd": L.Dense(1, activation="sigmoid", name="odd")(hidden)})
+    hybridize(model, (x, y), cutoff=1, verbose=0)
+    model.compile("adam", {"cls": "sparse_categorical_crossentropy",
+                           "odd": "binary_crossentropy"})
+    targets = {"cls": y, "odd": (y % 2).astype("float32")}
+    with pytest.raises(ValueError, match=r"1 input\(s\) and 2 output\(s\).*cache=False"):
+        fit_top(model, x, targets, epochs=1, cache=True, verbose=0)
+    history = fit_top(model, x, targets, epochs=1, verbose=0)  # "auto": a plain fit
+    assert not history.cache_used and "loss" in history.history
+
+
 # ------------------------------------------------------------------ residual graphs
 def _residual_model(cutoff, seed=3):
     """Conv stem -> basic block (identity shortcut) -> Conv -> GAP -> Dense(3)."""

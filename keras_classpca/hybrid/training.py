@@ -500,6 +500,8 @@ def fit_top(
             `"auto"` does not cache: `model.fit` reads it every epoch, and its
             pipeline may draw new augmentation each time, which a cache would freeze
             (`cache=True` caches it: one read, the same outputs every epoch).
+            Models with one input and one output only: others train with
+            `model.fit` (`cache=True` raises and says why).
         memory_limit: bytes of prefix output kept in memory; beyond it the cache
             spills to a temporary file in `cache_dir`, removed after training.
         cache_dir: where that file goes (created if missing; default: the system temp
@@ -556,6 +558,13 @@ def fit_top(
     elif not has_layer_graph(model):
         point = None
         reason = "the model is subclassed: it has no layer graph to find a frozen prefix in."
+    elif len(model.inputs) != 1 or len(model.outputs) != 1:
+        point = None
+        reason = (
+            f"the model has {len(model.inputs)} input(s) and {len(model.outputs)} "
+            "output(s): the prefix output is cached for single-input, single-output models "
+            "only. Train with cache=False (the frozen layers still skip back-propagation)."
+        )
     elif any(is_infinite(d) for d in (x, validation_data)):
         point = None  # caching would read the data to its end: never
         reason = (
