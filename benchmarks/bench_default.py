@@ -48,16 +48,20 @@ def run_sgd(arch, x, y, test, epochs, seed):
                 solve_s=0.0, wall_s=wall)
 
 
-def run_hybrid(arch, x, y, test, epochs, seed, cutoff, name=None, **options):
+def run_hybrid(arch, x, y, test, epochs, seed, cutoff, name=None, train=None, **options):
     """`hybridize(cutoff=cutoff, **options)` then fit; the record is named `name`
-    (default "default" for "auto", else "k<cutoff>")."""
+    (default "default" for "auto", else "k<cutoff>"). `train(model, x, labels, epochs)`
+    compiles and trains instead of the architecture's `compile_and_fit`."""
     keras.utils.set_random_seed(seed)
     model = grid_models.build(arch)
     labels = grid_models.labels_for(arch, y)
     start = time.perf_counter()
     report = hybridize(model, (x, labels), cutoff=cutoff, seed=seed, verbose=0, **options)
     solve = time.perf_counter() - start
-    grid_models.compile_and_fit(arch, model, x, labels, epochs)
+    if train is None:
+        grid_models.compile_and_fit(arch, model, x, labels, epochs)
+    else:
+        train(model, x, labels, epochs)
     wall = time.perf_counter() - start
     name = name or ("default" if cutoff == "auto" else f"k{cutoff}")
     return dict(contender=name, k=report.cutoff,

@@ -20,9 +20,6 @@ Appends to benchmarks/results/bench_residual_options.jsonl and writes the
 
 import argparse
 import statistics
-import time
-
-import keras
 
 from benchmarks import grid_models
 from benchmarks._report import (
@@ -32,9 +29,8 @@ from benchmarks._report import (
     markdown_table,
     write_section,
 )
-from benchmarks.bench_default import epochs_for, run_sgd
+from benchmarks.bench_default import epochs_for, run_hybrid, run_sgd
 from benchmarks.common import run_benchmark, save_run, subset
-from keras_classpca import hybridize
 from keras_classpca.datasets import load_dataset
 from keras_classpca.hybrid.training import fit_top
 
@@ -50,22 +46,12 @@ def parse(contender):
     return int(k[1:]), options, int(epochs)
 
 
-def run_hybrid_top(x, y, test, seed, cutoff, options, epochs):
-    """`bench_default.run_hybrid` with the top trained by `fit_top(cache=True)`."""
-    keras.utils.set_random_seed(seed)
-    model = grid_models.build(ARCH)
-    labels = grid_models.labels_for(ARCH, y)
-    start = time.perf_counter()
-    report = hybridize(model, (x, labels), cutoff=cutoff, seed=seed, verbose=0, **options)
-    solve = time.perf_counter() - start
+def train_top(model, x, labels, epochs):
+    """Compile as `grid_models.compile_and_fit` does, then `fit_top(cache=True)`."""
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])  # as grid_models.compile_and_fit
-    history = fit_top(model, x, labels, epochs=epochs, batch_size=grid_models.BATCH,
-                      verbose=0, cache=True)
-    return dict(k=report.cutoff, acc=grid_models.test_accuracy(model, *test),
-                solve_s=solve, wall_s=time.perf_counter() - start,
-                cache_used=history.cache_used,
-                samples=[layer.samples for layer in report.layers])
+                  metrics=["accuracy"])
+    fit_top(model, x, labels, epochs=epochs, batch_size=grid_models.BATCH, verbose=0,
+            cache=True)
 
 
 def run(args, checkpoint):
@@ -78,8 +64,9 @@ def run(args, checkpoint):
             record.update(options={}, epochs=sgd_epochs)
         else:
             cutoff, options, epochs = parse(contender)
-            record = run_hybrid_top(x, y, test, args.seed, cutoff, options, epochs)
-            record.update(options=options, epochs=epochs)
+            record = run_hybrid(ARCH, x, y, test, epochs, args.seed, cutoff,
+                                train=train_top, **options)
+            record.update(options=options, epochs=epochs, evidence=None)
         save_run(args.results, record, seed=args.seed, contender=contender)
         checkpoint()
 
