@@ -67,8 +67,8 @@ def _chain_layers(model):
 
 
 def _retraced_chain(model):
-    """`{id(layer): (input tensors, output tensors)}` of a Sequential model's current
-    graph when its layers' first calls are not that graph, else None.
+    """`({id(layer): (input tensors, output tensors)}, output tensors)` of a Sequential
+    model's current graph when its layers' first calls are not that graph, else None.
 
     A Sequential built with `add()` after a `keras.Input`, or reloaded from a
     `.keras` file, rebuilds its graph at every `add`: each layer is called once per
@@ -82,9 +82,10 @@ def _retraced_chain(model):
     layers = _chain_layers(model)
     tensor = model.inputs[0]
     for layer in layers:
-        if keras.tree.flatten(keras.Operation.input.fget(layer))[0] is not tensor:
+        called_on, returned = outer_call_tensors(layer)
+        if called_on[0] is not tensor:
             break
-        tensor = keras.tree.flatten(keras.Operation.output.fget(layer))[0]
+        tensor = returned[0]
     else:
         return None
     key = tuple(id(layer) for layer in layers)
@@ -96,23 +97,23 @@ def _retraced_chain(model):
             chain[id(layer)] = ([tensor], keras.tree.flatten(output))
             tensor = output
         cached = _RETRACED[model] = (key, chain, [tensor])
-    return cached[1]
+    return cached[1:]
 
 
-def call_tensors(model, layer):
+def call_tensors(model, layer, chain=None):
     """`(input tensors, output tensors)` of `layer`'s call in `model`'s own graph (a
-    nested model's: those it was called on and returned in `model`)."""
-    chain = _retraced_chain(model)
+    nested model's: those it was called on and returned in `model`). `chain`: the
+    model's `_retraced_chain`, when the caller already has it."""
+    chain = _retraced_chain(model) if chain is None else chain
     if chain is not None:
-        return chain[id(layer)]
+        return chain[0][id(layer)]
     return outer_call_tensors(layer)
 
 
 def graph_outputs(model):
     """`model.outputs`, as tensors of the graph `flatten_graph` walks."""
-    if _retraced_chain(model) is not None:
-        return _RETRACED[model][2]
-    return model.outputs
+    chain = _retraced_chain(model)
+    return model.outputs if chain is None else chain[1]
 
 
 def shared_layer_calls(model):
@@ -313,17 +314,18 @@ def flatten_graph(model, scope=(), outer_inputs=None, nodes=None, producer=None)
         for inner, outer in zip(keras.tree.flatten(model.inputs), outer_inputs):
             if id(outer) in producer:
                 producer[id(inner)] = producer[id(outer)]
+    chain = _retraced_chain(model)  # once per walk: each check visits every layer
     for operation in _operations(model):
         if isinstance(operation, keras.layers.InputLayer):
             continue
         if _is_nested_model(operation) and len(keras.tree.flatten(operation.inputs)) == 1:
-            called_on, returned = call_tensors(model, operation)
+            called_on, returned = call_tensors(model, operation, chain)
             flatten_graph(operation, scope + (operation,), called_on, nodes, producer)
             for inner, outer in zip(keras.tree.flatten(operation.outputs), returned):
                 if id(inner) in producer:
                     producer[id(outer)] = producer[id(inner)]
             continue
-        inputs, outputs = call_tensors(model, operation)
+        inputs, outputs = call_tensors(model, operation, chain)
         inputs = [t for t in inputs if hasattr(t, "shape")]
         node = Node(operation, inputs, outputs, scope)
         node.parents = sorted({producer[id(t)] for t in inputs if producer.get(id(t), -1) >= 0})
