@@ -429,6 +429,16 @@ def _replay(first, rest):
     yield from rest
 
 
+def _timing_batch(x, y, batch_size):
+    """`(x_batch, x)`: a batch of inputs to time the forward passes on, and the data to
+    train on afterwards (a one-shot iterator replays the batch read for timing)."""
+    if y is None and hasattr(x, "__next__"):
+        first = next(x)
+        return np.asarray(first[0]), _replay(first, x)
+    x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
+    return x_batch, x
+
+
 def _median_seconds(functions, batch):
     """Median seconds of one call of each function on `batch`, interleaved."""
     for fn in functions:
@@ -465,6 +475,44 @@ def predict_cache_speedup(model, prefix, x_batch, epochs, uses=1):
     """Predicted time ratio cached / plain for `epochs`, from timed forward passes
     (`forward_seconds`, `cache_ratio`)."""
     return cache_ratio(*forward_seconds(model, prefix, x_batch), epochs, uses)
+
+
+def _cacheable_prefix(model, x, validation_data, cache):
+    """`(point, prefix layers, wiring, reason)`: the tensor where the frozen prefix ends,
+    or None with `reason` saying why its output cannot be cached."""
+    if cache is False:
+        return None, [], [], "`cache` is False."
+    if not has_layer_graph(model):
+        return None, [], [], (
+            "the model is subclassed: it has no layer graph to find a frozen prefix in.")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None, [], [], (
+            f"the model has {len(model.inputs)} input(s) and {len(model.outputs)} "
+            "output(s): the prefix output is cached for single-input, single-output models "
+            "only. Train with cache=False (the frozen layers still skip back-propagation)."
+        )
+    if any(is_infinite(d) for d in (x, validation_data)):
+        return None, [], [], (  # caching would read the data to its end: never
+            "the data never ends (a repeated dataset): the prefix output cannot be computed "
+            "once; pass `steps_per_epoch` and train with cache=False."
+        )
+    point, prefix_layers, wiring, cut_blocked, random_below = _frozen_prefix(model)
+    reason = (
+        "the model has no frozen layers with weights at the bottom: hybridize (with "
+        "freeze=True) before fit_top."
+    )
+    if random_below:
+        reason = (
+            f"the frozen layers read the output of {', '.join(random_below)}, which "
+            "draw(s) random numbers in training (augmentation, dropout or noise): "
+            "their input changes every epoch, so their output cannot be computed once."
+        )
+    if cut_blocked:
+        reason = (
+            "the layers above the frozen prefix also read tensors from below its end "
+            "(e.g. a skip connection from the input): its output alone cannot feed them."
+        )
+    return point, prefix_layers, wiring, reason
 
 
 def fit_top(
@@ -548,42 +596,7 @@ def fit_top(
         return history
 
     _recompile_if_trainable_changed(model)
-    prefix_layers, wiring = [], []
-    reason = (
-        "the model has no frozen layers with weights at the bottom: hybridize (with "
-        "freeze=True) before fit_top."
-    )
-    if cache is False:
-        point = None
-    elif not has_layer_graph(model):
-        point = None
-        reason = "the model is subclassed: it has no layer graph to find a frozen prefix in."
-    elif len(model.inputs) != 1 or len(model.outputs) != 1:
-        point = None
-        reason = (
-            f"the model has {len(model.inputs)} input(s) and {len(model.outputs)} "
-            "output(s): the prefix output is cached for single-input, single-output models "
-            "only. Train with cache=False (the frozen layers still skip back-propagation)."
-        )
-    elif any(is_infinite(d) for d in (x, validation_data)):
-        point = None  # caching would read the data to its end: never
-        reason = (
-            "the data never ends (a repeated dataset): the prefix output cannot be computed "
-            "once; pass `steps_per_epoch` and train with cache=False."
-        )
-    else:
-        point, prefix_layers, wiring, cut_blocked, random_below = _frozen_prefix(model)
-        if random_below:
-            reason = (
-                f"the frozen layers read the output of {', '.join(random_below)}, which "
-                "draw(s) random numbers in training (augmentation, dropout or noise): "
-                "their input changes every epoch, so their output cannot be computed once."
-            )
-        if cut_blocked:
-            reason = (
-                "the layers above the frozen prefix also read tensors from below its end "
-                "(e.g. a skip connection from the input): its output alone cannot feed them."
-            )
+    point, prefix_layers, wiring, reason = _cacheable_prefix(model, x, validation_data, cache)
     if point is None:
         if cache is True:
             raise ValueError(f"`cache=True` but {reason}")
@@ -617,13 +630,8 @@ def fit_top(
     if cache == "auto" and not already_computed:
         seconds = output_cache.timings.get(shared) if shared is not None else None
         if seconds is None:
-            if y is None and hasattr(x, "__next__"):
-                # A one-shot iterator: the batch read for timing must still be trained on.
-                first = next(x)
-                x = train_data = _replay(first, x)
-                x_batch = np.asarray(first[0])
-            else:
-                x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
+            x_batch, x = _timing_batch(x, y, batch_size)
+            train_data = (x, y) if y is not None else x
             seconds = forward_seconds(model, prefix, x_batch)
             if shared is not None:
                 output_cache.timings[shared] = seconds
