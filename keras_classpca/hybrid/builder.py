@@ -759,14 +759,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         block = [layer] + [bn for bn, _, _ in leading + step.batchnorms]
         cached = keys.lookup(j)
         if cached is not None:
-            for l, weights in zip(block, cached["weights"]):
-                l.set_weights(weights)
-            # Same architecture, possibly other layer names (a new model per trial).
-            record = dict(cached["record"]["solved"], name=layer.name,
-                          adapted_batchnorms=[l.name for l in block[1:]])
-            record["replaced_activation"] = _replace_activation(replacer, layer)
-            report.layers.append(SolvedLayer(**record))
-            limit = record["samples"] if passes.auto else None
+            report.layers.append(_reuse_solve(cached, block, replacer))
+            limit = report.layers[-1].samples if passes.auto else None
             continue
         layer_start = time.perf_counter()
         for bn, tensor, scope in leading:
@@ -822,6 +816,28 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             else f"cutoff='auto': {plan.steps[solved].layer.name} was not kept ("
             + _why_not_kept(report.evidence, plan.steps[solved].layer.name) + ")."
         )
+    _mark_and_freeze(model, plan, report, freeze)
+    report.cutoff = len(report.layers)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _reuse_solve(cached, block, replacer):
+    """Set `block` (a layer and the BatchNormalization layers it enables) from a solve
+    cache entry; its `SolvedLayer` record, under this model's layer names."""
+    layer = block[0]
+    for l, weights in zip(block, cached["weights"]):
+        l.set_weights(weights)
+    # Same architecture, possibly other layer names (a new model per trial).
+    record = dict(cached["record"]["solved"], name=layer.name,
+                  adapted_batchnorms=[l.name for l in block[1:]])
+    record["replaced_activation"] = _replace_activation(replacer, layer)
+    return SolvedLayer(**record)
+
+
+def _mark_and_freeze(model, plan, report, freeze):
+    """Mark what the solve set, freeze it (`freeze`), release what an earlier call
+    froze beyond it, and compile a compiled model again so that this holds."""
     released = _release_earlier_solves(plan, len(report.layers))
     for layer in _set_by_solve(plan, len(report.layers)):
         setattr(layer, SOLVED_MARK, True)
@@ -839,9 +855,6 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
                 "hybridize before compile()."
             ) from None
         report.recompiled = True
-    report.cutoff = len(report.layers)
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 # Set on every layer hybridize solved or adapted: a later call may solve it again
