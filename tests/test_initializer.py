@@ -49,7 +49,8 @@ def test_dense_kernel_and_bias_equal_class_pca(blobs):
 
 def test_direct_call_dtype_and_shape(blobs, dense_reference):
     init = ClassPCAInitializer.from_data(*blobs)
-    expected = dense_reference(5, *blobs).kernel_  # the Dense rule applies
+    # The Dense rule applies; no activation given: no sign pairs.
+    expected = dense_reference(5, *blobs, rectified=False).kernel_
     # No dtype: floatx, as Keras' own initializers, on every backend.
     value = init((8, 5))
     assert tuple(value.shape) == (8, 5)
@@ -332,25 +333,38 @@ def test_from_data_bad_input(blobs, data, kwargs, match):
         ClassPCAInitializer.from_data(x, y, **kwargs)
 
 
-def test_dense_initializer_from_data_follows_the_dense_rule():
-    # Rows >= 10 x features and units < features: Fisher directions and sign pairs, as
-    # ClassPCADense.adapt and hybridize give a layer a ReLU follows (an initializer does
-    # not see the layer's activation); an explicit option turns the rule off.
-    from keras_classpca import ClassPCADense
-
+def _dense_rule_blobs():
     rng = np.random.default_rng(3)
     x = (rng.normal(size=(400, 12)) + np.repeat(np.eye(12)[:4], 100, axis=0)).astype("float32")
-    y = np.repeat(np.arange(4), 100)
-    init = ClassPCAInitializer.from_data(x, y)
-    layer = keras.layers.Dense(6, kernel_initializer=init, bias_initializer=init.bias_initializer())
+    return x, np.repeat(np.arange(4), 100)
+
+
+@pytest.mark.parametrize("activation", ["relu", None, "tanh"])
+def test_dense_initializer_from_data_follows_the_dense_rule(activation):
+    # Rows >= 10 x features and units < features: Fisher directions, and sign pairs for
+    # a layer a rectifier follows — as ClassPCADense.adapt and hybridize solve it. An
+    # initializer does not see its layer: `activation` tells it; without sign pairs a
+    # linear or tanh layer keeps a full-rank kernel (pairs would be copies).
+    from keras_classpca import ClassPCADense
+
+    x, y = _dense_rule_blobs()
+    init = ClassPCAInitializer.from_data(x, y, activation=activation)
+    layer = keras.layers.Dense(6, activation=activation, kernel_initializer=init,
+                               bias_initializer=init.bias_initializer())
     layer.build((None, 12))
-    adapted = ClassPCADense(6, activation="relu")
+    adapted = ClassPCADense(6, activation=activation)
     adapted.adapt((x, y))
     kernel = np.asarray(layer.kernel)
     np.testing.assert_allclose(kernel, np.asarray(adapted.kernel), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(layer.bias), np.asarray(adapted.bias), rtol=1e-5,
                                atol=1e-6)
-    np.testing.assert_allclose(kernel[:, 1::2], -kernel[:, ::2], atol=1e-6)  # sign pairs
+    paired = np.allclose(kernel[:, 1::2], -kernel[:, ::2], atol=1e-6)
+    assert paired == (activation == "relu")
+    assert np.linalg.matrix_rank(kernel, 1e-4) == (3 if activation == "relu" else 6)
+
+
+def test_dense_initializer_explicit_option_turns_the_rule_off():
+    x, y = _dense_rule_blobs()
     plain = ClassPCAInitializer.from_data(x, y, sign_pairs=False)
     expected = ClassPCA(6, sign_pairs=False).fit(x, y).kernel_
     np.testing.assert_allclose(np.asarray(plain((12, 6))), expected, rtol=1e-5, atol=1e-6)

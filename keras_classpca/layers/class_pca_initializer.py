@@ -80,8 +80,10 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         self._restored = False
         self._groups = None  # per-group ClassPCAs of a grouped or depthwise kernel
         # from_data's options of a Dense kernel: the Dense rule applies at the solve
-        # (`layers.geometry.dense_remedies`), as in `ClassPCADense.adapt` and `hybridize`.
+        # (`layers.geometry.dense_remedies`), as in `ClassPCADense.adapt` and `hybridize`,
+        # with sign pairs only for a layer whose activation rectifies.
         self._dense_options = None
+        self._dense_sign_pairs = False
 
     @classmethod
     def from_data(
@@ -96,6 +98,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         batch_size=None,
         groups=1,
         depthwise=False,
+        activation=None,
         **class_pca_options,
     ):
         """Fit class-PCA statistics on data and return the kernel initializer.
@@ -114,6 +117,13 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             groups: for a grouped convolution, one class-PCA per group of channels.
             depthwise: for a `DepthwiseConv*` kernel: one class-PCA per input channel,
                 `depth_multiplier` components each (set by the kernel shape).
+            activation: for a Dense initializer, the activation of the layer it is for
+                (as given to the layer; an initializer cannot see its layer). Where
+                rows are plentiful (the Dense rule of `ClassPCADense.adapt`), a layer a
+                rectifier follows (`"relu"`, `"gelu"`, ...) gets sign pairs `(w, -w)`
+                and others (None, `"tanh"`, ...) distinct directions only, for which
+                pairs would be copies. Pass it to get what `ClassPCADense.adapt` and
+                `hybridize` solve for that layer.
             **class_pca_options: `ClassPCA` arguments (`center`, `allocation`, ...).
                 The number of components is the kernel's (set when Keras builds the
                 layer): no `units` / `filters` here.
@@ -175,6 +185,9 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             initializer._groups = group_pcas
         if kernel_size is None:
             initializer._dense_options = dict(class_pca_options)
+            from keras_classpca.layers.geometry import rectifies
+
+            initializer._dense_sign_pairs = rectifies(activation)
         return initializer
 
     @classmethod
@@ -260,6 +273,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         twin = ClassPCAInitializer(self.class_pca, part="bias")
         twin._params, twin._restored = self._params, self._restored
         twin._groups, twin._dense_options = self._groups, self._dense_options
+        twin._dense_sign_pairs = self._dense_sign_pairs
         return twin
 
     def __call__(self, shape, dtype=None):
@@ -356,7 +370,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 f"asks for {n_components}."
             )
         if self._dense_options is not None and apply_dense_remedies(
-            pca, n_components, self._dense_options
+            pca, n_components, self._dense_options, sign_pairs=self._dense_sign_pairs
         ):
             self._dense_options = None  # applied (shared with the bias twin)
         with warnings.catch_warnings():  # more filters than inputs: the layer's shape
