@@ -169,6 +169,28 @@ def test_monitor_compares_conv_kernel_with_class_pca_of_its_patches():
     assert monitor.measure()["conv"][0] < 0.95
 
 
+def test_grouped_convolution_is_skipped_by_default_and_refused_by_name():
+    # A grouped kernel spans one subspace per group: not monitored. fit() must not fail.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 8, 4)).astype("float32"), np.arange(64) % 3
+    model = keras.Sequential([
+        keras.Input((8, 8, 4)),
+        keras.layers.Conv2D(4, 3, groups=2, name="grouped"),
+        keras.layers.Conv2D(4, 3, name="plain"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(3, activation="softmax", name="head"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    monitor = TimescaleMonitor((x, y), samples=64)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[monitor])
+    assert "grouped" not in monitor.measure()
+    assert "plain" in monitor.measure()
+    named = TimescaleMonitor((x, y), layers=["grouped"])
+    named.set_model(model)
+    with pytest.raises(ValueError, match="grouped convolution"):
+        named.measure()
+
+
 def test_weight_change_and_history(subspace_classes, tmp_path):
     model, monitor, _ = _dense_setup(subspace_classes)
     layer = model.get_layer("a")

@@ -98,7 +98,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
             labels or one-hot). A fixed random subset of `samples` of them is used,
             balanced over the classes as far as the data allows.
         layers: names or layer objects to monitor; default every Dense and Conv2D
-            layer of the model (nested models included), bottom first.
+            layer of the model (nested models included), bottom first; grouped
+            convolutions (`groups > 1`) are not monitored.
         every: check every `every` epochs (and after the last epoch).
         samples: size of the fixed sample the overlap is computed on.
         patches_per_image: random patches per image for conv layers (fixed seed).
@@ -286,12 +287,16 @@ class TimescaleMonitor(keras.callbacks.Callback):
         }
 
     def _resolve_layers(self):
-        candidates = [
+        kinds = [
             layer
             for layer in iter_layers(self.model)
             if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
             and unsolvable_reason(layer) is None
         ]
+        # A grouped convolution's kernel is one filter subspace per group of channels,
+        # not one subspace of the whole input: the comparison here does not apply.
+        grouped = {layer.name for layer in kinds if getattr(layer, "groups", 1) != 1}
+        candidates = [layer for layer in kinds if layer.name not in grouped]
         if self.layer_spec is None:
             chosen = candidates
         else:
@@ -299,6 +304,12 @@ class TimescaleMonitor(keras.callbacks.Callback):
             chosen = []
             for item in self.layer_spec:
                 name = item if isinstance(item, str) else getattr(item, "name", None)
+                if name in grouped:
+                    raise ValueError(
+                        f"`layers`: {name!r} is a grouped convolution (groups > 1), which "
+                        "TimescaleMonitor does not monitor: its filters span one subspace "
+                        "per group of channels."
+                    )
                 if name not in by_name:
                     raise ValueError(
                         f"`layers`: no monitorable Dense/Conv2D layer {item!r} in the model "
