@@ -3,6 +3,7 @@ streaming, cutoff handling (fixed, auto, errors), unsupported layers, HybridRepo
 
 import json
 import tracemalloc
+import warnings
 
 import keras
 import numpy as np
@@ -831,6 +832,23 @@ def test_label_free_mode_solves_each_layer_from_the_pca_of_its_input():
     layer = ClassPCADense(4)
     layer.adapt(x)
     np.testing.assert_allclose(np.asarray(layer.kernel), expected.kernel_, rtol=1e-4, atol=1e-5)
+
+
+def test_class_pca_layer_solved_by_hybridize_is_adapted_without_a_pretrained_warning(blobs):
+    # A ClassPCA layer is frozen from construction: not "pretrained weights" until
+    # adapted. Solved by hybridize, it is adapted (the flag is saved with the weights).
+    x, y = blobs
+    model = keras.Sequential([keras.Input((x.shape[1],)), ClassPCADense(4, name="a"),
+                              L.Dense(3, activation="softmax")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert model.get_layer("a").is_adapted
+    adapted = keras.Sequential([keras.Input((x.shape[1],)), ClassPCADense(4, name="a"),
+                                L.Dense(3, activation="softmax")])
+    adapted.get_layer("a").adapt((x, y))
+    with pytest.warns(UserWarning, match="frozen before the call"):
+        hybridize(adapted, (x, y), cutoff=1, verbose=0)
 
 
 class _InputsOnly(keras.utils.PyDataset):

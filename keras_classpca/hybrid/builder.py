@@ -49,6 +49,7 @@ from keras_classpca.hybrid.policy import check_cutoff
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer
 from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, statistics_on_device
 from keras_classpca.hybrid.training import compile_like
+from keras_classpca.layers.adapt_mixin import ClassPCAAdaptMixin
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     LayerStatistics,
@@ -608,7 +609,8 @@ def hybridize(
             host. The second stage of a separable convolution is always on the host.
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
-            `n_classes`).
+            `n_classes`). `ClassPCA*` layers in the model are solved with these too
+            (their own options are those of their `adapt`) and count as adapted after.
 
     Returns:
         A `HybridReport`.
@@ -841,6 +843,8 @@ def _mark_and_freeze(model, plan, report, freeze):
     released = _release_earlier_solves(plan, len(report.layers))
     for layer in _set_by_solve(plan, len(report.layers)):
         setattr(layer, SOLVED_MARK, True)
+        if isinstance(layer, ClassPCAAdaptMixin):
+            layer._adapted.assign(1)  # solved from data: `is_adapted`, as after adapt()
     if freeze:
         report.frozen.extend(_apply_freeze(plan, len(report.layers), freeze))
     if (report.frozen or released) and getattr(model, "compiled", False):
@@ -994,8 +998,11 @@ def _warn_if_frozen_before(plan, cutoff):
     """Warn when the layers about to be solved (or BatchNormalization layers about to
     be adapted) were frozen by the user, not by an earlier hybridize: pretrained
     weights would be replaced."""
+    # A ClassPCA layer is frozen from construction: only once adapted does it hold
+    # weights of its own.
     frozen = [layer.name for layer in _set_by_solve(plan, cutoff)
-              if not layer.trainable and not getattr(layer, SOLVED_MARK, False)]
+              if not layer.trainable and not getattr(layer, SOLVED_MARK, False)
+              and not (isinstance(layer, ClassPCAAdaptMixin) and not layer.is_adapted)]
     if frozen:
         warnings.warn(
             f"hybridize replaces the weights (or BatchNormalization statistics) of "
