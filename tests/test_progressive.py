@@ -285,6 +285,25 @@ def test_hybridize_then_progressive():
     assert np.array_equal(keras.ops.convert_to_numpy(model.layers[0].kernel), solved)
 
 
+def test_hybridize_then_progressive_freezes_the_adapted_batchnorm_at_the_first_check():
+    # hybridize leaves the BatchNormalization after a solved conv trainable; the frozen
+    # conv does not move, so its unit (conv + BN) freezes after the first epoch.
+    x, y = _data()
+    L = keras.layers
+    model = keras.Sequential([
+        keras.Input((10, 10, 1)), L.Conv2D(4, 3, name="conv1"), L.BatchNormalization(name="bn1"),
+        L.ReLU(), L.Conv2D(6, 3, activation="relu", name="conv2"), L.Flatten(),
+        L.Dense(8, activation="relu", name="hidden"), L.Dense(2, activation="softmax"),
+    ])
+    report = keras_classpca.hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert report.frozen == ["conv1"] and model.get_layer("bn1").trainable
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    history = fit_progressive(model, x, y, epochs=3, settle=1e-6, batch_size=32, verbose=0)
+    assert history.progressive.frozen_at["conv1"] == 1
+    assert history.progressive.changes["conv1"][0] == pytest.approx(0.0, abs=1e-9)
+    assert not model.get_layer("bn1").trainable
+
+
 def test_snap_replaces_the_layer_when_it_freezes():
     x, y = _data()
     model = _model()

@@ -696,7 +696,8 @@ def fit_progressive(
     the model's heads always train); a layer is frozen together with the
     BatchNormalization layers adapted after it, and a layer freezes only once every
     layer before it in that order is frozen. Layers already frozen at the bottom
-    (solved by `hybridize`) stay frozen.
+    (solved by `hybridize`) stay frozen; the BatchNormalization layers `hybridize`
+    adapted after them (left trainable) freeze with them at the first check.
 
     Args:
         model: a compiled, built `keras.Model` (Sequential or functional).
