@@ -101,6 +101,27 @@ def test_monitor_records_and_validates():
                      callbacks=[AlignmentMonitor()])
 
 
+def test_default_pairs_follow_the_graph():
+    # Every Dense layer is measured; pairs only where one feeds the next (through
+    # layers without weights) with matching widths: no product W_c W_b across the
+    # Flatten, none between parallel branches of equal width.
+    L = keras.layers
+    seq = keras.Sequential([keras.Input((5, 4)), L.Dense(6, name="a"), L.ReLU(),
+                            L.Dense(3, name="b"), L.Flatten(), L.Dense(2, name="c")])
+    seq.compile("sgd", "mse")
+    monitor = AlignmentMonitor()
+    seq.fit(np.ones((8, 5, 4)), np.ones((8, 2)), epochs=1, verbose=0, callbacks=[monitor])
+    assert list(monitor.ratios) == ["a", "b", "c"]
+    assert list(monitor.alignments) == ["a->b"]
+    inputs = keras.Input((4,))
+    left, right = L.Dense(4, name="left")(inputs), L.Dense(4, name="right")(inputs)
+    joined = L.Dense(1, name="out")(L.Dropout(0.1)(L.Add()([left, right])))
+    branches = keras.Model(inputs, L.Dense(1, name="head")(L.Dense(4, name="mid")(joined)))
+    monitor = AlignmentMonitor()
+    monitor.set_model(branches)
+    assert list(monitor.measure()[1]) == ["out->mid", "mid->head"]  # not left/right->out
+
+
 def test_gradient_descent_aligns_deep_linear_network():
     # Ji & Telgarsky in miniature: logistic loss, separable data, full-batch GD.
     keras.utils.set_random_seed(0)

@@ -86,6 +86,28 @@ def layer_alignment(kernel, next_kernel):
 
 
 
+def _feeding_pairs(model, layers):
+    """`(a, b)` pairs of `layers` where `b` reads `a`'s output through layers without
+    weights only (activations, dropout, reshapes); None without a layer graph."""
+    from keras_classpca.hybrid.graph import has_layer_graph
+    from keras_classpca.hybrid.planner import flatten_graph
+
+    if not has_layer_graph(model):
+        return None
+    nodes = flatten_graph(model)[0]
+    wanted = {id(layer) for layer in layers}
+    pairs = []
+    for node in nodes:
+        if id(node.layer) not in wanted:
+            continue
+        parents = node.parents
+        while len(parents) == 1 and not getattr(nodes[parents[0]].layer, "weights", None):
+            parents = nodes[parents[0]].parents
+        if len(parents) == 1 and id(nodes[parents[0]].layer) in wanted:
+            pairs.append((nodes[parents[0]].layer, node.layer))
+    return pairs
+
+
 class AlignmentMonitor(keras.callbacks.Callback):
     """Record rank-one-ness and alignment of Dense layers during training.
 
@@ -97,9 +119,10 @@ class AlignmentMonitor(keras.callbacks.Callback):
     logistic loss on separable data.
 
     Args:
-        layers: names or Dense layer objects to monitor, in forward order;
-            default: every Dense layer of the model (``model.layers`` order,
-            nested models flattened).
+        layers: names or Dense layer objects to monitor, a chain in forward order
+            (each consecutive pair aligned); default: every Dense layer of the model
+            (``model.layers`` order, nested models flattened), pairs aligned where
+            one feeds the next through layers without weights with matching widths.
         every: record every ``every`` epochs.
         log: also add the smallest ratio / alignment to the epoch ``logs``
             (``min_spectral_ratio``, ``min_alignment``) so they appear in
@@ -146,6 +169,7 @@ class AlignmentMonitor(keras.callbacks.Callback):
         self.ratios = {}
         self.alignments = {}
         self._layers = None
+        self._pairs = []
 
     # -- helpers -----------------------------------------------------------
     def _resolve_layers(self):
@@ -173,12 +197,23 @@ class AlignmentMonitor(keras.callbacks.Callback):
                     )
         if not chosen:
             raise ValueError("AlignmentMonitor: the model has no Dense layers to monitor.")
+        if self.layer_spec is None:
+            # Every Dense layer; pairs only where one feeds the next (through layers
+            # without weights) with matching widths: W_b W_a is then the product.
+            pairs = _feeding_pairs(model, chosen)
+            if pairs is None:  # no layer graph (subclassed): list order
+                pairs = list(zip(chosen[:-1], chosen[1:]))
+            self._pairs = [(a, b) for a, b in pairs if a.kernel.shape[1] == b.kernel.shape[0]]
+            return chosen
         for a, b in zip(chosen[:-1], chosen[1:]):
             if a.kernel.shape[1] != b.kernel.shape[0]:
                 raise ValueError(
-                    f"layers {a.name!r} -> {b.name!r} are not consecutive: outputs "
-                    f"{a.kernel.shape[1]} != inputs {b.kernel.shape[0]}."
+                    f"`layers`: {a.name!r} -> {b.name!r} are not consecutive: outputs "
+                    f"{a.kernel.shape[1]} != inputs {b.kernel.shape[0]}. List a chain of "
+                    "Dense layers, each feeding the next, or leave `layers` out (every "
+                    "Dense layer, pairs where one feeds the next)."
                 )
+        self._pairs = list(zip(chosen[:-1], chosen[1:]))
         return chosen
 
     def measure(self):
@@ -187,9 +222,10 @@ class AlignmentMonitor(keras.callbacks.Callback):
             self._layers = self._resolve_layers()
         kernels = [np.asarray(keras.ops.convert_to_numpy(l.kernel)) for l in self._layers]
         ratios = {l.name: spectral_frobenius_ratio(k) for l, k in zip(self._layers, kernels)}
+        by_layer = {id(l): k for l, k in zip(self._layers, kernels)}
         aligns = {
-            f"{a.name}->{b.name}": layer_alignment(ka, kb)
-            for a, b, ka, kb in zip(self._layers[:-1], self._layers[1:], kernels[:-1], kernels[1:])
+            f"{a.name}->{b.name}": layer_alignment(by_layer[id(a)], by_layer[id(b)])
+            for a, b in self._pairs
         }
         return ratios, aligns
 
