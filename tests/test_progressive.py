@@ -334,6 +334,7 @@ def test_linear_cka():
         ({"epochs": 2, "settle": object()}, TypeError, "`settle`"),
         ({"epochs": 2, "settle": 1.5}, ValueError, "`threshold`"),
         ({"epochs": 2, "settle": [2, 1]}, ValueError, "`epochs`"),
+        ({"epochs": 2, "settle": [1, 1, 1, 1]}, ValueError, r"3 layer\(s\) can freeze"),
         ({"epochs": 2, "snap": "yes"}, TypeError, "`snap`"),
         ({"epochs": 2, "initial_epoch": 2}, ValueError, "`initial_epoch`"),
     ],

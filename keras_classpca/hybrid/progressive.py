@@ -570,6 +570,13 @@ class _Controller(keras.callbacks.Callback):
         self._output_models = {}
         self._epoch_start = None
         if isinstance(criterion, FreezeOut):
+            fixed = criterion.fixed_epochs
+            if fixed is not None and len(fixed) > len(units):
+                raise ValueError(
+                    f"`settle` lists {len(fixed)} epochs, one per bottom layer, but "
+                    f"{len(units)} layer(s) can freeze here "
+                    f"({', '.join(unit.layer.name for unit in units) or 'none'})."
+                )
             self.schedule = criterion.freeze_epochs(len(units), n_epochs)
 
     # measuring
