@@ -93,6 +93,11 @@ def _user_options(hp, search_space):
     return {h.name for h in hp.space if h.name in search_space and not h.conditions}
 
 
+def _in_space(hp, name):
+    """The hyperparameter `name` declared in `hp`'s space, or None."""
+    return next((h for h in hp.space if h.name == name), None)
+
+
 def solved_layers(model, cutoff):
     """Names of the layers `hybridize(model, ..., cutoff)` solves and freezes."""
     return solved_layer_names(model, cutoff)
@@ -304,7 +309,17 @@ class HybridHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         """The user's model, with `cutoff` and the class-PCA options registered in `hp`."""
+        declared_before = _in_space(hp, CUTOFF)  # the tuner's `hyperparameters=` or ours
         model = self.build_model(hp)
+        own = None if declared_before else _in_space(hp, CUTOFF)
+        if own is not None and type(own).__name__ != "Fixed":
+            raise ValueError(
+                f"The build function registers its own hyperparameter {CUTOFF!r} "
+                f"({type(own).__name__}), but HybridHyperModel registers {CUTOFF!r} (how "
+                "many layers are solved) and would take its values as the cutoff: rename "
+                f"the build function's hyperparameter (fixing the cutoff, "
+                f"`hp.Fixed({CUTOFF!r}, 2)`, is fine)."
+            )
         if not isinstance(model, keras.Model):
             return model  # the tuner reports a build function that returns no model
         max_cutoff = self.max_cutoff

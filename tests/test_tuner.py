@@ -132,17 +132,34 @@ def test_options_the_user_fixes_in_the_tuners_hyperparameters_are_kept(tmp_path,
     assert received and all(r[1:] == ("whiten", "spare") for r in received)
 
 
-def test_a_build_function_hyperparameter_named_cutoff_is_refused_clearly():
+@pytest.mark.parametrize("declare", [
+    lambda hp: hp.Float("cutoff", 0.1, 0.5),  # e.g. a dropout rate, named like the cutoff
+    lambda hp: hp.Int("cutoff", 3, 4),  # e.g. a layer count: would become the cutoff
+    lambda hp: hp.Choice("cutoff", [1, 2]),
+])
+def test_a_build_function_hyperparameter_named_cutoff_is_refused_clearly(declare):
     def build_model(hp):
         model = _builder()(hp)
-        hp.Float("cutoff", 0.1, 0.5)  # e.g. a dropout rate, named like the solve cutoff
+        declare(hp)
         return model
 
-    with pytest.raises(ValueError, match="registers the hyperparameter 'cutoff'.*rename"):
+    with pytest.raises(ValueError, match="registers its own hyperparameter 'cutoff'.*rename"):
         HybridHyperModel(build_model, _data()).build(keras_tuner.HyperParameters())
+
+
+def test_the_cutoff_may_be_fixed_or_narrowed_outside_the_search():
+    def fixing(hp):
+        hp.Fixed("cutoff", 1)  # fixing the solve cutoff in the build function is fine
+        return _builder()(hp)
+
+    HybridHyperModel(fixing, _data()).build(keras_tuner.HyperParameters())
     fixed = keras_tuner.HyperParameters()
-    fixed.Fixed("cutoff", 1)  # fixing the solve cutoff itself stays possible
+    fixed.Fixed("cutoff", 1)  # and so is fixing (or narrowing) it in the tuner's hps
     HybridHyperModel(_builder(), _data()).build(fixed)
+    narrowed = keras_tuner.HyperParameters()
+    narrowed.Int("cutoff", 1, 1)
+    model = HybridHyperModel(_builder(), _data()).build(narrowed)
+    assert narrowed.get("cutoff") == 1 and isinstance(model, keras.Model)
 
 
 def test_constructor_errors():
