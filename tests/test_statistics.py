@@ -142,6 +142,11 @@ def test_class_pca_fit_of_backend_tensors_equals_numpy():
         a = host.components_[:, host.component_classes_ == c]
         b = device.components_[:, device.component_classes_ == c]
         assert np.linalg.norm(b - a @ (a.T @ b), 2) < 1e-5
+    # transform (and fit_transform) take what fit takes: float64 NumPy, as for arrays.
+    tensor = keras.ops.convert_to_tensor(x)
+    for out in (device.transform(tensor), ClassPCA(6).fit_transform(tensor, y)):
+        assert isinstance(out, np.ndarray) and out.dtype == np.float64
+        np.testing.assert_allclose(out, device.transform(x), rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.backend_independent

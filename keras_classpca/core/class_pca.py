@@ -1300,6 +1300,10 @@ class ClassPCA:
     def transform(self, x):
         """`x @ kernel_ + bias_`: what the solved linear layer computes."""
         solution = self._solution()
+        if _is_backend_tensor(x):  # fit streams backend tensors; the product is NumPy's
+            import keras
+
+            x = keras.ops.convert_to_numpy(x)
         x = _as_dense(x)
         if x.ndim == 1:
             raise ValueError(
