@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ClassPCA": "keras_classpca.core.class_pca",
     "ClassSketch": "keras_classpca.core.sketch",
+    "ClassStatistics": "keras_classpca.core.statistics",
     "ClassPCAInitializer": "keras_classpca.layers.class_pca_initializer",
     "ClassPCADense": "keras_classpca.layers.class_pca_dense",
     "ClassPCAConv1D": "keras_classpca.layers.class_pca_conv1d",

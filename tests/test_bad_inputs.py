@@ -442,6 +442,19 @@ CASES = [
         r"cutoff=5 but only 1 layer\(s\)",
     ),
     Case(
+        "hybridize-solve-cache-a-directory",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, solve_cache=str(t))),
+        TypeError,
+        r"`solve_cache` must be a keras_classpca.SolveCache or None .*SolveCache\(directory",
+    ),
+    Case(
+        "hybridize-strategy-a-string",
+        _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, strategy="mirrored")),
+        TypeError,
+        r"`strategy` must be a tf.distribute.Strategy",
+        marks=(pytest.mark.tensorflow_backend,),
+    ),
+    Case(
         "hybridize-unknown-option",
         _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, centre=True)),
         TypeError,

@@ -634,3 +634,31 @@ def test_hybridize_strategy_takes_the_class_count_from_the_softmax():
                                keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="hybridize\\(strategy=...\\) needs the number of"):
         hybridize(logits, (x, y), cutoff=1, strategy=tf.distribute.get_strategy(), verbose=0)
+
+
+@pytest.mark.tensorflow_backend
+def test_hybridize_strategy_solves_depthwise_and_separable_layers_in_process():
+    # Not distributed (Dense and ungrouped ConvND are): solved from this process's
+    # data, as without a strategy, instead of failing after the layers below.
+    import keras
+
+    from keras_classpca import hybridize
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.normal(size=(96, 8, 8, 1)).astype("float32"), np.arange(96) % 4
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([
+            keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.SeparableConv2D(8, 3, activation="relu"),
+            keras.layers.DepthwiseConv2D(2, activation="relu"),
+            keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")])
+
+    local, spread = model(), model()
+    hybridize(local, (images, labels), cutoff=3, verbose=0, product_dtype="float64")
+    report = hybridize(spread, (images, labels), cutoff=3, verbose=0,
+                       strategy=tf.distribute.get_strategy())
+    assert report.cutoff == 3
+    for a, b in zip(local.get_weights(), spread.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

@@ -41,7 +41,12 @@ from keras_classpca.hybrid.activations import (
     activation_state,
     restore_activation,
 )
-from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
+from keras_classpca.hybrid.cache import (
+    SolveCache,
+    data_fingerprint,
+    layer_signature,
+    prefix_key,
+)
 from keras_classpca.hybrid.decision import decide_cutoff
 from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
 from keras_classpca.hybrid.planner import plan_model
@@ -599,8 +604,9 @@ def hybridize(
             head, or `n_classes` for a head it cannot read; no `patches_per_image`).
             BatchNormalization moments and the `"auto"` decision still come from this
             process's `data`, so every worker must pass the same `data` (see
-            docs/distributed.md). TensorFlow backend only; Dense and
-            ungrouped ConvND layers of the top model.
+            docs/distributed.md). TensorFlow backend only. Dense and ungrouped ConvND
+            layers of the top model are distributed; others (depthwise, separable,
+            grouped, inside a nested model) are solved in this process from `data`.
         statistics_on: where a solved layer's input rows (a convolution's patches) are
             extracted and multiplied: `"device"` — with `keras.ops` on the backend's
             device, from the tensors the solved prefix returns there (only the
@@ -660,10 +666,22 @@ def hybridize(
         )
     if samples in (None, "auto") and is_infinite(data):
         raise infinite_data_error()
+    if solve_cache is not None and not isinstance(solve_cache, SolveCache):
+        raise TypeError(
+            "`solve_cache` must be a keras_classpca.SolveCache or None (for a cache on "
+            f"disk: `SolveCache(directory=...)`); received {solve_cache!r}."
+        )
     if strategy is not None:
         from keras_classpca.distributed import require_tensorflow_backend
 
         require_tensorflow_backend("`hybridize`")
+        import tensorflow as tf
+
+        if not isinstance(strategy, tf.distribute.Strategy):
+            raise TypeError(
+                "`strategy` must be a tf.distribute.Strategy (e.g. "
+                f"`tf.distribute.MirroredStrategy()`) or None; received {strategy!r}."
+            )
         if patches_per_image is not None:
             raise ValueError(
                 "`patches_per_image` is not available with a tf.distribute `strategy`."
@@ -775,7 +793,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         # Sign pairs are for a ReLU, which discards each projection's negative half:
         # after the identity (or a replaced activation) the pairs would be copies.
         pairs = replacer.sign_pairs(layer)
-        if strategy is not None:
+        if strategy is not None and _distributable(step):
             statistics, seen = _distributed_statistics(
                 passes, plan, step, feature_model, strategy, batch_size, class_pca_options,
                 dense_sign_pairs=pairs)
@@ -1058,18 +1076,22 @@ def _layer_named(plan, name):
     raise KeyError(name)
 
 
+def _distributable(step):
+    """Whether `hybridize(strategy=...)` accumulates this step's statistics over the
+    strategy: Dense and ungrouped ConvND layers of the top model. Others (depthwise,
+    separable, grouped, inside a nested model) are solved in this process from its
+    `data`, as BatchNormalization moments are."""
+    layer = step.layer
+    return (isinstance(layer, (keras.layers.Dense,) + CONVOLUTIONS)
+            and getattr(layer, "groups", 1) == 1 and not step.scope)
+
+
 def _distributed_statistics(passes, plan, step, feature_model, strategy, batch_size,
                             class_pca_options, dense_sign_pairs=None):
     """The tf.distribute statistics pass of one layer, as solved `LayerStatistics`."""
     from keras_classpca.distributed import hybridize_layer_pass
 
     layer = step.layer
-    if (not isinstance(layer, (keras.layers.Dense,) + CONVOLUTIONS)
-            or getattr(layer, "groups", 1) != 1 or step.scope):
-        raise NotImplementedError(
-            f"hybridize(strategy=...) solves Dense and ungrouped ConvND layers of the top "
-            f"model; {type(layer).__name__} '{layer.name}' is solved without a strategy."
-        )
     distributed = hybridize_layer_pass(
         passes, layer, feature_model, strategy=strategy, batch_size=batch_size,
         class_pca_options=class_pca_options,
