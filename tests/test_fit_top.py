@@ -452,6 +452,68 @@ def test_a_model_with_two_outputs_trains_plainly_and_cache_true_says_why():
     assert not history.cache_used and "loss" in history.history
 
 
+class ExtraLossModel(keras.Model):
+    """A functional model with its own training logic (a constant added to the loss)."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return super().compute_loss(x, y, y_pred, sample_weight, training=training) + 100.0
+
+
+def _stopper(epoch):
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, index, logs=None):
+            if index == epoch:
+                raise RuntimeError("interrupted")
+    return Stop()
+
+
+@pytest.mark.parametrize("case", ["custom compute_loss", "BackupAndRestore",
+                                  "activity regularizer"])
+def test_what_the_cache_would_change_trains_plainly_and_cache_true_says_why(case, tmp_path):
+    # The cached training fits a plain model on stored outputs: a model's own training
+    # logic, a callback resuming the fitted model, or a loss term computed from the
+    # frozen layers' outputs would be lost. "auto" trains plainly; True refuses.
+    x, y = _data()
+    regularizer = keras.regularizers.L2(0.01) if case == "activity regularizer" else None
+    cls = ExtraLossModel if case == "custom compute_loss" else keras.Model
+    callbacks = ([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))]
+                 if case == "BackupAndRestore" else [])
+
+    def model():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input(x.shape[1:])
+        hidden = L.Flatten()(L.Conv2D(4, 3, activation="relu", name="c",
+                                      activity_regularizer=regularizer)(inputs))
+        m = cls(inputs, L.Dense(3, activation="softmax")(L.Dense(8, activation="relu")(hidden)))
+        hybridize(m, (x, y), cutoff=1, verbose=0)
+        m.compile("adam", "sparse_categorical_crossentropy", jit_compile=False)
+        return m
+
+    why = {"custom compute_loss": "overrides compute_loss", "BackupAndRestore":
+           "`BackupAndRestore` resumes", "activity regularizer": "activity regularizer"}[case]
+    with pytest.raises(ValueError, match=why):
+        fit_top(model(), x, y, epochs=1, cache=True, verbose=0, callbacks=callbacks)
+    monkey = model()
+    history = fit_top(monkey, x, y, epochs=2, verbose=0, callbacks=callbacks)
+    assert not history.cache_used and monkey.history is history
+    if case == "custom compute_loss":
+        assert min(history.history["loss"]) > 100.0  # the model's own loss ran
+    if case == "BackupAndRestore":  # interrupted after epoch 1, resumed at epoch 2
+        interrupted = model()
+        with pytest.raises(RuntimeError):
+            fit_top(interrupted, x, y, epochs=4, verbose=0,
+                    callbacks=[callbacks[0], _stopper(1)])
+        resumed = fit_top(model(), x, y, epochs=4, verbose=0, callbacks=callbacks)
+        assert resumed.epoch == [2, 3]
+
+
+def test_cached_training_sets_model_history():
+    model = _model()
+    x, y = _data()
+    history = fit_top(model, x, y, epochs=2, batch_size=32, cache=True, verbose=0)
+    assert history.cache_used and model.history is history
+
+
 # ------------------------------------------------------------------ residual graphs
 def _residual_model(cutoff, seed=3):
     """Conv stem -> basic block (identity shortcut) -> Conv -> GAP -> Dense(3)."""

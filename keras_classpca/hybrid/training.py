@@ -477,7 +477,12 @@ def predict_cache_speedup(model, prefix, x_batch, epochs, uses=1):
     return cache_ratio(*forward_seconds(model, prefix, x_batch), epochs, uses)
 
 
-def _cacheable_prefix(model, x, validation_data, cache):
+# What a Model subclass may override to train differently: the cached training fits a
+# plain Keras model on the prefix outputs and would not run it.
+_TRAINING_HOOKS = ("train_step", "test_step", "compute_loss", "compute_metrics")
+
+
+def _cacheable_prefix(model, x, validation_data, cache, callbacks=None):
     """`(point, prefix layers, wiring, reason)`: the tensor where the frozen prefix ends,
     or None with `reason` saying why its output cannot be cached."""
     if cache is False:
@@ -485,6 +490,19 @@ def _cacheable_prefix(model, x, validation_data, cache):
     if not has_layer_graph(model):
         return None, [], [], (
             "the model is subclassed: it has no layer graph to find a frozen prefix in.")
+    custom = [name for name in _TRAINING_HOOKS
+              if getattr(type(model), name, None) is not getattr(keras.Model, name, None)]
+    if custom:
+        return None, [], [], (
+            f"{type(model).__name__} overrides {', '.join(custom)}: the cached training "
+            "fits a plain Keras model on the prefix outputs, which would skip it. Train "
+            "with cache=False (the frozen layers still skip back-propagation)."
+        )
+    if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks or []):
+        return None, [], [], (
+            "`BackupAndRestore` resumes the model being fitted, which with the cache is "
+            "not the model it backs up: train with cache=False."
+        )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         return None, [], [], (
             f"the model has {len(model.inputs)} input(s) and {len(model.outputs)} "
@@ -511,6 +529,14 @@ def _cacheable_prefix(model, x, validation_data, cache):
         reason = (
             "the layers above the frozen prefix also read tensors from below its end "
             "(e.g. a skip connection from the input): its output alone cannot feed them."
+        )
+    regularized = [layer.name for layer in prefix_layers
+                   if getattr(layer, "activity_regularizer", None) is not None]
+    if point is not None and regularized:
+        return None, [], [], (
+            f"the frozen layers {', '.join(regularized)} have an activity regularizer: "
+            "its loss term, part of the loss `model.fit` reports, is computed from their "
+            "outputs at every step. Train with cache=False."
         )
     return point, prefix_layers, wiring, reason
 
@@ -549,7 +575,10 @@ def fit_top(
             pipeline may draw new augmentation each time, which a cache would freeze
             (`cache=True` caches it: one read, the same outputs every epoch).
             Models with one input and one output only: others train with
-            `model.fit` (`cache=True` raises and says why).
+            `model.fit` (`cache=True` raises and says why), as do a model class that
+            overrides `train_step`, `test_step`, `compute_loss` or `compute_metrics`,
+            a `BackupAndRestore` callback, and frozen layers with an activity
+            regularizer (what the cached training would drop).
         memory_limit: bytes of prefix output kept in memory; beyond it the cache
             spills to a temporary file in `cache_dir`, removed after training.
         cache_dir: where that file goes (created if missing; default: the system temp
@@ -596,7 +625,8 @@ def fit_top(
         return history
 
     _recompile_if_trainable_changed(model)
-    point, prefix_layers, wiring, reason = _cacheable_prefix(model, x, validation_data, cache)
+    point, prefix_layers, wiring, reason = _cacheable_prefix(
+        model, x, validation_data, cache, fit_kwargs.get("callbacks"))
     if point is None:
         if cache is True:
             raise ValueError(f"`cache=True` but {reason}")
@@ -677,4 +707,5 @@ def fit_top(
         for c in caches:
             c.close()
     history.cache_used = True
+    model.history = history  # as `model.fit` leaves it (the History was the top's)
     return history
