@@ -793,8 +793,8 @@ def test_freeze_kernel_trains_only_the_solved_biases(tmp_path):
     model.save(path)
     reloaded = keras.saving.load_model(path)
     assert all(v.trainable for v in reloaded.get_layer("c").weights)
+    assert reloaded.compiled  # saved compiled: freeze_solved_layers compiles it again
     assert keras_classpca.freeze_solved_layers(reloaded, 2, freeze="kernel") == ["c", "d"]
-    reloaded.compile("adam", "sparse_categorical_crossentropy")
     kernels = {n: np.array(reloaded.get_layer(n).kernel) for n in ("c", "d")}
     reloaded.fit(x, y, epochs=1, batch_size=32, verbose=0)
     for name in ("c", "d"):

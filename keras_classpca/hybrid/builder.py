@@ -865,18 +865,25 @@ def _mark_and_freeze(model, plan, report, freeze):
             layer._adapted.assign(1)  # solved from data: `is_adapted`, as after adapt()
     if freeze:
         report.frozen.extend(_apply_freeze(plan, len(report.layers), freeze))
-    if (report.frozen or released) and getattr(model, "compiled", False):
-        # Keras fixes the trainable variables at compile(): a model compiled (or
-        # fitted) before would go on training the "frozen" layers.
-        try:
-            compile_like(model, model)
-        except ValueError:
-            raise ValueError(
-                "`model` was compiled before hybridize but its compile arguments are "
-                "unknown, so it cannot be compiled again to make the freeze hold: call "
-                "hybridize before compile()."
-            ) from None
-        report.recompiled = True
+    if report.frozen or released:
+        report.recompiled = _compile_again(model, "hybridize")
+
+
+def _compile_again(model, what):
+    """Compile a compiled `model` again with its own arguments (True), so that a freeze
+    holds: Keras fixes the trainable variables at compile(), and a model compiled (or
+    fitted) before would go on training the "frozen" layers."""
+    if not getattr(model, "compiled", False):
+        return False
+    try:
+        compile_like(model, model)
+    except ValueError:
+        raise ValueError(
+            f"`model` was compiled before {what} but its compile arguments are unknown, "
+            f"so it cannot be compiled again to make the freeze hold: call {what} "
+            "before compile()."
+        ) from None
+    return True
 
 
 # Set on every layer hybridize solved or adapted: a later call may solve it again
@@ -911,19 +918,26 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     freezes frozen, the activations it replaces replaced, and the layers marked as the
     package's (a later `hybridize` solves them without the warning for user-frozen
     layers). For a model whose solved weights come from a checkpoint, e.g. a KerasTuner
-    trial's. Recompile a compiled model after it. Returns the frozen names."""
+    trial's, or a `.keras` file (which keeps layer flags, not per-weight ones: see
+    docs/serving.md). A compiled model is compiled again with its own arguments, as by
+    `hybridize`. Returns the frozen names."""
     plan = plan_model(model)
     cutoff = min(cutoff, len(plan.steps))
     if cutoff <= 0:
         return []
     replacer = ActivationReplacer(model, activation_or_none(solved_activation))
+    replaced_any = False
     for step in plan.steps[:cutoff]:
         replaced = replacer.replace(step.layer)
         if replaced:
             setattr(step.layer, REPLACED_MARK, replaced)
+            replaced_any = True
     for layer in _set_by_solve(plan, cutoff):
         setattr(layer, SOLVED_MARK, True)
-    return _apply_freeze(plan, cutoff, freeze) if freeze else []
+    frozen = _apply_freeze(plan, cutoff, freeze) if freeze else []
+    if frozen or replaced_any:
+        _compile_again(model, "freeze_solved_layers")
+    return frozen
 
 
 def _too_wide(plan, cutoff, n_classes, options):
