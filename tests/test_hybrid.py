@@ -852,6 +852,28 @@ def test_class_pca_layer_solved_by_hybridize_is_adapted_without_a_pretrained_war
         hybridize(adapted, (x, y), cutoff=1, verbose=0)
 
 
+def test_re_solving_below_frozen_layers_a_reload_kept_warns_about_them(blobs, tmp_path):
+    # The mark of an earlier solve is not saved: after a .keras reload, a lower cutoff
+    # re-solves layer a below b, which stays frozen with weights fitted to a's old
+    # output. The warning names b and the two ways out.
+    x, y = blobs
+    model = keras.Sequential([keras.Input((x.shape[1],)), L.Dense(6, activation="relu", name="a"),
+                              L.Dense(5, activation="relu", name="b"),
+                              L.Dense(3, activation="softmax")])
+    hybridize(model, (x, y), cutoff=2, verbose=0)
+    path = str(tmp_path / "solved.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    with pytest.warns(UserWarning, match=r"b stay\(s\) frozen above the 1 layer\(s\) solved "
+                                         r"now.*layer.trainable = True"):
+        hybridize(reloaded, (x[::2], y[::2]), cutoff=1, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:  # in memory: b is released
+        warnings.simplefilter("always")
+        hybridize(model, (x[::2], y[::2]), cutoff=1, verbose=0)
+    assert not [w for w in caught if "stay(s) frozen" in str(w.message)]
+    assert model.get_layer("b").trainable
+
+
 class _InputsOnly(keras.utils.PyDataset):
     def __init__(self, x):
         super().__init__()

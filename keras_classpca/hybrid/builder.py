@@ -1044,6 +1044,23 @@ def _warn_if_frozen_before(plan, cutoff):
             UserWarning,
             stacklevel=4,
         )
+    # Frozen layers above the cutoff that no hybridize of this model froze: their
+    # weights were fitted to the output of the layers solved now (e.g. solved by a
+    # hybridize before a `.keras` reload or `clone_model`, which keep no mark of it).
+    kept = {id(layer) for layer in _set_by_solve(plan, cutoff)}
+    above = [layer.name for layer in _set_by_solve(plan, len(plan.steps))
+             if id(layer) not in kept and layer.weights and not layer.trainable
+             and not getattr(layer, SOLVED_MARK, False)] if cutoff else []
+    if above:
+        warnings.warn(
+            f"{', '.join(above)} stay(s) frozen above the {cutoff} layer(s) solved now, "
+            "with weights fitted to what those layers computed before. If an earlier "
+            "hybridize solved them (its mark is not kept by a .keras reload or "
+            "clone_model), make them trainable (`layer.trainable = True`) or solve them "
+            "too (a larger `cutoff`).",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _decide(plan, passes, class_pca_options, seed, verbose, rule=policy.DEFAULT_RULE):
