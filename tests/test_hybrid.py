@@ -652,6 +652,19 @@ def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(
 
 
 # -------------------------------------------------------------------------- report
+def test_report_says_the_decision_solved_convolutions_from_a_few_patches():
+    # Its variance shares and probes are of a quick solve, not of the layer solved after.
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    x = (rng.normal(size=(300, 8, 8, 1)) + y[:, None, None, None]).astype("float32")
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu"),
+                              L.Flatten(), L.Dense(3, activation="softmax")])
+    report = hybridize(model, (x, y), verbose=0)
+    assert report.evidence["decision_patches"] == policy_module.DECISION_PATCHES
+    assert (f"from {policy_module.DECISION_PATCHES} random patches per sample; the final "
+            "solve reads more") in str(report)
+
+
 def test_report_is_readable_and_json_serializable(subspace_classes, monkeypatch):
     monkeypatch.setattr(policy_module, "DEFAULT_RULE",
                         policy_module.AutoRule(lossless_share=None))
@@ -664,7 +677,8 @@ def test_report_is_readable_and_json_serializable(subspace_classes, monkeypatch)
     assert f"{report.cutoff} of 2 solvable layer(s)" in text and "cutoff=auto" in text
     for solved in report.layers:
         assert solved.name in text
-    assert "auto decision on 600 samples" in text and report.stopped_because in text
+    assert "auto decision on 600 samples," in text and report.stopped_because in text
+    assert "random patches" not in text  # Dense layers: the decision read whole rows
     assert f"gain {report.evidence['layers'][0]['gain']:+.3f}" in text
     as_dict = json.loads(json.dumps(report.to_dict()))
     assert as_dict["cutoff"] == report.cutoff

@@ -201,6 +201,9 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         layers=rows,
         rule=rule.describe(samples_per_class),
         decision_samples=len(x),
+        # A quick solve: its convolutions see a few random patches per sample, so its
+        # variance shares and probes describe a solve like, not equal to, the final one.
+        decision_patches=policy.DECISION_PATCHES,
         samples_per_class=samples_per_class,
         seconds=time.perf_counter() - start,
     )

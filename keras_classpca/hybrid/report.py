@@ -60,7 +60,10 @@ class HybridReport:
         layers: a `SolvedLayer` per solved layer, bottom first.
         evidence: for `cutoff="auto"`, the decision: a row per layer looked at (probe
             accuracy before and after it, gain, threshold, kept, seconds), the rule,
-            the decision samples and its seconds (`hybrid/decision.py`). A layer whose
+            the decision samples (`decision_patches`: the random patches per sample
+            its quick solve of a convolution reads, so its variance shares and probes
+            describe a solve like the final one, not equal to it) and its seconds
+            (`hybrid/decision.py`). A layer whose
             "before" probe leaves less than the threshold to gain (`bound`,
             `1 - before`) is rejected unsolved: its `after`, `gain` and
             `explained_variance` are None.
@@ -122,9 +125,15 @@ class HybridReport:
                 for bn in layer.adapted_batchnorms:
                     lines.append(f"    + adapted {bn}")
         if self.evidence:
+            solved_convolutions = any(row.get("kind") not in (None, "Dense")
+                                      and row.get("explained_variance") is not None
+                                      for row in self.evidence["layers"])
+            patches = solved_convolutions and self.evidence.get("decision_patches")
             lines.append(
-                f"  auto decision on {self.evidence['decision_samples']} samples, "
-                f"{self.evidence['seconds']:.1f} s:"
+                f"  auto decision on {self.evidence['decision_samples']} samples"
+                + (f" (a quick solve: convolutions from {patches} random patches per "
+                   "sample; the final solve reads more)" if patches else "")
+                + f", {self.evidence['seconds']:.1f} s:"
             )
             for row in self.evidence["layers"]:
                 if "unsolvable" in row:
