@@ -253,15 +253,20 @@ def test_streaming_memory_is_bounded_by_the_statistics_not_the_data():
         [keras.Input((d,)), L.Dense(d, activation="relu"), L.Dense(8), L.Dense(2)]
     )
     hybridize(model, batches(2), cutoff=2, verbose=0)  # trace once, tiny
-    peaks = {}
-    for n_batches in (96, 192):
+
+    def peak(n_batches):
         tracemalloc.start()
         try:
             report = hybridize(model, batches(n_batches), cutoff=2, samples=None, verbose=0)
-            peaks[n_batches] = tracemalloc.get_traced_memory()[1]
+            traced = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         assert [s.samples for s in report.layers] == [n_batches * batch] * 2
+        return traced
+
+    # The lower of two runs each: a backend's one-time allocations (seen under torch,
+    # about 0.7 MB in one run of a full suite) are not what this bounds.
+    peaks = {n_batches: min(peak(n_batches), peak(n_batches)) for n_batches in (96, 192)}
     data_bytes = 96 * batch * d * 4
     assert peaks[96] < data_bytes / 2, (
         f"peak {peaks[96] / 1e6:.1f} MB for {data_bytes / 1e6:.1f} MB of data"
