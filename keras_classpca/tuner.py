@@ -349,9 +349,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
                         hp.Choice(option, values)
         # As the trial's `fit` leaves it (frozen, activations replaced): a model rebuilt
         # to load a trial's checkpoint (`get_best_models`, `load_model`) is the model
-        # the trial trained, not the builder's.
-        if self._prepare_solved(model, cutoff) and getattr(model, "compiled", False):
-            _recompile(model)
+        # the trial trained, not the builder's (a compiled model is compiled again).
+        self._prepare_solved(model, cutoff)
         return model
 
     def _prepare_solved(self, model, cutoff):

@@ -997,13 +997,17 @@ def _set_by_solve(plan, cutoff):
         bn for bn, _, _ in plan.batchnorms_until(cutoff)]
 
 
+def _set_above(plan, cutoff):
+    """What a solve of every step sets beyond what a solve of `cutoff` steps sets."""
+    kept = {id(layer) for layer in _set_by_solve(plan, cutoff)}
+    return [layer for layer in _set_by_solve(plan, len(plan.steps)) if id(layer) not in kept]
+
+
 def _release_earlier_solves(plan, cutoff):
     """Make the layers an earlier hybridize solved and froze above `cutoff` trainable
     again (with a warning): they were solved from the layers below as they were then.
     Returns their names."""
-    kept = {id(layer) for layer in _set_by_solve(plan, cutoff)}
-    stale = [layer for layer in _set_by_solve(plan, len(plan.steps))
-             if id(layer) not in kept and getattr(layer, SOLVED_MARK, False)]
+    stale = [layer for layer in _set_above(plan, cutoff) if getattr(layer, SOLVED_MARK, False)]
     released = []
     for layer in stale:
         setattr(layer, SOLVED_MARK, False)
@@ -1047,9 +1051,8 @@ def _warn_if_frozen_before(plan, cutoff):
     # Frozen layers above the cutoff that no hybridize of this model froze: their
     # weights were fitted to the output of the layers solved now (e.g. solved by a
     # hybridize before a `.keras` reload or `clone_model`, which keep no mark of it).
-    kept = {id(layer) for layer in _set_by_solve(plan, cutoff)}
-    above = [layer.name for layer in _set_by_solve(plan, len(plan.steps))
-             if id(layer) not in kept and layer.weights and not layer.trainable
+    above = [layer.name for layer in _set_above(plan, cutoff)
+             if layer.weights and not layer.trainable
              and not getattr(layer, SOLVED_MARK, False)] if cutoff else []
     if above:
         warnings.warn(
