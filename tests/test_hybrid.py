@@ -969,6 +969,7 @@ def test_solved_activation_linear_makes_each_solved_layer_linear_before_the_next
     assert a.activation is keras.activations.linear and b.activation is keras.activations.linear
     assert out.activation is keras.activations.softmax  # not solved: untouched
     assert [layer.replaced_activation for layer in report.layers] == ["relu", "relu"]
+    assert str(report).count("+ activation replaced: relu") == 2  # the report says so
     # a: 240 rows over 8 features, the Dense rule's case: Fisher directions, and no sign
     # pairs (after the identity they would be copies); the default pairs its columns.
     def paired(kernel):

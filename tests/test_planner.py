@@ -271,6 +271,48 @@ def test_a_layer_called_twice_in_parallel_is_not_solved_from_its_first_call():
         "Conv2D 'stacked' is called 2 times")
 
 
+def test_the_layers_of_a_nested_model_called_twice_are_not_solved_from_its_first_call():
+    # enc(x) and enc(pre(x)): enc's layers see both inputs, the graph shows the first.
+    inner = keras.Input((8, 8, 1))
+    encoder = keras.Model(inner, L.GlobalAveragePooling2D()(L.Conv2D(4, 3, name="e1")(inner)),
+                          name="encoder")
+    inputs = keras.Input((8, 8, 1))
+    pre = L.Conv2D(1, 1, name="pre")(inputs)
+    merged = L.Concatenate()([encoder(inputs), encoder(pre)])
+    plan = plan_model(keras.Model(inputs, L.Dense(2, name="out")(merged)))
+    assert plan.names == []
+    blocked = dict(plan.blocked)
+    assert "nested model 'encoder', which is called 2 times" in blocked["e1"]
+    # `pre` feeds only the hidden second call: not "the model's last layer".
+    assert "feeds a layer call the model's graph does not show" in blocked["pre"]
+    assert "last layer" not in blocked["pre"]
+
+
+def test_a_layer_inside_a_nested_model_and_in_the_outer_graph_is_shared():
+    conv = L.Conv2D(4, 3, padding="same", name="both")
+    inner = keras.Input((8, 8, 1))
+    nested = keras.Model(inner, conv(inner), name="nested")
+    inputs = keras.Input((8, 8, 1))
+    h = L.Conv2D(1, 1, name="first")(nested(inputs))
+    outputs = L.Dense(2)(L.Flatten()(L.Concatenate()([conv(h), h])))
+    plan = plan_model(keras.Model(inputs, outputs))
+    assert "both" not in plan.names
+    assert "called 2 times" in dict(plan.blocked)["both"]
+
+
+def test_a_layer_feeding_a_later_call_of_a_shared_layer_is_named_as_such():
+    inputs = keras.Input((8, 8, 1))
+    a = L.Conv2D(2, 3, name="a")(inputs)
+    b = L.Conv2D(2, 3, name="b")(inputs)
+    shared = L.Conv2D(4, 3, name="shared")
+    merged = L.Add()([shared(a), shared(b)])
+    plan = plan_model(keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(merged))))
+    blocked = dict(plan.blocked)
+    assert "called 2 times" in blocked["shared"]
+    assert "feeds a layer call the model's graph does not show" in blocked["b"]
+    assert "a" in plan.names  # its consumer, the shared layer's first call, is shown
+
+
 def test_a_preprocessing_layer_reused_in_a_second_model_is_named():
     norm = L.Normalization(name="shared_norm")
     norm.adapt(np.random.default_rng(0).normal(size=(50, 4)))
@@ -303,9 +345,17 @@ def test_a_layer_reading_a_masked_tensor_is_not_solved(masking):
     assert plan.names == []
     reasons = dict(plan.blocked)
     assert "reads a masked tensor" in reasons["per_step"]
+    assert "`ClassPCADense.adapt`" in reasons["per_step"]
     assert "depends on Dense 'per_step'" in reasons["above"]
     unmasked = keras.Input((12, 4))
     h = keras.layers.Dense(6, activation="relu")(unmasked)  # the same without a mask
     h = keras.layers.GlobalAveragePooling1D()(h)
     plain = keras.Model(unmasked, keras.layers.Dense(3)(keras.layers.Dense(5)(h)))
     assert len(plan_model(plain).names) == 2
+
+
+def test_a_masked_convolution_is_pointed_to_its_own_adapt_able_class():
+    inputs = keras.Input((12, 4))
+    h = L.Conv1D(6, 3, name="per_step")(L.Masking(0.0)(inputs))
+    model = keras.Model(inputs, L.Dense(2)(L.Dense(5)(L.GlobalAveragePooling1D()(h))))
+    assert "`ClassPCAConv1D.adapt`" in dict(plan_model(model).blocked)["per_step"]

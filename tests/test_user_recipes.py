@@ -549,3 +549,49 @@ def test_sequential_models_built_with_add_or_reloaded_are_solved(origin, tmp_pat
     model.compile("adam", "sparse_categorical_crossentropy")
     history = fit_top(model, x, y, epochs=1, cache=True, verbose=0)
     assert history.cache_used
+
+
+def test_data_of_another_shape_than_the_models_input_is_refused_by_name():
+    model = keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(4, 3), L.Flatten(),
+                              L.Dense(2, activation="softmax")])
+    x, y = np.zeros((40, 20, 20, 1), "float32"), np.arange(40) % 2
+    with pytest.raises(ValueError, match=r"samples of shape \(20, 20, 1\), but the model's "
+                                         r"input has shape \(28, 28, 1\)"):
+        hybridize(model, (x, y), cutoff=1, verbose=0)
+    # A trailing axis of 1 more or less is what Keras itself accepts.
+    rng = np.random.default_rng(0)
+    hybridize(model, (rng.normal(size=(40, 28, 28)).astype("float32"), y), cutoff=1,
+              verbose=0)
+
+
+def test_a_solved_kernel_is_projected_by_the_layers_constraint_with_a_warning():
+    x, y = _xy()
+    model = _mlp(L.Dense(3, activation="softmax"))
+    model.get_layer("a").kernel.constraint = keras.constraints.NonNeg()
+    with pytest.warns(UserWarning, match=r"Dense 'a' has a constraint on its kernel \(NonNeg\)"):
+        hybridize(model, (x, y), cutoff=1, verbose=0)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("a").kernel)
+    assert kernel.min() >= 0.0 and kernel.max() > 0.0
+    unconstrained = _mlp(L.Dense(3, activation="softmax"))
+    hybridize(unconstrained, (x, y), cutoff=1, verbose=0)
+    assert keras.ops.convert_to_numpy(unconstrained.get_layer("a").kernel).min() < 0.0
+
+
+def test_a_branch_merging_with_an_unsolvable_one_is_probed_on_its_own_output():
+    # c1 -> {c2a ; LayerNormalization -> c2b} -> Add: nothing after the merge is solved,
+    # so c2a's gain is measured on its own output, not on c1's (a zero gain by
+    # construction).
+    from keras_classpca.hybrid.decision import probe_points
+
+    inputs = keras.Input((8, 8, 1))
+    c1 = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inputs)
+    c2a = L.Conv2D(4, 3, padding="same", activation="relu", name="c2a")(c1)
+    c2b = L.Conv2D(4, 3, padding="same", name="c2b")(L.LayerNormalization(name="ln")(c1))
+    merged = L.Add()([c2a, c2b])
+    model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(merged)))
+    plan = plan_model(model)
+    assert plan.names == ["c1", "c2a"]
+    points = dict(zip(plan.names, probe_points(plan)))
+    steps = {step.name: step for step in plan.steps}
+    assert points["c2a"][0] is steps["c2a"].output
+    assert points["c1"][0] is steps["c2a"].input

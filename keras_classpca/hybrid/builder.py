@@ -543,8 +543,9 @@ def hybridize(
     BatchNormalization statistics and `trainable` flags are put back on any error.
 
     Args:
-        model: a built single-input, single-output Keras model (an unbuilt Sequential
-            is built from the data).
+        model: a built single-input Keras model (an unbuilt Sequential is built from
+            the data); with several outputs, every head trains and the labels of
+            `data` are those the layers are solved for.
         data: `(x, y)` arrays, a `tf.data.Dataset` of `(x, y)` batches, a keras
             `PyDataset`, or a callable returning a fresh iterable of `(x, y)` batches
             (one pass is made per solved layer, two for a separable convolution, one
@@ -702,6 +703,27 @@ def hybridize(
         raise
 
 
+def _check_input_shape(model, x):
+    """Raise a `ValueError` when the samples of `x` cannot be the model's input (a fixed
+    size differs; like Keras, a rank one short or long by a trailing axis of 1 is fine)."""
+    inputs = keras.tree.flatten(getattr(model, "inputs", None) or [])
+    if len(inputs) != 1 or not hasattr(x, "shape"):
+        return
+    expected, got = tuple(inputs[0].shape[1:]), tuple(x.shape[1:])
+    if len(got) == len(expected) + 1 and got[-1:] == (1,):
+        got = got[:-1]
+    elif len(expected) == len(got) + 1 and expected[-1:] == (1,):
+        expected = expected[:-1]
+    if len(got) != len(expected) or any(
+        e is not None and g is not None and e != g for e, g in zip(expected, got)
+    ):
+        raise ValueError(
+            f"`data` holds samples of shape {tuple(x.shape[1:])}, but the model's input "
+            f"has shape {tuple(inputs[0].shape[1:])} (None: any size): pass data the "
+            "model takes (resize or reshape it, or build the model for it)."
+        )
+
+
 def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
                       patches_per_image, solve_cache, data_fingerprint, strategy,
                       class_pca_options, label_free=False, on_device=False, activation=None):
@@ -711,6 +733,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         first_x, _ = passes.peek()
         ensure_built(model, first_x.shape[1:])
     plan = plan_model(model)
+    if passes.in_memory:  # (a stream's first batch would cost a read here)
+        _check_input_shape(model, passes.data[0])
     passes.model_classes = None if label_free else output_classes(model)
     passes.label_free = label_free
     passes.regression_head = _regression_head(model)

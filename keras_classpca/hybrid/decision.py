@@ -16,6 +16,7 @@ same tensor as the branch's first convolution, so it is not a probe point of its
 """
 
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -65,13 +66,37 @@ def _say(verbose, name, message):
         print(f"auto cutoff: {name}: {message}")
 
 
+def _descendants(plan, position):
+    """Indices of the nodes of `plan.layers` downstream of node `position`."""
+    children = [[] for _ in plan.parents]
+    for child, parents in enumerate(plan.parents):
+        for parent in parents:
+            children[parent].append(child)
+    found, todo = set(), list(children[position])
+    while todo:
+        node = todo.pop()
+        if node not in found:
+            found.add(node)
+            todo.extend(children[node])
+    return found
+
+
 def probe_points(plan):
-    """For every step, the `(tensor, scope)` its gain is measured after."""
+    """For every step, the `(tensor, scope)` its gain is measured after: the input of
+    the next step downstream of it that reads a new tensor, else the input of the first
+    blocked layer if that is downstream of it, else the step's own output (a branch
+    that merges with an unsolvable one: what comes after the merge is not solved)."""
     points = []
     for j, step in enumerate(plan.steps):
+        below = _descendants(plan, step.position) if plan.parents else None
         seen = {_tensor_key(s.input, s.scope) for s in plan.steps[: j + 1]}
         after = next(((s.input, s.scope) for s in plan.steps[j + 1:]
-                      if _tensor_key(s.input, s.scope) not in seen), plan.top_input)
+                      if _tensor_key(s.input, s.scope) not in seen
+                      and (below is None or s.position in below)), None)
+        if after is None:
+            top_downstream = below is None or plan.top_position is None or (
+                plan.top_position in below)
+            after = plan.top_input if top_downstream else (step.output, step.scope)
         points.append(after)
     return points
 
@@ -162,7 +187,9 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
             except UnsolvableDataError as error:
                 rows.append(dict(layer=step.name, kind=kind, unsolvable=str(error)))
                 break
-            statistics.assign()
+            with warnings.catch_warnings():  # a constraint's projection: the final
+                warnings.simplefilter("ignore", UserWarning)  # solve warns about it
+                statistics.assign()
             explained = statistics.explained_variance()
             for bn, tensor, scope in step.batchnorms:
                 adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)

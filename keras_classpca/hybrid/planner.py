@@ -21,9 +21,12 @@ sub-graph that computes a tensor — and returns a `Plan`:
   layer with weights is always trained), or a layer depending on such a layer.
 
 A layer called more than once in the model (shared; counted from the model's config,
-whose `inbound_nodes` list every call) is not solved: class-PCA of one call's input
-does not fit the others, and Keras' public API shows only the first call. The layers
-reading its later outputs are blocked too (their input has no producer in the graph).
+whose `inbound_nodes` list every call — a layer of a nested model counts once per call
+of that model, and once more if the outer graph calls it too) is not solved: class-PCA
+of one call's input does not fit the others, and Keras' public API shows only the first
+call. The layers reading its later outputs are blocked too (their input has no producer
+in the graph), and so are the layers feeding its later calls (their output has no
+reader the graph shows).
 
 `plan.cut(k)` gives the first `k` steps and `plan.reason_after(k)` says why the next
 layer was not taken. A subclassed model has no layer graph: `plan_model` raises a
@@ -116,10 +119,22 @@ def graph_outputs(model):
     return model.outputs if chain is None else chain[1]
 
 
+def _adaptable_class(layer):
+    """The name of the package's adapt-able layer class for `layer`'s kind."""
+    for kind in (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D,
+                 keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+                 keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
+        if isinstance(layer, kind):
+            return f"ClassPCA{kind.__name__}"
+    return "ClassPCADense"
+
+
 def shared_layer_calls(model):
-    """`{layer name: calls}` of the layers called more than once in `model`'s graph
-    (or in a nested functional model's), read from `get_config()`: a functional
-    model's config lists each layer's `inbound_nodes`, one per call. Empty when the
+    """`{id(layer): calls}` of the layers called more than once in `model`'s graph,
+    read from `get_config()`: a functional model's config lists each layer's
+    `inbound_nodes`, one per call. A layer inside a nested model is called once per
+    call of that model, and a layer may appear both in a nested model and in the outer
+    graph: the calls are counted per layer object over the whole model. Empty when the
     config cannot be built (a custom layer without `get_config`)."""
     try:
         config = model.get_config()
@@ -127,18 +142,23 @@ def shared_layer_calls(model):
         return {}
     calls = {}
 
-    def walk(config):
+    def walk(config, owner, times):
         for entry in (config or {}).get("layers", []) if isinstance(config, dict) else []:
             if not isinstance(entry, dict):
                 continue
-            inbound = entry.get("inbound_nodes") or []
             name = (entry.get("config") or {}).get("name") or entry.get("name")
-            if len(inbound) > 1 and name:
-                calls[name] = len(inbound)
-            walk(entry.get("config"))
+            try:
+                layer = owner.get_layer(name)
+            except (ValueError, TypeError, AttributeError):
+                continue
+            # A Sequential's config lists its layers without inbound nodes: one call each.
+            n = times * max(len(entry.get("inbound_nodes") or []), 1)
+            calls[id(layer)] = calls.get(id(layer), 0) + n
+            if isinstance(layer, keras.Model):
+                walk(entry.get("config"), layer, n)
 
-    walk(config)
-    return calls
+    walk(config, model, 1)
+    return {key: n for key, n in calls.items() if n > 1}
 
 
 def _is_nested_model(operation):
@@ -220,6 +240,7 @@ class Plan:
     layers: list = dataclasses.field(default_factory=list)  # flattened, topological
     parents: list = dataclasses.field(default_factory=list)  # per layer: parent indices
     top_input: tuple = None  # (tensor, scope): the input of the first blocked layer
+    top_position: int = None  # index of the first blocked layer in `layers` (None: none)
 
     @property
     def names(self):
@@ -358,7 +379,7 @@ def plan_model(model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not has_layer_graph(model):
         raise no_graph_error(model)
-    nodes, _ = flatten_graph(model)
+    nodes, producer = flatten_graph(model)
     shared = shared_layer_calls(model)
 
     # Forward: ancestors with trainable weights (solvable or not) and blockers.
@@ -391,6 +412,22 @@ def plan_model(model):
             if (weighted[i] and not is_bn[i]) or feeds_weighted[i]:
                 feeds_weighted[p] = True
 
+    # Does a node's output reach a dead end — a tensor no node of the graph reads and
+    # the model does not return? Then it is read by a call the graph does not show (a
+    # later call of a shared layer), not unused.
+    outputs = {producer.get(id(t), -1) for t in keras.tree.flatten(graph_outputs(model))}
+    has_child = [False] * len(nodes)
+    for node in nodes:
+        for p in node.parents:
+            has_child[p] = True
+    dead_end = [False] * len(nodes)
+    for i in reversed(range(len(nodes))):
+        if not has_child[i] and i not in outputs:
+            dead_end[i] = True
+        for p in nodes[i].parents:
+            if dead_end[i] and not (weighted[i] and not is_bn[i]):
+                dead_end[p] = True
+
     # Layers whose first call is in another model: they read tensors this graph does
     # not produce, and no node of this graph reads what that call returned.
     consumed = {id(t) for node in nodes for t in node.inputs}
@@ -403,9 +440,14 @@ def plan_model(model):
         if not weighted[i] or is_bn[i]:
             continue
         reason = None
-        if layer.name in shared:
+        shared_scope = next((m for m in node.scope if id(m) in shared), None)
+        if id(layer) in shared or shared_scope is not None:
+            via = ("" if shared_scope is None else
+                   f" (it is inside the nested model '{shared_scope.name}', which is called "
+                   f"{shared[id(shared_scope)]} times)")
+            calls = shared.get(id(layer)) or shared[id(shared_scope)]
             reason = (
-                f"{_name(layer)} is called {shared[layer.name]} times in the model (a shared "
+                f"{_name(layer)} is called {calls} times in the model{via} (a shared "
                 "layer): class-PCA of one call's input would not fit the other calls. It "
                 "is trained; to solve it, give each call its own layer."
             )
@@ -430,7 +472,14 @@ def plan_model(model):
                 f"{_name(layer)} reads a masked tensor (after `Masking` or "
                 "`Embedding(mask_zero=True)`): its class statistics would count the "
                 "padded steps as data. Train it, or solve it on unpadded inputs with "
-                "`ClassPCADense.adapt`."
+                f"`{_adaptable_class(layer)}.adapt`."
+            )
+        elif not feeds_weighted[i] and dead_end[i]:
+            reason = (
+                f"{_name(layer)} feeds a layer call the model's graph does not show (a "
+                "later call of a shared layer or nested model, which Keras' public API "
+                "does not list), so what it feeds cannot be checked. It is trained; to "
+                "solve it, give each call of the shared layer or model its own copy."
             )
         elif not feeds_weighted[i]:
             reason = f"{_name(layer)} is the model's last layer with weights (always trained)."
@@ -467,8 +516,9 @@ def plan_model(model):
             steps[taken[i]].depends_on.extend(nodes[j].layer.name for j in sorted(bn_parents[i]))
 
     passed = [n.layer.name for i, n in enumerate(nodes) if not weighted[i]]
-    first_blocked = next((n for n in nodes if n.layer.name in dict(blocked)), None)
-    top = (first_blocked.inputs[0], first_blocked.scope) if first_blocked else (
-        _single(graph_outputs(model)), ())
+    first_blocked = next((i for i, n in enumerate(nodes) if n.layer.name in dict(blocked)),
+                         None)
+    top = (nodes[first_blocked].inputs[0], nodes[first_blocked].scope) if (
+        first_blocked is not None) else (_single(graph_outputs(model)), ())
     return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes],
-                [list(n.parents) for n in nodes], top)
+                [list(n.parents) for n in nodes], top, first_blocked)

@@ -124,6 +124,8 @@ class HybridReport:
                                  f"{DENSE_REMEDIES_MIN_ROWS_PER_FEATURE} x features)")
                 for bn in layer.adapted_batchnorms:
                     lines.append(f"    + adapted {bn}")
+                if layer.replaced_activation:
+                    lines.append(f"    + activation replaced: {layer.replaced_activation}")
         if self.evidence:
             solved_convolutions = any(row.get("kind") not in (None, "Dense")
                                       and row.get("explained_variance") is not None

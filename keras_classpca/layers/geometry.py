@@ -402,8 +402,31 @@ def depthwise_kernel(layer, solutions):
 def assign_weights(layer, weights):
     """Write `{attribute: array}` (from `solution_weights`) into a built layer."""
     for attribute, value in weights.items():
-        variable = getattr(layer, attribute)
-        variable.assign(np.asarray(value).astype(variable.dtype))
+        _assign_constrained(layer, attribute, value)
+
+
+def _assign_constrained(layer, attribute, value):
+    """Assign `value` to `layer.<attribute>`, projected by the variable's constraint
+    (`kernel_constraint`, ...) as Keras projects a trained weight after every step: a
+    solved weight never passes through an optimizer step. Warns when that moved it."""
+    variable = getattr(layer, attribute)
+    variable.assign(np.asarray(value).astype(variable.dtype))
+    constraint = getattr(variable, "constraint", None)
+    if constraint is None:
+        return
+    before = np.asarray(keras.ops.convert_to_numpy(variable.value), dtype=np.float64)
+    variable.assign(constraint(variable.value))
+    after = np.asarray(keras.ops.convert_to_numpy(variable.value), dtype=np.float64)
+    change = np.linalg.norm(after - before) / max(np.linalg.norm(before), 1e-30)
+    if change > 1e-6:
+        warnings.warn(
+            f"{type(layer).__name__} '{layer.name}' has a constraint on its {attribute} "
+            f"({type(constraint).__name__}): the solved {attribute} was projected by it, "
+            f"as training projects every step, and changed by {change:.1%} (relative). "
+            "The layer no longer computes its class-PCA solution; drop the constraint to "
+            "keep it.",
+            stacklevel=3,
+        )
 
 
 def kernel_from_solution(layer, kernel):
@@ -413,9 +436,9 @@ def kernel_from_solution(layer, kernel):
 
 def assign_solution(layer, kernel, bias):
     """Write a solved `(d, n)` kernel and `(n,)` bias into a built one-group layer."""
-    layer.kernel.assign(kernel_from_solution(layer, kernel).astype(layer.kernel.dtype))
+    _assign_constrained(layer, "kernel", kernel_from_solution(layer, kernel))
     if layer.use_bias:
-        layer.bias.assign(np.asarray(bias).astype(layer.bias.dtype))
+        _assign_constrained(layer, "bias", bias)
 
 
 class LayerStatistics:
