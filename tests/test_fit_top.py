@@ -143,15 +143,15 @@ def test_spilled_cache_with_default_shuffle_trains_and_cleans_up(tmp_path):
 
 
 def test_dataset_input_equals_plain_fit_on_the_dataset():
+    # `fit` keeps a dataset's batches in their order (it ignores `shuffle`): so does the
+    # cached training by default, over several epochs.
     x, y = _data()
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(25)
     plain, cached = _model(2), _model(2)
     keras.utils.set_random_seed(5)
-    plain.fit(dataset, epochs=1, verbose=0)
+    plain.fit(dataset, epochs=2, verbose=0)
     keras.utils.set_random_seed(5)
-    history = fit_top(
-        cached, dataset, batch_size=25, epochs=1, cache=True, shuffle=False, verbose=0
-    )
+    history = fit_top(cached, dataset, epochs=2, cache=True, verbose=0)
     assert history.cache_used
     for a, b in zip(plain.get_weights(), cached.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -660,3 +660,50 @@ def test_a_missing_cache_dir_is_created_for_the_spill_file(tmp_path):
     history = fit_top(_model(2), x, y, epochs=1, cache=True, memory_limit=0,
                       cache_dir=str(directory), verbose=0)
     assert history.cache_used and directory.is_dir() and os.listdir(directory) == []
+
+
+def test_a_model_frozen_after_fitting_goes_on_with_its_optimizer_state():
+    # fit one epoch, freeze a layer by hand, go on with fit_top from epoch 1: the step
+    # count, the learning-rate schedule and the moments of the layers still training
+    # carry over, as `fit_progressive` does (a fresh optimizer restarted the schedule).
+    x, y = _data()
+    model = _model(cutoff=0, compile=False)
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, 12, 0.5)
+    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=25, verbose=0)  # 12 steps
+    moments = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.optimizer.variables
+               if "out" in v.path}
+    model.get_layer("conv").trainable = False
+    model.get_layer("bn").trainable = False
+    for cache in (False, True):
+        fit_top(model, x, y, epochs=1, batch_size=25, cache=cache, verbose=0, shuffle=False)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 36
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(
+        1e-2 * 0.5 ** 3)
+    carried = {v.path: v for v in model.optimizer.variables if v.path in moments}
+    assert carried and all(tuple(v.shape) == moments[p].shape for p, v in carried.items())
+
+
+def test_a_single_callback_is_taken_as_fit_takes_it():
+    x, y = _data()
+    for cache in ("auto", True):
+        history = fit_top(_model(2), x, y, epochs=1, batch_size=50, cache=cache, verbose=0,
+                          callbacks=keras.callbacks.TerminateOnNaN())
+        assert len(history.epoch) == 1
+
+
+def test_a_spilled_cache_shuffles_batches_unless_shuffle_is_given(monkeypatch, tmp_path):
+    x, y = _data()
+    seen = []
+    original = keras.Model.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("shuffle"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    for extra in ({}, {"shuffle": True}):
+        history = fit_top(_model(2), x, y, epochs=1, batch_size=50, cache=True, verbose=0,
+                          memory_limit=1024, cache_dir=str(tmp_path), **extra)
+        assert history.cache_used
+    assert seen == ["batch", True]

@@ -460,3 +460,44 @@ def test_output_measure_on_a_residual_graph_and_subspace_of_depthwise_layers():
     assert report.frozen_at == {"conv": 1, "depthwise": 1, "separable": 1}
     with pytest.raises(ValueError, match="`snap=True`.*DepthwiseConv2D 'depthwise'"):
         fit_progressive(model, x, y, epochs=1, snap=True, verbose=0)
+
+
+def test_an_optimizer_with_moving_averages_is_refused():
+    # Every freeze ends a fit segment, where Keras writes the averages into the weights
+    # still training: they would restart from them at each freeze.
+    x, y = _data()
+    model = _model(compiled=False)
+    model.compile(keras.optimizers.Adam(1e-2, use_ema=True), "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="use_ema=True"):
+        fit_progressive(model, x, y, epochs=2, settle=[1], verbose=0)
+
+
+def test_cache_true_is_refused_before_training_when_no_prefix_could_be_cached():
+    x, y = _data()
+    inputs = keras.Input((10, 10, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(inputs)
+    h = keras.layers.Dense(8, activation="relu", name="hidden")(keras.layers.Flatten()(h))
+    two_heads = keras.Model(inputs, [keras.layers.Dense(2, activation="softmax")(h),
+                                     keras.layers.Dense(2, activation="softmax")(h)])
+    two_heads.compile("adam", ["sparse_categorical_crossentropy"] * 2)
+    weights = _Weights()
+    with pytest.raises(ValueError, match=r"`cache=True` but the model has 1 input\(s\) and 2"):
+        fit_progressive(two_heads, x, (y, y), epochs=2, settle=[1], cache=True, verbose=0,
+                        callbacks=[weights])
+    assert weights.begins == 0 and all(layer.trainable for layer in two_heads.layers)
+
+
+def test_cache_true_warns_and_trains_on_when_the_frozen_prefix_cannot_be_cached():
+    # A Dropout below the first layer: its output changes every epoch, so the frozen
+    # prefix cannot be computed once. Found only once conv1 froze: a warning, not an
+    # error after an epoch of training.
+    x, y = _data()
+    model = keras.Sequential([keras.Input((10, 10, 1)), keras.layers.Dropout(0.2, seed=1),
+                              *_model(compiled=False).layers])
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    weights = _Weights()
+    with pytest.warns(UserWarning, match="`cache=True` but the frozen layers read the output"):
+        history = fit_progressive(model, x, y, epochs=3, settle=[1], cache=True,
+                                  batch_size=32, verbose=0, callbacks=[weights])
+    assert history.epoch == [0, 1, 2] and not history.progressive.cached
+    assert (weights.begins, weights.ends) == (1, 1)

@@ -535,9 +535,10 @@ def hybridize(
 
     Call it before `compile()`: Keras fixes the trainable variables at compile time.
     A model that was already compiled (or fitted) is compiled again after the freeze,
-    with its own compile arguments and its optimizer (a fresh copy of it if it already
-    holds state for the unfrozen variables; `report.recompiled`), so the solved layers
-    do not go on training.
+    with its own compile arguments and its optimizer (a copy built on the variables
+    still training if it holds state for others, carrying their state, the step count
+    and the learning rate; `report.recompiled`), so the solved layers do not go on
+    training.
 
     Either it completes, or it raises and leaves the model as it was: weights,
     BatchNormalization statistics and `trainable` flags are put back on any error.

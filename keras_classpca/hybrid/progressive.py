@@ -37,6 +37,7 @@ import dataclasses
 import math
 import numbers
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -46,7 +47,12 @@ from keras_classpca.core.data_adapter import iter_batches
 from keras_classpca.core.subspace import leading_subspace, subspace_overlap
 from keras_classpca.hybrid.graph import ensure_built
 from keras_classpca.hybrid.planner import plan_model
-from keras_classpca.hybrid.training import fit_top
+from keras_classpca.hybrid.training import (
+    _cacheable_prefix,
+    carry_optimizer,
+    fit_top,
+    static_cache_refusal,
+)
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     DEPTHWISE,
@@ -324,25 +330,6 @@ class ProgressiveReport:
 
 
 # ---------------------------------------------------------------------- optimizer
-def carry_optimizer(optimizer, variables):
-    """A copy of `optimizer` built on `variables`, holding `optimizer`'s state for them.
-
-    Same class and config; the step count, a learning-rate variable and every slot
-    variable (e.g. Adam's moments) of a variable in `variables` are copied, matched by
-    variable path. Slots of variables not in `variables` are dropped. JAX needs this:
-    its stateless update requires the optimizer to be built on exactly the trainable
-    variables; the other backends get the same copy so they behave alike.
-    """
-    new = optimizer.__class__.from_config(optimizer.get_config())
-    new.build(list(variables))
-    old = {variable.path: variable for variable in optimizer.variables}
-    for variable in new.variables:
-        source = old.get(variable.path)
-        if source is not None and tuple(source.shape) == tuple(variable.shape):
-            variable.assign(source)
-    return new
-
-
 def _recompile(model, optimizer):
     arguments = dict(model._compile_config.config)
     arguments["optimizer"] = optimizer
@@ -688,6 +675,19 @@ def _merge(total, history):
     return total
 
 
+def _cache_possible(model, x, fit_kwargs, callbacks, cache):
+    """Whether `fit_top` can cache the frozen prefix now; with `cache=True` a warning
+    says why not (the epochs then go on with `fit`: never an error after training)."""
+    if cache is not True:
+        return True  # "auto" decides for itself
+    point, _, _, reason = _cacheable_prefix(
+        model, x, fit_kwargs.get("validation_data"), True, callbacks)
+    if point is None:
+        warnings.warn(f"`cache=True` but {reason} The remaining epochs train with fit.",
+                      stacklevel=3)
+    return point is not None
+
+
 def fit_progressive(
     model, x=None, y=None, *, epochs, settle="auto", snap=False, cache=False, **fit_kwargs
 ):
@@ -723,7 +723,11 @@ def fit_progressive(
             `False` (default) goes on with `fit`; `"auto"` or `True` hands the
             remaining epochs to `fit_top`, which computes the frozen prefix's output
             once and trains the rest on it (`"auto"`: if its timing says that is
-            faster). Callbacks then see `fit_top`'s top model, as with `fit_top`.
+            faster). Callbacks see the model itself in those epochs too.
+            `True` raises before training when no frozen prefix of this model could
+            be cached (e.g. several inputs, a custom `train_step`), and warns and goes
+            on with `fit` when the prefix frozen by then cannot be (e.g. it reads a
+            Dropout layer).
         **fit_kwargs: everything else `fit` takes (`batch_size`, `validation_data`,
             `callbacks`, `initial_epoch`, `verbose`, ...). Callbacks see one run:
             `on_train_begin` once, `on_train_end` once.
@@ -777,10 +781,25 @@ def fit_progressive(
                 "schedule is not part of its backup. Use `ModelCheckpoint` (and "
                 "`initial_epoch` with a fixed `settle=[...]` schedule to resume)."
             )
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    if getattr(optimizer, "use_ema", False):
+        # Keras writes the moving averages into the trainable weights at the end of
+        # every `fit`; each freeze ends one, so the layers still training would restart
+        # from their averages at every freeze.
+        raise ValueError(
+            "fit_progressive does not support an optimizer with `use_ema=True`: every "
+            "freeze ends a `fit` segment, and Keras then writes the moving averages into "
+            "the weights still training. Compile with use_ema=False (or train with fit)."
+        )
     criterion = _resolve_settle(settle)
 
     if hasattr(x, "shape"):
         ensure_built(model, tuple(x.shape[1:]))
+    if cache is True:
+        # Refused now, not after epochs of training: what no freeze can change.
+        refusal = static_cache_refusal(model, x, fit_kwargs.get("validation_data"), callbacks)
+        if refusal is not None:
+            raise ValueError(f"`cache=True` but {refusal}")
     plan = plan_model(model)
     units = _units(plan)
     if snap:
@@ -819,7 +838,9 @@ def fit_progressive(
     relay = _Relay(callbacks, controller)
     history, epoch = None, initial_epoch
     while True:
-        if cache is not False and array_data and not controller.can_freeze_more():
+        if cache is not False and array_data and not controller.can_freeze_more() and (
+            _cache_possible(model, x, fit_kwargs, callbacks, cache)
+        ):
             # Nothing left to freeze: the frozen prefix's output is computed once and
             # the rest trained on it (`fit_top`), if `cache` says so.
             controller.timing_only = True

@@ -51,14 +51,35 @@ TIMING_ROUNDS = 5
 CACHE_IF_BELOW = 0.6
 
 
+def carry_optimizer(optimizer, variables):
+    """A copy of `optimizer` built on `variables`, holding `optimizer`'s state for them.
+
+    Same class and config; the step count, a learning-rate variable and every slot
+    variable (e.g. Adam's moments) of a variable in `variables` are copied, matched by
+    variable path. Slots of variables not in `variables` are dropped. JAX needs this:
+    its stateless update requires the optimizer to be built on exactly the trainable
+    variables; the other backends get the same copy so they behave alike.
+    """
+    new = optimizer.__class__.from_config(optimizer.get_config())
+    new.build(list(variables))
+    old = {variable.path: variable for variable in optimizer.variables}
+    for variable in new.variables:
+        source = old.get(variable.path)
+        if source is not None and tuple(source.shape) == tuple(variable.shape):
+            variable.assign(source)
+    return new
+
+
 def _optimizer_for(target, optimizer):
-    """`optimizer` itself, or a fresh copy if it was built for other variables.
+    """`optimizer` itself, or a copy carrying its state if it was built for other
+    variables.
 
     An optimizer is built (slots created) for the trainable variables of its first
     step; JAX cannot apply it to another set. So the same object is reused while it is
-    unbuilt or built for exactly `target`'s trainable variables (its learning rate,
-    schedule and step count carry over); otherwise a copy from its config starts afresh,
-    as a new `compile(optimizer=...)` would.
+    unbuilt or built for exactly `target`'s trainable variables; otherwise a copy built
+    on them carries the step count, the learning rate and the slots of the variables
+    still training (`carry_optimizer`), so training goes on as `fit` would: a
+    learning-rate schedule does not restart.
     """
     if not getattr(optimizer, "built", False):
         return optimizer
@@ -67,7 +88,7 @@ def _optimizer_for(target, optimizer):
         id(v) for v in target.trainable_variables
     }:
         return optimizer
-    return keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    return carry_optimizer(optimizer, target.trainable_variables)
 
 
 def compile_like(target, model):
@@ -75,8 +96,9 @@ def compile_like(target, model):
 
     Keras fixes the trainable variables at `compile()`, so a model whose layers were
     frozen after compiling (or a model sharing its layers) is compiled again this way;
-    the optimizer object is reused (learning rate, schedule and step count carry over)
-    unless it already holds state for other variables (see `_optimizer_for`).
+    the optimizer object is reused (learning rate, schedule and step count carry over),
+    or a copy carrying its state when it was built for other variables
+    (`_optimizer_for`).
     """
     if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
         raise ValueError(
@@ -482,38 +504,46 @@ def predict_cache_speedup(model, prefix, x_batch, epochs, uses=1):
 _TRAINING_HOOKS = ("train_step", "test_step", "compute_loss", "compute_metrics")
 
 
-def _cacheable_prefix(model, x, validation_data, cache, callbacks=None):
-    """`(point, prefix layers, wiring, reason)`: the tensor where the frozen prefix ends,
-    or None with `reason` saying why its output cannot be cached."""
-    if cache is False:
-        return None, [], [], "`cache` is False."
+def static_cache_refusal(model, x, validation_data, callbacks=None):
+    """Why no frozen prefix of `model` could ever be cached for this training (None if
+    one could): what does not depend on which layers are frozen."""
     if not has_layer_graph(model):
-        return None, [], [], (
-            "the model is subclassed: it has no layer graph to find a frozen prefix in.")
+        return "the model is subclassed: it has no layer graph to find a frozen prefix in."
     custom = [name for name in _TRAINING_HOOKS
               if getattr(type(model), name, None) is not getattr(keras.Model, name, None)]
     if custom:
-        return None, [], [], (
+        return (
             f"{type(model).__name__} overrides {', '.join(custom)}: the cached training "
             "fits a plain Keras model on the prefix outputs, which would skip it. Train "
             "with cache=False (the frozen layers still skip back-propagation)."
         )
     if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks or []):
-        return None, [], [], (
+        return (
             "`BackupAndRestore` resumes the model being fitted, which with the cache is "
             "not the model it backs up: train with cache=False."
         )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        return None, [], [], (
+        return (
             f"the model has {len(model.inputs)} input(s) and {len(model.outputs)} "
             "output(s): the prefix output is cached for single-input, single-output models "
             "only. Train with cache=False (the frozen layers still skip back-propagation)."
         )
     if any(is_infinite(d) for d in (x, validation_data)):
-        return None, [], [], (  # caching would read the data to its end: never
+        return (  # caching would read the data to its end: never
             "the data never ends (a repeated dataset): the prefix output cannot be computed "
             "once; pass `steps_per_epoch` and train with cache=False."
         )
+    return None
+
+
+def _cacheable_prefix(model, x, validation_data, cache, callbacks=None):
+    """`(point, prefix layers, wiring, reason)`: the tensor where the frozen prefix ends,
+    or None with `reason` saying why its output cannot be cached."""
+    if cache is False:
+        return None, [], [], "`cache` is False."
+    refusal = static_cache_refusal(model, x, validation_data, callbacks)
+    if refusal is not None:
+        return None, [], [], refusal
     point, prefix_layers, wiring, cut_blocked, random_below = _frozen_prefix(model)
     reason = (
         "the model has no frozen layers with weights at the bottom: hybridize (with "
@@ -580,7 +610,9 @@ def fit_top(
             a `BackupAndRestore` callback, and frozen layers with an activity
             regularizer (what the cached training would drop).
         memory_limit: bytes of prefix output kept in memory; beyond it the cache
-            spills to a temporary file in `cache_dir`, removed after training.
+            spills to a temporary file in `cache_dir`, removed after training, and
+            `shuffle` defaults to `"batch"` (whole batches in random order: random
+            rows of a file are slow; pass `shuffle=True` to shuffle rows anyway).
         cache_dir: where that file goes (created if missing; default: the system temp
             dir).
         output_cache: a `PrefixOutputCache` shared with other calls: prefix outputs of
@@ -617,6 +649,8 @@ def fit_top(
         raise TypeError(
             f"`output_cache` must be a PrefixOutputCache or None; received {output_cache!r}."
         )
+    if isinstance(fit_kwargs.get("callbacks"), keras.callbacks.Callback):
+        fit_kwargs["callbacks"] = [fit_kwargs["callbacks"]]  # as `fit` takes one
     fit_args = dict(batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
 
     def plain_fit():
@@ -700,7 +734,11 @@ def fit_top(
             val_features, val_labels, val_weights = outputs(validation_data, keys[1])[:3]
             validation_data = (val_features, val_labels) + (
                 extra or ((val_weights,) if val_weights is not None else ()))
-        if spilled and fit_kwargs.get("shuffle", True) is True:
+        if not is_array_data((x, y)):
+            # `fit` keeps a dataset's (generator's) own batches in their order (it ignores
+            # `shuffle`); so does the training on their cached outputs.
+            fit_args["shuffle"] = False
+        elif spilled and "shuffle" not in fit_kwargs:
             fit_args["shuffle"] = "batch"  # random rows of a file-backed array are slow
         history = top.fit(features, labels, validation_data=validation_data, **fit_args)
     finally:
