@@ -1088,3 +1088,50 @@ def test_too_many_components_for_the_classes_say_what_can_fix_it():
     assert "sign_pairs=True (half" not in str(caught.value)
     with pytest.raises(ValueError, match=r"can give at most 12 components"):
         ClassPCA(30).fit(x, y)  # pairs would not be enough either
+
+
+def test_float32_data_of_tiny_scale_is_multiplied_in_float64(subspace_classes):
+    # Products of values around 1e-21 fall into float32's subnormal range and lose
+    # digits: such batches are multiplied in float64, as too large ones are.
+    data = subspace_classes([3, 3], n_features=10, n_per_class=300, noise=0.01, seed=0)
+    reference = ClassPCA(6).fit(data.x, data.y).components_
+    for scale in (1e-21, 1e-30):
+        tiny = ClassPCA(6).fit((data.x * scale).astype(np.float32), data.y).components_
+        for c in range(2):
+            block = slice(3 * c, 3 * c + 3)
+            assert subspace_overlap(tiny[:, block], reference[:, block]) > 1 - 1e-9
+    with pytest.raises(ValueError, match="too small to square in float64"):
+        ClassPCA(6).fit(data.x * 1e-170, data.y)
+
+
+def test_labels_beyond_int64_and_transform_of_3d_input_get_clear_errors():
+    x = np.random.default_rng(0).normal(size=(20, 4))
+    with pytest.raises(ValueError, match="too large for a class index"):
+        ClassPCA(2).fit(x, np.full(20, 1e20))
+    with pytest.raises(ValueError, match="too large for a class index"):
+        ClassPCA(2).fit(x, np.full(20, 2**64 - 1, dtype=np.uint64))
+    fitted = ClassPCA(2).fit(x, np.arange(20) % 2)
+    with pytest.raises(ValueError, match=r"must be 2-D \(n_samples, 4\).*Flatten"):
+        fitted.transform(x.reshape(20, 1, 4))
+
+
+def test_a_sketched_fit_copies(subspace_classes):
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=100, seed=1)
+    fitted = ClassPCA(6, sketch_size=8).fit(data.x, data.y)
+    twin = fitted.copy()
+    np.testing.assert_array_equal(twin.components_, fitted.components_)
+    twin.partial_fit(data.x[:10], data.y[:10])
+    assert fitted.n_samples_seen_.sum() == len(data.x)
+
+
+def test_signs_do_not_depend_on_rounding_between_tied_entries():
+    # A feature and its exact negative: the largest entries of every component tie.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(400, 3))
+    x = np.column_stack([base, -base[:, 0]])
+    y = np.arange(400) % 2
+    reference = ClassPCA(2).fit(x, y).components_
+    for seed in range(8):
+        order = np.random.default_rng(seed).permutation(400)
+        components = ClassPCA(2).fit(x[order], y[order]).components_
+        np.testing.assert_allclose(components, reference, atol=1e-8)

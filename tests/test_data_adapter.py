@@ -243,3 +243,15 @@ def test_unbatched_one_hot_labels_as_long_as_the_first_axis_are_batched_by_us():
     batches = list(iter_batches(batched, batch_size=16))
     assert [len(b[0]) for b in batches] == [5] * 8
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
+
+
+def test_batches_of_class_ids_that_start_like_a_one_hot_row_stay_batches():
+    # drop_remainder batches of 8 binary labels: the first holds one 1 (it reads like a
+    # one-hot row of 8 classes), later ones do not: batches of class ids 0 and 1.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = np.zeros(64, dtype="int64")
+    y[[3, 9, 10, 20, 21, 22, 40, 41]] = 1
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True)
+    labels = np.concatenate([b for _, b in iter_batches(dataset, None)])
+    np.testing.assert_array_equal(labels, y)

@@ -368,3 +368,43 @@ def test_dense_initializer_explicit_option_turns_the_rule_off():
     plain = ClassPCAInitializer.from_data(x, y, sign_pairs=False)
     expected = ClassPCA(6, sign_pairs=False).fit(x, y).kernel_
     np.testing.assert_allclose(np.asarray(plain((12, 6))), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_statistics_geometry_must_match_the_kernel():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(60, 8, 8, 2)).astype("float32")
+    y = np.arange(60) % 3
+    wide = ClassPCAInitializer.from_data(images[..., :1], y, kernel_size=(3, 5))
+    with pytest.raises(ValueError, match=r"kernel_size=\(3, 5\)"):
+        wide((5, 3, 1, 4))  # the patch pixels would be scrambled
+    flat = ClassPCAInitializer.from_data(images.reshape(60, -1)[:, :18], y)
+    with pytest.raises(ValueError, match="flattened samples, for a Dense kernel"):
+        flat((3, 3, 2, 4))
+    grouped = ClassPCAInitializer.from_data(images, y, kernel_size=3, groups=2)
+    with pytest.raises(ValueError, match="does not fit statistics of 2 groups"):
+        grouped((3, 3, 2, 6))  # an ungrouped Conv2D(6, 3): not a depthwise kernel
+    assert tuple(grouped((3, 3, 1, 6)).shape) == (3, 3, 1, 6)
+    with pytest.raises(TypeError, match=r"`x` is an `\(x, y\)` pair and `y` was also given"):
+        ClassPCAInitializer.from_data((images, y), y)
+
+
+def test_a_dense_initializer_decides_the_dense_rule_per_kernel():
+    # Reused for Dense(6) then Dense(20): the second gets what a fresh initializer gives.
+    rng = np.random.default_rng(1)
+    y = np.arange(600) % 3
+    x = rng.normal(size=(600, 8)).astype("float32") + 2.0 * y[:, None]
+    reused = ClassPCAInitializer.from_data(x, y, activation="relu")
+    reused((8, 6))
+    fresh = ClassPCAInitializer.from_data(x, y, activation="relu")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reused((8, 20))),
+                               keras.ops.convert_to_numpy(fresh((8, 20))), atol=1e-6)
+
+
+def test_weights_beyond_float16_are_refused_not_made_inf():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(600, 8)) * 1e-5).astype("float32")
+    y = np.arange(600) % 2
+    initializer = ClassPCAInitializer.from_data(x, y, discriminant=0)
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(initializer((8, 8), "float32"))))
+    with pytest.raises(ValueError, match="beyond the largest float16 value"):
+        initializer((8, 8), "float16")

@@ -591,3 +591,18 @@ def test_more_filters_than_patch_values_warns_only_when_asked_directly():
         keras.layers.Conv2D(16, 3, kernel_initializer=init).build((None, 6, 6, 1))
     with pytest.warns(OvercompleteWarning, match="n_components=16 exceeds the 9 input"):
         ClassPCA(16).fit(x[:, :3, :3].reshape(60, 9), y)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "mixed_float16"])
+def test_adapted_weights_beyond_float16_are_refused_and_the_layer_left_as_it_was(dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(600, 8)) * 1e-5).astype("float32")
+    y = np.arange(600) % 2
+    layer = ClassPCADense(8, dtype=dtype, discriminant=0, sign_pairs=False)
+    layer.build((None, 8))
+    before = [keras.ops.convert_to_numpy(w).copy() for w in layer.weights]
+    with pytest.raises(ValueError, match="beyond the largest float16 value 65504"):
+        layer.adapt((x, y))
+    assert not layer.is_adapted
+    for old, new in zip(before, layer.weights):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))

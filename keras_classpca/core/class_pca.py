@@ -19,7 +19,11 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from keras_classpca.core.data_adapter import as_arrays, as_standard_float, iter_batches
-from keras_classpca.core.directions import discriminant_directions, sign_pair_columns
+from keras_classpca.core.directions import (
+    discriminant_directions,
+    fix_signs,
+    sign_pair_columns,
+)
 from keras_classpca.core.sketch import ClassSketch, check_sketch_memory, sketch_nbytes
 from keras_classpca.core.statistics import (
     PRODUCT_DTYPES,
@@ -200,6 +204,11 @@ def labels_to_int(y, n_classes=None):
                 "regression target? class-PCA needs classes: solve label-free with `x` "
                 "alone, the PCA of each layer's input)."
             )
+    if y.size and y.dtype.kind in "uf" and y.max() > np.iinfo(np.int64).max:
+        raise ValueError(
+            f"`y` holds label {y.max()!r}, too large for a class index (labels must be "
+            "integers 0, 1, ... up to the number of classes - 1)."
+        )
     labels = y.astype(np.int64)
     if labels.size and labels.min() < 0:
         raise ValueError(f"`y` holds negative labels (min {labels.min()}); labels must be >= 0.")
@@ -229,14 +238,6 @@ def blas_threads_for(width):
     thread up to `SINGLE_THREAD_EIGH_MAX_DIM`, the library's default above (where a
     second thread pays even when the machine is busy)."""
     return _one_blas_thread() if width <= SINGLE_THREAD_EIGH_MAX_DIM else contextlib.nullcontext()
-
-
-def _fix_signs(vectors):
-    """Make the largest-magnitude entry of every column positive (like `svd_flip`)."""
-    rows = np.argmax(np.abs(vectors), axis=0)
-    signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
-    signs[signs == 0] = 1.0
-    return vectors * signs
 
 
 def _subspace_iteration(matrix, k):
@@ -305,7 +306,7 @@ class _Spectrum:
         else:
             values, vectors = _leading_eigenpairs(matrix, k)
         self.values = np.clip(values[::-1], 0.0, None)
-        self.vectors = _fix_signs(vectors[:, ::-1])
+        self.vectors = fix_signs(vectors[:, ::-1])
         self.k = k
 
     def ensure(self, k):
@@ -339,7 +340,7 @@ class _FactoredSpectrum(_Spectrum):
         self.trace = trace
         values, vectors = np.linalg.eigh(small)
         self.values = np.clip(values[::-1], 0.0, None)
-        self.vectors = _fix_signs(basis @ vectors[:, ::-1])
+        self.vectors = fix_signs(basis @ vectors[:, ::-1])
         self.k = len(self.values)
 
     def ensure(self, k):
@@ -1305,12 +1306,14 @@ class ClassPCA:
 
             x = keras.ops.convert_to_numpy(x)
         x = _as_dense(x)
-        if x.ndim == 1:
+        if x.ndim != 2:
             raise ValueError(
                 f"`x` must be 2-D (n_samples, {self.n_features_in_}); received shape "
-                f"{x.shape}. Reshape your data: x.reshape(1, -1) for one sample."
+                f"{x.shape}. " + ("Reshape your data: x.reshape(1, -1) for one sample."
+                                  if x.ndim == 1 else "Flatten samples (or extract conv "
+                                  "patches) first.")
             )
-        if x.ndim != 2 or x.shape[1] != self.n_features_in_:
+        if x.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {x.shape[-1] if x.ndim else 0} features, but ClassPCA is expecting "
                 f"{self.n_features_in_} features as input (`x` must have shape (n_samples, "

@@ -318,8 +318,11 @@ def _is_unbatched(dataset):
     (`(28, 28, 1)` images, `(10,)` one-hot labels): unbatched; `x` of unknown leading
     size (`.batch()`): batched. When both sizes are static and equal — batches of `n`
     class ids (`drop_remainder=True`), or one-hot labels of `K` classes for `x` whose
-    first axis happens to be `K` long (sequences of `K` steps) — the first element
-    decides: a one-hot row (0/1 values summing to 1) is one sample's label.
+    first axis happens to be `K` long (sequences of `K` steps) — the first
+    `AMBIGUOUS_ELEMENTS` elements decide: unbatched only if every one holds a one-hot
+    row (0/1 values summing to 1). Batches of 0/1 class ids with exactly one 1 in each
+    of them would still read as one-hot rows: give such a dataset an unknown batch size
+    (`dataset.unbatch().batch(n)`).
     """
     x_spec, y_spec = dataset.element_spec[:2]
     y_shape = y_spec.shape
@@ -331,11 +334,20 @@ def _is_unbatched(dataset):
         return False
     if x_shape[0] != y_shape[0]:
         return True
-    for element in dataset.take(1).as_numpy_iterator():
+    seen = False
+    for element in dataset.take(AMBIGUOUS_ELEMENTS).as_numpy_iterator():
         labels = np.asarray(element[1])
-        return bool(np.all((labels == 0) | (labels == 1)) and labels.sum() == 1
-                    and len(labels) > 1)
-    return False
+        if not (np.all((labels == 0) | (labels == 1)) and labels.sum() == 1
+                and len(labels) > 1):
+            return False  # a batch of class ids
+        seen = True
+    return seen
+
+
+# Elements of an ambiguous dataset looked at (see `_is_unbatched`): batches of random
+# 0/1 class ids all holding exactly one 1 become unlikely (8-row batches, 1 in 8
+# positives: 0.39 per batch, 3e-7 for 16).
+AMBIGUOUS_ELEMENTS = 16
 
 
 def _dataset_batches(dataset, batch_size, split=_split_element):

@@ -71,10 +71,27 @@ def discriminant_directions(counts, means, covariances, n_directions, ridge=WITH
     order = np.argsort(ratios)[::-1][:n_directions]
     directions = inverse.T @ vectors[:, order]
     directions /= np.linalg.norm(directions, axis=0)
-    rows = np.argmax(np.abs(directions), axis=0)
-    signs = np.sign(directions[rows, np.arange(directions.shape[1])])
+    return fix_signs(directions), np.clip(ratios[order], 0.0, None)
+
+
+def fix_signs(vectors):
+    """Make the largest-magnitude entry of every column positive (like `svd_flip`).
+
+    Entries within a relative 1e-9 of the largest count as tied and the first of them
+    decides: which of two equal entries rounding makes larger must not flip a column.
+
+    >>> fix_signs(np.array([[0.6, 0.6], [-0.8, 0.8]])).tolist()
+    [[-0.6, 0.6], [0.8, 0.8]]
+    >>> fix_signs(np.array([[-0.7071067811865476], [0.7071067811865475]])).tolist()
+    [[0.7071067811865476], [-0.7071067811865475]]
+    """
+    magnitudes = np.abs(vectors)
+    if not magnitudes.size:
+        return vectors
+    rows = np.argmax(magnitudes >= magnitudes.max(axis=0) * (1.0 - 1e-9), axis=0)
+    signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
     signs[signs == 0] = 1.0
-    return directions * signs, np.clip(ratios[order], 0.0, None)
+    return vectors * signs
 
 
 def sign_pair_columns(paired):

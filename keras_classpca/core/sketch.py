@@ -35,6 +35,8 @@ rows, shrunk again; a shard's different reference point enters as a rank-2 corre
 solved in the span of the rows. The sketches are computed on the host.
 """
 
+import copy
+
 import numpy as np
 
 from keras_classpca.core.statistics import (
@@ -370,6 +372,10 @@ class ClassSketch:
             self._sum[label] += rows.sum(axis=0)
             self._trace[label] += float(np.einsum("ij,ij->", rows, rows))
             self._insert(label, rows)
+
+    def copy(self):
+        """An independent copy."""
+        return copy.deepcopy(self)
 
     def merge(self, other):
         """Add `other`'s classes (another shard's sketch or exact statistics); `self`."""

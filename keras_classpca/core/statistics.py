@@ -52,6 +52,11 @@ MIN_RUN_ROWS = 32
 # Largest float32 sum of squares of a batch accepted for float32 products: below this
 # no product entry, shifted or not, can overflow (Cauchy-Schwarz, with margin).
 _FLOAT32_SAFE = float(np.finfo(np.float32).max) / 64.0
+# Smallest mean square of a batch accepted for float32 products: below it products
+# approach float32's subnormal range (1e-38) and lose digits, so float64 products are
+# used (and in float64, below its own bound, the data is refused: rescale it).
+_FLOAT32_TINY = 1e-24
+_FLOAT64_TINY = 1e-280
 
 
 def available_memory():
@@ -619,19 +624,25 @@ class ClassStatistics:
         flat = np.ascontiguousarray(x).reshape(-1)
         if flat.dtype.kind != "f":
             flat = flat.astype(dtype)
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             squares = float(np.dot(flat, flat))
-        if np.isfinite(squares) and (dtype == np.float64 or squares < _FLOAT32_SAFE):
+        if np.isfinite(squares) and dtype != np.float64 and (
+                _FLOAT32_TINY * flat.size <= squares < _FLOAT32_SAFE):
             return dtype
         if flat.dtype != np.float64:
             flat = flat.astype(np.float64)
-            with np.errstate(over="ignore", invalid="ignore"):
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
                 squares = float(np.dot(flat, flat))
         if not np.isfinite(squares):
             bad = int(flat.size - np.count_nonzero(np.isfinite(flat)))
             if bad:
                 raise ValueError(f"`x` contains {bad} NaN or infinite values.")
             raise ValueError("`x` holds values too large to square in float64.")
+        if squares < _FLOAT64_TINY * flat.size and np.any(flat):
+            raise ValueError(
+                f"`x` holds values too small to square in float64 (largest magnitude "
+                f"{np.abs(flat).max():.1e}): their products underflow. Rescale it."
+            )
         return np.dtype(np.float64)
 
     def _accumulate_tensor(self, x, labels):
@@ -647,7 +658,8 @@ class ClassStatistics:
         )
         x = ops.cast(x, dtype)
         squares = float(ops.convert_to_numpy(ops.sum(ops.square(x))))
-        if not np.isfinite(squares) or (dtype == "float32" and squares >= _FLOAT32_SAFE):
+        if not np.isfinite(squares) or (dtype == "float32" and not (
+                _FLOAT32_TINY * int(np.prod(x.shape)) <= squares < _FLOAT32_SAFE)):
             # Rare: let the NumPy path say what is wrong (or multiply in float64).
             return self.accumulate(ops.convert_to_numpy(x), labels)
         order = np.argsort(labels, kind="stable")

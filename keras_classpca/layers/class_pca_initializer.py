@@ -31,6 +31,21 @@ def _loading_saved_model():
     return global_state.get_global_attribute("shared_objects/id_to_obj_map") is not None
 
 
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _tensor_in_range(values, dtype):
+    """`values` as a tensor of `dtype`; a `ValueError` where float16 would make them inf."""
+    values = np.asarray(values)
+    if dtype == "float16" and values.size and np.abs(values).max() > _FLOAT16_MAX:
+        raise ValueError(
+            f"The class-PCA weights reach {np.abs(values).max():.3g}, beyond the largest "
+            f"float16 value {_FLOAT16_MAX:.6g}: as float16 they would be inf. Scale the "
+            "input up (standardize it), use scaling='unit', or make the layer float32."
+        )
+    return keras.ops.convert_to_tensor(values, dtype=dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_classpca")
 class ClassPCAInitializer(keras.initializers.Initializer):
     """Initializes a Dense or Conv2D kernel (or bias) with class-PCA weights.
@@ -84,6 +99,10 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         # with sign pairs only for a layer whose activation rectifies.
         self._dense_options = None
         self._dense_sign_pairs = False
+        # from_data's geometry: () for flattened samples (a Dense kernel), the spatial
+        # kernel size of a convolution's patches; None when not known.
+        self._kernel_size = None
+        self._depthwise = None  # with `_groups`: depthwise (True) or grouped statistics
 
     @classmethod
     def from_data(
@@ -135,6 +154,11 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                     "kernel's (`Dense(units, kernel_initializer=init)`), set when Keras "
                     "builds the layer."
                 )
+        if y is not None and isinstance(x, tuple) and len(x) in (2, 3):
+            raise TypeError(
+                "`x` is an `(x, y)` pair and `y` was also given: pass "
+                "`from_data(x, y)` or `from_data((x, y))`."
+            )
         class_pca = ClassPCA(**class_pca_options)
         if y is None:  # inputs alone (an array, or batches of x): label-free, one class
             if is_unlabeled(x) and (class_pca.n_classes or 1) > 1:
@@ -182,7 +206,14 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             raise ValueError("`x` is empty: no samples to compute the initializer from.")
         initializer = cls(class_pca)
         if group_pcas is not None and (len(group_pcas) > 1 or depthwise):
-            initializer._groups = group_pcas
+            initializer._groups, initializer._depthwise = group_pcas, bool(depthwise)
+        if kernel_size is None:
+            initializer._kernel_size = ()
+        else:
+            rank = x_batch.ndim - 2
+            initializer._kernel_size = (
+                (int(kernel_size),) * rank if isinstance(kernel_size, (int, np.integer))
+                else tuple(int(k) for k in kernel_size))
         if kernel_size is None:
             initializer._dense_options = dict(class_pca_options)
             from keras_classpca.layers.geometry import rectifies
@@ -273,7 +304,8 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         twin = ClassPCAInitializer(self.class_pca, part="bias")
         twin._params, twin._restored = self._params, self._restored
         twin._groups, twin._dense_options = self._groups, self._dense_options
-        twin._dense_sign_pairs = self._dense_sign_pairs
+        twin._dense_sign_pairs, twin._kernel_size = self._dense_sign_pairs, self._kernel_size
+        twin._depthwise = self._depthwise
         return twin
 
     def __call__(self, shape, dtype=None):
@@ -289,12 +321,21 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 "ClassPCA (`ClassPCAInitializer(ClassPCA(...).fit(x, y))`) or with "
                 "`ClassPCAInitializer.from_data(x, y)`."
             )
+        if self.part == "kernel" and self._kernel_size is not None and (
+                tuple(shape[:-2]) != self._kernel_size):
+            raise ValueError(
+                f"Kernel shape {shape} does not match the statistics: they are of "
+                + ("flattened samples, for a Dense kernel (d, units)" if not self._kernel_size
+                   else f"patches of kernel_size={self._kernel_size}, for a kernel "
+                   f"{self._kernel_size + ('channels', 'filters')}")
+                + ". Compute the initializer with the layer's own kernel_size."
+            )
         if self._groups is not None:
-            return keras.ops.convert_to_tensor(self._grouped_values(shape), dtype=dtype)
+            return _tensor_in_range(self._grouped_values(shape), dtype)
         if self.part == "bias":
             if len(shape) != 1:
                 raise ValueError(f"A bias initializer needs a 1-D shape; received {shape}.")
-            return keras.ops.convert_to_tensor(self._solve(shape[0]).bias, dtype=dtype)
+            return _tensor_in_range(self._solve(shape[0]).bias, dtype)
         if len(shape) not in (2, 3, 4, 5):
             raise ValueError(
                 "ClassPCAInitializer handles Dense kernels (d, units) and Conv2D kernels "
@@ -311,7 +352,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                    "pass `np.moveaxis(x, 1, -1)`." if len(shape) > 2 else "")
             )
         kernel = self._solve(shape[-1]).kernel.reshape(shape)
-        return keras.ops.convert_to_tensor(kernel, dtype=dtype)
+        return _tensor_in_range(kernel, dtype)
 
     def _grouped_values(self, shape):
         """Kernel or bias of a grouped convolution (`(*k, c_g, filters)`: `filters / g`
@@ -328,7 +369,8 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             per_group = shape[0] // groups
             return np.concatenate([pca.solve(per_group).bias for pca in self._groups])
         window = int(np.prod(shape[:-2]))
-        depthwise = shape[-2] == groups and window == self._groups[0].n_features_in_
+        depthwise = self._depthwise if self._depthwise is not None else (
+            shape[-2] == groups and window == self._groups[0].n_features_in_)
         per_group = shape[-1] if depthwise else shape[-1] // groups
         features = window if depthwise else window * shape[-2]
         if (
@@ -369,10 +411,12 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 f"The ClassPCA was configured for {expected} components but the layer "
                 f"asks for {n_components}."
             )
-        if self._dense_options is not None and apply_dense_remedies(
-            pca, n_components, self._dense_options, sign_pairs=self._dense_sign_pairs
-        ):
-            self._dense_options = None  # applied (shared with the bias twin)
+        if self._dense_options is not None:
+            # The Dense rule decides for this layer's units, from the parameters the
+            # statistics were gathered with (a previous call's remedies are undone).
+            pca.set_params(**self._params)
+            apply_dense_remedies(pca, n_components, self._dense_options,
+                                 sign_pairs=self._dense_sign_pairs)
         with warnings.catch_warnings():  # more filters than inputs: the layer's shape
             warnings.simplefilter("ignore", OvercompleteWarning)
             return pca.solve(n_components)

@@ -401,8 +401,30 @@ def depthwise_kernel(layer, solutions):
 
 def assign_weights(layer, weights):
     """Write `{attribute: array}` (from `solution_weights`) into a built layer."""
+    for attribute, value in weights.items():  # all checked before any is written
+        _check_range(layer, attribute, value)
     for attribute, value in weights.items():
         _assign_constrained(layer, attribute, value)
+
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)  # bfloat16 has float32's range
+
+
+def _check_range(layer, attribute, value):
+    """Raise a `ValueError` if `value` exceeds what the layer stores or computes in (a
+    float16 layer, or mixed_float16): its weights or outputs would be inf."""
+    value = np.asarray(value)
+    largest = float(np.abs(value).max()) if value.size else 0.0
+    for dtype in {keras.backend.standardize_dtype(getattr(layer, attribute).dtype),
+                  keras.backend.standardize_dtype(layer.compute_dtype)}:
+        if dtype == "float16" and largest > _FLOAT16_MAX:
+            raise ValueError(
+                f"The solved {attribute} of {type(layer).__name__} '{layer.name}' reaches "
+                f"{largest:.3g}, beyond the largest {dtype} value "
+                f"{_FLOAT16_MAX:.6g} (the layer stores or computes in "
+                f"{dtype}): it would give inf. Scale the input up (standardize it), use "
+                "scaling='unit', or make the layer float32."
+            )
 
 
 def _assign_constrained(layer, attribute, value):
@@ -436,6 +458,9 @@ def kernel_from_solution(layer, kernel):
 
 def assign_solution(layer, kernel, bias):
     """Write a solved `(d, n)` kernel and `(n,)` bias into a built one-group layer."""
+    _check_range(layer, "kernel", kernel)
+    if layer.use_bias:
+        _check_range(layer, "bias", bias)
     _assign_constrained(layer, "kernel", kernel_from_solution(layer, kernel))
     if layer.use_bias:
         _assign_constrained(layer, "bias", bias)
