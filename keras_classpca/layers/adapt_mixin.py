@@ -222,7 +222,9 @@ class ClassPCAConvMixin(ClassPCAAdaptMixin):
     Args (keyword-only, besides the Keras layer's own and the `ClassPCA` options):
         patches_per_image: if set, use this many random patches (positions) of each
             sample (fewer rows, faster adapt on large inputs); `None` uses them all.
-        seed: seed of that sub-sampling (the same seed gives the same filters).
+        seed: seed of that sub-sampling (the same seed and the same batches give the
+            same filters: positions are drawn batch by batch, so another batch size or
+            data source draws others).
     """
 
     def __init__(self, *args, patches_per_image=None, seed=0, **kwargs):

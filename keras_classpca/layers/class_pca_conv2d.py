@@ -21,7 +21,9 @@ class ClassPCAConv2D(ClassPCAConvMixin, keras.layers.Conv2D):
         filters, kernel_size: as in `keras.layers.Conv2D`.
         patches_per_image: if set, use this many random patches of each image (fewer
             rows, faster adapt on large images); `None` uses every patch.
-        seed: seed of that sub-sampling (the same seed gives the same filters).
+        seed: seed of that sub-sampling (the same seed and the same batches give the
+            same filters: positions are drawn batch by batch, so another batch size or
+            data source draws others).
         n_classes, center, allocation, scaling, offset, variance_share,
             dedup_threshold: see `keras_classpca.ClassPCA`.
         **kwargs: any `keras.layers.Conv2D` argument.
