@@ -138,3 +138,19 @@ def test_gradient_descent_aligns_deep_linear_network():
     for pair, values in monitor.alignments.items():
         assert values[0] < 0.9, pair
         assert values[-1] > 0.99, pair
+
+
+def test_an_unbuilt_model_gets_a_clear_error_where_fit_has_not_built_it():
+    # TensorFlow's fit builds a Sequential without `keras.Input` at its first step,
+    # after `on_train_begin`; JAX and torch build it before. Either a clear error or
+    # a measured run, never an AttributeError from inside the monitor.
+    model = keras.Sequential([keras.layers.Dense(8, name="h"), keras.layers.Dense(3, name="o")])
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    monitor = AlignmentMonitor()
+    try:
+        model.fit(x, np.zeros((16, 3)), epochs=1, verbose=0, callbacks=[monitor])
+    except ValueError as error:
+        assert "the model is not built: give it a `keras.Input`" in str(error)
+    else:
+        assert list(monitor.alignments) == ["h->o"]

@@ -102,3 +102,16 @@ def test_plot_cutoff_sweep(tmp_path):
 def test_no_path_means_no_file(tmp_path):
     plot_timescales(_history())
     assert not list(tmp_path.iterdir())
+
+
+def test_match_filters_keeps_columns_aligned_when_filters_are_fewer():
+    reference = np.eye(4)
+    ordered, cosines = match_filters(reference, reference[:, [3, 1]])
+    np.testing.assert_array_equal(ordered[:, 1], reference[:, 1])
+    np.testing.assert_array_equal(ordered[:, 3], reference[:, 3])
+    assert np.isnan(ordered[:, 0]).all() and np.isnan(cosines[[0, 2]]).all()
+
+
+def test_an_empty_history_is_refused_by_name():
+    with pytest.raises(ValueError, match="`history` has no checks to plot"):
+        plot_timescales({"epochs": [], "layers": {}})

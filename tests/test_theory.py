@@ -541,3 +541,32 @@ def test_kernel_condition_number_keras_batchnorm_uses_batch_statistics():
     # inference-mode BatchNorm (moving statistics 0/1) would be a no-op: a different value
     h_inf = np.maximum(x.astype(np.float64) @ np.asarray(dense.get_weights()[0]), 0)
     assert abs(conds[1] / theory.gram_condition_number(h_inf) - 1) > 0.05
+
+
+def test_kernel_condition_number_refuses_graphs_that_are_not_one_chain():
+    inputs = keras.Input((6,))
+    a = keras.layers.Dense(5, name="a")(inputs)
+    b = keras.layers.Dense(5, name="b")(inputs)  # reads the input, not `a`
+    x = np.random.default_rng(0).normal(size=(12, 6))
+    with pytest.raises(ValueError, match="'b' does not read 'a'"):
+        theory.kernel_condition_number(keras.Model(inputs, [a, b]), x)
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.Dense(5)])
+    outer = keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="does not look inside nested models"):
+        theory.kernel_condition_number(outer, x)
+
+
+def test_theory_tools_refuse_bad_samples_and_bins():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.Dense(3)])
+    bad = np.random.default_rng(0).normal(size=(12, 6))
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="x contains NaN"):
+        theory.kernel_condition_number(model, bad)
+    with pytest.raises(ValueError, match="features contains NaN"):
+        theory.gram_condition_number(bad)
+    with pytest.raises(ValueError, match="at least 2 sample"):
+        theory.layer_input_spectra(model, np.zeros((1, 6)))
+    with pytest.raises(TypeError, match="must be an array of samples"):
+        theory.layer_input_spectra(model, iter([np.zeros((4, 6))]))
+    with pytest.raises(ValueError, match="bins must be a positive integer"):
+        theory.compare_gram_spectrum("relu", n0=40, bins=0)

@@ -306,3 +306,57 @@ def test_noise_ceiling_high_for_clean_structure_low_for_noise(subspace_classes):
     noise = TimescaleMonitor((rng.normal(size=(60, 8)), np.arange(60) % 3), noise_ceiling=True)
     noise.set_model(model)
     assert noise.measure()["a"][4] < 0.9
+
+
+def _small_mlp(built=True):
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Dense(8, activation="relu", name="h"),
+              keras.layers.Dense(3, activation="softmax", name="out")]
+    return keras.Sequential(([keras.Input((6,))] if built else []) + layers)
+
+
+def _small_data(n=300):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, 6)).astype("float32")
+    x[np.arange(n), y] += 2.0
+    return x, y
+
+
+def test_a_resumed_fit_labels_and_divides_by_the_epochs_it_trained():
+    x, y = _small_data()
+    model = _small_mlp()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    kernels = {}
+
+    class Kernels(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            kernels[epoch] = keras.ops.convert_to_numpy(model.get_layer("h").kernel).copy()
+
+        def on_train_end(self, logs=None):
+            kernels["end"] = keras.ops.convert_to_numpy(model.get_layer("h").kernel).copy()
+
+    monitor = TimescaleMonitor((x, y), samples=150, layers=["h"])
+    model.fit(x, y, epochs=5, initial_epoch=3, verbose=0, callbacks=[Kernels(), monitor])
+    assert monitor.history["epochs"] == [3, 4, 5]
+    change = monitor.history["layers"]["h"]["weight_change"][1]
+    expected = np.linalg.norm(kernels[4] - kernels[3]) / np.linalg.norm(kernels[4])
+    assert change == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_run_stopped_early_is_checked_after_its_last_epoch_and_nan_data_is_refused():
+    x, y = _small_data()
+    model = _small_mlp(built=False)  # fit builds it: the monitor builds it from its data
+    model.compile("adam", "sparse_categorical_crossentropy")
+
+    class StopAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch == 1
+
+    monitor = TimescaleMonitor((x, y), samples=150, every=3)
+    model.fit(x, y, epochs=6, verbose=0, callbacks=[StopAfterTwo(), monitor])
+    assert monitor.history["epochs"] == [0, 2]
+    bad = x.copy()
+    bad[5, 2] = np.nan
+    with pytest.raises(ValueError, match="`data` contains NaN"):
+        TimescaleMonitor((bad, y), samples=150)

@@ -244,6 +244,12 @@ class AlignmentMonitor(keras.callbacks.Callback):
 
     # -- callback hooks ----------------------------------------------------
     def on_train_begin(self, logs=None):
+        if not getattr(self.model, "inputs", None):
+            raise ValueError(
+                "AlignmentMonitor reads the model's weights before training, but the "
+                "model is not built: give it a `keras.Input` (or call `model.build(...)`) "
+                "before fit."
+            )
         self._layers = None
         self._record(-1)
 

@@ -47,6 +47,11 @@ def plot_timescales(history, path=None, *, dpi=90, title=None):
         which does not depend on the optimizer's per-weight step, with its threshold and
         settling epochs.
     """
+    if not history.get("epochs") or not history.get("layers"):
+        raise ValueError(
+            "`history` has no checks to plot (no epochs or no layers): run the "
+            "TimescaleMonitor in `fit` first."
+        )
     subspace = all("subspace_change" in e for e in history["layers"].values()) and bool(
         history["layers"])
     figure = _figure(15 if subspace else 10, 3.8)
@@ -114,7 +119,9 @@ def match_filters(reference, filters):
 
     Greedy on |cosine| (largest first); signs are flipped to make matched cosines
     positive. Returns `(ordered_filters, cosines)`; unmatched columns (when `filters`
-    has more) are appended in their original order with cosine NaN.
+    has more) are appended in their original order with cosine NaN; a reference column
+    left without a filter (when `filters` has fewer) gets a column of NaN, so that
+    column j still stands for `reference[:, j]`.
     """
     reference = np.asarray(reference, dtype=float)
     filters = np.asarray(filters, dtype=float)
@@ -137,6 +144,9 @@ def match_filters(reference, filters):
             sign = 1.0 if cos[i, j] >= 0 else -1.0
             columns.append(sign * filters[:, j])
             cosines.append(abs(cos[i, j]))
+        else:
+            columns.append(np.full(filters.shape[0], np.nan))
+            cosines.append(np.nan)
     for j in range(filters.shape[1]):
         if j not in used:
             columns.append(filters[:, j])

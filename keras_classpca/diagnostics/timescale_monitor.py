@@ -49,6 +49,7 @@ import numpy as np
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.subspace import chance_overlap, leading_subspace, subspace_overlap
 from keras_classpca.diagnostics.tensorboard import ScalarWriter
+from keras_classpca.hybrid.graph import ensure_built
 from keras_classpca.layers.geometry import iter_layers, iter_rows, output_size, unsolvable_reason
 
 __all__ = ["TimescaleMonitor", "settled_epoch"]
@@ -205,6 +206,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
         labels = labels_to_int(y)
         keep = self._balanced_sample(labels, int(samples), np.random.default_rng(seed))
         self._x = np.asarray(x)[keep]
+        if self._x.dtype.kind in "fc" and not np.all(np.isfinite(self._x)):
+            raise ValueError("`data` contains NaN or infinite values in `x`.")
         self._y = labels[keep]
         # Halves for the noise ceiling: alternate samples within each class.
         self._half = np.zeros(len(self._y), dtype=np.int64)
@@ -232,6 +235,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
         self._feature_models = None
         self._previous = {}
         self._last_epoch = 0
+        self._start_pending = False  # the check before training waits for its epoch
+        self._finished = None  # the last epoch trained (a check is due after it)
         self.history = self._empty_history()
 
     # ------------------------------------------------------------------ setup
@@ -449,7 +454,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
             result[layer.name] = (overlap, kernel, rows.shape[1], rank, ceiling)
         return result
 
-    def _record(self, epoch):
+    def _record(self, epoch, tensorboard=True):
         start = time.perf_counter()
         measured = self.measure()
         history = self.history
@@ -496,14 +501,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
         history["epochs"].append(int(epoch))
         history["check_seconds"].append(time.perf_counter() - start)
         self._last_epoch = epoch
-        if self._tensorboard is not None:
-            scalars = {}
-            for name, entry in history["layers"].items():
-                for key in ("overlap", "weight_change", "subspace_change", "noise_ceiling"):
-                    if key in entry:
-                        scalars[f"timescale/{key}/{name}"] = entry[key][-1]
-                scalars[f"timescale/chance_overlap/{name}"] = entry["chance_overlap"]
-            self._tensorboard.write(epoch - 1, scalars)
+        if tensorboard:
+            self._write_tensorboard(len(history["epochs"]) - 1)
         history["settled_epoch"] = {
             name: settled_epoch(history["epochs"], entry["weight_change"], self.settle_threshold)
             for name, entry in history["layers"].items()
@@ -524,19 +523,49 @@ class TimescaleMonitor(keras.callbacks.Callback):
                 )
             print(f"TimescaleMonitor epoch {epoch}: " + " | ".join(parts))
 
+    def _write_tensorboard(self, index):
+        """Write check `index` of the history to TensorBoard (step: its epoch - 1)."""
+        if self._tensorboard is None:
+            return
+        scalars = {}
+        for name, entry in self.history["layers"].items():
+            for key in ("overlap", "weight_change", "subspace_change", "noise_ceiling"):
+                if key in entry:
+                    scalars[f"timescale/{key}/{name}"] = entry[key][index]
+            scalars[f"timescale/chance_overlap/{name}"] = entry["chance_overlap"]
+        self._tensorboard.write(self.history["epochs"][index] - 1, scalars)
+
     # ------------------------------------------------------------------ callback hooks
     def on_train_begin(self, logs=None):
+        # An unbuilt Sequential is built by fit's first step: build it now, from the
+        # monitor's own samples, as fit would.
+        ensure_built(self.model, self._x.shape[1:], what="TimescaleMonitor")
         self._build()
         if not self.history["epochs"]:
-            self._record(0)
+            # Measured now, labelled at the first `on_epoch_begin` with the epoch
+            # training starts from (`initial_epoch`).
+            self._record(0, tensorboard=False)
+            self._start_pending = True
+
+    def _settle_start(self, epoch):
+        if self._start_pending:
+            self._start_pending = False
+            self.history["epochs"][0] = self._last_epoch = epoch
+            self._write_tensorboard(0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._settle_start(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        done = epoch + 1
+        self._settle_start(0)  # (hooks driven without `on_epoch_begin`)
+        done = self._finished = epoch + 1
         last = self.params.get("epochs") if self.params else None
         if done % self.every == 0 or (last is not None and done == last):
             self._record(done)
 
     def on_train_end(self, logs=None):
+        if self._finished is not None and self._finished != self._last_epoch:
+            self._record(self._finished)  # stopped early: a check after the last epoch
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self.path is not None:

@@ -10,6 +10,7 @@ Keras is imported only to measure a Keras model.
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 
+from keras_classpca.theory._validation import check_samples
 from keras_classpca.theory.activations import (
     NORMALIZED_RELU_MEAN,
     NORMALIZED_RELU_STD,
@@ -28,7 +29,7 @@ def normalized_gram(features):
         >>> normalized_gram(np.array([[2.0, 0.0], [1.0, 1.0]])).round(3).tolist()
         [[1.0, 0.707], [0.707, 1.0]]
     """
-    h = np.asarray(features, dtype=np.float64)
+    h = check_samples("features", features)
     if h.ndim < 2:
         raise ValueError(f"features must be at least 2-D (samples, ...), got shape {h.shape}.")
     h = h.reshape(h.shape[0], -1)
@@ -158,7 +159,7 @@ def kernel_condition_number(
         >>> bool(c[-1] < c[0])
         True
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = check_samples("x", x)
     if x.ndim != 2:
         raise ValueError(f"x must be a 2-D array (n, d), got shape {x.shape}.")
     if isinstance(model_or_depth, bool) or not isinstance(model_or_depth, (int, np.integer)):
@@ -206,10 +207,38 @@ def kernel_condition_number(
     return np.array(conds)
 
 
+def _check_chain(model, layers):
+    """Raise a `ValueError` unless `layers` are one chain, each reading the one before
+    (what the features after each Dense block assume)."""
+    import keras
+
+    nested = [l.name for l in layers if isinstance(l, keras.Model)]
+    if not isinstance(model, keras.Sequential):  # a Sequential is a chain by construction
+        for before, layer in zip(layers, layers[1:]):
+            try:
+                chained = layer.input is before.output
+            except (AttributeError, ValueError):
+                chained = False
+            if not chained:
+                raise ValueError(
+                    f"kernel_condition_number(model) follows a chain of layers, each reading "
+                    f"the one before; '{layer.name}' does not read '{before.name}' (a "
+                    "branching, merging or multi-input graph). Pass the features yourself "
+                    "to `gram_condition_number`."
+                )
+    if nested:
+        raise ValueError(
+            f"kernel_condition_number(model) does not look inside nested models "
+            f"({', '.join(nested)}): their Dense layers would be skipped. Flatten the model "
+            "or pass the features yourself to `gram_condition_number`."
+        )
+
+
 def _model_condition_numbers(model, x):
     import keras
 
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+    _check_chain(model, layers)
     if not any(isinstance(l, keras.layers.Dense) for l in layers):
         raise ValueError("model has no Dense layers; kernel_condition_number needs Dense blocks.")
     h = keras.ops.convert_to_tensor(x.astype("float32"))

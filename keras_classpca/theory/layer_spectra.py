@@ -8,6 +8,7 @@ Dense / Conv2D layer of a model receives.  Imports Keras when called.
 import numpy as np
 
 from keras_classpca.core.patches import extract_patches
+from keras_classpca.theory._validation import check_samples
 
 __all__ = ["layer_input_spectra"]
 
@@ -107,7 +108,7 @@ def layer_input_spectra(model, x, max_samples=2000, *, seed=0, batch_size=256):
     if int(max_samples) != max_samples or max_samples < 2:
         raise ValueError(f"max_samples must be an integer >= 2, got {max_samples!r}.")
     _model_input(model)
-    x = np.asarray(x)
+    x = check_samples("x", x, min_samples=2)  # a covariance needs two samples
     rng = np.random.default_rng(seed)
     if x.shape[0] > max_samples:
         x = x[np.sort(rng.choice(x.shape[0], int(max_samples), replace=False))]

@@ -375,6 +375,9 @@ def compare_gram_spectrum(
     # L1 on continuous parts: eigenvalues below a tiny threshold form the atom.
     emp_atom = float(np.mean(eig == 0.0))
     cont = eig[(eig > 0.0) & (eig <= 1.5 * hi)]
+    if bins is not None and (isinstance(bins, bool) or not isinstance(bins, (int, np.integer))
+                             or bins < 1):
+        raise ValueError(f"bins must be a positive integer or None; got {bins!r}.")
     nbins = int(bins) if bins is not None else max(int(np.sqrt(n1)), 10)
     edges = np.linspace(0.0, 1.05 * hi, nbins + 1)
     counts, _ = np.histogram(cont, bins=edges)
