@@ -321,17 +321,10 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 "ClassPCA (`ClassPCAInitializer(ClassPCA(...).fit(x, y))`) or with "
                 "`ClassPCAInitializer.from_data(x, y)`."
             )
-        if self.part == "kernel" and self._kernel_size is not None and (
-                tuple(shape[:-2]) != self._kernel_size):
-            raise ValueError(
-                f"Kernel shape {shape} does not match the statistics: they are of "
-                + ("flattened samples, for a Dense kernel (d, units)" if not self._kernel_size
-                   else f"patches of kernel_size={self._kernel_size}, for a kernel "
-                   f"{self._kernel_size + ('channels', 'filters')}")
-                + ". Compute the initializer with the layer's own kernel_size."
-            )
         if self._groups is not None:
-            return _tensor_in_range(self._grouped_values(shape), dtype)
+            values = self._grouped_values(shape)  # (its own shape checks first)
+            self._check_kernel_size(shape)
+            return _tensor_in_range(values, dtype)
         if self.part == "bias":
             if len(shape) != 1:
                 raise ValueError(f"A bias initializer needs a 1-D shape; received {shape}.")
@@ -351,8 +344,22 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 + (" `from_data` reads images channels last: for channels-first images "
                    "pass `np.moveaxis(x, 1, -1)`." if len(shape) > 2 else "")
             )
+        self._check_kernel_size(shape)
         kernel = self._solve(shape[-1]).kernel.reshape(shape)
         return _tensor_in_range(kernel, dtype)
+
+    def _check_kernel_size(self, shape):
+        """A `ValueError` when a kernel's spatial size is not that of the statistics'
+        patches (or a Dense kernel's, for flattened samples)."""
+        if self.part == "kernel" and self._kernel_size is not None and (
+                tuple(shape[:-2]) != self._kernel_size):
+            raise ValueError(
+                f"Kernel shape {shape} does not match the statistics: they are of "
+                + ("flattened samples, for a Dense kernel (d, units)" if not self._kernel_size
+                   else f"patches of kernel_size={self._kernel_size}, for a kernel "
+                   f"{self._kernel_size + ('channels', 'filters')}")
+                + ". Compute the initializer with the layer's own kernel_size."
+            )
 
     def _grouped_values(self, shape):
         """Kernel or bias of a grouped convolution (`(*k, c_g, filters)`: `filters / g`
