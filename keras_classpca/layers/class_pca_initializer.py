@@ -31,18 +31,11 @@ def _loading_saved_model():
     return global_state.get_global_attribute("shared_objects/id_to_obj_map") is not None
 
 
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-
 def _tensor_in_range(values, dtype):
     """`values` as a tensor of `dtype`; a `ValueError` where float16 would make them inf."""
-    values = np.asarray(values)
-    if dtype == "float16" and values.size and np.abs(values).max() > _FLOAT16_MAX:
-        raise ValueError(
-            f"The class-PCA weights reach {np.abs(values).max():.3g}, beyond the largest "
-            f"float16 value {_FLOAT16_MAX:.6g}: as float16 they would be inf. Scale the "
-            "input up (standardize it), use scaling='unit', or make the layer float32."
-        )
+    from keras_classpca.layers.geometry import check_float16_range
+
+    check_float16_range(values, "The class-PCA weights", {dtype})
     return keras.ops.convert_to_tensor(values, dtype=dtype)
 
 

@@ -410,21 +410,26 @@ def assign_weights(layer, weights):
 _FLOAT16_MAX = float(np.finfo(np.float16).max)  # bfloat16 has float32's range
 
 
-def _check_range(layer, attribute, value):
-    """Raise a `ValueError` if `value` exceeds what the layer stores or computes in (a
-    float16 layer, or mixed_float16): its weights or outputs would be inf."""
+def check_float16_range(value, what, dtypes):
+    """Raise a `ValueError` if `value` exceeds float16's range while one of `dtypes` (the
+    dtypes it is stored or computed in) is float16: it would give inf."""
     value = np.asarray(value)
     largest = float(np.abs(value).max()) if value.size else 0.0
-    for dtype in {keras.backend.standardize_dtype(getattr(layer, attribute).dtype),
-                  keras.backend.standardize_dtype(layer.compute_dtype)}:
-        if dtype == "float16" and largest > _FLOAT16_MAX:
-            raise ValueError(
-                f"The solved {attribute} of {type(layer).__name__} '{layer.name}' reaches "
-                f"{largest:.3g}, beyond the largest {dtype} value "
-                f"{_FLOAT16_MAX:.6g} (the layer stores or computes in "
-                f"{dtype}): it would give inf. Scale the input up (standardize it), use "
-                "scaling='unit', or make the layer float32."
-            )
+    if "float16" in dtypes and largest > _FLOAT16_MAX:
+        raise ValueError(
+            f"{what} reaches {largest:.3g}, beyond the largest float16 value "
+            f"{_FLOAT16_MAX:.6g}: in float16 it would give inf. Scale the input up "
+            "(standardize it), use scaling='unit', or make the layer float32."
+        )
+
+
+def _check_range(layer, attribute, value):
+    """`check_float16_range` of a solved weight of `layer` (a float16 layer stores it,
+    mixed_float16 computes with it, in float16)."""
+    check_float16_range(
+        value, f"The solved {attribute} of {type(layer).__name__} '{layer.name}'",
+        {keras.backend.standardize_dtype(getattr(layer, attribute).dtype),
+         keras.backend.standardize_dtype(layer.compute_dtype)})
 
 
 def _assign_constrained(layer, attribute, value):
