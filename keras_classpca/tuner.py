@@ -86,6 +86,11 @@ def _declared(value, values):
     return next(same_kind, next((v for v in values if v == value), value))
 
 
+def _from_tuner(callbacks):
+    """Whether `fit` was called by a KerasTuner trial (its callbacks hold the tuner)."""
+    return any(getattr(callback, "tuner", None) is not None for callback in callbacks or [])
+
+
 def _user_options(hp, search_space):
     """Searched options the user declared in `hp` themselves (outside the `cutoff`
     condition, e.g. `hp.Fixed("scaling", "whiten")` passed as the tuner's
@@ -284,7 +289,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 "`data_fingerprint` is required with `cache=True` when `data` is not "
                 "(x, y) arrays: a string that changes whenever the data changes."
             )
-        self._fingerprint = data_fingerprint
+        self._user_fingerprint = data_fingerprint
+        self._fingerprint, self._fingerprint_of = None, None
         self._caches = {}
         self.output_cache = PrefixOutputCache(output_memory_limit) if self.cache else None
         self.solve_cache = None
@@ -374,15 +380,25 @@ class HybridHyperModel(keras_tuner.HyperModel):
             return None
         directory = self._cache_directory(callbacks)
         if directory is not None:
-            # The tuner may have removed its project directory (overwrite=True).
+            if not os.path.isdir(directory):
+                # The tuner removed its project directory (overwrite=True): the entries
+                # kept in memory for it are gone with it.
+                self._caches.pop(directory, None)
             os.makedirs(directory, exist_ok=True)
         if directory not in self._caches:
             self._caches[directory] = SolveCache(directory)
         return self._caches[directory]
 
     def _data_fingerprint(self):
-        if self._fingerprint is None and self.cache:
-            self._fingerprint = data_fingerprint(np.asarray(self.data[0]), np.asarray(self.data[1]))
+        if self._user_fingerprint is not None or not self.cache:
+            return self._user_fingerprint
+        # Computed once per data object: `hypermodel.data = new_data` gives another.
+        # (Arrays changed in place keep their fingerprint: pass new arrays.)
+        identity = tuple(id(part) for part in self.data)
+        if self._fingerprint is None or self._fingerprint_of != identity:
+            self._fingerprint = data_fingerprint(np.asarray(self.data[0]),
+                                                 np.asarray(self.data[1]))
+            self._fingerprint_of = identity
         return self._fingerprint
 
     def _fit(self, model, cutoff, args, kwargs):
@@ -413,12 +429,14 @@ class HybridHyperModel(keras_tuner.HyperModel):
         cutoff = min(int(hp.get(CUTOFF)) if CUTOFF in hp else 0, solvable)
         solve_seconds = 0.0
         if cutoff > 0:
-            if "tuner/trial_id" in hp.values and kwargs.get("initial_epoch", 0) > 0:
+            if ("tuner/trial_id" in hp.values and kwargs.get("initial_epoch", 0) > 0
+                    and _from_tuner(kwargs.get("callbacks"))):
                 # Hyperband continues a trial: its checkpoint (solved prefix and trained
                 # top) is already loaded. Solving again would overwrite the trained
                 # BatchNormalization statistics after the prefix; only freeze. (The
                 # same `hp` retrained by hand, `hypermodel.fit(best_hp, fresh_model,
-                # ...)`, passes no `initial_epoch`: its fresh model is solved.)
+                # ...)`, passes no tuner callback, with or without `initial_epoch`:
+                # its fresh model is solved.)
                 self._prepare_solved(model, cutoff)
             else:
                 user_fixed = _user_options(hp, self.search_space)

@@ -296,10 +296,12 @@ def test_hyperband_continuation_keeps_the_checkpoint_and_refreezes(tmp_path):
     seen = {}
 
     class Capture(keras.callbacks.Callback):
+        tuner = object()  # as KerasTuner's own trial callback holds the tuner
+
         def on_train_begin(self, logs=None):
             seen["weights"] = [w.copy() for w in self.model.get_weights()]
 
-    # Hyperband passes the trial's `tuner/initial_epoch` to fit.
+    # Hyperband passes the trial's `tuner/initial_epoch` to fit, with its callbacks.
     history = hypermodel.fit(continued_hp, model, x, y, callbacks=[Capture()],
                              initial_epoch=1, epochs=2, batch_size=64, verbose=0)
     # Nothing solved again: the trained BatchNormalization statistics after the solved
@@ -483,3 +485,32 @@ def test_the_cutoff_is_searched_only_up_to_a_layer_too_wide_for_the_classes():
     hp = keras_tuner.HyperParameters()
     HybridHyperModel(build_model, data, search_options=False).build(hp)
     assert hp.space[0].name == "cutoff" and hp.space[0].max_value == 2
+
+
+def test_retraining_a_continued_trial_by_hand_solves_the_fresh_model():
+    # `best_hp` of a Hyperband trial that continued another holds "tuner/trial_id";
+    # refitting it by hand with its `initial_epoch` (no tuner callback) must solve the
+    # fresh model, not only freeze its random layers.
+    x, y = _data()
+    hypermodel = HybridHyperModel(_builder(), (x, y), search_options=False, seed=0)
+    hp = _hp(cutoff=1, **{"tuner/trial_id": "0001"})
+    model = hypermodel.build(hp)
+    initial = model.layers[0].get_weights()[0].copy()
+    hypermodel.fit(hp, model, x, y, epochs=2, initial_epoch=1, verbose=0)
+    assert not model.layers[0].trainable
+    assert not np.allclose(model.layers[0].get_weights()[0], initial)
+
+
+def test_new_data_given_to_the_hypermodel_is_not_served_the_old_datas_solves():
+    x, y = _data()
+    x2, y2 = _data(seed=5, shift=1.0)
+    hypermodel = HybridHyperModel(_builder(), (x, y), search_options=False, seed=0)
+    hp = _hp(cutoff=1)
+    hypermodel.fit(hp, hypermodel.build(hp), x, y, epochs=1, verbose=0)
+    hypermodel.data = (x2, y2)
+    model = hypermodel.build(hp)
+    hypermodel.fit(hp, model, x2, y2, epochs=1, verbose=0)
+    fresh = _builder()(hp)
+    hybridize(fresh, (x2, y2), cutoff=1, verbose=0, seed=0)
+    np.testing.assert_allclose(model.layers[0].get_weights()[0],
+                               fresh.layers[0].get_weights()[0], atol=1e-6)

@@ -595,3 +595,29 @@ def test_a_branch_merging_with_an_unsolvable_one_is_probed_on_its_own_output():
     steps = {step.name: step for step in plan.steps}
     assert points["c2a"][0] is steps["c2a"].output
     assert points["c1"][0] is steps["c2a"].input
+
+
+def test_the_solve_cache_keys_the_weights_of_layers_it_passes_through():
+    # Two models whose adapted Normalization differ only in their statistics (weights,
+    # not config): the second must not get the first one's solve.
+    from keras_classpca.hybrid.cache import SolveCache
+
+    x, y = _xy()
+
+    def model(shift):
+        norm = L.Normalization()
+        norm.adapt(x + shift)
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((12,)), norm,
+                                 L.Dense(8, activation="relu", name="a"),
+                                 L.Dense(3, activation="softmax")])
+
+    cache = SolveCache()
+    first, second, fresh = model(0.0), model(5.0), model(5.0)
+    for m in (first, second):
+        hybridize(m, (x, y), cutoff=1, verbose=0, solve_cache=cache, data_fingerprint="d")
+    hybridize(fresh, (x, y), cutoff=1, verbose=0)
+    assert cache.misses == 2
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(second.get_layer("a").kernel),
+                               keras.ops.convert_to_numpy(fresh.get_layer("a").kernel),
+                               atol=1e-6)

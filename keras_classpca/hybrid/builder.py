@@ -44,6 +44,7 @@ from keras_classpca.hybrid.activations import (
 from keras_classpca.hybrid.cache import (
     SolveCache,
     data_fingerprint,
+    fixed_weights_digest,
     layer_signature,
     prefix_key,
 )
@@ -58,6 +59,7 @@ from keras_classpca.layers.adapt_mixin import ClassPCAAdaptMixin
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     LayerStatistics,
+    is_solvable_kind,
     iter_layers,
     n_stages,
     stage_sizes,
@@ -478,7 +480,12 @@ class _CacheKeys:
     def _key(self, j):
         steps = self.plan.steps
         end = steps[j + 1].position if j + 1 < len(steps) else len(self.plan.layers)
-        layers = [dict(layer_signature(layer), parents=self.plan.parents[i])
+        # Weights the solve neither writes nor adapts (a Normalization's statistics, a
+        # frozen layer of another kind) change the features: they are part of the key.
+        layers = [dict(layer_signature(layer), parents=self.plan.parents[i],
+                       weights=None if is_solvable_kind(layer) or isinstance(
+                           layer, keras.layers.BatchNormalization)
+                       else fixed_weights_digest([layer]))
                   for i, layer in enumerate(self.plan.layers[:end])]
         return prefix_key(layers=layers, **self.base)
 

@@ -18,8 +18,9 @@ import numpy as np
 
 # Constructor arguments that cannot change what class-PCA computes: solved kernels and
 # biases and adapted moving statistics overwrite their initial values, and regularizers
-# and constraints act only in training. (BatchNormalization's gamma/beta initializers
-# do matter: their initial values shape the features the next layer is solved on.)
+# act only in training. (A kernel or bias constraint projects the solved weights, and
+# BatchNormalization's gamma/beta initializers shape the features the next layer is
+# solved on: both matter.)
 _IRRELEVANT_CONFIG = {
     "name",
     "trainable",
@@ -28,8 +29,6 @@ _IRRELEVANT_CONFIG = {
     "kernel_regularizer",
     "bias_regularizer",
     "activity_regularizer",
-    "kernel_constraint",
-    "bias_constraint",
     "moving_mean_initializer",
     "moving_variance_initializer",
     "beta_regularizer",
@@ -52,6 +51,20 @@ def layer_signature(layer):
     """What about a layer can change a solve: its class and relevant config."""
     config = {k: v for k, v in layer.get_config().items() if k not in _IRRELEVANT_CONFIG}
     return {"class": type(layer).__name__, "config": config}
+
+
+def fixed_weights_digest(layers):
+    """A hash of the weights of `layers` (shapes, dtypes, bytes); None if they have none.
+    For the layers a solve passes through but does not write: an adapted
+    `Normalization`'s statistics are weights, not config."""
+    digest, seen = hashlib.blake2b(digest_size=20), False
+    for layer in layers:
+        for weight in layer.get_weights():
+            weight = np.ascontiguousarray(weight)
+            digest.update(f"{weight.shape}{weight.dtype}".encode())
+            digest.update(memoryview(weight).cast("B"))
+            seen = True
+    return digest.hexdigest() if seen else None
 
 
 def prefix_key(**parts):

@@ -23,7 +23,6 @@ differ only in the learning rate or the top) share the computed outputs through 
 
 import collections
 import functools
-import hashlib
 import inspect
 import os
 import tempfile
@@ -34,7 +33,12 @@ import keras
 import numpy as np
 
 from keras_classpca.core.data_adapter import is_infinite, iter_batches
-from keras_classpca.hybrid.cache import data_fingerprint, layer_signature, prefix_key
+from keras_classpca.hybrid.cache import (
+    data_fingerprint,
+    fixed_weights_digest,
+    layer_signature,
+    prefix_key,
+)
 from keras_classpca.hybrid.graph import draws_random, has_layer_graph, predict_batch
 from keras_classpca.hybrid.planner import flatten_graph, graph_outputs
 
@@ -217,16 +221,10 @@ def prefix_output_key(layers, input_shape, fingerprint, wiring=None):
     for two tuner trials share a key exactly when their prefixes compute the same
     function, whatever solved or loaded those weights.
     """
-    weights = hashlib.blake2b(digest_size=20)
-    for layer in layers:
-        for weight in layer.get_weights():
-            weight = np.ascontiguousarray(weight)
-            weights.update(f"{weight.shape}{weight.dtype}".encode())
-            weights.update(memoryview(weight).cast("B"))
     return prefix_key(
         layers=[layer_signature(layer) for layer in layers],
         wiring=wiring,
-        weights=weights.hexdigest(),
+        weights=fixed_weights_digest(layers),
         input_shape=list(input_shape),
         data=fingerprint,
     )
