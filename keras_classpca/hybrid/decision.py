@@ -66,12 +66,9 @@ def _say(verbose, name, message):
         print(f"auto cutoff: {name}: {message}")
 
 
-def _descendants(plan, position):
-    """Indices of the nodes of `plan.layers` downstream of node `position`."""
-    children = [[] for _ in plan.parents]
-    for child, parents in enumerate(plan.parents):
-        for parent in parents:
-            children[parent].append(child)
+def _descendants(children, position):
+    """Indices of the nodes downstream of node `position` (`children`: per node, the
+    nodes reading its output)."""
     found, todo = set(), list(children[position])
     while todo:
         node = todo.pop()
@@ -86,9 +83,13 @@ def probe_points(plan):
     the next step downstream of it that reads a new tensor, else the input of the first
     blocked layer if that is downstream of it, else the step's own output (a branch
     that merges with an unsolvable one: what comes after the merge is not solved)."""
+    children = [[] for _ in plan.parents]  # the graph's edges, once for every step
+    for child, parents in enumerate(plan.parents):
+        for parent in parents:
+            children[parent].append(child)
     points = []
     for j, step in enumerate(plan.steps):
-        below = _descendants(plan, step.position) if plan.parents else None
+        below = _descendants(children, step.position) if plan.parents else None
         seen = {_tensor_key(s.input, s.scope) for s in plan.steps[: j + 1]}
         after = next(((s.input, s.scope) for s in plan.steps[j + 1:]
                       if _tensor_key(s.input, s.scope) not in seen
