@@ -52,6 +52,7 @@ def _checked(convert, valid, expected):
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _seed = _checked(int, lambda v: 0 <= v < 2**32, "an integer in 0..4294967295")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+_at_least_two = _checked(int, lambda v: v >= 2, "an integer >= 2")
 _fraction = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
 _momentum = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
@@ -101,6 +102,31 @@ def _out_dir(path):
             f"--out {path!r}: cannot create the directory ({error.strerror})."
         ) from None
     return path
+
+
+def _statistics_samples(args, n_images, n_classes):
+    """Images the statistics read: `--fraction` of them, raised to 10 per class (as
+    many as there are at most); and how to describe that number."""
+    wanted = int(args.fraction * n_images)
+    samples = min(n_images, max(10 * n_classes, wanted))
+    share = f"{samples / n_images:.0%} of them"
+    if samples > wanted:
+        share += f"; --fraction {args.fraction:g} raised to 10 per class"
+    return samples, share
+
+
+def _import_keras():
+    """Import Keras, turning a backend it cannot load into a one-line error."""
+    try:
+        import keras  # noqa: F401
+    except (ImportError, ValueError) as error:
+        backend = os.environ.get("KERAS_BACKEND")
+        where = (f"KERAS_BACKEND={backend!r}" if backend
+                 else "the Keras backend of ~/.keras/keras.json")
+        raise _UsageError(
+            f"{where}: Keras cannot load it ({_first_line(error)}); install it, or set "
+            "KERAS_BACKEND to tensorflow, jax or torch."
+        ) from None
 
 
 def _first_line(error):
@@ -204,7 +230,7 @@ def cmd_sweep(args):
 
     out = _out_dir(args.out)
     train, test, n_classes = _load(args)
-    samples = max(10 * n_classes, int(args.fraction * len(train[0])))
+    samples, share = _statistics_samples(args, len(train[0]), n_classes)
     progress = keras.utils.Progbar(len(args.cutoffs), unit_name="cutoff") if args.verbose else None
 
     def on_row(i, row):
@@ -230,7 +256,7 @@ def cmd_sweep(args):
 
     header = (
         f"{args.dataset}: {len(train[0])} training images, statistics from {samples} "
-        f"({args.fraction:.0%}), {args.epochs} epoch(s), batch {args.batch_size}, seed {args.seed}"
+        f"({share}), {args.epochs} epoch(s), batch {args.batch_size}, seed {args.seed}"
     )
     table = [
         "| cutoff | solved layers | test accuracy | solve s | fit s | total s |",
@@ -267,7 +293,7 @@ def cmd_filters(args):
 
     out = _out_dir(args.out)
     train, _, n_classes = _load(args)
-    samples = max(10 * n_classes, int(args.fraction * len(train[0])))
+    samples, _ = _statistics_samples(args, len(train[0]), n_classes)
     print(f"training the CNN with SGD (Adam) for {args.epochs} epoch(s) on {len(train[0])} images")
     try:
         found = compare_filters(
@@ -437,7 +463,7 @@ def build_parser():
     p.add_argument("--every", type=_positive_int, default=1, help="check every N epochs (1)")
     p.add_argument(
         "--monitor-samples",
-        type=_positive_int,
+        type=_at_least_two,
         default=512,
         help="images the overlap is computed on (512)",
     )
@@ -555,6 +581,7 @@ def main(argv=None):
             2, f"{PROG}: error: a command is required (demo, timescales, sweep, filters, export)\n"
         )
     try:
+        _import_keras()
         return args.func(args)
     except _UsageError as error:
         message = " ".join(str(error).split())  # one line, whatever the message held

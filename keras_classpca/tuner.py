@@ -34,7 +34,12 @@ from keras_classpca.hybrid.builder import (
     solved_layer_names,
 )
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
-from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
+from keras_classpca.hybrid.graph import (
+    check_single_input,
+    ensure_built,
+    has_layer_graph,
+    no_graph_error,
+)
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.training import (
     DEFAULT_MEMORY_LIMIT,
@@ -329,6 +334,9 @@ class HybridHyperModel(keras_tuner.HyperModel):
         if not isinstance(model, keras.Model):
             return model  # the tuner reports a build function that returns no model
         max_cutoff = self.max_cutoff
+        if max_cutoff != 0 and has_layer_graph(model):
+            # Refused when the tuner is built, not by every solving trial's `fit`.
+            check_single_input(model, "HybridHyperModel")
         if max_cutoff is None:
             max_cutoff = self._solvable_layers(model)
         cutoff = hp.Int(CUTOFF, 0, max_cutoff)

@@ -1,6 +1,7 @@
 """`keras-classpca` end to end on the bundled 8×8 `digits` (tiny runs), and bad arguments."""
 
 import json
+import os
 
 import matplotlib.image
 import numpy as np
@@ -186,6 +187,7 @@ def test_demo_on_digits_end_to_end(capsys):
         (["timescales", "--epochs", "0", "--out", "o"], "positive integer"),
         (["timescales", "--epochs", "2"], "--out"),
         (["filters", "--lyaer", "1", "--out", "o"], "unrecognized arguments"),
+        (["timescales", "--monitor-samples", "1", "--out", "o"], "an integer >= 2"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
@@ -231,6 +233,36 @@ def test_bad_values_found_after_parsing_exit_2(tmp_path, capsys):
         capsys,
     )
     assert "keras-classpca sweep: error: --cutoffs: cutoff 9" in err
+
+
+@pytest.mark.parametrize(
+    "fraction, images, expected, share",
+    [
+        (0.5, 600, 300, "50% of them"),
+        # Raised to 10 per class: the header says so instead of printing "1%".
+        (0.01, 600, 100, "17% of them; --fraction 0.01 raised to 10 per class"),
+        (0.01, 50, 50, "100% of them; --fraction 0.01 raised to 10 per class"),
+    ],
+)
+def test_statistics_samples_say_what_was_used(fraction, images, expected, share):
+    import argparse
+
+    args = argparse.Namespace(fraction=fraction)
+    assert cli._statistics_samples(args, images, 10) == (expected, share)
+
+
+def test_unloadable_backend_is_a_one_line_error():
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="no_such_backend")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_classpca", "demo", "--epochs", "1"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "KERAS_BACKEND='no_such_backend': Keras cannot load it" in result.stderr
 
 
 # ---------------------------------------------------------------------- export

@@ -166,6 +166,20 @@ def test_versions_increment_and_are_never_overwritten(exported, tmp_path):
     assert before == {p: os.path.getmtime(base / p / "saved_model.pb") for p in before}
 
 
+def test_version_numbers_are_compared_as_tf_serving_parses_them(exported, tmp_path):
+    # TF Serving reads "007" as version 7: a second directory "7" would be ambiguous.
+    base = tmp_path / "m"
+    (base / "007").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"`version` 7 already exists.*'007' as 7"):
+        kx.export_for_serving(exported.model, base, version=7)
+    # A stray file named like a version is named as such, and the next free number skips it.
+    (base / "8").write_text("not a model")
+    with pytest.raises(FileExistsError, match=r"`version` 8 .*a file \(not a version"):
+        kx.export_for_serving(exported.model, base, version=8)
+    assert kx.export_for_serving(exported.model, base) == str(base / "9")
+    assert sorted(os.listdir(base)) == ["007", "8", "9"]
+
+
 def test_signature_info_names_shapes_dtypes(exported):
     info = keras_classpca.signature_info(exported.path)
     assert info["signature_name"] == "serving_default"

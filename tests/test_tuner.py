@@ -162,6 +162,28 @@ def test_the_cutoff_may_be_fixed_or_narrowed_outside_the_search():
     assert narrowed.get("cutoff") == 1 and isinstance(model, keras.Model)
 
 
+@pytest.mark.parametrize("max_cutoff", [None, 2])
+def test_a_multi_input_model_is_refused_when_the_tuner_is_built(tmp_path, max_cutoff):
+    x, y = _data()
+
+    def two_inputs(hp):
+        first, second = keras.Input((12,)), keras.Input((12,))
+        merged = keras.layers.Concatenate()(
+            [keras.layers.Dense(4, activation="relu")(first), keras.layers.Dense(4)(second)])
+        model = keras.Model([first, second], keras.layers.Dense(3, activation="softmax")(merged))
+        model.compile("adam", "sparse_categorical_crossentropy")
+        return model
+
+    hypermodel = HybridHyperModel(two_inputs, ([x, x], y), data_fingerprint="v1",
+                                  max_cutoff=max_cutoff)
+    # Before: every trial with a solved prefix failed in `fit` and the search went on.
+    with pytest.raises(ValueError, match="2 inputs.*HybridHyperModel solves models with a single"):
+        keras_tuner.GridSearch(hypermodel, objective="loss", directory=tmp_path)
+    # Nothing to solve: the search is plain training.
+    HybridHyperModel(two_inputs, ([x, x], y), data_fingerprint="v1",
+                     max_cutoff=0).build(keras_tuner.HyperParameters())
+
+
 def test_constructor_errors():
     with pytest.raises(TypeError, match="Unknown option"):
         HybridHyperModel(_builder(), _data(), centre=True)

@@ -49,7 +49,12 @@ from keras_classpca.hybrid.cache import (
     prefix_key,
 )
 from keras_classpca.hybrid.decision import decide_cutoff
-from keras_classpca.hybrid.graph import ensure_built, has_layer_graph, no_graph_error
+from keras_classpca.hybrid.graph import (
+    check_single_input,
+    ensure_built,
+    has_layer_graph,
+    no_graph_error,
+)
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.policy import check_cutoff
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer
@@ -664,15 +669,7 @@ def hybridize(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not has_layer_graph(model):
         raise no_graph_error(model)
-    inputs = keras.tree.flatten(getattr(model, "inputs", None) or [])
-    if len(inputs) > 1:
-        raise ValueError(
-            f"`model` has {len(inputs)} inputs "
-            f"({', '.join(str(getattr(t, 'name', '?')) for t in inputs)}); hybridize "
-            "solves models with a single input. Solve the layers of one input's branch "
-            "with the `ClassPCA*` layers' `adapt((x_branch, y))` or "
-            "`ClassPCAInitializer.from_data(x_branch, y, ...)`."
-        )
+    check_single_input(model)
     if samples in (None, "auto") and is_infinite(data):
         raise infinite_data_error()
     if solve_cache is not None and not isinstance(solve_cache, SolveCache):

@@ -217,19 +217,34 @@ def _output_names(model, n_outputs):
     return _unique(names)
 
 
+def _version_entries(base_dir):
+    """{version: entry names} of `base_dir`'s entries that TF Serving reads as versions.
+
+    The server parses a directory name as an int64, so `007` is version 7; files with
+    such names are counted too, so the next free version never collides with them.
+    """
+    found = {}
+    if os.path.isdir(base_dir):
+        for entry in os.listdir(base_dir):
+            if entry.isascii() and entry.isdigit():
+                found.setdefault(int(entry), []).append(entry)
+    return found
+
+
 def _existing_versions(base_dir):
-    found = []
-    for entry in os.listdir(base_dir):
-        if entry.isdigit() and os.path.isdir(os.path.join(base_dir, entry)):
-            found.append(int(entry))
-    return sorted(found)
+    return sorted(_version_entries(base_dir))
 
 
-def _check_free(final, version):
-    if os.path.lexists(final):
+def _check_free(base_dir, version):
+    taken = sorted(_version_entries(base_dir).get(version, []))
+    if taken:
+        final = os.path.join(base_dir, taken[0])
+        kind = "directory" if os.path.isdir(final) else "file (not a version directory)"
+        same = "" if taken[0] == str(version) else f" (TF Serving reads {taken[0]!r} as {version})"
         raise FileExistsError(
-            f"`version` {version} already exists at {final!r}; exported versions are never "
-            "overwritten. Pass version=None for the next free version, or remove it first."
+            f"`version` {version} already exists at {final!r}, a {kind}{same}; exported "
+            "versions are never overwritten. Pass version=None for the next free version, "
+            "or remove it first."
         )
 
 
@@ -346,7 +361,7 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
         raise FileExistsError(f"`base_dir` {base_dir!r} exists and is not a directory.")
     if version is not None:
-        _check_free(os.path.join(base_dir, str(version)), version)
+        _check_free(base_dir, version)
 
     # Trace before touching the disk: a model that cannot be traced leaves nothing behind.
     archive = _build_archive(model, signature_name)
@@ -364,7 +379,7 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
             existing = _existing_versions(base_dir)
             version = existing[-1] + 1 if existing else 1
         final = os.path.join(base_dir, str(version))
-        _check_free(final, version)
+        _check_free(base_dir, version)
         _remove_stale_tmp(base_dir)
         try:
             tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base_dir)
