@@ -13,12 +13,18 @@ and the learning rate in {1e-3, 3e-3} (6 trials) of the Fashion-MNIST benchmark 
 - "no cache": `HybridHyperModel(..., cache=False)`: every trial solves its prefix and
   trains with a plain `model.fit`.
 
+`--model resnet_3x2` searches the residual CNN of `benchmarks.grid_models` instead (3
+stages × 2 basic blocks, Conv–BN–ReLU; cutoffs 0–6 by default), in its own section
+`bench_tuner_resnet_3x2` with its own summary rows: a deeper solvable prefix, so more of
+each trial is the prefix the caches share.
+
 The machine is shared, so the two searches are interleaved trial by trial (the
 tuners' `max_trials` is raised one at a time and `search` resumed; the arm that goes
 first alternates). Search time of an arm = the wall time of its `search` calls.
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_tuner
     ... --quick          # 2 epochs on 2 % of the data, 4 trials (smoke test)
+    ... --model resnet_3x2 --max-cutoff 6
 """
 
 import argparse
@@ -30,19 +36,27 @@ import keras
 import keras_tuner
 import numpy as np
 
+from benchmarks import grid_models
 from benchmarks._report import command_line, machine_line, markdown_table, met, write_section
-from benchmarks.common import BATCH, build_model
+from benchmarks.common import BATCH
 from keras_classpca.datasets import load_dataset
 from keras_classpca.tuner import HybridHyperModel
 
 SECTION = "bench_tuner"
 LEARNING_RATES = [1e-3, 3e-3]
+MODELS = {"cnn": "the benchmark CNN", "resnet_3x2": "the residual CNN (3 stages × 2 blocks)"}
+
+
+def section(model_kind):
+    return SECTION if model_kind == "cnn" else f"{SECTION}_{model_kind}"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(MODELS), default="cnn",
+                        help="the model searched (each has its own section)")
     parser.add_argument("--max-cutoff", type=int, default=2)
     parser.add_argument("--learning-rates", default=",".join(f"{lr:g}" for lr in LEARNING_RATES),
                         help="comma-separated learning rates searched (trials = cutoffs × these)")
@@ -63,7 +77,7 @@ def main():
     n_trials = (args.max_cutoff + 1) * len(learning_rates)
 
     def build_hypermodel(hp):
-        model = build_model("cnn", x.shape[1:], 10)
+        model = grid_models.build(args.model)
         model.compile(keras.optimizers.Adam(hp.Choice("learning_rate", learning_rates)),
                       "sparse_categorical_crossentropy", metrics=["accuracy"])
         return model
@@ -139,14 +153,16 @@ def main():
           f"(solving alone: {solve_ratio:.1f}x; ceiling {ceiling:.2f}x)")
 
     body = "\n".join([
-        "## KerasTuner: searching the cutoff with and without the prefix cache (`bench_tuner`)",
+        "## KerasTuner: searching the cutoff with and without the prefix cache"
+        + ("" if args.model == "cnn" else f" — {MODELS[args.model].split(' (')[0][4:]}")
+        + f" (`{section(args.model)}`)",
         "",
         f"{machine_line()}. Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
         "(shared machine).",
         "",
         f"Command: `{command_line(SECTION)}`. GridSearch over cutoff 0–{args.max_cutoff} × "
         f"learning rate {', '.join(f'{lr:g}' for lr in learning_rates)} ({n_trials} trials) of "
-        f"the benchmark CNN on {len(x):,} Fashion-MNIST training images ({args.fraction:.0%}, "
+        f"{MODELS[args.model]} on {len(x):,} Fashion-MNIST training images ({args.fraction:.0%}, "
         "solved with the default `samples=\"auto\"`, 16 patches per image), "
         f"{args.epochs} epoch(s) per trial, "
         "2,000 validation images; the two searches interleaved trial by trial.",
@@ -176,7 +192,9 @@ def main():
     targets = {} if args.quick else {"tuner_cache": measured}
     if n_trials >= 12 and not args.quick:
         targets["tuner_cache_12"] = measured
-    write_section(SECTION, body, print_only=args.no_write, targets=targets)
+    if args.model != "cnn":
+        targets = {f"{key}_{args.model}": value for key, value in targets.items()}
+    write_section(section(args.model), body, print_only=args.no_write, targets=targets)
 
 
 if __name__ == "__main__":

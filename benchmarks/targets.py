@@ -56,6 +56,11 @@ TARGETS = [
            "Cutoff search with the prefix solve cache ≥ 2× faster than without"),
     Target("tuner_cache_12", "bench_tuner",
            "Cutoff search of ≥ 12 trials with the prefix solve cache ≥ 2× faster than without"),
+    Target("tuner_cache_resnet_3x2", "bench_tuner_resnet_3x2",
+           "Residual CNN: cutoff search with the prefix solve cache ≥ 2× faster than without"),
+    Target("tuner_cache_12_resnet_3x2", "bench_tuner_resnet_3x2",
+           "Residual CNN: cutoff search of ≥ 12 trials with the prefix solve cache ≥ 2× faster "
+           "than without"),
     # Model reach (not yet benchmarked).
     Target("reach_residual_100", "bench_residual",
            "Residual CNN, 100 % Fashion-MNIST: some cutoff ≥ 2 within 0.3 pp of SGD at ≤ 0.7× "
