@@ -429,7 +429,10 @@ class ClassPCA:
       unit variance over all the data; `"unit"` keeps unit-norm eigenvectors (the
       authors' code); `"whiten"` divides by the square root of the class eigenvalue.
     - `offset`: `"center"` (default) sets `bias_ = -kernel_ᵀ mean_` so that the output
-      has zero mean over the data; `"zero"` leaves no bias (the authors' code).
+      has zero mean over the data; `"zero"` leaves no bias (the authors' code). A
+      Keras layer built with `use_bias=False` has nowhere to put this bias: solved,
+      its outputs keep their mean (a BatchNormalization after it, the usual reason for
+      `use_bias=False`, removes it).
 
     Two remedies for what a frozen solved layer loses (`core/directions.py`):
 
