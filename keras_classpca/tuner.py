@@ -119,9 +119,10 @@ def _recompile(model):
         compile_like(model, model)
     except ValueError as error:
         raise ValueError(
-            "`build_model(hp)` must return a compiled model (or the tuner must be given "
-            "`optimizer`/`loss` to compile it): HybridHyperModel recompiles it with the "
-            "same arguments after freezing the solved layers."
+            "`build_model(hp)` must return a compiled model (call `model.compile(...)` "
+            "in it; the tuner's own `optimizer`/`loss` arguments do not reach a "
+            "HybridHyperModel): HybridHyperModel recompiles it with the same arguments "
+            "after freezing the solved layers."
         ) from error
 
 

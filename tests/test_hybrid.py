@@ -1040,6 +1040,56 @@ def test_a_failed_hybridize_puts_the_replaced_activations_back(blobs, monkeypatc
     assert model.get_layer("a").trainable
 
 
+@pytest.mark.parametrize("kind", ["own", "relu_layer"])
+def test_a_later_hybridize_puts_back_the_activations_it_no_longer_replaces(blobs, kind):
+    x, y = blobs
+    if kind == "own":
+        model, holder = _chain(x), "b"
+    else:  # a ReLU layer after the solved layer
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), L.Dense(6, name="a"), L.ReLU(name="act"),
+                                  L.Dense(6, name="b"), L.ReLU(name="act_b"),
+                                  L.Dense(3, activation="softmax", name="out")])
+        holder = "act_b"
+
+    def rectifies(name):
+        layer = model.get_layer(name)
+        if isinstance(layer, L.ReLU):
+            return layer.negative_slope == 0.0
+        return layer.activation is keras.activations.relu
+
+    model.compile("adam", "sparse_categorical_crossentropy")
+    hybridize(model, (x, y), cutoff=2, solved_activation="linear", verbose=0)
+    assert not rectifies(holder)
+    # A smaller cutoff releases b: its rectifier comes back with it (before, b trained
+    # on as a linear layer, a ReLU network silently without its ReLU).
+    with pytest.warns(UserWarning, match="trainable again.*b's activation put back"):
+        report = hybridize(model, (x, y), cutoff=1, solved_activation="linear", verbose=0)
+    assert rectifies(holder) and model.get_layer("b").trainable
+    assert report.restored_activations == {"b": "relu"}
+    assert "activations put back (an earlier hybridize replaced them): b (relu)" in str(report)
+    # a: replaced again, and reported
+    assert report.layers[0].replaced_activation == ("relu" if kind == "own" else "relu in 'act'")
+    # The default (None) keeps each layer's own activation: the model's, not the last
+    # call's replacement.
+    report = hybridize(model, (x, y), cutoff=2, verbose=0)
+    first = "a" if kind == "own" else "act"
+    assert rectifies(first) and rectifies(holder)
+    assert report.restored_activations == {"a": "relu"} and report.recompiled
+    # The model trains the restored architecture.
+    model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_an_activation_changed_by_hand_is_not_put_back(blobs):
+    x, y = blobs
+    model = _chain(x)
+    hybridize(model, (x, y), cutoff=2, solved_activation="linear", verbose=0)
+    model.get_layer("b").activation = keras.activations.tanh
+    report = hybridize(model, (x, y), cutoff=1, solved_activation="linear", verbose=0)
+    assert model.get_layer("b").activation is keras.activations.tanh
+    assert report.restored_activations == {}
+
+
 def _conv_bn_relu_net(kind="relu_layer"):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 2))

@@ -475,8 +475,10 @@ class ClassPCA:
         product_dtype: `"float32"` or `"float64"` products; None picks by the data's
             dtype (see above).
         memory_limit: bytes the class statistics may take (`K·(d² + 2d + 1)` float64);
-            None = the memory the system reports available. Exceeding it raises a
-            `MemoryError` with the number before any product is computed.
+            None = the memory the system reports available. Statistics that would
+            exceed it are sketched (`sketch_size="auto"`, with a warning); with
+            `sketch_size=None`, or a sketch that does not fit either, a `MemoryError`
+            says so, with the numbers, before any product is computed.
         eigen_solver: `"exact"` (LAPACK) or `"randomized"`: the leading eigenvectors by
             seeded subspace iteration (Halko et al. 2011; 4 iterations, 10 extra
             directions), several times faster for a few vectors of a large matrix and

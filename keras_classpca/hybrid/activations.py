@@ -10,6 +10,8 @@ layer can only become the identity (`negative_slope=1`); an activation after a m
 (the ReLU after a residual block's `Add`) is never replaced.
 """
 
+import weakref
+
 import keras
 
 from keras_classpca.hybrid.planner import flatten_graph
@@ -18,6 +20,12 @@ from keras_classpca.layers.geometry import rectifies
 # A ReLU layer with these settings computes the identity.
 IDENTITY_RELU = {"negative_slope": 1.0, "max_value": None, "threshold": 0.0}
 RELU_SETTINGS = tuple(IDENTITY_RELU)
+
+# Solved layer -> [(layer holding an activation, its state before the package replaced
+# it, its state after)]: what `restore_replaced` puts back when a later hybridize no
+# longer solves the layer, or solves it with another `solved_activation`. Kept outside
+# the layers (Keras would track a list of layers set as an attribute as sublayers).
+_ORIGINALS = weakref.WeakKeyDictionary()
 
 
 def activation_or_none(solved_activation):
@@ -122,7 +130,9 @@ class ActivationReplacer:
         `"relu"`, `"relu in 're_lu_2'"` for an activation layer, both joined by "; "
         for `Conv(activation="relu") -> BN -> ReLU`), or None."""
         replaced = []
+        originals = _ORIGINALS.setdefault(layer, [])
         for holder, name in self._targets(layer):
+            before = activation_state(holder)
             if isinstance(holder, keras.layers.ReLU):
                 was = "relu"
                 for setting, value in IDENTITY_RELU.items():
@@ -132,12 +142,57 @@ class ActivationReplacer:
                 was = was if isinstance(was, str) else str(was)
                 holder.activation = self.activation
             replaced.append(was if name is None else f"{was} in '{name}'")
+            if not any(held is holder for held, _, _ in originals):
+                originals.append((holder, before, activation_state(holder)))
+        if not originals:
+            _ORIGINALS.pop(layer, None)
         if replaced:
-            # Functions Keras traced with the old activation would go on using it.
-            for attribute in ("train_function", "test_function", "predict_function"):
-                if getattr(self.model, attribute, None) is not None:
-                    setattr(self.model, attribute, None)
+            _forget_traced_functions(self.model)
         return "; ".join(replaced) or None
+
+
+def _forget_traced_functions(model):
+    # Functions Keras traced with the old activation would go on using it.
+    for attribute in ("train_function", "test_function", "predict_function"):
+        if getattr(model, attribute, None) is not None:
+            setattr(model, attribute, None)
+
+
+def _same_state(state, other):
+    return state.keys() == other.keys() and all(
+        state[key] is other[key] or state[key] == other[key] for key in state)
+
+
+def restore_replaced(model, layers):
+    """Put back the activations the package replaced after `layers` (an earlier
+    `hybridize(solved_activation=...)` or `freeze_solved_layers`), where they still
+    are as it left them. Returns `{layer name: what was put back}`."""
+    restored = {}
+    for layer in layers:
+        for holder, before, after in _ORIGINALS.pop(layer, []):
+            if not _same_state(activation_state(holder), after):
+                continue  # changed by hand since: left as it is
+            restore_activation(holder, before)
+            value = before.get("activation")
+            restored[layer.name] = ("relu" if value is None
+                                    else keras.activations.serialize(value))
+    if restored:
+        _forget_traced_functions(model)
+    return restored
+
+
+def originals_snapshot(layers):
+    """What `restore_replaced` would put back for `layers`, to `reset_originals` after
+    a failed call."""
+    return {layer: list(_ORIGINALS[layer]) for layer in layers if layer in _ORIGINALS}
+
+
+def reset_originals(layers, snapshot):
+    for layer in layers:
+        if layer in snapshot:
+            _ORIGINALS[layer] = snapshot[layer]
+        else:
+            _ORIGINALS.pop(layer, None)
 
 
 def activation_state(layer):

@@ -39,7 +39,10 @@ from keras_classpca.hybrid.activations import (
     ActivationReplacer,
     activation_or_none,
     activation_state,
+    originals_snapshot,
+    reset_originals,
     restore_activation,
+    restore_replaced,
 )
 from keras_classpca.hybrid.cache import (
     SolveCache,
@@ -444,14 +447,18 @@ class _ModelState:
     def __init__(self, model):
         self.layers = [(layer, layer.get_weights(), layer.trainable,
                         [variable.trainable for variable in layer.weights],
-                        activation_state(layer))
+                        activation_state(layer), getattr(layer, SOLVED_MARK, None))
                        for layer in iter_layers(model)]  # nested models' layers too
+        self.originals = originals_snapshot([entry[0] for entry in self.layers])
 
     def restore(self):
-        for layer, weights, trainable, variables, activation in self.layers:
+        reset_originals([entry[0] for entry in self.layers], self.originals)
+        for layer, weights, trainable, variables, activation, mark in self.layers:
             if weights:
                 layer.set_weights(weights)
             restore_activation(layer, activation)
+            if getattr(layer, SOLVED_MARK, None) != mark:
+                setattr(layer, SOLVED_MARK, mark)
             if layer.trainable != trainable:
                 layer.trainable = trainable
             for variable, flag in zip(layer.weights, variables):
@@ -595,7 +602,7 @@ def hybridize(
             (`hybrid/activations.py`; an activation after a merge is kept). A ReLU
             after a solved layer discards the negative half of every class-PCA
             projection; with `"linear"` the solved layers pass their projections whole
-            (the seeds' truncated linear maps): the trained top learned 0.3–2.4 pp
+            (the seeds' truncated linear maps): the trained top learned 0.4–2.4 pp
             more on the benchmark MLP and CNN, but less on a held-out residual
             network (docs/benchmarks.md, `bench_lossless`, `bench_identity`). This
             changes the architecture (saved with it in `.keras`); `cutoff="auto"`
@@ -753,6 +760,10 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         stopped_because=plan.stop_reason,
         label_free=label_free,
     )
+    # Activations an earlier call replaced go back first: this call's `cutoff` and
+    # `solved_activation` alone decide which are replaced (and the decision and the
+    # solves see the model as it was built).
+    restored = restore_replaced(model, [step.layer for step in plan.steps])
     if not auto and cutoff > len(plan.steps):
         raise ValueError(
             f"cutoff={cutoff} but only {len(plan.steps)} layer(s) of this model can be "
@@ -760,7 +771,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             f"{plan.stop_reason}"
         )
     if cutoff == 0 or not plan.steps:
-        if _release_earlier_solves(plan, 0) and getattr(model, "compiled", False):
+        report.restored_activations = restored
+        released = _release_earlier_solves(plan, 0, restored)
+        if (released or restored) and getattr(model, "compiled", False):
             compile_like(model, model)
             report.recompiled = True
         report.seconds = time.perf_counter() - start
@@ -834,7 +847,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
                 convergence=convergence, on_device=on_device,
             )
         statistics.assign()
-        replaced = _replace_activation(replacer, layer)
+        replaced = replacer.replace(layer)
         solved = SolvedLayer(
             name=layer.name,
             kind=type(layer).__name__,
@@ -865,6 +878,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             else f"cutoff='auto': {plan.steps[solved].layer.name} was not kept ("
             + _why_not_kept(report.evidence, plan.steps[solved].layer.name) + ")."
         )
+    replaced_again = {record.name for record in report.layers if record.replaced_activation}
+    report.restored_activations = {name: value for name, value in restored.items()
+                                   if name not in replaced_again}
     _mark_and_freeze(model, plan, report, freeze)
     report.cutoff = len(report.layers)
     report.seconds = time.perf_counter() - start
@@ -880,21 +896,21 @@ def _reuse_solve(cached, block, replacer):
     # Same architecture, possibly other layer names (a new model per trial).
     record = dict(cached["record"]["solved"], name=layer.name,
                   adapted_batchnorms=[l.name for l in block[1:]])
-    record["replaced_activation"] = _replace_activation(replacer, layer)
+    record["replaced_activation"] = replacer.replace(layer)
     return SolvedLayer(**record)
 
 
 def _mark_and_freeze(model, plan, report, freeze):
     """Mark what the solve set, freeze it (`freeze`), release what an earlier call
     froze beyond it, and compile a compiled model again so that this holds."""
-    released = _release_earlier_solves(plan, len(report.layers))
+    released = _release_earlier_solves(plan, len(report.layers), report.restored_activations)
     for layer in _set_by_solve(plan, len(report.layers)):
         setattr(layer, SOLVED_MARK, True)
         if isinstance(layer, ClassPCAAdaptMixin):
             layer._adapted.assign(1)  # solved from data: `is_adapted`, as after adapt()
     if freeze:
         report.frozen.extend(_apply_freeze(plan, len(report.layers), freeze))
-    if report.frozen or released:
+    if report.frozen or released or report.restored_activations:
         report.recompiled = _compile_again(model, "hybridize")
 
 
@@ -919,8 +935,6 @@ def _compile_again(model, what):
 # without the warning meant for layers the user froze (pretrained weights).
 SOLVED_MARK = "_keras_classpca_solved"
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
-# What `freeze_solved_layers` replaced of a layer's activation (its report says so).
-REPLACED_MARK = "_keras_classpca_replaced_activation"
 
 
 def _apply_freeze(plan, cutoff, freeze):
@@ -955,12 +969,9 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     if cutoff <= 0:
         return []
     replacer = ActivationReplacer(model, activation_or_none(solved_activation))
-    replaced_any = False
+    replaced_any = bool(restore_replaced(model, [step.layer for step in plan.steps]))
     for step in plan.steps[:cutoff]:
-        replaced = replacer.replace(step.layer)
-        if replaced:
-            setattr(step.layer, REPLACED_MARK, replaced)
-            replaced_any = True
+        replaced_any = bool(replacer.replace(step.layer)) or replaced_any
     for layer in _set_by_solve(plan, cutoff):
         setattr(layer, SOLVED_MARK, True)
     frozen = _apply_freeze(plan, cutoff, freeze) if freeze else []
@@ -1014,11 +1025,6 @@ def _check_capacity(plan, cutoff, n_classes, options):
         )
 
 
-def _replace_activation(replacer, layer):
-    """`replacer.replace(layer)`, or what `freeze_solved_layers` replaced before."""
-    return replacer.replace(layer) or getattr(layer, REPLACED_MARK, None)
-
-
 def _set_by_solve(plan, cutoff):
     """The layers a solve of `cutoff` steps sets: the solved layers and the
     BatchNormalization layers it adapts."""
@@ -1032,10 +1038,10 @@ def _set_above(plan, cutoff):
     return [layer for layer in _set_by_solve(plan, len(plan.steps)) if id(layer) not in kept]
 
 
-def _release_earlier_solves(plan, cutoff):
+def _release_earlier_solves(plan, cutoff, restored=None):
     """Make the layers an earlier hybridize solved and froze above `cutoff` trainable
-    again (with a warning): they were solved from the layers below as they were then.
-    Returns their names."""
+    again (with a warning, naming the activations put back, `restored`): they were
+    solved from the layers below as they were then. Returns their names."""
     stale = [layer for layer in _set_above(plan, cutoff) if getattr(layer, SOLVED_MARK, False)]
     released = []
     for layer in stale:
@@ -1052,7 +1058,10 @@ def _release_earlier_solves(plan, cutoff):
         warnings.warn(
             f"An earlier hybridize solved and froze {', '.join(released)}, above the new "
             f"cutoff ({cutoff}): trainable again, their solved weights kept as a start "
-            "(they were solved from the layers below as those were then).",
+            "(they were solved from the layers below as those were then)"
+            + "".join(f"; {name}'s activation put back ({value})"
+                      for name, value in (restored or {}).items() if name in released)
+            + ".",
             UserWarning,
             stacklevel=4,
         )

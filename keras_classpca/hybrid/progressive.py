@@ -730,7 +730,8 @@ def fit_progressive(
             Dropout layer).
         **fit_kwargs: everything else `fit` takes (`batch_size`, `validation_data`,
             `callbacks`, `initial_epoch`, `verbose`, ...). Callbacks see one run:
-            `on_train_begin` once, `on_train_end` once.
+            `on_train_begin` once, `on_train_end` once. `BackupAndRestore` is refused
+            (its backup does not hold the freezing schedule): use `ModelCheckpoint`.
 
     Returns:
         The `keras.callbacks.History` of the whole run (all epochs), with

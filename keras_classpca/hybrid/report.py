@@ -73,6 +73,9 @@ class HybridReport:
         next_not_taken: why the next solvable layer was not solved (the cutoff, or the
             "auto" rule); None when every solvable layer was solved.
         frozen: names of the layers set to `trainable=False`.
+        restored_activations: `{layer name: activation}` put back after layers an
+            earlier `hybridize(solved_activation=...)` had solved and this call does not
+            solve, or solves keeping their own activation.
         label_free: the data had no labels: every layer was solved from the
             covariance eigenvectors of its input (one class).
         recompiled: the model was compiled before `hybridize`, and was compiled again
@@ -88,6 +91,7 @@ class HybridReport:
     stopped_because: str = None
     next_not_taken: str = None
     frozen: list = dataclasses.field(default_factory=list)
+    restored_activations: dict = dataclasses.field(default_factory=dict)
     recompiled: bool = False
     label_free: bool = False
     seconds: float = 0.0
@@ -159,6 +163,10 @@ class HybridReport:
             lines.append(f"  rule: {self.evidence['rule']}")
         if self.frozen:
             lines.append(f"  frozen: {', '.join(self.frozen)}")
+        if self.restored_activations:
+            put_back = ", ".join(f"{name} ({activation})"
+                                 for name, activation in self.restored_activations.items())
+            lines.append(f"  activations put back (an earlier hybridize replaced them): {put_back}")
         if self.recompiled:
             lines.append("  recompiled with its own compile arguments, so the freeze holds")
         if self.next_not_taken:

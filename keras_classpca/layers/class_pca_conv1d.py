@@ -17,7 +17,8 @@ class ClassPCAConv1D(ClassPCAConvMixin, keras.layers.Conv1D):
         patches_per_image: if set, use this many random windows of each sequence.
         seed: seed of that sub-sampling.
         n_classes, center, allocation, scaling, offset, variance_share,
-            dedup_threshold: see `keras_classpca.ClassPCA`.
+            dedup_threshold, discriminant, sign_pairs, product_dtype, memory_limit,
+            eigen_solver, sketch_size: see `keras_classpca.ClassPCA`.
         **kwargs: any `keras.layers.Conv1D` argument.
 
     Example:

@@ -25,7 +25,8 @@ class ClassPCAConv2D(ClassPCAConvMixin, keras.layers.Conv2D):
             same filters: positions are drawn batch by batch, so another batch size or
             data source draws others).
         n_classes, center, allocation, scaling, offset, variance_share,
-            dedup_threshold: see `keras_classpca.ClassPCA`.
+            dedup_threshold, discriminant, sign_pairs, product_dtype, memory_limit,
+            eigen_solver, sketch_size: see `keras_classpca.ClassPCA`.
         **kwargs: any `keras.layers.Conv2D` argument.
 
     Example:

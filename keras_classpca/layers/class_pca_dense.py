@@ -11,14 +11,19 @@ class ClassPCADense(ClassPCAAdaptMixin, keras.layers.Dense):
 
     `adapt((x, y))` sets the kernel to the class-PCA components of `x` (the leading
     eigenvectors of each class's covariance, `units // n_classes` per class) and the
-    bias so the outputs are centred and standardised. The layer is created frozen
-    (`trainable=False`): pass `trainable=True` to fine-tune it with `fit()` after
-    adapting.
+    bias so the outputs are centred and standardised. Unless `discriminant` or
+    `sign_pairs` is given, a layer that compresses its input (fewer units than input
+    features) adapted from at least 10 rows per input feature also gets the Dense
+    rule: Fisher directions of the class means among its units, each followed by its
+    negative where a rectifier follows (measured best there, `bench_lossless`). The
+    layer is created frozen (`trainable=False`): pass `trainable=True` to fine-tune it
+    with `fit()` after adapting.
 
     Args:
         units: number of output units (= class-PCA components).
         n_classes, center, allocation, scaling, offset, variance_share,
-            dedup_threshold: see `keras_classpca.ClassPCA`.
+            dedup_threshold, discriminant, sign_pairs, product_dtype, memory_limit,
+            eigen_solver, sketch_size: see `keras_classpca.ClassPCA`.
         **kwargs: any `keras.layers.Dense` argument (activation, use_bias, name, ...).
 
     Example:

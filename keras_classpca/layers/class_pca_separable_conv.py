@@ -17,7 +17,8 @@ _DOC = """{rank}D separable convolution solved by class-PCA in two passes.
         patches_per_image: if set, use this many random patches of each sample.
         seed: seed of that sub-sampling.
         n_classes, center, allocation, scaling, offset, variance_share,
-            dedup_threshold: see `keras_classpca.ClassPCA` (for both kernels).
+            dedup_threshold, discriminant, sign_pairs, product_dtype, memory_limit,
+            eigen_solver, sketch_size: see `keras_classpca.ClassPCA` (for both kernels).
         **kwargs: any `keras.layers.SeparableConv{rank}D` argument.
 """
 
