@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_classpca._optional import import_optional
 from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
+from keras_classpca.core.data_adapter import single_input, without_grad
 from keras_classpca.hybrid.builder import (
     CLASS_PCA_OPTIONS,
     check_settings,
@@ -89,6 +90,13 @@ def _declared(value, values):
     """The declared choice equal to `value`: some oracles hand back `True` as `1`."""
     same_kind = (v for v in values if v == value and isinstance(v, bool) == isinstance(value, bool))
     return next(same_kind, next((v for v in values if v == value), value))
+
+
+def _named_input(data):
+    """`(x, y)` data with `x` given as `{"image": x}` (as `fit` takes it) unwrapped."""
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and isinstance(data[0], dict):
+        return (single_input(data[0]),) + tuple(data[1:])
+    return data
 
 
 def _from_tuner(callbacks):
@@ -290,7 +298,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.cache = bool(cache)
         self.cache_dir = cache_dir
         self.hybridize_options = dict({"verbose": 0}, **hybridize_options)
-        if self.cache and data_fingerprint is None and not is_array_data(data):
+        if self.cache and data_fingerprint is None and not is_array_data(_named_input(data)):
             raise ValueError(
                 "`data_fingerprint` is required with `cache=True` when `data` is not "
                 "(x, y) arrays: a string that changes whenever the data changes."
@@ -405,8 +413,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
         # (Arrays changed in place keep their fingerprint: pass new arrays.)
         identity = tuple(id(part) for part in self.data)
         if self._fingerprint is None or self._fingerprint_of != identity:
-            self._fingerprint = data_fingerprint(np.asarray(self.data[0]),
-                                                 np.asarray(self.data[1]))
+            x, y = without_grad(tuple(_named_input(self.data)[:2]))
+            self._fingerprint = data_fingerprint(np.asarray(x), np.asarray(y))
             self._fingerprint_of = identity
         return self._fingerprint
 

@@ -98,3 +98,35 @@ def test_export_without_savedmodel_support_explains_the_route(tmp_path):
         kx.export_for_serving(model, tmp_path / "m")
     assert "keras-classpca export" in str(error.value)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch tensors that record gradients")
+def test_torch_tensors_that_record_gradients_are_read_as_model_fit_reads_them():
+    import torch
+
+    from keras_classpca import ClassPCADense, ClassPCAInitializer, fit_progressive, fit_top
+
+    torch.manual_seed(0)
+    x = torch.randn(240, 12, requires_grad=True)
+    y = torch.arange(240) % 3
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((12,)), keras.layers.Dense(6, activation="relu"),
+                                 keras.layers.Dense(3, activation="softmax")])
+
+    # NumPy cannot read them ("Can't call numpy() on Tensor that requires grad"):
+    # every entry point crashed where `model.fit` trains.
+    recording, plain = model(), model()
+    keras_classpca.hybridize(recording, (x, y), cutoff=1, samples=None, verbose=0)
+    keras_classpca.hybridize(plain, (x.detach().numpy(), y.numpy()), cutoff=1, samples=None,
+                             verbose=0)
+    np.testing.assert_array_equal(recording.get_weights()[0], plain.get_weights()[0])
+    layer = ClassPCADense(4)
+    layer.adapt((x, y))
+    assert layer.is_adapted
+    assert tuple(ClassPCAInitializer.from_data(x, y)(shape=(12, 4)).shape) == (12, 4)
+    recording.compile("adam", "sparse_categorical_crossentropy")
+    assert fit_top(recording, x, y, epochs=1, cache=True, verbose=0).cache_used
+    fit_progressive(recording, x, y, epochs=2, snap=True, verbose=0)
+    assert x.requires_grad  # the caller's tensor is left as it was

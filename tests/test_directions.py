@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from keras_classpca.core.directions import discriminant_directions, sign_pair_columns
+from keras_classpca.core.directions import (
+    discriminant_directions,
+    fix_signs,
+    sign_pair_columns,
+)
 
 pytestmark = pytest.mark.backend_independent
 
@@ -69,3 +73,16 @@ def test_sign_pairs_lose_nothing_through_a_relu():
     assert paired_kernel.shape == (7, 8) and paired_bias.shape == (8,)
     h = np.maximum(x @ paired_kernel + paired_bias, 0.0)
     np.testing.assert_allclose(h[:, 0::2] - h[:, 1::2], x @ kernel + bias, atol=1e-12)
+
+
+def test_float32_rounding_of_tied_entries_does_not_flip_a_column():
+    # An antisymmetric filter: its two largest entries are +a and -a. Float32 products
+    # leave them about 1e-5 apart (relative), in either order: the sign must not follow.
+    filter_ = np.array([1.31989, 0.0, -1.31989, 0.5, 0.0, -0.5])
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        noisy = filter_ * (1.0 + 3e-5 * rng.standard_normal(filter_.shape))
+        fixed = fix_signs(noisy[:, None])[:, 0]
+        assert fixed[0] > 0 and fixed[2] < 0
+    # A real difference (beyond the tie tolerance) still decides.
+    assert fix_signs(np.array([[1.0], [-1.01]]))[:, 0].tolist() == [-1.0, 1.01]

@@ -707,3 +707,74 @@ def test_a_spilled_cache_shuffles_batches_unless_shuffle_is_given(monkeypatch, t
                           memory_limit=1024, cache_dir=str(tmp_path), **extra)
         assert history.cache_used
     assert seen == ["batch", True]
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, size):
+        super().__init__()
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self):
+        return -(-len(self.x) // self.size)
+
+    def __getitem__(self, index):
+        rows = slice(index * self.size, (index + 1) * self.size)
+        return self.x[rows], self.y[rows]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_pydataset_equals_plain_fit_which_shuffles_its_batch_order(shuffle):
+    # `fit` shuffles a PyDataset's batch order every epoch (shuffle=True, its default):
+    # the cached training did not (it trained the batches in their order).
+    x, y = _data()
+    plain, cached = _model(2), _model(2)
+    keras.utils.set_random_seed(5)
+    plain.fit(_Batches(x, y, 25), epochs=3, shuffle=shuffle, verbose=0)
+    keras.utils.set_random_seed(5)
+    history = fit_top(cached, _Batches(x, y, 25), epochs=3, cache=True, shuffle=shuffle,
+                      verbose=0)
+    assert history.cache_used
+    for a, b in zip(plain.get_weights(), cached.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if shuffle:  # and it is not the batches in their order
+        ordered = _model(2)
+        keras.utils.set_random_seed(5)
+        ordered.fit(_Batches(x, y, 25), epochs=3, shuffle=False, verbose=0)
+        assert not np.allclose(ordered.get_weights()[-2], cached.get_weights()[-2])
+
+
+def test_a_named_input_is_shuffled_by_row_as_arrays_are():
+    # `fit({"name": x}, y)` shuffles rows as `fit(x, y)` does; the cached training took
+    # the dict for a dataset and trained the rows in their order.
+    x, y = _data()
+    trained = []
+    for data in (x, {"image": x}):
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((8, 8, 1), name="image")
+        hidden = L.Dense(16, activation="relu")(L.Flatten()(L.Conv2D(4, 3, name="conv")(inputs)))
+        model = keras.Model(inputs, L.Dense(3, activation="softmax")(hidden))
+        hybridize(model, (x, y), cutoff=1, verbose=0)
+        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        keras.utils.set_random_seed(7)
+        assert fit_top(model, data, y, epochs=2, batch_size=32, cache=True,
+                       verbose=0).cache_used
+        trained.append(model.get_weights()[-2])
+    np.testing.assert_allclose(trained[0], trained[1], rtol=1e-6, atol=1e-7)
+
+
+def test_a_generator_with_steps_per_epoch_is_not_read_to_its_end():
+    # `fit` draws `steps_per_epoch` batches per epoch from a stream that may never end:
+    # caching read it to its end (an endless generator hung).
+    x, y = _data()
+
+    def endless():
+        rng = np.random.default_rng(0)
+        while True:
+            rows = rng.choice(len(x), 25)
+            yield x[rows], y[rows]
+
+    model = _model(2)
+    history = fit_top(model, endless(), steps_per_epoch=4, epochs=2, verbose=0)
+    assert not history.cache_used and len(history.history["loss"]) == 2
+    with pytest.raises(ValueError, match="`steps_per_epoch` is given with a dataset or gen"):
+        fit_top(model, endless(), steps_per_epoch=4, epochs=2, cache=True, verbose=0)

@@ -319,6 +319,40 @@ def test_snap_replaces_the_layer_when_it_freezes():
     assert np.array_equal(weights.kernels[1]["conv1"], final)  # and frozen from then on
 
 
+def test_snap_and_the_output_probe_take_a_named_input_as_fit_does():
+    # `fit({"image": x}, y)`: the samples for snap and the probe were drawn as if the
+    # dict were a stream of batches, and a TypeError said the data was not data.
+    x, y = _data()
+
+    def named():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((10, 10, 1), name="image")
+        model = keras.Model(inputs, _model(compiled=False)(inputs))
+        model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+        return model
+
+    finals = []
+    for data in (x, {"image": x}):
+        model = named()
+        history = fit_progressive(model, data, y, epochs=2, settle=[1], snap=True,
+                                  batch_size=32, verbose=0)
+        assert "conv1" in history.progressive.snapped
+        finals.append([keras.ops.convert_to_numpy(w) for w in model.weights])
+    for a, b in zip(*finals):
+        np.testing.assert_array_equal(a, b)
+    fit_progressive(named(), {"image": x}, y, epochs=2, verbose=0,
+                    settle=SettleOnChange(measure="output"), batch_size=32)
+
+
+def test_snap_on_a_one_shot_iterator_says_what_snap_needs():
+    x, y = _data(32)
+    generator = ((x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8))
+    with pytest.raises(TypeError, match="one-shot iterator: `snap=True` cannot draw the "
+                                        "labelled sample") as error:
+        fit_progressive(_model(), generator, epochs=1, snap=True, verbose=0)
+    assert "SettleOnChange(probe" not in str(error.value)  # no help for snap
+
+
 def test_linear_cka():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(40, 5))

@@ -536,3 +536,12 @@ def test_new_data_given_to_the_hypermodel_is_not_served_the_old_datas_solves():
     hybridize(fresh, (x2, y2), cutoff=1, verbose=0, seed=0)
     np.testing.assert_allclose(model.layers[0].get_weights()[0],
                                fresh.layers[0].get_weights()[0], atol=1e-6)
+
+
+def test_a_named_input_dict_is_arrays_to_the_solve_cache():
+    # `({"name": x}, y)` is arrays as `fit` reads them: no `data_fingerprint` needed,
+    # and its fingerprint is that of `(x, y)`.
+    x, y = _data()
+    named = HybridHyperModel(_builder(), ({"features": x}, y), search_options=False)
+    plain = HybridHyperModel(_builder(), (x, y), search_options=False)
+    assert named._data_fingerprint() == plain._data_fingerprint()

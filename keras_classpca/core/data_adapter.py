@@ -140,6 +140,27 @@ def labels_optional(data, batch_rank=None):
     return lambda: _one_class_elements(data)
 
 
+def without_grad(data):
+    """`data` with each torch tensor that records gradients (`requires_grad`) detached,
+    inside tuples, lists and dicts too: NumPy cannot read such a tensor, and `fit`
+    takes it. Anything else is returned as it is.
+
+    >>> without_grad((np.zeros(2), [1, 2]))[1]
+    [1, 2]
+    """
+    if isinstance(data, (list, tuple)) and type(data) in (list, tuple):
+        parts = [without_grad(part) for part in data]
+        changed = any(new is not old for new, old in zip(parts, data))
+        return type(data)(parts) if changed else data
+    if type(data) is dict:
+        parts = {key: without_grad(value) for key, value in data.items()}
+        changed = any(parts[key] is not data[key] for key in data)
+        return parts if changed else data
+    if getattr(data, "requires_grad", False) is True and hasattr(data, "detach"):
+        return data.detach()
+    return data
+
+
 def as_standard_float(array):
     """`array` with bfloat16/float8 values (`ml_dtypes`, NumPy kind "V") cast to float32.
 

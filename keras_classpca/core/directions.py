@@ -74,11 +74,17 @@ def discriminant_directions(counts, means, covariances, n_directions, ridge=WITH
     return fix_signs(directions), np.clip(ratios[order], 0.0, None)
 
 
+SIGN_TIE = 1e-3
+
+
 def fix_signs(vectors):
     """Make the largest-magnitude entry of every column positive (like `svd_flip`).
 
-    Entries within a relative 1e-9 of the largest count as tied and the first of them
-    decides: which of two equal entries rounding makes larger must not flip a column.
+    Entries within a relative `SIGN_TIE` (1e-3) of the largest count as tied and the
+    first of them decides: which of two equal entries rounding makes larger must not
+    flip a column. (Float32 products leave about 1e-5 relative in an antisymmetric
+    filter's two largest entries, +a and -a: a tighter tie let the host and device
+    paths solve opposite filters, which a ReLU after them makes different features.)
 
     >>> fix_signs(np.array([[0.6, 0.6], [-0.8, 0.8]])).tolist()
     [[-0.6, 0.6], [0.8, 0.8]]
@@ -88,7 +94,7 @@ def fix_signs(vectors):
     magnitudes = np.abs(vectors)
     if not magnitudes.size:
         return vectors
-    rows = np.argmax(magnitudes >= magnitudes.max(axis=0) * (1.0 - 1e-9), axis=0)
+    rows = np.argmax(magnitudes >= magnitudes.max(axis=0) * (1.0 - SIGN_TIE), axis=0)
     signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
     signs[signs == 0] = 1.0
     return vectors * signs

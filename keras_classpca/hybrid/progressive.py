@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
-from keras_classpca.core.data_adapter import iter_batches
+from keras_classpca.core.data_adapter import iter_batches, single_input, without_grad
 from keras_classpca.core.subspace import leading_subspace, subspace_overlap
 from keras_classpca.hybrid.graph import ensure_built
 from keras_classpca.hybrid.planner import plan_model
@@ -396,6 +396,7 @@ def _snappable(layer):
 # ---------------------------------------------------------------------- data
 def _sample(x, y, samples, seed, need_labels):
     """Up to `samples` inputs (and int labels) from the training data, as numpy."""
+    x = single_input(x)  # `{"image": x}`, as `fit` takes it
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         x = np.asarray(x)
         keep = np.arange(len(x))
@@ -409,12 +410,15 @@ def _sample(x, y, samples, seed, need_labels):
         return x[keep], labels
     if hasattr(x, "__next__"):
         raise TypeError(
-            "`x` is a one-shot iterator: a probe sample cannot be drawn from it without "
-            "consuming training data. Pass `settle=SettleOnChange(probe=...)`, or data "
-            "that can be iterated again (arrays, tf.data.Dataset, keras.utils.PyDataset)."
+            "`x` is a one-shot iterator: "
+            + ("`snap=True` cannot draw the labelled sample it solves from" if need_labels
+               else "a probe sample cannot be drawn from it")
+            + " without consuming training data. Pass data that can be iterated again "
+            "(arrays, tf.data.Dataset, keras.utils.PyDataset)"
+            + ("." if need_labels else ", or `settle=SettleOnChange(probe=...)`.")
         )
     xs, ys = [], []
-    for batch_x, batch_y in iter_batches(x, max_samples=samples):
+    for batch_x, batch_y in iter_batches(x, y, max_samples=samples):
         xs.append(np.asarray(batch_x))
         ys.append(np.asarray(batch_y))
     if not xs:
@@ -756,6 +760,7 @@ def fit_progressive(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
         raise ValueError("`model` must be compiled before `fit_progressive` (as before `fit`).")
+    x, y = without_grad((x, y))  # torch tensors that record gradients: for the probes
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"`epochs` must be a positive integer; received {epochs!r}.")
     if not isinstance(snap, bool):

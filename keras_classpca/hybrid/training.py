@@ -32,7 +32,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_classpca.core.data_adapter import is_infinite, iter_batches
+from keras_classpca.core.data_adapter import is_infinite, iter_batches, without_grad
 from keras_classpca.hybrid.cache import (
     data_fingerprint,
     fixed_weights_digest,
@@ -411,13 +411,12 @@ class _Cache:
 
 
 def _prefix_outputs(prefix, data, batch_size, memory_limit, directory):
-    """`(cache, labels, sample weights or None, rows of the first batch)` of `data`."""
-    cache, labels, weights = _Cache(memory_limit, directory), [], []
+    """`(cache, labels, sample weights or None, rows of each batch)` of `data`."""
+    cache, labels, weights, sizes = _Cache(memory_limit, directory), [], [], []
     try:
-        first_size = None
         for x, y, w in iter_batches(data, batch_size=batch_size, sample_weights=True):
-            first_size = first_size or len(x)
-            cache.append(predict_batch(prefix, np.asarray(x), first_size))
+            sizes.append(len(x))
+            cache.append(predict_batch(prefix, np.asarray(x), sizes[0]))
             labels.append(np.asarray(y))
             weights.append(w)
         if not labels:
@@ -431,7 +430,24 @@ def _prefix_outputs(prefix, data, batch_size, memory_limit, directory):
         cache.close()  # a failure while caching must not leave a spill file behind
         raise
     weights = None if weights[0] is None else np.concatenate(weights)
-    return cache, np.concatenate(labels), weights, first_size
+    return cache, np.concatenate(labels), weights, sizes
+
+
+class _CachedBatches(keras.utils.PyDataset):
+    """A PyDataset's batches, as cached prefix outputs: `fit` shuffles their order
+    every epoch (with `shuffle=True`, its default), as it does the PyDataset's."""
+
+    def __init__(self, features, labels, weights, sizes):
+        super().__init__()
+        self.parts = (features, labels) + ((weights,) if weights is not None else ())
+        self.ends = np.cumsum(sizes)
+
+    def __len__(self):
+        return len(self.ends)
+
+    def __getitem__(self, index):
+        start = self.ends[index - 1] if index else 0
+        return tuple(np.asarray(part[start:self.ends[index]]) for part in self.parts)
 
 
 def is_array_data(data):
@@ -441,6 +457,13 @@ def is_array_data(data):
         and len(data) in (2, 3)
         and all(hasattr(part, "shape") for part in data[:2])
     )
+
+
+def _in_memory_arrays(x, y):
+    """Whether `fit(x, y)` reads arrays it slices itself (and shuffles by row): `x` an
+    array or a dict / list of arrays (a named input), `y` an array."""
+    leaves = keras.tree.flatten(x) if isinstance(x, (dict, list, tuple)) else [x]
+    return bool(leaves) and all(hasattr(part, "shape") for part in leaves + [y])
 
 
 def _replay(first, rest):
@@ -636,6 +659,8 @@ def fit_top(
     >>> history.cache_used
     True
     """
+    # Torch tensors that record gradients: `fit` takes them, NumPy (the cache) does not.
+    x, y, validation_data = without_grad((x, y, validation_data))
     if cache not in ("auto", True, False):
         raise ValueError(f"`cache` must be 'auto', True or False; received {cache!r}.")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
@@ -684,7 +709,19 @@ def fit_top(
     # forward passes, and the outputs the first caching call computes.
     shared = tuple(keys) if output_cache is not None and None not in keys else None
     uses = output_cache.count_use(shared) if shared is not None else 1
-    if cache == "auto" and remaining > 1 and not is_array_data((x, y)):
+    streamed = not _in_memory_arrays(x, y)
+    if streamed and fit_kwargs.get("steps_per_epoch") is not None:
+        # `fit` draws that many batches per epoch from a stream that may never end
+        # (a generator cannot tell): it cannot be read once to its end.
+        if cache is True:
+            raise ValueError(
+                "`cache=True` but `steps_per_epoch` is given with a dataset or generator: "
+                "`fit` draws that many batches per epoch from a stream that may not end, "
+                "so its prefix outputs cannot be computed once. Train with cache=False "
+                "(the frozen layers still skip back-propagation)."
+            )
+        return plain_fit()
+    if cache == "auto" and remaining > 1 and streamed:
         # `model.fit` reads a dataset, PyDataset or generator once per epoch: its
         # pipeline may draw new augmentation (or a new order) every time, which cached
         # outputs would freeze into one draw. `cache=True` caches it anyway.
@@ -722,17 +759,28 @@ def fit_top(
         return features, labels, weights, computed.spilled, rows
 
     try:
-        features, labels, weights, spilled, rows = outputs(train_data, keys[0])
+        features, labels, weights, spilled, sizes = outputs(train_data, keys[0])
+        shuffled_batches = (isinstance(x, keras.utils.PyDataset) and sizes is not None
+                            and fit_kwargs.get("shuffle", True))
+        if shuffled_batches:
+            # `fit` shuffles a PyDataset's batch order every epoch: so it does the
+            # cached batches'.
+            features = _CachedBatches(features, labels, weights, sizes)
+            labels = weights = None
+            fit_args.pop("batch_size", None)
         if weights is not None:  # (x, y, sample_weight) batches: trained with them
             fit_args["sample_weight"] = weights
-        if y is None and fit_args.get("batch_size") is None:
-            fit_args["batch_size"] = rows  # a dataset's batches: the same steps per epoch
+        if y is None and fit_args.get("batch_size") is None and not shuffled_batches:
+            # a dataset's batches: the same steps per epoch
+            fit_args["batch_size"] = sizes[0] if sizes else None
         if validation_data is not None:
             extra = tuple(validation_data[2:]) if is_array_data(validation_data) else ()
             val_features, val_labels, val_weights = outputs(validation_data, keys[1])[:3]
             validation_data = (val_features, val_labels) + (
                 extra or ((val_weights,) if val_weights is not None else ()))
-        if not is_array_data((x, y)):
+        if shuffled_batches:
+            fit_args["shuffle"] = True
+        elif streamed:
             # `fit` keeps a dataset's (generator's) own batches in their order (it ignores
             # `shuffle`); so does the training on their cached outputs.
             fit_args["shuffle"] = False

@@ -12,6 +12,7 @@ from keras_classpca.core.data_adapter import (
     iter_batches,
     labels_optional,
     never_ends_error,
+    without_grad,
 )
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
@@ -110,6 +111,7 @@ class ClassPCAAdaptMixin:
             strategy: a `tf.distribute.Strategy` to spread the statistics pass over
                 (needs `n_classes`; see docs/distributed.md).
         """
+        data = without_grad(data)
         if steps is None and is_infinite(data):
             raise never_ends_error(
                 "pass `steps=` (how many batches to adapt on), or a finite dataset.")
