@@ -110,12 +110,13 @@ def _labels_tensor(y, n_classes):
 
 
 def layer_row_fn(layer):
-    """`(x, y) -> (rows, row_labels)` in TF ops for a Dense or Conv2D `layer`.
+    """`(x, y) -> (rows, row_labels)` in TF ops for a Dense or one-group ConvND `layer`.
 
     The TF counterpart of `layer_inputs.iter_rows` (without `patches_per_image`
     sub-sampling): a Dense layer's rows are its input vectors (leading axes
-    flattened), a Conv2D layer's rows its patches in `(kernel_row, kernel_col,
-    channel)` order, matching `patches.extract_patches` and the kernel layout.
+    flattened), a convolution's rows its patches in `(kernel axes..., channel)` order,
+    matching `patches.extract_patches` and the kernel layout (Conv1D as a Conv2D of
+    height 1, `"causal"` as left zero-padding; Conv3D with `dilation_rate` 1).
     """
     import keras
 
@@ -128,37 +129,55 @@ def layer_row_fn(layer):
             return tf.reshape(x, [-1, d]), tf.repeat(labels, per_sample)
 
         return dense_rows
-    if isinstance(layer, keras.layers.Conv2D):
-        if layer.groups != 1:
-            raise ValueError(
-                f"Conv2D '{layer.name}' has groups={layer.groups}; only groups=1 is solvable."
-            )
-        kh, kw = layer.kernel_size
-        sh, sw = layer.strides
-        dh, dw = layer.dilation_rate
-        padding = layer.padding.upper()
-        channels_first = layer.data_format == "channels_first"
+    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+    if not isinstance(layer, kinds):
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' is not a Dense, Conv1D, Conv2D or "
+            "Conv3D layer: its statistics are not computed on the replicas (hybridize "
+            "solves depthwise and separable convolutions in this process)."
+        )
+    if layer.groups != 1:
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' has groups={layer.groups}: its "
+            "statistics are per group of channels, not computed on the replicas "
+            "(hybridize solves it in this process)."
+        )
+    rank = len(layer.kernel_size)
+    if rank == 3 and tuple(layer.dilation_rate) != (1, 1, 1):
+        raise ValueError(
+            f"Conv3D '{layer.name}' has dilation_rate={tuple(layer.dilation_rate)}: TF's "
+            "volume patches have no dilation (hybridize solves it in this process)."
+        )
+    kernel, strides, rates = (list(layer.kernel_size), list(layer.strides),
+                              list(layer.dilation_rate))
+    causal = layer.padding == "causal"
+    padding = "VALID" if causal else layer.padding.upper()
+    channels_first = layer.data_format == "channels_first"
 
-        def conv_rows(x, labels):
-            x = tf.convert_to_tensor(x)
-            if channels_first:
-                x = tf.transpose(x, [0, 2, 3, 1])
+    def conv_rows(x, labels):
+        x = tf.convert_to_tensor(x)
+        if channels_first:
+            x = tf.transpose(x, [0] + list(range(2, rank + 2)) + [1])
+        if causal:  # Conv1D: (k - 1)·d zeros before the first step
+            x = tf.pad(x, [[0, 0], [(kernel[0] - 1) * rates[0], 0], [0, 0]])
+        if rank == 1:
+            x = x[:, None]  # a Conv2D of height 1
+        if rank == 3:
+            patches = tf.extract_volume_patches(
+                x, ksizes=[1] + kernel + [1], strides=[1] + strides + [1], padding=padding)
+        else:
             patches = tf.image.extract_patches(
                 x,
-                sizes=[1, kh, kw, 1],
-                strides=[1, sh, sw, 1],
-                rates=[1, dh, dw, 1],
+                sizes=[1] + [1] * (rank == 1) + kernel + [1],
+                strides=[1] + [1] * (rank == 1) + strides + [1],
+                rates=[1] + [1] * (rank == 1) + rates + [1],
                 padding=padding,
             )
-            d = kh * kw * x.shape[-1]
-            per_image = tf.shape(patches)[1] * tf.shape(patches)[2]
-            return tf.reshape(patches, [-1, d]), tf.repeat(labels, per_image)
+        d = patches.shape[-1]
+        per_sample = tf.math.reduce_prod(tf.shape(patches)[1:-1])
+        return tf.reshape(patches, [-1, d]), tf.repeat(labels, per_sample)
 
-        return conv_rows
-    raise ValueError(
-        f"{type(layer).__name__} '{layer.name}' is not a Dense or Conv2D layer; class-PCA "
-        "solves only those."
-    )
+    return conv_rows
 
 
 def _as_dataset(data, y, batch_size):
@@ -672,7 +691,7 @@ def _row_dimension(layer, input_shape):
     """Features of one row of `layer` for inputs of `input_shape` (batch axis first)."""
     import keras
 
-    if isinstance(layer, keras.layers.Conv2D):
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
         channels = input_shape[1] if layer.data_format == "channels_first" else input_shape[-1]
         return int(np.prod(layer.kernel_size)) * int(channels)
     return int(input_shape[-1])
@@ -767,7 +786,8 @@ def _is_batched(dataset):
 
 
 def adapt_with_strategy(layer, data, *, strategy, batch_size=None, steps=None):
-    """`layer.adapt(data)` for a `ClassPCADense` / `ClassPCAConv2D` over `strategy`."""
+    """`layer.adapt(data)` for a `ClassPCADense` / `ClassPCAConv1D/2D/3D` over
+    `strategy`."""
     if getattr(layer, "patches_per_image", None) is not None:
         raise NotImplementedError(
             "`patches_per_image` sub-sampling is not available with a tf.distribute strategy."

@@ -662,3 +662,49 @@ def test_hybridize_strategy_solves_depthwise_and_separable_layers_in_process():
     assert report.cutoff == 3
     for a, b in zip(local.get_weights(), spread.get_weights()):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.tensorflow_backend
+@pytest.mark.parametrize("kind", ["conv1d", "conv3d"])
+def test_hybridize_strategy_distributes_conv1d_and_conv3d(kind):
+    # Their statistics run on the replicas (docs: "Dense and ungrouped ConvND"); the
+    # replica rows only knew Dense and Conv2D ("not a Dense or Conv2D layer").
+    import keras
+
+    from keras_classpca import ClassPCAConv1D, hybridize
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % 4
+    if kind == "conv1d":
+        x = rng.normal(size=(96, 20, 3)).astype("float32")
+        convs = [keras.layers.Conv1D(6, 3, padding="causal", dilation_rate=2,
+                                     activation="relu"),
+                 keras.layers.Conv1D(8, 3, strides=2, padding="same", activation="relu")]
+    else:
+        x = rng.normal(size=(96, 6, 6, 6, 2)).astype("float32")
+        convs = [keras.layers.Conv3D(6, 3, padding="same", activation="relu"),
+                 keras.layers.Conv3D(8, 2, strides=2, activation="relu")]
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input(x.shape[1:]), *convs[:1], *convs[1:],
+                                 keras.layers.Flatten(),
+                                 keras.layers.Dense(4, activation="softmax")])
+
+    local = model()
+    hybridize(local, (x, labels), cutoff=2, samples=None, verbose=0, product_dtype="float64")
+    convs = [type(c).from_config(c.get_config()) for c in convs]
+    spread = model()
+    report = hybridize(spread, (x, labels), cutoff=2, samples=None, verbose=0,
+                       strategy=tf.distribute.get_strategy())
+    assert report.cutoff == 2
+    for a, b in zip(local.get_weights(), spread.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    if kind == "conv1d":  # and the layer's own adapt(strategy=)
+        layer = ClassPCAConv1D(6, 3, padding="causal", n_classes=4)
+        adapt_with_strategy(layer, (x, labels), strategy=None)
+        reference = ClassPCAConv1D(6, 3, padding="causal", n_classes=4,
+                                   product_dtype="float64")
+        reference.adapt((x, labels))
+        np.testing.assert_allclose(layer.kernel.numpy(), reference.kernel.numpy(),
+                                   rtol=1e-5, atol=1e-6)

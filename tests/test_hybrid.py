@@ -1080,6 +1080,28 @@ def test_a_later_hybridize_puts_back_the_activations_it_no_longer_replaces(blobs
     model.fit(x, y, epochs=1, verbose=0)
 
 
+def test_the_solve_cache_serves_solves_with_a_solved_activation(blobs):
+    # The entry was stored under the key of the graph after the activation was
+    # replaced, and looked up under the graph before: it never hit.
+    from keras_classpca import SolveCache
+
+    x, y = blobs
+    cache = SolveCache()
+    first, second = _chain(x), _chain(x)
+    hybridize(first, (x, y), cutoff=2, solved_activation="linear", solve_cache=cache,
+              verbose=0)
+    assert (cache.hits, cache.misses) == (0, 2)
+    report = hybridize(second, (x, y), cutoff=2, solved_activation="linear",
+                       solve_cache=cache, verbose=0)
+    assert (cache.hits, cache.misses) == (2, 2)
+    assert [layer.replaced_activation for layer in report.layers] == ["relu", "relu"]
+    assert second.get_layer("b").activation is keras.activations.linear
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    hybridize(_chain(x), (x, y), cutoff=2, solve_cache=cache, verbose=0)  # the default
+    assert cache.misses == 4  # is another solve
+
+
 def test_an_activation_changed_by_hand_is_not_put_back(blobs):
     x, y = blobs
     model = _chain(x)

@@ -505,13 +505,19 @@ class _CacheKeys:
     def lookup(self, j):
         if self.cache is None:
             return None
-        return self.cache.get(self._key(j))
+        # Stored under the key of the graph as it is now: solving the step may replace
+        # its activation (`solved_activation`), and a later call looks up the graph
+        # before that.
+        self._looked_up = (j, self._key(j))
+        return self.cache.get(self._looked_up[1])
 
     def store(self, j, weights, solved):
         if self.cache is None:
             return
-        self.cache.put(self._key(j), {"weights": weights,
-                                      "record": {"solved": dataclasses.asdict(solved)}})
+        looked_up = getattr(self, "_looked_up", None)
+        key = looked_up[1] if looked_up is not None and looked_up[0] == j else self._key(j)
+        self.cache.put(key, {"weights": weights,
+                             "record": {"solved": dataclasses.asdict(solved)}})
 
 
 def solved_layer_names(model, cutoff):
@@ -1152,10 +1158,13 @@ def _layer_named(plan, name):
 
 def _distributable(step):
     """Whether `hybridize(strategy=...)` accumulates this step's statistics over the
-    strategy: Dense and ungrouped ConvND layers of the top model. Others (depthwise,
-    separable, grouped, inside a nested model) are solved in this process from its
+    strategy: Dense and ungrouped ConvND layers of the top model (not a dilated
+    Conv3D). Others (depthwise, separable, grouped, inside a nested model) are solved
+    in this process from its
     `data`, as BatchNormalization moments are."""
     layer = step.layer
+    if isinstance(layer, keras.layers.Conv3D) and tuple(layer.dilation_rate) != (1, 1, 1):
+        return False  # TF's volume patches have no dilation
     return (isinstance(layer, (keras.layers.Dense,) + CONVOLUTIONS)
             and getattr(layer, "groups", 1) == 1 and not step.scope)
 
