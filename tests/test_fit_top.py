@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BACKEND
+from conftest import BACKEND, ArrayPyDataset
 
 from keras_classpca import fit_top, hybridize
 from keras_classpca.hybrid import training as fit_top_module
@@ -709,19 +709,6 @@ def test_a_spilled_cache_shuffles_batches_unless_shuffle_is_given(monkeypatch, t
     assert seen == ["batch", True]
 
 
-class _Batches(keras.utils.PyDataset):
-    def __init__(self, x, y, size):
-        super().__init__()
-        self.x, self.y, self.size = x, y, size
-
-    def __len__(self):
-        return -(-len(self.x) // self.size)
-
-    def __getitem__(self, index):
-        rows = slice(index * self.size, (index + 1) * self.size)
-        return self.x[rows], self.y[rows]
-
-
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_a_pydataset_equals_plain_fit_which_shuffles_its_batch_order(shuffle):
     # `fit` shuffles a PyDataset's batch order every epoch (shuffle=True, its default):
@@ -729,9 +716,9 @@ def test_a_pydataset_equals_plain_fit_which_shuffles_its_batch_order(shuffle):
     x, y = _data()
     plain, cached = _model(2), _model(2)
     keras.utils.set_random_seed(5)
-    plain.fit(_Batches(x, y, 25), epochs=3, shuffle=shuffle, verbose=0)
+    plain.fit(ArrayPyDataset(x, y, 25), epochs=3, shuffle=shuffle, verbose=0)
     keras.utils.set_random_seed(5)
-    history = fit_top(cached, _Batches(x, y, 25), epochs=3, cache=True, shuffle=shuffle,
+    history = fit_top(cached, ArrayPyDataset(x, y, 25), epochs=3, cache=True, shuffle=shuffle,
                       verbose=0)
     assert history.cache_used
     for a, b in zip(plain.get_weights(), cached.get_weights()):
@@ -739,7 +726,7 @@ def test_a_pydataset_equals_plain_fit_which_shuffles_its_batch_order(shuffle):
     if shuffle:  # and it is not the batches in their order
         ordered = _model(2)
         keras.utils.set_random_seed(5)
-        ordered.fit(_Batches(x, y, 25), epochs=3, shuffle=False, verbose=0)
+        ordered.fit(ArrayPyDataset(x, y, 25), epochs=3, shuffle=False, verbose=0)
         assert not np.allclose(ordered.get_weights()[-2], cached.get_weights()[-2])
 
 
