@@ -120,3 +120,27 @@ def test_n_classes_known_and_all_seen_converges_as_before():
     with_count = SubspaceConvergence(tolerance=1e-3, first=64, n_classes=3)
     without = SubspaceConvergence(tolerance=1e-3, first=64)
     assert _stream(with_count, x, y) == _stream(without, x, y) < len(y)
+
+
+def test_a_check_holds_one_class_matrix_at_a_time():
+    # `samples="auto"` kept every class's (d, d) matrix, twice (this check point's and
+    # the previous one's): 2·K·d² float64, beyond `memory_limit` and a sketch's budget.
+    import weakref
+
+    rng = np.random.default_rng(0)
+    y = np.arange(2000) % 20
+    x = rng.normal(size=(2000, 12)) * (1 + 3 * np.eye(12)[y % 12])
+    pca = ClassPCA(20).fit(x, y)
+    real, live = pca.class_matrix, []
+
+    def tracked(label):
+        assert all(ref() is None for ref in live), "an earlier class matrix is still held"
+        matrix = real(label)
+        live.append(weakref.ref(matrix))
+        return matrix
+
+    pca.class_matrix = tracked
+    monitor = SubspaceConvergence(first=1)
+    assert not monitor.check([pca], 2000)  # the first check point: nothing to compare
+    assert monitor.check([pca], 4000)  # the same statistics: no change
+    assert monitor.history == [[4000, 0.0]] and len(live) == 40

@@ -132,22 +132,18 @@ class SubspaceConvergence:
             return False
         while self.next_check <= seen:
             self.next_check = int(np.ceil(self.next_check * self.growth))
+        previous = self.previous or [None] * len(class_pcas)
         with blas_threads_for(max(class_pca.n_features_in_ for class_pca in class_pcas)):
-            current = [self._class_matrices(class_pca) for class_pca in class_pcas]
-        if any(spaces is None for spaces in current):
+            results = [self._class_spaces(class_pca, before)
+                       for class_pca, before in zip(class_pcas, previous)]
+        if any(spaces is None for spaces, _ in results):
             return False  # a class has too few samples to have a subspace yet
+        current = [spaces for spaces, _ in results]
         if self.n_classes is not None and any(len(now) < self.n_classes for now in current):
             self.previous = current
             return False  # classes not seen yet: the stream may be sorted by class
         if self.previous is not None:
-            change = max(
-                float(np.mean([
-                    captured_variance_change(matrix, before[label][1], basis)
-                    if label in before else 1.0  # a class new since the last check
-                    for label, (matrix, basis) in now.items()
-                ] or [1.0]))
-                for before, now in zip(self.previous, current)
-            )
+            change = max(float(np.mean(changes or [1.0])) for _, changes in results)
             self.history.append([int(seen), change])
             if change < self.tolerance:
                 self.converged_at = int(seen)
@@ -156,15 +152,24 @@ class SubspaceConvergence:
         return False
 
     @staticmethod
-    def _class_matrices(class_pca):
-        """`{label: (C, leading eigenspace basis)}` of one `ClassPCA`'s statistics."""
+    def _class_spaces(class_pca, previous):
+        """`({label: leading eigenspace basis}, [change per class since `previous`])`
+        of one `ClassPCA`'s statistics; `(None, None)` while a class has too few
+        samples. One class's `(d, d)` matrix at a time: only the bases are kept (a
+        thousand classes of 3x3x256 patches would hold 42 GB of matrices)."""
         labels = class_pca.classes_
         components = class_pca.n_components or class_pca.n_features_in_
         per_class = math.ceil(components / max(len(labels), 1))
-        spaces = {}
-        for label, count in zip(labels, class_pca.n_samples_seen_):
-            if count <= per_class:
-                return None
+        if any(count <= per_class for count in class_pca.n_samples_seen_):
+            return None, None
+        spaces, changes = {}, []
+        for label in labels:
             matrix = class_pca.class_matrix(label)
-            spaces[int(label)] = (matrix, leading_eigenspace(matrix, per_class))
-        return spaces
+            basis = leading_eigenspace(matrix, per_class)
+            if previous is not None:
+                changes.append(  # a class new since the last check has moved all the way
+                    captured_variance_change(matrix, previous[int(label)], basis)
+                    if int(label) in previous else 1.0)
+            spaces[int(label)] = basis
+            del matrix
+        return spaces, changes
