@@ -1,5 +1,7 @@
 """`ClassPCA`: subspace recovery, allocation, scaling, streaming, determinism, errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -419,6 +421,18 @@ def test_bad_labels_rejected(blobs, labels, match, method):
 
 def test_labels_to_int_accepts_integer_valued_floats_and_column():
     np.testing.assert_array_equal(labels_to_int(np.array([[0.0], [2.0], [1.0]])), [0, 2, 1])
+
+
+def test_label_messages_for_an_empty_one_hot_row_and_float16_labels():
+    # A one-hot row without its 1 was called "soft or smoothed labels".
+    with pytest.raises(ValueError, match=r"row 1 is all zeros: a sample without a class"):
+        labels_to_int(np.array([[1, 0], [0, 0], [0, 1]]))
+    # float16 labels warned "overflow encountered in cast" (an error under -W error).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(labels_to_int(np.array([0, 2, 1], np.float16)), [0, 2, 1])
+    with pytest.raises(ValueError, match="too large for a class index"):
+        labels_to_int(np.array([2**63], np.uint64))
 
 
 def test_empty_data_rejected(blobs):

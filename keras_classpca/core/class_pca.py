@@ -178,13 +178,18 @@ def labels_to_int(y, n_classes=None):
                 f"`y` is one-hot with {y.shape[1]} columns but n_classes={n_classes}."
             )
         if y.size and not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
-            several = bool(y.size) and np.all((y == 0) | (y == 1)) and np.any(y.sum(axis=1) > 1)
+            binary = bool(np.all((y == 0) | (y == 1)))
+            sums = y.sum(axis=1)
+            if binary and np.any(sums > 1):
+                why = " (rows with several 1s: multi-label targets, which class-PCA cannot use"
+            elif binary:  # 0/1 entries, a row without its 1
+                why = (f" (row {int(np.argmax(sums == 0))} is all zeros: a sample without "
+                       "a class")
+            else:
+                why = " (soft or smoothed labels are not supported: pass the class ids"
             raise ValueError(
                 "`y` has 2 dimensions but is not one-hot: every row must hold a single 1 "
-                "and zeros elsewhere"
-                + (" (rows with several 1s: multi-label targets, which class-PCA cannot "
-                   "use" if several else " (soft or smoothed labels are not supported: "
-                   "pass the class ids")
+                "and zeros elsewhere" + why
                 + "; without class labels, solve label-free with `x` alone)."
             )
         return np.argmax(y, axis=1).astype(np.int64)
@@ -204,7 +209,9 @@ def labels_to_int(y, n_classes=None):
                 "regression target? class-PCA needs classes: solve label-free with `x` "
                 "alone, the PCA of each layer's input)."
             )
-    if y.size and y.dtype.kind in "uf" and y.max() > np.iinfo(np.int64).max:
+    # (floats compared as float64: float16 cannot hold int64's maximum, and the cast warns)
+    largest = (float(y.max()) if y.dtype.kind == "f" else int(y.max())) if y.size else 0
+    if y.dtype.kind in "uf" and largest >= 2**63:
         raise ValueError(
             f"`y` holds label {y.max()!r}, too large for a class index (labels must be "
             "integers 0, 1, ... up to the number of classes - 1)."
