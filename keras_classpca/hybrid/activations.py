@@ -130,7 +130,7 @@ class ActivationReplacer:
         `"relu"`, `"relu in 're_lu_2'"` for an activation layer, both joined by "; "
         for `Conv(activation="relu") -> BN -> ReLU`), or None."""
         replaced = []
-        originals = _ORIGINALS.setdefault(layer, [])
+        originals = _ORIGINALS.get(layer, [])
         for holder, name in self._targets(layer):
             before = activation_state(holder)
             if isinstance(holder, keras.layers.ReLU):
@@ -144,8 +144,8 @@ class ActivationReplacer:
             replaced.append(was if name is None else f"{was} in '{name}'")
             if not any(held is holder for held, _, _ in originals):
                 originals.append((holder, before, activation_state(holder)))
-        if not originals:
-            _ORIGINALS.pop(layer, None)
+        if originals:
+            _ORIGINALS[layer] = originals
         if replaced:
             _forget_traced_functions(self.model)
         return "; ".join(replaced) or None

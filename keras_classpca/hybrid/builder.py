@@ -489,8 +489,17 @@ class _CacheKeys:
         self.base = dict(settings, fingerprint=fingerprint,
                          input_shape=list(model.inputs[0].shape[1:]))
         self.plan = plan
+        self._keys = {}
 
     def _key(self, j):
+        """Step `j`'s key, of the graph as it is when first asked (at the lookup):
+        solving the step may replace its activation (`solved_activation`), and a later
+        call looks it up as it was before."""
+        if j not in self._keys:
+            self._keys[j] = self._graph_key(j)
+        return self._keys[j]
+
+    def _graph_key(self, j):
         steps = self.plan.steps
         end = steps[j + 1].position if j + 1 < len(steps) else len(self.plan.layers)
         # Weights the solve neither writes nor adapts (a Normalization's statistics, a
@@ -505,19 +514,13 @@ class _CacheKeys:
     def lookup(self, j):
         if self.cache is None:
             return None
-        # Stored under the key of the graph as it is now: solving the step may replace
-        # its activation (`solved_activation`), and a later call looks up the graph
-        # before that.
-        self._looked_up = (j, self._key(j))
-        return self.cache.get(self._looked_up[1])
+        return self.cache.get(self._key(j))
 
     def store(self, j, weights, solved):
         if self.cache is None:
             return
-        looked_up = getattr(self, "_looked_up", None)
-        key = looked_up[1] if looked_up is not None and looked_up[0] == j else self._key(j)
-        self.cache.put(key, {"weights": weights,
-                             "record": {"solved": dataclasses.asdict(solved)}})
+        self.cache.put(self._key(j), {"weights": weights,
+                                      "record": {"solved": dataclasses.asdict(solved)}})
 
 
 def solved_layer_names(model, cutoff):
@@ -1160,8 +1163,7 @@ def _distributable(step):
     """Whether `hybridize(strategy=...)` accumulates this step's statistics over the
     strategy: Dense and ungrouped ConvND layers of the top model (not a dilated
     Conv3D). Others (depthwise, separable, grouped, inside a nested model) are solved
-    in this process from its
-    `data`, as BatchNormalization moments are."""
+    in this process from its `data`, as BatchNormalization moments are."""
     layer = step.layer
     if isinstance(layer, keras.layers.Conv3D) and tuple(layer.dilation_rate) != (1, 1, 1):
         return False  # TF's volume patches have no dilation

@@ -778,12 +778,11 @@ def fit_top(
             val_features, val_labels, val_weights = outputs(validation_data, keys[1])[:3]
             validation_data = (val_features, val_labels) + (
                 extra or ((val_weights,) if val_weights is not None else ()))
-        if shuffled_batches:
-            fit_args["shuffle"] = True
-        elif streamed:
-            # `fit` keeps a dataset's (generator's) own batches in their order (it ignores
-            # `shuffle`); so does the training on their cached outputs.
-            fit_args["shuffle"] = False
+        if streamed:
+            if not shuffled_batches:
+                # `fit` keeps a dataset's (generator's) own batches in their order (it
+                # ignores `shuffle`); so does the training on their cached outputs.
+                fit_args["shuffle"] = False
         elif spilled and "shuffle" not in fit_kwargs:
             fit_args["shuffle"] = "batch"  # random rows of a file-backed array are slow
         history = top.fit(features, labels, validation_data=validation_data, **fit_args)
