@@ -35,6 +35,16 @@ def test_leading_eigenspace_spans_the_top_eigenvectors():
     assert leading_eigenspace(matrix, 10).shape == (6, 6)  # capped at d
 
 
+def test_leading_eigenspace_of_a_wide_matrix_spans_the_top_eigenvectors():
+    # d >= 512 with few vectors: the Lanczos path, on a flat spectrum (its hard case)
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(600, 600)))
+    matrix = q @ np.diag(np.linspace(2.0, 1.0, 600)) @ q.T
+    basis = leading_eigenspace(matrix, 5)
+    assert np.allclose(basis.T @ basis, np.eye(5), atol=1e-10)
+    assert subspace_overlap(basis, q[:, :5]) == pytest.approx(1.0, abs=1e-8)
+
+
 def test_stops_once_the_class_subspaces_settle_and_they_are_the_true_ones():
     data = make_subspace_classes([2, 2, 2], n_features=12, n_per_class=4000, noise=0.2, seed=1)
     order = np.random.default_rng(0).permutation(len(data.y))
