@@ -140,6 +140,46 @@ def test_auto_switches_to_a_sketch_when_exact_statistics_do_not_fit():
 
 
 @pytest.mark.backend_independent
+def test_auto_sketch_shrinks_when_classes_arrive_late():
+    # A stream whose first batches hold two of the five classes: the automatic sketch
+    # is sized for two, then kept within memory_limit as the other three arrive.
+    x, y, bases = _subspace_data()
+    order = np.argsort(y >= 2, kind="stable")
+    x, y = x[order], y[order]
+    limit = sketch_nbytes(5, x.shape[1], 60) // 4
+    pca, sizes = ClassPCA(20, memory_limit=limit), []
+    with pytest.warns(UserWarning, match="sketch"):
+        for begin in range(0, len(x), 250):
+            pca.partial_fit(x[begin : begin + 250], y[begin : begin + 250])
+            sizes.append(pca.sketch_size_)
+    first_sketch = next(size for size in sizes if size is not None)
+    assert pca.sketch_size_ < first_sketch and pca.statistics_.nbytes <= limit
+    np.testing.assert_array_equal(pca.n_samples_seen_, np.bincount(y))
+    for label, basis in enumerate(bases):
+        found = pca.components_[:, pca.component_classes_ == label]
+        assert subspace_residual(found, basis) < 0.05
+
+
+@pytest.mark.backend_independent
+def test_a_shrunk_sketch_keeps_the_frequent_directions_bound():
+    x, y, _ = _subspace_data(n=2000, noise=0.3)
+    sketch, exact = ClassSketch(60, sketch_size=12), ClassStatistics(60)
+    sketch.accumulate(x, y)
+    exact.accumulate(x, y)
+    sketch.shrink_to(5)
+    sketch.accumulate(x[:300], y[:300])  # goes on with the smaller buffer
+    exact.accumulate(x[:300], y[:300])
+    assert sketch.sketch_size == 5 and sketch.nbytes == sketch_nbytes(5, 60, 5)
+    for label in exact.classes.tolist():
+        truth = exact.second_moment(label)
+        gap = np.linalg.eigvalsh(truth - sketch.second_moment(label))
+        scale = np.linalg.norm(truth, 2)
+        assert gap.min() >= -1e-6 * scale and gap.max() <= sketch.shrinkage[label] + 1e-6 * scale
+    with pytest.raises(ValueError, match=r"sketch_size.*only shrinks"):
+        sketch.shrink_to(6)
+
+
+@pytest.mark.backend_independent
 def test_memory_is_linear_in_classes_and_features():
     # The case: 1,000 classes of 3x3x256 patches.
     k, d = 1000, 2304
@@ -200,10 +240,14 @@ def test_hybridize_solves_a_layer_from_a_sketch(dense_reference):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((60,)), keras.layers.Dense(20, activation="relu"),
                               keras.layers.Dense(5, activation="softmax")])
-    hybridize(model, (x, y), cutoff=1, sketch_size=12, samples=None, verbose=0)
+    report = hybridize(model, (x, y), cutoff=1, sketch_size=12, samples=None, verbose=0)
     exact = dense_reference(20, x, y, sketch_size=None)  # the Dense rule applies here
     kernel = model.layers[0].get_weights()[0]
     assert subspace_residual(kernel, exact.kernel_) < 1e-2
+    assert report.layers[0].sketch_size == 12
+    assert "from a sketch of 12 rows per class" in str(report)
+    model = keras.models.clone_model(model)
+    assert hybridize(model, (x, y), cutoff=1, samples=None, verbose=0).layers[0].sketch_size is None
 
 
 @pytest.mark.backend_independent

@@ -712,12 +712,21 @@ class ClassPCA:
             statistics.accumulate(x, labels)
             return statistics
         except MemoryError as error:
-            if self.sketch_size != "auto" or not isinstance(statistics, ClassStatistics):
+            if self.sketch_size != "auto":
                 raise
             classes = len(statistics) + len(set(np.unique(labels).tolist()) - set(
                 statistics.classes.tolist()))
             size = self._auto_sketch_size(classes, statistics.n_features, error)
-            sketch = ClassSketch.from_statistics(statistics, size)
+            if isinstance(statistics, ClassStatistics):
+                sketch = ClassSketch.from_statistics(statistics, size)
+            elif size < statistics.sketch_size:
+                # Classes that arrived late: the automatic sketch was sized for fewer.
+                # Shrunk in place (a copy would need the memory that is missing), so
+                # the batch is checked first: a refused batch changes nothing.
+                _check_finite(x, "x")
+                sketch = statistics.shrink_to(size)
+            else:
+                raise
             sketch.accumulate(x, labels)
             return sketch
 

@@ -377,6 +377,31 @@ class ClassSketch:
         """An independent copy."""
         return copy.deepcopy(self)
 
+    def shrink_to(self, sketch_size):
+        """Keep `sketch_size` rows per class from now on (fewer than today); `self`.
+
+        Each class's sketch is shrunk once more, as Frequent Directions does when its
+        buffer fills: the result is a sketch of ℓ' rows of the same data, with the
+        bound of ℓ' (its error adds to `shrinkage`). `ClassPCA(sketch_size="auto")`
+        does this when classes that arrive late would not fit otherwise.
+        """
+        ell = int(sketch_size)
+        if not 1 <= ell <= self.sketch_size:
+            raise ValueError(
+                f"`sketch_size` must be in [1, {self.sketch_size}] (a sketch only "
+                f"shrinks); received {sketch_size!r}."
+            )
+        for label in self._count:
+            rows = self._sketch_rows(label)
+            buffer = np.zeros((2 * ell, self.n_features), dtype=np.float32)
+            if len(rows) > ell:
+                rows, delta = _shrink(rows, ell)
+                self.shrinkage[label] += delta
+            buffer[: len(rows)] = rows
+            self._rows[label], self._filled[label] = buffer, len(rows)
+        self.sketch_size = ell
+        return self
+
     def merge(self, other):
         """Add `other`'s classes (another shard's sketch or exact statistics); `self`."""
         if isinstance(other, ClassStatistics):

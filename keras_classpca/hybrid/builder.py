@@ -873,6 +873,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             sign_paired=(None if statistics.dense_remedies is None
                          else bool(statistics.dense_remedies and pairs)),
             replaced_activation=replaced,
+            sketch_size=statistics.sketch_size,
         )
         limit = seen if passes.auto else None
         for bn, tensor, scope in step.batchnorms:

@@ -33,6 +33,10 @@ class SolvedLayer:
             follows it and stays); None where the rule did not apply.
         replaced_activation: with `hybridize(solved_activation=...)`, the name of the
             activation the layer had before (e.g. `"relu"`); None if it kept its own.
+        sketch_size: the rows per class of the Frequent Directions sketch it was
+            solved from, when its exact class statistics did not fit in memory
+            (`ClassPCA(sketch_size="auto")`: its leading directions are approximate);
+            None: exact statistics.
     """
 
     name: str
@@ -48,6 +52,7 @@ class SolvedLayer:
     fisher_sign_pairs: bool = None
     replaced_activation: str = None
     sign_paired: bool = None
+    sketch_size: int = None
 
 
 @dataclasses.dataclass
@@ -130,6 +135,9 @@ class HybridReport:
                     lines.append(f"    + adapted {bn}")
                 if layer.replaced_activation:
                     lines.append(f"    + activation replaced: {layer.replaced_activation}")
+                if layer.sketch_size is not None:
+                    lines.append(f"    + from a sketch of {layer.sketch_size} rows per class "
+                                 "(exact statistics did not fit in memory)")
         if self.evidence:
             solved_convolutions = any(row.get("kind") not in (None, "Dense")
                                       and row.get("explained_variance") is not None

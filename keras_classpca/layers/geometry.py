@@ -600,6 +600,14 @@ class LayerStatistics:
     def n_components(self):
         return sum(s.kernel.shape[1] for s in self.solved_stages[-1][1])
 
+    @property
+    def sketch_size(self):
+        """Rows per class of the Frequent Directions sketch a stage was solved from
+        (the smallest, if several), or None: every statistic was exact."""
+        sizes = [class_pca.sketch_size_ for class_pcas, _ in self.solved_stages
+                 for class_pca in class_pcas if class_pca.sketch_size_ is not None]
+        return min(sizes) if sizes else None
+
     def weights(self):
         """`{attribute: array}` of the solved layer."""
         if not self.done:
