@@ -109,6 +109,34 @@ def _labels_tensor(y, n_classes):
     return tf.reshape(tf.cast(y, tf.int64), [-1])
 
 
+def replica_rows_refusal(layer):
+    """Why `layer_row_fn` cannot compute `layer`'s rows on the replicas (a message
+    naming the layer), or None: it can (Dense, one-group ConvND, Conv3D undilated)."""
+    import keras
+
+    if isinstance(layer, keras.layers.Dense):
+        return None
+    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+    if not isinstance(layer, kinds):
+        return (
+            f"{type(layer).__name__} '{layer.name}' is not a Dense, Conv1D, Conv2D or "
+            "Conv3D layer: its statistics are not computed on the replicas (hybridize "
+            "solves depthwise and separable convolutions in this process)."
+        )
+    if layer.groups != 1:
+        return (
+            f"{type(layer).__name__} '{layer.name}' has groups={layer.groups}: its "
+            "statistics are per group of channels, not computed on the replicas "
+            "(hybridize solves it in this process)."
+        )
+    if len(layer.kernel_size) == 3 and tuple(layer.dilation_rate) != (1, 1, 1):
+        return (
+            f"Conv3D '{layer.name}' has dilation_rate={tuple(layer.dilation_rate)}: TF's "
+            "volume patches have no dilation (hybridize solves it in this process)."
+        )
+    return None
+
+
 def layer_row_fn(layer):
     """`(x, y) -> (rows, row_labels)` in TF ops for a Dense or one-group ConvND `layer`.
 
@@ -129,25 +157,10 @@ def layer_row_fn(layer):
             return tf.reshape(x, [-1, d]), tf.repeat(labels, per_sample)
 
         return dense_rows
-    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-    if not isinstance(layer, kinds):
-        raise ValueError(
-            f"{type(layer).__name__} '{layer.name}' is not a Dense, Conv1D, Conv2D or "
-            "Conv3D layer: its statistics are not computed on the replicas (hybridize "
-            "solves depthwise and separable convolutions in this process)."
-        )
-    if layer.groups != 1:
-        raise ValueError(
-            f"{type(layer).__name__} '{layer.name}' has groups={layer.groups}: its "
-            "statistics are per group of channels, not computed on the replicas "
-            "(hybridize solves it in this process)."
-        )
+    refusal = replica_rows_refusal(layer)
+    if refusal is not None:
+        raise ValueError(refusal)
     rank = len(layer.kernel_size)
-    if rank == 3 and tuple(layer.dilation_rate) != (1, 1, 1):
-        raise ValueError(
-            f"Conv3D '{layer.name}' has dilation_rate={tuple(layer.dilation_rate)}: TF's "
-            "volume patches have no dilation (hybridize solves it in this process)."
-        )
     kernel, strides, rates = (list(layer.kernel_size), list(layer.strides),
                               list(layer.dilation_rate))
     causal = layer.padding == "causal"

@@ -66,7 +66,6 @@ from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, statistic
 from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.adapt_mixin import ClassPCAAdaptMixin
 from keras_classpca.layers.geometry import (
-    CONVOLUTIONS,
     LayerStatistics,
     is_solvable_kind,
     iter_layers,
@@ -1165,11 +1164,9 @@ def _distributable(step):
     strategy: Dense and ungrouped ConvND layers of the top model (not a dilated
     Conv3D). Others (depthwise, separable, grouped, inside a nested model) are solved
     in this process from its `data`, as BatchNormalization moments are."""
-    layer = step.layer
-    if isinstance(layer, keras.layers.Conv3D) and tuple(layer.dilation_rate) != (1, 1, 1):
-        return False  # TF's volume patches have no dilation
-    return (isinstance(layer, (keras.layers.Dense,) + CONVOLUTIONS)
-            and getattr(layer, "groups", 1) == 1 and not step.scope)
+    from keras_classpca.distributed import replica_rows_refusal
+
+    return not step.scope and replica_rows_refusal(step.layer) is None
 
 
 def _distributed_statistics(passes, plan, step, feature_model, strategy, batch_size,
