@@ -893,6 +893,27 @@ def test_re_solving_below_frozen_layers_a_reload_kept_warns_about_them(blobs, tm
     assert model.get_layer("b").trainable
 
 
+def test_solving_under_a_trained_top_warns_unless_nothing_changed(blobs):
+    x, y = blobs
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((x.shape[1],)), L.Dense(6, activation="relu", name="a"),
+                              L.Dense(5, activation="relu", name="b"),
+                              L.Dense(3, activation="softmax", name="out")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings(record=True) as caught:  # untrained: no warning
+        warnings.simplefilter("always")
+        hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    assert not [w for w in caught if "trained before" in str(w.message)]
+    model.fit(x, y, epochs=1, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:  # the same solve: same weights
+        warnings.simplefilter("always")
+        hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    assert not [w for w in caught if "trained before" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"trained before \(\d+ optimizer steps\).*of a, and "
+                                         r"b, out still hold"):
+        hybridize(model, (x[::2], y[::2]), cutoff=1, samples=None, verbose=0)
+
+
 class _InputsOnly(keras.utils.PyDataset):
     def __init__(self, x):
         super().__init__()

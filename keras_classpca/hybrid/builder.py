@@ -712,7 +712,7 @@ def hybridize(
 
     state = _ModelState(model)  # an unbuilt model has no weights yet: flags only
     try:
-        return _solve_and_freeze(
+        report = _solve_and_freeze(
             model, data, cutoff, start=start, samples=samples, freeze=freeze,
             activation=activation, verbose=verbose,
             batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
@@ -723,6 +723,36 @@ def hybridize(
         # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
         state.restore()
         raise
+    _warn_if_trained_top_changed(model, state, report)
+    return report
+
+
+def _warn_if_trained_top_changed(model, state, report):
+    """Warn when the solve changed the weights under layers `fit` has trained: those
+    were fitted to the features the solved layers computed before."""
+    optimizer = getattr(model, "optimizer", None)
+    steps = getattr(optimizer, "iterations", None)
+    steps = 0 if steps is None else int(keras.ops.convert_to_numpy(steps))
+    if not steps:
+        return
+    set_now = {name for record in report.layers
+               for name in [record.name] + list(record.adapted_batchnorms)}
+    changed = [layer.name for layer, weights, *_ in state.layers
+               if layer.name in set_now and weights and any(
+                   not np.array_equal(before, after)
+                   for before, after in zip(weights, layer.get_weights()))]
+    trained = [layer.name for layer in iter_layers(model)
+               if layer.trainable_weights and layer.name not in set_now]
+    if changed and trained:
+        warnings.warn(
+            f"The model was trained before ({steps} optimizer steps): hybridize replaced "
+            f"the weights of {', '.join(changed)}, and {', '.join(trained[:5])}"
+            f"{', ...' if len(trained) > 5 else ''} still hold(s) weights fitted to what "
+            "those layers computed before. Train the model again (`fit`), or solve "
+            "before training.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_input_shape(model, x):
