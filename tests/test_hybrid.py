@@ -893,6 +893,30 @@ def test_re_solving_below_frozen_layers_a_reload_kept_warns_about_them(blobs, tm
     assert model.get_layer("b").trainable
 
 
+def test_the_report_names_the_classes_no_filter_was_computed_for():
+    x, y = _images()
+    for filters, unserved in ((2, 1), (6, 0)):
+        model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(filters, 3, name="c"),
+                                  L.Flatten(), L.Dense(3, activation="softmax")])
+        report = hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+        layer = report.layers[0]
+        assert len(layer.classes_without_filters) == unserved
+        served = set(_classes_given_filters(x, y, filters))
+        assert served.isdisjoint(layer.classes_without_filters)
+        assert served | set(layer.classes_without_filters) == {0, 1, 2}
+        assert ("no filter for class(es)" in str(report)) == bool(unserved)
+
+
+def _classes_given_filters(x, y, filters):
+    """The classes a ClassPCA of the 3x3 patches gives its filters to."""
+    from keras_classpca.core.patches import extract_patches
+
+    patches = extract_patches(x, (3, 3))
+    rows = patches.reshape(-1, patches.shape[-1])
+    labels = np.repeat(y, len(rows) // len(y))
+    return ClassPCA(filters).fit(rows, labels).component_classes_.tolist()
+
+
 def test_solving_under_a_trained_top_warns_unless_nothing_changed(blobs):
     x, y = blobs
     keras.utils.set_random_seed(0)

@@ -903,6 +903,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
                          else bool(statistics.dense_remedies and pairs)),
             replaced_activation=replaced,
             sketch_size=statistics.sketch_size,
+            classes_without_filters=statistics.classes_without_filters,
         )
         limit = seen if passes.auto else None
         for bn, tensor, scope in step.batchnorms:

@@ -37,6 +37,10 @@ class SolvedLayer:
             solved from, when its exact class statistics did not fit in memory
             (`ClassPCA(sketch_size="auto")`: its leading directions are approximate);
             None: exact statistics.
+        classes_without_filters: labels of the classes none of its filters was
+            computed for (fewer filters than classes: the slots go to the classes whose
+            leading direction holds most of their variance; or a class's directions
+            duplicated another's).
     """
 
     name: str
@@ -53,6 +57,7 @@ class SolvedLayer:
     replaced_activation: str = None
     sign_paired: bool = None
     sketch_size: int = None
+    classes_without_filters: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -135,6 +140,11 @@ class HybridReport:
                     lines.append(f"    + adapted {bn}")
                 if layer.replaced_activation:
                     lines.append(f"    + activation replaced: {layer.replaced_activation}")
+                if layer.classes_without_filters:
+                    unserved = layer.classes_without_filters
+                    listed = ", ".join(str(label) for label in unserved[:10])
+                    more = f", ... ({len(unserved)})" if len(unserved) > 10 else ""
+                    lines.append(f"    + no filter for class(es) {listed}{more}")
                 if layer.sketch_size is not None:
                     lines.append(f"    + from a sketch of {layer.sketch_size} rows per class "
                                  "(exact statistics did not fit in memory)")

@@ -601,6 +601,17 @@ class LayerStatistics:
         return sum(s.kernel.shape[1] for s in self.solved_stages[-1][1])
 
     @property
+    def classes_without_filters(self):
+        """Labels of the classes none of the layer's filters was computed for (its last
+        stage, every group): where it has fewer filters than classes, or a class's
+        directions were duplicates of another's."""
+        unserved = set()
+        for class_pca, solution in zip(*self.solved_stages[-1]):
+            served = set(np.asarray(solution.component_classes).tolist())
+            unserved |= set(class_pca.classes_.tolist()) - served
+        return sorted(int(label) for label in unserved)
+
+    @property
     def sketch_size(self):
         """Rows per class of the Frequent Directions sketch a stage was solved from
         (the smallest, if several), or None: every statistic was exact."""
