@@ -200,6 +200,10 @@ def labels_to_int(y, n_classes=None):
     if y.dtype.kind not in "biuf":
         raise ValueError(
             f"Unknown label type: `y` must hold integer class labels; received dtype {y.dtype}."
+            + (" Encode them as integers first, as the model's loss needs too: "
+               "`np.unique(y, return_inverse=True)[1]`, scikit-learn's LabelEncoder, or "
+               "a keras.layers.StringLookup in the data pipeline."
+               if y.dtype.kind in "OUS" else "")
         )
     if y.dtype.kind == "f":
         _check_finite(y, "y")
