@@ -154,3 +154,31 @@ def test_a_check_holds_one_class_matrix_at_a_time():
     assert not monitor.check([pca], 2000)  # the first check point: nothing to compare
     assert monitor.check([pca], 4000)  # the same statistics: no change
     assert monitor.history == [[4000, 0.0]] and len(live) == 40
+
+
+def test_no_eigen_solve_at_a_check_point_that_cannot_lead_to_convergence(monkeypatch):
+    # 50 classes arriving one by one: while classes are missing, the next check point
+    # counts each of them as a change of 1 (at least 1/50 > tolerance), so no check
+    # point before the last class has come needs the class subspaces.
+    import keras_classpca.core.convergence as convergence
+
+    solves = []
+    real = convergence.leading_eigenspace
+    monkeypatch.setattr(convergence, "leading_eigenspace",
+                        lambda matrix, m: solves.append(m) or real(matrix, m))
+    rng = np.random.default_rng(0)
+    n, k = 12_000, 50
+    y = np.minimum(rng.integers(0, k, n), np.arange(n) // 100)  # class c from sample 100·c
+    x = rng.normal(size=(n, 12)) * (1 + 3 * np.eye(12)[y % 12])
+    last_arrival = int(np.flatnonzero(y == k - 1)[0])
+    monitor = SubspaceConvergence(first=64, growth=1.5, n_classes=k)
+    pca, checks = ClassPCA(50, center=False), []
+    for start in range(0, n, 64):
+        pca.partial_fit(x[start:start + 64], y[start:start + 64])
+        before = len(solves)
+        if monitor.check([pca], start + 64):
+            break
+        if len(solves) > before:
+            checks.append(start + 64)
+    assert checks and min(checks) > last_arrival  # skipped every check point before
+    assert monitor.converged_at is not None and monitor.converged_at > last_arrival

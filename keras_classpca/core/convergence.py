@@ -130,6 +130,14 @@ class SubspaceConvergence:
             return False
         while self.next_check <= seen:
             self.next_check = int(np.ceil(self.next_check * self.growth))
+        if self.n_classes is not None:
+            missing = self.n_classes - min(len(class_pca.classes_) for class_pca in class_pcas)
+            if missing >= self.tolerance * self.n_classes:
+                # The classes still missing will each count as a change of 1 at the next
+                # check point, so it cannot converge there: the subspaces it would
+                # compare with are not computed (a thousand eigen-solves per check).
+                self.previous = None
+                return False
         previous = self.previous or [None] * len(class_pcas)
         with blas_threads_for(max(class_pca.n_features_in_ for class_pca in class_pcas)):
             results = [self._class_spaces(class_pca, before)
