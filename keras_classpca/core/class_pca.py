@@ -1015,7 +1015,9 @@ class ClassPCA:
                 if count <= rank_loss:
                     raise ValueError(
                         f"Class {label} has {count} sample(s); with center=True each class "
-                        "needs at least 2 samples."
+                        "needs at least 2 samples (its covariance around its mean). Use "
+                        "more data, center=False (second moments: one sample gives one "
+                        "direction), or leave the class out."
                     )
                 quotas.append(self._adaptive_quota(spectrum))
             return quotas
