@@ -24,7 +24,7 @@ import numpy as np
 
 from keras_classpca._optional import import_optional
 from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
-from keras_classpca.core.data_adapter import single_input, without_grad
+from keras_classpca.core.data_adapter import readable_data, single_input
 from keras_classpca.hybrid.builder import (
     CLASS_PCA_OPTIONS,
     check_settings,
@@ -413,7 +413,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         # (Arrays changed in place keep their fingerprint: pass new arrays.)
         identity = tuple(id(part) for part in self.data)
         if self._fingerprint is None or self._fingerprint_of != identity:
-            x, y = without_grad(tuple(_named_input(self.data)[:2]))
+            x, y = readable_data(tuple(_named_input(self.data)[:2]))
             self._fingerprint = data_fingerprint(np.asarray(x), np.asarray(y))
             self._fingerprint_of = identity
         return self._fingerprint

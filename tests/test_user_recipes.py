@@ -621,3 +621,83 @@ def test_the_solve_cache_keys_the_weights_of_layers_it_passes_through():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(second.get_layer("a").kernel),
                                keras.ops.convert_to_numpy(fresh.get_layer("a").kernel),
                                atol=1e-6)
+
+
+# ------------------------------------------------------------ containers `fit` takes too
+def test_pandas_frames_give_the_numpy_weights():
+    pd = pytest.importorskip("pandas")
+    from keras_classpca import ClassPCA, ClassPCAInitializer
+
+    x, y = _xy()
+    frame, labels = pd.DataFrame(x, columns=[f"f{i}" for i in range(12)]), pd.Series(y)
+    reference = _mlp(L.Dense(3, activation="softmax"))
+    hybridize(reference, (x, y), cutoff=1, samples=None, verbose=0)
+    model = _mlp(L.Dense(3, activation="softmax"))
+    hybridize(model, (frame, labels), cutoff=1, samples=None, verbose=0)
+    np.testing.assert_array_equal(model.get_layer("a").get_weights()[0],
+                                  reference.get_layer("a").get_weights()[0])
+    # ClassPCA in batches, the initializer, adapt (labelled and label-free)
+    np.testing.assert_array_equal(ClassPCA(6).fit(frame, labels, batch_size=100).components_,
+                                  ClassPCA(6).fit(x, y, batch_size=100).components_)
+    values = [keras.ops.convert_to_numpy(ClassPCAInitializer.from_data(a, b)((12, 6)))
+              for a, b in ((frame, labels), (x, y))]
+    np.testing.assert_array_equal(*values)
+    layer, twin = ClassPCADense(6), ClassPCADense(6)
+    layer.adapt(frame)
+    twin.adapt(x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel),
+                               keras.ops.convert_to_numpy(twin.kernel), atol=1e-6)
+    # fit_top's cache reads the frame too
+    model.compile("adam", "sparse_categorical_crossentropy")
+    assert fit_top(model, frame, labels, epochs=1, cache=True, verbose=0).cache_used
+
+
+def test_sparse_inputs_are_refused_clearly_where_statistics_are_computed():
+    import scipy.sparse
+
+    x, y = _xy()
+    sparse = scipy.sparse.csr_matrix(x)
+    with pytest.raises(TypeError, match=r"Sparse or ragged input \(csr_matrix\).*toarray"):
+        hybridize(_mlp(L.Dense(3, activation="softmax")), (sparse, y), cutoff=1, verbose=0)
+    with pytest.raises(TypeError, match="Sparse or ragged input"):
+        ClassPCADense(6).adapt((sparse, y))
+    # fit_top trains on them as `fit` does, without the cache
+    model = _mlp(L.Dense(3, activation="softmax"))
+    hybridize(model, (x, y), cutoff=1, verbose=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    if BACKEND == "tensorflow":  # Keras reads SciPy sparse inputs under TensorFlow
+        assert not fit_top(model, sparse, y, epochs=1, verbose=0).cache_used
+    with pytest.raises(ValueError, match="`cache=True` but the inputs are sparse"):
+        fit_top(model, sparse, y, epochs=1, cache=True, verbose=0)
+
+
+def test_a_list_of_same_shaped_arrays_is_not_guessed_and_data_goes_in_one_argument():
+    x, y = _xy()
+    with pytest.raises(ValueError, match=r"list of 2 arrays of one shape \(300, 12\).*tuple"):
+        ClassPCADense(6).adapt([x[:300], x[300:]])  # x batches, or x and one-hot labels?
+    twin, layer = ClassPCADense(6), ClassPCADense(6)
+    layer.adapt(iter([x[:300], x[300:]]))
+    twin.adapt(x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel),
+                               keras.ops.convert_to_numpy(twin.kernel), atol=1e-5)
+    with pytest.raises(TypeError, match=r"hybridize\(model, \(x, y\)\)"):
+        hybridize(_mlp(L.Dense(3, activation="softmax")), x, y)
+
+
+def test_a_quantized_layer_is_not_adapted_and_float16_batchnorm_statistics_are_checked():
+    x, y = _xy()
+    layer = ClassPCADense(6)
+    layer.adapt((x, y))
+    layer.quantize("int8")
+    before = keras.ops.convert_to_numpy(layer(x))
+    with pytest.raises(ValueError, match=r"is quantized \(int8\); adapt it before quantizing"):
+        layer.adapt((x, y))  # the solved kernel cast to int8 was all zeros
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), before)
+    # A float16 BatchNormalization would hold an inf moving variance (and output zeros).
+    images = (np.random.default_rng(0).normal(size=(300, 8, 8, 1)) * 300).astype("float32")
+    model = keras.Sequential([keras.Input((8, 8, 1)),
+                              L.Conv2D(8, 3, use_bias=False, dtype="float16"),
+                              L.BatchNormalization(dtype="float16"), L.ReLU(), L.Flatten(),
+                              L.Dense(3, activation="softmax")])
+    with pytest.raises(ValueError, match=r"moving_variance of BatchNormalization.*float16"):
+        hybridize(model, (images, y[:300]), cutoff=1, samples=None, scaling="unit", verbose=0)

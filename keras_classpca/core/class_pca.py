@@ -18,7 +18,12 @@ import warnings
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from keras_classpca.core.data_adapter import as_arrays, as_standard_float, iter_batches
+from keras_classpca.core.data_adapter import (
+    as_arrays,
+    as_standard_float,
+    iter_batches,
+    readable_data,
+)
 from keras_classpca.core.directions import (
     discriminant_directions,
     fix_signs,
@@ -800,6 +805,9 @@ class ClassPCA:
                     f"returned {type(statistics).__name__}."
                 )
             return self._set_statistics(statistics)
+        # pandas frames as arrays (their indexing is not positional); sparse `x` gets
+        # `_as_dense`'s message.
+        data, y = readable_data(data, sparse_ok=True), readable_data(y, sparse_ok=True)
         if y is None and hasattr(data, "__array__") and not isinstance(data, (tuple, list)):
             raise ValueError(
                 "ClassPCA requires y to be passed, but the target y is None: class-PCA needs "

@@ -57,6 +57,17 @@ def is_xy_pair(data):
     if not _is_array_like(x):
         return False
     if _is_array_like(y):
+        if (isinstance(data, list) and len(x.shape) >= 2
+                and all(_is_array_like(part) and tuple(part.shape) == tuple(x.shape)
+                        for part in data)):
+            # [x1, x2] of one shape: two batches of inputs, or inputs and one-hot labels
+            # exactly as wide. A tuple is `(x, y)`, as `fit` reads it.
+            raise ValueError(
+                f"`data` is a list of {len(data)} arrays of one shape {tuple(x.shape)}: "
+                "batches of inputs, or inputs with labels? Pass `(x, y)` as a tuple, and "
+                "batches of inputs as an iterator (`iter([...])`), a generator or a "
+                "tf.data.Dataset."
+            )
         return True
     return (isinstance(y, (list, tuple)) and len(x.shape) > 0 and len(y) == x.shape[0]
             and all(isinstance(v, (numbers.Number, str, list, tuple)) for v in y[:8]))
@@ -140,24 +151,43 @@ def labels_optional(data, batch_rank=None):
     return lambda: _one_class_elements(data)
 
 
-def without_grad(data):
-    """`data` with each torch tensor that records gradients (`requires_grad`) detached,
-    inside tuples, lists and dicts too: NumPy cannot read such a tensor, and `fit`
-    takes it. Anything else is returned as it is.
+def is_sparse(value):
+    """Whether `value` is a sparse or ragged container (SciPy sparse, `tf.SparseTensor`,
+    `tf.RaggedTensor`): `fit` takes them, the class statistics do not."""
+    module, name = type(value).__module__, type(value).__name__
+    return module.startswith("scipy.sparse") or name in (
+        "SparseTensor", "SparseTensorValue", "RaggedTensor", "RaggedTensorValue")
 
-    >>> without_grad((np.zeros(2), [1, 2]))[1]
+
+def readable_data(data, sparse_ok=False):
+    """`data` as the statistics read it, inside tuples, lists and dicts too: pandas
+    DataFrames and Series as NumPy arrays (`fit` takes them; their indexing is not
+    positional), and torch tensors that record gradients (`requires_grad`) detached
+    (NumPy cannot read them). Sparse or ragged `x` raises a `TypeError` saying how to
+    densify it, unless `sparse_ok` (then it is returned as it is). Anything else is
+    returned as it is.
+
+    >>> readable_data((np.zeros(2), [1, 2]))[1]
     [1, 2]
     """
     if isinstance(data, (list, tuple)) and type(data) in (list, tuple):
-        parts = [without_grad(part) for part in data]
+        parts = [readable_data(part, sparse_ok) for part in data]
         changed = any(new is not old for new, old in zip(parts, data))
         return type(data)(parts) if changed else data
     if type(data) is dict:
-        parts = {key: without_grad(value) for key, value in data.items()}
+        parts = {key: readable_data(value, sparse_ok) for key, value in data.items()}
         changed = any(parts[key] is not data[key] for key in data)
         return parts if changed else data
+    if type(data).__module__.startswith("pandas") and hasattr(data, "to_numpy"):
+        return data.to_numpy()
     if getattr(data, "requires_grad", False) is True and hasattr(data, "detach"):
         return data.detach()
+    if not sparse_ok and is_sparse(data):
+        raise TypeError(
+            f"Sparse or ragged input ({type(data).__name__}) is not supported for the "
+            "class statistics: pass dense arrays (`x.toarray()`, `tf.sparse.to_dense(x)`, "
+            "`x.to_tensor()`), or batches of them in a tf.data.Dataset."
+        )
     return data
 
 

@@ -33,7 +33,7 @@ from keras_classpca.core.data_adapter import (
     iter_batches,
     known_batches,
     never_ends_error,
-    without_grad,
+    readable_data,
 )
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.activations import (
@@ -664,7 +664,7 @@ def hybridize(
     """
     start = time.perf_counter()
     check_cutoff(cutoff)
-    data = without_grad(data)  # torch tensors that record gradients: their values
+    data = readable_data(data)  # pandas frames, torch tensors that record gradients
     label_free = is_unlabeled(data)
     if label_free:
         if policy.is_auto(cutoff):

@@ -31,6 +31,12 @@ def check_cutoff(cutoff):
     integer."""
     if is_auto(cutoff):
         return
+    if isinstance(cutoff, (list, tuple)) or len(getattr(cutoff, "shape", ())) > 0:
+        raise TypeError(
+            f"`cutoff` received {type(cutoff).__name__} (labels?): hybridize takes the "
+            "data as one argument, `hybridize(model, (x, y))`, not `hybridize(model, x, "
+            "y)`."
+        )
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)) or cutoff < 0:
         raise ValueError(
             "`cutoff` must be 'auto', an `AutoRule` or a non-negative integer (layers to "

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
-from keras_classpca.core.data_adapter import iter_batches, single_input, without_grad
+from keras_classpca.core.data_adapter import iter_batches, readable_data, single_input
 from keras_classpca.core.subspace import leading_subspace, subspace_overlap
 from keras_classpca.hybrid.graph import ensure_built
 from keras_classpca.hybrid.planner import plan_model
@@ -760,7 +760,9 @@ def fit_progressive(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
         raise ValueError("`model` must be compiled before `fit_progressive` (as before `fit`).")
-    x, y = without_grad((x, y))  # torch tensors that record gradients: for the probes
+    # pandas frames, torch tensors that record gradients: for the probes (and sparse
+    # inputs only where no class statistics are computed)
+    x, y = readable_data((x, y), sparse_ok=snap is not True)
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"`epochs` must be a positive integer; received {epochs!r}.")
     if not isinstance(snap, bool):

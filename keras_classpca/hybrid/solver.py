@@ -15,7 +15,12 @@ import numpy as np
 
 from keras_classpca.core.data_adapter import as_standard_float
 from keras_classpca.hybrid.graph import predict_batch
-from keras_classpca.layers.geometry import LayerStatistics, UnsolvableDataError, n_stages
+from keras_classpca.layers.geometry import (
+    LayerStatistics,
+    UnsolvableDataError,
+    check_float16_range,
+    n_stages,
+)
 
 STATISTICS_ON = ("auto", "host", "device")
 
@@ -112,6 +117,11 @@ class MomentsConsumer:
     def assign(self):
         mean = self.total / self.count
         variance = np.maximum(self.squares / self.count - mean**2, 0.0)
+        for value, variable in ((mean, self.layer.moving_mean),
+                                (variance, self.layer.moving_variance)):
+            check_float16_range(  # a float16 layer would hold inf, and output zeros
+                value, f"The adapted {variable.name} of BatchNormalization "
+                f"'{self.layer.name}'", {keras.backend.standardize_dtype(variable.dtype)})
         self.layer.moving_mean.assign(mean.reshape(self.layer.moving_mean.shape))
         self.layer.moving_variance.assign(variance.reshape(self.layer.moving_variance.shape))
 

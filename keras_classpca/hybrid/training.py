@@ -32,7 +32,12 @@ import warnings
 import keras
 import numpy as np
 
-from keras_classpca.core.data_adapter import is_infinite, iter_batches, without_grad
+from keras_classpca.core.data_adapter import (
+    is_infinite,
+    is_sparse,
+    iter_batches,
+    readable_data,
+)
 from keras_classpca.hybrid.cache import (
     data_fingerprint,
     fixed_weights_digest,
@@ -549,6 +554,10 @@ def static_cache_refusal(model, x, validation_data, callbacks=None):
             "output(s): the prefix output is cached for single-input, single-output models "
             "only. Train with cache=False (the frozen layers still skip back-propagation)."
         )
+    validation_x = validation_data[0] if isinstance(validation_data, (tuple, list)) else None
+    if any(is_sparse(d) for d in (x, validation_x)):
+        return ("the inputs are sparse or ragged: the cached prefix outputs are computed "
+                "from dense arrays. `fit` trains on them as they are (cache=False).")
     if any(is_infinite(d) for d in (x, validation_data)):
         return (  # caching would read the data to its end: never
             "the data never ends (a repeated dataset): the prefix output cannot be computed "
@@ -659,8 +668,9 @@ def fit_top(
     >>> history.cache_used
     True
     """
-    # Torch tensors that record gradients: `fit` takes them, NumPy (the cache) does not.
-    x, y, validation_data = without_grad((x, y, validation_data))
+    # pandas frames, torch tensors that record gradients: `fit` takes them, NumPy (the
+    # cache) does not. Sparse inputs go to `fit` as they are (`static_cache_refusal`).
+    x, y, validation_data = readable_data((x, y, validation_data), sparse_ok=True)
     if cache not in ("auto", True, False):
         raise ValueError(f"`cache` must be 'auto', True or False; received {cache!r}.")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):

@@ -12,7 +12,7 @@ from keras_classpca.core.data_adapter import (
     iter_batches,
     labels_optional,
     never_ends_error,
-    without_grad,
+    readable_data,
 )
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
@@ -111,7 +111,8 @@ class ClassPCAAdaptMixin:
             strategy: a `tf.distribute.Strategy` to spread the statistics pass over
                 (needs `n_classes`; see docs/distributed.md).
         """
-        data = without_grad(data)
+        self._refuse_if_quantized()
+        data = readable_data(data)
         if steps is None and is_infinite(data):
             raise never_ends_error(
                 "pass `steps=` (how many batches to adapt on), or a finite dataset.")
@@ -179,7 +180,17 @@ class ClassPCAAdaptMixin:
         statistics.end_pass()  # solves; raises before anything changes
         self._take_statistics(statistics, input_shape)
 
+    def _refuse_if_quantized(self):
+        if getattr(self, "quantization_mode", None):
+            # Its kernel is int8 (or int4, float8) values with scales: the solved float
+            # kernel would be cast to it (to zeros).
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' is quantized "
+                f"({self.quantization_mode}); adapt it before quantizing."
+            )
+
     def _take_statistics(self, statistics, input_shape):
+        self._refuse_if_quantized()
         if not self.built:  # only now: a failed adapt leaves an unbuilt layer unbuilt
             self.build(input_shape)
         statistics.assign()

@@ -12,7 +12,7 @@ from keras_classpca.core.data_adapter import (
     iter_batches,
     labels_optional,
     never_ends_error,
-    without_grad,
+    readable_data,
 )
 from keras_classpca.core.patches import extract_patches
 
@@ -153,7 +153,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 "`x` is an `(x, y)` pair and `y` was also given: pass "
                 "`from_data(x, y)` or `from_data((x, y))`."
             )
-        x, y = without_grad(x), without_grad(y)
+        x, y = readable_data(x), readable_data(y)
         class_pca = ClassPCA(**class_pca_options)
         if y is None:  # inputs alone (an array, or batches of x): label-free, one class
             if is_unlabeled(x) and (class_pca.n_classes or 1) > 1:
