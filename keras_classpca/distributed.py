@@ -114,10 +114,11 @@ def replica_rows_refusal(layer):
     naming the layer), or None: it can (Dense, one-group ConvND, Conv3D undilated)."""
     import keras
 
+    from keras_classpca.layers.geometry import CONVOLUTIONS
+
     if isinstance(layer, keras.layers.Dense):
         return None
-    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-    if not isinstance(layer, kinds):
+    if not isinstance(layer, CONVOLUTIONS):
         return (
             f"{type(layer).__name__} '{layer.name}' is not a Dense, Conv1D, Conv2D or "
             "Conv3D layer: its statistics are not computed on the replicas (hybridize "
@@ -702,9 +703,9 @@ def _input_spec(data, y, batch_size):
 
 def _row_dimension(layer, input_shape):
     """Features of one row of `layer` for inputs of `input_shape` (batch axis first)."""
-    import keras
+    from keras_classpca.layers.geometry import CONVOLUTIONS
 
-    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+    if isinstance(layer, CONVOLUTIONS):
         channels = input_shape[1] if layer.data_format == "channels_first" else input_shape[-1]
         return int(np.prod(layer.kernel_size)) * int(channels)
     return int(input_shape[-1])
