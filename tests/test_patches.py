@@ -227,3 +227,34 @@ def test_chunked_patch_extraction_gives_the_same_statistics(monkeypatch, patches
     np.testing.assert_allclose(
         chunked.class_pca_.covariance_, whole.class_pca_.covariance_, rtol=1e-10, atol=1e-12
     )
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("shape, kernel, groups, positions", [
+    ((3, 7, 7, 4), 3, 4, None),
+    ((3, 7, 7, 4), 3, 2, 5),
+    ((2, 9, 6), 2, 3, None),
+])
+def test_grouped_patches_are_the_channel_slices_and_each_group_reads_contiguously(
+        shape, kernel, groups, positions):
+    from keras_classpca.layers.geometry import iter_group_rows
+
+    images = np.random.default_rng(0).normal(size=shape).astype("float32")
+    chosen = None
+    if positions is not None:
+        chosen = np.stack([np.random.default_rng(i).choice(25, positions, replace=False)
+                           for i in range(shape[0])])
+    grouped = extract_patches(images, kernel, groups=groups, positions=chosen)
+    per_group = shape[-1] // groups
+    for g in range(groups):
+        alone = extract_patches(images[..., g * per_group:(g + 1) * per_group], kernel,
+                                positions=chosen)
+        np.testing.assert_array_equal(grouped[..., g, :], alone)
+    # The statistics take each group's rows as they are: a strided view would be
+    # copied once per group and batch.
+    layer = (keras.layers.DepthwiseConv2D(kernel) if len(shape) == 4 and groups == shape[-1]
+             else keras.layers.Conv2D(4, kernel, groups=groups) if len(shape) == 4
+             else keras.layers.Conv1D(6, kernel, groups=groups))
+    rows, _ = next(iter_group_rows(layer, images, np.arange(shape[0])))
+    assert rows.shape[0] == groups
+    assert all(rows[g].flags.c_contiguous for g in range(groups))
