@@ -1153,3 +1153,32 @@ def test_signs_do_not_depend_on_rounding_between_tied_entries():
         order = np.random.default_rng(seed).permutation(400)
         components = ClassPCA(2).fit(x[order], y[order]).components_
         np.testing.assert_allclose(components, reference, atol=1e-8)
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("allocation", ["equal", "adaptive"])
+def test_renumbering_the_classes_gives_the_same_filters(allocation):
+    """Classes that share directions: which class keeps a shared direction (the
+    deduplication) must not depend on the numbers the classes happen to have."""
+    rng = np.random.default_rng(0)
+    d, k = 30, 5
+    shared = np.linalg.qr(rng.normal(size=(d, 2)))[0].T  # directions every class holds
+    y = np.arange(2000) % k
+    own = rng.normal(size=(k, 4, d)) / np.sqrt(d)  # unit-norm directions of each class
+    # the classes weigh them differently (class 0 least): each class's leading vectors
+    # are near-copies of the shared ones, of which one class's copy is kept
+    strengths = np.array([[1.5, 1.2], [3.0, 1.0], [2.0, 2.6], [2.5, 1.4], [1.8, 2.0]])
+    x = (np.einsum("nj,jd->nd", rng.normal(size=(2000, 2)) * strengths[y], shared)
+         + np.einsum("nj,njd->nd", rng.normal(size=(2000, 4)) * 0.7, own[y])
+         + 0.05 * rng.normal(size=(2000, d)))
+    options = dict(n_components=12, allocation=allocation, dedup_threshold=0.9)
+    reference = ClassPCA(**options).fit(x, y)
+    assert len(set(reference.component_classes_.tolist())) > 1
+    for permutation in ([4, 3, 2, 1, 0], [2, 0, 4, 1, 3]):
+        mapping = np.array(permutation)
+        renumbered = ClassPCA(**options).fit(x, mapping[y])
+        cosines = np.abs(reference.components_.T @ renumbered.components_)
+        assert cosines.max(axis=1).min() > 1 - 1e-9  # every filter is in the other set
+        np.testing.assert_array_equal(  # and came from the same class
+            np.sort(mapping[reference.component_classes_]),
+            np.sort(renumbered.component_classes_))

@@ -182,3 +182,36 @@ def test_no_eigen_solve_at_a_check_point_that_cannot_lead_to_convergence(monkeyp
             checks.append(start + 64)
     assert checks and min(checks) > last_arrival  # skipped every check point before
     assert monitor.converged_at is not None and monitor.converged_at > last_arrival
+
+
+def test_classes_held_as_rows_check_as_their_matrices(monkeypatch):
+    """Wide inputs with few rows per class: the check points take each class's
+    subspace from its rows' Gram, with the same changes as from its d x d matrix."""
+    from keras_classpca.core import statistics as module
+
+    rng = np.random.default_rng(0)
+    d, y = 640, np.arange(450) % 3
+    bases = rng.normal(size=(3, 8, d))
+    x = np.einsum("nk,nkd->nd", rng.normal(size=(450, 8)) * np.geomspace(4, 1, 8),
+                  bases[y]) + 0.05 * rng.normal(size=(450, d))
+
+    def histories():
+        pca, monitor = ClassPCA(6), SubspaceConvergence(tolerance=1e-9, first=60)
+        for start in range(0, len(y), 30):
+            pca.partial_fit(x[start:start + 30], y[start:start + 30])
+            monitor.check([pca], start + 30)
+        return np.array(monitor.history), sorted(pca.statistics_._held)
+
+    held, held_classes = histories()
+    monkeypatch.setattr(module, "HELD_MIN_FEATURES", 10**9)
+    dense, dense_classes = histories()
+    assert held_classes == [0, 1, 2] and dense_classes == []
+    assert len(held) == len(dense) >= 2
+    np.testing.assert_allclose(held, dense, rtol=1e-7, atol=1e-12)
+    # the factored form of a matrix gives the same change as the matrix
+    basis = np.linalg.qr(rng.normal(size=(d, 5)))[0]
+    small = np.diag([5.0, 3.0, 2.0, 1.0, 0.5])
+    matrix = basis @ small @ basis.T
+    previous, current = basis[:, [0, 2]], basis[:, :2]
+    assert captured_variance_change((basis, small), previous, current) == pytest.approx(
+        captured_variance_change(matrix, previous, current), rel=1e-12)

@@ -39,6 +39,26 @@ def test_samples_auto_stops_early_on_plenty_of_data_and_matches_all_of_it(subspa
             assert subspace_overlap(basis, np.asarray(kernel)) > 0.99
 
 
+def test_samples_auto_stops_at_the_same_check_point_whatever_the_batch_size(subspace_classes):
+    """Batches are cut at the check points: 1,024, 2,048, ... samples, not the end of
+    the batch that crosses one (a batch of 1,000 compared 2,000 with 3,000 samples)."""
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=3000, noise=0.3, seed=4)
+    x, y = data.x.astype("float32"), data.y
+    kernels, reports = [], []
+    for batch_size in (100, 256, 1000, 3000):
+        model = _mlp(name=f"b{batch_size}")
+        reports.append(hybridize(model, (x, y), cutoff=1, batch_size=batch_size, verbose=0))
+        kernels.append(np.asarray(model.layers[0].kernel))
+    first = reports[0].layers[0]
+    assert first.converged and first.samples in (2048, 4096, 8192)
+    for report, kernel in zip(reports[1:], kernels[1:]):
+        assert report.layers[0].samples == first.samples
+        assert [seen for seen, _ in report.layers[0].sample_checks] == [
+            seen for seen, _ in first.sample_checks]
+        # the same samples: equal to the round-off of chunked float32 products
+        np.testing.assert_allclose(kernel, kernels[0], atol=1e-4)
+
+
 def test_samples_auto_reads_everything_when_it_does_not_settle(monkeypatch, subspace_classes):
     data = subspace_classes([2, 2, 2], n_features=12, n_per_class=1000, noise=0.2, seed=4)
     x, y = data.x.astype("float32"), data.y
@@ -232,3 +252,29 @@ def test_a_fixed_sample_count_that_misses_classes_of_a_sorted_stream_warns(subsp
         hybridize(_softmax_mlp("h"), lambda: ((xb, y[order][i * 100:(i + 1) * 100])
                                               for i, (xb, _) in enumerate(shuffled())),
                   cutoff=1, samples=500, verbose=0, sign_pairs=False, discriminant=0)
+
+
+def test_seed_none_draws_one_seed_for_everything_and_reports_it(subspace_classes):
+    """`seed=None`: a fresh seed per call, used by the sampling and the decision alike,
+    so `report.seed` reproduces the call; a solve cache does not hand back another
+    call's random draw."""
+    from keras_classpca import SolveCache
+
+    data = subspace_classes([2, 2, 2], n_features=12, n_per_class=1500, noise=0.3, seed=4)
+    x, y = data.x.astype("float32"), data.y
+    cache = SolveCache()
+    kernels, seeds = [], []
+    for name in ("a", "b"):
+        model = _mlp(name=name)
+        report = hybridize(model, (x, y), cutoff=1, seed=None, samples=1000,
+                           solve_cache=cache, verbose=0)
+        seeds.append(report.seed)
+        kernels.append(np.asarray(model.layers[0].kernel))
+    assert seeds[0] != seeds[1] and all(isinstance(seed, int) for seed in seeds)
+    assert cache.hits == 0
+    assert not np.allclose(kernels[0], kernels[1])  # other samples
+    again = _mlp(name="again")
+    report = hybridize(again, (x, y), cutoff=1, seed=seeds[0], samples=1000, verbose=0)
+    assert report.seed == seeds[0] and report.to_dict()["seed"] == seeds[0]
+    np.testing.assert_array_equal(np.asarray(again.layers[0].kernel), kernels[0])
+    assert hybridize(_mlp(name="d"), (x, y), cutoff=1, verbose=0).seed == 0  # the default

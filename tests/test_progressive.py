@@ -1,6 +1,8 @@
 """fit_progressive: freezing settled bottom layers between epochs, optimizer state
 carried over, schedules, snapping, and argument errors."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -342,6 +344,22 @@ def test_snap_and_the_output_probe_take_a_named_input_as_fit_does():
         np.testing.assert_array_equal(a, b)
     fit_progressive(named(), {"image": x}, y, epochs=2, verbose=0,
                     settle=SettleOnChange(measure="output"), batch_size=32)
+
+
+@pytest.mark.parametrize("weighting", ["sample_weight", "class_weight"])
+def test_snap_says_its_statistics_ignore_the_weights_fit_applies(weighting):
+    x, y = _data(64)
+    weights = ({"sample_weight": np.linspace(0.5, 2.0, len(y))} if weighting == "sample_weight"
+               else {"class_weight": {0: 1.0, 1: 3.0}})
+    with pytest.warns(UserWarning, match=f"ignore `{weighting}`") as caught:
+        history = fit_progressive(_model(), x, y, epochs=2, settle=[1], snap=True,
+                                  batch_size=32, verbose=0, **weights)
+    assert "conv1" in history.progressive.snapped
+    assert any(record.filename == __file__ for record in caught)  # points at the call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # without snap: nothing to say
+        fit_progressive(_model(), x, y, epochs=1, settle=[1], batch_size=32, verbose=0,
+                        **weights)
 
 
 def test_snap_on_a_one_shot_iterator_says_what_snap_needs():

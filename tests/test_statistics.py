@@ -190,3 +190,139 @@ def test_distinct_labels_by_count_or_by_hash_agree():
         distinct = _distinct(labels)
         np.testing.assert_array_equal(distinct, np.unique(labels))
         assert distinct.dtype == labels.dtype
+
+
+# ------------------------------------------------------------- classes held as rows
+def _wide_data(counts, d=600, seed=0, offset=30.0):
+    """Classes of few rows against `d` features: class `c` has `counts[c]` rows of rank
+    at most 12 around a far offset (float64)."""
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+    rng.shuffle(y)
+    bases = rng.normal(size=(len(counts), 12, d))
+    x = np.einsum("nk,nkd->nd", rng.normal(size=(len(y), 12)) * np.geomspace(5, 0.5, 12),
+                  bases[y]) + offset
+    return x, y
+
+
+@pytest.mark.backend_independent
+def test_classes_with_few_rows_are_held_as_rows_and_read_exactly():
+    x, y = _wide_data([40, 100, 200])  # 200 > HELD_MAX_SHARE x 600 = 150: a matrix
+    classes, counts, sums, outer = _reference(x, y)
+    stats = ClassStatistics(600)
+    for begin in range(0, len(y), 32):
+        stats.accumulate(x[begin:begin + 32], y[begin:begin + 32])
+    np.testing.assert_array_equal(stats.counts, counts)
+    assert sorted(stats._held) == [0, 1]
+    np.testing.assert_allclose(stats.sums, sums, rtol=1e-12)
+    scale = np.abs(outer).max()
+    np.testing.assert_allclose(stats.total_second_moment(), outer.sum(axis=0),
+                               rtol=0, atol=1e-12 * scale)
+    directions = np.random.default_rng(1).normal(size=(600, 5))
+    np.testing.assert_allclose(
+        stats.projected_second_moment(directions),
+        np.diag(directions.T @ outer.sum(axis=0) @ directions), rtol=1e-10)
+    assert sorted(stats._held) == [0, 1]  # reading the totals keeps them held
+    for label in (0, 2):
+        factor = stats.class_factor(label, center=True)
+        assert (factor is None) == (label == 2)
+    basis, small, trace = stats.class_factor(0, center=True)
+    rows = x[y == 0]
+    covariance = np.cov(rows.T, bias=True)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
+    np.testing.assert_allclose(basis @ small @ basis.T, covariance, atol=1e-10 * scale / 40)
+    assert trace == pytest.approx(np.trace(covariance), rel=1e-12)
+    assert basis.shape[1] <= 12  # the class's rank, not d
+    # Reading a class's d x d matrix gives it one; later rows are multiplied into it.
+    np.testing.assert_allclose(stats.second_moment(1), outer[1], rtol=0, atol=1e-12 * scale)
+    assert sorted(stats._held) == [0]
+    more, _ = _wide_data([0, 20], seed=2)
+    stats.accumulate(more, np.ones(20, dtype=int))
+    expected = outer[1] + more.T @ more
+    np.testing.assert_allclose(stats.second_moment(1), expected, rtol=0, atol=1e-12 * scale)
+
+
+@pytest.mark.backend_independent
+def test_a_held_class_that_outgrows_the_share_gets_its_exact_matrix(monkeypatch):
+    x, y = _wide_data([300, 60])
+    _, _, _, outer = _reference(x, y)
+    stats = ClassStatistics(600, product_dtype="float64")
+    held_counts = []
+    for begin in range(0, len(y), 40):
+        stats.accumulate(x[begin:begin + 40], y[begin:begin + 40])
+        stats.counts  # settles the staged rows: each batch is held or multiplied
+        held_counts.append(len(stats._held))
+    assert held_counts[0] == 2 and held_counts[-1] == 1  # class 0 passed 150 rows
+    scale = np.abs(outer).max()
+    for label in (0, 1):
+        np.testing.assert_allclose(stats.second_moment(label), outer[label], rtol=0,
+                                   atol=1e-12 * scale)
+
+
+@pytest.mark.backend_independent
+def test_held_statistics_merge_copy_and_sketch_like_the_matrices():
+    from keras_classpca.core.sketch import ClassSketch
+
+    x, y = _wide_data([50, 70, 30])
+    _, counts, sums, outer = _reference(x, y)
+    half = len(y) // 2
+    first, second = ClassStatistics(600), ClassStatistics(600)
+    first.accumulate(x[:half], y[:half])
+    second.accumulate(x[half:], y[half:])
+    twin = first.copy()
+    assert sorted(twin._held) == [0, 1, 2]
+    scale = np.abs(outer).max()
+    first.merge(second)
+    np.testing.assert_array_equal(first.counts, counts)
+    np.testing.assert_allclose(first.second_moments, outer, rtol=0, atol=1e-12 * scale)
+    # the copy was independent, and still reads its half
+    np.testing.assert_array_equal(twin.counts, np.bincount(y[:half]))
+    np.testing.assert_allclose(twin.sums, np.stack([x[:half][y[:half] == c].sum(axis=0)
+                                                    for c in range(3)]), rtol=1e-12)
+    # A sketch with at least every class's rows is exact (float32 rows).
+    held = ClassStatistics(600)
+    held.accumulate(x, y)
+    sketch = ClassSketch.from_statistics(held, 80)
+    for label in range(3):
+        np.testing.assert_allclose(sketch.second_moment(label), outer[label], rtol=0,
+                                   atol=1e-5 * scale)
+    assert sorted(held._held) == [0, 1, 2]  # sketched from the rows, not from matrices
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("center, allocation", [(True, "equal"), (False, "adaptive")])
+def test_class_pca_solves_held_classes_as_it_solves_their_matrices(monkeypatch, center,
+                                                                    allocation):
+    from keras_classpca import ClassPCA
+    from keras_classpca.core import statistics as module
+
+    x, y = _wide_data([60, 90, 45])
+    options = dict(n_components=9, center=center, allocation=allocation)
+    held = ClassPCA(**options).fit(x, y)
+    assert sorted(held.statistics_._held) == [0, 1, 2]
+    monkeypatch.setattr(module, "HELD_MIN_FEATURES", 10**9)
+    dense = ClassPCA(**options).fit(x, y)
+    assert not dense.statistics_._held
+    np.testing.assert_array_equal(held.component_classes_, dense.component_classes_)
+    np.testing.assert_allclose(held.components_, dense.components_, atol=1e-8)
+    np.testing.assert_allclose(held.explained_variance_, dense.explained_variance_,
+                               rtol=1e-8)
+    np.testing.assert_allclose(held.kernel_, dense.kernel_, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(held.bias_, dense.bias_, rtol=1e-7, atol=1e-10)
+    assert sorted(held.statistics_._held) == [0, 1, 2]  # solved without d x d matrices
+
+
+def test_a_backend_tensor_batch_after_held_rows_adds_to_their_matrix():
+    x, y = _wide_data([40, 30])
+    _, counts, _, outer = _reference(x, y)
+    stats = ClassStatistics(600, product_dtype="float64")
+    stats.accumulate(x[:35], y[:35])
+    assert stats.counts.sum() == 35 and stats._held
+    stats.accumulate(keras.ops.convert_to_tensor(x[35:].astype("float32")), y[35:])
+    # products now hold part of each class: no factor from the rows alone
+    assert stats.class_factor(0, True) is None and stats.class_factor(1, True) is None
+    np.testing.assert_array_equal(stats.counts, counts)
+    scale = np.abs(outer).max()
+    expected = _reference(np.concatenate([x[:35], x[35:].astype("float32")]), y)[3]
+    np.testing.assert_allclose(stats.second_moments, expected, rtol=0, atol=1e-6 * scale)
+    assert not stats._held

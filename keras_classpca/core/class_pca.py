@@ -12,6 +12,7 @@ it solves are a public `ClassStatistics` (`statistics_`, `from_statistics`).
 import collections
 import contextlib
 import functools
+import heapq
 import numbers
 import warnings
 
@@ -974,6 +975,22 @@ class ClassPCA:
         mean = self.mean_
         return statistics.total_second_moment() / statistics.n_samples - np.outer(mean, mean)
 
+    def variance_along(self, directions):
+        """The variance of all the data seen along each column of `directions` `(d, k)`:
+        `diag(directionsᵀ @ covariance_ @ directions)`, without forming `covariance_`
+        where the statistics need not (classes held as rows)."""
+        statistics = self._fitted_statistics()
+        directions = np.asarray(directions, dtype=np.float64)
+        return (statistics.projected_second_moment(directions) / statistics.n_samples
+                - np.square(self.mean_ @ directions))
+
+    def total_variance(self):
+        """`trace(covariance_)`: the variance of all the data seen (without forming it)."""
+        statistics = self._fitted_statistics()
+        traces = sum(statistics.trace(label) for label in self.classes_.tolist())
+        mean = self.mean_
+        return max(traces / statistics.n_samples - float(mean @ mean), 0.0)
+
     def class_matrix(self, label):
         """The matrix eigen-decomposed for one class (covariance or second moment)."""
         statistics = self._fitted_statistics()
@@ -981,23 +998,35 @@ class ClassPCA:
         n = statistics.count(label)
         if n == 0:
             raise ValueError(f"Class {label} has no samples.")
+        factor = self.class_factor(label)
+        if factor is not None:  # a class held as rows: the matrix from its factor
+            basis, small, _ = factor
+            return basis @ small @ basis.T
         matrix = statistics.second_moment(label) / n
         if self.center:
             class_mean = statistics.sum(label) / n
             matrix = matrix - np.outer(class_mean, class_mean)
         return (matrix + matrix.T) / 2.0
 
+    def class_factor(self, label):
+        """`class_matrix(label)` as `(basis, small, trace)` with `basis @ small @
+        basis.T` the matrix, where the statistics hold it in that form (a sketch, or a
+        class with few rows against its features: `ClassStatistics.class_factor`);
+        else None."""
+        statistics = self._fitted_statistics()
+        if statistics.count(label) == 0:
+            raise ValueError(f"Class {int(label)} has no samples.")
+        return statistics.class_factor(int(label), self.center)
+
     # ------------------------------------------------------------------ solving
     def _class_spectra(self, first):
         """One `_Spectrum` per class, each with its leading `first[i]` pairs computed."""
         spectra = []
         with blas_threads_for(self.n_features_in_):
-            statistics = self._fitted_statistics()
             for label, k in zip(self.classes_.tolist(), first):
-                if isinstance(statistics, ClassSketch):
-                    if statistics.count(label) == 0:
-                        raise ValueError(f"Class {label} has no samples.")
-                    spectra.append(_FactoredSpectrum(*statistics.class_factor(label, self.center)))
+                factor = self.class_factor(label)
+                if factor is not None:
+                    spectra.append(_FactoredSpectrum(*factor))
                 else:
                     spectra.append(_Spectrum(functools.partial(self.class_matrix, label), k,
                                              randomized=self.eigen_solver == "randomized"))
@@ -1216,15 +1245,24 @@ class ClassPCA:
             kept_classes.append(ci)
             kept_vectors = np.column_stack([kept_vectors, spectra[ci].vector(vi)])
 
+        # Each class's quota, the classes' next vectors examined largest share first:
+        # of two classes sharing a direction, the one it explains more of keeps it,
+        # whatever their labels (in label order, renumbering the classes changed which
+        # filters a layer got).
         cursor = [0] * len(classes)  # next unexamined vector of each class
-        for ci, quota in enumerate(quotas):
-            taken = 0
-            while taken < quota and spectra[ci].alive(cursor[ci]):
-                vi = cursor[ci]
-                cursor[ci] += 1
-                if not is_duplicate(ci, spectra[ci].vector(vi)):
-                    take(ci, vi)
-                    taken += 1
+        taken = [0] * len(classes)
+        queue = [(-spectra[ci].share(0), ci) for ci, quota in enumerate(quotas)
+                 if quota > 0 and spectra[ci].alive(0)]
+        heapq.heapify(queue)
+        while queue:
+            _, ci = heapq.heappop(queue)
+            vi = cursor[ci]
+            cursor[ci] += 1
+            if not is_duplicate(ci, spectra[ci].vector(vi)):
+                take(ci, vi)
+                taken[ci] += 1
+            if taken[ci] < quotas[ci] and spectra[ci].alive(cursor[ci]):
+                heapq.heappush(queue, (-spectra[ci].share(cursor[ci]), ci))
 
         if n_components is not None and len(kept) > n_components:
             # Adaptive rule kept more than asked: keep those of largest share.
@@ -1288,7 +1326,7 @@ class ClassPCA:
             floor = 1e-12 * max(float(variance.max()), 1e-300)
             return 1.0 / np.sqrt(np.maximum(variance, floor))
         # "standardize": unit variance of each output over all the data.
-        output_variance = np.sum(components * (self.covariance_ @ components), axis=0)
+        output_variance = self.variance_along(components)
         floor = 1e-12 * max(float(output_variance.max()), 1e-300)
         return 1.0 / np.sqrt(np.maximum(output_variance, floor))
 

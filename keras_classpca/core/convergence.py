@@ -39,7 +39,8 @@ def captured_variance_change(matrix, previous, current):
     """`1 − tr(P_prev C) / tr(P_curr C)` for one class (see the module doc).
 
     Args:
-        matrix: the class's current `(d, d)` matrix `C`.
+        matrix: the class's current `(d, d)` matrix `C`, or `(basis, small)` with
+            `C = basis @ small @ basis.T` (`ClassPCA.class_factor`).
         previous, current: orthonormal bases `(d, m)` of its leading eigenspace at
             the previous and at the current check point.
 
@@ -52,11 +53,20 @@ def captured_variance_change(matrix, previous, current):
     >>> captured_variance_change(c, e[:, 1:2], e[:, :1])
     0.75
     """
-    best = float(np.trace(current.T @ matrix @ current))
+    best = _captured_variance(matrix, current)
     if best <= 0:
         return 0.0
-    kept = float(np.trace(previous.T @ matrix @ previous))
+    kept = _captured_variance(matrix, previous)
     return max(0.0, 1.0 - kept / best)
+
+
+def _captured_variance(matrix, basis):
+    """`tr(basisᵀ C basis)` for `C` given as in `captured_variance_change`."""
+    if isinstance(matrix, tuple):
+        factor_basis, small = matrix[:2]
+        projected = factor_basis.T @ basis
+        return float(np.sum(projected * (small @ projected)))
+    return float(np.trace(basis.T @ matrix @ basis))
 
 
 def leading_eigenspace(matrix, m):
@@ -170,8 +180,14 @@ class SubspaceConvergence:
             return None, None
         spaces, changes = {}, []
         for label in labels:
-            matrix = class_pca.class_matrix(label)
-            basis = leading_eigenspace(matrix, per_class)
+            factor = class_pca.class_factor(label)
+            if factor is not None:  # few rows against d: an m x m eigen-problem
+                factor_basis, small, _ = factor
+                vectors = np.linalg.eigh(small)[1][:, ::-1][:, :per_class]
+                matrix, basis = (factor_basis, small), factor_basis @ vectors
+            else:
+                matrix = class_pca.class_matrix(label)
+                basis = leading_eigenspace(matrix, per_class)
             if previous is not None:
                 changes.append(  # a class new since the last check has moved all the way
                     captured_variance_change(matrix, previous[int(label)], basis)

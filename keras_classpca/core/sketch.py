@@ -278,6 +278,13 @@ class ClassSketch:
             return np.zeros((self.n_features, self.n_features))
         return self._total.second_moment(0).copy()
 
+    def projected_second_moment(self, directions):
+        """`Σ (x · w_j)²` over all samples for each column of `directions` (exact; see
+        `ClassStatistics.projected_second_moment`)."""
+        if not self._count:
+            return np.zeros(np.shape(directions)[1])
+        return self._total.projected_second_moment(directions)
+
     # ------------------------------------------------------------------ building
     def _reserve(self, labels):
         new = [label for label in labels if label not in self._count]
@@ -478,25 +485,31 @@ class ClassSketch:
         sketch = cls(statistics.n_features, sketch_size, **kwargs)
         labels = statistics.classes.tolist()
         sketch._reserve(labels)
-        total = sum((statistics.second_moment(c) for c in labels),
-                    np.zeros((statistics.n_features,) * 2))
         sketch._total = ClassStatistics.from_arrays(
-            [statistics.n_samples], [statistics.sums.sum(axis=0)], [total],
+            [statistics.n_samples], [statistics.sums.sum(axis=0)],
+            [statistics.total_second_moment()],
             product_dtype=kwargs["product_dtype"], memory_limit=kwargs["memory_limit"])
         d, ell = statistics.n_features, sketch.sketch_size
         for label in labels:
             n, raw_sum = statistics.count(label), statistics.sum(label)
             r = raw_sum / n
-            # Σ(x−r)(x−r)ᵀ about the class mean r.
-            shifted = statistics.second_moment(label) - n * np.outer(r, r)
-            shifted = (shifted + shifted.T) / 2.0
-            k = min(d, ell + 1)
-            values, vectors = scipy.linalg.eigh(shifted, subset_by_index=[d - k, d - 1])
-            kept, delta = _shrunk_values(values[::-1], ell)
-            rows = (vectors[:, ::-1][:, :ell] * np.sqrt(kept)).T
+            held = statistics.held_rows(label)
+            if held is not None:  # a class held as rows: sketched from them
+                centered = held - r
+                rows, delta = (centered, 0.0) if len(held) <= ell else _shrink(centered, ell)
+                trace = float(np.sum(np.square(centered)))
+            else:
+                # Σ(x−r)(x−r)ᵀ about the class mean r.
+                shifted = statistics.second_moment(label) - n * np.outer(r, r)
+                shifted = (shifted + shifted.T) / 2.0
+                k = min(d, ell + 1)
+                values, vectors = scipy.linalg.eigh(shifted, subset_by_index=[d - k, d - 1])
+                kept, delta = _shrunk_values(values[::-1], ell)
+                rows = (vectors[:, ::-1][:, :ell] * np.sqrt(kept)).T
+                trace = float(np.trace(shifted))
             sketch._count[label], sketch._shift[label] = n, r
             sketch._sum[label] = np.zeros(d)
-            sketch._trace[label] = float(np.trace(shifted))
+            sketch._trace[label] = trace
             sketch._rows[label][: len(rows)] = rows
             sketch._filled[label] = len(rows)
             sketch.shrinkage[label] = delta

@@ -27,6 +27,12 @@ How a batch is accumulated (`accumulate`):
   multiplied where they are, with `keras.ops`; only the `d x d` products travel to the
   host.
 
+A class with few rows against `d` (a wide Dense layer solved from a small data set)
+keeps its rows instead, up to `HELD_MAX_SHARE · d` of them: their Gram costs `m²·d`
+where the `d x d` product costs `m·d²`, and the solve takes its leading directions from
+an `m x m` problem (`class_factor`) instead of a `d x d` one. A class that outgrows
+that gets its `d x d` matrix from its rows then, exactly as if it had had one all along.
+
 Memory is `K·(d² + 2d + 1)` float64 values (`nbytes`); a new class that would take the
 statistics past `memory_limit` (default: the memory the system reports available) raises
 a `MemoryError` that says how much is needed, before anything is allocated.
@@ -57,6 +63,16 @@ _FLOAT32_SAFE = float(np.finfo(np.float32).max) / 64.0
 # used (and in float64, below its own bound, the data is refused: rescale it).
 _FLOAT32_TINY = 1e-24
 _FLOAT64_TINY = 1e-280
+# Classes are held as rows (see the module doc) over at least HELD_MIN_FEATURES
+# features (below it a d x d matrix is small and its eigen-solve fast) while they have
+# at most HELD_MAX_SHARE · d rows (their float64 rows then take at most a quarter of
+# the d x d matrix they stand for).
+HELD_MIN_FEATURES = 512
+HELD_MAX_SHARE = 0.25
+# Eigenvalues of a held class's Gram below this share of its largest are dropped: below
+# ClassPCA's EXHAUSTED_SHARE of the trace they are dead directions anyway, and their
+# vectors through the Gram would lose orthogonality (error ~ eps · λ_max / λ).
+GRAM_RANK_TOLERANCE = 1e-10
 
 
 def available_memory():
@@ -180,6 +196,18 @@ def _runs_by_label(parts):
     return runs
 
 
+def _raw_product(rows, shift=None):
+    """`Σ x xᵀ` of float64 `rows`, multiplied about `shift` (default: their mean) and
+    corrected exactly, as `ClassStatistics` accumulates (module doc)."""
+    shift = rows.mean(axis=0) if shift is None else shift
+    shifted = rows - shift
+    w = shifted.sum(axis=0) + (0.5 * len(rows)) * shift
+    product = shifted.T @ shifted
+    product += np.multiply.outer(shift, w)
+    product += np.multiply.outer(w, shift)
+    return product
+
+
 def default_product_dtype(dtype):
     """float32 products for data of float32 precision or less, float64 otherwise."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
@@ -273,6 +301,7 @@ class ClassStatistics:
     @property
     def second_moments(self):
         self._settle()
+        self._materialize_all()
         if not self._count:
             return np.zeros((0, self.n_features, self.n_features))
         return np.stack([self._outer[c] for c in sorted(self._count)])
@@ -305,15 +334,76 @@ class ClassStatistics:
     def second_moment(self, label):
         """`Σ x xᵀ` over class `label` (float64, a view: do not modify)."""
         self._settle()
-        return self._outer[self._known(label)]
+        label = self._known(label)
+        self._materialize(label)
+        return self._outer[label]
 
     def total_second_moment(self):
         """`Σ x xᵀ` over all samples of all classes (a new float64 array)."""
         self._settle()
+        held = self._held_rows
         total = np.zeros((self.n_features, self.n_features))
-        for outer in self._outer.values():
-            total += outer
+        for label, outer in self._outer.items():
+            total += _raw_product(held[label]) if label in held else outer
         return total
+
+    def trace(self, label):
+        """`Σ ‖x‖²` over class `label`: the trace of its second moment."""
+        self._settle()
+        label = self._known(label)
+        rows = self._held_rows.get(label)
+        return float(np.sum(np.square(rows))) if rows is not None else float(
+            np.trace(self._outer[label]))
+
+    def projected_second_moment(self, directions):
+        """`Σ (x · w_j)²` over all samples, for each column `w_j` of `directions`
+        `(d, k)`: the diagonal of `directionsᵀ · total_second_moment() · directions`,
+        without forming the `d x d` products of classes held as rows."""
+        self._settle()
+        directions = np.asarray(directions, dtype=np.float64)
+        held = self._held_rows
+        result = np.zeros(directions.shape[1])
+        if len(held) < len(self._outer):
+            dense = np.zeros((self.n_features, self.n_features))
+            for label, outer in self._outer.items():
+                if label not in held:
+                    dense += outer
+            result += np.sum(directions * (dense @ directions), axis=0)
+        for rows in held.values():
+            result += np.sum(np.square(rows @ directions), axis=0)
+        return result
+
+    def class_factor(self, label, center):
+        """`(basis, small, trace)`: the class matrix (`Σ x xᵀ / n`, or the covariance with
+        `center`) of a class held as rows, as `basis @ small @ basis.T` with an
+        orthonormal `basis` of at most `n` columns, and its trace (as
+        `ClassSketch.class_factor`, here exact). None for a class with a `d x d` matrix."""
+        self._settle()
+        rows = self._held_rows.get(self._known(label))
+        if rows is None:
+            return None
+        n = len(rows)
+        if center:
+            rows = rows - rows.mean(axis=0)
+        # Through the rows' m x m Gram G = U Λ Uᵀ: rowsᵀ rows = V Λ Vᵀ with the
+        # orthonormal V = rowsᵀ U Λ^(-1/2) (directions of numerically zero λ dropped).
+        gram = rows @ rows.T
+        values, vectors = np.linalg.eigh((gram + gram.T) / 2.0)
+        keep = values > GRAM_RANK_TOLERANCE * max(float(values[-1]), 0.0)
+        values, vectors = values[keep], vectors[:, keep]
+        basis = rows.T @ (vectors / np.sqrt(values))
+        trace = float(np.trace(gram)) / n
+        return basis, np.diag(values / n), trace
+
+    def held_rows(self, label):
+        """The rows of a class held as rows (float64, a view: do not modify), or None."""
+        self._settle()
+        return self._held_rows.get(self._known(label))
+
+    @property
+    def _held_rows(self):
+        # (statistics pickled before rows were held have no such attribute)
+        return self.__dict__.setdefault("_held", {})
 
     def _known(self, label):
         label = int(label)
@@ -367,6 +457,37 @@ class ClassStatistics:
             self._pending[label] = [shift, w]
         else:
             pending[1] += w
+
+    def _hold(self, label, runs):
+        """Keep a class's new rows `runs` as rows (True) while it qualifies (module doc);
+        False once it has (or now gets) a `d x d` matrix."""
+        held = self._held_rows
+        rows = held.get(label)
+        if rows is None and self._count[label]:
+            return False  # it has products already
+        n_held = 0 if rows is None else len(rows)
+        d = self.n_features
+        if d < HELD_MIN_FEATURES or n_held + sum(map(len, runs)) > HELD_MAX_SHARE * d:
+            self._materialize(label)
+            return False
+        new = np.concatenate([run.astype(np.float64) for run in runs])
+        held[label] = new if rows is None else np.concatenate([rows, new])
+        self._count[label] += len(new)
+        self._sum[label] += new.sum(axis=0)
+        return True
+
+    def _materialize(self, label):
+        """Give a class held as rows its `d x d` matrix (a no-op for other classes); its
+        reference point for later chunks is the mean of those rows."""
+        rows = self._held_rows.pop(label, None)
+        if rows is None:
+            return
+        self._shift[label] = rows.mean(axis=0)
+        self._outer[label] += _raw_product(rows, self._shift[label])
+
+    def _materialize_all(self):
+        for label in list(self._held_rows):
+            self._materialize(label)
 
     def _apply_correction(self, label, shift, w):
         outer = self._outer[label]
@@ -435,6 +556,8 @@ class ClassStatistics:
             )
         self._settle()
         other._settle()
+        self._materialize_all()
+        other._materialize_all()
         self._changed()
         self._reserve(sorted(other._count))
         for label in other._count:
@@ -452,8 +575,12 @@ class ClassStatistics:
         )
         twin._count = dict(self._count)
         twin._sum = {k: v.copy() for k, v in self._sum.items()}
-        twin._outer = {k: v.copy() for k, v in self._outer.items()}
+        held = self._held_rows
+        # (a held class's matrix is untouched zeros: a copy would write all of them)
+        twin._outer = {k: np.zeros(v.shape) if k in held else v.copy()
+                       for k, v in self._outer.items()}
         twin._shift = dict(self._shift)
+        twin._held = {k: v.copy() for k, v in held.items()}
         return twin
 
     def clear(self):
@@ -461,6 +588,7 @@ class ClassStatistics:
         self._changed()
         self._count, self._sum, self._outer, self._shift = {}, {}, {}, {}
         self._staged, self._staged_rows, self._pending = [], 0, {}
+        self._held = {}
 
     # ------------------------------------------------------------------ accumulate
     def accumulate(self, x, labels):
@@ -531,7 +659,8 @@ class ClassStatistics:
                                    if x.dtype.str == dtype])
             buffer = self._buffer(max(sum(map(len, r)) for r in runs.values()), np.dtype(dtype))
             for label in sorted(runs):
-                self._multiply_runs(label, runs[label], buffer)
+                if not self._hold(label, runs[label]):
+                    self._multiply_runs(label, runs[label], buffer)
 
     def _buffer(self, rows, dtype):
         """A gather buffer of a cache-sized chunk of rows (at most `rows`)."""
@@ -594,6 +723,7 @@ class ClassStatistics:
         """Add one chunk of a class's rows (a scratch buffer: shifted in place)."""
         dtype = chunk.dtype
         ones = np.ones(len(chunk), dtype=dtype)
+        self._materialize(label)
         if self._shift.get(label) is None:
             self._shift[label] = (ones @ chunk / len(chunk)).astype(np.float64)
         # The reference point as used (rounded to `dtype`) enters the correction.
@@ -677,6 +807,7 @@ class ClassStatistics:
         grouped = ops.take(x, ops.convert_to_tensor(order.astype(np.int32)), axis=0)
         for label, begin, end in runs:
             block = grouped[begin:end]
+            self._materialize(label)
             if self._shift.get(label) is None:
                 self._shift[label] = np.asarray(
                     ops.convert_to_numpy(ops.mean(block, axis=0)), dtype=np.float64

@@ -620,8 +620,14 @@ def hybridize(
             the Dense rule's Fisher directions without its sign pairs (they are for a
             ReLU).
         verbose: 1 shows a progress bar per pass over the data.
-        batch_size: batch size for arrays.
-        seed: seed for the sub-sampling of `samples` and of patches.
+        batch_size: batch size for arrays. With `samples="auto"` the samples read do
+            not depend on it: batches are cut at the check points.
+        seed: seed for the order and sub-sampling of the samples, of patches and of
+            the "auto" decision. None: a fresh seed each call, drawn once for all of
+            them and reported as `report.seed` (the `solve_cache` then only matches a
+            call given that seed). A `tf.data` dataset that reshuffles every
+            iteration reads other samples on each pass whatever the seed (see
+            docs/cutoff.md).
         patches_per_image: for convolutions, use this many random patches of each
             sample instead of all of them (fewer rows, faster solves).
         solve_cache: a `SolveCache`: solved layers are looked up there first and
@@ -680,6 +686,8 @@ def hybridize(
         samples, batch_size, seed, patches_per_image, verbose, freeze, solved_activation,
         **class_pca_options
     )
+    if seed is None:  # one draw for everything that samples: reproducible from report.seed
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
     activation = activation_or_none(solved_activation)
     on_device = statistics_on_device(statistics_on)
     if not isinstance(model, keras.Model):
@@ -799,6 +807,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         candidates=plan.names,
         stopped_because=plan.stop_reason,
         label_free=label_free,
+        seed=seed,
     )
     # Activations an earlier call replaced go back first: this call's `cutoff` and
     # `solved_activation` alone decide which are replaced (and the decision and the
@@ -1161,7 +1170,7 @@ def _decide(plan, passes, class_pca_options, seed, verbose, rule=policy.DEFAULT_
         n_train = len(x) if len(x) < policy.DECISION_SAMPLES else 10_000 * n_classes
     return decide_cutoff(
         plan, (x, labels), class_pca_options, n_classes=n_classes,
-        samples_per_class=n_train / n_classes, rule=rule, seed=seed or 0,
+        samples_per_class=n_train / n_classes, rule=rule, seed=seed,
         verbose=verbose, sign_pairs=ActivationReplacer(plan.model, None).sign_pairs,
     )
 

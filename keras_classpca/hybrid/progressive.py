@@ -811,6 +811,16 @@ def fit_progressive(
     plan = plan_model(model)
     units = _units(plan)
     if snap:
+        weighted = [name for name in ("sample_weight", "class_weight")
+                    if fit_kwargs.get(name) is not None]
+        if weighted:
+            warnings.warn(
+                f"`snap=True` solves each layer from class statistics that ignore "
+                f"`{weighted[0]}` (every sample counts once); it still weights the "
+                "training with `fit`.",
+                UserWarning,
+                stacklevel=2,
+            )
         for unit in units:
             if not _snappable(unit.layer):
                 raise ValueError(

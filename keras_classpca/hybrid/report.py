@@ -90,6 +90,7 @@ class HybridReport:
             covariance eigenvectors of its input (one class).
         recompiled: the model was compiled before `hybridize`, and was compiled again
             (its own arguments and optimizer) so that the freeze holds.
+        seed: the seed the sampling used (`hybridize(seed=None)` draws one).
         seconds: total wall time.
     """
 
@@ -104,6 +105,7 @@ class HybridReport:
     restored_activations: dict = dataclasses.field(default_factory=dict)
     recompiled: bool = False
     label_free: bool = False
+    seed: int = None
     seconds: float = 0.0
 
     def to_dict(self):

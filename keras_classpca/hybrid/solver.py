@@ -60,37 +60,63 @@ def stream(passes, feature_model, consumers, progress_label=None, verbose=0, lim
     progress = keras.utils.Progbar(total, verbose=verbose, unit_name="sample") if verbose else None
     if progress is not None and progress_label:
         print(progress_label)
-    offset, first_size = 0, None
-    for x, labels in passes:
-        if limit is not None and offset + len(x) > limit:
-            x, labels = x[: limit - offset], labels[: limit - offset]
-        first_size = first_size or len(x)
-        if on_device:
-            h = feature_model(x, training=False)
-            host = None
-            for consume in consumers:
-                if getattr(consume, "takes_tensors", False):
-                    consume(h, labels, offset)
-                    continue
-                if host is None:
-                    host = as_standard_float(keras.ops.convert_to_numpy(h))
-                consume(host, labels, offset)
-        else:
-            h = predict_batch(feature_model, x, first_size)
-            for consume in consumers:
-                consume(h, labels, offset)
-        offset += len(x)
-        if progress is not None:
-            progress.add(len(x))
-        if (limit is not None and offset >= limit) or any(
-            getattr(consume, "converged", False) for consume in consumers
-        ):
+    offset, first_size, done = 0, None, False
+    for batch, batch_labels in passes:
+        if limit is not None and offset + len(batch) > limit:
+            batch, batch_labels = batch[: limit - offset], batch_labels[: limit - offset]
+        first_size = first_size or len(batch)
+        for x, labels in _cut_at_check_points(batch, batch_labels, offset, consumers):
+            _consume(feature_model, x, labels, offset, consumers, first_size, on_device)
+            offset += len(x)
+            if progress is not None:
+                progress.add(len(x))
+            done = (limit is not None and offset >= limit) or any(
+                getattr(consume, "converged", False) for consume in consumers)
+            if done:
+                break
+        if done:
             break
     if offset == 0:
         raise ValueError("`data` is empty: no samples to solve the layers on.")
     if hasattr(passes, "seen"):
         passes.seen = offset
     return offset
+
+
+def _cut_at_check_points(x, labels, offset, consumers):
+    """The batch `(x, labels)` that starts at sample `offset`, cut where a consumer
+    checks convergence (`check_point`, read again after each part is consumed): the
+    samples a layer is solved from are then a check point's count whatever the batch
+    size."""
+    start, end = 0, len(x)
+    while start < end:
+        points = [point for point in (getattr(consume, "check_point", None)
+                                      for consume in consumers)
+                  if point is not None and offset + start < point < offset + end]
+        if not points and start == 0:
+            yield x, labels
+            return
+        stop = min(points) - offset if points else end
+        yield x[start:stop], labels[start:stop]
+        start = stop
+
+
+def _consume(feature_model, x, labels, offset, consumers, first_size, on_device):
+    """The features of one batch to every consumer (see `stream`)."""
+    if not on_device:
+        h = predict_batch(feature_model, x, first_size)
+        for consume in consumers:
+            consume(h, labels, offset)
+        return
+    h = feature_model(x, training=False)
+    host = None
+    for consume in consumers:
+        if getattr(consume, "takes_tensors", False):
+            consume(h, labels, offset)
+            continue
+        if host is None:
+            host = as_standard_float(keras.ops.convert_to_numpy(h))
+        consume(host, labels, offset)
 
 
 class MomentsConsumer:
@@ -145,6 +171,13 @@ class StatisticsConsumer:
         if self.convergence is not None and self.statistics.stage == 0:
             self.converged = self.convergence.check(self.statistics.class_pcas,
                                                     offset + len(h))
+
+    @property
+    def check_point(self):
+        """The sample count of the next convergence check (None: no checks)."""
+        if self.convergence is None or self.statistics.stage != 0 or self.converged:
+            return None
+        return self.convergence.next_check
 
     @property
     def rows(self):

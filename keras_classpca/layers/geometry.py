@@ -652,9 +652,8 @@ def _captured_share(class_pcas):
             # directions, which a QR factorisation would extend with unrelated ones.
             vectors, values, _ = np.linalg.svd(class_pca.components_, full_matrices=False)
             basis = vectors[:, values > 1e-8 * values.max()]
-            covariance = class_pca.covariance_
-            captured += float(np.trace(basis.T @ covariance @ basis))
-            total += float(np.trace(covariance))
+            captured += float(np.sum(class_pca.variance_along(basis)))
+            total += class_pca.total_variance()
     return captured / total if total > 0 else 0.0
 
 
