@@ -16,6 +16,7 @@ them after `import keras_classpca` with no `custom_objects`.
 """
 
 import importlib
+import importlib.util
 
 from keras_classpca._registration import register_when_keras_loads
 
@@ -71,7 +72,15 @@ _SUBMODULES = (
     "tuner",
 )
 
-__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+# Names whose modules need an optional dependency (the package that must be
+# importable): out of `__all__`, so that `from keras_classpca import *`, `help()` and
+# `inspect.getmembers` work on a core install (and import no TensorFlow under JAX);
+# `dir()` lists them where the dependency is installed.
+_NEEDS = {"HybridHyperModel": "keras_tuner", "tuner": "keras_tuner",
+          "distributed": "tensorflow"}
+
+__all__ = sorted(set(_EXPORTS) - set(_NEEDS)) + [
+    name for name in _SUBMODULES if name not in _NEEDS]
 
 
 def __getattr__(name):
@@ -86,7 +95,9 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    available = {name for name, package in _NEEDS.items()
+                 if importlib.util.find_spec(package) is not None}
+    return sorted(set(globals()) | set(__all__) | available)
 
 
 register_when_keras_loads()

@@ -470,7 +470,7 @@ CASES = [
         "hybridize-verbose-3",
         _on(lambda t: _mlp(), lambda m, t: hybridize(m, (X, Y), 1, verbose=3)),
         ValueError,
-        "`verbose` must be 0, 1 or 2",
+        "`verbose` must be 0, 1, 2 or \"auto\"",
     ),
     Case(
         "hybridize-zero-batch-size",

@@ -278,3 +278,16 @@ def test_seed_none_draws_one_seed_for_everything_and_reports_it(subspace_classes
     assert report.seed == seeds[0] and report.to_dict()["seed"] == seeds[0]
     np.testing.assert_array_equal(np.asarray(again.layers[0].kernel), kernels[0])
     assert hybridize(_mlp(name="d"), (x, y), cutoff=1, verbose=0).seed == 0  # the default
+
+
+def test_batch_size_none_and_verbose_auto_mean_the_defaults_as_in_fit(blobs, capsys):
+    # batch_size=None passed validation ("a positive integer or None"), then failed
+    # with a TypeError; verbose="auto" (fit's default) was refused.
+    x, y = blobs
+    reference = _mlp(n_in=8, name="ref")
+    hybridize(reference, (x, y), cutoff=1, verbose=0)
+    model = _mlp(n_in=8, name="none")
+    hybridize(model, (x, y), cutoff=1, batch_size=None, verbose="auto")
+    assert "Solving Dense 'none_d0'" in capsys.readouterr().out  # a progress bar
+    np.testing.assert_array_equal(np.asarray(model.layers[0].kernel),
+                                  np.asarray(reference.layers[0].kernel))

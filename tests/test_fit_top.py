@@ -1,6 +1,7 @@
 """fit_top: training the top of a hybrid model on the cached output of its frozen prefix."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -765,3 +766,34 @@ def test_a_generator_with_steps_per_epoch_is_not_read_to_its_end():
     assert not history.cache_used and len(history.history["loss"]) == 2
     with pytest.raises(ValueError, match="`steps_per_epoch` is given with a dataset or gen"):
         fit_top(model, endless(), steps_per_epoch=4, epochs=2, cache=True, verbose=0)
+
+
+@pytest.mark.parametrize("entry", ["fit_top", "fit_progressive"])
+def test_training_a_never_adapted_class_pca_layer_warns(entry):
+    # A ClassPCA layer is frozen from construction: trained without adapt or
+    # hybridize, it kept its random initializer weights without a word.
+    from keras_classpca import ClassPCADense, fit_progressive
+
+    x, y = _data()
+    x = x.reshape(len(x), -1)
+
+    def model(adapted, trainable=False):
+        layer = ClassPCADense(6, name="solved", trainable=trainable)
+        built = keras.Sequential([keras.Input(x.shape[1:]), layer,
+                                  keras.layers.Dense(3, activation="softmax")])
+        if adapted:
+            layer.adapt((x, y))
+        built.compile("adam", "sparse_categorical_crossentropy")
+        return built
+
+    def train(built):
+        if entry == "fit_top":
+            return fit_top(built, x, y, epochs=1, verbose=0)
+        return fit_progressive(built, x, y, epochs=1, settle=[1], verbose=0)
+
+    with pytest.warns(UserWarning, match=f"{entry}: ClassPCADense 'solved' was never adapted"):
+        train(model(adapted=False))
+    for built in (model(adapted=True), model(adapted=False, trainable=True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            train(built)

@@ -871,6 +871,35 @@ def test_class_pca_layer_solved_by_hybridize_is_adapted_without_a_pretrained_war
         hybridize(adapted, (x, y), cutoff=1, verbose=0)
 
 
+def test_hybridize_solves_a_class_pca_layer_with_its_own_options(blobs):
+    """`ClassPCADense(6, scaling="whiten", center=False)` in a model: hybridize solves
+    it as its adapt would (it used the defaults, and the config misstated the
+    weights); options given to hybridize go on top and the config records them."""
+    x, y = blobs
+    own = dict(scaling="whiten", center=False)
+
+    def model():
+        return keras.Sequential([keras.Input((x.shape[1],)),
+                                 ClassPCADense(6, name="a", **own),
+                                 L.Dense(3, activation="softmax")])
+
+    solved = model()
+    hybridize(solved, (x, y), cutoff=1, samples=None, verbose=0)
+    adapted = ClassPCADense(6, **own)
+    adapted.adapt((x, y))
+    np.testing.assert_allclose(np.asarray(solved.get_layer("a").kernel),
+                               np.asarray(adapted.kernel), rtol=1e-5, atol=1e-6)
+    assert solved.get_layer("a").get_config()["scaling"] == "whiten"
+    overridden = model()
+    hybridize(overridden, (x, y), cutoff=1, samples=None, verbose=0, scaling="unit")
+    layer = overridden.get_layer("a")
+    assert layer.get_config()["scaling"] == "unit" and layer.get_config()["center"] is False
+    reference = ClassPCADense(6, scaling="unit", center=False)
+    reference.adapt((x, y))
+    np.testing.assert_allclose(np.asarray(layer.kernel), np.asarray(reference.kernel),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_re_solving_below_frozen_layers_a_reload_kept_warns_about_them(blobs, tmp_path):
     # The mark of an earlier solve is not saved: after a .keras reload, a lower cutoff
     # re-solves layer a below b, which stays frozen with weights fitted to a's old
@@ -1237,3 +1266,23 @@ def test_the_report_table_fits_long_layer_names(subspace_classes):
     text = str(hybridize(model, (x, y), cutoff=1, verbose=0))
     row = next(line for line in text.splitlines() if "_d0" in line and "Dense" in line)
     assert "a_name_longer_than_the_default_column_d0  Dense" in row
+
+
+@pytest.mark.parametrize("cutoff, freeze, error, match", [
+    (9, True, ValueError, r"cutoff=9 but only 2 layer\(s\) of this model can be solved"),
+    (-3, True, ValueError, "`cutoff` must be 'auto', an `AutoRule` or a non-negative"),
+    (1.5, True, ValueError, "`cutoff` must be"),
+    ("auto", True, ValueError, "the number of solved layers .* not 'auto'"),
+    (1, "bias", ValueError, "`freeze` must be True, False or 'kernel'"),
+])
+def test_freeze_solved_layers_checks_its_arguments_as_hybridize_does(blobs, cutoff, freeze,
+                                                                      error, match):
+    # It froze min(cutoff, solvable) layers for cutoff=9, treated freeze="bias" as
+    # True, returned [] for a negative cutoff and failed inside for "auto" and 1.5.
+    x, _ = blobs
+    model = keras.Sequential([keras.Input((x.shape[1],)), L.Dense(6, name="a"),
+                              L.Dense(5, name="b"), L.Dense(3, name="head")])
+    with pytest.raises(error, match=match):
+        keras_classpca.freeze_solved_layers(model, cutoff, freeze=freeze)
+    assert all(layer.trainable for layer in model.layers)  # nothing changed
+    assert keras_classpca.freeze_solved_layers(model, 2) == ["a", "b"]

@@ -541,6 +541,30 @@ def test_conv_image_smaller_than_kernel_rejected():
     assert not layer.is_adapted and not layer.built
 
 
+def test_layers_take_their_keras_parents_positional_arguments(blobs):
+    # `keras.layers.Dense(6, "relu")` works; ClassPCADense(6, "relu") raised a
+    # TypeError, as did the convolutions with strides and padding given in place.
+    from keras_classpca import ClassPCADepthwiseConv2D, ClassPCASeparableConv2D
+
+    pairs = [
+        (ClassPCADense(6, "relu", False), keras.layers.Dense(6, "relu", False)),
+        (ClassPCAConv2D(8, 3, 2, "same"), keras.layers.Conv2D(8, 3, 2, "same")),
+        (ClassPCADepthwiseConv2D(3, 1, "same", 2),
+         keras.layers.DepthwiseConv2D(3, 1, "same", 2)),
+        (ClassPCASeparableConv2D(8, 3, 2, "same"), keras.layers.SeparableConv2D(8, 3, 2, "same")),
+    ]
+    for ours, keras_layer in pairs:
+        config, expected = ours.get_config(), keras_layer.get_config()
+        for key in expected:
+            if key not in ("name", "trainable"):
+                assert config[key] == expected[key], (type(ours).__name__, key)
+        assert not ours.trainable  # still frozen by default
+    x, y = blobs
+    dense = ClassPCADense(4, "relu")
+    dense.adapt((x, y))
+    assert dense.is_adapted and dense.get_config()["activation"] == "relu"
+
+
 @pytest.mark.parametrize(
     "make, error, match",
     [
@@ -553,6 +577,9 @@ def test_conv_image_smaller_than_kernel_rejected():
         (lambda: ClassPCAConv2D(4, 3, dedup_threshold=1.5), ValueError, "`dedup_threshold`"),
         (lambda: ClassPCAConv2D(4, 3, patches_per_image=0), ValueError, "`patches_per_image`"),
         (lambda: ClassPCAConv2D(4, 3, patches_per_image=2.5), ValueError, "`patches_per_image`"),
+        # (failed inside adapt, in NumPy's words)
+        (lambda: ClassPCAConv2D(4, 3, seed="a"), ValueError, "`seed` must be a non-negative"),
+        (lambda: ClassPCAConv2D(4, 3, seed=-1), ValueError, "`seed` must be a non-negative"),
         # grouped convolutions are solved per group; Keras checks the group count
         (lambda: ClassPCAConv2D(4, 3, groups=3), ValueError, "divisible by the number of groups"),
     ],

@@ -63,6 +63,32 @@ def test_public_surface_resolves_and_nothing_shadows_a_module():
     assert type(training_module).__name__ == "module"
 
 
+@pytest.mark.backend_independent
+def test_star_import_help_and_getmembers_work_without_the_optional_dependencies():
+    # With keras_tuner and tensorflow unimportable (a core install under JAX), they
+    # raised the ImportError of `HybridHyperModel` / `distributed`, which `__all__`
+    # listed; with them installed, `help()` imported both.
+    out = _run("""
+        import sys
+        sys.modules["keras_tuner"] = None  # `import keras_tuner` raises ImportError
+        sys.modules["tensorflow"] = None
+        import contextlib, inspect, io, pydoc
+        import keras_classpca
+        namespace = {}
+        exec("from keras_classpca import *", namespace)
+        assert "hybridize" in namespace and "HybridHyperModel" not in namespace
+        text = pydoc.render_doc(keras_classpca)
+        members = dict(inspect.getmembers(keras_classpca))
+        assert "fit_top" in members and "HybridHyperModel" not in dir(keras_classpca)
+        try:
+            keras_classpca.HybridHyperModel
+        except ImportError as error:
+            assert "keras-classpca[tuner]" in str(error)
+        print("ok" if "hybridize" in text else "no doc")
+    """)
+    assert out == "ok"
+
+
 @pytest.mark.parametrize("keras_first", [False, True])
 def test_load_model_finds_the_classes_after_import(tmp_path, keras_first):
     path = tmp_path / "m.keras"

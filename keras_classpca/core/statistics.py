@@ -2,7 +2,8 @@
 
 Class-PCA needs three sums per class `c` over the rows `x` it sees: the count `n_c`, the
 sum `s_c = Σ x` and the second moment `M_c = Σ x xᵀ`. Sums of shards are the sums of
-the whole, so statistics `merge` exactly (up to the order of float64 additions): the
+the whole, so statistics `merge` exactly (up to the rounding of the products, float32
+for float32 data, which depends on how the rows are chunked): the
 same object serves one streamed pass, shards gathered by another system, and the
 all-reduce of a `tf.distribute` pass.
 

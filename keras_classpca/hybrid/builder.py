@@ -64,7 +64,11 @@ from keras_classpca.hybrid.policy import check_cutoff
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer
 from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, statistics_on_device
 from keras_classpca.hybrid.training import compile_like
-from keras_classpca.layers.adapt_mixin import ClassPCAAdaptMixin
+from keras_classpca.layers.adapt_mixin import (
+    ClassPCAAdaptMixin,
+    record_solve_options,
+    solve_options,
+)
 from keras_classpca.layers.geometry import (
     LayerStatistics,
     is_solvable_kind,
@@ -380,6 +384,10 @@ def output_classes(model):
     return None
 
 
+# Samples per batch of arrays streamed through the model (`hybridize(batch_size=None)`).
+DEFAULT_BATCH_SIZE = 256
+
+
 def _positive_int(value, name):
     """`value` as an int if it is a positive integer (NumPy integers too) or None."""
     if value is None:
@@ -413,8 +421,9 @@ def check_settings(
         isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
     ):
         raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
-    if verbose not in (0, 1, 2):  # True and False too
-        raise ValueError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
+    if not (isinstance(verbose, str) and verbose == "auto") and verbose not in (0, 1, 2):
+        raise ValueError(  # (True and False pass: they equal 1 and 0)
+            f"`verbose` must be 0, 1, 2 or \"auto\"; received {verbose!r}.")
     if not (isinstance(freeze, (bool, np.bool_)) or freeze == "kernel"):
         raise ValueError(f"`freeze` must be True, False or 'kernel'; received {freeze!r}.")
     activation_or_none(solved_activation)
@@ -538,7 +547,7 @@ def hybridize(
     freeze=True,
     solved_activation=None,
     verbose=1,
-    batch_size=256,
+    batch_size=DEFAULT_BATCH_SIZE,
     seed=0,
     patches_per_image=None,
     solve_cache=None,
@@ -619,8 +628,8 @@ def hybridize(
             names what was replaced. A Dense layer whose activation is replaced gets
             the Dense rule's Fisher directions without its sign pairs (they are for a
             ReLU).
-        verbose: 1 shows a progress bar per pass over the data.
-        batch_size: batch size for arrays. With `samples="auto"` the samples read do
+        verbose: 1 (or "auto") shows a progress bar per pass over the data.
+        batch_size: batch size for arrays (None: 256). With `samples="auto"` the samples read do
             not depend on it: batches are cut at the check points.
         seed: seed for the order and sub-sampling of the samples, of patches and of
             the "auto" decision. None: a fresh seed each call, drawn once for all of
@@ -651,8 +660,9 @@ def hybridize(
             host. The second stage of a separable convolution is always on the host.
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
-            `n_classes`). `ClassPCA*` layers in the model are solved with these too
-            (their own options are those of their `adapt`) and count as adapted after.
+            `n_classes`). `ClassPCA*` layers in the model are solved with their own
+            options (their constructor's), these on top; they count as adapted after,
+            and their config then holds the options their weights were solved with.
 
     Returns:
         A `HybridReport`.
@@ -686,6 +696,8 @@ def hybridize(
         samples, batch_size, seed, patches_per_image, verbose, freeze, solved_activation,
         **class_pca_options
     )
+    batch_size = batch_size or DEFAULT_BATCH_SIZE  # None: the default, as in `fit`
+    verbose = 1 if isinstance(verbose, str) else int(verbose)  # "auto": a bar, as `fit`
     if seed is None:  # one draw for everything that samples: reproducible from report.seed
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     activation = activation_or_none(solved_activation)
@@ -813,12 +825,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     # `solved_activation` alone decide which are replaced (and the decision and the
     # solves see the model as it was built).
     restored = restore_replaced(model, [step.layer for step in plan.steps])
-    if not auto and cutoff > len(plan.steps):
-        raise ValueError(
-            f"cutoff={cutoff} but only {len(plan.steps)} layer(s) of this model can be "
-            f"solved ({', '.join(report.candidates) or 'none'}); the prefix ends because "
-            f"{plan.stop_reason}"
-        )
+    if not auto:
+        _check_cutoff_fits(plan, cutoff)
     if cutoff == 0 or not plan.steps:
         report.restored_activations = restored
         released = _release_earlier_solves(plan, 0, restored)
@@ -884,13 +892,14 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         # Sign pairs are for a ReLU, which discards each projection's negative half:
         # after the identity (or a replaced activation) the pairs would be copies.
         pairs = replacer.sign_pairs(layer)
+        options = solve_options(layer, class_pca_options)
         if strategy is not None and _distributable(step):
             statistics, seen = _distributed_statistics(
-                passes, plan, step, feature_model, strategy, batch_size, class_pca_options,
+                passes, plan, step, feature_model, strategy, batch_size, options,
                 dense_sign_pairs=pairs)
         else:
             statistics, seen = solve_layer(
-                passes, feature_model, layer, class_pca_options, seed=seed,
+                passes, feature_model, layer, options, seed=seed,
                 dense_sign_pairs=pairs,
                 patches_per_image=patches_per_image, verbose=verbose, label=label,
                 convergence=convergence, on_device=on_device,
@@ -932,7 +941,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     replaced_again = {record.name for record in report.layers if record.replaced_activation}
     report.restored_activations = {name: value for name, value in restored.items()
                                    if name not in replaced_again}
-    _mark_and_freeze(model, plan, report, freeze)
+    _mark_and_freeze(model, plan, report, freeze, class_pca_options)
     report.cutoff = len(report.layers)
     report.seconds = time.perf_counter() - start
     return report
@@ -951,7 +960,7 @@ def _reuse_solve(cached, block, replacer):
     return SolvedLayer(**record)
 
 
-def _mark_and_freeze(model, plan, report, freeze):
+def _mark_and_freeze(model, plan, report, freeze, class_pca_options):
     """Mark what the solve set, freeze it (`freeze`), release what an earlier call
     froze beyond it, and compile a compiled model again so that this holds."""
     released = _release_earlier_solves(plan, len(report.layers), report.restored_activations)
@@ -959,6 +968,7 @@ def _mark_and_freeze(model, plan, report, freeze):
         setattr(layer, SOLVED_MARK, True)
         if isinstance(layer, ClassPCAAdaptMixin):
             layer._adapted.assign(1)  # solved from data: `is_adapted`, as after adapt()
+            record_solve_options(layer, class_pca_options)
     if freeze:
         report.frozen.extend(_apply_freeze(plan, len(report.layers), freeze))
     if report.frozen or released or report.restored_activations:
@@ -1006,6 +1016,16 @@ def _apply_freeze(plan, cutoff, freeze):
     return frozen
 
 
+def _check_cutoff_fits(plan, cutoff):
+    """Raise a `ValueError` if an integer `cutoff` exceeds the layers `plan` can solve."""
+    if cutoff > len(plan.steps):
+        raise ValueError(
+            f"cutoff={cutoff} but only {len(plan.steps)} layer(s) of this model can be "
+            f"solved ({', '.join(plan.names) or 'none'}); the prefix ends because "
+            f"{plan.stop_reason}"
+        )
+
+
 def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     """Leave `model` as `hybridize(model, ..., cutoff, freeze=freeze,
     solved_activation=solved_activation)` leaves it, without solving: the layers it
@@ -1014,10 +1034,26 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     layers). For a model whose solved weights come from a checkpoint, e.g. a KerasTuner
     trial's, or a `.keras` file (which keeps layer flags, not per-weight ones: see
     docs/serving.md). A compiled model is compiled again with its own arguments, as by
-    `hybridize`. Returns the frozen names."""
+    `hybridize`. Returns the frozen names.
+
+    Args:
+        model: a built functional or `Sequential` model.
+        cutoff: the number of solved layers (a non-negative integer, at most the
+            layers `hybridize` can solve in this model).
+        freeze: True, False or "kernel", as in `hybridize`.
+        solved_activation: as in `hybridize`.
+    """
+    if policy.is_auto(cutoff):
+        raise ValueError(
+            "`cutoff` must be the number of solved layers (e.g. `report.cutoff` of the "
+            "hybridize call that solved them), not 'auto'.")
+    policy.check_cutoff(cutoff)
+    check_settings(freeze=freeze, solved_activation=solved_activation)
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     plan = plan_model(model)
-    cutoff = min(cutoff, len(plan.steps))
-    if cutoff <= 0:
+    _check_cutoff_fits(plan, cutoff)
+    if cutoff == 0:
         return []
     replacer = ActivationReplacer(model, activation_or_none(solved_activation))
     replaced_any = bool(restore_replaced(model, [step.layer for step in plan.steps]))

@@ -24,6 +24,7 @@ import numpy as np
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.probe import loo_ridge_accuracy, reduce_features
 from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, stream
+from keras_classpca.layers.adapt_mixin import solve_options
 from keras_classpca.layers.geometry import UnsolvableDataError
 
 DECISION_BATCH = 256
@@ -181,7 +182,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
             try:
                 statistics, _ = solve_layer(
                     data, plan.feature_model(step.input, step.scope), step.layer,
-                    dict(options, eigen_solver="randomized"),
+                    dict(solve_options(step.layer, options), eigen_solver="randomized"),
                     seed=seed, patches_per_image=policy.DECISION_PATCHES,
                     dense_sign_pairs=None if sign_pairs is None else sign_pairs(step.layer),
                 )

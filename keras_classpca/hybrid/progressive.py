@@ -53,6 +53,7 @@ from keras_classpca.hybrid.training import (
     fit_top,
     static_cache_refusal,
 )
+from keras_classpca.layers.adapt_mixin import warn_unadapted_layers
 from keras_classpca.layers.geometry import (
     CONVOLUTIONS,
     DEPTHWISE,
@@ -760,6 +761,7 @@ def fit_progressive(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
         raise ValueError("`model` must be compiled before `fit_progressive` (as before `fit`).")
+    warn_unadapted_layers(model, "fit_progressive")
     # pandas frames, torch tensors that record gradients: for the probes (and sparse
     # inputs only where no class statistics are computed)
     x, y = readable_data((x, y), sparse_ok=snap is not True)

@@ -46,6 +46,7 @@ from keras_classpca.hybrid.cache import (
 )
 from keras_classpca.hybrid.graph import draws_random, has_layer_graph, predict_batch
 from keras_classpca.hybrid.planner import flatten_graph, graph_outputs
+from keras_classpca.layers.adapt_mixin import warn_unadapted_layers
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 # Timed forward passes of the prefix and of the whole model, interleaved; their
@@ -677,6 +678,7 @@ def fit_top(
         raise ValueError(
             "`model` must be compiled before `fit_top` (hybridize, compile, then fit)."
         )
+    warn_unadapted_layers(model, "fit_top")
     _check_memory_limit(memory_limit)
     if output_cache is not None and not isinstance(output_cache, PrefixOutputCache):
         raise TypeError(

@@ -1,6 +1,7 @@
 """The part every `ClassPCA*` layer shares: options, `adapt`, saved state."""
 
 import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -32,6 +33,45 @@ CLASS_PCA_DEFAULTS = {
     for name, parameter in inspect.signature(ClassPCA).parameters.items()
     if name != "n_components"
 }
+
+
+def warn_unadapted_layers(model, where, stacklevel=3):
+    """Warn if `model` holds `ClassPCA*` layers that are frozen but were never adapted
+    (nor solved by `hybridize`, nor loaded adapted): training would keep their
+    initializer's random weights. `where` names the caller (e.g. "fit_top")."""
+    pending, names = list(getattr(model, "layers", [])), []
+    while pending:
+        layer = pending.pop(0)
+        pending.extend(getattr(layer, "layers", []))  # nested models
+        if (isinstance(layer, ClassPCAAdaptMixin) and layer.built and not layer.trainable
+                and not layer.is_adapted):
+            names.append(f"{type(layer).__name__} '{layer.name}'")
+    if names:
+        warnings.warn(
+            f"{where}: {', '.join(names)} {'was' if len(names) == 1 else 'were'} never "
+            "adapted: a ClassPCA layer is frozen from construction, so it would keep its "
+            "initializer's random weights. Solve it first (`hybridize(model, data)` or "
+            "`layer.adapt(data)`), or set `layer.trainable = True` to train it.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def solve_options(layer, options):
+    """The `ClassPCA` options `layer` is solved with by `hybridize`: `options` (those
+    given to the call), over a `ClassPCA*` layer's own (its constructor's)."""
+    if not isinstance(layer, ClassPCAAdaptMixin):
+        return dict(options)
+    return {**layer._solve_options(), **options}
+
+
+def record_solve_options(layer, options):
+    """After `hybridize` solved a `ClassPCA*` layer with `options` (`solve_options`):
+    its attributes, and so its config, say what its weights were solved with."""
+    if isinstance(layer, ClassPCAAdaptMixin):
+        for name, value in options.items():
+            if name in CLASS_PCA_DEFAULTS:
+                setattr(layer, name, value)
 
 
 class ClassPCAAdaptMixin:
@@ -253,8 +293,11 @@ class ClassPCAConvMixin(ClassPCAAdaptMixin):
                 "`patches_per_image` must be a positive integer or None; received "
                 f"{patches_per_image!r}."
             )
+        if seed is not None and (
+                isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
         self.patches_per_image = patches_per_image
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)
         self._set_class_pca_options(options)
 
     def _row_options(self):

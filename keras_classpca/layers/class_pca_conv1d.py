@@ -31,7 +31,7 @@ class ClassPCAConv1D(ClassPCAConvMixin, keras.layers.Conv1D):
     ((30, 16, 6), True)
     """
 
-    def __init__(self, filters, kernel_size, *, patches_per_image=None, seed=0, **kwargs):
+    def __init__(self, filters, kernel_size, *args, patches_per_image=None, seed=0, **kwargs):
         super().__init__(
-            filters, kernel_size, patches_per_image=patches_per_image, seed=seed, **kwargs
+            filters, kernel_size, *args, patches_per_image=patches_per_image, seed=seed, **kwargs
         )

@@ -40,7 +40,7 @@ class ClassPCAConv2D(ClassPCAConvMixin, keras.layers.Conv2D):
     (40, 10, 10, 8)
     """
 
-    def __init__(self, filters, kernel_size, *, patches_per_image=None, seed=0, **kwargs):
+    def __init__(self, filters, kernel_size, *args, patches_per_image=None, seed=0, **kwargs):
         super().__init__(
-            filters, kernel_size, patches_per_image=patches_per_image, seed=seed, **kwargs
+            filters, kernel_size, *args, patches_per_image=patches_per_image, seed=seed, **kwargs
         )

@@ -31,7 +31,7 @@ class ClassPCAConv3D(ClassPCAConvMixin, keras.layers.Conv3D):
     (20, 4, 5, 5, 4)
     """
 
-    def __init__(self, filters, kernel_size, *, patches_per_image=None, seed=0, **kwargs):
+    def __init__(self, filters, kernel_size, *args, patches_per_image=None, seed=0, **kwargs):
         super().__init__(
-            filters, kernel_size, patches_per_image=patches_per_image, seed=seed, **kwargs
+            filters, kernel_size, *args, patches_per_image=patches_per_image, seed=seed, **kwargs
         )

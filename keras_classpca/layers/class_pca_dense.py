@@ -42,10 +42,10 @@ class ClassPCADense(ClassPCAAdaptMixin, keras.layers.Dense):
     # compressing layer solved from >= 10 rows per input feature).
     RULE_DECIDED_OPTIONS = ("sign_pairs", "discriminant")
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units, *args, **kwargs):
         options = {name: kwargs.pop(name) for name in CLASS_PCA_DEFAULTS if name in kwargs}
         kwargs.setdefault("trainable", False)
-        super().__init__(units, **kwargs)
+        super().__init__(units, *args, **kwargs)
         self._set_class_pca_options(options)
 
     def get_config(self):

@@ -36,8 +36,10 @@ class ClassPCADepthwiseConv2D(ClassPCAConvMixin, keras.layers.DepthwiseConv2D):
     ((20, 8, 8, 6), (3, 3, 3, 2))
     """
 
-    def __init__(self, kernel_size, *, patches_per_image=None, seed=0, **kwargs):
-        super().__init__(kernel_size, patches_per_image=patches_per_image, seed=seed, **kwargs)
+    def __init__(self, kernel_size, *args, patches_per_image=None, seed=0, **kwargs):
+        super().__init__(
+            kernel_size, *args, patches_per_image=patches_per_image, seed=seed, **kwargs
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_classpca")
@@ -53,5 +55,7 @@ class ClassPCADepthwiseConv1D(ClassPCAConvMixin, keras.layers.DepthwiseConv1D):
     (20, 10, 2)
     """
 
-    def __init__(self, kernel_size, *, patches_per_image=None, seed=0, **kwargs):
-        super().__init__(kernel_size, patches_per_image=patches_per_image, seed=seed, **kwargs)
+    def __init__(self, kernel_size, *args, patches_per_image=None, seed=0, **kwargs):
+        super().__init__(
+            kernel_size, *args, patches_per_image=patches_per_image, seed=seed, **kwargs
+        )

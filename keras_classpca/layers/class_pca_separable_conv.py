@@ -36,9 +36,9 @@ class ClassPCASeparableConv2D(ClassPCAConvMixin, keras.layers.SeparableConv2D):
     ((20, 6, 6, 4), (1, 1, 6, 4))
     """
 
-    def __init__(self, filters, kernel_size, *, patches_per_image=None, seed=0, **kwargs):
+    def __init__(self, filters, kernel_size, *args, patches_per_image=None, seed=0, **kwargs):
         super().__init__(
-            filters, kernel_size, patches_per_image=patches_per_image, seed=seed, **kwargs
+            filters, kernel_size, *args, patches_per_image=patches_per_image, seed=seed, **kwargs
         )
 
 
@@ -55,7 +55,7 @@ class ClassPCASeparableConv1D(ClassPCAConvMixin, keras.layers.SeparableConv1D):
     (20, 12, 4)
     """
 
-    def __init__(self, filters, kernel_size, *, patches_per_image=None, seed=0, **kwargs):
+    def __init__(self, filters, kernel_size, *args, patches_per_image=None, seed=0, **kwargs):
         super().__init__(
-            filters, kernel_size, patches_per_image=patches_per_image, seed=seed, **kwargs
+            filters, kernel_size, *args, patches_per_image=patches_per_image, seed=seed, **kwargs
         )
