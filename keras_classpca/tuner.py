@@ -61,7 +61,7 @@ DEFAULT_SEARCH_SPACE = {
     "allocation": list(ALLOCATIONS),
 }
 HYBRIDIZE_SETTINGS = ("samples", "batch_size", "seed", "patches_per_image", "verbose",
-                      "solved_activation")
+                      "freeze", "solved_activation", "statistics_on", "strategy")
 CACHE_SUBDIR = "solve_cache"
 # Extra metrics added to every trial's History (one value per epoch).
 SOLVE_SECONDS = "solve_seconds"
@@ -187,8 +187,10 @@ class HybridHyperModel(keras_tuner.HyperModel):
             2 GiB; 0 keeps none: each trial's `fit_top` decides alone).
         name, tunable: as in `keras_tuner.HyperModel`.
         **hybridize_options: fixed `hybridize` settings (`samples`, `batch_size`,
-            `seed`, `patches_per_image`, `verbose`, `solved_activation`; default
-            `verbose=0`) and fixed class-PCA options (`center`, `variance_share`, ...).
+            `seed`, `patches_per_image`, `verbose`, `freeze`, `solved_activation`,
+            `statistics_on`, `strategy`; default `verbose=0`) and fixed class-PCA
+            options (`center`, `variance_share`, ...). With `freeze=False` (solved
+            layers trained too) the trials train with `fit`: no prefix is shared.
 
     Attributes:
         solve_cache: the `SolveCache` of the latest trial (`hits`, `misses`), or None.
@@ -271,8 +273,10 @@ class HybridHyperModel(keras_tuner.HyperModel):
         # a bad one would fail every trial that solves while the search returns normally.
         settings = {k: v for k, v in hybridize_options.items() if k in HYBRIDIZE_SETTINGS}
         fixed_options = {k: v for k, v in hybridize_options.items() if k in CLASS_PCA_OPTIONS}
+        checked = {k: v for k, v in settings.items()
+                   if k in inspect.signature(check_settings).parameters}
         normalized = dict(zip(("samples", "batch_size", "patches_per_image"),
-                              check_settings(**settings, **fixed_options)))
+                              check_settings(**checked, **fixed_options)))
         hybridize_options.update({k: v for k, v in normalized.items() if k in settings})
         for option, values in space.items():
             if option in hybridize_options:
@@ -378,7 +382,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
 
     def _prepare_solved(self, model, cutoff):
         return freeze_solved_layers(
-            model, cutoff,
+            model, cutoff, freeze=self.hybridize_options.get("freeze", True),
             solved_activation=self.hybridize_options.get("solved_activation"))
 
     # ------------------------------------------------------------------ fit
@@ -428,6 +432,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         x, y = arguments.pop("x", None), arguments.pop("y", None)
         if (
             cutoff == 0
+            or self.hybridize_options.get("freeze", True) is False  # nothing to share
             or self.output_cache is None
             or not is_array_data((x, y))
             or arguments.get("steps_per_epoch") is not None

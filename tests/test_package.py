@@ -69,7 +69,8 @@ def test_star_import_help_and_getmembers_work_without_the_optional_dependencies(
     # raised the ImportError of `HybridHyperModel` / `distributed`, which `__all__`
     # listed; with them installed, `help()` imported both.
     out = _run("""
-        import sys
+        import os, sys
+        os.environ["KERAS_BACKEND"] = "jax"  # a core install: Keras on JAX
         sys.modules["keras_tuner"] = None  # `import keras_tuner` raises ImportError
         sys.modules["tensorflow"] = None
         import contextlib, inspect, io, pydoc

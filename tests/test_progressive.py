@@ -436,6 +436,25 @@ def test_cache_trains_the_rest_on_the_cached_prefix_once_nothing_more_can_freeze
         fit_progressive(_model(), x, y, epochs=1, cache="yes")
 
 
+def test_cache_takes_fit_tops_cache_settings():
+    # `memory_limit=` reached `fit` ("unexpected keyword argument") after epochs of
+    # training; `output_cache` and `cache_dir` likewise.
+    from keras_classpca import PrefixOutputCache
+
+    x, y = _data()
+    shared = PrefixOutputCache()
+    history = fit_progressive(_model(), x, y, epochs=3, settle=[1, 2], cache=True,
+                              output_cache=shared, memory_limit=10**8, batch_size=32,
+                              verbose=0)
+    assert history.progressive.cached and shared.nbytes > 0  # the output went there
+    with pytest.raises(ValueError, match="`memory_limit` sets the prefix-output cache"):
+        fit_progressive(_model(), x, y, epochs=1, memory_limit=10**8, verbose=0)
+    with pytest.raises(ValueError, match="`memory_limit` must be a non-negative integer"):
+        fit_progressive(_model(), x, y, epochs=1, cache=True, memory_limit=-1, verbose=0)
+    with pytest.raises(TypeError, match="`output_cache` must be a PrefixOutputCache"):
+        fit_progressive(_model(), x, y, epochs=1, cache="auto", output_cache={}, verbose=0)
+
+
 def _residual_model():
     """Conv-BN-ReLU stem, one basic block with a projection shortcut, GAP, Dense head."""
     inputs = keras.Input((10, 10, 1))

@@ -211,6 +211,22 @@ def test_a_fixed_solved_activation_reaches_every_trial_solve(tmp_path):
     assert model.layers[-1].activation is keras.activations.softmax
 
 
+@pytest.mark.parametrize("freeze", [False, "kernel"])
+def test_freeze_reaches_every_trial_as_in_hybridize(freeze):
+    # `freeze=False` (the fine-tune mode) and "kernel" were refused as unknown options.
+    hypermodel = HybridHyperModel(_builder(), _data(), search_options=False, freeze=freeze)
+    model = hypermodel.build(_hp(cutoff=2))
+    hypermodel.fit(_hp(cutoff=2), model, *_data(), **FIT)
+    assert len(hypermodel.last_report.layers) == 2
+    reference = _builder()(_hp())
+    hybridize(reference, _data(), 2, verbose=0, freeze=freeze)  # the solve, untrained
+    for name, solved in zip(solved_layers(model, 2), solved_layers(reference, 2)):
+        layer, kernel = model.get_layer(name), np.array(reference.get_layer(solved).kernel)
+        assert layer.trainable and layer.kernel.trainable is (freeze is False)
+        # trained on from the solve (False), or kept as solved ("kernel")
+        assert np.array_equal(np.array(layer.kernel), kernel) is (freeze == "kernel")
+
+
 def test_best_models_reload_as_their_trials_trained_them(tmp_path):
     # KerasTuner rebuilds a trial's model with `build` and loads its checkpoint: the
     # solved layers must come back frozen and with the trial's activations, or further

@@ -48,8 +48,10 @@ from keras_classpca.core.subspace import leading_subspace, subspace_overlap
 from keras_classpca.hybrid.graph import ensure_built
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.training import (
+    CACHE_SETTINGS,
     _cacheable_prefix,
     carry_optimizer,
+    check_cache_settings,
     fit_top,
     static_cache_refusal,
 )
@@ -732,7 +734,8 @@ def fit_progressive(
             `True` raises before training when no frozen prefix of this model could
             be cached (e.g. several inputs, a custom `train_step`), and warns and goes
             on with `fit` when the prefix frozen by then cannot be (e.g. it reads a
-            Dropout layer).
+            Dropout layer). `fit_top`'s cache settings (`memory_limit`, `cache_dir`,
+            `output_cache`) may be given with it.
         **fit_kwargs: everything else `fit` takes (`batch_size`, `validation_data`,
             `callbacks`, `initial_epoch`, `verbose`, ...). Callbacks see one run:
             `on_train_begin` once, `on_train_end` once. `BackupAndRestore` is refused
@@ -771,6 +774,13 @@ def fit_progressive(
         raise TypeError(f"`snap` must be True or False; received {type(snap).__name__}.")
     if not (cache is True or cache is False or (isinstance(cache, str) and cache == "auto")):
         raise ValueError(f"`cache` must be False, 'auto' or True; received {cache!r}.")
+    cache_settings = {name: fit_kwargs.pop(name) for name in CACHE_SETTINGS
+                      if name in fit_kwargs}
+    if cache_settings and cache is False:
+        raise ValueError(
+            f"`{next(iter(cache_settings))}` sets the prefix-output cache of the last "
+            "epochs: pass `cache='auto'` or `cache=True` with it.")
+    check_cache_settings(**cache_settings)
     array_data = hasattr(x, "shape") and hasattr(x, "dtype") and y is not None
     initial_epoch = fit_kwargs.pop("initial_epoch", 0)
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) or not (
@@ -870,7 +880,8 @@ def fit_progressive(
             else:
                 arguments["callbacks"] = [controller]
             segment = fit_top(
-                model, x, y, epochs=epochs, initial_epoch=epoch, cache=cache, **arguments
+                model, x, y, epochs=epochs, initial_epoch=epoch, cache=cache,
+                **cache_settings, **arguments
             )
             report.cached = bool(segment.cache_used)
             history = _merge(history, segment)

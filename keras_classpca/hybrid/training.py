@@ -272,7 +272,7 @@ class PrefixOutputCache:
     """
 
     def __init__(self, memory_limit=DEFAULT_MEMORY_LIMIT):
-        _check_memory_limit(memory_limit)
+        check_cache_settings(memory_limit)
         self.memory_limit = memory_limit
         self._entries = collections.OrderedDict()
         self.timings = {}  # prefix and data keys -> forward_seconds of cache="auto"
@@ -317,10 +317,19 @@ class PrefixOutputCache:
         return len(self._entries)
 
 
-def _check_memory_limit(memory_limit):
+# `fit_top`'s settings of the prefix-output cache (`fit_progressive` passes them on).
+CACHE_SETTINGS = ("memory_limit", "cache_dir", "output_cache")
+
+
+def check_cache_settings(memory_limit=DEFAULT_MEMORY_LIMIT, cache_dir=None, output_cache=None):
+    """Raise for an invalid `fit_top` cache setting (see `CACHE_SETTINGS`)."""
     if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
         raise ValueError(
             f"`memory_limit` must be a non-negative integer (bytes); received {memory_limit!r}."
+        )
+    if output_cache is not None and not isinstance(output_cache, PrefixOutputCache):
+        raise TypeError(
+            f"`output_cache` must be a PrefixOutputCache or None; received {output_cache!r}."
         )
 
 
@@ -679,11 +688,7 @@ def fit_top(
             "`model` must be compiled before `fit_top` (hybridize, compile, then fit)."
         )
     warn_unadapted_layers(model, "fit_top")
-    _check_memory_limit(memory_limit)
-    if output_cache is not None and not isinstance(output_cache, PrefixOutputCache):
-        raise TypeError(
-            f"`output_cache` must be a PrefixOutputCache or None; received {output_cache!r}."
-        )
+    check_cache_settings(memory_limit, cache_dir, output_cache)
     if isinstance(fit_kwargs.get("callbacks"), keras.callbacks.Callback):
         fit_kwargs["callbacks"] = [fit_kwargs["callbacks"]]  # as `fit` takes one
     fit_args = dict(batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
