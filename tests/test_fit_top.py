@@ -797,3 +797,18 @@ def test_training_a_never_adapted_class_pca_layer_warns(entry):
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)
             train(built)
+
+
+@pytest.mark.tensorflow_backend
+@pytest.mark.parametrize("cache", [True, "auto", False])
+def test_an_unbatched_dataset_is_refused_whatever_the_cache_as_fit_refuses_it(cache):
+    # cache=True trained on it (the cached prefix batched it), `fit` failed on it with
+    # a shape error: under cache="auto" the outcome depended on the timing.
+    x, y = _data()
+    model = _model()
+    unbatched = tf.data.Dataset.from_tensor_slices((x, y))
+    with pytest.raises(ValueError, match=r"takes a batched tf.data.Dataset, as `fit` does; "
+                                         r"this one yields single samples of shape \(8, 8, 1\)"):
+        fit_top(model, unbatched, epochs=1, cache=cache, verbose=0)
+    history = fit_top(model, unbatched.batch(32), epochs=1, cache=cache, verbose=0)
+    assert len(history.history["loss"]) == 1

@@ -1286,3 +1286,69 @@ def test_freeze_solved_layers_checks_its_arguments_as_hybridize_does(blobs, cuto
         keras_classpca.freeze_solved_layers(model, cutoff, freeze=freeze)
     assert all(layer.trainable for layer in model.layers)  # nothing changed
     assert keras_classpca.freeze_solved_layers(model, 2) == ["a", "b"]
+
+
+def test_inputs_given_as_fit_takes_them_named_or_in_a_list(blobs):
+    # `([x], y)` was refused ("must yield (x, y) pairs"), `({"wrong": x}, y)` solved
+    # as if the key named the input; `fit` takes the first and refuses the second.
+    x, y = blobs
+
+    def model(name):
+        inputs = keras.Input((x.shape[1],), name="image")
+        hidden = L.Dense(5, activation="relu", name=f"{name}_hidden")(inputs)
+        return keras.Model(inputs, L.Dense(3, activation="softmax")(hidden))
+
+    kernels = []
+    for name, data in (("plain", (x, y)), ("list", ([x], y)), ("tuple", ((x,), y)),
+                       ("named", ({"image": x}, y))):
+        solved = model(name)
+        hybridize(solved, data, cutoff=1, verbose=0)
+        kernels.append(np.asarray(solved.get_layer(f"{name}_hidden").kernel))
+    for kernel in kernels[1:]:
+        np.testing.assert_array_equal(kernel, kernels[0])
+    with pytest.raises(ValueError, match="holds the input 'wrong', but the model's input "
+                                         "is named 'image'"):
+        hybridize(model("wrong"), ({"wrong": x}, y), cutoff=1, verbose=0)
+
+
+def test_an_overflow_below_a_layer_is_not_blamed_on_the_data(blobs):
+    # A float16 layer below overflowed to inf; the error said "`x` contains ... NaN or
+    # infinite values", pointing at finite user data.
+    x, y = blobs
+    model = keras.Sequential([keras.Input((x.shape[1],)),
+                              L.Dense(6, activation="relu", name="a"),
+                              L.Rescaling(1e6, dtype="float16", name="loud"),
+                              L.Dense(5, activation="relu", name="b"),
+                              L.Dense(3, activation="softmax")])
+    with pytest.raises(ValueError, match=r"Solving Dense 'b' \(2/2\): the layer's input, "
+                                         r"computed by the layers below it from finite"):
+        hybridize(model, (x, y), cutoff=2, samples=None, verbose=0)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN") as error:
+        hybridize(keras.models.clone_model(model), (bad, y), cutoff=2, verbose=0)
+    assert "layers below it from finite" not in str(error.value)  # the data's own NaN
+
+
+def test_a_solve_cache_written_by_another_solver_version_is_not_served(blobs, tmp_path,
+                                                                        monkeypatch):
+    # A release that solves differently (e.g. which class keeps a shared direction)
+    # found the entries an older one wrote on disk and served its weights.
+    from keras_classpca import SolveCache
+    from keras_classpca.hybrid import cache as cache_module
+
+    x, y = blobs
+
+    def solve():
+        model = keras.Sequential([keras.Input((x.shape[1],)), L.Dense(5, name="a"),
+                                  L.Dense(3, activation="softmax")])
+        cache = SolveCache(str(tmp_path))
+        hybridize(model, (x, y), cutoff=1, solve_cache=cache, verbose=0)
+        return cache
+
+    assert solve().misses == 1 and solve().hits == 1  # same version: served
+    monkeypatch.setattr(cache_module, "SOLVER_VERSION", cache_module.SOLVER_VERSION + 1)
+    monkeypatch.setattr("keras_classpca.hybrid.builder.SOLVER_VERSION",
+                        cache_module.SOLVER_VERSION)
+    newer = solve()
+    assert newer.hits == 0 and newer.misses == 1

@@ -288,6 +288,14 @@ def test_invalid_arguments():
         TimescaleMonitor(x)
     with pytest.raises(ValueError, match="allocation"):
         TimescaleMonitor((x, y), allocation="nope")
+    # (seed=None failed in int(); a bad seed or verbose was taken)
+    for bad in ("a", -1, 1.5):
+        with pytest.raises(ValueError, match="`seed` must be a non-negative integer"):
+            TimescaleMonitor((x, y), seed=bad)
+    with pytest.raises(ValueError, match="`verbose` must be 0, 1, 2"):
+        TimescaleMonitor((x, y), verbose="loud")
+    drawn = TimescaleMonitor((x, y), seed=None, verbose="auto")
+    assert isinstance(drawn.seed, int) and drawn.verbose == 1
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
     monitor = TimescaleMonitor((x, y), layers=["nope"])
     monitor.set_model(model)

@@ -54,6 +54,8 @@ def is_xy_pair(data):
     x, y = data[0], data[1]
     if _is_input_dict(x) and x and all(_is_array_like(v) for v in x.values()):
         x = next(iter(x.values()))  # {"input name": x}, as `Model.fit` takes
+    elif _is_input_list(x):
+        x = x[0]  # [x]: the inputs of a one-input model as a list, as `Model.fit` takes
     if not _is_array_like(x):
         return False
     if _is_array_like(y):
@@ -215,10 +217,17 @@ def _is_input_dict(x):
     return isinstance(x, dict) and not hasattr(x, "shape")
 
 
+def _is_input_list(x):
+    """`[x]` or `(x,)`: one model input in a list, as `Model.fit` takes it."""
+    return isinstance(x, (list, tuple)) and len(x) == 1 and _is_array_like(x[0])
+
+
 def single_input(x):
     """`x`, or the one value of a dict of inputs (`{"image": x}` for a model whose
-    single `keras.Input` is named "image", as `Model.fit` accepts); a `ValueError` for
-    a dict of several inputs."""
+    single `keras.Input` is named "image", as `Model.fit` accepts) or of a one-element
+    list `[x]`; a `ValueError` for a dict of several inputs."""
+    if _is_input_list(x):
+        return x[0]
     if not _is_input_dict(x):
         return x
     if len(x) != 1:
@@ -295,6 +304,25 @@ def is_infinite(data):
         except (TypeError, NotImplementedError):
             return False  # reading it raises the PyDataset's own error
     return False
+
+
+def unbatched_dataset_error(data, input_rank, where):
+    """A `ValueError` if `data` is a `tf.data.Dataset` of single samples for a model
+    input of rank `input_rank` (batch axis included), else None: `fit` fails on one
+    with a shape error, whatever path `where` takes."""
+    if not _is_tf_dataset(data) or not input_rank:
+        return None
+    spec = data.element_spec
+    spec = spec[0] if isinstance(spec, (tuple, list)) and spec else spec
+    if isinstance(spec, dict) and len(spec) == 1:
+        spec = next(iter(spec.values()))
+    shape = getattr(spec, "shape", None)
+    if shape is None or shape.rank is None or shape.rank != input_rank - 1:
+        return None
+    return ValueError(
+        f"`{where}` takes a batched tf.data.Dataset, as `fit` does; this one yields "
+        f"single samples of shape {tuple(shape)}: batch it (`ds.batch(32)`)."
+    )
 
 
 def _is_tf_dataset(data):

@@ -68,7 +68,7 @@ _FLOAT64_TINY = 1e-280
 # features (below it a d x d matrix is small and its eigen-solve fast) while they have
 # at most HELD_MAX_SHARE · d rows (their float64 rows then take at most a quarter of
 # the d x d matrix they stand for).
-HELD_MIN_FEATURES = 512
+HELD_MIN_FEATURES = 64
 HELD_MAX_SHARE = 0.25
 # Eigenvalues of a held class's Gram below this share of its largest are dropped: below
 # ClassPCA's EXHAUSTED_SHARE of the trace they are dead directions anyway, and their

@@ -113,7 +113,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
             settled by the optimizer-independent measure.
         max_rank_fraction: compare at most `⌊max_rank_fraction·d⌋` dimensions (see the
             module docstring); must lie in (0, 1].
-        seed: seed of the sample and patch selection.
+        seed: seed of the sample and patch selection (None: one drawn, kept in
+            `seed`).
         path: write the history as JSON there at the end of training.
         log_dir: also write every check to TensorBoard there, as
             `keras.callbacks.TensorBoard` writes its epoch scalars (run `<log_dir>/train`,
@@ -132,7 +133,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
             in the history): how well the sample can pin down the class-PCA subspace
             at all. A filter overlap near it is as close as this measurement can tell.
             Triples the class-PCA work of a check.
-        verbose: 1 prints one line per check.
+        verbose: 1 (or "auto") prints one line per check.
         **class_pca_options: options for the `ClassPCA` of each layer's input
             (defaults: those of `ClassPCA`).
 
@@ -201,6 +202,12 @@ class TimescaleMonitor(keras.callbacks.Callback):
             raise ValueError(
                 f"`max_rank_fraction` must lie in (0, 1]; received {max_rank_fraction!r}."
             )
+        if seed is None:  # drawn once, kept in `self.seed` (logged with the results)
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
+        if not (isinstance(verbose, str) and verbose == "auto") and verbose not in (0, 1, 2):
+            raise ValueError(f'`verbose` must be 0, 1, 2 or "auto"; received {verbose!r}.')
         ClassPCA(1, **class_pca_options).check_params()  # validates the options now
         x, y = self._split(data)
         labels = labels_to_int(y)
@@ -229,7 +236,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.blas_threads = blas_threads
         self.noise_ceiling = bool(noise_ceiling)
-        self.verbose = verbose
+        self.verbose = 1 if isinstance(verbose, str) else int(verbose)
         self.class_pca_options = dict(class_pca_options)
         self._layers = None
         self._feature_models = None

@@ -46,6 +46,7 @@ from keras_classpca.hybrid.activations import (
     restore_replaced,
 )
 from keras_classpca.hybrid.cache import (
+    SOLVER_VERSION,
     SolveCache,
     data_fingerprint,
     fixed_weights_digest,
@@ -80,7 +81,7 @@ from keras_classpca.layers.geometry import (
 CLASS_PCA_OPTIONS = tuple(
     name for name in inspect.signature(ClassPCA).parameters if name != "n_components"
 )
-__all__ = ["hybridize", "check_settings", "solved_layer_names"]
+__all__ = ["hybridize", "check_settings", "freeze_solved_layers", "solved_layer_names"]
 
 # samples="auto": BatchNormalization layers adapted before any solved layer read this
 # many samples (the others read as many as the layer before them).
@@ -494,7 +495,7 @@ class _CacheKeys:
                     "arrays (a string that changes whenever the data changes)."
                 )
             fingerprint = data_fingerprint(*passes.data)
-        self.base = dict(settings, fingerprint=fingerprint,
+        self.base = dict(settings, fingerprint=fingerprint, solver=SOLVER_VERSION,
                          input_shape=list(model.inputs[0].shape[1:]))
         self.plan = plan
         self._keys = {}
@@ -707,6 +708,7 @@ def hybridize(
     if not has_layer_graph(model):
         raise no_graph_error(model)
     check_single_input(model)
+    _check_input_name(model, data)
     if samples in (None, "auto") and is_infinite(data):
         raise infinite_data_error()
     if solve_cache is not None and not isinstance(solve_cache, SolveCache):
@@ -745,6 +747,21 @@ def hybridize(
         raise
     _warn_if_trained_top_changed(model, state, report)
     return report
+
+
+def _check_input_name(model, data):
+    """Raise if `data`'s `x` is a dict whose key is not the model's input name (which
+    `fit` refuses: "Missing data for input")."""
+    x = data[0] if isinstance(data, (tuple, list)) and data else data
+    inputs = getattr(model, "inputs", None) or []
+    if isinstance(x, dict) and not hasattr(x, "shape") and len(x) == 1 and inputs:
+        (key,) = x
+        name = inputs[0].name
+        if key != name:
+            raise ValueError(
+                f"`data` holds the input {key!r}, but the model's input is named "
+                f"{name!r}: pass {{{name!r}: x}}, as `fit` requires, or `x` itself."
+            )
 
 
 def _warn_if_trained_top_changed(model, state, report):

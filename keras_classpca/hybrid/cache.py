@@ -67,6 +67,13 @@ def fixed_weights_digest(layers):
     return digest.hexdigest() if seen else None
 
 
+# What a solve computes, versioned: bumped whenever a change of the package gives other
+# weights for the same data, model and options (2: duplicate directions kept by the
+# class they explain most, not the smallest label; `samples="auto"` batches cut at the
+# check points). A `SolveCache` on disk written by another version is then not served.
+SOLVER_VERSION = 2
+
+
 def prefix_key(**parts):
     """A stable hash of JSON-able parts (data fingerprint, layers, options, ...)."""
     text = json.dumps(parts, sort_keys=True, default=str)

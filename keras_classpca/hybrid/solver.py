@@ -66,7 +66,10 @@ def stream(passes, feature_model, consumers, progress_label=None, verbose=0, lim
             batch, batch_labels = batch[: limit - offset], batch_labels[: limit - offset]
         first_size = first_size or len(batch)
         for x, labels in _cut_at_check_points(batch, batch_labels, offset, consumers):
-            _consume(feature_model, x, labels, offset, consumers, first_size, on_device)
+            try:
+                _consume(feature_model, x, labels, offset, consumers, first_size, on_device)
+            except ValueError as error:
+                raise _overflow_below(error, x, progress_label) from error
             offset += len(x)
             if progress is not None:
                 progress.add(len(x))
@@ -99,6 +102,26 @@ def _cut_at_check_points(x, labels, offset, consumers):
         stop = min(points) - offset if points else end
         yield x[start:stop], labels[start:stop]
         start = stop
+
+
+def _overflow_below(error, x, label):
+    """The error to raise for `error` from a consumer: where it reports NaN/inf in
+    features computed from a finite batch `x`, the layers below overflowed (a float16
+    policy, huge weights): say so, not that the user's `x` holds them."""
+    if "NaN or infinite" not in str(error) or not label:
+        return error
+    try:
+        values = np.asarray(keras.ops.convert_to_numpy(x))
+    except (TypeError, ValueError):
+        return error
+    if values.dtype.kind != "f" or not np.all(np.isfinite(values)):
+        return error  # the data's own NaN/inf: the message is right
+    return ValueError(
+        f"{label}: the layer's input, computed by the layers below it from finite "
+        f"`data`, holds NaN or infinite values ({error}). The layers below overflow: "
+        "a float16 dtype policy (`mixed_float16`) with large activations, or weights "
+        "too large. Rescale the inputs, use `mixed_bfloat16` or float32, or solve "
+        "fewer layers.")
 
 
 def _consume(feature_model, x, labels, offset, consumers, first_size, on_device):

@@ -37,6 +37,7 @@ from keras_classpca.core.data_adapter import (
     is_sparse,
     iter_batches,
     readable_data,
+    unbatched_dataset_error,
 )
 from keras_classpca.hybrid.cache import (
     data_fingerprint,
@@ -698,6 +699,13 @@ def fit_top(
         history.cache_used = False
         return history
 
+    inputs = getattr(model, "inputs", None) or []
+    error = unbatched_dataset_error(x, len(inputs[0].shape) if len(inputs) == 1 else None,
+                                    "fit_top")
+    if error is not None:
+        # (a cached prefix would batch it itself: the outcome of cache="auto" would
+        # depend on its timing)
+        raise error
     _recompile_if_trainable_changed(model)
     point, prefix_layers, wiring, reason = _cacheable_prefix(
         model, x, validation_data, cache, fit_kwargs.get("callbacks"))

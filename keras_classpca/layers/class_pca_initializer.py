@@ -141,7 +141,19 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 The number of components is the kernel's (set when Keras builds the
                 layer): no `units` / `filters` here.
         """
-        for size in ("units", "filters"):
+        options = sorted(set(ClassPCA().get_params()) - {"n_components"})
+        unknown = sorted(set(class_pca_options) - set(options)
+                         - {"units", "filters", "n_components"})
+        if unknown:
+            raise TypeError(
+                f"`ClassPCAInitializer.from_data` got unknown argument(s) {unknown}: it "
+                "takes the geometry (`kernel_size`, `strides`, `padding`, "
+                "`dilation_rate`, `groups`, `depthwise`), `batch_size`, `activation` and "
+                f"the ClassPCA options {options}. It reads every "
+                "sample and patch of `x`: pass a subset for fewer (the layers' `adapt` "
+                "takes `patches_per_image` and `steps`)."
+            )
+        for size in ("units", "filters", "n_components"):
             if size in class_pca_options:
                 raise TypeError(
                     f"`from_data` takes no `{size}`: the number of components is the "
