@@ -81,7 +81,14 @@ def test_monitor_records_and_validates():
     w1 = model.get_layer("W1").get_weights()[0]
     assert ratios["W1"] == pytest.approx(spectral_frobenius_ratio(w1))
     assert all(0 <= v <= 1 + 1e-9 for v in aligns.values())
-    assert "min_alignment" in hist.history and len(hist.history["min_alignment"]) == 2
+    # Every History list as long as the loss's (it was ragged: 2 entries against 4),
+    # NaN where nothing was recorded.
+    for key in ("min_alignment", "min_spectral_ratio"):
+        values = hist.history[key]
+        assert len(values) == len(hist.history["loss"]) == 4
+        assert np.isnan(values[0]) and np.isnan(values[2])
+    assert hist.history["min_alignment"][1] == pytest.approx(min(
+        monitor.alignments[pair][1] for pair in monitor.alignments))
 
     with pytest.raises(ValueError, match="every"):
         AlignmentMonitor(every=0)

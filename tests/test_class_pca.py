@@ -1182,3 +1182,26 @@ def test_renumbering_the_classes_gives_the_same_filters(allocation):
         np.testing.assert_array_equal(  # and came from the same class
             np.sort(mapping[reference.component_classes_]),
             np.sort(renumbered.component_classes_))
+
+
+@pytest.mark.backend_independent
+def test_a_class_pca_pickled_by_release_0_1_0_unpickles_and_solves_anew():
+    # 0.1.0 kept its statistics in a private `_Moments`, since removed: unpickling
+    # failed with "Can't get attribute '_Moments'". (The pickles were written by 0.1.0
+    # from this data.)
+    import pathlib
+    import pickle
+
+    data = pathlib.Path(__file__).parent / "data"
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 5)), np.arange(60) % 3
+    fitted = pickle.loads((data / "class_pca_0.1.0.pkl").read_bytes())
+    fresh = ClassPCA(3).fit(x, y)
+    assert fitted.sketch_size == "auto" and fitted.eigen_solver == "exact"  # added since
+    np.testing.assert_array_equal(fitted.n_samples_seen_, fresh.n_samples_seen_)
+    np.testing.assert_allclose(fitted.statistics_.second_moments,
+                               fresh.statistics_.second_moments, rtol=1e-12)
+    np.testing.assert_allclose(fitted.kernel_, fresh.kernel_, rtol=1e-9, atol=1e-12)
+    partial = pickle.loads((data / "class_pca_partial_0.1.0.pkl").read_bytes())
+    partial.partial_fit(x[30:], y[30:])  # goes on where 0.1.0 stopped
+    np.testing.assert_allclose(partial.kernel_, fresh.kernel_, rtol=1e-7, atol=1e-10)

@@ -920,6 +920,13 @@ def test_re_solving_below_frozen_layers_a_reload_kept_warns_about_them(blobs, tm
         hybridize(model, (x[::2], y[::2]), cutoff=1, verbose=0)
     assert not [w for w in caught if "stay(s) frozen" in str(w.message)]
     assert model.get_layer("b").trainable
+    # cutoff=0 after the reload: both stay frozen (nothing marks them as solved); it
+    # said nothing.
+    again = keras.saving.load_model(path)
+    with pytest.warns(UserWarning, match=r"a, b stay\(s\) frozen with cutoff=0 \(nothing "
+                                         r"solved now\)") as caught:
+        hybridize(again, (x, y), cutoff=0, verbose=0)
+    assert any(record.filename == __file__ for record in caught)  # points at the call
 
 
 def test_the_report_names_the_classes_no_filter_was_computed_for():

@@ -408,3 +408,17 @@ def test_weights_beyond_float16_are_refused_not_made_inf():
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(initializer((8, 8), "float32"))))
     with pytest.raises(ValueError, match="beyond the largest float16 value"):
         initializer((8, 8), "float16")
+
+
+def test_reprs_say_what_an_initializer_and_the_caches_hold():
+    from keras_classpca import SolveCache
+    from keras_classpca.hybrid.training import PrefixOutputCache
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 6)), np.arange(60) % 3
+    fitted = ClassPCAInitializer.from_data(x, y)
+    assert repr(fitted) == "ClassPCAInitializer(part='kernel', fitted on 60 rows of 3 classes)"
+    assert "part='bias'" in repr(fitted.bias_initializer())
+    assert repr(ClassPCAInitializer()) == "ClassPCAInitializer(part='kernel', not fitted)"
+    assert repr(SolveCache()) == "SolveCache(in memory, entries=0, hits=0, misses=0)"
+    assert repr(PrefixOutputCache(1000)).startswith("PrefixOutputCache(entries=0, nbytes=0")

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import functools
 import heapq
+import inspect
 import numbers
 import warnings
 
@@ -389,6 +390,20 @@ def _as_dense(x):
     if x.dtype.kind not in "biuf":
         raise TypeError(f"`x` must be numeric; received dtype {x.dtype}.")
     return x
+
+
+class _Moments:
+    """The statistics of a `ClassPCA` pickled by keras-classpca 0.1.0 (per-class
+    `count`, `total` and `outer` dicts): only ever unpickled, and turned into
+    `ClassStatistics` by `ClassPCA.__setstate__`."""
+
+    def to_statistics(self):
+        labels = sorted(self.count)
+        if not labels:
+            return None
+        return ClassStatistics.from_arrays(
+            [self.count[label] for label in labels], [self.total[label] for label in labels],
+            [self.outer[label] for label in labels], classes=np.array(labels, dtype=np.int64))
 
 
 class ClassPCA:
@@ -937,6 +952,21 @@ class ClassPCA:
     def sketch_size_(self):
         """Rows per class of the `ClassSketch` solved, or None (exact statistics)."""
         return getattr(self._fitted_statistics(), "sketch_size", None)
+
+    def __setstate__(self, state):
+        """Unpickle, also what an earlier release pickled: parameters added since take
+        their defaults, and a 0.1.0 estimator's statistics (`_Moments`) become
+        `ClassStatistics`; its solutions are dropped, to be solved again by this
+        release's rules."""
+        moments = state.pop("_moments", None)
+        if isinstance(moments, _Moments):
+            state.pop("_solutions", None)
+            statistics = moments.to_statistics()
+            if statistics is not None:
+                state["_statistics"] = statistics
+        for name, parameter in inspect.signature(ClassPCA).parameters.items():
+            state.setdefault(name, parameter.default)
+        self.__dict__.update(state)
 
     def __sklearn_is_fitted__(self):
         return self.is_fitted

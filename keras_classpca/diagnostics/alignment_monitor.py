@@ -126,7 +126,8 @@ class AlignmentMonitor(keras.callbacks.Callback):
         every: record every ``every`` epochs.
         log: also add the smallest ratio / alignment to the epoch ``logs``
             (``min_spectral_ratio``, ``min_alignment``) so they appear in
-            ``History``.
+            ``History``: NaN on the epochs between records, so every History list
+            stays as long as the loss's.
         log_dir: also write every record to TensorBoard there, as
             ``keras.callbacks.TensorBoard`` writes its epoch scalars (run
             ``<log_dir>/train``, step = epoch index, -1 before training): tags
@@ -255,6 +256,12 @@ class AlignmentMonitor(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
+            if self.log and logs is not None:
+                # NaN between records: every History list as long as the loss's, so
+                # that `pd.DataFrame(history.history)` and the plotting tools work.
+                logs["min_spectral_ratio"] = float("nan")
+                if getattr(self, "_pairs", None):
+                    logs["min_alignment"] = float("nan")
             return
         ratios, aligns = self._record(epoch)
         if self.log and logs is not None:

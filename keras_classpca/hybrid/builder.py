@@ -847,6 +847,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     if cutoff == 0 or not plan.steps:
         report.restored_activations = restored
         released = _release_earlier_solves(plan, 0, restored)
+        _warn_if_frozen_above(plan, 0)
         if (released or restored) and getattr(model, "compiled", False):
             compile_like(model, model)
             report.recompiled = True
@@ -1190,22 +1191,31 @@ def _warn_if_frozen_before(plan, cutoff):
             UserWarning,
             stacklevel=4,
         )
-    # Frozen layers above the cutoff that no hybridize of this model froze: their
-    # weights were fitted to the output of the layers solved now (e.g. solved by a
-    # hybridize before a `.keras` reload or `clone_model`, which keep no mark of it).
+    if cutoff:  # (an explicit cutoff=0 warns in its own branch)
+        _warn_if_frozen_above(plan, cutoff, stacklevel=5)
+
+
+def _warn_if_frozen_above(plan, cutoff, stacklevel=4):
+    """Warn about frozen layers above the cutoff that no hybridize of this model froze:
+    their weights were fitted to the output of the layers solved now, or, with
+    `cutoff=0`, they may be an earlier solve that should train again (e.g. solved by a
+    hybridize before a `.keras` reload or `clone_model`, which keep no mark of it)."""
     above = [layer.name for layer in _set_above(plan, cutoff)
              if layer.weights and not layer.trainable
-             and not getattr(layer, SOLVED_MARK, False)] if cutoff else []
-    if above:
-        warnings.warn(
-            f"{', '.join(above)} stay(s) frozen above the {cutoff} layer(s) solved now, "
-            "with weights fitted to what those layers computed before. If an earlier "
-            "hybridize solved them (its mark is not kept by a .keras reload or "
-            "clone_model), make them trainable (`layer.trainable = True`) or solve them "
-            "too (a larger `cutoff`).",
-            UserWarning,
-            stacklevel=4,
-        )
+             and not getattr(layer, SOLVED_MARK, False)
+             and not (isinstance(layer, ClassPCAAdaptMixin) and not layer.is_adapted)]
+    if not above:
+        return
+    where = (f"above the {cutoff} layer(s) solved now, with weights fitted to what those "
+             "layers computed before" if cutoff else "with cutoff=0 (nothing solved now)")
+    warnings.warn(
+        f"{', '.join(above)} stay(s) frozen {where}. If an earlier hybridize solved them "
+        "(its mark is not kept by a .keras reload or clone_model), make them trainable "
+        "(`layer.trainable = True`)"
+        + (" or solve them too (a larger `cutoff`)." if cutoff else "."),
+        UserWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def _decide(plan, passes, class_pca_options, seed, verbose, rule=policy.DEFAULT_RULE):

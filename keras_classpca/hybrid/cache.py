@@ -107,6 +107,11 @@ class SolveCache:
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
 
+    def __repr__(self):
+        where = "in memory" if self.directory is None else f"directory={self.directory!r}"
+        return (f"SolveCache({where}, entries={len(self._memory)}, hits={self.hits}, "
+                f"misses={self.misses})")
+
     def _path(self, key):
         return os.path.join(self.directory, f"{key}.npz")
 

@@ -282,6 +282,10 @@ class PrefixOutputCache:
         self.hits = 0
         self.misses = 0
 
+    def __repr__(self):
+        return (f"PrefixOutputCache(entries={len(self._entries)}, nbytes={self.nbytes:,} of "
+                f"memory_limit={self.memory_limit:,}, hits={self.hits}, misses={self.misses})")
+
     def get(self, key):
         """`(features, labels)` stored under `key`, or None."""
         entry = self._entries.get(key)

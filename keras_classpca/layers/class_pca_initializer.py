@@ -98,6 +98,17 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         self._kernel_size = None
         self._depthwise = None  # with `_groups`: depthwise (True) or grouped statistics
 
+    def __repr__(self):
+        if self._groups:
+            state = f"fitted per group: {len(self._groups)} groups"
+        elif self.class_pca is None:
+            state = "restored from its config: no statistics" if self._restored else "not fitted"
+        else:
+            statistics = self.class_pca.__dict__.get("_statistics")
+            state = ("not fitted" if statistics is None else
+                     f"fitted on {statistics.n_samples:,} rows of {len(statistics)} classes")
+        return f"ClassPCAInitializer(part={self.part!r}, {state})"
+
     @classmethod
     def from_data(
         cls,
