@@ -568,5 +568,5 @@ def test_theory_tools_refuse_bad_samples_and_bins():
         theory.layer_input_spectra(model, np.zeros((1, 6)))
     with pytest.raises(TypeError, match="must be an array of samples"):
         theory.layer_input_spectra(model, iter([np.zeros((4, 6))]))
-    with pytest.raises(ValueError, match="bins must be a positive integer"):
+    with pytest.raises(ValueError, match="`bins` must be a positive integer"):
         theory.compare_gram_spectrum("relu", n0=40, bins=0)

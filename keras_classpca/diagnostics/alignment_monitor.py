@@ -33,7 +33,8 @@ __all__ = ["AlignmentMonitor", "spectral_frobenius_ratio", "layer_alignment"]
 def _as_matrix(kernel, name):
     k = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
     if k.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D Dense kernel (in, out), got shape {k.shape}.")
+        raise ValueError(
+            f"`{name}` must be a 2-D Dense kernel (in, out); received shape {k.shape}.")
     return k
 
 
@@ -158,7 +159,7 @@ class AlignmentMonitor(keras.callbacks.Callback):
     def __init__(self, layers=None, every=1, log=False, log_dir=None):
         super().__init__()
         if int(every) != every or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}.")
+            raise ValueError(f"`every` must be a positive integer; received {every!r}.")
         if layers is not None and isinstance(layers, (str, keras.layers.Layer)):
             layers = [layers]
         self.layer_spec = None if layers is None else list(layers)
@@ -194,7 +195,7 @@ class AlignmentMonitor(keras.callbacks.Callback):
                 else:
                     raise TypeError(
                         "layers must contain Dense layer names or keras.layers.Dense "
-                        f"objects, got {type(item).__name__}."
+                        f"objects; received {type(item).__name__}."
                     )
         if not chosen:
             raise ValueError("AlignmentMonitor: the model has no Dense layers to monitor.")

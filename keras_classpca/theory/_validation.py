@@ -7,9 +7,9 @@ def check_positive(name, value):
     try:
         value = float(value)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a positive number, got {value!r}.") from exc
+        raise TypeError(f"`{name}` must be a positive number; received {value!r}.") from exc
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+        raise ValueError(f"`{name}` must be a finite number > 0; received {value!r}.")
     return value
 
 

@@ -73,7 +73,7 @@ def resolve_activation(activation, argname="activation") -> Callable[[np.ndarray
     if callable(activation):
         return _wrap_callable(activation)
     raise TypeError(
-        f"{argname} must be a Keras activation name or a callable, got "
+        f"`{argname}` must be a Keras activation name or a callable; received "
         f"{type(activation).__name__}."
     )
 

@@ -31,7 +31,8 @@ def normalized_gram(features):
     """
     h = check_samples("features", features)
     if h.ndim < 2:
-        raise ValueError(f"features must be at least 2-D (samples, ...), got shape {h.shape}.")
+        raise ValueError(
+            f"`features` must be at least 2-D (samples, ...); received shape {h.shape}.")
     h = h.reshape(h.shape[0], -1)
     norms = np.linalg.norm(h, axis=1)
     if np.any(norms == 0):
@@ -161,19 +162,19 @@ def kernel_condition_number(
     """
     x = check_samples("x", x)
     if x.ndim != 2:
-        raise ValueError(f"x must be a 2-D array (n, d), got shape {x.shape}.")
+        raise ValueError(f"`x` must be a 2-D array (n, d); received shape {x.shape}.")
     if isinstance(model_or_depth, bool) or not isinstance(model_or_depth, (int, np.integer)):
         import keras  # only a model needs Keras
 
         if isinstance(model_or_depth, keras.Model):
             return _model_condition_numbers(model_or_depth, x)
         raise TypeError(
-            "model_or_depth must be an int depth or a keras.Model, got "
+            "`model_or_depth` must be an int depth or a keras.Model; received "
             f"{type(model_or_depth).__name__}."
         )
     depth = int(model_or_depth)
     if depth < 0:
-        raise ValueError(f"model_or_depth (depth) must be >= 0, got {depth}.")
+        raise ValueError(f"`model_or_depth` (depth) must be >= 0; received {depth}.")
     f = resolve_activation(activation)
     if normalize_inputs:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -194,7 +195,7 @@ def kernel_condition_number(
             conds.append(float(ev[-1] / ev[0]) if ev[0] > 1e-12 * ev[-1] else float("inf"))
         return np.array(conds)
     if int(width) != width or width < 1:
-        raise ValueError(f"width must be a positive integer or None, got {width!r}.")
+        raise ValueError(f"`width` must be a positive integer or None; received {width!r}.")
     rng = np.random.default_rng(seed)
     h = x
     for _ in range(depth):

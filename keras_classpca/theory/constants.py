@@ -126,7 +126,7 @@ def activation_constants(
         try:
             points = [float(p) / s for p in points]
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"kinks must be a sequence of numbers, got {kinks!r}.") from exc
+            raise TypeError(f"`kinks` must be a sequence of numbers; received {kinks!r}.") from exc
 
         def integrands(z):
             fz = f(s * z)

@@ -25,7 +25,8 @@ def _model_input(model):
             "functional) so that layer inputs can be read."
         )
     if len(inputs) != 1:
-        raise ValueError(f"model {model.name!r} must have a single input, got {len(inputs)}.")
+        raise ValueError(
+            f"`model` ({model.name!r}) must have a single input; received {len(inputs)}.")
     return inputs[0]
 
 
@@ -104,9 +105,9 @@ def layer_input_spectra(model, x, max_samples=2000, *, seed=0, batch_size=256):
     import keras
 
     if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if int(max_samples) != max_samples or max_samples < 2:
-        raise ValueError(f"max_samples must be an integer >= 2, got {max_samples!r}.")
+        raise ValueError(f"`max_samples` must be an integer >= 2; received {max_samples!r}.")
     _model_input(model)
     x = check_samples("x", x, min_samples=2)  # a covariance needs two samples
     rng = np.random.default_rng(seed)

@@ -106,9 +106,10 @@ def stieltjes_transform(z, eta, zeta, phi, psi, *, num_steps=40):
     eta = float(eta)
     zeta = float(zeta)
     if not eta > 0:
-        raise ValueError(f"eta must be > 0, got {eta!r}.")
+        raise ValueError(f"`eta` must be > 0; received {eta!r}.")
     if zeta < 0 or zeta > eta * (1 + 1e-9):
-        raise ValueError(f"zeta must satisfy 0 <= zeta <= eta, got zeta={zeta!r}, eta={eta!r}.")
+        raise ValueError(
+            f"`zeta` must satisfy 0 <= zeta <= eta; received zeta={zeta!r}, eta={eta!r}.")
     z = np.asarray(z, dtype=complex)
     shape = z.shape
     z = z.ravel()
@@ -222,7 +223,8 @@ def gram_spectrum(
         zeta = constants.zeta if zeta is None else zeta
     eta, zeta = float(eta), float(zeta)
     if not eta > 0:
-        raise ValueError(f"eta must be > 0 (a constant activation has no spectrum), got {eta!r}.")
+        raise ValueError(
+            f"`eta` must be > 0 (a constant activation has no spectrum); received {eta!r}.")
     zeta = min(max(zeta, 0.0), eta)  # quadrature round-off
     scale = _upper_edge_bound(eta, phi, psi)
     eps = 1e-9 * scale if eps is None else check_positive("eps", eps)
@@ -349,7 +351,7 @@ def compare_gram_spectrum(
     """
     phi, psi = _check_ratios(phi, psi)
     if int(n0) != n0 or n0 < 2:
-        raise ValueError(f"n0 must be an integer >= 2, got {n0!r}.")
+        raise ValueError(f"`n0` must be an integer >= 2; received {n0!r}.")
     n0 = int(n0)
     n1 = max(int(round(n0 / psi)), 1)
     m = max(int(round(n0 / phi)), 1)
@@ -377,7 +379,7 @@ def compare_gram_spectrum(
     cont = eig[(eig > 0.0) & (eig <= 1.5 * hi)]
     if bins is not None and (isinstance(bins, bool) or not isinstance(bins, (int, np.integer))
                              or bins < 1):
-        raise ValueError(f"bins must be a positive integer or None; got {bins!r}.")
+        raise ValueError(f"`bins` must be a positive integer or None; received {bins!r}.")
     nbins = int(bins) if bins is not None else max(int(np.sqrt(n1)), 10)
     edges = np.linspace(0.0, 1.05 * hi, nbins + 1)
     counts, _ = np.histogram(cont, bins=edges)
