@@ -812,3 +812,16 @@ def test_an_unbatched_dataset_is_refused_whatever_the_cache_as_fit_refuses_it(ca
         fit_top(model, unbatched, epochs=1, cache=cache, verbose=0)
     history = fit_top(model, unbatched.batch(32), epochs=1, cache=cache, verbose=0)
     assert len(history.history["loss"]) == 1
+
+
+def test_a_pair_given_as_x_is_told_to_pass_x_and_y_apart():
+    # `fit_top(model, (x, y))` (hybridize's form) failed in Keras with "None values not
+    # supported".
+    from keras_classpca import fit_progressive
+
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"`fit_top` takes `x` and `y` apart, as `fit` "
+                                         r"does: `fit_top\(model, x, y\)`"):
+        fit_top(_model(), (x, y), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`fit_progressive` takes `x` and `y` apart"):
+        fit_progressive(_model(), (x, y), epochs=1, verbose=0)

@@ -41,6 +41,23 @@ def _holds_several_label_sets(data):
             and all(_is_array_like(part) for part in parts))
 
 
+def pair_given_as_x_error(x, y, where):
+    """A `ValueError` for `where(model, (x, y))` (a pair where `fit` takes `x` and `y`
+    apart, as `hybridize` takes it), else None."""
+    if y is not None or not isinstance(x, tuple) or len(x) not in (2, 3):
+        return None
+    try:
+        pair = is_xy_pair(x)
+    except ValueError:
+        return None
+    if not pair:
+        return None
+    return ValueError(
+        f"`{where}` takes `x` and `y` apart, as `fit` does: `{where}(model, x, y)`; it "
+        "received one tuple `(x, y)` as `x` (the form `hybridize(model, (x, y))` takes)."
+    )
+
+
 def is_xy_pair(data):
     """Whether `data` is `(x, y)` or `(x, y, sample_weight)` in memory: `x` an array or
     tensor, `y` one too or a list of labels as long as `x`.

@@ -43,7 +43,12 @@ import keras
 import numpy as np
 
 from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
-from keras_classpca.core.data_adapter import iter_batches, readable_data, single_input
+from keras_classpca.core.data_adapter import (
+    iter_batches,
+    pair_given_as_x_error,
+    readable_data,
+    single_input,
+)
 from keras_classpca.core.subspace import leading_subspace, subspace_overlap
 from keras_classpca.hybrid.graph import ensure_built
 from keras_classpca.hybrid.planner import plan_model
@@ -764,6 +769,9 @@ def fit_progressive(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
         raise ValueError("`model` must be compiled before `fit_progressive` (as before `fit`).")
+    error = pair_given_as_x_error(x, y, "fit_progressive")
+    if error is not None:
+        raise error
     warn_unadapted_layers(model, "fit_progressive")
     # pandas frames, torch tensors that record gradients: for the probes (and sparse
     # inputs only where no class statistics are computed)

@@ -36,6 +36,7 @@ from keras_classpca.core.data_adapter import (
     is_infinite,
     is_sparse,
     iter_batches,
+    pair_given_as_x_error,
     readable_data,
     unbatched_dataset_error,
 )
@@ -692,6 +693,9 @@ def fit_top(
         raise ValueError(
             "`model` must be compiled before `fit_top` (hybridize, compile, then fit)."
         )
+    error = pair_given_as_x_error(x, y, "fit_top")
+    if error is not None:
+        raise error
     warn_unadapted_layers(model, "fit_top")
     check_cache_settings(memory_limit, cache_dir, output_cache)
     if isinstance(fit_kwargs.get("callbacks"), keras.callbacks.Callback):
