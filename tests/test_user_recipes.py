@@ -272,8 +272,6 @@ def test_errors_name_the_layer_and_the_way_out():
                   verbose=0)
     with pytest.raises(TypeError, match="takes no `units`"):
         ClassPCAInitializer.from_data(x, y, units=4)
-    with pytest.raises(TypeError, match="takes no `n_components`"):
-        ClassPCAInitializer.from_data(x, y, n_components=4)
     # (ClassPCA.__init__ named itself for the layers' `adapt` arguments)
     with pytest.raises(TypeError, match=r"`ClassPCAInitializer.from_data` got unknown "
                                         r"argument\(s\) \['patches_per_image', 'seed'\].*"

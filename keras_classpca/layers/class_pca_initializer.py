@@ -152,9 +152,9 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 The number of components is the kernel's (set when Keras builds the
                 layer): no `units` / `filters` here.
         """
-        options = sorted(set(ClassPCA().get_params()) - {"n_components"})
-        unknown = sorted(set(class_pca_options) - set(options)
-                         - {"units", "filters", "n_components"})
+        options = sorted(ClassPCA().get_params())  # (`n_components`: checked against the
+        unknown = sorted(set(class_pca_options) - set(options)  # kernel when built)
+                         - {"units", "filters"})
         if unknown:
             raise TypeError(
                 f"`ClassPCAInitializer.from_data` got unknown argument(s) {unknown}: it "
@@ -164,7 +164,7 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 "sample and patch of `x`: pass a subset for fewer (the layers' `adapt` "
                 "takes `patches_per_image` and `steps`)."
             )
-        for size in ("units", "filters", "n_components"):
+        for size in ("units", "filters"):
             if size in class_pca_options:
                 raise TypeError(
                     f"`from_data` takes no `{size}`: the number of components is the "
