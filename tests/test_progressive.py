@@ -572,3 +572,29 @@ def test_cache_true_warns_and_trains_on_when_the_frozen_prefix_cannot_be_cached(
                                   batch_size=32, verbose=0, callbacks=[weights])
     assert history.epoch == [0, 1, 2] and not history.progressive.cached
     assert (weights.begins, weights.ends) == (1, 1)
+
+
+def test_keep_top_spares_the_layer_under_the_head_not_under_an_unsolvable_layer():
+    # Conv1D under an LSTM: it settled but `keep_top=1` kept it training to the end,
+    # as if it were right under the classifier.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 12, 3)).astype("float32")
+    y = (x[:, :, 0].mean(axis=1) > 0).astype("int64")
+
+    def model(recurrent):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((12, 3))
+        hidden = keras.layers.Conv1D(4, 3, activation="relu", name="front")(inputs)
+        hidden = (keras.layers.LSTM(4)(hidden) if recurrent
+                  else keras.layers.GlobalAveragePooling1D()(hidden))
+        built = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+        built.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        return built
+
+    settle = SettleOnChange(threshold=0.99)  # everything "settles" after one epoch
+    under_lstm = fit_progressive(model(True), x, y, epochs=3, settle=settle,
+                                 batch_size=32, verbose=0)
+    assert under_lstm.progressive.frozen_at["front"] == 1
+    under_head = fit_progressive(model(False), x, y, epochs=3, settle=settle,
+                                 batch_size=32, verbose=0)
+    assert under_head.progressive.frozen_at["front"] is None  # keep_top=1 spares it

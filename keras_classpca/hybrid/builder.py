@@ -62,7 +62,7 @@ from keras_classpca.hybrid.graph import (
 )
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.policy import check_cutoff
-from keras_classpca.hybrid.report import HybridReport, SolvedLayer
+from keras_classpca.hybrid.report import HybridReport, SolvedLayer, format_share
 from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, statistics_on_device
 from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.adapt_mixin import (
@@ -1250,8 +1250,8 @@ def _why_not_kept(evidence, name):
                    f"{row['threshold']:+.3f}")
             if row.get("kind") == "Dense":  # never lossless: the probe alone decides
                 return why
-            return (f"{why}, and its filters keep only {row['explained_variance']:.1%} of "
-                    "its input's variance")
+            kept = format_share(row["explained_variance"])
+            return f"{why}, and its filters keep only {kept} of its input's variance"
     return "the decision stopped before it"
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.probe import loo_ridge_accuracy, reduce_features
+from keras_classpca.hybrid.report import format_share
 from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, stream
 from keras_classpca.layers.adapt_mixin import solve_options
 from keras_classpca.layers.geometry import UnsolvableDataError
@@ -215,7 +216,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                   f"probe {before:.3f}: no gain can reach {threshold:+.3f}" if gain is None
                   else f"probe {before:.3f} -> {after:.3f} (gain {gain:+.3f}, needs "
                   f"{threshold:+.3f})")
-                 + f", filters keep {explained:.1%} of the variance")
+                 + f", filters keep {format_share(explained)} of the variance")
             if keep and not decided:
                 cutoff += 1
             else:

@@ -241,6 +241,7 @@ class Plan:
     parents: list = dataclasses.field(default_factory=list)  # per layer: parent indices
     top_input: tuple = None  # (tensor, scope): the input of the first blocked layer
     top_position: int = None  # index of the first blocked layer in `layers` (None: none)
+    top_is_head: bool = False  # the first blocked layer is a head: the last step is under it
 
     @property
     def names(self):
@@ -434,7 +435,7 @@ def plan_model(model):
     foreign = [node.layer for node in nodes
                if node.orphan and not any(id(t) in consumed for t in node.outputs)]
     steps, blocked, taken = [], [], {}
-    reasons = {}
+    reasons, heads = {}, set()
     for i, node in enumerate(nodes):
         layer = node.layer
         if not weighted[i] or is_bn[i]:
@@ -483,6 +484,7 @@ def plan_model(model):
             )
         elif not feeds_weighted[i]:
             reason = f"{_name(layer)} is the model's last layer with weights (always trained)."
+            heads.add(i)
         else:
             missing = sorted(depends[i] - set(taken), key=lambda j: j)
             if missing:
@@ -521,4 +523,5 @@ def plan_model(model):
     top = (nodes[first_blocked].inputs[0], nodes[first_blocked].scope) if (
         first_blocked is not None) else (_single(graph_outputs(model)), ())
     return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes],
-                [list(n.parents) for n in nodes], top, first_blocked)
+                [list(n.parents) for n in nodes], top, first_blocked,
+                top_is_head=first_blocked in heads)

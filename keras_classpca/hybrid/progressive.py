@@ -153,12 +153,13 @@ class SettleOnChange:
             `"output"`: 1 - linear CKA of the layer's output on a fixed probe sample,
             now vs one epoch ago.
         patience: epochs in a row the change must stay below `threshold`.
-        keep_top: the last `keep_top` bottom layers (those right below the model's last
-            layer with weights) are measured but never frozen. Default 1: on the
-            benchmark CNN the layer under the classifier (Dense 128) passes the
-            threshold together with the conv layer below it, but freezing it saves
-            little time (its back-propagation is a small share of a step) and cost
-            about 1 pp of test accuracy (docs/progressive.md).
+        keep_top: the last `keep_top` bottom layers, where they are right below the
+            model's last layer with weights, are measured but never frozen (under a
+            layer that cannot be solved, an LSTM or attention block, they may
+            freeze). Default 1: on the benchmark CNN the layer under the classifier
+            (Dense 128) passes the threshold together with the conv layer below it,
+            but freezing it saves little time (its back-propagation is a small share
+            of a step) and cost about 1 pp of test accuracy (docs/progressive.md).
         samples: size of the probe sample (`"output"`), drawn once from the training
             data (the first `samples` of a dataset, a fixed random subset of arrays).
         probe: the probe inputs themselves, instead of drawing them from the data.
@@ -608,6 +609,13 @@ class _Controller(keras.callbacks.Callback):
     def remeasure(self):
         self.previous = self._state()
 
+    def _settle_limit(self):
+        """Units below this index may freeze: `keep_top` spares the layers right under
+        the model's head, not those under a layer that cannot be solved (an LSTM, an
+        attention block), which trains on above them."""
+        spared = self.criterion.keep_top if self.plan.top_is_head else 0
+        return len(self.units) - spared
+
     def can_freeze_more(self):
         """Whether a layer still training may yet be frozen by the criterion."""
         for i, unit in enumerate(self.units):
@@ -616,7 +624,7 @@ class _Controller(keras.callbacks.Callback):
             if isinstance(self.criterion, FreezeOut):
                 if self.schedule[i] is not None:
                     return True
-            elif i < len(self.units) - self.criterion.keep_top:
+            elif i < self._settle_limit():
                 return True
         return False
 
@@ -660,7 +668,7 @@ class _Controller(keras.callbacks.Callback):
                 change = changes[name]
                 self.below[name] = self.below[name] + 1 if change < self.criterion.threshold else 0
                 settled = self.below[name] >= self.criterion.patience and (
-                    i < len(self.units) - self.criterion.keep_top
+                    i < self._settle_limit()
                 )
             self.report.changes[name].append(change)
             if frozen_below and settled:

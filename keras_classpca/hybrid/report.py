@@ -1,8 +1,19 @@
 """`HybridReport`: what `hybridize` did, readable by people and by code."""
 
 import dataclasses
+import math
 
 from keras_classpca.layers.geometry import DENSE_REMEDIES_MIN_ROWS_PER_FEATURE
+
+
+def format_share(share):
+    """A share as a percentage with one decimal, rounded down: 0.98996 reads 98.9 %, not
+    99.0 %, next to the rule "keep 99 % or more".
+
+    >>> format_share(0.98996), format_share(0.99), format_share(0.99999999)
+    ('98.9%', '99.0%', '100.0%')
+    """
+    return f"{math.floor(share * 1000 + 1e-4) / 10:.1f}%"  # (round-off of 1.0 is 100 %)
 
 
 @dataclasses.dataclass
@@ -174,7 +185,7 @@ class HybridReport:
                 else:
                     probe = "not probed"
                 variance = ("not solved" if row["explained_variance"] is None else
-                            f"filters keep {row['explained_variance']:.1%} of its input "
+                            f"filters keep {format_share(row['explained_variance'])} of its input "
                             "variance")
                 lines.append(
                     f"    {row['layer']:<24} {probe}; {variance}: "
