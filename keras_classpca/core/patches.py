@@ -122,19 +122,12 @@ def extract_patches(
     order = tuple(range(rank + 2)) + tuple(range(rank + 3, 2 * rank + 3)) + (rank + 2,)
     size = math.prod(kernel) * (channels // groups)
     windows = windows.transpose(order)
-    if groups > 1:
-        # Copied group-major, returned as a `(n, *out, groups, size)` view: each group's
-        # rows are then one contiguous block, which the statistics read without a copy.
-        windows = np.moveaxis(windows, rank + 1, 0)  # (groups, n, *out, *kernel, c/g)
-        if positions is not None:
-            coords = np.unravel_index(np.asarray(positions), out)
-            windows = windows[(slice(None), np.arange(n)[:, None]) + tuple(coords)]
-            out = (windows.shape[2],)
-        grouped = windows.reshape((groups, n) + out + (size,))
-        return np.moveaxis(grouped, 0, -2)
+    # Copied group-major, returned as a `(n, *out, groups, size)` view: each group's rows
+    # are then one contiguous block, which the statistics read without a copy.
+    windows = np.moveaxis(windows, rank + 1, 0)  # (groups, n, *out, *kernel, c/g)
     if positions is not None:
-        positions = np.asarray(positions)
-        coords = np.unravel_index(positions, out)
-        chosen = windows[(np.arange(n)[:, None],) + tuple(coords)]  # (n, p, ...)
-        return chosen.reshape((n, positions.shape[1], size))
-    return windows.reshape((n,) + out + (size,))
+        coords = np.unravel_index(np.asarray(positions), out)
+        windows = windows[(slice(None), np.arange(n)[:, None]) + tuple(coords)]
+        out = (windows.shape[2],)
+    grouped = np.moveaxis(windows.reshape((groups, n) + out + (size,)), 0, -2)
+    return grouped if groups > 1 else grouped[..., 0, :]

@@ -342,10 +342,19 @@ class ClassStatistics:
     def total_second_moment(self):
         """`Σ x xᵀ` over all samples of all classes (a new float64 array)."""
         self._settle()
+        total = self._matrices_total()
+        for rows in self._held_rows.values():
+            total += _raw_product(rows)
+        return total
+
+    def _matrices_total(self):
+        """The sum of the `d x d` matrices of the classes not held as rows (those of held
+        classes are untouched zeros: adding them would only page them in)."""
         held = self._held_rows
         total = np.zeros((self.n_features, self.n_features))
         for label, outer in self._outer.items():
-            total += _raw_product(held[label]) if label in held else outer
+            if label not in held:
+                total += outer
         return total
 
     def trace(self, label):
@@ -365,10 +374,7 @@ class ClassStatistics:
         held = self._held_rows
         result = np.zeros(directions.shape[1])
         if len(held) < len(self._outer):
-            dense = np.zeros((self.n_features, self.n_features))
-            for label, outer in self._outer.items():
-                if label not in held:
-                    dense += outer
+            dense = self._matrices_total()
             result += np.sum(directions * (dense @ directions), axis=0)
         for rows in held.values():
             result += np.sum(np.square(rows @ directions), axis=0)

@@ -46,6 +46,7 @@ import time
 import keras
 import numpy as np
 
+from keras_classpca._settings import checked_verbose, drawn_seed
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.subspace import chance_overlap, leading_subspace, subspace_overlap
 from keras_classpca.diagnostics.tensorboard import ScalarWriter
@@ -202,12 +203,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
             raise ValueError(
                 f"`max_rank_fraction` must lie in (0, 1]; received {max_rank_fraction!r}."
             )
-        if seed is None:  # drawn once, kept in `self.seed` (logged with the results)
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
-        if not (isinstance(verbose, str) and verbose == "auto") and verbose not in (0, 1, 2):
-            raise ValueError(f'`verbose` must be 0, 1, 2 or "auto"; received {verbose!r}.')
+        seed = drawn_seed(seed)  # (None: drawn once, kept in `self.seed` with the results)
+        verbose = checked_verbose(verbose)
         ClassPCA(1, **class_pca_options).check_params()  # validates the options now
         x, y = self._split(data)
         labels = labels_to_int(y)
@@ -229,14 +226,14 @@ class TimescaleMonitor(keras.callbacks.Callback):
         self.settle_threshold = float(settle_threshold)
         self.subspace_threshold = float(subspace_threshold)
         self.max_rank_fraction = float(max_rank_fraction)
-        self.seed = int(seed)
+        self.seed = seed
         self.path = path
         self.log_dir = log_dir
         self._tensorboard = None if log_dir is None else ScalarWriter(log_dir)
         self.batch_size = int(batch_size)
         self.blas_threads = blas_threads
         self.noise_ceiling = bool(noise_ceiling)
-        self.verbose = 1 if isinstance(verbose, str) else int(verbose)
+        self.verbose = verbose
         self.class_pca_options = dict(class_pca_options)
         self._layers = None
         self._feature_models = None

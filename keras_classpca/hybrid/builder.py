@@ -23,9 +23,11 @@ import warnings
 import keras
 import numpy as np
 
+from keras_classpca._settings import checked_seed, checked_verbose, drawn_seed
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.convergence import SubspaceConvergence
 from keras_classpca.core.data_adapter import (
+    _is_input_dict,
     as_arrays,
     as_one_class,
     is_infinite,
@@ -418,13 +420,8 @@ def check_settings(
             f"{list(CLASS_PCA_OPTIONS)}."
         )
     ClassPCA(1, **class_pca_options).check_params()  # validates option values up front
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
-    ):
-        raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
-    if not (isinstance(verbose, str) and verbose == "auto") and verbose not in (0, 1, 2):
-        raise ValueError(  # (True and False pass: they equal 1 and 0)
-            f"`verbose` must be 0, 1, 2 or \"auto\"; received {verbose!r}.")
+    checked_seed(seed)
+    checked_verbose(verbose)
     if not (isinstance(freeze, (bool, np.bool_)) or freeze == "kernel"):
         raise ValueError(f"`freeze` must be True, False or 'kernel'; received {freeze!r}.")
     activation_or_none(solved_activation)
@@ -698,9 +695,8 @@ def hybridize(
         **class_pca_options
     )
     batch_size = batch_size or DEFAULT_BATCH_SIZE  # None: the default, as in `fit`
-    verbose = 1 if isinstance(verbose, str) else int(verbose)  # "auto": a bar, as `fit`
-    if seed is None:  # one draw for everything that samples: reproducible from report.seed
-        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    verbose = checked_verbose(verbose)  # "auto": a bar, as `fit`
+    seed = drawn_seed(seed)  # one draw for everything that samples: kept in report.seed
     activation = activation_or_none(solved_activation)
     on_device = statistics_on_device(statistics_on)
     if not isinstance(model, keras.Model):
@@ -754,7 +750,7 @@ def _check_input_name(model, data):
     `fit` refuses: "Missing data for input")."""
     x = data[0] if isinstance(data, (tuple, list)) and data else data
     inputs = getattr(model, "inputs", None) or []
-    if isinstance(x, dict) and not hasattr(x, "shape") and len(x) == 1 and inputs:
+    if _is_input_dict(x) and len(x) == 1 and inputs:
         (key,) = x
         name = inputs[0].name
         if key != name:
@@ -1173,15 +1169,19 @@ def _release_earlier_solves(plan, cutoff, restored=None):
     return released
 
 
+def _frozen_not_by_a_solve(layer):
+    """Frozen, though no hybridize of this model froze it. (A ClassPCA layer is frozen
+    from construction: only once adapted does it hold weights of its own.)"""
+    return (not layer.trainable and not getattr(layer, SOLVED_MARK, False)
+            and not (isinstance(layer, ClassPCAAdaptMixin) and not layer.is_adapted))
+
+
 def _warn_if_frozen_before(plan, cutoff):
     """Warn when the layers about to be solved (or BatchNormalization layers about to
     be adapted) were frozen by the user, not by an earlier hybridize: pretrained
     weights would be replaced."""
-    # A ClassPCA layer is frozen from construction: only once adapted does it hold
-    # weights of its own.
     frozen = [layer.name for layer in _set_by_solve(plan, cutoff)
-              if not layer.trainable and not getattr(layer, SOLVED_MARK, False)
-              and not (isinstance(layer, ClassPCAAdaptMixin) and not layer.is_adapted)]
+              if _frozen_not_by_a_solve(layer)]
     if frozen:
         warnings.warn(
             f"hybridize replaces the weights (or BatchNormalization statistics) of "
@@ -1201,9 +1201,7 @@ def _warn_if_frozen_above(plan, cutoff, stacklevel=4):
     `cutoff=0`, they may be an earlier solve that should train again (e.g. solved by a
     hybridize before a `.keras` reload or `clone_model`, which keep no mark of it)."""
     above = [layer.name for layer in _set_above(plan, cutoff)
-             if layer.weights and not layer.trainable
-             and not getattr(layer, SOLVED_MARK, False)
-             and not (isinstance(layer, ClassPCAAdaptMixin) and not layer.is_adapted)]
+             if layer.weights and _frozen_not_by_a_solve(layer)]
     if not above:
         return
     where = (f"above the {cutoff} layer(s) solved now, with weights fitted to what those "

@@ -6,6 +6,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_classpca._settings import checked_seed
 from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.core.data_adapter import (
     is_infinite,
@@ -293,11 +294,8 @@ class ClassPCAConvMixin(ClassPCAAdaptMixin):
                 "`patches_per_image` must be a positive integer or None; received "
                 f"{patches_per_image!r}."
             )
-        if seed is not None and (
-                isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"`seed` must be a non-negative integer or None; received {seed!r}.")
         self.patches_per_image = patches_per_image
-        self.seed = None if seed is None else int(seed)
+        self.seed = checked_seed(seed)
         self._set_class_pca_options(options)
 
     def _row_options(self):
