@@ -825,3 +825,21 @@ def test_a_pair_given_as_x_is_told_to_pass_x_and_y_apart():
         fit_top(_model(), (x, y), epochs=1, verbose=0)
     with pytest.raises(ValueError, match=r"`fit_progressive` takes `x` and `y` apart"):
         fit_progressive(_model(), (x, y), epochs=1, verbose=0)
+
+
+def test_a_masked_tensor_is_never_the_cache_point():
+    # Cached as arrays the per-step output would lose its mask, and the mean above
+    # would average the padded steps too: the cut moves up to the unmasked mean.
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.Embedding(20, 4, mask_zero=True, trainable=False)(inputs)
+    per_step = L.Dense(6, activation="relu", name="per_step", trainable=False)(h)
+    mean = L.GlobalAveragePooling1D(name="mean")(per_step)
+    model = keras.Model(inputs, L.Dense(3)(L.Dense(5)(mean)))
+    assert cache_point(model) is model.get_layer("mean").output
+    # With a trainable layer reading the masked steps nothing below it can be cut (the
+    # layers above also read the mask, an operation on the model's input).
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.Embedding(20, 4, mask_zero=True, trainable=False)(inputs)
+    per_step = L.Dense(6, activation="relu", name="per_step", trainable=False)(h)
+    h = L.GlobalAveragePooling1D()(L.Dense(5)(per_step))
+    assert cache_point(keras.Model(inputs, L.Dense(3)(h))) is None

@@ -328,34 +328,86 @@ def test_a_preprocessing_layer_reused_in_a_second_model_is_named():
     assert "first called in another model" in reason and "from_config" in reason
 
 
-@pytest.mark.parametrize("masking", ["Masking", "Embedding"])
-def test_a_layer_reading_a_masked_tensor_is_not_solved(masking):
-    # Padded steps would enter the class statistics as data (nothing removes them).
+def _masked_sequence(masking, layer, sequential=False):
+    """`masking` (Masking or Embedding(mask_zero=True)) -> `layer` -> mean over the
+    steps -> Dense -> Dense: the steps' mask reaches the mean."""
     if masking == "Masking":
-        inputs = keras.Input((12, 4))
-        h = keras.layers.Masking(0.0)(inputs)
+        inputs, front = keras.Input((12, 4)), L.Masking(0.0)
     else:
         inputs = keras.Input((12,), dtype="int32")
-        h = keras.layers.Embedding(20, 4, mask_zero=True, trainable=False)(inputs)
-    h = keras.layers.Dense(6, activation="relu", name="per_step")(h)
-    h = keras.layers.GlobalAveragePooling1D()(h)
-    h = keras.layers.Dense(5, activation="relu", name="above")(h)
-    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(h))
+        front = L.Embedding(20, 4, mask_zero=True, trainable=False)
+    stack = [front, layer, L.GlobalAveragePooling1D(),
+             L.Dense(5, activation="relu", name="above"), L.Dense(3, activation="softmax")]
+    if sequential:
+        return keras.Sequential([inputs] + stack)
+    h = inputs
+    for each in stack:
+        h = each(h)
+    return keras.Model(inputs, h)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+@pytest.mark.parametrize("masking", ["Masking", "Embedding"])
+def test_a_dense_layer_reading_a_masked_tensor_is_solved_from_its_unmasked_steps(
+        masking, sequential):
+    # Keras passes the mask on through the Dense layer to the mean, which skips the
+    # padded steps: the plan solves it from the others (`step.input_mask`). In a
+    # Sequential model the mask is an operation between layers the graph must show.
+    model = _masked_sequence(masking, L.Dense(6, activation="relu", name="per_step"),
+                             sequential)
     plan = plan_model(model)
-    assert plan.names == []
-    reasons = dict(plan.blocked)
-    assert "reads a masked tensor" in reasons["per_step"]
+    assert plan.names == ["per_step", "above"]
+    assert plan.steps[0].input_mask is not None and plan.steps[1].input_mask is None
+    assert tuple(plan.steps[0].input_mask.shape) == (None, 12)
+
+
+@pytest.mark.parametrize("masking", ["Masking", "Embedding"])
+def test_a_convolution_drops_the_mask_and_is_solved_from_every_step(masking):
+    # Keras' convolutions do not support masking: the mask ends there (Keras warns),
+    # and the layers above read every step, padded ones too, as the solve does.
+    with pytest.warns(UserWarning, match="does not support masking"):
+        model = _masked_sequence(masking, L.Conv1D(6, 3, name="per_step"))
+    plan = plan_model(model)
+    assert plan.names == ["per_step", "above"]
+    assert plan.steps[0].input_mask is None
+
+
+def test_a_mask_entering_a_nested_model_blocks_its_dense_layer():
+    # The nested model's own graph shows no mask: the planner follows the one it is
+    # called with (Keras applies it to the inner layers when the model runs).
+    inner_inputs = keras.Input((12, 4))
+    per_step = L.Dense(6, activation="relu", name="per_step")(inner_inputs)
+    inner = keras.Model(inner_inputs, L.Activation("relu")(per_step), name="inner")
+    inputs = keras.Input((12,), dtype="int32")
+    h = inner(L.Embedding(20, 4, mask_zero=True, trainable=False)(inputs))
+    h = L.Dense(5, name="above")(L.GlobalAveragePooling1D()(h))
+    model = keras.Model(inputs, L.Dense(3)(h))
+    reasons = dict(plan_model(model).blocked)
+    assert "reads a masked tensor inside the nested model 'inner'" in reasons["per_step"]
     assert "`ClassPCADense.adapt`" in reasons["per_step"]
     assert "depends on Dense 'per_step'" in reasons["above"]
-    unmasked = keras.Input((12, 4))
-    h = keras.layers.Dense(6, activation="relu")(unmasked)  # the same without a mask
-    h = keras.layers.GlobalAveragePooling1D()(h)
-    plain = keras.Model(unmasked, keras.layers.Dense(3)(keras.layers.Dense(5)(h)))
-    assert len(plan_model(plain).names) == 2
+    # The mask ends at a mean over the steps: the Dense layer after it reads none.
+    inner_inputs = keras.Input((12, 4))
+    pooled = L.Dense(6, name="after_pool")(L.GlobalAveragePooling1D()(inner_inputs))
+    inner = keras.Model(inner_inputs, pooled, name="pooling")
+    inputs = keras.Input((12,), dtype="int32")
+    h = inner(L.Embedding(20, 4, mask_zero=True, trainable=False)(inputs))
+    model = keras.Model(inputs, L.Dense(3)(L.Dense(5)(h)))
+    assert plan_model(model).names[0] == "after_pool"
 
 
-def test_a_masked_convolution_is_pointed_to_its_own_adapt_able_class():
-    inputs = keras.Input((12, 4))
-    h = L.Conv1D(6, 3, name="per_step")(L.Masking(0.0)(inputs))
-    model = keras.Model(inputs, L.Dense(2)(L.Dense(5)(L.GlobalAveragePooling1D()(h))))
-    assert "`ClassPCAConv1D.adapt`" in dict(plan_model(model).blocked)["per_step"]
+def test_a_frozen_layer_of_another_kind_is_passed_and_the_message_says_so():
+    def build(trainable):
+        inputs = keras.Input((12,), dtype="int32")
+        h = L.Embedding(20, 4, name="embedding", trainable=trainable)(inputs)
+        h = L.LayerNormalization(name="norm", trainable=trainable)(h)
+        h = L.Conv1D(6, 3, activation="relu", name="conv")(h)
+        h = L.Dense(5, name="above")(L.GlobalAveragePooling1D()(h))
+        return keras.Model(inputs, L.Dense(3)(h))
+
+    plan = plan_model(build(True))
+    assert plan.names == []
+    reason = dict(plan.blocked)["embedding"]
+    assert "not a layer kind class-PCA solves" in reason
+    assert "`layer.trainable = False`" in reason and "pretrained `Embedding`" in reason
+    assert plan_model(build(False)).names == ["conv", "above"]

@@ -118,15 +118,99 @@ def test_adapt_with_x_and_y_as_two_arguments_says_how_to_call_it():
 
 
 # ---------------------------------------------------------------- masked sequence inputs
-def test_hybridize_leaves_a_layer_on_masked_steps_trained():
-    x = np.random.default_rng(0).normal(size=(90, 10, 4)).astype("float32")
-    x[:, 6:] = 0.0
-    inputs = keras.Input((10, 4))
-    h = L.Dense(6, activation="relu")(L.Masking(0.0)(inputs))
-    h = L.GlobalAveragePooling1D()(h)
-    model = keras.Model(inputs, L.Dense(3, activation="softmax")(L.Dense(5)(h)))
-    with pytest.raises(ValueError, match="reads a masked tensor"):
-        hybridize(model, (x, np.arange(90) % 3), cutoff=1, verbose=0)
+def _padded_tokens(n=240, steps=10, seed=0):
+    """Token ids (0 pads the end of each sequence) whose class sets the tokens drawn."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.integers(1, 10, size=(n, steps)) + 10 * y[:, None]
+    x[np.arange(steps) >= rng.integers(2, steps, size=n)[:, None]] = 0
+    return x, y
+
+
+def _masked_token_model(embedding):
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.Dense(5, activation="relu", name="per_step")(embedding(inputs))
+    h = L.Dense(4, name="above")(L.GlobalAveragePooling1D()(h))
+    return keras.Model(inputs, L.Dense(3, activation="softmax")(h))
+
+
+def test_hybridize_solves_a_dense_layer_on_masked_steps_from_the_unmasked_ones():
+    x, y = _padded_tokens()
+    keras.utils.set_random_seed(0)
+    embedding = L.Embedding(31, 6, mask_zero=True, trainable=False)
+    model = _masked_token_model(embedding)
+    report = hybridize(model, (x, y), cutoff=1, samples=None, seed=0, verbose=0)
+    solved = report.layers[0]
+    assert solved.name == "per_step" and solved.rows == int(np.count_nonzero(x))
+    # The same solve of a Dense layer on the unmasked steps' vectors, as 2-D rows.
+    keep = x != 0
+    rows = embedding.get_weights()[0][x[keep]]
+    row_labels = np.repeat(y, x.shape[1])[keep.reshape(-1)]
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential([keras.Input((6,)), L.Dense(5, activation="relu"),
+                              L.Dense(3, activation="softmax")])
+    hybridize(plain, (rows, row_labels), cutoff=1, samples=None, seed=0, verbose=0)
+    for got, expected in zip(model.get_layer("per_step").get_weights(),
+                             plain.layers[0].get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_on_masked_steps_is_adapted_to_the_unmasked_ones():
+    # Keras' BatchNormalization computes its training moments over the unmasked steps.
+    x, y = _padded_tokens()
+    keras.utils.set_random_seed(0)
+    embedding = L.Embedding(31, 6, mask_zero=True, trainable=False)
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.BatchNormalization(name="norm")(embedding(inputs))
+    h = L.Dense(5, activation="relu", name="per_step")(h)
+    h = L.Dense(4, name="above")(L.GlobalAveragePooling1D()(h))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(h))
+    report = hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    assert report.layers[0].adapted_batchnorms == ["norm"]
+    vectors = embedding.get_weights()[0][x[x != 0]].astype(np.float64)
+    norm = model.get_layer("norm")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(norm.moving_mean),
+                               vectors.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(norm.moving_variance),
+                               vectors.var(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_snap_solves_a_masked_dense_layer_from_its_unmasked_steps():
+    from keras_classpca import ClassPCA
+
+    x, y = _padded_tokens()
+    keras.utils.set_random_seed(0)
+    embedding = L.Embedding(31, 6, mask_zero=True, trainable=False)
+    model = _masked_token_model(embedding)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = fit_progressive(model, x, y, epochs=2, settle=[1], snap=True, batch_size=32,
+                              verbose=0)
+    assert "per_step" in history.progressive.snapped
+
+    def span(kernel):  # orthonormal basis of the kernel's column space
+        return np.linalg.svd(np.asarray(kernel, dtype=np.float64), full_matrices=False)[0]
+
+    table = embedding.get_weights()[0]
+    keep = x != 0
+    unmasked = ClassPCA(5).fit(table[x[keep]], np.repeat(y, x.shape[1])[keep.reshape(-1)])
+    padded = ClassPCA(5).fit(table[x].reshape(-1, 6), np.repeat(y, x.shape[1]))
+    kernel = span(model.get_layer("per_step").get_weights()[0])
+    residual = np.linalg.norm(span(unmasked.kernel_) - kernel @ (kernel.T @ span(unmasked.kernel_)))
+    assert residual < 1e-4
+    off = np.linalg.norm(span(padded.kernel_) - kernel @ (kernel.T @ span(padded.kernel_)))
+    assert off > 1e-2
+
+
+def test_the_auto_cutoff_solves_a_masked_dense_layer_from_its_unmasked_steps():
+    # Labels the tokens do not tell: the probe before the layer leaves room for a
+    # gain, so the decision solves the layer (from the unmasked steps) to measure it.
+    x, _ = _padded_tokens()
+    y = np.random.default_rng(1).integers(0, 3, len(x))
+    keras.utils.set_random_seed(0)
+    model = _masked_token_model(L.Embedding(31, 6, mask_zero=True, trainable=False))
+    report = hybridize(model, (x, y), samples=None, seed=0, verbose=0)
+    (row,) = [r for r in report.evidence["layers"] if r["layer"] == "per_step"]
+    assert row["after"] is not None and row["explained_variance"] is not None
 
 
 # ------------------------------------------------------------------ repeated hybridize

@@ -897,8 +897,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             continue
         layer_start = time.perf_counter()
         for bn, tensor, scope in leading:
-            adapt_batchnorm(passes, plan.feature_model(tensor, scope), bn, verbose, limit)
-        feature_model = plan.feature_model(step.input, step.scope)
+            adapt_batchnorm(passes, plan.batchnorm_features(bn, tensor, scope), bn, verbose, limit)
+        feature_model = plan.input_features(step.input, step.scope, step.input_mask)
         label = f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})"
         convergence = SubspaceConvergence(
             n_classes=None if label_free else passes.expected_classes()
@@ -939,7 +939,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         )
         limit = seen if passes.auto else None
         for bn, tensor, scope in step.batchnorms:
-            adapt_batchnorm(passes, plan.feature_model(tensor, scope), bn, verbose, limit)
+            adapt_batchnorm(passes, plan.batchnorm_features(bn, tensor, scope), bn, verbose, limit)
         solved.adapted_batchnorms = [l.name for l in block[1:]]
         solved.seconds = time.perf_counter() - layer_start
         report.layers.append(solved)
@@ -1263,11 +1263,13 @@ def _layer_named(plan, name):
 def _distributable(step):
     """Whether `hybridize(strategy=...)` accumulates this step's statistics over the
     strategy: Dense and ungrouped ConvND layers of the top model (not a dilated
-    Conv3D). Others (depthwise, separable, grouped, inside a nested model) are solved
+    Conv3D). Others (depthwise, separable, grouped, inside a nested model, reading a
+    masked tensor) are solved
     in this process from its `data`, as BatchNormalization moments are."""
     from keras_classpca.distributed import replica_rows_refusal
 
-    return not step.scope and replica_rows_refusal(step.layer) is None
+    return (not step.scope and step.input_mask is None
+            and replica_rows_refusal(step.layer) is None)
 
 
 def _distributed_statistics(passes, plan, step, feature_model, strategy, batch_size,

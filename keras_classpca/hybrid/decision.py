@@ -52,7 +52,7 @@ class _Features:
         self.max_features = max_features
         self.parts = []
 
-    def __call__(self, h, labels, offset):
+    def __call__(self, h, labels, end):
         self.parts.append(reduce_features(h, self.max_features))
 
     def value(self):
@@ -164,7 +164,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                 return accuracy
 
             for bn, tensor, scope in (plan.leading_batchnorms if j == 0 else []):
-                adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
+                adapt_batchnorm(data, plan.batchnorm_features(bn, tensor, scope), bn)
             before = None
             if not explore and not rule.may_be_lossless(kind):
                 # A probe accuracy is at most 1, so no gain can exceed 1 - before: when
@@ -181,8 +181,9 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                          f"{threshold:+.3f}, not solved")
                     break
             try:
+                features = plan.input_features(step.input, step.scope, step.input_mask)
                 statistics, _ = solve_layer(
-                    data, plan.feature_model(step.input, step.scope), step.layer,
+                    data, features, step.layer,
                     dict(solve_options(step.layer, options), eigen_solver="randomized"),
                     seed=seed, patches_per_image=policy.DECISION_PATCHES,
                     dense_sign_pairs=None if sign_pairs is None else sign_pairs(step.layer),
@@ -195,7 +196,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                 statistics.assign()
             explained = statistics.explained_variance()
             for bn, tensor, scope in step.batchnorms:
-                adapt_batchnorm(data, plan.feature_model(tensor, scope), bn)
+                adapt_batchnorm(data, plan.batchnorm_features(bn, tensor, scope), bn)
             lossless = rule.lossless(explained, kind)
             after = gain = bound = None
             if not lossless or explore:

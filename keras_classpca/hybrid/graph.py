@@ -88,4 +88,7 @@ def predict_batch(model, x, pad_to):
         # Copies of the first row, not zeros: any dtype (strings too) stays valid input.
         x = np.concatenate([x, np.repeat(x[:1], pad_to - n, axis=0)])
     # Low-precision outputs (a `mixed_bfloat16` policy) become float32 for the statistics.
-    return as_standard_float(keras.ops.convert_to_numpy(model.predict_on_batch(x)))[:n]
+    # A model of several outputs (a tensor and its mask) gives a list of arrays.
+    return keras.tree.map_structure(
+        lambda value: as_standard_float(keras.ops.convert_to_numpy(value))[:n],
+        model.predict_on_batch(x))

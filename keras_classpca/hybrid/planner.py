@@ -37,8 +37,9 @@ import dataclasses
 import weakref
 
 import keras
+import numpy as np
 
-from keras_classpca.hybrid.graph import has_layer_graph, no_graph_error
+from keras_classpca.hybrid.graph import has_layer_graph, no_graph_error, predict_batch
 from keras_classpca.layers.geometry import is_solvable_kind, unsolvable_reason
 
 
@@ -66,7 +67,7 @@ _RETRACED = weakref.WeakKeyDictionary()
 
 
 def _chain_layers(model):
-    return [op for op in _operations(model) if not isinstance(op, keras.layers.InputLayer)]
+    return [op for op in model.layers if not isinstance(op, keras.layers.InputLayer)]
 
 
 def _retraced_chain(model):
@@ -108,8 +109,10 @@ def call_tensors(model, layer, chain=None):
     nested model's: those it was called on and returned in `model`). `chain`: the
     model's `_retraced_chain`, when the caller already has it."""
     chain = _retraced_chain(model) if chain is None else chain
-    if chain is not None:
+    if chain is not None and id(layer) in chain[0]:
         return chain[0][id(layer)]
+    # A layer of the top graph, or an operation Keras inserted in the retraced chain
+    # (its first call is that chain's).
     return outer_call_tensors(layer)
 
 
@@ -165,9 +168,26 @@ def _is_nested_model(operation):
     return isinstance(operation, keras.Model) and has_layer_graph(operation)
 
 
+# Sequential models with the operations of their graph (see `_operations`).
+_SEQUENTIAL_GRAPHS = weakref.WeakKeyDictionary()
+
+
 def _operations(model):
+    """`model`'s operations in topological order. A Sequential model lists only its
+    layers; the graph of its tensors also holds the operations Keras inserts between
+    them (the `not_equal` computing the mask of an `Embedding(mask_zero=True)`, which
+    the layers after it read), read from a functional model over that graph."""
     ops = getattr(model, "operations", None)
-    return list(ops) if ops is not None else list(model.layers)
+    if ops is not None:
+        return list(ops)
+    if not isinstance(model, keras.Sequential) or not getattr(model, "inputs", None):
+        return list(model.layers)
+    outputs = graph_outputs(model)
+    cached = _SEQUENTIAL_GRAPHS.get(model)
+    if cached is None or cached[0] != [id(t) for t in outputs]:
+        graph = keras.Model(_single(model.inputs), _single(outputs))
+        cached = _SEQUENTIAL_GRAPHS[model] = ([id(t) for t in outputs], list(graph.operations))
+    return list(cached[1])
 
 
 def _weighted(operation):
@@ -198,6 +218,7 @@ class Node:
     scope: tuple
     parents: list = dataclasses.field(default_factory=list)
     orphan: bool = False  # fed by a tensor that no node produces
+    masked: bool = False  # its first input carries a Keras mask when the model runs
 
 
 @dataclasses.dataclass
@@ -213,6 +234,9 @@ class PlanStep:
             order, as `(layer, input tensor, scope)`.
         position: index of the layer in `Plan.layers` (the flattened graph).
         output: its symbolic output tensor (in the graph of `scope`).
+        input_mask: the symbolic mask its input carries (a Dense layer after
+            `Masking` or `Embedding(mask_zero=True)`): it is solved from the unmasked
+            steps only, as the layers above it read them. None: no mask.
     """
 
     layer: object
@@ -222,6 +246,7 @@ class PlanStep:
     batchnorms: list = dataclasses.field(default_factory=list)
     position: int = 0  # index of the layer in `Plan.layers`
     output: object = None
+    input_mask: object = None
 
     @property
     def name(self):
@@ -285,6 +310,26 @@ class Plan:
                      if layer.name in needed)
         return [layer.name for layer in self.layers if layer.name in names]
 
+    def input_features(self, tensor, scope=(), mask=None):
+        """The predictor of a layer's input `tensor`: `feature_model(tensor, scope)`,
+        or for an input with a `mask` (`PlanStep.input_mask`, top model only) a
+        `MaskedRows` of its unmasked steps."""
+        if mask is None:
+            return self.feature_model(tensor, scope)
+        return MaskedRows(keras.Model(_single(self.model.inputs), [tensor, mask]))
+
+    def batchnorm_features(self, layer, tensor, scope=()):
+        """The predictor of BatchNormalization `layer`'s input `tensor`: on a masked
+        tensor of the top model, of its unmasked steps when the layer normalizes the
+        last axis (Keras' BatchNormalization computes its training moments over those)."""
+        mask = None if scope else getattr(tensor, "_keras_mask", None)
+        rank = len(tensor.shape)
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if mask is not None and ([a % rank for a in axes] != [rank - 1]
+                                 or tuple(mask.shape) != tuple(tensor.shape[:-1])):
+            mask = None
+        return self.input_features(tensor, scope, mask)
+
     def feature_model(self, tensor, scope=()):
         """A predictor from the model's input to `tensor` of the graph of `scope`.
 
@@ -323,40 +368,118 @@ class FeatureModel:
         return x
 
 
-def flatten_graph(model, scope=(), outer_inputs=None, nodes=None, producer=None):
+class MaskedRows:
+    """The unmasked steps of a masked tensor, as rows: `model` returns the tensor and
+    its mask; `rows(x, labels, pad_to)` gives `(rows, row_labels)`, one row per step
+    the mask keeps, labelled with its sample's label (what a Dense layer applied to
+    every step sees of the data, the padded steps left out as the layers above skip
+    them)."""
+
+    selects_rows = True
+
+    def __init__(self, model):
+        self.model = model
+
+    def rows(self, x, labels, pad_to):
+        h, mask = predict_batch(self.model, x, pad_to)
+        mask = np.asarray(mask, dtype=bool)
+        steps = mask.reshape(len(mask), -1).shape[1]
+        return h[mask], np.repeat(np.asarray(labels), steps)[mask.reshape(-1)]
+
+
+def _carries_mask(tensor, masked):
+    """Whether `tensor` holds a Keras mask when the model runs: Keras attached one to
+    it in the graph, or (`masked`, ids) the planner found one entering a nested model
+    reaches it."""
+    return getattr(tensor, "_keras_mask", None) is not None or id(tensor) in masked
+
+
+def _passes_mask_on(layer, inputs):
+    """Whether `layer`, its first input masked, returns a masked tensor: it supports
+    masking and its `compute_mask` gives a mask (a pooling over the steps does not)."""
+    if not getattr(layer, "supports_masking", False) or not inputs:
+        return False
+    stand_in = keras.KerasTensor(tuple(inputs[0].shape[:-1]), dtype="bool")
+    try:
+        if len(inputs) == 1:
+            return layer.compute_mask(inputs[0], stand_in) is not None
+        return layer.compute_mask(inputs, [stand_in] + [None] * (len(inputs) - 1)) is not None
+    except Exception:  # noqa: BLE001 - a custom compute_mask: assume the mask goes on
+        return True
+
+
+def flatten_graph(model, scope=(), outer_inputs=None, nodes=None, producer=None,
+                  masked=None):
     """Nodes of `model` in topological order, nested models expanded in place.
 
     `producer` maps `id(tensor)` to the node index that produces it; a nested model's
-    input tensors alias the tensors it was called on (`outer_inputs`).
+    input tensors alias the tensors it was called on (`outer_inputs`). `masked`: ids of
+    the tensors of nested models that carry a mask coming from outside them (their
+    own graph does not show it).
     """
     nodes = [] if nodes is None else nodes
+    masked = set() if masked is None else masked
     if producer is None:  # the top model's inputs: produced by "-1"
         producer = {id(t): -1 for t in keras.tree.flatten(model.inputs)}
     if outer_inputs is not None:
         for inner, outer in zip(keras.tree.flatten(model.inputs), outer_inputs):
             if id(outer) in producer:
                 producer[id(inner)] = producer[id(outer)]
+            if _carries_mask(outer, masked):
+                masked.add(id(inner))
     chain = _retraced_chain(model)  # once per walk: each check visits every layer
     for operation in _operations(model):
         if isinstance(operation, keras.layers.InputLayer):
             continue
         if _is_nested_model(operation) and len(keras.tree.flatten(operation.inputs)) == 1:
             called_on, returned = call_tensors(model, operation, chain)
-            flatten_graph(operation, scope + (operation,), called_on, nodes, producer)
+            flatten_graph(operation, scope + (operation,), called_on, nodes, producer,
+                          masked)
             for inner, outer in zip(keras.tree.flatten(operation.outputs), returned):
                 if id(inner) in producer:
                     producer[id(outer)] = producer[id(inner)]
+                if _carries_mask(inner, masked):
+                    masked.add(id(outer))
             continue
         inputs, outputs = call_tensors(model, operation, chain)
         inputs = [t for t in inputs if hasattr(t, "shape")]
         node = Node(operation, inputs, outputs, scope)
         node.parents = sorted({producer[id(t)] for t in inputs if producer.get(id(t), -1) >= 0})
         node.orphan = any(id(t) not in producer for t in inputs)
+        node.masked = bool(inputs) and _carries_mask(inputs[0], masked)
+        if node.masked and id(inputs[0]) in masked and _passes_mask_on(operation, inputs):
+            masked.update(id(t) for t in outputs)
         index = len(nodes)
         nodes.append(node)
         for t in outputs:
             producer[id(t)] = index
     return nodes, producer
+
+
+def _masked_rows_refusal(node):
+    """Why a layer reading a masked tensor cannot be solved from its unmasked steps
+    (None: it can, or it drops the mask and reads every step)."""
+    layer = node.layer
+    if not layer.supports_masking:
+        return None
+    mask = getattr(node.inputs[0], "_keras_mask", None)
+    if node.scope or mask is None:
+        where = "" if not node.scope else f" inside the nested model '{node.scope[-1].name}'"
+        return (
+            f"{_name(layer)} reads a masked tensor{where} (after `Masking` or "
+            "`Embedding(mask_zero=True)`) whose mask the planner can compute only in "
+            "the top model's graph: its class statistics would count the padded steps "
+            "as data. Train it, or solve it on unpadded inputs with "
+            f"`{_adaptable_class(layer)}.adapt`."
+        )
+    if tuple(mask.shape) != tuple(node.inputs[0].shape[:-1]):
+        return (
+            f"{_name(layer)} reads a masked tensor whose mask, of shape "
+            f"{tuple(mask.shape)}, does not mark its input's steps "
+            f"{tuple(node.inputs[0].shape[:-1])}: it cannot be solved from the unmasked "
+            f"steps. Train it, or solve it with `{_adaptable_class(layer)}.adapt`."
+        )
+    return None
 
 
 def plan_model(model):
@@ -468,13 +591,8 @@ def plan_model(model):
             )
         elif not is_solvable_kind(layer) or unsolvable_reason(layer):
             reason = unsolvable_reason(layer)
-        elif getattr(node.inputs[0], "_keras_mask", None) is not None:
-            reason = (
-                f"{_name(layer)} reads a masked tensor (after `Masking` or "
-                "`Embedding(mask_zero=True)`): its class statistics would count the "
-                "padded steps as data. Train it, or solve it on unpadded inputs with "
-                f"`{_adaptable_class(layer)}.adapt`."
-            )
+        elif node.masked and _masked_rows_refusal(node):
+            reason = _masked_rows_refusal(node)
         elif not feeds_weighted[i] and dead_end[i]:
             reason = (
                 f"{_name(layer)} feeds a layer call the model's graph does not show (a "
@@ -498,9 +616,13 @@ def plan_model(model):
             blocked.append((layer.name, reason))
             continue
         taken[i] = len(steps)
+        # A convolution drops the mask (Keras warns): it reads, and its output carries,
+        # the padded steps like any others. A Dense layer passes the mask on.
+        mask = (getattr(node.inputs[0], "_keras_mask", None)
+                if node.masked and layer.supports_masking else None)
         steps.append(PlanStep(layer, node.inputs[0], node.scope,
                               [nodes[j].layer.name for j in sorted(depends[i])], position=i,
-                              output=node.outputs[0]))
+                              output=node.outputs[0], input_mask=mask))
 
     # BatchNormalization: adapted once every weighted layer it depends on is solved.
     leading = []

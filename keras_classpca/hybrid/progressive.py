@@ -356,6 +356,7 @@ class _Unit:
     input_tensor: object
     output_tensor: object
     scope: tuple = ()
+    input_mask: object = None  # `PlanStep.input_mask`
 
     @property
     def frozen(self):
@@ -378,7 +379,8 @@ def _units(plan):
     for i, step in enumerate(plan.steps):
         batchnorms = (plan.leading_batchnorms if i == 0 else []) + step.batchnorms
         members = [step.layer] + [layer for layer, _, _ in batchnorms]
-        units.append(_Unit(step.layer, members, step.input, step.output, step.scope))
+        units.append(_Unit(step.layer, members, step.input, step.output, step.scope,
+                           step.input_mask))
     return units
 
 
@@ -452,7 +454,13 @@ def _snap(plan, unit, x, labels):
     onto the current kernel; returns what changed."""
     layer = unit.layer
     output_model = plan.feature_model(unit.output_tensor, unit.scope)
-    (inputs,) = _predict(plan.feature_model(unit.input_tensor, unit.scope), x)
+    features = plan.input_features(unit.input_tensor, unit.scope, unit.input_mask)
+    if getattr(features, "selects_rows", False):  # a masked input: its unmasked steps
+        parts = [features.rows(x[start:start + 256], labels[start:start + 256], 256)
+                 for start in range(0, len(x), 256)]
+        inputs, labels = (np.concatenate(part) for part in zip(*parts))
+    else:
+        (inputs,) = _predict(features, x)
     (before,) = _predict(output_model, x)
     rng = np.random.default_rng(0)
     pca = ClassPCA(output_size(layer))

@@ -47,12 +47,15 @@ def statistics_on_device(statistics_on):
 
 def stream(passes, feature_model, consumers, progress_label=None, verbose=0, limit=None,
            on_device=False):
-    """One pass: features of every batch go to every consumer `(h, labels, offset)`.
+    """One pass: features of every batch go to every consumer `(h, labels, end)`,
+    `end` the samples read once the batch is consumed.
 
     The pass ends early after `limit` samples, or after the batch on which a consumer
     with a `converged` attribute reports True. With `on_device`, the features are the
     backend tensor the model returns, handed as such to the consumers whose
-    `takes_tensors` is True (the others get a NumPy copy).
+    `takes_tensors` is True (the others get a NumPy copy). A feature model that
+    `selects_rows` (`planner.MaskedRows`: a masked tensor's unmasked steps) gives the
+    consumers rows and their labels, on the host.
     """
     total = getattr(passes, "total", None)
     if limit is not None and total is not None:
@@ -126,20 +129,27 @@ def _overflow_below(error, x, label):
 
 def _consume(feature_model, x, labels, offset, consumers, first_size, on_device):
     """The features of one batch to every consumer (see `stream`)."""
+    end = offset + len(x)
+    if getattr(feature_model, "selects_rows", False):
+        h, labels = feature_model.rows(x, labels, first_size)
+        if len(h):  # a batch of padding only adds nothing
+            for consume in consumers:
+                consume(h, labels, end)
+        return
     if not on_device:
         h = predict_batch(feature_model, x, first_size)
         for consume in consumers:
-            consume(h, labels, offset)
+            consume(h, labels, end)
         return
     h = feature_model(x, training=False)
     host = None
     for consume in consumers:
         if getattr(consume, "takes_tensors", False):
-            consume(h, labels, offset)
+            consume(h, labels, end)
             continue
         if host is None:
             host = as_standard_float(keras.ops.convert_to_numpy(h))
-        consume(host, labels, offset)
+        consume(host, labels, end)
 
 
 class MomentsConsumer:
@@ -151,7 +161,7 @@ class MomentsConsumer:
         self.total = None
         self.squares = None
 
-    def __call__(self, h, labels, offset):
+    def __call__(self, h, labels, end):
         axes = self.layer.axis if isinstance(self.layer.axis, (list, tuple)) else [self.layer.axis]
         axes = [a % h.ndim for a in axes]
         reduce = tuple(a for a in range(h.ndim) if a not in axes)
@@ -189,11 +199,10 @@ class StatisticsConsumer:
         self.convergence = convergence  # a SubspaceConvergence, for the first stage
         self.converged = False
 
-    def __call__(self, h, labels, offset):
+    def __call__(self, h, labels, end):
         self.statistics.update(h, labels)
         if self.convergence is not None and self.statistics.stage == 0:
-            self.converged = self.convergence.check(self.statistics.class_pcas,
-                                                    offset + len(h))
+            self.converged = self.convergence.check(self.statistics.class_pcas, end)
 
     @property
     def check_point(self):
