@@ -871,6 +871,20 @@ def test_a_damaged_solve_cache_file_is_solved_again_and_overwritten(tmp_path):
     assert SolveCache(tmp_path)._read(str(damaged)) is not None  # overwritten, readable
 
 
+def test_a_solve_cache_takes_a_path_and_clears_its_files(tmp_path):
+    with pytest.raises(TypeError, match="`directory` must be a path"):
+        SolveCache(3)
+    x, y = _xy()
+    cache = SolveCache(tmp_path)  # a pathlib.Path
+    assert isinstance(cache.directory, str)
+    hybridize(_mlp(hidden=(4, 4)), (x, y), cutoff=2, solve_cache=cache, verbose=0)
+    (tmp_path / "of_an_older_version.npz").write_bytes(b"")
+    (tmp_path / "kept.txt").write_text("not an entry")
+    assert len(cache) == 2 and cache.clear() == 3
+    assert len(cache) == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+    assert SolveCache().clear() == 0
+
+
 # ------------------------------------------------------------------ item 10: minor ones
 def test_samples_accepts_numpy_integers():
     x, y = _xy()

@@ -130,6 +130,21 @@ def test_auto_decides_on_at_most_the_decision_sample_and_restores_the_rest(subsp
                                np.asarray(fixed.get_layer("fa").kernel), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("arguments, error, match", [
+    ({"base_gain": "0.1"}, TypeError, "`base_gain` must be a finite number"),
+    ({"gain_per_decade": float("nan")}, TypeError, "`gain_per_decade` must be a finite"),
+    ({"dense_gain": True}, TypeError, "`dense_gain`"),
+    ({"lossless_share": 1.5}, ValueError, r"`lossless_share` must be a share .* \(0, 1\]"),
+    ({"lossless_share": 0.0}, ValueError, "`lossless_share`"),
+])
+def test_a_rule_with_a_wrong_number_is_refused_when_made(arguments, error, match):
+    # It failed deep inside the decision, or kept every layer (a share above 1 is
+    # never reached, 0 always), without saying why.
+    with pytest.raises(error, match=match):
+        AutoRule(**arguments)
+    assert AutoRule(base_gain=np.float32(0.1), lossless_share=None).base_gain == np.float32(0.1)
+
+
 def test_the_rule_keeps_more_layers_on_less_data_and_lower_down():
     rule = AutoRule()
     assert rule.threshold(60) < rule.threshold(600) < rule.threshold(6000)

@@ -100,12 +100,16 @@ class SolveCache:
     """
 
     def __init__(self, directory=None):
-        self.directory = directory
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(
+                "`directory` must be a path (a str or `os.PathLike`) where solved layers "
+                f"are stored, or None to keep them in memory; received {directory!r}.")
+        self.directory = None if directory is None else os.fspath(directory)
         self._memory = {}
         self.hits = 0
         self.misses = 0
         if directory is not None:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(self.directory, exist_ok=True)
 
     def __repr__(self):
         where = "in memory" if self.directory is None else f"directory={self.directory!r}"
@@ -177,6 +181,20 @@ class SolveCache:
         with os.fdopen(handle, "wb") as f:
             np.savez(f, record=np.array(json.dumps(record)), **arrays)
         os.replace(temporary, self._path(key))
+
+    def clear(self):
+        """Remove every entry, in memory and on disk (the directory's `.npz` files,
+        those of other package versions too, which keys of this version never match).
+
+        Returns the number of files removed."""
+        self._memory.clear()
+        removed = 0
+        if self.directory is not None:
+            for name in os.listdir(self.directory):
+                if name.endswith((".npz", ".npz.tmp")):
+                    os.remove(os.path.join(self.directory, name))
+                    removed += 1
+        return removed
 
     def __len__(self):
         return len(self._memory)

@@ -18,6 +18,7 @@ were tuned on one half of a 5-architecture × 5-fraction grid and checked on the
 
 import dataclasses
 import math
+import numbers
 
 import numpy as np
 
@@ -99,6 +100,23 @@ class AutoRule:
     gain_per_decade: float = 0.03
     dense_gain: float = 0.15
     lossless_share: float = 0.99
+
+    def __post_init__(self):
+        # A frozen dataclass keeps what it is given: check it here, not at the first
+        # decision deep inside `hybridize`.
+        for field in ("base_gain", "gain_per_layer", "gain_per_decade", "dense_gain"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+                    math.isfinite(value)):
+                raise TypeError(
+                    f"AutoRule's `{field}` must be a finite number (a probe accuracy "
+                    f"gain, e.g. 0.03); received {value!r}.")
+        share = self.lossless_share
+        if share is not None and (isinstance(share, bool) or not isinstance(share, numbers.Real)
+                                  or not 0.0 < share <= 1.0):
+            raise ValueError(
+                "AutoRule's `lossless_share` must be a share of variance in (0, 1], or "
+                f"None to probe every layer; received {share!r}.")
 
     def threshold(self, samples_per_class, kind=None, position=0):
         return (self.base_gain + self.gain_per_layer * position
