@@ -102,12 +102,61 @@ def _conv1d(n_classes):
                        name="conv1d_rows")
 
 
+def _rows(inputs):
+    return keras.layers.Reshape((28, 28))(inputs)
+
+
+def _perstep(n_classes):
+    """The image rows as 28 steps, a Dense layer applied to every step (a per-token
+    projection) – Conv1D(64, 3) – GlobalAveragePooling – Dense."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Dense(64, activation="relu")(_rows(inputs))
+    x = keras.layers.Conv1D(64, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="perstep_rows")
+
+
+def _conv1d_bn(n_classes):
+    """The rows as sequences: Conv1D–BN–ReLU ×2 (32, 64 filters, pooling between) –
+    GlobalAveragePooling – Dense."""
+    inputs = keras.Input((28, 28, 1))
+    x = _rows(inputs)
+    for i, filters in enumerate((32, 64)):
+        if i:
+            x = keras.layers.MaxPooling1D()(x)
+        x = keras.layers.Conv1D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="conv1d_bn_rows")
+
+
+def _transformer(n_classes):
+    """The rows as 28 tokens: a Dense input projection (64) plus a learned position
+    embedding, one post-LN encoder block (4-head attention, a 128-unit feed-forward),
+    GlobalAveragePooling – Dense."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Dense(64)(_rows(inputs))
+    positions = keras.layers.Embedding(28, 64)(keras.ops.arange(28))
+    x = x + positions
+    attended = keras.layers.MultiHeadAttention(4, 16)(x, x)
+    x = keras.layers.LayerNormalization()(x + attended)
+    forward = keras.layers.Dense(64)(keras.layers.Dense(128, activation="relu")(x))
+    x = keras.layers.LayerNormalization()(x + forward)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="transformer_rows")
+
+
 def build(arch, n_classes=10):
     """A fresh model of `arch` (seed first for repeatable weights)."""
     if arch in ("cnn", "mlp"):
         return build_model(arch, (28, 28, 1), n_classes)
     return {"kerasio": _kerasio, "bn": _bn, "resnet": _resnet, "resnet_3x2": _resnet_3x2,
-            "conv1d": _conv1d}[arch](n_classes)
+            "conv1d": _conv1d, "perstep": _perstep, "conv1d_bn": _conv1d_bn,
+            "transformer": _transformer}[arch](n_classes)
 
 
 def labels_for(arch, y, n_classes=10):

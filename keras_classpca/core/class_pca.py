@@ -15,11 +15,11 @@ import functools
 import heapq
 import inspect
 import numbers
-import warnings
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from keras_classpca._warnings import warn
 from keras_classpca.core.data_adapter import (
     as_arrays,
     as_standard_float,
@@ -691,15 +691,14 @@ class ClassPCA:
                 f"{format_bytes(sketch_nbytes(k, d, per_class))}. Raise `memory_limit`, "
                 "or ask for fewer components or classes."
             ) from None
-        warnings.warn(
+        warn(
             f"Exact class statistics for {k} classes x {d} features need "
             f"{format_bytes(statistics_nbytes(k, d))} (K x d^2 float64), more than "
             f"{limit_name} ({format_bytes(limit)}): keeping a Frequent Directions sketch of "
             f"{size} rows per class instead (ClassSketch, "
             f"{format_bytes(sketch_nbytes(k, d, size))}); each class's leading directions "
             "are approximate. Pass sketch_size=None to raise instead, or an integer to "
-            "choose the rows.",
-            stacklevel=5,
+            "choose the rows."
         )
         return size
 
@@ -1240,13 +1239,12 @@ class ClassPCA:
                     "holds every class (a dataset sorted by class and cut short?)."
                 )
         if n_components is not None and n_components > d:
-            warnings.warn(
+            warn(
                 f"n_components={n_components} exceeds the {d} input features: the kernel "
                 f"has rank at most {d}, so {n_components - d} of its columns are linear "
                 "combinations of the others (`sign_pairs='spare'` gives them the "
                 "negatives of the leading directions instead).",
-                OvercompleteWarning,
-                stacklevel=3,
+                OvercompleteWarning
             )
         # Pairs computed up front: the class's share of the components plus room for
         # skipped duplicates; more are computed on demand.

@@ -17,10 +17,10 @@ import functools
 import itertools
 import numbers
 import sys
-import warnings
 
 import numpy as np
 
+from keras_classpca._warnings import warn
 from keras_classpca.core.statistics import _is_backend_tensor
 
 DEFAULT_BATCH_SIZE = 1024
@@ -383,11 +383,10 @@ def _split_element(element, where, keep_weights=False):
 
 def _warn_sample_weights_ignored():
     """Class statistics count every sample once: say so when sample weights come."""
-    warnings.warn(
+    warn(
         "The data holds sample weights; class-PCA statistics ignore them (every sample "
         "counts once). Weights still apply to the training that follows (`fit`).",
-        UserWarning,
-        stacklevel=3,
+        UserWarning
     )
 
 

@@ -18,12 +18,12 @@ anything fails. The user then compiles and fits the model as usual.
 import dataclasses
 import inspect
 import time
-import warnings
 
 import keras
 import numpy as np
 
 from keras_classpca._settings import checked_seed, checked_verbose, drawn_seed
+from keras_classpca._warnings import warn
 from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.convergence import SubspaceConvergence
 from keras_classpca.core.data_adapter import (
@@ -185,13 +185,12 @@ class _DataPasses:
         if (self.samples is not None and expected and len(classes) < expected
                 and not self.warned_classes):
             self.warned_classes = True
-            warnings.warn(
+            warn(
                 f"The first {self.samples} samples of `data` hold {len(classes)} of the "
                 f"{expected} classes: the layers are solved without the others. "
                 "Shuffle the dataset (`ds.shuffle(...)`), or pass `samples='auto'` (it "
                 "reads on until every class has come).",
-                UserWarning,
-                stacklevel=2,
+                UserWarning
             )
 
     def check_classes(self, n_classes_seen, where="the samples read"):
@@ -212,24 +211,22 @@ class _DataPasses:
         expected = self.expected_classes()
         if n_classes_seen > 1 and expected and n_classes_seen < expected:
             self.warned_classes = True
-            warnings.warn(
+            warn(
                 f"The labels of {where} hold {n_classes_seen} of the {expected} classes the "
                 "model predicts: the layers are solved without the others (they get no "
                 "filters of their own).",
-                UserWarning,
-                stacklevel=3,
+                UserWarning
             )
             return
         if n_classes_seen != 1:
             return
         self.warned_classes = True
-        warnings.warn(
+        warn(
             f"The labels of {where} hold a single class: the layers are solved from it "
             "alone (its plain PCA). If `data` is sorted by class, shuffle it "
             "(`ds.shuffle(...)`) or pass `n_classes=` so that reading goes on until "
             "every class has come; for label-free solving pass `x` alone.",
-            UserWarning,
-            stacklevel=3,
+            UserWarning
         )
 
     def int_labels(self, y):
@@ -777,14 +774,13 @@ def _warn_if_trained_top_changed(model, state, report):
     trained = [layer.name for layer in iter_layers(model)
                if layer.trainable_weights and layer.name not in set_now]
     if changed and trained:
-        warnings.warn(
+        warn(
             f"The model was trained before ({steps} optimizer steps): hybridize replaced "
             f"the weights of {', '.join(changed)}, and {', '.join(trained[:5])}"
             f"{', ...' if len(trained) > 5 else ''} still hold(s) weights fitted to what "
             "those layers computed before. Train the model again (`fit`), or solve "
             "before training.",
-            UserWarning,
-            stacklevel=3,
+            UserWarning
         )
 
 
@@ -1156,15 +1152,14 @@ def _release_earlier_solves(plan, cutoff, restored=None):
             variable.trainable = True
         released.append(layer.name)
     if released:
-        warnings.warn(
+        warn(
             f"An earlier hybridize solved and froze {', '.join(released)}, above the new "
             f"cutoff ({cutoff}): trainable again, their solved weights kept as a start "
             "(they were solved from the layers below as those were then)"
             + "".join(f"; {name}'s activation put back ({value})"
                       for name, value in (restored or {}).items() if name in released)
             + ".",
-            UserWarning,
-            stacklevel=4,
+            UserWarning
         )
     return released
 
@@ -1183,19 +1178,18 @@ def _warn_if_frozen_before(plan, cutoff):
     frozen = [layer.name for layer in _set_by_solve(plan, cutoff)
               if _frozen_not_by_a_solve(layer)]
     if frozen:
-        warnings.warn(
+        warn(
             f"hybridize replaces the weights (or BatchNormalization statistics) of "
             f"{', '.join(frozen)}, which were frozen before the call (trainable=False: "
             "pretrained weights?). To keep them, solve fewer layers (`cutoff=`) or leave "
             "a pretrained part out of the model given to hybridize.",
-            UserWarning,
-            stacklevel=4,
+            UserWarning
         )
     if cutoff:  # (an explicit cutoff=0 warns in its own branch)
-        _warn_if_frozen_above(plan, cutoff, stacklevel=5)
+        _warn_if_frozen_above(plan, cutoff)
 
 
-def _warn_if_frozen_above(plan, cutoff, stacklevel=4):
+def _warn_if_frozen_above(plan, cutoff):
     """Warn about frozen layers above the cutoff that no hybridize of this model froze:
     their weights were fitted to the output of the layers solved now, or, with
     `cutoff=0`, they may be an earlier solve that should train again (e.g. solved by a
@@ -1206,13 +1200,12 @@ def _warn_if_frozen_above(plan, cutoff, stacklevel=4):
         return
     where = (f"above the {cutoff} layer(s) solved now, with weights fitted to what those "
              "layers computed before" if cutoff else "with cutoff=0 (nothing solved now)")
-    warnings.warn(
+    warn(
         f"{', '.join(above)} stay(s) frozen {where}. If an earlier hybridize solved them "
         "(its mark is not kept by a .keras reload or clone_model), make them trainable "
         "(`layer.trainable = True`)"
         + (" or solve them too (a larger `cutoff`)." if cutoff else "."),
-        UserWarning,
-        stacklevel=stacklevel,
+        UserWarning
     )
 
 

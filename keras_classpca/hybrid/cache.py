@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 import tempfile
-import warnings
 import zipfile
 
 import numpy as np
+
+from keras_classpca._warnings import warn
 
 # Constructor arguments that cannot change what class-PCA computes: solved kernels and
 # biases and adapted moving statistics overwrite their initial values, and regularizers
@@ -154,10 +155,9 @@ class SolveCache:
             AttributeError,
             zipfile.BadZipFile,
         ) as error:
-            warnings.warn(
+            warn(
                 f"SolveCache: cannot read {path} ({type(error).__name__}: {error}); treating "
-                "it as a miss: the layer is solved again and the file overwritten.",
-                stacklevel=3,
+                "it as a miss: the layer is solved again and the file overwritten."
             )
             return None
         return {"weights": weights, "record": record}

@@ -37,11 +37,11 @@ import dataclasses
 import math
 import numbers
 import time
-import warnings
 
 import keras
 import numpy as np
 
+from keras_classpca._warnings import warn
 from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
 from keras_classpca.core.data_adapter import (
     iter_batches,
@@ -711,8 +711,7 @@ def _cache_possible(model, x, fit_kwargs, callbacks, cache):
     point, _, _, reason = _cacheable_prefix(
         model, x, fit_kwargs.get("validation_data"), True, callbacks)
     if point is None:
-        warnings.warn(f"`cache=True` but {reason} The remaining epochs train with fit.",
-                      stacklevel=3)
+        warn(f"`cache=True` but {reason} The remaining epochs train with fit.")
     return point is not None
 
 
@@ -850,12 +849,11 @@ def fit_progressive(
         weighted = [name for name in ("sample_weight", "class_weight")
                     if fit_kwargs.get(name) is not None]
         if weighted:
-            warnings.warn(
+            warn(
                 f"`snap=True` solves each layer from class statistics that ignore "
                 f"`{weighted[0]}` (every sample counts once); it still weights the "
                 "training with `fit`.",
-                UserWarning,
-                stacklevel=2,
+                UserWarning
             )
         for unit in units:
             if not _snappable(unit.layer):

@@ -27,11 +27,11 @@ import inspect
 import os
 import tempfile
 import time
-import warnings
 
 import keras
 import numpy as np
 
+from keras_classpca._warnings import warn
 from keras_classpca.core.data_adapter import (
     is_infinite,
     is_sparse,
@@ -137,10 +137,9 @@ def _recompile_if_trainable_changed(model):
     changed = [layer.name for layer, was in compiled_state.items() if layer.trainable != was]
     if not changed:
         return
-    warnings.warn(
+    warn(
         f"The `trainable` flag of {changed} changed since the model was compiled; fit_top "
-        "compiles it again with the same arguments so that the change takes effect.",
-        stacklevel=3,
+        "compiles it again with the same arguments so that the change takes effect."
     )
     compile_like(model, model)
 

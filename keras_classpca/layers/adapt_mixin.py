@@ -1,12 +1,12 @@
 """The part every `ClassPCA*` layer shares: options, `adapt`, saved state."""
 
 import inspect
-import warnings
 
 import keras
 import numpy as np
 
 from keras_classpca._settings import checked_seed
+from keras_classpca._warnings import warn
 from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.core.data_adapter import (
     is_infinite,
@@ -36,7 +36,7 @@ CLASS_PCA_DEFAULTS = {
 }
 
 
-def warn_unadapted_layers(model, where, stacklevel=3):
+def warn_unadapted_layers(model, where):
     """Warn if `model` holds `ClassPCA*` layers that are frozen but were never adapted
     (nor solved by `hybridize`, nor loaded adapted): training would keep their
     initializer's random weights. `where` names the caller (e.g. "fit_top")."""
@@ -48,13 +48,12 @@ def warn_unadapted_layers(model, where, stacklevel=3):
                 and not layer.is_adapted):
             names.append(f"{type(layer).__name__} '{layer.name}'")
     if names:
-        warnings.warn(
+        warn(
             f"{where}: {', '.join(names)} {'was' if len(names) == 1 else 'were'} never "
             "adapted: a ClassPCA layer is frozen from construction, so it would keep its "
             "initializer's random weights. Solve it first (`hybridize(model, data)` or "
             "`layer.adapt(data)`), or set `layer.trainable = True` to train it.",
-            UserWarning,
-            stacklevel=stacklevel,
+            UserWarning
         )
 
 

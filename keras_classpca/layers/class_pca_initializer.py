@@ -5,6 +5,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_classpca._warnings import warn
 from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning, labels_to_int
 from keras_classpca.core.data_adapter import (
     is_infinite,
@@ -416,13 +417,12 @@ class ClassPCAInitializer(keras.initializers.Initializer):
         if self.part == "bias" or _loading_saved_model():
             # A zero bias is the usual start; in `load_model` the weight file overwrites all.
             return keras.ops.zeros(shape, dtype=dtype)
-        warnings.warn(
+        warn(
             "ClassPCAInitializer rebuilt from its config (keras.models.clone_model, "
             "from_config, model_from_json) has no class statistics: a config keeps "
             f"hyperparameters only. The kernel of shape {shape} gets glorot_uniform values "
             "instead. Copy the solved weights (`clone.set_weights(model.get_weights())`) "
-            "or solve again (`hybridize`, `ClassPCAInitializer.from_data`).",
-            stacklevel=3,
+            "or solve again (`hybridize`, `ClassPCAInitializer.from_data`)."
         )
         return keras.initializers.GlorotUniform()(shape, dtype=dtype)
 

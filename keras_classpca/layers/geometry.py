@@ -25,6 +25,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_classpca._warnings import warn
 from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning, blas_threads_for
 from keras_classpca.core.patches import extract_patches
 from keras_classpca.core.statistics import _is_backend_tensor
@@ -448,13 +449,12 @@ def _assign_constrained(layer, attribute, value):
     after = np.asarray(keras.ops.convert_to_numpy(variable.value), dtype=np.float64)
     change = np.linalg.norm(after - before) / max(np.linalg.norm(before), 1e-30)
     if change > 1e-6:
-        warnings.warn(
+        warn(
             f"{type(layer).__name__} '{layer.name}' has a constraint on its {attribute} "
             f"({type(constraint).__name__}): the solved {attribute} was projected by it, "
             f"as training projects every step, and changed by {change:.1%} (relative). "
             "The layer no longer computes its class-PCA solution; drop the constraint to "
-            "keep it.",
-            stacklevel=3,
+            "keep it."
         )
 
 

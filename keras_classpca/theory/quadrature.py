@@ -7,9 +7,10 @@ quadrature whose error across a kink decays only like ``1 / nodes``.
 """
 
 import math
-import warnings
 
 import numpy as np
+
+from keras_classpca._warnings import warn
 
 __all__ = ["gaussian_expectations"]
 
@@ -113,10 +114,9 @@ def gaussian_expectations(fn, *, breakpoints=(), rtol=1e-12, max_rounds=100):
         b = np.concatenate([mid[split], b[split]])
         whole = np.concatenate([left[:, split], right[:, split]], axis=1)
         total = done_fine + whole.sum(axis=1)
-    warnings.warn(
+    warn(
         f"gaussian_expectations: error estimate above rtol={rtol:g} after "
         f"{max_rounds} rounds (integrand with a jump or a singularity?).",
-        RuntimeWarning,
-        stacklevel=2,
+        RuntimeWarning
     )
     return float(total[0]) if scalar else total
