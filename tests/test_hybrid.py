@@ -697,6 +697,20 @@ def test_report_is_readable_and_json_serializable(subspace_classes, monkeypatch)
     assert "f_d0" in text and "f_d1" in text and "frozen: f_d0, f_d1" in text
     json.dumps(fixed.to_dict())
     assert str(HybridReport(cutoff=0, cutoff_mode="fixed")).startswith("HybridReport: 0 of 0")
+    # Read back from JSON (a tuning log): equal, with its SolvedLayer objects and text.
+    for original in (report, fixed):
+        again = HybridReport.from_dict(json.loads(json.dumps(original.to_dict())))
+        assert again == original and str(again) == str(original)
+    older = dict(fixed.to_dict(), layers=[{k: v for k, v in layer.items()
+                                            if k != "classes_without_filters"}
+                                           for layer in fixed.to_dict()["layers"]])
+    assert HybridReport.from_dict(older).layers[0].classes_without_filters == []
+    with pytest.raises(ValueError, match=r"does not know: \['speed'\]"):
+        HybridReport.from_dict(dict(fixed.to_dict(), speed=1))
+    with pytest.raises(ValueError, match=r"lacks the required fields \['cutoff'\]"):
+        HybridReport.from_dict({"cutoff_mode": "fixed"})
+    with pytest.raises(TypeError, match="`data` must be a dict"):
+        HybridReport.from_dict(str(fixed))
 
 
 def test_verbose_prints_progress(subspace_classes, capsys):

@@ -16,6 +16,24 @@ def format_share(share):
     return f"{math.floor(share * 1000 + 1e-4) / 10:.1f}%"  # (round-off of 1.0 is 100 %)
 
 
+def _known_fields(kind, data, what):
+    """`data` (a dict) checked against the fields of dataclass `kind`."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{what} must be a dict; received {type(data).__name__}.")
+    fields = {field.name for field in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(
+            f"{what} has fields {kind.__name__} does not know: {unknown} (written by "
+            "another release of keras-classpca?).")
+    missing = sorted(field.name for field in dataclasses.fields(kind)
+                     if field.name not in data and field.default is dataclasses.MISSING
+                     and field.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"{what} lacks the required fields {missing}.")
+    return dict(data)
+
+
 @dataclasses.dataclass
 class SolvedLayer:
     """One layer computed by class-PCA.
@@ -120,8 +138,38 @@ class HybridReport:
     seconds: float = 0.0
 
     def to_dict(self):
-        """Plain-Python dict (JSON-serializable)."""
+        """Plain-Python dict (JSON-serializable); `HybridReport.from_dict` reads it back."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        """The report `to_dict` gave (also after a JSON round trip: a tuning log, a
+        model's metadata). Fields a later release added take their defaults.
+
+        Example:
+
+        >>> report = HybridReport(cutoff=1, cutoff_mode="fixed", layers=[SolvedLayer(
+        ...     "conv", "Conv2D", samples=600, rows=9600, seconds=0.2,
+        ...     explained_variance=0.97, n_components=8, sample_checks=[(256, 0.1)])])
+        >>> import json
+        >>> HybridReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+        True
+        """
+        if not isinstance(data, dict):
+            raise TypeError(
+                f"`data` must be a dict, as `HybridReport.to_dict()` returns; received "
+                f"{type(data).__name__}.")
+        report = _known_fields(cls, data, "HybridReport")
+        layers = []
+        for layer in report.get("layers", []):
+            if isinstance(layer, SolvedLayer):
+                layers.append(layer)
+                continue
+            layer = _known_fields(SolvedLayer, layer, "a solved layer")
+            layer["sample_checks"] = [tuple(check) for check in layer.get("sample_checks", [])]
+            layers.append(SolvedLayer(**layer))
+        report["layers"] = layers
+        return cls(**report)
 
     def __str__(self):
         lines = [
