@@ -1,5 +1,5 @@
 """`warn`: a warning attributed to the user's line, however deep in the package it
-is raised (the first frame outside `keras_classpca`), where a fixed `stacklevel`
+is raised (the line that called into `keras_classpca`), where a fixed `stacklevel`
 points at whichever package function happened to call the one that warns."""
 
 import os
@@ -14,12 +14,15 @@ def _in_package(frame):
 
 
 def user_stacklevel():
-    """The `stacklevel` of the first frame outside the package, for a
-    `warnings.warn` called by the caller of this function."""
-    frame, level = sys._getframe(1), 1  # the caller of `warnings.warn`: level 1
-    while frame.f_back is not None and _in_package(frame):
+    """The `stacklevel`, for a `warnings.warn` called by the caller of this function,
+    of the frame that called into the package: the caller of its outermost frame (the
+    package's calls may pass through others' frames, e.g. a decorator of a backend)."""
+    frame, level, outermost = sys._getframe(1), 1, 1  # the caller of `warnings.warn`: 1
+    while frame is not None:
+        if _in_package(frame):
+            outermost = level
         frame, level = frame.f_back, level + 1
-    return level
+    return min(outermost + 1, level - 1)
 
 
 def warn(message, category=UserWarning):
@@ -34,4 +37,4 @@ def warn(message, category=UserWarning):
     >>> caught[0].filename == __file__ or "doctest" in caught[0].filename
     True
     """
-    warnings.warn(message, category, stacklevel=user_stacklevel() + 1)
+    warnings.warn(message, category, stacklevel=user_stacklevel())

@@ -192,6 +192,25 @@ def test_a_lossless_convolution_is_kept_without_a_probe_a_wide_dense_layer_is_pr
     assert first["kept"] == (first["gain"] >= first["threshold"])
 
 
+def test_a_dense_layer_on_every_step_is_judged_as_a_pointwise_convolution():
+    # A token projection wider than a step's features keeps all of their variance: it
+    # is kept as lossless, without the flat Dense rule's probe and extra gain.
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    x = rng.normal(size=(300, 10, 6)) + 0.5 * y[:, None, None] * np.linspace(-1, 1, 6)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10, 6)), L.Dense(12, activation="relu"),
+                              L.Conv1D(8, 3, activation="relu"), L.GlobalAveragePooling1D(),
+                              L.Dense(3, activation="softmax")])
+    report = hybridize(model, (x.astype("float32"), y), verbose=0)
+    first = report.evidence["layers"][0]
+    assert first["kind"] == "Dense per step" and first["kept"] and first["gain"] is None
+    assert first["explained_variance"] > 0.99 and report.cutoff >= 1
+    rule = AutoRule()
+    assert rule.threshold(600, "Dense per step") == rule.threshold(600, "Conv1D")
+    assert rule.may_be_lossless("Dense per step") and not rule.may_be_lossless("Dense")
+
+
 def _sorted_stream(x, y, batch=100):
     """A callable returning a fresh generator of `(x, y)` batches in class order, as a
     dataset read without shuffling (`image_dataset_from_directory(shuffle=False)`)."""

@@ -18,7 +18,6 @@ same tensor as the branch's first convolution, so it is not a probe point of its
 import time
 import warnings
 
-import keras
 import numpy as np
 
 from keras_classpca.hybrid import policy
@@ -151,9 +150,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         steps = plan.steps if max_layers is None else plan.steps[:max_layers]
         for j, step in enumerate(steps):
             step_start = time.perf_counter()
-            # The rule's kinds: a ClassPCADense (a Dense subclass) is judged as a Dense.
-            kind = ("Dense" if isinstance(step.layer, keras.layers.Dense)
-                    else type(step.layer).__name__)
+            kind = policy.rule_kind(step.layer, tuple(step.input.shape))
             threshold = rule.threshold(samples_per_class, kind, position=j)
             probe_times = {"before": 0.0, "after": 0.0}
 

@@ -20,6 +20,7 @@ import dataclasses
 import math
 import numbers
 
+import keras
 import numpy as np
 
 DECISION_SAMPLES = 2000  # random training samples the "auto" decision solves and probes
@@ -55,6 +56,28 @@ def rule_of(cutoff):
     return cutoff if isinstance(cutoff, AutoRule) else DEFAULT_RULE
 
 
+# The rule's kind of a Dense layer applied to every step or position of its input (a
+# sequence's tokens, an image's pixels): it reads one step's features at a time, as a
+# convolution with a kernel of one does, and is judged as a convolution.
+PER_STEP_DENSE = "Dense per step"
+
+
+def rule_kind(layer, input_shape):
+    """The kind the rule judges `layer` (with input of `input_shape`, batch axis
+    included) as: "Dense" for a Dense layer on flat features (a `ClassPCADense`, a
+    Dense subclass, too), `PER_STEP_DENSE` for one on a sequence or image, else the
+    layer's class name.
+
+    >>> import keras
+    >>> dense = keras.layers.Dense(4)
+    >>> rule_kind(dense, (None, 12)), rule_kind(dense, (None, 28, 12))
+    ('Dense', 'Dense per step')
+    """
+    if isinstance(layer, keras.layers.Dense):
+        return "Dense" if len(input_shape) <= 2 else PER_STEP_DENSE
+    return type(layer).__name__
+
+
 @dataclasses.dataclass(frozen=True)
 class AutoRule:
     """`cutoff="auto"`'s rule: keep a layer if solving it loses nothing, or if its probe
@@ -64,16 +87,20 @@ class AutoRule:
     of its input's variance (e.g. 32 filters on 5×5 = 25-value patches) keeps
     everything a trained version could use; it is kept whatever the probe says (the
     probe of a first layer compares with raw pixels, which a trained first layer would
-    not keep either). Not a Dense layer: one with more units than inputs spans its
-    input too, but its class directions can be nearly parallel (a tabular Dense(16)
-    over 12 features had kernel singular values down to 1e-3 of the largest and
-    trained at chance), so a Dense layer is always probed.
+    not keep either). Not a Dense layer on flat features: one with more units than
+    inputs spans its input too, but its class directions can be nearly parallel (a
+    tabular Dense(16) over 12 features had kernel singular values down to 1e-3 of the
+    largest and trained at chance), so such a layer is always probed. A Dense layer
+    applied to every step of a sequence (`PER_STEP_DENSE`, a token projection) is
+    judged as a convolution with a kernel of one: lossless when its units span a step's
+    features, and without `dense_gain` (measured in `bench_sequence`, where the Dense
+    rule rejected every one of them and cutoff 1 beat SGD).
 
     **Threshold**, for the layer at position `j` of the plan (0 = the first solvable layer), of kind
     `kind`, with `n` training samples per class:
 
         threshold = base_gain + gain_per_layer * j + gain_per_decade * log10(n)
-                    (+ dense_gain for a Dense layer)
+                    (+ dense_gain for a Dense layer on flat features)
 
     - `gain_per_layer`: a deeper layer needs more. The time scales the method rests on
       run bottom-up: the first layer is the one SGD brings to class-PCA first, and the
@@ -124,12 +151,13 @@ class AutoRule:
                 + self.gain_per_decade * math.log10(max(samples_per_class, 1.0)))
 
     def may_be_lossless(self, kind=None):
-        """Whether a layer of `kind` can be kept as lossless (not a Dense layer)."""
+        """Whether a layer of `kind` can be kept as lossless (not a Dense layer on flat
+        features)."""
         return self.lossless_share is not None and kind != "Dense"
 
     def lossless(self, explained_variance, kind=None):
         """Whether a layer of `kind` whose filters capture this share of its input's
-        variance is kept without a probe (never a Dense layer)."""
+        variance is kept without a probe (never a Dense layer on flat features)."""
         return self.may_be_lossless(kind) and explained_variance >= self.lossless_share
 
     def keep(self, gain, samples_per_class, kind=None, position=0, explained_variance=0.0):
@@ -143,7 +171,7 @@ class AutoRule:
             f"(= {self.base_gain:+.3f} {self.gain_per_decade:+.4f} × log10 of "
             f"{samples_per_class:,.0f} training samples per class), "
             f"{self.gain_per_layer:+.3f} more per layer above the first and "
-            f"{self.dense_gain:+.3f} more for a Dense layer"
+            f"{self.dense_gain:+.3f} more for a Dense layer on flat features"
             + ("" if self.lossless_share is None else
                f"; or if a convolution's filters capture ≥ {self.lossless_share:.0%} of its "
                "input's variance (lossless)")
