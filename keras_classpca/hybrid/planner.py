@@ -185,8 +185,11 @@ def _operations(model):
     outputs = graph_outputs(model)
     cached = _SEQUENTIAL_GRAPHS.get(model)
     if cached is None or cached[0] != [id(t) for t in outputs]:
-        graph = keras.Model(_single(model.inputs), _single(outputs))
-        cached = _SEQUENTIAL_GRAPHS[model] = ([id(t) for t in outputs], list(graph.operations))
+        try:
+            operations = list(keras.Model(_single(model.inputs), _single(outputs)).operations)
+        except (ValueError, TypeError):  # a graph Keras cannot wrap: its layers, as listed
+            operations = list(model.layers)
+        cached = _SEQUENTIAL_GRAPHS[model] = ([id(t) for t in outputs], operations)
     return list(cached[1])
 
 
