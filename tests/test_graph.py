@@ -120,3 +120,25 @@ def test_ensure_built_builds_unbuilt_sequential_and_rejects_unbuilt_subclass():
             r".*build it functionally.*ClassPCAInitializer.*adapt",
         ):
             ensure_built(model, (3,))
+
+
+def test_a_custom_layer_made_frozen_is_a_fixed_function_too():
+    # keras-io's TokenAndPositionEmbedding pattern: a layer holding two Embeddings, made
+    # with `trainable=False`. Keras leaves its inner variables marked trainable but
+    # trains none of them (`trainable_weights` is empty): it is passed, as a layer
+    # frozen after construction is.
+    class TokenAndPosition(L.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.token = L.Embedding(50, 8)
+            self.position = L.Embedding(10, 8)
+
+        def call(self, x):
+            return self.token(x) + self.position(keras.ops.arange(keras.ops.shape(x)[-1]))
+
+    embedding = TokenAndPosition(trainable=False, name="tp")
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.Dense(6, name="proj")(embedding(inputs))
+    model = keras.Model(inputs, L.Dense(3)(L.Dense(4)(L.GlobalAveragePooling1D()(h))))
+    assert embedding.trainable_weights == [] and any(w.trainable for w in embedding.weights)
+    assert plan_model(model).names[0] == "proj"

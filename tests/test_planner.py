@@ -411,3 +411,29 @@ def test_a_frozen_layer_of_another_kind_is_passed_and_the_message_says_so():
     assert "not a layer kind class-PCA solves" in reason
     assert "`layer.trainable = False`" in reason and "pretrained `Embedding`" in reason
     assert plan_model(build(False)).names == ["conv", "above"]
+
+
+@pytest.mark.parametrize("norm", [L.LayerNormalization, lambda: L.GroupNormalization(2)])
+def test_a_normalization_without_statistics_is_passed_and_frozen_with_its_reader(norm):
+    # ConvNeXt's stem is Conv2D -> LayerNormalization: a trainable LayerNormalization
+    # ended the plan at the stem. It passes as it is, like a BatchNormalization
+    # without the adapting, and is frozen only with a solved layer that reads it.
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 2, strides=2, name="stem")(inputs)
+    h = norm()(h) if not isinstance(norm, type) else norm(name="norm")(h)
+    h = L.Conv2D(6, 3, padding="same", activation="relu", name="second")(h)
+    h = L.Dense(5, name="above")(L.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, L.Dense(3)(h))
+    plan = plan_model(model)
+    norm_name = model.layers[2].name
+    assert plan.names == ["stem", "second", "above"]
+    assert plan.fixed_normalizations == [norm_name]
+    assert norm_name in plan.steps[1].depends_on
+    assert plan.frozen_names(1) == ["stem"]
+    assert plan.frozen_names(2) == ["stem", norm_name, "second"]
+    assert not any(norm_name == bn.name for bn, _, _ in plan.batchnorms_until(3))
+    # ConvNeXt: the stem, then the first block's depthwise conv and its two per-pixel
+    # Dense layers, up to the block's LayerScale (trainable weights of another kind).
+    convnext = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3),
+                                               classes=4)
+    assert len(plan_model(convnext).names) == 4

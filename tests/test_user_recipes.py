@@ -667,7 +667,7 @@ def test_a_solved_kernel_is_projected_by_the_layers_constraint_with_a_warning():
 
 
 def test_a_branch_merging_with_an_unsolvable_one_is_probed_on_its_own_output():
-    # c1 -> {c2a ; LayerNormalization -> c2b} -> Add: nothing after the merge is solved,
+    # c1 -> {c2a ; PReLU (trainable) -> c2b} -> Add: nothing after the merge is solved,
     # so c2a's gain is measured on its own output, not on c1's (a zero gain by
     # construction).
     from keras_classpca.hybrid.decision import probe_points
@@ -675,7 +675,7 @@ def test_a_branch_merging_with_an_unsolvable_one_is_probed_on_its_own_output():
     inputs = keras.Input((8, 8, 1))
     c1 = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inputs)
     c2a = L.Conv2D(4, 3, padding="same", activation="relu", name="c2a")(c1)
-    c2b = L.Conv2D(4, 3, padding="same", name="c2b")(L.LayerNormalization(name="ln")(c1))
+    c2b = L.Conv2D(4, 3, padding="same", name="c2b")(L.PReLU(name="prelu")(c1))
     merged = L.Add()([c2a, c2b])
     model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(merged)))
     plan = plan_model(model)
@@ -790,3 +790,42 @@ def test_a_quantized_layer_is_not_adapted_and_float16_batchnorm_statistics_are_c
                               L.Dense(3, activation="softmax")])
     with pytest.raises(ValueError, match=r"moving_variance of BatchNormalization.*float16"):
         hybridize(model, (images, y[:300]), cutoff=1, samples=None, scaling="unit", verbose=0)
+
+
+def test_hybridize_freezes_a_layer_normalization_its_solved_layer_reads():
+    x = np.random.default_rng(0).normal(size=(240, 8, 8, 2)).astype("float32")
+    y = np.arange(240) % 3
+    x[np.arange(240), :, :, 0] += y[:, None, None]
+
+    def build():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 2))
+        h = L.LayerNormalization(name="norm")(L.Conv2D(4, 2, strides=2, name="stem")(inputs))
+        h = L.Conv2D(6, 3, padding="same", activation="relu", name="second")(h)
+        return keras.Model(inputs, L.Dense(3, activation="softmax")(
+            L.GlobalAveragePooling2D()(h)))
+
+    model = build()
+    gamma = model.get_layer("norm").get_weights()
+    report = hybridize(model, (x, y), cutoff=2, samples=None, verbose=0)
+    assert report.frozen == ["stem", "norm", "second"]
+    assert not model.get_layer("norm").trainable
+    for before, after in zip(gamma, model.get_layer("norm").get_weights()):
+        np.testing.assert_array_equal(before, after)  # passed as it was, not adapted
+    # A lower cutoff releases it with the layer that read it.
+    with pytest.warns(UserWarning, match="froze norm, second"):
+        hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    assert model.get_layer("norm").trainable and model.get_layer("second").trainable
+    # fit_progressive freezes it with the first layer that reads it.
+    model = build()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = fit_progressive(model, x, y, epochs=3, settle=[1, 2], batch_size=32, verbose=0)
+    assert history.progressive.layers == ["stem", "second"]
+    assert not model.get_layer("norm").trainable and not model.get_layer("second").trainable
+    # One the user froze stays frozen when a lower cutoff releases the rest.
+    model = build()
+    model.get_layer("norm").trainable = False
+    hybridize(model, (x, y), cutoff=2, samples=None, verbose=0)
+    with pytest.warns(UserWarning, match=r"froze second, above"):
+        hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    assert not model.get_layer("norm").trainable

@@ -974,7 +974,7 @@ def _mark_and_freeze(model, plan, report, freeze, class_pca_options):
     """Mark what the solve set, freeze it (`freeze`), release what an earlier call
     froze beyond it, and compile a compiled model again so that this holds."""
     released = _release_earlier_solves(plan, len(report.layers), report.restored_activations)
-    for layer in _set_by_solve(plan, len(report.layers)):
+    for layer in _frozen_by_solve(plan, len(report.layers)):
         setattr(layer, SOLVED_MARK, True)
         if isinstance(layer, ClassPCAAdaptMixin):
             layer._adapted.assign(1)  # solved from data: `is_adapted`, as after adapt()
@@ -1069,7 +1069,7 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     replaced_any = bool(restore_replaced(model, [step.layer for step in plan.steps]))
     for step in plan.steps[:cutoff]:
         replaced_any = bool(replacer.replace(step.layer)) or replaced_any
-    for layer in _set_by_solve(plan, cutoff):
+    for layer in _frozen_by_solve(plan, cutoff):
         setattr(layer, SOLVED_MARK, True)
     frozen = _apply_freeze(plan, cutoff, freeze) if freeze else []
     if frozen or replaced_any:
@@ -1129,10 +1129,23 @@ def _set_by_solve(plan, cutoff):
         bn for bn, _, _ in plan.batchnorms_until(cutoff)]
 
 
+def _frozen_by_solve(plan, cutoff):
+    """What a solve of `cutoff` steps sets, and the other normalizations it freezes as
+    they are (a LayerNormalization a solved layer reads)."""
+    kept = set(plan.frozen_names(cutoff)) & set(plan.fixed_normalizations)
+    chosen = {id(layer) for layer in _set_by_solve(plan, cutoff)} | {
+        # One the user froze stays theirs (a later, lower cutoff must not release it).
+        id(layer) for layer in plan.layers if layer.name in kept
+        and (layer.trainable or getattr(layer, SOLVED_MARK, False))}
+    return [layer for layer in plan.layers if id(layer) in chosen]  # in graph order
+
+
 def _set_above(plan, cutoff):
-    """What a solve of every step sets beyond what a solve of `cutoff` steps sets."""
-    kept = {id(layer) for layer in _set_by_solve(plan, cutoff)}
-    return [layer for layer in _set_by_solve(plan, len(plan.steps)) if id(layer) not in kept]
+    """What a solve of every step sets or freezes beyond what a solve of `cutoff`
+    steps does."""
+    kept = {id(layer) for layer in _frozen_by_solve(plan, cutoff)}
+    return [layer for layer in _frozen_by_solve(plan, len(plan.steps))
+            if id(layer) not in kept]
 
 
 def _release_earlier_solves(plan, cutoff, restored=None):

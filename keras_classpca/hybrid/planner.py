@@ -15,7 +15,9 @@ sub-graph that computes a tensor — and returns a `Plan`:
   backbone used as a layer) are flattened into the graph.
 - BatchNormalization anywhere: adapted to the data (moving mean and variance) right
   after the last layer it depends on is solved (before the first step if it depends
-  on none); `step.batchnorms` lists them.
+  on none); `step.batchnorms` lists them. LayerNormalization, GroupNormalization
+  and RMSNormalization pass as they are (`FIXED_NORMALIZATIONS`; nothing to adapt)
+  and, like BatchNormalization, are frozen with the solved layers that read them.
 - `blocked`: the layers with trainable weights that cannot be solved, and why — a
   kind class-PCA does not solve, a head of the model (a layer that feeds no other
   layer with weights is always trained), or a layer depending on such a layer.
@@ -164,6 +166,18 @@ def shared_layer_calls(model):
     return {key: n for key, n in calls.items() if n > 1}
 
 
+# Normalizations without statistics to adapt: a layer reading one is solved on its
+# output as it is (`gamma`, `beta` at their values), and the normalization is frozen
+# with it.
+FIXED_NORMALIZATIONS = tuple(getattr(keras.layers, name) for name in (
+    "LayerNormalization", "GroupNormalization", "RMSNormalization")
+    if hasattr(keras.layers, name))
+
+
+def _is_fixed_normalization(layer):
+    return isinstance(layer, FIXED_NORMALIZATIONS)
+
+
 def _is_nested_model(operation):
     return isinstance(operation, keras.Model) and has_layer_graph(operation)
 
@@ -199,7 +213,9 @@ def _weighted(operation):
     Frozen layers of other kinds are fixed functions, like parameter-free ones."""
     if not isinstance(operation, keras.layers.Layer) or not operation.weights:
         return False
-    return is_solvable_kind(operation) or any(w.trainable for w in operation.weights)
+    # `trainable_weights`, not each variable's flag: a layer made with
+    # `trainable=False` keeps its inner layers' variables marked trainable.
+    return is_solvable_kind(operation) or bool(operation.trainable_weights)
 
 
 @dataclasses.dataclass
@@ -270,6 +286,9 @@ class Plan:
     top_input: tuple = None  # (tensor, scope): the input of the first blocked layer
     top_position: int = None  # index of the first blocked layer in `layers` (None: none)
     top_is_head: bool = False  # the first blocked layer is a head: the last step is under it
+    # Trainable normalizations other than BatchNormalization (`FIXED_NORMALIZATIONS`):
+    # passed as they are, frozen with the solved layers that read them.
+    fixed_normalizations: list = dataclasses.field(default_factory=list)
 
     @property
     def names(self):
@@ -302,8 +321,8 @@ class Plan:
 
     def frozen_names(self, cutoff):
         """Layers to freeze after solving `cutoff` steps, in graph order: the solved
-        layers and the BatchNormalization layers any solved layer depends on (they
-        must not move)."""
+        layers and the normalization layers any solved layer depends on (they must not
+        move): the BatchNormalization layers adapted, the others as they are."""
         steps = self.steps[:cutoff]
         needed = set()
         for step in steps:
@@ -311,6 +330,7 @@ class Plan:
         names = {step.name for step in steps}
         names.update(layer.name for layer, _, _ in self.batchnorms_until(cutoff)
                      if layer.name in needed)
+        names.update(needed & set(self.fixed_normalizations))
         return [layer.name for layer in self.layers if layer.name in names]
 
     def input_features(self, tensor, scope=(), mask=None):
@@ -512,8 +532,11 @@ def plan_model(model):
     # Forward: ancestors with trainable weights (solvable or not) and blockers.
     weighted = [_weighted(n.layer) for n in nodes]
     is_bn = [isinstance(n.layer, keras.layers.BatchNormalization) for n in nodes]
-    depends = []  # indices of the weighted non-BN ancestors of each node
-    bn_parents = []  # indices of its BN ancestors
+    # Normalizations pass (BatchNormalization adapted, the others as they are) and
+    # are frozen with the solved layers that read them.
+    is_norm = [is_bn[i] or _is_fixed_normalization(n.layer) for i, n in enumerate(nodes)]
+    depends = []  # indices of the weighted ancestors of each node, normalizations aside
+    bn_parents = []  # indices of its normalization ancestors
     tainted = []  # an ancestor (or itself) reads a tensor no node produces
     origin = []
     for node in nodes:
@@ -521,7 +544,7 @@ def plan_model(model):
         for p in node.parents:
             deps |= depends[p]
             bns |= bn_parents[p]
-            if is_bn[p]:
+            if is_norm[p]:
                 bns.add(p)
             elif weighted[p]:
                 deps.add(p)
@@ -536,7 +559,7 @@ def plan_model(model):
     feeds_weighted = [False] * len(nodes)
     for i in reversed(range(len(nodes))):
         for p in nodes[i].parents:
-            if (weighted[i] and not is_bn[i]) or feeds_weighted[i]:
+            if (weighted[i] and not is_norm[i]) or feeds_weighted[i]:
                 feeds_weighted[p] = True
 
     # Does a node's output reach a dead end — a tensor no node of the graph reads and
@@ -552,7 +575,7 @@ def plan_model(model):
         if not has_child[i] and i not in outputs:
             dead_end[i] = True
         for p in nodes[i].parents:
-            if dead_end[i] and not (weighted[i] and not is_bn[i]):
+            if dead_end[i] and not (weighted[i] and not is_norm[i]):
                 dead_end[p] = True
 
     # Layers whose first call is in another model: they read tensors this graph does
@@ -564,7 +587,7 @@ def plan_model(model):
     reasons, heads = {}, set()
     for i, node in enumerate(nodes):
         layer = node.layer
-        if not weighted[i] or is_bn[i]:
+        if not weighted[i] or is_norm[i]:
             continue
         reason = None
         shared_scope = next((m for m in node.scope if id(m) in shared), None)
@@ -637,7 +660,7 @@ def plan_model(model):
             leading.append(entry)
         else:
             steps[max(taken[j] for j in depends[i])].batchnorms.append(entry)
-    # A solved layer also depends on the BatchNormalization layers before it.
+    # A solved layer also depends on the normalization layers before it.
     for i, node in enumerate(nodes):
         if i in taken:
             steps[taken[i]].depends_on.extend(nodes[j].layer.name for j in sorted(bn_parents[i]))
@@ -647,6 +670,8 @@ def plan_model(model):
                          None)
     top = (nodes[first_blocked].inputs[0], nodes[first_blocked].scope) if (
         first_blocked is not None) else (_single(graph_outputs(model)), ())
+    fixed_normalizations = [n.layer.name for i, n in enumerate(nodes)
+                            if is_norm[i] and not is_bn[i] and n.layer.weights]
     return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes],
                 [list(n.parents) for n in nodes], top, first_blocked,
-                top_is_head=first_blocked in heads)
+                top_is_head=first_blocked in heads, fixed_normalizations=fixed_normalizations)

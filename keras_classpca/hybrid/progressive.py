@@ -374,11 +374,14 @@ class _Unit:
 
 def _units(plan):
     """The plan's steps in order; the BatchNormalization layers before the first one
-    freeze with it."""
-    units = []
+    freeze with it, and another normalization with the first step that reads it."""
+    units, taken = [], set()
     for i, step in enumerate(plan.steps):
         batchnorms = (plan.leading_batchnorms if i == 0 else []) + step.batchnorms
-        members = [step.layer] + [layer for layer, _, _ in batchnorms]
+        norms = [layer for layer in plan.layers if layer.name in step.depends_on
+                 and layer.name in plan.fixed_normalizations and layer.name not in taken]
+        taken.update(layer.name for layer in norms)
+        members = [step.layer] + [layer for layer, _, _ in batchnorms] + norms
         units.append(_Unit(step.layer, members, step.input, step.output, step.scope,
                            step.input_mask))
     return units

@@ -80,8 +80,8 @@ def unsolvable_reason(layer):
         return (
             f"{name} is not a layer kind class-PCA solves ({SOLVABLE_NAMES}); "
             "other layers with trainable weights end the solved prefix. One that is "
-            "to stay as it is (a pretrained `Embedding`, a `LayerNormalization`) is "
-            "passed once frozen: `layer.trainable = False`."
+            "to stay as it is (a pretrained `Embedding`) is passed once frozen: "
+            "`layer.trainable = False`."
             + (" A Dense layer needs no TimeDistributed wrapper: on a sequence it "
                "applies to every step, and is solved so."
                if isinstance(layer, keras.layers.TimeDistributed)
