@@ -155,6 +155,42 @@ def test_hybridize_solves_a_dense_layer_on_masked_steps_from_the_unmasked_ones()
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_batches_padded_to_their_own_length_are_read_by_every_path():
+    # `padded_batch` on variable-length sequences: each batch is as long as its longest
+    # sequence. The decision's sample and snap's sample concatenated them and failed.
+    x, y = _padded_tokens(n=300)
+    lengths = np.count_nonzero(x, axis=1)
+    order = np.argsort(lengths, kind="stable")  # batches of growing length
+    batches = [(x[order][i:i + 60, :max(1, lengths[order][i:i + 60].max())],
+                y[order][i:i + 60]) for i in range(0, 300, 60)]
+    assert len({batch.shape[1] for batch, _ in batches}) > 1
+
+    def build():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((None,), dtype="int32"),
+                                 L.Embedding(31, 6, mask_zero=True, trainable=False),
+                                 L.Dense(5, activation="relu", name="per_step"),
+                                 L.GlobalAveragePooling1D(), L.Dense(3, activation="softmax")])
+
+    report = hybridize(build(), batches, seed=0, verbose=0)  # cutoff="auto"
+    assert report.evidence["layers"][0]["layer"] == "per_step"
+    report = hybridize(build(), batches, cutoff=1, samples=None, verbose=0)
+    assert report.layers[0].rows == int(lengths.sum())
+
+
+    class Batches(keras.utils.PyDataset):  # what fit takes for batches of their own length
+        def __len__(self):
+            return len(batches)
+
+        def __getitem__(self, index):
+            return batches[index]
+
+    model = build()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = fit_progressive(model, Batches(), epochs=2, settle=[1], snap=True, verbose=0)
+    assert "per_step" in history.progressive.snapped
+
+
 def test_batchnorm_on_masked_steps_is_adapted_to_the_unmasked_ones():
     # Keras' BatchNormalization computes its training moments over the unmasked steps.
     x, y = _padded_tokens()

@@ -229,6 +229,29 @@ def as_standard_float(array):
     return array
 
 
+def concatenate_batches(batches):
+    """Batches of samples as one array. Batches of different lengths (a dataset of
+    variable-length sequences under `padded_batch`, each batch padded to its own
+    longest) are padded with zeros at the end of each axis to the longest, as
+    `padded_batch` pads: the zeros are masked where the model masks padding.
+
+    >>> concatenate_batches([np.ones((2, 3)), np.ones((1, 5))]).tolist()
+    [[1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]]
+    """
+    batches = [np.asarray(batch) for batch in batches]
+    shapes = {batch.shape[1:] for batch in batches}
+    if len(shapes) > 1:
+        if len({len(shape) for shape in shapes}) > 1:
+            raise ValueError(
+                "The batches of `data` hold samples of different ranks "
+                f"({sorted(shapes, key=len)}): every batch must have the model's input rank.")
+        longest = tuple(max(sizes) for sizes in zip(*shapes))
+        batches = [np.pad(batch, [(0, 0)] + [(0, full - size) for full, size in
+                                             zip(longest, batch.shape[1:])])
+                   for batch in batches]
+    return np.concatenate(batches)
+
+
 def _is_input_dict(x):
     """A dict of named inputs (not an array that is a dict, e.g. scipy's `dok_array`)."""
     return isinstance(x, dict) and not hasattr(x, "shape")

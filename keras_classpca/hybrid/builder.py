@@ -30,6 +30,7 @@ from keras_classpca.core.data_adapter import (
     _is_input_dict,
     as_arrays,
     as_one_class,
+    concatenate_batches,
     is_infinite,
     is_unlabeled,
     iter_batches,
@@ -279,7 +280,7 @@ class _DataPasses:
                 break
         if not xs:
             raise ValueError("`data` is empty: no samples to solve the layers on.")
-        x, labels = np.concatenate(xs), np.concatenate(ys)
+        x, labels = concatenate_batches(xs), np.concatenate(ys)
         if count < n or not expected_classes or len(np.unique(labels)) >= expected_classes:
             return x, labels
         return self._random_subset(n)
@@ -294,7 +295,7 @@ class _DataPasses:
             batch = (keys, seen + np.arange(len(x)), x, labels)
             seen += len(x)
             if kept is not None:
-                batch = tuple(np.concatenate(pair) for pair in zip(kept, batch))
+                batch = tuple(concatenate_batches(pair) for pair in zip(kept, batch))
             best = np.argsort(batch[0], kind="stable")[:n]
             kept = tuple(part[best] for part in batch)
         self.seen = seen

@@ -44,6 +44,7 @@ import numpy as np
 from keras_classpca._warnings import warn
 from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
 from keras_classpca.core.data_adapter import (
+    concatenate_batches,
     iter_batches,
     pair_given_as_x_error,
     readable_data,
@@ -437,7 +438,7 @@ def _sample(x, y, samples, seed, need_labels):
         ys.append(np.asarray(batch_y))
     if not xs:
         raise ValueError("`x` is empty: no samples to draw the probe from.")
-    return np.concatenate(xs), labels_to_int(np.concatenate(ys)) if need_labels else None
+    return concatenate_batches(xs), labels_to_int(np.concatenate(ys)) if need_labels else None
 
 
 def _predict(model, x, batch_size=256):
