@@ -383,7 +383,8 @@ def test_a_mask_entering_a_nested_model_blocks_its_dense_layer():
     h = L.Dense(5, name="above")(L.GlobalAveragePooling1D()(h))
     model = keras.Model(inputs, L.Dense(3)(h))
     reasons = dict(plan_model(model).blocked)
-    assert "reads a masked tensor inside the nested model 'inner'" in reasons["per_step"]
+    assert ("reads a masked tensor inside the nested model 'inner', with a mask from "
+            "outside it") in reasons["per_step"]
     assert "`ClassPCADense.adapt`" in reasons["per_step"]
     assert "depends on Dense 'per_step'" in reasons["above"]
     # The mask ends at a mean over the steps: the Dense layer after it reads none.
@@ -394,6 +395,20 @@ def test_a_mask_entering_a_nested_model_blocks_its_dense_layer():
     h = inner(L.Embedding(20, 4, mask_zero=True, trainable=False)(inputs))
     model = keras.Model(inputs, L.Dense(3)(L.Dense(5)(h)))
     assert plan_model(model).names[0] == "after_pool"
+
+
+def test_a_mask_made_inside_a_nested_model_is_read_there():
+    # An encoder sub-model holding its own Embedding(mask_zero=True): its graph shows
+    # the mask, and its per-token Dense layer is solved from the unmasked steps.
+    tokens = keras.Input((12,), dtype="int32")
+    h = L.Embedding(20, 4, mask_zero=True, trainable=False)(tokens)
+    encoder = keras.Model(tokens, L.Dense(6, activation="relu", name="per_step")(h),
+                          name="encoder")
+    inputs = keras.Input((12,), dtype="int32")
+    h = L.Dense(5, name="above")(L.GlobalAveragePooling1D()(encoder(inputs)))
+    plan = plan_model(keras.Model(inputs, L.Dense(3)(h)))
+    assert plan.names[:1] == ["per_step"] and plan.steps[0].input_mask is not None
+    assert plan.steps[0].scope == (encoder,)
 
 
 def test_a_frozen_layer_of_another_kind_is_passed_and_the_message_says_so():

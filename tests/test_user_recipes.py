@@ -237,6 +237,21 @@ def test_snap_solves_a_masked_dense_layer_from_its_unmasked_steps():
     assert off > 1e-2
 
 
+def test_a_dense_layer_on_masked_steps_inside_an_encoder_is_solved_from_them():
+    x, y = _padded_tokens()
+    keras.utils.set_random_seed(0)
+    embedding = L.Embedding(31, 6, mask_zero=True, trainable=False)
+    tokens = keras.Input((10,), dtype="int32")
+    encoder = keras.Model(tokens, L.Dense(5, activation="relu", name="per_step")(
+        embedding(tokens)), name="encoder")
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.Dense(4, name="above")(L.GlobalAveragePooling1D()(encoder(inputs)))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(h))
+    report = hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    assert report.layers[0].name == "per_step"
+    assert report.layers[0].rows == int(np.count_nonzero(x))
+
+
 def test_the_auto_cutoff_solves_a_masked_dense_layer_from_its_unmasked_steps():
     # Labels the tokens do not tell: the probe before the layer leaves room for a
     # gain, so the decision solves the layer (from the unmasked steps) to measure it.

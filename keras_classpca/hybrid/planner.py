@@ -335,17 +335,17 @@ class Plan:
 
     def input_features(self, tensor, scope=(), mask=None):
         """The predictor of a layer's input `tensor`: `feature_model(tensor, scope)`,
-        or for an input with a `mask` (`PlanStep.input_mask`, top model only) a
-        `MaskedRows` of its unmasked steps."""
+        or for an input with a `mask` (`PlanStep.input_mask`, a symbolic mask of the
+        graph of `scope`) a `MaskedRows` of its unmasked steps."""
         if mask is None:
             return self.feature_model(tensor, scope)
-        return MaskedRows(keras.Model(_single(self.model.inputs), [tensor, mask]))
+        return MaskedRows(self.feature_model([tensor, mask], scope))
 
     def batchnorm_features(self, layer, tensor, scope=()):
-        """The predictor of BatchNormalization `layer`'s input `tensor`: on a masked
-        tensor of the top model, of its unmasked steps when the layer normalizes the
+        """The predictor of BatchNormalization `layer`'s input `tensor`: on a tensor
+        with a mask in its graph, of its unmasked steps when the layer normalizes the
         last axis (Keras' BatchNormalization computes its training moments over those)."""
-        mask = None if scope else getattr(tensor, "_keras_mask", None)
+        mask = getattr(tensor, "_keras_mask", None)
         rank = len(tensor.shape)
         axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
         if mask is not None and ([a % rank for a in axes] != [rank - 1]
@@ -354,7 +354,8 @@ class Plan:
         return self.input_features(tensor, scope, mask)
 
     def feature_model(self, tensor, scope=()):
-        """A predictor from the model's input to `tensor` of the graph of `scope`.
+        """A predictor from the model's input to `tensor` (or a list of tensors) of the
+        graph of `scope`.
 
         A `keras.Model` for tensors of the top model; for a tensor inside nested
         models, a `FeatureModel` that runs one sub-model per nesting level.
@@ -382,7 +383,7 @@ class FeatureModel:
 
     def predict_on_batch(self, x):
         for model in self.models:
-            x = keras.ops.convert_to_numpy(model.predict_on_batch(x))
+            x = keras.tree.map_structure(keras.ops.convert_to_numpy, model.predict_on_batch(x))
         return x
 
     def __call__(self, x, **kwargs):
@@ -486,14 +487,15 @@ def _masked_rows_refusal(node):
     if not layer.supports_masking:
         return None
     mask = getattr(node.inputs[0], "_keras_mask", None)
-    if node.scope or mask is None:
-        where = "" if not node.scope else f" inside the nested model '{node.scope[-1].name}'"
+    if mask is None:  # a mask crossing a nested model: Keras applies it when it runs
+        where = (f"inside the nested model '{node.scope[-1].name}', with a mask from "
+                 "outside it" if node.scope else "returned by a nested model")
         return (
-            f"{_name(layer)} reads a masked tensor{where} (after `Masking` or "
-            "`Embedding(mask_zero=True)`) whose mask the planner can compute only in "
-            "the top model's graph: its class statistics would count the padded steps "
-            "as data. Train it, or solve it on unpadded inputs with "
-            f"`{_adaptable_class(layer)}.adapt`."
+            f"{_name(layer)} reads a masked tensor {where} (after `Masking` or "
+            "`Embedding(mask_zero=True)`): the graph does not show the mask, so its "
+            "class statistics would count the padded steps as data. Train it, keep the "
+            "masking layer and the layers reading its mask in one model, or solve it on "
+            f"unpadded inputs with `{_adaptable_class(layer)}.adapt`."
         )
     if tuple(mask.shape) != tuple(node.inputs[0].shape[:-1]):
         return (
