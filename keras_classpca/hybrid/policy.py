@@ -94,7 +94,7 @@ class AutoRule:
     applied to every step of a sequence (`PER_STEP_DENSE`, a token projection) is
     judged as a convolution with a kernel of one: lossless when its units span a step's
     features, and without `dense_gain` (measured in `bench_sequence`, where the Dense
-    rule rejected every one of them and cutoff 1 beat SGD).
+    rule rejected every one of them; cutoff 1 beat SGD in 15 of 18 runs).
 
     **Threshold**, for the layer at position `j` of the plan (0 = the first solvable layer), of kind
     `kind`, with `n` training samples per class:
