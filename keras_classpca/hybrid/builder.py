@@ -1133,11 +1133,10 @@ def _set_by_solve(plan, cutoff):
 def _frozen_by_solve(plan, cutoff):
     """What a solve of `cutoff` steps sets, and the other normalizations it freezes as
     they are (a LayerNormalization a solved layer reads)."""
-    kept = set(plan.frozen_names(cutoff)) & set(plan.fixed_normalizations)
     chosen = {id(layer) for layer in _set_by_solve(plan, cutoff)} | {
         # One the user froze stays theirs (a later, lower cutoff must not release it).
-        id(layer) for layer in plan.layers if layer.name in kept
-        and (layer.trainable or getattr(layer, SOLVED_MARK, False))}
+        id(layer) for layer in plan.normalizations_read(plan.cut(cutoff))
+        if layer.trainable or getattr(layer, SOLVED_MARK, False)}
     return [layer for layer in plan.layers if id(layer) in chosen]  # in graph order
 
 
@@ -1271,8 +1270,8 @@ def _distributable(step):
     """Whether `hybridize(strategy=...)` accumulates this step's statistics over the
     strategy: Dense and ungrouped ConvND layers of the top model (not a dilated
     Conv3D). Others (depthwise, separable, grouped, inside a nested model, reading a
-    masked tensor) are solved
-    in this process from its `data`, as BatchNormalization moments are."""
+    masked tensor) are solved in this process from its `data`, as BatchNormalization
+    moments are."""
     from keras_classpca.distributed import replica_rows_refusal
 
     return (not step.scope and step.input_mask is None

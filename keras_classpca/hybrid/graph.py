@@ -75,6 +75,13 @@ def draws_random(layer):
     )
 
 
+def normalized_axes(layer, rank):
+    """The axes a BatchNormalization `layer` normalizes over a tensor of `rank`, as
+    non-negative indices (its `axis` may be one int, negative)."""
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    return [axis % rank for axis in axes]
+
+
 def predict_batch(model, x, pad_to):
     """`model.predict_on_batch(x)` as numpy, padding a shorter batch to `pad_to` rows
     (copies of its first row; their outputs are dropped).

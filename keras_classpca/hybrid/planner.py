@@ -41,7 +41,12 @@ import weakref
 import keras
 import numpy as np
 
-from keras_classpca.hybrid.graph import has_layer_graph, no_graph_error, predict_batch
+from keras_classpca.hybrid.graph import (
+    has_layer_graph,
+    no_graph_error,
+    normalized_axes,
+    predict_batch,
+)
 from keras_classpca.layers.geometry import is_solvable_kind, unsolvable_reason
 
 
@@ -330,8 +335,15 @@ class Plan:
         names = {step.name for step in steps}
         names.update(layer.name for layer, _, _ in self.batchnorms_until(cutoff)
                      if layer.name in needed)
-        names.update(needed & set(self.fixed_normalizations))
+        names.update(layer.name for layer in self.normalizations_read(steps))
         return [layer.name for layer in self.layers if layer.name in names]
+
+    def normalizations_read(self, steps):
+        """The normalizations other than BatchNormalization (`fixed_normalizations`)
+        that `steps` depend on, in graph order: frozen with them, as they are."""
+        needed = {name for step in steps for name in step.depends_on}
+        return [layer for layer in self.layers
+                if layer.name in needed and layer.name in self.fixed_normalizations]
 
     def input_features(self, tensor, scope=(), mask=None):
         """The predictor of a layer's input `tensor`: `feature_model(tensor, scope)`,
@@ -347,8 +359,7 @@ class Plan:
         last axis (Keras' BatchNormalization computes its training moments over those)."""
         mask = getattr(tensor, "_keras_mask", None)
         rank = len(tensor.shape)
-        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        if mask is not None and ([a % rank for a in axes] != [rank - 1]
+        if mask is not None and (normalized_axes(layer, rank) != [rank - 1]
                                  or tuple(mask.shape) != tuple(tensor.shape[:-1])):
             mask = None
         return self.input_features(tensor, scope, mask)
@@ -619,8 +630,8 @@ def plan_model(model):
             )
         elif not is_solvable_kind(layer) or unsolvable_reason(layer):
             reason = unsolvable_reason(layer)
-        elif node.masked and _masked_rows_refusal(node):
-            reason = _masked_rows_refusal(node)
+        elif node.masked and (refusal := _masked_rows_refusal(node)):
+            reason = refusal
         elif not feeds_weighted[i] and dead_end[i]:
             reason = (
                 f"{_name(layer)} feeds a layer call the model's graph does not show (a "

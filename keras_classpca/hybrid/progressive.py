@@ -379,8 +379,8 @@ def _units(plan):
     units, taken = [], set()
     for i, step in enumerate(plan.steps):
         batchnorms = (plan.leading_batchnorms if i == 0 else []) + step.batchnorms
-        norms = [layer for layer in plan.layers if layer.name in step.depends_on
-                 and layer.name in plan.fixed_normalizations and layer.name not in taken]
+        norms = [layer for layer in plan.normalizations_read([step])
+                 if layer.name not in taken]
         taken.update(layer.name for layer in norms)
         members = [step.layer] + [layer for layer, _, _ in batchnorms] + norms
         units.append(_Unit(step.layer, members, step.input, step.output, step.scope,

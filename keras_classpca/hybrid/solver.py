@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_classpca.core.data_adapter import as_standard_float
-from keras_classpca.hybrid.graph import predict_batch
+from keras_classpca.hybrid.graph import normalized_axes, predict_batch
 from keras_classpca.layers.geometry import (
     LayerStatistics,
     UnsolvableDataError,
@@ -162,8 +162,7 @@ class MomentsConsumer:
         self.squares = None
 
     def __call__(self, h, labels, end):
-        axes = self.layer.axis if isinstance(self.layer.axis, (list, tuple)) else [self.layer.axis]
-        axes = [a % h.ndim for a in axes]
+        axes = normalized_axes(self.layer, h.ndim)
         reduce = tuple(a for a in range(h.ndim) if a not in axes)
         h = h.astype(np.float64)
         if self.total is None:
