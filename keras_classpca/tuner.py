@@ -36,7 +36,6 @@ from keras_classpca.hybrid.builder import (
 )
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
 from keras_classpca.hybrid.graph import (
-    check_single_input,
     ensure_built,
     has_layer_graph,
     no_graph_error,
@@ -94,9 +93,20 @@ def _declared(value, values):
 
 def _named_input(data):
     """`(x, y)` data with `x` given as `{"image": x}` (as `fit` takes it) unwrapped."""
-    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and isinstance(data[0], dict):
+    if (isinstance(data, (tuple, list)) and len(data) in (2, 3) and isinstance(data[0], dict)
+            and len(data[0]) == 1):
         return (single_input(data[0]),) + tuple(data[1:])
     return data
+
+
+def _arrays(data):
+    """`(x, y)` arrays, `x` an array or (for a multi-input model) a list, tuple or dict
+    of arrays: data the tuner can fingerprint itself."""
+    if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
+        return False
+    leaves = keras.tree.flatten(data[0]) if isinstance(data[0], (list, tuple, dict)) else [
+        data[0]]
+    return bool(leaves) and all(hasattr(part, "shape") for part in leaves + [data[1]])
 
 
 def _from_tuner(callbacks):
@@ -302,7 +312,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.cache = bool(cache)
         self.cache_dir = cache_dir
         self.hybridize_options = dict({"verbose": 0}, **hybridize_options)
-        if self.cache and data_fingerprint is None and not is_array_data(_named_input(data)):
+        if self.cache and data_fingerprint is None and not _arrays(data):
             raise ValueError(
                 "`data_fingerprint` is required with `cache=True` when `data` is not "
                 "(x, y) arrays: a string that changes whenever the data changes."
@@ -347,9 +357,6 @@ class HybridHyperModel(keras_tuner.HyperModel):
         if not isinstance(model, keras.Model):
             return model  # the tuner reports a build function that returns no model
         max_cutoff = self.max_cutoff
-        if max_cutoff != 0 and has_layer_graph(model):
-            # Refused when the tuner is built, not by every solving trial's `fit`.
-            check_single_input(model, "HybridHyperModel")
         if max_cutoff is None:
             max_cutoff = self._solvable_layers(model)
         cutoff = hp.Int(CUTOFF, 0, max_cutoff)
@@ -418,7 +425,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         identity = tuple(id(part) for part in self.data)
         if self._fingerprint is None or self._fingerprint_of != identity:
             x, y = readable_data(tuple(_named_input(self.data)[:2]))
-            self._fingerprint = data_fingerprint(np.asarray(x), np.asarray(y))
+            self._fingerprint = data_fingerprint(x, np.asarray(y))
             self._fingerprint_of = identity
         return self._fingerprint
 

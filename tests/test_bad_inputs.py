@@ -395,11 +395,11 @@ CASES = [
         "no layer graph.*build it functionally.*ClassPCAInitializer.*adapt",
     ),
     Case(
-        "hybridize-two-inputs",
+        "hybridize-two-inputs-given-one",
         _on(lambda t: _two_inputs(),
-            lambda m, t: hybridize(m, ((X, X), Y), cutoff=1, verbose=0)),
+            lambda m, t: hybridize(m, (X, Y), cutoff=1, verbose=0)),
         ValueError,
-        r"`model` has 2 inputs \(a, b\); hybridize solves models with a single input",
+        r"The model has 2 inputs \(a, b\), so `x` must hold one array per input",
     ),
     Case(
         "hybridize-labels-out-of-range",

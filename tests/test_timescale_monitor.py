@@ -368,3 +368,30 @@ def test_a_run_stopped_early_is_checked_after_its_last_epoch_and_nan_data_is_ref
     bad[5, 2] = np.nan
     with pytest.raises(ValueError, match="`data` contains NaN"):
         TimescaleMonitor((bad, y), samples=150)
+
+
+def test_a_dense_layer_on_masked_steps_is_measured_on_the_unmasked_steps():
+    # Sequences of 6 steps padded with 4 zero steps behind a `Masking` layer must
+    # measure as the same sequences without the padding: the layers above skip it.
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 3
+    steps = rng.normal(size=(120, 6, 5)).astype("float32")
+    steps[np.arange(120), :, y] += 2.0
+    padded = np.concatenate([steps, np.zeros((120, 4, 5), "float32")], axis=1)
+
+    def build(length, masked):
+        inputs = keras.Input((length, 5))
+        hidden = keras.layers.Masking(0.0)(inputs) if masked else inputs
+        hidden = keras.layers.Dense(4, activation="relu", name="proj")(hidden)
+        pooled = keras.layers.GlobalAveragePooling1D()(hidden)
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+
+    plain, masked = build(6, False), build(10, True)
+    masked.set_weights(plain.get_weights())
+    overlaps = {}
+    for name, model, x in (("plain", plain, steps), ("masked", masked, padded)):
+        monitor = TimescaleMonitor((x, y), samples=120, layers=["proj"], noise_ceiling=True)
+        monitor.set_model(model)
+        overlap, _, _, _, ceiling = monitor.measure()["proj"]
+        overlaps[name] = (overlap, ceiling)
+    np.testing.assert_allclose(overlaps["masked"], overlaps["plain"], rtol=1e-5)

@@ -162,26 +162,34 @@ def test_the_cutoff_may_be_fixed_or_narrowed_outside_the_search():
     assert narrowed.get("cutoff") == 1 and isinstance(model, keras.Model)
 
 
-@pytest.mark.parametrize("max_cutoff", [None, 2])
-def test_a_multi_input_model_is_refused_when_the_tuner_is_built(tmp_path, max_cutoff):
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_multi_input_model_is_searched_with_its_prefix_cache(tmp_path, as_dict):
     x, y = _data()
+    meta = x[:, :5] + 1.0
 
     def two_inputs(hp):
-        first, second = keras.Input((12,)), keras.Input((12,))
-        merged = keras.layers.Concatenate()(
-            [keras.layers.Dense(4, activation="relu")(first), keras.layers.Dense(4)(second)])
-        model = keras.Model([first, second], keras.layers.Dense(3, activation="softmax")(merged))
-        model.compile("adam", "sparse_categorical_crossentropy")
+        first, second = keras.Input((12,), name="first"), keras.Input((5,), name="second")
+        merged = L.Concatenate()([L.Dense(4, activation="relu", name="a")(first),
+                                  L.Dense(4, name="b")(second)])
+        model = keras.Model([first, second], L.Dense(3, activation="softmax")(merged))
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"],
+                      run_eagerly=True)
         return model
 
-    hypermodel = HybridHyperModel(two_inputs, ([x, x], y), data_fingerprint="v1",
-                                  max_cutoff=max_cutoff)
-    # Before: every trial with a solved prefix failed in `fit` and the search went on.
-    with pytest.raises(ValueError, match="2 inputs.*HybridHyperModel solves models with a single"):
-        keras_tuner.GridSearch(hypermodel, objective="loss", directory=tmp_path)
-    # Nothing to solve: the search is plain training.
-    HybridHyperModel(two_inputs, ([x, x], y), data_fingerprint="v1",
-                     max_cutoff=0).build(keras_tuner.HyperParameters())
+    inputs = {"first": x, "second": meta} if as_dict else [x, meta]
+    hypermodel = HybridHyperModel(two_inputs, (inputs, y), search_options=False)
+    tuner = keras_tuner.GridSearch(hypermodel, objective="accuracy", max_trials=3,
+                                   directory=tmp_path, project_name="two")
+    tuner.search(inputs, y, **FIT)
+    trials = sorted(_completed(tuner), key=lambda t: t.hyperparameters.get("cutoff"))
+    assert [t.hyperparameters.get("cutoff") for t in trials] == [0, 1, 2]
+    # cutoff 2 reuses cutoff 1's solve of "a" from the cache and solves "b" only.
+    assert (hypermodel.solve_cache.hits, hypermodel.solve_cache.misses) == (1, 2)
+    assert [layer.name for layer in hypermodel.last_report.layers] == ["a", "b"]
+    # The best model reloads with the prefix its trial solved frozen.
+    best, best_hp = tuner.get_best_models(1)[0], tuner.get_best_hyperparameters(1)[0]
+    frozen = [name for name in ("a", "b") if not best.get_layer(name).trainable]
+    assert frozen == ["a", "b"][:best_hp.get("cutoff")]
 
 
 def test_constructor_errors():

@@ -73,6 +73,9 @@ def is_xy_pair(data):
         x = next(iter(x.values()))  # {"input name": x}, as `Model.fit` takes
     elif _is_input_list(x):
         x = x[0]  # [x]: the inputs of a one-input model as a list, as `Model.fit` takes
+    elif _is_several_inputs(x):
+        # (x1, x2): the inputs of a multi-input model (their lengths checked when packed)
+        return _is_array_like(y) and len(y.shape) > 0
     if not _is_array_like(x):
         return False
     if _is_array_like(y):
@@ -262,19 +265,34 @@ def _is_input_list(x):
     return isinstance(x, (list, tuple)) and len(x) == 1 and _is_array_like(x[0])
 
 
-def single_input(x):
+def _is_several_inputs(x):
+    """`(x1, x2, ...)` or `[x1, x2, ...]`: the inputs of a multi-input model, as
+    `Model.fit` takes them."""
+    return (isinstance(x, (list, tuple)) and len(x) > 1
+            and all(_is_array_like(part) and len(part.shape) > 0 for part in x))
+
+
+def single_input(x, inputs=None):
     """`x`, or the one value of a dict of inputs (`{"image": x}` for a model whose
     single `keras.Input` is named "image", as `Model.fit` accepts) or of a one-element
-    list `[x]`; a `ValueError` for a dict of several inputs."""
+    list `[x]`; a `ValueError` for the data of several inputs. With `inputs` (a
+    multi-input model's `InputPacking`), `x`'s inputs packed into one array."""
+    if inputs is not None:
+        return inputs.pack(x)
     if _is_input_list(x):
         return x[0]
+    if _is_several_inputs(x):
+        raise ValueError(
+            f"`x` is a {type(x).__name__} of {len(x)} arrays (the inputs of a "
+            "multi-input model), but the model has a single input: pass that input's "
+            "array."
+        )
     if not _is_input_dict(x):
         return x
     if len(x) != 1:
         raise ValueError(
-            f"`x` is a dict of {len(x)} inputs ({sorted(x)}); class-PCA solves the layers "
-            "of a single-input model, so the data must hold one input: an array, or a "
-            "dict with one entry."
+            f"`x` is a dict of {len(x)} inputs ({sorted(x)}) for a single-input model: "
+            "the data must hold its one input, an array or a dict with one entry."
         )
     return next(iter(x.values()))
 
@@ -292,8 +310,10 @@ def _to_numpy(value, name):
     )
 
 
-def as_arrays(data, y=None):
+def as_arrays(data, y=None, inputs=None):
     """`(x, y)` if `data` is in-memory arrays or tensors (`x` with `y`, or a pair), else None.
+
+    `inputs`: a multi-input model's `InputPacking`; `x` is then its inputs packed.
 
     >>> import numpy as np
     >>> as_arrays((np.zeros((2, 3)), np.arange(2)))[0].shape
@@ -301,14 +321,14 @@ def as_arrays(data, y=None):
     >>> as_arrays(iter([])) is None
     True
     """
-    if y is not None and _is_input_dict(data):
-        return single_input(data), y
+    if y is not None and (_is_input_dict(data) or inputs is not None):
+        return single_input(data, inputs), y
     if y is not None and _is_array_like(data):
         return data, y
     if y is not None and hasattr(data, "__array__"):  # e.g. a pandas DataFrame
         return data, y
     if y is None and is_xy_pair(data):
-        return _split_element(data, "`data`")  # (warns about sample weights)
+        return _split_element(data, "`data`", inputs=inputs)  # (warns about weights)
     return None
 
 
@@ -378,9 +398,10 @@ def _is_py_dataset(data):
     return utils is not None and isinstance(data, utils.PyDataset)
 
 
-def _split_element(element, where, keep_weights=False):
+def _split_element(element, where, keep_weights=False, inputs=None):
     """`(x, y)` or `(x, y, sample_weight)` -> `(x, y)` (`(x, y, sample_weight or None)`
-    with `keep_weights`, for training), with clear errors otherwise."""
+    with `keep_weights`, for training), with clear errors otherwise; `inputs` (an
+    `InputPacking`) packs a multi-input model's `x`."""
     if isinstance(element, dict):
         raise ValueError(
             f"{where} yields dicts with keys {sorted(element)}; class-PCA needs "
@@ -396,7 +417,7 @@ def _split_element(element, where, keep_weights=False):
             "(a layer's `adapt` also takes a generator or PyDataset of `x` batches)."
         )
     weights = element[2] if len(element) == 3 else None
-    x = single_input(element[0])
+    x = single_input(element[0], inputs)
     if keep_weights:
         return x, element[1], weights
     if weights is not None:
@@ -443,6 +464,8 @@ def _is_unbatched(dataset):
     (`dataset.unbatch().batch(n)`).
     """
     x_spec, y_spec = dataset.element_spec[:2]
+    while isinstance(x_spec, (tuple, list, dict)) and x_spec:  # several inputs: the first
+        x_spec = x_spec[sorted(x_spec)[0]] if isinstance(x_spec, dict) else x_spec[0]
     y_shape = y_spec.shape
     if y_shape.rank == 0:
         return True
@@ -523,7 +546,7 @@ def _py_dataset_batches(py_dataset, split=_split_element):
 
 def iter_batches(
     data, y=None, *, batch_size=None, steps=None, max_samples=None, keep_tensors=False,
-    sample_weights=False,
+    sample_weights=False, inputs=None,
 ):
     """Yield `(x, y)` numpy batches from any supported data source.
 
@@ -540,6 +563,8 @@ def iter_batches(
             ignores the weights.
         keep_tensors: yield `x` batches that are tensors of the Keras backend as they
             are (for products on their device) instead of converting them to NumPy.
+        inputs: a multi-input model's `InputPacking` (`hybrid/inputs.py`): each batch's
+            `x` (one array per input) is yielded packed into one array.
 
     A source that never ends (`is_infinite`) needs `steps` or `max_samples`: without
     them a `ValueError` is raised before any batch is read.
@@ -570,9 +595,9 @@ def iter_batches(
             "repeat a finite number of times."
         )
 
-    split = functools.partial(_split_element, keep_weights=sample_weights)
+    split = functools.partial(_split_element, keep_weights=sample_weights, inputs=inputs)
     if y is not None:
-        batches = _slice_arrays(data, y, batch_size)
+        batches = _slice_arrays(single_input(data, inputs), y, batch_size)
     elif is_xy_pair(data):
         x, y_all, *weights = split(data, "`data`")
         batches = _slice_arrays(x, y_all, batch_size, *weights)

@@ -209,8 +209,10 @@ class TimescaleMonitor(keras.callbacks.Callback):
         x, y = self._split(data)
         labels = labels_to_int(y)
         keep = self._balanced_sample(labels, int(samples), np.random.default_rng(seed))
-        self._x = np.asarray(x)[keep]
-        if self._x.dtype.kind in "fc" and not np.all(np.isfinite(self._x)):
+        # A multi-input model's `x` (a list, tuple or dict of arrays): each one sampled.
+        self._x = keras.tree.map_structure(lambda part: part[keep], x)
+        if any(part.dtype.kind in "fc" and not np.all(np.isfinite(part))
+               for part in keras.tree.flatten(self._x)):
             raise ValueError("`data` contains NaN or infinite values in `x`.")
         self._y = labels[keep]
         # Halves for the noise ceiling: alternate samples within each class.
@@ -221,7 +223,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
             layers = [layers]
         self.layer_spec = None if layers is None else list(layers)
         self.every = int(every)
-        self.samples = len(self._x)
+        self.samples = len(keep)
         self.patches_per_image = None if patches_per_image is None else int(patches_per_image)
         self.settle_threshold = float(settle_threshold)
         self.subspace_threshold = float(subspace_threshold)
@@ -253,12 +255,16 @@ class TimescaleMonitor(keras.callbacks.Callback):
                 "`data` must be an `(x, y)` pair of arrays (a fixed sample is drawn from it); "
                 f"received {type(data).__name__}."
             )
-        x, y = np.asarray(x), np.asarray(y)
-        if len(x) != len(y):
-            raise ValueError(
-                f"`x` and `y` must have the same length; received {len(x)} and {len(y)}."
-            )
-        if len(x) < 2:
+        several = isinstance(x, (tuple, list, dict)) and not hasattr(x, "shape")
+        x = keras.tree.map_structure(np.asarray, x) if several else np.asarray(x)
+        y = np.asarray(y)
+        for part in keras.tree.flatten(x):
+            if part.ndim == 0 or len(part) != len(y):
+                raise ValueError(
+                    f"`x` and `y` must have the same length; received {part.shape} and "
+                    f"{y.shape}."
+                )
+        if len(y) < 2:
             raise ValueError("`data` needs at least 2 samples.")
         return x, y
 
@@ -331,13 +337,47 @@ class TimescaleMonitor(keras.callbacks.Callback):
 
     def _build(self):
         self._layers = self._resolve_layers()
+        self._masked_rows = self._masked_inputs()
+        self._packing = None
         try:
             inputs = self.model.inputs
-            inputs = inputs[0] if len(inputs) == 1 else inputs
+            # One input as a tensor; several as the model takes them (a dict by name).
+            inputs = inputs[0] if len(inputs) == 1 else self.model.input
             self._feature_models = [keras.Model(inputs, [layer.input for layer in self._layers])]
         except Exception:  # a layer of a nested model: its input is in the inner graph
             self._feature_models = self._nested_feature_models()
         self._ranks = {}
+
+    def _masked_inputs(self):
+        """`{layer name: (MaskedRows, packing)}` for the monitored Dense layers on masked
+        steps (after `Masking` or `Embedding(mask_zero=True)`, as the planner finds
+        them): measured on the unmasked steps, as the layers above read them."""
+        from keras_classpca.hybrid.planner import plan_model
+
+        try:
+            plan = plan_model(self.model)
+        except ValueError:
+            return {}
+        monitored = {id(layer) for layer in self._layers}
+        return {step.layer.name: (plan.input_features(step.input, step.scope, step.input_mask),
+                                  plan.input_packing)
+                for step in plan.steps
+                if id(step.layer) in monitored and step.input_mask is not None}
+
+    def _unmasked_rows(self, name):
+        """The rows of the unmasked steps of layer `name`'s input and the sample each
+        row comes from."""
+        features, packing = self._masked_rows[name]
+        x = self._x if packing is None else packing.pack(self._x)
+        rows, samples = [], []
+        for start in range(0, self.samples, self.batch_size):
+            batch = keras.tree.map_structure(lambda part: part[start:start + self.batch_size], x)
+            # The sample indices ride as the labels: each kept step is labelled with its own.
+            h, of = features.rows(batch, np.arange(start, start + len(keras.tree.flatten(
+                batch)[0])), self.batch_size)
+            rows.append(h)
+            samples.append(of)
+        return np.concatenate(rows), np.concatenate(samples)
 
     def _nested_feature_models(self):
         """One predictor per monitored layer, through the nested models it lies in
@@ -364,12 +404,14 @@ class TimescaleMonitor(keras.callbacks.Callback):
                     "from `model.inputs`; pass `layers=` without it."
                 )
             models.append(plan.feature_model(node.inputs[0], node.scope))
+        self._packing = plan.input_packing  # several inputs: the models read them packed
         return models
 
     def _layer_inputs(self):
         outputs = [[] for _ in self._layers]
-        for start in range(0, len(self._x), self.batch_size):
-            batch = self._x[start : start + self.batch_size]
+        x = self._x if self._packing is None else self._packing.pack(self._x)
+        for start in range(0, self.samples, self.batch_size):
+            batch = keras.tree.map_structure(lambda part: part[start:start + self.batch_size], x)
             values = []
             for feature_model in self._feature_models:
                 value = feature_model(batch, training=False)
@@ -429,13 +471,17 @@ class TimescaleMonitor(keras.callbacks.Callback):
         rng = np.random.default_rng(self.seed)
         result = {}
         for layer, x in zip(self._layers, inputs):
-            chunks = list(
-                iter_rows(layer, x, self._y, patches_per_image=self.patches_per_image, rng=rng)
-            )
-            rows = np.concatenate([c[0] for c in chunks])
-            labels = np.concatenate([c[1] for c in chunks])
-            per_sample = len(rows) // len(x)
-            sample_of_row = np.repeat(np.arange(len(x)), per_sample)
+            if layer.name in self._masked_rows:
+                rows, sample_of_row = self._unmasked_rows(layer.name)
+                rows = rows.reshape(len(rows), -1)
+                labels = self._y[sample_of_row]
+            else:
+                chunks = list(iter_rows(layer, x, self._y,
+                                        patches_per_image=self.patches_per_image, rng=rng))
+                rows = np.concatenate([c[0] for c in chunks])
+                labels = np.concatenate([c[1] for c in chunks])
+                per_sample = len(rows) // len(x)
+                sample_of_row = np.repeat(np.arange(len(x)), per_sample)
             kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
             kernel = kernel.reshape(-1, kernel.shape[-1])
             if layer.name not in self._ranks:
@@ -543,7 +589,8 @@ class TimescaleMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         # An unbuilt Sequential is built by fit's first step: build it now, from the
         # monitor's own samples, as fit would.
-        ensure_built(self.model, self._x.shape[1:], what="TimescaleMonitor")
+        if hasattr(self._x, "shape"):
+            ensure_built(self.model, self._x.shape[1:], what="TimescaleMonitor")
         self._build()
         if not self.history["epochs"]:
             # Measured now, labelled at the first `on_epoch_begin` with the epoch

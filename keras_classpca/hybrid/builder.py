@@ -58,11 +58,11 @@ from keras_classpca.hybrid.cache import (
 )
 from keras_classpca.hybrid.decision import decide_cutoff
 from keras_classpca.hybrid.graph import (
-    check_single_input,
     ensure_built,
     has_layer_graph,
     no_graph_error,
 )
+from keras_classpca.hybrid.inputs import input_packing
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.policy import check_cutoff
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer, format_share
@@ -94,8 +94,9 @@ LEADING_BATCHNORM_SAMPLES = 10_000
 class _DataPasses:
     """Re-iterable `(x, labels)` batches of the (sub-sampled) training data."""
 
-    def __init__(self, data, samples, batch_size, seed, n_classes):
+    def __init__(self, data, samples, batch_size, seed, n_classes, inputs=None):
         self.n_classes = n_classes
+        self.inputs = inputs  # a multi-input model's InputPacking: `x` packed
         self.label_width = None  # columns of one-hot labels, once seen
         self.model_classes = None  # classes the model's head predicts, if it says
         self.label_free = False  # labels are zeros (one class) by design
@@ -110,7 +111,7 @@ class _DataPasses:
         self.passes = 0
         self.order = None  # samples="auto" on arrays: a random order, so any head is a
         arrays = None  # random subset (data sets are often sorted by class)
-        pair = as_arrays(data)  # (x, y) in memory; warns about sample weights
+        pair = as_arrays(data, inputs=inputs)  # (x, y) in memory; warns about weights
         if pair is not None:
             arrays = (np.asarray(pair[0]), np.asarray(pair[1]))
             if len(arrays[0]) != len(arrays[1]):
@@ -172,7 +173,8 @@ class _DataPasses:
         if self.samples is None and is_infinite(source):
             raise infinite_data_error()
         classes = set()
-        for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples):
+        for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples,
+                                 inputs=None if self.in_memory else self.inputs):
             self.first_rows = self.first_rows or len(x)
             self._see_labels(y)
             labels = self.int_labels(y)
@@ -577,9 +579,12 @@ def hybridize(
     BatchNormalization statistics and `trainable` flags are put back on any error.
 
     Args:
-        model: a built single-input Keras model (an unbuilt Sequential is built from
-            the data); with several outputs, every head trains and the labels of
-            `data` are those the layers are solved for.
+        model: a built Keras model (an unbuilt Sequential is built from the data);
+            with several outputs, every head trains and the labels of `data` are
+            those the layers are solved for. With several inputs (of fixed shapes),
+            `x` holds one array per input, as `fit` takes it — a list or tuple in
+            the order of `model.inputs`, or a dict keyed by their names — and is
+            packed into one array for the solve (`hybrid/inputs.py`).
         data: `(x, y)` arrays, a `tf.data.Dataset` of `(x, y)` batches, a keras
             `PyDataset`, or a callable returning a fresh iterable of `(x, y)` batches
             (one pass is made per solved layer, two for a separable convolution, one
@@ -701,8 +706,15 @@ def hybridize(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not has_layer_graph(model):
         raise no_graph_error(model)
-    check_single_input(model)
-    _check_input_name(model, data)
+    packing = input_packing(model)  # several inputs: packed into one array to solve
+    if packing is None:
+        _check_input_name(model, data)
+    elif label_free:
+        raise ValueError(
+            f"`model` has {len(packing.names)} inputs ({', '.join(packing.names)}) and "
+            "`data` is one array without labels: pass `((x_1, x_2, ...), y)` or "
+            "`({name: x, ...}, y)`, one array per input, as `fit` takes them."
+        )
     if samples in (None, "auto") and is_infinite(data):
         raise infinite_data_error()
     if solve_cache is not None and not isinstance(solve_cache, SolveCache):
@@ -734,6 +746,7 @@ def hybridize(
             batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
             solve_cache=solve_cache, data_fingerprint=data_fingerprint, strategy=strategy,
             class_pca_options=class_pca_options, label_free=label_free, on_device=on_device,
+            inputs=packing,
         )
     except BaseException:
         # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
@@ -808,9 +821,11 @@ def _check_input_shape(model, x):
 
 def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
                       patches_per_image, solve_cache, data_fingerprint, strategy,
-                      class_pca_options, label_free=False, on_device=False, activation=None):
+                      class_pca_options, label_free=False, on_device=False, activation=None,
+                      inputs=None):
     """`hybridize` after its arguments were checked; may leave the model half-done."""
-    passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"))
+    passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"),
+                         inputs=inputs)
     if not model.built or not getattr(model, "inputs", None):
         first_x, _ = passes.peek()
         ensure_built(model, first_x.shape[1:])

@@ -40,9 +40,12 @@ _IRRELEVANT_CONFIG = {
 
 
 def data_fingerprint(x, y):
-    """A hash of arrays' shapes, dtypes and bytes (BLAKE2b, fast on large arrays)."""
+    """A hash of arrays' shapes, dtypes and bytes (BLAKE2b, fast on large arrays); `x`
+    may hold a multi-input model's inputs (a list, tuple or dict of arrays)."""
     digest = hashlib.blake2b(digest_size=20)
-    for array in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+    inputs = ([x[key] for key in sorted(x)] if isinstance(x, dict)
+              else list(x) if isinstance(x, (list, tuple)) else [x])
+    for array in [np.ascontiguousarray(part) for part in inputs] + [np.ascontiguousarray(y)]:
         digest.update(f"{array.shape}{array.dtype}".encode())
         digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()

@@ -42,19 +42,6 @@ def no_graph_error(model, what="hybridize"):
     )
 
 
-def check_single_input(model, what="hybridize"):
-    """Refuse a model with several inputs: the solve streams one input's samples."""
-    inputs = keras.tree.flatten(getattr(model, "inputs", None) or [])
-    if len(inputs) > 1:
-        raise ValueError(
-            f"`model` has {len(inputs)} inputs "
-            f"({', '.join(str(getattr(t, 'name', '?')) for t in inputs)}); {what} "
-            "solves models with a single input. Solve the layers of one input's branch "
-            "with the `ClassPCA*` layers' `adapt((x_branch, y))` or "
-            "`ClassPCAInitializer.from_data(x_branch, y, ...)`."
-        )
-
-
 def ensure_built(model, sample_shape, what="hybridize"):
     """Build an unbuilt Sequential model for inputs of `sample_shape` (no batch)."""
     if not model.built or not getattr(model, "inputs", None):

@@ -36,6 +36,7 @@ layer was not taken. A subclassed model has no layer graph: `plan_model` raises 
 """
 
 import dataclasses
+import functools
 import weakref
 
 import keras
@@ -47,6 +48,7 @@ from keras_classpca.hybrid.graph import (
     normalized_axes,
     predict_batch,
 )
+from keras_classpca.hybrid.inputs import input_packing
 from keras_classpca.layers.geometry import is_solvable_kind, unsolvable_reason
 
 
@@ -364,9 +366,16 @@ class Plan:
             mask = None
         return self.input_features(tensor, scope, mask)
 
+    @functools.cached_property
+    def input_packing(self):
+        """The `InputPacking` of a multi-input model (`hybrid/inputs.py`): its feature
+        models read the inputs packed into one array. None for a single input."""
+        return input_packing(self.model)
+
     def feature_model(self, tensor, scope=()):
         """A predictor from the model's input to `tensor` (or a list of tensors) of the
-        graph of `scope`.
+        graph of `scope` — from the packed inputs (`input_packing`) for a multi-input
+        model.
 
         A `keras.Model` for tensors of the top model; for a tensor inside nested
         models, a `FeatureModel` that runs one sub-model per nesting level.
@@ -375,7 +384,10 @@ class Plan:
         for nested in reversed(scope):
             models.append(keras.Model(_single(nested.inputs), source))
             source = outer_call_tensors(nested)[0][0]
-        models.append(keras.Model(_single(self.model.inputs), source))
+        if self.input_packing is not None:
+            models.append(self.input_packing.feature_model(source))
+        else:
+            models.append(keras.Model(_single(self.model.inputs), source))
         models.reverse()
         return models[0] if len(models) == 1 else FeatureModel(models)
 

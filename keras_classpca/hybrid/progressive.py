@@ -409,9 +409,12 @@ def _snappable(layer):
 
 
 # ---------------------------------------------------------------------- data
-def _sample(x, y, samples, seed, need_labels):
-    """Up to `samples` inputs (and int labels) from the training data, as numpy."""
-    x = single_input(x)  # `{"image": x}`, as `fit` takes it
+def _sample(x, y, samples, seed, need_labels, inputs=None):
+    """Up to `samples` inputs (and int labels) from the training data, as numpy; a
+    multi-input model's inputs packed into one array (`inputs`, its `InputPacking`),
+    as the plan's feature models read them."""
+    if inputs is None or isinstance(x, (list, tuple, dict)):
+        x = single_input(x, inputs)  # `{"image": x}`, as `fit` takes it
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         x = np.asarray(x)
         keep = np.arange(len(x))
@@ -433,7 +436,7 @@ def _sample(x, y, samples, seed, need_labels):
             + ("." if need_labels else ", or `settle=SettleOnChange(probe=...)`.")
         )
     xs, ys = [], []
-    for batch_x, batch_y in iter_batches(x, y, max_samples=samples):
+    for batch_x, batch_y in iter_batches(x, y, max_samples=samples, inputs=inputs):
         xs.append(np.asarray(batch_x))
         ys.append(np.asarray(batch_y))
     if not xs:
@@ -885,9 +888,13 @@ def fit_progressive(
     if isinstance(criterion, SettleOnChange) and criterion.measure == "output":
         probe = criterion.probe
         if probe is None:
-            probe, _ = _sample(x, y, criterion.samples, criterion.seed, need_labels=False)
+            probe, _ = _sample(x, y, criterion.samples, criterion.seed, need_labels=False,
+                               inputs=plan.input_packing)
+        elif plan.input_packing is not None:
+            probe = plan.input_packing.pack(probe)
     # Drawn (and its labels checked) before training: not an epoch later, at a freeze.
-    snap_data = _sample(x, y, SNAP_SAMPLES, 0, need_labels=True) if snap else None
+    snap_data = (_sample(x, y, SNAP_SAMPLES, 0, need_labels=True, inputs=plan.input_packing)
+                 if snap else None)
 
     n_epochs = epochs - initial_epoch
     controller = _Controller(plan, units, criterion, probe, n_epochs, initial_epoch, report)

@@ -1,0 +1,273 @@
+"""Models with several inputs: `hybridize` packs them into one array to solve.
+
+Each branch's layers must come out exactly as if that branch were a model of its own,
+whatever form the data takes (tuple, list or dict of inputs, tf.data, generators).
+"""
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+from keras_classpca import fit_progressive, hybridize
+from keras_classpca.core.data_adapter import is_xy_pair, iter_batches
+from keras_classpca.hybrid.inputs import InputPacking
+
+L = keras.layers
+N, CLASSES = 360, 3
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(CLASSES), N // CLASSES)
+    rng.shuffle(y)
+    image = rng.normal(size=(N, 8, 8, 1)).astype("float32")
+    image[:, 2:5, 2:5, 0] += y[:, None, None]  # a class-dependent blob
+    meta = rng.normal(size=(N, 5)).astype("float32")
+    meta[np.arange(N), y] += 2.0
+    tokens = rng.integers(0, 8, size=(N, 3)).astype("int32")
+    tokens[:, 0] = y  # the first token names the class
+    return image, meta, tokens, y
+
+
+def _image_branch(image_input):
+    h = L.Conv2D(4, 3, activation="relu", name="conv")(image_input)
+    return L.GlobalAveragePooling2D()(h)
+
+
+def _meta_branch(meta_input):
+    return L.Dense(4, activation="relu", name="meta_dense")(meta_input)
+
+
+def _two_inputs():
+    image, meta = keras.Input((8, 8, 1), name="image"), keras.Input((5,), name="meta")
+    merged = L.Concatenate(name="merge")([_image_branch(image), _meta_branch(meta)])
+    hidden = L.Dense(8, activation="relu", name="joint")(merged)
+    return keras.Model([image, meta], L.Dense(CLASSES, activation="softmax", name="head")(hidden))
+
+
+def _names(report):
+    return [layer.name for layer in report.layers]
+
+
+def _kernel(model, name):
+    return keras.ops.convert_to_numpy(model.get_layer(name).kernel)
+
+
+def _alone(branch, shape, name, data, **kwargs):
+    """The kernel of layer `name` solved in a model made of `branch` alone."""
+    inputs = keras.Input(shape)
+    hidden = L.Flatten()(branch(inputs))
+    model = keras.Model(inputs, L.Dense(CLASSES, activation="softmax")(hidden))
+    hybridize(model, data, cutoff=1, samples=None, verbose=0, **kwargs)
+    return _kernel(model, name)
+
+
+def test_each_branch_is_solved_as_if_it_were_alone_and_the_merge_from_both():
+    image, meta, _, y = _data()
+    model = _two_inputs()
+    report = hybridize(model, ((image, meta), y), cutoff=3, samples=None, verbose=0)
+    assert _names(report) == ["conv", "meta_dense", "joint"]
+    np.testing.assert_allclose(_kernel(model, "conv"),
+                               _alone(_image_branch, (8, 8, 1), "conv", (image, y)), atol=1e-5)
+    np.testing.assert_allclose(_kernel(model, "meta_dense"),
+                               _alone(_meta_branch, (5,), "meta_dense", (meta, y)), atol=1e-5)
+    # The layer after the merge: solved from both branches' solved outputs.
+    merged = keras.Model(model.inputs, model.get_layer("merge").output).predict(
+        [image, meta], verbose=0)
+    joint_alone = _alone(lambda t: L.Dense(8, activation="relu", name="joint")(t),
+                         (merged.shape[1],), "joint", (merged, y))
+    np.testing.assert_allclose(_kernel(model, "joint"), joint_alone, atol=1e-4)
+    assert not any(model.get_layer(name).trainable for name in _names(report))
+    assert model.get_layer("head").trainable
+
+
+def _data_forms(image, meta, y):
+    forms = {
+        "tuple": ((image, meta), y),
+        "list": ([image, meta], y),
+        "dict": ({"meta": meta, "image": image}, y),
+        "generator": lambda: (((image[i:i + 100], meta[i:i + 100]), y[i:i + 100])
+                              for i in range(0, N, 100)),
+    }
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        forms["tf.data batched"] = tf.data.Dataset.from_tensor_slices(
+            ({"image": image, "meta": meta}, y)).batch(64)
+        forms["tf.data unbatched"] = tf.data.Dataset.from_tensor_slices(((image, meta), y))
+    return forms
+
+
+def test_every_form_of_multi_input_data_solves_the_same_layers():
+    image, meta, _, y = _data()
+    reference = _two_inputs()
+    hybridize(reference, ((image, meta), y), cutoff=3, samples=None, verbose=0)
+    for form, data in _data_forms(image, meta, y).items():
+        model = _two_inputs()
+        hybridize(model, data, cutoff=3, samples=None, verbose=0)
+        for name in ("conv", "meta_dense", "joint"):
+            np.testing.assert_allclose(_kernel(model, name), _kernel(reference, name),
+                                       atol=1e-4, err_msg=f"{form}: {name}")
+
+
+def test_integer_inputs_are_packed_and_cast_back_exactly():
+    # Token ids ride in the float rows and are cast back to int before the layers:
+    # one-hot encodings of them must be what the model computes from the ints.
+    _, meta, tokens, y = _data()
+    token_input, meta_input = keras.Input((3,), dtype="int32", name="tokens"), keras.Input(
+        (5,), name="meta")
+    encoded = L.CategoryEncoding(num_tokens=8, output_mode="multi_hot")(token_input)
+    hidden = L.Concatenate()([L.Dense(4, name="tok_dense")(encoded), _meta_branch(meta_input)])
+    model = keras.Model([token_input, meta_input], L.Dense(CLASSES, activation="softmax")(hidden))
+    report = hybridize(model, ((tokens, meta), y), cutoff=2, samples=None, verbose=0)
+    assert _names(report) == ["tok_dense", "meta_dense"]
+    alone = _alone(lambda t: L.Dense(4, name="tok_dense")(
+        L.CategoryEncoding(num_tokens=8, output_mode="multi_hot")(t)), (3,), "tok_dense",
+        (tokens, y))
+    np.testing.assert_allclose(_kernel(model, "tok_dense"), alone, atol=1e-5)
+    with pytest.raises(ValueError, match=r"'tokens' holds integers up to 1677722\d, which a"):
+        hybridize(model, ((tokens + 2**24, meta), y), cutoff=1, verbose=0)
+
+
+def test_auto_cutoff_trains_saves_and_reloads(tmp_path):
+    image, meta, _, y = _data()
+    model = _two_inputs()
+    report = hybridize(model, ({"image": image, "meta": meta}, y), verbose=0)
+    assert report.cutoff_mode == "auto" and report.evidence["layers"]
+    if report.cutoff == 0:  # the probe's call: make sure something is frozen below
+        report = hybridize(model, ((image, meta), y), cutoff=2, verbose=0)
+    frozen = {name: _kernel(model, name) for name in _names(report)}
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit((image, meta), y, epochs=1, batch_size=64, verbose=0)
+    for name, kernel in frozen.items():
+        np.testing.assert_array_equal(_kernel(model, name), kernel)
+    path = tmp_path / "two_inputs.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(reloaded.predict([image, meta], verbose=0),
+                                  model.predict([image, meta], verbose=0))
+
+
+@pytest.mark.parametrize("data, message", [
+    (lambda i, m, y: ({"image": i, "metadata": m}, y),
+     r"keys \['image', 'metadata'\], but the model's inputs are named \['image', 'meta'\]"),
+    (lambda i, m, y: ((i, m, m), y), r"2 inputs \(image, meta\).*received a tuple of 3"),
+    (lambda i, m, y: ((i, m[:10]), y), r"holds 10, 'image' 360"),
+    (lambda i, m, y: ((i[..., 0], m), y), r"'image' must have shape \(n,\) \+ \(8, 8, 1\)"),
+    (lambda i, m, y: (i, y), r"2 inputs \(image, meta\).*received one ndarray"),
+    (lambda i, m, y: i, r"2 inputs \(image, meta\) and `data` is one array without labels"),
+])
+def test_multi_input_data_that_does_not_fit_is_refused_by_name(data, message):
+    image, meta, _, y = _data()
+    model = _two_inputs()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=message):
+        hybridize(model, data(image, meta, y), cutoff=2, verbose=0)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_inputs_of_unknown_size_are_refused_with_the_way_out():
+    a, b = keras.Input((None, 4), name="steps"), keras.Input((5,), name="meta")
+    pooled = L.GlobalAveragePooling1D()(L.Dense(3)(a))
+    model = keras.Model([a, b], L.Dense(2)(L.Concatenate()([pooled, L.Dense(3)(b)])))
+    with pytest.raises(ValueError, match=r"input 'steps' has shape \(None, None, 4\).*fixed"):
+        hybridize(model, ((np.zeros((4, 6, 4)), np.zeros((4, 5))), np.arange(4) % 2),
+                  cutoff=1, verbose=0)
+
+
+def test_fit_progressive_trains_a_multi_input_model():
+    image, meta, _, y = _data()
+    model = _two_inputs()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = fit_progressive(model, (image, meta), y, epochs=3, settle=[1, 2], snap=True,
+                              batch_size=64, verbose=0)
+    assert history.progressive.frozen_at["conv"] == 1
+    assert history.progressive.snapped["conv"]
+    assert not model.get_layer("conv").trainable
+
+
+@pytest.mark.backend_independent
+def test_the_inputs_of_a_multi_input_model_read_as_one_sample_of_x():
+    x1, x2, y = np.zeros((4, 3)), np.ones((4, 2)), np.arange(4)
+    assert is_xy_pair(((x1, x2), y)) and is_xy_pair(([x1, x2], y))
+    # a list of two (x, y) batches is not a pair
+    assert not is_xy_pair([(x1, y), (x1, y)])
+
+
+def test_packing_round_trips_each_input():
+    image = keras.Input((2, 3), name="image")
+    ids = keras.Input((4,), dtype="int32", name="ids")
+    model = keras.Model([image, ids], L.Concatenate()([L.Flatten()(image),
+                                                       keras.ops.cast(ids, "float32")]))
+    packing = InputPacking(model)
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(5, 2, 3)).astype("float32"), rng.integers(0, 100, (5, 4)))
+    rows = packing.pack(x)
+    assert rows.shape == (5, 10) and rows.dtype == np.float32
+    unpacked = [keras.ops.convert_to_numpy(t) for t in packing.unpack(
+        keras.ops.convert_to_tensor(rows))]
+    np.testing.assert_array_equal(unpacked[0], x[0])
+    np.testing.assert_array_equal(unpacked[1], x[1])
+    assert unpacked[1].dtype == np.int32
+    batches = list(iter_batches(({"ids": x[1], "image": x[0]}, np.arange(5)), batch_size=2,
+                                inputs=packing))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), rows)
+
+
+@pytest.mark.tensorflow_backend
+def test_a_strategy_solves_a_multi_input_model_as_one_process_does():
+    import tensorflow as tf
+
+    image, meta, _, y = _data()
+    reference = _two_inputs()
+    hybridize(reference, ((image, meta), y), cutoff=3, samples=None, verbose=0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = _two_inputs()
+    hybridize(model, ((image, meta), y), cutoff=3, samples=None, verbose=0,
+              strategy=strategy)
+    for name in ("conv", "meta_dense", "joint"):
+        np.testing.assert_allclose(_kernel(model, name), _kernel(reference, name), atol=1e-4)
+
+
+def test_timescale_monitor_measures_the_layers_of_a_multi_input_model():
+    from keras_classpca.diagnostics import TimescaleMonitor
+
+    image, meta, _, y = _data()
+    for x in ((image, meta), {"meta": meta, "image": image}):
+        model = _two_inputs()
+        model.compile("adam", "sparse_categorical_crossentropy")
+        monitor = TimescaleMonitor((x, y), samples=120, layers=["conv", "meta_dense", "joint"])
+        model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[monitor])
+        assert monitor.history["epochs"] == [0, 1, 2]
+        layers = monitor.history["layers"]
+        assert layers["conv"]["input_dim"] == 9 and layers["meta_dense"]["input_dim"] == 5
+        assert all(0.0 <= value <= 1.0 for value in layers["joint"]["overlap"])
+    with pytest.raises(ValueError, match=r"same length"):
+        TimescaleMonitor(((image, meta[:10]), y))
+
+
+def test_a_backbone_nested_in_one_branch_is_solved_and_monitored():
+    from keras_classpca.diagnostics import TimescaleMonitor
+
+    image, meta, _, y = _data()
+    backbone = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu",
+                                                                  name="conv"),
+                                 L.GlobalAveragePooling2D()], name="backbone")
+    image_input, meta_input = keras.Input((8, 8, 1), name="image"), keras.Input((5,),
+                                                                               name="meta")
+    merged = L.Concatenate()([backbone(image_input), _meta_branch(meta_input)])
+    model = keras.Model([image_input, meta_input],
+                        L.Dense(CLASSES, activation="softmax")(merged))
+    report = hybridize(model, ((image, meta), y), cutoff=2, samples=None, verbose=0)
+    assert _names(report) == ["conv", "meta_dense"]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(backbone.get_layer("conv").kernel),
+        _alone(_image_branch, (8, 8, 1), "conv", (image, y)), atol=1e-5)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    monitor = TimescaleMonitor(((image, meta), y), samples=120,
+                               layers=[backbone.get_layer("conv"), "meta_dense"])
+    model.fit((image, meta), y, epochs=1, batch_size=64, verbose=0, callbacks=[monitor])
+    assert monitor.history["layers"]["conv"]["input_dim"] == 9
