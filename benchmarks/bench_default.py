@@ -31,6 +31,7 @@ from keras_classpca.datasets import load_dataset
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.builder import _DataPasses
 from keras_classpca.hybrid.decision import decide_cutoff
+from keras_classpca.hybrid.inputs import input_packing
 from keras_classpca.hybrid.planner import plan_model
 
 SECTION = "bench_default"
@@ -41,11 +42,16 @@ MAX_FIXED_CUTOFF = 4  # fixed cutoffs run per cell (the resnet has 6 solvable la
 def run_sgd(arch, x, y, test, epochs, seed):
     keras.utils.set_random_seed(seed)
     model = grid_models.build(arch)
+    x = grid_models.inputs_for(arch, x)
     start = time.perf_counter()
     grid_models.compile_and_fit(arch, model, x, grid_models.labels_for(arch, y), epochs)
     wall = time.perf_counter() - start
-    return dict(contender="sgd", k=0, acc=grid_models.test_accuracy(model, *test),
+    return dict(contender="sgd", k=0, acc=_test_accuracy(arch, model, test),
                 solve_s=0.0, wall_s=wall)
+
+
+def _test_accuracy(arch, model, test):
+    return grid_models.test_accuracy(model, grid_models.inputs_for(arch, test[0]), test[1])
 
 
 def run_hybrid(arch, x, y, test, epochs, seed, cutoff, name=None, train=None, **options):
@@ -55,6 +61,7 @@ def run_hybrid(arch, x, y, test, epochs, seed, cutoff, name=None, train=None, **
     keras.utils.set_random_seed(seed)
     model = grid_models.build(arch)
     labels = grid_models.labels_for(arch, y)
+    x = grid_models.inputs_for(arch, x)
     start = time.perf_counter()
     report = hybridize(model, (x, labels), cutoff=cutoff, seed=seed, verbose=0, **options)
     solve = time.perf_counter() - start
@@ -65,7 +72,7 @@ def run_hybrid(arch, x, y, test, epochs, seed, cutoff, name=None, train=None, **
     wall = time.perf_counter() - start
     name = name or ("default" if cutoff == "auto" else f"k{cutoff}")
     return dict(contender=name, k=report.cutoff,
-                acc=grid_models.test_accuracy(model, *test), solve_s=solve, wall_s=wall,
+                acc=_test_accuracy(arch, model, test), solve_s=solve, wall_s=wall,
                 samples=[layer.samples for layer in report.layers],
                 evidence=report.evidence or None)
 
@@ -124,7 +131,8 @@ def run_decision(arch, x, y, seed):
     keras.utils.set_random_seed(seed)
     model = grid_models.build(arch)
     start = time.perf_counter()
-    passes = _DataPasses((x, y), "auto", 256, seed, None)
+    passes = _DataPasses((grid_models.inputs_for(arch, x), y), "auto", 256, seed, None,
+                         inputs=input_packing(model))
     sample = passes.head(policy.DECISION_SAMPLES)
     head_s = time.perf_counter() - start
     _, evidence = decide_cutoff(

@@ -13,7 +13,10 @@ Fashion-MNIST, each with how a user would compile and fit it.
   shortcut), GlobalAveragePooling, Dense(10).
 
 Two more for `bench_residual` (issue #15): "resnet_3x2" (3 stages × 2 basic blocks) and
-"conv1d" (the image rows as sequences).
+"conv1d" (the image rows as sequences); three 1-D ones for `bench_sequence`; and two
+models with two inputs for `bench_multi_input` (`MULTI_INPUT`, their data made by
+`inputs_for`): "twoview" (the top and bottom halves of each image, one CNN tower each)
+and "thumb" (the image through a CNN and its 7×7 thumbnail through a Dense layer).
 """
 
 import keras
@@ -150,13 +153,64 @@ def _transformer(n_classes):
                        name="transformer_rows")
 
 
+def _tower(inputs, name):
+    """Conv(32, 5)–MaxPool–Conv(64, 5)–MaxPool–Flatten, 'same' convolutions."""
+    x = inputs
+    for i, filters in enumerate((32, 64)):
+        x = keras.layers.Conv2D(filters, 5, padding="same", activation="relu",
+                                name=f"{name}_conv{i + 1}")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    return keras.layers.Flatten()(x)
+
+
+def _twoview(n_classes):
+    """Two views of an image — its top and bottom 14 rows — one CNN tower each,
+    concatenated – Dense(128) – Dense."""
+    top, bottom = keras.Input((14, 28, 1), name="top"), keras.Input((14, 28, 1),
+                                                                    name="bottom")
+    x = keras.layers.Concatenate()([_tower(top, "top"), _tower(bottom, "bottom")])
+    x = keras.layers.Dense(128, activation="relu")(x)
+    return keras.Model([top, bottom], keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="twoview")
+
+
+def _thumb(n_classes):
+    """The image through the benchmark CNN's convolutions and its 7×7 thumbnail (49
+    values, the "metadata") through Dense(32), concatenated – Dense(128) – Dense."""
+    image, thumb = keras.Input((28, 28, 1), name="image"), keras.Input((49,), name="thumb")
+    x = image
+    for i, filters in enumerate((32, 64)):
+        x = keras.layers.Conv2D(filters, 5, activation="relu", name=f"conv{i + 1}")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    meta = keras.layers.Dense(32, activation="relu", name="thumb_dense")(thumb)
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(x), meta])
+    x = keras.layers.Dense(128, activation="relu")(x)
+    return keras.Model([image, thumb], keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="thumb")
+
+
+MULTI_INPUT = ("twoview", "thumb")
+
+
+def inputs_for(arch, x):
+    """The model inputs of `arch` made from images `x` (n, 28, 28, 1): `x` itself, or
+    for the two-input architectures the list of both inputs."""
+    if arch == "twoview":
+        return [x[:, :14], x[:, 14:]]
+    if arch == "thumb":
+        thumb = x.reshape(len(x), 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(x), 49)
+        return [x, thumb.astype(x.dtype)]
+    return x
+
+
 def build(arch, n_classes=10):
     """A fresh model of `arch` (seed first for repeatable weights)."""
     if arch in ("cnn", "mlp"):
         return build_model(arch, (28, 28, 1), n_classes)
     return {"kerasio": _kerasio, "bn": _bn, "resnet": _resnet, "resnet_3x2": _resnet_3x2,
             "conv1d": _conv1d, "perstep": _perstep, "conv1d_bn": _conv1d_bn,
-            "transformer": _transformer}[arch](n_classes)
+            "transformer": _transformer, "twoview": _twoview,
+            "thumb": _thumb}[arch](n_classes)
 
 
 def labels_for(arch, y, n_classes=10):

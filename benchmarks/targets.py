@@ -52,6 +52,10 @@ TARGETS = [
            "1-D networks (Fashion-MNIST rows as sequences): default `hybridize(model, data)` "
            "within 0.5 pp of the best fixed cutoff in ≥ 90 % of the cells, never more than "
            "1 pp below SGD"),
+    Target("multi_input_default_accuracy", "bench_multi_input",
+           "Models with two inputs (held out): default `hybridize(model, data)` within "
+           "0.5 pp of the best fixed cutoff in ≥ 90 % of the cells, never more than 1 pp "
+           "below SGD"),
     Target("samples_auto", "bench_samples",
            "`samples=\"auto\"`: benchmark CNN solved from ≤ 10 % of Fashion-MNIST, test "
            "accuracy within 0.2 pp of solving from all of it"),

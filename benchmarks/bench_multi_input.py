@@ -1,0 +1,91 @@
+"""The default path `hybridize(model, data)` on models with two inputs, Fashion-MNIST.
+
+Two architectures (`benchmarks/grid_models.py`, `MULTI_INPUT`): "twoview" (the top and
+bottom 14 rows of each image as two inputs, one CNN tower each, concatenated) and
+"thumb" (the image through the benchmark CNN's convolutions and its 7×7 thumbnail, 49
+values, through a Dense layer). Each cell trains, as `bench_default` does (its `run`):
+end-to-end SGD and every fixed cutoff, and records the `cutoff="auto"` decision, which
+is replayed on the cell.
+
+The question it answers: does solving a multi-input model (its inputs packed into one
+row, `keras_classpca/hybrid/inputs.py`) pay as solving a single-input one does, and
+does the `"auto"` rule, tuned on single-input networks, hold on them? Both
+architectures are held out: nothing was tuned on them.
+
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.bench_multi_input [--seeds 3]
+
+Writes the `bench_multi_input` section of docs/benchmarks.md and its summary row.
+"""
+
+import argparse
+
+from benchmarks import bench_default, default_report
+from benchmarks._report import (
+    add_report_options,
+    default_results,
+    machine_line,
+    met,
+    write_section,
+)
+from benchmarks.common import run_benchmark
+from benchmarks.grid_models import MULTI_INPUT
+from keras_classpca.hybrid.policy import DEFAULT_RULE
+
+SECTION = "bench_multi_input"
+FRACTIONS = (0.02, 0.1, 1.0)
+
+
+def target_status(rows):
+    if not rows:
+        return {}
+    within = sum(r["regret"] <= default_report.WITHIN for r in rows)
+    below = sum(r["below_sgd"] > default_report.BELOW_SGD for r in rows)
+    return {"multi_input_default_accuracy": (
+        f"within 0.5 pp in {within}/{len(rows)} ({within / len(rows):.0%}); > 1 pp below "
+        f"SGD in {below}", met(within >= 0.9 * len(rows) and below == 0))}
+
+
+def write_report(records, command, paragraph, print_only=False):
+    rows = default_report.summarize(default_report.cells_of(records), DEFAULT_RULE)
+    seeds = max((r["seeds"] for r in rows), default=0)
+    body = (
+        "## The default path on models with two inputs (`bench_multi_input`)\n\n"
+        f"{machine_line()}\n\nCommand: `{command}`. Fashion-MNIST; two architectures "
+        "(`benchmarks/grid_models.py`): `twoview` (the top and bottom 14 rows of each "
+        "image as two inputs, a Conv(32, 5)–MaxPool–Conv(64, 5)–MaxPool tower each, "
+        "concatenated – Dense(128) – Dense) and `thumb` (the image through the benchmark "
+        "CNN's two convolutions, its 7×7 thumbnail — 49 values — through Dense(32), "
+        "concatenated – Dense(128) – Dense); the data given as `fit` takes it, "
+        "`([x_1, x_2], y)`; Adam, batch 128, at least 3 epochs and 300 steps; medians "
+        f"over {seeds} seed(s). Cells and replay as in `bench_default`: SGD and each "
+        "fixed cutoff (the first k solvable layers in the planner's topological order) "
+        "are trained, the default path is replayed from the recorded decision. Both "
+        "architectures are held out: the rule was tuned on single-input networks.\n\n"
+        f"Rule: `{DEFAULT_RULE}`.\n\n"
+        + default_report._half_line("Held out (twoview, thumb)", rows)
+        + "\n\n" + default_report._table(rows) + "\n\n" + paragraph.strip()
+    )
+    write_section(SECTION, body, print_only=print_only, targets=target_status(rows))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=3, help="at least this many epochs")
+    parser.add_argument("--min-steps", type=int, default=300,
+                        help="and at least this many optimizer steps")
+    parser.add_argument("--architectures", default=",".join(MULTI_INPUT))
+    parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
+    parser.add_argument("--decisions-only", action="store_true",
+                        help="record only the decisions (appended; they replace the "
+                        "earlier ones of their cells in the report)")
+    add_report_options(parser, default_results(SECTION))
+    args = parser.parse_args()
+    args.verify = False
+    run_benchmark(args, SECTION, write_report,
+                  lambda checkpoint: bench_default.run(args, checkpoint))
+
+
+if __name__ == "__main__":
+    main()
