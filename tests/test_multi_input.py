@@ -192,6 +192,7 @@ def test_fit_progressive_trains_a_multi_input_model():
 def test_the_inputs_of_a_multi_input_model_read_as_one_sample_of_x():
     x1, x2, y = np.zeros((4, 3)), np.ones((4, 2)), np.arange(4)
     assert is_xy_pair(((x1, x2), y)) and is_xy_pair(([x1, x2], y))
+    assert is_xy_pair(((x1, x2), [0, 1, 0, 1]))  # labels as a list, as `fit` takes them
     # a list of two (x, y) batches is not a pair
     assert not is_xy_pair([(x1, y), (x1, y)])
 

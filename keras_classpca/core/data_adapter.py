@@ -75,6 +75,8 @@ def is_xy_pair(data):
         x = x[0]  # [x]: the inputs of a one-input model as a list, as `Model.fit` takes
     elif _is_several_inputs(x):
         # (x1, x2): the inputs of a multi-input model (their lengths checked when packed)
+        if isinstance(y, list):
+            return len(y) == x[0].shape[0]
         return _is_array_like(y) and len(y.shape) > 0
     if not _is_array_like(x):
         return False

@@ -6,7 +6,9 @@ convergence check points — works on one array of samples. A model with several
 sample's inputs flattened and laid side by side in one row of floats (`pack`), and the
 sub-models that compute a layer's input get a front end that cuts the row back into
 the model's inputs (`unpack`, with `keras.ops`). The model itself is not changed: it is
-trained, saved and served with its own inputs.
+trained, saved and served with its own inputs. In-memory arrays are packed once (a
+copy of the data, in float32 — float64 if an input is); datasets and generators batch
+by batch.
 
 The data for a multi-input model is what `Model.fit` takes: `x` a list or tuple of
 arrays in the order of `model.inputs`, or a dict keyed by the inputs' names (the keys
