@@ -366,18 +366,10 @@ class TimescaleMonitor(keras.callbacks.Callback):
 
     def _unmasked_rows(self, name):
         """The rows of the unmasked steps of layer `name`'s input and the sample each
-        row comes from."""
+        row comes from (the sample indices ride as the labels)."""
         features, packing = self._masked_rows[name]
         x = self._x if packing is None else packing.pack(self._x)
-        rows, samples = [], []
-        for start in range(0, self.samples, self.batch_size):
-            batch = keras.tree.map_structure(lambda part: part[start:start + self.batch_size], x)
-            # The sample indices ride as the labels: each kept step is labelled with its own.
-            h, of = features.rows(batch, np.arange(start, start + len(keras.tree.flatten(
-                batch)[0])), self.batch_size)
-            rows.append(h)
-            samples.append(of)
-        return np.concatenate(rows), np.concatenate(samples)
+        return features.all_rows(x, np.arange(self.samples), self.batch_size)
 
     def _nested_feature_models(self):
         """One predictor per monitored layer, through the nested models it lies in

@@ -433,6 +433,15 @@ class MaskedRows:
         steps = mask.reshape(len(mask), -1).shape[1]
         return h[mask], np.repeat(np.asarray(labels), steps)[mask.reshape(-1)]
 
+    def all_rows(self, x, labels, batch_size=256):
+        """`rows` of all of the in-memory samples `x` (an array, or a list of arrays
+        for several inputs), read in batches of `batch_size`."""
+        parts = []
+        for start in range(0, len(labels), batch_size):
+            batch = keras.tree.map_structure(lambda part: part[start:start + batch_size], x)
+            parts.append(self.rows(batch, labels[start:start + batch_size], batch_size))
+        return tuple(np.concatenate(part) for part in zip(*parts))
+
 
 def _carries_mask(tensor, masked):
     """Whether `tensor` holds a Keras mask when the model runs: Keras attached one to

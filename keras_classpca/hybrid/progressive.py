@@ -463,9 +463,7 @@ def _snap(plan, unit, x, labels):
     output_model = plan.feature_model(unit.output_tensor, unit.scope)
     features = plan.input_features(unit.input_tensor, unit.scope, unit.input_mask)
     if getattr(features, "selects_rows", False):  # a masked input: its unmasked steps
-        parts = [features.rows(x[start:start + 256], labels[start:start + 256], 256)
-                 for start in range(0, len(x), 256)]
-        inputs, labels = (np.concatenate(part) for part in zip(*parts))
+        inputs, labels = features.all_rows(x, labels)
     else:
         (inputs,) = _predict(features, x)
     (before,) = _predict(output_model, x)
