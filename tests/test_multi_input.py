@@ -168,13 +168,45 @@ def test_multi_input_data_that_does_not_fit_is_refused_by_name(data, message):
         np.testing.assert_array_equal(old, new)
 
 
-def test_inputs_of_unknown_size_are_refused_with_the_way_out():
-    a, b = keras.Input((None, 4), name="steps"), keras.Input((5,), name="meta")
-    pooled = L.GlobalAveragePooling1D()(L.Dense(3)(a))
-    model = keras.Model([a, b], L.Dense(2)(L.Concatenate()([pooled, L.Dense(3)(b)])))
-    with pytest.raises(ValueError, match=r"input 'steps' has shape \(None, None, 4\).*fixed"):
-        hybridize(model, ((np.zeros((4, 6, 4)), np.zeros((4, 5))), np.arange(4) % 2),
-                  cutoff=1, verbose=0)
+def _sequence_model(steps=None):
+    sequence, meta = keras.Input((steps, 5), name="steps"), keras.Input((5,), name="meta")
+    pooled = L.GlobalAveragePooling1D()(L.Dense(3, name="per_step")(sequence))
+    merged = L.Concatenate()([pooled, _meta_branch(meta)])
+    return keras.Model([sequence, meta], L.Dense(CLASSES, activation="softmax")(merged))
+
+
+def test_an_input_of_unknown_length_takes_the_length_of_its_data():
+    # `Input((None, 5))` fed arrays of 6 steps: packed as 6 steps, solved as if declared so.
+    _, meta, _, y = _data()
+    steps = np.random.default_rng(1).normal(size=(N, 6, 5)).astype("float32")
+    steps[np.arange(N), :, y] += 1.5
+    reference = _sequence_model(6)
+    hybridize(reference, ((steps, meta), y), cutoff=2, samples=None, verbose=0)
+    forms = [((steps, meta), y),
+             lambda: (((steps[i:i + 90], meta[i:i + 90]), y[i:i + 90]) for i in range(0, N, 90))]
+    for data in forms:
+        model = _sequence_model()
+        report = hybridize(model, data, cutoff=2, samples=None, verbose=0)
+        assert _names(report) == ["per_step", "meta_dense"]
+        for name in ("per_step", "meta_dense"):
+            np.testing.assert_allclose(_kernel(model, name), _kernel(reference, name),
+                                       atol=1e-5)
+
+
+def test_batches_of_another_length_are_refused_with_the_way_out():
+    _, meta, _, y = _data()
+    lengths = (6, 6, 7)
+
+    def batches():
+        for i, length in enumerate(lengths):
+            rows = slice(100 * i, 100 * i + 100)
+            yield (np.ones((100, length, 5), "float32"), meta[rows]), y[rows]
+
+    model = _sequence_model()
+    with pytest.raises(ValueError, match=r"input 'steps' \(declared \(n,\) \+ \(None, 5\)\) "
+                                         r"came with samples of shape \(7, 5\) after \(6, 5\)"
+                                         r".*Pad its batches to one length"):
+        hybridize(model, batches, cutoff=1, samples=None, verbose=0)
 
 
 def test_fit_progressive_trains_a_multi_input_model():

@@ -336,54 +336,59 @@ class TimescaleMonitor(keras.callbacks.Callback):
         return chosen
 
     def _build(self):
+        from keras_classpca.hybrid.planner import plan_model
+
         self._layers = self._resolve_layers()
+        try:
+            self._plan, plan_error = plan_model(self.model), None
+        except Exception as error:  # (the plain path below may still read the layers)
+            self._plan, plan_error = None, error
+        packing = self._plan.input_packing if self._plan is not None else None
+        # The planner's sub-models of a multi-input model read its inputs packed into
+        # one row (the sizes of unknown axes come from the sample).
+        self._packed = None if packing is None else packing.pack(self._x)
         self._masked_rows = self._masked_inputs()
-        self._packing = None
+        self._from_packed = False
         try:
             inputs = self.model.inputs
             # One input as a tensor; several as the model takes them (a dict by name).
             inputs = inputs[0] if len(inputs) == 1 else self.model.input
             self._feature_models = [keras.Model(inputs, [layer.input for layer in self._layers])]
         except Exception:  # a layer of a nested model: its input is in the inner graph
-            self._feature_models = self._nested_feature_models()
+            self._feature_models = self._nested_feature_models(plan_error)
+            self._from_packed = self._packed is not None
         self._ranks = {}
 
     def _masked_inputs(self):
-        """`{layer name: (MaskedRows, packing)}` for the monitored Dense layers on masked
-        steps (after `Masking` or `Embedding(mask_zero=True)`, as the planner finds
-        them): measured on the unmasked steps, as the layers above read them."""
-        from keras_classpca.hybrid.planner import plan_model
-
-        try:
-            plan = plan_model(self.model)
-        except ValueError:
+        """`{layer name: MaskedRows}` for the monitored Dense layers on masked steps
+        (after `Masking` or `Embedding(mask_zero=True)`, as the planner finds them):
+        measured on the unmasked steps, as the layers above read them."""
+        if self._plan is None:
             return {}
         monitored = {id(layer) for layer in self._layers}
-        return {step.layer.name: (plan.input_features(step.input, step.scope, step.input_mask),
-                                  plan.input_packing)
+        plan = self._plan
+        return {step.layer.name: plan.input_features(step.input, step.scope, step.input_mask)
                 for step in plan.steps
                 if id(step.layer) in monitored and step.input_mask is not None}
 
     def _unmasked_rows(self, name):
         """The rows of the unmasked steps of layer `name`'s input and the sample each
         row comes from (the sample indices ride as the labels)."""
-        features, packing = self._masked_rows[name]
-        x = self._x if packing is None else packing.pack(self._x)
-        return features.all_rows(x, np.arange(self.samples), self.batch_size)
+        x = self._x if self._packed is None else self._packed
+        return self._masked_rows[name].all_rows(x, np.arange(self.samples), self.batch_size)
 
-    def _nested_feature_models(self):
+    def _nested_feature_models(self, plan_error):
         """One predictor per monitored layer, through the nested models it lies in
         (the planner's flattened graph)."""
-        from keras_classpca.hybrid.planner import flatten_graph, plan_model
+        from keras_classpca.hybrid.planner import flatten_graph
 
-        try:
-            plan = plan_model(self.model)
-            nodes, _ = flatten_graph(self.model)
-        except ValueError as error:
+        if plan_error is not None:
             raise ValueError(
                 "TimescaleMonitor needs a functional or Sequential model (nested models "
-                f"included) whose monitored layers are on its graph: {error}"
-            ) from error
+                f"included) whose monitored layers are on its graph: {plan_error}"
+            ) from plan_error
+        plan = self._plan
+        nodes, _ = flatten_graph(self.model)
         where = {}
         for node in nodes:
             where.setdefault(id(node.layer), node)
@@ -396,12 +401,11 @@ class TimescaleMonitor(keras.callbacks.Callback):
                     "from `model.inputs`; pass `layers=` without it."
                 )
             models.append(plan.feature_model(node.inputs[0], node.scope))
-        self._packing = plan.input_packing  # several inputs: the models read them packed
         return models
 
     def _layer_inputs(self):
         outputs = [[] for _ in self._layers]
-        x = self._x if self._packing is None else self._packing.pack(self._x)
+        x = self._packed if self._from_packed else self._x
         for start in range(0, self.samples, self.batch_size):
             batch = keras.tree.map_structure(lambda part: part[start:start + self.batch_size], x)
             values = []

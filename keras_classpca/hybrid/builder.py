@@ -581,8 +581,7 @@ def hybridize(
     Args:
         model: a built Keras model (an unbuilt Sequential is built from the data);
             with several outputs, every head trains and the labels of `data` are
-            those the layers are solved for. With several inputs (of fixed shapes),
-            `x` holds one array per input, as `fit` takes it — a list or tuple in
+            those the layers are solved for. With several inputs, `x` holds one array per input, as `fit` takes it — a list or tuple in
             the order of `model.inputs`, or a dict keyed by their names — and is
             packed into one array for the solve (`hybrid/inputs.py`).
         data: `(x, y)` arrays, a `tf.data.Dataset` of `(x, y)` batches, a keras
@@ -830,6 +829,12 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         first_x, _ = passes.peek()
         ensure_built(model, first_x.shape[1:])
     plan = plan_model(model)
+    if inputs is not None:
+        # One packing for the data and the sub-models: the sizes of inputs declared of
+        # unknown size (`Input((None,))`) come from the first data it packs.
+        plan.input_packing = inputs
+        if not inputs.resolved:
+            passes.peek()
     if passes.in_memory:  # (a stream's first batch would cost a read here)
         _check_input_shape(model, passes.data[0])
     passes.model_classes = None if label_free else output_classes(model)

@@ -53,25 +53,48 @@ class InputPacking:
             )
         self.names = keys
         self.tensors = tensors
-        self.shapes = []
+        # Declared shapes; an axis of unknown size (`Input((None,))`) takes the size of
+        # the first data packed, and every later batch must have it too.
+        self.shapes = [tuple(tensor.shape[1:]) for tensor in tensors]
         for name, tensor in zip(keys, tensors):
-            shape = tuple(tensor.shape[1:])
-            if any(size is None for size in shape):
-                raise ValueError(
-                    f"`model`'s input {name!r} has shape {(None,) + shape}: to solve a "
-                    "multi-input model its inputs are packed side by side, which needs "
-                    "the size of every axis but the batch. Give that `keras.Input` a "
-                    "fixed shape (pad the data to it)."
-                )
             if keras.backend.standardize_dtype(tensor.dtype) in ("string", "bool"):
                 raise ValueError(
                     f"`model`'s input {name!r} is of dtype {tensor.dtype}: hybridize "
                     "packs the inputs of a multi-input model as numbers."
                 )
-            self.shapes.append(shape)
-        self.sizes = [int(np.prod(shape, dtype=np.int64)) for shape in self.shapes]
         self.dtypes = [keras.backend.standardize_dtype(t.dtype) for t in tensors]
         self.dtype = "float64" if "float64" in self.dtypes else "float32"
+
+    @property
+    def resolved(self):
+        """Whether every input's size is known (declared, or read from the data)."""
+        return all(size is not None for shape in self.shapes for size in shape)
+
+    @property
+    def sizes(self):
+        """Values per sample of each input (in its packed row)."""
+        return [int(np.prod(shape, dtype=np.int64)) for shape in self.shapes]
+
+    def _fit_shape(self, index, part):
+        """Check `part`'s sample shape against input `index`'s, taking the sizes of its
+        unknown axes from the first data."""
+        name, shape = self.names[index], self.shapes[index]
+        declared = tuple(self.tensors[index].shape[1:])
+        got = tuple(part.shape[1:])
+        if part.ndim == 0 or len(got) != len(declared) or any(
+                size is not None and size != g for size, g in zip(declared, got)):
+            raise ValueError(
+                f"`x`'s input {name!r} must have shape (n,) + {declared} (None: any "
+                f"size), as the model's input; received {part.shape}."
+            )
+        if got != shape and None not in shape:
+            raise ValueError(
+                f"`x`'s input {name!r} (declared (n,) + {declared}) came with samples of "
+                f"shape {got} after {shape}: the inputs of a multi-input model are packed "
+                "side by side, so each one needs one size over all the data. Pad its "
+                "batches to one length (e.g. `padded_batch` with `padded_shapes`)."
+            )
+        self.shapes[index] = got
 
     def _parts(self, x):
         """`x` as a list of arrays in the order of the model's inputs."""
@@ -101,12 +124,8 @@ class InputPacking:
         parts = [as_standard_float(part) for part in self._parts(x)]
         n = None
         rows = []
-        for name, shape, part in zip(self.names, self.shapes, parts):
-            if part.ndim == 0 or tuple(part.shape[1:]) != shape:
-                raise ValueError(
-                    f"`x`'s input {name!r} must have shape (n,) + {shape}, as the model's "
-                    f"input; received {part.shape}."
-                )
+        for index, (name, part) in enumerate(zip(self.names, parts)):
+            self._fit_shape(index, part)
             if n is not None and len(part) != n:
                 raise ValueError(
                     f"The inputs in `x` must hold the same number of samples; {name!r} "
@@ -139,10 +158,25 @@ class InputPacking:
 
     def feature_model(self, source):
         """A `keras.Model` from packed rows to `source` (a tensor of the model's graph,
-        or a list of them)."""
-        inner = keras.Model(self.tensors, source)
+        or a list of them). Inputs of unknown size need data packed first."""
+        if not self.resolved:
+            unknown = [name for name, shape in zip(self.names, self.shapes) if None in shape]
+            raise RuntimeError(
+                f"The sizes of the inputs {unknown} are read from the data: pack some "
+                "before building a feature model."
+            )
         rows = keras.Input((sum(self.sizes),), dtype=self.dtype)
-        return keras.Model(rows, inner(self.unpack(rows)))
+        inputs = self.unpack(rows)
+        sources = source if isinstance(source, (list, tuple)) else [source]
+        position = {id(tensor): i for i, tensor in enumerate(self.tensors)}
+        # A model input asked for itself is its unpacked tensor (a sub-model returning
+        # its own input makes a cycle of the graph around it).
+        computed = [s for s in sources if id(s) not in position]
+        outputs = keras.Model(self.tensors, computed)(inputs) if computed else []
+        outputs = iter(keras.tree.flatten(outputs))
+        result = [inputs[position[id(s)]] if id(s) in position else next(outputs)
+                  for s in sources]
+        return keras.Model(rows, result if isinstance(source, (list, tuple)) else result[0])
 
 
 def input_packing(model):
