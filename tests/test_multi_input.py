@@ -304,3 +304,103 @@ def test_a_backbone_nested_in_one_branch_is_solved_and_monitored():
                                layers=[backbone.get_layer("conv"), "meta_dense"])
     model.fit((image, meta), y, epochs=1, batch_size=64, verbose=0, callbacks=[monitor])
     assert monitor.history["layers"]["conv"]["input_dim"] == 9
+
+
+def _reads(which, shape_b=(5,)):
+    """Dense 'd' reads input `which` of two ("a" of shape (5,), "b" of `shape_b`)."""
+    a, b = keras.Input((5,), name="a"), keras.Input(shape_b, name="b")
+    source, other = (a, b) if which == "a" else (b, a)
+    merged = L.Concatenate()([L.Dense(4, activation="relu", name="d")(source),
+                              L.Flatten()(other)])
+    return keras.Model([a, b], L.Dense(CLASSES, activation="softmax")(merged))
+
+
+@pytest.mark.parametrize("shape_b", [(5,), (4,)])
+def test_the_solve_cache_tells_which_input_a_layer_reads(shape_b):
+    from keras_classpca import SolveCache
+
+    rng = np.random.default_rng(0)
+    _, _, _, y = _data()
+    xa = rng.normal(size=(N, 5)).astype("float32") + np.eye(CLASSES, 5)[y]
+    xb = rng.normal(size=(N,) + shape_b).astype("float32") - np.eye(CLASSES, shape_b[0])[y]
+    cache = SolveCache()
+    hybridize(_reads("a", shape_b), ((xa, xb), y), cutoff=1, samples=None, solve_cache=cache,
+              verbose=0)
+    model = _reads("b", shape_b)
+    hybridize(model, ((xa, xb), y), cutoff=1, samples=None, solve_cache=cache, verbose=0)
+    assert (cache.hits, cache.misses) == (0, 2)  # another input: another solve
+    fresh = _reads("b", shape_b)
+    hybridize(fresh, ((xa, xb), y), cutoff=1, samples=None, verbose=0)
+    np.testing.assert_array_equal(_kernel(model, "d"), _kernel(fresh, "d"))
+    again = _reads("b", shape_b)  # the same model again: a hit, the same weights
+    hybridize(again, ((xa, xb), y), cutoff=1, samples=None, solve_cache=cache, verbose=0)
+    assert cache.hits == 1
+    np.testing.assert_array_equal(_kernel(again, "d"), _kernel(fresh, "d"))
+
+
+def test_a_nested_model_with_two_inputs_is_solved_inside():
+    image, meta, _, y = _data()
+    inner_image, inner_meta = keras.Input((8, 8, 1)), keras.Input((5,))
+    inner = keras.Model([inner_image, inner_meta], L.Concatenate()(
+        [_image_branch(inner_image), _meta_branch(inner_meta)]), name="towers")
+    image_input, meta_input = keras.Input((8, 8, 1), name="image"), keras.Input((5,),
+                                                                               name="meta")
+    model = keras.Model([image_input, meta_input], L.Dense(CLASSES, activation="softmax")(
+        inner([image_input, meta_input])))
+    report = hybridize(model, ((image, meta), y), cutoff=2, samples=None, verbose=0)
+    assert _names(report) == ["conv", "meta_dense"]
+    np.testing.assert_allclose(_kernel(inner, "conv"),
+                               _alone(_image_branch, (8, 8, 1), "conv", (image, y)), atol=1e-5)
+    np.testing.assert_allclose(_kernel(inner, "meta_dense"),
+                               _alone(_meta_branch, (5,), "meta_dense", (meta, y)), atol=1e-5)
+
+
+def test_a_probe_of_several_inputs_and_labels_of_several_heads():
+    from keras_classpca import SettleOnChange
+
+    image, meta, _, y = _data()
+    model = _two_inputs()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    for probe in ([image[:60], meta[:60]], {"image": image[:60], "meta": meta[:60]}):
+        settle = SettleOnChange(measure="output", probe=probe, threshold=0.5)
+        history = fit_progressive(model, (image, meta), y, epochs=2, settle=settle,
+                                  batch_size=64, verbose=0)
+        assert all(len(c) >= 1 for c in history.progressive.changes.values())
+    with pytest.raises(ValueError, match=r"one label per sample: pass the labels of the head"):
+        hybridize(_two_inputs(), ((image, meta), [y, y]), cutoff=1, verbose=0)
+
+
+@pytest.mark.tensorflow_backend
+def test_a_dataset_of_single_samples_with_a_scalar_input_is_batched():
+    import tensorflow as tf
+
+    _, meta, _, y = _data()
+    age = (y * 10.0 + np.random.default_rng(0).normal(size=N)).astype("float32")
+    age_input, meta_input = keras.Input((), name="age"), keras.Input((5,), name="meta")
+    merged = L.Concatenate()([L.Reshape((1,))(age_input), _meta_branch(meta_input)])
+    model = keras.Model({"age": age_input, "meta": meta_input},
+                        L.Dense(CLASSES, activation="softmax")(merged))
+    one_hot = np.eye(CLASSES, dtype="float32")[y]
+    dataset = tf.data.Dataset.from_tensor_slices(({"age": age, "meta": meta}, one_hot))
+    report = hybridize(model, dataset, cutoff=1, samples=None, verbose=0)
+    assert report.layers[0].samples == N
+    np.testing.assert_allclose(_kernel(model, "meta_dense"),
+                               _alone(_meta_branch, (5,), "meta_dense", (meta, y)), atol=1e-5)
+
+
+def test_the_monitor_packs_nothing_it_does_not_need():
+    # Ids too large for a float32 row, on a branch the monitored layer does not read:
+    # the plain path reads the inputs as they are.
+    from keras_classpca.diagnostics import TimescaleMonitor
+
+    _, meta, _, y = _data()
+    ids = np.random.default_rng(0).integers(2**30, 2**40, size=(N, 1))
+    id_input, meta_input = keras.Input((1,), dtype="int64", name="ids"), keras.Input(
+        (5,), name="meta")
+    hashed = L.Hashing(16, output_mode="one_hot")(id_input)
+    merged = L.Concatenate()([hashed, _meta_branch(meta_input)])
+    model = keras.Model([id_input, meta_input], L.Dense(CLASSES, activation="softmax")(merged))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    monitor = TimescaleMonitor(((ids, meta), y), samples=120, layers=["meta_dense"])
+    model.fit((ids, meta), y, epochs=1, batch_size=64, verbose=0, callbacks=[monitor])
+    assert monitor.history["layers"]["meta_dense"]["input_dim"] == 5

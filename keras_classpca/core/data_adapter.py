@@ -37,7 +37,13 @@ def _holds_several_label_sets(data):
         return False
     x, y = data[0], data[1]
     parts = list(y.values()) if isinstance(y, dict) else y
-    return (_is_array_like(x) and isinstance(y, (list, tuple, dict)) and len(parts) > 1
+    # (Several inputs only as `((x1, x2), [y1, y2])` or with a dict of labels: two
+    # `(x, y)` batches in a list or a tuple look the same otherwise.)
+    inputs = (_is_array_like(x)
+              or (_is_several_inputs(x) and isinstance(data, tuple)
+                  and isinstance(y, (list, dict)))
+              or (_is_input_dict(x) and x and all(_is_array_like(v) for v in x.values())))
+    return (inputs and isinstance(y, (list, tuple, dict)) and len(parts) > 1
             and all(_is_array_like(part) for part in parts))
 
 
@@ -466,8 +472,12 @@ def _is_unbatched(dataset):
     (`dataset.unbatch().batch(n)`).
     """
     x_spec, y_spec = dataset.element_spec[:2]
-    while isinstance(x_spec, (tuple, list, dict)) and x_spec:  # several inputs: the first
-        x_spec = x_spec[sorted(x_spec)[0]] if isinstance(x_spec, dict) else x_spec[0]
+    if isinstance(x_spec, (tuple, list, dict)) and x_spec:  # several inputs
+        specs = list(x_spec.values()) if isinstance(x_spec, dict) else list(x_spec)
+        if any(getattr(spec, "shape", None) is not None and spec.shape.rank == 0
+               for spec in specs):
+            return True  # a scalar input: a batch would have a leading axis
+        x_spec = specs[0]
     y_shape = y_spec.shape
     if y_shape.rank == 0:
         return True

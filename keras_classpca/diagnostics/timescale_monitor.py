@@ -343,10 +343,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
             self._plan, plan_error = plan_model(self.model), None
         except Exception as error:  # (the plain path below may still read the layers)
             self._plan, plan_error = None, error
-        packing = self._plan.input_packing if self._plan is not None else None
-        # The planner's sub-models of a multi-input model read its inputs packed into
-        # one row (the sizes of unknown axes come from the sample).
-        self._packed = None if packing is None else packing.pack(self._x)
+        self._packed = None
         self._masked_rows = self._masked_inputs()
         self._from_packed = False
         try:
@@ -356,7 +353,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
             self._feature_models = [keras.Model(inputs, [layer.input for layer in self._layers])]
         except Exception:  # a layer of a nested model: its input is in the inner graph
             self._feature_models = self._nested_feature_models(plan_error)
-            self._from_packed = self._packed is not None
+            self._from_packed = True
         self._ranks = {}
 
     def _masked_inputs(self):
@@ -366,16 +363,30 @@ class TimescaleMonitor(keras.callbacks.Callback):
         if self._plan is None:
             return {}
         monitored = {id(layer) for layer in self._layers}
-        plan = self._plan
-        return {step.layer.name: plan.input_features(step.input, step.scope, step.input_mask)
-                for step in plan.steps
-                if id(step.layer) in monitored and step.input_mask is not None}
+        steps = [step for step in self._plan.steps
+                 if id(step.layer) in monitored and step.input_mask is not None]
+        if steps:
+            self._planner_sample()
+        return {step.layer.name: self._plan.input_features(step.input, step.scope,
+                                                           step.input_mask)
+                for step in steps}
+
+    def _planner_sample(self):
+        """The sample as the planner's sub-models read it: a multi-input model's inputs
+        packed into one row (the sizes of unknown axes come from the sample), packed
+        only when such a sub-model is needed."""
+        packing = self._plan.input_packing
+        if packing is None:
+            return self._x
+        if self._packed is None:
+            self._packed = packing.pack(self._x)
+        return self._packed
 
     def _unmasked_rows(self, name):
         """The rows of the unmasked steps of layer `name`'s input and the sample each
         row comes from (the sample indices ride as the labels)."""
-        x = self._x if self._packed is None else self._packed
-        return self._masked_rows[name].all_rows(x, np.arange(self.samples), self.batch_size)
+        return self._masked_rows[name].all_rows(self._planner_sample(),
+                                                np.arange(self.samples), self.batch_size)
 
     def _nested_feature_models(self, plan_error):
         """One predictor per monitored layer, through the nested models it lies in
@@ -388,6 +399,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
                 f"included) whose monitored layers are on its graph: {plan_error}"
             ) from plan_error
         plan = self._plan
+        self._planner_sample()  # (resolves the packing before its sub-models are built)
         nodes, _ = flatten_graph(self.model)
         where = {}
         for node in nodes:
@@ -405,7 +417,7 @@ class TimescaleMonitor(keras.callbacks.Callback):
 
     def _layer_inputs(self):
         outputs = [[] for _ in self._layers]
-        x = self._packed if self._from_packed else self._x
+        x = self._planner_sample() if self._from_packed else self._x
         for start in range(0, self.samples, self.batch_size):
             batch = keras.tree.map_structure(lambda part: part[start:start + self.batch_size], x)
             values = []

@@ -492,8 +492,12 @@ class _CacheKeys:
                     "arrays (a string that changes whenever the data changes)."
                 )
             fingerprint = data_fingerprint(*passes.data)
+        inputs = keras.tree.flatten(model.inputs)
         self.base = dict(settings, fingerprint=fingerprint, solver=SOLVER_VERSION,
-                         input_shape=list(model.inputs[0].shape[1:]))
+                         input_shape=list(inputs[0].shape[1:]))
+        if len(inputs) > 1:  # (single-input keys unchanged: entries on disk stay valid)
+            self.base["inputs"] = [[list(t.shape[1:]), keras.backend.standardize_dtype(
+                t.dtype)] for t in inputs]
         self.plan = plan
         self._keys = {}
 
@@ -510,10 +514,12 @@ class _CacheKeys:
         end = steps[j + 1].position if j + 1 < len(steps) else len(self.plan.layers)
         # Weights the solve neither writes nor adapts (a Normalization's statistics, a
         # frozen layer of another kind) change the features: they are part of the key.
+        several = "inputs" in self.base
         layers = [dict(layer_signature(layer), parents=self.plan.parents[i],
                        weights=None if is_solvable_kind(layer) or isinstance(
                            layer, keras.layers.BatchNormalization)
-                       else fixed_weights_digest([layer]))
+                       else fixed_weights_digest([layer]),
+                       **({"inputs_read": self.plan.inputs_read[i]} if several else {}))
                   for i, layer in enumerate(self.plan.layers[:end])]
         return prefix_key(layers=layers, **self.base)
 
@@ -581,9 +587,10 @@ def hybridize(
     Args:
         model: a built Keras model (an unbuilt Sequential is built from the data);
             with several outputs, every head trains and the labels of `data` are
-            those the layers are solved for. With several inputs, `x` holds one array per input, as `fit` takes it — a list or tuple in
-            the order of `model.inputs`, or a dict keyed by their names — and is
-            packed into one array for the solve (`hybrid/inputs.py`).
+            those the layers are solved for. With several inputs, `x` holds one
+            array per input, as `fit` takes it — a list or tuple in the order of
+            `model.inputs`, or a dict keyed by their names — and is packed into one
+            array for the solve (`hybrid/inputs.py`).
         data: `(x, y)` arrays, a `tf.data.Dataset` of `(x, y)` batches, a keras
             `PyDataset`, or a callable returning a fresh iterable of `(x, y)` batches
             (one pass is made per solved layer, two for a separable convolution, one

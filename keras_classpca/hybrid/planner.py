@@ -296,6 +296,9 @@ class Plan:
     # Trainable normalizations other than BatchNormalization (`FIXED_NORMALIZATIONS`):
     # passed as they are, frozen with the solved layers that read them.
     fixed_normalizations: list = dataclasses.field(default_factory=list)
+    # Per layer: positions in `model.inputs` of the model inputs it reads itself (the
+    # parents do not show them: several inputs read as one "no parent").
+    inputs_read: list = dataclasses.field(default_factory=list)
 
     @property
     def names(self):
@@ -383,7 +386,7 @@ class Plan:
         models, source = [], tensor
         for nested in reversed(scope):
             models.append(keras.Model(_single(nested.inputs), source))
-            source = outer_call_tensors(nested)[0][0]
+            source = _single(outer_call_tensors(nested)[0])  # what it was called on
         if self.input_packing is not None:
             models.append(self.input_packing.feature_model(source))
         else:
@@ -487,7 +490,7 @@ def flatten_graph(model, scope=(), outer_inputs=None, nodes=None, producer=None,
     for operation in _operations(model):
         if isinstance(operation, keras.layers.InputLayer):
             continue
-        if _is_nested_model(operation) and len(keras.tree.flatten(operation.inputs)) == 1:
+        if _is_nested_model(operation):
             called_on, returned = call_tensors(model, operation, chain)
             flatten_graph(operation, scope + (operation,), called_on, nodes, producer,
                           masked)
@@ -706,6 +709,10 @@ def plan_model(model):
         first_blocked is not None) else (_single(graph_outputs(model)), ())
     fixed_normalizations = [n.layer.name for i, n in enumerate(nodes)
                             if is_norm[i] and not is_bn[i] and n.layer.weights]
+    model_inputs = {id(t): i for i, t in enumerate(keras.tree.flatten(model.inputs))}
+    inputs_read = [sorted({model_inputs[id(t)] for t in n.inputs if id(t) in model_inputs})
+                   if not n.scope else [] for n in nodes]
     return Plan(model, steps, blocked, leading, passed, [n.layer for n in nodes],
                 [list(n.parents) for n in nodes], top, first_blocked,
-                top_is_head=first_blocked in heads, fixed_normalizations=fixed_normalizations)
+                top_is_head=first_blocked in heads, fixed_normalizations=fixed_normalizations,
+                inputs_read=inputs_read)

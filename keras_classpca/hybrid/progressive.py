@@ -163,7 +163,8 @@ class SettleOnChange:
             of a step) and cost about 1 pp of test accuracy (docs/progressive.md).
         samples: size of the probe sample (`"output"`), drawn once from the training
             data (the first `samples` of a dataset, a fixed random subset of arrays).
-        probe: the probe inputs themselves, instead of drawing them from the data.
+        probe: the probe inputs themselves, instead of drawing them from the data (for
+            a model with several inputs, one array per input, as `fit` takes `x`).
         seed: seed of the probe draw.
     """
 
@@ -199,7 +200,13 @@ class SettleOnChange:
         self.patience = int(patience)
         self.keep_top = int(keep_top)
         self.samples = int(samples)
-        self.probe = None if probe is None else np.asarray(probe)
+        # A multi-input model's probe (a list, tuple or dict of arrays) stays as given:
+        # packed with the model's inputs when training starts.
+        several = isinstance(probe, (list, tuple, dict)) and not hasattr(probe, "shape") and (
+            all(hasattr(part, "shape") for part in keras.tree.flatten(probe)))
+        self.probe = (None if probe is None else
+                      keras.tree.map_structure(np.asarray, probe) if several
+                      else np.asarray(probe))
         self.seed = int(seed)
 
     def __repr__(self):
@@ -890,6 +897,8 @@ def fit_progressive(
                                inputs=plan.input_packing)
         elif plan.input_packing is not None:
             probe = plan.input_packing.pack(probe)
+        elif not hasattr(probe, "shape"):
+            probe = np.asarray(probe)  # a list of samples of the single input
     # Drawn (and its labels checked) before training: not an epoch later, at a freeze.
     snap_data = (_sample(x, y, SNAP_SAMPLES, 0, need_labels=True, inputs=plan.input_packing)
                  if snap else None)
