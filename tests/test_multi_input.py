@@ -156,6 +156,8 @@ def test_auto_cutoff_trains_saves_and_reloads(tmp_path):
     (lambda i, m, y: ((i, m[:10]), y), r"holds 10, 'image' 360"),
     (lambda i, m, y: ((i[..., 0], m), y), r"'image' must have shape \(n,\) \+ \(8, 8, 1\)"),
     (lambda i, m, y: (i, y), r"2 inputs \(image, meta\).*received one ndarray"),
+    (lambda i, m, y: (i, m), r"received one ndarray of shape \(360, 8, 8, 1\) \(if `data` "
+     r"was `\(x_1, x_2\)`, the second array was read as the labels"),
     (lambda i, m, y: i, r"2 inputs \(image, meta\) and `data` is one array without labels"),
 ])
 def test_multi_input_data_that_does_not_fit_is_refused_by_name(data, message):

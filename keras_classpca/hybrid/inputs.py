@@ -109,7 +109,10 @@ class InputPacking:
         if isinstance(x, (list, tuple)) and len(x) == len(self.names):
             return list(x)
         what = (f"a {type(x).__name__} of {len(x)}" if isinstance(x, (list, tuple))
-                else f"one {type(x).__name__}")
+                else f"one {type(x).__name__}" + (
+                    f" of shape {tuple(x.shape)} (if `data` was `(x_1, x_2)`, the "
+                    "second array was read as the labels: pass them beside the inputs)"
+                    if hasattr(x, "shape") else ""))
         raise ValueError(
             f"The model has {len(self.names)} inputs ({', '.join(self.names)}), so `x` "
             f"must hold one array per input — a list or tuple in that order, or a dict "
