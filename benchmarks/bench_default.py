@@ -172,25 +172,39 @@ def run(args, checkpoint):
         checkpoint()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
+def grid_parser(doc, section, architectures, fractions, seeds=3):
+    """The options of a benchmark of this grid's cells (`run`): seeds, epochs,
+    architectures, fractions, `--decisions-only` and the report options."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=seeds)
     parser.add_argument("--first-seed", type=int, default=0,
                         help="seeds first-seed, ..., first-seed + seeds - 1 (runs split "
                         "across calls append to the same --results)")
     parser.add_argument("--epochs", type=int, default=3, help="at least this many epochs")
     parser.add_argument("--min-steps", type=int, default=300,
                         help="and at least this many optimizer steps (more epochs on less data)")
-    parser.add_argument("--architectures", default=",".join(grid_models.ARCHITECTURES))
-    parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
-    parser.add_argument("--verify", action="store_true",
-                        help="also run the default path itself in every cell")
+    parser.add_argument("--architectures", default=",".join(architectures))
+    parser.add_argument("--fractions", default=",".join(str(f) for f in fractions))
     parser.add_argument("--decisions-only", action="store_true",
                         help="record only the decisions (e.g. after the probe changed); the "
-                        "report replays them on the training runs of --runs")
+                        "report replays them on the training runs")
+    add_report_options(parser, default_results(section))
+    return parser
+
+
+def grid_main(doc, section, architectures, fractions, write_report, seeds=3):
+    """The `main()` of a benchmark of other architectures on this grid's cells."""
+    args = grid_parser(doc, section, architectures, fractions, seeds).parse_args()
+    args.verify = False
+    run_benchmark(args, section, write_report, lambda checkpoint: run(args, checkpoint))
+
+
+def main():
+    parser = grid_parser(__doc__, SECTION, grid_models.ARCHITECTURES, FRACTIONS)
+    parser.add_argument("--verify", action="store_true",
+                        help="also run the default path itself in every cell")
     parser.add_argument("--runs", default=None,
                         help="results file holding the training runs (default: --results)")
-    add_report_options(parser, default_results(SECTION))
     args = parser.parse_args()
 
     def write_report(records, command, paragraph, print_only=False):

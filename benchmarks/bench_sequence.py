@@ -21,18 +21,13 @@ kernel of one. The section shows both on every cell. The choice was made on the
 Writes the `bench_sequence` section of docs/benchmarks.md and its summary row.
 """
 
-import argparse
 import copy
 
 from benchmarks import bench_default, default_report
 from benchmarks._report import (
-    add_report_options,
-    default_results,
     machine_line,
-    met,
     write_section,
 )
-from benchmarks.common import run_benchmark
 from keras_classpca.hybrid.policy import DEFAULT_RULE, PER_STEP_DENSE
 
 SECTION = "bench_sequence"
@@ -52,16 +47,6 @@ def as_flat_dense(cells):
                     row["kind"] = "Dense"
             cell.get("decision", {}).pop("library", None)  # its timing was of the new kinds
     return cells
-
-
-def target_status(rows):
-    if not rows:
-        return {}
-    within = sum(r["regret"] <= default_report.WITHIN for r in rows)
-    below = sum(r["below_sgd"] > default_report.BELOW_SGD for r in rows)
-    return {"sequence_default_accuracy": (
-        f"within 0.5 pp in {within}/{len(rows)} ({within / len(rows):.0%}); > 1 pp below "
-        f"SGD in {below}", met(within >= 0.9 * len(rows) and below == 0))}
 
 
 def write_report(records, command, paragraph, print_only=False):
@@ -97,26 +82,13 @@ def write_report(records, command, paragraph, print_only=False):
         + "\n\n### Before: a per-step Dense layer judged as a flat Dense layer\n\n"
         + default_report._table(before) + "\n\n" + paragraph.strip()
     )
-    write_section(SECTION, body, print_only=print_only, targets=target_status(rows))
+    targets = default_report.accuracy_target("sequence_default_accuracy", rows)
+    write_section(SECTION, body, print_only=print_only, targets=targets)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=3, help="at least this many epochs")
-    parser.add_argument("--min-steps", type=int, default=300,
-                        help="and at least this many optimizer steps")
-    parser.add_argument("--architectures", default=",".join(ARCHITECTURES))
-    parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
-    parser.add_argument("--decisions-only", action="store_true",
-                        help="record only the decisions (appended; they replace the "
-                        "earlier ones of their cells in the report)")
-    add_report_options(parser, default_results(SECTION))
-    args = parser.parse_args()
-    args.verify = False
-    run_benchmark(args, SECTION, write_report,
-                  lambda checkpoint: bench_default.run(args, checkpoint))
+    bench_default.grid_main(__doc__, SECTION, ARCHITECTURES, FRACTIONS, write_report,
+                            seeds=2)
 
 
 if __name__ == "__main__":

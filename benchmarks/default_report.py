@@ -170,6 +170,18 @@ def _half_line(name, rows):
     )
 
 
+def accuracy_target(key, rows):
+    """`{key: (measured, status)}`: the default within 0.5 pp of the best fixed cutoff
+    in ≥ 90 % of `rows`, never more than 1 pp below SGD."""
+    if not rows:
+        return {}
+    within = sum(r["regret"] <= WITHIN for r in rows)
+    below = sum(r["below_sgd"] > BELOW_SGD for r in rows)
+    return {key: (f"within 0.5 pp in {within}/{len(rows)} ({within / len(rows):.0%}); "
+                  f"> 1 pp below SGD in {below}",
+                  met(within >= 0.9 * len(rows) and below == 0))}
+
+
 def target_status(rows):
     """`{target key: (measured, status)}` over every cell (both halves)."""
     if not rows:
