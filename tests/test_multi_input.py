@@ -396,11 +396,11 @@ def test_the_monitor_packs_nothing_it_does_not_need():
     from keras_classpca.diagnostics import TimescaleMonitor
 
     _, meta, _, y = _data()
-    ids = np.random.default_rng(0).integers(2**30, 2**40, size=(N, 1))
-    id_input, meta_input = keras.Input((1,), dtype="int64", name="ids"), keras.Input(
+    ids = np.random.default_rng(0).integers(2**25, 2**31 - 1, size=(N, 1)).astype("int32")
+    id_input, meta_input = keras.Input((1,), dtype="int32", name="ids"), keras.Input(
         (5,), name="meta")
-    hashed = L.Hashing(16, output_mode="one_hot")(id_input)
-    merged = L.Concatenate()([hashed, _meta_branch(meta_input)])
+    scaled = L.Rescaling(2.0**-31)(id_input)
+    merged = L.Concatenate()([scaled, _meta_branch(meta_input)])
     model = keras.Model([id_input, meta_input], L.Dense(CLASSES, activation="softmax")(merged))
     model.compile("adam", "sparse_categorical_crossentropy")
     monitor = TimescaleMonitor(((ids, meta), y), samples=120, layers=["meta_dense"])
