@@ -44,6 +44,7 @@ from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.training import (
     DEFAULT_MEMORY_LIMIT,
     PrefixOutputCache,
+    _in_memory_arrays,
     compile_like,
     fit_top,
     is_array_data,
@@ -97,16 +98,6 @@ def _named_input(data):
             and len(data[0]) == 1):
         return (single_input(data[0]),) + tuple(data[1:])
     return data
-
-
-def _arrays(data):
-    """`(x, y)` arrays, `x` an array or (for a multi-input model) a list, tuple or dict
-    of arrays: data the tuner can fingerprint itself."""
-    if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
-        return False
-    leaves = keras.tree.flatten(data[0]) if isinstance(data[0], (list, tuple, dict)) else [
-        data[0]]
-    return bool(leaves) and all(hasattr(part, "shape") for part in leaves + [data[1]])
 
 
 def _from_tuner(callbacks):
@@ -312,7 +303,10 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.cache = bool(cache)
         self.cache_dir = cache_dir
         self.hybridize_options = dict({"verbose": 0}, **hybridize_options)
-        if self.cache and data_fingerprint is None and not _arrays(data):
+        # Arrays (one per input for a multi-input model) the tuner fingerprints itself.
+        arrays = (isinstance(data, (tuple, list)) and len(data) in (2, 3)
+                  and _in_memory_arrays(data[0], data[1]))
+        if self.cache and data_fingerprint is None and not arrays:
             raise ValueError(
                 "`data_fingerprint` is required with `cache=True` when `data` is not "
                 "(x, y) arrays: a string that changes whenever the data changes."

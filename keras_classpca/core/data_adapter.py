@@ -42,7 +42,7 @@ def _holds_several_label_sets(data):
     inputs = (_is_array_like(x)
               or (_is_several_inputs(x) and isinstance(data, tuple)
                   and isinstance(y, (list, dict)))
-              or (_is_input_dict(x) and x and all(_is_array_like(v) for v in x.values())))
+              or _is_array_dict(x))
     return (inputs and isinstance(y, (list, tuple, dict)) and len(parts) > 1
             and all(_is_array_like(part) for part in parts))
 
@@ -75,7 +75,7 @@ def is_xy_pair(data):
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         return False
     x, y = data[0], data[1]
-    if _is_input_dict(x) and x and all(_is_array_like(v) for v in x.values()):
+    if _is_array_dict(x):
         x = next(iter(x.values()))  # {"input name": x}, as `Model.fit` takes
     elif _is_input_list(x):
         x = x[0]  # [x]: the inputs of a one-input model as a list, as `Model.fit` takes
@@ -266,6 +266,11 @@ def concatenate_batches(batches):
 def _is_input_dict(x):
     """A dict of named inputs (not an array that is a dict, e.g. scipy's `dok_array`)."""
     return isinstance(x, dict) and not hasattr(x, "shape")
+
+
+def _is_array_dict(x):
+    """A non-empty dict of named input arrays, as `Model.fit` takes `x`."""
+    return _is_input_dict(x) and bool(x) and all(_is_array_like(v) for v in x.values())
 
 
 def _is_input_list(x):

@@ -56,13 +56,13 @@ class InputPacking:
         # Declared shapes; an axis of unknown size (`Input((None,))`) takes the size of
         # the first data packed, and every later batch must have it too.
         self.shapes = [tuple(tensor.shape[1:]) for tensor in tensors]
-        for name, tensor in zip(keys, tensors):
-            if keras.backend.standardize_dtype(tensor.dtype) in ("string", "bool"):
-                raise ValueError(
-                    f"`model`'s input {name!r} is of dtype {tensor.dtype}: hybridize "
-                    "packs the inputs of a multi-input model as numbers."
-                )
         self.dtypes = [keras.backend.standardize_dtype(t.dtype) for t in tensors]
+        for name, dtype in zip(keys, self.dtypes):
+            if dtype in ("string", "bool"):
+                raise ValueError(
+                    f"`model`'s input {name!r} is of dtype {dtype}: hybridize packs the "
+                    "inputs of a multi-input model as numbers."
+                )
         self.dtype = "float64" if "float64" in self.dtypes else "float32"
 
     @property
