@@ -19,7 +19,10 @@ rotated per seed) because the machine is shared:
 - `progressive+cache`: the same with `cache="auto"`: once nothing more can freeze, the
   remaining epochs go to `fit_top`, which trains the rest on the frozen prefix's
   output computed once (if its timing says so);
-- `progressive+snap`: `snap=True` (at `--snap-fractions` only, default 0.2).
+- `progressive+snap`: `snap=True` (at `--snap-fractions` only, default 0.2);
+- `hybrid+progressive`: the default `hybridize(model, (x, y))` first (its solve and
+  decision inside the timed call), then `fit_progressive(settle="auto", cache="auto")`:
+  the layers the solve kept stay frozen, the rest may freeze when they settle.
 
 Wall time is that of the whole training call (checks, recompiles and snaps included).
 Every run is appended to a JSON-lines file and the docs section is rewritten after
@@ -49,6 +52,7 @@ from benchmarks._report import (
     write_section,
 )
 from benchmarks.common import BATCH, fmt, rotated, run_benchmark, save_run, subset
+from keras_classpca import hybridize
 from keras_classpca.datasets import load_dataset
 from keras_classpca.demo import benchmark_cnn
 from keras_classpca.hybrid.progressive import FreezeOut, SettleOnChange, fit_progressive
@@ -58,7 +62,9 @@ MODELS = {
     "cnn": ("benchmark CNN", lambda: benchmark_cnn((28, 28, 1), 10)),
     "resnet_3x2": ("residual CNN", lambda: grid_models.build("resnet_3x2")),
 }
-CONTENDERS = ("sgd", "freezeout", "progressive", "progressive+cache", "progressive+snap")
+AFTER_HYBRIDIZE = ("hybrid+progressive",)  # hybridize first, then fit_progressive
+CONTENDERS = ("sgd", "freezeout", "progressive", "progressive+cache", "progressive+snap",
+              *AFTER_HYBRIDIZE)
 ACCURACY_TARGET_PP = 0.3
 TARGET_FRACTIONS = (0.2, 1.0)
 TARGET_SEEDS = 3  # a cell with fewer seeds is reported but cannot meet a target
@@ -85,9 +91,11 @@ def run_one(name, model_kind, initial_weights, data, test, epochs, criterion=Non
     x, y = data
     model = MODELS[model_kind][1]()
     model.set_weights(initial_weights)
+    start = time.perf_counter()
+    if name in AFTER_HYBRIDIZE:
+        hybrid = hybridize(model, (x, y))
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    start = time.perf_counter()
     if name == "sgd":
         timer = EpochTimer()
         history = model.fit(x, y, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=[timer])
@@ -96,7 +104,8 @@ def run_one(name, model_kind, initial_weights, data, test, epochs, criterion=Non
         settle = "freezeout" if name == "freezeout" else (criterion or "auto")
         history = fit_progressive(model, x, y, epochs=epochs, settle=settle,
                                   snap=name.endswith("+snap"),
-                                  cache="auto" if name.endswith("+cache") else False,
+                                  cache=("auto" if name.endswith("+cache")
+                                         or name in AFTER_HYBRIDIZE else False),
                                   batch_size=BATCH, verbose=0)
         report = history.progressive
         record_criterion = report.criterion
@@ -121,6 +130,8 @@ def run_one(name, model_kind, initial_weights, data, test, epochs, criterion=Non
             snapped=report.snapped,
             cached=report.cached,
         )
+    if name in AFTER_HYBRIDIZE:
+        record.update(solved=hybrid.cutoff, solve_seconds=round(hybrid.seconds, 2))
     return record
 
 
@@ -173,7 +184,7 @@ def target_statuses(cells, model_kind="cnn"):
     fractions = sorted({f for f, _ in cells})
     time_parts, schedule_parts, time_ok, schedule_ok = [], [], [], []
     for fraction in fractions:
-        for name in ("progressive", "progressive+cache"):
+        for name in ("progressive", "progressive+cache", *AFTER_HYBRIDIZE):
             if (fraction, name) not in cells:
                 continue
             d_acc, ratio, fo_acc, fo_time, seeds = cells[(fraction, name)]
