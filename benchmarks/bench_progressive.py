@@ -62,9 +62,9 @@ MODELS = {
     "cnn": ("benchmark CNN", lambda: benchmark_cnn((28, 28, 1), 10)),
     "resnet_3x2": ("residual CNN", lambda: grid_models.build("resnet_3x2")),
 }
-AFTER_HYBRIDIZE = ("hybrid+progressive",)  # hybridize first, then fit_progressive
+HYBRID_FIRST = "hybrid+progressive"  # hybridize first, then fit_progressive
 CONTENDERS = ("sgd", "freezeout", "progressive", "progressive+cache", "progressive+snap",
-              *AFTER_HYBRIDIZE)
+              HYBRID_FIRST)
 ACCURACY_TARGET_PP = 0.3
 TARGET_FRACTIONS = (0.2, 1.0)
 TARGET_SEEDS = 3  # a cell with fewer seeds is reported but cannot meet a target
@@ -92,7 +92,7 @@ def run_one(name, model_kind, initial_weights, data, test, epochs, criterion=Non
     model = MODELS[model_kind][1]()
     model.set_weights(initial_weights)
     start = time.perf_counter()
-    if name in AFTER_HYBRIDIZE:
+    if name == HYBRID_FIRST:
         hybrid = hybridize(model, (x, y))
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -105,7 +105,7 @@ def run_one(name, model_kind, initial_weights, data, test, epochs, criterion=Non
         history = fit_progressive(model, x, y, epochs=epochs, settle=settle,
                                   snap=name.endswith("+snap"),
                                   cache=("auto" if name.endswith("+cache")
-                                         or name in AFTER_HYBRIDIZE else False),
+                                         or name == HYBRID_FIRST else False),
                                   batch_size=BATCH, verbose=0)
         report = history.progressive
         record_criterion = report.criterion
@@ -130,7 +130,7 @@ def run_one(name, model_kind, initial_weights, data, test, epochs, criterion=Non
             snapped=report.snapped,
             cached=report.cached,
         )
-    if name in AFTER_HYBRIDIZE:
+    if name == HYBRID_FIRST:
         record.update(solved=hybrid.cutoff, solve_seconds=round(hybrid.seconds, 2))
     return record
 
@@ -184,7 +184,7 @@ def target_statuses(cells, model_kind="cnn"):
     fractions = sorted({f for f, _ in cells})
     time_parts, schedule_parts, time_ok, schedule_ok = [], [], [], []
     for fraction in fractions:
-        for name in ("progressive", "progressive+cache", *AFTER_HYBRIDIZE):
+        for name in ("progressive", "progressive+cache", HYBRID_FIRST):
             if (fraction, name) not in cells:
                 continue
             d_acc, ratio, fo_acc, fo_time, seeds = cells[(fraction, name)]
