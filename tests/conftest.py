@@ -123,18 +123,19 @@ def blobs():
 
 
 class ArrayPyDataset(keras.utils.PyDataset):
-    """`(x, y)` arrays served as a `keras.utils.PyDataset` of fixed-size batches."""
+    """`(x, y)` arrays served as a `keras.utils.PyDataset` of fixed-size batches
+    (`(x, y, sample_weight)` with `weights`)."""
 
-    def __init__(self, x, y, batch_size, **kwargs):
+    def __init__(self, x, y, batch_size, weights=None, **kwargs):
         super().__init__(**kwargs)
-        self.x, self.y, self.batch_size = x, y, batch_size
+        self.x, self.y, self.batch_size, self.weights = x, y, batch_size, weights
 
     def __len__(self):
         return -(-len(self.x) // self.batch_size)
 
     def __getitem__(self, index):
         s = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self.x[s], self.y[s]
+        return (self.x[s], self.y[s]) + (() if self.weights is None else (self.weights[s],))
 
 
 

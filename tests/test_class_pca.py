@@ -1092,6 +1092,12 @@ def test_sample_weights_in_the_data_are_named_as_ignored(blobs):
     with pytest.warns(UserWarning, match="sample weights; class-PCA statistics ignore them"):
         weighted = ClassPCA(6).fit((x, y, np.linspace(0.1, 1.0, len(y))))
     np.testing.assert_array_equal(weighted.kernel_, ClassPCA(6).fit(x, y).kernel_)
+    # once per pass, not once per batch, even when every warning is shown
+    batches = [(x[i:i + 20], y[i:i + 20], np.ones(len(y[i:i + 20]))) for i in range(0, 100, 20)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ClassPCA(6).fit(batches)
+    assert sum("ignore them" in str(w.message) for w in caught) == 1
 
 
 def test_too_many_components_for_the_classes_say_what_can_fix_it():

@@ -6,6 +6,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from conftest import ArrayPyDataset
 
 import keras_classpca
 from keras_classpca.hybrid.progressive import (
@@ -598,3 +599,17 @@ def test_keep_top_spares_the_layer_under_the_head_not_under_an_unsolvable_layer(
     under_head = fit_progressive(model(False), x, y, epochs=3, settle=settle,
                                  batch_size=32, verbose=0)
     assert under_head.progressive.frozen_at["front"] is None  # keep_top=1 spares it
+
+
+@pytest.mark.parametrize("snap", [False, True])
+def test_sample_weights_are_named_as_ignored_only_when_snap_solves_from_them(snap):
+    # The probe sample of a PyDataset of (x, y, w) is drawn through the data adapter:
+    # its weights matter to the training, and to class-PCA only when `snap` solves.
+    x, y = _data()
+    data = ArrayPyDataset(x, y, 32, weights=np.ones(len(y), "float32"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # "output" compares outputs on a probe sample; snap solves on a labelled one
+        settle = [1] if snap else SettleOnChange(measure="output")
+        fit_progressive(_model(), data, epochs=2, settle=settle, snap=snap, verbose=0)
+    assert sum("ignore them" in str(w.message) for w in caught) == (1 if snap else 0)

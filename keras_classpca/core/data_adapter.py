@@ -612,7 +612,8 @@ def iter_batches(
             "repeat a finite number of times."
         )
 
-    split = functools.partial(_split_element, keep_weights=sample_weights, inputs=inputs)
+    # Weights are read from every batch; a pass that ignores them says so once.
+    split = functools.partial(_split_element, keep_weights=True, inputs=inputs)
     if y is not None:
         batches = _slice_arrays(single_input(data, inputs), y, batch_size)
     elif is_xy_pair(data):
@@ -646,7 +647,7 @@ def iter_batches(
     if steps is not None:
         # Stop before pulling batch `steps + 1`: a caller's generator keeps it.
         batches = itertools.islice(batches, steps)
-    seen = 0
+    seen, warned = 0, False
     for step, (x_batch, y_batch, *weights) in enumerate(batches):
         if not (keep_tensors and _is_backend_tensor(x_batch)):
             x_batch = _to_numpy(x_batch, "x")
@@ -658,6 +659,11 @@ def iter_batches(
                 f"{y_batch.shape}."
             )
         weights = weights[0] if weights else None
+        if weights is not None and not sample_weights:
+            if not warned:
+                _warn_sample_weights_ignored()
+                warned = True
+            weights = None
         if weights is not None:
             weights = _to_numpy(weights, "sample_weight")
         if max_samples is not None:

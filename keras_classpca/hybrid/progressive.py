@@ -443,7 +443,9 @@ def _sample(x, y, samples, seed, need_labels, inputs=None):
             + ("." if need_labels else ", or `settle=SettleOnChange(probe=...)`.")
         )
     xs, ys = [], []
-    for batch_x, batch_y in iter_batches(x, y, max_samples=samples, inputs=inputs):
+    # Weights in the data are read silently unless `snap` solves from this sample.
+    for batch_x, batch_y, *_ in iter_batches(x, y, max_samples=samples, inputs=inputs,
+                                             sample_weights=not need_labels):
         xs.append(np.asarray(batch_x))
         ys.append(np.asarray(batch_y))
     if not xs:

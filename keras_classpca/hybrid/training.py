@@ -498,7 +498,8 @@ def _timing_batch(x, y, batch_size):
     if y is None and hasattr(x, "__next__"):
         first = next(x)
         return np.asarray(first[0]), _replay(first, x)
-    x_batch, _ = next(iter_batches(x, y, batch_size=batch_size, steps=1))
+    # (weights are read, not warned about: the training uses them)
+    x_batch, *_ = next(iter_batches(x, y, batch_size=batch_size, steps=1, sample_weights=True))
     return x_batch, x
 
 
