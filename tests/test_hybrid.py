@@ -1373,3 +1373,33 @@ def test_a_solve_cache_written_by_another_solver_version_is_not_served(blobs, tm
                         cache_module.SOLVER_VERSION)
     newer = solve()
     assert newer.hits == 0 and newer.misses == 1
+
+
+# ------------------------------------------------------------- TensorFlow tracing
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's tracing")
+def test_short_passes_trace_no_predict_function(monkeypatch):
+    # Every probe and solve runs a new feature model; traced (predict_on_batch) they
+    # cost 10-50 ms each and, a few solves in, TensorFlow warns "N out of the last M
+    # calls triggered tf.function retracing". A model's first batches run eagerly.
+    from keras_classpca.hybrid import graph
+
+    traced = []
+    original = keras.Model.predict_on_batch
+    monkeypatch.setattr(keras.Model, "predict_on_batch",
+                        lambda model, x: traced.append(len(x)) or original(model, x))
+    x, y = _images(n=300)
+    model = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, activation="relu"),
+                              L.Conv2D(4, 3, activation="relu"), L.Flatten(), L.Dense(3)])
+    report = hybridize(model, (x, y), verbose=0, batch_size=64)  # passes of 2-5 batches
+    assert report.evidence["layers"] and traced == []
+    # a pass longer than EAGER_BATCHES traces once and runs its remaining batches so
+    eager = graph.EAGER_BATCHES
+    passes = hybridize(_mlp(hidden=(8,), name="long"), (*_subspace_data_n(eager + 3),),
+                       cutoff=1, batch_size=10, samples=None, verbose=0)
+    assert passes.layers[0].samples == (eager + 3) * 10 and traced == [10, 10, 10]
+
+
+def _subspace_data_n(batches, size=10, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(batches * size) % 3
+    return (rng.normal(size=(len(y), 12)) + np.eye(3, 12)[y]).astype("float32"), y

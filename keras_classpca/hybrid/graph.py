@@ -6,6 +6,8 @@ Which layers `hybridize` solves, in which order, is the planner's
 (`keras_classpca.hybrid.planner`).
 """
 
+import weakref
+
 import keras
 import numpy as np
 
@@ -69,6 +71,29 @@ def normalized_axes(layer, rank):
     return [axis % rank for axis in axes]
 
 
+# Under TensorFlow, `predict_on_batch` traces a predict function for every new model
+# (10-50 ms), then runs a batch about twice as fast as an eager call. A solve builds a
+# model per layer and per probe, many run on a few batches only (the cutoff decision's
+# sample, small data): those are cheaper called eagerly, and their traces would add up
+# to TensorFlow's "N out of the last M calls triggered tf.function retracing" warning.
+# So the first `EAGER_BATCHES` batches of a model are run eagerly; a longer pass traces
+# once. (JAX compiles each eager op on its first call, torch has no trace: they always
+# use `predict_on_batch`.)
+EAGER_BATCHES = 8
+_eager_calls = weakref.WeakKeyDictionary()
+
+
+def predict_on_batch(model, x):
+    """`model.predict_on_batch(x)`, called eagerly for a model's first `EAGER_BATCHES`
+    batches under TensorFlow (backend tensors then, not numpy)."""
+    if keras.backend.backend() == "tensorflow":
+        calls = _eager_calls.get(model, 0)
+        if calls < EAGER_BATCHES:
+            _eager_calls[model] = calls + 1
+            return model(x, training=False)
+    return model.predict_on_batch(x)
+
+
 def predict_batch(model, x, pad_to):
     """`model.predict_on_batch(x)` as numpy, padding a shorter batch to `pad_to` rows
     (copies of its first row; their outputs are dropped).
@@ -85,4 +110,4 @@ def predict_batch(model, x, pad_to):
     # A model of several outputs (a tensor and its mask) gives a list of arrays.
     return keras.tree.map_structure(
         lambda value: as_standard_float(keras.ops.convert_to_numpy(value))[:n],
-        model.predict_on_batch(x))
+        predict_on_batch(model, x))

@@ -47,6 +47,7 @@ from keras_classpca.hybrid.graph import (
     no_graph_error,
     normalized_axes,
     predict_batch,
+    predict_on_batch,
 )
 from keras_classpca.hybrid.inputs import input_packing
 from keras_classpca.layers.geometry import is_solvable_kind, unsolvable_reason
@@ -409,7 +410,7 @@ class FeatureModel:
 
     def predict_on_batch(self, x):
         for model in self.models:
-            x = keras.tree.map_structure(keras.ops.convert_to_numpy, model.predict_on_batch(x))
+            x = keras.tree.map_structure(keras.ops.convert_to_numpy, predict_on_batch(model, x))
         return x
 
     def __call__(self, x, **kwargs):
