@@ -94,6 +94,10 @@ TARGETS = [
     Target("progressive_schedule_resnet_3x2", "bench_progressive_resnet_3x2",
            "`fit_progressive` beats a fixed FreezeOut-style schedule on time at equal "
            "accuracy (residual CNN)"),
+    # The head above a fully solved prefix (bench_warm_head).
+    Target("warm_head", "bench_warm_head",
+           "Every solvable layer solved: the warm head (least-squares start) ≥ the cold "
+           "head's test accuracy in every grid cell (median of 3 seeds)"),
     # Class statistics (bench_accumulate): the targets of its current section...
     Target("accumulate_gemm", "bench_accumulate",
            "ClassPCA (accumulate + solve) ≤ 1.4× one GEMM over the same rows, every workload"),

@@ -42,8 +42,8 @@ def _model(cutoff=1, dropout=False, seed=3, compile=True):
     layers.append(L.Dense(3, activation="softmax", name="out"))
     model = keras.Sequential(layers)
     x, y = _data()
-    if cutoff:
-        hybridize(model, (x, y), cutoff=cutoff, verbose=0)
+    if cutoff:  # (the head starts random even above a full solve: training moves it)
+        hybridize(model, (x, y), cutoff=cutoff, verbose=0, warm_head=False)
     if compile:
         model.compile(
             keras.optimizers.Adam(1e-2),

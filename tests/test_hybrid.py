@@ -220,9 +220,9 @@ def test_generator_source_is_consumed_lazily_one_batch_at_a_time(monkeypatch, su
 
     monkeypatch.setattr(ClassPCA, "partial_fit", spy)
     model = _mlp(hidden=(8, 8))
-    report = hybridize(model, batches, cutoff=2, verbose=0)
+    report = hybridize(model, batches, cutoff=2, verbose=0, warm_head=False)
     per_pass = len(range(0, len(x), 50))
-    assert len(produced) == 2 * per_pass  # one pass per solved layer
+    assert len(produced) == 2 * per_pass  # one pass per solved layer (the head: one more)
     # The k-th statistics update happens right after the k-th batch was produced.
     assert seen_at_fit == list(range(1, 2 * per_pass + 1))
     assert [s.samples for s in report.layers] == [len(x), len(x)]
@@ -650,9 +650,9 @@ def test_auto_undoes_a_rejected_layer_and_its_batchnorm_exactly(
     if expected == 1:
         assert changed == {"m_d0", "m_bn0"}  # m_d1 and m_bn1 were solved, then restored bit for bit
         assert report.frozen == ["m_d0"] and [l.name for l in report.layers] == ["m_d0"]
-    else:
-        assert changed == {"m_d0", "m_bn0", "m_d1", "m_bn1"}
-        assert report.frozen == ["m_d0", "m_bn0", "m_d1"]
+    else:  # every layer under the head solved: the head is started too (trainable)
+        assert changed == {"m_d0", "m_bn0", "m_d1", "m_bn1", "m_out"}
+        assert report.frozen == ["m_d0", "m_bn0", "m_d1"] and report.head["layer"] == "m_out"
     assert {l.name for l in model.layers if not l.trainable} == set(report.frozen)
 
 
@@ -1376,7 +1376,7 @@ def test_a_solve_cache_written_by_another_solver_version_is_not_served(blobs, tm
 
 
 # ------------------------------------------------------------- TensorFlow tracing
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's tracing")
+@pytest.mark.tensorflow_backend
 def test_short_passes_trace_no_predict_function(monkeypatch):
     # Every probe and solve runs a new feature model; traced (predict_on_batch) they
     # cost 10-50 ms each and, a few solves in, TensorFlow warns "N out of the last M
@@ -1395,7 +1395,7 @@ def test_short_passes_trace_no_predict_function(monkeypatch):
     # a pass longer than EAGER_BATCHES traces once and runs its remaining batches so
     eager = graph.EAGER_BATCHES
     passes = hybridize(_mlp(hidden=(8,), name="long"), (*_subspace_data_n(eager + 3),),
-                       cutoff=1, batch_size=10, samples=None, verbose=0)
+                       cutoff=1, batch_size=10, samples=None, verbose=0, warm_head=False)
     assert passes.layers[0].samples == (eager + 3) * 10 and traced == [10, 10, 10]
 
 

@@ -62,6 +62,7 @@ from keras_classpca.hybrid.graph import (
     has_layer_graph,
     no_graph_error,
 )
+from keras_classpca.hybrid.head import head_refusal, warm_start_head
 from keras_classpca.hybrid.inputs import input_packing
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.policy import check_cutoff
@@ -558,6 +559,7 @@ def hybridize(
     data_fingerprint=None,
     strategy=None,
     statistics_on="auto",
+    warm_head=True,
     **class_pca_options,
 ):
     """Solve the bottom layers of `model` with class-PCA and freeze them.
@@ -665,6 +667,17 @@ def hybridize(
             `d x d` products reach the host); `"host"` — in NumPy; `"auto"`
             (default) — on the device when the backend has a GPU or TPU, else on the
             host. The second stage of a separable convolution is always on the host.
+        warm_head: when every layer under the model's head is solved (the head then
+            reads solved features only), set the head to the least-squares classifier
+            of those features — ridge regression on the samples the last layer was
+            solved from, its penalty and softmax temperature those of least
+            leave-one-out cross-entropy — instead of leaving it random: `fit` then
+            refines a linear probe (`hybrid/head.py`; `report.head`). Heads it
+            starts: one Dense on flat features (at most 2,048), the model's only
+            output, softmax or linear over the classes, or one sigmoid unit. Its
+            weights stay trainable; one more pass over the data (none is left
+            in a one-shot iterator: the head is then not started). False: the head
+            keeps its initialisation.
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`). `ClassPCA*` layers in the model are solved with their own
@@ -744,11 +757,14 @@ def hybridize(
                 "`patches_per_image` is not available with a tf.distribute `strategy`."
             )
 
+    if not isinstance(warm_head, bool):
+        raise TypeError(f"`warm_head` must be True or False; received {warm_head!r}.")
+
     state = _ModelState(model)  # an unbuilt model has no weights yet: flags only
     try:
         report = _solve_and_freeze(
             model, data, cutoff, start=start, samples=samples, freeze=freeze,
-            activation=activation, verbose=verbose,
+            activation=activation, verbose=verbose, warm_head=warm_head,
             batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
             solve_cache=solve_cache, data_fingerprint=data_fingerprint, strategy=strategy,
             class_pca_options=class_pca_options, label_free=label_free, on_device=on_device,
@@ -787,6 +803,8 @@ def _warn_if_trained_top_changed(model, state, report):
         return
     set_now = {name for record in report.layers
                for name in [record.name] + list(record.adapted_batchnorms)}
+    if report.head:
+        set_now.add(report.head["layer"])  # started from the solved features anew
     changed = [layer.name for layer, weights, *_ in state.layers
                if layer.name in set_now and weights and any(
                    not np.array_equal(before, after)
@@ -828,7 +846,7 @@ def _check_input_shape(model, x):
 def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
                       patches_per_image, solve_cache, data_fingerprint, strategy,
                       class_pca_options, label_free=False, on_device=False, activation=None,
-                      inputs=None):
+                      inputs=None, warm_head=False):
     """`hybridize` after its arguments were checked; may leave the model half-done."""
     passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"),
                          inputs=inputs)
@@ -970,6 +988,10 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         keys.store(j, [l.get_weights() for l in block], solved)
 
     solved = len(report.layers)
+    # (a one-shot iterator has no pass left for the head)
+    if (warm_head and not label_free and not passes.regression_head and not passes.one_shot
+            and head_refusal(plan, solved, passes.expected_classes()) is None):
+        report.head = warm_start_head(plan, passes, limit=limit, verbose=verbose)
     if solved < len(plan.steps):
         report.next_not_taken = (
             plan.reason_after(solved) if not auto

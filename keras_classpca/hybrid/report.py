@@ -121,6 +121,11 @@ class HybridReport:
             (its own arguments and optimizer) so that the freeze holds.
         seed: the seed the sampling used (`hybridize(seed=None)` draws one).
         seconds: total wall time.
+        head: when every layer under the head was solved and `warm_head` set the head
+            to the least-squares classifier of the solved features: its `layer`
+            name, the `samples` read, the ridge `penalty` and softmax `temperature`
+            chosen, and the start's leave-one-out accuracy `loo_accuracy` (on up to
+            2,048 of the samples); None otherwise.
     """
 
     cutoff: int
@@ -136,6 +141,7 @@ class HybridReport:
     label_free: bool = False
     seed: int = None
     seconds: float = 0.0
+    head: dict = None
 
     def to_dict(self):
         """Plain-Python dict (JSON-serializable); `HybridReport.from_dict` reads it back."""
@@ -240,6 +246,11 @@ class HybridReport:
                     f"{'kept' if row['kept'] else 'not kept'}"
                 )
             lines.append(f"  rule: {self.evidence['rule']}")
+        if self.head:
+            lines.append(
+                f"  head {self.head['layer']} started as the least-squares classifier of "
+                f"the solved features ({self.head['samples']} samples, leave-one-out "
+                f"accuracy {self.head['loo_accuracy']:.3f}); it trains")
         if self.frozen:
             lines.append(f"  frozen: {', '.join(self.frozen)}")
         if self.restored_activations:
