@@ -122,7 +122,7 @@ def test_head_keeps_its_weights_when_not_every_layer_below_is_solved_or_asked_no
     model = _model()
     one_shot = ((x[s:s + 100], y[s:s + 100]) for s in range(0, len(x), 100))
     report = hybridize(model, one_shot, cutoff=1, verbose=0)
-    assert report.cutoff == 1 and report.head is None
+    assert report.cutoff == 1 and report.head is None and "one-shot" in report.head_not_started
     np.testing.assert_array_equal(before[0], model.get_layer("head").get_weights()[0])
 
 
@@ -134,12 +134,19 @@ def test_heads_it_cannot_start_are_left_as_they_are(activation):
     model = _model(3, activation)
     assert "activation" in head_module.head_refusal(plan_model(model), 1, 3)
     before = model.get_layer("head").get_weights()[0]
-    assert hybridize(model, (x, y), cutoff=1, verbose=0).head is None
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert report.head is None and f"activation {activation!r}" in report.head_not_started
+    assert f"head not started: {report.head_not_started}" in str(report)
     np.testing.assert_array_equal(before, model.get_layer("head").get_weights()[0])
     plan = plan_model(_model(3, "softmax"))
     assert head_module.head_refusal(plan, 1, 3) is None
     assert "3 units for 4 classes" in head_module.head_refusal(plan, 1, 4)
     assert "below the head are left to training" in head_module.head_refusal(plan, 0, 3)
+    from keras_classpca import ClassPCADense
+
+    adaptable = keras.Sequential([keras.Input((12,)), L.Dense(8, activation="relu"),
+                                  ClassPCADense(3, name="pca_head")])
+    assert "ClassPCADense" in head_module.head_refusal(plan_model(adaptable), 1, 3)
 
 
 def test_a_sigmoid_unit_and_a_head_without_bias_are_started():

@@ -672,7 +672,8 @@ def hybridize(
             of those features — ridge regression on the samples the last layer was
             solved from, its penalty and softmax temperature those of least
             leave-one-out cross-entropy — instead of leaving it random: `fit` then
-            refines a linear probe (`hybrid/head.py`; `report.head`). Heads it
+            refines a linear probe (`hybrid/head.py`; `report.head`, or why not in
+            `report.head_not_started`). Heads it
             starts: one Dense on flat features (at most 2,048), the model's only
             output, softmax or linear over the classes, or one sigmoid unit. Its
             weights stay trainable; one more pass over the data (none is left
@@ -988,10 +989,15 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         keys.store(j, [l.get_weights() for l in block], solved)
 
     solved = len(report.layers)
-    # (a one-shot iterator has no pass left for the head)
-    if (warm_head and not label_free and not passes.regression_head and not passes.one_shot
-            and head_refusal(plan, solved, passes.expected_classes()) is None):
-        report.head = warm_start_head(plan, passes, limit=limit, verbose=verbose)
+    if warm_head and not label_free and not passes.regression_head and (
+            solved == len(plan.steps) and plan.top_is_head):
+        refusal = head_refusal(plan, solved, passes.expected_classes())
+        if refusal is None and passes.one_shot:
+            refusal = "a one-shot iterator has no pass left for it"
+        if refusal is None:
+            report.head = warm_start_head(plan, passes, limit=limit, verbose=verbose)
+        else:
+            report.head_not_started = refusal
     if solved < len(plan.steps):
         report.next_not_taken = (
             plan.reason_after(solved) if not auto

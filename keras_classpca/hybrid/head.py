@@ -53,6 +53,8 @@ def head_refusal(plan, n_solved, n_classes):
     if len(keras.tree.flatten(model.outputs)) != 1:
         return "the model has several outputs"
     head = plan.layers[plan.top_position]
+    if hasattr(head, "adapt"):  # a ClassPCA* layer: its weights are its adapt's
+        return f"the head '{head.name}' is a {type(head).__name__} (set by its `adapt`)"
     if not isinstance(head, keras.layers.Dense) or len(plan.top_input[0].shape) != 2:
         return f"the head '{head.name}' is not a Dense layer on flat features"
     features = plan.top_input[0].shape[-1]

@@ -126,6 +126,9 @@ class HybridReport:
             name, the `samples` read, the ridge `penalty` and softmax `temperature`
             chosen, and the start's leave-one-out accuracy `loo_accuracy` (on up to
             2,048 of the samples); None otherwise.
+        head_not_started: when every layer under the head was solved but the head
+            could not be started (`warm_head`), why (e.g. too many features, an
+            activation other than softmax, linear or one sigmoid unit); else None.
     """
 
     cutoff: int
@@ -142,6 +145,7 @@ class HybridReport:
     seed: int = None
     seconds: float = 0.0
     head: dict = None
+    head_not_started: str = None
 
     def to_dict(self):
         """Plain-Python dict (JSON-serializable); `HybridReport.from_dict` reads it back."""
@@ -251,6 +255,8 @@ class HybridReport:
                 f"  head {self.head['layer']} started as the least-squares classifier of "
                 f"the solved features ({self.head['samples']} samples, leave-one-out "
                 f"accuracy {self.head['loo_accuracy']:.3f}); it trains")
+        if self.head_not_started:
+            lines.append(f"  head not started: {self.head_not_started}")
         if self.frozen:
             lines.append(f"  frozen: {', '.join(self.frozen)}")
         if self.restored_activations:
