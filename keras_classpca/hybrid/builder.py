@@ -673,12 +673,11 @@ def hybridize(
             solved from, its penalty and softmax temperature those of least
             leave-one-out cross-entropy — instead of leaving it random: `fit` then
             refines a linear probe (`hybrid/head.py`; `report.head`, or why not in
-            `report.head_not_started`). Heads it
-            starts: one Dense on flat features (at most 2,048), the model's only
-            output, softmax or linear over the classes, or one sigmoid unit. Its
-            weights stay trainable; one more pass over the data (none is left
-            in a one-shot iterator: the head is then not started). False: the head
-            keeps its initialisation.
+            `report.head_not_started`). Heads it starts: one Dense on flat features
+            (at most 2,048), the model's only output, softmax or linear over the
+            classes, or one sigmoid unit. Its weights stay trainable. It costs one
+            more pass over the data (a one-shot iterator has none left: the head is
+            then not started). False: the head keeps its initialisation.
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`). `ClassPCA*` layers in the model are solved with their own
