@@ -62,7 +62,7 @@ from keras_classpca.hybrid.graph import (
     has_layer_graph,
     no_graph_error,
 )
-from keras_classpca.hybrid.head import head_refusal, warm_start_head
+from keras_classpca.hybrid.head import head_refusal, reads_solved_only, warm_start_head
 from keras_classpca.hybrid.inputs import input_packing
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.policy import check_cutoff
@@ -988,8 +988,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         keys.store(j, [l.get_weights() for l in block], solved)
 
     solved = len(report.layers)
-    if warm_head and not label_free and not passes.regression_head and (
-            solved == len(plan.steps) and plan.top_is_head):
+    if (warm_head and not label_free and not passes.regression_head
+            and reads_solved_only(plan, solved)):
         refusal = head_refusal(plan, solved, passes.expected_classes())
         if refusal is None and passes.one_shot:
             refusal = "a one-shot iterator has no pass left for it"

@@ -44,10 +44,16 @@ def _activation_name(layer):
         return None
 
 
+def reads_solved_only(plan, n_solved):
+    """Whether the head reads solved layers only once `plan`'s first `n_solved` steps
+    are solved (every layer with weights under it)."""
+    return n_solved == len(plan.steps) and plan.top_is_head
+
+
 def head_refusal(plan, n_solved, n_classes):
     """Why the head above `plan`'s first `n_solved` steps cannot be started (None: it
     can). `n_classes`: the classes of the labels (None: unknown)."""
-    if n_solved < len(plan.steps) or not plan.top_is_head:
+    if not reads_solved_only(plan, n_solved):
         return "layers with weights below the head are left to training"
     model = plan.model
     if len(keras.tree.flatten(model.outputs)) != 1:
@@ -129,9 +135,9 @@ class _HeadStatistics:
             loss, temperature = min((self._loss(t * held_out, labels), t)
                                     for t in TEMPERATURES)
             if best is None or loss < best[0]:
-                best = (loss, penalty, temperature, held_out)
-        _, penalty, temperature, held_out = best
-        kernel = vectors @ ((1.0 / (eigenvalues + penalty * scale))[:, None] * coefficients)
+                best = (loss, penalty, temperature, held_out, inverse)
+        _, penalty, temperature, held_out, inverse = best
+        kernel = vectors @ (inverse[:, None] * coefficients)
         bias = target_mean - mean @ kernel if self.bias else None
         if self.n_outputs == 1:
             accuracy = np.mean((held_out[:, 0] > 0) == (labels == 1))
