@@ -17,6 +17,8 @@ Two more for `bench_residual` (issue #15): "resnet_3x2" (3 stages × 2 basic blo
 models with two inputs for `bench_multi_input` (`MULTI_INPUT`, their data made by
 `inputs_for`): "twoview" (the top and bottom halves of each image, one CNN tower each)
 and "thumb" (the image through a CNN and its 7×7 thumbnail through a Dense layer).
+"wide" (`bench_warm_head`): the keras-io convnet with "same" padding and no Dropout,
+its softmax head reading 7×7×64 = 3,136 features.
 """
 
 import keras
@@ -38,6 +40,15 @@ def _kerasio(n_classes):
         keras.layers.Dropout(0.5),
         keras.layers.Dense(n_classes, activation="softmax"),
     ], name="kerasio_convnet")
+
+
+def _wide(n_classes):
+    layers = [keras.Input((28, 28, 1))]
+    for filters in (32, 64):
+        layers += [keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
+                   keras.layers.MaxPooling2D()]
+    layers += [keras.layers.Flatten(), keras.layers.Dense(n_classes, activation="softmax")]
+    return keras.Sequential(layers, name="wide_convnet")
 
 
 def _conv_bn_relu(x, filters, strides=1):
@@ -209,7 +220,7 @@ def build(arch, n_classes=10):
         return build_model(arch, (28, 28, 1), n_classes)
     return {"kerasio": _kerasio, "bn": _bn, "resnet": _resnet, "resnet_3x2": _resnet_3x2,
             "conv1d": _conv1d, "perstep": _perstep, "conv1d_bn": _conv1d_bn,
-            "transformer": _transformer, "twoview": _twoview,
+            "transformer": _transformer, "twoview": _twoview, "wide": _wide,
             "thumb": _thumb}[arch](n_classes)
 
 

@@ -177,3 +177,68 @@ def test_warm_head_must_be_a_bool():
     x, y = _data()
     with pytest.raises(TypeError, match="`warm_head` must be True or False"):
         hybridize(_model(), (x, y), cutoff=1, verbose=0, warm_head="yes")
+
+
+def test_kept_rows_are_a_uniform_sample_of_data_ordered_by_class():
+    # 10 classes of 1,000 rows each, in class order: the first 2,048 rows would hold
+    # three classes only.
+    labels = np.repeat(np.arange(10), 1000)
+    rows = np.arange(10_000, dtype=np.float64)[:, None]  # a row is its own index
+    kept = head_module._KeptRows(2048, seed=0)
+    for start in range(0, 10_000, 128):
+        kept.add(rows[start:start + 128], labels[start:start + 128])
+    assert kept.seen == 10_000 and len(kept.rows) == 2048
+    index = kept.rows[:, 0].astype(int)
+    assert len(np.unique(index)) == 2048  # each row kept at most once, with its label
+    np.testing.assert_array_equal(kept.labels, labels[index])
+    counts = np.bincount(kept.labels, minlength=10)  # binomial, sd about 12
+    assert counts.min() > 150 and counts.max() < 260
+    assert abs(np.mean(index) - 5000) < 300  # early and late rows alike
+    # a stream shorter than the sample is kept whole, in order
+    short = head_module._KeptRows(2048)
+    short.add(rows[:100], labels[:100])
+    short.add(rows[100:300], labels[100:300])
+    np.testing.assert_array_equal(short.rows[:, 0], np.arange(300))
+
+
+@pytest.mark.parametrize("n, d, outputs, bias", [(80, 120, 3, True), (300, 20, 3, True),
+                                                  (300, 20, 3, False), (90, 150, 1, True)])
+def test_wide_heads_solved_in_the_dual_equal_the_gram_matrix_solve(n, d, outputs, bias):
+    # With every row kept, the kernel matrix's eigen-solve (features wider than
+    # MAX_FEATURES) must give the classifier of the Gram matrix's, to rounding.
+    rng = np.random.default_rng(1)
+    labels = np.arange(n) % max(outputs, 2)
+    features = rng.normal(size=(n, d)) + 0.8 * np.eye(max(outputs, 2), d)[labels]
+    results = []
+    for dual in (False, True):
+        statistics = head_module._HeadStatistics(outputs, bias=bias, dual=dual)
+        for start in range(0, n, 32):
+            statistics(features[start:start + 32], labels[start:start + 32], None)
+        results.append(statistics.solve())
+    (kernel, bias_value, details), (dual_kernel, dual_bias, dual_details) = results
+    assert dual_details == details and details["fitted_on"] == n
+    np.testing.assert_allclose(dual_kernel, kernel, rtol=1e-6, atol=1e-8)
+    if bias:
+        np.testing.assert_allclose(dual_bias, bias_value, rtol=1e-6, atol=1e-8)
+    else:
+        assert dual_bias is None and bias_value is None
+    assert statistics.gram is None  # the dual keeps no d x d matrix
+
+
+def test_head_on_wide_features_is_fitted_on_a_sample_of_the_rows(monkeypatch):
+    monkeypatch.setattr(head_module, "MAX_FEATURES", 6)  # the head reads 8: dual
+    monkeypatch.setattr(head_module, "KEPT_ROWS", 200)
+    x, y = _data()
+    model = _model()
+    report = hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+    assert report.head["samples"] == 600 and report.head["fitted_on"] == 200
+    assert "(fitted on 200 of 600 samples" in str(report)
+    assert np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y) > 0.9
+    assert HybridReport.from_dict(report.to_dict()) == report
+    # wider than the kept rows may hold: left alone, and the report says why
+    monkeypatch.setattr(head_module, "MAX_DUAL_FEATURES", 6)
+    model = _model()
+    before = model.get_layer("head").get_weights()[0]
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert report.head is None and "reads 8 features (at most 6" in report.head_not_started
+    np.testing.assert_array_equal(before, model.get_layer("head").get_weights()[0])

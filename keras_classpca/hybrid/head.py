@@ -11,11 +11,25 @@ to 2,048 of the samples) — which `fit` then refines: linear probing, then
 fine-tuning (Kumar et al., *Fine-Tuning can Distort Pretrained Features and
 Underperform Out-of-Distribution*, ICLR 2022).
 
-Heads it can start: one `Dense` on flat features, the model's only output, with a
-softmax (or linear: logits) activation over as many units as classes, or one sigmoid
-unit for two classes. Its statistics are the `(d+1)²` Gram matrix of the features and
-their products with the targets, accumulated in float64 over the stream: memory is
-bounded by them, not by the data.
+Heads it can start: one `Dense` on at most `MAX_DUAL_FEATURES` flat features, the
+model's only output, with a softmax (or linear: logits) activation over as many units
+as classes, or one sigmoid unit for two classes. Up to `MAX_FEATURES` features its
+statistics are the `(d+1)²` Gram matrix of the features and their products with the
+targets, accumulated in float64 over the stream: memory is bounded by them, not by
+the data. Wider, it is fitted in the dual on a uniform sample of `KEPT_ROWS` rows
+(their n × n kernel matrix), so neither memory nor the eigen-solve grows with d².
+
+Example (a softmax head over 10 classes, on 8 solved features):
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> labels = np.arange(300) % 10
+>>> features = rng.normal(size=(300, 8)) + 2.0 * np.eye(10, 8)[labels]
+>>> statistics = _HeadStatistics(10)
+>>> statistics(features, labels, end=None)
+>>> kernel, bias, details = statistics.solve()
+>>> kernel.shape, bias.shape, details["fitted_on"]
+((8, 10), (10,), 300)
 """
 
 import keras
@@ -29,10 +43,16 @@ from keras_classpca.hybrid.solver import stream
 # interpolate features wider than the samples (training accuracy 1, a huge
 # temperature) and leave `fit` nothing to learn from.
 PENALTIES = np.geomspace(1e-4, 1e2, 13)
-# Features above this width are not started: the eigen-solve of their d x d Gram
-# matrix would take seconds (about 2 s at 2,048 on one core).
+# Up to this width the head is fitted from the d x d Gram matrix of every streamed
+# sample (its eigen-solve takes about 2 s at 2,048 on one core); wider features are
+# fitted in the dual, from the kept rows' n x n kernel matrix.
 MAX_FEATURES = 2048
-# Rows kept in memory to score the penalties and temperatures out of sample.
+# Wider than this the kept rows alone (KEPT_ROWS x d float64) would take more memory
+# than the statistics of a solved layer: the head is not started.
+MAX_DUAL_FEATURES = 8192
+# Rows kept in memory (a uniform random sample of the stream, so that data ordered by
+# class are sampled fairly) to score the penalties and temperatures out of sample,
+# and to fit the wide heads.
 KEPT_ROWS = 2048
 TEMPERATURES = np.geomspace(0.25, 400.0, 49)
 
@@ -64,8 +84,9 @@ def head_refusal(plan, n_solved, n_classes):
     if not isinstance(head, keras.layers.Dense) or len(plan.top_input[0].shape) != 2:
         return f"the head '{head.name}' is not a Dense layer on flat features"
     features = plan.top_input[0].shape[-1]
-    if features is None or features > MAX_FEATURES:
-        return f"the head reads {features} features (at most {MAX_FEATURES} are started)"
+    if features is None or features > MAX_DUAL_FEATURES:
+        return (f"the head reads {features} features (at most {MAX_DUAL_FEATURES} are "
+                "started)")
     activation = _activation_name(head)
     if activation in ("softmax", "linear") and head.units >= 2:
         if n_classes is not None and n_classes != head.units:
@@ -80,15 +101,52 @@ def head_refusal(plan, n_solved, n_classes):
             "unit, is started)")
 
 
-class _HeadStatistics:
-    """Streams `(features, labels)`: the Gram matrix of the features (with a column of
-    ones) and their products with the targets, in float64; keeps the first
-    `KEPT_ROWS` rows to score penalties and temperatures by leave-one-out."""
+class _KeptRows:
+    """A uniform random sample of at most `size` rows of a stream and their labels
+    (reservoir sampling, Vitter's algorithm R, seeded): data ordered by class are
+    sampled as fairly as shuffled data."""
 
-    def __init__(self, n_outputs, bias=True):
-        self.n_outputs, self.bias = n_outputs, bias
+    def __init__(self, size, seed=0):
+        self.size, self.seen = size, 0
+        self.rng = np.random.default_rng(seed)
+        self.rows = self.labels = None
+
+    def add(self, rows, labels):
+        labels = np.asarray(labels)
+        if self.rows is None:
+            self.rows = np.empty((0, rows.shape[1]), dtype=rows.dtype)
+            self.labels = np.empty((0,), dtype=labels.dtype)
+        fill = min(len(rows), max(self.size - len(self.rows), 0))
+        if fill:
+            self.rows = np.concatenate([self.rows, rows[:fill]])
+            self.labels = np.concatenate([self.labels, labels[:fill]])
+        # Row t of the stream (t >= size) replaces a random slot with probability
+        # size / (t + 1); of several rows of one batch drawing the same slot, the last
+        # one stays, as if they had come one by one.
+        positions = self.seen + np.arange(fill, len(rows))
+        slots = self.rng.integers(0, positions + 1) if len(positions) else positions
+        taken = np.nonzero(slots < self.size)[0][::-1]
+        _, last = np.unique(slots[taken], return_index=True)
+        chosen = taken[last]
+        self.rows[slots[chosen]] = rows[fill + chosen]
+        self.labels[slots[chosen]] = labels[fill + chosen]
+        self.seen += len(rows)
+
+
+class _HeadStatistics:
+    """Streams `(features, labels)` and fits the head's ridge classifier.
+
+    Up to `MAX_FEATURES` features (`dual=False`): the Gram matrix of the features
+    (with a column of ones) and their products with the targets, in float64, over
+    every streamed row. Wider (`dual=True`): the `KEPT_ROWS` kept rows only, solved
+    through their n x n kernel matrix (the same classifier as the Gram matrix of those
+    rows would give). Either way `KEPT_ROWS` rows, a uniform sample of the stream,
+    score the penalties and temperatures by leave-one-out."""
+
+    def __init__(self, n_outputs, bias=True, dual=False):
+        self.n_outputs, self.bias, self.dual = n_outputs, bias, dual
         self.gram = self.cross = None
-        self.kept, self.kept_labels = [], []
+        self.kept = _KeptRows(KEPT_ROWS)
 
     def targets(self, labels):
         if self.n_outputs == 1:  # sigmoid: +-1/2 around the decision boundary
@@ -99,18 +157,17 @@ class _HeadStatistics:
         h = np.asarray(h, dtype=np.float64).reshape(len(h), -1)
         if not np.all(np.isfinite(h)):
             raise ValueError("The head's input features hold NaN or infinite values.")
-        a = np.hstack([h, np.ones((len(h), 1))])
-        gram, cross = a.T @ a, a.T @ self.targets(labels)
-        self.gram = gram if self.gram is None else self.gram + gram
-        self.cross = cross if self.cross is None else self.cross + cross
-        room = KEPT_ROWS - sum(len(k) for k in self.kept)
-        if room > 0:
-            self.kept.append(h[:room])
-            self.kept_labels.append(np.asarray(labels)[:room])
+        if not self.dual:
+            a = np.hstack([h, np.ones((len(h), 1))])
+            gram, cross = a.T @ a, a.T @ self.targets(labels)
+            self.gram = gram if self.gram is None else self.gram + gram
+            self.cross = cross if self.cross is None else self.cross + cross
+        self.kept.add(h, labels)
 
-    def solve(self):
-        """`(kernel, bias or None, details)`: the ridge classifier whose penalty and
-        temperature give the least leave-one-out cross-entropy on the kept rows."""
+    def _primal_basis(self):
+        """`(n, mean, target mean, eigenvalues, eigenvectors, coefficients)` of the
+        centred Gram matrix of every streamed row (`coefficients`: the eigenvectors'
+        products with the centred targets)."""
         d = self.gram.shape[0] - 1
         n = self.gram[d, d]
         # With a bias the features are centred (the bias is not penalised).
@@ -120,11 +177,35 @@ class _HeadStatistics:
         cross = self.cross[:d] - n * np.outer(mean, target_mean)
         with blas_threads_for(d):
             eigenvalues, vectors = np.linalg.eigh(gram)
-        eigenvalues = np.clip(eigenvalues, 0.0, None)
-        labels = np.concatenate(self.kept_labels)
+        return (n, mean, target_mean, np.clip(eigenvalues, 0.0, None), vectors,
+                vectors.T @ cross)
+
+    def _dual_basis(self, rows, targets):
+        """The same for the Gram matrix of the kept rows only, from the eigen-solve of
+        their kernel matrix: its eigenvectors `U` and values `s` give the Gram
+        matrix's nonzero ones, `rows.T @ U / sqrt(s)` and `s` (a thin SVD)."""
+        n = len(rows)
+        mean = rows.mean(axis=0) if self.bias else np.zeros(rows.shape[1])
+        target_mean = targets.mean(axis=0) if self.bias else np.zeros(targets.shape[1])
+        centred = rows - mean
+        with blas_threads_for(n):
+            values, vectors = np.linalg.eigh(centred @ centred.T)
+            keep = values > max(values[-1], 0.0) * n * np.finfo(np.float64).eps
+            values, vectors = values[keep], vectors[:, keep]
+            roots = np.sqrt(values)
+            directions = (centred.T @ vectors) / roots
+        return (n, mean, target_mean, values, directions,
+                roots[:, None] * (vectors.T @ (targets - target_mean)))
+
+    def solve(self):
+        """`(kernel, bias or None, details)`: the ridge classifier whose penalty and
+        temperature give the least leave-one-out cross-entropy on the kept rows."""
+        rows, labels = self.kept.rows, self.kept.labels
         targets = self.targets(labels)
-        projected = (np.concatenate(self.kept) - mean) @ vectors
-        coefficients = vectors.T @ cross
+        d = rows.shape[1]
+        n, mean, target_mean, eigenvalues, vectors, coefficients = (
+            self._dual_basis(rows, targets) if self.dual else self._primal_basis())
+        projected = (rows - mean) @ vectors
         scale = max(eigenvalues.sum() / max(d, 1), 1e-12)
         best = None
         for penalty in PENALTIES:
@@ -144,7 +225,7 @@ class _HeadStatistics:
         else:
             accuracy = np.mean(np.argmax(held_out, axis=1) == labels)
         details = dict(penalty=float(penalty), temperature=float(temperature),
-                       loo_accuracy=float(accuracy))
+                       loo_accuracy=float(accuracy), fitted_on=int(n))
         return (kernel * temperature, None if bias is None else bias * temperature, details)
 
     def _loss(self, logits, labels):
@@ -163,12 +244,15 @@ def warm_start_head(plan, passes, limit=None, verbose=0):
     `head_refusal` first.
 
     Returns a dict for `HybridReport.head`: the head's name, the `samples` read, the
-    ridge `penalty` (relative to the mean feature variance), the `temperature`, and
-    the start's leave-one-out accuracy (`loo_accuracy`, on up to 2,048 samples).
+    rows it was `fitted_on` (all of them; for features wider than `MAX_FEATURES`, a
+    uniform sample of 2,048), the ridge `penalty` (relative to the mean feature
+    variance), the `temperature`, and the start's leave-one-out accuracy
+    (`loo_accuracy`, on up to 2,048 samples).
     """
     head = plan.layers[plan.top_position]
-    statistics = _HeadStatistics(head.units, bias=head.use_bias)
     tensor, scope = plan.top_input
+    statistics = _HeadStatistics(head.units, bias=head.use_bias,
+                                 dual=tensor.shape[-1] > MAX_FEATURES)
     seen = stream(passes, plan.feature_model(tensor, scope), [statistics],
                   f"Starting the head '{head.name}'", verbose, limit=limit)
     kernel, bias, details = statistics.solve()

@@ -16,6 +16,14 @@ def format_share(share):
     return f"{math.floor(share * 1000 + 1e-4) / 10:.1f}%"  # (round-off of 1.0 is 100 %)
 
 
+def _head_rows(head):
+    """The samples a warm head was fitted on, for the report's text."""
+    fitted_on = head.get("fitted_on", head["samples"])  # absent in older reports
+    if fitted_on >= head["samples"]:
+        return f"{head['samples']} samples"
+    return f"fitted on {fitted_on:,} of {head['samples']:,} samples"
+
+
 def _known_fields(kind, data, what):
     """`data` (a dict) checked against the fields of dataclass `kind`."""
     if not isinstance(data, dict):
@@ -123,9 +131,10 @@ class HybridReport:
         seconds: total wall time.
         head: when every layer under the head was solved and `warm_head` set the head
             to the least-squares classifier of the solved features: its `layer`
-            name, the `samples` read, the ridge `penalty` and softmax `temperature`
-            chosen, and the start's leave-one-out accuracy `loo_accuracy` (on up to
-            2,048 of the samples); None otherwise.
+            name, the `samples` read, the rows it was `fitted_on` (a uniform sample
+            of 2,048 when the head reads more than 2,048 features), the ridge
+            `penalty` and softmax `temperature` chosen, and the start's leave-one-out
+            accuracy `loo_accuracy` (on up to 2,048 of the samples); None otherwise.
         head_not_started: when every layer under the head was solved but the head
             could not be started (`warm_head`), why (e.g. too many features, an
             activation other than softmax, linear or one sigmoid unit); else None.
@@ -253,7 +262,7 @@ class HybridReport:
         if self.head:
             lines.append(
                 f"  head {self.head['layer']} started as the least-squares classifier of "
-                f"the solved features ({self.head['samples']} samples, leave-one-out "
+                f"the solved features ({_head_rows(self.head)}, leave-one-out "
                 f"accuracy {self.head['loo_accuracy']:.3f}); it trains")
         if self.head_not_started:
             lines.append(f"  head not started: {self.head_not_started}")
