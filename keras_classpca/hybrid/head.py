@@ -164,10 +164,10 @@ class _HeadStatistics:
             self.cross = cross if self.cross is None else self.cross + cross
         self.kept.add(h, labels)
 
-    def _primal_basis(self):
-        """`(n, mean, target mean, eigenvalues, eigenvectors, coefficients)` of the
-        centred Gram matrix of every streamed row (`coefficients`: the eigenvectors'
-        products with the centred targets)."""
+    def _primal_basis(self, rows):
+        """The ridge problem in the eigenbasis of the centred Gram matrix of every
+        streamed row: `(n, mean, target mean, eigenvalues, kept rows' coordinates,
+        the basis' products with the centred targets, basis weights -> kernel)`."""
         d = self.gram.shape[0] - 1
         n = self.gram[d, d]
         # With a bias the features are centred (the bias is not penalised).
@@ -177,25 +177,26 @@ class _HeadStatistics:
         cross = self.cross[:d] - n * np.outer(mean, target_mean)
         with blas_threads_for(d):
             eigenvalues, vectors = np.linalg.eigh(gram)
-        return (n, mean, target_mean, np.clip(eigenvalues, 0.0, None), vectors,
-                vectors.T @ cross)
+        return (n, mean, target_mean, np.clip(eigenvalues, 0.0, None), (rows - mean) @ vectors,
+                vectors.T @ cross, lambda weights: vectors @ weights)
 
     def _dual_basis(self, rows, targets):
         """The same for the Gram matrix of the kept rows only, from the eigen-solve of
-        their kernel matrix: its eigenvectors `U` and values `s` give the Gram
-        matrix's nonzero ones, `rows.T @ U / sqrt(s)` and `s` (a thin SVD)."""
+        their n x n kernel matrix `K = U diag(s) U.T`: the Gram matrix's eigenvectors
+        of nonzero eigenvalue are `V = rows.T @ U / sqrt(s)` (a thin SVD), the rows'
+        coordinates `U sqrt(s)`; `V` itself is never formed."""
         n = len(rows)
         mean = rows.mean(axis=0) if self.bias else np.zeros(rows.shape[1])
         target_mean = targets.mean(axis=0) if self.bias else np.zeros(targets.shape[1])
         centred = rows - mean
         with blas_threads_for(n):
             values, vectors = np.linalg.eigh(centred @ centred.T)
-            keep = values > max(values[-1], 0.0) * n * np.finfo(np.float64).eps
-            values, vectors = values[keep], vectors[:, keep]
-            roots = np.sqrt(values)
-            directions = (centred.T @ vectors) / roots
-        return (n, mean, target_mean, values, directions,
-                roots[:, None] * (vectors.T @ (targets - target_mean)))
+        keep = values > max(values[-1], 0.0) * n * np.finfo(np.float64).eps
+        values, vectors = values[keep], vectors[:, keep]
+        roots = np.sqrt(values)
+        return (n, mean, target_mean, values, vectors * roots,
+                roots[:, None] * (vectors.T @ (targets - target_mean)),
+                lambda weights: centred.T @ (vectors @ (weights / roots[:, None])))
 
     def solve(self):
         """`(kernel, bias or None, details)`: the ridge classifier whose penalty and
@@ -203,9 +204,8 @@ class _HeadStatistics:
         rows, labels = self.kept.rows, self.kept.labels
         targets = self.targets(labels)
         d = rows.shape[1]
-        n, mean, target_mean, eigenvalues, vectors, coefficients = (
-            self._dual_basis(rows, targets) if self.dual else self._primal_basis())
-        projected = (rows - mean) @ vectors
+        n, mean, target_mean, eigenvalues, projected, coefficients, to_kernel = (
+            self._dual_basis(rows, targets) if self.dual else self._primal_basis(rows))
         scale = max(eigenvalues.sum() / max(d, 1), 1e-12)
         best = None
         for penalty in PENALTIES:
@@ -213,12 +213,12 @@ class _HeadStatistics:
             fitted = projected @ (inverse[:, None] * coefficients) + target_mean
             leverage = (projected ** 2) @ inverse + (1.0 / n if self.bias else 0.0)
             held_out = (fitted - leverage[:, None] * targets) / (1.0 - leverage)[:, None]
-            loss, temperature = min((self._loss(t * held_out, labels), t)
-                                    for t in TEMPERATURES)
-            if best is None or loss < best[0]:
-                best = (loss, penalty, temperature, held_out, inverse)
+            losses = self._losses(held_out, labels)
+            at = int(np.argmin(losses))  # the first of equal losses, as before
+            if best is None or losses[at] < best[0]:
+                best = (losses[at], penalty, TEMPERATURES[at], held_out, inverse)
         _, penalty, temperature, held_out, inverse = best
-        kernel = vectors @ (inverse[:, None] * coefficients)
+        kernel = to_kernel(inverse[:, None] * coefficients)
         bias = target_mean - mean @ kernel if self.bias else None
         if self.n_outputs == 1:
             accuracy = np.mean((held_out[:, 0] > 0) == (labels == 1))
@@ -228,13 +228,15 @@ class _HeadStatistics:
                        loo_accuracy=float(accuracy), fitted_on=int(n))
         return (kernel * temperature, None if bias is None else bias * temperature, details)
 
-    def _loss(self, logits, labels):
+    def _losses(self, held_out, labels):
+        """The mean cross-entropy of `t * held_out` for every `t` in `TEMPERATURES`."""
+        logits = TEMPERATURES[:, None, None] * held_out[None]
         if self.n_outputs == 1:  # binary cross-entropy of sigmoid(logit)
-            signed = np.where(labels == 1, logits[:, 0], -logits[:, 0])
-            return float(np.mean(np.logaddexp(0.0, -signed)))
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1))
-        return float(np.mean(log_norm - shifted[np.arange(len(labels)), labels]))
+            signed = np.where(labels == 1, logits[..., 0], -logits[..., 0])
+            return np.mean(np.logaddexp(0.0, -signed), axis=1)
+        shifted = logits - logits.max(axis=2, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=2))
+        return np.mean(log_norm - shifted[:, np.arange(len(labels)), labels], axis=1)
 
 
 def warm_start_head(plan, passes, limit=None, verbose=0):
