@@ -229,8 +229,14 @@ class _HeadStatistics:
         return (kernel * temperature, None if bias is None else bias * temperature, details)
 
     def _losses(self, held_out, labels):
-        """The mean cross-entropy of `t * held_out` for every `t` in `TEMPERATURES`."""
-        logits = TEMPERATURES[:, None, None] * held_out[None]
+        """The mean cross-entropy of `t * held_out` for every `t` in `TEMPERATURES`,
+        a few temperatures at a time (at most about 2**16 logits: 0.5 MB a copy)."""
+        step = max(1, 2 ** 16 // held_out.size)
+        return np.concatenate([self._losses_at(TEMPERATURES[i:i + step], held_out, labels)
+                               for i in range(0, len(TEMPERATURES), step)])
+
+    def _losses_at(self, temperatures, held_out, labels):
+        logits = temperatures[:, None, None] * held_out[None]
         if self.n_outputs == 1:  # binary cross-entropy of sigmoid(logit)
             signed = np.where(labels == 1, logits[..., 0], -logits[..., 0])
             return np.mean(np.logaddexp(0.0, -signed), axis=1)
