@@ -242,3 +242,30 @@ def test_head_on_wide_features_is_fitted_on_a_sample_of_the_rows(monkeypatch):
     report = hybridize(model, (x, y), cutoff=1, verbose=0)
     assert report.head is None and "reads 8 features (at most 6" in report.head_not_started
     np.testing.assert_array_equal(before, model.get_layer("head").get_weights()[0])
+
+
+def test_a_constraint_that_would_move_the_start_leaves_the_head_alone():
+    # Training projects a constrained head after every step: a NonNeg head set to a
+    # least-squares start (half its weights negative) would lose them at the first one.
+    x, y = _data()
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((12,)), L.Dense(8, activation="relu"),
+        L.Dense(3, activation="softmax", name="head",
+                kernel_constraint=keras.constraints.NonNeg())])
+    before = model.get_layer("head").get_weights()
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert report.head is None
+    assert "kernel constraint (NonNeg) would change the least-squares start" in (
+        report.head_not_started)
+    for a, b in zip(before, model.get_layer("head").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # a constraint the start satisfies does not stop it
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((12,)), L.Dense(8, activation="relu"),
+        L.Dense(3, activation="softmax", name="head",
+                kernel_constraint=keras.constraints.MaxNorm(1e6, axis=0))])
+    report = hybridize(model, (x, y), cutoff=1, verbose=0)
+    assert report.head is not None and report.head_not_started is None
+    assert np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y) > 0.9

@@ -994,7 +994,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         if refusal is None and passes.one_shot:
             refusal = "a one-shot iterator has no pass left for it"
         if refusal is None:
-            report.head = warm_start_head(plan, passes, limit=limit, verbose=verbose)
+            report.head, report.head_not_started = warm_start_head(
+                plan, passes, limit=limit, verbose=verbose)
         else:
             report.head_not_started = refusal
     if solved < len(plan.steps):

@@ -251,7 +251,9 @@ def warm_start_head(plan, passes, limit=None, verbose=0):
     penalty and temperature of least leave-one-out cross-entropy. Call
     `head_refusal` first.
 
-    Returns a dict for `HybridReport.head`: the head's name, the `samples` read, the
+    Returns `(details, None)`, or `(None, reason)` when the head's kernel or bias
+    constraint would move the start (the head is then left as it was). `details`, a
+    dict for `HybridReport.head`: the head's name, the `samples` read, the
     rows it was `fitted_on` (all of them; for features wider than `MAX_FEATURES`, a
     uniform sample of 2,048), the ridge `penalty` (relative to the mean feature
     variance), the `temperature`, and the start's leave-one-out accuracy
@@ -264,7 +266,25 @@ def warm_start_head(plan, passes, limit=None, verbose=0):
     seen = stream(passes, plan.feature_model(tensor, scope), [statistics],
                   f"Starting the head '{head.name}'", verbose, limit=limit)
     kernel, bias, details = statistics.solve()
-    values = [kernel] if bias is None else [kernel, bias]
-    head.set_weights([value.astype(keras.backend.standardize_dtype(variable.dtype))
-                      for value, variable in zip(values, head.weights)])
-    return dict(layer=head.name, samples=int(seen), **details)
+    values = {"kernel": kernel} if bias is None else {"kernel": kernel, "bias": bias}
+    for name, value in values.items():
+        variable = getattr(head, name)
+        values[name] = value.astype(keras.backend.standardize_dtype(variable.dtype))
+        constraint = getattr(variable, "constraint", None)
+        if constraint is None:
+            continue
+        # Training projects the head by its constraint after every step: a start the
+        # projection moves would be undone (a NonNeg kernel loses its negative weights),
+        # so such a head is left as it was.
+        projected = keras.ops.convert_to_numpy(constraint(keras.ops.convert_to_tensor(
+            values[name])))
+        change = np.linalg.norm(projected - values[name]) / max(
+            np.linalg.norm(values[name]), 1e-30)
+        if change > 1e-6:
+            return None, (
+                f"its {name} constraint ({type(constraint).__name__}) would change the "
+                f"least-squares start by {change:.0%} (training projects it after every "
+                "step)")
+    for name, value in values.items():
+        getattr(head, name).assign(value)
+    return dict(layer=head.name, samples=int(seen), **details), None
