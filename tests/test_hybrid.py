@@ -1403,3 +1403,34 @@ def _subspace_data_n(batches, size=10, seed=0):
     rng = np.random.default_rng(seed)
     y = np.arange(batches * size) % 3
     return (rng.normal(size=(len(y), 12)) + np.eye(3, 12)[y]).astype("float32"), y
+
+
+def test_auto_cutoff_solves_a_class_pca_layer_the_model_holds_and_a_fixed_one_warns():
+    # A ClassPCA* layer is frozen from construction: left below the cutoff it would
+    # keep random weights. "auto" reaches it whatever the probe says; a fixed cutoff
+    # below it warns.
+    from keras_classpca import ClassPCADense
+
+    rng = np.random.default_rng(0)
+    y = np.arange(600) % 3
+    x = (rng.normal(size=(600, 12)) + 3.0 * np.eye(3, 12)[y]).astype("float32")
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([
+            keras.Input((12,)), L.Dense(16, activation="relu", name="plain"),
+            ClassPCADense(6, activation="relu", name="pca"),
+            L.Dense(3, activation="softmax")])
+
+    m = model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing left unadapted: no warning
+        report = hybridize(m, (x, y), verbose=0)
+    assert report.cutoff == 2 and m.get_layer("pca").is_adapted
+    # the rule alone rejects the first Dense layer (separable inputs: nothing to gain)
+    assert report.evidence["class_pca_layer"] == dict(layer="pca", cutoff=2, rule_cutoff=0)
+    assert "pca is a ClassPCA layer: solved, with every layer below it" in str(report)
+    m = model()
+    with pytest.warns(UserWarning, match="hybridize: ClassPCADense 'pca' was never adapted"):
+        report = hybridize(m, (x, y), cutoff=1, verbose=0)
+    assert report.cutoff == 1 and not m.get_layer("pca").is_adapted

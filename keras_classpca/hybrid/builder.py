@@ -73,6 +73,7 @@ from keras_classpca.layers.adapt_mixin import (
     ClassPCAAdaptMixin,
     record_solve_options,
     solve_options,
+    warn_unadapted_layers,
 )
 from keras_classpca.layers.geometry import (
     LayerStatistics,
@@ -775,6 +776,8 @@ def hybridize(
         state.restore()
         raise
     _warn_if_trained_top_changed(model, state, report)
+    warn_unadapted_layers(model, "hybridize", remedy="a `cutoff` that reaches it, or "
+                          "`layer.adapt(data)`")
     return report
 
 
@@ -901,6 +904,14 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     if auto:
         cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose,
                                           policy.rule_of(cutoff))
+        asked = _asked_for(plan)
+        if asked > cutoff:
+            # A ClassPCA* layer is frozen from construction: the model asks for its
+            # solve, and left out it would keep random weights. It and every layer
+            # below it are solved, whatever the probe says.
+            report.evidence["class_pca_layer"] = dict(
+                layer=plan.steps[asked - 1].layer.name, cutoff=asked, rule_cutoff=cutoff)
+            cutoff = asked
     else:
         _check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
                         class_pca_options)
@@ -1275,6 +1286,14 @@ def _warn_if_frozen_above(plan, cutoff):
         + (" or solve them too (a larger `cutoff`)." if cutoff else "."),
         UserWarning
     )
+
+
+def _asked_for(plan):
+    """The cutoff that reaches the plan's last `ClassPCA*` layer not adapted yet (0 if
+    there is none)."""
+    return max((j + 1 for j, step in enumerate(plan.steps)
+                if isinstance(step.layer, ClassPCAAdaptMixin) and not step.layer.is_adapted),
+               default=0)
 
 
 def _decide(plan, passes, class_pca_options, seed, verbose, rule=policy.DEFAULT_RULE):

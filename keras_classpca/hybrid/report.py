@@ -113,7 +113,9 @@ class HybridReport:
             (`hybrid/decision.py`). A layer whose
             "before" probe leaves less than the threshold to gain (`bound`,
             `1 - before`) is rejected unsolved: its `after`, `gain` and
-            `explained_variance` are None.
+            `explained_variance` are None. `class_pca_layer`: when the model holds a
+            `ClassPCA*` layer above the rule's cutoff, that layer, the cutoff that
+            reaches it (used) and the rule's (`rule_cutoff`).
         candidates: names of all layers that could have been solved.
         stopped_because: why no further layer can be solved (the first layer with
             weights the plan cannot take, and why).
@@ -259,6 +261,11 @@ class HybridReport:
                     f"{'kept' if row['kept'] else 'not kept'}"
                 )
             lines.append(f"  rule: {self.evidence['rule']}")
+            asked = self.evidence.get("class_pca_layer")
+            if asked:
+                lines.append(
+                    f"  {asked['layer']} is a ClassPCA layer: solved, with every layer below "
+                    f"it (cutoff {asked['cutoff']}; the rule alone: {asked['rule_cutoff']})")
         if self.head:
             lines.append(
                 f"  head {self.head['layer']} started as the least-squares classifier of "

@@ -36,10 +36,12 @@ CLASS_PCA_DEFAULTS = {
 }
 
 
-def warn_unadapted_layers(model, where):
+def warn_unadapted_layers(model, where, remedy="`hybridize(model, data)` or "
+                                             "`layer.adapt(data)`"):
     """Warn if `model` holds `ClassPCA*` layers that are frozen but were never adapted
     (nor solved by `hybridize`, nor loaded adapted): training would keep their
-    initializer's random weights. `where` names the caller (e.g. "fit_top")."""
+    initializer's random weights. `where` names the caller (e.g. "fit_top"), `remedy`
+    the ways to solve them."""
     pending, names = list(getattr(model, "layers", [])), []
     while pending:
         layer = pending.pop(0)
@@ -51,8 +53,8 @@ def warn_unadapted_layers(model, where):
         warn(
             f"{where}: {', '.join(names)} {'was' if len(names) == 1 else 'were'} never "
             "adapted: a ClassPCA layer is frozen from construction, so it would keep its "
-            "initializer's random weights. Solve it first (`hybridize(model, data)` or "
-            "`layer.adapt(data)`), or set `layer.trainable = True` to train it.",
+            f"initializer's random weights. Solve it first ({remedy}), or set "
+            "`layer.trainable = True` to train it.",
             UserWarning
         )
 
