@@ -749,6 +749,21 @@ def test_labels_as_a_python_list_solve_like_an_array_and_sample_weights_are_name
     )
 
 
+def test_sample_weights_of_a_dataset_are_named_once_per_hybridize_call(subspace_classes):
+    # Every pass over a dataset reads its weights (one per solved layer and per
+    # BatchNormalization to adapt): the warning still comes once.
+    x, y = _subspace_data(subspace_classes)
+    weighted = tf.data.Dataset.from_tensor_slices(
+        (x, y, np.linspace(0.1, 1, len(y)).astype("float32"))).batch(64)
+    model = _mlp(hidden=(8, 8), name="w")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = hybridize(model, weighted, cutoff=2, verbose=0, warm_head=False)
+    assert report.cutoff == 2
+    named = [w for w in caught if "class-PCA statistics ignore them" in str(w.message)]
+    assert len(named) == 1, [str(w.message) for w in caught]
+
+
 def test_batchnorm_before_the_first_solved_layer_is_adapted_and_frozen():
     # The solved Dense is fitted to what this BatchNorm outputs at solve time; if the
     # BatchNorm then trains (batch statistics), the solved layer's input changes.

@@ -434,11 +434,11 @@ def _split_element(element, where, keep_weights=False, inputs=None):
     if keep_weights:
         return x, element[1], weights
     if weights is not None:
-        _warn_sample_weights_ignored()
+        warn_sample_weights_ignored()
     return x, element[1]
 
 
-def _warn_sample_weights_ignored():
+def warn_sample_weights_ignored():
     """Class statistics count every sample once: say so when sample weights come."""
     warn(
         "The data holds sample weights; class-PCA statistics ignore them (every sample "
@@ -563,7 +563,7 @@ def _py_dataset_batches(py_dataset, split=_split_element):
 
 def iter_batches(
     data, y=None, *, batch_size=None, steps=None, max_samples=None, keep_tensors=False,
-    sample_weights=False, inputs=None,
+    sample_weights=False, inputs=None, on_ignored_weights=None,
 ):
     """Yield `(x, y)` numpy batches from any supported data source.
 
@@ -582,6 +582,9 @@ def iter_batches(
             are (for products on their device) instead of converting them to NumPy.
         inputs: a multi-input model's `InputPacking` (`hybrid/inputs.py`): each batch's
             `x` (one array per input) is yielded packed into one array.
+        on_ignored_weights: called once per pass when the data hold sample weights and
+            `sample_weights` is False (default: a warning that class-PCA ignores them;
+            a caller reading several passes may warn once for all of them).
 
     A source that never ends (`is_infinite`) needs `steps` or `max_samples`: without
     them a `ValueError` is raised before any batch is read.
@@ -661,7 +664,7 @@ def iter_batches(
         weights = weights[0] if weights else None
         if weights is not None and not sample_weights:
             if not warned:
-                _warn_sample_weights_ignored()
+                (on_ignored_weights or warn_sample_weights_ignored)()
                 warned = True
             weights = None
         if weights is not None:

@@ -37,6 +37,7 @@ from keras_classpca.core.data_adapter import (
     known_batches,
     never_ends_error,
     readable_data,
+    warn_sample_weights_ignored,
 )
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.activations import (
@@ -105,6 +106,7 @@ class _DataPasses:
         self.regression_head = False  # one linear output unit, no class loss
         self.first_rows = None  # samples in a dataset's first batch, once read
         self.warned_classes = False
+        self.warned_weights = False
         self.batch_size = batch_size
         self.auto = samples == "auto"  # stop each layer's pass once it has converged
         samples = None if self.auto else samples
@@ -150,6 +152,13 @@ class _DataPasses:
             self._peeked = (first, batches)
         return first
 
+    def _weights_ignored(self):
+        """The data's sample weights are ignored: say so once per hybridize call, not
+        once per pass over the data."""
+        if not self.warned_weights:
+            self.warned_weights = True
+            warn_sample_weights_ignored()
+
     def __iter__(self):
         if self._peeked is not None:
             first, rest = self._peeked
@@ -176,7 +185,8 @@ class _DataPasses:
             raise infinite_data_error()
         classes = set()
         for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples,
-                                 inputs=None if self.in_memory else self.inputs):
+                                 inputs=None if self.in_memory else self.inputs,
+                                 on_ignored_weights=self._weights_ignored):
             self.first_rows = self.first_rows or len(x)
             self._see_labels(y)
             labels = self.int_labels(y)
