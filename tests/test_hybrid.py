@@ -1345,6 +1345,17 @@ def test_inputs_given_as_fit_takes_them_named_or_in_a_list(blobs):
     with pytest.raises(ValueError, match="holds the input 'wrong', but the model's input "
                                          "is named 'image'"):
         hybridize(model("wrong"), ({"wrong": x}, y), cutoff=1, verbose=0)
+    # a dataset of the same dicts: named alike (`fit` would refuse it too), and the
+    # right name solves as the arrays do
+    with pytest.raises(ValueError, match="holds the input 'wrong', but the model's input "
+                                         "is named 'image'"):
+        hybridize(model("wrong"), tf.data.Dataset.from_tensor_slices(({"wrong": x}, y))
+                  .batch(32), cutoff=1, verbose=0)
+    solved = model("dataset")
+    hybridize(solved, tf.data.Dataset.from_tensor_slices(({"image": x}, y)).batch(32),
+              cutoff=1, verbose=0)
+    np.testing.assert_allclose(np.asarray(solved.get_layer("dataset_hidden").kernel),
+                               kernels[0], rtol=1e-5, atol=1e-6)
 
 
 def test_an_overflow_below_a_layer_is_not_blamed_on_the_data(blobs):
@@ -1449,3 +1460,19 @@ def test_auto_cutoff_solves_a_class_pca_layer_the_model_holds_and_a_fixed_one_wa
     with pytest.warns(UserWarning, match="hybridize: ClassPCADense 'pca' was never adapted"):
         report = hybridize(m, (x, y), cutoff=1, verbose=0)
     assert report.cutoff == 1 and not m.get_layer("pca").is_adapted
+
+
+def test_classes_missing_from_a_drawn_subset_are_blamed_on_the_subset():
+    # All three classes are in `data`; a small `samples` draw can miss one. The
+    # warning must say so, not that `data` lacks the class.
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(200, int), np.ones(97, int), 2, 2, 2]
+    x = (rng.normal(size=(300, 6)) + np.eye(3, 6)[y]).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), L.Dense(2, activation="relu"),
+                              L.Dense(3, activation="softmax")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hybridize(model, (x, y), cutoff=1, samples=20, verbose=0, seed=0)
+    messages = [str(w.message) for w in caught if "classes the model predicts" in str(w.message)]
+    assert len(messages) == 1
+    assert messages[0].startswith("The labels of the 20 samples drawn from `data` (`samples`)")

@@ -28,6 +28,7 @@ from keras_classpca.core.class_pca import ClassPCA, labels_to_int
 from keras_classpca.core.convergence import SubspaceConvergence
 from keras_classpca.core.data_adapter import (
     _is_input_dict,
+    _is_tf_dataset,
     as_arrays,
     as_one_class,
     concatenate_batches,
@@ -125,7 +126,8 @@ class _DataPasses:
                 )
             if self.auto:
                 self.order = np.random.default_rng(seed).permutation(len(arrays[0]))
-        if arrays is not None and samples is not None and samples < len(arrays[0]):
+        self.drawn = arrays is not None and samples is not None and samples < len(arrays[0])
+        if self.drawn:
             # A random subset, not the first rows: data sets are often sorted by class.
             keep = np.random.default_rng(seed).choice(len(arrays[0]), samples, replace=False)
             keep = np.sort(keep)
@@ -795,6 +797,9 @@ def _check_input_name(model, data):
     """Raise if `data`'s `x` is a dict whose key is not the model's input name (which
     `fit` refuses: "Missing data for input")."""
     x = data[0] if isinstance(data, (tuple, list)) and data else data
+    if _is_tf_dataset(data):  # its element spec names the keys without a read
+        spec = data.element_spec
+        x = spec[0] if isinstance(spec, tuple) and spec else spec
     inputs = getattr(model, "inputs", None) or []
     if _is_input_dict(x) and len(x) == 1 and inputs:
         (key,) = x
@@ -879,7 +884,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     passes.label_free = label_free
     passes.regression_head = _regression_head(model)
     if passes.in_memory:
-        passes.check_classes(len(np.unique(passes.int_labels(passes.data[1]))), "`data`")
+        passes.check_classes(len(np.unique(passes.int_labels(passes.data[1]))),
+                             f"the {samples} samples drawn from `data` (`samples`)"
+                             if passes.drawn else "`data`")
     auto = policy.is_auto(cutoff)
     report = HybridReport(
         cutoff=0,
