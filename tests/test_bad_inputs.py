@@ -915,3 +915,14 @@ def test_export_removes_stale_temporary_directories_only(tmp_path):
     assert os.path.basename(path) == "1"
     assert not stale.exists() and busy.exists() and fresh.exists()
     assert sorted(p.name for p in base.iterdir()) == sorted(["1", busy.name, fresh.name])
+
+
+def test_a_wrong_rank_is_told_with_the_batch_axis_not_a_batch_size():
+    # The check runs per batch: the first axis it sees is a batch's size (1,024 of
+    # 1,797 samples here), which the user never passed.
+    from keras_classpca import ClassPCAConv2D
+
+    x, y = np.zeros((1797, 8, 8), "float32"), np.arange(1797) % 10
+    with pytest.raises(ValueError, match=r"must be 4-D .*; received batches of shape "
+                                         r"\(batch, 8, 8\)\.$"):
+        ClassPCAConv2D(4, 3).adapt((x, y))

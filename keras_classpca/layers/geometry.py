@@ -152,6 +152,15 @@ def _channels_axis(layer):
     return 1
 
 
+def _batch_of(x):
+    """`x`'s shape for an error: data arrive in batches, so the first axis is the
+    batch's size, not the data's (1,024 of 1,797 samples)."""
+    if not x.ndim:
+        return "a scalar"
+    axes = ["batch", *map(str, x.shape[1:])]
+    return f"batches of shape ({', '.join(axes)}{',' if len(axes) == 1 else ''})"
+
+
 def check_input(layer, x, argument="x"):
     """Raise a `ValueError` naming `argument` if `x` cannot feed `layer`."""
     name = f"{type(layer).__name__} '{layer.name}'"
@@ -159,12 +168,13 @@ def check_input(layer, x, argument="x"):
     if rank and x.ndim != rank + 2:
         axes = ", ".join(["batch"] + [f"spatial {a + 1}" for a in range(rank)] + ["channels"])
         raise ValueError(
-            f"`{argument}` for {name} must be {rank + 2}-D ({axes}); received shape {x.shape}."
+            f"`{argument}` for {name} must be {rank + 2}-D ({axes}); received "
+            f"{_batch_of(x)}."
         )
     if not rank and x.ndim < 2:
         raise ValueError(
             f"`{argument}` for {name} must be at least 2-D (batch, ..., features); "
-            f"received shape {x.shape}."
+            f"received {_batch_of(x)}."
         )
     if x.dtype.kind not in "biuf":
         raise TypeError(f"`{argument}` must be numeric; received dtype {x.dtype}.")
