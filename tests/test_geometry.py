@@ -180,7 +180,7 @@ def test_rows_times_kernel_equal_keras_channels_first(factory, shape):
                      "along the last axis for this shape")
 
 
-@pytest.mark.parametrize("factory, shape", CONV_CASES[:11:2])
+@pytest.mark.parametrize("factory, shape", CONV_CASES)
 def test_backend_rows_equal_numpy_rows(factory, shape):
     layer = factory()
     x = np.random.default_rng(3).normal(size=(2,) + shape).astype("float32")

@@ -685,15 +685,29 @@ def backend_rows(layer, x):
     channels = x.shape[-1]
     groups, _ = groups_and_components(layer, channels)
     per_group = channels // groups
-    size = math.prod(layer.kernel_size) * per_group
-    # One identity per group: output channel g*size + j copies value j of group g's patch.
-    identity = np.eye(size).reshape(tuple(layer.kernel_size) + (per_group, size))
-    identity = np.concatenate([identity] * groups, axis=-1)
+    positions = math.prod(layer.kernel_size)
+    size = positions * per_group
     padding = layer.padding
     if padding == "causal":
         left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
         x = keras.ops.pad(x, [(0, 0), (left, 0), (0, 0)])
         padding = "valid"
+    if groups > 1 and len(layer.kernel_size) <= 2:
+        # A depthwise convolution, not a grouped one: under TensorFlow `ops.conv` runs a
+        # grouped convolution through a new XLA function at every call (retracing
+        # warnings, a compile per batch). Output channel c*positions + j copies value j
+        # of channel c's patch; the rows want (kernel axes, channel) order per group.
+        identity = np.eye(positions).reshape(tuple(layer.kernel_size) + (1, positions))
+        identity = keras.ops.convert_to_tensor(
+            np.repeat(identity, channels, axis=-2), dtype=x.dtype)
+        patches = keras.ops.depthwise_conv(x, identity, layer.strides, padding,
+                                           "channels_last", layer.dilation_rate)
+        patches = keras.ops.reshape(patches, (-1, groups, per_group, positions))
+        return keras.ops.reshape(keras.ops.transpose(patches, (0, 1, 3, 2)),
+                                 (-1, groups, size))
+    # One identity per group: output channel g*size + j copies value j of group g's patch.
+    identity = np.eye(size).reshape(tuple(layer.kernel_size) + (per_group, size))
+    identity = np.concatenate([identity] * groups, axis=-1)
     identity = keras.ops.convert_to_tensor(identity, dtype=x.dtype)
     # keras.ops.conv infers the groups from the kernel's input channels.
     patches = keras.ops.conv(x, identity, layer.strides, padding, "channels_last",
