@@ -1425,6 +1425,43 @@ def test_short_passes_trace_no_predict_function(monkeypatch):
     assert passes.layers[0].samples == (eager + 3) * 10 and traced == [10, 10, 10]
 
 
+@pytest.mark.tensorflow_backend
+def test_batches_of_varying_shapes_trace_no_predict_function(monkeypatch):
+    # Sequences padded per batch: every new length would trace the predict function
+    # again (TensorFlow's retracing warning, a few models in). Such a model runs
+    # eagerly throughout; its features are those of a traced call.
+    from keras_classpca.hybrid import graph
+
+    traced = []
+    original = keras.Model.predict_on_batch
+    monkeypatch.setattr(keras.Model, "predict_on_batch",
+                        lambda model, x: traced.append(x.shape) or original(model, x))
+    rng = np.random.default_rng(0)
+    batches = []
+    for b in range(graph.EAGER_BATCHES + 6):
+        y = np.arange(16) % 2
+        x = rng.normal(size=(16, 6 + b % 3, 3)).astype("float32")
+        x[:, :, 0] += 2.0 * y[:, None]
+        batches.append((x, y))
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((None, 3)), L.Conv1D(4, 2, activation="relu"),
+                                 L.GlobalAveragePooling1D(), L.Dense(2, activation="softmax")])
+
+    varying = model()
+    report = hybridize(varying, lambda: iter(batches), cutoff=1, samples=None, verbose=0)
+    assert report.layers[0].samples == 16 * len(batches) and report.head is not None
+    assert traced == []
+    # the same layer solved from the same batches, every call traced: the same kernel
+    traced_model = model()
+    monkeypatch.setattr(graph, "predict_on_batch", lambda m, x: m.predict_on_batch(x))
+    hybridize(traced_model, lambda: iter(batches), cutoff=1, samples=None, verbose=0)
+    assert len(traced) > graph.EAGER_BATCHES
+    for a, b in zip(varying.get_weights(), traced_model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def _subspace_data_n(batches, size=10, seed=0):
     rng = np.random.default_rng(seed)
     y = np.arange(batches * size) % 3

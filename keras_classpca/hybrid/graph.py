@@ -79,16 +79,27 @@ def normalized_axes(layer, rank):
 # So the first `EAGER_BATCHES` batches of a model are run eagerly; a longer pass traces
 # once. (JAX compiles each eager op on its first call, torch has no trace: they always
 # use `predict_on_batch`.)
+#
+# Batches whose shapes vary (sequences padded per batch, images of several sizes)
+# would trace the predict function again at every new shape, and so would a function
+# traced for any size, once per model: TensorFlow counts the traces of every model's
+# function together. A model whose batches change shape runs eagerly throughout.
 EAGER_BATCHES = 8
 _eager_calls = weakref.WeakKeyDictionary()
+_batch_shapes = weakref.WeakKeyDictionary()  # model -> its first batch's shapes, or None
 
 
 def predict_on_batch(model, x):
-    """`model.predict_on_batch(x)`, called eagerly for a model's first `EAGER_BATCHES`
-    batches under TensorFlow (backend tensors then, not numpy)."""
+    """`model.predict_on_batch(x)`, called eagerly under TensorFlow (backend tensors
+    then, not numpy) for a model's first `EAGER_BATCHES` batches and for all of them
+    once its batches change shape."""
     if keras.backend.backend() == "tensorflow":
+        shapes = keras.tree.map_structure(lambda value: tuple(np.shape(value)), x)
+        first = _batch_shapes.setdefault(model, shapes)
+        if first != shapes:
+            _batch_shapes[model] = first = None  # varying: never traced
         calls = _eager_calls.get(model, 0)
-        if calls < EAGER_BATCHES:
+        if calls < EAGER_BATCHES or first is None:
             _eager_calls[model] = calls + 1
             return model(x, training=False)
     return model.predict_on_batch(x)
