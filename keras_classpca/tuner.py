@@ -172,7 +172,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
             arrays, a `tf.data.Dataset`, a `PyDataset` or a callable returning a
             fresh iterable of `(x, y)` batches.
         max_cutoff: the largest cutoff searched; `None` means every solvable layer
-            of the model `build_model` returns first.
+            of the model `build_model` returns first. A larger value than that
+            model's solvable layers raises a `ValueError` when it is built.
         search_options: `True` searches `center`, `scaling` and `allocation`
             (`DEFAULT_SEARCH_SPACE`); `False` searches none; a dict
             `{option: [values]}` searches those `ClassPCA` options. Options also
@@ -294,6 +295,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.build_model = build_model
         self.data = data
         self.max_cutoff = None if max_cutoff is None else int(max_cutoff)
+        self._max_cutoff_checked = False
         self.search_space = {k: v for k, v in space.items() if k not in hybridize_options}
         # KerasTuner's `hp.Choice` takes values of one type and no None: other lists
         # (`sign_pairs` over False, True and "spare") are searched by their labels.
@@ -319,21 +321,49 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.last_report = None
 
     # ------------------------------------------------------------------ build
-    def _solvable_layers(self, model):
+    def _plan(self, model):
+        """`plan_model(model)`, the model built from the data's shape first if need be;
+        None for a model without inputs when the data are no arrays to build it from."""
         if not has_layer_graph(model):
             raise no_graph_error(model, "HybridHyperModel")
         if not model.built or not getattr(model, "inputs", None):
             if not is_array_data(self.data):
-                raise ValueError(
-                    "The model `build_model(hp)` returns is not built: give it a "
-                    "`keras.Input(...)`, or pass `max_cutoff`."
-                )
+                return None
             ensure_built(model, np.asarray(self.data[0]).shape[1:], what="HybridHyperModel")
+        return plan_model(model)
+
+    def _solvable_layers(self, model):
+        plan = self._plan(model)
+        if plan is None:
+            raise ValueError(
+                "The model `build_model(hp)` returns is not built: give it a "
+                "`keras.Input(...)`, or pass `max_cutoff`."
+            )
         # Not past a layer wider than the head's classes can solve (a squeeze-and-
         # excitation expand layer): every trial beyond it would fail.
-        return feasible_cutoff(plan_model(model), output_classes(model),
+        return feasible_cutoff(plan, output_classes(model),
                                {k: v for k, v in self.hybridize_options.items()
                                 if k in CLASS_PCA_OPTIONS})
+
+    def _check_max_cutoff(self, model):
+        """A `ValueError` when the given `max_cutoff` exceeds the solvable layers of the
+        first model built: every trial above them would fail inside the tuner, and the
+        search would end as if cutoff 0 were best. Not clipped: the user asked for more."""
+        plan = self._plan(model)
+        if plan is None:
+            return  # nothing to plan before the model is built
+        solvable = len(plan.steps)
+        if self.max_cutoff > solvable:
+            reason = plan.reason_after(solvable)
+            raise ValueError(
+                f"`max_cutoff={self.max_cutoff}` exceeds the layers this model can solve: "
+                f"the model `build_model(hp)` returns has {solvable} solvable layer(s) "
+                f"({', '.join(plan.names) or 'none'})"
+                + (f"; the prefix ends because {reason}" if reason else ".")
+                + f" Pass `max_cutoff` <= {solvable}, or `max_cutoff=None` to search "
+                "every solvable layer."
+            )
+        self._max_cutoff_checked = True
 
     def build(self, hp):
         """The user's model, with `cutoff` and the class-PCA options registered in `hp`."""
@@ -353,6 +383,10 @@ class HybridHyperModel(keras_tuner.HyperModel):
         max_cutoff = self.max_cutoff
         if max_cutoff is None:
             max_cutoff = self._solvable_layers(model)
+        elif not self._max_cutoff_checked:
+            # Checked once, as `None` is read once: on the first model built (at the
+            # tuner's construction), so a bad value fails before any trial runs.
+            self._check_max_cutoff(model)
         cutoff = hp.Int(CUTOFF, 0, max_cutoff)
         if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Integral) or cutoff < 0:
             raise ValueError(

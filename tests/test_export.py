@@ -284,6 +284,53 @@ def test_custom_signature_name_and_dict_inputs(tmp_path):
     assert _max_abs(out["logits"], logits) <= SERVED_ATOL
 
 
+def test_request_bodies_take_the_models_input_names_the_export_renamed(tmp_path):
+    # "Token IDs" is no valid signature key: exported as "Token_IDs", and the model's
+    # own "Token_IDs" then as "Token_IDs_1". Both sets of names build the same body.
+    ids, more, mask = (keras.Input((3,), name=n) for n in ("Token IDs", "Token_IDs", "mask"))
+    h = keras.layers.Concatenate()([ids, more, mask])
+    model = keras.Model([ids, more, mask], keras.layers.Dense(2, name="probs")(h))
+    path = kx.export_for_serving(model, tmp_path / "renamed")
+    keys = ["Token_IDs", "Token_IDs_1", "mask"]
+    assert list(keras_classpca.signature_info(path)["inputs"]) == keys
+    rng = np.random.default_rng(3)
+    a, b, m = (rng.normal(size=(2, 3)).astype("f4") for _ in range(3))
+    by_model = keras_classpca.predict_request_body(path, {"Token IDs": a, "Token_IDs": b,
+                                                          "mask": m})
+    by_signature = keras_classpca.predict_request_body(path, {"Token_IDs": a,
+                                                              "Token_IDs_1": b, "mask": m})
+    assert by_model == by_signature
+    assert list(by_model["instances"][0]) == keys
+    np.testing.assert_array_equal(by_model["instances"][1]["Token_IDs"], a[1])
+    np.testing.assert_array_equal(by_model["instances"][1]["Token_IDs_1"], b[1])
+    # Names that are neither (or a mix of both kinds) are refused, naming both sets.
+    for x in ({"Tokens": a, "Token_IDs": b, "mask": m},
+              {"Token IDs": a, "Token_IDs_1": b, "mask": m}):
+        with pytest.raises(ValueError, match=re.escape(
+                f"do not match the signature's inputs {keys}") + r".* nor the model's input "
+                r"names they were exported from \['Token IDs', 'Token_IDs', 'mask'\]\."):
+            keras_classpca.predict_request_body(path, x)
+
+    # One input, named by the model: the repro of the renaming.
+    single = keras.Input((4,), name="Token IDs")
+    model = keras.Model(single, keras.layers.Dense(2, name="probs")(single))
+    path = kx.export_for_serving(model, tmp_path / "single")
+    body = keras_classpca.predict_request_body(path, {"Token IDs": np.ones((1, 4), "f4")})
+    assert body["instances"] == [{"Token_IDs": [1.0] * 4}]
+    # An export without the record (before it was written) still takes the signature's
+    # names and refuses the others as before.
+    shutil.rmtree(os.path.join(path, "assets.extra"))
+    body = keras_classpca.predict_request_body(path, {"Token_IDs": np.ones((1, 4), "f4")})
+    assert body["instances"] == [{"Token_IDs": [1.0] * 4}]
+    with pytest.raises(ValueError, match=r"inputs \['Token_IDs'\] \(missing \['Token_IDs'\], "
+                                         r"unexpected \['Token IDs'\]\)\.$"):
+        keras_classpca.predict_request_body(path, {"Token IDs": np.ones((1, 4), "f4")})
+
+
+def test_an_export_without_renamed_inputs_writes_no_name_record(exported):
+    assert not os.path.exists(os.path.join(exported.path, kx.INPUT_NAMES_FILE))
+
+
 def test_dict_outputs_are_served_under_their_keys(tmp_path):
     inputs = keras.Input((3,))
     model = keras.Model(inputs, {"zscore": keras.layers.Dense(1, name="alpha")(inputs),

@@ -240,6 +240,37 @@ def test_incompatible_layer_rejected_at_build(blobs):
         layer.build((None, 5))
 
 
+@pytest.mark.parametrize(
+    "shape, kind, hint",
+    [
+        ((5, 6), "Dense", "the layer's input features"),
+        ((3, 2, 6), "Conv1D", "kernel_size * channels"),
+        ((3, 3, 2, 6), "Conv2D", "kernel_height * kernel_width * channels"),
+        ((2, 2, 2, 2, 6), "Conv3D", "kernel_depth * kernel_height * kernel_width * channels"),
+    ],
+)
+def test_kernel_shape_error_hint_matches_the_kernel_rank(blobs, shape, kind, hint):
+    init = ClassPCAInitializer.from_data(*blobs)
+    with pytest.raises(ValueError) as info:
+        init(shape)
+    message = str(info.value)
+    assert f"(for {kind}: {hint})." in message
+    # Only the hint of this kernel's kind, never another layer's.
+    others = {"Dense", "Conv1D", "Conv2D", "Conv3D"} - {kind}
+    assert not any(f"for {other}:" in message for other in others), message
+
+
+def test_dense_build_error_does_not_mention_conv2d():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 64)).astype("float32"), np.arange(60) % 3
+    init = ClassPCAInitializer.from_data(x, y)
+    layer = keras.layers.Dense(8, kernel_initializer=init)
+    with pytest.raises(ValueError, match=r"statistics have 64 \(for Dense: the layer's "
+                       r"input features\)\.$") as info:
+        layer.build((None, 32))
+    assert "Conv2D" not in str(info.value)
+
+
 def test_bias_shape_and_component_count_rejected(blobs):
     x, y = blobs
     init = ClassPCAInitializer(ClassPCA(4).fit(x, y))

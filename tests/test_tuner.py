@@ -207,6 +207,39 @@ def test_constructor_errors():
         HybridHyperModel(_builder(), _data(), solved_activation="no_such_activation")
 
 
+@pytest.mark.parametrize("max_cutoff", [1.5, 2.0, True, "2", -1])
+def test_a_max_cutoff_that_is_no_non_negative_integer_is_refused_at_construction(max_cutoff):
+    with pytest.raises(ValueError, match=r"`max_cutoff` must be a non-negative integer or "
+                                         rf"None; received {max_cutoff!r}"):
+        HybridHyperModel(_builder(), _data(), max_cutoff=max_cutoff)
+
+
+def test_a_max_cutoff_above_the_solvable_layers_is_refused_before_any_trial(tmp_path):
+    def one_solvable(hp):  # Dense(8) is solvable; Dense(3), the head, is always trained
+        model = keras.Sequential([keras.Input((12,)), L.Dense(8, activation="relu"),
+                                  L.Dense(3, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    message = (r"`max_cutoff=5` exceeds the layers this model can solve: the model "
+               r"`build_model\(hp\)` returns has 1 solvable layer\(s\) \(dense\w*\); the "
+               r"prefix ends because Dense 'dense\w*' is the model's last layer with "
+               r"weights \(always trained\)\. Pass `max_cutoff` <= 1")
+    hypermodel = HybridHyperModel(one_solvable, _data(), max_cutoff=5, search_options=False)
+    hp = keras_tuner.HyperParameters()
+    with pytest.raises(ValueError, match=message):
+        hypermodel.build(hp)
+    assert not hp.space  # refused, not clipped to a range of 0..1
+    # A tuner builds the model when constructed: the search never starts.
+    with pytest.raises(ValueError, match=message):
+        keras_tuner.RandomSearch(hypermodel, objective="accuracy", max_trials=1,
+                                 directory=tmp_path)
+    # Every solvable layer is fine.
+    hp = keras_tuner.HyperParameters()
+    HybridHyperModel(one_solvable, _data(), max_cutoff=1, search_options=False).build(hp)
+    assert hp.space[0].max_value == 1
+
+
 def test_a_fixed_solved_activation_reaches_every_trial_solve(tmp_path):
     hypermodel = HybridHyperModel(_builder(), _data(), search_options=False,
                                   solved_activation="linear")

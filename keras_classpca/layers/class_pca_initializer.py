@@ -356,10 +356,17 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             )
         n_features = int(np.prod(shape[:-1]))
         if n_features != self.class_pca.n_features_in_:
+            # The hint names this kernel's kind (from its rank), not always Conv2D's.
+            hint = {
+                2: "for Dense: the layer's input features",
+                3: "for Conv1D: kernel_size * channels",
+                4: "for Conv2D: kernel_height * kernel_width * channels",
+                5: "for Conv3D: kernel_depth * kernel_height * kernel_width * channels",
+            }[len(shape)]
             raise ValueError(
                 f"Kernel shape {shape} needs statistics over {n_features} features, but "
                 f"the class-PCA statistics have {self.class_pca.n_features_in_} "
-                "(for Conv2D: kernel_height * kernel_width * channels)."
+                f"({hint})."
                 + (" `from_data` reads images channels last: for channels-first images "
                    "pass `np.moveaxis(x, 1, -1)`." if len(shape) > 2 else "")
             )

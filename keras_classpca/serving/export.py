@@ -23,6 +23,7 @@ path = keras_classpca.export_for_serving(model, "/srv/models/digits")  # -> .../
 """
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -47,6 +48,11 @@ MAX_VERSION = 2**63 - 1  # TF Serving parses version directories as int64
 # identifiers in a SignatureDef: letters, digits, '_', '.', '-', not starting with '-'.
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.\-/]*$")
 _SIGNATURE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The model's own names of the inputs `_unique` renamed ("Token IDs" -> "Token_IDs"),
+# `{"input_names": {exported: original}}`, so `predict_request_body` takes both. In
+# `assets.extra/`, which SavedModel reserves for files beside the graph that it does
+# not load; written only when a name changed (no file: every name is as exported).
+INPUT_NAMES_FILE = os.path.join("assets.extra", "keras_classpca_input_names.json")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -118,7 +124,8 @@ def _unique(names):
 
 
 def _input_layout(model):
-    """(flat input specs, names, pack) where pack(flat tensors) -> model's input structure."""
+    """(flat input specs, names, pack, original names) where pack(flat tensors) -> model's
+    input structure and the original names are the model's own, before `_unique`."""
     import keras
 
     tf = _tf()
@@ -132,6 +139,7 @@ def _input_layout(model):
         if isinstance(struct, dict):
             keys = list(struct.keys())
             tensors = [struct[k] for k in keys]
+            originals = [str(k) for k in keys]
             names = _unique(keys)
 
             def pack(flat):
@@ -139,7 +147,8 @@ def _input_layout(model):
 
         else:
             tensors = keras.tree.flatten(struct)
-            names = _unique([_input_name(t.name, i, len(tensors)) for i, t in enumerate(tensors)])
+            originals = [_input_name(t.name, i, len(tensors)) for i, t in enumerate(tensors)]
+            names = _unique(originals)
 
             def pack(flat):
                 return keras.tree.pack_sequence_as(struct, list(flat))
@@ -148,7 +157,7 @@ def _input_layout(model):
             tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=n)
             for t, n in zip(tensors, names)
         ]
-        return specs, names, pack
+        return specs, names, pack, originals
 
     # Subclassed model: the shapes recorded when it was built or first called.
     shapes = getattr(model, "_build_shapes_dict", None) or {}
@@ -163,7 +172,7 @@ def _input_layout(model):
     shape = (None,) + tuple(flat_shapes[0])[1:]
     dtype = getattr(model, "input_dtype", None) or "float32"
     names = ["inputs"]
-    return [tf.TensorSpec(shape, dtype, name="inputs")], names, lambda flat: flat[0]
+    return [tf.TensorSpec(shape, dtype, name="inputs")], names, lambda flat: flat[0], names
 
 
 def _snake(name):
@@ -365,6 +374,8 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
 
     # Trace before touching the disk: a model that cannot be traced leaves nothing behind.
     archive = _build_archive(model, signature_name)
+    _, names, _, originals = _input_layout(model)
+    renamed = {name: original for name, original in zip(names, originals) if name != original}
 
     created = _first_missing(base_dir)  # the top directory makedirs will create, if any
     try:
@@ -387,6 +398,8 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
             raise _os_error(base_dir, "write a temporary directory in", err) from err
         lock = _lock(tmp)  # held until the rename: tells other exporters it is alive
         archive.write_out(tmp, verbose=False)
+        if renamed:
+            _record_input_names(tmp, renamed)
         raced = FileExistsError(
             f"`version` {version} appeared at {final!r} during the export (another "
             "exporter?); not overwriting it."
@@ -410,6 +423,14 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
     # mkdtemp creates 0700; a server running as another user must be able to read it.
     _make_readable(final)
     return final
+
+
+def _record_input_names(path, renamed):
+    """Write `INPUT_NAMES_FILE` into the export at `path` (see there)."""
+    record = os.path.join(path, INPUT_NAMES_FILE)
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    with open(record, "w", encoding="utf-8") as fh:
+        json.dump({"input_names": renamed}, fh, indent=1, sort_keys=True)
 
 
 def _lock(path):
@@ -507,7 +528,7 @@ def _build_archive(model, signature_name):
 
     tf = _tf()
     backend = _check_backend()
-    specs, _, pack = _input_layout(model)
+    specs, _, pack, _ = _input_layout(model)
 
     def call(flat):
         return keras.tree.flatten(model(pack(flat), training=False))

@@ -20,12 +20,13 @@ body = keras_classpca.predict_request_body(path, x[:2])  # json.dumps(body): the
 ```
 """
 
+import json
 import os
 
 import numpy as np
 
 from keras_classpca.core.data_adapter import as_standard_float
-from keras_classpca.serving.export import DEFAULT_SIGNATURE, SERVE_TAG, _tf
+from keras_classpca.serving.export import DEFAULT_SIGNATURE, INPUT_NAMES_FILE, SERVE_TAG, _tf
 
 __all__ = ["artifact_sizes", "predict_request_body", "signature_info"]
 
@@ -97,6 +98,23 @@ def signature_info(export_path, signature_name=DEFAULT_SIGNATURE):
     }
 
 
+def _original_input_names(export_path, keys):
+    """`{exported key: the model's own input name}` for the signature's input `keys`, from
+    the record `export_for_serving` writes when it renames inputs (an export without it,
+    or an older one: every name as exported)."""
+    path = os.path.join(os.fspath(export_path), INPUT_NAMES_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except FileNotFoundError:
+        record = {}
+    except ValueError as error:
+        raise ValueError(f"{path!r} is not the JSON `export_for_serving` writes: {error}") from None
+    recorded = record.get("input_names") if isinstance(record, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return {k: str(recorded.get(k, k)) for k in keys}
+
+
 def _json_ready(value, key, dtype):
     arr = as_standard_float(value)
     if arr.dtype.kind not in "biuf":
@@ -149,7 +167,9 @@ def predict_request_body(export_path, x, signature_name=DEFAULT_SIGNATURE):
         x: one array (batch first) for a single-input signature; a dict
             `{input_name: array}` for several inputs (a list would be matched by
             position, and a SavedModel signature orders its inputs by name, not as
-            the model does: refused).
+            the model does: refused). The names are the signature's, or all of them
+            the model's own where the export had to rename one (`"Token IDs"` is
+            exported as `"Token_IDs"`); the body always uses the signature's.
         signature_name: which signature to address.
 
     Returns:
@@ -159,13 +179,24 @@ def predict_request_body(export_path, x, signature_name=DEFAULT_SIGNATURE):
     inputs = info["inputs"]
     keys = list(inputs)
     if isinstance(x, dict):
-        missing, extra = set(keys) - set(x), set(x) - set(keys)
-        if missing or extra:
+        originals = _original_input_names(export_path, keys)
+        model_names = [originals[k] for k in keys]
+        if set(x) == set(keys):
+            arrays = {k: x[k] for k in keys}
+        elif (model_names != keys and len(set(model_names)) == len(keys)
+              and set(x) == set(model_names)):
+            # Keyed by the model's own names: one set or the other, never mixed (the
+            # signature's "a_b" may be the model's "a b" while the model's "a_b" is
+            # exported as "a_b_1").
+            arrays = {k: x[originals[k]] for k in keys}
+        else:
+            missing, extra = set(keys) - set(x), set(x) - set(keys)
             raise ValueError(
                 f"`x` keys {sorted(x)} do not match the signature's inputs {keys} "
-                f"(missing {sorted(missing)}, unexpected {sorted(extra)})."
+                f"(missing {sorted(missing)}, unexpected {sorted(extra)})"
+                + ("." if model_names == keys else
+                   f" nor the model's input names they were exported from {model_names}.")
             )
-        arrays = {k: x[k] for k in keys}
     elif len(keys) != 1:
         # A list in `model.predict` order would be paired with the signature's inputs,
         # which are sorted by name: wrong answers whenever the shapes happen to match.
