@@ -37,6 +37,7 @@ import numpy as np
 
 from keras_classpca.core.class_pca import blas_threads_for
 from keras_classpca.hybrid.solver import stream
+from keras_classpca.layers.geometry import CONSTRAINT_TOLERANCE, constrained
 
 # Ridge penalties tried, relative to the mean feature variance (trace / d): the one
 # whose leave-one-out cross-entropy is least is kept. A fixed small penalty would
@@ -270,21 +271,15 @@ def warm_start_head(plan, passes, limit=None, verbose=0):
     for name, value in values.items():
         variable = getattr(head, name)
         values[name] = value.astype(keras.backend.standardize_dtype(variable.dtype))
-        constraint = getattr(variable, "constraint", None)
-        if constraint is None:
-            continue
         # Training projects the head by its constraint after every step: a start the
         # projection moves would be undone (a NonNeg kernel loses its negative weights),
         # so such a head is left as it was.
-        projected = keras.ops.convert_to_numpy(constraint(keras.ops.convert_to_tensor(
-            values[name])))
-        change = np.linalg.norm(projected - values[name]) / max(
-            np.linalg.norm(values[name]), 1e-30)
-        if change > 1e-6:
+        _, change = constrained(variable, values[name])
+        if change > CONSTRAINT_TOLERANCE:
             return None, (
-                f"its {name} constraint ({type(constraint).__name__}) would change the "
-                f"least-squares start by {change:.0%} (training projects it after every "
-                "step)")
+                f"its {name} constraint ({type(variable.constraint).__name__}) would "
+                f"change the least-squares start by {change:.0%} (training projects it "
+                "after every step)")
     for name, value in values.items():
         getattr(head, name).assign(value)
     return dict(layer=head.name, samples=int(seen), **details), None

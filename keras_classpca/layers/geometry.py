@@ -445,20 +445,31 @@ def _check_range(layer, attribute, value):
          keras.backend.standardize_dtype(layer.compute_dtype)})
 
 
-def _assign_constrained(layer, attribute, value):
-    """Assign `value` to `layer.<attribute>`, projected by the variable's constraint
-    (`kernel_constraint`, ...) as Keras projects a trained weight after every step: a
-    solved weight never passes through an optimizer step. Warns when that moved it."""
-    variable = getattr(layer, attribute)
-    variable.assign(np.asarray(value).astype(variable.dtype))
+# A relative change by a weight's constraint above this moved a computed weight.
+CONSTRAINT_TOLERANCE = 1e-6
+
+
+def constrained(variable, value):
+    """`(value projected by variable's constraint, relative change)`: what Keras makes
+    of a weight after every training step (`kernel_constraint`, ...); `value` itself
+    and 0.0 for a variable without constraint. `value`: an array of its dtype."""
     constraint = getattr(variable, "constraint", None)
     if constraint is None:
-        return
-    before = np.asarray(keras.ops.convert_to_numpy(variable.value), dtype=np.float64)
-    variable.assign(constraint(variable.value))
-    after = np.asarray(keras.ops.convert_to_numpy(variable.value), dtype=np.float64)
-    change = np.linalg.norm(after - before) / max(np.linalg.norm(before), 1e-30)
-    if change > 1e-6:
+        return value, 0.0
+    projected = keras.ops.convert_to_numpy(constraint(keras.ops.convert_to_tensor(value)))
+    before, after = (np.asarray(v, dtype=np.float64) for v in (value, projected))
+    return projected, np.linalg.norm(after - before) / max(np.linalg.norm(before), 1e-30)
+
+
+def _assign_constrained(layer, attribute, value):
+    """Assign `value` to `layer.<attribute>`, projected by the variable's constraint
+    as Keras projects a trained weight after every step: a solved weight never passes
+    through an optimizer step. Warns when that moved it."""
+    variable = getattr(layer, attribute)
+    projected, change = constrained(variable, np.asarray(value).astype(variable.dtype))
+    variable.assign(projected)
+    if change > CONSTRAINT_TOLERANCE:
+        constraint = variable.constraint
         warn(
             f"{type(layer).__name__} '{layer.name}' has a constraint on its {attribute} "
             f"({type(constraint).__name__}): the solved {attribute} was projected by it, "
