@@ -384,8 +384,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
         if max_cutoff is None:
             max_cutoff = self._solvable_layers(model)
         elif not self._max_cutoff_checked:
-            # Checked once, as `None` is read once: on the first model built (at the
-            # tuner's construction), so a bad value fails before any trial runs.
+            # Checked on the first model built (at the tuner's construction), so a bad
+            # value fails before any trial runs; a search over depth may build others.
             self._check_max_cutoff(model)
         cutoff = hp.Int(CUTOFF, 0, max_cutoff)
         if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Integral) or cutoff < 0:

@@ -687,8 +687,10 @@ def hybridize(
             leave-one-out cross-entropy — instead of leaving it random: `fit` then
             refines a linear probe (`hybrid/head.py`; `report.head`, or why not in
             `report.head_not_started`). Heads it starts: one Dense on flat features
-            (at most 2,048), the model's only output, softmax or linear over the
-            classes, or one sigmoid unit. Its weights stay trainable. It costs one
+            (at most 8,192; above 2,048 fitted on a uniform sample of 2,048 of the
+            samples), the model's only output, softmax or linear over the classes,
+            or one sigmoid unit, whose constraints the start satisfies. Its weights
+            stay trainable. It costs one
             more pass over the data (a one-shot iterator has none left: the head is
             then not started). False: the head keeps its initialisation.
         **class_pca_options: `ClassPCA` options for every solved layer (`center`,
