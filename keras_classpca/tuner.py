@@ -33,6 +33,7 @@ from keras_classpca.hybrid.builder import (
     hybridize,
     output_classes,
     solved_layer_names,
+    too_wide_step,
 )
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
 from keras_classpca.hybrid.graph import (
@@ -341,9 +342,18 @@ class HybridHyperModel(keras_tuner.HyperModel):
             )
         # Not past a layer wider than the head's classes can solve (a squeeze-and-
         # excitation expand layer): every trial beyond it would fail.
-        return feasible_cutoff(plan, output_classes(model),
-                               {k: v for k, v in self.hybridize_options.items()
-                                if k in CLASS_PCA_OPTIONS})
+        return feasible_cutoff(plan, output_classes(model), self._fixed_options())
+
+    def _fixed_options(self, widest=False):
+        """The class-PCA options every trial solves with; `widest`: with the searched
+        `sign_pairs` / `discriminant` that give a layer the most directions, so a cutoff
+        above the feasible one under them fails in every trial."""
+        options = {k: v for k, v in self.hybridize_options.items() if k in CLASS_PCA_OPTIONS}
+        if widest:
+            for option in ("sign_pairs", "discriminant"):
+                if any(value is True for value in self.search_space.get(option, ())):
+                    options[option] = True
+        return options
 
     def _check_max_cutoff(self, model):
         """A `ValueError` when the given `max_cutoff` exceeds the solvable layers of the
@@ -362,6 +372,14 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 + (f"; the prefix ends because {reason}" if reason else ".")
                 + f" Pass `max_cutoff` <= {solvable}, or `max_cutoff=None` to search "
                 "every solvable layer."
+            )
+        wide = too_wide_step(plan, self.max_cutoff, output_classes(model),
+                         self._fixed_options(widest=True))
+        if wide is not None:
+            raise ValueError(
+                f"`max_cutoff={self.max_cutoff}` reaches {wide[1]}: every trial with a "
+                f"cutoff above {wide[0]} would fail. Pass `max_cutoff` <= {wide[0]}, or "
+                "`max_cutoff=None` to search every layer the classes can solve."
             )
         self._max_cutoff_checked = True
 

@@ -565,6 +565,22 @@ def test_the_cutoff_is_searched_only_up_to_a_layer_too_wide_for_the_classes():
     HybridHyperModel(build_model, data, search_options=False).build(hp)
     assert hp.space[0].name == "cutoff" and hp.space[0].max_value == 2
 
+    # An explicit max_cutoff through that layer (3 layers are planned) fails in every
+    # trial above 2: refused when the tuner builds its first model, not trial by trial.
+    with pytest.raises(ValueError, match=r"`max_cutoff=3` reaches Conv2D 'conv2d\w*': "
+                                         r"96 filters over 12 input features.*every trial "
+                                         r"with a cutoff above 2 would fail\. Pass "
+                                         r"`max_cutoff` <= 2"):
+        HybridHyperModel(build_model, data, max_cutoff=3, search_options=False).build(
+            keras_tuner.HyperParameters())
+    HybridHyperModel(build_model, data, max_cutoff=2, search_options=False).build(
+        keras_tuner.HyperParameters())
+    # Sign pairs double the directions (120 >= 96): a search that tries them may go on.
+    hp = keras_tuner.HyperParameters()
+    HybridHyperModel(build_model, data, max_cutoff=3,
+                     search_options={"sign_pairs": [False, True]}).build(hp)
+    assert hp.get("cutoff") == 0 and hp.space[0].max_value == 3
+
 
 def test_retraining_a_continued_trial_by_hand_solves_the_fresh_model():
     # `best_hp` of a Hyperband trial that continued another holds "tuner/trial_id";

@@ -1163,7 +1163,7 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     return frozen
 
 
-def _too_wide(plan, cutoff, n_classes, options):
+def too_wide_step(plan, cutoff, n_classes, options):
     """The first of the first `cutoff` steps with more filters than `n_classes` classes
     can give over its input (`classes x features` class-PCA directions; twice as many
     with sign pairs, `n_classes - 1` more with Fisher directions): `(position, why)`,
@@ -1193,14 +1193,14 @@ def _too_wide(plan, cutoff, n_classes, options):
 
 def feasible_cutoff(plan, n_classes, options=None):
     """The largest cutoff of `plan` whose layers `n_classes` classes can solve (see
-    `_too_wide`); all the steps when `n_classes` is unknown."""
-    wide = _too_wide(plan, len(plan.steps), n_classes, options or {})
+    `too_wide_step`); all the steps when `n_classes` is unknown."""
+    wide = too_wide_step(plan, len(plan.steps), n_classes, options or {})
     return len(plan.steps) if wide is None else wide[0]
 
 
 def _check_capacity(plan, cutoff, n_classes, options):
     """Refuse a fixed cutoff through a layer too wide for the classes, before any solve."""
-    wide = _too_wide(plan, cutoff, n_classes, options)
+    wide = too_wide_step(plan, cutoff, n_classes, options)
     if wide is not None:
         raise ValueError(
             f"cutoff={cutoff} reaches {wide[1]}. With this data the cutoff can be at most "
