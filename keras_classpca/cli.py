@@ -294,7 +294,8 @@ def cmd_filters(args):
     out = _out_dir(args.out)
     train, _, n_classes = _load(args)
     samples, _ = _statistics_samples(args, len(train[0]), n_classes)
-    print(f"training the CNN with SGD (Adam) for {args.epochs} epoch(s) on {len(train[0])} images")
+    print(f"training the CNN by back-propagation (Adam) for {args.epochs} epoch(s) on "
+          f"{len(train[0])} images")
     try:
         found = compare_filters(
             train, n_classes,
@@ -367,7 +368,7 @@ def cmd_export(args):
         raise _UsageError(str(error)) from None
     info = signature_info(path, args.signature_name)
     print(f"wrote {path} (backend {keras.backend.backend()})")
-    print(json.dumps({"signature": args.signature_name, **info}, indent=1))
+    print(json.dumps(info, indent=1))  # names its signature itself
     return 0
 
 
@@ -522,8 +523,8 @@ def build_parser():
     p = sub.add_parser(
         "filters",
         help="class-PCA filters of conv layer N next to SGD-trained ones",
-        description="Train the CNN briefly with SGD (Adam), then compute class-PCA "
-        "of conv layer N's input and plot both filter sets as a grid "
+        description="Train the CNN briefly by back-propagation (Adam), then compute "
+        "class-PCA of conv layer N's input and plot both filter sets as a grid "
         "(SGD filters matched to their closest class-PCA filter).",
     )
     common(p)

@@ -18,7 +18,9 @@ def benchmark_cnn(input_shape, n_classes, kernel_size=None):
     """Conv(32)–MaxPool–Conv(64)–MaxPool–Flatten–Dense(128)–Dense(n_classes).
 
     The benchmark's 5×5 'valid' convolutions for images of 16 pixels and more; for
-    smaller images (8×8 digits) 3×3 'same' convolutions, so both poolings fit.
+    smaller images (8×8 digits) 3×3 'same' convolutions, so both poolings fit. The
+    layers with weights are named `conv1`, `conv2`, `dense1`, `output` in every model
+    built (reports and tables of several models name the same layer alike).
     """
     small = min(input_shape[:2]) < 16
     kernel_size = kernel_size or (3 if small else 5)
@@ -26,13 +28,15 @@ def benchmark_cnn(input_shape, n_classes, kernel_size=None):
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(32, kernel_size, padding=padding, activation="relu"),
+            keras.layers.Conv2D(32, kernel_size, padding=padding, activation="relu",
+                                name="conv1"),
             keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, kernel_size, padding=padding, activation="relu"),
+            keras.layers.Conv2D(64, kernel_size, padding=padding, activation="relu",
+                                name="conv2"),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(n_classes, activation="softmax"),
+            keras.layers.Dense(128, activation="relu", name="dense1"),
+            keras.layers.Dense(n_classes, activation="softmax", name="output"),
         ],
         name="benchmark_cnn",
     )

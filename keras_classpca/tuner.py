@@ -123,17 +123,21 @@ def solved_layers(model, cutoff):
     return solved_layer_names(model, cutoff)
 
 
+def _uncompiled_error():
+    return ValueError(
+        "`build_model(hp)` must return a compiled model (call `model.compile(...)` in "
+        "it; a tuner's own `optimizer`/`loss` arguments replace those of a compiled "
+        "model only): HybridHyperModel recompiles it with the same arguments after "
+        "freezing the solved layers."
+    )
+
+
 def _recompile(model):
     """Compile `model` again after freezing (see `fit_top.compile_like`)."""
     try:
         compile_like(model, model)
     except ValueError as error:
-        raise ValueError(
-            "`build_model(hp)` must return a compiled model (call `model.compile(...)` "
-            "in it; the tuner's own `optimizer`/`loss` arguments do not reach a "
-            "HybridHyperModel): HybridHyperModel recompiles it with the same arguments "
-            "after freezing the solved layers."
-        ) from error
+        raise _uncompiled_error() from error
 
 
 class HybridHyperModel(keras_tuner.HyperModel):
@@ -398,6 +402,9 @@ class HybridHyperModel(keras_tuner.HyperModel):
             )
         if not isinstance(model, keras.Model):
             return model  # the tuner reports a build function that returns no model
+        if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
+            # Here, when the tuner builds its first model, not in every trial's fit.
+            raise _uncompiled_error()
         max_cutoff = self.max_cutoff
         if max_cutoff is None:
             max_cutoff = self._solvable_layers(model)

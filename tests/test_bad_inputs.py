@@ -10,10 +10,12 @@ directories.
 """
 
 import dataclasses
+import gc
 import os
 import pickle
 import re
 import time
+import warnings
 import zipfile
 
 import keras
@@ -862,6 +864,11 @@ def test_a_damaged_solve_cache_file_is_solved_again_and_overwritten(tmp_path):
     assert len(files) == 2
     damaged = files[0]
     damaged.write_bytes(damaged.read_bytes()[:100])  # truncated: a full disk, a kill
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert SolveCache(tmp_path)._read(str(damaged)) is None
+        gc.collect()  # a file handle left open warns when it is collected
+    assert [w.category for w in caught] == [UserWarning]  # no ResourceWarning
     cache = SolveCache(tmp_path)
     again = _mlp(hidden=(4, 4))
     with pytest.warns(UserWarning, match=f"cannot read {damaged}.*solved again"):

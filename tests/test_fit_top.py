@@ -831,6 +831,31 @@ def test_a_pair_given_as_x_is_told_to_pass_x_and_y_apart():
         fit_progressive(_model(), (x, y), epochs=1, verbose=0)
 
 
+@pytest.mark.tensorflow_backend
+def test_a_y_next_to_a_dataset_or_generator_is_named_as_the_mistake():
+    # It said "`x` must be an array or tensor; received _BatchDataset" (x was fine).
+    import tensorflow as tf
+
+    from keras_classpca import fit_progressive
+
+    x, y = _data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    with pytest.raises(ValueError, match=r"`fit_top` takes no `y` when `x` is a "
+                                         r"tf.data.Dataset, as `fit` does: its batches hold "
+                                         r"the labels.*received `y` of type ndarray"):
+        fit_top(_model(), dataset, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`fit_progressive` takes no `y` when `x` is a "
+                                         r"generator"):
+        fit_progressive(_model(), iter([(x, y)]), y, epochs=1, verbose=0)
+    assert len(fit_top(_model(), dataset, epochs=1, verbose=0).history["loss"]) == 1
+
+
+def test_batch_size_and_epochs_may_be_positional_as_in_fit():
+    x, y = _data()
+    history = fit_top(_model(), x, y, 64, 2, verbose=0)  # model.fit(x, y, 64, 2)
+    assert len(history.history["loss"]) == 2
+
+
 def test_a_masked_tensor_is_never_the_cache_point():
     # Cached as arrays the per-step output would lose its mask, and the mean above
     # would average the padded steps too: the cut moves up to the unmasked mean.

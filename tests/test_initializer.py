@@ -394,6 +394,20 @@ def test_dense_initializer_from_data_follows_the_dense_rule(activation):
     assert np.linalg.matrix_rank(kernel, 1e-4) == (3 if activation == "relu" else 6)
 
 
+@pytest.mark.parametrize("activation", ["linaer", "tahn", 3])
+def test_an_activation_keras_does_not_know_is_refused_before_reading(activation):
+    # It counted as a rectifier: a misspelt "linear" gave the ReLU layer's sign pairs.
+    def batches():
+        raise AssertionError("read before the arguments were checked")
+        yield
+
+    with pytest.raises(ValueError, match=rf"`activation` must be None, the name of a "
+                                         rf"Keras activation .*received {activation!r}"):
+        ClassPCAInitializer.from_data(batches, activation=activation)
+    x, y = _dense_rule_blobs()  # a callable Keras does not name is the caller's choice
+    ClassPCAInitializer.from_data(x, y, activation=lambda v: v * (v > 0))
+
+
 def test_dense_initializer_explicit_option_turns_the_rule_off():
     x, y = _dense_rule_blobs()
     plain = ClassPCAInitializer.from_data(x, y, sign_pairs=False)

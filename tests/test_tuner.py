@@ -240,6 +240,38 @@ def test_a_max_cutoff_above_the_solvable_layers_is_refused_before_any_trial(tmp_
     assert hp.space[0].max_value == 1
 
 
+def test_an_uncompiled_model_is_refused_when_the_tuner_builds_its_first_model(tmp_path):
+    def uncompiled(hp):
+        return keras.Sequential([keras.Input((12,)), L.Dense(8, activation="relu"),
+                                 L.Dense(3, activation="softmax")])
+
+    message = r"`build_model\(hp\)` must return a compiled model"
+    with pytest.raises(ValueError, match=message):
+        HybridHyperModel(uncompiled, _data(), search_options=False).build(_hp())
+    # Before any trial (each failed inside the tuner until the search gave up).
+    with pytest.raises(ValueError, match=message):
+        keras_tuner.RandomSearch(HybridHyperModel(uncompiled, _data(), search_options=False),
+                                 objective="accuracy", max_trials=1, directory=tmp_path)
+
+
+def test_the_tuners_own_compile_arguments_replace_the_build_functions(tmp_path):
+    # (as the error above says: they reach the trial's training through the recompile)
+    class Optimizers(keras.callbacks.Callback):
+        seen = []
+
+        def on_train_begin(self, logs=None):
+            self.seen.append(type(self.model.optimizer).__name__)
+
+    x, y = _data()
+    tuner = keras_tuner.RandomSearch(
+        HybridHyperModel(_builder(), (x, y), search_options=False, seed=0),
+        objective="loss", max_trials=1, directory=tmp_path,
+        hyperparameters=_hp(cutoff=1), optimizer=keras.optimizers.SGD(0.01),
+        loss="sparse_categorical_crossentropy")
+    tuner.search(x, y, callbacks=[Optimizers()], **FIT)
+    assert len(_completed(tuner)) == 1 and Optimizers.seen == ["SGD"]  # built with Adam
+
+
 def test_a_fixed_solved_activation_reaches_every_trial_solve(tmp_path):
     hypermodel = HybridHyperModel(_builder(), _data(), search_options=False,
                                   solved_activation="linear")

@@ -47,9 +47,28 @@ def _holds_several_label_sets(data):
             and all(_is_array_like(part) for part in parts))
 
 
-def pair_given_as_x_error(x, y, where):
-    """A `ValueError` for `where(model, (x, y))` (a pair where `fit` takes `x` and `y`
-    apart, as `hybridize` takes it), else None."""
+def _stream_kind(x):
+    """What kind of stream of batches `x` is ("tf.data.Dataset", ...), or None."""
+    if _is_tf_dataset(x):
+        return "tf.data.Dataset"
+    if _is_py_dataset(x):
+        return "keras.utils.PyDataset"
+    if hasattr(x, "__next__") or callable(x):
+        return "generator"
+    return None
+
+
+def fit_style_data_error(x, y, where):
+    """A `ValueError` for the data given otherwise than `fit` takes it, else None:
+    `where(model, (x, y))` (a pair where `fit` takes `x` and `y` apart, as `hybridize`
+    takes it), or a `y` next to a dataset or generator (its batches hold the labels)."""
+    kind = _stream_kind(x) if y is not None else None
+    if kind is not None:
+        return ValueError(
+            f"`{where}` takes no `y` when `x` is a {kind}, as `fit` does: its batches "
+            f"hold the labels, `(x, y)` or `(x, y, sample_weight)`; received `y` of type "
+            f"{type(y).__name__}."
+        )
     if y is not None or not isinstance(x, tuple) or len(x) not in (2, 3):
         return None
     try:

@@ -144,7 +144,8 @@ class SolveCache:
         is a miss: the layer is solved again and `put` overwrites the file.
         """
         try:
-            with np.load(path, allow_pickle=False) as stored:
+            # The handle is ours: np.load leaves it open when the archive is damaged.
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as stored:
                 record = json.loads(str(stored["record"]))
                 weights = [
                     [stored[f"layer{i}_weight{j}"] for j in range(count)]

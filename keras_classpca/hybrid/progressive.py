@@ -45,8 +45,8 @@ from keras_classpca._warnings import warn
 from keras_classpca.core.class_pca import ClassPCA, _one_blas_thread, labels_to_int
 from keras_classpca.core.data_adapter import (
     concatenate_batches,
+    fit_style_data_error,
     iter_batches,
-    pair_given_as_x_error,
     readable_data,
     single_input,
 )
@@ -798,7 +798,7 @@ def fit_progressive(
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     if not getattr(model, "compiled", False) or getattr(model, "_compile_config", None) is None:
         raise ValueError("`model` must be compiled before `fit_progressive` (as before `fit`).")
-    error = pair_given_as_x_error(x, y, "fit_progressive")
+    error = fit_style_data_error(x, y, "fit_progressive")
     if error is not None:
         raise error
     warn_unadapted_layers(model, "fit_progressive")

@@ -33,10 +33,10 @@ import numpy as np
 
 from keras_classpca._warnings import warn
 from keras_classpca.core.data_adapter import (
+    fit_style_data_error,
     is_infinite,
     is_sparse,
     iter_batches,
-    pair_given_as_x_error,
     readable_data,
     unbatched_dataset_error,
 )
@@ -621,9 +621,9 @@ def fit_top(
     model,
     x=None,
     y=None,
-    *,
     batch_size=None,
     epochs=1,
+    *,
     validation_data=None,
     cache="auto",
     memory_limit=DEFAULT_MEMORY_LIMIT,
@@ -693,7 +693,7 @@ def fit_top(
         raise ValueError(
             "`model` must be compiled before `fit_top` (hybridize, compile, then fit)."
         )
-    error = pair_given_as_x_error(x, y, "fit_top")
+    error = fit_style_data_error(x, y, "fit_top")
     if error is not None:
         raise error
     warn_unadapted_layers(model, "fit_top")

@@ -172,6 +172,14 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                     "kernel's (`Dense(units, kernel_initializer=init)`), set when Keras "
                     "builds the layer."
                 )
+        if activation is not None and not callable(activation):
+            try:  # a misspelt name would otherwise count as a rectifier
+                keras.activations.get(activation)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "`activation` must be None, the name of a Keras activation (\"relu\", "
+                    f"\"gelu\", \"tanh\", ...) or a callable; received {activation!r}."
+                ) from None
         if y is not None and isinstance(x, tuple) and len(x) in (2, 3):
             raise TypeError(
                 "`x` is an `(x, y)` pair and `y` was also given: pass "

@@ -215,7 +215,9 @@ def rectifies(activation):
     if activation is None:
         return False
     try:
-        name = keras.activations.serialize(keras.activations.get(activation))
+        with warnings.catch_warnings():  # Keras warns that a lambda would not reload:
+            warnings.simplefilter("ignore")  # only its name is read here
+            name = keras.activations.serialize(keras.activations.get(activation))
     except (ValueError, TypeError):
         return True
     name = name if isinstance(name, str) else str(name)
