@@ -418,6 +418,28 @@ def test_callbacks_see_the_whole_model_during_cached_training(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_callbacks_that_look_a_metric_up_on_the_model_work_on_cached_training(tmp_path):
+    # EarlyStopping / ModelCheckpoint(save_best_only) find "accuracy" among the model's
+    # compiled metrics to tell "max" from "min": the user's model never trained a step,
+    # so they raised "isn't able to automatically determine whether that metric should
+    # be maximized" (mode="max" was needed).
+    x, y = _data()
+    model = _model(2)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=0)
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"),
+                                           monitor="val_accuracy", save_best_only=True)
+    history = fit_top(model, x, y, epochs=3, cache=True, verbose=0,
+                      validation_data=(x, y), callbacks=[stop, best])
+    assert history.cache_used
+    assert stop.monitor_op is keras.ops.greater and best.monitor_op is keras.ops.greater
+    assert (tmp_path / "best.keras").exists()
+    # Nothing of that one row is left in the metrics the next evaluation reports.
+    assert [m.name for m in model.metrics] == ["loss", "compile_metrics"]
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] == pytest.approx(
+        float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)), abs=1e-6)
+
+
 def test_what_callbacks_add_to_the_logs_reaches_the_history_as_in_a_plain_fit():
     # A callback that writes a metric (a tuner objective computed by a callback) and
     # ReduceLROnPlateau (its `learning_rate`): cached or not, the History has them.

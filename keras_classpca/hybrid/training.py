@@ -386,6 +386,18 @@ class _OnUserModel(keras.callbacks.Callback):
         self._forward("on_train_begin", logs)
 
 
+def _build_compiled_metrics(model, top, features, labels):
+    """Build the compiled metrics of the user's `model`, which the callbacks see while
+    `top` trains: Keras builds them at the first training step, which `model` never
+    takes here, and `EarlyStopping` / `ModelCheckpoint` look a monitored metric up
+    among them to tell "max" from "min". One row through `top`, then reset."""
+    if isinstance(features, _CachedBatches):
+        features, labels = features[0][:2]
+    rows, targets = np.asarray(features[:1]), np.asarray(labels[:1])
+    model.compute_metrics(rows, targets, top(rows, training=False))
+    model.reset_metrics()
+
+
 class _Cache:
     """Append-only array store: memory up to `memory_limit` bytes, then a temp file."""
 
@@ -818,6 +830,8 @@ def fit_top(
                 fit_args["shuffle"] = False
         elif spilled and "shuffle" not in fit_kwargs:
             fit_args["shuffle"] = "batch"  # random rows of a file-backed array are slow
+        if fit_args.get("callbacks"):
+            _build_compiled_metrics(model, top, features, labels)
         history = top.fit(features, labels, validation_data=validation_data, **fit_args)
     finally:
         for c in caches:
