@@ -1296,6 +1296,38 @@ def test_solving_layers_the_user_froze_warns_but_solving_again_does_not(subspace
         hybridize(_mlp(hidden=(8,), name="q"), (x, y), cutoff=1, verbose=0)
 
 
+@pytest.mark.parametrize("first, then", [(True, False), ("kernel", False), (True, "kernel"),
+                                         (False, True), ("kernel", True)])
+def test_a_later_call_freezes_the_solved_layers_as_its_own_freeze_says(subspace_classes,
+                                                                       first, then):
+    # `freeze=False` after `freeze=True` left the layers frozen (fine-tuning nothing),
+    # and `"kernel"` after `True` kept the biases frozen, silently.
+    x, y = _subspace_data(subspace_classes)
+    model = _mlp(hidden=(8, 8), name="f")
+    hybridize(model, (x, y), cutoff=2, freeze=first, verbose=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    report = hybridize(model, (x, y), cutoff=2, freeze=then, verbose=0)
+    fresh = _mlp(hidden=(8, 8), name="g")
+    hybridize(fresh, (x, y), cutoff=2, freeze=then, verbose=0)
+
+    def state(m):
+        return [(layer.trainable, [v.trainable for v in layer.weights])
+                for layer in m.layers]
+
+    assert state(model) == state(fresh)
+    assert report.recompiled  # the compiled model trains what the new freeze says
+    assert len(model.trainable_weights) == len(fresh.trainable_weights)
+
+
+def test_a_layer_the_user_froze_stays_frozen_with_freeze_false(subspace_classes):
+    x, y = _subspace_data(subspace_classes)
+    model = _mlp(hidden=(8,), name="u")
+    model.layers[0].trainable = False  # pretrained: solved with a warning, not released
+    with pytest.warns(UserWarning, match="which were frozen"):
+        hybridize(model, (x, y), cutoff=1, freeze=False, verbose=0)
+    assert not model.layers[0].trainable
+
+
 def test_the_report_table_fits_long_layer_names(subspace_classes):
     x, y = _subspace_data(subspace_classes)
     model = _mlp(hidden=(8,), name="a_name_longer_than_the_default_column")

@@ -1060,14 +1060,22 @@ def _mark_and_freeze(model, plan, report, freeze, class_pca_options):
     """Mark what the solve set, freeze it (`freeze`), release what an earlier call
     froze beyond it, and compile a compiled model again so that this holds."""
     released = _release_earlier_solves(plan, len(report.layers), report.restored_activations)
-    for layer in _frozen_by_solve(plan, len(report.layers)):
+    chosen = _frozen_by_solve(plan, len(report.layers))
+    # What an earlier call froze of these is frozen anew as this call's `freeze` says
+    # (`freeze=False` after `freeze=True`: trainable); what the user froze stays so.
+    earlier = [layer for layer in chosen if getattr(layer, SOLVED_MARK, False)]
+    states = [_freeze_state(layer) for layer in earlier]
+    for layer in earlier:
+        _unfreeze(layer)
+    for layer in chosen:
         setattr(layer, SOLVED_MARK, True)
         if isinstance(layer, ClassPCAAdaptMixin):
             layer._adapted.assign(1)  # solved from data: `is_adapted`, as after adapt()
             record_solve_options(layer, class_pca_options)
     if freeze:
         report.frozen.extend(_apply_freeze(plan, len(report.layers), freeze))
-    if report.frozen or released or report.restored_activations:
+    changed = states != [_freeze_state(layer) for layer in earlier]
+    if report.frozen or released or changed or report.restored_activations:
         report.recompiled = _compile_again(model, "hybridize")
 
 
@@ -1233,6 +1241,25 @@ def _set_above(plan, cutoff):
             if id(layer) not in kept]
 
 
+def _freeze_state(layer):
+    """`(layer.trainable, each kernel's trainable)`: what `_apply_freeze` sets."""
+    kernels = [getattr(layer, name, None) for name in KERNEL_NAMES]
+    return layer.trainable, [v.trainable for v in kernels if v is not None]
+
+
+def _unfreeze(layer):
+    """Undo `_apply_freeze` on `layer` (whole layer or, `"kernel"`, its kernels);
+    whether anything was frozen."""
+    kernels = [getattr(layer, name, None) for name in KERNEL_NAMES]
+    frozen_kernels = [v for v in kernels if v is not None and not v.trainable]
+    if layer.trainable and not frozen_kernels:
+        return False
+    layer.trainable = True
+    for variable in frozen_kernels:
+        variable.trainable = True
+    return True
+
+
 def _release_earlier_solves(plan, cutoff, restored=None):
     """Make the layers an earlier hybridize solved and froze above `cutoff` trainable
     again (with a warning, naming the activations put back, `restored`): they were
@@ -1241,14 +1268,8 @@ def _release_earlier_solves(plan, cutoff, restored=None):
     released = []
     for layer in stale:
         setattr(layer, SOLVED_MARK, False)
-        kernels = [getattr(layer, name, None) for name in KERNEL_NAMES]
-        frozen_kernels = [v for v in kernels if v is not None and not v.trainable]  # "kernel"
-        if layer.trainable and not frozen_kernels:
-            continue
-        layer.trainable = True
-        for variable in frozen_kernels:
-            variable.trainable = True
-        released.append(layer.name)
+        if _unfreeze(layer):
+            released.append(layer.name)
     if released:
         warn(
             f"An earlier hybridize solved and froze {', '.join(released)}, above the new "
