@@ -165,6 +165,40 @@ def test_unsolvable_layer_blocks_what_depends_on_it_only():
     assert plan.reason_after(2) == plan.blocked[0][1]
 
 
+class _PositiveDense(L.Dense):  # non-negative weights: not the Dense a solve stands for
+    def call(self, inputs):
+        return self.activation(keras.ops.matmul(inputs, keras.ops.abs(self.kernel)) + self.bias)
+
+
+class _GainDense(L.Dense):  # a learned gain per unit, on top of Dense.call
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.gain = self.add_weight(shape=(self.units,), initializer="ones", name="gain")
+
+
+class _DefaultsConv(L.Conv2D):  # only other defaults: a Conv2D
+    def __init__(self, filters, **kwargs):
+        super().__init__(filters, 3, padding="same", **kwargs)
+
+
+def test_a_subclass_with_its_own_call_or_weights_is_not_solved_as_its_base_kind():
+    # They were solved as plain Dense layers, silently: the solved projection and what
+    # `_PositiveDense` computes differed by 5.5 (relative), and a gain stayed frozen.
+    inputs = keras.Input((8, 8, 2))
+    x = _DefaultsConv(4, name="defaults")(inputs)
+    x = L.Flatten()(x)
+    positive = keras.Model(inputs, L.Dense(2)(_PositiveDense(6, name="pos")(x)))
+    gain = keras.Model(inputs, L.Dense(2)(_GainDense(6, name="gain")(x)))
+    plan = plan_model(positive)
+    assert plan.names == ["defaults"]
+    assert plan.reason_after(1).startswith(
+        "_PositiveDense 'pos' is a Dense with a `call()` of its own")
+    plan = plan_model(gain)
+    assert plan.names == ["defaults"]
+    assert plan.reason_after(1).startswith(
+        "_GainDense 'gain' has trainable weights of its own (gain) besides the Dense's")
+
+
 def test_every_solvable_kind_is_planned():
     model = keras.Sequential([
         keras.Input((16, 3)),

@@ -78,6 +78,7 @@ from keras_classpca.layers.adapt_mixin import (
     warn_unadapted_layers,
 )
 from keras_classpca.layers.geometry import (
+    KERNEL_PARTS,
     LayerStatistics,
     is_solvable_kind,
     iter_layers,
@@ -1099,7 +1100,6 @@ def _compile_again(model, what):
 # Set on every layer hybridize solved or adapted: a later call may solve it again
 # without the warning meant for layers the user froze (pretrained weights).
 SOLVED_MARK = "_keras_classpca_solved"
-KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
 def _apply_freeze(plan, cutoff, freeze):
@@ -1243,14 +1243,14 @@ def _set_above(plan, cutoff):
 
 def _freeze_state(layer):
     """`(layer.trainable, each kernel's trainable)`: what `_apply_freeze` sets."""
-    kernels = [getattr(layer, name, None) for name in KERNEL_NAMES]
+    kernels = [getattr(layer, name, None) for name in KERNEL_PARTS]
     return layer.trainable, [v.trainable for v in kernels if v is not None]
 
 
 def _unfreeze(layer):
     """Undo `_apply_freeze` on `layer` (whole layer or, `"kernel"`, its kernels);
     whether anything was frozen."""
-    kernels = [getattr(layer, name, None) for name in KERNEL_NAMES]
+    kernels = [getattr(layer, name, None) for name in KERNEL_PARTS]
     frozen_kernels = [v for v in kernels if v is not None and not v.trainable]
     if layer.trainable and not frozen_kernels:
         return False

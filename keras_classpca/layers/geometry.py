@@ -40,6 +40,7 @@ DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 SOLVABLE = (keras.layers.Dense,) + CONVOLUTIONS + DEPTHWISE + SEPARABLE
 SOLVABLE_NAMES = ", ".join(kind.__name__ for kind in SOLVABLE)
+KERNEL_PARTS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 # A Dense layer solved from at least this many rows per input feature gets sign-paired
 # directions with the Fisher discriminant directions mixed in (`sign_pairs=True,
 # discriminant="auto"`) unless the options set either: a frozen Dense layer then loses
@@ -91,6 +92,30 @@ def unsolvable_reason(layer):
         return f"{name} is quantized ({layer.quantization_mode}); solve before quantizing."
     if getattr(layer, "lora_enabled", False):
         return f"{name} has LoRA enabled; class-PCA solves the full kernel only."
+    return _own_computation(layer, name)
+
+
+def _own_computation(layer, name):
+    """Why a subclass of a solvable kind is not solved as that kind, or None: its own
+    `call()` (a weight-standardized convolution, `abs(kernel)`) computes something
+    else than the linear map the solved weights stand for, and a trainable weight of
+    its own (a gain) would be frozen as it was initialised."""
+    kind = next(c for c in type(layer).__mro__ if c in SOLVABLE)
+    if type(layer).call is not kind.call:
+        return (
+            f"{name} is a {kind.__name__} with a `call()` of its own, which need not "
+            f"compute the {kind.__name__} the solved weights stand for; it is left to "
+            "training (initialize it with `ClassPCAInitializer` if its kernel is used "
+            "as a plain one)."
+        )
+    known = {id(getattr(layer, part, None)) for part in ("bias",) + KERNEL_PARTS}
+    extra = [v.name for v in layer.trainable_weights if id(v) not in known]
+    if extra:
+        return (
+            f"{name} has trainable weights of its own ({', '.join(extra)}) besides the "
+            f"{kind.__name__}'s, which a solve would freeze as initialised; it is left "
+            "to training."
+        )
     return None
 
 
