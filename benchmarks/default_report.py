@@ -47,7 +47,8 @@ def replay(cell, rule):
         kind = row.get("kind") or ("Dense" if row["layer"].startswith("dense") else "Conv2D")
         explained = row.get("explained_variance", 0)
         probes = row.get("probe_seconds", {"before": 0.0, "after": 0.0})
-        if rule.lossless(explained, kind):
+        first = row.get("first", True)  # records before 2026-11-29: the rule of then
+        if rule.lossless(explained, kind, first):
             # Lossless: the library skips this layer's probes; the next layer then
             # computes the "before" probe this row's "after" probe cached for it.
             cost += row.get("seconds", 0.0) - probes["before"] - probes["after"]
@@ -57,7 +58,7 @@ def replay(cell, rule):
         cost += row.get("seconds", 0.0) + owed
         owed = 0.0
         if "unsolvable" in row or not rule.keep(row["gain"], samples_per_class, kind,
-                                                position, explained):
+                                                position, explained, first):
             break
         cutoff += 1
     library = evidence.get("library")

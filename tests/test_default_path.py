@@ -211,6 +211,30 @@ def test_a_dense_layer_on_every_step_is_judged_as_a_pointwise_convolution():
     assert rule.may_be_lossless("Dense per step") and not rule.may_be_lossless("Dense")
 
 
+def test_only_a_first_layer_is_kept_as_lossless():
+    # A second spanning per-step Dense layer was kept as lossless too (two stacked
+    # Dense(64) under attention pooling then trained 8-9 points below SGD): above a
+    # solved layer the probe compares with solved features, and decides.
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    x = rng.normal(size=(300, 10, 6)) + 0.5 * y[:, None, None] * np.linspace(-1, 1, 6)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10, 6)), L.Dense(12, activation="relu"),
+                              L.Dense(12, activation="relu"), L.GlobalAveragePooling1D(),
+                              L.Dense(3, activation="softmax")])
+    report = hybridize(model, (x.astype("float32"), y), verbose=0)
+    first, second = report.evidence["layers"][:2]
+    assert first["first"] and first["kept"] and first["gain"] is None  # lossless
+    assert not second["first"] and second["before"] is not None  # probed
+    assert second["kept"] == (second["gain"] is not None
+                              and second["gain"] >= second["threshold"])
+    assert report.cutoff == 1 + second["kept"]
+    rule = AutoRule()
+    assert rule.lossless(1.0, "Conv2D") and not rule.lossless(1.0, "Conv2D", first=False)
+    assert not rule.may_be_lossless("Dense per step", first=False)
+    assert "for a first layer" in report.evidence["rule"]
+
+
 def _sorted_stream(x, y, batch=100):
     """A callable returning a fresh generator of `(x, y)` batches in class order, as a
     dataset read without shuffling (`image_dataset_from_directory(shuffle=False)`)."""

@@ -998,8 +998,8 @@ def test_solving_under_a_trained_top_warns_unless_nothing_changed(blobs):
         warnings.simplefilter("always")
         hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
     assert not [w for w in caught if "trained before" in str(w.message)]
-    with pytest.warns(UserWarning, match=r"trained before \(\d+ optimizer steps\).*of a, and "
-                                         r"b, out still hold"):
+    with pytest.warns(UserWarning, match=r"trained before \(\d+ optimizer steps\).*of 'a'\. "
+                                         r"Its other trainable layers \('b', 'out'\) still hold"):
         hybridize(model, (x[::2], y[::2]), cutoff=1, samples=None, verbose=0)
 
 
@@ -1253,6 +1253,16 @@ def test_solved_activation_replaces_the_activation_layer_after_a_solved_conv(kin
     reloaded = keras.models.load_model(path)
     difference = reloaded.predict(images, verbose=0) - model.predict(images, verbose=0)
     assert np.max(np.abs(difference)) == 0
+
+
+def test_the_report_names_a_capped_relu_it_replaced_with_its_settings():
+    images, y = _images(n=120)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 2))
+    x = L.ReLU(max_value=6.0, name="act")(L.Conv2D(4, 3, padding="same", name="c")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="out")(L.Flatten()(x)))
+    report = hybridize(model, (images, y), cutoff=1, solved_activation="linear", verbose=0)
+    assert report.layers[0].replaced_activation == "relu(max_value=6.0) in 'act'"  # was "relu"
 
 
 def test_an_activation_after_a_merge_is_not_replaced():

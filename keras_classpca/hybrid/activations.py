@@ -50,6 +50,15 @@ def _is_identity(relu):
     return all(getattr(relu, setting) == value for setting, value in IDENTITY_RELU.items())
 
 
+def _relu_text(relu):
+    """`"relu"`, or with the settings of a `ReLU` layer that differ from a plain one:
+    `"relu(max_value=6.0)"`."""
+    plain = {"negative_slope": 0.0, "max_value": None, "threshold": 0.0}
+    settings = [f"{key}={getattr(relu, key)}" for key, value in plain.items()
+                if getattr(relu, key) != value]
+    return f"relu({', '.join(settings)})" if settings else "relu"
+
+
 ACTIVATION_LAYERS = (keras.layers.Activation, keras.layers.ReLU)
 
 
@@ -134,7 +143,7 @@ class ActivationReplacer:
         for holder, name in self._targets(layer):
             before = activation_state(holder)
             if isinstance(holder, keras.layers.ReLU):
-                was = "relu"
+                was = _relu_text(holder)
                 for setting, value in IDENTITY_RELU.items():
                     setattr(holder, setting, value)
             else:

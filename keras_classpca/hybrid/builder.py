@@ -814,6 +814,10 @@ def _check_input_name(model, data):
             )
 
 
+def _listed(names):
+    return ", ".join(f"'{name}'" for name in names)
+
+
 def _warn_if_trained_top_changed(model, state, report):
     """Warn when the solve changed the weights under layers `fit` has trained: those
     were fitted to the features the solved layers computed before."""
@@ -835,10 +839,10 @@ def _warn_if_trained_top_changed(model, state, report):
     if changed and trained:
         warn(
             f"The model was trained before ({steps} optimizer steps): hybridize replaced "
-            f"the weights of {', '.join(changed)}, and {', '.join(trained[:5])}"
-            f"{', ...' if len(trained) > 5 else ''} still hold(s) weights fitted to what "
-            "those layers computed before. Train the model again (`fit`), or solve "
-            "before training.",
+            f"the weights of {_listed(changed)}. Its other trainable layers "
+            f"({_listed(trained[:5])}{', ...' if len(trained) > 5 else ''}) still hold "
+            "weights fitted to what those layers computed before. Train the model again "
+            "(`fit`), or solve before training.",
             UserWarning
         )
 

@@ -151,6 +151,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         for j, step in enumerate(steps):
             step_start = time.perf_counter()
             kind = policy.rule_kind(step.layer, tuple(step.input.shape))
+            first = not step.depends_on  # reads the input through weightless layers
             threshold = rule.threshold(samples_per_class, kind, position=j)
             probe_times = {"before": 0.0, "after": 0.0}
 
@@ -163,13 +164,14 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
             for bn, tensor, scope in (plan.leading_batchnorms if j == 0 else []):
                 adapt_batchnorm(data, plan.batchnorm_features(bn, tensor, scope), bn)
             before = None
-            if not explore and not rule.may_be_lossless(kind):
+            if not explore and not rule.may_be_lossless(kind, first):
                 # A probe accuracy is at most 1, so no gain can exceed 1 - before: when
                 # that is below the threshold the layer is rejected without solving it
                 # (the layer's input is upstream of it, so "before" needs no solve).
                 before = timed_probe("before", step.input, step.scope, j)
                 if 1.0 - before < threshold:
-                    rows.append(dict(layer=step.name, kind=kind, before=before, after=None,
+                    rows.append(dict(layer=step.name, kind=kind, first=first,
+                                     before=before, after=None,
                                      gain=None, bound=1.0 - before, threshold=threshold,
                                      kept=False, explained_variance=None,
                                      seconds=time.perf_counter() - step_start,
@@ -194,7 +196,7 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
             explained = statistics.explained_variance()
             for bn, tensor, scope in step.batchnorms:
                 adapt_batchnorm(data, plan.batchnorm_features(bn, tensor, scope), bn)
-            lossless = rule.lossless(explained, kind)
+            lossless = rule.lossless(explained, kind, first)
             after = gain = bound = None
             if not lossless or explore:
                 if before is None:
@@ -204,7 +206,8 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                     after = timed_probe("after", *points[j], j + 1)
                     gain = after - before
             keep = lossless or (gain is not None and gain >= threshold)
-            rows.append(dict(layer=step.name, kind=kind, before=before, after=after,
+            rows.append(dict(layer=step.name, kind=kind, first=first,
+                             before=before, after=after,
                              gain=gain, bound=bound, threshold=threshold,
                              kept=keep and not decided, explained_variance=explained,
                              seconds=time.perf_counter() - step_start,

@@ -83,11 +83,16 @@ class AutoRule:
     """`cutoff="auto"`'s rule: keep a layer if solving it loses nothing, or if its probe
     gain reaches a threshold.
 
-    **Lossless**: a convolution whose solved filters capture at least `lossless_share`
-    of its input's variance (e.g. 32 filters on 5×5 = 25-value patches) keeps
-    everything a trained version could use; it is kept whatever the probe says (the
-    probe of a first layer compares with raw pixels, which a trained first layer would
-    not keep either). Not a Dense layer on flat features: one with more units than
+    **Lossless**: a first layer — one that reads the model's input through layers
+    without weights only — that is a convolution whose solved filters capture at least
+    `lossless_share` of its input's variance (e.g. 32 filters on 5×5 = 25-value
+    patches) keeps everything a trained version could use; it is kept whatever the
+    probe says (the probe of a first layer compares with raw pixels, which a trained
+    first layer would not keep either). A layer above a solved one is always probed:
+    its probe compares with solved features, and a spanning layer there adds nothing a
+    probe could not see (two stacked per-step Dense(64) layers under attention pooling,
+    both kept as lossless, trained 8–9 points below SGD; the first alone beat it). Not a
+    Dense layer on flat features: one with more units than
     inputs spans its input too, but its class directions can be nearly parallel (a
     tabular Dense(16) over 12 features had kernel singular values down to 1e-3 of the
     largest and trained at chance), so such a layer is always probed. A Dense layer
@@ -150,18 +155,21 @@ class AutoRule:
                 + (self.dense_gain if kind == "Dense" else 0.0)
                 + self.gain_per_decade * math.log10(max(samples_per_class, 1.0)))
 
-    def may_be_lossless(self, kind=None):
-        """Whether a layer of `kind` can be kept as lossless (not a Dense layer on flat
-        features)."""
-        return self.lossless_share is not None and kind != "Dense"
+    def may_be_lossless(self, kind=None, first=True):
+        """Whether a layer of `kind` can be kept as lossless: a `first` layer (no
+        layer with weights below it), not a Dense layer on flat features."""
+        return self.lossless_share is not None and kind != "Dense" and first
 
-    def lossless(self, explained_variance, kind=None):
+    def lossless(self, explained_variance, kind=None, first=True):
         """Whether a layer of `kind` whose filters capture this share of its input's
-        variance is kept without a probe (never a Dense layer on flat features)."""
-        return self.may_be_lossless(kind) and explained_variance >= self.lossless_share
+        variance is kept without a probe (a `first` layer; never a Dense layer on flat
+        features)."""
+        return (self.may_be_lossless(kind, first)
+                and explained_variance >= self.lossless_share)
 
-    def keep(self, gain, samples_per_class, kind=None, position=0, explained_variance=0.0):
-        return self.lossless(explained_variance, kind) or gain >= self.threshold(
+    def keep(self, gain, samples_per_class, kind=None, position=0, explained_variance=0.0,
+             first=True):
+        return self.lossless(explained_variance, kind, first) or gain >= self.threshold(
             samples_per_class, kind, position)
 
     def describe(self, samples_per_class):
@@ -173,8 +181,9 @@ class AutoRule:
             f"{self.gain_per_layer:+.3f} more per layer above the first and "
             f"{self.dense_gain:+.3f} more for a Dense layer on flat features"
             + ("" if self.lossless_share is None else
-               f"; or if a convolution's filters capture ≥ {self.lossless_share:.0%} of its "
-               "input's variance (lossless)")
+               f"; or, for a first layer (no layer with weights below it), if a "
+               f"convolution's (or a per-step Dense layer's) filters capture ≥ "
+               f"{self.lossless_share:.0%} of its input's variance (lossless)")
         )
 
 
