@@ -18,6 +18,7 @@ import inspect
 import numbers
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -301,6 +302,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.data = data
         self.max_cutoff = None if max_cutoff is None else int(max_cutoff)
         self._max_cutoff_checked = False
+        self._data_checked = None  # the `data` the first model built was checked with
         self.search_space = {k: v for k, v in space.items() if k not in hybridize_options}
         # KerasTuner's `hp.Choice` takes values of one type and no None: other lists
         # (`sign_pairs` over False, True and "spare") are searched by their labels.
@@ -387,6 +389,22 @@ class HybridHyperModel(keras_tuner.HyperModel):
             )
         self._max_cutoff_checked = True
 
+    def _check_data(self, model):
+        """Raise the error every trial's solve would raise for in-memory `data` the
+        model cannot be solved from (samples of another shape, regression targets,
+        labels beyond the head's classes), when the tuner builds its first model: a
+        solve of no layer runs `hybridize`'s checks of the data, in milliseconds, and
+        leaves the model as it was. Other data are read by the trials only."""
+        if not (is_array_data(self.data) or (
+                isinstance(self.data, (tuple, list)) and len(self.data) in (2, 3)
+                and _in_memory_arrays(self.data[0], self.data[1]))):
+            return
+        settings = dict(self.hybridize_options, verbose=0, warm_head=False)
+        with warnings.catch_warnings():  # each trial's solve warns as it should
+            warnings.simplefilter("ignore")
+            hybridize(model, self.data, 0, **settings)
+        self._data_checked = self.data
+
     def build(self, hp):
         """The user's model, with `cutoff` and the class-PCA options registered in `hp`."""
         declared_before = _in_space(hp, CUTOFF)  # the tuner's `hyperparameters=` or ours
@@ -405,6 +423,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
         if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
             # Here, when the tuner builds its first model, not in every trial's fit.
             raise _uncompiled_error()
+        if self._data_checked is not self.data:
+            self._check_data(model)
         max_cutoff = self.max_cutoff
         if max_cutoff is None:
             max_cutoff = self._solvable_layers(model)

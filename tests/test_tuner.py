@@ -116,7 +116,8 @@ def test_options_the_user_fixes_in_the_tuners_hyperparameters_are_kept(tmp_path,
     real_hybridize = tuner_module.hybridize
 
     def capture(model, data, cutoff, **options):
-        received.append((cutoff, options.get("scaling"), options.get("sign_pairs")))
+        if cutoff:  # (not the check of the data at the first build, which solves nothing)
+            received.append((cutoff, options.get("scaling"), options.get("sign_pairs")))
         return real_hybridize(model, data, cutoff, **options)
 
     monkeypatch.setattr(tuner_module, "hybridize", capture)
@@ -252,6 +253,31 @@ def test_an_uncompiled_model_is_refused_when_the_tuner_builds_its_first_model(tm
     with pytest.raises(ValueError, match=message):
         keras_tuner.RandomSearch(HybridHyperModel(uncompiled, _data(), search_options=False),
                                  objective="accuracy", max_trials=1, directory=tmp_path)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x, y: (x, y + 0.5), r"`y` must hold integer class labels"),
+    (lambda x, y: (x[:, :10], y), r"`data` holds samples of shape \(10,\), but the model's "
+                                  r"input has shape \(12,\)"),
+    (lambda x, y: (x, y + 3), r"`y` holds the label 5, but the model's head predicts 3 "
+                              r"classes"),
+])
+def test_array_data_no_trial_could_solve_from_is_refused_before_any_trial(tmp_path, bad,
+                                                                          match):
+    # Each trial failed inside the tuner with this error until the search gave up.
+    hypermodel = HybridHyperModel(_builder(), bad(*_data()), search_options=False)
+    with pytest.raises(ValueError, match=match):
+        keras_tuner.RandomSearch(hypermodel, objective="accuracy", max_trials=1,
+                                 directory=tmp_path)
+    # The check solves nothing: the model it built is as the build function left it.
+    hypermodel.data = _data()
+    keras.utils.set_random_seed(0)
+    model = hypermodel.build(keras_tuner.HyperParameters())
+    keras.utils.set_random_seed(0)
+    fresh = _builder()(keras_tuner.HyperParameters())
+    assert all(layer.trainable for layer in model.layers)
+    for checked, built in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(checked, built)
 
 
 def test_the_tuners_own_compile_arguments_replace_the_build_functions(tmp_path):
