@@ -192,17 +192,23 @@ def test_a_lossless_convolution_is_kept_without_a_probe_a_wide_dense_layer_is_pr
     assert first["kept"] == (first["gain"] >= first["threshold"])
 
 
-def test_a_dense_layer_on_every_step_is_judged_as_a_pointwise_convolution():
-    # A token projection wider than a step's features keeps all of their variance: it
-    # is kept as lossless, without the flat Dense rule's probe and extra gain.
+def _steps_data():
+    """300 sequences of 10 steps of 6 features, 3 classes shifting every step."""
     rng = np.random.default_rng(0)
     y = np.arange(300) % 3
     x = rng.normal(size=(300, 10, 6)) + 0.5 * y[:, None, None] * np.linspace(-1, 1, 6)
+    return x.astype("float32"), y
+
+
+def test_a_dense_layer_on_every_step_is_judged_as_a_pointwise_convolution():
+    # A token projection wider than a step's features keeps all of their variance: it
+    # is kept as lossless, without the flat Dense rule's probe and extra gain.
+    x, y = _steps_data()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((10, 6)), L.Dense(12, activation="relu"),
                               L.Conv1D(8, 3, activation="relu"), L.GlobalAveragePooling1D(),
                               L.Dense(3, activation="softmax")])
-    report = hybridize(model, (x.astype("float32"), y), verbose=0)
+    report = hybridize(model, (x, y), verbose=0)
     first = report.evidence["layers"][0]
     assert first["kind"] == "Dense per step" and first["kept"] and first["gain"] is None
     assert first["explained_variance"] > 0.99 and report.cutoff >= 1
@@ -215,14 +221,12 @@ def test_only_a_first_layer_is_kept_as_lossless():
     # A second spanning per-step Dense layer was kept as lossless too (two stacked
     # Dense(64) under attention pooling then trained 8-9 points below SGD): above a
     # solved layer the probe compares with solved features, and decides.
-    rng = np.random.default_rng(0)
-    y = np.arange(300) % 3
-    x = rng.normal(size=(300, 10, 6)) + 0.5 * y[:, None, None] * np.linspace(-1, 1, 6)
+    x, y = _steps_data()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((10, 6)), L.Dense(12, activation="relu"),
                               L.Dense(12, activation="relu"), L.GlobalAveragePooling1D(),
                               L.Dense(3, activation="softmax")])
-    report = hybridize(model, (x.astype("float32"), y), verbose=0)
+    report = hybridize(model, (x, y), verbose=0)
     first, second = report.evidence["layers"][:2]
     assert first["first"] and first["kept"] and first["gain"] is None  # lossless
     assert not second["first"] and second["before"] is not None  # probed
