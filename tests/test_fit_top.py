@@ -815,7 +815,7 @@ def test_training_a_never_adapted_class_pca_layer_warns(entry):
     def train(built):
         if entry == "fit_top":
             return fit_top(built, x, y, epochs=1, verbose=0)
-        return fit_progressive(built, x, y, epochs=1, settle=[1], verbose=0)
+        return fit_progressive(built, x, y, epochs=2, settle=[1], verbose=0)
 
     with pytest.warns(UserWarning, match=f"{entry}: ClassPCADense 'solved' was never adapted"):
         train(model(adapted=False))

@@ -288,6 +288,29 @@ def test_hybridize_then_progressive():
     assert np.array_equal(keras.ops.convert_to_numpy(model.layers[0].kernel), solved)
 
 
+def test_a_fixed_schedule_past_the_last_epoch_warns():
+    # `settle=[10]` with `epochs=4` froze nothing, silently.
+    x, y = _data()
+    with pytest.warns(UserWarning, match=r"`settle` freezes conv1 after epoch 4, conv2 after "
+                                         r"epoch 9, but this call trains 4 epoch\(s\)"):
+        history = fit_progressive(_model(), x, y, epochs=4, settle=[4, 9], batch_size=64,
+                                  verbose=0)
+    assert history.progressive.frozen_at == {"conv1": None, "conv2": None, "hidden": None}
+
+
+def test_a_layer_the_user_froze_above_a_training_one_is_reported_frozen():
+    # It was reported "trained to the end" (frozen_at None) although it never trained.
+    x, y = _data()
+    model = _model(compiled=False)
+    model.get_layer("conv2").trainable = False  # pretrained
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    kept = keras.ops.convert_to_numpy(model.get_layer("conv2").kernel).copy()
+    history = fit_progressive(model, x, y, epochs=3, settle=[1], batch_size=32, verbose=0)
+    assert history.progressive.frozen_at == {"conv1": 1, "conv2": 0, "hidden": None}
+    assert "conv2               frozen before training" in str(history.progressive)
+    assert np.array_equal(keras.ops.convert_to_numpy(model.get_layer("conv2").kernel), kept)
+
+
 def test_hybridize_then_progressive_freezes_the_adapted_batchnorm_at_the_first_check():
     # hybridize leaves the BatchNormalization after a solved conv trainable; the frozen
     # conv does not move, so its unit (conv + BN) freezes after the first epoch.
@@ -359,7 +382,7 @@ def test_snap_says_its_statistics_ignore_the_weights_fit_applies(weighting):
     assert any(record.filename == __file__ for record in caught)  # points at the call
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # without snap: nothing to say
-        fit_progressive(_model(), x, y, epochs=1, settle=[1], batch_size=32, verbose=0,
+        fit_progressive(_model(), x, y, epochs=2, settle=[1], batch_size=32, verbose=0,
                         **weights)
 
 

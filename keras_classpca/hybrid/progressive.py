@@ -600,6 +600,16 @@ class _Controller(keras.callbacks.Callback):
                     f"({', '.join(unit.layer.name for unit in units) or 'none'})."
                 )
             self.schedule = criterion.freeze_epochs(len(units), n_epochs)
+            late = [f"{unit.layer.name} after epoch {epoch}"
+                    for unit, epoch in zip(units, fixed or [])
+                    if epoch >= n_epochs and not unit.frozen]
+            if late:
+                warn(
+                    f"`settle` freezes {', '.join(late)}, but this call trains {n_epochs} "
+                    "epoch(s) (`epochs` - `initial_epoch`; a freeze takes effect for the "
+                    "epochs after it): they train to the end.",
+                    UserWarning,
+                )
 
     # measuring
     def _state(self):
@@ -886,10 +896,8 @@ def fit_progressive(
         criterion=repr(criterion),
         epochs=[],
     )
-    frozen_below = True
-    for unit in units:
-        frozen_below = frozen_below and unit.frozen
-        report.frozen_at[unit.layer.name] = 0 if frozen_below else None
+    for unit in units:  # a layer the user froze above a training one is frozen too
+        report.frozen_at[unit.layer.name] = 0 if unit.frozen else None
 
     probe = None
     if isinstance(criterion, SettleOnChange) and criterion.measure == "output":

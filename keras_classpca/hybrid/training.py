@@ -589,7 +589,8 @@ def static_cache_refusal(model, x, validation_data, callbacks=None):
     if any(is_infinite(d) for d in (x, validation_data)):
         return (  # caching would read the data to its end: never
             "the data never ends (a repeated dataset): the prefix output cannot be computed "
-            "once; pass `steps_per_epoch` and train with cache=False."
+            "once. Train with cache=False (with `steps_per_epoch`, as `fit` needs for such "
+            "data; the frozen layers still skip back-propagation)."
         )
     return None
 
