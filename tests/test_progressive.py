@@ -298,6 +298,22 @@ def test_a_fixed_schedule_past_the_last_epoch_warns():
     assert history.progressive.frozen_at == {"conv1": None, "conv2": None, "hidden": None}
 
 
+def test_a_schedule_longer_than_the_bottom_layers_says_what_ends_them():
+    # It said "0 layer(s) can freeze here (none)" without naming the trainable
+    # Embedding that ends the bottom layers.
+    rng = np.random.default_rng(0)
+    tokens, y = rng.integers(1, 20, (64, 10)), rng.integers(0, 2, 64)
+    model = keras.Sequential([keras.Input((10,), dtype="int32"),
+                              keras.layers.Embedding(20, 8, name="emb"),
+                              keras.layers.Conv1D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"but 0 layer\(s\) can freeze here \(none\): the "
+                                         r"bottom layers end because Embedding 'emb' is not"):
+        fit_progressive(model, tokens, y, epochs=2, settle=[1], verbose=0)
+
+
 def test_a_layer_the_user_froze_above_a_training_one_is_reported_frozen():
     # It was reported "trained to the end" (frozen_at None) although it never trained.
     x, y = _data()

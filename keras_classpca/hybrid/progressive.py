@@ -597,7 +597,9 @@ class _Controller(keras.callbacks.Callback):
                 raise ValueError(
                     f"`settle` lists {len(fixed)} epochs, one per bottom layer, but "
                     f"{len(units)} layer(s) can freeze here "
-                    f"({', '.join(unit.layer.name for unit in units) or 'none'})."
+                    f"({', '.join(unit.layer.name for unit in units) or 'none'})"
+                    + (f": the bottom layers end because {plan.stop_reason}"
+                       if plan.stop_reason else ".")
                 )
             self.schedule = criterion.freeze_epochs(len(units), n_epochs)
             late = [f"{unit.layer.name} after epoch {epoch}"
