@@ -1329,6 +1329,19 @@ def test_a_later_call_freezes_the_solved_layers_as_its_own_freeze_says(subspace_
     assert len(model.trainable_weights) == len(fresh.trainable_weights)
 
 
+def test_a_class_pca_layer_keeps_its_own_trainable_flag_when_freeze_changes(
+        subspace_classes):
+    # As on a first call with freeze=False: frozen from construction, it stays so.
+    from keras_classpca import ClassPCADense
+
+    x, y = _subspace_data(subspace_classes)
+    model = keras.Sequential([keras.Input((x.shape[1],)), ClassPCADense(6, name="c"),
+                              L.Dense(3, activation="softmax")])
+    hybridize(model, (x, y), cutoff=1, verbose=0)
+    hybridize(model, (x, y), cutoff=1, freeze=False, verbose=0)
+    assert not model.get_layer("c").trainable
+
+
 def test_a_layer_the_user_froze_stays_frozen_with_freeze_false(subspace_classes):
     x, y = _subspace_data(subspace_classes)
     model = _mlp(hidden=(8,), name="u")

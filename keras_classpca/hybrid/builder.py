@@ -1067,8 +1067,10 @@ def _mark_and_freeze(model, plan, report, freeze, class_pca_options):
     released = _release_earlier_solves(plan, len(report.layers), report.restored_activations)
     chosen = _frozen_by_solve(plan, len(report.layers))
     # What an earlier call froze of these is frozen anew as this call's `freeze` says
-    # (`freeze=False` after `freeze=True`: trainable); what the user froze stays so.
-    earlier = [layer for layer in chosen if getattr(layer, SOLVED_MARK, False)]
+    # (`freeze=False` after `freeze=True`: trainable); what the user froze stays so,
+    # as does a `ClassPCA*` layer (frozen from construction, as on a first call).
+    earlier = [layer for layer in chosen if getattr(layer, SOLVED_MARK, False)
+               and not isinstance(layer, ClassPCAAdaptMixin)]
     states = [_freeze_state(layer) for layer in earlier]
     for layer in earlier:
         _unfreeze(layer)
