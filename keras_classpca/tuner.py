@@ -124,6 +124,13 @@ def solved_layers(model, cutoff):
     return solved_layer_names(model, cutoff)
 
 
+def _in_memory_pair(data):
+    """Whether `data` is `(x, y)` (or with sample weights) in memory: arrays, one per
+    input for a multi-input model, that the tuner fingerprints and checks itself."""
+    return (isinstance(data, (tuple, list)) and len(data) in (2, 3)
+            and _in_memory_arrays(data[0], data[1]))
+
+
 def _uncompiled_error():
     return ValueError(
         "`build_model(hp)` must return a compiled model (call `model.compile(...)` in "
@@ -313,9 +320,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         self.cache_dir = cache_dir
         self.hybridize_options = dict({"verbose": 0}, **hybridize_options)
         # Arrays (one per input for a multi-input model) the tuner fingerprints itself.
-        arrays = (isinstance(data, (tuple, list)) and len(data) in (2, 3)
-                  and _in_memory_arrays(data[0], data[1]))
-        if self.cache and data_fingerprint is None and not arrays:
+        if self.cache and data_fingerprint is None and not _in_memory_pair(data):
             raise ValueError(
                 "`data_fingerprint` is required with `cache=True` when `data` is not "
                 "(x, y) arrays: a string that changes whenever the data changes."
@@ -380,7 +385,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 "every solvable layer."
             )
         wide = too_wide_step(plan, self.max_cutoff, output_classes(model),
-                         self._fixed_options(widest=True))
+                             self._fixed_options(widest=True))
         if wide is not None:
             raise ValueError(
                 f"`max_cutoff={self.max_cutoff}` reaches {wide[1]}: every trial with a "
@@ -395,9 +400,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         labels beyond the head's classes), when the tuner builds its first model: a
         solve of no layer runs `hybridize`'s checks of the data, in milliseconds, and
         leaves the model as it was. Other data are read by the trials only."""
-        if not (is_array_data(self.data) or (
-                isinstance(self.data, (tuple, list)) and len(self.data) in (2, 3)
-                and _in_memory_arrays(self.data[0], self.data[1]))):
+        if not _in_memory_pair(self.data):
             return
         settings = dict(self.hybridize_options, verbose=0, warm_head=False)
         with warnings.catch_warnings():  # each trial's solve warns as it should

@@ -1069,11 +1069,10 @@ def _mark_and_freeze(model, plan, report, freeze, class_pca_options):
     # What an earlier call froze of these is frozen anew as this call's `freeze` says
     # (`freeze=False` after `freeze=True`: trainable); what the user froze stays so,
     # as does a `ClassPCA*` layer (frozen from construction, as on a first call).
-    earlier = [layer for layer in chosen if getattr(layer, SOLVED_MARK, False)
-               and not isinstance(layer, ClassPCAAdaptMixin)]
-    states = [_freeze_state(layer) for layer in earlier]
-    for layer in earlier:
-        _unfreeze(layer)
+    unfrozen = False
+    for layer in chosen:
+        if getattr(layer, SOLVED_MARK, False) and not isinstance(layer, ClassPCAAdaptMixin):
+            unfrozen = _unfreeze(layer) or unfrozen
     for layer in chosen:
         setattr(layer, SOLVED_MARK, True)
         if isinstance(layer, ClassPCAAdaptMixin):
@@ -1081,8 +1080,8 @@ def _mark_and_freeze(model, plan, report, freeze, class_pca_options):
             record_solve_options(layer, class_pca_options)
     if freeze:
         report.frozen.extend(_apply_freeze(plan, len(report.layers), freeze))
-    changed = states != [_freeze_state(layer) for layer in earlier]
-    if report.frozen or released or changed or report.restored_activations:
+    # (`freeze` True or "kernel" freezes again what was unfrozen: `report.frozen`.)
+    if report.frozen or released or unfrozen or report.restored_activations:
         report.recompiled = _compile_again(model, "hybridize")
 
 
@@ -1245,12 +1244,6 @@ def _set_above(plan, cutoff):
     kept = {id(layer) for layer in _frozen_by_solve(plan, cutoff)}
     return [layer for layer in _frozen_by_solve(plan, len(plan.steps))
             if id(layer) not in kept]
-
-
-def _freeze_state(layer):
-    """`(layer.trainable, each kernel's trainable)`: what `_apply_freeze` sets."""
-    kernels = [getattr(layer, name, None) for name in KERNEL_PARTS]
-    return layer.trainable, [v.trainable for v in kernels if v is not None]
 
 
 def _unfreeze(layer):
