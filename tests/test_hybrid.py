@@ -896,8 +896,15 @@ def test_class_pca_layer_solved_by_hybridize_is_adapted_without_a_pretrained_war
     adapted = keras.Sequential([keras.Input((x.shape[1],)), ClassPCADense(4, name="a"),
                                 L.Dense(3, activation="softmax")])
     adapted.get_layer("a").adapt((x, y))
-    with pytest.warns(UserWarning, match="frozen before the call"):
+    kernel = np.asarray(adapted.get_layer("a").kernel).copy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         hybridize(adapted, (x, y), cutoff=1, verbose=0)
+    # Solved again (the same data: the same weights), and said so: not as pretrained.
+    messages = [str(w.message) for w in caught]
+    assert any("solves a again" in m and "earlier `adapt` is replaced" in m for m in messages)
+    assert not [m for m in messages if "frozen before the call" in m]
+    np.testing.assert_allclose(np.asarray(adapted.get_layer("a").kernel), kernel, atol=1e-5)
 
 
 def test_hybridize_solves_a_class_pca_layer_with_its_own_options(blobs):

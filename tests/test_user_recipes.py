@@ -824,7 +824,7 @@ def test_a_list_of_same_shaped_arrays_is_not_guessed_and_data_goes_in_one_argume
         hybridize(_mlp(L.Dense(3, activation="softmax")), x, y)
 
 
-def test_a_quantized_layer_is_not_adapted_and_float16_batchnorm_statistics_are_checked():
+def test_a_quantized_or_lora_layer_is_not_adapted_and_float16_batchnorm_statistics_are_checked():
     x, y = _xy()
     layer = ClassPCADense(6)
     layer.adapt((x, y))
@@ -833,6 +833,15 @@ def test_a_quantized_layer_is_not_adapted_and_float16_batchnorm_statistics_are_c
     with pytest.raises(ValueError, match=r"is quantized \(int8\); adapt it before quantizing"):
         layer.adapt((x, y))  # the solved kernel cast to int8 was all zeros
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), before)
+    # A LoRA layer's kernel is its base plus the learned update: refused as clearly.
+    lora = ClassPCADense(6, trainable=True)
+    lora.build((None, x.shape[1]))
+    lora.enable_lora(2)
+    kernel = keras.ops.convert_to_numpy(lora.kernel)
+    with pytest.raises(ValueError, match=r"'.*' has LoRA enabled; adapt it before `enable_lora`"):
+        lora.adapt((x, y))
+    assert not lora.is_adapted
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(lora.kernel), kernel)
     # A float16 BatchNormalization would hold an inf moving variance (and output zeros).
     images = (np.random.default_rng(0).normal(size=(300, 8, 8, 1)) * 300).astype("float32")
     model = keras.Sequential([keras.Input((8, 8, 1)),

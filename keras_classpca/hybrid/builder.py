@@ -1293,8 +1293,16 @@ def _warn_if_frozen_before(plan, cutoff):
     """Warn when the layers about to be solved (or BatchNormalization layers about to
     be adapted) were frozen by the user, not by an earlier hybridize: pretrained
     weights would be replaced."""
-    frozen = [layer.name for layer in _set_by_solve(plan, cutoff)
-              if _frozen_not_by_a_solve(layer)]
+    frozen = [layer for layer in _set_by_solve(plan, cutoff) if _frozen_not_by_a_solve(layer)]
+    adapted = [layer.name for layer in frozen if isinstance(layer, ClassPCAAdaptMixin)]
+    frozen = [layer.name for layer in frozen if not isinstance(layer, ClassPCAAdaptMixin)]
+    if adapted:
+        warn(
+            f"hybridize solves {', '.join(adapted)} again from the data given: their "
+            "earlier `adapt` is replaced (the same data give the same weights). To keep "
+            "that solution, solve fewer layers (`cutoff=`).",
+            UserWarning
+        )
     if frozen:
         warn(
             f"hybridize replaces the weights (or BatchNormalization statistics) of "

@@ -153,7 +153,7 @@ class ClassPCAAdaptMixin:
             strategy: a `tf.distribute.Strategy` to spread the statistics pass over
                 (needs `n_classes`; see docs/distributed.md).
         """
-        self._refuse_if_quantized()
+        self._refuse_unsolvable_kernel()
         data = readable_data(data)
         if steps is None and is_infinite(data):
             raise never_ends_error(
@@ -222,7 +222,7 @@ class ClassPCAAdaptMixin:
         statistics.end_pass()  # solves; raises before anything changes
         self._take_statistics(statistics, input_shape)
 
-    def _refuse_if_quantized(self):
+    def _refuse_unsolvable_kernel(self):
         if getattr(self, "quantization_mode", None):
             # Its kernel is int8 (or int4, float8) values with scales: the solved float
             # kernel would be cast to it (to zeros).
@@ -230,9 +230,16 @@ class ClassPCAAdaptMixin:
                 f"{type(self).__name__} '{self.name}' is quantized "
                 f"({self.quantization_mode}); adapt it before quantizing."
             )
+        if getattr(self, "lora_enabled", False):
+            # Its kernel is the frozen base plus the trained low-rank update: the solved
+            # kernel would be the base only, shifted by whatever LoRA has learned.
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' has LoRA enabled; adapt it before "
+                "`enable_lora` (class-PCA solves the full kernel)."
+            )
 
     def _take_statistics(self, statistics, input_shape):
-        self._refuse_if_quantized()
+        self._refuse_unsolvable_kernel()
         if not self.built:  # only now: a failed adapt leaves an unbuilt layer unbuilt
             self.build(input_shape)
         statistics.assign()
