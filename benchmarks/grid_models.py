@@ -19,6 +19,12 @@ models with two inputs for `bench_multi_input` (`MULTI_INPUT`, their data made b
 and "thumb" (the image through a CNN and its 7×7 thumbnail through a Dense layer).
 "wide" (`bench_warm_head`): the keras-io convnet with "same" padding and no Dropout,
 its softmax head reading 7×7×64 = 3,136 features.
+Four recipes held out of every choice of the rule (`bench_held_out`, `HELD_OUT`):
+"vgg" (Conv–Conv–Pool twice, "same" 3×3 convolutions, GlobalAveragePooling,
+Dense(64)), "separable" (a MobileNet-like stride-2 stem, a depthwise–pointwise block
+and a SeparableConv2D), "gelu" (GELU, LeakyReLU and SiLU activations, trained with SGD
++ momentum on one-hot labels with label smoothing) and "uint8" (raw uint8 pixels
+through a `Rescaling(1/255)` layer in the model).
 """
 
 import keras
@@ -203,6 +209,63 @@ def _thumb(n_classes):
 MULTI_INPUT = ("twoview", "thumb")
 
 
+def _vgg(n_classes):
+    """Conv(16)–Conv(16)–Pool–Conv(32)–Conv(32)–Pool, 3×3 "same" convolutions, ReLU –
+    GlobalAveragePooling – Dense(64) – Dense."""
+    layers = [keras.Input((28, 28, 1))]
+    for filters in (16, 32):
+        layers += [keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
+                   keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
+                   keras.layers.MaxPooling2D()]
+    layers += [keras.layers.GlobalAveragePooling2D(),
+               keras.layers.Dense(64, activation="relu"),
+               keras.layers.Dense(n_classes, activation="softmax")]
+    return keras.Sequential(layers, name="vgg_style")
+
+
+def _separable(n_classes):
+    """MobileNet-like: Conv(16, 3, stride 2)–ReLU6, DepthwiseConv(3)–ReLU6,
+    Conv(32, 1)–ReLU6, SeparableConv(64, 3, stride 2)–ReLU – GAP – Dense."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 3, strides=2, padding="same"), keras.layers.ReLU(6.0),
+        keras.layers.DepthwiseConv2D(3, padding="same"), keras.layers.ReLU(6.0),
+        keras.layers.Conv2D(32, 1), keras.layers.ReLU(6.0),
+        keras.layers.SeparableConv2D(64, 3, strides=2, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="separable")
+
+
+def _gelu(n_classes):
+    """Conv(32, 3, GELU)–Pool–Conv(64, 3)–LeakyReLU(0.1)–Pool–Flatten–Dense(128, SiLU)
+    – Dense."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(32, 3, activation="gelu"), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3), keras.layers.LeakyReLU(0.1),
+        keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="silu"),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="gelu_convnet")
+
+
+def _uint8(n_classes):
+    """uint8 pixels (0–255) – Rescaling(1/255) – Conv(32, 5)–Pool–Conv(64, 3)–Pool –
+    Flatten – Dense."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1), dtype="uint8"),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(32, 5, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(), keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="uint8_pixels")
+
+
+HELD_OUT = ("vgg", "separable", "gelu", "uint8")
+ONE_HOT = ("kerasio", "gelu")  # architectures whose user passes one-hot labels
+
+
 def inputs_for(arch, x):
     """The model inputs of `arch` made from images `x` (n, 28, 28, 1): `x` itself, or
     for the two-input architectures the list of both inputs."""
@@ -211,6 +274,8 @@ def inputs_for(arch, x):
     if arch == "thumb":
         thumb = x.reshape(len(x), 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(x), 49)
         return [x, thumb.astype(x.dtype)]
+    if arch == "uint8":
+        return np.round(x * 255).astype("uint8")
     return x
 
 
@@ -221,19 +286,24 @@ def build(arch, n_classes=10):
     return {"kerasio": _kerasio, "bn": _bn, "resnet": _resnet, "resnet_3x2": _resnet_3x2,
             "conv1d": _conv1d, "perstep": _perstep, "conv1d_bn": _conv1d_bn,
             "transformer": _transformer, "twoview": _twoview, "wide": _wide,
-            "thumb": _thumb}[arch](n_classes)
+            "thumb": _thumb, "vgg": _vgg, "separable": _separable, "gelu": _gelu,
+            "uint8": _uint8}[arch](n_classes)
 
 
 def labels_for(arch, y, n_classes=10):
-    """The labels as the architecture's user passes them (one-hot for "kerasio")."""
-    return keras.utils.to_categorical(y, n_classes) if arch == "kerasio" else y
+    """The labels as the architecture's user passes them (one-hot for `ONE_HOT`)."""
+    return keras.utils.to_categorical(y, n_classes) if arch in ONE_HOT else y
 
 
 def compile_and_fit(arch, model, x, y, epochs):
     """Compile and fit as the architecture's user does; returns the model."""
     loss = ("categorical_crossentropy" if arch == "kerasio"
             else "sparse_categorical_crossentropy")
-    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    optimizer = "adam"
+    if arch == "gelu":
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+        optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     extra = {"validation_split": 0.1} if arch == "kerasio" else {}
     model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, **extra)
     return model
