@@ -14,6 +14,7 @@ import keras_classpca
 import keras_classpca.hybrid.decision as decision_module
 import keras_classpca.hybrid.policy as policy_module
 from keras_classpca import ClassPCA, ClassPCADense, HybridReport, hybridize
+from keras_classpca.hybrid.report import SolvedLayer
 
 L = keras.layers
 
@@ -670,6 +671,38 @@ def test_report_says_the_decision_solved_convolutions_from_a_few_patches():
             "solve reads more") in str(report)
 
 
+def test_report_of_a_decision_on_dense_layers_mentions_no_patches():
+    # A Dense layer on every step of a sequence is solved from all its rows (no patch
+    # sampling), as a flat one is.
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    x = (rng.normal(size=(300, 6, 4)) + y[:, None, None]).astype("float32")
+    model = keras.Sequential([keras.Input((6, 4)), L.Dense(4, activation="relu"),
+                              L.GlobalAveragePooling1D(), L.Dense(3, activation="softmax")])
+    report = hybridize(model, (x, y), verbose=0)
+    assert report.evidence["layers"][0]["kind"] == policy_module.PER_STEP_DENSE
+    assert "auto decision on 300 samples," in str(report)
+    assert "random patches" not in str(report)
+
+
+def test_auto_warns_when_nothing_at_the_bottom_can_be_solved():
+    tokens = np.random.default_rng(0).integers(0, 50, (200, 12)).astype("int32")
+    labels = np.arange(200) % 3
+    model = keras.Sequential([keras.Input((12,), dtype="int32"), L.Embedding(50, 8),
+                              L.Conv1D(8, 3, activation="relu"), L.GlobalMaxPooling1D(),
+                              L.Dense(3, activation="softmax")])
+    with pytest.warns(UserWarning, match=r"hybridize solved nothing: Embedding '.*' is not "
+                                         r"a layer kind class-PCA solves"):
+        report = hybridize(model, (tokens, labels), verbose=0)
+    assert report.cutoff == 0 and all(layer.trainable for layer in model.layers)
+    assert str(report).startswith("HybridReport: nothing solved")
+    model.layers[0].trainable = False  # a pretrained Embedding: passed, the rest decided
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hybridize(model, (tokens, labels), verbose=0)
+    assert not [w for w in caught if "solved nothing" in str(w.message)]
+
+
 def test_report_is_readable_and_json_serializable(subspace_classes, monkeypatch):
     monkeypatch.setattr(policy_module, "DEFAULT_RULE",
                         policy_module.AutoRule(lossless_share=None))
@@ -696,7 +729,8 @@ def test_report_is_readable_and_json_serializable(subspace_classes, monkeypatch)
     assert "2 of 2 solvable layer(s)" in text and "cutoff=fixed" in text
     assert "f_d0" in text and "f_d1" in text and "frozen: f_d0, f_d1" in text
     json.dumps(fixed.to_dict())
-    assert str(HybridReport(cutoff=0, cutoff_mode="fixed")).startswith("HybridReport: 0 of 0")
+    assert str(HybridReport(cutoff=0, cutoff_mode="fixed")).startswith(
+        "HybridReport: nothing solved: no layer can be solved at the bottom")
     # Read back from JSON (a tuning log): equal, with its SolvedLayer objects and text.
     for original in (report, fixed):
         again = HybridReport.from_dict(json.loads(json.dumps(original.to_dict())))
@@ -976,7 +1010,16 @@ def test_the_report_names_the_classes_no_filter_was_computed_for():
         served = set(_classes_given_filters(x, y, filters))
         assert served.isdisjoint(layer.classes_without_filters)
         assert served | set(layer.classes_without_filters) == {0, 1, 2}
-        assert ("no filter for class(es)" in str(report)) == bool(unserved)
+        assert ("no filter of its own for class(es)" in str(report)) == bool(unserved)
+        if unserved:  # 2 filters, 3 classes: fewer filters than classes
+            assert "(fewer filters than classes, or directions other" in str(report)
+    # A layer whose filters span its input serves every class, with or without filters
+    # of its own (a duplicate direction is kept once): the report says nothing is lost.
+    spanning = HybridReport(cutoff=1, cutoff_mode="fixed", candidates=["c"], layers=[
+        SolvedLayer("c", "Conv2D", samples=9, rows=9, seconds=0.1, explained_variance=1.0,
+                    n_components=16, classes_without_filters=[2, 3])])
+    assert ("+ no filter of its own for class(es) 2, 3 (its filters span all of its "
+            "input: nothing is lost)") in str(spanning)
 
 
 def _classes_given_filters(x, y, filters):

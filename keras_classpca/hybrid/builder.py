@@ -909,6 +909,12 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     restored = restore_replaced(model, [step.layer for step in plan.steps])
     if not auto:
         _check_cutoff_fits(plan, cutoff)
+    if auto and not plan.steps:
+        # An explicit cutoff this model cannot give raises (`_check_cutoff_fits`); the
+        # default would otherwise return a model it left as it was, without a word.
+        warn("hybridize solved nothing: "
+             + (plan.stop_reason or "the model has no layer with weights to solve."),
+             UserWarning)
     if cutoff == 0 or not plan.steps:
         report.restored_activations = restored
         released = _release_earlier_solves(plan, 0, restored)

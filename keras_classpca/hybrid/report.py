@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+from keras_classpca.hybrid.policy import PER_STEP_DENSE
 from keras_classpca.layers.geometry import DENSE_REMEDIES_MIN_ROWS_PER_FEATURE
 
 
@@ -193,9 +194,12 @@ class HybridReport:
         return cls(**report)
 
     def __str__(self):
+        solved = (f"{self.cutoff} of {len(self.candidates)} solvable layer(s) solved"
+                  if self.candidates else
+                  # (the prefix ends at the first layer with weights: `prefix ends`)
+                  "nothing solved: no layer can be solved at the bottom")
         lines = [
-            f"HybridReport: {self.cutoff} of {len(self.candidates)} solvable layer(s) "
-            f"solved (cutoff={self.cutoff_mode}), {self.seconds:.1f} s"
+            f"HybridReport: {solved} (cutoff={self.cutoff_mode}), {self.seconds:.1f} s"
             + (", label-free (PCA of each layer's input)" if self.label_free else ""),
         ]
         if self.layers:
@@ -226,12 +230,19 @@ class HybridReport:
                     unserved = layer.classes_without_filters
                     listed = ", ".join(str(label) for label in unserved[:10])
                     more = f", ... ({len(unserved)})" if len(unserved) > 10 else ""
-                    lines.append(f"    + no filter for class(es) {listed}{more}")
+                    # Fewer filters than classes, or a class whose directions other
+                    # classes' filters already hold (duplicates are not kept twice).
+                    why = ("its filters span all of its input: nothing is lost"
+                           if layer.explained_variance >= 1 - 1e-6 else
+                           "fewer filters than classes, or directions other classes' "
+                           "filters already hold")
+                    lines.append(f"    + no filter of its own for class(es) {listed}{more} "
+                                 f"({why})")
                 if layer.sketch_size is not None:
                     lines.append(f"    + from a sketch of {layer.sketch_size} rows per class "
                                  "(exact statistics did not fit in memory)")
         if self.evidence:
-            solved_convolutions = any(row.get("kind") not in (None, "Dense")
+            solved_convolutions = any(row.get("kind") not in (None, "Dense", PER_STEP_DENSE)
                                       and row.get("explained_variance") is not None
                                       for row in self.evidence["layers"])
             patches = solved_convolutions and self.evidence.get("decision_patches")
