@@ -18,38 +18,29 @@ Writes the `bench_held_out` section of docs/benchmarks.md and its summary row.
 """
 
 from benchmarks import bench_default, default_report
-from benchmarks._report import machine_line, write_section
 from benchmarks.grid_models import HELD_OUT as ARCHITECTURES
-from keras_classpca.hybrid.policy import DEFAULT_RULE
 
 SECTION = "bench_held_out"
 FRACTIONS = (0.02, 0.1, 1.0)
 
 
 def write_report(records, command, paragraph, print_only=False):
-    rows = default_report.summarize(default_report.cells_of(records), DEFAULT_RULE)
-    seeds = max((r["seeds"] for r in rows), default=0)
-    body = (
-        "## The default path on held-out recipes (`bench_held_out`)\n\n"
-        f"{machine_line()}\n\nCommand: `{command}`. Fashion-MNIST; four architectures "
-        "(`benchmarks/grid_models.py`, `HELD_OUT`): `vgg` (Conv(16)–Conv(16)–Pool–"
-        "Conv(32)–Conv(32)–Pool, 3×3 \"same\", GAP – Dense(64) – Dense), `separable` "
-        "(Conv(16, 3, stride 2)–ReLU6, DepthwiseConv(3)–ReLU6, Conv(32, 1)–ReLU6, "
-        "SeparableConv(64, 3, stride 2), GAP – Dense), `gelu` (Conv(32, 3, GELU)–Pool–"
-        "Conv(64, 3)–LeakyReLU–Pool–Flatten–Dense(128, SiLU)–Dense; SGD 0.05 with "
-        "momentum 0.9, one-hot labels, label smoothing 0.1) and `uint8` (uint8 pixels – "
-        "Rescaling(1/255) – Conv(32, 5)–Pool–Conv(64, 3)–Pool–Flatten–Dense); Adam but "
-        "for `gelu`, batch 128, at least 3 epochs and 300 steps; medians over "
-        f"{seeds} seed(s). Cells and replay as in `bench_default`: SGD and each fixed "
-        "cutoff (the first k solvable layers) are trained, the default path is replayed "
-        "from the recorded decision. All four are held out: the rule was fixed before "
-        "they were written.\n\n"
-        f"Rule: `{DEFAULT_RULE}`.\n\n"
-        + default_report._half_line("Held out (vgg, separable, gelu, uint8)", rows)
-        + "\n\n" + default_report._table(rows) + "\n\n" + paragraph.strip()
-    )
-    targets = default_report.accuracy_target("held_out_default_accuracy", rows)
-    write_section(SECTION, body, print_only=print_only, targets=targets)
+    default_report.write_held_out_section(
+        SECTION, "The default path on held-out recipes",
+        "Fashion-MNIST; four architectures (`benchmarks/grid_models.py`, `HELD_OUT`): "
+        "`vgg` (Conv(16)–Conv(16)–Pool–Conv(32)–Conv(32)–Pool, 3×3 \"same\", GAP – "
+        "Dense(64) – Dense), `separable` (Conv(16, 3, stride 2)–ReLU6, "
+        "DepthwiseConv(3)–ReLU6, Conv(32, 1)–ReLU6, SeparableConv(64, 3, stride 2), GAP "
+        "– Dense), `gelu` (Conv(32, 3, GELU)–Pool–Conv(64, 3)–LeakyReLU–Pool–Flatten–"
+        "Dense(128, SiLU)–Dense; SGD 0.05 with momentum 0.9, one-hot labels, label "
+        "smoothing 0.1) and `uint8` (uint8 pixels – Rescaling(1/255) – Conv(32, 5)–Pool–"
+        "Conv(64, 3)–Pool–Flatten–Dense); Adam but for `gelu`, batch 128, at least 3 "
+        "epochs and 300 steps; medians over {seeds} seed(s). Cells and replay as in "
+        "`bench_default`: SGD and each fixed cutoff (the first k solvable layers) are "
+        "trained, the default path is replayed from the recorded decision. All four are "
+        "held out: the rule was fixed before they were written.",
+        "Held out (vgg, separable, gelu, uint8)", "held_out_default_accuracy",
+        records, command, paragraph, print_only)
 
 
 def main():

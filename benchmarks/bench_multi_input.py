@@ -19,39 +19,28 @@ Writes the `bench_multi_input` section of docs/benchmarks.md and its summary row
 
 
 from benchmarks import bench_default, default_report
-from benchmarks._report import (
-    machine_line,
-    write_section,
-)
 from benchmarks.grid_models import MULTI_INPUT as ARCHITECTURES
-from keras_classpca.hybrid.policy import DEFAULT_RULE
 
 SECTION = "bench_multi_input"
 FRACTIONS = (0.02, 0.1, 1.0)
 
 
 def write_report(records, command, paragraph, print_only=False):
-    rows = default_report.summarize(default_report.cells_of(records), DEFAULT_RULE)
-    seeds = max((r["seeds"] for r in rows), default=0)
-    body = (
-        "## The default path on models with two inputs (`bench_multi_input`)\n\n"
-        f"{machine_line()}\n\nCommand: `{command}`. Fashion-MNIST; two architectures "
+    default_report.write_held_out_section(
+        SECTION, "The default path on models with two inputs",
+        "Fashion-MNIST; two architectures "
         "(`benchmarks/grid_models.py`): `twoview` (the top and bottom 14 rows of each "
         "image as two inputs, a Conv(32, 5)–MaxPool–Conv(64, 5)–MaxPool tower each, "
         "concatenated – Dense(128) – Dense) and `thumb` (the image through the benchmark "
         "CNN's two convolutions, its 7×7 thumbnail — 49 values — through Dense(32), "
         "concatenated – Dense(128) – Dense); the data given as `fit` takes it, "
         "`([x_1, x_2], y)`; Adam, batch 128, at least 3 epochs and 300 steps; medians "
-        f"over {seeds} seed(s). Cells and replay as in `bench_default`: SGD and each "
+        "over {seeds} seed(s). Cells and replay as in `bench_default`: SGD and each "
         "fixed cutoff (the first k solvable layers in the planner's topological order) "
         "are trained, the default path is replayed from the recorded decision. Both "
-        "architectures are held out: the rule was tuned on single-input networks.\n\n"
-        f"Rule: `{DEFAULT_RULE}`.\n\n"
-        + default_report._half_line("Held out (twoview, thumb)", rows)
-        + "\n\n" + default_report._table(rows) + "\n\n" + paragraph.strip()
-    )
-    targets = default_report.accuracy_target("multi_input_default_accuracy", rows)
-    write_section(SECTION, body, print_only=print_only, targets=targets)
+        "architectures are held out: the rule was tuned on single-input networks.",
+        "Held out (twoview, thumb)", "multi_input_default_accuracy",
+        records, command, paragraph, print_only)
 
 
 def main():

@@ -183,6 +183,23 @@ def accuracy_target(key, rows):
                   met(within >= 0.9 * len(rows) and below == 0))}
 
 
+def write_held_out_section(section, title, description, half, target_key, records,
+                           command, paragraph, print_only=False):
+    """The section of a grid of held-out architectures (`bench_multi_input`,
+    `bench_held_out`): its cells replayed with the library's rule, one line for the
+    half, the table and the accuracy target `target_key`. `description` follows the
+    command; `{seeds}` in it is the number of seeds."""
+    rows = summarize(cells_of(records), DEFAULT_RULE)
+    seeds = max((r["seeds"] for r in rows), default=0)
+    body = (
+        f"## {title} (`{section}`)\n\n{machine_line()}\n\nCommand: `{command}`. "
+        + description.format(seeds=seeds) + f"\n\nRule: `{DEFAULT_RULE}`.\n\n"
+        + _half_line(half, rows) + "\n\n" + _table(rows) + "\n\n" + paragraph.strip()
+    )
+    write_section(section, body, print_only=print_only,
+                  targets=accuracy_target(target_key, rows))
+
+
 def target_status(rows):
     """`{target key: (measured, status)}` over every cell (both halves)."""
     if not rows:
