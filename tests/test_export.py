@@ -416,8 +416,8 @@ def test_failed_write_leaves_no_partial_version(exported, tmp_path, monkeypatch)
         def __init__(self, archive):
             self.archive = archive
 
-        def write_out(self, path, verbose=False):
-            self.archive.write_out(path, verbose=verbose)  # a complete SavedModel...
+        def write_out(self, path, options=None, verbose=False):
+            self.archive.write_out(path, options=options, verbose=verbose)  # complete...
             raise OSError("disk full")  # ...then the failure before the rename
 
     monkeypatch.setattr(kx, "_build_archive", lambda m, s: Exploding(real_build(m, s)))
@@ -449,6 +449,21 @@ def test_model_that_cannot_be_traced_writes_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="cannot be traced"):
         kx.export_for_serving(model, tmp_path / "models" / "m")
     assert os.listdir(tmp_path) == []
+
+
+def test_variable_size_convolution_exports_and_serves_every_size(tmp_path):
+    # Under JAX the export leaves out the jax2tf function's gradients, which jax2tf
+    # cannot trace for a convolution over a variable length (Keras' `model.export`
+    # fails there); TensorFlow traces it as it is.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, 8)), keras.layers.Conv1D(4, 3),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
+    path = kx.export_for_serving(model, tmp_path / "models" / "m")
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    for length in (5, 17):
+        x = np.random.default_rng(length).normal(size=(3, length, 8)).astype("float32")
+        (served,) = serve(tf.constant(x)).values()
+        assert _max_abs(served, model.predict(x, verbose=0)) <= SERVED_ATOL
 
 
 # --------------------------------------------------------------------------- .keras

@@ -397,7 +397,7 @@ def export_for_serving(model, base_dir, *, version=None, signature_name=DEFAULT_
         except OSError as err:
             raise _os_error(base_dir, "write a temporary directory in", err) from err
         lock = _lock(tmp)  # held until the rename: tells other exporters it is alive
-        archive.write_out(tmp, verbose=False)
+        archive.write_out(tmp, options=_save_options(), verbose=False)
         if renamed:
             _record_input_names(tmp, renamed)
         raced = FileExistsError(
@@ -519,6 +519,18 @@ def _check_backend():
             "`KERAS_BACKEND=tensorflow keras-classpca export model.keras models/name`."
         )
     return backend
+
+
+def _save_options():
+    """`tf.saved_model.SaveOptions` of the export. Under JAX without the gradients of
+    the jax2tf function: serving never differentiates, and jax2tf cannot trace the
+    gradient of a convolution over an input of variable size (symbolic padding), which
+    failed the whole export of such models (also Keras' own `model.export`)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    return _tf().saved_model.SaveOptions(experimental_custom_gradients=False)
 
 
 def _build_archive(model, signature_name):
