@@ -88,7 +88,8 @@ def _opposite_pairs(kernel):
 def test_spare_sign_pairs_reach_the_conv_layer_the_initializer_and_hybridize():
     """16 filters over 3x3x1 patches (d = 9) with `sign_pairs="spare"`: the 7 filters
     beyond the features are negatives of the leading directions, from every entry
-    point; the default keeps plain class-PCA."""
+    point. It is the default of a convolution a rectifier reads directly; plain
+    class-PCA without one, with BatchNormalization between, or with sign_pairs=False."""
     from keras_classpca import hybridize
 
     x, y = _images()
@@ -111,7 +112,35 @@ def test_spare_sign_pairs_reach_the_conv_layer_the_initializer_and_hybridize():
         return _np(model.layers[1].kernel).reshape(9, 16)
 
     np.testing.assert_allclose(solved(sign_pairs="spare"), spare, rtol=1e-5, atol=1e-6)
-    assert _opposite_pairs(solved()) == 0
+    np.testing.assert_allclose(solved(), spare, rtol=1e-5, atol=1e-6)  # the default
+    assert _opposite_pairs(solved(sign_pairs=False)) == 0
+
+    def solved_through(*after):
+        inputs = keras.Input((8, 8, 1))
+        hidden = keras.layers.Conv2D(16, 3)(inputs)
+        for layer in after:
+            hidden = layer(hidden)
+        model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(hidden)))
+        report = hybridize(model, (x, y), cutoff=1, samples=None, verbose=0)
+        return _np(model.layers[1].kernel).reshape(9, 16), report
+
+    kernel, report = solved_through(keras.layers.ReLU(6.0))  # a ReLU layer reads it
+    np.testing.assert_allclose(kernel, spare, rtol=1e-5, atol=1e-6)
+    assert report.layers[0].spare_filters == 7 and "+ 7 spare filters" in str(report)
+    for after in ((), (keras.layers.BatchNormalization(), keras.layers.ReLU())):
+        kernel, report = solved_through(*after)
+        assert _opposite_pairs(kernel) == 0 and report.layers[0].spare_filters == 0
+    relu_layer = ClassPCAConv2D(16, 3, activation="relu")
+    relu_layer.adapt((x, y))
+    np.testing.assert_allclose(_np(relu_layer.kernel).reshape(9, 16), spare, rtol=1e-5,
+                               atol=1e-6)
+    assert relu_layer.sign_pairs is None  # decided by the rule, as ClassPCADense's
+    plain_layer = ClassPCAConv2D(16, 3)
+    plain_layer.adapt((x, y))
+    assert _opposite_pairs(_np(plain_layer.kernel).reshape(9, 16)) == 0
+    relu_init = ClassPCAInitializer.from_data(x, y, kernel_size=3, activation="relu")
+    np.testing.assert_allclose(_np(relu_init((3, 3, 1, 16))).reshape(9, 16), spare,
+                               rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="`sign_pairs` must be True, False or 'spare'"):
         ClassPCAConv2D(16, 3, sign_pairs="half")
 

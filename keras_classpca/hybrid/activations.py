@@ -62,12 +62,12 @@ def _relu_text(relu):
 ACTIVATION_LAYERS = (keras.layers.Activation, keras.layers.ReLU)
 
 
-def _following_activation_layer(nodes, layer, kinds=ACTIVATION_LAYERS):
+def _following_activation_layer(nodes, layer, kinds=ACTIVATION_LAYERS, through_batchnorm=True):
     """The layer of `kinds` (`Activation` / `ReLU`) that alone reads `layer`'s output,
-    directly or through one BatchNormalization that alone reads it; None if there is
-    none."""
+    directly or (`through_batchnorm`) through one BatchNormalization that alone reads
+    it; None if there is none."""
     index = next((i for i, node in enumerate(nodes) if node.layer is layer), None)
-    for _ in range(2):
+    for _ in range(2 if through_batchnorm else 1):
         if index is None:
             return None
         readers = [j for j, node in enumerate(nodes) if index in node.parents]
@@ -107,27 +107,29 @@ class ActivationReplacer:
             targets.append((follower, follower.name))
         return targets
 
-    def _follower(self, layer, kinds=ACTIVATION_LAYERS):
+    def _follower(self, layer, kinds=ACTIVATION_LAYERS, through_batchnorm=True):
         """The `Activation` / `ReLU` layer after `layer` (`_following_activation_layer`)."""
         if self._nodes is None:
             self._nodes, _ = flatten_graph(self.model)
-        return _following_activation_layer(self._nodes, layer, kinds)
+        return _following_activation_layer(self._nodes, layer, kinds, through_batchnorm)
 
     def would_replace(self, layer):
         """Whether `replace(layer)` changes something."""
         return bool(self._targets(layer))
 
-    def sign_pairs(self, layer):
+    def sign_pairs(self, layer, through_batchnorm=True):
         """Whether the Dense rule's sign pairs suit solved `layer`: a rectifier follows
         it (its own activation, or an `Activation` / `ReLU` layer after it, directly or
-        through its BatchNormalization) and stays (not replaced)."""
+        — `through_batchnorm` — through its BatchNormalization) and stays (not
+        replaced). `through_batchnorm=False`: whether a convolution gets spare filters."""
         if self.would_replace(layer):
             return False  # after the replacement (the identity) pairs would be copies
         if rectifies(getattr(layer, "activation", None)):
             return True
         # A LeakyReLU layer rectifies as `activation="leaky_relu"` does (not replaced:
         # `solved_activation` replaces `Activation` / `ReLU` layers only).
-        follower = self._follower(layer, ACTIVATION_LAYERS + (keras.layers.LeakyReLU,))
+        follower = self._follower(layer, ACTIVATION_LAYERS + (keras.layers.LeakyReLU,),
+                                  through_batchnorm)
         if isinstance(follower, keras.layers.ReLU):
             return not _is_identity(follower)
         if isinstance(follower, keras.layers.LeakyReLU):

@@ -989,15 +989,16 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         # Sign pairs are for a ReLU, which discards each projection's negative half:
         # after the identity (or a replaced activation) the pairs would be copies.
         pairs = replacer.sign_pairs(layer)
+        spare = replacer.sign_pairs(layer, through_batchnorm=False)
         options = solve_options(layer, class_pca_options)
         if strategy is not None and _distributable(step):
             statistics, seen = _distributed_statistics(
                 passes, plan, step, feature_model, strategy, batch_size, options,
-                dense_sign_pairs=pairs)
+                dense_sign_pairs=pairs, spare_filters=spare)
         else:
             statistics, seen = solve_layer(
                 passes, feature_model, layer, options, seed=seed,
-                dense_sign_pairs=pairs,
+                dense_sign_pairs=pairs, spare_filters=spare,
                 patches_per_image=patches_per_image, verbose=verbose, label=label,
                 convergence=convergence, on_device=on_device,
             )
@@ -1019,6 +1020,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             replaced_activation=replaced,
             sketch_size=statistics.sketch_size,
             classes_without_filters=statistics.classes_without_filters,
+            spare_filters=statistics.spare_filter_count,
         )
         limit = seen if passes.auto else None
         for bn, tensor, scope in step.batchnorms:
@@ -1406,7 +1408,7 @@ def _distributable(step):
 
 
 def _distributed_statistics(passes, plan, step, feature_model, strategy, batch_size,
-                            class_pca_options, dense_sign_pairs=None):
+                            class_pca_options, dense_sign_pairs=None, spare_filters=None):
     """The tf.distribute statistics pass of one layer, as solved `LayerStatistics`."""
     from keras_classpca.distributed import hybridize_layer_pass
 
@@ -1415,7 +1417,10 @@ def _distributed_statistics(passes, plan, step, feature_model, strategy, batch_s
         passes, layer, feature_model, strategy=strategy, batch_size=batch_size,
         class_pca_options=class_pca_options,
     )
-    statistics = LayerStatistics(layer, class_pca_options, dense_sign_pairs=dense_sign_pairs)
+    statistics = LayerStatistics(layer, class_pca_options, dense_sign_pairs=dense_sign_pairs,
+                                 spare_filters=spare_filters)
+    if statistics.spare_filters:  # (the pass made its ClassPCA with the options given)
+        distributed.class_pca.set_params(sign_pairs="spare")
     statistics.class_pcas = [distributed.class_pca]
     statistics.end_pass()
     statistics.rows = distributed.rows

@@ -186,6 +186,8 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
                     dict(solve_options(step.layer, options), eigen_solver="randomized"),
                     seed=seed, patches_per_image=policy.DECISION_PATCHES,
                     dense_sign_pairs=None if sign_pairs is None else sign_pairs(step.layer),
+                    spare_filters=(None if sign_pairs is None
+                                   else sign_pairs(step.layer, through_batchnorm=False)),
                 )
             except UnsolvableDataError as error:
                 rows.append(dict(layer=step.name, kind=kind, unsolvable=str(error)))

@@ -79,6 +79,9 @@ class SolvedLayer:
             computed for (fewer filters than classes: the slots go to the classes whose
             leading direction holds most of their variance; or a class's directions
             duplicated another's).
+        spare_filters: how many of its filters are the negatives of its leading
+            directions (a convolution a rectifier reads directly, with more filters
+            than patch features: `sign_pairs="spare"` unless given); 0 if none.
     """
 
     name: str
@@ -96,6 +99,7 @@ class SolvedLayer:
     sign_paired: bool = None
     sketch_size: int = None
     classes_without_filters: list = dataclasses.field(default_factory=list)
+    spare_filters: int = 0
 
 
 @dataclasses.dataclass
@@ -222,6 +226,9 @@ class HybridReport:
                     paired = ", sign-paired" if layer.sign_paired else ""
                     lines.append(f"    + Fisher directions{paired} (rows >= "
                                  f"{DENSE_REMEDIES_MIN_ROWS_PER_FEATURE} x features)")
+                if layer.spare_filters:
+                    lines.append(f"    + {layer.spare_filters} spare filters: negatives of its "
+                                 "leading directions (a rectifier reads the layer)")
                 for bn in layer.adapted_batchnorms:
                     lines.append(f"    + adapted {bn}")
                 if layer.replaced_activation:

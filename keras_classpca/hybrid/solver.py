@@ -190,10 +190,11 @@ class StatisticsConsumer:
     takes_tensors = True  # the first stage's rows are extracted and multiplied on device
 
     def __init__(self, layer, options, seed=0, patches_per_image=None, convergence=None,
-                 dense_sign_pairs=None):
+                 dense_sign_pairs=None, spare_filters=None):
         self.statistics = LayerStatistics(
             layer, options, patches_per_image=patches_per_image,
             rng=np.random.default_rng(seed), dense_sign_pairs=dense_sign_pairs,
+            spare_filters=spare_filters,
         )
         self.convergence = convergence  # a SubspaceConvergence, for the first stage
         self.converged = False
@@ -226,19 +227,20 @@ def adapt_batchnorm(passes, feature_model, layer, verbose=0, limit=None):
 
 def solve_layer(passes, feature_model, layer, options, *, seed=0, patches_per_image=None,
                 verbose=0, label=None, consumers=(), convergence=None, on_device=False,
-                dense_sign_pairs=None):
+                dense_sign_pairs=None, spare_filters=None):
     """Stream `layer`'s input (`feature_model`) and solve it: one pass per stage (two
     for separable convolutions); `consumers` (e.g. a probe) ride the first pass.
     With a `SubspaceConvergence`, the first pass stops once the class subspaces
     settle, and the later ones read as many samples. `on_device`: the first stage's
     rows are extracted and multiplied on the backend's device (`stream`).
-    `dense_sign_pairs`: whether the Dense rule may add sign pairs (None: if the
-    layer's own activation rectifies).
+    `dense_sign_pairs`: whether the Dense rule may add sign pairs; `spare_filters`:
+    whether a convolution gets spare filters (None, both: if the layer's own
+    activation rectifies).
 
     Returns `(statistics, samples)`; the weights are not assigned yet (`assign()`).
     """
     statistics = StatisticsConsumer(layer, options, seed, patches_per_image, convergence,
-                                    dense_sign_pairs)
+                                    dense_sign_pairs, spare_filters)
     extra = list(consumers)
     label = label or f"Solving {type(layer).__name__} '{layer.name}'"
     limit = None

@@ -287,7 +287,15 @@ class ClassPCAConvMixin(ClassPCAAdaptMixin):
         seed: seed of that sub-sampling (the same seed and the same batches give the
             same filters: positions are drawn batch by batch, so another batch size or
             data source draws others).
+
+    `sign_pairs` not given (None): a layer whose activation rectifies (`"relu"`,
+    `"gelu"`, ...) gets spare filters (`"spare"`: the filters beyond its patch
+    features are negatives of its leading directions), others plain class-PCA.
     """
+
+    # sign_pairs not given: spare filters where the layer's activation rectifies
+    # (`LayerStatistics`), else plain class-PCA.
+    RULE_DECIDED_OPTIONS = ("sign_pairs",)
 
     def __init__(self, *args, patches_per_image=None, seed=0, **kwargs):
         options = {name: kwargs.pop(name) for name in CLASS_PCA_DEFAULTS if name in kwargs}

@@ -142,12 +142,14 @@ class ClassPCAInitializer(keras.initializers.Initializer):
             groups: for a grouped convolution, one class-PCA per group of channels.
             depthwise: for a `DepthwiseConv*` kernel: one class-PCA per input channel,
                 `depth_multiplier` components each (set by the kernel shape).
-            activation: for a Dense initializer, the activation of the layer it is for
-                (as given to the layer; an initializer cannot see its layer). Where
-                rows are plentiful (the Dense rule of `ClassPCADense.adapt`), a layer a
+            activation: the activation of the layer it is for (as given to the
+                layer; an initializer cannot see its layer). Dense: where rows are
+                plentiful (the Dense rule of `ClassPCADense.adapt`), a layer a
                 rectifier follows (`"relu"`, `"gelu"`, ...) gets sign pairs `(w, -w)`
                 and others (None, `"tanh"`, ...) distinct directions only, for which
-                pairs would be copies. Pass it to get what `ClassPCADense.adapt` and
+                pairs would be copies. Convolution: a rectifier gets spare filters
+                (`sign_pairs="spare"`: the filters beyond the patch features are
+                negatives of the leading directions). Pass it to get what `adapt` and
                 `hybridize` solve for that layer.
             **class_pca_options: `ClassPCA` arguments (`center`, `allocation`, ...).
                 The number of components is the kernel's (set when Keras builds the
@@ -186,6 +188,14 @@ class ClassPCAInitializer(keras.initializers.Initializer):
                 "`from_data(x, y)` or `from_data((x, y))`."
             )
         x, y = readable_data(x), readable_data(y)
+        if (kernel_size is not None and not depthwise and "sign_pairs" not in class_pca_options
+                and activation is not None):
+            from keras_classpca.layers.geometry import rectifies
+
+            if rectifies(activation):
+                # A convolution its rectifier reads: spare filters, as its `adapt` and
+                # `hybridize` give it (`layers.geometry.LayerStatistics`).
+                class_pca_options = dict(class_pca_options, sign_pairs="spare")
         class_pca = ClassPCA(**class_pca_options)
         if y is None:  # inputs alone (an array, or batches of x): label-free, one class
             if is_unlabeled(x) and (class_pca.n_classes or 1) > 1:

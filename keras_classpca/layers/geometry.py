@@ -551,9 +551,21 @@ class LayerStatistics:
     """
 
     def __init__(self, layer, options=None, *, patches_per_image=None, rng=None,
-                 dense_sign_pairs=None):
+                 dense_sign_pairs=None, spare_filters=None):
         self.layer = layer
         self.options = dict(options or {})
+        # A convolution a rectifier reads directly gets spare filters (its filters
+        # beyond the patch features: the negatives of its leading directions, so the
+        # rectifier passes both halves of them) unless `sign_pairs` is given:
+        # measured better on every such first layer of bench_spare and
+        # bench_spare_rule, worse with BatchNormalization between. None: whether the
+        # layer's own activation rectifies (`hybridize` also looks at the layer after).
+        if spare_filters is None:
+            spare_filters = rectifies(getattr(layer, "activation", None))
+        self.spare_filters = bool(spare_filters and isinstance(layer, CONVOLUTIONS)
+                                  and self.options.get("sign_pairs") is None)
+        if self.spare_filters:
+            self.options["sign_pairs"] = "spare"
         # False: the Dense rule mixes in Fisher directions without sign pairs (no
         # rectifier follows the layer: a direction's negative would be a copy). None:
         # whether the layer's own activation rectifies (`hybridize` also looks at the
@@ -660,6 +672,15 @@ class LayerStatistics:
             served = set(np.asarray(solution.component_classes).tolist())
             unserved |= set(class_pca.classes_.tolist()) - served
         return sorted(int(label) for label in unserved)
+
+    @property
+    def spare_filter_count(self):
+        """How many filters are negatives of leading directions (spare filters: those
+        beyond the patch features of a convolution a rectifier reads); 0 if none."""
+        if not self.spare_filters or not self.solved_stages:
+            return 0
+        return sum(max(0, solution.components.shape[1] - class_pca.n_features_in_)
+                   for class_pca, solution in zip(*self.solved_stages[-1]))
 
     @property
     def sketch_size(self):
