@@ -26,6 +26,7 @@ import numpy as np
 from keras_classpca._optional import import_optional
 from keras_classpca.core.class_pca import ALLOCATIONS, SCALINGS, ClassPCA
 from keras_classpca.core.data_adapter import readable_data, single_input
+from keras_classpca.hybrid.activations import ActivationReplacer, activation_or_none
 from keras_classpca.hybrid.builder import (
     CLASS_PCA_OPTIONS,
     check_settings,
@@ -353,7 +354,13 @@ class HybridHyperModel(keras_tuner.HyperModel):
             )
         # Not past a layer wider than the head's classes can solve (a squeeze-and-
         # excitation expand layer): every trial beyond it would fail.
-        return feasible_cutoff(plan, output_classes(model), self._fixed_options())
+        return feasible_cutoff(plan, output_classes(model), self._fixed_options(),
+                               self._replacer(model))
+
+    def _replacer(self, model):
+        """The trials' `ActivationReplacer`: which convolutions get spare filters."""
+        return ActivationReplacer(model, activation_or_none(
+            self.hybridize_options.get("solved_activation")))
 
     def _fixed_options(self, widest=False):
         """The class-PCA options every trial solves with; `widest`: with the searched
@@ -385,7 +392,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
                 "every solvable layer."
             )
         wide = too_wide_step(plan, self.max_cutoff, output_classes(model),
-                             self._fixed_options(widest=True))
+                             self._fixed_options(widest=True), self._replacer(model))
         if wide is not None:
             raise ValueError(
                 f"`max_cutoff={self.max_cutoff}` reaches {wide[1]}: every trial with a "

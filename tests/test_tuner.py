@@ -603,20 +603,25 @@ def test_without_the_cache_trials_train_with_plain_fit(tmp_path, monkeypatch):
     assert len(history.history["loss"]) == 1
 
 
-def test_the_cutoff_is_searched_only_up_to_a_layer_too_wide_for_the_classes():
-    # A squeeze-and-excitation expand layer (96 filters over 12 values; 5 classes give
-    # 60 directions): every trial with a cutoff through it would fail.
+def _squeeze_excitation_builder(expand_activation="sigmoid"):
     def build_model(hp):
         inputs = keras.Input((8, 8, 3))
         hidden = L.Conv2D(96, 3, padding="same", activation="swish")(inputs)
         squeeze = L.Reshape((1, 1, 96))(L.GlobalAveragePooling2D()(hidden))
-        scale = L.Conv2D(96, 1, activation="sigmoid")(
+        scale = L.Conv2D(96, 1, activation=expand_activation)(
             L.Conv2D(12, 1, activation="swish")(squeeze))
         hidden = L.Conv2D(8, 1)(L.Multiply()([hidden, scale]))
         model = keras.Model(inputs, L.Dense(5, activation="softmax")(L.Flatten()(hidden)))
         model.compile("adam", "sparse_categorical_crossentropy")
         return model
 
+    return build_model
+
+
+def test_the_cutoff_is_searched_only_up_to_a_layer_too_wide_for_the_classes():
+    # A squeeze-and-excitation expand layer (96 filters over 12 values; 5 classes give
+    # 60 directions): every trial with a cutoff through it would fail.
+    build_model = _squeeze_excitation_builder()
     rng = np.random.default_rng(0)
     data = (rng.normal(size=(100, 8, 8, 3)).astype("float32"), rng.integers(0, 5, 100))
     hp = keras_tuner.HyperParameters()
@@ -638,6 +643,20 @@ def test_the_cutoff_is_searched_only_up_to_a_layer_too_wide_for_the_classes():
     HybridHyperModel(build_model, data, max_cutoff=3,
                      search_options={"sign_pairs": [False, True]}).build(hp)
     assert hp.get("cutoff") == 0 and hp.space[0].max_value == 3
+
+
+@pytest.mark.parametrize("solved_activation, searched", [(None, 4), ("linear", 2)])
+def test_a_rectified_layer_s_spare_filters_count_in_the_searched_cutoffs(
+        solved_activation, searched):
+    # Read by a ReLU, the expand layer gets spare filters by default (48 directions and
+    # their negatives): every cutoff is searched. Replaced by the identity it would get
+    # plain filters, and the search stops below it.
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(100, 8, 8, 3)).astype("float32"), rng.integers(0, 5, 100))
+    hp = keras_tuner.HyperParameters()
+    HybridHyperModel(_squeeze_excitation_builder("relu"), data, search_options=False,
+                     solved_activation=solved_activation).build(hp)
+    assert hp.space[0].max_value == searched
 
 
 def test_retraining_a_continued_trial_by_hand_solves_the_fresh_model():

@@ -622,6 +622,30 @@ def test_a_cutoff_through_a_layer_wider_than_the_classes_can_give_is_refused_fir
     assert hybridize(model, (x, y), cutoff=2, verbose=0).cutoff == 2
 
 
+def test_the_capacity_check_counts_the_spare_filters_a_rectified_convolution_gets():
+    # 96 filters over 12 values with 5 classes: 60 plain directions, but a ReLU reads
+    # this convolution, so its default is spare filters (48 directions and their
+    # negatives): the cutoff through it solves instead of being refused before the
+    # solve; asked for plain filters it is refused as before.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    x = (rng.normal(size=(400, 8, 8, 3)) + y[:, None, None, None]).astype("float32")
+    inputs = keras.Input((8, 8, 3))
+    hidden = L.Conv2D(96, 3, padding="same", activation="swish")(inputs)
+    squeeze = L.Reshape((1, 1, 96))(L.GlobalAveragePooling2D()(hidden))
+    scale = L.Conv2D(96, 1, activation="relu", name="expand")(
+        L.Conv2D(12, 1, activation="swish")(squeeze))
+    hidden = L.Conv2D(8, 1)(L.Multiply()([hidden, scale]))
+    model = keras.Model(inputs, L.Dense(5, activation="softmax")(L.Flatten()(hidden)))
+    with pytest.raises(ValueError, match=r"reaches Conv2D 'expand': 96 filters over 12 "
+                                         r"input features.*\(60; 120 with sign_pairs=True\)"):
+        hybridize(model, (x, y), cutoff=3, sign_pairs=False, verbose=0)
+    report = hybridize(model, (x, y), cutoff=3, verbose=0)
+    assert report.cutoff == 3 and report.layers[2].spare_filters == 48
+    kernel = keras.ops.convert_to_numpy(model.get_layer("expand").kernel).reshape(12, 96)
+    assert np.linalg.matrix_rank(kernel) == 12
+
+
 def test_auto_judges_a_class_pca_dense_layer_as_a_dense_layer():
     # ClassPCADense is a Dense: never kept as lossless, and its threshold has the Dense
     # term (16 units over 12 features would otherwise pass as lossless unprobed).

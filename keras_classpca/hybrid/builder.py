@@ -78,6 +78,7 @@ from keras_classpca.layers.adapt_mixin import (
     warn_unadapted_layers,
 )
 from keras_classpca.layers.geometry import (
+    CONVOLUTIONS,
     KERNEL_PARTS,
     LayerStatistics,
     is_solvable_kind,
@@ -944,7 +945,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             cutoff = asked
     else:
         _check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
-                        class_pca_options)
+                        class_pca_options, ActivationReplacer(model, activation))
     _warn_if_frozen_before(plan, cutoff)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
@@ -1184,20 +1185,24 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     return frozen
 
 
-def too_wide_step(plan, cutoff, n_classes, options):
+def too_wide_step(plan, cutoff, n_classes, options, replacer=None):
     """The first of the first `cutoff` steps with more filters than `n_classes` classes
     can give over its input (`classes x features` class-PCA directions; twice as many
     with sign pairs, `n_classes - 1` more with Fisher directions): `(position, why)`,
     or None (also when `n_classes` is unknown). E.g. a squeeze-and-excitation expand
-    layer, 192 filters over 12 values."""
+    layer, 192 filters over 12 values. `replacer` (the solve's `ActivationReplacer`)
+    tells which convolutions get spare filters by default; without it none do."""
     if not n_classes:
         return None
     pairs = options.get("sign_pairs")
     for j, step in enumerate(plan.cut(cutoff)):
         layer = step.layer
         dense = isinstance(layer, keras.layers.Dense)
-        # The Dense rule may add sign pairs and Fisher directions by itself.
-        paired = bool(pairs) or (pairs is None and dense)
+        # The Dense rule may add sign pairs and Fisher directions by itself; a
+        # convolution a rectifier reads directly gets spare filters (negatives).
+        paired = bool(pairs) or (pairs is None and (dense or (
+            replacer is not None and isinstance(layer, CONVOLUTIONS)
+            and replacer.sign_pairs(layer, through_batchnorm=False))))
         fisher = n_classes - 1 if (options.get("discriminant") or dense) else 0
         for components, features in stage_sizes(layer):
             limit = n_classes * features * (2 if paired else 1) + fisher
@@ -1212,16 +1217,16 @@ def too_wide_step(plan, cutoff, n_classes, options):
     return None
 
 
-def feasible_cutoff(plan, n_classes, options=None):
+def feasible_cutoff(plan, n_classes, options=None, replacer=None):
     """The largest cutoff of `plan` whose layers `n_classes` classes can solve (see
     `too_wide_step`); all the steps when `n_classes` is unknown."""
-    wide = too_wide_step(plan, len(plan.steps), n_classes, options or {})
+    wide = too_wide_step(plan, len(plan.steps), n_classes, options or {}, replacer)
     return len(plan.steps) if wide is None else wide[0]
 
 
-def _check_capacity(plan, cutoff, n_classes, options):
+def _check_capacity(plan, cutoff, n_classes, options, replacer):
     """Refuse a fixed cutoff through a layer too wide for the classes, before any solve."""
-    wide = too_wide_step(plan, cutoff, n_classes, options)
+    wide = too_wide_step(plan, cutoff, n_classes, options, replacer)
     if wide is not None:
         raise ValueError(
             f"cutoff={cutoff} reaches {wide[1]}. With this data the cutoff can be at most "

@@ -679,7 +679,9 @@ class LayerStatistics:
         beyond the patch features of a convolution a rectifier reads); 0 if none."""
         if not self.spare_filters or not self.solved_stages:
             return 0
-        return sum(max(0, solution.components.shape[1] - class_pca.n_features_in_)
+        # Beyond twice the features, half the filters are negatives (ClassPCA's rule).
+        return sum(solution.components.shape[1]
+                   - class_pca._paired_directions(solution.components.shape[1])
                    for class_pca, solution in zip(*self.solved_stages[-1]))
 
     @property
