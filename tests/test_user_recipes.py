@@ -599,20 +599,26 @@ def test_an_unsolvable_layer_on_class_sorted_data_says_the_data_look_sorted():
         hybridize(model, dataset, cutoff=1, samples=50, sign_pairs=False, verbose=0)
 
 
-def test_a_cutoff_through_a_layer_wider_than_the_classes_can_give_is_refused_first():
-    # A squeeze-and-excitation expand layer: 96 filters over a 12-value input, 5 classes
-    # give at most 60 class-PCA directions. Refused before any solve, naming the
-    # largest cutoff this data can take; the cutoff below it solves.
+def _squeeze_excitation_case(expand_activation, expand_name):
+    """5 classes of 8x8x3 images and a network with a squeeze-and-excitation block: its
+    expand layer has 96 filters over a 12-value input (5 classes give 60 directions)."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, 400)
     x = (rng.normal(size=(400, 8, 8, 3)) + y[:, None, None, None]).astype("float32")
     inputs = keras.Input((8, 8, 3))
     hidden = L.Conv2D(96, 3, padding="same", activation="swish")(inputs)
     squeeze = L.Reshape((1, 1, 96))(L.GlobalAveragePooling2D()(hidden))
-    scale = L.Conv2D(96, 1, activation="sigmoid", name="se_expand")(
+    scale = L.Conv2D(96, 1, activation=expand_activation, name=expand_name)(
         L.Conv2D(12, 1, activation="swish")(squeeze))
     hidden = L.Conv2D(8, 1)(L.Multiply()([hidden, scale]))
-    model = keras.Model(inputs, L.Dense(5, activation="softmax")(L.Flatten()(hidden)))
+    return x, y, keras.Model(inputs, L.Dense(5, activation="softmax")(L.Flatten()(hidden)))
+
+
+def test_a_cutoff_through_a_layer_wider_than_the_classes_can_give_is_refused_first():
+    # A squeeze-and-excitation expand layer: 96 filters over a 12-value input, 5 classes
+    # give at most 60 class-PCA directions. Refused before any solve, naming the
+    # largest cutoff this data can take; the cutoff below it solves.
+    x, y, model = _squeeze_excitation_case("sigmoid", "se_expand")
     before = [w.copy() for w in model.get_weights()]
     with pytest.raises(ValueError, match=r"reaches Conv2D 'se_expand': 96 filters over 12 "
                                          r"input features.*\(60; 120 with sign_pairs=True\)"
@@ -627,16 +633,7 @@ def test_the_capacity_check_counts_the_spare_filters_a_rectified_convolution_get
     # this convolution, so its default is spare filters (48 directions and their
     # negatives): the cutoff through it solves instead of being refused before the
     # solve; asked for plain filters it is refused as before.
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 5, 400)
-    x = (rng.normal(size=(400, 8, 8, 3)) + y[:, None, None, None]).astype("float32")
-    inputs = keras.Input((8, 8, 3))
-    hidden = L.Conv2D(96, 3, padding="same", activation="swish")(inputs)
-    squeeze = L.Reshape((1, 1, 96))(L.GlobalAveragePooling2D()(hidden))
-    scale = L.Conv2D(96, 1, activation="relu", name="expand")(
-        L.Conv2D(12, 1, activation="swish")(squeeze))
-    hidden = L.Conv2D(8, 1)(L.Multiply()([hidden, scale]))
-    model = keras.Model(inputs, L.Dense(5, activation="softmax")(L.Flatten()(hidden)))
+    x, y, model = _squeeze_excitation_case("relu", "expand")
     with pytest.raises(ValueError, match=r"reaches Conv2D 'expand': 96 filters over 12 "
                                          r"input features.*\(60; 120 with sign_pairs=True\)"):
         hybridize(model, (x, y), cutoff=3, sign_pairs=False, verbose=0)
