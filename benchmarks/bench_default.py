@@ -29,9 +29,9 @@ from benchmarks.common import rotated, run_benchmark, save_run, subset
 from keras_classpca import hybridize
 from keras_classpca.datasets import load_dataset
 from keras_classpca.hybrid import policy
-from keras_classpca.hybrid.builder import _DataPasses
 from keras_classpca.hybrid.decision import decide_cutoff
 from keras_classpca.hybrid.inputs import input_packing
+from keras_classpca.hybrid.passes import DataPasses
 from keras_classpca.hybrid.planner import plan_model
 
 SECTION = "bench_default"
@@ -131,7 +131,7 @@ def run_decision(arch, x, y, seed):
     keras.utils.set_random_seed(seed)
     model = grid_models.build(arch)
     start = time.perf_counter()
-    passes = _DataPasses((grid_models.inputs_for(arch, x), y), "auto", 256, seed, None,
+    passes = DataPasses((grid_models.inputs_for(arch, x), y), "auto", 256, seed, None,
                          inputs=input_packing(model))
     sample = passes.head(policy.DECISION_SAMPLES)
     head_s = time.perf_counter() - start

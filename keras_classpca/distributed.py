@@ -756,8 +756,9 @@ def layer_class_pca(
 def hybridize_layer_pass(passes, layer, feature_model, *, strategy, batch_size, class_pca_options):
     """The statistics pass `hybridize(..., strategy=)` makes for one layer -> `LayerPass`.
 
-    `passes` is hybridize's `_DataPasses`: arrays (already sub-sampled to `samples`)
-    or a `tf.data.Dataset`; other sources cannot be distributed.
+    `passes` is hybridize's `DataPasses` (`hybrid/passes.py`): arrays (already
+    sub-sampled to `samples`) or a `tf.data.Dataset`; other sources cannot be
+    distributed.
     """
     data = passes.data
     if isinstance(data, tf.data.Dataset):

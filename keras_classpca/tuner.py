@@ -30,14 +30,13 @@ from keras_classpca.hybrid.activations import ActivationReplacer, activation_or_
 from keras_classpca.hybrid.builder import (
     CLASS_PCA_OPTIONS,
     check_settings,
-    feasible_cutoff,
     freeze_solved_layers,
     hybridize,
     output_classes,
     solved_layer_names,
-    too_wide_step,
 )
 from keras_classpca.hybrid.cache import SolveCache, data_fingerprint
+from keras_classpca.hybrid.freezing import feasible_cutoff, too_wide_step
 from keras_classpca.hybrid.graph import (
     ensure_built,
     has_layer_graph,

@@ -265,10 +265,10 @@ def test_samples_auto_reads_a_class_sorted_stream_until_every_class_arrived(subs
 
 def test_the_auto_decision_sample_of_a_class_sorted_stream_holds_every_class(
         subspace_classes):
-    from keras_classpca.hybrid.builder import _DataPasses
+    from keras_classpca.hybrid.passes import DataPasses
 
     data = subspace_classes([2, 2, 2], n_features=12, n_per_class=1000, noise=0.2, seed=4)
-    passes = _DataPasses(_sorted_stream(data.x, data.y), "auto", 64, 0, None)
+    passes = DataPasses(_sorted_stream(data.x, data.y), "auto", 64, 0, None)
     x, labels = passes.head(500, expected_classes=3)
     assert len(x) == len(labels) == 500 and passes.seen == 3000
     counts = np.bincount(labels, minlength=3)
@@ -277,7 +277,7 @@ def test_the_auto_decision_sample_of_a_class_sorted_stream_holds_every_class(
     assert all(tuple(row) in rows for row in np.round(x, 6))  # real samples, each once
     assert len({tuple(row) for row in np.round(x, 6)}) == 500
     # The head is kept when it already holds every class.
-    passes = _DataPasses(_sorted_stream(data.x, data.y), "auto", 64, 0, None)
+    passes = DataPasses(_sorted_stream(data.x, data.y), "auto", 64, 0, None)
     assert set(passes.head(500, expected_classes=1)[1]) == {0}
 
 

@@ -1329,11 +1329,12 @@ def test_an_activation_after_a_merge_is_not_replaced():
 
 
 def test_a_failed_hybridize_puts_a_replaced_relu_layer_back(monkeypatch):
-    import keras_classpca.hybrid.builder as builder_module
+    import keras_classpca.hybrid.freezing as freezing_module
 
     images, y = _images(n=120)
     model = _conv_bn_relu_net("relu_layer")
-    monkeypatch.setattr(builder_module, "compile_like",
+    # The recompile after the freeze fails: the last step of hybridize.
+    monkeypatch.setattr(freezing_module, "compile_like",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("interrupted")))
     model.compile("adam", "sparse_categorical_crossentropy")  # hybridize recompiles
     with pytest.raises(RuntimeError, match="interrupted"):

@@ -11,8 +11,10 @@ Four parts, one job each:
   accumulates its class statistics, solves and assigns it;
 - the solve cache (`hybrid/cache.py`, `_CacheKeys` below) reuses solved layers.
 
-`hybridize` runs them, freezes the solved layers, and leaves the model as it was if
-anything fails. The user then compiles and fits the model as usual.
+`hybridize` reads the data through `hybrid/passes.py`, runs them, freezes the solved
+layers (`hybrid/freezing.py`: what a solve sets, freezes and releases, and the checks
+before it), and leaves the model as it was if anything fails. The user then compiles
+and fits the model as usual.
 """
 
 import dataclasses
@@ -24,21 +26,15 @@ import numpy as np
 
 from keras_classpca._settings import checked_seed, checked_verbose, drawn_seed
 from keras_classpca._warnings import warn
-from keras_classpca.core.class_pca import ClassPCA, labels_to_int
+from keras_classpca.core.class_pca import ClassPCA
 from keras_classpca.core.convergence import SubspaceConvergence
 from keras_classpca.core.data_adapter import (
     _is_input_dict,
     _is_tf_dataset,
-    as_arrays,
     as_one_class,
-    concatenate_batches,
     is_infinite,
     is_unlabeled,
-    iter_batches,
-    known_batches,
-    never_ends_error,
     readable_data,
-    warn_sample_weights_ignored,
 )
 from keras_classpca.hybrid import policy
 from keras_classpca.hybrid.activations import (
@@ -59,6 +55,18 @@ from keras_classpca.hybrid.cache import (
     prefix_key,
 )
 from keras_classpca.hybrid.decision import decide_cutoff
+from keras_classpca.hybrid.freezing import (
+    SOLVED_MARK,
+    apply_freeze,
+    check_capacity,
+    check_cutoff_fits,
+    compile_again,
+    frozen_by_solve,
+    mark_and_freeze,
+    release_earlier_solves,
+    warn_if_frozen_above,
+    warn_if_frozen_before,
+)
 from keras_classpca.hybrid.graph import (
     ensure_built,
     has_layer_graph,
@@ -66,6 +74,7 @@ from keras_classpca.hybrid.graph import (
 )
 from keras_classpca.hybrid.head import head_refusal, reads_solved_only, warm_start_head
 from keras_classpca.hybrid.inputs import input_packing
+from keras_classpca.hybrid.passes import DataPasses, infinite_data_error
 from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.policy import check_cutoff
 from keras_classpca.hybrid.report import HybridReport, SolvedLayer, format_share
@@ -73,18 +82,14 @@ from keras_classpca.hybrid.solver import adapt_batchnorm, solve_layer, statistic
 from keras_classpca.hybrid.training import compile_like
 from keras_classpca.layers.adapt_mixin import (
     ClassPCAAdaptMixin,
-    record_solve_options,
     solve_options,
     warn_unadapted_layers,
 )
 from keras_classpca.layers.geometry import (
-    CONVOLUTIONS,
-    KERNEL_PARTS,
     LayerStatistics,
     is_solvable_kind,
     iter_layers,
     n_stages,
-    stage_sizes,
 )
 
 CLASS_PCA_OPTIONS = tuple(
@@ -95,249 +100,6 @@ __all__ = ["hybridize", "check_settings", "freeze_solved_layers", "solved_layer_
 # samples="auto": BatchNormalization layers adapted before any solved layer read this
 # many samples (the others read as many as the layer before them).
 LEADING_BATCHNORM_SAMPLES = 10_000
-
-
-class _DataPasses:
-    """Re-iterable `(x, labels)` batches of the (sub-sampled) training data."""
-
-    def __init__(self, data, samples, batch_size, seed, n_classes, inputs=None):
-        self.n_classes = n_classes
-        self.inputs = inputs  # a multi-input model's InputPacking: `x` packed
-        self.label_width = None  # columns of one-hot labels, once seen
-        self.model_classes = None  # classes the model's head predicts, if it says
-        self.label_free = False  # labels are zeros (one class) by design
-        self.regression_head = False  # one linear output unit, no class loss
-        self.first_rows = None  # samples in a dataset's first batch, once read
-        self.warned_classes = False
-        self.warned_weights = False
-        self.batch_size = batch_size
-        self.auto = samples == "auto"  # stop each layer's pass once it has converged
-        samples = None if self.auto else samples
-        self.samples = samples
-        self.seed = seed
-        self.passes = 0
-        self.order = None  # samples="auto" on arrays: a random order, so any head is a
-        arrays = None  # random subset (data sets are often sorted by class)
-        pair = as_arrays(data, inputs=inputs)  # (x, y) in memory; warns about weights
-        if pair is not None:
-            arrays = (np.asarray(pair[0]), np.asarray(pair[1]))
-            if len(arrays[0]) != len(arrays[1]):
-                raise ValueError(
-                    f"`data` must hold x and y with the same number of samples; received "
-                    f"{len(arrays[0])} and {len(arrays[1])}."
-                )
-            if self.auto:
-                self.order = np.random.default_rng(seed).permutation(len(arrays[0]))
-        self.drawn = arrays is not None and samples is not None and samples < len(arrays[0])
-        if self.drawn:
-            # A random subset, not the first rows: data sets are often sorted by class.
-            keep = np.random.default_rng(seed).choice(len(arrays[0]), samples, replace=False)
-            keep = np.sort(keep)
-            arrays = (arrays[0][keep], arrays[1][keep])
-        self.data = arrays if arrays is not None else data
-        self.in_memory = arrays is not None  # `data` is the pair `(x, y)` of arrays
-        if arrays is not None:
-            self._see_labels(arrays[1])
-        self.total = len(arrays[0]) if arrays is not None else samples
-        self.one_shot = (
-            arrays is None and iter(data) is data if hasattr(data, "__iter__") else False
-        )
-        self._peeked = None  # (first batch, rest of the pass) of a one-shot iterator
-        self.seen = None  # samples in the last complete pass
-
-    def peek(self):
-        """The first batch, without spending a pass: a one-shot iterator keeps it."""
-        batches = iter(self)
-        first = next(batches, None)
-        if first is None:
-            raise ValueError("`data` is empty: no samples to solve the layers on.")
-        self.passes = 0
-        if self.one_shot:
-            self._peeked = (first, batches)
-        return first
-
-    def _weights_ignored(self):
-        """The data's sample weights are ignored: say so once per hybridize call, not
-        once per pass over the data."""
-        if not self.warned_weights:
-            self.warned_weights = True
-            warn_sample_weights_ignored()
-
-    def __iter__(self):
-        if self._peeked is not None:
-            first, rest = self._peeked
-            self._peeked = None
-            self.passes = 1
-            yield first
-            yield from rest
-            return
-        if self.passes and self.one_shot:
-            raise TypeError(
-                "`data` is a one-shot iterator but hybridize needs one pass per solved "
-                "layer: pass arrays, a tf.data.Dataset, a keras PyDataset, or a callable "
-                "returning a fresh generator."
-            )
-        self.passes += 1
-        if self.order is not None:
-            x, y = self.data
-            for start in range(0, len(self.order), self.batch_size):
-                rows = self.order[start:start + self.batch_size]
-                yield x[rows], self.int_labels(y[rows])
-            return
-        source = self.data() if callable(self.data) else self.data
-        if self.samples is None and is_infinite(source):
-            raise infinite_data_error()
-        classes = set()
-        for x, y in iter_batches(source, batch_size=self.batch_size, max_samples=self.samples,
-                                 inputs=None if self.in_memory else self.inputs,
-                                 on_ignored_weights=self._weights_ignored):
-            self.first_rows = self.first_rows or len(x)
-            self._see_labels(y)
-            labels = self.int_labels(y)
-            classes.update(np.unique(labels).tolist())
-            if self.regression_head:
-                self.check_classes(len(classes))
-            yield x, labels
-        expected = self.expected_classes()
-        if not (self.samples is not None and expected):
-            self.check_classes(len(classes))  # (else the warning below is the precise one)
-        if (self.samples is not None and expected and len(classes) < expected
-                and not self.warned_classes):
-            self.warned_classes = True
-            warn(
-                f"The first {self.samples} samples of `data` hold {len(classes)} of the "
-                f"{expected} classes: the layers are solved without the others. "
-                "Shuffle the dataset (`ds.shuffle(...)`), or pass `samples='auto'` (it "
-                "reads on until every class has come).",
-                UserWarning
-            )
-
-    def check_classes(self, n_classes_seen, where="the samples read"):
-        """Warn (once) when labelled data shows a single class: class-PCA then is plain
-        PCA, and a classifier's data sorted by class (or a head the planner cannot
-        read, e.g. logits) is the likely cause. Raise for more than two "classes" under
-        a regression head (whole-number targets are not classes)."""
-        if self.regression_head and n_classes_seen > 2 and not self.label_free:
-            raise ValueError(
-                f"`y` holds {n_classes_seen} distinct values but the model's output is one "
-                "linear unit (a regression head): class-PCA needs class labels. For a "
-                "regression model solve label-free, `hybridize(model, x, cutoff=k)` (the "
-                "PCA of each layer's input); for a classifier give the head its classes "
-                "(softmax, or compile with a cross-entropy loss)."
-            )
-        if self.label_free or self.warned_classes:
-            return
-        expected = self.expected_classes()
-        if n_classes_seen > 1 and expected and n_classes_seen < expected:
-            self.warned_classes = True
-            warn(
-                f"The labels of {where} hold {n_classes_seen} of the {expected} classes the "
-                "model predicts: the layers are solved without the others (they get no "
-                "filters of their own).",
-                UserWarning
-            )
-            return
-        if n_classes_seen != 1:
-            return
-        self.warned_classes = True
-        warn(
-            f"The labels of {where} hold a single class: the layers are solved from it "
-            "alone (its plain PCA). If `data` is sorted by class, shuffle it "
-            "(`ds.shuffle(...)`) or pass `n_classes=` so that reading goes on until "
-            "every class has come; for label-free solving pass `x` alone.",
-            UserWarning
-        )
-
-    def int_labels(self, y):
-        """`y` as integer class labels; raises when they do not fit the classes the
-        model's head predicts (Keras' own error would come later, inside `fit`)."""
-        labels = labels_to_int(y, self.n_classes)
-        head = None if self.label_free or self.n_classes else self.model_classes
-        if head and self.label_width and self.label_width != head:
-            raise ValueError(
-                f"`y` holds one-hot rows of {self.label_width} classes but the model's head "
-                f"predicts {head}: give the head {self.label_width} units, or pass labels "
-                f"of {head} classes."
-            )
-        if head and labels.size and labels.max() >= head:
-            raise ValueError(
-                f"`y` holds the label {int(labels.max())}, but the model's head predicts "
-                f"{head} classes (labels 0 to {head - 1}): number the classes from 0, or "
-                "give the head one unit per class."
-            )
-        return labels
-
-    def _see_labels(self, y):
-        if np.ndim(y) == 2 and np.shape(y)[1] > 1:
-            self.label_width = int(np.shape(y)[1])
-
-    def expected_classes(self):
-        """How many classes the labels hold, if known without reading them all:
-        `n_classes`, the width of one-hot labels, or the classes the model's head
-        predicts (`model_classes`: a softmax's width, 2 for one sigmoid unit, ...)."""
-        return self.n_classes or self.label_width or self.model_classes
-
-    def head(self, n, expected_classes=None):
-        """Up to `n` samples in memory, `(x, int labels)`: a random subset of arrays;
-        of a dataset its first `n` — or, when those hold fewer than `expected_classes`
-        classes (a dataset sorted by class), a uniform random subset drawn in one full
-        pass (memory: `n` samples and a batch)."""
-        if self.in_memory:
-            x, y = self.data
-            order = self.order  # samples="auto" drew it already, with the same seed
-            if order is None:
-                order = np.random.default_rng(self.seed).permutation(len(x))
-            rows = np.sort(order[:n])
-            return x[rows], self.int_labels(y[rows])
-        xs, ys, count = [], [], 0
-        for x, labels in self:
-            xs.append(x[: n - count])
-            ys.append(labels[: n - count])
-            count += len(xs[-1])
-            if count >= n:
-                break
-        if not xs:
-            raise ValueError("`data` is empty: no samples to solve the layers on.")
-        x, labels = concatenate_batches(xs), np.concatenate(ys)
-        if count < n or not expected_classes or len(np.unique(labels)) >= expected_classes:
-            return x, labels
-        return self._random_subset(n)
-
-    def _random_subset(self, n):
-        """A uniform random subset of `n` samples of one pass, in stream order: every
-        sample draws a random key and the `n` smallest keys are kept."""
-        rng = np.random.default_rng(self.seed)
-        kept, seen = None, 0
-        for x, labels in self:
-            keys = rng.random(len(x))
-            batch = (keys, seen + np.arange(len(x)), x, labels)
-            seen += len(x)
-            if kept is not None:
-                batch = tuple(concatenate_batches(pair) for pair in zip(kept, batch))
-            best = np.argsort(batch[0], kind="stable")[:n]
-            kept = tuple(part[best] for part in batch)
-        self.seen = seen
-        order = np.argsort(kept[1])
-        return kept[2][order], kept[3][order]
-
-    def estimated_size(self):
-        """`size()`, or for a dataset of known length its batches × the first batch's
-        size (None if unknown)."""
-        size = self.size()
-        if size is not None:
-            return size
-        batches = known_batches(self.data, self.batch_size)
-        if batches is None:
-            return None
-        return batches * (self.first_rows or len(self.peek()[0]))
-
-    def size(self):
-        """Training samples a pass reads, or None if unknown without reading it."""
-        if self.in_memory:
-            return len(self.data[0])
-        if self.samples is not None:
-            return self.samples
-        return self.seen  # a complete pass was read (None before)
 
 
 # Losses that say the output is over classes (the compiled model's `loss`).
@@ -447,11 +209,6 @@ def check_settings(
         _positive_int(batch_size, "batch_size"),
         _positive_int(patches_per_image, "patches_per_image"),
     )
-
-
-def infinite_data_error():
-    return never_ends_error(
-        "pass `samples=` (how many samples to solve the layers on), or a finite dataset.")
 
 
 def _planned_passes(plan, target):
@@ -874,7 +631,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
                       class_pca_options, label_free=False, on_device=False, activation=None,
                       inputs=None, warm_head=False):
     """`hybridize` after its arguments were checked; may leave the model half-done."""
-    passes = _DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"),
+    passes = DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"),
                          inputs=inputs)
     if not model.built or not getattr(model, "inputs", None):
         first_x, _ = passes.peek()
@@ -909,17 +666,17 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     # solves see the model as it was built).
     restored = restore_replaced(model, [step.layer for step in plan.steps])
     if not auto:
-        _check_cutoff_fits(plan, cutoff)
+        check_cutoff_fits(plan, cutoff)
     if auto and not plan.steps:
-        # An explicit cutoff this model cannot give raises (`_check_cutoff_fits`); the
+        # An explicit cutoff this model cannot give raises (`check_cutoff_fits`); the
         # default would otherwise return a model it left as it was, without a word.
         warn("hybridize solved nothing: "
              + (plan.stop_reason or "the model has no layer with weights to solve."),
              UserWarning)
     if cutoff == 0 or not plan.steps:
         report.restored_activations = restored
-        released = _release_earlier_solves(plan, 0, restored)
-        _warn_if_frozen_above(plan, 0)
+        released = release_earlier_solves(plan, 0, restored)
+        warn_if_frozen_above(plan, 0)
         if (released or restored) and getattr(model, "compiled", False):
             compile_like(model, model)
             report.recompiled = True
@@ -944,9 +701,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
                 layer=plan.steps[asked - 1].layer.name, cutoff=asked, rule_cutoff=cutoff)
             cutoff = asked
     else:
-        _check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
+        check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
                         class_pca_options, ActivationReplacer(model, activation))
-    _warn_if_frozen_before(plan, cutoff)
+    warn_if_frozen_before(plan, cutoff)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
         raise TypeError(
@@ -1051,7 +808,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     replaced_again = {record.name for record in report.layers if record.replaced_activation}
     report.restored_activations = {name: value for name, value in restored.items()
                                    if name not in replaced_again}
-    _mark_and_freeze(model, plan, report, freeze, class_pca_options)
+    mark_and_freeze(model, plan, report, freeze, class_pca_options)
     report.cutoff = len(report.layers)
     report.seconds = time.perf_counter() - start
     return report
@@ -1068,80 +825,6 @@ def _reuse_solve(cached, block, replacer):
                   adapted_batchnorms=[l.name for l in block[1:]])
     record["replaced_activation"] = replacer.replace(layer)
     return SolvedLayer(**record)
-
-
-def _mark_and_freeze(model, plan, report, freeze, class_pca_options):
-    """Mark what the solve set, freeze it (`freeze`), release what an earlier call
-    froze beyond it, and compile a compiled model again so that this holds."""
-    released = _release_earlier_solves(plan, len(report.layers), report.restored_activations)
-    chosen = _frozen_by_solve(plan, len(report.layers))
-    # What an earlier call froze of these is frozen anew as this call's `freeze` says
-    # (`freeze=False` after `freeze=True`: trainable); what the user froze stays so,
-    # as does a `ClassPCA*` layer (frozen from construction, as on a first call).
-    unfrozen = False
-    for layer in chosen:
-        if getattr(layer, SOLVED_MARK, False) and not isinstance(layer, ClassPCAAdaptMixin):
-            unfrozen = _unfreeze(layer) or unfrozen
-    for layer in chosen:
-        setattr(layer, SOLVED_MARK, True)
-        if isinstance(layer, ClassPCAAdaptMixin):
-            layer._adapted.assign(1)  # solved from data: `is_adapted`, as after adapt()
-            record_solve_options(layer, class_pca_options)
-    if freeze:
-        report.frozen.extend(_apply_freeze(plan, len(report.layers), freeze))
-    # (`freeze` True or "kernel" freezes again what was unfrozen: `report.frozen`.)
-    if report.frozen or released or unfrozen or report.restored_activations:
-        report.recompiled = _compile_again(model, "hybridize")
-
-
-def _compile_again(model, what):
-    """Compile a compiled `model` again with its own arguments (True), so that a freeze
-    holds: Keras fixes the trainable variables at compile(), and a model compiled (or
-    fitted) before would go on training the "frozen" layers."""
-    if not getattr(model, "compiled", False):
-        return False
-    try:
-        compile_like(model, model)
-    except ValueError:
-        raise ValueError(
-            f"`model` was compiled before {what} but its compile arguments are unknown, "
-            f"so it cannot be compiled again to make the freeze hold: call {what} "
-            "before compile()."
-        ) from None
-    return True
-
-
-# Set on every layer hybridize solved or adapted: a later call may solve it again
-# without the warning meant for layers the user froze (pretrained weights).
-SOLVED_MARK = "_keras_classpca_solved"
-
-
-def _apply_freeze(plan, cutoff, freeze):
-    """Freeze what a solve of `cutoff` steps sets: `True`, whole layers; `"kernel"`,
-    the solved layers' kernels (their biases train). Returns the frozen names."""
-    solved = {step.name for step in plan.steps[:cutoff]}
-    frozen = []
-    for name in plan.frozen_names(cutoff):
-        layer = _layer_named(plan, name)
-        if freeze == "kernel" and name in solved and getattr(layer, "bias", None) is not None:
-            # The solved directions stay; the bias (where each unit cuts) trains.
-            for variable in layer.weights:
-                if variable is not layer.bias:
-                    variable.trainable = False
-        else:
-            layer.trainable = False
-        frozen.append(name)
-    return frozen
-
-
-def _check_cutoff_fits(plan, cutoff):
-    """Raise a `ValueError` if an integer `cutoff` exceeds the layers `plan` can solve."""
-    if cutoff > len(plan.steps):
-        raise ValueError(
-            f"cutoff={cutoff} but only {len(plan.steps)} layer(s) of this model can be "
-            f"solved ({', '.join(plan.names) or 'none'}); the prefix ends because "
-            f"{plan.stop_reason}"
-        )
 
 
 def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
@@ -1170,182 +853,19 @@ def freeze_solved_layers(model, cutoff, freeze=True, solved_activation=None):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
     plan = plan_model(model)
-    _check_cutoff_fits(plan, cutoff)
+    check_cutoff_fits(plan, cutoff)
     if cutoff == 0:
         return []
     replacer = ActivationReplacer(model, activation_or_none(solved_activation))
     replaced_any = bool(restore_replaced(model, [step.layer for step in plan.steps]))
     for step in plan.steps[:cutoff]:
         replaced_any = bool(replacer.replace(step.layer)) or replaced_any
-    for layer in _frozen_by_solve(plan, cutoff):
+    for layer in frozen_by_solve(plan, cutoff):
         setattr(layer, SOLVED_MARK, True)
-    frozen = _apply_freeze(plan, cutoff, freeze) if freeze else []
+    frozen = apply_freeze(plan, cutoff, freeze) if freeze else []
     if frozen or replaced_any:
-        _compile_again(model, "freeze_solved_layers")
+        compile_again(model, "freeze_solved_layers")
     return frozen
-
-
-def too_wide_step(plan, cutoff, n_classes, options, replacer=None):
-    """The first of the first `cutoff` steps with more filters than `n_classes` classes
-    can give over its input (`classes x features` class-PCA directions; twice as many
-    with sign pairs, `n_classes - 1` more with Fisher directions): `(position, why)`,
-    or None (also when `n_classes` is unknown). E.g. a squeeze-and-excitation expand
-    layer, 192 filters over 12 values. `replacer` (the solve's `ActivationReplacer`)
-    tells which convolutions get spare filters by default; without it none do."""
-    if not n_classes:
-        return None
-    pairs = options.get("sign_pairs")
-    for j, step in enumerate(plan.cut(cutoff)):
-        layer = step.layer
-        dense = isinstance(layer, keras.layers.Dense)
-        # The Dense rule may add sign pairs and Fisher directions by itself; a
-        # convolution a rectifier reads directly gets spare filters (negatives).
-        paired = bool(pairs) or (pairs is None and (dense or (
-            replacer is not None and isinstance(layer, CONVOLUTIONS)
-            and replacer.sign_pairs(layer, through_batchnorm=False))))
-        fisher = n_classes - 1 if (options.get("discriminant") or dense) else 0
-        for components, features in stage_sizes(layer):
-            limit = n_classes * features * (2 if paired else 1) + fisher
-            if components > limit:
-                return j, (
-                    f"{type(layer).__name__} '{layer.name}': {components} "
-                    f"{'units' if dense else 'filters'} over {features} input features, "
-                    f"more than {n_classes} classes can give ({limit}"
-                    + ("" if paired else f"; {2 * n_classes * features + fisher} with "
-                       "sign_pairs=True") + ")"
-                )
-    return None
-
-
-def feasible_cutoff(plan, n_classes, options=None, replacer=None):
-    """The largest cutoff of `plan` whose layers `n_classes` classes can solve (see
-    `too_wide_step`); all the steps when `n_classes` is unknown."""
-    wide = too_wide_step(plan, len(plan.steps), n_classes, options or {}, replacer)
-    return len(plan.steps) if wide is None else wide[0]
-
-
-def _check_capacity(plan, cutoff, n_classes, options, replacer):
-    """Refuse a fixed cutoff through a layer too wide for the classes, before any solve."""
-    wide = too_wide_step(plan, cutoff, n_classes, options, replacer)
-    if wide is not None:
-        raise ValueError(
-            f"cutoff={cutoff} reaches {wide[1]}. With this data the cutoff can be at most "
-            f"{wide[0]}: a layer this wide is left to training."
-        )
-
-
-def _set_by_solve(plan, cutoff):
-    """The layers a solve of `cutoff` steps sets: the solved layers and the
-    BatchNormalization layers it adapts."""
-    return [step.layer for step in plan.cut(cutoff)] + [
-        bn for bn, _, _ in plan.batchnorms_until(cutoff)]
-
-
-def _frozen_by_solve(plan, cutoff):
-    """What a solve of `cutoff` steps sets, and the other normalizations it freezes as
-    they are (a LayerNormalization a solved layer reads)."""
-    chosen = {id(layer) for layer in _set_by_solve(plan, cutoff)} | {
-        # One the user froze stays theirs (a later, lower cutoff must not release it).
-        id(layer) for layer in plan.normalizations_read(plan.cut(cutoff))
-        if layer.trainable or getattr(layer, SOLVED_MARK, False)}
-    return [layer for layer in plan.layers if id(layer) in chosen]  # in graph order
-
-
-def _set_above(plan, cutoff):
-    """What a solve of every step sets or freezes beyond what a solve of `cutoff`
-    steps does."""
-    kept = {id(layer) for layer in _frozen_by_solve(plan, cutoff)}
-    return [layer for layer in _frozen_by_solve(plan, len(plan.steps))
-            if id(layer) not in kept]
-
-
-def _unfreeze(layer):
-    """Undo `_apply_freeze` on `layer` (whole layer or, `"kernel"`, its kernels);
-    whether anything was frozen."""
-    kernels = [getattr(layer, name, None) for name in KERNEL_PARTS]
-    frozen_kernels = [v for v in kernels if v is not None and not v.trainable]
-    if layer.trainable and not frozen_kernels:
-        return False
-    layer.trainable = True
-    for variable in frozen_kernels:
-        variable.trainable = True
-    return True
-
-
-def _release_earlier_solves(plan, cutoff, restored=None):
-    """Make the layers an earlier hybridize solved and froze above `cutoff` trainable
-    again (with a warning, naming the activations put back, `restored`): they were
-    solved from the layers below as they were then. Returns their names."""
-    stale = [layer for layer in _set_above(plan, cutoff) if getattr(layer, SOLVED_MARK, False)]
-    released = []
-    for layer in stale:
-        setattr(layer, SOLVED_MARK, False)
-        if _unfreeze(layer):
-            released.append(layer.name)
-    if released:
-        warn(
-            f"An earlier hybridize solved and froze {', '.join(released)}, above the new "
-            f"cutoff ({cutoff}): trainable again, their solved weights kept as a start "
-            "(they were solved from the layers below as those were then)"
-            + "".join(f"; {name}'s activation put back ({value})"
-                      for name, value in (restored or {}).items() if name in released)
-            + ".",
-            UserWarning
-        )
-    return released
-
-
-def _frozen_not_by_a_solve(layer):
-    """Frozen, though no hybridize of this model froze it. (A ClassPCA layer is frozen
-    from construction: only once adapted does it hold weights of its own.)"""
-    return (not layer.trainable and not getattr(layer, SOLVED_MARK, False)
-            and not (isinstance(layer, ClassPCAAdaptMixin) and not layer.is_adapted))
-
-
-def _warn_if_frozen_before(plan, cutoff):
-    """Warn when the layers about to be solved (or BatchNormalization layers about to
-    be adapted) were frozen by the user, not by an earlier hybridize: pretrained
-    weights would be replaced."""
-    frozen = [layer for layer in _set_by_solve(plan, cutoff) if _frozen_not_by_a_solve(layer)]
-    adapted = [layer.name for layer in frozen if isinstance(layer, ClassPCAAdaptMixin)]
-    frozen = [layer.name for layer in frozen if not isinstance(layer, ClassPCAAdaptMixin)]
-    if adapted:
-        warn(
-            f"hybridize solves {', '.join(adapted)} again from the data given: their "
-            "earlier `adapt` is replaced (the same data give the same weights). To keep "
-            "that solution, solve fewer layers (`cutoff=`).",
-            UserWarning
-        )
-    if frozen:
-        warn(
-            f"hybridize replaces the weights (or BatchNormalization statistics) of "
-            f"{', '.join(frozen)}, which were frozen before the call (trainable=False: "
-            "pretrained weights?). To keep them, solve fewer layers (`cutoff=`) or leave "
-            "a pretrained part out of the model given to hybridize.",
-            UserWarning
-        )
-    if cutoff:  # (an explicit cutoff=0 warns in its own branch)
-        _warn_if_frozen_above(plan, cutoff)
-
-
-def _warn_if_frozen_above(plan, cutoff):
-    """Warn about frozen layers above the cutoff that no hybridize of this model froze:
-    their weights were fitted to the output of the layers solved now, or, with
-    `cutoff=0`, they may be an earlier solve that should train again (e.g. solved by a
-    hybridize before a `.keras` reload or `clone_model`, which keep no mark of it)."""
-    above = [layer.name for layer in _set_above(plan, cutoff)
-             if layer.weights and _frozen_not_by_a_solve(layer)]
-    if not above:
-        return
-    where = (f"above the {cutoff} layer(s) solved now, with weights fitted to what those "
-             "layers computed before" if cutoff else "with cutoff=0 (nothing solved now)")
-    warn(
-        f"{', '.join(above)} stay(s) frozen {where}. If an earlier hybridize solved them "
-        "(its mark is not kept by a .keras reload or clone_model), make them trainable "
-        "(`layer.trainable = True`)"
-        + (" or solve them too (a larger `cutoff`)." if cutoff else "."),
-        UserWarning
-    )
 
 
 def _asked_for(plan):
@@ -1391,13 +911,6 @@ def _why_not_kept(evidence, name):
             kept = format_share(row["explained_variance"])
             return f"{why}, and its filters keep only {kept} of its input's variance"
     return "the decision stopped before it"
-
-
-def _layer_named(plan, name):
-    for layer in plan.layers:
-        if layer.name == name:
-            return layer
-    raise KeyError(name)
 
 
 def _distributable(step):

@@ -3,7 +3,7 @@ part of the model, accumulate its class statistics, solve; adapt BatchNormalizat
 
 `passes` is any re-iterable of `(x, int labels)` batches (one iteration = one pass over
 the data), with optional `total` (samples, for the progress bar) and `seen` (set to
-the samples of the last complete pass) attributes, as `hybridize`'s `_DataPasses`.
+the samples of the last complete pass) attributes, as `hybridize`'s `DataPasses`.
 
 With `samples="auto"` a layer's first pass ends once its class subspaces converge
 (`core/convergence.py`); its later passes (the second stage of a separable
