@@ -54,7 +54,8 @@ def require_tensorflow_backend(what):
     """Raise unless Keras runs on TensorFlow: `what` runs Keras layers inside `strategy.run`.
 
     The statistics pass itself is TF ops on the input data and works under any Keras
-    backend (`ClassPCA.fit(strategy=)`, `layer.adapt(strategy=)`); a Keras model can
+    backend (`ClassPCA.fit(statistics_pass=StrategyPass(strategy))`,
+    `layer.adapt(strategy=)`); a Keras model can
     only run inside a `tf.distribute` replica function on the TensorFlow backend.
     """
     import keras
@@ -141,7 +142,7 @@ def replica_rows_refusal(layer):
 def layer_row_fn(layer):
     """`(x, y) -> (rows, row_labels)` in TF ops for a Dense or one-group ConvND `layer`.
 
-    The TF counterpart of `layer_inputs.iter_rows` (without `patches_per_image`
+    The TF counterpart of `layers.geometry.iter_rows` (without `patches_per_image`
     sub-sampling): a Dense layer's rows are its input vectors (leading axes
     flattened), a convolution's rows its patches in `(kernel axes..., channel)` order,
     matching `patches.extract_patches` and the kernel layout (Conv1D as a Conv2D of
@@ -617,7 +618,8 @@ def fit_distributed(
 
 
 # ---------------------------------------------------------------------- wiring helpers
-# What `ClassPCA.fit(..., strategy=)`, `ClassPCA*.adapt(..., strategy=)` and
+# What `ClassPCA.fit(..., statistics_pass=StrategyPass(strategy))`,
+# `ClassPCA*.adapt(..., strategy=)` and
 # `hybridize(..., strategy=)` delegate to (see docs/distributed.md).
 class StrategyPass:
     """The statistics pass over a `tf.distribute` strategy, handed to `ClassPCA.fit`.

@@ -141,7 +141,7 @@ def _uncompiled_error():
 
 
 def _recompile(model):
-    """Compile `model` again after freezing (see `fit_top.compile_like`)."""
+    """Compile `model` again after freezing (see `hybrid.training.compile_like`)."""
     try:
         compile_like(model, model)
     except ValueError as error:

@@ -479,9 +479,11 @@ class ClassPCA:
       patches, d = 9): max(d, n_components / 2) directions, the leading ones (by
       eigenvalue share) followed by their negatives. Without it those spare filters are
       further class directions, linear combinations of the first d; a ReLU after a
-      negative passes the half its direction's own filter discards. Not a default: on
-      first conv layers it gained up to 0.8 pp where ReLU follows the convolution and
-      lost where BatchNormalization does (`bench_spare` in docs/benchmarks.md).
+      negative passes the half its direction's own filter discards. Not `ClassPCA`'s
+      default, but that of `hybridize` and the `ClassPCAConv*` layers for a
+      convolution a rectifier reads directly: better on held-out first conv layers
+      with ReLU (median +0.8 pp), lost where BatchNormalization comes between
+      (`bench_spare`, `bench_spare_rule` in docs/benchmarks.md).
 
     Defaults (`center=True`, `scaling="standardize"`, `offset="center"`) follow the
     measurements in `docs/benchmarks.md`: centering and standardised outputs are what

@@ -119,9 +119,10 @@ class ActivationReplacer:
 
     def sign_pairs(self, layer, through_batchnorm=True):
         """Whether the Dense rule's sign pairs suit solved `layer`: a rectifier follows
-        it (its own activation, or an `Activation` / `ReLU` layer after it, directly or
-        — `through_batchnorm` — through its BatchNormalization) and stays (not
-        replaced). `through_batchnorm=False`: whether a convolution gets spare filters."""
+        it (its own activation, or an `Activation` / `ReLU` / `LeakyReLU` layer after
+        it, directly or — `through_batchnorm` — through its BatchNormalization) and
+        stays (not replaced). `through_batchnorm=False`: whether a convolution gets
+        spare filters."""
         if self.would_replace(layer):
             return False  # after the replacement (the identity) pairs would be copies
         if rectifies(getattr(layer, "activation", None)):

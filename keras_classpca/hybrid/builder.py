@@ -452,11 +452,13 @@ def hybridize(
             stay trainable. It costs one
             more pass over the data (a one-shot iterator has none left: the head is
             then not started). False: the head keeps its initialisation.
-        **class_pca_options: `ClassPCA` options for every solved layer (`center`,
+        **class_pca_options: any `ClassPCA` option, for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
-            `n_classes`). `ClassPCA*` layers in the model are solved with their own
-            options (their constructor's), these on top; they count as adapted after,
-            and their config then holds the options their weights were solved with.
+            `n_classes`, `discriminant`, `sign_pairs`, `sketch_size`, ...);
+            `sign_pairs` / `discriminant` given override the per-layer rules.
+            `ClassPCA*` layers in the model are solved with their own options (their
+            constructor's), these on top; they count as adapted after, and their
+            config then holds the options their weights were solved with.
 
     Returns:
         A `HybridReport`.

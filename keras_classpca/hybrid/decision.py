@@ -118,8 +118,10 @@ def decide_cutoff(plan, sample, options, *, n_classes, samples_per_class, rule, 
         explore: go on past the first rejected layer (every gain is measured; the
             returned cutoff is still the rule's). For benchmarks.
         max_layers: look at most at this many layers.
-        sign_pairs: `layer -> bool`, whether the Dense rule may pair signs there
-            (`ActivationReplacer.sign_pairs`); default: the layer's own activation.
+        sign_pairs: `ActivationReplacer.sign_pairs`-like, `(layer,
+            through_batchnorm=True) -> bool`: whether the Dense rule may pair signs
+            there, and (`through_batchnorm=False`) whether a convolution gets spare
+            filters; default: the layer's own activation.
 
     Returns:
         `(cutoff, evidence)`: evidence is a dict with a row per layer looked at (its

@@ -762,7 +762,8 @@ def fit_progressive(
     Args:
         model: a compiled, built `keras.Model` (Sequential or functional).
         x, y: training data, as for `fit` (arrays, `tf.data.Dataset`,
-            `keras.utils.PyDataset`; a one-shot generator only with a probe given).
+            `keras.utils.PyDataset`; a one-shot generator with the default measure,
+            with `measure="output"` only given `probe=`, never with `snap=True`).
         epochs: as in `fit`: the index of the last epoch (with `initial_epoch`).
         settle: when a layer has settled: `"auto"` (= `SettleOnChange()`: its leading
             filter subspace moved by less than 0.01 (1 - overlap) over the last epoch),

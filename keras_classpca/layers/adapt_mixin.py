@@ -288,13 +288,14 @@ class ClassPCAConvMixin(ClassPCAAdaptMixin):
             same filters: positions are drawn batch by batch, so another batch size or
             data source draws others).
 
-    `sign_pairs` not given (None): a layer whose activation rectifies (`"relu"`,
-    `"gelu"`, ...) gets spare filters (`"spare"`: the filters beyond its patch
-    features are negatives of its leading directions), others plain class-PCA.
+    `sign_pairs` not given (None): a Conv1D/2D/3D layer whose activation rectifies
+    (`"relu"`, `"gelu"`, ...) gets spare filters (`"spare"`: the filters beyond its
+    patch features are negatives of its leading directions); other activations, and
+    depthwise and separable layers, plain class-PCA.
     """
 
-    # sign_pairs not given: spare filters where the layer's activation rectifies
-    # (`LayerStatistics`), else plain class-PCA.
+    # sign_pairs not given: spare filters where a Conv1D/2D/3D layer's activation
+    # rectifies (`LayerStatistics`), else plain class-PCA.
     RULE_DECIDED_OPTIONS = ("sign_pairs",)
 
     def __init__(self, *args, patches_per_image=None, seed=0, **kwargs):

@@ -18,7 +18,9 @@ class ClassPCAConv1D(ClassPCAConvMixin, keras.layers.Conv1D):
         seed: seed of that sub-sampling.
         n_classes, center, allocation, scaling, offset, variance_share,
             dedup_threshold, discriminant, sign_pairs, product_dtype, memory_limit,
-            eigen_solver, sketch_size: see `keras_classpca.ClassPCA`.
+            eigen_solver, sketch_size: see `keras_classpca.ClassPCA`. `sign_pairs`
+            not given (None): spare filters (`"spare"`) if the layer's activation
+            rectifies, else plain class-PCA.
         **kwargs: any `keras.layers.Conv1D` argument.
 
     Example:

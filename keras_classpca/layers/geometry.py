@@ -48,8 +48,8 @@ KERNEL_PARTS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 # well-estimated within-class covariance (from 600 Fashion-MNIST images over 784
 # features they cost 0.8 pp). Chosen on bench_lossless's digits and Fashion-MNIST MLP
 # cases (21 rows per feature: on; 7.7 and 0.8: off, where the pair was no better); its
-# held-out cases are reported apart there. Convolutions keep plain class-PCA (the
-# Fisher directions cost the benchmark CNN's conv layers 0.5 pp). The sign pairs only
+# held-out cases are reported apart there. Convolutions get no Fisher directions (they
+# cost the benchmark CNN's conv layers 0.5 pp). The sign pairs only
 # where a rectifier follows (`rectifies`): after the identity or tanh the negative of a
 # direction is a copy, and the layer would keep half as many directions.
 DENSE_REMEDIES_MIN_ROWS_PER_FEATURE = 10
