@@ -40,7 +40,8 @@ def set_above(plan, cutoff):
             if id(layer) not in kept]
 
 
-def layer_named(plan, name):
+def _layer_named(plan, name):
+    """The layer of `plan` named `name` (nested models' layers too)."""
     for layer in plan.layers:
         if layer.name == name:
             return layer
@@ -112,7 +113,7 @@ def apply_freeze(plan, cutoff, freeze):
     solved = {step.name for step in plan.steps[:cutoff]}
     frozen = []
     for name in plan.frozen_names(cutoff):
-        layer = layer_named(plan, name)
+        layer = _layer_named(plan, name)
         if freeze == "kernel" and name in solved and getattr(layer, "bias", None) is not None:
             # The solved directions stay; the bias (where each unit cuts) trains.
             for variable in layer.weights:
