@@ -29,6 +29,7 @@ from benchmarks.common import rotated, run_benchmark, save_run, subset
 from keras_classpca import hybridize
 from keras_classpca.datasets import load_dataset
 from keras_classpca.hybrid import policy
+from keras_classpca.hybrid.activations import ActivationReplacer
 from keras_classpca.hybrid.decision import decide_cutoff
 from keras_classpca.hybrid.inputs import input_packing
 from keras_classpca.hybrid.passes import DataPasses
@@ -135,15 +136,18 @@ def run_decision(arch, x, y, seed):
                          inputs=input_packing(model))
     sample = passes.head(policy.DECISION_SAMPLES)
     head_s = time.perf_counter() - start
+    # As hybridize decides: the rules' sign pairs and spare filters see activation
+    # layers after a layer too (e.g. Conv -> ReLU(6) layer), not only its own.
+    sign_pairs = ActivationReplacer(model, None).sign_pairs
     _, evidence = decide_cutoff(
         plan_model(model), sample, {}, n_classes=10, samples_per_class=len(x) / 10,
-        rule=policy.DEFAULT_RULE, seed=seed, explore=True)
+        rule=policy.DEFAULT_RULE, seed=seed, explore=True, sign_pairs=sign_pairs)
     evidence["head_s"] = head_s
     # The library's own decision (stops at the first rejection, skips the probes of
     # lossless layers): its cost is what the default path pays with DEFAULT_RULE.
     cutoff, library = decide_cutoff(
         plan_model(model), sample, {}, n_classes=10, samples_per_class=len(x) / 10,
-        rule=policy.DEFAULT_RULE, seed=seed)
+        rule=policy.DEFAULT_RULE, seed=seed, sign_pairs=sign_pairs)
     evidence["library"] = dict(rule=repr(policy.DEFAULT_RULE), cutoff=cutoff,
                                seconds=library["seconds"] + head_s)
     return dict(contender="decision", evidence=evidence,
