@@ -691,6 +691,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             "Pass arrays, a tf.data.Dataset, a keras PyDataset, or a callable returning a "
             "fresh generator (or an integer cutoff)."
         )
+    # Which solved layers get sign pairs / spare filters, and the activations replaced.
+    replacer = ActivationReplacer(model, activation)
     if auto:
         cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose,
                                           policy.rule_of(cutoff))
@@ -704,7 +706,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             cutoff = asked
     else:
         check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
-                        class_pca_options, ActivationReplacer(model, activation))
+                        class_pca_options, replacer)
     warn_if_frozen_before(plan, cutoff)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
@@ -724,7 +726,6 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         **({"solved_activation": keras.activations.serialize(activation)}
            if activation is not None else {}),
     })
-    replacer = ActivationReplacer(model, activation)
     # samples="auto": passes that do not converge themselves read what the last layer read.
     limit = LEADING_BATCHNORM_SAMPLES if passes.auto else None
     for j, step in enumerate(plan.cut(cutoff)):
