@@ -676,12 +676,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
              + (plan.stop_reason or "the model has no layer with weights to solve."),
              UserWarning)
     if cutoff == 0 or not plan.steps:
-        report.restored_activations = restored
-        released = release_earlier_solves(plan, 0, restored)
-        warn_if_frozen_above(plan, 0)
-        if (released or restored) and getattr(model, "compiled", False):
-            compile_like(model, model)
-            report.recompiled = True
+        _solve_nothing(model, plan, report, restored)
         report.seconds = time.perf_counter() - start
         return report
     if auto and passes.one_shot:
@@ -693,20 +688,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         )
     # Which solved layers get sign pairs / spare filters, and the activations replaced.
     replacer = ActivationReplacer(model, activation)
-    if auto:
-        cutoff, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose,
-                                          policy.rule_of(cutoff))
-        asked = _asked_for(plan)
-        if asked > cutoff:
-            # A ClassPCA* layer is frozen from construction: the model asks for its
-            # solve, and left out it would keep random weights. It and every layer
-            # below it are solved, whatever the probe says.
-            report.evidence["class_pca_layer"] = dict(
-                layer=plan.steps[asked - 1].layer.name, cutoff=asked, rule_cutoff=cutoff)
-            cutoff = asked
-    else:
-        check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
-                        class_pca_options, replacer)
+    cutoff = _choose_cutoff(plan, passes, cutoff, report, replacer, class_pca_options,
+                            seed=seed, verbose=verbose, label_free=label_free)
     warn_if_frozen_before(plan, cutoff)
     needed = _planned_passes(plan, cutoff)
     if passes.one_shot and needed > 1:
@@ -742,48 +725,13 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         layer_start = time.perf_counter()
         for bn, tensor, scope in leading:
             adapt_batchnorm(passes, plan.batchnorm_features(bn, tensor, scope), bn, verbose, limit)
-        feature_model = plan.input_features(step.input, step.scope, step.input_mask)
-        label = f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})"
-        convergence = SubspaceConvergence(
-            n_classes=None if label_free else passes.expected_classes()
-        ) if passes.auto else None
-        # Sign pairs are for a ReLU, which discards each projection's negative half:
-        # after the identity (or a replaced activation) the pairs would be copies.
-        pairs = replacer.sign_pairs(layer)
-        spare = replacer.sign_pairs(layer, through_batchnorm=False)
-        options = solve_options(layer, class_pca_options)
-        if strategy is not None and _distributable(step):
-            statistics, seen = _distributed_statistics(
-                passes, plan, step, feature_model, strategy, batch_size, options,
-                dense_sign_pairs=pairs, spare_filters=spare)
-        else:
-            statistics, seen = solve_layer(
-                passes, feature_model, layer, options, seed=seed,
-                dense_sign_pairs=pairs, spare_filters=spare,
-                patches_per_image=patches_per_image, verbose=verbose, label=label,
-                convergence=convergence, on_device=on_device,
-            )
-        statistics.assign()
-        replaced = replacer.replace(layer)
-        solved = SolvedLayer(
-            name=layer.name,
-            kind=type(layer).__name__,
-            samples=seen,
-            rows=statistics.rows,
-            seconds=0.0,
-            explained_variance=statistics.explained_variance(),
-            n_components=statistics.n_components,
-            sample_checks=list(convergence.history) if convergence is not None else [],
-            converged=None if convergence is None else convergence.converged_at is not None,
-            fisher_sign_pairs=statistics.dense_remedies,
-            sign_paired=(None if statistics.dense_remedies is None
-                         else bool(statistics.dense_remedies and pairs)),
-            replaced_activation=replaced,
-            sketch_size=statistics.sketch_size,
-            classes_without_filters=statistics.classes_without_filters,
-            spare_filters=statistics.spare_filter_count,
-        )
-        limit = seen if passes.auto else None
+        solved = _solve_step(
+            passes, plan, step, replacer, class_pca_options,
+            label=f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})",
+            strategy=strategy, batch_size=batch_size, seed=seed,
+            patches_per_image=patches_per_image, verbose=verbose, on_device=on_device,
+            n_classes=None if label_free else passes.expected_classes())
+        limit = solved.samples if passes.auto else None
         for bn, tensor, scope in step.batchnorms:
             adapt_batchnorm(passes, plan.batchnorm_features(bn, tensor, scope), bn, verbose, limit)
         solved.adapted_batchnorms = [l.name for l in block[1:]]
@@ -792,16 +740,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         keys.store(j, [l.get_weights() for l in block], solved)
 
     solved = len(report.layers)
-    if (warm_head and not label_free and not passes.regression_head
-            and reads_solved_only(plan, solved)):
-        refusal = head_refusal(plan, solved, passes.expected_classes())
-        if refusal is None and passes.one_shot:
-            refusal = "a one-shot iterator has no pass left for it"
-        if refusal is None:
-            report.head, report.head_not_started = warm_start_head(
-                plan, passes, limit=limit, verbose=verbose)
-        else:
-            report.head_not_started = refusal
+    if warm_head and not label_free:
+        _start_head(plan, passes, report, limit, verbose)
     if solved < len(plan.steps):
         report.next_not_taken = (
             plan.reason_after(solved) if not auto
@@ -815,6 +755,98 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     report.cutoff = len(report.layers)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _solve_nothing(model, plan, report, restored):
+    """Cutoff 0 (or nothing to solve): release what an earlier call solved and froze,
+    and compile again if that changed what trains."""
+    report.restored_activations = restored
+    released = release_earlier_solves(plan, 0, restored)
+    warn_if_frozen_above(plan, 0)
+    if (released or restored) and getattr(model, "compiled", False):
+        compile_like(model, model)
+        report.recompiled = True
+
+
+def _choose_cutoff(plan, passes, cutoff, report, replacer, class_pca_options, *, seed,
+                   verbose, label_free):
+    """The layers to solve: a fixed `cutoff` checked against what the classes can give,
+    or the "auto" decision (its evidence in `report`)."""
+    if not policy.is_auto(cutoff):
+        check_capacity(plan, cutoff, 1 if label_free else passes.expected_classes(),
+                       class_pca_options, replacer)
+        return cutoff
+    decided, report.evidence = _decide(plan, passes, class_pca_options, seed, verbose,
+                                       policy.rule_of(cutoff))
+    asked = _asked_for(plan)
+    if asked > decided:
+        # A ClassPCA* layer is frozen from construction: the model asks for its solve,
+        # and left out it would keep random weights. It and every layer below it are
+        # solved, whatever the probe says.
+        report.evidence["class_pca_layer"] = dict(
+            layer=plan.steps[asked - 1].layer.name, cutoff=asked, rule_cutoff=decided)
+        return asked
+    return decided
+
+
+def _solve_step(passes, plan, step, replacer, class_pca_options, *, label, strategy,
+                batch_size, seed, patches_per_image, verbose, on_device, n_classes):
+    """Solve one step's layer from the data and assign its weights (and replace its
+    activation if asked): its `SolvedLayer` (`seconds` for the caller to set)."""
+    layer = step.layer
+    feature_model = plan.input_features(step.input, step.scope, step.input_mask)
+    convergence = SubspaceConvergence(n_classes=n_classes) if passes.auto else None
+    # Sign pairs are for a ReLU, which discards each projection's negative half: after
+    # the identity (or a replaced activation) the pairs would be copies.
+    pairs = replacer.sign_pairs(layer)
+    spare = replacer.sign_pairs(layer, through_batchnorm=False)
+    options = solve_options(layer, class_pca_options)
+    if strategy is not None and _distributable(step):
+        statistics, seen = _distributed_statistics(
+            passes, plan, step, feature_model, strategy, batch_size, options,
+            dense_sign_pairs=pairs, spare_filters=spare)
+    else:
+        statistics, seen = solve_layer(
+            passes, feature_model, layer, options, seed=seed,
+            dense_sign_pairs=pairs, spare_filters=spare,
+            patches_per_image=patches_per_image, verbose=verbose, label=label,
+            convergence=convergence, on_device=on_device,
+        )
+    statistics.assign()
+    return SolvedLayer(
+        name=layer.name,
+        kind=type(layer).__name__,
+        samples=seen,
+        rows=statistics.rows,
+        seconds=0.0,
+        explained_variance=statistics.explained_variance(),
+        n_components=statistics.n_components,
+        sample_checks=list(convergence.history) if convergence is not None else [],
+        converged=None if convergence is None else convergence.converged_at is not None,
+        fisher_sign_pairs=statistics.dense_remedies,
+        sign_paired=(None if statistics.dense_remedies is None
+                     else bool(statistics.dense_remedies and pairs)),
+        replaced_activation=replacer.replace(layer),
+        sketch_size=statistics.sketch_size,
+        classes_without_filters=statistics.classes_without_filters,
+        spare_filters=statistics.spare_filter_count,
+    )
+
+
+def _start_head(plan, passes, report, limit, verbose):
+    """`warm_head`: start the head at the least-squares classifier of the solved
+    features when it reads solved features only (else say why not in `report`)."""
+    solved = len(report.layers)
+    if passes.regression_head or not reads_solved_only(plan, solved):
+        return
+    refusal = head_refusal(plan, solved, passes.expected_classes())
+    if refusal is None and passes.one_shot:
+        refusal = "a one-shot iterator has no pass left for it"
+    if refusal is None:
+        report.head, report.head_not_started = warm_start_head(
+            plan, passes, limit=limit, verbose=verbose)
+    else:
+        report.head_not_started = refusal
 
 
 def _reuse_solve(cached, block, replacer):
