@@ -34,14 +34,18 @@ demo: $(VENV)/.installed data
 
 # Lint, then the backend-independent tests (NumPy math, docstring examples) once, then
 # the Keras-facing tests once per backend; tests that need TensorFlow under Keras (Keras
-# layers inside tf.distribute) report themselves skipped under the others.
+# layers inside tf.distribute) report themselves skipped under the others. pytest-xdist
+# runs each suite in one worker per core (at most TEST_WORKERS; a test file stays in one
+# worker, so its module fixtures are built once); TEST_WORKERS=0 runs them in-process.
+TEST_WORKERS ?= 4
+PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),,-n auto --maxprocesses $(TEST_WORKERS) --dist loadfile)
 test: $(VENV)/.installed $(VENV)/.backends data
 	$(PY) -m ruff check keras_classpca tests benchmarks examples
 	@set -e; echo "=== pytest, backend-independent"; \
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -m "not keras" --doctest-modules keras_classpca tests --durations=5; \
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_WORKERS) -m "not keras" --doctest-modules keras_classpca tests --durations=5; \
 	for backend in $(BACKENDS); do \
 		echo "=== pytest, KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -m keras --durations=10; \
+		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_WORKERS) -m keras --durations=10; \
 	done
 
 # The main benchmarks (long); each is a module of the `benchmarks` package, run from here.
