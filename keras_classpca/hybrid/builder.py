@@ -739,14 +739,15 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         report.layers.append(solved)
         keys.store(j, [l.get_weights() for l in block], solved)
 
-    solved = len(report.layers)
+    n_solved = len(report.layers)
     if warm_head and not label_free:
         _start_head(plan, passes, report, limit, verbose)
-    if solved < len(plan.steps):
+    if n_solved < len(plan.steps):
+        next_name = plan.steps[n_solved].layer.name
         report.next_not_taken = (
-            plan.reason_after(solved) if not auto
-            else f"cutoff='auto': {plan.steps[solved].layer.name} was not kept ("
-            + _why_not_kept(report.evidence, plan.steps[solved].layer.name) + ")."
+            plan.reason_after(n_solved) if not auto
+            else f"cutoff='auto': {next_name} was not kept ("
+            + _why_not_kept(report.evidence, next_name) + ")."
         )
     replaced_again = {record.name for record in report.layers if record.replaced_activation}
     report.restored_activations = {name: value for name, value in restored.items()
