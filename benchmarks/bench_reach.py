@@ -1,7 +1,7 @@
 """Model reach: how far class-PCA solves into keras.applications models.
 
 For ResNet50V2, MobileNetV2 and EfficientNetB0 (issue #15's target) and, beyond the
-target, eight more families (`MORE_MODELS`) — `weights=None`: nothing is downloaded;
+target, nine more families (`MORE_MODELS`) — `weights=None`: nothing is downloaded;
 32 x 32 x 3 inputs (zero-padded up to a model's smallest input), 10 classes — the
 graph planner lists the solvable layers;
 `hybridize(model, (x, y), cutoff=8)` solves the first 8 from a few Fashion-MNIST
