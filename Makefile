@@ -39,13 +39,18 @@ demo: $(VENV)/.installed data
 # worker, so its module fixtures are built once); TEST_WORKERS=0 runs them in-process.
 TEST_WORKERS ?= 4
 PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),,-n auto --maxprocesses $(TEST_WORKERS) --dist loadfile)
+# XLA compiles every small test model once and runs it a few steps: compiling with
+# fewer optimisation passes made the JAX suite about 20 % faster here, same results.
+# TensorFlow on CPU does not use XLA; an XLA_FLAGS of your own is kept.
+TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
 test: $(VENV)/.installed $(VENV)/.backends data
 	$(PY) -m ruff check keras_classpca tests benchmarks examples
 	@set -e; echo "=== pytest, backend-independent"; \
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_WORKERS) -m "not keras" --doctest-modules keras_classpca tests --durations=5; \
 	for backend in $(BACKENDS); do \
 		echo "=== pytest, KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_WORKERS) -m keras --durations=10; \
+		KERAS_BACKEND=$$backend XLA_FLAGS="$${XLA_FLAGS:-$(TEST_XLA_FLAGS)}" TF_CPP_MIN_LOG_LEVEL=2 \
+			$(PY) -m pytest $(PYTEST_WORKERS) -m keras --durations=10; \
 	done
 
 # The main benchmarks (long); each is a module of the `benchmarks` package, run from here.

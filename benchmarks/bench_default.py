@@ -37,7 +37,7 @@ from keras_classpca.hybrid.planner import plan_model
 
 SECTION = "bench_default"
 FRACTIONS = (0.01, 0.02, 0.1, 0.3, 1.0)
-MAX_FIXED_CUTOFF = 4  # fixed cutoffs run per cell (the resnet has 6 solvable layers)
+MAX_FIXED_CUTOFF = 6  # fixed cutoffs run per cell (the small resnet has 6 solvable layers)
 
 
 def run_sgd(arch, x, y, test, epochs, seed):
@@ -164,13 +164,16 @@ def run(args, checkpoint):
         epochs = epochs_for(len(x), args.epochs, args.min_steps)
         for arch in rotated(architectures, seed):
             cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=epochs)
-            decision = run_decision(arch, x, y, seed)
-            save_run(args.results, decision, **cell)
-            if args.decisions_only:
-                continue
-            n_fixed = min(decision["n_solvable"], MAX_FIXED_CUTOFF)
-            contenders = ["sgd"] + list(range(1, n_fixed + 1)) + (
-                ["auto"] if args.verify else [])
+            if args.contenders:  # more training runs for cells already recorded
+                contenders = [c if c == "sgd" else int(c) for c in args.contenders.split(",")]
+            else:
+                decision = run_decision(arch, x, y, seed)
+                save_run(args.results, decision, **cell)
+                if args.decisions_only:
+                    continue
+                n_fixed = min(decision["n_solvable"], args.max_cutoff)
+                contenders = ["sgd"] + list(range(1, n_fixed + 1)) + (
+                    ["auto"] if args.verify else [])
             run_contenders(args.results, rotated(contenders, seed + len(arch)), arch, x, y,
                            test, epochs, seed, cell)
         checkpoint()
@@ -192,6 +195,12 @@ def grid_parser(doc, section, architectures, fractions, seeds=3):
     parser.add_argument("--decisions-only", action="store_true",
                         help="record only the decisions (e.g. after the probe changed); the "
                         "report replays them on the training runs")
+    parser.add_argument("--max-cutoff", type=int, default=MAX_FIXED_CUTOFF,
+                        help="fixed cutoffs 1..max-cutoff run per cell (at most the model's "
+                        "solvable layers)")
+    parser.add_argument("--contenders", default=None,
+                        help="only these training runs, e.g. 'sgd,5,6', no decision: "
+                        "adds to cells already in --results (a rerun replaces a record)")
     add_report_options(parser, default_results(section))
     return parser
 
