@@ -15,6 +15,7 @@ DOCUMENTED_MODULES = [
     "keras_classpca.core.data_adapter",
     "keras_classpca.core.patches",
     "keras_classpca.diagnostics.alignment_monitor",
+    "keras_classpca.hybrid.settling",
     "keras_classpca.layers.class_pca_conv2d",
     "keras_classpca.layers.class_pca_dense",
     "keras_classpca.layers.class_pca_initializer",
