@@ -310,6 +310,8 @@ def test_dense_on_sequences_treats_every_position_as_a_row(dense_reference):
 def test_unsolvable_reason(layer, reason):
     got = geometry.unsolvable_reason(layer)
     assert (got is None) if reason is None else (reason in got)
+    if reason is not None:  # the way past it, and what freezing keeps
+        assert "`layer.trainable = False`" in got and "initial values" in got
 
 
 def test_check_input_names_the_expected_rank_and_channels():

@@ -80,9 +80,10 @@ def unsolvable_reason(layer):
     if not is_solvable_kind(layer):
         return (
             f"{name} is not a layer kind class-PCA solves ({SOLVABLE_NAMES}); "
-            "other layers with trainable weights end the solved prefix. One that is "
-            "to stay as it is (a pretrained `Embedding`) is passed once frozen: "
-            "`layer.trainable = False`."
+            "other layers with trainable weights end the solved prefix. One whose "
+            "current weights are to stay (a pretrained `Embedding`) is passed once "
+            "frozen: `layer.trainable = False` — not one still at its initial values "
+            "(a `LayerScale` frozen at 1e-6 would silence the branch it scales)."
             + (" A Dense layer needs no TimeDistributed wrapper: on a sequence it "
                "applies to every step, and is solved so."
                if isinstance(layer, keras.layers.TimeDistributed)
