@@ -45,11 +45,11 @@ from keras_classpca.hybrid.planner import plan_model
 from keras_classpca.hybrid.settling import (
     FreezeOut,
     SettleOnChange,
-    _flat_kernel,
-    _kernel_matrices,
-    _resolve_settle,
-    _subspace_rank,
+    flat_kernel,
+    kernel_matrices,
     linear_cka,
+    resolve_settle,
+    subspace_rank,
 )
 from keras_classpca.hybrid.training import (
     CACHE_SETTINGS,
@@ -273,7 +273,7 @@ def _snap(plan, unit, x, labels):
     )
     for rows, row_labels in iter_rows(layer, inputs, labels, rng=rng, **row_options):
         pca.partial_fit(rows, row_labels)
-    current = _flat_kernel(layer)
+    current = flat_kernel(layer)
     solved = np.asarray(pca.kernel_, dtype=np.float64)
     bias = np.asarray(pca.bias_, dtype=np.float64)
     if solved.shape != current.shape:  # fewer components than filters: pad with zeros
@@ -409,7 +409,7 @@ class _Controller(keras.callbacks.Callback):
             return None
         units = [unit for unit in self.units if not unit.frozen]
         if self.criterion.measure == "subspace":
-            return {unit.layer.name: _kernel_matrices(unit.layer) for unit in units}
+            return {unit.layer.name: kernel_matrices(unit.layer) for unit in units}
         state = {}
         for unit in units:
             name = unit.layer.name
@@ -425,7 +425,7 @@ class _Controller(keras.callbacks.Callback):
             return max(
                 1.0 - subspace_overlap(leading_subspace(a, rank), leading_subspace(b, rank))
                 for a, b in zip(now, before)
-                for rank in [_subspace_rank(a)]
+                for rank in [subspace_rank(a)]
             )
         return max(0.0, 1.0 - linear_cka(now, before))
 
@@ -650,7 +650,7 @@ def fit_progressive(
             "freeze ends a `fit` segment, and Keras then writes the moving averages into "
             "the weights still training. Compile with use_ema=False (or train with fit)."
         )
-    criterion = _resolve_settle(settle)
+    criterion = resolve_settle(settle)
 
     if hasattr(x, "shape"):
         ensure_built(model, tuple(x.shape[1:]))

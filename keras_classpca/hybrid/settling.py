@@ -54,7 +54,7 @@ def _numpy(weight):
     return np.asarray(keras.ops.convert_to_numpy(weight), dtype=np.float64)
 
 
-def _flat_kernel(layer):
+def flat_kernel(layer):
     """A Dense or convolution kernel as `(inputs, filters)` float64."""
     kernel = _numpy(layer.kernel)
     return kernel.reshape(-1, kernel.shape[-1])
@@ -66,7 +66,7 @@ def _per_channel(weight):
     return kernel.reshape(int(np.prod(kernel.shape[:-2])), -1)
 
 
-def _kernel_matrices(layer):
+def kernel_matrices(layer):
     """The filter matrices whose subspaces `SettleOnChange(measure="subspace")` follows:
     the kernel of a Dense or convolution, the per-channel filters of a depthwise one,
     both kernels of a separable one."""
@@ -76,10 +76,11 @@ def _kernel_matrices(layer):
                 pointwise.reshape(-1, pointwise.shape[-1])]
     if isinstance(layer, DEPTHWISE):
         return [_per_channel(layer.kernel)]
-    return [_flat_kernel(layer)]
+    return [flat_kernel(layer)]
 
 
-def _subspace_rank(kernel):
+def subspace_rank(kernel):
+    """Rank of the filter subspace followed for a `(inputs, filters)` kernel."""
     d, n = kernel.shape
     return max(1, min(n, d // 2))
 
@@ -221,7 +222,8 @@ class FreezeOut:
         return f"FreezeOut(t0={self.t0:g})"
 
 
-def _resolve_settle(settle):
+def resolve_settle(settle):
+    """`fit_progressive`'s `settle` argument as a `SettleOnChange` or `FreezeOut`."""
     if isinstance(settle, (SettleOnChange, FreezeOut)):
         return settle
     if isinstance(settle, str):
