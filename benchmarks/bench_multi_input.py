@@ -38,8 +38,10 @@ def write_report(records, command, paragraph, print_only=False):
         "over {seeds} seed(s). Cells and replay as in `bench_default`: SGD and each "
         "fixed cutoff (the first k solvable layers in the planner's topological order) "
         "are trained, the default path is replayed from the recorded decision. Both "
-        "architectures are held out: the rule was tuned on single-input networks.",
-        "Held out (twoview, thumb)", "multi_input_default_accuracy",
+        "architectures were held out of the rule of 2026-11-26 (tuned on single-input "
+        "networks); the library's rule since 2026-11-29 is selected on these cells too "
+        "(`default_report.select_rule`).",
+        "twoview, thumb (held out until 2026-11-29)", "multi_input_default_accuracy",
         records, command, paragraph, print_only)
 
 

@@ -25,6 +25,12 @@ Dense(64)), "separable" (a MobileNet-like stride-2 stem, a depthwise–pointwise
 and a SeparableConv2D), "gelu" (GELU, LeakyReLU and SiLU activations, trained with SGD
 + momentum on one-hot labels with label smoothing) and "uint8" (raw uint8 pixels
 through a `Rescaling(1/255)` layer in the model).
+Four more on another data set, scikit-learn's 8×8 digits (`bench_held_out_digits`,
+`DIGITS`): "digits_mlp" (Dense(64)–Dense(32)), "digits_cnn" (Conv(16, 3, "same")–
+Conv(32, 3)–Pool–Dense(64)), "digits_bn" (Conv–BN–ReLU ×3, GAP) and "digits_resnet"
+(a Conv–BN–ReLU stem and two basic blocks, the second strided, GAP); and four
+written after the rule was last selected (`bench_fresh_digits`, `DIGITS_FRESH`):
+"digits_vgg", "digits_separable", "digits_gelu" and "digits_tanh" (LeNet-like).
 """
 
 import keras
@@ -263,6 +269,113 @@ def _uint8(n_classes):
 
 
 HELD_OUT = ("vgg", "separable", "gelu", "uint8")
+
+
+def _digits_mlp(n_classes):
+    """8×8 digits: Flatten – Dense(64) – Dense(32) – Dense, ReLU."""
+    return keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="digits_mlp")
+
+
+def _digits_cnn(n_classes):
+    """8×8 digits: Conv(16, 3, "same") – Conv(32, 3) – MaxPool – Flatten – Dense(64) –
+    Dense, ReLU."""
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="digits_cnn")
+
+
+def _digits_bn(n_classes):
+    """8×8 digits: Conv–BN–ReLU ×3 (16, 32, 64 filters, a MaxPool after the second) –
+    GlobalAveragePooling – Dense."""
+    inputs = keras.Input((8, 8, 1))
+    x = _conv_bn_relu(_conv_bn_relu(inputs, 16), 32)
+    x = _conv_bn_relu(keras.layers.MaxPooling2D()(x), 64)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="digits_bn")
+
+
+def _digits_resnet(n_classes):
+    """8×8 digits: a Conv–BN–ReLU stem (16), a basic block (16, identity shortcut), a
+    stride-2 basic block (32, projection shortcut) – GlobalAveragePooling – Dense."""
+    inputs = keras.Input((8, 8, 1))
+    x = _basic_block(_basic_block(_conv_bn_relu(inputs, 16), 16), 32, strides=2)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x),
+                       name="digits_resnet")
+
+
+DIGITS = ("digits_mlp", "digits_cnn", "digits_bn", "digits_resnet")
+
+
+def _digits_vgg(n_classes):
+    """8×8 digits: Conv(16)–Conv(16)–Pool–Conv(32)–Conv(32), 3×3 "same", ReLU – GAP –
+    Dense(32) – Dense."""
+    layers = [keras.Input((8, 8, 1))]
+    for filters, pool in ((16, True), (32, False)):
+        layers += [keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
+                   keras.layers.Conv2D(filters, 3, padding="same", activation="relu")]
+        layers += [keras.layers.MaxPooling2D()] if pool else []
+    layers += [keras.layers.GlobalAveragePooling2D(),
+               keras.layers.Dense(32, activation="relu"),
+               keras.layers.Dense(n_classes, activation="softmax")]
+    return keras.Sequential(layers, name="digits_vgg")
+
+
+def _digits_separable(n_classes):
+    """8×8 digits: Conv(16, 3)–ReLU6, DepthwiseConv(3)–ReLU6, Conv(32, 1)–ReLU6,
+    SeparableConv(64, 3, stride 2)–ReLU – GAP – Dense ("same" padding)."""
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same"), keras.layers.ReLU(6.0),
+        keras.layers.DepthwiseConv2D(3, padding="same"), keras.layers.ReLU(6.0),
+        keras.layers.Conv2D(32, 1), keras.layers.ReLU(6.0),
+        keras.layers.SeparableConv2D(64, 3, strides=2, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="digits_separable")
+
+
+def _digits_gelu(n_classes):
+    """8×8 digits: Conv(32, 3, "same", GELU) – Conv(64, 3)–LeakyReLU(0.1) – Pool –
+    Flatten – Dense(64, SiLU) – Dense."""
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="gelu"),
+        keras.layers.Conv2D(64, 3), keras.layers.LeakyReLU(0.1),
+        keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="silu"),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="digits_gelu")
+
+
+def _digits_tanh(n_classes):
+    """8×8 digits: Conv(24, 3, tanh) – AveragePool – Conv(48, 2, tanh) – Flatten –
+    Dense(48, tanh) – Dense (a LeNet-like recipe)."""
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(24, 3, activation="tanh"), keras.layers.AveragePooling2D(2),
+        keras.layers.Conv2D(48, 2, activation="tanh"), keras.layers.Flatten(),
+        keras.layers.Dense(48, activation="tanh"),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="digits_tanh")
+
+
+# Written after the rule of `hybrid/policy.py` was selected (`bench_fresh_digits`).
+DIGITS_FRESH = ("digits_vgg", "digits_separable", "digits_gelu", "digits_tanh")
+
+
+def dataset_for(arch):
+    """The data set an architecture is benchmarked on (`keras_classpca.datasets`)."""
+    return "digits" if arch in DIGITS + DIGITS_FRESH else "fashion_mnist"
 ONE_HOT = ("kerasio", "gelu")  # architectures whose user passes one-hot labels
 
 
@@ -287,7 +400,10 @@ def build(arch, n_classes=10):
             "conv1d": _conv1d, "perstep": _perstep, "conv1d_bn": _conv1d_bn,
             "transformer": _transformer, "twoview": _twoview, "wide": _wide,
             "thumb": _thumb, "vgg": _vgg, "separable": _separable, "gelu": _gelu,
-            "uint8": _uint8}[arch](n_classes)
+            "uint8": _uint8, "digits_mlp": _digits_mlp, "digits_cnn": _digits_cnn,
+            "digits_bn": _digits_bn, "digits_resnet": _digits_resnet,
+            "digits_vgg": _digits_vgg, "digits_separable": _digits_separable,
+            "digits_gelu": _digits_gelu, "digits_tanh": _digits_tanh}[arch](n_classes)
 
 
 def labels_for(arch, y, n_classes=10):
