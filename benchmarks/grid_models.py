@@ -229,18 +229,25 @@ def _vgg(n_classes):
     return keras.Sequential(layers, name="vgg_style")
 
 
-def _separable(n_classes):
-    """MobileNet-like: Conv(16, 3, stride 2)–ReLU6, DepthwiseConv(3)–ReLU6,
-    Conv(32, 1)–ReLU6, SeparableConv(64, 3, stride 2)–ReLU – GAP – Dense."""
+def _separable_net(n_classes, shape, stem_strides, name):
+    """MobileNet-like: Conv(16, 3, `stem_strides`)–ReLU6, DepthwiseConv(3)–ReLU6,
+    Conv(32, 1)–ReLU6, SeparableConv(64, 3, stride 2)–ReLU – GAP – Dense ("same"
+    padding) on inputs of `shape`."""
     return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(16, 3, strides=2, padding="same"), keras.layers.ReLU(6.0),
+        keras.Input(shape),
+        keras.layers.Conv2D(16, 3, strides=stem_strides, padding="same"),
+        keras.layers.ReLU(6.0),
         keras.layers.DepthwiseConv2D(3, padding="same"), keras.layers.ReLU(6.0),
         keras.layers.Conv2D(32, 1), keras.layers.ReLU(6.0),
         keras.layers.SeparableConv2D(64, 3, strides=2, padding="same", activation="relu"),
         keras.layers.GlobalAveragePooling2D(),
         keras.layers.Dense(n_classes, activation="softmax"),
-    ], name="separable")
+    ], name=name)
+
+
+def _separable(n_classes):
+    """The 28×28 `_separable_net`, its stem of stride 2."""
+    return _separable_net(n_classes, (28, 28, 1), 2, "separable")
 
 
 def _gelu(n_classes):
@@ -331,17 +338,8 @@ def _digits_vgg(n_classes):
 
 
 def _digits_separable(n_classes):
-    """8×8 digits: Conv(16, 3)–ReLU6, DepthwiseConv(3)–ReLU6, Conv(32, 1)–ReLU6,
-    SeparableConv(64, 3, stride 2)–ReLU – GAP – Dense ("same" padding)."""
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same"), keras.layers.ReLU(6.0),
-        keras.layers.DepthwiseConv2D(3, padding="same"), keras.layers.ReLU(6.0),
-        keras.layers.Conv2D(32, 1), keras.layers.ReLU(6.0),
-        keras.layers.SeparableConv2D(64, 3, strides=2, padding="same", activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(n_classes, activation="softmax"),
-    ], name="digits_separable")
+    """8×8 digits: `_separable_net` with a stem of stride 1."""
+    return _separable_net(n_classes, (8, 8, 1), 1, "digits_separable")
 
 
 def _digits_gelu(n_classes):
