@@ -142,14 +142,16 @@ def tune(cells, architectures=TUNE_ARCHITECTURES):
     return candidates[0][2]
 
 
-def select_rule(results=None):
-    """The rule `tune` selects on every cell of the `SELECTION_GRIDS` (their results
-    files in `benchmarks/results`, or `results`: `{grid: records}`): how the library's
-    `DEFAULT_RULE` was chosen."""
-    if results is None:
-        results = {grid: load_records(default_results(grid)) for grid in SELECTION_GRIDS}
+def select_rule(records_of=None):
+    """The rule `tune` selects on every cell of the `SELECTION_GRIDS`: how the library's
+    `DEFAULT_RULE` was chosen. A grid's records come from `records_of` (`{grid:
+    records}`) when it has them, else from its results file in `benchmarks/results`."""
+    records_of = records_of or {}
     cells = {}
-    for records in results.values():
+    for grid in SELECTION_GRIDS:
+        records = records_of.get(grid)
+        if records is None:
+            records = load_records(default_results(grid))
         cells.update(cells_of(records))  # architecture names differ between the grids
     return tune(cells, architectures=None)
 
@@ -255,9 +257,7 @@ def target_status(rows):
 def write_report(records, command, paragraph, print_only=False):
     cells = cells_of(records)
     tuned = tune(cells)
-    selected = select_rule({grid: records if grid == SECTION
-                            else load_records(default_results(grid))
-                            for grid in SELECTION_GRIDS})
+    selected = select_rule({SECTION: records})
     rows = summarize(cells, DEFAULT_RULE)
     tune_rows = [r for r in rows if r["arch"] in TUNE_ARCHITECTURES]
     held_rows = [r for r in rows if r["arch"] not in TUNE_ARCHITECTURES]
