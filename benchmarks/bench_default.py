@@ -81,16 +81,19 @@ def run_hybrid(arch, x, y, test, epochs, seed, cutoff, name=None, train=None, **
 
 
 def run_grid_cells(args, checkpoint, architectures, contenders, train):
-    """Every seed × fraction × architecture cell of Fashion-MNIST, the `contenders`
-    rotated per seed: `train(name, arch, x, y, test, epochs, seed)` returns a record,
-    saved to `args.results` with its cell (`args.seeds`, `args.first_seed`,
-    `args.fractions`); a checkpoint after each fraction."""
-    (x_all, y_all), test = load_dataset("fashion_mnist")
+    """Every seed × fraction × architecture cell (on the data set each architecture
+    names, `grid_models.dataset_for`), the `contenders` rotated per seed: `train(name,
+    arch, x, y, test, epochs, seed)` returns a record, saved to `args.results` with its
+    cell (`args.seeds`, `args.first_seed`, `args.fractions`); a checkpoint after each
+    fraction."""
+    datasets = {name: load_dataset(name)
+                for name in sorted({grid_models.dataset_for(arch) for arch in architectures})}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for fraction in args.fractions:
-            x, y = subset(x_all, y_all, fraction, seed)
-            epochs = epochs_for(len(x))
             for arch in architectures:
+                (x_all, y_all), test = datasets[grid_models.dataset_for(arch)]
+                x, y = subset(x_all, y_all, fraction, seed)
+                epochs = epochs_for(len(x))
                 cell = dict(arch=arch, fraction=fraction, seed=seed, n=len(x), epochs=epochs)
                 for name in rotated(list(contenders), seed + len(arch)):
                     save_run(args.results, train(name, arch, x, y, test, epochs, seed), **cell)

@@ -112,6 +112,10 @@ TARGETS = [
     Target("warm_head", "bench_warm_head",
            "Every solvable layer solved: the warm head (least-squares start) ≥ the cold "
            "head's test accuracy in every grid cell (median of 3 seeds)"),
+    # The layers above the cutoff solved as a start (bench_initialize_above).
+    Target("initialize_above", "bench_initialize_above",
+           "Default path with `initialize_above=True`, held-out grid cells: not more than "
+           "0.5 pp below the default path in ≥ 90 % of the cells, and better on the median"),
     # Class statistics (bench_accumulate): the targets of its current section...
     Target("accumulate_gemm", "bench_accumulate",
            "ClassPCA (accumulate + solve) ≤ 1.4× one GEMM over the same rows, every workload"),

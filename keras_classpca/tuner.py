@@ -63,7 +63,8 @@ DEFAULT_SEARCH_SPACE = {
     "allocation": list(ALLOCATIONS),
 }
 HYBRIDIZE_SETTINGS = ("samples", "batch_size", "seed", "patches_per_image", "verbose",
-                      "freeze", "solved_activation", "statistics_on", "strategy")
+                      "freeze", "solved_activation", "statistics_on", "strategy",
+                      "initialize_above")
 CACHE_SUBDIR = "solve_cache"
 # Extra metrics added to every trial's History (one value per epoch).
 SOLVE_SECONDS = "solve_seconds"
@@ -203,9 +204,11 @@ class HybridHyperModel(keras_tuner.HyperModel):
         name, tunable: as in `keras_tuner.HyperModel`.
         **hybridize_options: fixed `hybridize` settings (`samples`, `batch_size`,
             `seed`, `patches_per_image`, `verbose`, `freeze`, `solved_activation`,
-            `statistics_on`, `strategy`; default `verbose=0`) and fixed class-PCA
-            options (`center`, `variance_share`, ...). With `freeze=False` (solved
-            layers trained too) the trials train with `fit`: no prefix is shared.
+            `statistics_on`, `strategy`, `initialize_above`; default `verbose=0`) and
+            fixed class-PCA options (`center`, `variance_share`, ...). With
+            `freeze=False` (solved layers trained too) the trials train with `fit`: no
+            prefix is shared. With `initialize_above=True` every trial, cutoff 0
+            included, starts the layers above its cutoff from their solution.
 
     Attributes:
         solve_cache: the `SolveCache` of the latest trial (`hits`, `misses`), or None.
@@ -408,7 +411,8 @@ class HybridHyperModel(keras_tuner.HyperModel):
         leaves the model as it was. Other data are read by the trials only."""
         if not _in_memory_pair(self.data):
             return
-        settings = dict(self.hybridize_options, verbose=0, warm_head=False)
+        settings = dict(self.hybridize_options, verbose=0, warm_head=False,
+                        initialize_above=False)  # a solve of nothing: checks only
         with warnings.catch_warnings():  # each trial's solve warns as it should
             warnings.simplefilter("ignore")
             hybridize(model, self.data, 0, **settings)
@@ -539,7 +543,7 @@ class HybridHyperModel(keras_tuner.HyperModel):
         # layers (another user hyperparameter) solves all it has.
         cutoff = min(int(hp.get(CUTOFF)) if CUTOFF in hp else 0, solvable)
         solve_seconds = 0.0
-        if cutoff > 0:
+        if cutoff > 0 or self.hybridize_options.get("initialize_above"):
             if ("tuner/trial_id" in hp.values and kwargs.get("initial_epoch", 0) > 0
                     and _from_tuner(kwargs.get("callbacks"))):
                 # Hyperband continues a trial: its checkpoint (solved prefix and trained

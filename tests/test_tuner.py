@@ -695,3 +695,19 @@ def test_a_named_input_dict_is_arrays_to_the_solve_cache():
     named = HybridHyperModel(_builder(), ({"features": x}, y), search_options=False)
     plain = HybridHyperModel(_builder(), (x, y), search_options=False)
     assert named._data_fingerprint() == plain._data_fingerprint()
+
+
+@pytest.mark.parametrize("cutoff", [0, 1])
+def test_initialize_above_starts_every_trials_layers_above_its_cutoff(cutoff):
+    hypermodel = HybridHyperModel(_builder(), _data(), search_options=False,
+                                  initialize_above=True)
+    model = hypermodel.build(_hp(cutoff=cutoff))
+    before = [layer.get_weights()[0] for layer in model.layers]
+    hypermodel.fit(_hp(cutoff=cutoff), model, *_data(), epochs=1, batch_size=64, verbose=0)
+    report = hypermodel.last_report
+    assert report.cutoff == cutoff and len(report.layers) == 2
+    assert report.initialized == [layer.name for layer in model.layers[cutoff:2]]
+    assert [layer.trainable for layer in model.layers[:2]] == [j >= cutoff for j in range(2)]
+    # every layer moved: the frozen ones solved, the others solved and trained
+    assert all(not np.array_equal(b, layer.get_weights()[0])
+               for b, layer in zip(before, model.layers))

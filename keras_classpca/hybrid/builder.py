@@ -64,6 +64,7 @@ from keras_classpca.hybrid.freezing import (
     frozen_by_solve,
     mark_and_freeze,
     release_earlier_solves,
+    too_wide_step,
     warn_if_frozen_above,
     warn_if_frozen_before,
 )
@@ -332,6 +333,7 @@ def hybridize(
     strategy=None,
     statistics_on="auto",
     warm_head=True,
+    initialize_above=False,
     **class_pca_options,
 ):
     """Solve the bottom layers of `model` with class-PCA and freeze them.
@@ -452,6 +454,18 @@ def hybridize(
             stay trainable. It costs one
             more pass over the data (a one-shot iterator has none left: the head is
             then not started). False: the head keeps its initialisation.
+        initialize_above: also solve every solvable layer above the cutoff, layer
+            after layer from the same data, and leave those trainable: the layers
+            `fit` trains start from their class-PCA solution (and, with `warm_head`,
+            the head from the least-squares classifier of the solved features)
+            instead of their initializers. The bottom `cutoff` layers are frozen as
+            usual; `report.initialized` names the layers solved as a start only. On
+            networks whose trainable part learns slowly from a random start (a
+            Conv–BN–ReLU network, a MobileNet-like separable one) this beat every
+            fixed cutoff, the full solve included (`bench_initialize_above`,
+            docs/benchmarks.md). Not with `solved_activation` (it changes the
+            architecture of the layers it follows). With `cutoff=0` every layer trains
+            from its solution.
         **class_pca_options: any `ClassPCA` option, for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`, `discriminant`, `sign_pairs`, `sketch_size`, ...);
@@ -535,6 +549,14 @@ def hybridize(
 
     if not isinstance(warm_head, bool):
         raise TypeError(f"`warm_head` must be True or False; received {warm_head!r}.")
+    if not isinstance(initialize_above, (bool, np.bool_)):
+        raise TypeError(
+            f"`initialize_above` must be True or False; received {initialize_above!r}.")
+    if initialize_above and activation is not None:
+        raise ValueError(
+            "`initialize_above=True` cannot be combined with `solved_activation`: the "
+            "replaced activation would change the layers that go on training. Solve "
+            "with one of the two.")
 
     state = _ModelState(model)  # an unbuilt model has no weights yet: flags only
     try:
@@ -544,7 +566,7 @@ def hybridize(
             batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
             solve_cache=solve_cache, data_fingerprint=data_fingerprint, strategy=strategy,
             class_pca_options=class_pca_options, label_free=label_free, on_device=on_device,
-            inputs=packing,
+            inputs=packing, initialize_above=bool(initialize_above),
         )
     except BaseException:
         # Nothing half-done: a failure (or an interrupt) leaves the model as it was.
@@ -631,7 +653,7 @@ def _check_input_shape(model, x):
 def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, batch_size, seed,
                       patches_per_image, solve_cache, data_fingerprint, strategy,
                       class_pca_options, label_free=False, on_device=False, activation=None,
-                      inputs=None, warm_head=False):
+                      inputs=None, warm_head=False, initialize_above=False):
     """`hybridize` after its arguments were checked; may leave the model half-done."""
     passes = DataPasses(data, samples, batch_size, seed, class_pca_options.get("n_classes"),
                          inputs=inputs)
@@ -675,7 +697,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         warn("hybridize solved nothing: "
              + (plan.stop_reason or "the model has no layer with weights to solve."),
              UserWarning)
-    if cutoff == 0 or not plan.steps:
+    if (cutoff == 0 and not initialize_above) or not plan.steps:
         _solve_nothing(model, plan, report, restored)
         report.seconds = time.perf_counter() - start
         return report
@@ -691,7 +713,14 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     cutoff = _choose_cutoff(plan, passes, cutoff, report, replacer, class_pca_options,
                             seed=seed, verbose=verbose, label_free=label_free)
     warn_if_frozen_before(plan, cutoff)
-    needed = _planned_passes(plan, cutoff)
+    # `initialize_above`: the layers above the cutoff are solved too, as a start.
+    # A layer too wide for the classes ends the start (training starts it as written).
+    n_solve = cutoff
+    if initialize_above:
+        wide = None if label_free else too_wide_step(
+            plan, len(plan.steps), passes.expected_classes(), class_pca_options, replacer)
+        n_solve = max(cutoff, len(plan.steps) if wide is None else wide[0])
+    needed = _planned_passes(plan, n_solve)
     if passes.one_shot and needed > 1:
         raise TypeError(
             f"`data` is a one-shot iterator but hybridize needs {needed} passes over it here "
@@ -711,7 +740,7 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     })
     # samples="auto": passes that do not converge themselves read what the last layer read.
     limit = LEADING_BATCHNORM_SAMPLES if passes.auto else None
-    for j, step in enumerate(plan.cut(cutoff)):
+    for j, step in enumerate(plan.cut(n_solve)):
         layer = step.layer
         # The layers this step sets: the layer, the BatchNormalization layers it
         # enables, and for the first step those that depend on no solved layer.
@@ -727,7 +756,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             adapt_batchnorm(passes, plan.batchnorm_features(bn, tensor, scope), bn, verbose, limit)
         solved = _solve_step(
             passes, plan, step, replacer, class_pca_options,
-            label=f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{cutoff})",
+            label=f"Solving {type(layer).__name__} '{layer.name}' ({j + 1}/{n_solve})"
+            + ("" if j < cutoff else ", a start: it trains"),
             strategy=strategy, batch_size=batch_size, seed=seed,
             patches_per_image=patches_per_image, verbose=verbose, on_device=on_device,
             n_classes=None if label_free else passes.expected_classes())
@@ -752,8 +782,9 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
     replaced_again = {record.name for record in report.layers if record.replaced_activation}
     report.restored_activations = {name: value for name, value in restored.items()
                                    if name not in replaced_again}
-    mark_and_freeze(model, plan, report, freeze, class_pca_options)
-    report.cutoff = len(report.layers)
+    mark_and_freeze(model, plan, report, freeze, class_pca_options, frozen_count=cutoff)
+    report.cutoff = cutoff
+    report.initialized = [record.name for record in report.layers[cutoff:]]
     report.seconds = time.perf_counter() - start
     return report
 

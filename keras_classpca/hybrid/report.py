@@ -107,9 +107,12 @@ class HybridReport:
     """The result of `hybridize`.
 
     Attributes:
-        cutoff: the number of layers solved.
+        cutoff: the number of layers solved and frozen (the bottom ones).
         cutoff_mode: `"auto"` or `"fixed"`.
-        layers: a `SolvedLayer` per solved layer, bottom first.
+        layers: a `SolvedLayer` per solved layer, bottom first (with
+            `hybridize(initialize_above=True)`, those above the cutoff too).
+        initialized: names of the layers solved above the cutoff as a start only:
+            they train (`hybridize(initialize_above=True)`); else empty.
         evidence: for `cutoff="auto"`, the decision: a row per layer looked at (probe
             accuracy before and after it, gain, threshold, kept, seconds), the rule,
             the decision samples (`decision_patches`: the random patches per sample
@@ -155,6 +158,7 @@ class HybridReport:
     stopped_because: str = None
     next_not_taken: str = None
     frozen: list = dataclasses.field(default_factory=list)
+    initialized: list = dataclasses.field(default_factory=list)
     restored_activations: dict = dataclasses.field(default_factory=dict)
     recompiled: bool = False
     label_free: bool = False
@@ -199,6 +203,8 @@ class HybridReport:
 
     def __str__(self):
         solved = (f"{self.cutoff} of {len(self.candidates)} solvable layer(s) solved"
+                  + (f" and frozen, {len(self.initialized)} above solved as a start"
+                     if self.initialized else "")
                   if self.candidates else
                   # (the prefix ends at the first layer with weights: `prefix ends`)
                   "nothing solved: no layer can be solved at the bottom")
@@ -293,6 +299,8 @@ class HybridReport:
             lines.append(f"  head not started: {self.head_not_started}")
         if self.frozen:
             lines.append(f"  frozen: {', '.join(self.frozen)}")
+        if self.initialized:
+            lines.append(f"  solved as a start, trainable: {', '.join(self.initialized)}")
         if self.restored_activations:
             put_back = ", ".join(f"{name} ({activation})"
                                  for name, activation in self.restored_activations.items())

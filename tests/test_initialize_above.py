@@ -1,0 +1,135 @@
+"""`hybridize(initialize_above=True)`: the layers above the cutoff are solved too, as
+the start of the layers that train."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_classpca import HybridReport, hybridize
+
+L = keras.layers
+
+
+def _images(n=600, k=3, seed=0):
+    """8×8 images whose class lights one of three pixels: conv filters can see it."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    x = rng.normal(size=(n, 8, 8, 1)).astype("float32")
+    x[np.arange(n), 2 + y, 2 + y, 0] += 4.0
+    return x, y
+
+
+def _convnet(seed=1, compiled=False):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        L.Conv2D(6, 3, activation="relu", name="c1"),
+        L.Conv2D(8, 3, activation="relu", name="c2"),
+        L.Flatten(),
+        L.Dense(3, activation="softmax", name="head"),
+    ])
+    if compiled:
+        model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def _weights(model, name):
+    return model.get_layer(name).get_weights()
+
+
+def test_layers_above_the_cutoff_start_from_the_full_solve_and_train():
+    x, y = _images()
+    full = _convnet()
+    hybridize(full, (x, y), cutoff=2, verbose=0)
+    model = _convnet()
+    report = hybridize(model, (x, y), cutoff=1, initialize_above=True, verbose=0)
+    # the weights of a full solve (same data, seed and order of solves) ...
+    for name in ("c1", "c2", "head"):
+        for a, b in zip(_weights(full, name), _weights(model, name)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # ... with only the bottom `cutoff` layers frozen
+    assert [layer.trainable for layer in model.layers] == [False, True, True, True]
+    assert report.cutoff == 1 and report.frozen == ["c1"] and report.initialized == ["c2"]
+    assert [layer.name for layer in report.layers] == ["c1", "c2"]
+    assert report.head is not None and report.next_not_taken is None
+    text = str(report)
+    assert "1 of 2 solvable layer(s) solved and frozen, 1 above solved as a start" in text
+    assert "solved as a start, trainable: c2" in text
+    assert HybridReport.from_dict(report.to_dict()) == report
+    # the start classifies before any training; fit trains c2 and the head, not c1
+    accuracy = np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y)
+    assert accuracy > 0.9
+    c1, c2 = _weights(model, "c1")[0], _weights(model, "c2")[0]
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    np.testing.assert_array_equal(c1, _weights(model, "c1")[0])
+    assert not np.allclose(c2, _weights(model, "c2")[0])
+
+
+def test_cutoff_zero_starts_every_layer_from_its_solution_and_freezes_none():
+    x, y = _images()
+    full = _convnet()
+    hybridize(full, (x, y), cutoff=2, verbose=0)
+    model = _convnet()
+    report = hybridize(model, (x, y), cutoff=0, initialize_above=True, verbose=0)
+    assert report.cutoff == 0 and report.frozen == [] and report.initialized == ["c1", "c2"]
+    assert all(layer.trainable for layer in model.layers)
+    np.testing.assert_allclose(_weights(full, "c2")[0], _weights(model, "c2")[0], atol=1e-6)
+    # without the option cutoff 0 leaves the model as it was
+    untouched = _convnet()
+    before = _weights(untouched, "c1")[0]
+    assert hybridize(untouched, (x, y), cutoff=0, verbose=0).layers == []
+    np.testing.assert_array_equal(before, _weights(untouched, "c1")[0])
+
+
+def test_later_calls_freeze_and_release_as_their_own_cutoff_says():
+    x, y = _images()
+    model = _convnet(compiled=True)
+    report = hybridize(model, (x, y), cutoff=2, verbose=0)
+    assert not model.get_layer("c2").trainable
+    # a compiled model is compiled again: c2, frozen before, trains now
+    report = hybridize(model, (x, y), cutoff=1, initialize_above=True, verbose=0)
+    assert report.recompiled and model.get_layer("c2").trainable
+    assert not model.get_layer("c1").trainable
+    trainable = {id(v) for v in model.trainable_variables}
+    assert all(id(v) in trainable for v in model.get_layer("c2").weights)
+    assert not any(id(v) in trainable for v in model.get_layer("c1").weights)
+    report = hybridize(model, (x, y), cutoff=2, verbose=0)
+    assert report.initialized == [] and not model.get_layer("c2").trainable
+
+
+def test_the_start_ends_below_a_layer_too_wide_for_the_classes():
+    # 3 classes over 2 features give a Dense layer at most 3·2·2 + 2 = 14 directions:
+    # Dense(40) above is left to its initializer, without an error.
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    x = (rng.normal(size=(300, 2)) + 3.0 * np.eye(3, 2)[y]).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), L.Dense(2, activation="relu", name="d1"),
+                              L.Dense(40, activation="relu", name="wide"),
+                              L.Dense(3, activation="softmax", name="head")])
+    before = _weights(model, "wide")[0]
+    report = hybridize(model, (x, y), cutoff=1, initialize_above=True, verbose=0)
+    assert report.cutoff == 1 and report.initialized == [] and report.head is None
+    np.testing.assert_array_equal(before, _weights(model, "wide")[0])
+    assert model.get_layer("wide").trainable and not model.get_layer("d1").trainable
+
+
+def test_auto_cutoff_with_the_start_above():
+    x, y = _images()
+    model = _convnet()
+    report = hybridize(model, (x, y), initialize_above=True, verbose=0)
+    assert report.cutoff_mode == "auto"
+    # every solvable layer is solved; the decision's cutoff says which are frozen
+    assert len(report.layers) == 2 and report.initialized == ["c1", "c2"][report.cutoff:]
+    assert [model.get_layer(n).trainable for n in ("c1", "c2")] == [
+        j >= report.cutoff for j in range(2)]
+
+
+def test_bad_initialize_above_is_refused():
+    x, y = _images(n=60)
+    with pytest.raises(TypeError, match="`initialize_above` must be True or False"):
+        hybridize(_convnet(), (x, y), cutoff=1, initialize_above="yes", verbose=0)
+    with pytest.raises(ValueError, match="cannot be combined with `solved_activation`"):
+        hybridize(_convnet(), (x, y), cutoff=1, initialize_above=True,
+                  solved_activation="linear", verbose=0)
