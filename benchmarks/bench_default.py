@@ -109,10 +109,12 @@ def grid_cells_main(doc, section, architectures, fractions, contenders, train, w
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--architectures", default=",".join(architectures))
     parser.add_argument("--fractions", type=float, nargs="+", default=list(fractions))
+    parser.add_argument("--contenders", nargs="+", default=list(contenders),
+                        help="the contenders to run (default: all)")
     add_report_options(parser, default_results(section))
     args = parser.parse_args()
     run_benchmark(args, section, write_report, lambda checkpoint: run_grid_cells(
-        args, checkpoint, args.architectures.split(","), contenders, train))
+        args, checkpoint, args.architectures.split(","), args.contenders, train))
 
 
 def epochs_for(n, min_epochs=3, min_steps=300):

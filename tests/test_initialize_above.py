@@ -44,7 +44,7 @@ def test_layers_above_the_cutoff_start_from_the_full_solve_and_train():
     model = _convnet()
     report = hybridize(model, (x, y), cutoff=1, initialize_above=True, verbose=0)
     # the weights of a full solve (same data, seed and order of solves) ...
-    for name in ("c1", "c2", "head"):
+    for name in ("c1", "c2"):
         for a, b in zip(_weights(full, name), _weights(model, name)):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     # ... with only the bottom `cutoff` layers frozen
@@ -133,3 +133,21 @@ def test_bad_initialize_above_is_refused():
     with pytest.raises(ValueError, match="cannot be combined with `solved_activation`"):
         hybridize(_convnet(), (x, y), cutoff=1, initialize_above=True,
                   solved_activation="linear", verbose=0)
+
+
+def test_the_head_above_layers_that_train_is_not_sharpened():
+    x, y = _images()
+    frozen = _convnet()
+    sharp = hybridize(frozen, (x, y), cutoff=2, verbose=0).head
+    started = _convnet()
+    plain = hybridize(started, (x, y), cutoff=1, initialize_above=True, verbose=0).head
+    # a fully frozen prefix gets the temperature of least leave-one-out cross-entropy;
+    # above layers that train the start stays the ridge classifier (temperature 1),
+    # which classifies as well but less confidently
+    assert sharp["temperature"] > 1.0 and plain["temperature"] == 1.0
+    confidence = {}
+    for name, model in (("sharp", frozen), ("plain", started)):
+        p = model.predict(x, verbose=0)
+        assert np.mean(np.argmax(p, axis=1) == y) > 0.9
+        confidence[name] = np.mean(np.max(p, axis=1))
+    assert confidence["plain"] < confidence["sharp"] - 0.1

@@ -447,7 +447,10 @@ def hybridize(
             solved from, its penalty and softmax temperature those of least
             leave-one-out cross-entropy — instead of leaving it random: `fit` then
             refines a linear probe (`hybrid/head.py`; `report.head`, or why not in
-            `report.head_not_started`). Heads it starts: one Dense on flat features
+            `report.head_not_started`). Above layers that train too
+            (`initialize_above=True`, `freeze=False` or `"kernel"`) its temperature
+            stays 1: a start sharpened for frozen features would multiply the
+            gradients reaching them. Heads it starts: one Dense on flat features
             (at most 8,192; above 2,048 fitted on a uniform sample of 2,048 of the
             samples), the model's only output, softmax or linear over the classes,
             or one sigmoid unit, whose constraints the start satisfies. Its weights
@@ -771,7 +774,11 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
 
     n_solved = len(report.layers)
     if warm_head and not label_free:
-        _start_head(plan, passes, report, limit, verbose)
+        # Above layers that train too (`initialize_above`, `freeze` False or "kernel"),
+        # a start sharpened for frozen features would amplify their gradients: the
+        # head is then the ridge classifier as fitted.
+        all_frozen = n_solve == cutoff and isinstance(freeze, (bool, np.bool_)) and freeze
+        _start_head(plan, passes, report, limit, verbose, sharpen=bool(all_frozen))
     if n_solved < len(plan.steps):
         next_name = plan.steps[n_solved].layer.name
         report.next_not_taken = (
@@ -865,7 +872,7 @@ def _solve_step(passes, plan, step, replacer, class_pca_options, *, label, strat
     )
 
 
-def _start_head(plan, passes, report, limit, verbose):
+def _start_head(plan, passes, report, limit, verbose, sharpen=True):
     """`warm_head`: start the head at the least-squares classifier of the solved
     features when it reads solved features only (else say why not in `report`)."""
     solved = len(report.layers)
@@ -876,7 +883,7 @@ def _start_head(plan, passes, report, limit, verbose):
         refusal = "a one-shot iterator has no pass left for it"
     if refusal is None:
         report.head, report.head_not_started = warm_start_head(
-            plan, passes, limit=limit, verbose=verbose)
+            plan, passes, limit=limit, verbose=verbose, sharpen=sharpen)
     else:
         report.head_not_started = refusal
 

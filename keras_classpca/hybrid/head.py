@@ -199,9 +199,10 @@ class _HeadStatistics:
                 roots[:, None] * (vectors.T @ (targets - target_mean)),
                 lambda weights: centred.T @ (vectors @ (weights / roots[:, None])))
 
-    def solve(self):
+    def solve(self, temperatures=TEMPERATURES):
         """`(kernel, bias or None, details)`: the ridge classifier whose penalty and
-        temperature give the least leave-one-out cross-entropy on the kept rows."""
+        temperature (one of `temperatures`) give the least leave-one-out cross-entropy
+        on the kept rows."""
         rows, labels = self.kept.rows, self.kept.labels
         targets = self.targets(labels)
         d = rows.shape[1]
@@ -214,10 +215,10 @@ class _HeadStatistics:
             fitted = projected @ (inverse[:, None] * coefficients) + target_mean
             leverage = (projected ** 2) @ inverse + (1.0 / n if self.bias else 0.0)
             held_out = (fitted - leverage[:, None] * targets) / (1.0 - leverage)[:, None]
-            losses = self._losses(held_out, labels)
+            losses = self._losses(held_out, labels, temperatures)
             at = int(np.argmin(losses))  # the first of equal losses, as before
             if best is None or losses[at] < best[0]:
-                best = (losses[at], penalty, TEMPERATURES[at], held_out, inverse)
+                best = (losses[at], penalty, temperatures[at], held_out, inverse)
         _, penalty, temperature, held_out, inverse = best
         kernel = to_kernel(inverse[:, None] * coefficients)
         bias = target_mean - mean @ kernel if self.bias else None
@@ -229,12 +230,12 @@ class _HeadStatistics:
                        loo_accuracy=float(accuracy), fitted_on=int(n))
         return (kernel * temperature, None if bias is None else bias * temperature, details)
 
-    def _losses(self, held_out, labels):
-        """The mean cross-entropy of `t * held_out` for every `t` in `TEMPERATURES`,
+    def _losses(self, held_out, labels, temperatures):
+        """The mean cross-entropy of `t * held_out` for every `t` in `temperatures`,
         a few temperatures at a time (at most about 2**16 logits: 0.5 MB a copy)."""
         step = max(1, 2 ** 16 // held_out.size)
-        return np.concatenate([self._losses_at(TEMPERATURES[i:i + step], held_out, labels)
-                               for i in range(0, len(TEMPERATURES), step)])
+        return np.concatenate([self._losses_at(temperatures[i:i + step], held_out, labels)
+                               for i in range(0, len(temperatures), step)])
 
     def _losses_at(self, temperatures, held_out, labels):
         logits = temperatures[:, None, None] * held_out[None]
@@ -246,11 +247,18 @@ class _HeadStatistics:
         return np.mean(log_norm - shifted[:, np.arange(len(labels)), labels], axis=1)
 
 
-def warm_start_head(plan, passes, limit=None, verbose=0):
+def warm_start_head(plan, passes, limit=None, verbose=0, sharpen=True):
     """Set the head above `plan`'s solved steps to the least-squares classifier of its
     input features (streamed from `passes`, its first `limit` samples), with the ridge
     penalty and temperature of least leave-one-out cross-entropy. Call
     `head_refusal` first.
+
+    `sharpen=False` keeps the temperature at 1 (the ridge classifier as fitted): for a
+    head above layers that train too (`hybridize(initialize_above=True)`). A sharp
+    head multiplies the gradients that reach those layers by its temperature: a GELU
+    network trained with SGD (momentum 0.9, learning rate 0.05) diverged from every
+    start sharpened by 2 or more, and trained from the unsharpened one
+    (docs/benchmarks.md, `bench_initialize_above`).
 
     Returns `(details, None)`, or `(None, reason)` when the head's kernel or bias
     constraint would move the start (the head is then left as it was). `details`, a
@@ -266,7 +274,7 @@ def warm_start_head(plan, passes, limit=None, verbose=0):
                                  dual=tensor.shape[-1] > MAX_FEATURES)
     seen = stream(passes, plan.feature_model(tensor, scope), [statistics],
                   f"Starting the head '{head.name}'", verbose, limit=limit)
-    kernel, bias, details = statistics.solve()
+    kernel, bias, details = statistics.solve(TEMPERATURES if sharpen else np.ones(1))
     values = {"kernel": kernel} if bias is None else {"kernel": kernel, "bias": bias}
     for name, value in values.items():
         variable = getattr(head, name)
