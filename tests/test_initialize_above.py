@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_classpca import HybridReport, hybridize
+from keras_classpca import HybridReport, SolveCache, hybridize
 
 L = keras.layers
 
@@ -37,16 +37,28 @@ def _weights(model, name):
     return model.get_layer(name).get_weights()
 
 
+def _assert_rescaled(solved, started):
+    """`started` (kernel, bias) holds the filters of `solved`, each times a positive
+    factor (its bias too)."""
+    filters = solved[0].shape[-1]
+    kernel, start = solved[0].reshape(-1, filters), started[0].reshape(-1, filters)
+    factors = np.linalg.norm(start, axis=0) / np.linalg.norm(kernel, axis=0)
+    assert np.all(factors > 0)
+    np.testing.assert_allclose(start, kernel * factors, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(started[1], solved[1] * factors, rtol=1e-5, atol=1e-6)
+
+
 def test_layers_above_the_cutoff_start_from_the_full_solve_and_train():
     x, y = _images()
     full = _convnet()
     hybridize(full, (x, y), cutoff=2, verbose=0)
     model = _convnet()
     report = hybridize(model, (x, y), cutoff=1, initialize_above=True, verbose=0)
-    # the weights of a full solve (same data, seed and order of solves) ...
-    for name in ("c1", "c2"):
-        for a, b in zip(_weights(full, name), _weights(model, name)):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # the frozen layer as a plain solve; the layer above with the full solve's filters
+    # (same data, seed and order of solves), each rescaled by a positive factor
+    for a, b in zip(_weights(full, "c1"), _weights(model, "c1")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    _assert_rescaled(_weights(full, "c2"), _weights(model, "c2"))
     # ... with only the bottom `cutoff` layers frozen
     assert [layer.trainable for layer in model.layers] == [False, True, True, True]
     assert report.cutoff == 1 and report.frozen == ["c1"] and report.initialized == ["c2"]
@@ -74,7 +86,8 @@ def test_cutoff_zero_starts_every_layer_from_its_solution_and_freezes_none():
     report = hybridize(model, (x, y), cutoff=0, initialize_above=True, verbose=0)
     assert report.cutoff == 0 and report.frozen == [] and report.initialized == ["c1", "c2"]
     assert all(layer.trainable for layer in model.layers)
-    np.testing.assert_allclose(_weights(full, "c2")[0], _weights(model, "c2")[0], atol=1e-6)
+    # c1 as solved, at its initializer's scale (c2 is solved from those outputs)
+    _assert_rescaled(_weights(full, "c1"), _weights(model, "c1"))
     # without the option cutoff 0 leaves the model as it was
     untouched = _convnet()
     before = _weights(untouched, "c1")[0]
@@ -151,3 +164,46 @@ def test_the_head_above_layers_that_train_is_not_sharpened():
         assert np.mean(np.argmax(p, axis=1) == y) > 0.9
         confidence[name] = np.mean(np.max(p, axis=1))
     assert confidence["plain"] < confidence["sharp"] - 0.1
+
+
+def _pre_activation(model, name, x):
+    """The outputs of layer `name` before its activation."""
+    layer = model.get_layer(name)
+    inputs = keras.Model(model.inputs, layer.input).predict(x, verbose=0)
+    return keras.ops.convert_to_numpy(layer.convolution_op(inputs, layer.kernel) + layer.bias)
+
+
+def test_a_started_layer_has_its_initializers_output_scale():
+    # Whitened class-PCA filters give every unit a deviation of 1, whatever the scale
+    # the user's initializer (and learning rate) expect; a start keeps that scale.
+    x, y = _images()
+    for scale in (0.05, 1.0):
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential([
+            keras.Input((8, 8, 1)), L.Conv2D(6, 3, activation="relu", name="c1"),
+            L.Conv2D(8, 3, activation="relu", name="c2",
+                     kernel_initializer=keras.initializers.RandomNormal(stddev=scale)),
+            L.Flatten(), L.Dense(3, activation="softmax", name="head")])
+        hybridize(model, (x, y), cutoff=1, initialize_above=True, samples=None, verbose=0)
+        inputs = keras.Model(model.inputs, model.get_layer("c2").input).predict(x, verbose=0)
+        patches = np.stack([inputs[:, i:i + 3, j:j + 3, :].reshape(len(x), -1)
+                            for i in range(4) for j in range(4)])
+        expected = scale * np.sqrt(np.mean(np.sum(patches.astype(np.float64) ** 2, axis=-1)))
+        outputs = _pre_activation(model, "c2", x)
+        deviations = outputs.reshape(-1, 8).std(axis=0)
+        np.testing.assert_allclose(deviations, expected, rtol=0.05)
+
+
+def test_a_cached_plain_solve_is_not_served_as_a_start():
+    x, y = _images()
+    cache = SolveCache()
+    plain = _convnet()
+    hybridize(plain, (x, y), cutoff=2, solve_cache=cache, verbose=0)
+    started = _convnet()
+    hybridize(started, (x, y), cutoff=1, initialize_above=True, solve_cache=cache, verbose=0)
+    assert cache.hits == 1  # the frozen layer; the start above is solved anew
+    assert not np.allclose(_weights(plain, "c2")[0], _weights(started, "c2")[0])
+    again = _convnet()
+    hybridize(again, (x, y), cutoff=1, initialize_above=True, solve_cache=cache, verbose=0)
+    assert cache.hits == 3
+    np.testing.assert_array_equal(_weights(started, "c2")[0], _weights(again, "c2")[0])

@@ -274,6 +274,9 @@ class _CacheKeys:
                 t.dtype)] for t in inputs]
         self.plan = plan
         self._keys = {}
+        # `initialize_above`: the steps from `start_at` on are solved as a start (at
+        # their initializer's scale), and the steps above them read those.
+        self.start_at = None
 
     def _key(self, j):
         """Step `j`'s key, of the graph as it is when first asked (at the lookup):
@@ -295,7 +298,9 @@ class _CacheKeys:
                        else fixed_weights_digest([layer]),
                        **({"inputs_read": self.plan.inputs_read[i]} if several else {}))
                   for i, layer in enumerate(self.plan.layers[:end])]
-        return prefix_key(layers=layers, **self.base)
+        started = {} if self.start_at is None or j < self.start_at else {
+            "started_from": self.start_at}
+        return prefix_key(layers=layers, **self.base, **started)
 
     def lookup(self, j):
         if self.cache is None:
@@ -459,16 +464,17 @@ def hybridize(
             then not started). False: the head keeps its initialisation.
         initialize_above: also solve every solvable layer above the cutoff, layer
             after layer from the same data, and leave those trainable: the layers
-            `fit` trains start from their class-PCA solution (and, with `warm_head`,
-            the head from the least-squares classifier of the solved features)
-            instead of their initializers. The bottom `cutoff` layers are frozen as
-            usual; `report.initialized` names the layers solved as a start only. On
-            networks whose trainable part learns slowly from a random start (a
-            Conv–BN–ReLU network, a MobileNet-like separable one) this beat every
-            fixed cutoff, the full solve included (`bench_initialize_above`,
-            docs/benchmarks.md). Not with `solved_activation` (it changes the
-            architecture of the layers it follows). With `cutoff=0` every layer trains
-            from its solution.
+            `fit` trains start from their class-PCA filters instead of their
+            initializers' draws — each filter at the output scale its initializer
+            gives on the data (the scale the learning rate was chosen for; whitened
+            filters diverged under SGD with momentum), and the head (`warm_head`) at
+            the ridge classifier, unsharpened. The bottom `cutoff` layers are frozen
+            as usual; `report.initialized` names the layers solved as a start. It
+            helped networks whose trainable part learns slowly from a random start
+            (a MobileNet-like separable network, a VGG-style one) and hurt a residual
+            network (`bench_initialize_above`, docs/benchmarks.md): an option, not the
+            default. Not with `solved_activation` (it would change the architecture
+            of layers that train). With `cutoff=0` every layer trains from its start.
         **class_pca_options: any `ClassPCA` option, for every solved layer (`center`,
             `allocation`, `scaling`, `offset`, `variance_share`, `dedup_threshold`,
             `n_classes`, `discriminant`, `sign_pairs`, `sketch_size`, ...);
@@ -741,6 +747,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
         **({"solved_activation": keras.activations.serialize(activation)}
            if activation is not None else {}),
     })
+    if n_solve > cutoff:
+        keys.start_at = cutoff
     # samples="auto": passes that do not converge themselves read what the last layer read.
     limit = LEADING_BATCHNORM_SAMPLES if passes.auto else None
     for j, step in enumerate(plan.cut(n_solve)):
@@ -763,7 +771,8 @@ def _solve_and_freeze(model, data, cutoff, *, start, samples, freeze, verbose, b
             + ("" if j < cutoff else ", a start: it trains"),
             strategy=strategy, batch_size=batch_size, seed=seed,
             patches_per_image=patches_per_image, verbose=verbose, on_device=on_device,
-            n_classes=None if label_free else passes.expected_classes())
+            n_classes=None if label_free else passes.expected_classes(),
+            start_only=j >= cutoff)
         limit = solved.samples if passes.auto else None
         for bn, tensor, scope in step.batchnorms:
             adapt_batchnorm(passes, plan.batchnorm_features(bn, tensor, scope), bn, verbose, limit)
@@ -829,9 +838,11 @@ def _choose_cutoff(plan, passes, cutoff, report, replacer, class_pca_options, *,
 
 
 def _solve_step(passes, plan, step, replacer, class_pca_options, *, label, strategy,
-                batch_size, seed, patches_per_image, verbose, on_device, n_classes):
+                batch_size, seed, patches_per_image, verbose, on_device, n_classes,
+                start_only=False):
     """Solve one step's layer from the data and assign its weights (and replace its
-    activation if asked): its `SolvedLayer` (`seconds` for the caller to set)."""
+    activation if asked): its `SolvedLayer` (`seconds` for the caller to set). A layer
+    solved as a start only (`initialize_above`) gets its initializer's scale."""
     layer = step.layer
     feature_model = plan.input_features(step.input, step.scope, step.input_mask)
     convergence = SubspaceConvergence(n_classes=n_classes) if passes.auto else None
@@ -851,6 +862,8 @@ def _solve_step(passes, plan, step, replacer, class_pca_options, *, label, strat
             patches_per_image=patches_per_image, verbose=verbose, label=label,
             convergence=convergence, on_device=on_device,
         )
+    if start_only:
+        statistics.match_initializer_scale()
     statistics.assign()
     return SolvedLayer(
         name=layer.name,

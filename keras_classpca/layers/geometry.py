@@ -700,6 +700,41 @@ class LayerStatistics:
         depthwise = self.solved_stages[0][1] if self.stages == 2 else None
         return solution_weights(self.layer, self.solved_stages[-1][1], depthwise)
 
+    def match_initializer_scale(self):
+        """Scale each filter and its bias so that its output (before the activation) has
+        the root mean square the layer's own initializer gives on the data seen:
+        `sqrt(v · E‖x‖²)` for kernel entries of mean square `v` (a draw of the
+        initializer) and the layer's inputs `x`. The directions stay class-PCA's; the
+        scale is the one the user's learning rate was chosen for. For a layer solved as
+        a start that then trains (`hybridize(initialize_above=True)`): whitened
+        filters gave a GELU network's layers outputs 2–4× the initializer's, and SGD
+        with momentum diverged from them. A filter silent on the data, or an
+        initializer of zeros, leaves the scale as solved. The layer must be built."""
+        if not self.done:
+            raise ValueError("The layer is not solved yet: call `end_pass()` after each pass.")
+        variable = getattr(self.layer, "pointwise_kernel", None)
+        if variable is None:
+            variable = self.layer.kernel
+        initializer = (getattr(self.layer, "pointwise_initializer", None)
+                       or getattr(self.layer, "kernel_initializer", None)
+                       or self.layer.depthwise_initializer)
+        fresh = type(initializer).from_config(initializer.get_config())
+        draw = keras.ops.convert_to_numpy(fresh(tuple(variable.shape), dtype="float32"))
+        mean_square = float(np.mean(np.square(draw.astype(np.float64))))
+        if mean_square <= 0.0:
+            return
+        class_pcas, solutions = self.solved_stages[-1]
+        scaled = []
+        for class_pca, solution in zip(class_pcas, solutions):
+            mean = class_pca.mean_
+            target = np.sqrt(mean_square * (class_pca.total_variance() + float(mean @ mean)))
+            kernel = np.asarray(solution.kernel, dtype=np.float64)
+            deviation = np.sqrt(np.maximum(class_pca.variance_along(kernel), 0.0))
+            scale = np.where(deviation > 1e-12, target / np.maximum(deviation, 1e-12), 1.0)
+            scaled.append(solution._replace(kernel=kernel * scale,
+                                            bias=np.asarray(solution.bias) * scale))
+        self.solved_stages[-1] = (class_pcas, scaled)
+
     def assign(self):
         """Write the solved weights into the (built) layer."""
         assign_weights(self.layer, self.weights())
