@@ -48,12 +48,19 @@ def _assert_rescaled(solved, started):
     np.testing.assert_allclose(started[1], solved[1] * factors, rtol=1e-5, atol=1e-6)
 
 
-def test_layers_above_the_cutoff_start_from_the_full_solve_and_train():
-    x, y = _images()
+def _full_and_started(x, y, cutoff):
+    """A full solve of `_convnet` and one started above `cutoff`, and the latter's
+    report."""
     full = _convnet()
     hybridize(full, (x, y), cutoff=2, verbose=0)
     model = _convnet()
-    report = hybridize(model, (x, y), cutoff=1, initialize_above=True, verbose=0)
+    report = hybridize(model, (x, y), cutoff=cutoff, initialize_above=True, verbose=0)
+    return full, model, report
+
+
+def test_layers_above_the_cutoff_start_from_the_full_solve_and_train():
+    x, y = _images()
+    full, model, report = _full_and_started(x, y, cutoff=1)
     # the frozen layer as a plain solve; the layer above with the full solve's filters
     # (same data, seed and order of solves), each rescaled by a positive factor
     for a, b in zip(_weights(full, "c1"), _weights(model, "c1")):
@@ -80,10 +87,7 @@ def test_layers_above_the_cutoff_start_from_the_full_solve_and_train():
 
 def test_cutoff_zero_starts_every_layer_from_its_solution_and_freezes_none():
     x, y = _images()
-    full = _convnet()
-    hybridize(full, (x, y), cutoff=2, verbose=0)
-    model = _convnet()
-    report = hybridize(model, (x, y), cutoff=0, initialize_above=True, verbose=0)
+    full, model, report = _full_and_started(x, y, cutoff=0)
     assert report.cutoff == 0 and report.frozen == [] and report.initialized == ["c1", "c2"]
     assert all(layer.trainable for layer in model.layers)
     # c1 as solved, at its initializer's scale (c2 is solved from those outputs)
