@@ -211,3 +211,23 @@ def test_a_cached_plain_solve_is_not_served_as_a_start():
     hybridize(again, (x, y), cutoff=1, initialize_above=True, solve_cache=cache, verbose=0)
     assert cache.hits == 3
     np.testing.assert_array_equal(_weights(started, "c2")[0], _weights(again, "c2")[0])
+
+
+def test_a_start_at_another_initializers_scale_is_solved_anew():
+    # Plain keys leave initializers out (they cannot change a solve); a start's scale
+    # is its initializer's, so its key holds it.
+    x, y = _images()
+    cache = SolveCache()
+    deviations = []
+    for stddev in (0.05, 0.5):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([
+            keras.Input((8, 8, 1)), L.Conv2D(6, 3, activation="relu", name="c1"),
+            L.Conv2D(8, 3, activation="relu", name="c2",
+                     kernel_initializer=keras.initializers.RandomNormal(stddev=stddev)),
+            L.Flatten(), L.Dense(3, activation="softmax", name="head")])
+        hybridize(model, (x, y), cutoff=1, initialize_above=True, solve_cache=cache,
+                  verbose=0)
+        deviations.append(_pre_activation(model, "c2", x).std())
+    assert cache.hits == 1  # c1 only
+    np.testing.assert_allclose(deviations[1] / deviations[0], 10.0, rtol=0.05)

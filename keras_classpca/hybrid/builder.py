@@ -91,6 +91,7 @@ from keras_classpca.layers.geometry import (
     is_solvable_kind,
     iter_layers,
     n_stages,
+    start_initializer,
 )
 
 CLASS_PCA_OPTIONS = tuple(
@@ -298,8 +299,11 @@ class _CacheKeys:
                        else fixed_weights_digest([layer]),
                        **({"inputs_read": self.plan.inputs_read[i]} if several else {}))
                   for i, layer in enumerate(self.plan.layers[:end])]
+        # A started layer's scale is its initializer's (which plain keys leave out).
         started = {} if self.start_at is None or j < self.start_at else {
-            "started_from": self.start_at}
+            "started_from": self.start_at,
+            "start_initializers": [keras.initializers.serialize(start_initializer(s.layer))
+                                   for s in steps[self.start_at:j + 1]]}
         return prefix_key(layers=layers, **self.base, **started)
 
     def lookup(self, j):

@@ -522,6 +522,15 @@ def assign_solution(layer, kernel, bias):
         _assign_constrained(layer, "bias", bias)
 
 
+def start_initializer(layer):
+    """The initializer of the kernel that produces `layer`'s outputs (a separable
+    convolution's pointwise one): the scale a start keeps
+    (`LayerStatistics.match_initializer_scale`)."""
+    return (getattr(layer, "pointwise_initializer", None)
+            or getattr(layer, "kernel_initializer", None)
+            or layer.depthwise_initializer)
+
+
 class LayerStatistics:
     """Class-PCA of one layer's input, for every kind in `SOLVABLE`.
 
@@ -715,9 +724,7 @@ class LayerStatistics:
         variable = getattr(self.layer, "pointwise_kernel", None)
         if variable is None:
             variable = self.layer.kernel
-        initializer = (getattr(self.layer, "pointwise_initializer", None)
-                       or getattr(self.layer, "kernel_initializer", None)
-                       or self.layer.depthwise_initializer)
+        initializer = start_initializer(self.layer)
         fresh = type(initializer).from_config(initializer.get_config())
         draw = keras.ops.convert_to_numpy(fresh(tuple(variable.shape), dtype="float32"))
         mean_square = float(np.mean(np.square(draw.astype(np.float64))))
