@@ -49,6 +49,11 @@ def machine_line():
     )
 
 
+def median_or_nan(values):
+    """The median of `values`, NaN for none (a cell without runs)."""
+    return statistics.median(values) if values else float("nan")
+
+
 def median_time(fn, repeats=3):
     """Median wall time of ``fn()`` over ``repeats`` runs, and the last result."""
     times, result = [], None

@@ -19,14 +19,13 @@ architecture is held out.
 Writes the `bench_initialize_above` section of docs/benchmarks.md.
 """
 
-import statistics
-
 from benchmarks import default_report, grid_models
 from benchmarks._report import (
     default_results,
     load_records,
     machine_line,
     markdown_table,
+    median_or_nan,
     write_section,
 )
 from benchmarks.bench_default import grid_cells_main, run_hybrid, run_sgd
@@ -66,10 +65,6 @@ def best_fixed_cutoffs():
     return best
 
 
-def _median(values):
-    return statistics.median(values) if values else float("nan")
-
-
 def _fraction(arch, fraction):
     return f"{fraction:.0%}" + (" digits" if grid_models.dataset_for(arch) == "digits" else "")
 
@@ -93,17 +88,17 @@ def cell_rows(records, best):
         # and what is compared with it, over the seeds they share.
         ref_seeds = [s for s in seeds if (arch, fraction, s) in best]
         ref = [best[(arch, fraction, s)] for s in ref_seeds]
-        median = {c: _median([acc[c][s] for s in seeds]) for c in CONTENDERS}
+        median = {c: median_or_nan([acc[c][s] for s in seeds]) for c in CONTENDERS}
         rows.append(dict(
             arch=arch, fraction=fraction, seeds=seeds, median=median,
             picks=[picks.get(s) for s in seeds],
-            gain=_median([acc["auto init"][s] - acc["auto"][s] for s in seeds]),
+            gain=median_or_nan([acc["auto init"][s] - acc["auto"][s] for s in seeds]),
             better=sum(acc["auto init"][s] > acc["auto"][s] for s in seeds),
-            best=_median([b[1] for b in ref]) if ref else None,
+            best=median_or_nan([b[1] for b in ref]) if ref else None,
             best_names=[b[0] for b in ref], ref_seeds=ref_seeds,
-            on_ref={c: _median([acc[c][s] for s in ref_seeds]) for c in CONTENDERS},
-            time=_median([wall["auto init"][s] / wall["auto"][s] for s in seeds]),
-            time_sgd=_median([wall["auto init"][s] / wall["sgd"][s] for s in seeds]),
+            on_ref={c: median_or_nan([acc[c][s] for s in ref_seeds]) for c in CONTENDERS},
+            time=median_or_nan([wall["auto init"][s] / wall["auto"][s] for s in seeds]),
+            time_sgd=median_or_nan([wall["auto init"][s] / wall["sgd"][s] for s in seeds]),
             half="tune" if arch in TUNE_HALF else "held out",
         ))
     return rows
@@ -123,10 +118,10 @@ def half_line(name, rows):
         f"- **{name}** ({len(rows)} cells): the start above better than the default in "
         f"{sum(r['gain'] > 0 for r in rows)}, equal in {sum(r['gain'] == 0 for r in rows)}, "
         f"worse in {sum(r['gain'] < 0 for r in rows)} (median "
-        f"{_median([r['gain'] for r in rows]) * 100:+.2f} pp); within 0.5 pp of the best "
+        f"{median_or_nan([r['gain'] for r in rows]) * 100:+.2f} pp); within 0.5 pp of the best "
         f"fixed cutoff: default {sum(_within(r, 'auto') for r in with_ref)}/{len(with_ref)}, "
         f"with the start above {sum(_within(r, 'auto init') for r in with_ref)}/"
-        f"{len(with_ref)}; median time {_median([r['time'] for r in rows]):.2f}× the "
+        f"{len(with_ref)}; median time {median_or_nan([r['time'] for r in rows]):.2f}× the "
         "default's."
     )
 
@@ -153,9 +148,9 @@ def write_report(records, command, paragraph, print_only=False):
     measured = (f"held out: better than the default in {sum(r['gain'] > 0 for r in held)}/"
                 f"{len(held)} cells, worse by > 0.5 pp in "
                 f"{sum(r['gain'] < -0.005 for r in held)}; median "
-                f"{_median([r['gain'] for r in held]) * 100:+.2f} pp")
+                f"{median_or_nan([r['gain'] for r in held]) * 100:+.2f} pp")
     met = (bool(held) and sum(r["gain"] >= -0.005 for r in held) >= 0.9 * len(held)
-           and _median([r["gain"] for r in held]) > 0)
+           and median_or_nan([r["gain"] for r in held]) > 0)
     body = (
         "## The layers above the cutoff solved as a start (`bench_initialize_above`)\n\n"
         f"{machine_line()}\n\nCommand: `{command}`. `bench_default`'s recipe on Fashion-MNIST "

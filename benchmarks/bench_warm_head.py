@@ -17,10 +17,8 @@ residual networks are held out, and so is "wide", whose head is wider than
 Writes the `bench_warm_head` section of docs/benchmarks.md.
 """
 
-import statistics
-
 from benchmarks import grid_models
-from benchmarks._report import machine_line, markdown_table, write_section
+from benchmarks._report import machine_line, markdown_table, median_or_nan, write_section
 from benchmarks.bench_default import grid_cells_main, run_hybrid, run_sgd
 from benchmarks.targets import MET, MISSED
 from keras_classpca.hybrid.planner import plan_model
@@ -48,10 +46,6 @@ def train(name, arch, x, y, test, epochs, seed):
                       warm_head=name == "all warm")
 
 
-def _median(values):
-    return statistics.median(values) if values else float("nan")
-
-
 def write_report(records, command, paragraph, print_only=False):
     rows, cells = [], {"tune": [], "held out": []}
     for arch, fraction in sorted({(r["arch"], r["fraction"]) for r in records},
@@ -65,16 +59,16 @@ def write_report(records, command, paragraph, print_only=False):
         seeds = sorted(set.intersection(*(set(acc.get(c, {})) for c in CONTENDERS)))
         if not seeds:
             continue
-        gain = _median([acc["all warm"][s] - acc["all cold"][s] for s in seeds])
+        gain = median_or_nan([acc["all warm"][s] - acc["all cold"][s] for s in seeds])
         cells["tune" if arch in TUNE_HALF else "held out"].append(gain)
         rows.append([
             arch, f"{fraction:.0%}", k.get("all warm"), len(seeds),
-            *(f"{_median([acc[c][s] for s in seeds]):.4f}" for c in CONTENDERS),
+            *(f"{median_or_nan([acc[c][s] for s in seeds]):.4f}" for c in CONTENDERS),
             f"{gain * 100:+.2f}",
             f"{sum(acc['all warm'][s] > acc['all cold'][s] for s in seeds)}/{len(seeds)}",
-            f"{_median([acc['all warm'][s] - acc['sgd'][s] for s in seeds]) * 100:+.2f}",
-            f"{_median([acc['all warm'][s] - acc['k1'][s] for s in seeds]) * 100:+.2f}",
-            f"{_median([wall['all warm'][s] / wall['all cold'][s] for s in seeds]):.2f}×",
+            f"{median_or_nan([acc['all warm'][s] - acc['sgd'][s] for s in seeds]) * 100:+.2f}",
+            f"{median_or_nan([acc['all warm'][s] - acc['k1'][s] for s in seeds]) * 100:+.2f}",
+            f"{median_or_nan([wall['all warm'][s] / wall['all cold'][s] for s in seeds]):.2f}×",
         ])
     headers = ["model", "data", "all = cutoff", "seeds", "SGD", "cutoff 1", "all, cold head",
                "all, warm head", "warm − cold (pp)", "warm better (seeds)",
@@ -87,7 +81,7 @@ def write_report(records, command, paragraph, print_only=False):
     met = bool(every) and all(g >= 0 for g in every)
     measured = (f"warm ≥ cold in {count(every)} cells (tune half {count(cells['tune'])}, "
                 f"held out {count(cells['held out'])}); median gain "
-                f"{_median(every) * 100:+.2f} pp")
+                f"{median_or_nan(every) * 100:+.2f} pp")
     body = (
         "## A warm head above a fully solved prefix (`bench_warm_head`)\n\n"
         f"{machine_line()}\n\nCommand: `{command}`. Fashion-MNIST, `bench_default`'s "

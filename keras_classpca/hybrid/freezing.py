@@ -161,11 +161,10 @@ def release_earlier_solves(plan, cutoff, restored=None):
     return released
 
 
-def mark_and_freeze(model, plan, report, freeze, class_pca_options, frozen_count=None):
-    """Mark what the solve set, freeze it (`freeze`; only the bottom `frozen_count`
-    solved layers when given: those above were solved as a start), release what an
-    earlier call froze beyond it, and compile a compiled model again so that this
-    holds."""
+def mark_and_freeze(model, plan, report, freeze, class_pca_options, frozen_count):
+    """Mark what the solve set, freeze (`freeze`) its bottom `frozen_count` solved
+    layers (those above were solved as a start), release what an earlier call froze
+    beyond it, and compile a compiled model again so that this holds."""
     released = release_earlier_solves(plan, len(report.layers), report.restored_activations)
     chosen = frozen_by_solve(plan, len(report.layers))
     # What an earlier call froze of these is frozen anew as this call's `freeze` says
@@ -181,8 +180,7 @@ def mark_and_freeze(model, plan, report, freeze, class_pca_options, frozen_count
             layer._adapted.assign(1)  # solved from data: `is_adapted`, as after adapt()
             record_solve_options(layer, class_pca_options)
     if freeze:
-        count = len(report.layers) if frozen_count is None else frozen_count
-        report.frozen.extend(apply_freeze(plan, count, freeze))
+        report.frozen.extend(apply_freeze(plan, frozen_count, freeze))
     # (`freeze` True or "kernel" freezes again what was unfrozen: `report.frozen`.)
     if report.frozen or released or unfrozen or report.restored_activations:
         report.recompiled = compile_again(model, "hybridize")
