@@ -23,11 +23,15 @@ def _reference(x, y):
 
 
 @pytest.mark.backend_independent
-@pytest.mark.parametrize("product_dtype, rtol", [("float64", 1e-12), ("float32", 1e-6)])
-def test_sums_equal_numpy_whatever_the_order_and_chunking(product_dtype, rtol, monkeypatch):
+@pytest.mark.parametrize("product_dtype, data_dtype, rtol", [
+    ("float64", np.float64, 1e-12), ("float32", np.float64, 1e-6),
+    # rows of the product dtype are shifted as they are copied (`_multiply_runs`)
+    ("float32", np.float32, 1e-6)])
+def test_sums_equal_numpy_whatever_the_order_and_chunking(product_dtype, data_dtype, rtol,
+                                                          monkeypatch):
     from keras_classpca.core import statistics as module
 
-    x, y = _data(offset=50.0)
+    x, y = _data(offset=50.0, dtype=data_dtype)
     classes, counts, sums, outer = _reference(x, y)
     monkeypatch.setattr(module, "MIN_CHUNK_ROWS", 64)  # many chunks per class
     monkeypatch.setattr(module, "CHUNK_BYTES", 64 * 8)
@@ -70,6 +74,22 @@ def test_merge_copy_from_arrays_and_reading():
         whole.merge(ClassStatistics(3))
     whole.clear()
     assert len(whole) == 0 and whole.n_samples == 0
+
+
+@pytest.mark.backend_independent
+def test_pickled_statistics_leave_their_scratch_space_behind_and_accumulate_on():
+    import pickle
+
+    x, y = _data(dtype=np.float32)
+    stats = ClassStatistics(7)
+    stats.accumulate(x[:2000], y[:2000])
+    twin = pickle.loads(pickle.dumps(stats))
+    assert "_products" in vars(stats) and "_products" not in vars(twin)
+    for s in (stats, twin):
+        s.accumulate(x[2000:], y[2000:])
+    np.testing.assert_array_equal(twin.second_moments, stats.second_moments)
+    reference = _reference(x, y)[3]
+    np.testing.assert_allclose(twin.second_moments, reference, atol=1e-6 * np.abs(reference).max())
 
 
 @pytest.mark.backend_independent

@@ -21,6 +21,8 @@ How a batch is accumulated (`accumulate`):
   `Σ x xᵀ = Σ (x-r)(x-r)ᵀ + r wᵀ + w rᵀ` with `w = Σ (x-r) + n r / 2`. The rounding of a
   float32 product is then relative to the class's spread, not to its mean: data far
   from the origin (pixels in [0, 255], post-ReLU activations) lose no accuracy to it.
+  Rows that arrive in runs of one class (sorted labels, the patches of one image) are
+  shifted as they are copied into the buffer: one pass over them, not two.
 - A batch is checked before anything is added (one BLAS dot product of the batch with
   itself): NaN/inf raise and leave the statistics unchanged; values whose squares
   would overflow float32 are multiplied in float64 instead.
@@ -445,13 +447,14 @@ class ClassStatistics:
             self._outer[label] = matrix
 
     def _add(self, label, n, shift, shifted_sum, shifted_product):
-        """Add one class chunk's shifted statistics (float64) to the raw ones.
+        """Add one class chunk's shifted statistics to the raw ones (float64; the product
+        may be float32, converted as it is added).
 
         The rank-2 correction `r wᵀ + w rᵀ` is linear in `w` for a fixed reference point
         `r`, so it is summed in `_pending` and applied once per class when the
         statistics are next read (`_settle`), not once per batch.
         """
-        self._outer[label] += shifted_product
+        np.add(self._outer[label], shifted_product, out=self._outer[label])
         self._sum[label] += shifted_sum + n * shift
         self._count[label] += int(n)
         w = shifted_sum + (0.5 * n) * shift
@@ -573,6 +576,11 @@ class ClassStatistics:
             self._outer[label] += other._outer[label]
             self._shift.setdefault(label, other._shift.get(label))
         return self
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_products", None)  # scratch space
+        return state
 
     def copy(self):
         """An independent copy."""
@@ -712,22 +720,37 @@ class ClassStatistics:
                 self._multiply(label, chunk)
 
     def _multiply_runs(self, label, runs, buffer):
-        """Copy a class's row runs into `buffer` a full chunk at a time and multiply."""
+        """Copy a class's row runs into `buffer` a full chunk at a time and multiply.
+
+        Once the class has its reference point, the copy is also the shift (one pass
+        over the rows instead of two; rows of the buffer's dtype only, so that the
+        rounding stays that of a conversion followed by the shift)."""
+        self._materialize(label)
+        fuse = all(run.dtype == buffer.dtype for run in runs)
+        shift = self._shift.get(label) if fuse else None
+        shift = None if shift is None else shift.astype(buffer.dtype)
         filled = 0
         for run in runs:
             start = 0
             while start < len(run):
                 take = min(len(buffer) - filled, len(run) - start)
-                buffer[filled : filled + take] = run[start : start + take]
+                if shift is None:
+                    buffer[filled : filled + take] = run[start : start + take]
+                else:
+                    np.subtract(run[start : start + take], shift,
+                                out=buffer[filled : filled + take])
                 filled, start = filled + take, start + take
                 if filled == len(buffer):
-                    self._multiply(label, buffer)
+                    self._multiply(label, buffer, shifted=shift is not None)
+                    if fuse:
+                        shift = self._shift[label].astype(buffer.dtype)
                     filled = 0
         if filled:
-            self._multiply(label, buffer[:filled])
+            self._multiply(label, buffer[:filled], shifted=shift is not None)
 
-    def _multiply(self, label, chunk):
-        """Add one chunk of a class's rows (a scratch buffer: shifted in place)."""
+    def _multiply(self, label, chunk, shifted=False):
+        """Add one chunk of a class's rows (a scratch buffer: shifted in place, unless
+        `shifted` says it holds the rows minus the class's reference point already)."""
         dtype = chunk.dtype
         ones = np.ones(len(chunk), dtype=dtype)
         self._materialize(label)
@@ -735,16 +758,21 @@ class ClassStatistics:
             self._shift[label] = (ones @ chunk / len(chunk)).astype(np.float64)
         # The reference point as used (rounded to `dtype`) enters the correction.
         shift = self._shift[label].astype(dtype)
-        chunk -= shift
-        # `a.T @ a` on one buffer: NumPy calls BLAS syrk (half a GEMM's work).
-        product = chunk.T @ chunk
-        self._add(
-            label,
-            len(chunk),
-            shift.astype(np.float64),
-            (ones @ chunk).astype(np.float64),
-            product.astype(np.float64),
-        )
+        if not shifted:
+            chunk -= shift
+        # `a.T @ a` on one buffer: NumPy calls BLAS syrk (half a GEMM's work), here into
+        # a reused matrix (a fresh d x d result per chunk costs its page faults).
+        product = self._product_buffer(dtype)
+        np.matmul(chunk.T, chunk, out=product)
+        self._add(label, len(chunk), shift.astype(np.float64),
+                  (ones @ chunk).astype(np.float64), product)
+
+    def _product_buffer(self, dtype):
+        """A reused `d x d` matrix of `dtype` for one chunk's product (not pickled)."""
+        buffers = self.__dict__.setdefault("_products", {})
+        if dtype.str not in buffers:
+            buffers[dtype.str] = np.empty((self.n_features, self.n_features), dtype=dtype)
+        return buffers[dtype.str]
 
     def _checked_labels(self, shape, labels):
         """int64 `labels` for rows of `shape` (None for no rows); raises for mismatches."""
