@@ -89,6 +89,23 @@ TARGET_CNN_SECONDS = 3.0
 TARGET_EVERY_GEMM = 1.4
 TARGET_EVERY_IPCA = 10.0
 WHERE_THE_TIME_GOES = (
+    "**2026-11-30.** Rows that arrive in runs of one class (`hybridize`'s patches) are now "
+    "shifted as they are copied into the gather buffer, and each chunk's product goes "
+    "into a reused matrix added to the float64 sums without a float64 copy: the CNN's "
+    "two convolutions from all 6,000 images, the old and the new library interleaved "
+    "in fresh processes (3 × 3 solves each, the library's default threads): medians "
+    "3.59, 3.49, 3.09 s against 3.26, 3.17, 3.24 s (about 7 % faster); a "
+    "synthetic run of conv2-sized rows in class runs at one BLAS thread went from "
+    "1.46–1.65× to 1.29–1.46× one GEMM. The in-memory workloads below gather randomly "
+    "ordered rows and gain nothing from it. Two further designs were measured and "
+    "dropped the same day: (1) the classes of a batch multiplied in parallel threads "
+    "with one BLAS thread each — dense at two threads went from 2.5–2.8× to 1.7–2.0× "
+    "a GEMM, but rows in class runs (conv2 patches) from 1.9× to 2.6–2.9× and the "
+    "CNN's two convolutions from 3.95–4.38 s to 4.55–4.75 s; (2) a chunk's product "
+    "summed in place per class by SciPy's BLAS `ssyrk` (beta = 1), added to the float64 "
+    "sums every 32,768 rows — the CNN's two convolutions took 7.7–8.0 s against "
+    "4.1–4.2 s (SciPy's OpenBLAS, a second library with its own threads, beside NumPy's "
+    "and TensorFlow's). "
     "**On the Intel Xeon machine (2026-11-29)** every ratio is larger than on the AMD "
     "EPYC one of the earlier runs (2026-11-27: dense 1.62×, conv2 1.68×, fmnist-5x5 "
     "2.26×; the CNN's two convolutions 2.7 s): the float32 GEMM is 15–25 % faster here "
