@@ -454,7 +454,7 @@ class ClassStatistics:
         `r`, so it is summed in `_pending` and applied once per class when the
         statistics are next read (`_settle`), not once per batch.
         """
-        np.add(self._outer[label], shifted_product, out=self._outer[label])
+        self._outer[label] += shifted_product
         self._sum[label] += shifted_sum + n * shift
         self._count[label] += int(n)
         w = shifted_sum + (0.5 * n) * shift
@@ -742,7 +742,7 @@ class ClassStatistics:
                 filled, start = filled + take, start + take
                 if filled == len(buffer):
                     self._multiply(label, buffer, shifted=shift is not None)
-                    if fuse:
+                    if fuse and shift is None:  # the first chunk set the reference point
                         shift = self._shift[label].astype(buffer.dtype)
                     filled = 0
         if filled:
