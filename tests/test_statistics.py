@@ -152,6 +152,39 @@ def test_backend_tensors_are_multiplied_on_their_device():
     np.testing.assert_allclose(device.second_moments, host.second_moments, rtol=1e-5)
 
 
+def test_device_class_blocks_of_rounded_sizes_give_the_exact_statistics(monkeypatch):
+    # Under JAX each class's rows are read as a block of a rounded size, the rows of
+    # other classes masked to zero, so that a few shapes get compiled instead of one
+    # per run length. Forced here under every backend: same statistics as NumPy's.
+    from keras_classpca.core import statistics as module
+
+    blocks = []
+
+    def recording(function):
+        def call(grouped, start, size, mask, *rest):
+            kept = size if mask is None else int(keras.ops.convert_to_numpy(mask).sum())
+            blocks.append((int(grouped.shape[0]), size, kept))
+            return function(grouped, start, size, mask, *rest)
+        return call
+
+    monkeypatch.setattr(module, "_compiles_per_shape", lambda: True)
+    monkeypatch.setattr(module, "_device_function", recording)
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat([2, 0, 1, 3], [70, 3, 200, 27]))
+    x = (rng.normal(size=(300, 5)) * np.arange(1, 6) + 4.0).astype(np.float32)
+    host, device = ClassStatistics(5), ClassStatistics(5)
+    for rows in (slice(0, 150), slice(150, 300)):
+        host.accumulate(x[rows], labels[rows])
+        device.accumulate(keras.ops.convert_to_tensor(x[rows]), labels[rows])
+    np.testing.assert_array_equal(device.counts, host.counts)
+    np.testing.assert_allclose(device.sums, host.sums, rtol=1e-5)
+    np.testing.assert_allclose(device.second_moments, host.second_moments, rtol=1e-5)
+    allowed = {module._block_rows(n, True) for n in range(1, 151)}
+    assert all(size in allowed or size == total for total, size, _ in blocks)
+    assert any(kept < size for _, size, kept in blocks)  # some blocks were masked
+    assert len({size for _, size, _ in blocks}) < len({kept for _, _, kept in blocks})
+
+
 def test_class_pca_fit_of_backend_tensors_equals_numpy():
     from keras_classpca import ClassPCA
 

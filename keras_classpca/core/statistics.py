@@ -28,7 +28,8 @@ How a batch is accumulated (`accumulate`):
   would overflow float32 are multiplied in float64 instead.
 - Data that are tensors of the running Keras backend (TensorFlow, JAX, torch) are
   multiplied where they are, with `keras.ops`; only the `d x d` products travel to the
-  host.
+  host. Under JAX each class's rows are read as a block of one of a few rounded sizes,
+  the rows of other classes masked to zero, by a function compiled once per size.
 
 A class with few rows against `d` (a wide Dense layer solved from a small data set)
 keeps its rows instead, up to `HELD_MAX_SHARE · d` of them: their Gram costs `m²·d`
@@ -40,6 +41,8 @@ Memory is `K·(d² + 2d + 1)` float64 values (`nbytes`); a new class that would 
 statistics past `memory_limit` (default: the memory the system reports available) raises
 a `MemoryError` that says how much is needed, before anything is allocated.
 """
+
+import functools
 
 import numpy as np
 
@@ -840,17 +843,27 @@ class ClassStatistics:
         runs = list(_label_runs(labels[order]))
         self._reserve([label for label, _, _ in runs])
         grouped = ops.take(x, ops.convert_to_tensor(order.astype(np.int32)), axis=0)
+        compiled = _compiles_per_shape()
+        total = len(order)
         for label, begin, end in runs:
-            block = grouped[begin:end]
             self._materialize(label)
+            # Under JAX a class's rows are read as a block of a rounded size (or the
+            # whole batch), the rows of other classes masked to zero: a few shapes per
+            # layer, not one per run length (each new one compiled every op again: 231
+            # compilations, 9 s, for a 4-layer test model).
+            size = min(_block_rows(end - begin, compiled), total)
+            start = min(begin, total - size)
+            mask = None
+            if size != end - begin:
+                kept = np.arange(start, start + size)
+                mask = ops.convert_to_tensor(((kept >= begin) & (kept < end)).astype(dtype))
             if self._shift.get(label) is None:
-                self._shift[label] = np.asarray(
-                    ops.convert_to_numpy(ops.mean(block, axis=0)), dtype=np.float64
-                )
+                raw_sum = _device_function(_block_sum)(grouped, start, size, mask)
+                self._shift[label] = (np.asarray(ops.convert_to_numpy(raw_sum), np.float64)
+                                      / (end - begin))
             shift = self._shift[label].astype(dtype)
-            block = block - ops.convert_to_tensor(shift)
-            product = ops.matmul(ops.transpose(block), block)
-            shifted_sum = ops.sum(block, axis=0)
+            product, shifted_sum = _device_function(_block_statistics)(
+                grouped, start, size, mask, ops.convert_to_tensor(shift))
             self._add(
                 label,
                 end - begin,
@@ -858,3 +871,66 @@ class ClassStatistics:
                 np.asarray(ops.convert_to_numpy(shifted_sum), dtype=np.float64),
                 np.asarray(ops.convert_to_numpy(product), dtype=np.float64),
             )
+
+
+# Class blocks under JAX: at least this many rows, rounded up to one of this many
+# sizes per doubling (at most a quarter of a block is padding).
+MIN_DEVICE_BLOCK_ROWS = 64
+DEVICE_BLOCK_SIZES_PER_DOUBLING = 4
+
+
+def _block_rows(n, compiled):
+    """The block size for `n` rows of one class: `n` for a backend that runs eagerly,
+    else `n` rounded up to at least `MIN_DEVICE_BLOCK_ROWS` and to one of
+    `DEVICE_BLOCK_SIZES_PER_DOUBLING` sizes between powers of two (a compiled function
+    is compiled again for every new shape).
+
+    >>> [_block_rows(n, True) for n in (1, 64, 65, 100, 1000)], _block_rows(1000, False)
+    ([64, 64, 80, 112, 1024], 1000)
+    """
+    if not compiled:
+        return int(n)
+    n = max(int(n), MIN_DEVICE_BLOCK_ROWS)
+    unit = max(1, (1 << (n.bit_length() - 1)) // DEVICE_BLOCK_SIZES_PER_DOUBLING)
+    return -(-n // unit) * unit
+
+
+def _compiles_per_shape():
+    """Whether the backend compiles a function for every new input shape (JAX)."""
+    import keras
+
+    return keras.backend.backend() == "jax"
+
+
+def _device_function(function):
+    """`function` compiled once per shape under JAX, whose eager ops compile one by one
+    (`start`, a Python int, is traced, not a constant; `size` is static); TensorFlow and
+    torch run it eagerly."""
+    return _jitted(function) if _compiles_per_shape() else function
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(function):
+    import jax
+
+    return jax.jit(function, static_argnames=("size",))
+
+
+def _block_sum(grouped, start, size, mask):
+    """`Σ B` of the block `B`: rows `start .. start + size` of `grouped`, those outside
+    `mask` zero."""
+    from keras import ops
+
+    block = ops.slice(grouped, (start, 0), (size, grouped.shape[1]))
+    return ops.sum(block if mask is None else block * mask[:, None], axis=0)
+
+
+def _block_statistics(grouped, start, size, mask, shift):
+    """`(Bᵀ B, Σ B)` of the shifted block `B = (rows - shift) · mask` (masked rows
+    contribute exactly zero)."""
+    from keras import ops
+
+    block = ops.slice(grouped, (start, 0), (size, grouped.shape[1])) - shift
+    if mask is not None:
+        block = block * mask[:, None]
+    return ops.matmul(ops.transpose(block), block), ops.sum(block, axis=0)
