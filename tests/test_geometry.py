@@ -180,14 +180,22 @@ def test_rows_times_kernel_equal_keras_channels_first(factory, shape):
                      "along the last axis for this shape")
 
 
-@pytest.mark.parametrize("factory, shape", CONV_CASES)
+@pytest.mark.parametrize("factory, shape", CONV_CASES + CHANNELS_FIRST_CASES)
 def test_backend_rows_equal_numpy_rows(factory, shape):
+    # The device gathers patches by index: every position, and chosen positions only.
     layer = factory()
     x = np.random.default_rng(3).normal(size=(2,) + shape).astype("float32")
     layer(x)
     expected = sample_rows(layer, x)
     got = keras.ops.convert_to_numpy(backend_rows(layer, x))
-    np.testing.assert_allclose(got, expected.reshape(-1, *expected.shape[2:]), atol=1e-6)
+    np.testing.assert_array_equal(got, expected.reshape(-1, *expected.shape[2:]))
+    if isinstance(layer, L.Dense):
+        return
+    positions = np.stack([np.random.default_rng(i).choice(expected.shape[1], 2, replace=False)
+                          for i in range(2)])
+    expected = sample_rows(layer, x, positions=positions)
+    got = keras.ops.convert_to_numpy(backend_rows(layer, x, positions=positions))
+    np.testing.assert_array_equal(got, expected.reshape(-1, *expected.shape[2:]))
 
 
 # ------------------------------------------------------- solutions per group / per stage

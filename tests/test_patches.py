@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_classpca import ClassPCA, ClassPCAConv2D
-from keras_classpca.core.patches import extract_patches
+from keras_classpca.core.patches import extract_patches, patch_indices
 
 
 def brute_force_patches(images, kernel_size, strides, padding, dilation):
@@ -81,6 +81,26 @@ def test_extracting_chosen_positions_equals_the_full_rows_there(shape, kernel, s
                              positions=positions)
     np.testing.assert_array_equal(chosen, np.take_along_axis(
         flat, positions.reshape(positions.shape + (1,) * (flat.ndim - 2)), axis=1))
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("shape, kernel, strides, padding, dilation", [
+    (g[4] + (3,), g[0], g[1], g[2], g[3]) for g in GEOMETRIES] + [
+    ((9, 4), 3, 1, "causal", 2),
+    ((10, 2), 4, 3, "valid", 1),
+    ((5, 6, 5, 2), 2, (1, 2, 1), "same", 1),
+    ((4, 7, 6, 1), (2, 3, 2), (2, 1, 3), "valid", 1),
+])
+def test_gathering_patch_indices_equals_extract_patches(shape, kernel, strides, padding,
+                                                        dilation):
+    # The device path gathers patches by these indices instead of an im2col.
+    images = np.random.default_rng(0).normal(size=(2,) + shape)
+    expected = extract_patches(images, kernel, strides, padding, dilation)
+    pads, indices = patch_indices(shape[:-1], kernel, strides, padding, dilation)
+    padded = np.pad(images, [(0, 0)] + list(pads) + [(0, 0)])
+    pixels = padded.reshape(2, -1, shape[-1])  # (n, padded positions, channels)
+    got = pixels[:, indices]  # (n, positions, prod(kernel), channels)
+    np.testing.assert_array_equal(got.reshape(expected.shape), expected)
 
 
 KERAS_CASES = [

@@ -53,6 +53,66 @@ def _spatial_rank(images, kernel_size, rank):
     return len(tuple(kernel_size))
 
 
+def _geometry(kernel_size, strides, padding, dilation_rate, rank):
+    """The checked `(kernel, strides, dilation, padding)` of a convolution of `rank`."""
+    kernel = _tuple(kernel_size, rank, "kernel_size")
+    strides = _tuple(strides, rank, "strides")
+    dilation = _tuple(dilation_rate, rank, "dilation_rate")
+    padding = str(padding).lower()
+    if padding not in PADDINGS:
+        raise ValueError(f"`padding` must be one of {PADDINGS}; received {padding!r}.")
+    if padding == "causal" and rank != 1:
+        raise ValueError("`padding='causal'` is defined for 1-D convolutions only.")
+    return kernel, strides, dilation, padding
+
+
+def _paddings(spatial, kernel, strides, padding, dilation):
+    """`(before, after)` zeros per spatial axis of an input of shape `spatial`."""
+    if padding == "same":
+        return tuple(same_padding(size, k, s, d)
+                     for size, k, s, d in zip(spatial, kernel, strides, dilation))
+    if padding == "causal":
+        return (((kernel[0] - 1) * dilation[0], 0),)
+    return ((0, 0),) * len(spatial)
+
+
+def _check_fits(padded, effective):
+    if any(size < k for size, k in zip(padded, effective)):
+        raise ValueError(
+            f"Inputs of spatial size {tuple(padded)} are smaller than the dilated "
+            f"kernel {effective}."
+        )
+
+
+def patch_indices(spatial, kernel_size, strides=1, padding="valid", dilation_rate=1):
+    """Where every patch lies in the zero-padded input, for a gather: `(pads, indices)`.
+
+    `spatial` is the input's spatial shape (without batch and channel axes); `pads` the
+    `(before, after)` zeros per spatial axis; `indices` `(positions, prod(kernel))`
+    the flat (row-major) indices into the padded spatial grid of each output
+    position's patch (positions row-major over the output grid, as `extract_patches`
+    numbers them), in kernel order. Gathering those pixels of a channels-last input
+    gives `extract_patches`' rows, with no im2col arithmetic.
+
+    >>> pads, indices = patch_indices((4, 4), 3, padding="same")
+    >>> pads, indices.shape, indices[0].tolist()
+    (((1, 1), (1, 1)), (16, 9), [0, 1, 2, 6, 7, 8, 12, 13, 14])
+    """
+    spatial = tuple(int(size) for size in spatial)
+    rank = len(spatial)
+    kernel, strides, dilation, padding = _geometry(kernel_size, strides, padding,
+                                                   dilation_rate, rank)
+    effective = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+    pads = _paddings(spatial, kernel, strides, padding, dilation)
+    padded = tuple(size + before + after for size, (before, after) in zip(spatial, pads))
+    _check_fits(padded, effective)
+    out = tuple((size - k) // s + 1 for size, k, s in zip(padded, effective, strides))
+    starts = np.indices(out).reshape(rank, -1) * np.array(strides)[:, None]
+    offsets = np.indices(kernel).reshape(rank, -1) * np.array(dilation)[:, None]
+    coords = starts[:, :, None] + offsets[:, None, :]  # (rank, positions, prod(kernel))
+    return pads, np.ravel_multi_index(tuple(coords), padded)
+
+
 def extract_patches(
     images, kernel_size, strides=1, padding="valid", dilation_rate=1, *, groups=1, rank=None,
     positions=None,
@@ -87,31 +147,18 @@ def extract_patches(
         raise ValueError(f"Patches need 1, 2 or 3 spatial axes; received rank {rank!r}.")
     if images.ndim != rank + 2:
         raise ValueError(f"`images` must have shape {_SHAPES[rank]}; received {images.shape}.")
-    kernel = _tuple(kernel_size, rank, "kernel_size")
-    strides = _tuple(strides, rank, "strides")
-    dilation = _tuple(dilation_rate, rank, "dilation_rate")
-    padding = str(padding).lower()
-    if padding not in PADDINGS:
-        raise ValueError(f"`padding` must be one of {PADDINGS}; received {padding!r}.")
-    if padding == "causal" and rank != 1:
-        raise ValueError("`padding='causal'` is defined for 1-D convolutions only.")
+    kernel, strides, dilation, padding = _geometry(kernel_size, strides, padding,
+                                                   dilation_rate, rank)
     channels = images.shape[-1]
     if not isinstance(groups, (int, np.integer)) or groups < 1 or channels % groups:
         raise ValueError(
             f"`groups` must be a positive divisor of the {channels} channels; received {groups!r}."
         )
     effective = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
-    if padding == "same":
-        pads = [same_padding(images.shape[1 + a], kernel[a], strides[a], dilation[a])
-                for a in range(rank)]
-        images = np.pad(images, [(0, 0)] + pads + [(0, 0)])
-    elif padding == "causal":
-        images = np.pad(images, [(0, 0), (effective[0] - 1, 0), (0, 0)])
-    if any(images.shape[1 + a] < effective[a] for a in range(rank)):
-        raise ValueError(
-            f"Inputs of spatial size {images.shape[1:-1]} are smaller than the dilated "
-            f"kernel {effective}."
-        )
+    pads = _paddings(images.shape[1:-1], kernel, strides, padding, dilation)
+    if any(pads):
+        images = np.pad(images, [(0, 0)] + list(pads) + [(0, 0)])
+    _check_fits(images.shape[1:-1], effective)
     # windows: (n, *out', c, *effective) as a view, then stride and dilate.
     windows = sliding_window_view(images, effective, axis=tuple(range(1, rank + 1)))
     index = (slice(None),) + tuple(slice(None, None, s) for s in strides) + (slice(None),)

@@ -19,6 +19,7 @@ Layer kinds and their rows (one `core.patches.extract_patches` for every convolu
 input, call `end_pass()` after each pass over the data, then `assign()`.
 """
 
+import functools
 import math
 import warnings
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from keras_classpca._warnings import warn
 from keras_classpca.core.class_pca import ClassPCA, OvercompleteWarning, blas_threads_for
-from keras_classpca.core.patches import extract_patches
+from keras_classpca.core.patches import extract_patches, patch_indices
 from keras_classpca.core.statistics import _is_backend_tensor
 
 # Patch rows materialised at once: bounds memory to 64 MB of float32 (128 MB of
@@ -360,20 +361,21 @@ def iter_group_rows(
 
 def iter_device_rows(layer, x, labels, *, patches_per_image=None, rng=None):
     """`iter_group_rows` (first stage) for a backend tensor `x`: the rows stay a tensor
-    on its device — patches extracted by `backend_rows`, sub-sampled there at the same
-    random positions `iter_group_rows` draws from the same `rng` — and never exist at
-    full size on the host. Rows `(groups, m, d)`, labels `(m,)` NumPy."""
+    on its device — gathered by `backend_rows` at the same random positions
+    `iter_group_rows` draws from the same `rng` — and never exist at full size on the
+    host. Rows `(groups, m, d)`, labels `(m,)` NumPy."""
     n = int(x.shape[0])
     step = max(1, MAX_CHUNK_VALUES // _values_per_sample(layer, x))
     for start in range(0, n, step):
         chunk = x[start : start + step]
         m = int(chunk.shape[0])
-        rows = backend_rows(layer, chunk)  # (m * positions, groups, d)
-        positions = int(rows.shape[0]) // m
-        keep = _patch_positions(layer, m, positions, patches_per_image, rng)
-        if keep is not None:
-            flat = (np.arange(m)[:, None] * positions + keep).reshape(-1)
-            rows = keras.ops.take(rows, keras.ops.convert_to_tensor(flat.astype(np.int32)), axis=0)
+        keep = None
+        if spatial_rank(layer):
+            spatial = tuple(chunk.shape[2:] if _channels_axis(layer) == 1
+                            else chunk.shape[1:-1])
+            positions = len(_patch_table(layer, spatial)[1])
+            keep = _patch_positions(layer, m, positions, patches_per_image, rng)
+        rows = backend_rows(layer, chunk, positions=keep)  # (m * positions, groups, d)
         chunk_labels = np.repeat(labels[start : start + step], int(rows.shape[0]) // m)
         yield keras.ops.transpose(rows, (1, 0, 2)), chunk_labels
 
@@ -773,47 +775,49 @@ def _captured_share(class_pcas):
     return captured / total if total > 0 else 0.0
 
 
-def backend_rows(layer, x):
+def backend_rows(layer, x, positions=None):
     """Rows of `layer`'s input with `keras.ops` on the backend's device (no NumPy).
 
-    Returns a tensor `(n * positions, groups, d)` equal to `sample_rows(layer, x)`
-    reshaped: a convolution with an identity kernel copies every patch value into
-    its own output channel, in `(kernel axes, channel)` order (first stage only).
+    Returns a tensor `(n * positions, groups, d)` equal to `sample_rows(layer, x,
+    positions=positions)` reshaped (first stage only). A convolution's patches are
+    gathered from the zero-padded input by index (`patch_indices`), only at
+    `positions` (`(n, p)` output positions per sample) when given: no arithmetic, and
+    no rows at positions that are not kept. (A convolution with an identity kernel,
+    the earlier way, multiplied every value of the patches by a `d x d` identity at
+    every position: several times the flops of the statistics themselves.)
     """
-    if isinstance(layer, keras.layers.Dense):
-        x = keras.ops.convert_to_tensor(x)
-        return keras.ops.reshape(x, (-1, 1, x.shape[-1]))
     x = keras.ops.convert_to_tensor(x)
+    if isinstance(layer, keras.layers.Dense):
+        return keras.ops.reshape(x, (-1, 1, x.shape[-1]))
     if _channels_axis(layer) == 1:
         x = keras.ops.moveaxis(x, 1, -1)
-    channels = x.shape[-1]
+    n, spatial, channels = int(x.shape[0]), tuple(x.shape[1:-1]), int(x.shape[-1])
     groups, _ = groups_and_components(layer, channels)
-    per_group = channels // groups
-    positions = math.prod(layer.kernel_size)
-    size = positions * per_group
-    padding = layer.padding
-    if padding == "causal":
-        left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
-        x = keras.ops.pad(x, [(0, 0), (left, 0), (0, 0)])
-        padding = "valid"
-    if groups > 1 and len(layer.kernel_size) <= 2:
-        # A depthwise convolution, not a grouped one: under TensorFlow `ops.conv` runs a
-        # grouped convolution through a new XLA function at every call (retracing
-        # warnings, a compile per batch). Output channel c*positions + j copies value j
-        # of channel c's patch; the rows want (kernel axes, channel) order per group.
-        identity = np.eye(positions).reshape(tuple(layer.kernel_size) + (1, positions))
-        identity = keras.ops.convert_to_tensor(
-            np.repeat(identity, channels, axis=-2), dtype=x.dtype)
-        patches = keras.ops.depthwise_conv(x, identity, layer.strides, padding,
-                                           "channels_last", layer.dilation_rate)
-        patches = keras.ops.reshape(patches, (-1, groups, per_group, positions))
-        return keras.ops.reshape(keras.ops.transpose(patches, (0, 1, 3, 2)),
-                                 (-1, groups, size))
-    # One identity per group: output channel g*size + j copies value j of group g's patch.
-    identity = np.eye(size).reshape(tuple(layer.kernel_size) + (per_group, size))
-    identity = np.concatenate([identity] * groups, axis=-1)
-    identity = keras.ops.convert_to_tensor(identity, dtype=x.dtype)
-    # keras.ops.conv infers the groups from the kernel's input channels.
-    patches = keras.ops.conv(x, identity, layer.strides, padding, "channels_last",
-                             layer.dilation_rate)
-    return keras.ops.reshape(patches, (-1, groups, size))
+    pads, indices = _patch_table(layer, spatial)
+    if any(before or after for before, after in pads):
+        x = keras.ops.pad(x, [(0, 0)] + [list(p) for p in pads] + [(0, 0)])
+    pixels = math.prod(int(size) for size in x.shape[1:-1])
+    chosen = indices[None] if positions is None else indices[np.asarray(positions)]
+    flat_index = (np.arange(n)[:, None, None] * pixels + chosen).reshape(-1)
+    index_dtype = np.int32 if n * pixels < 2**31 else np.int64
+    rows = keras.ops.take(keras.ops.reshape(x, (n * pixels, channels)),
+                          keras.ops.convert_to_tensor(flat_index.astype(index_dtype)), axis=0)
+    kernel_values = indices.shape[1]
+    if groups == 1:  # (kernel position, channel) order is already the rows' order
+        return keras.ops.reshape(rows, (-1, 1, kernel_values * channels))
+    rows = keras.ops.reshape(rows, (-1, kernel_values, groups, channels // groups))
+    return keras.ops.reshape(keras.ops.transpose(rows, (0, 2, 1, 3)),
+                             (-1, groups, kernel_values * (channels // groups)))
+
+
+def _patch_table(layer, spatial):
+    """`patch_indices` for `layer`'s convolution of channels-last inputs of `spatial`
+    shape (computed once per layer geometry and input shape)."""
+    return _cached_patch_table(tuple(layer.kernel_size), tuple(layer.strides),
+                               layer.padding, tuple(layer.dilation_rate),
+                               tuple(int(size) for size in spatial))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_patch_table(kernel_size, strides, padding, dilation_rate, spatial):
+    return patch_indices(spatial, kernel_size, strides, padding, dilation_rate)
