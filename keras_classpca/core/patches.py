@@ -156,7 +156,7 @@ def extract_patches(
         )
     effective = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
     pads = _paddings(images.shape[1:-1], kernel, strides, padding, dilation)
-    if any(pads):
+    if any(before or after for before, after in pads):  # (np.pad copies even for none)
         images = np.pad(images, [(0, 0)] + list(pads) + [(0, 0)])
     _check_fits(images.shape[1:-1], effective)
     # windows: (n, *out', c, *effective) as a view, then stride and dilate.
