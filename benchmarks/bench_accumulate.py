@@ -89,6 +89,19 @@ TARGET_CNN_SECONDS = 3.0
 TARGET_EVERY_GEMM = 1.4
 TARGET_EVERY_IPCA = 10.0
 WHERE_THE_TIME_GOES = (
+    "**2026-11-30, later: the device path** (`statistics_on=\"device\"`, printed by "
+    "`--device`, not a target). A convolution's patches are now gathered on the device by"
+    " index at the sub-sampled positions only (an identity-kernel convolution over every "
+    "position cost several times the statistics' flops), and under JAX each class's rows "
+    "are read as a block of one of a few rounded sizes by one jitted function (each new "
+    "class run length had compiled every operation again). The CNN's two convolutions "
+    "from 6,000 images (`hybridize(cutoff=2, samples=None)`, 2 cores, old and new library"
+    " in turn, after the first call): JAX 11.2 → 7.0 s (first call 31 → 14 s), TensorFlow"
+    " 8.6–8.8 → 5.6–6.9 s, torch 6.8–7.5 → 5.0–6.3 s, against 3.3–5.4 s on the host; "
+    "`--device` at 3 rounds under JAX: dense 1.89× → 1.47× and conv2 2.55× → 2.23× one "
+    "`keras.ops` XᵀX, the conv2 layer from feature maps 4.09× → 3.50×. On a CPU the host "
+    "stays faster: `keras.ops.matmul` has no symmetric product, so the device multiplies "
+    "twice the flops of the host's `syrk`. "
     "**2026-11-30.** Rows that arrive in runs of one class (`hybridize`'s patches) are now "
     "shifted as they are copied into the gather buffer, and each chunk's product goes "
     "into a reused matrix added to the float64 sums without a float64 copy: the CNN's "
