@@ -853,17 +853,15 @@ class ClassStatistics:
             # compilations, 9 s, for a 4-layer test model).
             size = min(_block_rows(end - begin, compiled), total)
             start = min(begin, total - size)
-            mask = None
-            if size != end - begin:
-                kept = np.arange(start, start + size)
-                mask = ops.convert_to_tensor(((kept >= begin) & (kept < end)).astype(dtype))
+            # The class's rows within the block (None: all of them).
+            kept = None if size == end - begin else (begin - start, end - begin)
             if self._shift.get(label) is None:
-                raw_sum = _device_function(_block_sum)(grouped, start, size, mask)
+                raw_sum = _device_function(_block_sum)(grouped, start, size, kept)
                 self._shift[label] = (np.asarray(ops.convert_to_numpy(raw_sum), np.float64)
                                       / (end - begin))
             shift = self._shift[label].astype(dtype)
             product, shifted_sum = _device_function(_block_statistics)(
-                grouped, start, size, mask, ops.convert_to_tensor(shift))
+                grouped, start, size, kept, ops.convert_to_tensor(shift))
             self._add(
                 label,
                 end - begin,
@@ -904,8 +902,8 @@ def _compiles_per_shape():
 
 def _device_function(function):
     """`function` compiled once per shape under JAX, whose eager ops compile one by one
-    (`start`, a Python int, is traced, not a constant; `size` is static); TensorFlow and
-    torch run it eagerly."""
+    (`start` and `kept`, Python ints, are traced, not constants; `size` is static);
+    TensorFlow and torch run it eagerly."""
     return _jitted(function) if _compiles_per_shape() else function
 
 
@@ -916,21 +914,36 @@ def _jitted(function):
     return jax.jit(function, static_argnames=("size",))
 
 
-def _block_sum(grouped, start, size, mask):
-    """`Σ B` of the block `B`: rows `start .. start + size` of `grouped`, those outside
-    `mask` zero."""
+def _block(grouped, start, size, kept):
+    """Rows `start .. start + size` of `grouped` and, if `kept` = `(offset, count)`,
+    a `(size, 1)` mask of the rows `offset .. offset + count` among them (made where
+    the rows are: no mask travels from the host)."""
     from keras import ops
 
     block = ops.slice(grouped, (start, 0), (size, grouped.shape[1]))
-    return ops.sum(block if mask is None else block * mask[:, None], axis=0)
+    if kept is None:
+        return block, None
+    offset, count = kept
+    rows = ops.arange(size)
+    mask = ops.logical_and(rows >= offset, rows < offset + count)
+    return block, ops.cast(mask, block.dtype)[:, None]
 
 
-def _block_statistics(grouped, start, size, mask, shift):
-    """`(Bᵀ B, Σ B)` of the shifted block `B = (rows - shift) · mask` (masked rows
-    contribute exactly zero)."""
+def _block_sum(grouped, start, size, kept):
+    """`Σ B` of the class's rows `B` in a block (`_block`; the others masked to zero)."""
     from keras import ops
 
-    block = ops.slice(grouped, (start, 0), (size, grouped.shape[1])) - shift
+    block, mask = _block(grouped, start, size, kept)
+    return ops.sum(block if mask is None else block * mask, axis=0)
+
+
+def _block_statistics(grouped, start, size, kept, shift):
+    """`(Bᵀ B, Σ B)` of the class's shifted rows `B = rows - shift` in a block (`_block`;
+    masked rows contribute exactly zero)."""
+    from keras import ops
+
+    block, mask = _block(grouped, start, size, kept)
+    block = block - shift
     if mask is not None:
-        block = block * mask[:, None]
+        block = block * mask
     return ops.matmul(ops.transpose(block), block), ops.sum(block, axis=0)
