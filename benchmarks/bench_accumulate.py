@@ -367,8 +367,12 @@ def precision_rows():
 
 
 # ---------------------------------------------------------------------- backends
-BACKEND_TESTS = ("tests/test_statistics.py::test_backend_tensors_are_multiplied_on_their_device",
-                 "tests/test_statistics.py::test_class_pca_fit_of_backend_tensors_equals_numpy")
+BACKEND_TESTS = (
+    "tests/test_statistics.py::test_backend_tensors_are_multiplied_on_their_device",
+    "tests/test_statistics.py::"
+    "test_device_class_blocks_of_rounded_sizes_give_the_exact_statistics",
+    "tests/test_statistics.py::test_class_pca_fit_of_backend_tensors_equals_numpy",
+)
 
 
 def backend_results():
