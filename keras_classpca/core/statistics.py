@@ -844,6 +844,8 @@ class ClassStatistics:
         self._reserve([label for label, _, _ in runs])
         grouped = ops.take(x, ops.convert_to_tensor(order.astype(np.int32)), axis=0)
         compiled = _compiles_per_shape()
+        block_sum = _device_function(_block_sum)
+        block_statistics = _device_function(_block_statistics)
         total = len(order)
         for label, begin, end in runs:
             self._materialize(label)
@@ -856,12 +858,12 @@ class ClassStatistics:
             # The class's rows within the block (None: all of them).
             kept = None if size == end - begin else (begin - start, end - begin)
             if self._shift.get(label) is None:
-                raw_sum = _device_function(_block_sum)(grouped, start, size, kept)
+                raw_sum = block_sum(grouped, start, size, kept)
                 self._shift[label] = (np.asarray(ops.convert_to_numpy(raw_sum), np.float64)
                                       / (end - begin))
             shift = self._shift[label].astype(dtype)
-            product, shifted_sum = _device_function(_block_statistics)(
-                grouped, start, size, kept, ops.convert_to_tensor(shift))
+            product, shifted_sum = block_statistics(grouped, start, size, kept,
+                                                    ops.convert_to_tensor(shift))
             self._add(
                 label,
                 end - begin,
