@@ -14,7 +14,8 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test not marked `backend_independent` (NumPy only) is Keras-facing: it gets
+    """Every test not marked `backend_independent` (NumPy only, or results that do not
+    depend on the Keras backend, such as tf.distribute's TF ops) is Keras-facing: it gets
     the `keras` marker, and `make test` runs it once per backend (`-m keras`), the others
     and the docstring examples once (`-m "not keras"`).
 

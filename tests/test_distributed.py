@@ -385,6 +385,10 @@ print(json.dumps({"replicas": strategy.num_replicas_in_sync, "feature_model": fl
 )
 
 
+# The statistics are TF ops on the input data whatever the Keras backend: this runs once
+# (under the default backend), and `test_fit_and_adapt_strategy_argument_mirrored` checks
+# the same pass under every backend.
+@pytest.mark.backend_independent
 def test_mirrored_strategy_two_cpus_equals_fit():
     out = _run_python(MIRRORED)
     assert out["replicas"] == 2
@@ -594,6 +598,7 @@ def _run_workers(script, n_workers, tmp_path):
     return [json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in outputs]
 
 
+@pytest.mark.backend_independent  # TF workers that never import Keras
 def test_multi_worker_two_processes_equals_fit(tmp_path):
     x, y = _data()
     ref = ClassPCA(6, n_classes=3).fit(x, y)

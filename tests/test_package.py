@@ -90,16 +90,24 @@ def test_star_import_help_and_getmembers_work_without_the_optional_dependencies(
     assert out == "ok"
 
 
+@pytest.fixture(scope="module")
+def saved_plugin_model(tmp_path_factory):
+    """A `.keras` file with the package's layers, saved here: only the loading needs a
+    fresh interpreter, where nothing has registered the classes yet."""
+    import keras
+
+    path = tmp_path_factory.mktemp("saved") / "m.keras"
+    keras.Sequential([keras.Input((4,)), keras_classpca.ClassPCADense(3),
+                      keras_classpca.NormalizedReLU(), keras.layers.Dense(2)]).save(path)
+    return path
+
+
+# Registration is Keras's, not the backend's: one backend (the default) suffices; every
+# backend loads `.keras` files in test_backends.
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("keras_first", [False, True])
-def test_load_model_finds_the_classes_after_import(tmp_path, keras_first):
-    path = tmp_path / "m.keras"
-    _run(f"""
-        import numpy as np, keras, keras_classpca
-        model = keras.Sequential([keras.Input((4,)), keras_classpca.ClassPCADense(3),
-                                  keras_classpca.NormalizedReLU(), keras.layers.Dense(2)])
-        model.save({str(path)!r})
-        print("saved")
-    """)
+def test_load_model_finds_the_classes_after_import(saved_plugin_model, keras_first):
+    path = saved_plugin_model
     imports = "import keras; import keras_classpca" if keras_first else (
         "import keras_classpca; import keras")
     names = _run(f"""
