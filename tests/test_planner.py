@@ -481,6 +481,10 @@ def test_a_normalization_without_statistics_is_passed_and_frozen_with_its_reader
     assert plan.frozen_names(1) == ["stem"]
     assert plan.frozen_names(2) == ["stem", norm_name, "second"]
     assert not any(norm_name == bn.name for bn, _, _ in plan.batchnorms_until(3))
+
+
+@needs_cheap_model_building
+def test_convnext_plans_past_its_layer_normalizations():
     # ConvNeXt: the stem, then the first block's depthwise conv and its two per-pixel
     # Dense layers, up to the block's LayerScale (trainable weights of another kind).
     convnext = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3),
