@@ -43,11 +43,6 @@ PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),,-n auto --maxprocesses $(TES
 # fewer optimisation passes made the JAX suite about 20 % faster here, same results.
 # TensorFlow on CPU does not use XLA; an XLA_FLAGS of your own is kept.
 TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
-# JAX's persistent compilation cache, in a directory of this run only (removed after
-# it): the test processes compile the same small programs again and again (eager
-# operations on the same shapes, the same test models); every compilation is cached,
-# however short. The JAX suite took 5:21 instead of 6:39 here. A
-# JAX_COMPILATION_CACHE_DIR of your own is kept.
 # Threads per test worker: the workers already fill the cores, and a thread pool per
 # worker in each library (torch's OpenMP, TensorFlow's, OpenBLAS) oversubscribes them.
 # One thread per worker on 2 cores: the torch suite took 1:19 instead of 2:24 here, the
@@ -57,6 +52,11 @@ ifndef TEST_THREADS
 TEST_THREADS := $(shell $(PYTHON) -c "import os; n = os.cpu_count() or 1; w = min(n, $(TEST_WORKERS)) or 1; print(max(1, n // w))")
 endif
 THREAD_ENV = $(foreach v,OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS TF_NUM_INTRAOP_THREADS TF_NUM_INTEROP_THREADS,$(v)="$${$(v):-$(TEST_THREADS)}")
+# JAX's persistent compilation cache, in a directory of this run only (removed after
+# it): the test processes compile the same small programs again and again (eager
+# operations on the same shapes, the same test models); every compilation is cached,
+# however short. The JAX suite took 5:21 instead of 6:39 here. A
+# JAX_COMPILATION_CACHE_DIR of your own is kept.
 test: $(VENV)/.installed $(VENV)/.backends data
 	$(PY) -m ruff check keras_classpca tests benchmarks examples
 	@set -e; echo "=== pytest, backend-independent"; \

@@ -7,6 +7,7 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+from conftest import BACKEND
 
 from keras_classpca import hybridize
 from keras_classpca import tuner as tuner_module
@@ -558,7 +559,7 @@ def test_grid_search_finds_the_cutoff_known_by_construction(tmp_path):
         # 120 steps a trial: under JAX a jitted step (compiled once per trial) beats eager
         # steps, which dispatch every op on its own (0.1 s a step).
         model.compile(keras.optimizers.Adam(0.03), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"], run_eagerly=keras.backend.backend() != "jax")
+                      metrics=["accuracy"], run_eagerly=BACKEND != "jax")
         return model
 
     hypermodel = HybridHyperModel(build_model, (x[:300], y[:300]), search_options=False)
